@@ -1,0 +1,37 @@
+# The two commands a new user needs: `make demo` and `make test`.
+# Each creates the virtual environment with the pinned dependencies on first use.
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+OUT ?= out
+
+.PHONY: demo test venv models models-quick clean
+
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found (edgecloud needs Python 3.11)"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[all]'
+	@touch $@
+
+venv: $(STAMP)
+
+## The main job: evaluate the shipped demo bundles (no training needed).
+demo: $(STAMP)
+	$(PY) -m shared.cli models eval --models models --out $(OUT)/eval
+
+## The test suite.
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+## Rebuild the demo bundles from scratch (about an hour on a 2-core CPU).
+models: $(STAMP)
+	$(PY) -m shared.cli models build --out models
+
+## Tiny low-accuracy bundles, for trying the pipeline (a few minutes).
+models-quick: $(STAMP)
+	$(PY) -m shared.cli models build --quick --out $(OUT)/models-quick
+
+clean:
+	rm -rf $(VENV) $(OUT) .pytest_cache

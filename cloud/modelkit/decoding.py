@@ -1,0 +1,99 @@
+"""Batched greedy decoding for the model kit, with reasoning-budget forcing.
+
+When a sequence's reasoning reaches its budget, ``</think>`` is forced as its
+next token and decoding goes on to the answer, as the cloud engine does.
+Reasoning tokens are the tokens strictly between ``<think>`` and ``</think>``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerFast
+
+from cloud.modelkit.tokenizer import THINK_END, THINK_START
+
+__all__ = ["Generation", "generate_batch"]
+
+
+@dataclass(frozen=True, slots=True)
+class Generation:
+    text: str
+    """Everything generated after the prompt, special tokens included."""
+    answer_text: str
+    """The text after ``</think>`` (or all of it when no think block), without specials."""
+    reasoning_tokens: int
+    output_tokens: int
+    forced: bool
+    """True when the budget forced ``</think>``."""
+
+
+@torch.no_grad()
+def generate_batch(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerFast,
+    prompts: list[str],
+    *,
+    max_new_tokens: int = 200,
+    reasoning_budget: int | None = None,
+) -> list[Generation]:
+    """Greedy-decode ``prompts`` together (left padded), one KV cache for the batch."""
+    if not prompts:
+        return []
+    think_start = tokenizer.convert_tokens_to_ids(THINK_START)
+    think_end = tokenizer.convert_tokens_to_ids(THINK_END)
+    eos = tokenizer.eos_token_id
+    encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    width = max(map(len, encoded))
+    n = len(prompts)
+    input_ids = torch.full((n, width), tokenizer.pad_token_id, dtype=torch.long)
+    mask = torch.zeros((n, width), dtype=torch.long)
+    for row, ids in enumerate(encoded):
+        input_ids[row, width - len(ids) :] = torch.tensor(ids)
+        mask[row, width - len(ids) :] = 1
+    # A prompt that pre-fills the think block (thinking disabled) starts outside it.
+    in_think = torch.tensor([ids.count(think_start) > ids.count(think_end) for ids in encoded])
+    reasoning = torch.zeros(n, dtype=torch.long)
+    forced = torch.zeros(n, dtype=torch.bool)
+    done = torch.zeros(n, dtype=torch.bool)
+    out: list[list[int]] = [[] for _ in range(n)]
+    cache = DynamicCache()
+    position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+    logits = model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids, past_key_values=cache).logits
+    next_logits = logits[:, -1]
+    for _ in range(max_new_tokens):
+        token = next_logits.argmax(-1)
+        if reasoning_budget is not None:
+            over = in_think & (reasoning >= reasoning_budget) & (token != think_end)
+            token = torch.where(over, torch.full_like(token, think_end), token)
+            forced |= over
+        token = torch.where(done, torch.full_like(token, tokenizer.pad_token_id), token)
+        for row in range(n):
+            if not done[row]:
+                out[row].append(int(token[row]))
+        counting = in_think & ~done & (token != think_end) & (token != think_start)
+        reasoning += counting.long()
+        in_think = (in_think | (token == think_start)) & (token != think_end)
+        done |= token == eos
+        if bool(done.all()):
+            break
+        mask = torch.cat([mask, (~done).long()[:, None] | 1], dim=1)
+        position_ids = position_ids[:, -1:] + 1
+        next_logits = model(
+            input_ids=token[:, None], attention_mask=mask, position_ids=position_ids, past_key_values=cache
+        ).logits[:, -1]
+    results = []
+    for row in range(n):
+        ids = out[row]
+        text = tokenizer.decode(ids, skip_special_tokens=False)
+        if think_end in ids:
+            answer_ids = ids[len(ids) - ids[::-1].index(think_end) :]
+        elif int(reasoning[row]) == 0:
+            answer_ids = ids
+        else:
+            answer_ids = []
+        answer = tokenizer.decode(answer_ids, skip_special_tokens=True).strip()
+        output_tokens = len([t for t in answer_ids if t != eos])
+        results.append(Generation(text, answer, int(reasoning[row]), output_tokens, bool(forced[row])))
+    return results

@@ -1,0 +1,97 @@
+"""Export the student to ONNX with optimum, then quantise it to int8.
+
+optimum's Qwen3 ONNX config expresses the decoder with its KV cache; we
+subclass it only to add the ``features`` output (pooled hidden state), which
+the student's forward returns next to the logits. One graph serves the prefill
+(empty past) and every decode step. Quantisation is onnxruntime's dynamic int8
+quantisation of the weights (``MatMul`` and the embedding ``Gather``).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from collections import OrderedDict
+from pathlib import Path
+
+import onnx
+from optimum.exporters.onnx import onnx_export_from_model
+from optimum.exporters.onnx.model_configs import Qwen3OnnxConfig
+from onnxruntime.quantization import QuantType, quantize_dynamic
+
+from transformers import Qwen3ForCausalLM
+
+from cloud.modelkit.student import with_features
+
+__all__ = ["FEATURES_OUTPUT", "export_student", "onnx_io", "quantize_student"]
+
+log = logging.getLogger(__name__)
+
+FEATURES_OUTPUT = "features"
+OPSET = 17
+
+
+class EdgeStudentOnnxConfig(Qwen3OnnxConfig):
+    """optimum's Qwen3 decoder config plus the pooled ``features`` output."""
+
+    @property
+    def outputs(self) -> dict[str, dict[int, str]]:
+        common = OrderedDict(super().outputs)
+        common[FEATURES_OUTPUT] = {0: "batch_size"}
+        return common
+
+
+def export_student(model: Qwen3ForCausalLM, out_file: Path) -> Path:
+    """Write the fp32 ONNX decoder (with past) of ``model`` to ``out_file``."""
+    model = with_features(model).eval()
+    config = EdgeStudentOnnxConfig(
+        model.config, task="text-generation-with-past", use_past=True, use_past_in_inputs=True
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        onnx_export_from_model(
+            model,
+            tmp,
+            opset=OPSET,
+            task="text-generation-with-past",
+            custom_onnx_configs={"model": config},
+            do_validation=True,
+        )
+        produced = Path(tmp) / "model.onnx"
+        if not produced.exists():
+            raise RuntimeError(f"optimum produced no model.onnx (got {sorted(p.name for p in Path(tmp).iterdir())})")
+        # Fold any external-data file back in: the student is small.
+        graph = onnx.load(str(produced), load_external_data=True)
+        out_file.parent.mkdir(parents=True, exist_ok=True)
+        onnx.save_model(graph, str(out_file), save_as_external_data=False)
+    return out_file
+
+
+def quantize_student(fp32_file: Path, int8_file: Path) -> Path:
+    """Dynamic int8 quantisation (weights int8 per channel, activations at run time)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        staged = Path(tmp) / "model.int8.onnx"
+        quantize_dynamic(
+            str(fp32_file),
+            str(staged),
+            weight_type=QuantType.QInt8,
+            per_channel=True,
+            op_types_to_quantize=["MatMul", "Gather"],
+        )
+        shutil.copyfile(staged, int8_file)
+    return int8_file
+
+
+def onnx_io(path: Path) -> dict[str, list[dict[str, object]]]:
+    """Names, element types and shapes of a graph's inputs and outputs."""
+    graph = onnx.load(str(path), load_external_data=False).graph
+
+    def describe(values) -> list[dict[str, object]]:
+        out = []
+        for value in values:
+            tensor = value.type.tensor_type
+            dims = [d.dim_param or d.dim_value for d in tensor.shape.dim]
+            out.append({"name": value.name, "dtype": onnx.TensorProto.DataType.Name(tensor.elem_type).lower(), "shape": dims})
+        return out
+
+    return {"inputs": describe(graph.input), "outputs": describe(graph.output)}

@@ -1,0 +1,161 @@
+"""The student: a small Qwen3 distilled from the teacher, answering without thinking.
+
+It reads the same chat prompt as the teacher with thinking disabled and learns
+from the teacher's logits on the answer (Hinton-style distillation: KL to the
+teacher's softened distribution plus cross-entropy on the exact answer). The
+teacher's uncertainty on multi-step queries is what makes the student's own
+token probabilities a useful confidence signal for triage.
+
+Wrapped by :func:`with_features`, the student also returns ``features``: the
+mean of its final hidden states over the tokens of the current call. On the
+prompt, that is the query's feature vector that escalations carry to the cloud.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import types
+from dataclasses import dataclass, field
+
+import torch
+from transformers import PreTrainedTokenizerFast, Qwen3ForCausalLM
+from transformers.cache_utils import Cache
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+from cloud.modelkit.teacher import ModelSpec, chat_prompt
+from cloud.modelkit.tokenizer import IM_END
+from cloud.modelkit.training import Example, TrainConfig, collate, train
+from shared.task import Split, make_problem, sample_k
+
+__all__ = ["StudentOutput", "StudentRecipe", "distill_student", "with_features"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StudentOutput(CausalLMOutputWithPast):
+    features: torch.FloatTensor | None = None
+
+
+def features_forward(
+    self: Qwen3ForCausalLM,
+    input_ids: torch.LongTensor | None = None,
+    attention_mask: torch.Tensor | None = None,
+    position_ids: torch.LongTensor | None = None,
+    past_key_values: Cache | None = None,
+    use_cache: bool | None = None,
+    **kwargs,
+) -> StudentOutput:
+    """Qwen3's causal-LM forward that also returns the pooled final hidden state."""
+    outputs = self.model(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids,
+        past_key_values=past_key_values,
+        use_cache=use_cache,
+        **kwargs,
+    )
+    hidden = outputs.last_hidden_state
+    logits = self.lm_head(hidden)
+    if attention_mask is None:
+        current = torch.ones(hidden.shape[:2], dtype=hidden.dtype, device=hidden.device)
+    else:
+        current = attention_mask[:, -hidden.shape[1] :].to(hidden.dtype)
+    weights = current.unsqueeze(-1)
+    features = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+    return StudentOutput(logits=logits, past_key_values=outputs.past_key_values, features=features)
+
+
+def with_features(model: Qwen3ForCausalLM) -> Qwen3ForCausalLM:
+    """Make ``model`` return ``features`` too.
+
+    The forward is replaced on the instance, not by subclassing, so the model
+    stays a plain transformers ``Qwen3ForCausalLM``: it saves and loads with
+    ``AutoModelForCausalLM`` and optimum recognises it for export.
+    """
+    model.forward = types.MethodType(features_forward, model)
+    return model
+
+
+@dataclass(frozen=True, kw_only=True)
+class StudentRecipe:
+    model: ModelSpec = field(
+        default_factory=lambda: ModelSpec(
+            hidden_size=128, intermediate_size=384, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=4
+        )
+    )
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=1500, batch_size=128, lr=3e-3, warmup=100))
+    mix: dict[int, float] = field(default_factory=lambda: {1: 0.6, 2: 0.14, 3: 0.13, 4: 0.13})
+    """More simple queries than the evaluation mix: those are the student's job."""
+    temperature: float = 2.0
+    distill_weight: float = 0.5
+    """Weight of the KL term; the rest is cross-entropy on the exact answer."""
+
+    def __post_init__(self) -> None:
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if not 0 <= self.distill_weight <= 1:
+            raise ValueError(f"distill_weight must be in [0, 1], got {self.distill_weight}")
+
+
+def build_student(recipe: StudentRecipe, tokenizer: PreTrainedTokenizerFast, seed: int) -> Qwen3ForCausalLM:
+    torch.manual_seed(seed)
+    config = recipe.model.to_config(tokenizer)
+    config._attn_implementation = "sdpa"
+    return Qwen3ForCausalLM(config)
+
+
+class StudentData:
+    """Seeded batches of ``prompt (thinking disabled) + answer``."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerFast, recipe: StudentRecipe, seed: int) -> None:
+        self.tokenizer = tokenizer
+        self.recipe = recipe
+        self.rng = random.Random(f"edgecloud-student-data/{Split.TRAIN.name}/{seed}")
+
+    def batch(self, _step: int) -> dict[str, torch.Tensor]:
+        problems = [make_problem(sample_k(self.rng, self.recipe.mix), self.rng) for _ in range(self.recipe.train.batch_size)]
+        prompts = self.tokenizer(
+            [chat_prompt(self.tokenizer, p.query, enable_thinking=False) for p in problems], add_special_tokens=False
+        )["input_ids"]
+        answers = self.tokenizer([f"{p.answer}{IM_END}" for p in problems], add_special_tokens=False)["input_ids"]
+        examples: list[Example] = [(c + a, len(c)) for c, a in zip(prompts, answers, strict=True)]
+        return collate(examples, self.tokenizer.pad_token_id)
+
+
+def distillation_loss(teacher: torch.nn.Module, recipe: StudentRecipe):
+    temperature = recipe.temperature
+
+    def loss_fn(student: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        labels = batch["labels"][:, 1:]
+        on_answer = labels != -100
+        logits = student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1][on_answer]
+        with torch.no_grad():
+            teacher_logits = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            teacher_logits = teacher_logits[:, :-1][on_answer]
+        hard = torch.nn.functional.cross_entropy(logits, labels[on_answer])
+        soft = torch.nn.functional.kl_div(
+            torch.log_softmax(logits / temperature, -1),
+            torch.log_softmax(teacher_logits / temperature, -1),
+            log_target=True,
+            reduction="batchmean",
+        ) * (temperature**2)
+        return (1 - recipe.distill_weight) * hard + recipe.distill_weight * soft
+
+    return loss_fn
+
+
+def distill_student(
+    teacher: torch.nn.Module, tokenizer: PreTrainedTokenizerFast, recipe: StudentRecipe, *, seed: int
+) -> tuple[Qwen3ForCausalLM, list[dict[str, float]]]:
+    teacher.eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    student = build_student(recipe, tokenizer, seed)
+    log.info("student: %.2fM parameters", sum(p.numel() for p in student.parameters()) / 1e6)
+    data = StudentData(tokenizer, recipe, seed)
+    history = train(student, data.batch, recipe.train, loss_fn=distillation_loss(teacher, recipe), desc="student")
+    student.generation_config.eos_token_id = tokenizer.eos_token_id
+    student.generation_config.pad_token_id = tokenizer.pad_token_id
+    return student, history

@@ -1,0 +1,161 @@
+"""The teacher: a Qwen3 causal LM trained from scratch to think, then answer.
+
+Its reply is ``<think>`` + the scratchpad (:mod:`cloud.modelkit.scratchpad`) +
+``</think>`` + the answer. It is also trained to answer with thinking disabled
+(the chat template pre-fills an empty think block) and to answer after a
+reasoning budget cut its thinking short, which is what the cloud engine's
+budget forcing does.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
+
+from cloud.modelkit.scratchpad import think_text
+from cloud.modelkit.tokenizer import IM_END, THINK_END, THINK_START
+from cloud.modelkit.training import Example, TrainConfig, collate, train
+from shared.task import Problem, Split, make_problem, sample_k
+
+__all__ = ["ModelSpec", "TeacherRecipe", "build_model", "chat_prompt", "teacher_example", "train_teacher"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelSpec:
+    """Shape of a Qwen3 model built from scratch."""
+
+    hidden_size: int = 192
+    intermediate_size: int = 576
+    num_hidden_layers: int = 4
+    num_attention_heads: int = 6
+    num_key_value_heads: int = 6
+    max_position_embeddings: int = 384
+
+    def __post_init__(self) -> None:
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError("hidden_size must be a multiple of num_attention_heads")
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ValueError("num_attention_heads must be a multiple of num_key_value_heads")
+
+    def to_config(self, tokenizer: PreTrainedTokenizerFast) -> Qwen3Config:
+        return Qwen3Config(
+            vocab_size=len(tokenizer),
+            head_dim=self.hidden_size // self.num_attention_heads,
+            rope_theta=10000.0,
+            tie_word_embeddings=True,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            bos_token_id=None,
+            use_cache=True,
+            **asdict(self),
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class TeacherRecipe:
+    model: ModelSpec = field(default_factory=ModelSpec)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=4000, batch_size=64, lr=2e-3, warmup=150))
+    mix: dict[int, float] = field(default_factory=lambda: {1: 0.15, 2: 0.2, 3: 0.3, 4: 0.35})
+    """k distribution of training queries; harder k are longer and need more practice."""
+    no_think_share: float = 0.2
+    """Share of examples trained with thinking disabled."""
+    truncated_share: float = 0.08
+    """Share of thinking examples whose reasoning is cut short, as budget forcing does."""
+
+
+def build_model(spec: ModelSpec, tokenizer: PreTrainedTokenizerFast, seed: int) -> Qwen3ForCausalLM:
+    torch.manual_seed(seed)
+    config = spec.to_config(tokenizer)
+    config._attn_implementation = "sdpa"
+    return Qwen3ForCausalLM(config)
+
+
+def chat_prompt(tokenizer: PreTrainedTokenizerFast, query: str, *, enable_thinking: bool) -> str:
+    return tokenizer.apply_chat_template(
+        [{"role": "user", "content": query}], tokenize=False, add_generation_prompt=True, enable_thinking=enable_thinking
+    )
+
+
+def teacher_example(
+    problem: Problem, tokenizer: PreTrainedTokenizerFast, *, mode: str, rng: random.Random
+) -> tuple[str, str]:
+    """``(context, target)`` texts: the loss is on ``target`` only.
+
+    ``mode`` is ``think``, ``direct`` (thinking disabled) or ``truncated``
+    (reasoning cut at a random point and closed, the answer still expected).
+    """
+    answer = f"{problem.answer}{IM_END}"
+    if mode == "direct":
+        return chat_prompt(tokenizer, problem.query, enable_thinking=False), answer
+    prompt = chat_prompt(tokenizer, problem.query, enable_thinking=True)
+    reasoning = think_text(problem)
+    if mode == "think":
+        return prompt, f"{THINK_START}\n{reasoning}{THINK_END}\n\n{answer}"
+    if mode == "truncated":
+        cut = rng.randrange(0, len(reasoning))
+        return f"{prompt}{THINK_START}\n{reasoning[:cut]}{THINK_END}\n\n", answer
+    raise ValueError(f"unknown mode {mode!r}")
+
+
+class TeacherData:
+    """An endless, seeded stream of training batches."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerFast, recipe: TeacherRecipe, seed: int) -> None:
+        self.tokenizer = tokenizer
+        self.recipe = recipe
+        self.rng = random.Random(f"edgecloud-teacher-data/{Split.TRAIN.name}/{seed}")
+        self._pending: list[list[Example]] = []
+
+    def _mode(self) -> str:
+        r = self.rng.random()
+        if r < self.recipe.no_think_share:
+            return "direct"
+        if r < self.recipe.no_think_share + self.recipe.truncated_share:
+            return "truncated"
+        return "think"
+
+    def _refill(self) -> None:
+        # Draw several batches at once and group examples of similar length:
+        # padding is most of the cost of a naive batch on a CPU.
+        size = self.recipe.train.batch_size
+        pairs = []
+        for _ in range(size * self.POOL_BATCHES):
+            problem = make_problem(sample_k(self.rng, self.recipe.mix), self.rng)
+            pairs.append(teacher_example(problem, self.tokenizer, mode=self._mode(), rng=self.rng))
+        contexts = self.tokenizer([c for c, _ in pairs], add_special_tokens=False)["input_ids"]
+        targets = self.tokenizer([t for _, t in pairs], add_special_tokens=False)["input_ids"]
+        examples: list[Example] = [(c + t, len(c)) for c, t in zip(contexts, targets, strict=True)]
+        examples.sort(key=lambda e: len(e[0]))
+        batches = [examples[i : i + size] for i in range(0, len(examples), size)]
+        self.rng.shuffle(batches)
+        self._pending = batches
+
+    POOL_BATCHES = 16
+
+    def batch(self, _step: int) -> dict[str, torch.Tensor]:
+        if not self._pending:
+            self._refill()
+        return collate(self._pending.pop(), self.tokenizer.pad_token_id)
+
+
+def train_teacher(
+    tokenizer: PreTrainedTokenizerFast, recipe: TeacherRecipe, out_dir: Path, *, seed: int, on_eval=None, eval_every=0
+) -> tuple[Qwen3ForCausalLM, list[dict[str, float]]]:
+    model = build_model(recipe.model, tokenizer, seed)
+    log.info("teacher: %.2fM parameters", sum(p.numel() for p in model.parameters()) / 1e6)
+    data = TeacherData(tokenizer, recipe, seed)
+    history = train(model, data.batch, recipe.train, desc="teacher", on_eval=on_eval, eval_every=eval_every)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(str(out_dir))
+    tokenizer.save_pretrained(str(out_dir))
+    return model, history
+

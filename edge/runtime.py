@@ -1,0 +1,144 @@
+"""The edge model: greedy decoding of the student ONNX graph with a KV cache.
+
+Needs only onnxruntime, ``tokenizers`` and numpy (no torch). One graph serves
+the prefill (empty past) and each decode step; the prefill's ``features``
+output is the query's feature vector, and the answer tokens' log-probabilities
+give the calibrated confidence used for triage.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+from tokenizers import Tokenizer
+
+from shared.bundle import Manifest, load_manifest
+from shared.calibration import Calibration
+
+__all__ = ["EdgeAnswer", "EdgeModel"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class EdgeAnswer:
+    text: str
+    """The decoded answer, special tokens removed."""
+    token_logprobs: tuple[float, ...]
+    """Log-probability of each generated token, end-of-turn included."""
+    confidence: float
+    """Calibrated probability that ``text`` is right (NaN without calibration)."""
+    features: np.ndarray
+    """float32 feature vector of the query (pooled final hidden state)."""
+    input_tokens: int
+    output_tokens: int
+    latency_ms: float
+
+
+class EdgeModel:
+    """A loaded student graph. Thread-safe: onnxruntime sessions allow concurrent ``run``."""
+
+    def __init__(
+        self,
+        model_file: Path,
+        tokenizer_file: Path,
+        *,
+        prompt_template: str,
+        calibration: Calibration | None = None,
+        threads: int = 1,
+        max_new_tokens: int = 12,
+        warmup: bool = True,
+    ) -> None:
+        if "{query}" not in prompt_template:
+            raise ValueError("prompt_template must contain '{query}'")
+        if threads < 1:
+            raise ValueError(f"threads must be >= 1, got {threads}")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session = ort.InferenceSession(str(model_file), options, providers=["CPUExecutionProvider"])
+        self.tokenizer = Tokenizer.from_file(str(tokenizer_file))
+        self.prompt_template = prompt_template
+        self.calibration = calibration
+        self.max_new_tokens = max_new_tokens
+        self.model_file = Path(model_file)
+        self.tokenizer_file = Path(tokenizer_file)
+        self._past_inputs = [i for i in self.session.get_inputs() if i.name.startswith("past_key_values.")]
+        self._output_names = [o.name for o in self.session.get_outputs()]
+        eos = self.tokenizer.token_to_id("<|im_end|>")
+        if eos is None:
+            raise ValueError(f"{tokenizer_file}: no <|im_end|> token")
+        self.eos_id = eos
+        if warmup:
+            self.answer("1+1")
+
+    @classmethod
+    def from_bundle(cls, directory: Path, *, precision: str = "int8", threads: int = 1, warmup: bool = True) -> EdgeModel:
+        """Load an edge bundle; ``precision`` picks the ``int8`` or ``fp32`` graph."""
+        directory = Path(directory)
+        manifest: Manifest = load_manifest(directory)
+        if manifest.kind != "edge":
+            raise ValueError(f"{directory} is a {manifest.kind} bundle, not an edge bundle")
+        graphs = manifest.io.get("graphs", {})
+        if precision not in graphs:
+            raise ValueError(f"{directory}: no {precision!r} graph (have {sorted(graphs)})")
+        calibration = Calibration.from_dict(manifest.calibration) if manifest.calibration else None
+        return cls(
+            directory / graphs[precision],
+            directory / manifest.io["tokenizer"],
+            prompt_template=manifest.io["prompt_template"],
+            calibration=calibration,
+            threads=threads,
+            warmup=warmup,
+        )
+
+    def _empty_past(self) -> dict[str, np.ndarray]:
+        past = {}
+        for spec in self._past_inputs:
+            _, heads, _, head_dim = spec.shape
+            past[spec.name] = np.zeros((1, heads, 0, head_dim), dtype=np.float32)
+        return past
+
+    def answer(self, query: str) -> EdgeAnswer:
+        """Greedy answer to ``query`` with its confidence and feature vector."""
+        started = time.perf_counter()
+        prompt_ids = self.tokenizer.encode(self.prompt_template.format(query=query), add_special_tokens=False).ids
+        ids = np.asarray([prompt_ids], dtype=np.int64)
+        feeds: dict[str, np.ndarray] = {"input_ids": ids, "attention_mask": np.ones_like(ids), **self._empty_past()}
+        generated: list[int] = []
+        logprobs: list[float] = []
+        features: np.ndarray | None = None
+        length = ids.shape[1]
+        for _ in range(self.max_new_tokens):
+            outputs = dict(zip(self._output_names, self.session.run(self._output_names, feeds), strict=True))
+            if features is None:
+                features = outputs["features"][0].astype(np.float32, copy=True)
+            logits = outputs["logits"][0, -1].astype(np.float64)
+            token = int(logits.argmax())
+            shifted = logits - logits.max()
+            logprobs.append(float(shifted[token] - np.log(np.exp(shifted).sum())))
+            generated.append(token)
+            if token == self.eos_id:
+                break
+            length += 1
+            feeds = {"input_ids": np.asarray([[token]], dtype=np.int64), "attention_mask": np.ones((1, length), dtype=np.int64)}
+            for spec in self._past_inputs:
+                feeds[spec.name] = outputs[spec.name.replace("past_key_values", "present")]
+        text = self.tokenizer.decode([t for t in generated if t != self.eos_id], skip_special_tokens=True).strip()
+        confidence = self.calibration.confidence(logprobs) if self.calibration else float("nan")
+        assert features is not None
+        return EdgeAnswer(
+            text=text,
+            token_logprobs=tuple(logprobs),
+            confidence=confidence,
+            features=features,
+            input_tokens=len(prompt_ids),
+            output_tokens=len(generated),
+            latency_ms=(time.perf_counter() - started) * 1000,
+        )

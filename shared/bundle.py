@@ -1,0 +1,399 @@
+"""Model bundles: a directory of model files described by ``manifest.json``.
+
+The manifest names the bundle, gives it a monotonic ``version``, lists every
+file with its size and sha256, and carries the model's I/O contract,
+calibration data, golden query/answer pairs and free-form metadata. A bundle
+is valid when every listed file matches and no unlisted regular file exists
+(``manifest.json`` and the detached signature ``manifest.sig`` excepted).
+Symlinks are refused anywhere in a bundle.
+
+:func:`canonical_bytes` is what the Ed25519 signature in ``manifest.sig``
+covers; signing lives elsewhere. A bad manifest raises ``ManifestError``
+naming the field; files that do not match raise ``IntegrityError`` naming
+the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+import tempfile
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal
+
+from shared.errors import BundleError, IntegrityError, ManifestError
+
+__all__ = [
+    "FORMAT_VERSION",
+    "IO_KEYS",
+    "KINDS",
+    "MANIFEST_FILE",
+    "SIGNATURE_FILE",
+    "FileEntry",
+    "GoldenCase",
+    "Manifest",
+    "canonical_bytes",
+    "load_manifest",
+    "verify_bundle",
+    "write_bundle",
+]
+
+FORMAT_VERSION = 1
+MANIFEST_FILE = "manifest.json"
+SIGNATURE_FILE = "manifest.sig"
+KINDS = ("edge", "cloud")
+#: Keys the ``io`` contract must contain.
+IO_KEYS = ("inputs", "outputs", "feature_dim", "tokenizer")
+_RESERVED = frozenset((MANIFEST_FILE, SIGNATURE_FILE))
+_CHUNK = 1 << 20
+_NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]*")
+_SHA256_RE = re.compile(r"[0-9a-f]{64}")
+_RFC3339_UTC_RE = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?Z")
+
+
+def _bad(where: str, message: str) -> ManifestError:
+    return ManifestError(f"{where}: {message}")
+
+
+def _require_int(value: object, where: str, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _bad(where, f"expected an integer, got {value!r}")
+    if value < minimum:
+        raise _bad(where, f"must be >= {minimum}, got {value}")
+
+
+def _json_copy(value: object, where: str) -> Any:
+    """A deep copy of ``value`` made of JSON types only (tuples become lists);
+    raises ManifestError on anything JSON cannot represent exactly."""
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise _bad(where, f"non-finite number {value!r}")
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_json_copy(item, f"{where}[{i}]") for i, item in enumerate(value)]
+    if isinstance(value, Mapping):
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise _bad(where, f"non-string key {key!r}")
+            out[key] = _json_copy(item, f"{where}.{key}")
+        return out
+    raise _bad(where, f"not JSON-serialisable: {type(value).__name__}")
+
+
+def _json_object(value: object, where: str) -> dict[str, Any]:
+    if not isinstance(value, Mapping):
+        raise _bad(where, f"expected an object, got {type(value).__name__}")
+    copied: dict[str, Any] = _json_copy(value, where)
+    return copied
+
+
+def _check_path(path: object) -> None:
+    if not isinstance(path, str) or not path:
+        raise _bad("path", f"expected a non-empty string, got {path!r}")
+    if "\\" in path or "\0" in path:
+        raise _bad("path", f"must be POSIX without backslash or NUL, got {path!r}")
+    if path.startswith("/"):
+        raise _bad("path", f"must be relative, got {path!r}")
+    if any(part in ("", ".", "..") for part in path.split("/")):
+        raise _bad("path", f"must not contain '..', '.' or empty segments, got {path!r}")
+    if path in _RESERVED:
+        raise _bad("path", f"{path!r} is reserved and never listed")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FileEntry:
+    """One file of a bundle."""
+
+    path: str
+    """Relative POSIX path inside the bundle directory."""
+    sha256: str
+    """Lower-case hex digest of the file's content."""
+    size: int
+    """Size in bytes."""
+
+    def __post_init__(self) -> None:
+        _check_path(self.path)
+        if not isinstance(self.sha256, str) or not _SHA256_RE.fullmatch(self.sha256):
+            raise _bad("sha256", f"expected 64 lower-case hex digits, got {self.sha256!r}")
+        _require_int(self.size, "size", 0)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": self.path, "sha256": self.sha256, "size": self.size}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> FileEntry:
+        return cls(**_fields(data, ("path", "sha256", "size")))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GoldenCase:
+    """A query and the answer the bundled model must give to it."""
+
+    query: str
+    expected: str
+
+    def __post_init__(self) -> None:
+        for name in ("query", "expected"):
+            if not isinstance(getattr(self, name), str):
+                raise _bad(name, f"expected a string, got {getattr(self, name)!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"query": self.query, "expected": self.expected}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> GoldenCase:
+        return cls(**_fields(data, ("query", "expected")))
+
+
+def _fields(data: Mapping[str, Any], names: Sequence[str]) -> dict[str, Any]:
+    """A copy of ``data``, which must have exactly the keys ``names``."""
+    for name in names:
+        if name not in data:
+            raise _bad(name, "missing")
+    for key in data:
+        if key not in names:
+            raise _bad(str(key), "unknown field")
+    return dict(data)
+
+
+def _items(data: Mapping[str, Any], name: str, parse: Callable[[Mapping[str, Any]], Any]) -> tuple[Any, ...]:
+    """Parse the list ``data[name]`` item by item, prefixing errors with the index."""
+    items = data[name]
+    if not isinstance(items, list):
+        raise _bad(name, f"expected a list, got {type(items).__name__}")
+    parsed = []
+    for i, item in enumerate(items):
+        if not isinstance(item, Mapping):
+            raise _bad(f"{name}[{i}]", f"expected an object, got {type(item).__name__}")
+        try:
+            parsed.append(parse(item))
+        except ManifestError as exc:
+            raise ManifestError(f"{name}[{i}].{exc}") from exc
+    return tuple(parsed)
+
+
+_MANIFEST_FIELDS = (
+    "format_version", "name", "kind", "version", "created_at",
+    "files", "io", "calibration", "golden", "metadata",
+)  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Manifest:
+    """The validated content of ``manifest.json``."""
+
+    name: str
+    """Bundle name: ``[a-z0-9][a-z0-9._-]*``."""
+    kind: Literal["edge", "cloud"]
+    version: int
+    """Monotonic version, >= 1; a newer bundle of the same name has a larger one."""
+    created_at: str
+    """RFC 3339 UTC timestamp, e.g. ``2025-01-31T12:00:00Z``."""
+    files: tuple[FileEntry, ...]
+    """Every bundled file, sorted by path, paths unique."""
+    io: dict[str, Any]
+    """The model's I/O contract; contains at least :data:`IO_KEYS`."""
+    calibration: dict[str, Any] = field(default_factory=dict)
+    golden: tuple[GoldenCase, ...] = ()
+    metadata: dict[str, Any] = field(default_factory=dict)
+    format_version: int = FORMAT_VERSION
+
+    def __post_init__(self) -> None:
+        _require_int(self.format_version, "format_version", FORMAT_VERSION)
+        if self.format_version != FORMAT_VERSION:
+            raise _bad("format_version", f"expected {FORMAT_VERSION}, got {self.format_version!r}")
+        if not isinstance(self.name, str) or not _NAME_RE.fullmatch(self.name):
+            raise _bad("name", f"must match [a-z0-9][a-z0-9._-]*, got {self.name!r}")
+        if self.kind not in KINDS:
+            raise _bad("kind", f"expected one of {', '.join(KINDS)}, got {self.kind!r}")
+        _require_int(self.version, "version", 1)
+        _check_created_at(self.created_at)
+        if not isinstance(self.files, tuple) or not all(isinstance(f, FileEntry) for f in self.files):
+            raise _bad("files", "expected a tuple of FileEntry")
+        paths = [f.path for f in self.files]
+        if paths != sorted(set(paths)):
+            raise _bad("files", "must be sorted by path with no duplicates")
+        if not isinstance(self.golden, tuple) or not all(isinstance(g, GoldenCase) for g in self.golden):
+            raise _bad("golden", "expected a tuple of GoldenCase")
+        io = _json_object(self.io, "io")
+        missing = [key for key in IO_KEYS if key not in io]
+        if missing:
+            raise _bad("io", f"missing key(s) {', '.join(missing)}")
+        object.__setattr__(self, "io", io)
+        object.__setattr__(self, "calibration", _json_object(self.calibration, "calibration"))
+        object.__setattr__(self, "metadata", _json_object(self.metadata, "metadata"))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The manifest as plain JSON types (fresh copies, safe to mutate)."""
+        return {
+            "format_version": self.format_version,
+            "name": self.name,
+            "kind": self.kind,
+            "version": self.version,
+            "created_at": self.created_at,
+            "files": [f.to_dict() for f in self.files],
+            "io": _json_copy(self.io, "io"),
+            "calibration": _json_copy(self.calibration, "calibration"),
+            "golden": [g.to_dict() for g in self.golden],
+            "metadata": _json_copy(self.metadata, "metadata"),
+        }
+
+    @classmethod
+    def from_dict(cls, data: object) -> Manifest:
+        """Validate ``data`` (parsed JSON); raises ManifestError naming the bad field."""
+        if not isinstance(data, Mapping):
+            raise ManifestError(f"expected a JSON object, got {type(data).__name__}")
+        fields = _fields(data, _MANIFEST_FIELDS)
+        fields["files"] = _items(fields, "files", FileEntry.from_dict)
+        fields["golden"] = _items(fields, "golden", GoldenCase.from_dict)
+        return cls(**fields)
+
+
+def _check_created_at(value: object) -> None:
+    if not isinstance(value, str) or not _RFC3339_UTC_RE.fullmatch(value):
+        raise _bad("created_at", f"expected RFC 3339 UTC like 2025-01-31T12:00:00Z, got {value!r}")
+    try:
+        datetime.strptime(value[:19], "%Y-%m-%dT%H:%M:%S")
+    except ValueError as exc:
+        raise _bad("created_at", f"not a valid date/time: {value!r}") from exc
+
+
+def canonical_bytes(manifest: Manifest) -> bytes:
+    """Deterministic encoding of ``manifest``: what ``manifest.sig`` signs."""
+    text = json.dumps(
+        manifest.to_dict(), sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    )
+    return text.encode("utf-8")
+
+
+def _walk(root: Path, prefix: str = "") -> Iterator[tuple[str, Path]]:
+    """``(relative POSIX path, path)`` of every regular file under ``root``,
+    the manifest and signature excepted. Refuses symlinks and special files."""
+    with os.scandir(root) as entries:
+        for entry in entries:
+            rel = prefix + entry.name
+            if entry.is_symlink():
+                raise BundleError(f"{rel}: symlinks are not allowed in a bundle")
+            if entry.is_dir(follow_symlinks=False):
+                yield from _walk(Path(entry.path), rel + "/")
+            elif not entry.is_file(follow_symlinks=False):
+                raise BundleError(f"{rel}: not a regular file")
+            elif rel not in _RESERVED:
+                yield rel, Path(entry.path)
+
+
+def _scan(directory: Path) -> dict[str, Path]:
+    if not directory.is_dir():
+        raise BundleError(f"{directory}: not a directory")
+    return dict(sorted(_walk(directory)))
+
+
+def _digest(path: Path) -> tuple[str, int]:
+    """sha256 hex digest and size of ``path``, read in 1 MiB chunks."""
+    sha = hashlib.sha256()
+    size = 0
+    with path.open("rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            sha.update(chunk)
+            size += len(chunk)
+    return sha.hexdigest(), size
+
+
+def _timestamp(created_at: str | datetime | None) -> str:
+    if isinstance(created_at, str):
+        return created_at
+    moment = created_at or datetime.now(timezone.utc)
+    if moment.tzinfo is None:
+        raise ManifestError("created_at: datetime must be timezone-aware")
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def write_bundle(
+    directory: str | os.PathLike[str],
+    *,
+    name: str,
+    kind: Literal["edge", "cloud"],
+    version: int,
+    io: Mapping[str, Any],
+    calibration: Mapping[str, Any],
+    golden: Sequence[GoldenCase | Mapping[str, str]],
+    metadata: Mapping[str, Any],
+    created_at: str | datetime | None = None,
+) -> Manifest:
+    """Hash every file under ``directory`` and write its ``manifest.json``.
+
+    ``created_at`` defaults to now. A ``manifest.sig`` left from an earlier
+    manifest is removed: it signed bytes that no longer exist.
+    """
+    root = Path(directory)
+    files = tuple(
+        FileEntry(path=rel, sha256=sha, size=size)
+        for rel, path in _scan(root).items()
+        for sha, size in (_digest(path),)
+    )
+    manifest = Manifest(
+        name=name,
+        kind=kind,
+        version=version,
+        created_at=_timestamp(created_at),
+        files=files,
+        io=dict(io),
+        calibration=dict(calibration),
+        golden=tuple(g if isinstance(g, GoldenCase) else GoldenCase.from_dict(g) for g in golden),
+        metadata=dict(metadata),
+    )
+    text = json.dumps(manifest.to_dict(), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+    fd, tmp = tempfile.mkstemp(dir=root, prefix=".manifest.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp, root / MANIFEST_FILE)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    (root / SIGNATURE_FILE).unlink(missing_ok=True)
+    return manifest
+
+
+def load_manifest(directory: str | os.PathLike[str]) -> Manifest:
+    """Read and validate ``directory/manifest.json``."""
+    path = Path(directory) / MANIFEST_FILE
+    try:
+        if path.is_symlink():
+            raise ManifestError("is a symlink")
+        return Manifest.from_dict(json.loads(path.read_bytes().decode("utf-8")))
+    except ManifestError as exc:
+        raise ManifestError(f"{path}: {exc}") from exc
+    except OSError as exc:
+        raise ManifestError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ManifestError(f"{path}: not valid UTF-8 JSON: {exc}") from exc
+
+
+def verify_bundle(directory: str | os.PathLike[str]) -> Manifest:
+    """Load the manifest and check the directory matches it exactly."""
+    root = Path(directory)
+    manifest = load_manifest(root)
+    present = _scan(root)
+    for entry in manifest.files:
+        path = present.pop(entry.path, None)
+        if path is None:
+            raise IntegrityError(f"{entry.path}: listed in the manifest but missing")
+        size = path.stat().st_size
+        if size != entry.size:
+            raise IntegrityError(f"{entry.path}: size is {size} bytes, manifest says {entry.size}")
+        sha, _ = _digest(path)
+        if sha != entry.sha256:
+            raise IntegrityError(f"{entry.path}: sha256 is {sha}, manifest says {entry.sha256}")
+    if present:
+        raise IntegrityError(f"{next(iter(present))}: not listed in the manifest")
+    return manifest

@@ -1,0 +1,119 @@
+"""Confidence calibration for triage: Platt scaling and threshold choice.
+
+The edge model's raw signals are the log-probabilities of its greedy answer
+tokens. A logistic model over two summaries of them (their sum and their
+minimum) maps them to the probability that the answer is right; it is fitted
+on a validation split and stored in the bundle manifest. The triage threshold
+is the lowest confidence at which the answers kept on the edge are still right
+at the target precision.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+__all__ = ["Calibration", "choose_threshold", "confidence_signals", "fit_platt"]
+
+
+def confidence_signals(token_logprobs: Sequence[float]) -> tuple[float, float]:
+    """``(sum, min)`` of the answer's token log-probabilities (0, 0 for no tokens)."""
+    if not token_logprobs:
+        return 0.0, 0.0
+    return float(sum(token_logprobs)), float(min(token_logprobs))
+
+
+@dataclass(frozen=True, kw_only=True)
+class Calibration:
+    """``P(correct) = sigmoid(w_sum * sum_logprob + w_min * min_logprob + bias)``."""
+
+    w_sum: float
+    w_min: float
+    bias: float
+    threshold: float
+    """Keep an answer on the edge when its confidence is at least this."""
+    target_precision: float
+    validation: dict[str, float]
+    """Figures measured on the validation split at ``threshold``."""
+    method: str = "platt"
+
+    def __post_init__(self) -> None:
+        for name in ("w_sum", "w_min", "bias", "threshold", "target_precision"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"calibration {name} must be a finite number, got {value!r}")
+        if not 0 <= self.threshold <= 1:
+            raise ValueError(f"calibration threshold must be in [0, 1], got {self.threshold}")
+        if self.method != "platt":
+            raise ValueError(f"unknown calibration method {self.method!r}")
+
+    def confidence(self, token_logprobs: Sequence[float]) -> float:
+        total, worst = confidence_signals(token_logprobs)
+        z = self.w_sum * total + self.w_min * worst + self.bias
+        return 1.0 / (1.0 + math.exp(-z)) if z > -700 else 0.0
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, object]) -> Calibration:
+        try:
+            return cls(**data)  # type: ignore[arg-type]
+        except TypeError as exc:
+            raise ValueError(f"bad calibration record: {exc}") from None
+
+
+def fit_platt(signals: np.ndarray, correct: np.ndarray, *, l2: float = 1e-3, iterations: int = 50) -> np.ndarray:
+    """Logistic regression by Newton's method; returns ``[w_sum, w_min, bias]``.
+
+    ``signals`` is ``(n, 2)`` (see :func:`confidence_signals`), ``correct`` is
+    ``(n,)`` of 0/1.
+    """
+    x = np.hstack([np.asarray(signals, dtype=np.float64), np.ones((len(signals), 1))])
+    y = np.asarray(correct, dtype=np.float64)
+    if x.shape[0] != y.shape[0] or x.shape[0] == 0:
+        raise ValueError("signals and correct must be non-empty and of equal length")
+    w = np.zeros(x.shape[1])
+    for _ in range(iterations):
+        p = 1.0 / (1.0 + np.exp(-np.clip(x @ w, -500, 500)))
+        gradient = x.T @ (p - y) + l2 * w
+        hessian = (x * (p * (1 - p))[:, None]).T @ x + l2 * np.eye(x.shape[1])
+        step = np.linalg.solve(hessian, gradient)
+        w -= step
+        if np.max(np.abs(step)) < 1e-9:
+            break
+    return w
+
+
+def choose_threshold(
+    confidence: np.ndarray, correct: np.ndarray, *, target_precision: float, min_kept: int = 20
+) -> tuple[float, dict[str, float]]:
+    """Lowest threshold whose kept set (confidence >= t) reaches ``target_precision``.
+
+    Returns the threshold and the precision and coverage it gives on this
+    data; 1.0 with coverage 0 (keep nothing) if no threshold qualifies.
+    """
+    conf = np.asarray(confidence, dtype=np.float64)
+    ok = np.asarray(correct, dtype=bool)
+    order = np.argsort(-conf, kind="stable")
+    conf, ok = conf[order], ok[order]
+    kept = np.arange(1, len(conf) + 1)
+    precision = np.cumsum(ok) / kept
+    # Only cut between distinct confidences.
+    boundary = np.append(conf[1:] < conf[:-1], True)
+    best = -1
+    for i in range(len(conf)):
+        if not boundary[i]:
+            continue
+        if precision[i] >= target_precision and kept[i] >= min_kept:
+            best = i
+    if best < 0:
+        return 1.0, {"precision": float("nan"), "coverage": 0.0, "kept": 0.0}
+    return float(conf[best]), {
+        "precision": float(precision[best]),
+        "coverage": float(kept[best] / len(conf)),
+        "kept": float(kept[best]),
+    }
