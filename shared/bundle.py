@@ -20,7 +20,6 @@ import json
 import math
 import os
 import re
-import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -55,6 +54,7 @@ _CHUNK = 1 << 20
 _NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]*")
 _SHA256_RE = re.compile(r"[0-9a-f]{64}")
 _RFC3339_UTC_RE = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?Z")
+_FREE_FORM = ("io", "calibration", "metadata")
 
 
 def _bad(where: str, message: str) -> ManifestError:
@@ -69,7 +69,7 @@ def _require_int(value: object, where: str, minimum: int) -> None:
 
 
 def _json_copy(value: object, where: str) -> Any:
-    """A deep copy of ``value`` made of JSON types only (tuples become lists);
+    """A deep copy of ``value`` in JSON types only (tuples become lists);
     raises ManifestError on anything JSON cannot represent exactly."""
     if value is None or isinstance(value, (bool, int, str)):
         return value
@@ -80,20 +80,10 @@ def _json_copy(value: object, where: str) -> Any:
     if isinstance(value, (list, tuple)):
         return [_json_copy(item, f"{where}[{i}]") for i, item in enumerate(value)]
     if isinstance(value, Mapping):
-        out: dict[str, Any] = {}
-        for key, item in value.items():
-            if not isinstance(key, str):
-                raise _bad(where, f"non-string key {key!r}")
-            out[key] = _json_copy(item, f"{where}.{key}")
-        return out
+        if not all(isinstance(key, str) for key in value):
+            raise _bad(where, "object keys must be strings")
+        return {key: _json_copy(item, f"{where}.{key}") for key, item in value.items()}
     raise _bad(where, f"not JSON-serialisable: {type(value).__name__}")
-
-
-def _json_object(value: object, where: str) -> dict[str, Any]:
-    if not isinstance(value, Mapping):
-        raise _bad(where, f"expected an object, got {type(value).__name__}")
-    copied: dict[str, Any] = _json_copy(value, where)
-    return copied
 
 
 def _check_path(path: object) -> None:
@@ -107,6 +97,29 @@ def _check_path(path: object) -> None:
         raise _bad("path", f"must not contain '..', '.' or empty segments, got {path!r}")
     if path in _RESERVED:
         raise _bad("path", f"{path!r} is reserved and never listed")
+
+
+def _fields(data: Mapping[str, Any], names: Sequence[str]) -> dict[str, Any]:
+    """A copy of ``data``, which must have exactly the keys ``names``."""
+    missing, unknown = [n for n in names if n not in data], [str(k) for k in data if k not in names]
+    if missing or unknown:
+        raise _bad((missing or unknown)[0], "missing" if missing else "unknown field")
+    return dict(data)
+
+
+def _items(data: Mapping[str, Any], name: str, parse: Callable[[Mapping[str, Any]], Any]) -> tuple[Any, ...]:
+    """Parse the list ``data[name]`` item by item; errors name the index."""
+    if not isinstance(data[name], list):
+        raise _bad(name, f"expected a list, got {type(data[name]).__name__}")
+    parsed = []
+    for i, item in enumerate(data[name]):
+        if not isinstance(item, Mapping):
+            raise _bad(f"{name}[{i}]", f"expected an object, got {type(item).__name__}")
+        try:
+            parsed.append(parse(item))
+        except ManifestError as exc:
+            raise ManifestError(f"{name}[{i}].{exc}") from exc
+    return tuple(parsed)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -142,9 +155,9 @@ class GoldenCase:
     expected: str
 
     def __post_init__(self) -> None:
-        for name in ("query", "expected"):
-            if not isinstance(getattr(self, name), str):
-                raise _bad(name, f"expected a string, got {getattr(self, name)!r}")
+        for name, value in (("query", self.query), ("expected", self.expected)):
+            if not isinstance(value, str):
+                raise _bad(name, f"expected a string, got {value!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return {"query": self.query, "expected": self.expected}
@@ -152,33 +165,6 @@ class GoldenCase:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> GoldenCase:
         return cls(**_fields(data, ("query", "expected")))
-
-
-def _fields(data: Mapping[str, Any], names: Sequence[str]) -> dict[str, Any]:
-    """A copy of ``data``, which must have exactly the keys ``names``."""
-    for name in names:
-        if name not in data:
-            raise _bad(name, "missing")
-    for key in data:
-        if key not in names:
-            raise _bad(str(key), "unknown field")
-    return dict(data)
-
-
-def _items(data: Mapping[str, Any], name: str, parse: Callable[[Mapping[str, Any]], Any]) -> tuple[Any, ...]:
-    """Parse the list ``data[name]`` item by item, prefixing errors with the index."""
-    items = data[name]
-    if not isinstance(items, list):
-        raise _bad(name, f"expected a list, got {type(items).__name__}")
-    parsed = []
-    for i, item in enumerate(items):
-        if not isinstance(item, Mapping):
-            raise _bad(f"{name}[{i}]", f"expected an object, got {type(item).__name__}")
-        try:
-            parsed.append(parse(item))
-        except ManifestError as exc:
-            raise ManifestError(f"{name}[{i}].{exc}") from exc
-    return tuple(parsed)
 
 
 _MANIFEST_FIELDS = (
@@ -189,19 +175,20 @@ _MANIFEST_FIELDS = (
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Manifest:
-    """The validated content of ``manifest.json``."""
+    """The validated content of ``manifest.json``. Free-form fields are
+    deep-copied to plain JSON types on construction."""
 
     name: str
     """Bundle name: ``[a-z0-9][a-z0-9._-]*``."""
     kind: Literal["edge", "cloud"]
     version: int
-    """Monotonic version, >= 1; a newer bundle of the same name has a larger one."""
+    """Monotonic, >= 1: a newer bundle of the same name has a larger version."""
     created_at: str
     """RFC 3339 UTC timestamp, e.g. ``2025-01-31T12:00:00Z``."""
     files: tuple[FileEntry, ...]
     """Every bundled file, sorted by path, paths unique."""
     io: dict[str, Any]
-    """The model's I/O contract; contains at least :data:`IO_KEYS`."""
+    """The model's I/O contract; has at least the keys :data:`IO_KEYS`."""
     calibration: dict[str, Any] = field(default_factory=dict)
     golden: tuple[GoldenCase, ...] = ()
     metadata: dict[str, Any] = field(default_factory=dict)
@@ -210,7 +197,7 @@ class Manifest:
     def __post_init__(self) -> None:
         _require_int(self.format_version, "format_version", FORMAT_VERSION)
         if self.format_version != FORMAT_VERSION:
-            raise _bad("format_version", f"expected {FORMAT_VERSION}, got {self.format_version!r}")
+            raise _bad("format_version", f"expected {FORMAT_VERSION}, got {self.format_version}")
         if not isinstance(self.name, str) or not _NAME_RE.fullmatch(self.name):
             raise _bad("name", f"must match [a-z0-9][a-z0-9._-]*, got {self.name!r}")
         if self.kind not in KINDS:
@@ -224,28 +211,22 @@ class Manifest:
             raise _bad("files", "must be sorted by path with no duplicates")
         if not isinstance(self.golden, tuple) or not all(isinstance(g, GoldenCase) for g in self.golden):
             raise _bad("golden", "expected a tuple of GoldenCase")
-        io = _json_object(self.io, "io")
-        missing = [key for key in IO_KEYS if key not in io]
+        for name in _FREE_FORM:
+            value = getattr(self, name)
+            if not isinstance(value, Mapping):
+                raise _bad(name, f"expected an object, got {type(value).__name__}")
+            object.__setattr__(self, name, _json_copy(value, name))
+        missing = [key for key in IO_KEYS if key not in self.io]
         if missing:
             raise _bad("io", f"missing key(s) {', '.join(missing)}")
-        object.__setattr__(self, "io", io)
-        object.__setattr__(self, "calibration", _json_object(self.calibration, "calibration"))
-        object.__setattr__(self, "metadata", _json_object(self.metadata, "metadata"))
 
     def to_dict(self) -> dict[str, Any]:
         """The manifest as plain JSON types (fresh copies, safe to mutate)."""
-        return {
-            "format_version": self.format_version,
-            "name": self.name,
-            "kind": self.kind,
-            "version": self.version,
-            "created_at": self.created_at,
-            "files": [f.to_dict() for f in self.files],
-            "io": _json_copy(self.io, "io"),
-            "calibration": _json_copy(self.calibration, "calibration"),
-            "golden": [g.to_dict() for g in self.golden],
-            "metadata": _json_copy(self.metadata, "metadata"),
-        }
+        data = {name: getattr(self, name) for name in _MANIFEST_FIELDS}
+        data["files"] = [f.to_dict() for f in self.files]
+        data["golden"] = [g.to_dict() for g in self.golden]
+        data.update((name, _json_copy(data[name], name)) for name in _FREE_FORM)
+        return data
 
     @classmethod
     def from_dict(cls, data: object) -> Manifest:
@@ -264,20 +245,18 @@ def _check_created_at(value: object) -> None:
     try:
         datetime.strptime(value[:19], "%Y-%m-%dT%H:%M:%S")
     except ValueError as exc:
-        raise _bad("created_at", f"not a valid date/time: {value!r}") from exc
+        raise _bad("created_at", f"not a valid date and time: {value!r}") from exc
 
 
 def canonical_bytes(manifest: Manifest) -> bytes:
     """Deterministic encoding of ``manifest``: what ``manifest.sig`` signs."""
-    text = json.dumps(
-        manifest.to_dict(), sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-    )
+    text = json.dumps(manifest.to_dict(), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return text.encode("utf-8")
 
 
 def _walk(root: Path, prefix: str = "") -> Iterator[tuple[str, Path]]:
-    """``(relative POSIX path, path)`` of every regular file under ``root``,
-    the manifest and signature excepted. Refuses symlinks and special files."""
+    """``(relative POSIX path, path)`` of every regular file under ``root``
+    except the manifest and signature. Refuses symlinks and special files."""
     with os.scandir(root) as entries:
         for entry in entries:
             rel = prefix + entry.name
@@ -299,22 +278,12 @@ def _scan(directory: Path) -> dict[str, Path]:
 
 def _digest(path: Path) -> tuple[str, int]:
     """sha256 hex digest and size of ``path``, read in 1 MiB chunks."""
-    sha = hashlib.sha256()
-    size = 0
+    sha, size = hashlib.sha256(), 0
     with path.open("rb") as handle:
         while chunk := handle.read(_CHUNK):
             sha.update(chunk)
             size += len(chunk)
     return sha.hexdigest(), size
-
-
-def _timestamp(created_at: str | datetime | None) -> str:
-    if isinstance(created_at, str):
-        return created_at
-    moment = created_at or datetime.now(timezone.utc)
-    if moment.tzinfo is None:
-        raise ManifestError("created_at: datetime must be timezone-aware")
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def write_bundle(
@@ -327,39 +296,35 @@ def write_bundle(
     calibration: Mapping[str, Any],
     golden: Sequence[GoldenCase | Mapping[str, str]],
     metadata: Mapping[str, Any],
-    created_at: str | datetime | None = None,
+    created_at: str | None = None,
 ) -> Manifest:
     """Hash every file under ``directory`` and write its ``manifest.json``.
 
-    ``created_at`` defaults to now. A ``manifest.sig`` left from an earlier
-    manifest is removed: it signed bytes that no longer exist.
+    ``created_at`` (RFC 3339 UTC) defaults to now. A ``manifest.sig`` left
+    from an earlier manifest is removed: it signed bytes that no longer exist.
     """
     root = Path(directory)
-    files = tuple(
-        FileEntry(path=rel, sha256=sha, size=size)
-        for rel, path in _scan(root).items()
-        for sha, size in (_digest(path),)
-    )
+    if created_at is None:
+        created_at = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    files = []
+    for rel, path in _scan(root).items():
+        sha, size = _digest(path)
+        files.append(FileEntry(path=rel, sha256=sha, size=size))
     manifest = Manifest(
         name=name,
         kind=kind,
         version=version,
-        created_at=_timestamp(created_at),
-        files=files,
+        created_at=created_at,
+        files=tuple(files),
         io=dict(io),
         calibration=dict(calibration),
         golden=tuple(g if isinstance(g, GoldenCase) else GoldenCase.from_dict(g) for g in golden),
         metadata=dict(metadata),
     )
     text = json.dumps(manifest.to_dict(), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
-    fd, tmp = tempfile.mkstemp(dir=root, prefix=".manifest.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, root / MANIFEST_FILE)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    tmp = root / f".{MANIFEST_FILE}.tmp"
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, root / MANIFEST_FILE)
     (root / SIGNATURE_FILE).unlink(missing_ok=True)
     return manifest
 

@@ -36,8 +36,8 @@ class Calibration:
     threshold: float
     """Keep an answer on the edge when its confidence is at least this."""
     target_precision: float
-    validation: dict[str, float]
-    """Figures measured on the validation split at ``threshold``."""
+    validation: dict[str, float | None]
+    """Figures measured on the validation split at ``threshold`` (None: undefined, e.g. nothing kept)."""
     method: str = "platt"
 
     def __post_init__(self) -> None:
@@ -90,7 +90,7 @@ def fit_platt(signals: np.ndarray, correct: np.ndarray, *, l2: float = 1e-3, ite
 
 def choose_threshold(
     confidence: np.ndarray, correct: np.ndarray, *, target_precision: float, min_kept: int = 20
-) -> tuple[float, dict[str, float]]:
+) -> tuple[float, dict[str, float | None]]:
     """Lowest threshold whose kept set (confidence >= t) reaches ``target_precision``.
 
     Returns the threshold and the precision and coverage it gives on this
@@ -111,7 +111,7 @@ def choose_threshold(
         if precision[i] >= target_precision and kept[i] >= min_kept:
             best = i
     if best < 0:
-        return 1.0, {"precision": float("nan"), "coverage": 0.0, "kept": 0.0}
+        return 1.0, {"precision": None, "coverage": 0.0, "kept": 0.0}
     return float(conf[best]), {
         "precision": float(precision[best]),
         "coverage": float(kept[best] / len(conf)),

@@ -123,8 +123,8 @@ def triage_report(problems: Sequence[Problem], answers: Sequence[EdgeAnswer], th
     return {
         "threshold": threshold,
         "kept_share": len(kept) / len(problems),
-        "precision_kept": sum(right) / len(right) if right else float("nan"),
-        "coverage_k1": len(kept_simple) / len(simple) if simple else float("nan"),
+        "precision_kept": sum(right) / len(right) if right else None,
+        "coverage_k1": len(kept_simple) / len(simple) if simple else None,
         "kept_multi_step": float(len(kept) - len(kept_simple)),
     }
 

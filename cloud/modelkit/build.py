@@ -1,0 +1,297 @@
+"""``edgecloud models build``: train, distil, export, quantise, calibrate, bundle.
+
+Produces, under the output folder:
+
+- ``cloud-teacher/``: a cloud bundle, a transformers Qwen3 checkpoint with its
+  tokenizer and chat template (``AutoModelForCausalLM.from_pretrained`` loads it);
+- ``edge-student/``: an edge bundle, the int8 ONNX student, its tokenizer and
+  the triage calibration;
+- ``student-reference/``: the fp32 PyTorch student and its fp32 ONNX graph,
+  kept to measure what quantisation costs (not shipped to devices).
+
+Everything is seeded. The new folders are assembled in a staging folder and
+moved into place only when the whole build succeeded.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import shutil
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import onnxruntime
+import torch
+import transformers
+
+from cloud.modelkit.decoding import generate_batch
+from cloud.modelkit.evaluate import REFERENCE_DIR, STUDENT_DIR, TEACHER_DIR
+from cloud.modelkit.export import export_student, onnx_io, quantize_student
+from cloud.modelkit.student import StudentRecipe, distill_student
+from cloud.modelkit.teacher import ModelSpec, TeacherRecipe, chat_prompt, train_teacher
+from cloud.modelkit.tokenizer import IM_END, THINK_END, THINK_START, build_tokenizer
+from cloud.modelkit.training import TrainConfig
+from edge.runtime import EdgeModel
+from shared.bundle import GoldenCase, load_manifest, write_bundle
+from shared.calibration import Calibration, choose_threshold, confidence_signals, fit_platt
+from shared.task import EVAL_MIX, Split, generate, parse_answer
+
+__all__ = ["BuildConfig", "build_models", "quick_recipes"]
+
+log = logging.getLogger(__name__)
+
+TEACHER_NAME = "edgecloud-demo-teacher"
+STUDENT_NAME = "edgecloud-demo-student"
+INT8_FILE = "model.int8.onnx"
+
+
+@dataclass(frozen=True, kw_only=True)
+class BuildConfig:
+    out: Path
+    """Folder that receives the bundles (``models/`` in the repo)."""
+    quick: bool = False
+    """Tiny, low-accuracy models in a few minutes, for tests."""
+    seed: int = 0
+    version: int | None = None
+    """Bundle version; default: one more than the version found in ``out``."""
+    threads: int = 2
+    target_precision: float = 0.995
+    """Precision the edge must keep on validation at the triage threshold."""
+    calibration_n: int = 4000
+    int8_min_agreement: float = 0.97
+    """Fail the build if int8 and fp32 ONNX answers agree less often than this."""
+    teacher: TeacherRecipe = field(default_factory=TeacherRecipe)
+    student: StudentRecipe = field(default_factory=StudentRecipe)
+
+    def __post_init__(self) -> None:
+        if self.version is not None and self.version < 1:
+            raise ValueError(f"version must be >= 1, got {self.version}")
+        if not 0.5 <= self.target_precision <= 1:
+            raise ValueError(f"target_precision must be in [0.5, 1], got {self.target_precision}")
+        if self.calibration_n < 100:
+            raise ValueError(f"calibration_n must be >= 100, got {self.calibration_n}")
+
+
+def quick_recipes(config: BuildConfig) -> BuildConfig:
+    """The same pipeline on tiny models and few steps."""
+    tiny = ModelSpec(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2)
+    tinier = ModelSpec(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=1, num_key_value_heads=1)
+    return replace(
+        config,
+        calibration_n=300,
+        int8_min_agreement=0.0,
+        teacher=replace(config.teacher, model=tiny, train=TrainConfig(steps=40, batch_size=32, lr=3e-3, warmup=5)),
+        student=replace(config.student, model=tinier, train=TrainConfig(steps=40, batch_size=32, lr=3e-3, warmup=5)),
+    )
+
+
+def _next_version(out: Path) -> int:
+    versions = []
+    for name in (TEACHER_DIR, STUDENT_DIR):
+        try:
+            versions.append(load_manifest(out / name).version)
+        except Exception:  # noqa: BLE001 - a missing or broken old bundle just means "start at 1"
+            continue
+    return max(versions, default=0) + 1
+
+
+def _environment() -> dict[str, str]:
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+    }
+
+
+def _teacher_golden(model, tokenizer, seed: int) -> list[GoldenCase]:
+    problems = [p for p in generate(40, seed, Split.GOLDEN) if p.k <= 3][:12]
+    prompts = [chat_prompt(tokenizer, p.query, enable_thinking=True) for p in problems]
+    gens = generate_batch(model, tokenizer, prompts, max_new_tokens=200)
+    right = [(p, g) for p, g in zip(problems, gens, strict=True) if parse_answer(g.answer_text) == p.answer]
+    chosen = (right or list(zip(problems, gens, strict=True)))[:4]
+    return [GoldenCase(query=p.query, expected=g.answer_text) for p, g in chosen]
+
+
+def _edge_golden(model: EdgeModel, seed: int) -> list[GoldenCase]:
+    problems = [p for p in generate(60, seed, Split.GOLDEN) if p.k == 1]
+    answers = [(p, model.answer(p.query)) for p in problems]
+    right = [(p, a) for p, a in answers if parse_answer(a.text) == p.answer]
+    chosen = (right or answers)[:5]
+    return [GoldenCase(query=p.query, expected=a.text) for p, a in chosen]
+
+
+def _calibrate(model: EdgeModel, config: BuildConfig) -> Calibration:
+    problems = generate(config.calibration_n, config.seed, Split.VALIDATION, EVAL_MIX)
+    signals, correct = [], []
+    for problem in problems:
+        answer = model.answer(problem.query)
+        signals.append(confidence_signals(answer.token_logprobs))
+        correct.append(parse_answer(answer.text) == problem.answer)
+    x = np.asarray(signals)
+    y = np.asarray(correct, dtype=float)
+    w_sum, w_min, bias = fit_platt(x, y)
+    confidence = 1 / (1 + np.exp(-(x @ np.array([w_sum, w_min]) + bias)))
+    threshold, at = choose_threshold(confidence, y, target_precision=config.target_precision)
+    simple = np.array([p.k == 1 for p in problems])
+    kept = confidence >= threshold
+    validation = {
+        "n": float(len(problems)),
+        "accuracy": float(y.mean()),
+        "precision_kept": at["precision"],
+        "kept_share": at["coverage"],
+        "coverage_k1": float(kept[simple].mean()) if simple.any() else None,
+    }
+    log.info("calibration: threshold %.4f, %s", threshold, validation)
+    return Calibration(
+        w_sum=float(w_sum),
+        w_min=float(w_min),
+        bias=float(bias),
+        threshold=float(threshold),
+        target_precision=config.target_precision,
+        validation=validation,
+    )
+
+
+def _int8_check(fp32: EdgeModel, int8: EdgeModel, seed: int, n: int = 500) -> dict[str, float]:
+    problems = generate(n, seed + 7, Split.VALIDATION)
+    agree, cosines, right32, right8 = [], [], [], []
+    for problem in problems:
+        a, b = fp32.answer(problem.query), int8.answer(problem.query)
+        agree.append(a.text == b.text)
+        cosines.append(float(a.features @ b.features / (np.linalg.norm(a.features) * np.linalg.norm(b.features) + 1e-12)))
+        right32.append(parse_answer(a.text) == problem.answer)
+        right8.append(parse_answer(b.text) == problem.answer)
+    return {
+        "n": float(n),
+        "answer_agreement": float(np.mean(agree)),
+        "feature_cosine_mean": float(np.mean(cosines)),
+        "feature_cosine_min": float(np.min(cosines)),
+        "accuracy_fp32": float(np.mean(right32)),
+        "accuracy_int8": float(np.mean(right8)),
+    }
+
+
+def build_models(config: BuildConfig) -> dict[str, object]:
+    """Run the whole pipeline; returns a summary (also stored in the manifests)."""
+    if config.quick:
+        config = quick_recipes(config)
+    started = time.monotonic()
+    torch.set_num_threads(config.threads)
+    out = config.out
+    out.mkdir(parents=True, exist_ok=True)
+    version = config.version or _next_version(out)
+    staging = out / f".staging-{int(time.time())}"
+    shutil.rmtree(staging, ignore_errors=True)
+    teacher_dir, student_dir, reference_dir = staging / TEACHER_DIR, staging / STUDENT_DIR, staging / REFERENCE_DIR
+    try:
+        tokenizer = build_tokenizer()
+        log.info("training the teacher (%d steps)", config.teacher.train.steps)
+        teacher, teacher_history = train_teacher(tokenizer, config.teacher, teacher_dir, seed=config.seed)
+        teacher_seconds = time.monotonic() - started
+
+        log.info("distilling the student (%d steps)", config.student.train.steps)
+        student, student_history = distill_student(teacher, tokenizer, config.student, seed=config.seed)
+        reference_dir.mkdir(parents=True)
+        student.save_pretrained(str(reference_dir))
+        tokenizer.save_pretrained(str(reference_dir))
+
+        log.info("exporting the student to ONNX and quantising it to int8")
+        fp32_file = export_student(student, reference_dir / "model.onnx")
+        student_dir.mkdir(parents=True)
+        int8_file = quantize_student(fp32_file, student_dir / INT8_FILE)
+        tokenizer.backend_tokenizer.save(str(student_dir / "tokenizer.json"))
+        prompt_template = chat_prompt(tokenizer, "{query}", enable_thinking=False)
+
+        int8 = EdgeModel(int8_file, student_dir / "tokenizer.json", prompt_template=prompt_template, threads=config.threads)
+        fp32 = EdgeModel(fp32_file, student_dir / "tokenizer.json", prompt_template=prompt_template, threads=config.threads)
+        check = _int8_check(fp32, int8, config.seed)
+        log.info("int8 vs fp32: %s", check)
+        if check["answer_agreement"] < config.int8_min_agreement:
+            raise RuntimeError(
+                f"int8 graph agrees with fp32 on only {check['answer_agreement']:.1%} of answers "
+                f"(need {config.int8_min_agreement:.0%})"
+            )
+        log.info("calibrating triage on %d validation queries", config.calibration_n)
+        calibration = _calibrate(int8, config)
+        int8.calibration = calibration
+
+        environment = _environment()
+        common_meta = {"seed": config.seed, "quick": config.quick, "environment": environment}
+        graph_io = onnx_io(int8_file)
+        edge_manifest = write_bundle(
+            student_dir,
+            name=STUDENT_NAME,
+            kind="edge",
+            version=version,
+            io={
+                **graph_io,
+                "feature_dim": int(student.config.hidden_size),
+                "features": {"output": "features", "dtype": "float32", "pooling": "mean of final hidden states over the prompt"},
+                "tokenizer": "tokenizer.json",
+                "graphs": {"int8": INT8_FILE},
+                "prompt_template": prompt_template,
+                "eos_token": IM_END,
+                "max_new_tokens": 12,
+            },
+            calibration=calibration.to_dict(),
+            golden=_edge_golden(int8, config.seed),
+            metadata={
+                **common_meta,
+                "recipe": json.loads(json.dumps(asdict(config.student))),
+                "params": sum(p.numel() for p in student.parameters()),
+                "distilled_from": {"name": TEACHER_NAME, "version": version},
+                "int8_check": check,
+                "train_final": student_history[-1] if student_history else {},
+            },
+        )
+        cloud_manifest = write_bundle(
+            teacher_dir,
+            name=TEACHER_NAME,
+            kind="cloud",
+            version=version,
+            io={
+                "inputs": [{"name": "messages", "format": "chat template (tokenizer_config.json)"}],
+                "outputs": [{"name": "text", "format": f"{THINK_START} reasoning {THINK_END} answer"}],
+                "feature_dim": int(student.config.hidden_size),
+                "tokenizer": "tokenizer.json",
+                "format": "transformers",
+                "architecture": "Qwen3ForCausalLM",
+                "think_start": THINK_START,
+                "think_end": THINK_END,
+            },
+            calibration={},
+            golden=_teacher_golden(teacher, tokenizer, config.seed),
+            metadata={
+                **common_meta,
+                "recipe": json.loads(json.dumps(asdict(config.teacher))),
+                "params": sum(p.numel() for p in teacher.parameters()),
+                "train_seconds": teacher_seconds,
+                "train_final": teacher_history[-1] if teacher_history else {},
+            },
+        )
+        for name in (TEACHER_DIR, STUDENT_DIR, REFERENCE_DIR):
+            target = out / name
+            old = out / f".old-{name}"
+            shutil.rmtree(old, ignore_errors=True)
+            if target.exists():
+                target.rename(old)
+            (staging / name).rename(target)
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    summary = {
+        "version": version,
+        "seconds": time.monotonic() - started,
+        "teacher": {"name": cloud_manifest.name, "params": cloud_manifest.metadata["params"]},
+        "student": {"name": edge_manifest.name, "params": edge_manifest.metadata["params"]},
+        "int8_check": check,
+        "calibration": calibration.to_dict(),
+    }
+    log.info("build done in %.0f s", summary["seconds"])
+    return summary

@@ -1,0 +1,103 @@
+"""The ``edgecloud`` command line.
+
+Subcommands import what they need when they run, so ``edgecloud --help``
+works on an edge device without torch installed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+__all__ = ["main"]
+
+log = logging.getLogger("edgecloud")
+
+
+def _models_build(args: argparse.Namespace) -> int:
+    from cloud.modelkit.build import BuildConfig, build_models
+
+    config = BuildConfig(out=args.out, quick=args.quick, seed=args.seed, version=args.version, threads=args.threads)
+    summary = build_models(config)
+    print(json.dumps(summary, indent=2, default=str))
+    return 0
+
+
+def _fmt(value: object) -> str:
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else f"{value:.4g}"
+    return str(value)
+
+
+def _print_report(report: dict[str, object]) -> None:
+    print(f"Evaluation on {report['n']} fresh {report['split']} queries (seed {report['seed']})")
+    print(f"{'model':<28}{'k1':>8}{'k2':>8}{'k3':>8}{'k4':>8}{'k2-4':>8}{'all':>8}")
+    for key in ("teacher_thinking", "teacher_no_thinking", "student_fp32_torch", "student_fp32_onnx", "student_int8_onnx"):
+        acc = report[key]
+        assert isinstance(acc, dict)
+        row = "".join(f"{100 * acc.get(k, float('nan')):>7.1f}%" for k in ("k1", "k2", "k3", "k4", "k2-4", "all"))
+        print(f"{key:<28}{row}")
+    for key in ("triage", "latency_single_thread_k1", "sizes_bytes", "params"):
+        if key in report:
+            print(f"{key}: " + json.dumps(report[key], default=_fmt))
+    print("plots: " + ", ".join(report.get("plots", [])))  # type: ignore[arg-type]
+
+
+def _models_eval(args: argparse.Namespace) -> int:
+    from cloud.modelkit.evaluate import evaluate_all
+
+    report = evaluate_all(args.models, args.out, n=args.n, seed=args.seed, threads=args.threads)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "eval.json").write_text(json.dumps(report, indent=2) + "\n")
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        _print_report(report)
+        print(f"report: {args.out / 'eval.json'}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="edgecloud", description="Edge/cloud collaborative LLM inference.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    models = commands.add_parser("models", help="build and evaluate the demo models").add_subparsers(
+        dest="action", required=True
+    )
+    build = models.add_parser("build", help="train the teacher, distil the student, export, quantise, bundle")
+    build.add_argument("--out", type=Path, default=Path("models"), help="output folder (default: models)")
+    build.add_argument("--quick", action="store_true", help="tiny low-accuracy models in a few minutes (for tests)")
+    build.add_argument("--seed", type=int, default=0, help="training seed (default: 0)")
+    build.add_argument("--version", type=int, default=None, help="bundle version (default: previous + 1)")
+    build.add_argument("--threads", type=int, default=2, help="torch threads (default: 2)")
+    build.set_defaults(func=_models_build)
+
+    evaluate = models.add_parser("eval", help="evaluate built models on fresh queries")
+    evaluate.add_argument("--models", type=Path, default=Path("models"), help="folder of built models (default: models)")
+    evaluate.add_argument("--out", type=Path, default=Path("out/eval"), help="where to write eval.json and plots")
+    evaluate.add_argument("--n", type=int, default=2000, help="number of test queries (default: 2000)")
+    evaluate.add_argument("--seed", type=int, default=0, help="test seed (default: 0)")
+    evaluate.add_argument("--threads", type=int, default=2, help="threads for the batched teacher runs (default: 2)")
+    evaluate.add_argument("--json", action="store_true", help="print the full report as JSON")
+    evaluate.set_defaults(func=_models_eval)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
