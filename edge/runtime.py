@@ -17,7 +17,7 @@ import numpy as np
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
-from shared.bundle import Manifest, load_manifest
+from shared.bundle import Manifest, verify_bundle
 from shared.calibration import Calibration
 
 __all__ = ["EdgeAnswer", "EdgeModel"]
@@ -80,9 +80,9 @@ class EdgeModel:
 
     @classmethod
     def from_bundle(cls, directory: Path, *, precision: str = "int8", threads: int = 1, warmup: bool = True) -> EdgeModel:
-        """Load an edge bundle; ``precision`` picks the ``int8`` or ``fp32`` graph."""
+        """Verify and load an edge bundle; ``precision`` picks the graph (``int8``)."""
         directory = Path(directory)
-        manifest: Manifest = load_manifest(directory)
+        manifest: Manifest = verify_bundle(directory)
         if manifest.kind != "edge":
             raise ValueError(f"{directory} is a {manifest.kind} bundle, not an edge bundle")
         graphs = manifest.io.get("graphs", {})
