@@ -64,21 +64,23 @@ def generate_batch(
     next_logits = logits[:, -1]
     for _ in range(max_new_tokens):
         token = next_logits.argmax(-1)
+        active = ~done
         if reasoning_budget is not None:
-            over = in_think & (reasoning >= reasoning_budget) & (token != think_end)
+            over = active & in_think & (reasoning >= reasoning_budget) & (token != think_end) & (token != eos)
             token = torch.where(over, torch.full_like(token, think_end), token)
             forced |= over
         token = torch.where(done, torch.full_like(token, tokenizer.pad_token_id), token)
         for row in range(n):
-            if not done[row]:
+            if active[row]:
                 out[row].append(int(token[row]))
-        counting = in_think & ~done & (token != think_end) & (token != think_start)
-        reasoning += counting.long()
+        special = (token == think_end) | (token == think_start) | (token == eos)
+        reasoning += (active & in_think & ~special).long()
         in_think = (in_think | (token == think_start)) & (token != think_end)
         done |= token == eos
         if bool(done.all()):
             break
-        mask = torch.cat([mask, (~done).long()[:, None] | 1], dim=1)
+        # Finished rows keep attending to something harmless; their outputs are ignored.
+        mask = torch.cat([mask, torch.ones((n, 1), dtype=mask.dtype)], dim=1)
         position_ids = position_ids[:, -1:] + 1
         next_logits = model(
             input_ids=token[:, None], attention_mask=mask, position_ids=position_ids, past_key_values=cache

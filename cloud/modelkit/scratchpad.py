@@ -9,11 +9,11 @@ multi-step arithmetic inside the CPU training budget.
 Layout for ``(12+34)*5-7`` (``k = 3``)::
 
     <think>
-    +21+43*50-70                  the steps, operands as 2 reversed digits
-    +21=2010000000000000          0 + 12: digit, carry, digit, carry, ...
-    +43=6040000000000000          12 + 34 = 46
-    *50=0322000000000000          46 * 5 = 230 (carries go up to 11: 'a', 'b')
-    -70=3121000000000000          230 - 7 = 223
+    +21+43*50-70              the plan: start and steps, operands as 2 reversed digits
+    +21=20100000000000        0 + 12: digit, carry, digit, carry, ... (7 digits)
+    +43=60400000000000        12 + 34 = 46
+    *50=03322000000000        46 * 5 = 230 (carries up to 11 are written 'a', 'b')
+    -70=31202000000000        230 - 7 = 223 (borrows as carries)
     </think>
 
     223

@@ -33,7 +33,9 @@ def _render(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]], 
 SAMPLES = ["what is (12+34)*5-7?", "<think>\n+30+40\n</think>\n\n7<|im_end|>", "compute 3 - 4"]
 
 
-def test_saved_tokenizer_loads_through_auto_tokenizer(tok: PreTrainedTokenizerBase, loaded: PreTrainedTokenizerBase) -> None:
+def test_saved_tokenizer_loads_through_auto_tokenizer(
+    tok: PreTrainedTokenizerBase, loaded: PreTrainedTokenizerBase
+) -> None:
     assert len(loaded) == len(tok)
     assert loaded.get_vocab() == tok.get_vocab()
     assert (loaded.pad_token, loaded.eos_token, loaded.unk_token) == (tok.pad_token, tok.eos_token, tok.unk_token)
