@@ -22,7 +22,14 @@ log = logging.getLogger("edgecloud")
 def _models_build(args: argparse.Namespace) -> int:
     from cloud.modelkit.build import BuildConfig, build_models
 
-    config = BuildConfig(out=args.out, quick=args.quick, seed=args.seed, version=args.version, threads=args.threads)
+    config = BuildConfig(
+        out=args.out,
+        quick=args.quick,
+        seed=args.seed,
+        version=args.version,
+        threads=args.threads,
+        reuse_teacher=args.reuse_teacher,
+    )
     summary = build_models(config)
     print(json.dumps(summary, indent=2, default=str))
     return 0
@@ -76,6 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--seed", type=int, default=0, help="training seed (default: 0)")
     build.add_argument("--version", type=int, default=None, help="bundle version (default: previous + 1)")
     build.add_argument("--threads", type=int, default=2, help="torch threads (default: 2)")
+    build.add_argument(
+        "--reuse-teacher", type=Path, default=None, metavar="DIR", help="distil from this trained teacher instead of training one"
+    )
     build.set_defaults(func=_models_build)
 
     evaluate = models.add_parser("eval", help="evaluate built models on fresh queries")

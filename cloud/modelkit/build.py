@@ -66,6 +66,8 @@ class BuildConfig:
     """Fail the build if int8 and fp32 ONNX answers agree less often than this."""
     teacher: TeacherRecipe = field(default_factory=TeacherRecipe)
     student: StudentRecipe = field(default_factory=StudentRecipe)
+    reuse_teacher: Path | None = None
+    """Skip teacher training: distil from this already-trained teacher folder instead."""
 
     def __post_init__(self) -> None:
         if self.version is not None and self.version < 1:
@@ -177,6 +179,21 @@ def _int8_check(fp32: EdgeModel, int8: EdgeModel, seed: int, n: int = 500) -> di
     }
 
 
+def _load_teacher(source: Path, teacher_dir: Path):
+    """Copy a trained teacher (a bundle or a plain checkpoint folder) into the staging area."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    shutil.copytree(source, teacher_dir, ignore=shutil.ignore_patterns("manifest.json", "manifest.sig"))
+    model = AutoModelForCausalLM.from_pretrained(str(teacher_dir)).eval()
+    tokenizer = AutoTokenizer.from_pretrained(str(teacher_dir))
+    try:
+        previous = load_manifest(source).metadata
+        meta = {k: previous[k] for k in ("recipe", "train_seconds", "train_final") if k in previous}
+    except Exception:  # noqa: BLE001 - a plain checkpoint folder has no manifest
+        meta = {}
+    return model, tokenizer, {**meta, "reused_from": str(source)}
+
+
 def build_models(config: BuildConfig) -> dict[str, object]:
     """Run the whole pipeline; returns a summary (also stored in the manifests)."""
     if config.quick:
@@ -190,10 +207,18 @@ def build_models(config: BuildConfig) -> dict[str, object]:
     shutil.rmtree(staging, ignore_errors=True)
     teacher_dir, student_dir, reference_dir = staging / TEACHER_DIR, staging / STUDENT_DIR, staging / REFERENCE_DIR
     try:
-        tokenizer = build_tokenizer()
-        log.info("training the teacher (%d steps)", config.teacher.train.steps)
-        teacher, teacher_history = train_teacher(tokenizer, config.teacher, teacher_dir, seed=config.seed)
-        teacher_seconds = time.monotonic() - started
+        if config.reuse_teacher is not None:
+            log.info("reusing the teacher in %s", config.reuse_teacher)
+            teacher, tokenizer, teacher_meta = _load_teacher(config.reuse_teacher, teacher_dir)
+        else:
+            tokenizer = build_tokenizer()
+            log.info("training the teacher (%d steps)", config.teacher.train.steps)
+            teacher, teacher_history = train_teacher(tokenizer, config.teacher, teacher_dir, seed=config.seed)
+            teacher_meta = {
+                "recipe": json.loads(json.dumps(asdict(config.teacher))),
+                "train_seconds": time.monotonic() - started,
+                "train_final": teacher_history[-1] if teacher_history else {},
+            }
 
         log.info("distilling the student (%d steps)", config.student.train.steps)
         student, student_history = distill_student(teacher, tokenizer, config.student, seed=config.seed)
@@ -267,13 +292,7 @@ def build_models(config: BuildConfig) -> dict[str, object]:
             },
             calibration={},
             golden=_teacher_golden(teacher, tokenizer, config.seed),
-            metadata={
-                **common_meta,
-                "recipe": json.loads(json.dumps(asdict(config.teacher))),
-                "params": sum(p.numel() for p in teacher.parameters()),
-                "train_seconds": teacher_seconds,
-                "train_final": teacher_history[-1] if teacher_history else {},
-            },
+            metadata={**common_meta, **teacher_meta, "params": sum(p.numel() for p in teacher.parameters())},
         )
         for name in (TEACHER_DIR, STUDENT_DIR, REFERENCE_DIR):
             target = out / name

@@ -99,3 +99,16 @@ def test_evaluate_all_reports_every_figure(quick_models: Path, tmp_path: Path) -
     png = Path(report["plots"][0])
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     json.dumps(report)  # the report must serialise as JSON
+
+
+def test_student_can_be_distilled_from_an_existing_teacher(quick_models: Path, tmp_path: Path) -> None:
+    from cloud.modelkit.build import build_models
+
+    source = quick_models / TEACHER_DIR
+    summary = build_models(BuildConfig(out=tmp_path, quick=True, reuse_teacher=source, version=5))
+    assert summary["version"] == 5
+    teacher = verify_bundle(tmp_path / TEACHER_DIR)
+    assert teacher.metadata["reused_from"] == str(source)
+    original = {f.path: f.sha256 for f in load_manifest(source).files}
+    assert {f.path: f.sha256 for f in teacher.files}["model.safetensors"] == original["model.safetensors"]
+    assert verify_bundle(tmp_path / STUDENT_DIR).metadata["distilled_from"]["version"] == 5
