@@ -91,7 +91,7 @@ def run_batched(
     return [r for r in results if r is not None]
 
 
-def _latency(samples_ms: Sequence[float]) -> dict[str, float]:
+def latency_summary(samples_ms: Sequence[float]) -> dict[str, float]:
     ordered = sorted(samples_ms)
     return {
         "p50_ms": statistics.median(ordered),
@@ -237,9 +237,9 @@ def evaluate_all(
     fp32_ms = [fp32.answer(q).latency_ms for q in simple]
     report["latency_single_thread_k1"] = {
         "n": len(simple),
-        "torch_fp32": _latency(torch_ms),
-        "onnx_fp32": _latency(fp32_ms),
-        "onnx_int8": _latency(int8_ms),
+        "torch_fp32": latency_summary(torch_ms),
+        "onnx_fp32": latency_summary(fp32_ms),
+        "onnx_int8": latency_summary(int8_ms),
         "speedup_int8_vs_torch_p50": statistics.median(torch_ms) / statistics.median(int8_ms),
     }
     sizes = {

@@ -1,0 +1,94 @@
+"""Per-query latency of the edge student: int8 ONNX vs fp32 ONNX vs PyTorch fp32.
+
+All three answer the same simple (k=1) test queries, one thread each, in one
+run; the JSON printed gives p50/p99 and the speed-up ratios, plus the sizes on
+disk. Usage::
+
+    python benchmarks/student_latency.py [--models models] [--n 300] [--png out/bench/student_latency.png]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
+
+from cloud.modelkit.evaluate import ModelPaths, latency_summary, torch_single_latency  # noqa: E402
+from edge.runtime import EdgeModel  # noqa: E402
+from shared.task import Split, generate  # noqa: E402
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", type=Path, default=Path("models"))
+    parser.add_argument("--n", type=int, default=300, help="number of k=1 queries")
+    parser.add_argument("--seed", type=int, default=100)
+    parser.add_argument("--png", type=Path, default=None, help="also write a latency plot here")
+    args = parser.parse_args()
+
+    torch.set_num_threads(1)
+    paths = ModelPaths(args.models)
+    queries = [p.query for p in generate(args.n * 4, args.seed, Split.TEST) if p.k == 1][: args.n]
+    int8 = EdgeModel.from_bundle(paths.student_bundle, threads=1)
+    fp32 = EdgeModel(
+        paths.reference / "model.onnx", int8.tokenizer_file, prompt_template=int8.prompt_template, threads=1
+    )
+    model = AutoModelForCausalLM.from_pretrained(str(paths.reference)).eval()
+    tokenizer = AutoTokenizer.from_pretrained(str(paths.reference))
+    torch_single_latency(model, tokenizer, queries[:10])  # warm-up
+
+    # Interleave the three so that machine noise hits them alike.
+    samples: dict[str, list[float]] = {"onnx_int8": [], "onnx_fp32": [], "torch_fp32": []}
+    for query in queries:
+        samples["onnx_int8"].append(int8.answer(query).latency_ms)
+        samples["onnx_fp32"].append(fp32.answer(query).latency_ms)
+        samples["torch_fp32"].extend(torch_single_latency(model, tokenizer, [query]))
+    stats = {name: latency_summary(values) for name, values in samples.items()}
+    p50 = {name: statistics.median(values) for name, values in samples.items()}
+    report = {
+        "benchmark": "student_latency",
+        "queries": len(queries),
+        "threads": 1,
+        "machine": {"processor": platform.processor() or platform.machine(), "python": platform.python_version()},
+        "latency": stats,
+        "speedup_p50": {
+            "int8_vs_torch_fp32": p50["torch_fp32"] / p50["onnx_int8"],
+            "int8_vs_onnx_fp32": p50["onnx_fp32"] / p50["onnx_int8"],
+        },
+        "size_bytes": {
+            "onnx_int8": int8.model_file.stat().st_size,
+            "onnx_fp32": fp32.model_file.stat().st_size,
+            "torch_fp32_safetensors": (paths.reference / "model.safetensors").stat().st_size,
+        },
+    }
+    if args.png is not None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(6, 3.6), dpi=120)
+        names = list(samples)
+        ax.boxplot([samples[n] for n in names], showfliers=False)
+        ax.set_xticks(range(1, len(names) + 1), names)
+        ax.set_ylabel("latency per simple query (ms)")
+        ax.set_title("Edge student, one thread")
+        ax.grid(alpha=0.3, axis="y")
+        fig.tight_layout()
+        args.png.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(args.png)
+        report["png"] = str(args.png)
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
