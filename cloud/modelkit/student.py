@@ -85,11 +85,11 @@ class StudentRecipe:
             hidden_size=128, intermediate_size=384, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=4
         )
     )
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=1500, batch_size=128, lr=3e-3, warmup=100))
-    mix: dict[int, float] = field(default_factory=lambda: {1: 0.6, 2: 0.14, 3: 0.13, 4: 0.13})
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=1200, batch_size=128, lr=3e-3, warmup=100))
+    mix: dict[int, float] = field(default_factory=lambda: {1: 0.7, 2: 0.1, 3: 0.1, 4: 0.1})
     """More simple queries than the evaluation mix: those are the student's job."""
     temperature: float = 2.0
-    distill_weight: float = 0.5
+    distill_weight: float = 0.3
     """Weight of the KL term; the rest is cross-entropy on the exact answer."""
 
     def __post_init__(self) -> None:

@@ -61,7 +61,7 @@ class ModelSpec:
 @dataclass(frozen=True, kw_only=True)
 class TeacherRecipe:
     model: ModelSpec = field(default_factory=ModelSpec)
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=2600, batch_size=64, lr=2e-3, warmup=150))
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=1700, batch_size=64, lr=2e-3, warmup=150))
     mix: dict[int, float] = field(default_factory=lambda: {1: 0.15, 2: 0.2, 3: 0.3, 4: 0.35})
     """k distribution of training queries; harder k are longer and need more practice."""
     no_think_share: float = 0.15
