@@ -1,10 +1,13 @@
 """The student: a small Qwen3 distilled from the teacher, answering without thinking.
 
-It reads the same chat prompt as the teacher with thinking disabled and learns
-from the teacher's logits on the answer (Hinton-style distillation: KL to the
-teacher's softened distribution plus cross-entropy on the exact answer). The
-teacher's uncertainty on multi-step queries is what makes the student's own
-token probabilities a useful confidence signal for triage.
+It reads the chat prompt with thinking disabled and learns, token by token,
+the answer distribution the teacher gives *after* thinking (Hinton-style
+distillation: KL to the teacher's softened logits plus cross-entropy on the
+exact answer). The teacher reads its full reasoning (the scratchpad) before
+the answer; the student sees only the query, so it learns to answer directly
+what the teacher works out. On multi-step queries the student cannot follow,
+and its own token probabilities spread out: that is the confidence signal
+triage calibrates.
 
 Wrapped by :func:`with_features`, the student also returns ``features``: the
 mean of its final hidden states over the tokens of the current call. On the
@@ -23,8 +26,9 @@ from transformers import PreTrainedTokenizerFast, Qwen3ForCausalLM
 from transformers.cache_utils import Cache
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
+from cloud.modelkit.scratchpad import think_text
 from cloud.modelkit.teacher import ModelSpec, chat_prompt
-from cloud.modelkit.tokenizer import IM_END
+from cloud.modelkit.tokenizer import IM_END, THINK_END, THINK_START
 from cloud.modelkit.training import Example, TrainConfig, collate, train
 from shared.task import Split, make_problem, sample_k
 
@@ -85,9 +89,10 @@ class StudentRecipe:
             hidden_size=128, intermediate_size=384, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=4
         )
     )
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=1200, batch_size=128, lr=3e-3, warmup=100))
-    mix: dict[int, float] = field(default_factory=lambda: {1: 0.7, 2: 0.1, 3: 0.1, 4: 0.1})
-    """More simple queries than the evaluation mix: those are the student's job."""
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=2000, batch_size=128, lr=3e-3, warmup=100))
+    mix: dict[int, float] = field(default_factory=lambda: {1: 0.88, 2: 0.04, 3: 0.04, 4: 0.04})
+    """Mostly simple queries, the student's job; a few multi-step ones so it learns to be unsure of them.
+    (Measured: at 600 steps, 14% of k=1 right with 90% simple queries vs 4% with 70%.)"""
     temperature: float = 2.0
     distill_weight: float = 0.3
     """Weight of the KL term; the rest is cross-entropy on the exact answer."""
@@ -107,7 +112,7 @@ def build_student(recipe: StudentRecipe, tokenizer: PreTrainedTokenizerFast, see
 
 
 class StudentData:
-    """Seeded batches of ``prompt (thinking disabled) + answer``."""
+    """Seeded batches: the student reads ``prompt + answer``, the teacher ``prompt + reasoning + answer``."""
 
     def __init__(self, tokenizer: PreTrainedTokenizerFast, recipe: StudentRecipe, seed: int) -> None:
         self.tokenizer = tokenizer
@@ -116,12 +121,19 @@ class StudentData:
 
     def batch(self, _step: int) -> dict[str, torch.Tensor]:
         problems = [make_problem(sample_k(self.rng, self.recipe.mix), self.rng) for _ in range(self.recipe.train.batch_size)]
-        prompts = self.tokenizer(
-            [chat_prompt(self.tokenizer, p.query, enable_thinking=False) for p in problems], add_special_tokens=False
-        )["input_ids"]
-        answers = self.tokenizer([f"{p.answer}{IM_END}" for p in problems], add_special_tokens=False)["input_ids"]
-        examples: list[Example] = [(c + a, len(c)) for c, a in zip(prompts, answers, strict=True)]
-        return collate(examples, self.tokenizer.pad_token_id)
+        tokenize = lambda texts: self.tokenizer(texts, add_special_tokens=False)["input_ids"]  # noqa: E731
+        prompts = tokenize([chat_prompt(self.tokenizer, p.query, enable_thinking=False) for p in problems])
+        # The teacher reads its own reasoning first, then the same answer tokens.
+        teacher_contexts = tokenize(
+            [
+                f"{chat_prompt(self.tokenizer, p.query, enable_thinking=True)}{THINK_START}\n{think_text(p)}{THINK_END}\n\n"
+                for p in problems
+            ]
+        )
+        answers = tokenize([f"{p.answer}{IM_END}" for p in problems])
+        student = collate([(c + a, len(c)) for c, a in zip(prompts, answers, strict=True)], self.tokenizer.pad_token_id)
+        teacher = collate([(c + a, len(c)) for c, a in zip(teacher_contexts, answers, strict=True)], self.tokenizer.pad_token_id)
+        return {**student, **{f"teacher_{key}": value for key, value in teacher.items()}}
 
 
 def distillation_loss(teacher: torch.nn.Module, recipe: StudentRecipe):
@@ -132,8 +144,12 @@ def distillation_loss(teacher: torch.nn.Module, recipe: StudentRecipe):
         on_answer = labels != -100
         logits = student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1][on_answer]
         with torch.no_grad():
-            teacher_logits = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-            teacher_logits = teacher_logits[:, :-1][on_answer]
+            teacher_logits = teacher(
+                input_ids=batch["teacher_input_ids"], attention_mask=batch["teacher_attention_mask"]
+            ).logits[:, :-1]
+            # Both sides carry the same answer tokens in the same order, so the
+            # row-major selections line up position by position.
+            teacher_logits = teacher_logits[batch["teacher_labels"][:, 1:] != -100]
         hard = torch.nn.functional.cross_entropy(logits, labels[on_answer])
         soft = torch.nn.functional.kl_div(
             torch.log_softmax(logits / temperature, -1),
