@@ -29,6 +29,7 @@ def _models_build(args: argparse.Namespace) -> int:
         version=args.version,
         threads=args.threads,
         reuse_teacher=args.reuse_teacher,
+        reuse_student=args.reuse_student,
     )
     summary = build_models(config)
     print(json.dumps(summary, indent=2, default=str))
@@ -85,6 +86,13 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--threads", type=int, default=2, help="torch threads (default: 2)")
     build.add_argument(
         "--reuse-teacher", type=Path, default=None, metavar="DIR", help="distil from this trained teacher instead of training one"
+    )
+    build.add_argument(
+        "--reuse-student",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="export, quantise and calibrate this trained student (a student-reference folder) instead of distilling one",
     )
     build.set_defaults(func=_models_build)
 
