@@ -90,7 +90,7 @@ class StudentRecipe:
         )
     )
     train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=2000, batch_size=128, lr=3e-3, warmup=100))
-    mix: dict[int, float] = field(default_factory=lambda: {1: 0.88, 2: 0.04, 3: 0.04, 4: 0.04})
+    mix: dict[int, float] = field(default_factory=lambda: {1: 0.91, 2: 0.03, 3: 0.03, 4: 0.03})
     """Mostly simple queries, the student's job; a few multi-step ones so it learns to be unsure of them.
     (Measured: at 600 steps, 14% of k=1 right with 90% simple queries vs 4% with 70%.)"""
     distill_rows: int = 32
@@ -98,7 +98,7 @@ class StudentRecipe:
     The teacher reads its whole reasoning first, so its forward costs twice the
     student's training step; its answer distribution is near one-hot once it has
     reasoned, and a quarter of the batch carries that signal at a quarter of the cost."""
-    temperature: float = 2.0
+    temperature: float = 1.0
     distill_weight: float = 0.3
     """Weight of the KL term; the rest is cross-entropy on the exact answer."""
 
