@@ -35,8 +35,11 @@ def test_answer_carries_confidence_and_features(edge_model: EdgeModel, shipped_m
     assert all(lp <= 0.0 for lp in answer.token_logprobs)
 
 
-def test_wording_does_not_change_the_answer(edge_model: EdgeModel) -> None:
-    variants = ["calculate 41-7", "CALCULATE 41 - 7?", "  41 -7 ", "Calculate 41-  7 ?"]
+def test_case_and_spacing_do_not_change_the_answer(edge_model: EdgeModel) -> None:
+    # The tokenizer's normaliser removes case and spacing before the model sees
+    # the query. (Lead-ins and "?" do reach it: the model has to learn to ignore
+    # them, and `edgecloud models eval` measures how well it does.)
+    variants = ["calculate 41-7", "CALCULATE 41 - 7", "Calculate  41-  7", "cAlCuLaTe 41 -7 "]
     answers = {edge_model.answer(v).text for v in variants}
     assert len(answers) == 1
 
