@@ -70,6 +70,64 @@ def _models_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cloud_serve(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from cloud.budget import BudgetConfig
+    from cloud.config import AuthConfig, CloudConfig, TlsConfig, load_tokens
+    from cloud.engine import EngineConfig
+    from cloud.server import serve
+    from cloud.sessions import SessionConfig
+
+    tls = None
+    if args.tls_cert or args.tls_key:
+        if not (args.tls_cert and args.tls_key):
+            raise SystemExit("error: --tls-cert and --tls-key go together")
+        tls = TlsConfig(cert=args.tls_cert, key=args.tls_key, client_ca=args.tls_client_ca)
+    tokens = load_tokens(args.tokens) if args.tokens else {}
+    config = CloudConfig(
+        model=args.model,
+        host=args.host,
+        port=args.port,
+        metrics_port=None if args.metrics_port < 0 else args.metrics_port,
+        store=args.store,
+        grace_s=args.grace,
+        tls=tls,
+        auth=AuthConfig(tokens=tokens, required=False if args.no_auth else (True if tokens else None)),
+        engine=EngineConfig(
+            max_batch=args.max_batch, max_queue=args.max_queue, device=args.device, threads=args.threads
+        ),
+        sessions=SessionConfig(ttl_s=args.session_ttl, escalation_log=args.escalation_log),
+        budget=BudgetConfig(default=args.default_budget),
+    )
+    asyncio.run(serve(config))
+    return 0
+
+
+def _add_cloud_commands(commands: argparse._SubParsersAction) -> None:
+    cloud = commands.add_parser("cloud", help="the cloud reasoning service").add_subparsers(dest="action", required=True)
+    serve = cloud.add_parser("serve", help="serve the Reasoner gRPC service")
+    serve.add_argument("--model", type=Path, default=Path("models/cloud-teacher"), help="HF model folder with a <think> template")
+    serve.add_argument("--host", default="127.0.0.1", help="bind address (default: 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=50051)
+    serve.add_argument("--metrics-port", type=int, default=9100, help="Prometheus port; -1 disables (default: 9100)")
+    serve.add_argument("--store", default="cloud-sessions.sqlite3", help="SQLite file of sessions, or :memory:")
+    serve.add_argument("--tokens", type=Path, help='JSON {"device-id": "token"}; required when not on loopback')
+    serve.add_argument("--no-auth", action="store_true", help="accept requests without a token even off loopback")
+    serve.add_argument("--tls-cert", type=Path)
+    serve.add_argument("--tls-key", type=Path)
+    serve.add_argument("--tls-client-ca", type=Path, help="require client certificates signed by this CA (mTLS)")
+    serve.add_argument("--max-batch", type=int, default=16, help="sessions decoded together (default: 16)")
+    serve.add_argument("--max-queue", type=int, default=256, help="waiting sessions before RESOURCE_EXHAUSTED")
+    serve.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+    serve.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    serve.add_argument("--session-ttl", type=float, default=3600.0, help="seconds finished sessions stay retrievable")
+    serve.add_argument("--default-budget", type=int, default=256, help="thinking budget when nothing else decides")
+    serve.add_argument("--escalation-log", type=Path, help="JSONL file collecting escalations with features")
+    serve.add_argument("--grace", type=float, default=10.0, help="seconds to drain on SIGTERM")
+    serve.set_defaults(func=_cloud_serve)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edgecloud", description="Edge/cloud collaborative LLM inference.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -104,6 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--threads", type=int, default=2, help="threads for the batched teacher runs (default: 2)")
     evaluate.add_argument("--json", action="store_true", help="print the full report as JSON")
     evaluate.set_defaults(func=_models_eval)
+    _add_cloud_commands(commands)
     return parser
 
 
@@ -114,7 +173,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    return int(args.func(args))
+    from shared.errors import EdgecloudError
+
+    try:
+        return int(args.func(args))
+    except EdgecloudError as exc:
+        log.error("%s: %s", type(exc).__name__, exc)
+        return 2
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ until something is fixed (``False``, fatal)::
     │   └── IntegrityError        fatal        a file's size/sha256 mismatches, a file
     │                                          is missing, or an unlisted file exists
     ├── InvalidInputError         fatal (*)    malformed request input
+    ├── NotFoundError             fatal (*)    the named session, bundle or device does not exist
     ├── ResourceExhaustedError    recoverable  out of memory, queue full, quota spent
     └── UnavailableError          recoverable  a dependency (cloud, broker, model) is
                                                unreachable or not ready
@@ -35,6 +36,7 @@ __all__ = [
     "IntegrityError",
     "InvalidInputError",
     "ManifestError",
+    "NotFoundError",
     "ResourceExhaustedError",
     "UnavailableError",
 ]
@@ -71,6 +73,13 @@ class IntegrityError(BundleError):
 class InvalidInputError(EdgecloudError):
     """Request input is malformed. Fatal for that request; retrying the same
     input fails the same way."""
+
+    recoverable = False
+
+
+class NotFoundError(EdgecloudError):
+    """The named thing (session, bundle, device) does not exist or has expired.
+    Fatal for that request."""
 
     recoverable = False
 

@@ -1,0 +1,486 @@
+"""The reasoning engine: a Hugging Face causal LM decoding many sessions at once.
+
+Continuous (iteration-level) batching: one thread owns the model and runs a
+loop of decode steps over the *running batch*. Between two steps, waiting
+jobs are prefilled and join the batch, and finished or cancelled ones leave
+it, so a short answer never waits for a long reasoning chain. Each row keeps
+its own keys and values inside one left-padded batch cache; joining pads the
+shorter side on the left, leaving selects rows and trims columns nobody uses.
+
+The thinking budget is enforced here, token by token: once a row has spent
+its budget of reasoning tokens (the tokens strictly between ``<think>`` and
+``</think>``), ``</think>`` is forced as its next token and it goes on to the
+answer. An end token inside the think block is replaced by ``</think>`` too,
+so an answer always comes.
+
+The engine knows nothing of gRPC or sessions: it takes :class:`Job` objects
+and reports :class:`EngineEvent` objects through each job's callback, on the
+engine thread.
+"""
+
+from __future__ import annotations
+
+import collections
+import enum
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
+
+from shared.errors import ConfigError, InvalidInputError, ResourceExhaustedError
+from shared.reasoning import Usage
+
+__all__ = ["Engine", "EngineConfig", "EngineEvent", "EngineEventKind", "GenerationResult", "Job", "LoadedModel"]
+
+log = logging.getLogger(__name__)
+
+THINK_START = "<think>"
+THINK_END = "</think>"
+
+
+@dataclass(frozen=True, kw_only=True)
+class EngineConfig:
+    max_batch: int = 16
+    """Sessions decoding together; more wait in the queue."""
+    max_queue: int = 256
+    """Waiting sessions beyond which new ones are refused (RESOURCE_EXHAUSTED)."""
+    max_input_tokens: int = 1024
+    """Longest prompt, after the chat template."""
+    default_max_output_tokens: int = 64
+    """Answer tokens when the request does not say."""
+    max_output_tokens: int = 1024
+    """Ceiling on any request's answer tokens."""
+    max_reasoning_tokens: int = 4096
+    """Ceiling on any thinking budget."""
+    progress_every: int = 16
+    """Reasoning tokens between two progress events when reasoning is hidden."""
+    device: str = "auto"
+    """``auto`` (CUDA when present, else CPU), ``cpu`` or ``cuda[:N]``."""
+    threads: int = 0
+    """torch intra-op threads on CPU; 0 keeps torch's default."""
+
+    def __post_init__(self) -> None:
+        for name in ("max_batch", "max_queue", "max_input_tokens", "default_max_output_tokens", "max_output_tokens"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"engine.{name} must be >= 1, got {getattr(self, name)}")
+        if self.progress_every < 1 or self.max_reasoning_tokens < 0 or self.threads < 0:
+            raise ConfigError("engine.progress_every must be >= 1; max_reasoning_tokens and threads >= 0")
+        if self.default_max_output_tokens > self.max_output_tokens:
+            raise ConfigError("engine.default_max_output_tokens exceeds engine.max_output_tokens")
+        if not (self.device in ("auto", "cpu") or self.device.startswith("cuda")):
+            raise ConfigError(f"engine.device must be auto, cpu or cuda[:N], got {self.device!r}")
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    name: str
+    version: int
+
+    @classmethod
+    def from_dir(cls, directory: Path, *, device: str = "auto", name: str = "", version: int = 0) -> LoadedModel:
+        """Load a causal LM with a ``<think>`` chat template, the one path for demo and real models."""
+        if not (directory / "config.json").is_file():
+            raise ConfigError(f"{directory} is not a Hugging Face model directory (no config.json)")
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        tokenizer = AutoTokenizer.from_pretrained(str(directory))
+        for token in (THINK_START, THINK_END):
+            if tokenizer.convert_tokens_to_ids(token) in (None, tokenizer.unk_token_id):
+                raise ConfigError(f"{directory}: the tokenizer has no {token} token; a thinking model is required")
+        if not tokenizer.chat_template:
+            raise ConfigError(f"{directory}: the tokenizer has no chat template")
+        dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+        model = AutoModelForCausalLM.from_pretrained(str(directory), dtype=dtype).to(device).eval()
+        return cls(model, tokenizer, name or directory.name, version)
+
+
+@dataclass
+class Job:
+    session_id: str
+    query: str
+    reasoning_budget: int
+    """0: answer without thinking (the template pre-fills an empty think block)."""
+    max_output_tokens: int
+    stream_reasoning: bool
+    on_event: Callable[[EngineEvent], None]
+
+
+class EngineEventKind(enum.Enum):
+    STARTED = "started"
+    REASONING_PROGRESS = "reasoning_progress"
+    REASONING_DELTA = "reasoning_delta"
+    ANSWER_DELTA = "answer_delta"
+    FINISHED = "finished"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    answer: str
+    usage: Usage
+    budget_reached: bool
+    finish_reason: str
+    reasoning_ms: float
+    answer_ms: float
+    first_answer_token_ms: float
+    """From the job's start in the engine."""
+
+
+@dataclass(frozen=True)
+class EngineEvent:
+    session_id: str
+    kind: EngineEventKind
+    text: str = ""
+    reasoning_tokens: int = 0
+    result: GenerationResult | None = None
+    error: str = ""
+    error_code: str = ""
+
+
+class _Phase(enum.Enum):
+    OPENING = 0  # thinking enabled, waiting for <think>
+    THINKING = 1
+    ANSWERING = 2
+
+
+class _Detokenizer:
+    """Incremental decoding: emits only text that can no longer change."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, lstrip: bool) -> None:
+        self.tokenizer, self.lstrip = tokenizer, lstrip
+        self.ids: list[int] = []
+        self.emitted = 0
+
+    def push(self, token: int) -> str:
+        self.ids.append(token)
+        text = self.text()
+        if text.endswith("\ufffd"):  # an incomplete multi-byte character
+            return ""
+        delta, self.emitted = text[self.emitted :], len(text)
+        return delta
+
+    def text(self) -> str:
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        return text.lstrip() if self.lstrip else text
+
+
+@dataclass
+class _Row:
+    job: Job
+    prompt_tokens: int
+    phase: _Phase
+    started: float
+    reasoning: _Detokenizer
+    answer: _Detokenizer
+    reasoning_tokens: int = 0
+    output_tokens: int = 0
+    answer_tokens: int = 0
+    forced: bool = False
+    reported_progress: int = 0
+    thinking_ended: float | None = None
+    first_answer: float | None = None
+    finish_reason: str = ""
+    done: bool = False
+
+
+@dataclass
+class _Batch:
+    rows: list[_Row] = field(default_factory=list)
+    cache: DynamicCache | None = None
+    mask: torch.Tensor | None = None
+    positions: torch.Tensor | None = None
+    next_logits: torch.Tensor | None = None
+
+
+class Engine:
+    """Owns the model and one decode thread. Thread-safe ``submit`` and ``cancel``."""
+
+    def __init__(self, loaded: LoadedModel, config: EngineConfig | None = None) -> None:
+        self.config = config or EngineConfig()
+        self.model, self.tokenizer = loaded.model, loaded.tokenizer
+        self.name, self.version = loaded.name, loaded.version
+        self.device = next(self.model.parameters()).device
+        ids = self.tokenizer.convert_tokens_to_ids
+        self.think_start, self.think_end = ids(THINK_START), ids(THINK_END)
+        self.eos = self.tokenizer.eos_token_id
+        self.pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos
+        self.max_positions = int(getattr(self.model.config, "max_position_embeddings", 1 << 30))
+        self._waiting: collections.deque[Job] = collections.deque()
+        self._cancelled: set[str] = set()
+        self._cv = threading.Condition()
+        self._batch = _Batch()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self.steps = 0
+        self.tokens_generated = 0
+
+    # -- public, any thread ---------------------------------------------------------
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="edgecloud-engine", daemon=True)
+            self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        with self._cv:
+            self._stopping = True
+            self._cv.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def count_prompt_tokens(self, query: str, reasoning_budget: int) -> int:
+        return len(self._encode(query, thinking=reasoning_budget > 0))
+
+    def submit(self, job: Job) -> int:
+        """Queue ``job``; returns its queue position. Raises ResourceExhaustedError when the queue is full."""
+        if job.reasoning_budget < 0 or job.max_output_tokens < 1:
+            raise InvalidInputError("reasoning_budget must be >= 0 and max_output_tokens >= 1")
+        with self._cv:
+            if len(self._waiting) >= self.config.max_queue:
+                raise ResourceExhaustedError(f"the engine queue is full ({self.config.max_queue} waiting); retry later")
+            self._waiting.append(job)
+            self._cv.notify_all()
+            return len(self._waiting) + len(self._batch.rows)
+
+    def cancel(self, session_id: str) -> None:
+        """Drop the job at the next step boundary, whether it waits or runs. No event follows."""
+        with self._cv:
+            self._cancelled.add(session_id)
+            self._cv.notify_all()
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._waiting)
+
+    @property
+    def active(self) -> int:
+        return len(self._batch.rows)
+
+    # -- the decode thread ------------------------------------------------------------
+
+    def _run(self) -> None:
+        if self.device.type == "cpu" and self.config.threads:
+            torch.set_num_threads(self.config.threads)
+        while True:
+            with self._cv:
+                while not self._stopping and not self._waiting and not self._batch.rows and not self._cancelled:
+                    self._cv.wait()
+                if self._stopping:
+                    return
+                cancelled, self._cancelled = self._cancelled, set()
+                if cancelled:
+                    self._waiting = collections.deque(j for j in self._waiting if j.session_id not in cancelled)
+                free = self.config.max_batch - sum(r.job.session_id not in cancelled for r in self._batch.rows)
+                admitted = [self._waiting.popleft() for _ in range(min(max(free, 0), len(self._waiting)))]
+            try:
+                with torch.inference_mode():
+                    if cancelled:
+                        self._keep([i for i, r in enumerate(self._batch.rows) if r.job.session_id not in cancelled])
+                    if admitted:
+                        self._admit(admitted)
+                    if self._batch.rows:
+                        self._step()
+            except Exception as exc:  # noqa: BLE001 - one bad step must not kill the engine
+                log.exception("engine step failed; failing %d running sessions", len(self._batch.rows))
+                for row in self._batch.rows:
+                    self._emit(row, EngineEventKind.FAILED, error=f"engine error: {exc}", error_code="ENGINE_ERROR")
+                self._batch = _Batch()
+
+    def _encode(self, query: str, *, thinking: bool) -> list[int]:
+        prompt = self.tokenizer.apply_chat_template(
+            [{"role": "user", "content": query}], tokenize=False, add_generation_prompt=True, enable_thinking=thinking
+        )
+        return self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+
+    def _emit(self, row: _Row, kind: EngineEventKind, **fields) -> None:
+        try:
+            row.job.on_event(EngineEvent(row.job.session_id, kind, **fields))
+        except Exception:  # noqa: BLE001 - a listener's bug must not stop decoding
+            log.exception("event listener of session %s failed", row.job.session_id)
+
+    def _admit(self, jobs: list[Job]) -> None:
+        """Prefill ``jobs`` together (left padded) and merge them into the running batch."""
+        now = time.monotonic()
+        rows, encoded = [], []
+        for job in jobs:
+            ids = self._encode(job.query, thinking=job.reasoning_budget > 0)
+            limit = min(self.config.max_input_tokens, self.max_positions - 2)
+            row = _Row(
+                job,
+                len(ids),
+                _Phase.OPENING if job.reasoning_budget > 0 else _Phase.ANSWERING,
+                now,
+                _Detokenizer(self.tokenizer, lstrip=True),
+                _Detokenizer(self.tokenizer, lstrip=True),
+            )
+            if len(ids) > limit:
+                self._emit(
+                    row,
+                    EngineEventKind.FAILED,
+                    error=f"prompt has {len(ids)} tokens; the limit is {limit}",
+                    error_code="INVALID_ARGUMENT",
+                )
+                continue
+            self._emit(row, EngineEventKind.STARTED)
+            rows.append(row)
+            encoded.append(ids)
+        if not rows:
+            return
+        width = max(map(len, encoded))
+        input_ids = torch.full((len(rows), width), self.pad, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, ids in enumerate(encoded):
+            input_ids[i, width - len(ids) :] = torch.tensor(ids)
+            mask[i, width - len(ids) :] = 1
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        cache = DynamicCache()
+        logits = self.model(
+            input_ids=input_ids.to(self.device),
+            attention_mask=mask.to(self.device),
+            position_ids=positions.to(self.device),
+            past_key_values=cache,
+            use_cache=True,
+        ).logits[:, -1]
+        new = _Batch(rows, cache, mask.to(self.device), torch.tensor([len(e) for e in encoded], device=self.device), logits)
+        self._batch = new if not self._batch.rows else _merge(self._batch, new)
+
+    def _keep(self, indices: list[int]) -> None:
+        batch = self._batch
+        if len(indices) == len(batch.rows):
+            return
+        if not indices:
+            self._batch = _Batch()
+            return
+        index = torch.tensor(indices, device=self.device)
+        mask = batch.mask[index]
+        start = int(mask.any(0).int().argmax())  # the first column some row still uses
+        layers = [(l.keys[index, :, start:], l.values[index, :, start:]) for l in batch.cache.layers]
+        self._batch = _Batch(
+            [batch.rows[i] for i in indices],
+            DynamicCache(ddp_cache_data=layers),
+            mask[:, start:],
+            batch.positions[index],
+            batch.next_logits[index],
+        )
+
+    def _step(self) -> None:
+        batch = self._batch
+        tokens = batch.next_logits.argmax(-1).tolist()
+        for i, row in enumerate(batch.rows):
+            tokens[i] = self._advance(row, tokens[i], int(batch.positions[i]))
+        finished = [row for row in batch.rows if row.done]
+        for row in finished:
+            self._finish(row)
+        self.steps += 1
+        self.tokens_generated += len(batch.rows)
+        if finished:
+            keep = [i for i, row in enumerate(batch.rows) if not row.done]
+            tokens = [tokens[i] for i in keep]
+            self._keep(keep)
+            batch = self._batch
+            if not batch.rows:
+                return
+        batch.mask = torch.cat([batch.mask, batch.mask.new_ones((len(batch.rows), 1))], dim=1)
+        batch.next_logits = self.model(
+            input_ids=torch.tensor(tokens, device=self.device)[:, None],
+            attention_mask=batch.mask,
+            position_ids=batch.positions[:, None],
+            past_key_values=batch.cache,
+            use_cache=True,
+        ).logits[:, -1]
+        batch.positions = batch.positions + 1
+
+    def _advance(self, row: _Row, token: int, position: int) -> int:
+        """Apply the budget and limits to the greedy ``token``; update the row; emit deltas."""
+        job = row.job
+        out_of_room = position + 1 >= self.max_positions
+        if row.phase is _Phase.OPENING:
+            if token == self.think_start:
+                row.phase = _Phase.THINKING
+                row.output_tokens += 1
+                return token
+            row.phase = _Phase.ANSWERING  # a model that answers without a think block
+        if row.phase is _Phase.THINKING:
+            if token != self.think_end and (row.reasoning_tokens >= job.reasoning_budget or token == self.eos or out_of_room):
+                row.forced = row.forced or row.reasoning_tokens >= job.reasoning_budget
+                token = self.think_end
+            if token == self.think_end:
+                row.phase = _Phase.ANSWERING
+                row.output_tokens += 1
+                row.thinking_ended = time.monotonic()
+                if not job.stream_reasoning and row.reported_progress != row.reasoning_tokens:
+                    row.reported_progress = row.reasoning_tokens
+                    self._emit(row, EngineEventKind.REASONING_PROGRESS, reasoning_tokens=row.reasoning_tokens)
+                return token
+            row.reasoning_tokens += 1
+            if job.stream_reasoning:
+                delta = row.reasoning.push(token)
+                if delta:
+                    self._emit(row, EngineEventKind.REASONING_DELTA, text=delta, reasoning_tokens=row.reasoning_tokens)
+            elif row.reasoning_tokens % self.config.progress_every == 0:
+                row.reported_progress = row.reasoning_tokens
+                self._emit(row, EngineEventKind.REASONING_PROGRESS, reasoning_tokens=row.reasoning_tokens)
+            return token
+        row.output_tokens += 1
+        if token == self.eos:
+            row.done, row.finish_reason = True, "stop"
+            return token
+        row.answer_tokens += 1
+        delta = row.answer.push(token)
+        if delta:
+            if row.first_answer is None:
+                row.first_answer = time.monotonic()
+            self._emit(row, EngineEventKind.ANSWER_DELTA, text=delta)
+        if row.answer_tokens >= job.max_output_tokens or out_of_room:
+            row.done, row.finish_reason = True, "length"
+        return token
+
+    def _finish(self, row: _Row) -> None:
+        now = time.monotonic()
+        ended = row.thinking_ended or row.started
+        result = GenerationResult(
+            answer=row.answer.text().strip(),
+            usage=Usage(
+                input_tokens=row.prompt_tokens, reasoning_tokens=row.reasoning_tokens, output_tokens=row.output_tokens
+            ),
+            budget_reached=row.forced,
+            finish_reason=row.finish_reason,
+            reasoning_ms=(ended - row.started) * 1e3,
+            answer_ms=(now - ended) * 1e3,
+            first_answer_token_ms=((row.first_answer or now) - row.started) * 1e3,
+        )
+        self._emit(row, EngineEventKind.FINISHED, result=result)
+
+
+def _left_pad(tensor: torch.Tensor, width: int) -> torch.Tensor:
+    missing = width - tensor.shape[-2]
+    if missing == 0:
+        return tensor
+    pad = tensor.new_zeros((*tensor.shape[:-2], missing, tensor.shape[-1]))
+    return torch.cat([pad, tensor], dim=-2)
+
+
+def _merge(old: _Batch, new: _Batch) -> _Batch:
+    width = max(old.mask.shape[1], new.mask.shape[1])
+    layers = [
+        (
+            torch.cat([_left_pad(a.keys, width), _left_pad(b.keys, width)]),
+            torch.cat([_left_pad(a.values, width), _left_pad(b.values, width)]),
+        )
+        for a, b in zip(old.cache.layers, new.cache.layers, strict=True)
+    ]
+    masks = [torch.cat([m.new_zeros((m.shape[0], width - m.shape[1])), m], dim=1) for m in (old.mask, new.mask)]
+    return _Batch(
+        old.rows + new.rows,
+        DynamicCache(ddp_cache_data=layers),
+        torch.cat(masks),
+        torch.cat([old.positions, new.positions]),
+        torch.cat([old.next_logits, new.next_logits]),
+    )
