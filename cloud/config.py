@@ -1,0 +1,107 @@
+"""Configuration of the cloud service: typed, validated at construction.
+
+Secrets (TLS keys, device tokens) are read from files named here, never from
+the command line.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cloud.budget import BudgetConfig
+from cloud.engine import EngineConfig
+from cloud.sessions import SessionConfig
+from shared.errors import ConfigError
+
+__all__ = ["AuthConfig", "CloudConfig", "TlsConfig", "load_tokens"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class TlsConfig:
+    cert: Path
+    key: Path
+    client_ca: Path | None = None
+    """When set, clients must present a certificate signed by this CA (mTLS)."""
+
+    def __post_init__(self) -> None:
+        for name in ("cert", "key", "client_ca"):
+            path = getattr(self, name)
+            if path is not None and not Path(path).is_file():
+                raise ConfigError(f"tls.{name}: {path} is not a readable file")
+
+
+@dataclass(frozen=True, kw_only=True)
+class AuthConfig:
+    tokens: dict[str, str] = field(default_factory=dict)
+    """Bearer token -> the device id it belongs to."""
+    required: bool | None = None
+    """None: required unless the server listens on loopback only."""
+
+    def __post_init__(self) -> None:
+        if self.required and not self.tokens:
+            raise ConfigError("auth is required but no device tokens are configured (--tokens FILE)")
+
+
+def load_tokens(path: Path) -> dict[str, str]:
+    """A JSON object ``{"device-id": "token", ...}``; returns token -> device id."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"cannot read device tokens from {path}: {exc}") from exc
+    if not isinstance(data, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in data.items()):
+        raise ConfigError(f"{path}: expected a JSON object of device id -> token strings")
+    short = [device for device, token in data.items() if len(token) < 16]
+    if short:
+        raise ConfigError(f"{path}: tokens must be at least 16 characters (devices {short})")
+    return {token: device for device, token in data.items()}
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True, kw_only=True)
+class CloudConfig:
+    model: Path
+    """A Hugging Face model directory with a <think> chat template (a cloud bundle or any Qwen3-style model)."""
+    host: str = "127.0.0.1"
+    port: int = 50051
+    metrics_port: int | None = 9100
+    """None disables the Prometheus endpoint; 0 picks a free port."""
+    metrics_host: str = "127.0.0.1"
+    store: Path | str = "cloud-sessions.sqlite3"
+    """SQLite file of sessions; ':memory:' keeps nothing across restarts."""
+    max_message_bytes: int = 1 << 20
+    grace_s: float = 10.0
+    """How long a shutdown lets running RPCs finish."""
+    verify_bundle: bool = True
+    """Check manifest.json hashes when the model folder is a bundle."""
+    tls: TlsConfig | None = None
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    sessions: SessionConfig = field(default_factory=SessionConfig)
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
+
+    def __post_init__(self) -> None:
+        if not Path(self.model).is_dir():
+            raise ConfigError(f"model: {self.model} is not a directory")
+        if not 0 <= self.port < 65536:
+            raise ConfigError(f"port must be in [0, 65535], got {self.port}")
+        if self.max_message_bytes < 1024:
+            raise ConfigError("max_message_bytes must be >= 1024")
+        if self.budget.maximum > self.engine.max_reasoning_tokens:
+            raise ConfigError("budget.maximum exceeds engine.max_reasoning_tokens")
+
+    @property
+    def auth_required(self) -> bool:
+        if self.auth.required is not None:
+            return self.auth.required
+        return not is_loopback(self.host)

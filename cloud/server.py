@@ -1,0 +1,303 @@
+"""The gRPC face of the cloud service: a thin servicer over :class:`SessionManager`.
+
+Handlers convert protobuf to domain objects (:mod:`shared.wire`), call the
+session manager and convert back; they raise edgecloud errors and one
+interceptor maps those to status codes. Another checks per-device bearer
+tokens. Health (NOT_SERVING while loading or draining), reflection, TLS/mTLS
+and message size limits are set up by :func:`create_server`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import signal
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from cloud.budget import BudgetPolicy
+from cloud.config import CloudConfig
+from cloud.engine import Engine, LoadedModel
+from cloud.metrics import CloudMetrics
+from cloud.sessions import SessionManager
+from cloud.store import SessionStore
+from proto.edgecloud.v1 import reasoner_pb2 as pb
+from proto.edgecloud.v1 import reasoner_pb2_grpc as pb_grpc
+from shared.bundle import MANIFEST_FILE, verify_bundle
+from shared.errors import (
+    ConfigError,
+    EdgecloudError,
+    InvalidInputError,
+    NotFoundError,
+    ResourceExhaustedError,
+    UnavailableError,
+)
+from shared.wire import event_to_pb, session_info_to_pb, think_request_from_pb
+
+__all__ = ["CloudService", "create_server", "serve"]
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Reasoner"].full_name
+_DEVICE_KEY = "edgecloud-device"
+
+_STATUS: list[tuple[type[EdgecloudError], grpc.StatusCode]] = [
+    (InvalidInputError, grpc.StatusCode.INVALID_ARGUMENT),
+    (NotFoundError, grpc.StatusCode.NOT_FOUND),
+    (ResourceExhaustedError, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (UnavailableError, grpc.StatusCode.UNAVAILABLE),
+]
+
+
+def status_for(error: EdgecloudError) -> grpc.StatusCode:
+    for kind, code in _STATUS:
+        if isinstance(error, kind):
+            return code
+    return grpc.StatusCode.INTERNAL
+
+
+def _wrap_handler(
+    handler: grpc.RpcMethodHandler,
+    unary: Callable[[Callable], Callable],
+    stream: Callable[[Callable], Callable],
+) -> grpc.RpcMethodHandler:
+    kw = {"request_deserializer": handler.request_deserializer, "response_serializer": handler.response_serializer}
+    if handler.unary_unary is not None:
+        return grpc.unary_unary_rpc_method_handler(unary(handler.unary_unary), **kw)
+    if handler.unary_stream is not None:
+        return grpc.unary_stream_rpc_method_handler(stream(handler.unary_stream), **kw)
+    return handler  # no streaming-request RPCs in this service
+
+
+class ErrorInterceptor(grpc.aio.ServerInterceptor):
+    """Handlers raise edgecloud errors; this turns them into status codes with the message."""
+
+    async def intercept_service(self, continuation, details):  # type: ignore[no-untyped-def]
+        handler = await continuation(details)
+        if handler is None:
+            return None
+
+        def unary(behavior):
+            async def run(request, context):
+                try:
+                    return await behavior(request, context)
+                except EdgecloudError as exc:
+                    await context.abort(status_for(exc), str(exc))
+
+            return run
+
+        def stream(behavior):
+            async def run(request, context):
+                try:
+                    async for item in behavior(request, context):
+                        yield item
+                except EdgecloudError as exc:
+                    await context.abort(status_for(exc), str(exc))
+
+            return run
+
+        return _wrap_handler(handler, unary, stream)
+
+
+class AuthInterceptor(grpc.aio.ServerInterceptor):
+    """Per-device bearer tokens (``authorization: Bearer <token>``) on every Reasoner RPC.
+
+    Health and reflection stay open so load balancers can probe. The device a
+    token belongs to is passed on in the invocation metadata for the handler.
+    """
+
+    def __init__(self, tokens: dict[str, str]) -> None:
+        self.tokens = tokens
+
+    def _device(self, metadata: tuple) -> str | None:
+        for key, value in metadata or ():
+            if key == "authorization" and isinstance(value, str) and value.startswith("Bearer "):
+                presented = value[len("Bearer ") :].encode()
+                for token, device in self.tokens.items():
+                    if hmac.compare_digest(presented, token.encode()):
+                        return device
+        return None
+
+    async def intercept_service(self, continuation, details):  # type: ignore[no-untyped-def]
+        if not details.method.startswith(f"/{SERVICE_NAME}/"):
+            return await continuation(details)
+        handler = await continuation(details)
+        if handler is None:
+            return None
+        device = self._device(details.invocation_metadata)
+
+        async def deny(context: grpc.aio.ServicerContext) -> None:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or invalid bearer token")
+
+        def unary(behavior):
+            async def run(request, context):
+                if device is None:
+                    await deny(context)
+                _check_device(request, device)
+                return await behavior(request, context)
+
+            return run
+
+        def stream(behavior):
+            async def run(request, context):
+                if device is None:
+                    await deny(context)
+                _check_device(request, device)
+                async for item in behavior(request, context):
+                    yield item
+
+            return run
+
+        return _wrap_handler(handler, unary, stream)
+
+
+def _check_device(request: object, device: str | None) -> None:
+    claimed = getattr(request, "device_id", "")
+    if claimed and device is not None and claimed != device:
+        raise InvalidInputError(f"device_id {claimed!r} does not match the token's device")
+
+
+class ReasonerServicer(pb_grpc.ReasonerServicer):
+    """Registered before the server starts (gRPC requires it); answers UNAVAILABLE until the model is loaded."""
+
+    def __init__(self) -> None:
+        self._sessions: SessionManager | None = None
+
+    @property
+    def sessions(self) -> SessionManager:
+        if self._sessions is None:
+            raise UnavailableError("the model is still loading; retry shortly")
+        return self._sessions
+
+    async def Think(self, request: pb.ThinkRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ThinkEvent]:
+        session = self.sessions.create(think_request_from_pb(request))
+        async for event in self.sessions.follow(session.id):
+            yield event_to_pb(event)
+
+    async def Submit(self, request: pb.ThinkRequest, context: grpc.aio.ServicerContext) -> pb.SessionInfo:
+        session = self.sessions.create(think_request_from_pb(request))
+        return session_info_to_pb(self.sessions.info(session.id))
+
+    async def Attach(self, request: pb.AttachRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ThinkEvent]:
+        async for event in self.sessions.follow(request.session_id, request.after_seq):
+            yield event_to_pb(event)
+
+    async def GetSession(self, request: pb.SessionRef, context: grpc.aio.ServicerContext) -> pb.SessionInfo:
+        return session_info_to_pb(self.sessions.info(request.session_id))
+
+    async def Cancel(self, request: pb.SessionRef, context: grpc.aio.ServicerContext) -> pb.SessionInfo:
+        return session_info_to_pb(self.sessions.cancel(request.session_id))
+
+
+@dataclass
+class CloudService:
+    """Everything :func:`create_server` started; ``stop`` takes it all down in order."""
+
+    server: grpc.aio.Server
+    port: int
+    sessions: SessionManager
+    engine: Engine
+    store: SessionStore
+    health: health.aio.HealthServicer
+    metrics: CloudMetrics
+    metrics_port: int | None
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Drain: NOT_SERVING first (so balancers move away), then let RPCs finish, then stop."""
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)
+        await self.sessions.close()
+        self.engine.stop()
+        self.store.close()
+        self.metrics.close()
+
+
+def _credentials(config: CloudConfig) -> grpc.ServerCredentials | None:
+    tls = config.tls
+    if tls is None:
+        return None
+    pair = [(tls.key.read_bytes(), tls.cert.read_bytes())]
+    if tls.client_ca is None:
+        return grpc.ssl_server_credentials(pair)
+    return grpc.ssl_server_credentials(pair, root_certificates=tls.client_ca.read_bytes(), require_client_auth=True)
+
+
+def _model_identity(config: CloudConfig) -> tuple[str, int]:
+    if (config.model / MANIFEST_FILE).is_file():
+        manifest = verify_bundle(config.model) if config.verify_bundle else None
+        if manifest is not None:
+            return manifest.name, manifest.version
+    return config.model.name, 0
+
+
+async def create_server(
+    config: CloudConfig, *, loaded: LoadedModel | None = None
+) -> tuple[CloudService, int]:
+    """Load the model, restore sessions, bind, start. Returns the service and its bound port
+    (``config.port=0`` picks a free one)."""
+    if config.auth_required and not config.auth.tokens:
+        raise ConfigError(
+            f"listening on {config.host} (not loopback) requires device tokens; pass --tokens FILE or --no-auth"
+        )
+    # The first interceptor wraps the others, so errors raised by auth are mapped too.
+    interceptors: list[grpc.aio.ServerInterceptor] = [ErrorInterceptor()]
+    if config.auth_required:
+        interceptors.append(AuthInterceptor(config.auth.tokens))
+    server = grpc.aio.server(
+        interceptors=interceptors,
+        options=[
+            ("grpc.max_receive_message_length", config.max_message_bytes),
+            ("grpc.max_send_message_length", config.max_message_bytes),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        ],
+    )
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    for name in ("", SERVICE_NAME):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    servicer = ReasonerServicer()
+    pb_grpc.add_ReasonerServicer_to_server(servicer, server)
+    reflection.enable_server_reflection((SERVICE_NAME, reflection.SERVICE_NAME, health.SERVICE_NAME), server)
+    address = f"{config.host}:{config.port}"
+    credentials = _credentials(config)
+    port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
+    if port == 0:
+        raise ConfigError(f"cannot bind {address}")
+    await server.start()  # health answers NOT_SERVING while the model loads
+
+    if loaded is None:
+        name, version = _model_identity(config)
+        loaded = await asyncio.to_thread(LoadedModel.from_dir, config.model, device=config.engine.device, name=name, version=version)
+    engine = Engine(loaded, config.engine)
+    engine.start()
+    metrics = CloudMetrics()
+    store = SessionStore(config.store)
+    sessions = SessionManager(engine, store, config=config.sessions, budget=BudgetPolicy(config.budget), metrics=metrics)
+    rerun = await sessions.start()
+    servicer._sessions = sessions
+    metrics_port = metrics.serve(config.metrics_port, config.metrics_host) if config.metrics_port is not None else None
+    for name in ("", SERVICE_NAME):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    log.info(
+        "reasoner serving %s v%d on %s:%d (tls=%s, auth=%s, metrics=%s, re-ran %d sessions)",
+        loaded.name, loaded.version, config.host, port, config.tls is not None, config.auth_required, metrics_port, rerun,
+    )
+    return CloudService(server, port, sessions, engine, store, health_servicer, metrics, metrics_port), port
+
+
+async def serve(config: CloudConfig) -> None:
+    """Run until SIGTERM or SIGINT, then drain within ``config.grace_s``."""
+    service, _port = await create_server(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down: draining for up to %.0fs", config.grace_s)
+    await service.stop(config.grace_s)

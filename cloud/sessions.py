@@ -1,0 +1,443 @@
+"""Server-owned reasoning sessions: created once, run by the engine, replayable by anyone.
+
+A session belongs to the server, not to the RPC that created it: generation
+runs in the engine whatever happens to the client, every event is appended to
+the session's log with ``seq`` 1, 2, 3, ..., and any number of readers follow
+the log from any point (:meth:`SessionManager.follow`) with no gap and no
+duplicate. Finished sessions stay for ``ttl_s``.
+
+Durability (:mod:`cloud.store`): a session is written when accepted and when
+it ends. After a restart, finished sessions are served from the store, and
+accepted-but-unfinished ones run again under the same ids; greedy decoding
+regenerates the same events, so readers who resume from a seq they saw before
+the restart see what they would have seen.
+
+Everything here runs on one asyncio loop; engine callbacks arrive on the
+engine thread and are handed to the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from cloud.budget import BudgetPolicy
+from cloud.dataset import Escalation, EscalationLog
+from cloud.engine import Engine, EngineEvent, EngineEventKind, GenerationResult, Job
+from cloud.metrics import CloudMetrics
+from cloud.store import SessionStore
+from shared.errors import ConfigError, InvalidInputError, NotFoundError
+from shared.features import decode_features
+from shared.reasoning import (
+    Event,
+    EventKind,
+    Failure,
+    SessionInfo,
+    SessionStatus,
+    ThinkParams,
+    Timings,
+    Usage,
+    normalize_text,
+)
+
+__all__ = ["Session", "SessionConfig", "SessionManager"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SessionConfig:
+    ttl_s: float = 3600.0
+    """How long finished sessions stay retrievable."""
+    sweep_every_s: float = 30.0
+    result_cache_size: int = 10_000
+    """Finished results reused for repeated queries; 0 disables the cache."""
+    max_feature_elements: int = 4096
+    feature_dims: tuple[int, ...] | None = None
+    """Expected shape of decoded features; None accepts any shape within max_feature_elements."""
+    escalation_log: Path | None = None
+    """JSONL file that collects escalations with their features, for the next student."""
+
+    def __post_init__(self) -> None:
+        if self.ttl_s <= 0 or self.sweep_every_s <= 0:
+            raise ConfigError("sessions: ttl_s and sweep_every_s must be > 0")
+        if self.result_cache_size < 0 or self.max_feature_elements < 1:
+            raise ConfigError("sessions: result_cache_size >= 0 and max_feature_elements >= 1")
+
+
+class Session:
+    def __init__(self, session_id: str, params: ThinkParams, budget: int, created: float) -> None:
+        self.id = session_id
+        self.params = params
+        self.budget = budget
+        self.created = created
+        self.started: float | None = None
+        self.first_answer: float | None = None
+        self.finished_at: float | None = None
+        self.status = SessionStatus.QUEUED
+        self.events: list[Event] = []
+        self.changed = asyncio.Condition()
+        self.features: np.ndarray | None = None
+        self.producer = ""
+        self.result: Event | None = None
+        self.failure: Failure | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.status.finished
+
+    def info(self, model_name: str, model_version: int) -> SessionInfo:
+        result = self.result
+        return SessionInfo(
+            session_id=self.id,
+            request_id=self.params.request_id,
+            status=self.status,
+            last_seq=len(self.events),
+            answer=result.text if result else "",
+            usage=result.usage if result else Usage(),
+            model_name=model_name,
+            model_version=model_version,
+            cached=result.cached if result else False,
+            failure=self.failure,
+            reasoning_budget=self.budget,
+            device_id=self.params.device_id,
+        )
+
+
+_CacheKey = tuple[str, str, int, int, int]
+
+
+class SessionManager:
+    def __init__(
+        self,
+        engine: Engine,
+        store: SessionStore,
+        *,
+        config: SessionConfig | None = None,
+        budget: BudgetPolicy | None = None,
+        metrics: CloudMetrics | None = None,
+    ) -> None:
+        self.engine = engine
+        self.store = store
+        self.config = config or SessionConfig()
+        self.budget = budget or BudgetPolicy()
+        self.metrics = metrics or CloudMetrics()
+        self.metrics.bind_engine(lambda: engine.queue_depth, lambda: engine.active)
+        self.escalations = EscalationLog(self.config.escalation_log) if self.config.escalation_log else None
+        self._sessions: dict[str, Session] = {}
+        self._by_request: dict[str, str] = {}
+        self._cache: collections.OrderedDict[_CacheKey, Event] = collections.OrderedDict()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def start(self) -> int:
+        """Warm the result cache and re-run unfinished sessions; returns how many re-ran."""
+        self._loop = asyncio.get_running_loop()
+        for stored in self.store.completed(self.config.result_cache_size):
+            if stored.info is not None and stored.info.status is SessionStatus.COMPLETED:
+                events = self.store.events(stored.session_id)
+                if events and events[-1].kind is EventKind.COMPLETED:
+                    self._remember(stored.params, stored.budget, events[-1])
+        rerun = 0
+        for stored in self.store.unfinished():
+            session = Session(stored.session_id, stored.params, stored.budget, time.monotonic())
+            session.events.append(stored.accepted)
+            self._adopt(session)
+            self._decode_features(session)
+            self._submit(session)
+            rerun += 1
+        if rerun:
+            log.info("re-running %d sessions accepted before the restart", rerun)
+        self._sweeper = asyncio.create_task(self._sweep_forever())
+        return rerun
+
+    async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            await asyncio.gather(self._sweeper, return_exceptions=True)
+
+    # -- commands ----------------------------------------------------------------------
+
+    def create(self, params: ThinkParams) -> Session:
+        """The session for ``params.request_id``: the existing one, or a new one.
+
+        Raises InvalidInputError (bad features, request_id reused for another
+        query) and ResourceExhaustedError (engine queue full: nothing is kept).
+        """
+        existing = self._find_request(params.request_id)
+        if existing is not None:
+            if existing.params.query != params.query:
+                raise InvalidInputError(f"request_id {params.request_id!r} was already used for a different query")
+            return existing
+        session = Session(uuid.uuid4().hex, params, 0, time.monotonic())
+        self._decode_features(session)
+        features = session.features
+        session.budget, source = self.budget.choose(
+            params.max_reasoning_tokens, hint=params.hint, features=features, producer=session.producer
+        )
+        log.debug("session %s: budget %d from %s", session.id, session.budget, source)
+        cached = self._cache.get(self._cache_key(params, session.budget))
+        accepted = Event(
+            seq=1,
+            session_id=session.id,
+            kind=EventKind.ACCEPTED,
+            reasoning_budget=session.budget,
+            model_name=self.engine.name,
+            model_version=self.engine.version,
+            queue_position=0 if cached else self.engine.queue_depth + 1,
+        )
+        if cached is None:
+            self._submit(session)  # raises when full, before anything is recorded
+        self.store.accept(session.id, params, session.budget, accepted)
+        self._adopt(session)
+        self._append(session, accepted)
+        if cached is not None:
+            self.metrics.cache_hits.inc()
+            self._serve_cached(session, cached)
+        return session
+
+    def info(self, session_id: str) -> SessionInfo:
+        return self._get(session_id).info(self.engine.name, self.engine.version)
+
+    def cancel(self, session_id: str) -> SessionInfo:
+        session = self._get(session_id)
+        if not session.finished:
+            self.engine.cancel(session.id)
+            self._fail(session, Failure("CANCELLED", "cancelled by the client"), SessionStatus.CANCELLED)
+        return session.info(self.engine.name, self.engine.version)
+
+    async def follow(self, session_id: str, after_seq: int = 0) -> AsyncIterator[Event]:
+        """Every event with seq > ``after_seq``, then live ones until the session ends."""
+        session = self._get(session_id)
+        if after_seq < 0:
+            raise InvalidInputError(f"after_seq must be >= 0, got {after_seq}")
+        index = after_seq
+        while True:
+            while index < len(session.events):
+                index += 1
+                yield session.events[index - 1]
+            if session.finished:
+                return
+            async with session.changed:
+                await session.changed.wait_for(lambda: len(session.events) > index or session.finished)
+
+    # -- internals ---------------------------------------------------------------------
+
+    def _find_request(self, request_id: str) -> Session | None:
+        session_id = self._by_request.get(request_id)
+        if session_id is not None and session_id in self._sessions:
+            return self._sessions[session_id]
+        stored = self.store.find_request(request_id)
+        return self._load(stored.session_id) if stored else None
+
+    def _get(self, session_id: str) -> Session:
+        session = self._sessions.get(session_id) or self._load(session_id)
+        if session is None:
+            raise NotFoundError(f"no session {session_id!r} (unknown, or expired after {self.config.ttl_s:g}s)")
+        return session
+
+    def _load(self, session_id: str) -> Session | None:
+        """A finished session from the store (after a restart or eviction from memory)."""
+        stored = self.store.get(session_id)
+        if stored is None or stored.info is None:
+            return self._sessions.get(session_id)
+        session = Session(stored.session_id, stored.params, stored.budget, time.monotonic())
+        session.events = self.store.events(session_id) or [stored.accepted]
+        session.status = stored.info.status
+        session.failure = stored.info.failure
+        session.finished_at = time.monotonic()
+        last = session.events[-1]
+        session.result = last if last.kind is EventKind.COMPLETED else None
+        self._adopt(session)
+        return session
+
+    def _adopt(self, session: Session) -> None:
+        self._sessions[session.id] = session
+        self._by_request[session.params.request_id] = session.id
+
+    def _decode_features(self, session: Session) -> None:
+        encoded = session.params.features
+        if encoded is None:
+            return
+        session.features = decode_features(
+            encoded, expected_dims=self.config.feature_dims, max_elements=self.config.max_feature_elements
+        )
+        session.producer = f"{encoded.model_name}@{encoded.model_version}:{encoded.model_sha256}"
+
+    def _cache_key(self, params: ThinkParams, budget: int) -> _CacheKey:
+        output = params.max_output_tokens or self.engine.config.default_max_output_tokens
+        return (normalize_text(params.query), self.engine.name, self.engine.version, budget, output)
+
+    def _remember(self, params: ThinkParams, budget: int, completed: Event) -> None:
+        if self.config.result_cache_size == 0 or completed.finish_reason != "stop":
+            return
+        key = self._cache_key(params, budget)
+        self._cache[key] = completed
+        self._cache.move_to_end(key)
+        while len(self._cache) > self.config.result_cache_size:
+            self._cache.popitem(last=False)
+
+    def _submit(self, session: Session) -> None:
+        config = self.engine.config
+        output = min(session.params.max_output_tokens or config.default_max_output_tokens, config.max_output_tokens)
+        loop = self._loop or asyncio.get_running_loop()
+
+        def on_event(event: EngineEvent) -> None:  # engine thread
+            loop.call_soon_threadsafe(self._on_engine_event, session, event)
+
+        self.engine.submit(Job(session.id, session.params.query, session.budget, output, session.params.stream_reasoning, on_event))
+
+    def _append(self, session: Session, event: Event) -> None:
+        session.events.append(event)
+        self._notify(session)
+
+    def _notify(self, session: Session) -> None:
+        async def wake() -> None:
+            async with session.changed:
+                session.changed.notify_all()
+
+        asyncio.get_running_loop().create_task(wake())
+
+    def _next(self, session: Session, kind: EventKind, **fields: object) -> Event:
+        return Event(seq=len(session.events) + 1, session_id=session.id, kind=kind, **fields)  # type: ignore[arg-type]
+
+    def _on_engine_event(self, session: Session, event: EngineEvent) -> None:
+        if session.finished or self._sessions.get(session.id) is not session:
+            return  # cancelled meanwhile: the engine drops it at its next step
+        now = time.monotonic()
+        match event.kind:
+            case EngineEventKind.STARTED:
+                session.started = now
+                session.status = SessionStatus.THINKING if session.budget > 0 else SessionStatus.ANSWERING
+            case EngineEventKind.REASONING_PROGRESS:
+                self._append(session, self._next(session, EventKind.REASONING_PROGRESS, reasoning_tokens=event.reasoning_tokens))
+            case EngineEventKind.REASONING_DELTA:
+                self._append(session, self._next(session, EventKind.REASONING_DELTA, text=event.text))
+            case EngineEventKind.ANSWER_DELTA:
+                if session.first_answer is None:
+                    session.first_answer = now
+                    self.metrics.first_answer_token.observe(now - session.created)
+                session.status = SessionStatus.ANSWERING
+                self._append(session, self._next(session, EventKind.ANSWER_DELTA, text=event.text))
+            case EngineEventKind.FINISHED:
+                assert event.result is not None
+                self._complete(session, event.result, now)
+            case EngineEventKind.FAILED:
+                self._fail(session, Failure(event.error_code or "ENGINE_ERROR", event.error), SessionStatus.FAILED)
+
+    def _complete(self, session: Session, result: GenerationResult, now: float) -> None:
+        queue_ms = ((session.started or now) - session.created) * 1e3
+        completed = self._next(
+            session,
+            EventKind.COMPLETED,
+            text=result.answer,
+            usage=result.usage,
+            timings=Timings(
+                queue_ms=queue_ms,
+                reasoning_ms=result.reasoning_ms,
+                answer_ms=result.answer_ms,
+                total_ms=(now - session.created) * 1e3,
+                first_answer_token_ms=queue_ms + result.first_answer_token_ms,
+            ),
+            budget_reached=result.budget_reached,
+            finish_reason=result.finish_reason,
+        )
+        session.result = completed
+        session.status = SessionStatus.COMPLETED
+        session.finished_at = now
+        self._append(session, completed)
+        self._persist(session)
+        self._remember(session.params, session.budget, completed)
+        m = self.metrics
+        m.sessions.labels("completed").inc()
+        m.tokens.labels("reasoning").inc(result.usage.reasoning_tokens)
+        m.tokens.labels("output").inc(result.usage.output_tokens)
+        m.reasoning_tokens.observe(result.usage.reasoning_tokens)
+        m.latency.observe(now - session.created)
+        if session.features is not None:
+            self.budget.observe(session.features, session.producer, result.usage.reasoning_tokens, result.budget_reached)
+            if self.escalations is not None:
+                encoded = session.params.features
+                assert encoded is not None
+                self.escalations.append(
+                    Escalation(
+                        request_id=session.params.request_id,
+                        device_id=session.params.device_id,
+                        query=session.params.query,
+                        answer=result.answer,
+                        reasoning_tokens=result.usage.reasoning_tokens,
+                        budget_reached=result.budget_reached,
+                        producer={"name": encoded.model_name, "version": encoded.model_version, "sha256": encoded.model_sha256},
+                        features=[float(x) for x in session.features.ravel()],
+                        created_at=EscalationLog.now(),
+                    )
+                )
+
+    def _serve_cached(self, session: Session, cached: Event) -> None:
+        now = time.monotonic()
+        if cached.text:
+            self._append(session, self._next(session, EventKind.ANSWER_DELTA, text=cached.text))
+        usage = replace(cached.usage, cached_tokens=cached.usage.input_tokens)
+        completed = self._next(
+            session,
+            EventKind.COMPLETED,
+            text=cached.text,
+            usage=usage,
+            timings=Timings(total_ms=(now - session.created) * 1e3),
+            cached=True,
+            budget_reached=cached.budget_reached,
+            finish_reason=cached.finish_reason,
+        )
+        session.result = completed
+        session.status = SessionStatus.COMPLETED
+        session.finished_at = now
+        self._append(session, completed)
+        self._persist(session)
+        self.metrics.sessions.labels("cached").inc()
+
+    def _fail(self, session: Session, failure: Failure, status: SessionStatus) -> None:
+        session.failure = failure
+        session.status = status
+        session.finished_at = time.monotonic()
+        self._append(session, self._next(session, EventKind.FAILED, failure=failure))
+        self._persist(session)
+        self.metrics.sessions.labels(status.name.lower()).inc()
+
+    def _persist(self, session: Session) -> None:
+        try:
+            self.store.finish(session.info(self.engine.name, self.engine.version), session.events)
+        except Exception:  # noqa: BLE001 - the session is still served from memory
+            log.exception("could not persist session %s", session.id)
+
+    async def _sweep_forever(self) -> None:
+        last_tokens, last_time = self.engine.tokens_generated, time.monotonic()
+        while True:
+            await asyncio.sleep(min(self.config.sweep_every_s, 5.0))
+            now = time.monotonic()
+            tokens = self.engine.tokens_generated
+            self.metrics.tokens_per_second.set((tokens - last_tokens) / max(now - last_time, 1e-9))
+            self.metrics.engine_steps.set(self.engine.steps)
+            last_tokens, last_time = tokens, now
+            self.sweep(now)
+
+    def sweep(self, now: float | None = None) -> int:
+        """Forget sessions that finished more than ``ttl_s`` ago; returns how many."""
+        now = time.monotonic() if now is None else now
+        expired = [
+            s for s in self._sessions.values() if s.finished_at is not None and now - s.finished_at > self.config.ttl_s
+        ]
+        for session in expired:
+            del self._sessions[session.id]
+            self._by_request.pop(session.params.request_id, None)
+        self.store.expire(time.time() - self.config.ttl_s)
+        return len(expired)

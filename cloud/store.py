@@ -1,0 +1,166 @@
+"""Durable session records in SQLite: what lets a restart lose nothing accepted.
+
+A session is written when it is accepted (its request) and again when it
+ends (its final state and full event log, in one transaction). After a
+restart, finished sessions are served from here, and accepted-but-unfinished
+ones are handed back to be run again. Rows are protobuf bytes from
+:mod:`shared.wire`, so the format is the wire contract and needs no schema of
+its own.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from proto.edgecloud.v1 import reasoner_pb2 as pb
+from shared.errors import ConfigError
+from shared.reasoning import Event, SessionInfo, ThinkParams
+from shared.wire import (
+    event_from_pb,
+    event_to_pb,
+    session_info_from_pb,
+    session_info_to_pb,
+    think_request_from_pb,
+    think_request_to_pb,
+)
+
+__all__ = ["SessionStore", "StoredSession"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS sessions (
+    session_id  TEXT PRIMARY KEY,
+    request_id  TEXT NOT NULL UNIQUE,
+    request     BLOB NOT NULL,
+    budget      INTEGER NOT NULL,
+    accepted    BLOB NOT NULL,
+    created_at  REAL NOT NULL,
+    finished_at REAL,
+    info        BLOB
+);
+CREATE TABLE IF NOT EXISTS events (
+    session_id TEXT NOT NULL REFERENCES sessions(session_id) ON DELETE CASCADE,
+    seq        INTEGER NOT NULL,
+    event      BLOB NOT NULL,
+    PRIMARY KEY (session_id, seq)
+);
+CREATE INDEX IF NOT EXISTS sessions_finished ON sessions(finished_at);
+"""
+
+
+@dataclass(frozen=True)
+class StoredSession:
+    session_id: str
+    params: ThinkParams
+    budget: int
+    accepted: Event
+    created_at: float
+    info: SessionInfo | None
+    """None while unfinished."""
+
+
+class SessionStore:
+    """Thread-safe; one connection guarded by a lock (writes are small and rare)."""
+
+    def __init__(self, path: str | Path = ":memory:") -> None:
+        self.path = str(path)
+        if self.path != ":memory:":
+            parent = Path(self.path).parent
+            if not parent.is_dir():
+                raise ConfigError(f"session store folder {parent} does not exist")
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def accept(self, session_id: str, params: ThinkParams, budget: int, accepted: Event) -> None:
+        request = think_request_to_pb(params).SerializeToString()
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO sessions (session_id, request_id, request, budget, accepted, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (session_id, params.request_id, request, budget, event_to_pb(accepted).SerializeToString(), time.time()),
+            )
+
+    def finish(self, info: SessionInfo, events: list[Event]) -> None:
+        rows = [(info.session_id, e.seq, event_to_pb(e).SerializeToString()) for e in events]
+        with self._lock:
+            self._db.execute("BEGIN")
+            try:
+                self._db.execute(
+                    "UPDATE sessions SET finished_at = ?, info = ? WHERE session_id = ?",
+                    (time.time(), session_info_to_pb(info).SerializeToString(), info.session_id),
+                )
+                self._db.execute("DELETE FROM events WHERE session_id = ?", (info.session_id,))
+                self._db.executemany("INSERT INTO events (session_id, seq, event) VALUES (?, ?, ?)", rows)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def forget(self, session_id: str) -> None:
+        with self._lock:
+            self._db.execute("DELETE FROM sessions WHERE session_id = ?", (session_id,))
+
+    def expire(self, finished_before: float) -> int:
+        """Delete sessions that finished before the given time; returns how many."""
+        with self._lock:
+            return self._db.execute(
+                "DELETE FROM sessions WHERE finished_at IS NOT NULL AND finished_at < ?", (finished_before,)
+            ).rowcount
+
+    def _row(self, row: tuple) -> StoredSession:
+        session_id, request, budget, accepted, created_at, info = row
+        return StoredSession(
+            session_id=session_id,
+            params=think_request_from_pb(pb.ThinkRequest.FromString(request)),
+            budget=budget,
+            accepted=event_from_pb(pb.ThinkEvent.FromString(accepted)),
+            created_at=created_at,
+            info=session_info_from_pb(pb.SessionInfo.FromString(info)) if info is not None else None,
+        )
+
+    _COLUMNS = "session_id, request, budget, accepted, created_at, info"
+
+    def get(self, session_id: str) -> StoredSession | None:
+        with self._lock:
+            row = self._db.execute(f"SELECT {self._COLUMNS} FROM sessions WHERE session_id = ?", (session_id,)).fetchone()
+        return self._row(row) if row else None
+
+    def find_request(self, request_id: str) -> StoredSession | None:
+        with self._lock:
+            row = self._db.execute(f"SELECT {self._COLUMNS} FROM sessions WHERE request_id = ?", (request_id,)).fetchone()
+        return self._row(row) if row else None
+
+    def events(self, session_id: str) -> list[Event]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT event FROM events WHERE session_id = ? ORDER BY seq", (session_id,)
+            ).fetchall()
+        return [event_from_pb(pb.ThinkEvent.FromString(r[0])) for r in rows]
+
+    def unfinished(self) -> Iterator[StoredSession]:
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT {self._COLUMNS} FROM sessions WHERE finished_at IS NULL ORDER BY created_at"
+            ).fetchall()
+        return (self._row(r) for r in rows)
+
+    def completed(self, limit: int) -> Iterator[StoredSession]:
+        """The newest finished sessions, to warm the result cache."""
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT {self._COLUMNS} FROM sessions WHERE finished_at IS NOT NULL ORDER BY finished_at DESC LIMIT ?",
+                (limit,),
+            ).fetchall()
+        return (self._row(r) for r in rows)

@@ -1,0 +1,95 @@
+"""A real Reasoner server on a loopback port, run on its own event loop thread,
+and the tiny random Qwen3 model that exercises the "bring your own model" path."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import grpc
+import pytest
+
+from cloud.config import CloudConfig
+from cloud.engine import LoadedModel
+from cloud.server import CloudService, create_server
+from proto.edgecloud.v1 import reasoner_pb2_grpc as pb_grpc
+
+
+class RunningServer:
+    def __init__(self, config: CloudConfig, loaded: LoadedModel | None = None) -> None:
+        self.config = config
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="test-server-loop", daemon=True)
+        self.thread.start()
+        self.service: CloudService
+        self.service, self.port = self.call(create_server(config, loaded=loaded), timeout=300)
+        self.channel = grpc.insecure_channel(f"127.0.0.1:{self.port}")
+        self.stub = pb_grpc.ReasonerStub(self.channel)
+
+    def call(self, coroutine, timeout: float = 60):  # type: ignore[no-untyped-def]
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
+
+    def stop(self, grace: float | None = 0) -> None:
+        self.channel.close()
+        self.call(self.service.stop(grace))
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+@pytest.fixture(scope="session")
+def teacher_dir(shipped_models: Path) -> Path:
+    return shipped_models / "cloud-teacher"
+
+
+@pytest.fixture(scope="session")
+def teacher(teacher_dir: Path) -> LoadedModel:
+    return LoadedModel.from_dir(teacher_dir, device="cpu", name="cloud-teacher", version=1)
+
+
+@pytest.fixture(scope="session")
+def random_qwen3_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An untrained Qwen3 saved like any Hugging Face model: it never closes its
+    think block on its own, which makes it a long-running session on demand."""
+    import torch
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    from cloud.modelkit.tokenizer import build_tokenizer
+
+    directory = tmp_path_factory.mktemp("random-qwen3")
+    tokenizer = build_tokenizer()
+    torch.manual_seed(0)
+    config = Qwen3Config(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        head_dim=16,
+        max_position_embeddings=8192,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=None,
+    )
+    model = Qwen3ForCausalLM(config)
+    with torch.no_grad():  # logits of 0 for the end tokens, while greedy picks a positive one
+        for token in (tokenizer.eos_token, "</think>"):
+            model.lm_head.weight[tokenizer.convert_tokens_to_ids(token)] = 0.0
+    model.save_pretrained(str(directory))
+    tokenizer.save_pretrained(str(directory))
+    return directory
+
+
+def make_config(model: Path, tmp_path: Path, **overrides: object) -> CloudConfig:
+    config = CloudConfig(model=model, port=0, metrics_port=None, store=tmp_path / "sessions.sqlite3", grace_s=1.0)
+    return replace(config, **overrides)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def server(teacher_dir: Path, teacher: LoadedModel, tmp_path: Path) -> Iterator[RunningServer]:
+    running = RunningServer(make_config(teacher_dir, tmp_path, metrics_port=0), loaded=teacher)
+    yield running
+    running.stop()

@@ -1,0 +1,82 @@
+"""The engine against the model kit's plain batched decoding: continuous
+batching (rows joining and leaving mid-flight) must not change any output."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from cloud.engine import Engine, EngineConfig, EngineEvent, EngineEventKind, Job, LoadedModel
+from cloud.modelkit.decoding import generate_batch
+from cloud.modelkit.teacher import chat_prompt
+from shared.errors import ConfigError, ResourceExhaustedError
+from shared.task import Split, generate
+
+
+def run_jobs(engine: Engine, specs: list[tuple[str, int, bool]]) -> dict[str, list[EngineEvent]]:
+    events: dict[str, list[EngineEvent]] = {str(i): [] for i in range(len(specs))}
+    done = threading.Semaphore(0)
+
+    def listener(session_id: str):
+        def on_event(event: EngineEvent) -> None:
+            events[session_id].append(event)
+            if event.kind in (EngineEventKind.FINISHED, EngineEventKind.FAILED):
+                done.release()
+
+        return on_event
+
+    for i, (query, budget, stream) in enumerate(specs):
+        engine.submit(Job(str(i), query, budget, 32, stream, listener(str(i))))
+    for _ in specs:
+        assert done.acquire(timeout=120)
+    return events
+
+
+@pytest.fixture(scope="module")
+def engine(teacher: LoadedModel):
+    running = Engine(teacher, EngineConfig(max_batch=4, progress_every=8))
+    running.start()
+    yield running
+    running.stop()
+
+
+@pytest.mark.parametrize("budget", [256, 12, 0])
+def test_continuous_batching_matches_plain_batched_decoding(engine: Engine, teacher: LoadedModel, budget: int) -> None:
+    problems = generate(12, seed=11, split=Split.TEST)
+    events = run_jobs(engine, [(p.query, budget, False) for p in problems])
+    prompts = [chat_prompt(teacher.tokenizer, p.query, enable_thinking=budget > 0) for p in problems]
+    reference = generate_batch(teacher.model, teacher.tokenizer, prompts, max_new_tokens=300, reasoning_budget=budget or None)
+    for i, ref in enumerate(reference):
+        result = events[str(i)][-1].result
+        assert result is not None
+        assert result.answer == ref.answer_text, problems[i].query
+        assert result.usage.reasoning_tokens == ref.reasoning_tokens
+        assert result.budget_reached == ref.forced
+
+
+def test_events_add_up_to_the_result(engine: Engine) -> None:
+    events = run_jobs(engine, [("calculate 17*3+4-9", 256, True), ("calculate 17*3+4-9", 256, False)])
+    streamed, hidden = events["0"], events["1"]
+    for log in (streamed, hidden):
+        assert log[0].kind is EngineEventKind.STARTED and log[-1].kind is EngineEventKind.FINISHED
+        answer = "".join(e.text for e in log if e.kind is EngineEventKind.ANSWER_DELTA)
+        assert answer.strip() == log[-1].result.answer
+    assert any(e.kind is EngineEventKind.REASONING_DELTA for e in streamed)
+    assert not any(e.kind is EngineEventKind.REASONING_DELTA for e in hidden)
+    progress = [e.reasoning_tokens for e in hidden if e.kind is EngineEventKind.REASONING_PROGRESS]
+    assert progress[-1] == hidden[-1].result.usage.reasoning_tokens
+    assert all(b - a <= 8 for a, b in zip([0, *progress], progress))
+
+
+def test_queue_bound_and_config_validation(teacher: LoadedModel) -> None:
+    idle = Engine(teacher, EngineConfig(max_batch=1, max_queue=2))  # not started: nothing leaves the queue
+    job = Job("a", "1+1", 0, 4, False, lambda e: None)
+    idle.submit(job)
+    idle.submit(job)
+    with pytest.raises(ResourceExhaustedError):
+        idle.submit(job)
+    with pytest.raises(ConfigError):
+        EngineConfig(max_batch=0)
+    with pytest.raises(ConfigError):
+        EngineConfig(default_max_output_tokens=10, max_output_tokens=5)
