@@ -319,3 +319,19 @@ def test_a_random_qwen3_from_disk_serves_through_the_same_path(random_qwen3_dir:
         assert events[0].accepted.model_name == random_qwen3_dir.name
     finally:
         running.stop()
+
+
+def test_finished_sessions_expire_after_their_ttl(teacher_dir: Path, teacher: LoadedModel, tmp_path: Path) -> None:
+    from cloud.sessions import SessionConfig
+
+    config = make_config(teacher_dir, tmp_path, sessions=SessionConfig(ttl_s=0.5, sweep_every_s=0.1))
+    running = RunningServer(config, loaded=teacher)
+    try:
+        events = list(running.stub.Think(request("5+5"), timeout=TIMEOUT))
+        assert running.stub.GetSession(pb.SessionRef(session_id=events[0].session_id)).status == pb.COMPLETED
+        time.sleep(1.5)
+        with pytest.raises(grpc.RpcError) as error:
+            running.stub.GetSession(pb.SessionRef(session_id=events[0].session_id))
+        assert error.value.code() == grpc.StatusCode.NOT_FOUND
+    finally:
+        running.stop()
