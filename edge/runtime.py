@@ -8,8 +8,12 @@ give the calibrated confidence used for triage.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import logging
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,10 +21,10 @@ import numpy as np
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
-from shared.bundle import Manifest, verify_bundle
+from shared.bundle import Manifest, canonical_bytes, load_manifest, verify_bundle
 from shared.calibration import Calibration
 
-__all__ = ["EdgeAnswer", "EdgeModel"]
+__all__ = ["EdgeAnswer", "EdgeBundle", "EdgeModel", "ModelSlot"]
 
 log = logging.getLogger(__name__)
 
@@ -142,3 +146,76 @@ class EdgeModel:
             output_tokens=len(generated),
             latency_ms=(time.perf_counter() - started) * 1000,
         )
+
+
+@dataclass(frozen=True)
+class EdgeBundle:
+    """A loaded edge model with the identity of the bundle it came from."""
+
+    model: EdgeModel
+    manifest: Manifest
+    directory: Path
+
+    @property
+    def name(self) -> str:
+        return self.manifest.name
+
+    @property
+    def version(self) -> int:
+        return self.manifest.version
+
+    @property
+    def sha256(self) -> str:
+        """Digest of the canonical manifest, which pins every file of the bundle."""
+        return hashlib.sha256(canonical_bytes(self.manifest)).hexdigest()
+
+    @classmethod
+    def load(cls, directory: Path, *, precision: str = "int8", threads: int = 1, warmup: bool = True) -> EdgeBundle:
+        directory = Path(directory)
+        model = EdgeModel.from_bundle(directory, precision=precision, threads=threads, warmup=warmup)
+        return cls(model, load_manifest(directory), directory)
+
+
+class ModelSlot:
+    """The serving model, swapped atomically.
+
+    A request takes the current bundle once (:meth:`acquire`) and uses it to
+    the end, so in-flight requests finish on the old model while new ones get
+    the new one; nothing fails across a swap. :meth:`swap` returns the old
+    bundle, and :meth:`wait_idle` lets the caller wait until no request still
+    holds it before releasing it.
+    """
+
+    def __init__(self, bundle: EdgeBundle) -> None:
+        self._bundle = bundle
+        self._lock = threading.Condition()
+        self._holders: dict[int, int] = {}
+
+    @property
+    def current(self) -> EdgeBundle:
+        return self._bundle
+
+    @contextlib.contextmanager
+    def acquire(self) -> Iterator[EdgeBundle]:
+        with self._lock:
+            bundle = self._bundle
+            self._holders[id(bundle)] = self._holders.get(id(bundle), 0) + 1
+        try:
+            yield bundle
+        finally:
+            with self._lock:
+                self._holders[id(bundle)] -= 1
+                if not self._holders[id(bundle)]:
+                    del self._holders[id(bundle)]
+                    self._lock.notify_all()
+
+    def swap(self, bundle: EdgeBundle) -> EdgeBundle:
+        with self._lock:
+            old, self._bundle = self._bundle, bundle
+        log.info("model slot: %s v%d -> %s v%d", old.name, old.version, bundle.name, bundle.version)
+        return old
+
+    def wait_idle(self, bundle: EdgeBundle, timeout: float | None = None) -> bool:
+        """True once no request holds ``bundle`` (False on timeout)."""
+        with self._lock:
+            return self._lock.wait_for(lambda: id(bundle) not in self._holders, timeout)

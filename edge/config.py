@@ -1,0 +1,53 @@
+"""Configuration of the edge daemon: typed, validated at construction."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from shared.errors import ConfigError
+
+__all__ = ["EdgeConfig"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class EdgeConfig:
+    bundle: Path
+    """The edge bundle to serve (verified on load)."""
+    device_id: str = "edge-0"
+    host: str = "127.0.0.1"
+    port: int = 8080
+    cloud: str | None = None
+    """``host:port`` of the Reasoner; None runs edge-only (everything degraded to local)."""
+    cloud_token: str | None = None
+    cloud_tls: bool = False
+    cloud_ca: Path | None = None
+    cloud_timeout_s: float = 60.0
+    """Longest a synchronous escalation may take before the answer falls back to the edge."""
+    api_key: str | None = None
+    """When set, every /v1 call needs ``Authorization: Bearer <key>`` (or ``X-API-Key``)."""
+    threshold: float | None = None
+    """Triage threshold; None uses the bundle's calibration."""
+    max_difficulty: float = 1.0
+    threads: int = 1
+    """onnxruntime intra-op threads."""
+    outbox: Path | str = "edge-outbox.sqlite3"
+    max_query_chars: int = 2000
+    max_body_bytes: int = 64 * 1024
+    max_reasoning_tokens: int = 4096
+    health_interval_s: float = 5.0
+    """How often the cloud's health is checked in the background."""
+
+    def __post_init__(self) -> None:
+        if not Path(self.bundle).is_dir():
+            raise ConfigError(f"bundle: {self.bundle} is not a directory")
+        if not 0 <= self.port < 65536:
+            raise ConfigError(f"port must be in [0, 65535], got {self.port}")
+        if self.threads < 1 or self.max_query_chars < 1 or self.max_body_bytes < 1024:
+            raise ConfigError("threads >= 1, max_query_chars >= 1 and max_body_bytes >= 1024 are required")
+        if self.cloud_timeout_s <= 0 or self.health_interval_s <= 0:
+            raise ConfigError("cloud_timeout_s and health_interval_s must be > 0")
+        if self.threshold is not None and not 0 <= self.threshold <= 1:
+            raise ConfigError(f"threshold must be in [0, 1], got {self.threshold}")
+        if self.api_key is not None and len(self.api_key) < 16:
+            raise ConfigError("api_key must be at least 16 characters")
