@@ -128,6 +128,51 @@ def _add_cloud_commands(commands: argparse._SubParsersAction) -> None:
     serve.set_defaults(func=_cloud_serve)
 
 
+def _edge_serve(args: argparse.Namespace) -> int:
+    from edge.config import EdgeConfig
+    from edge.daemon import serve
+
+    def secret(path: Path | None) -> str | None:
+        return path.read_text().strip() if path else None
+
+    config = EdgeConfig(
+        bundle=args.bundle,
+        device_id=args.device_id,
+        host=args.host,
+        port=args.port,
+        cloud=args.cloud,
+        cloud_token=secret(args.cloud_token_file),
+        cloud_tls=args.cloud_tls,
+        cloud_ca=args.cloud_ca,
+        cloud_timeout_s=args.cloud_timeout,
+        api_key=secret(args.api_key_file),
+        threshold=args.threshold,
+        threads=args.threads,
+        outbox=args.outbox,
+    )
+    serve(config)
+    return 0
+
+
+def _add_edge_commands(commands: argparse._SubParsersAction) -> None:
+    edge = commands.add_parser("edge", help="the edge daemon").add_subparsers(dest="action", required=True)
+    serve = edge.add_parser("serve", help="serve the edge HTTP API (local answers, triage, escalation)")
+    serve.add_argument("--bundle", type=Path, default=Path("models/edge-student"), help="edge bundle folder")
+    serve.add_argument("--cloud", default=None, metavar="HOST:PORT", help="the Reasoner service; omit for edge-only")
+    serve.add_argument("--port", type=int, default=8080)
+    serve.add_argument("--host", default="127.0.0.1", help="bind address (default: 127.0.0.1)")
+    serve.add_argument("--device-id", default="edge-0")
+    serve.add_argument("--cloud-token-file", type=Path, help="file holding this device's bearer token for the cloud")
+    serve.add_argument("--cloud-tls", action="store_true", help="use TLS to the cloud")
+    serve.add_argument("--cloud-ca", type=Path, help="CA bundle for the cloud's certificate")
+    serve.add_argument("--cloud-timeout", type=float, default=60.0, help="seconds before an escalation falls back")
+    serve.add_argument("--api-key-file", type=Path, help="file holding the API key clients must send")
+    serve.add_argument("--threshold", type=float, default=None, help="triage threshold (default: the bundle's)")
+    serve.add_argument("--threads", type=int, default=1, help="onnxruntime threads (default: 1)")
+    serve.add_argument("--outbox", default="edge-outbox.sqlite3", help="SQLite outbox file")
+    serve.set_defaults(func=_edge_serve)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edgecloud", description="Edge/cloud collaborative LLM inference.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -163,6 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--json", action="store_true", help="print the full report as JSON")
     evaluate.set_defaults(func=_models_eval)
     _add_cloud_commands(commands)
+    _add_edge_commands(commands)
     return parser
 
 

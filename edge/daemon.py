@@ -1,0 +1,48 @@
+"""Assembling and running the edge daemon: model slot, cloud client, outbox, HTTP app."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI
+
+from edge.api import create_app
+from edge.config import EdgeConfig
+from edge.escalation import CloudClient, CloudClientConfig
+from edge.metrics import EdgeMetrics
+from edge.outbox import Outbox
+from edge.runtime import EdgeBundle, ModelSlot
+from edge.service import EdgeService
+
+__all__ = ["create_daemon", "serve"]
+
+log = logging.getLogger(__name__)
+
+
+def create_daemon(config: EdgeConfig) -> tuple[FastAPI, EdgeService]:
+    """Load the bundle (verified), open the outbox, and build the app. Nothing listens yet."""
+    bundle = EdgeBundle.load(config.bundle, threads=config.threads)
+    client = None
+    if config.cloud:
+        client = CloudClient(
+            CloudClientConfig(
+                target=config.cloud,
+                token=config.cloud_token,
+                tls=config.cloud_tls,
+                ca_file=config.cloud_ca,
+                deadline_s=config.cloud_timeout_s,
+            )
+        )
+    service = EdgeService(config, ModelSlot(bundle), client=client, outbox=Outbox(config.outbox), metrics=EdgeMetrics())
+    log.info(
+        "edge daemon %s: %s v%d, cloud %s, threshold %.3f",
+        config.device_id, bundle.name, bundle.version, config.cloud or "none", service.policy(bundle).threshold,
+    )
+    return create_app(service), service
+
+
+def serve(config: EdgeConfig) -> None:
+    import uvicorn
+
+    app, _service = create_daemon(config)
+    uvicorn.run(app, host=config.host, port=config.port, log_level="info", access_log=False)

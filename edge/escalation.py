@@ -1,0 +1,338 @@
+"""The edge's client of the cloud Reasoner: deadlines, retries, resume.
+
+:meth:`CloudClient.think` gives the caller one seamless stream of a session's
+events. When the stream breaks (connection reset, server restart, a stalled
+link caught by keepalive), the client waits a jittered backoff and re-attaches
+with ``Attach(session_id, after_seq=<last seq seen>)``; if it broke before the
+first event, it repeats ``Think`` with the same ``request_id``, which the
+server answers with the session it already created. The caller sees every
+``seq`` exactly once, in order, ending with a COMPLETED or FAILED event.
+
+gRPC errors are mapped to :mod:`shared.errors` here and nowhere else
+(:func:`map_rpc_error`)::
+
+    INVALID_ARGUMENT                     -> InvalidInputError
+    NOT_FOUND                            -> NotFoundError
+    RESOURCE_EXHAUSTED (after retries)   -> ResourceExhaustedError
+    UNAUTHENTICATED, PERMISSION_DENIED   -> ConfigError   (a bad token is a config problem)
+    UNAVAILABLE, DEADLINE_EXCEEDED, ...  -> UnavailableError (after retries)
+    anything else                        -> UnavailableError, with the details
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from proto.edgecloud.v1 import reasoner_pb2 as pb
+from proto.edgecloud.v1 import reasoner_pb2_grpc as pb_grpc
+from shared.errors import (
+    ConfigError,
+    EdgecloudError,
+    InvalidInputError,
+    NotFoundError,
+    ResourceExhaustedError,
+    UnavailableError,
+)
+from shared.reasoning import Event, SessionInfo, ThinkParams
+from shared.wire import event_from_pb, session_info_from_pb, think_request_to_pb
+
+__all__ = ["SERVICE_NAME", "CloudClient", "CloudClientConfig", "map_rpc_error"]
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = "edgecloud.v1.Reasoner"
+"""The name the server's health service reports the Reasoner under."""
+
+_T = TypeVar("_T")
+
+_ERRORS: dict[grpc.StatusCode, type[EdgecloudError]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidInputError,
+    grpc.StatusCode.NOT_FOUND: NotFoundError,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhaustedError,
+    grpc.StatusCode.UNAUTHENTICATED: ConfigError,
+    grpc.StatusCode.PERMISSION_DENIED: ConfigError,
+}
+
+_RETRYABLE = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,  # no connection, connection reset, server draining
+        grpc.StatusCode.DEADLINE_EXCEEDED,  # of one attempt, while the whole deadline has time left
+        grpc.StatusCode.RESOURCE_EXHAUSTED,  # queue full: recoverable after a backoff
+        grpc.StatusCode.CANCELLED,  # cancelled by the server or the transport, never by us mid-call
+        grpc.StatusCode.ABORTED,
+    }
+)
+
+
+def map_rpc_error(error: grpc.RpcError, what: str = "cloud call") -> EdgecloudError:
+    """The edgecloud error for a failed RPC; UnavailableError for every code not listed above."""
+    has_status = isinstance(error, grpc.Call | grpc.aio.AioRpcError)
+    code = error.code() if has_status else grpc.StatusCode.UNKNOWN
+    details = error.details() if has_status else str(error)
+    return _ERRORS.get(code, UnavailableError)(f"{what}: {code.name}: {details or 'no details'}")
+
+
+def _retryable(error: grpc.aio.AioRpcError) -> bool:
+    if error.code() in _RETRYABLE:
+        return True
+    # A stream reset by the peer or the transport surfaces as INTERNAL with these details.
+    details = (error.details() or "").lower()
+    return error.code() is grpc.StatusCode.INTERNAL and ("rst_stream" in details or "stream removed" in details)
+
+
+@dataclass(frozen=True, kw_only=True)
+class CloudClientConfig:
+    target: str
+    """``host:port`` of the Reasoner (any gRPC target such as ``dns:///host:port`` also works)."""
+    token: str | None = None
+    """Device token, sent as ``authorization: Bearer <token>``."""
+    tls: bool = False
+    ca_file: Path | None = None
+    """CA bundle that signed the server's certificate; None uses the system roots."""
+    cert_file: Path | None = None
+    """Client certificate, with ``key_file``, for mTLS."""
+    key_file: Path | None = None
+    deadline_s: float = 120.0
+    """The most one call may take, re-attaches and backoffs included."""
+    connect_timeout_s: float = 3.0
+    """How long one connection attempt may take."""
+    max_attempts: int = 6
+    """Consecutive failed attempts (no event received) before giving up."""
+    backoff_base_s: float = 0.1
+    backoff_max_s: float = 2.0
+    """Full-jitter exponential backoff: attempt n waits uniform(0, min(max, base * 2**(n-1)))."""
+    keepalive_s: float = 20.0
+    """Ping interval on an open connection; a peer silent for longer than that plus a timeout is dead."""
+    max_message_bytes: int = 4 << 20
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.target, str) or not self.target.strip():
+            raise ConfigError("target must be host:port")
+        if "://" not in self.target and not self.target.startswith("unix:"):
+            host, _, port = self.target.rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ConfigError(f"target must be host:port with a port in [1, 65535], got {self.target!r}")
+        if self.token is not None and (not self.token or any(c.isspace() for c in self.token)):
+            raise ConfigError("token must be a non-empty string without whitespace")
+        files = {"ca_file": self.ca_file, "cert_file": self.cert_file, "key_file": self.key_file}
+        for name, path in files.items():
+            if path is None:
+                continue
+            if not self.tls:
+                raise ConfigError(f"{name} is set but tls is off")
+            if not Path(path).is_file():
+                raise ConfigError(f"{name}: {path} is not a readable file")
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ConfigError("cert_file and key_file go together (mTLS)")
+        for name in ("deadline_s", "connect_timeout_s", "backoff_base_s", "backoff_max_s", "keepalive_s"):
+            if not getattr(self, name) > 0:  # also refuses NaN
+                raise ConfigError(f"{name} must be > 0, got {getattr(self, name)!r}")
+        if self.backoff_base_s > self.backoff_max_s:
+            raise ConfigError("backoff_base_s must be <= backoff_max_s")
+        if self.max_attempts < 1:
+            raise ConfigError(f"max_attempts must be >= 1, got {self.max_attempts}")
+        if self.max_message_bytes < 1024:
+            raise ConfigError("max_message_bytes must be >= 1024")
+
+    def channel_options(self) -> list[tuple[str, int | str]]:
+        ms = lambda seconds: max(1, int(seconds * 1000))  # noqa: E731
+        return [
+            ("grpc.enable_retries", 0),  # we retry (and resume) ourselves
+            ("grpc.keepalive_time_ms", ms(self.keepalive_s)),
+            ("grpc.keepalive_timeout_ms", ms(min(self.keepalive_s, 10.0))),
+            ("grpc.http2.max_pings_without_data", 0),  # long thoughts may send nothing for a while
+            # The connect timeout is max(min_reconnect_backoff, backoff) in gRPC core.
+            ("grpc.min_reconnect_backoff_ms", ms(self.connect_timeout_s)),
+            ("grpc.initial_reconnect_backoff_ms", ms(self.backoff_base_s)),
+            ("grpc.max_reconnect_backoff_ms", ms(self.backoff_max_s)),
+            ("grpc.max_receive_message_length", self.max_message_bytes),
+            ("grpc.max_send_message_length", self.max_message_bytes),
+            ("grpc.primary_user_agent", "edgecloud-edge"),
+        ]
+
+
+class CloudClient:
+    """A grpc.aio client of the Reasoner. The channel is opened lazily on the
+    event loop that first uses the client (and reopened if another loop does)."""
+
+    def __init__(self, config: CloudClientConfig) -> None:
+        self.config = config
+        self.reconnects = 0
+        """Streams resumed after a break (re-attaches, and Think retries before the first event)."""
+        self._metadata: tuple[tuple[str, str], ...] = (
+            (("authorization", f"Bearer {config.token}"),) if config.token else ()
+        )
+        self._channel: grpc.aio.Channel | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stub: pb_grpc.ReasonerStub | None = None
+        self._health: health_pb2_grpc.HealthStub | None = None
+
+    async def __aenter__(self) -> CloudClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    # -- channel -----------------------------------------------------------------------
+
+    def _credentials(self) -> grpc.ChannelCredentials:
+        c = self.config
+        try:
+            read = lambda path: Path(path).read_bytes() if path is not None else None  # noqa: E731
+            return grpc.ssl_channel_credentials(
+                root_certificates=read(c.ca_file), private_key=read(c.key_file), certificate_chain=read(c.cert_file)
+            )
+        except OSError as exc:
+            raise ConfigError(f"cannot read TLS files: {exc}") from exc
+
+    def _stubs(self) -> tuple[pb_grpc.ReasonerStub, health_pb2_grpc.HealthStub]:
+        loop = asyncio.get_running_loop()
+        if self._channel is None or self._loop is not loop:
+            options = self.config.channel_options()
+            if self.config.tls:
+                channel = grpc.aio.secure_channel(self.config.target, self._credentials(), options=options)
+            else:
+                channel = grpc.aio.insecure_channel(self.config.target, options=options)
+            self._channel, self._loop = channel, loop  # a channel of another loop is left to the GC
+            self._stub = pb_grpc.ReasonerStub(channel)
+            self._health = health_pb2_grpc.HealthStub(channel)
+        assert self._stub is not None and self._health is not None
+        return self._stub, self._health
+
+    async def close(self) -> None:
+        channel, self._channel = self._channel, None
+        if channel is not None and self._loop is asyncio.get_running_loop():
+            await channel.close()
+        self._stub = self._health = None
+
+    # -- retries -----------------------------------------------------------------------
+
+    def _backoff_s(self, failures: int) -> float:
+        c = self.config
+        return random.uniform(0.0, min(c.backoff_max_s, c.backoff_base_s * 2 ** (failures - 1)))
+
+    def _give_up(self, what: str, error: grpc.aio.AioRpcError | None, reason: str) -> EdgecloudError:
+        if error is not None and error.code() is grpc.StatusCode.RESOURCE_EXHAUSTED:
+            return ResourceExhaustedError(f"{what}: {reason}: {error.details()}")
+        detail = f"{error.code().name}: {error.details()}" if error is not None else "no terminal event"
+        return UnavailableError(f"{what}: {reason} ({detail})")
+
+    async def _unary(self, what: str, call: Callable[[float], Awaitable[_T]]) -> _T:
+        """One unary RPC, retried (it is idempotent) on the recoverable codes."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.deadline_s
+        failures = 0
+        while True:
+            try:
+                return await call(deadline - loop.time())
+            except grpc.aio.AioRpcError as exc:
+                if not _retryable(exc):
+                    raise map_rpc_error(exc, what) from None
+                failures += 1
+                if failures >= self.config.max_attempts:
+                    raise self._give_up(what, exc, f"gave up after {failures} attempts") from None
+                pause = self._backoff_s(failures)
+                if loop.time() + pause >= deadline:
+                    raise self._give_up(what, exc, f"no success within {self.config.deadline_s:g}s") from None
+                log.debug("%s failed (%s); retrying in %.2fs", what, exc.code().name, pause)
+                await asyncio.sleep(pause)
+
+    # -- the Reasoner ------------------------------------------------------------------
+
+    async def think(self, params: ThinkParams) -> AsyncIterator[Event]:
+        """The session's events from seq 1 to its COMPLETED or FAILED event, resumed across breaks."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.deadline_s
+        request = think_request_to_pb(params)
+        what = f"think {params.request_id}"
+        session_id: str | None = None
+        last_seq = 0
+        failures = 0
+        while True:
+            stub, _ = self._stubs()
+            remaining = deadline - loop.time()
+            if session_id is None:
+                call = stub.Think(request, timeout=remaining, metadata=self._metadata)
+            else:
+                call = stub.Attach(
+                    pb.AttachRequest(session_id=session_id, after_seq=last_seq), timeout=remaining, metadata=self._metadata
+                )
+            progressed = False
+            error: grpc.aio.AioRpcError | None = None
+            try:
+                async for message in call:
+                    try:
+                        event = event_from_pb(message)
+                    except InvalidInputError as exc:
+                        raise UnavailableError(f"{what}: the cloud sent a malformed event: {exc}") from exc
+                    if event.seq <= last_seq:
+                        continue  # already seen (defensive: the server never repeats)
+                    if event.seq != last_seq + 1 or (session_id is not None and event.session_id != session_id):
+                        log.warning("%s: expected seq %d of %s, got %d of %s; re-attaching",
+                                    what, last_seq + 1, session_id, event.seq, event.session_id)
+                        break
+                    session_id, last_seq, progressed = event.session_id, event.seq, True
+                    yield event
+                    if event.kind.terminal:
+                        return
+            except grpc.aio.AioRpcError as exc:
+                if not _retryable(exc):
+                    raise map_rpc_error(exc, what) from None
+                error = exc
+            finally:
+                call.cancel()  # no-op once finished; frees the RPC when the caller stops early
+            failures = 1 if progressed else failures + 1
+            if failures >= self.config.max_attempts:
+                raise self._give_up(what, error, f"gave up after {failures} failed attempts at seq {last_seq}")
+            pause = self._backoff_s(failures)
+            if loop.time() + pause >= deadline:
+                raise self._give_up(what, error, f"no end within {self.config.deadline_s:g}s, at seq {last_seq}")
+            log.info("%s: stream broke at seq %d (%s); resuming in %.2fs",
+                     what, last_seq, error.code().name if error else "ended early", pause)
+            await asyncio.sleep(pause)
+            self.reconnects += 1
+
+    async def submit(self, params: ThinkParams) -> SessionInfo:
+        """Create the session (or find the one with this request_id) and return at once."""
+        stub, _ = self._stubs()
+        request = think_request_to_pb(params)
+        message = await self._unary(
+            f"submit {params.request_id}",
+            lambda timeout: stub.Submit(request, timeout=timeout, metadata=self._metadata),
+        )
+        return session_info_from_pb(message)
+
+    async def get(self, session_id: str) -> SessionInfo:
+        stub, _ = self._stubs()
+        ref = pb.SessionRef(session_id=session_id)
+        message = await self._unary(
+            f"get {session_id}", lambda timeout: stub.GetSession(ref, timeout=timeout, metadata=self._metadata)
+        )
+        return session_info_from_pb(message)
+
+    async def cancel(self, session_id: str) -> SessionInfo:
+        stub, _ = self._stubs()
+        ref = pb.SessionRef(session_id=session_id)
+        message = await self._unary(
+            f"cancel {session_id}", lambda timeout: stub.Cancel(ref, timeout=timeout, metadata=self._metadata)
+        )
+        return session_info_from_pb(message)
+
+    async def healthy(self, timeout: float = 1.0) -> bool:
+        """Whether the server reports the Reasoner SERVING; False on any error, never raises."""
+        try:
+            _, health = self._stubs()
+            response = await health.Check(health_pb2.HealthCheckRequest(service=SERVICE_NAME), timeout=timeout)
+        except Exception as exc:  # noqa: BLE001 - a probe answers yes or no
+            log.debug("health check of %s failed: %s", self.config.target, exc)
+            return False
+        return response.status == health_pb2.HealthCheckResponse.SERVING

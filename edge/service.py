@@ -1,0 +1,374 @@
+"""What the edge daemon does with a query, independent of HTTP.
+
+Every query is answered locally first (milliseconds): that gives the answer,
+its calibrated confidence and the query's features. Triage
+(:mod:`edge.triage`) then keeps it on the edge or escalates it to the cloud
+with the compressed features and a hint. When the cloud cannot be reached,
+an ``auto`` query gets the local answer marked ``degraded``; a query that
+insisted on the cloud is accepted into the durable outbox and delivered when
+the cloud is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from edge.config import EdgeConfig
+from edge.escalation import CloudClient
+from edge.metrics import EdgeMetrics
+from edge.outbox import Outbox, OutboxDeliverer, OutboxRecord
+from edge.runtime import EdgeAnswer, EdgeBundle, ModelSlot
+from edge.triage import Decision, Requested, Route, TriageInput, TriagePolicy, decide, estimate_difficulty
+from shared.errors import InvalidInputError, ResourceExhaustedError, UnavailableError
+from shared.features import encode_features
+from shared.reasoning import EdgeHint, EventKind, ThinkParams
+
+__all__ = ["EdgeService", "QueryRequest", "QueryResult", "StreamItem"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, kw_only=True)
+class QueryRequest:
+    query: str
+    route: Requested = Requested.AUTO
+    max_reasoning_tokens: int | None = None
+    include_reasoning: bool = False
+    id: str = field(default_factory=lambda: f"q-{uuid.uuid4().hex}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class QueryResult:
+    id: str
+    status: str
+    """``completed``, or ``accepted`` (in the outbox, not answered yet)."""
+    answer: str | None
+    route_taken: str
+    reason: str
+    confidence: float
+    model_version: int
+    model_name: str
+    input_tokens: int = 0
+    reasoning_tokens: int = 0
+    output_tokens: int = 0
+    latency_ms: float = 0.0
+    degraded: bool = False
+    cached: bool = False
+    reasoning: str | None = None
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "id": self.id,
+            "status": self.status,
+            "answer": self.answer,
+            "route_taken": self.route_taken,
+            "reason": self.reason,
+            "confidence": None if self.confidence != self.confidence else round(self.confidence, 6),
+            "model_version": self.model_version,
+            "model_name": self.model_name,
+            "usage": {
+                "input_tokens": self.input_tokens,
+                "reasoning_tokens": self.reasoning_tokens,
+                "output_tokens": self.output_tokens,
+            },
+            "latency_ms": round(self.latency_ms, 3),
+            "degraded": self.degraded,
+            "cached": self.cached,
+            **({"reasoning": self.reasoning} if self.reasoning is not None else {}),
+        }
+
+
+@dataclass(frozen=True)
+class StreamItem:
+    """One server-sent event: ``route``, ``reasoning`` (progress or text), ``answer`` (delta) or ``done``."""
+
+    event: str
+    data: dict[str, object]
+
+
+class EdgeService:
+    def __init__(
+        self,
+        config: EdgeConfig,
+        slot: ModelSlot,
+        *,
+        client: CloudClient | None,
+        outbox: Outbox,
+        metrics: EdgeMetrics | None = None,
+    ) -> None:
+        self.config = config
+        self.slot = slot
+        self.client = client
+        self.outbox = outbox
+        self.metrics = metrics or EdgeMetrics()
+        self.cloud_healthy = False
+        self._cloud_checked = False
+        self.deliverer = OutboxDeliverer(outbox, client, on_delivered=self._delivered) if client else None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._recent: collections.OrderedDict[str, QueryResult] = collections.OrderedDict()
+        self._policy_cache: tuple[int, TriagePolicy] | None = None
+        self._note_model(slot.current)
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self.client is not None:
+            await self.check_cloud()
+            self._tasks.append(asyncio.create_task(self._watch_cloud()))
+            assert self.deliverer is not None
+            await self.deliverer.start()
+        self.metrics.outbox_depth.set(self.outbox.depth())
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.deliverer is not None:
+            await self.deliverer.stop()
+        if self.client is not None:
+            await self.client.close()
+
+    async def check_cloud(self) -> bool:
+        healthy = self.client is not None and await self.client.healthy()
+        if healthy != self.cloud_healthy or not self._cloud_checked:
+            level = logging.INFO if healthy else logging.WARNING
+            log.log(level, "cloud %s is %s", self.config.cloud, "reachable" if healthy else "unreachable: answering locally")
+        self._cloud_checked = True
+        self.cloud_healthy = healthy
+        self.metrics.cloud_up.set(1 if healthy else 0)
+        return healthy
+
+    async def _watch_cloud(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.health_interval_s)
+            with contextlib.suppress(Exception):
+                if await self.check_cloud() and self.deliverer is not None and self.outbox.depth():
+                    await self.deliverer.deliver_once()
+            self.metrics.outbox_depth.set(self.outbox.depth())
+
+    def swap(self, bundle: EdgeBundle) -> EdgeBundle:
+        """Serve ``bundle`` from now on; in-flight requests finish on the old one."""
+        old = self.slot.swap(bundle)
+        self._note_model(bundle)
+        return old
+
+    def _note_model(self, bundle: EdgeBundle) -> None:
+        self.metrics.model_version.clear()
+        self.metrics.model_version.labels(bundle.name).set(bundle.version)
+
+    def policy(self, bundle: EdgeBundle) -> TriagePolicy:
+        if self._policy_cache is None or self._policy_cache[0] != id(bundle):
+            policy = TriagePolicy.from_calibration(
+                bundle.model.calibration, threshold=self.config.threshold, max_difficulty=self.config.max_difficulty
+            )
+            self._policy_cache = (id(bundle), policy)
+        return self._policy_cache[1]
+
+    # -- queries -----------------------------------------------------------------------
+
+    def _validate(self, request: QueryRequest) -> None:
+        if not request.query.strip():
+            raise InvalidInputError("query is empty")
+        if len(request.query) > self.config.max_query_chars:
+            raise InvalidInputError(f"query has {len(request.query)} characters; the limit is {self.config.max_query_chars}")
+        if request.max_reasoning_tokens is not None and not 0 <= request.max_reasoning_tokens <= self.config.max_reasoning_tokens:
+            raise InvalidInputError(f"max_reasoning_tokens must be in [0, {self.config.max_reasoning_tokens}]")
+
+    async def _local(self, request: QueryRequest) -> tuple[EdgeBundle, EdgeAnswer, Decision]:
+        self._validate(request)
+        with self.slot.acquire() as bundle:
+            answer = await asyncio.to_thread(bundle.model.answer, request.query)
+        difficulty = estimate_difficulty(answer.token_logprobs, answer.input_tokens)
+        decision = decide(
+            self.policy(bundle),
+            TriageInput(
+                confidence=answer.confidence, difficulty=difficulty, requested=request.route, cloud_healthy=self.cloud_healthy
+            ),
+        )
+        return bundle, answer, decision
+
+    def _edge_result(self, request: QueryRequest, bundle: EdgeBundle, answer: EdgeAnswer, decision: Decision, started: float, *, degraded: bool, reason: str | None = None) -> QueryResult:
+        result = QueryResult(
+            id=request.id,
+            status="completed",
+            answer=answer.text,
+            route_taken=Route.EDGE.value,
+            reason=reason or decision.reason,
+            confidence=answer.confidence,
+            model_version=bundle.version,
+            model_name=bundle.name,
+            input_tokens=answer.input_tokens,
+            output_tokens=answer.output_tokens,
+            latency_ms=(time.perf_counter() - started) * 1e3,
+            degraded=degraded,
+        )
+        if degraded:
+            self.metrics.degraded.inc()
+        return self._record(result)
+
+    def _think_params(self, request: QueryRequest, bundle: EdgeBundle, answer: EdgeAnswer) -> ThinkParams:
+        features = encode_features(
+            answer.features, model_name=bundle.name, model_version=bundle.version, model_sha256=bundle.sha256
+        )
+        difficulty = estimate_difficulty(answer.token_logprobs, answer.input_tokens)
+        confidence = answer.confidence if answer.confidence == answer.confidence else 0.0
+        return ThinkParams(
+            request_id=request.id,
+            device_id=self.config.device_id,
+            query=request.query,
+            features=features,
+            hint=EdgeHint(confidence=min(max(confidence, 0.0), 1.0), estimated_difficulty=min(max(difficulty, 0.0), 1.0)),
+            max_reasoning_tokens=request.max_reasoning_tokens,
+            stream_reasoning=request.include_reasoning,
+        )
+
+    def _accept(self, request: QueryRequest, params: ThinkParams, bundle: EdgeBundle, answer: EdgeAnswer, started: float) -> QueryResult:
+        self.outbox.add(params)
+        self.metrics.accepted.inc()
+        self.metrics.outbox_depth.set(self.outbox.depth())
+        return self._record(
+            QueryResult(
+                id=request.id,
+                status="accepted",
+                answer=None,
+                route_taken=Route.CLOUD.value,
+                reason="accepted_for_later_delivery",
+                confidence=answer.confidence,
+                model_version=bundle.version,
+                model_name=bundle.name,
+                input_tokens=answer.input_tokens,
+                latency_ms=(time.perf_counter() - started) * 1e3,
+                degraded=True,
+            )
+        )
+
+    async def stream(self, request: QueryRequest) -> AsyncIterator[StreamItem]:
+        """The query as events; the last one is ``done`` with the full result."""
+        started = time.perf_counter()
+        bundle, answer, decision = await self._local(request)
+        yield StreamItem("route", {"route": decision.route.value, "reason": decision.reason, "confidence": _num(answer.confidence)})
+        if decision.route is Route.EDGE:
+            result = self._edge_result(request, bundle, answer, decision, started, degraded=decision.degraded)
+            yield StreamItem("answer", {"text": answer.text})
+            yield StreamItem("done", result.to_json())
+            self._observe(result)
+            return
+        params = self._think_params(request, bundle, answer)
+        if self.client is None:
+            raise UnavailableError("this daemon has no cloud configured (--cloud HOST:PORT)")
+        if not self.cloud_healthy:  # only a request that insisted on the cloud gets here
+            result = self._accept(request, params, bundle, answer, started)
+            yield StreamItem("done", result.to_json())
+            self._observe(result)
+            return
+        self.metrics.escalations.inc()
+        self.metrics.bytes_sent.labels("features").inc(params.features.nbytes() if params.features else 0)
+        self.metrics.bytes_sent.labels("query").inc(len(params.query.encode()))
+        answered = False
+        reasoning: list[str] = []
+        try:
+            async with asyncio.timeout(self.config.cloud_timeout_s):
+                async for event in self.client.think(params):
+                    if event.kind is EventKind.REASONING_PROGRESS:
+                        yield StreamItem("reasoning", {"reasoning_tokens": event.reasoning_tokens})
+                    elif event.kind is EventKind.REASONING_DELTA:
+                        reasoning.append(event.text)
+                        yield StreamItem("reasoning", {"text": event.text})
+                    elif event.kind is EventKind.ANSWER_DELTA:
+                        answered = True
+                        yield StreamItem("answer", {"text": event.text})
+                    elif event.kind is EventKind.COMPLETED:
+                        result = self._record(
+                            QueryResult(
+                                id=request.id,
+                                status="completed",
+                                answer=event.text,
+                                route_taken=Route.CLOUD.value,
+                                reason=decision.reason,
+                                confidence=answer.confidence,
+                                model_version=bundle.version,
+                                model_name=bundle.name,
+                                input_tokens=event.usage.input_tokens,
+                                reasoning_tokens=event.usage.reasoning_tokens,
+                                output_tokens=event.usage.output_tokens,
+                                latency_ms=(time.perf_counter() - started) * 1e3,
+                                cached=event.cached,
+                                reasoning="".join(reasoning) if request.include_reasoning else None,
+                            )
+                        )
+                        yield StreamItem("done", result.to_json())
+                        self._observe(result)
+                        return
+                    elif event.kind is EventKind.FAILED:
+                        raise UnavailableError(f"the cloud session failed: {event.failure}")
+        except (UnavailableError, ResourceExhaustedError, TimeoutError) as exc:
+            log.warning("escalation %s failed (%s); %s", request.id, exc, "outbox" if request.route is Requested.CLOUD else "answering locally")
+            asyncio.get_running_loop().create_task(self.check_cloud())
+            if request.route is Requested.CLOUD:
+                result = self._accept(request, params, bundle, answer, started)
+            elif answered:
+                raise UnavailableError(f"the cloud stream broke after the answer began: {exc}") from exc
+            else:
+                result = self._edge_result(request, bundle, answer, decision, started, degraded=True, reason="cloud_unavailable")
+                yield StreamItem("answer", {"text": answer.text})
+            yield StreamItem("done", result.to_json())
+            self._observe(result)
+
+    async def query(self, request: QueryRequest) -> QueryResult:
+        done: dict[str, object] | None = None
+        async for item in self.stream(request):
+            if item.event == "done":
+                done = item.data
+        assert done is not None
+        return self._recent[request.id]
+
+    def lookup(self, request_id: str) -> QueryResult | None:
+        """A recent result, or an accepted request's state in the outbox."""
+        record = self.outbox.get(request_id)
+        if record is not None:
+            return self._from_outbox(record)
+        return self._recent.get(request_id)
+
+    def _from_outbox(self, record: OutboxRecord) -> QueryResult:
+        bundle = self.slot.current
+        usage = record.usage
+        return QueryResult(
+            id=record.request_id,
+            status={"pending": "accepted", "delivered": "completed"}.get(record.status, record.status),
+            answer=record.answer if record.status == "delivered" else None,
+            route_taken=Route.CLOUD.value,
+            reason=record.failure or record.last_error or "outbox",
+            confidence=record.params.hint.confidence if record.params.hint else float("nan"),
+            model_version=bundle.version,
+            model_name=bundle.name,
+            input_tokens=usage.input_tokens if usage else 0,
+            reasoning_tokens=usage.reasoning_tokens if usage else 0,
+            output_tokens=usage.output_tokens if usage else 0,
+            degraded=record.status != "delivered",
+        )
+
+    def _delivered(self, record: OutboxRecord) -> None:
+        self.metrics.outbox_depth.set(self.outbox.depth())
+        log.info("outbox: delivered %s", record.request_id)
+
+    def _record(self, result: QueryResult) -> QueryResult:
+        self._recent[result.id] = result
+        while len(self._recent) > 10_000:
+            self._recent.popitem(last=False)
+        return result
+
+    def _observe(self, result: QueryResult) -> None:
+        self.metrics.requests.labels(result.route_taken, result.reason).inc()
+        self.metrics.latency.labels(result.route_taken).observe(result.latency_ms / 1e3)
+
+
+def _num(value: float) -> float | None:
+    return None if value != value else round(value, 6)
+

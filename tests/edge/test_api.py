@@ -1,0 +1,255 @@
+"""The edge daemon over real HTTP (uvicorn on a loopback port), with the shipped
+int8 student in onnxruntime and the real cloud Reasoner behind it."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+import uvicorn
+
+from cloud.engine import LoadedModel
+from edge.config import EdgeConfig
+from edge.daemon import create_daemon
+from edge.runtime import EdgeBundle
+from edge.service import EdgeService
+from shared.bundle import load_manifest
+from tests.cloud.conftest import RunningServer, make_config
+
+TIMEOUT = 120
+API_KEY = "test-api-key-0123456789"
+
+
+class RunningDaemon:
+    def __init__(self, config: EdgeConfig) -> None:
+        self.app, self.service = create_daemon(config)
+        self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=0, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 60
+        while not self.server.started:
+            assert time.monotonic() < deadline, "the daemon did not start"
+            time.sleep(0.02)
+        port = self.server.servers[0].sockets[0].getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}"
+        self.http = httpx.Client(base_url=self.url, timeout=TIMEOUT)
+
+    def stop(self) -> None:
+        self.http.close()
+        self.server.should_exit = True
+        self.thread.join(30)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def cloud(teacher_dir: Path, teacher: LoadedModel, tmp_path: Path) -> Iterator[RunningServer]:
+    running = RunningServer(make_config(teacher_dir, tmp_path), loaded=teacher)
+    yield running
+    running.stop()
+
+
+def edge_config(shipped_models: Path, tmp_path: Path, **overrides: object) -> EdgeConfig:
+    config = EdgeConfig(
+        bundle=shipped_models / "edge-student", device_id="dev-1", port=0, outbox=tmp_path / "outbox.sqlite3",
+        health_interval_s=0.2, cloud_timeout_s=30,
+    )
+    return replace(config, **overrides)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def daemon(shipped_models: Path, cloud: RunningServer, tmp_path: Path) -> Iterator[RunningDaemon]:
+    running = RunningDaemon(edge_config(shipped_models, tmp_path, cloud=f"127.0.0.1:{cloud.port}"))
+    yield running
+    running.stop()
+
+
+def wait_until(predicate, timeout: float = 30) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.05)
+
+
+def multi_step(teacher_dir: Path) -> tuple[str, str]:
+    case = load_manifest(teacher_dir).golden[0]  # "CALCULATE 74 + 59-58  - 13": four operators
+    return case.query, case.expected
+
+
+def test_edge_route_answers_locally(daemon: RunningDaemon) -> None:
+    response = daemon.http.post("/v1/query", json={"query": "what is 23 + 70", "route": "edge"})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["route_taken"] == "edge" and body["reason"] == "requested_edge" and not body["degraded"]
+    assert body["answer"] and 0 <= body["confidence"] <= 1
+    assert body["model_version"] == load_manifest(daemon.service.config.bundle).version
+    assert body["usage"]["input_tokens"] > 0 and body["usage"]["reasoning_tokens"] == 0
+    assert body["latency_ms"] > 0 and body["id"]
+
+
+def test_unsure_queries_escalate_and_get_the_cloud_answer(daemon: RunningDaemon, teacher_dir: Path) -> None:
+    query, expected = multi_step(teacher_dir)
+    wait_until(lambda: daemon.service.cloud_healthy)
+    body = daemon.http.post("/v1/query", json={"query": query}).json()
+    assert body["route_taken"] == "cloud" and body["reason"] in ("unsure", "too_difficult"), body
+    assert body["answer"] == expected and body["usage"]["reasoning_tokens"] > 0 and not body["degraded"]
+    metrics = daemon.http.get("/metrics").text
+    assert 'edgecloud_edge_escalation_bytes_total{part="features"}' in metrics
+    assert "edgecloud_edge_escalations_total 1.0" in metrics
+
+
+def test_query_stream_is_server_sent_events(daemon: RunningDaemon, teacher_dir: Path) -> None:
+    query, expected = multi_step(teacher_dir)
+    wait_until(lambda: daemon.service.cloud_healthy)
+    events = []
+    with daemon.http.stream("POST", "/v1/query", json={"query": query, "route": "cloud", "stream": True}) as response:
+        assert response.headers["content-type"].startswith("text/event-stream")
+        name = None
+        for line in response.iter_lines():
+            if line.startswith("event: "):
+                name = line[7:]
+            elif line.startswith("data: "):
+                events.append((name, json.loads(line[6:])))
+    names = [n for n, _ in events]
+    assert names[0] == "route" and names[-1] == "done" and "reasoning" in names and "answer" in names
+    assert "".join(d["text"] for n, d in events if n == "answer").strip() == expected == events[-1][1]["answer"]
+
+
+def test_openai_client_non_streaming_and_streaming(daemon: RunningDaemon, teacher_dir: Path) -> None:
+    query, expected = multi_step(teacher_dir)
+    wait_until(lambda: daemon.service.cloud_healthy)
+    client = openai.OpenAI(base_url=f"{daemon.url}/v1", api_key="unused", max_retries=0, timeout=TIMEOUT)
+    completion = client.chat.completions.create(
+        model="edgecloud", messages=[{"role": "user", "content": query}], extra_body={"route": "cloud"}
+    )
+    assert completion.choices[0].message.content == expected
+    assert completion.usage.completion_tokens_details.reasoning_tokens > 0
+    assert not getattr(completion.choices[0].message, "reasoning_content", None)  # hidden unless asked
+    chunks = list(
+        client.chat.completions.create(
+            model="edgecloud",
+            messages=[{"role": "user", "content": query}],
+            stream=True,
+            stream_options={"include_usage": True},
+            extra_body={"route": "cloud", "include_reasoning": True},
+        )
+    )
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    reasoning = "".join(getattr(c.choices[0].delta, "reasoning_content", None) or "" for c in chunks if c.choices)
+    assert text.strip() == expected and reasoning.strip()
+    assert chunks[-1].usage.completion_tokens_details.reasoning_tokens > 0
+    local = client.chat.completions.create(
+        model="edgecloud", messages=[{"role": "user", "content": "3+4"}], extra_body={"route": "edge"}
+    )
+    assert local.usage.completion_tokens_details.reasoning_tokens == 0
+
+
+def test_cloud_down_gives_degraded_answers_and_outbox(shipped_models: Path, tmp_path: Path, teacher_dir: Path, teacher: LoadedModel) -> None:
+    port = free_port()  # nothing listens here yet
+    config = edge_config(shipped_models, tmp_path, cloud=f"127.0.0.1:{port}", cloud_timeout_s=5)
+    first = RunningDaemon(config)
+    query, expected = multi_step(teacher_dir)
+    try:
+        degraded = first.http.post("/v1/query", json={"query": query}).json()
+        assert degraded["route_taken"] == "edge" and degraded["degraded"] and degraded["answer"] is not None
+        accepted = first.http.post("/v1/query", json={"query": query, "route": "cloud"})
+        assert accepted.status_code == 202, accepted.text
+        request_id = accepted.json()["id"]
+        pending = first.http.get(f"/v1/query/{request_id}").json()
+        assert pending["status"] == "accepted" and pending["answer"] is None
+        assert first.http.get("/readyz").json()["outbox_depth"] == 1
+    finally:
+        first.stop()  # the daemon restarts with the request still in its outbox
+
+    cloud = RunningServer(replace(make_config(teacher_dir, tmp_path), port=port), loaded=teacher)
+    second = RunningDaemon(config)
+    try:
+        wait_until(lambda: second.http.get(f"/v1/query/{request_id}").json()["status"] == "completed", timeout=60)
+        delivered = second.http.get(f"/v1/query/{request_id}").json()
+        assert delivered["answer"] == expected and second.http.get("/readyz").json()["outbox_depth"] == 0
+    finally:
+        second.stop()
+        cloud.stop()
+
+
+def test_bad_input_gets_a_clear_4xx(daemon: RunningDaemon) -> None:
+    cases = [
+        ({"json": {"query": ""}}, 422),
+        ({"json": {"query": "1+1", "route": "moon"}}, 422),
+        ({"json": {"query": "1+1", "unexpected": 1}}, 422),
+        ({"json": {"query": "1+1", "max_reasoning_tokens": -1}}, 422),
+        ({"json": {"query": "1+" * 1500}}, 400),
+        ({"content": b"{not json", "headers": {"content-type": "application/json"}}, 422),
+        ({"content": b'{"query": "\xff\xfe"}', "headers": {"content-type": "application/json"}}, 400),
+        ({"content": b"x" * 70_000, "headers": {"content-type": "application/json"}}, 413),
+    ]
+    for kwargs, status in cases:
+        response = daemon.http.post("/v1/query", **kwargs)
+        assert response.status_code == status, (kwargs, response.text)
+        assert response.json()["error"]["message"]
+    assert daemon.http.get("/v1/query/unknown-id").status_code == 404
+
+
+def test_api_key_when_configured(shipped_models: Path, tmp_path: Path) -> None:
+    running = RunningDaemon(edge_config(shipped_models, tmp_path, api_key=API_KEY))
+    try:
+        assert running.http.post("/v1/query", json={"query": "1+1"}).status_code == 401
+        assert running.http.post("/v1/query", json={"query": "1+1"}, headers={"x-api-key": "wrong"}).status_code == 401
+        ok = running.http.post("/v1/query", json={"query": "1+1"}, headers={"authorization": f"Bearer {API_KEY}"})
+        assert ok.status_code == 200 and ok.json()["degraded"]  # no cloud configured: local, degraded
+        assert running.http.get("/healthz").status_code == 200  # probes need no key
+    finally:
+        running.stop()
+
+
+def test_health_ready_and_metrics(daemon: RunningDaemon) -> None:
+    assert daemon.http.get("/healthz").json() == {"status": "ok"}
+    wait_until(lambda: daemon.http.get("/readyz").json()["cloud"] == "up")
+    daemon.http.post("/v1/query", json={"query": "2+2", "route": "edge"})
+    text = daemon.http.get("/metrics").text
+    assert 'edgecloud_edge_requests_total{reason="requested_edge",route="edge"} 1.0' in text
+    assert 'edgecloud_edge_request_seconds_count{route="edge"} 1.0' in text
+    assert 'edgecloud_edge_model_version{name="edgecloud-demo-student"}' in text
+    assert "edgecloud_edge_cloud_up 1.0" in text
+
+
+def test_swapping_the_model_under_load_fails_no_request(shipped_models: Path, tmp_path: Path) -> None:
+    running = RunningDaemon(edge_config(shipped_models, tmp_path))
+    service: EdgeService = running.service
+    bundles = [service.slot.current, EdgeBundle.load(shipped_models / "edge-student")]
+    stop = threading.Event()
+    statuses: list[int] = []
+
+    def hammer() -> None:
+        with httpx.Client(base_url=running.url, timeout=TIMEOUT) as http:
+            while not stop.is_set():
+                statuses.append(http.post("/v1/query", json={"query": "12+7", "route": "edge"}).status_code)
+
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            for _ in range(4):
+                pool.submit(hammer)
+            for i in range(10):
+                time.sleep(0.05)
+                new = bundles[(i + 1) % 2]
+                old = service.swap(new)
+                assert old is not new and service.slot.current is new
+                assert service.slot.wait_idle(old, timeout=10)  # in-flight requests on the old model drain
+            stop.set()
+        assert statuses and set(statuses) == {200}
+    finally:
+        stop.set()
+        running.stop()
