@@ -25,6 +25,7 @@ from edge.escalation import CloudClient
 from edge.metrics import EdgeMetrics
 from edge.outbox import Outbox, OutboxDeliverer, OutboxRecord
 from edge.runtime import EdgeAnswer, EdgeBundle, ModelSlot
+from edge.stats import RequestStats
 from edge.triage import Decision, Requested, Route, TriageInput, TriagePolicy, decide, estimate_difficulty
 from shared.errors import InvalidInputError, ResourceExhaustedError, UnavailableError
 from shared.features import encode_features
@@ -110,6 +111,7 @@ class EdgeService:
         self.metrics = metrics or EdgeMetrics()
         self.cloud_healthy = False
         self._cloud_checked = False
+        self.stats = RequestStats()
         self.deliverer = OutboxDeliverer(outbox, client, on_delivered=self._delivered) if client else None
         self._tasks: list[asyncio.Task[None]] = []
         self._recent: collections.OrderedDict[str, QueryResult] = collections.OrderedDict()
@@ -252,6 +254,17 @@ class EdgeService:
     async def stream(self, request: QueryRequest) -> AsyncIterator[StreamItem]:
         """The query as events; the last one is ``done`` with the full result."""
         started = time.perf_counter()
+        try:
+            async for item in self._stream(request, started):
+                yield item
+        except InvalidInputError:
+            raise
+        except Exception as exc:
+            self.stats.record("error", (time.perf_counter() - started) * 1e3, ok=False)
+            self.metrics.errors.labels(type(exc).__name__).inc()
+            raise
+
+    async def _stream(self, request: QueryRequest, started: float) -> AsyncIterator[StreamItem]:
         bundle, answer, decision = await self._local(request)
         yield StreamItem("route", {"route": decision.route.value, "reason": decision.reason, "confidence": _num(answer.confidence)})
         if decision.route is Route.EDGE:
@@ -365,6 +378,7 @@ class EdgeService:
         return result
 
     def _observe(self, result: QueryResult) -> None:
+        self.stats.record(result.route_taken, result.latency_ms, degraded=result.degraded)
         self.metrics.requests.labels(result.route_taken, result.reason).inc()
         self.metrics.latency.labels(result.route_taken).observe(result.latency_ms / 1e3)
 
