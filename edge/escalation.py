@@ -12,7 +12,8 @@ gRPC errors are mapped to :mod:`shared.errors` here and nowhere else
 (:func:`map_rpc_error`)::
 
     INVALID_ARGUMENT                     -> InvalidInputError
-    NOT_FOUND                            -> NotFoundError
+    NOT_FOUND                            -> NotFoundError (UnavailableError when a re-attach finds
+                                            the session gone: the caller named no session)
     RESOURCE_EXHAUSTED (after retries)   -> ResourceExhaustedError
     UNAUTHENTICATED, PERMISSION_DENIED   -> ConfigError   (a bad token is a config problem)
     UNAVAILABLE, DEADLINE_EXCEEDED, ...  -> UnavailableError (after retries)
@@ -144,7 +145,9 @@ class CloudClientConfig:
             raise ConfigError("max_message_bytes must be >= 1024")
 
     def channel_options(self) -> list[tuple[str, int | str]]:
-        ms = lambda seconds: max(1, int(seconds * 1000))  # noqa: E731
+        def ms(seconds: float) -> int:
+            return max(1, int(seconds * 1000))
+
         return [
             ("grpc.enable_retries", 0),  # we retry (and resume) ourselves
             ("grpc.keepalive_time_ms", ms(self.keepalive_s)),
@@ -157,6 +160,7 @@ class CloudClientConfig:
             ("grpc.max_receive_message_length", self.max_message_bytes),
             ("grpc.max_send_message_length", self.max_message_bytes),
             ("grpc.primary_user_agent", "edgecloud-edge"),
+            ("grpc.use_local_subchannel_pool", 1),  # connections die with the channel that made them
         ]
 
 
@@ -187,10 +191,10 @@ class CloudClient:
     def _credentials(self) -> grpc.ChannelCredentials:
         c = self.config
         try:
-            read = lambda path: Path(path).read_bytes() if path is not None else None  # noqa: E731
-            return grpc.ssl_channel_credentials(
-                root_certificates=read(c.ca_file), private_key=read(c.key_file), certificate_chain=read(c.cert_file)
+            ca, key, cert = (
+                Path(p).read_bytes() if p is not None else None for p in (c.ca_file, c.key_file, c.cert_file)
             )
+            return grpc.ssl_channel_credentials(root_certificates=ca, private_key=key, certificate_chain=cert)
         except OSError as exc:
             raise ConfigError(f"cannot read TLS files: {exc}") from exc
 
@@ -263,9 +267,8 @@ class CloudClient:
             if session_id is None:
                 call = stub.Think(request, timeout=remaining, metadata=self._metadata)
             else:
-                call = stub.Attach(
-                    pb.AttachRequest(session_id=session_id, after_seq=last_seq), timeout=remaining, metadata=self._metadata
-                )
+                resume = pb.AttachRequest(session_id=session_id, after_seq=last_seq)
+                call = stub.Attach(resume, timeout=remaining, metadata=self._metadata)
             progressed = False
             error: grpc.aio.AioRpcError | None = None
             try:
@@ -285,6 +288,10 @@ class CloudClient:
                     if event.kind.terminal:
                         return
             except grpc.aio.AioRpcError as exc:
+                if session_id is not None and exc.code() is grpc.StatusCode.NOT_FOUND:
+                    # The caller named no session; the cloud forgot the one it made (restarted
+                    # without its store, or expired it). Asking again later starts afresh.
+                    raise UnavailableError(f"{what}: the cloud lost session {session_id} at seq {last_seq}") from None
                 if not _retryable(exc):
                     raise map_rpc_error(exc, what) from None
                 error = exc

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import grpc
 import pytest
 
-from cloud.config import AuthConfig, TlsConfig
+from cloud.config import AuthConfig, CloudConfig, TlsConfig
 from cloud.engine import EngineConfig, LoadedModel
 from cloud.store import SessionStore
 from edge.escalation import CloudClient, CloudClientConfig, map_rpc_error
@@ -45,7 +45,13 @@ _HTTP2_DATA = 0x0
 
 
 def run(coroutine: Coroutine[Any, Any, T], timeout: float = TIMEOUT) -> T:
-    return asyncio.run(asyncio.wait_for(coroutine, timeout))
+    async def main() -> T:
+        try:
+            return await asyncio.wait_for(coroutine, timeout)
+        finally:
+            await asyncio.sleep(0.05)  # let gRPC deliver its last completions before the loop closes
+
+    return asyncio.run(main())
 
 
 def params(query: str, **fields: Any) -> ThinkParams:
@@ -65,7 +71,9 @@ def server_log(server: RunningServer, session_id: str) -> list[Event]:
     return [event_from_pb(m) for m in server.stub.Attach(pb.AttachRequest(session_id=session_id), timeout=TIMEOUT)]
 
 
-async def collect(client: CloudClient, request: ThinkParams, on_event: Callable[[Event], Awaitable[None] | None] | None = None) -> list[Event]:
+async def collect(
+    client: CloudClient, request: ThinkParams, on_event: Callable[[Event], Awaitable[None] | None] | None = None
+) -> list[Event]:
     events: list[Event] = []
     async for event in client.think(request):
         events.append(event)
@@ -99,15 +107,18 @@ class CuttingProxy:
         self.cuts = 0
         self._open: set[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = set()
         self._server: asyncio.Server | None = None
+        self._handlers: set[asyncio.Task[None]] = set()
 
     async def start(self) -> int:
         self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
         return int(self._server.sockets[0].getsockname()[1])
 
     async def close(self) -> None:
-        self.sever(count=False)
         if self._server is not None:
             self._server.close()
+        self.sever(count=False)
+        await asyncio.gather(*self._handlers, return_exceptions=True)
+        if self._server is not None:
             await self._server.wait_closed()
 
     def sever(self, *, count: bool = True) -> None:
@@ -118,6 +129,10 @@ class CuttingProxy:
         self._open.clear()
 
     async def _handle(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+        handler = asyncio.current_task()
+        assert handler is not None
+        self._handlers.add(handler)
+        handler.add_done_callback(self._handlers.discard)
         self.connections += 1
         limit = self.cut_after_data_frames if self.connections == 1 else None
         try:
@@ -273,37 +288,57 @@ def test_a_stream_cut_mid_answer_resumes(random_qwen3_dir: Path, tmp_path: Path)
         running.stop()
 
 
-def test_a_server_restart_mid_session_resumes_from_its_store(random_qwen3_dir: Path, tmp_path: Path) -> None:
-    port = free_port()
-    config = make_config(
-        random_qwen3_dir, tmp_path, port=port, engine=EngineConfig(max_batch=1, max_output_tokens=400)
-    )
+def restart_mid_session(
+    config: CloudConfig, request: ThinkParams
+) -> tuple[list[Event], int, list[RunningServer], set[str]]:
+    """Stream ``request`` and, at its fifth event, stop the server and start it again
+    half a second later on the same port and store. Returns what the caller saw, the
+    client's reconnects, the servers (the second one running) and the sessions the
+    store held unfinished at the restart. Raises what the client raised."""
     servers = [RunningServer(config)]
     unfinished: set[str] = set()
+    seen: list[Event] = []
 
     async def restart() -> None:
         await asyncio.to_thread(servers[0].stop, 0)
-        store = SessionStore(config.store)
-        unfinished.update(s.session_id for s in store.unfinished())
-        store.close()
+        if config.store != ":memory:":
+            store = SessionStore(config.store)
+            unfinished.update(s.session_id for s in store.unfinished())
+            store.close()
         await asyncio.sleep(0.5)  # the client meets a closed port meanwhile
         servers.append(await asyncio.to_thread(RunningServer, config))
 
-    async def scenario() -> tuple[list[Event], int]:
+    async def scenario() -> int:
         tasks: list[asyncio.Task[None]] = []
 
         def restart_at_seq_5(event: Event) -> None:
+            seen.append(event)
             if event.seq == 5 and not tasks:
                 tasks.append(asyncio.create_task(restart()))
 
-        config = dict(backoff_base_s=0.05, backoff_max_s=0.3, max_attempts=60, deadline_s=60)
-        async with client_for(port, **config) as client:
-            events = await collect(client, params("3+3", max_reasoning_tokens=0, max_output_tokens=60), restart_at_seq_5)
-            await asyncio.gather(*tasks)
-            return events, client.reconnects
+        patient = {"backoff_base_s": 0.05, "backoff_max_s": 0.3, "max_attempts": 60, "deadline_s": 60}
+        async with client_for(config.port, **patient) as client:
+            try:
+                await collect(client, request, restart_at_seq_5)
+            finally:
+                await asyncio.gather(*tasks)
+            return client.reconnects
 
     try:
-        events, reconnects = run(scenario())
+        reconnects = run(scenario())
+    except BaseException:
+        servers[-1].stop()
+        raise
+    return seen, reconnects, servers, unfinished
+
+
+def test_a_server_restart_mid_session_resumes_from_its_store(random_qwen3_dir: Path, tmp_path: Path) -> None:
+    engine = EngineConfig(max_batch=1, max_output_tokens=400)
+    config = make_config(random_qwen3_dir, tmp_path, port=free_port(), engine=engine)
+    events, reconnects, servers, unfinished = restart_mid_session(
+        config, params("3+3", max_reasoning_tokens=0, max_output_tokens=60)
+    )
+    try:
         assert len(servers) == 2, "the server restarted"
         assert events[0].session_id in unfinished, "the restart caught the session mid-answer"
         assert reconnects >= 1
@@ -312,6 +347,13 @@ def test_a_server_restart_mid_session_resumes_from_its_store(random_qwen3_dir: P
         assert events == server_log(servers[-1], events[0].session_id)  # regenerated identically after the restart
     finally:
         servers[-1].stop()
+
+
+def test_a_session_lost_in_a_restart_is_unavailable_not_not_found(random_qwen3_dir: Path, tmp_path: Path) -> None:
+    engine = EngineConfig(max_batch=1, max_output_tokens=400)
+    config = make_config(random_qwen3_dir, tmp_path, port=free_port(), engine=engine, store=":memory:")
+    with pytest.raises(UnavailableError, match="lost session"):
+        restart_mid_session(config, params("4+4", max_reasoning_tokens=0, max_output_tokens=60))
 
 
 # -- errors at the boundary ----------------------------------------------------------------
@@ -337,18 +379,18 @@ def test_cloud_down_is_unavailable_within_a_bounded_time() -> None:
                     outcomes[name] = (None, time.monotonic() - started)
                 except EdgecloudError as exc:
                     outcomes[name] = (type(exc), time.monotonic() - started)
-        async with client_for(port) as client:
-            started = time.monotonic()
-            outcomes["healthy"] = (None if not await client.healthy(timeout=1.0) else AssertionError, time.monotonic() - started)
         return outcomes
 
-    outcomes = run(scenario())
-    for name, (error, elapsed) in outcomes.items():
-        if name == "healthy":
-            assert error is None and elapsed < 2.0, "healthy() is False, quickly"
-        else:
-            assert error is UnavailableError, name
-            assert elapsed < (2.5 if "deadline" in name else 4.0), (name, elapsed)
+    async def probe() -> tuple[bool, float]:
+        async with client_for(port) as client:
+            started = time.monotonic()
+            return await client.healthy(timeout=1.0), time.monotonic() - started
+
+    for name, (error, elapsed) in run(scenario()).items():
+        assert error is UnavailableError, name
+        assert elapsed < (2.5 if "deadline" in name else 4.0), (name, elapsed)
+    healthy, elapsed = run(probe())
+    assert not healthy and elapsed < 2.0
 
 
 def test_a_bad_token_is_a_config_error(teacher_dir: Path, teacher: LoadedModel, tmp_path: Path) -> None:
@@ -361,7 +403,8 @@ def test_a_bad_token_is_a_config_error(teacher_dir: Path, teacher: LoadedModel, 
         outcomes: dict[str, object] = {}
         for name, client_token in (("none", None), ("wrong", "wrong-token-0123456789")):
             async with client_for(running.port, token=client_token) as client:
-                for call_name, call in (("think", lambda c: collect(c, params("1+1"))), ("submit", lambda c: c.submit(params("1+1")))):
+                calls = {"think": lambda c: collect(c, params("1+1")), "submit": lambda c: c.submit(params("1+1"))}
+                for call_name, call in calls.items():
                     try:
                         await call(client)
                         outcomes[f"{name} {call_name}"] = None
@@ -383,11 +426,11 @@ def test_a_bad_token_is_a_config_error(teacher_dir: Path, teacher: LoadedModel, 
     for name in ("none think", "none submit", "wrong think", "wrong submit"):
         assert outcomes[name] is ConfigError, name
     assert outcomes["none healthy"] is True and outcomes["wrong healthy"] is True
-    assert outcomes["good"] in (SessionStatus.QUEUED, SessionStatus.THINKING, SessionStatus.ANSWERING, SessionStatus.COMPLETED)
+    assert isinstance(outcomes["good"], SessionStatus) and outcomes["good"] is not SessionStatus.FAILED
     assert outcomes["other device"] is InvalidInputError
 
 
-def test_invalid_argument_and_not_found_are_mapped_without_retries(reasoner: RunningServer, teacher_dir: Path) -> None:
+def test_invalid_argument_and_not_found_are_mapped_at_once(reasoner: RunningServer, teacher_dir: Path) -> None:
     query, _ = golden(teacher_dir)[0]
     bad_codec = EncodedFeatures(codec="gzip", dtype="int8", dims=(128,), scale=0.1, payload=b"x", schema_version=1)
 
@@ -420,7 +463,8 @@ def test_invalid_argument_and_not_found_are_mapped_without_retries(reasoner: Run
 
 
 def test_a_full_queue_is_retried_then_resource_exhausted(random_qwen3_dir: Path, tmp_path: Path) -> None:
-    config = make_config(random_qwen3_dir, tmp_path, engine=EngineConfig(max_batch=1, max_queue=1, max_output_tokens=4000))
+    engine = EngineConfig(max_batch=1, max_queue=1, max_output_tokens=4000)
+    config = make_config(random_qwen3_dir, tmp_path, engine=engine)
     running = RunningServer(config)
     long = {"max_reasoning_tokens": 0, "max_output_tokens": 4000}
 
@@ -447,8 +491,7 @@ def test_a_full_queue_is_retried_then_resource_exhausted(random_qwen3_dir: Path,
         refused, elapsed, admitted, cancelled = run(scenario())
     finally:
         running.stop()
-    assert refused is ResourceExhaustedError
-    assert elapsed >= 0.05, "retried with a backoff before giving up"
+    assert refused is ResourceExhaustedError and elapsed < 2.0  # three tries, short backoffs, then the caller decides
     assert all(c.status is SessionStatus.CANCELLED for c in cancelled)
     assert admitted.session_id, "recovered once the queue had room"
 
