@@ -1,0 +1,104 @@
+"""What the cloud benchmarks share: a real Reasoner server on a loopback port, run on
+its own event-loop thread (the same logic as ``tests/cloud/conftest.py``, copied so
+benchmarks do not import tests), unique test problems, and machine facts."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import platform
+import sys
+import threading
+import uuid
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any, TypeVar
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import grpc  # noqa: E402
+import torch  # noqa: E402
+
+from cloud.config import CloudConfig  # noqa: E402
+from cloud.engine import EngineConfig, LoadedModel  # noqa: E402
+from cloud.server import CloudService, create_server  # noqa: E402
+from proto.edgecloud.v1 import reasoner_pb2 as pb  # noqa: E402
+from proto.edgecloud.v1 import reasoner_pb2_grpc as pb_grpc  # noqa: E402
+from shared.reasoning import normalize_text  # noqa: E402
+from shared.task import Problem, Split, generate  # noqa: E402
+
+__all__ = ["RunningServer", "busy_cpu_s", "load_teacher", "machine_info", "think_request", "unique_problems"]
+
+T = TypeVar("T")
+REPO = Path(__file__).resolve().parents[1]
+TEACHER = REPO / "models" / "cloud-teacher"
+
+
+class RunningServer:
+    """``create_server`` on port 0, its asyncio loop on a daemon thread, a sync stub."""
+
+    def __init__(self, store: Path, engine: EngineConfig, loaded: LoadedModel, model: Path = TEACHER) -> None:
+        config = CloudConfig(model=model, port=0, metrics_port=None, store=store, grace_s=1.0, engine=engine)
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="bench-server-loop", daemon=True)
+        self.thread.start()
+        self.service: CloudService
+        self.service, self.port = self.call(create_server(config, loaded=loaded), timeout=300)
+        self.channel = grpc.insecure_channel(f"127.0.0.1:{self.port}")
+        self.stub = pb_grpc.ReasonerStub(self.channel)
+
+    def call(self, coroutine: Coroutine[Any, Any, T], timeout: float = 60) -> T:
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
+
+    def stop(self) -> None:
+        self.channel.close()
+        self.call(self.service.stop(0))
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+def load_teacher(model: Path = TEACHER) -> LoadedModel:
+    return LoadedModel.from_dir(model, device="cpu", name=model.name, version=1)
+
+
+def unique_problems(n: int, seed: int) -> list[Problem]:
+    """``n`` mixed test problems whose cache keys (normalised text) are all distinct,
+    so the server's result cache can never answer one of them."""
+    seen: set[str] = set()
+    out: list[Problem] = []
+    batch = 0
+    while len(out) < n:
+        for problem in generate(2 * n, seed * 1000 + batch, Split.TEST):
+            key = normalize_text(problem.query)
+            if key not in seen and len(out) < n:
+                seen.add(key)
+                out.append(problem)
+        batch += 1
+    return out
+
+
+def think_request(query: str, **fields: Any) -> pb.ThinkRequest:
+    return pb.ThinkRequest(request_id=uuid.uuid4().hex, device_id="bench", query=query, **fields)
+
+
+def busy_cpu_s() -> float:
+    """Non-idle CPU seconds of the whole machine so far (Linux ``/proc/stat``; 0 elsewhere).
+    Minus this process's CPU time over an interval, it shows what other processes took."""
+    try:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return 0.0
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_info(threads: int) -> dict[str, Any]:
+    return {
+        "cpu_count": os.cpu_count(),
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "grpc": grpc.__version__,
+        "torch_threads": threads,
+    }

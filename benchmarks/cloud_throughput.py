@@ -1,0 +1,277 @@
+"""Cloud throughput: continuous batching vs one session at a time, same run, same queries.
+
+Two real Reasoner servers (gRPC on loopback, SQLite store, the shipped demo teacher on
+CPU, one model in memory) differ only in ``EngineConfig.max_batch``: 1 ("sequential")
+and 32 ("batched"). At each concurrency C, C client threads drive concurrent ``Think``
+streams (sync stub, thinking on at the server's default budget, reasoning hidden) over
+the same unique test problems on both servers, alternating which goes first. Every
+query has its own request_id and normalised text, so the result cache never answers.
+
+Per mode and point: completed sessions/s and generated tokens/s (usage reasoning +
+output tokens over wall time); client-side time to first answer token (request sent ->
+first ``answer_delta``) p50/p99; client-side per-token latency p50/p99 (gaps between
+consecutive ``reasoning_progress`` events divided by the reasoning tokens advanced, and
+between consecutive ``answer_delta`` events, one token each) next to the server's mean
+(reasoning_ms + answer_ms) / tokens; accuracy. Engine counters give the mean batch
+occupancy and ms per step, and a timer around the model's forward gives the share of
+wall time spent in the model (the rest is Python bookkeeping, gRPC and clients). Also
+checked: both modes give the same answers. ``other_processes_cpu_s`` (from /proc/stat)
+shows whether something else on the machine took CPU during a measurement. Usage::
+
+    python benchmarks/cloud_throughput.py [--quick] [--threads 2] [--per-client 2] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks._cloud import (  # noqa: E402
+    RunningServer,
+    busy_cpu_s,
+    load_teacher,
+    machine_info,
+    think_request,
+    unique_problems,
+)
+from cloud.engine import EngineConfig  # noqa: E402
+from proto.edgecloud.v1 import reasoner_pb2_grpc as pb_grpc  # noqa: E402
+from shared.task import Problem, parse_answer  # noqa: E402
+
+MODES = {"sequential": 1, "batched": 32}
+RATIOS = ("sessions_per_s", "tokens_per_s")
+TARGET_RATIO_AT_16 = 4.0
+
+
+@dataclass
+class Session:
+    answer: str = ""
+    tokens: int = 0
+    correct: bool = False
+    cached: bool = False
+    first_answer_s: float | None = None
+    token_gaps_s: list[float] = field(default_factory=list)
+    server_token_ms: float = 0.0
+
+
+@dataclass
+class ForwardTimer:
+    """Wraps ``model.forward``: seconds in prefill (many positions) and decode (one)."""
+
+    prefill_s: float = 0.0
+    decode_s: float = 0.0
+
+    def install(self, model: Any) -> None:
+        forward: Callable[..., Any] = model.forward
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                return forward(*args, **kwargs)
+            finally:
+                spent = time.perf_counter() - start
+                if kwargs["input_ids"].shape[1] > 1:
+                    self.prefill_s += spent
+                else:
+                    self.decode_s += spent
+
+        model.forward = timed
+
+
+def run_session(stub: pb_grpc.ReasonerStub, problem: Problem) -> Session:
+    out = Session()
+    sent = time.perf_counter()
+    last: tuple[str, float, int] | None = None  # kind, time, reasoning tokens
+    for event in stub.Think(think_request(problem.query), timeout=600):
+        now, kind = time.perf_counter(), event.WhichOneof("event")
+        if kind == "reasoning_progress":
+            count = event.reasoning_progress.reasoning_tokens
+            if last is not None and last[0] == kind and count > last[2]:
+                out.token_gaps_s.append((now - last[1]) / (count - last[2]))
+            last = (kind, now, count)
+        elif kind == "answer_delta":
+            if out.first_answer_s is None:
+                out.first_answer_s = now - sent
+            elif last is not None and last[0] == kind:
+                out.token_gaps_s.append(now - last[1])
+            last = (kind, now, 0)
+        elif kind == "completed":
+            done = event.completed
+            out.tokens = done.usage.reasoning_tokens + done.usage.output_tokens
+            out.answer = done.answer
+            out.correct = parse_answer(done.answer) == problem.answer
+            out.cached = done.cached
+            out.server_token_ms = (done.timings.reasoning_ms + done.timings.answer_ms) / max(out.tokens, 1)
+        elif kind == "failed":
+            raise RuntimeError(f"session failed: {event.failed.code} {event.failed.message}")
+    return out
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))] if ordered else float("nan")
+
+
+def run_point(
+    server: RunningServer, timer: ForwardTimer, problems: list[Problem], concurrency: int
+) -> tuple[dict[str, Any], list[str]]:
+    """Drive ``problems`` through ``server`` with ``concurrency`` client threads; returns the
+    summary and the answers in problem order."""
+    engine = server.service.engine
+    steps0, tokens0, prefill0, decode0 = engine.steps, engine.tokens_generated, timer.prefill_s, timer.decode_s
+    busy0, cpu0, start = busy_cpu_s(), time.process_time(), time.perf_counter()
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        sessions = list(pool.map(lambda p: run_session(server.stub, p), problems))
+    wall = time.perf_counter() - start
+    cpu = time.process_time() - cpu0
+    foreign = max(busy_cpu_s() - busy0 - cpu, 0.0)
+    steps = engine.steps - steps0
+    forward = (timer.prefill_s - prefill0) + (timer.decode_s - decode0)
+    ttft = [s.first_answer_s for s in sessions if s.first_answer_s is not None]
+    gaps = [g for s in sessions for g in s.token_gaps_s]
+    tokens = sum(s.tokens for s in sessions)
+    summary = {
+        "sessions": len(sessions),
+        "wall_s": round(wall, 3),
+        "sessions_per_s": len(sessions) / wall,
+        "tokens_per_s": tokens / wall,
+        "tokens": tokens,
+        "ttft_ms": {"p50": 1e3 * percentile(ttft, 50), "p99": 1e3 * percentile(ttft, 99)},
+        "token_latency_ms_client": {"p50": 1e3 * percentile(gaps, 50), "p99": 1e3 * percentile(gaps, 99)},
+        "token_latency_ms_server_mean": statistics.fmean(s.server_token_ms for s in sessions),
+        "accuracy": sum(s.correct for s in sessions) / len(sessions),
+        "cache_hits": sum(s.cached for s in sessions),
+        "engine": {
+            "steps": steps,
+            "mean_batch": (engine.tokens_generated - tokens0) / max(steps, 1),
+            "ms_per_step": 1e3 * wall / max(steps, 1),
+            "forward_share_of_wall": forward / wall,
+            "prefill_s": timer.prefill_s - prefill0,
+            "decode_s": timer.decode_s - decode0,
+        },
+        "process_cpu_s": round(cpu, 2),
+        "cpu_utilisation": cpu / wall / (os.cpu_count() or 1),
+        "other_processes_cpu_s": round(foreign, 2),
+    }
+    return summary, [s.answer for s in sessions]
+
+
+def plot(report: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    xs = [p["concurrency"] for p in report["points"]]
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), dpi=120)
+    for ax, metric, label in zip(axes, ("sessions_per_s", "tokens_per_s"), ("sessions/s", "tokens/s"), strict=True):
+        for mode in MODES:
+            ys = [p[mode][metric] for p in report["points"]]
+            ax.plot(xs, ys, marker="o", label=f"{mode} (max_batch={MODES[mode]})")
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(xs, [str(x) for x in xs])
+        ax.set_xlabel("concurrent sessions")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    machine = report["machine"]
+    fig.suptitle(f"Cloud teacher on CPU ({machine['cpu_count']} cores, {machine['torch_threads']} torch threads)")
+    fig.tight_layout()
+    fig.savefig(path)
+
+
+def measure(levels: list[int], sizes: list[int], threads: int, seed: int) -> list[dict[str, Any]]:
+    """Both servers up at once (one model in memory, the idle engine sleeps); per level,
+    the same fresh problems through each, the order alternating between levels."""
+    warmup = 2
+    problems = unique_problems(warmup + sum(sizes), seed)
+    loaded = load_teacher()
+    timer = ForwardTimer()
+    timer.install(loaded.model)
+    points: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        servers = {
+            mode: RunningServer(Path(tmp) / f"{mode}.sqlite3", EngineConfig(max_batch=size, threads=threads), loaded)
+            for mode, size in MODES.items()
+        }
+        try:
+            for server in servers.values():
+                for problem in problems[:warmup]:
+                    run_session(server.stub, problem)
+            offset = warmup
+            for i, (concurrency, size) in enumerate(zip(levels, sizes, strict=True)):
+                chunk, offset = problems[offset : offset + size], offset + size
+                point: dict[str, Any] = {"concurrency": concurrency}
+                answers: dict[str, list[str]] = {}
+                for mode in list(MODES) if i % 2 == 0 else list(reversed(MODES)):
+                    point[mode], answers[mode] = run_point(servers[mode], timer, chunk, concurrency)
+                    rate = point[mode]["sessions_per_s"]
+                    print(f"C={concurrency:>2} {mode:>10}: {rate:.2f} sessions/s", file=sys.stderr)
+                same = sum(a == b for a, b in zip(answers["sequential"], answers["batched"], strict=True))
+                point["same_answer_both_modes"] = same / size
+                point["ratio"] = {m: point["batched"][m] / point["sequential"][m] for m in RATIOS}
+                points.append(point)
+        finally:
+            for server in servers.values():
+                server.stop()
+    return points
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a tiny run: concurrency 1 and 4, 4 sessions each")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16, 32])
+    parser.add_argument("--per-client", type=int, default=2, help="sessions per client thread (at least 16 per point)")
+    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads of the engine")
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--out", type=Path, default=None, help="also write cloud_throughput.json and .png here")
+    args = parser.parse_args()
+
+    levels = [1, 4] if args.quick else args.concurrency
+    sizes = [4 if args.quick else max(args.per_client * c, 16) for c in levels]
+    load0, start = os.getloadavg(), time.perf_counter()
+    points = measure(levels, sizes, args.threads, args.seed)
+    wall = time.perf_counter() - start
+    by_c = {p["concurrency"]: p["ratio"]["sessions_per_s"] for p in points}
+    other = sum(p[m]["other_processes_cpu_s"] for p in points for m in MODES)
+    measured = sum(p[m]["wall_s"] for p in points for m in MODES)
+    report: dict[str, Any] = {
+        "benchmark": "cloud_throughput",
+        "machine": machine_info(args.threads) | {"loadavg_before": load0, "loadavg_after": os.getloadavg()},
+        "settings": {
+            "modes": MODES,
+            "seed": args.seed,
+            "sessions_per_point": dict(zip(levels, sizes, strict=True)),
+            "reasoning": "hidden (progress events), server's default budget",
+        },
+        "points": points,
+        "ratio_sessions_per_s": by_c,
+        "target": {"concurrency": 16, "ratio": TARGET_RATIO_AT_16, "met": by_c[16] >= TARGET_RATIO_AT_16}
+        if 16 in by_c
+        else None,
+        "other_processes_cpu_share": other / measured / (os.cpu_count() or 1),
+        "wall_s": round(wall, 1),
+    }
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        plot(report, args.out / "cloud_throughput.png")
+        (args.out / "cloud_throughput.json").write_text(json.dumps(report, indent=2))
+        report["files"] = [str(args.out / "cloud_throughput.json"), str(args.out / "cloud_throughput.png")]
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
