@@ -209,7 +209,8 @@ class _GrowingLayer(DynamicLayer):
         if self._key_buffer is None or needed > self._key_buffer.shape[-2]:
             capacity = max(64, 2 * needed)
             shape = (*key_states.shape[:-2], capacity, key_states.shape[-1])
-            keys, values = key_states.new_zeros(shape), value_states.new_zeros(shape)
+            # Uninitialised is fine: only [:length] is ever exposed, and it is always written.
+            keys, values = key_states.new_empty(shape), value_states.new_empty(shape)
             if self._length:
                 keys[..., : self._length, :] = self._key_buffer[..., : self._length, :]
                 values[..., : self._length, :] = self._value_buffer[..., : self._length, :]
@@ -251,6 +252,7 @@ class Engine:
         self.eos = self.tokenizer.eos_token_id
         self.pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos
         self.max_positions = int(getattr(self.model.config, "max_position_embeddings", 1 << 30))
+        self._attention = getattr(self.model.config, "_attn_implementation", None)
         self._waiting: collections.deque[Job] = collections.deque()
         self._cancelled: set[str] = set()
         self._cv = threading.Condition()
@@ -429,12 +431,23 @@ class Engine:
         batch.mask = torch.cat([batch.mask, batch.mask.new_ones((len(batch.rows), 1))], dim=1)
         batch.next_logits = self.model(
             input_ids=torch.tensor(tokens, device=self.device)[:, None],
-            attention_mask=batch.mask,
+            attention_mask=self._decode_mask(batch.mask),
             position_ids=batch.positions[:, None],
             past_key_values=batch.cache,
             use_cache=True,
         ).logits[:, -1]
         batch.positions = batch.positions + 1
+
+    def _decode_mask(self, mask: torch.Tensor) -> torch.Tensor:
+        """The attention mask of a one-token decode step.
+
+        With SDPA, hand the model the 4-D boolean mask directly: a single query
+        token needs no causal part, and transformers' own mask builder (vmap
+        over the batch) cost a sixth of a step on a batch of 16.
+        """
+        if self._attention == "sdpa":
+            return mask.bool()[:, None, None, :]
+        return mask
 
     def _advance(self, row: _Row, token: int, position: int) -> int:
         """Apply the budget and limits to the greedy ``token``; update the row; emit deltas."""
