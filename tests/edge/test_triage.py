@@ -33,11 +33,15 @@ CASES = {
     "edge/unsure/down": (0.1, 0.9, Requested.EDGE, False, Decision(Route.EDGE, "requested_edge", degraded=False)),
     "edge/nan": (NAN, NAN, Requested.EDGE, True, Decision(Route.EDGE, "requested_edge", degraded=False)),
     # Requested cloud: always the cloud; accepted for later delivery when it is down.
-    "cloud/confident/healthy": (0.99, 0.0, Requested.CLOUD, True, Decision(Route.CLOUD, "requested_cloud", degraded=False)),
+    "cloud/confident/healthy": (
+        0.99, 0.0, Requested.CLOUD, True, Decision(Route.CLOUD, "requested_cloud", degraded=False)
+    ),
     "cloud/confident/down": (
         0.99, 0.0, Requested.CLOUD, False, Decision(Route.CLOUD, "requested_cloud_unavailable", degraded=True)
     ),
-    "cloud/nan/down": (NAN, NAN, Requested.CLOUD, False, Decision(Route.CLOUD, "requested_cloud_unavailable", degraded=True)),
+    "cloud/nan/down": (
+        NAN, NAN, Requested.CLOUD, False, Decision(Route.CLOUD, "requested_cloud_unavailable", degraded=True)
+    ),
     # Auto, cloud healthy.
     "auto/confident": (0.95, 0.2, Requested.AUTO, True, EDGE_OK),
     "auto/threshold-equal-keeps": (0.8, 0.2, Requested.AUTO, True, EDGE_OK),
@@ -56,13 +60,18 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize(("confidence", "difficulty", "requested", "healthy", "expected"), CASES.values(), ids=CASES.keys())
+@pytest.mark.parametrize(
+    ("confidence", "difficulty", "requested", "healthy", "expected"), CASES.values(), ids=CASES.keys()
+)
 def test_decide(confidence: float, difficulty: float, requested: Requested, healthy: bool, expected: Decision) -> None:
     inp = TriageInput(confidence=confidence, difficulty=difficulty, requested=requested, cloud_healthy=healthy)
     assert decide(POLICY, inp) == expected
 
 
-@pytest.mark.parametrize(("threshold", "confidence", "route"), [(0.0, 0.0, Route.EDGE), (1.0, 1.0, Route.EDGE), (1.0, 0.999, Route.CLOUD)])
+@pytest.mark.parametrize(
+    ("threshold", "confidence", "route"),
+    [(0.0, 0.0, Route.EDGE), (1.0, 1.0, Route.EDGE), (1.0, 0.999, Route.CLOUD)],
+)
 def test_threshold_extremes(threshold: float, confidence: float, route: Route) -> None:
     policy = TriagePolicy(threshold=threshold)
     assert decide(policy, TriageInput(confidence, 1.0, Requested.AUTO, True)).route is route
@@ -92,7 +101,9 @@ def _calibration(threshold: float) -> Calibration:
     ],
     ids=["calibrated", "override", "zero-override", "no-calibration-override"],
 )
-def test_from_calibration(calibration: Calibration | None, override: float | None, max_difficulty: float, expected: TriagePolicy) -> None:
+def test_from_calibration(
+    calibration: Calibration | None, override: float | None, max_difficulty: float, expected: TriagePolicy
+) -> None:
     assert TriagePolicy.from_calibration(calibration, threshold=override, max_difficulty=max_difficulty) == expected
 
 
