@@ -1,0 +1,1 @@
+"""The fleet manager: rollout state machine, persistence, MQTT publisher and REST API."""

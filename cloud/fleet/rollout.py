@@ -1,0 +1,657 @@
+r"""A rollout's state machine: which device gets a bundle when, and when to stop.
+
+Pure logic in the spirit of AWS IoT Jobs and Eclipse hawkBit: no MQTT, no
+I/O, no clock. The caller passes ``now`` in, feeds every device ack to
+:meth:`Rollout.on_ack`, calls :meth:`Rollout.tick` every few seconds, and
+publishes the :class:`~shared.fleet.Command` list each method returns.
+
+The rollout::
+
+    PENDING --start()--> RUNNING <--pause()/resume()--> PAUSED
+                          |    \
+     every wave finished  |     \  failures meet the abort criteria, or abort()
+                          v      v
+                  COMPLETED      ABORTED
+    RUNNING, PAUSED, COMPLETED, ABORTED --rollback()--> ROLLED_BACK
+
+One device's deployment (one command per device and rollout)::
+
+    QUEUED --its wave--> SENT -> DOWNLOADING -> VERIFYING -> ACTIVE --device's watch--> ROLLED_BACK
+                          |          |              |
+                          +----------+--------------+--> FAILED (the device said FAILED or IGNORED,
+                                                                 or no final ack in time)
+
+Rules:
+
+* Waves are planned from the spec (:class:`FixedBatches` or
+  :class:`Exponential`); the next wave goes out only when every device of the
+  current one has finished (succeeded or failed) and the rollout is RUNNING.
+* A device gets a command only on QUEUED -> SENT, so never two for a wave;
+  after an abort no new deploy command is issued.
+* Acks for another rollout, an unknown device or a command id that is not the
+  device's current one are ignored. Transitions only move forward
+  (:func:`transition`), so duplicate and out-of-order acks change nothing.
+  ROLLED_BACK after ACTIVE turns a success into a failure. A timeout is the
+  manager's guess: a later final ack from the device replaces it.
+* The abort check runs after every change, also while PAUSED, and wins over
+  completion: a rollout whose last ack crosses the threshold is ABORTED.
+* :meth:`Rollout.rollback` sends a ``rollback`` command to every device whose
+  deployment reached ACTIVE; a device that reports ACTIVE later (its command
+  was in flight) is sent one when that ack arrives.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import re
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from shared.errors import InvalidInputError
+from shared.fleet import AckStatus, BundleRef, Command, CommandAck
+
+__all__ = [
+    "AbortCriteria",
+    "Delivery",
+    "DeviceState",
+    "DeviceStatus",
+    "Exponential",
+    "FixedBatches",
+    "Rollout",
+    "RolloutSpec",
+    "RolloutStatus",
+    "strategy_from_dict",
+    "transition",
+]
+
+_SEGMENT = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+class RolloutStatus(str, enum.Enum):
+    PENDING = "PENDING"
+    """Created, not started."""
+    RUNNING = "RUNNING"
+    PAUSED = "PAUSED"
+    """No new wave is sent; acks, timeouts and the abort check still apply."""
+    COMPLETED = "COMPLETED"
+    ABORTED = "ABORTED"
+    ROLLED_BACK = "ROLLED_BACK"
+    """The whole rollout was reverted with :meth:`Rollout.rollback`."""
+
+    @property
+    def live(self) -> bool:
+        return self in (RolloutStatus.RUNNING, RolloutStatus.PAUSED)
+
+
+class DeviceStatus(str, enum.Enum):
+    QUEUED = "QUEUED"
+    SENT = "SENT"
+    DOWNLOADING = "DOWNLOADING"
+    VERIFYING = "VERIFYING"
+    ACTIVE = "ACTIVE"
+    FAILED = "FAILED"
+    ROLLED_BACK = "ROLLED_BACK"
+    """The device reverted the new bundle in its watch window: a failure."""
+
+    @property
+    def failed(self) -> bool:
+        return self in (DeviceStatus.FAILED, DeviceStatus.ROLLED_BACK)
+
+
+_RANK = {DeviceStatus.QUEUED: 0, DeviceStatus.SENT: 1, DeviceStatus.DOWNLOADING: 2,
+         DeviceStatus.VERIFYING: 3, DeviceStatus.ACTIVE: 4}
+_IN_FLIGHT = frozenset({DeviceStatus.SENT, DeviceStatus.DOWNLOADING, DeviceStatus.VERIFYING})
+_SUCCESS_CHOICES = frozenset({DeviceStatus.DOWNLOADING, DeviceStatus.VERIFYING, DeviceStatus.ACTIVE})
+_OPEN, _SUCCEEDED, _FAILED = 0, 1, 2
+"""A device's outcome in a rollout: not finished yet, or finished either way."""
+
+
+def transition(current: DeviceStatus, ack: AckStatus, *, timed_out: bool = False) -> DeviceStatus | None:
+    """The status a delivery moves to on ``ack``, or None when the ack changes nothing.
+
+    ``timed_out`` says ``current`` is a FAILED the manager set on a timeout,
+    which any final ack from the device replaces.
+    """
+    in_flight = current in _IN_FLIGHT
+    revivable = in_flight or (current is DeviceStatus.FAILED and timed_out)
+    if ack in (AckStatus.DOWNLOADING, AckStatus.VERIFYING):
+        target = DeviceStatus(ack.value)
+        return target if in_flight and _RANK[target] > _RANK[current] else None
+    if ack is AckStatus.ACTIVE:
+        return DeviceStatus.ACTIVE if revivable else None
+    if ack in (AckStatus.FAILED, AckStatus.IGNORED):
+        return DeviceStatus.FAILED if revivable else None
+    if ack is AckStatus.ROLLED_BACK:
+        return DeviceStatus.ROLLED_BACK if revivable or current is DeviceStatus.ACTIVE else None
+    return None  # QUEUED, SENT and RECEIVED add nothing to SENT
+
+
+# -- the spec --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FixedBatches:
+    """Waves of ``size`` devices (the last one holds what is left)."""
+
+    size: int
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.size, int) or isinstance(self.size, bool) or self.size < 1:
+            raise InvalidInputError(f"strategy.size must be an integer >= 1, got {self.size!r}")
+
+    def wave_sizes(self, total: int) -> tuple[int, ...]:
+        full, rest = divmod(total, self.size)
+        return (self.size,) * full + ((rest,) if rest else ())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": "fixed", "size": self.size}
+
+
+@dataclass(frozen=True)
+class Exponential:
+    """AWS IoT Jobs style: wave ``k`` holds ``floor(base_rate * increment_factor**k)``
+    devices, capped by how many are left."""
+
+    base_rate: int
+    increment_factor: float
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.base_rate, int) or isinstance(self.base_rate, bool) or self.base_rate < 1:
+            raise InvalidInputError(f"strategy.base_rate must be an integer >= 1, got {self.base_rate!r}")
+        if not isinstance(self.increment_factor, (int, float)) or not 1.0 <= self.increment_factor <= 100.0:
+            raise InvalidInputError(f"strategy.increment_factor must be in [1, 100], got {self.increment_factor!r}")
+
+    def wave_sizes(self, total: int) -> tuple[int, ...]:
+        sizes: list[int] = []
+        left, rate = total, float(self.base_rate)
+        while left > 0:
+            size = min(left, max(1, math.floor(rate + 1e-9)))
+            sizes.append(size)
+            left -= size
+            rate *= self.increment_factor
+        return tuple(sizes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": "exponential", "base_rate": self.base_rate, "increment_factor": self.increment_factor}
+
+
+Strategy = FixedBatches | Exponential
+
+
+def strategy_from_dict(data: dict[str, Any]) -> Strategy:
+    kind = data.get("type")
+    try:
+        if kind == "fixed":
+            return FixedBatches(size=data["size"])
+        if kind == "exponential":
+            return Exponential(base_rate=data["base_rate"], increment_factor=data["increment_factor"])
+    except KeyError as exc:
+        raise InvalidInputError(f"strategy.{exc.args[0]}: missing") from None
+    raise InvalidInputError(f"strategy.type must be 'fixed' or 'exponential', got {kind!r}")
+
+
+@dataclass(frozen=True)
+class AbortCriteria:
+    """Abort once at least ``min_devices`` have finished and
+    ``failed / finished * 100 >= failure_percent`` (FAILED and ROLLED_BACK are failures)."""
+
+    failure_percent: float
+    min_devices: int = 1
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.failure_percent, (int, float)) or not 0 < self.failure_percent <= 100:
+            raise InvalidInputError(f"abort.failure_percent must be in (0, 100], got {self.failure_percent!r}")
+        if not isinstance(self.min_devices, int) or isinstance(self.min_devices, bool) or self.min_devices < 1:
+            raise InvalidInputError(f"abort.min_devices must be an integer >= 1, got {self.min_devices!r}")
+
+    def met(self, failed: int, finished: int) -> bool:
+        return finished >= self.min_devices and failed * 100 >= self.failure_percent * finished
+
+
+@dataclass(frozen=True, kw_only=True)
+class RolloutSpec:
+    id: str
+    bundle: BundleRef
+    targets: tuple[str, ...]
+    """Device ids, in rollout order; the caller resolves ids and labels to them."""
+    revision: int
+    """Deployment revision, monotonic per fleet, given by the caller."""
+    strategy: Strategy
+    abort: AbortCriteria | None = None
+    """None: never abort on its own."""
+    success_statuses: frozenset[DeviceStatus] = frozenset({DeviceStatus.ACTIVE})
+    """A device has succeeded once it reached one of these (or a later step); a
+    subset of DOWNLOADING, VERIFYING, ACTIVE. A later FAILED or ROLLED_BACK still
+    turns it into a failure."""
+    device_timeout_s: float = 900.0
+    """A sent device with no final ack this long after its command counts as FAILED "timeout"."""
+    kind: str = "deploy"
+    """The command type: ``deploy``, or ``rollback`` to a bundle the devices had."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "targets", tuple(self.targets))
+        try:
+            object.__setattr__(self, "success_statuses", frozenset(DeviceStatus(s) for s in self.success_statuses))
+        except ValueError as exc:
+            raise InvalidInputError(f"success_statuses: {exc}") from None
+        if not isinstance(self.id, str) or not _SEGMENT.fullmatch(self.id):
+            raise InvalidInputError(f"id must match [A-Za-z0-9._-]{{1,64}}, got {self.id!r}")
+        if not isinstance(self.bundle, BundleRef):
+            raise InvalidInputError(f"bundle must be a BundleRef, got {type(self.bundle).__name__}")
+        BundleRef.from_dict(asdict(self.bundle))  # what a device would reject, rejected here
+        if not isinstance(self.revision, int) or isinstance(self.revision, bool) or self.revision < 1:
+            raise InvalidInputError(f"revision must be an integer >= 1, got {self.revision!r}")
+        if not isinstance(self.strategy, (FixedBatches, Exponential)):
+            raise InvalidInputError(f"strategy must be FixedBatches or Exponential, got {self.strategy!r}")
+        if self.abort is not None and not isinstance(self.abort, AbortCriteria):
+            raise InvalidInputError(f"abort must be AbortCriteria or None, got {self.abort!r}")
+        if not self.success_statuses or not self.success_statuses <= _SUCCESS_CHOICES:
+            raise InvalidInputError("success_statuses must be a non-empty subset of DOWNLOADING, VERIFYING, ACTIVE")
+        if not isinstance(self.device_timeout_s, (int, float)) or not 0 < self.device_timeout_s < math.inf:
+            raise InvalidInputError(f"device_timeout_s must be > 0, got {self.device_timeout_s!r}")
+        if self.kind not in Command.TYPES:
+            raise InvalidInputError(f"kind must be one of {Command.TYPES}, got {self.kind!r}")
+        if not self.targets:
+            raise InvalidInputError("targets: a rollout needs at least one device")
+        if len(set(self.targets)) != len(self.targets):
+            raise InvalidInputError("targets: a device is listed twice")
+        for device in self.targets:
+            if not isinstance(device, str) or not _SEGMENT.fullmatch(self.command_id(device, self.revision)):
+                raise InvalidInputError(
+                    f"targets: {device!r} gives command id {self.command_id(str(device), self.revision)!r},"
+                    " which must match [A-Za-z0-9._-]{1,64}"
+                )
+
+    def command_id(self, device: str, revision: int) -> str:
+        return f"{self.id}-{device}-{revision}"
+
+    def waves(self) -> tuple[tuple[str, ...], ...]:
+        waves, start = [], 0
+        for size in self.strategy.wave_sizes(len(self.targets)):
+            waves.append(self.targets[start:start + size])
+            start += size
+        return tuple(waves)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "bundle": asdict(self.bundle),
+            "targets": list(self.targets),
+            "revision": self.revision,
+            "strategy": self.strategy.to_dict(),
+            "abort": asdict(self.abort) if self.abort else None,
+            "success_statuses": sorted(s.value for s in self.success_statuses),
+            "device_timeout_s": self.device_timeout_s,
+            "kind": self.kind,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RolloutSpec:
+        try:
+            abort = data.get("abort")
+            return cls(
+                id=data["id"],
+                bundle=BundleRef.from_dict(data["bundle"]),
+                targets=tuple(data["targets"]),
+                revision=data["revision"],
+                strategy=strategy_from_dict(data["strategy"]),
+                abort=AbortCriteria(**abort) if abort is not None else None,
+                success_statuses=frozenset(data.get("success_statuses", ["ACTIVE"])),
+                device_timeout_s=data.get("device_timeout_s", 900.0),
+                kind=data.get("kind", "deploy"),
+            )
+        except KeyError as exc:
+            raise InvalidInputError(f"rollout spec.{exc.args[0]}: missing") from None
+        except TypeError as exc:
+            raise InvalidInputError(f"rollout spec: {exc}") from None
+
+
+# -- per-device state ------------------------------------------------------------------
+
+
+@dataclass
+class Delivery:
+    """One command to one device, and what the device said about it."""
+
+    command_id: str = ""
+    status: DeviceStatus = DeviceStatus.QUEUED
+    reason: str = ""
+    timed_out: bool = False
+    version: int = 0
+    """The model version the device said it serves, from its last counted ack."""
+    sent_at: float | None = None
+    updated_at: float | None = None
+
+    def send(self, command_id: str, now: float) -> None:
+        self.command_id, self.status, self.sent_at, self.updated_at = command_id, DeviceStatus.SENT, now, now
+
+    def apply(self, ack: CommandAck, now: float) -> bool:
+        """Whether ``ack`` changed anything."""
+        new = transition(self.status, ack.status, timed_out=self.timed_out)
+        if new is None:
+            return False
+        reason = f"ignored by the device: {ack.reason}" if ack.status is AckStatus.IGNORED else ack.reason
+        self.status, self.reason, self.timed_out, self.version, self.updated_at = new, reason, False, ack.version, now
+        return True
+
+    def expire(self, now: float, timeout_s: float) -> bool:
+        """FAILED "timeout" when in flight for ``timeout_s``; whether it did."""
+        if self.status not in _IN_FLIGHT or self.sent_at is None or now < self.sent_at + timeout_s:
+            return False
+        self.status, self.reason, self.timed_out, self.updated_at = DeviceStatus.FAILED, "timeout", True, now
+        return True
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["status"] = self.status.value
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Delivery:
+        return cls(**{**data, "status": DeviceStatus(data["status"])})
+
+
+@dataclass
+class DeviceState:
+    device: str
+    wave: int
+    """0-based index of the wave the device belongs to."""
+    deploy: Delivery = field(default_factory=Delivery)
+    rollback: Delivery | None = None
+    """The rollback command, once :meth:`Rollout.rollback` sent one to this device."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"device": self.device, "wave": self.wave, "deploy": self.deploy.to_dict(),
+                "rollback": self.rollback.to_dict() if self.rollback else None}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DeviceState:
+        rollback = data.get("rollback")
+        return cls(device=data["device"], wave=data["wave"], deploy=Delivery.from_dict(data["deploy"]),
+                   rollback=Delivery.from_dict(rollback) if rollback else None)
+
+
+# -- the rollout -----------------------------------------------------------------------
+
+
+class Rollout:
+    """Mutable state of one rollout; every method returns the commands to publish now."""
+
+    def __init__(self, spec: RolloutSpec) -> None:
+        self.spec = spec
+        self.waves = spec.waves()
+        self.status = RolloutStatus.PENDING
+        self.wave = -1
+        """0-based index of the newest wave sent; -1 before start."""
+        self.devices = {d: DeviceState(d, i) for i, wave in enumerate(self.waves) for d in wave}
+        self.abort_reason = ""
+        self.started_at: float | None = None
+        self.finished_at: float | None = None
+        self.updated_at: float | None = None
+        self.rollback_bundle: BundleRef | None = None
+        self.rollback_revision = 0
+        self._recount()
+
+    @property
+    def id(self) -> str:
+        return self.spec.id
+
+    # -- operations --------------------------------------------------------------------
+
+    def start(self, now: float) -> list[Command]:
+        if self.status is not RolloutStatus.PENDING:
+            raise InvalidInputError(f"rollout {self.id} is {self.status.value}; only a PENDING one can start")
+        self.status, self.started_at, self.updated_at = RolloutStatus.RUNNING, now, now
+        return self._send_wave(0, now)
+
+    def on_ack(self, ack: CommandAck, now: float) -> list[Command]:
+        if ack.rollout_id != self.id or self.status is RolloutStatus.PENDING:
+            return []
+        state = self.devices.get(ack.device)
+        if state is None:
+            return []
+        if ack.command_id == state.deploy.command_id:
+            delivery = state.deploy
+        elif state.rollback is not None and ack.command_id == state.rollback.command_id:
+            delivery = state.rollback
+        else:
+            return []
+        before = self._outcome(state)
+        if not delivery.apply(ack, now):
+            return []
+        self._account(state, before)
+        self.updated_at = now
+        if self.status is RolloutStatus.ROLLED_BACK:
+            return self._send_rollbacks(now, (state,))
+        return self._step(now)
+
+    def tick(self, now: float) -> list[Command]:
+        """Time devices out, then send the next wave, abort or complete as due."""
+        changed = False
+        for state in self.devices.values():
+            before = self._outcome(state)
+            if before == _OPEN and state.deploy.expire(now, self.spec.device_timeout_s):
+                self._account(state, before)
+                changed = True
+            if state.rollback is not None:
+                changed |= state.rollback.expire(now, self.spec.device_timeout_s)
+        if changed:
+            self.updated_at = now
+        return self._step(now)
+
+    def pause(self, now: float | None = None) -> list[Command]:
+        if self.status is RolloutStatus.PAUSED:
+            return []
+        if self.status is not RolloutStatus.RUNNING:
+            raise InvalidInputError(f"rollout {self.id} is {self.status.value}; only a RUNNING one can pause")
+        self.status = RolloutStatus.PAUSED
+        self.updated_at = now if now is not None else self.updated_at
+        return []
+
+    def resume(self, now: float) -> list[Command]:
+        if self.status is RolloutStatus.RUNNING:
+            return []
+        if self.status is not RolloutStatus.PAUSED:
+            raise InvalidInputError(f"rollout {self.id} is {self.status.value}; only a PAUSED one can resume")
+        self.status, self.updated_at = RolloutStatus.RUNNING, now
+        return self._step(now)
+
+    def abort(self, reason: str = "aborted by an operator", now: float | None = None) -> list[Command]:
+        """Stop: no new command is issued. Devices already sent keep reporting."""
+        if self.status is RolloutStatus.ABORTED:
+            return []
+        if not (self.status.live or self.status is RolloutStatus.PENDING):
+            raise InvalidInputError(f"rollout {self.id} is {self.status.value} and cannot be aborted")
+        self._abort(reason, now)
+        return []
+
+    def rollback(self, previous: BundleRef, revision: int, now: float) -> list[Command]:
+        """Revert the whole rollout: a ``rollback`` command to ``previous`` for every
+        device whose deployment reached ACTIVE. ``revision`` must be newer than the spec's."""
+        if self.status in (RolloutStatus.PENDING, RolloutStatus.ROLLED_BACK):
+            raise InvalidInputError(f"rollout {self.id} is {self.status.value} and cannot be rolled back")
+        if not isinstance(revision, int) or revision <= self.spec.revision:
+            raise InvalidInputError(f"rollback revision must be > {self.spec.revision}, got {revision!r}")
+        BundleRef.from_dict(asdict(previous))
+        for device in self.spec.targets:
+            if not _SEGMENT.fullmatch(self.spec.command_id(device, revision)):
+                raise InvalidInputError(f"rollback command id for {device!r} would be longer than 64 characters")
+        self.status, self.rollback_bundle, self.rollback_revision = RolloutStatus.ROLLED_BACK, previous, revision
+        self.finished_at = self.finished_at if self.finished_at is not None else now
+        self.updated_at = now
+        return self._step(now)
+
+    # -- the machine -------------------------------------------------------------------
+
+    # Tallies kept as acks arrive, so an ack costs O(1) however large the fleet:
+    # devices by outcome, and the current wave's devices still open.
+
+    def _outcome(self, state: DeviceState) -> int:
+        status = state.deploy.status
+        if status.failed:
+            return _FAILED
+        if any(_RANK[status] >= _RANK[s] for s in self.spec.success_statuses):
+            return _SUCCEEDED
+        return _OPEN
+
+    def _recount(self) -> None:
+        self._tally = [0, 0, 0]
+        for state in self.devices.values():
+            self._tally[self._outcome(state)] += 1
+        self._open_in_wave = 0 if self.wave < 0 else sum(
+            1 for d in self.waves[self.wave] if self._outcome(self.devices[d]) == _OPEN)
+
+    def _account(self, state: DeviceState, before: int) -> None:
+        after = self._outcome(state)
+        if after != before:
+            self._tally[before] -= 1
+            self._tally[after] += 1
+            if before == _OPEN and state.wave == self.wave:
+                self._open_in_wave -= 1
+
+    def _counts(self) -> tuple[int, int]:
+        """(failed, finished) over all devices."""
+        return self._tally[_FAILED], self._tally[_FAILED] + self._tally[_SUCCEEDED]
+
+    def _command(self, device: str, kind: str, bundle: BundleRef, revision: int, now: float) -> Command:
+        return Command(id=self.spec.command_id(device, revision), type=kind, revision=revision, bundle=bundle,
+                       rollout_id=self.id, issued_at=now)
+
+    def _send_wave(self, wave: int, now: float) -> list[Command]:
+        self.wave = wave
+        commands = []
+        for device in self.waves[wave]:
+            state = self.devices[device]
+            if state.deploy.status is DeviceStatus.QUEUED:  # never a second command
+                command = self._command(device, self.spec.kind, self.spec.bundle, self.spec.revision, now)
+                state.deploy.send(command.id, now)
+                commands.append(command)
+        self._recount()
+        return commands
+
+    def _abort(self, reason: str, now: float | None) -> None:
+        self.status, self.abort_reason = RolloutStatus.ABORTED, reason
+        if now is not None:
+            self.finished_at, self.updated_at = now, now
+
+    def _step(self, now: float) -> list[Command]:
+        if self.status is RolloutStatus.ROLLED_BACK:
+            return self._send_rollbacks(now)
+        if not self.status.live:
+            return []
+        failed, finished = self._counts()
+        if self.spec.abort is not None and self.spec.abort.met(failed, finished):
+            self._abort(f"{failed} of {finished} finished devices failed "
+                        f"({100 * failed / finished:.1f}% >= {self.spec.abort.failure_percent:g}%)", now)
+            return []
+        if self.status is RolloutStatus.PAUSED:
+            return []
+        if self._open_in_wave:
+            return []
+        if self.wave + 1 < len(self.waves):
+            return self._send_wave(self.wave + 1, now)
+        self.status, self.finished_at, self.updated_at = RolloutStatus.COMPLETED, now, now
+        return []
+
+    def _send_rollbacks(self, now: float, states: Iterable[DeviceState] | None = None) -> list[Command]:
+        assert self.rollback_bundle is not None
+        commands = []
+        for state in self.devices.values() if states is None else states:
+            if state.deploy.status is DeviceStatus.ACTIVE and state.rollback is None:
+                command = self._command(state.device, "rollback", self.rollback_bundle, self.rollback_revision, now)
+                state.rollback = Delivery()
+                state.rollback.send(command.id, now)
+                commands.append(command)
+        if commands:
+            self.updated_at = now
+        return commands
+
+    # -- views and persistence ---------------------------------------------------------
+
+    def summary(self) -> dict[str, Any]:
+        """Counts and progress for the API and the dashboard."""
+        counts = {s.value: 0 for s in DeviceStatus}
+        for state in self.devices.values():
+            counts[state.deploy.status.value] += 1
+        failed, finished = self._counts()
+        total = len(self.devices)
+        rollback = None
+        if self.rollback_bundle is not None:
+            sent = [s.rollback for s in self.devices.values() if s.rollback is not None]
+            rollback_counts = {s.value: 0 for s in DeviceStatus}
+            for delivery in sent:
+                rollback_counts[delivery.status.value] += 1
+            rollback = {"revision": self.rollback_revision, "bundle": self.rollback_bundle.name,
+                        "version": self.rollback_bundle.version, "total": len(sent), "counts": rollback_counts}
+        return {
+            "id": self.id,
+            "kind": self.spec.kind,
+            "status": self.status.value,
+            "bundle": self.spec.bundle.name,
+            "version": self.spec.bundle.version,
+            "revision": self.spec.revision,
+            "total": total,
+            "counts": counts,
+            "succeeded": finished - failed,
+            "failed": failed,
+            "finished": finished,
+            "progress_percent": round(100 * finished / total, 1),
+            "failure_percent": round(100 * failed / finished, 1) if finished else 0.0,
+            "wave": self.wave + 1,
+            "waves": len(self.waves),
+            "wave_sizes": [len(w) for w in self.waves],
+            "abort_reason": self.abort_reason,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "updated_at": self.updated_at,
+            "rollback": rollback,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready ``{"spec": ..., "state": ...}``; :meth:`from_dict` restores it exactly."""
+        return {
+            "spec": self.spec.to_dict(),
+            "state": {
+                "status": self.status.value,
+                "wave": self.wave,
+                "abort_reason": self.abort_reason,
+                "started_at": self.started_at,
+                "finished_at": self.finished_at,
+                "updated_at": self.updated_at,
+                "rollback_bundle": asdict(self.rollback_bundle) if self.rollback_bundle else None,
+                "rollback_revision": self.rollback_revision,
+                "devices": [s.to_dict() for s in self.devices.values()],
+            },
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Rollout:
+        rollout = cls(RolloutSpec.from_dict(data["spec"]))
+        try:
+            state = data["state"]
+            devices = [DeviceState.from_dict(d) for d in state["devices"]]
+            if [d.device for d in devices] != list(rollout.devices):
+                raise InvalidInputError(f"rollout {rollout.id}: the saved devices do not match the spec's targets")
+            rollout.devices = {d.device: d for d in devices}
+            rollout.status = RolloutStatus(state["status"])
+            rollout.wave = int(state["wave"])
+            rollout.abort_reason = str(state["abort_reason"])
+            rollout.started_at, rollout.finished_at = state["started_at"], state["finished_at"]
+            rollout.updated_at = state["updated_at"]
+            bundle = state.get("rollback_bundle")
+            rollout.rollback_bundle = BundleRef.from_dict(bundle) if bundle else None
+            rollout.rollback_revision = int(state.get("rollback_revision", 0))
+            rollout._recount()
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InvalidInputError(f"rollout {rollout.id}: unreadable state ({exc!r})") from None
+        return rollout
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Rollout) and self.to_dict() == other.to_dict()
+
+    __hash__ = None  # type: ignore[assignment]  # mutable
+
+    def __repr__(self) -> str:
+        return f"Rollout({self.id!r}, {self.status.value}, wave {self.wave + 1}/{len(self.waves)})"

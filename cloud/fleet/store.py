@@ -1,0 +1,218 @@
+"""The fleet manager's durable state in SQLite: what lets a restart lose no rollout.
+
+Three tables: registered bundles (immutable once registered), devices (the
+latest birth and telemetry of each), and rollouts (spec and state as the JSON
+of :meth:`~cloud.fleet.rollout.Rollout.to_dict`). The caller saves a rollout
+after every call that changed it; on start it loads the unfinished ones and
+goes on ticking them.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cloud.fleet.rollout import Rollout, RolloutStatus
+from shared.errors import ConfigError, InvalidInputError, NotFoundError
+
+__all__ = ["BundleRecord", "DeviceRecord", "FleetStore"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS bundles (
+    name          TEXT NOT NULL,
+    version       INTEGER NOT NULL,
+    sha256        TEXT NOT NULL,
+    size          INTEGER NOT NULL,
+    path          TEXT NOT NULL,
+    key_id        TEXT NOT NULL,
+    registered_at REAL NOT NULL,
+    PRIMARY KEY (name, version)
+);
+CREATE TABLE IF NOT EXISTS devices (
+    id            TEXT PRIMARY KEY,
+    labels        TEXT NOT NULL,
+    online        INTEGER NOT NULL,
+    model_name    TEXT NOT NULL,
+    model_version INTEGER NOT NULL,
+    session       INTEGER NOT NULL,
+    last_seen     REAL NOT NULL,
+    telemetry     TEXT
+);
+CREATE TABLE IF NOT EXISTS rollouts (
+    id         TEXT PRIMARY KEY,
+    spec       TEXT NOT NULL,
+    state      TEXT NOT NULL,
+    status     TEXT NOT NULL,
+    updated_at REAL
+);
+CREATE INDEX IF NOT EXISTS rollouts_status ON rollouts(status);
+"""
+
+
+@dataclass(frozen=True, kw_only=True)
+class BundleRecord:
+    """A registered bundle archive: content-addressed, never changed once registered."""
+
+    name: str
+    version: int
+    sha256: str
+    size: int
+    path: str
+    """Where the artifact store keeps the archive."""
+    key_id: str
+    """Id of the key that signed it."""
+    registered_at: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class DeviceRecord:
+    id: str
+    labels: dict[str, str] = field(default_factory=dict)
+    online: bool = False
+    model_name: str = ""
+    model_version: int = 0
+    session: int = 0
+    """The device's connect counter from its birth."""
+    last_seen: float = 0.0
+    telemetry: dict[str, Any] | None = None
+    """The last telemetry payload, as received."""
+
+
+class FleetStore:
+    """Thread-safe; one connection guarded by a lock (writes are small and rare)."""
+
+    def __init__(self, path: str | Path = ":memory:") -> None:
+        self.path = str(path)
+        if self.path != ":memory:" and not Path(self.path).parent.is_dir():
+            raise ConfigError(f"fleet store folder {Path(self.path).parent} does not exist")
+        self._lock = threading.Lock()
+        try:
+            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(_SCHEMA)
+        except sqlite3.DatabaseError as exc:
+            raise ConfigError(f"fleet store {self.path} is unusable: {exc}") from exc
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self) -> FleetStore:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def _all(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        with self._lock:
+            return self._db.execute(sql, args).fetchall()
+
+    # -- bundles -----------------------------------------------------------------------
+
+    def save_bundle(self, record: BundleRecord) -> None:
+        """Register a bundle; the same name and version again must have the same sha256."""
+        with self._lock:
+            row = self._db.execute("SELECT sha256 FROM bundles WHERE name = ? AND version = ?",
+                                   (record.name, record.version)).fetchone()
+            if row is not None:
+                if row[0] != record.sha256:
+                    raise InvalidInputError(f"bundle {record.name} v{record.version} is already registered "
+                                            f"with another sha256 ({row[0][:12]}..)")
+                return
+            self._db.execute(
+                "INSERT INTO bundles (name, version, sha256, size, path, key_id, registered_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (record.name, record.version, record.sha256, record.size, record.path, record.key_id,
+                 record.registered_at),
+            )
+
+    _BUNDLE = "SELECT name, version, sha256, size, path, key_id, registered_at FROM bundles"
+
+    @staticmethod
+    def _bundle(row: tuple[Any, ...]) -> BundleRecord:
+        name, version, sha256, size, path, key_id, registered_at = row
+        return BundleRecord(name=name, version=version, sha256=sha256, size=size, path=path, key_id=key_id,
+                            registered_at=registered_at)
+
+    def load_bundle(self, name: str, version: int) -> BundleRecord:
+        rows = self._all(f"{self._BUNDLE} WHERE name = ? AND version = ?", (name, version))
+        if not rows:
+            raise NotFoundError(f"no bundle {name} v{version}")
+        return self._bundle(rows[0])
+
+    def list_bundles(self, name: str | None = None) -> list[BundleRecord]:
+        """By name, then version."""
+        if name is None:
+            rows = self._all(f"{self._BUNDLE} ORDER BY name, version")
+        else:
+            rows = self._all(f"{self._BUNDLE} WHERE name = ? ORDER BY version", (name,))
+        return [self._bundle(r) for r in rows]
+
+    # -- devices -----------------------------------------------------------------------
+
+    def save_device(self, record: DeviceRecord) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT OR REPLACE INTO devices"
+                " (id, labels, online, model_name, model_version, session, last_seen, telemetry)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (record.id, json.dumps(record.labels, sort_keys=True), int(record.online), record.model_name,
+                 record.model_version, record.session, record.last_seen,
+                 json.dumps(record.telemetry, sort_keys=True) if record.telemetry is not None else None),
+            )
+
+    _DEVICE = "SELECT id, labels, online, model_name, model_version, session, last_seen, telemetry FROM devices"
+
+    @staticmethod
+    def _device(row: tuple[Any, ...]) -> DeviceRecord:
+        id_, labels, online, model_name, model_version, session, last_seen, telemetry = row
+        return DeviceRecord(id=id_, labels=json.loads(labels), online=bool(online), model_name=model_name,
+                            model_version=model_version, session=session, last_seen=last_seen,
+                            telemetry=json.loads(telemetry) if telemetry is not None else None)
+
+    def load_device(self, device_id: str) -> DeviceRecord:
+        rows = self._all(f"{self._DEVICE} WHERE id = ?", (device_id,))
+        if not rows:
+            raise NotFoundError(f"no device {device_id!r}")
+        return self._device(rows[0])
+
+    def list_devices(self) -> list[DeviceRecord]:
+        return [self._device(r) for r in self._all(f"{self._DEVICE} ORDER BY id")]
+
+    # -- rollouts ----------------------------------------------------------------------
+
+    def save_rollout(self, rollout: Rollout) -> None:
+        data = rollout.to_dict()
+        with self._lock:
+            self._db.execute(
+                "INSERT OR REPLACE INTO rollouts (id, spec, state, status, updated_at) VALUES (?, ?, ?, ?, ?)",
+                (rollout.id, json.dumps(data["spec"], sort_keys=True), json.dumps(data["state"], sort_keys=True),
+                 rollout.status.value, rollout.updated_at),
+            )
+
+    @staticmethod
+    def _rollout(row: tuple[Any, ...]) -> Rollout:
+        spec, state = row
+        return Rollout.from_dict({"spec": json.loads(spec), "state": json.loads(state)})
+
+    def load_rollout(self, rollout_id: str) -> Rollout:
+        rows = self._all("SELECT spec, state FROM rollouts WHERE id = ?", (rollout_id,))
+        if not rows:
+            raise NotFoundError(f"no rollout {rollout_id!r}")
+        return self._rollout(rows[0])
+
+    def list_rollouts(self, statuses: Sequence[RolloutStatus] | None = None) -> list[Rollout]:
+        """All rollouts, or those in ``statuses`` (e.g. the live ones after a restart), oldest change first."""
+        if statuses is None:
+            rows = self._all("SELECT spec, state FROM rollouts ORDER BY updated_at, id")
+        else:
+            marks = ", ".join("?" * len(statuses))
+            rows = self._all(f"SELECT spec, state FROM rollouts WHERE status IN ({marks}) ORDER BY updated_at, id",
+                             [RolloutStatus(s).value for s in statuses])
+        return [self._rollout(r) for r in rows]
