@@ -26,3 +26,62 @@ def quick_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("quick-models")
     build_models(BuildConfig(out=out, quick=True, threads=2))
     return out
+
+
+class MosquittoBroker:
+    """A real mosquitto on a free loopback port, restartable on the same port."""
+
+    def __init__(self, directory: Path) -> None:
+        import socket
+
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.host = "127.0.0.1"
+        self.config = directory / "mosquitto.conf"
+        self.config.write_text(
+            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
+            f"persistence_location {directory}/\nlog_dest none\n"
+        )
+        self.process = None
+        self.start()
+
+    def start(self) -> None:
+        import shutil
+        import socket
+        import subprocess
+        import time
+
+        binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+        self.process = subprocess.Popen([binary, "-c", str(self.config)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with socket.socket() as s:
+                if s.connect_ex((self.host, self.port)) == 0:
+                    return
+            if self.process.poll() is not None:
+                raise RuntimeError(f"mosquitto exited: {self.process.stderr.read().decode()}")
+            time.sleep(0.05)
+        raise RuntimeError("mosquitto did not start listening")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(10)
+        if self.process is not None and self.process.stderr:
+            self.process.stderr.close()
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+
+@pytest.fixture
+def mqtt_broker(tmp_path: Path):
+    import shutil
+
+    if not (shutil.which("mosquitto") or Path("/usr/sbin/mosquitto").exists()):
+        pytest.fail("mosquitto is not installed (apt-get install mosquitto); .ci/run installs it")
+    broker = MosquittoBroker(tmp_path)
+    yield broker
+    broker.stop()

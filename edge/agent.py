@@ -1,0 +1,364 @@
+"""The device's MQTT agent: birth and will, telemetry, and model deployments.
+
+On every connect the agent publishes a retained birth on ``.../state``
+(online, model, session counter) and registers a will that marks it offline;
+it publishes telemetry on ``.../telemetry`` every few seconds and executes
+commands from ``.../cmd``, reporting each status transition on
+``.../cmd/ack`` (QoS 1).
+
+A deployment: download the archive (resumable, size-capped) -> unpack safely
+-> verify the Ed25519 signature against the configured keys, every file's
+hash, and that the version is newer than the serving one (or an explicit
+rollback to a version this device had) -> load it and run its golden
+self-test -> swap the model slot (in-flight requests finish on the old
+model) -> ACTIVE -> watch: if the error rate or p99 latency breaks the
+configured limits relative to the previous model, swap back and report
+ROLLED_BACK. Any failure leaves the old model serving and reports FAILED with
+the reason.
+
+Commands are idempotent by id (a repeat gets its last status again) and a
+command with a deployment revision older than the newest seen is ignored.
+This bookkeeping is persisted, so it holds across restarts.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import resource
+import shutil
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from edge.runtime import EdgeBundle
+from edge.service import EdgeService
+from shared.errors import ConfigError, EdgecloudError, InvalidInputError
+from shared.fleet import AckStatus, Birth, Command, CommandAck, Telemetry, Topics, decode, encode
+
+__all__ = ["AgentConfig", "DeviceAgent"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, kw_only=True)
+class AgentConfig:
+    device_id: str
+    state_dir: Path
+    """Holds downloaded archives, installed bundles and the agent's bookkeeping."""
+    trusted_keys: tuple[Path, ...]
+    """Ed25519 public keys (PEM); only bundles signed by one of them are installed."""
+    fleet: str = "default"
+    broker_host: str = "127.0.0.1"
+    broker_port: int = 1883
+    username: str | None = None
+    password: str | None = None
+    tls_ca: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    mqtt_version: str = "5"
+    """``5`` (persistent session with expiry) or ``3.1.1``."""
+    session_expiry_s: int = 3600
+    keepalive_s: int = 30
+    telemetry_interval_s: float = 5.0
+    labels: dict[str, str] = field(default_factory=dict)
+    max_bundle_bytes: int = 256 << 20
+    download_timeout_s: float = 60.0
+    artifact_token: str | None = None
+    watch_s: float = 30.0
+    """How long after a swap the new model is watched."""
+    watch_min_requests: int = 20
+    max_error_rate: float = 0.05
+    max_p99_ratio: float = 3.0
+    p99_allowance_ms: float = 20.0
+    """Absolute slack added to ``max_p99_ratio * previous p99`` (tiny models have sub-ms jitter)."""
+
+    def __post_init__(self) -> None:
+        Topics(self.fleet, self.device_id)  # validates the names
+        if not self.trusted_keys:
+            raise ConfigError("the agent needs at least one trusted bundle signing key (--trust KEY.pem)")
+        if self.mqtt_version not in ("5", "3.1.1"):
+            raise ConfigError(f"mqtt_version must be 5 or 3.1.1, got {self.mqtt_version!r}")
+        if self.telemetry_interval_s <= 0 or self.watch_s < 0 or self.max_bundle_bytes < 1:
+            raise ConfigError("telemetry_interval_s > 0, watch_s >= 0, max_bundle_bytes >= 1 required")
+
+
+class _Failed(Exception):
+    """A deployment step failed; the message is the reason reported in the ack."""
+
+
+class DeviceAgent:
+    def __init__(self, config: AgentConfig, service: EdgeService) -> None:
+        from shared.signing import TrustStore
+
+        self.config = config
+        self.service = service
+        self.topics = Topics(config.fleet, config.device_id)
+        self.trust = TrustStore.from_paths(list(config.trusted_keys))
+        self.state_dir = Path(config.state_dir)
+        (self.state_dir / "bundles").mkdir(parents=True, exist_ok=True)
+        (self.state_dir / "downloads").mkdir(parents=True, exist_ok=True)
+        self._state_file = self.state_dir / "agent-state.json"
+        self._state = self._load_state()
+        current = service.slot.current
+        self._state.setdefault("installed", {})[str(current.version)] = str(current.directory)
+        self._commands: queue.Queue[Command | None] = queue.Queue()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._connected = threading.Event()
+        self._cpu_mark = (time.monotonic(), sum(os.times()[:2]))
+        self.client = self._make_client()
+
+    # -- persistence -------------------------------------------------------------------
+
+    def _load_state(self) -> dict:
+        try:
+            return json.loads(self._state_file.read_text())
+        except FileNotFoundError:
+            return {"session": 0, "newest_revision": 0, "commands": {}, "installed": {}}
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ConfigError(f"agent state {self._state_file} is unreadable: {exc}") from exc
+
+    def _save_state(self) -> None:
+        tmp = self._state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self._state, indent=1, sort_keys=True))
+        os.replace(tmp, self._state_file)
+
+    # -- MQTT --------------------------------------------------------------------------
+
+    def _birth(self, online: bool) -> bytes:
+        bundle = self.service.slot.current
+        return encode(
+            Birth(
+                online=online,
+                device=self.config.device_id,
+                model_name=bundle.name,
+                model_version=bundle.version,
+                session=self._state["session"],
+                capabilities=["deploy", "rollback", "telemetry"],
+                labels=dict(self.config.labels),
+                at=time.time(),
+            ).to_dict()
+        )
+
+    def _make_client(self) -> mqtt.Client:
+        c = self.config
+        v5 = c.mqtt_version == "5"
+        client = mqtt.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2,
+            client_id=f"edgecloud-{c.fleet}-{c.device_id}",
+            protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
+            clean_session=None if v5 else False,
+        )
+        if c.username:
+            client.username_pw_set(c.username, c.password)
+        if c.tls_ca:
+            client.tls_set(ca_certs=str(c.tls_ca), certfile=str(c.tls_cert) if c.tls_cert else None,
+                           keyfile=str(c.tls_key) if c.tls_key else None)
+        client.will_set(self.topics.state, self._birth(False), qos=1, retain=True)
+        client.reconnect_delay_set(min_delay=1, max_delay=10)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        return client
+
+    def _on_connect(self, client, _userdata, _flags, reason_code, _properties) -> None:  # type: ignore[no-untyped-def]
+        if reason_code.is_failure:
+            log.error("broker refused the connection: %s", reason_code)
+            return
+        self._state["session"] += 1
+        self._save_state()
+        client.subscribe(self.topics.cmd, qos=1)
+        client.publish(self.topics.state, self._birth(True), qos=1, retain=True)
+        self._connected.set()
+        log.info("connected to %s:%d as %s (session %d)", self.config.broker_host, self.config.broker_port,
+                 self.config.device_id, self._state["session"])
+
+    def _on_disconnect(self, _client, _userdata, _flags, reason_code, _properties) -> None:  # type: ignore[no-untyped-def]
+        self._connected.clear()
+        if not self._stop.is_set():
+            log.warning("disconnected from the broker (%s); reconnecting", reason_code)
+
+    def _on_message(self, _client, _userdata, message: mqtt.MQTTMessage) -> None:
+        try:
+            command = Command.from_dict(decode(message.payload))
+        except InvalidInputError as exc:
+            log.warning("ignoring a malformed command on %s: %s", message.topic, exc)
+            return
+        self._commands.put(command)
+
+    def start(self) -> None:
+        c = self.config
+        properties = None
+        if c.mqtt_version == "5":
+            properties = Properties(PacketTypes.CONNECT)
+            properties.SessionExpiryInterval = c.session_expiry_s
+        self.client.connect_async(c.broker_host, c.broker_port, keepalive=c.keepalive_s,
+                                  clean_start=False if c.mqtt_version == "5" else mqtt.MQTT_CLEAN_START_FIRST_ONLY,
+                                  properties=properties)
+        self.client.loop_start()
+        for target, name in ((self._work, "agent-commands"), (self._telemetry_loop, "agent-telemetry")):
+            thread = threading.Thread(target=target, name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self) -> None:
+        """Say offline (retained), then disconnect cleanly."""
+        self._stop.set()
+        self._commands.put(None)
+        if self._connected.is_set():
+            self.client.publish(self.topics.state, self._birth(False), qos=1, retain=True).wait_for_publish(5)
+        self.client.disconnect()
+        self.client.loop_stop()
+        for thread in self._threads:
+            thread.join(10)
+
+    def wait_connected(self, timeout: float) -> bool:
+        return self._connected.wait(timeout)
+
+    # -- telemetry ---------------------------------------------------------------------
+
+    def telemetry(self) -> Telemetry:
+        stats = self.service.stats
+        totals = dict(stats.totals)
+        answered = sum(v for k, v in totals.items() if k != "error")
+        now, cpu = time.monotonic(), sum(os.times()[:2])
+        (then, cpu_then), self._cpu_mark = self._cpu_mark, (now, cpu)
+        bundle = self.service.slot.current
+        return Telemetry(
+            device=self.config.device_id,
+            at=time.time(),
+            model_name=bundle.name,
+            model_version=bundle.version,
+            requests=totals,
+            latency_ms=stats.by_route(),
+            escalation_rate=totals.get("cloud", 0) / answered if answered else 0.0,
+            degraded=stats.degraded,
+            errors=stats.errors,
+            outbox_depth=self.service.outbox.depth(),
+            cpu_percent=100.0 * (cpu - cpu_then) / max(now - then, 1e-6),
+            memory_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        )
+
+    def _telemetry_loop(self) -> None:
+        while not self._stop.wait(self.config.telemetry_interval_s):
+            if self._connected.is_set():
+                self.client.publish(self.topics.telemetry, encode(self.telemetry().to_dict()), qos=0)
+
+    # -- commands ----------------------------------------------------------------------
+
+    def _ack(self, command: Command, status: AckStatus, reason: str = "") -> None:
+        ack = CommandAck(
+            command_id=command.id, device=self.config.device_id, status=status, revision=command.revision,
+            reason=reason, version=self.service.slot.current.version, rollout_id=command.rollout_id, at=time.time(),
+        )
+        if status.final:
+            self._state["commands"][command.id] = ack.to_dict()
+            self._save_state()
+        self.client.publish(self.topics.ack, encode(ack.to_dict()), qos=1)
+        log.info("command %s (%s v%d): %s %s", command.id, command.type, command.bundle.version, status.value, reason)
+
+    def _work(self) -> None:
+        while True:
+            command = self._commands.get()
+            if command is None:
+                return
+            try:
+                self.handle(command)
+            except Exception:  # noqa: BLE001 - the agent must survive any one command
+                log.exception("command %s crashed the handler", command.id)
+
+    def handle(self, command: Command) -> AckStatus:
+        done = self._state["commands"].get(command.id)
+        if done is not None:  # a redelivery: say again how it ended, do nothing twice
+            self.client.publish(self.topics.ack, encode(done), qos=1)
+            return AckStatus(done["status"])
+        if command.revision < self._state["newest_revision"]:
+            self._ack(command, AckStatus.IGNORED, f"revision {command.revision} is older than {self._state['newest_revision']}")
+            return AckStatus.IGNORED
+        self._state["newest_revision"] = command.revision
+        self._save_state()
+        previous = self.service.slot.current
+        try:
+            bundle = self._install(command, previous)
+        except (_Failed, EdgecloudError, OSError) as exc:
+            self._ack(command, AckStatus.FAILED, str(exc))
+            return AckStatus.FAILED
+        baseline = self.service.stats.summary()
+        swapped_at = time.monotonic()
+        old = self.service.swap(bundle)
+        self._state["installed"][str(bundle.version)] = str(bundle.directory)
+        self._ack(command, AckStatus.ACTIVE)
+        reason = self._watch(swapped_at, baseline.p99_ms)
+        if reason:
+            self.service.swap(old)
+            self._ack(command, AckStatus.ROLLED_BACK, reason)
+            return AckStatus.ROLLED_BACK
+        self.service.slot.wait_idle(old, timeout=30)  # then the old model is released
+        self._ack(command, AckStatus.ACTIVE, "watch window passed")
+        return AckStatus.ACTIVE
+
+    def _install(self, command: Command, previous: EdgeBundle) -> EdgeBundle:
+        from shared.artifacts import download, unpack_bundle
+        from shared.signing import verify_signed_bundle
+
+        ref = command.bundle
+        installed = {int(v) for v in self._state["installed"]}
+        if command.type == "rollback":
+            if ref.version not in installed:
+                raise _Failed(f"rollback to v{ref.version}, which this device never had")
+        self._ack(command, AckStatus.DOWNLOADING)
+        if ref.size > self.config.max_bundle_bytes:
+            raise _Failed(f"bundle of {ref.size} bytes exceeds the limit of {self.config.max_bundle_bytes}")
+        archive = self.state_dir / "downloads" / f"{ref.sha256}.tar.gz"
+        headers = {"Authorization": f"Bearer {self.config.artifact_token}"} if self.config.artifact_token else None
+        download(ref.url, archive, expected_sha256=ref.sha256, max_bytes=self.config.max_bundle_bytes,
+                 timeout_s=self.config.download_timeout_s, headers=headers)
+        self._ack(command, AckStatus.VERIFYING)
+        staging = self.state_dir / "bundles" / f".incoming-{command.id}"
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        try:
+            directory = unpack_bundle(archive, staging, max_total_bytes=4 * self.config.max_bundle_bytes)
+            manifest = verify_signed_bundle(
+                directory, self.trust, installed_version=previous.version,
+                allow_rollback_to=installed if command.type == "rollback" else frozenset(),
+            )
+            if manifest.kind != "edge" or manifest.version != ref.version:
+                raise _Failed(f"the archive holds {manifest.kind} bundle v{manifest.version}, not edge v{ref.version}")
+            final = self.state_dir / "bundles" / f"{manifest.name}-v{manifest.version}-{ref.sha256[:12]}"
+            if not final.exists():
+                os.replace(directory, final)
+            bundle = EdgeBundle.load(final, threads=self.service.config.threads)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+            archive.unlink(missing_ok=True)
+        for case in bundle.manifest.golden:
+            got = bundle.model.answer(case.query).text
+            if got != case.expected:
+                raise _Failed(f"self-test failed: {case.query!r} gave {got!r}, expected {case.expected!r}")
+        return bundle
+
+    def _watch(self, since: float, previous_p99_ms: float) -> str:
+        """A reason to roll back, or '' when the new model behaved through the watch window."""
+        c = self.config
+        deadline = since + c.watch_s
+        while not self._stop.wait(min(0.5, max(0.0, deadline - time.monotonic()))):
+            window = self.service.stats.summary(since=since)
+            if window.requests >= c.watch_min_requests:
+                if window.error_rate > c.max_error_rate:
+                    return f"error rate {window.error_rate:.1%} over {window.requests} requests exceeds {c.max_error_rate:.1%}"
+                limit = c.max_p99_ratio * previous_p99_ms + c.p99_allowance_ms
+                if previous_p99_ms and window.p99_ms > limit:
+                    return f"p99 latency {window.p99_ms:.1f} ms exceeds {limit:.1f} ms (previous model {previous_p99_ms:.1f} ms)"
+            if time.monotonic() >= deadline:
+                return ""
+        return ""

@@ -1,0 +1,380 @@
+"""Ed25519 signatures over model bundles.
+
+A signed bundle carries ``manifest.sig`` next to ``manifest.json``::
+
+    {"algorithm": "ed25519", "key_id": "<16 hex>", "signature": "<base64>"}
+
+The signature covers :func:`shared.bundle.canonical_bytes` of the manifest,
+and the manifest lists every file's sha256, so one signature vouches for the
+whole directory. ``key_id`` (the first 16 hex digits of the sha256 of the raw
+32-byte public key) only picks the key to try; it is not trusted on its own.
+
+:func:`verify_signed_bundle` refuses, each with its own error::
+
+    ConfigError                   the trust store is empty
+    BundleError
+    ├── DowngradeError            version not newer than the installed one
+    └── IntegrityError            a file does not match the manifest (verify_bundle)
+        └── SignatureError
+            ├── UnsignedBundleError       no manifest.sig
+            ├── MalformedSignatureError   manifest.sig is not a valid signature file
+            ├── UntrustedKeyError         signed by a key the store does not hold
+            └── BadSignatureError         the manifest changed after signing
+
+The checks run cheapest first: signature, version, then every file's hash.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import binascii
+import hashlib
+import json
+import os
+import re
+import sys
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from shared.bundle import SIGNATURE_FILE, Manifest, canonical_bytes, load_manifest, verify_bundle
+from shared.errors import BundleError, ConfigError, EdgecloudError, IntegrityError
+
+__all__ = [
+    "ALGORITHM",
+    "BadSignatureError",
+    "DowngradeError",
+    "MalformedSignatureError",
+    "SignatureError",
+    "TrustStore",
+    "UnsignedBundleError",
+    "UntrustedKeyError",
+    "add_signing_commands",
+    "generate_keypair",
+    "key_id",
+    "load_private_key",
+    "load_public_key",
+    "read_signature",
+    "sign_bundle",
+    "verify_signed_bundle",
+]
+
+ALGORITHM = "ed25519"
+_SIG_FIELDS = ("algorithm", "key_id", "signature")
+_KEY_ID_RE = re.compile(r"[0-9a-f]{16}")
+_MAX_SIG_BYTES = 4096
+_MAX_KEY_BYTES = 16384
+
+
+class SignatureError(IntegrityError):
+    """The bundle's signature is missing, unreadable, untrusted or wrong."""
+
+
+class UnsignedBundleError(SignatureError):
+    """The bundle has no ``manifest.sig``."""
+
+
+class MalformedSignatureError(SignatureError):
+    """``manifest.sig`` is not a well-formed ed25519 signature file."""
+
+
+class UntrustedKeyError(SignatureError):
+    """The signature names a key the trust store does not hold."""
+
+
+class BadSignatureError(SignatureError):
+    """The signature does not match the manifest: it changed after signing,
+    or the signature was made by another key than the one it names."""
+
+
+class DowngradeError(BundleError):
+    """The bundle's version is not newer than the installed one, and it is
+    not an explicitly allowed rollback."""
+
+
+def key_id(public_key: Ed25519PublicKey) -> str:
+    """First 16 hex digits of the sha256 of the raw 32-byte public key."""
+    raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return hashlib.sha256(raw).hexdigest()[:16]
+
+
+def generate_keypair(private_path: str | os.PathLike[str], public_path: str | os.PathLike[str]) -> str:
+    """Write a new Ed25519 key pair as PEM and return its key id.
+
+    The private key is unencrypted PKCS8 with mode 0600; the public key is
+    SubjectPublicKeyInfo. Refuses (ConfigError) to overwrite either file.
+    """
+    private, public = Path(private_path), Path(public_path)
+    for path in (private, public):
+        if os.path.lexists(path):
+            raise ConfigError(f"{path}: already exists; refusing to overwrite a key")
+    key = Ed25519PrivateKey.generate()
+    private_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    public_pem = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    _write_new(private, private_pem, 0o600)
+    try:
+        _write_new(public, public_pem, 0o644)
+    except BaseException:
+        private.unlink(missing_ok=True)
+        raise
+    return key_id(key.public_key())
+
+
+def _write_new(path: Path, data: bytes, mode: int) -> None:
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), mode)
+    except FileExistsError as exc:
+        raise ConfigError(f"{path}: already exists; refusing to overwrite a key") from exc
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot create: {exc.strerror or exc}") from exc
+    with os.fdopen(fd, "wb") as handle:
+        os.fchmod(handle.fileno(), mode)  # the umask may only have narrowed it; make it exact
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _read_pem(path: Path) -> bytes:
+    try:
+        with path.open("rb") as handle:
+            data = handle.read(_MAX_KEY_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read key: {exc.strerror or exc}") from exc
+    if len(data) > _MAX_KEY_BYTES:
+        raise ConfigError(f"{path}: too large to be a PEM key")
+    return data
+
+
+def load_private_key(path: str | os.PathLike[str]) -> Ed25519PrivateKey:
+    """An unencrypted Ed25519 private key from PEM; ConfigError otherwise."""
+    path = Path(path)
+    try:
+        key = serialization.load_pem_private_key(_read_pem(path), password=None)
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+        raise ConfigError(f"{path}: not an unencrypted PEM private key: {exc}") from exc
+    if not isinstance(key, Ed25519PrivateKey):
+        raise ConfigError(f"{path}: expected an Ed25519 private key, got {type(key).__name__}")
+    return key
+
+
+def load_public_key(path: str | os.PathLike[str]) -> Ed25519PublicKey:
+    """An Ed25519 public key from PEM (SubjectPublicKeyInfo); ConfigError otherwise."""
+    path = Path(path)
+    try:
+        key = serialization.load_pem_public_key(_read_pem(path))
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+        raise ConfigError(f"{path}: not a PEM public key: {exc}") from exc
+    if not isinstance(key, Ed25519PublicKey):
+        raise ConfigError(f"{path}: expected an Ed25519 public key, got {type(key).__name__}")
+    return key
+
+
+class TrustStore:
+    """The public keys whose signatures are accepted, by key id."""
+
+    def __init__(self, keys: Iterable[Ed25519PublicKey] = ()) -> None:
+        self._keys = {key_id(key): key for key in keys}
+
+    @classmethod
+    def from_paths(cls, paths: Iterable[str | os.PathLike[str]]) -> TrustStore:
+        """Load every PEM public key in ``paths``."""
+        return cls(load_public_key(path) for path in paths)
+
+    @property
+    def key_ids(self) -> tuple[str, ...]:
+        return tuple(sorted(self._keys))
+
+    def get(self, kid: str) -> Ed25519PublicKey | None:
+        return self._keys.get(kid)
+
+    def __contains__(self, kid: object) -> bool:
+        return kid in self._keys
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.key_ids)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def __repr__(self) -> str:
+        return f"TrustStore(key_ids={list(self.key_ids)})"
+
+
+def sign_bundle(directory: str | os.PathLike[str], private_key: Ed25519PrivateKey) -> Path:
+    """Verify ``directory`` against its manifest, then write ``manifest.sig``.
+
+    Refuses (IntegrityError, ManifestError) a bundle whose files do not match:
+    signing it would vouch for content nobody checked. Returns the signature path.
+    """
+    root = Path(directory)
+    manifest = verify_bundle(root)
+    signature = private_key.sign(canonical_bytes(manifest))
+    document = {
+        "algorithm": ALGORITHM,
+        "key_id": key_id(private_key.public_key()),
+        "signature": base64.b64encode(signature).decode("ascii"),
+    }
+    path = root / SIGNATURE_FILE
+    tmp = root / f".{SIGNATURE_FILE}.tmp"
+    tmp.write_text(json.dumps(document, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def read_signature(directory: str | os.PathLike[str]) -> tuple[str, bytes]:
+    """``(key_id, signature bytes)`` from ``directory/manifest.sig``.
+
+    Raises UnsignedBundleError when it is absent and MalformedSignatureError
+    when it is not exactly the documented JSON object.
+    """
+    path = Path(directory) / SIGNATURE_FILE
+    if not os.path.lexists(path):
+        raise UnsignedBundleError(f"{Path(directory)}: unsigned bundle (no {SIGNATURE_FILE})")
+    if path.is_symlink() or not path.is_file():
+        raise MalformedSignatureError(f"{path}: not a regular file")
+    try:
+        with path.open("rb") as handle:
+            raw = handle.read(_MAX_SIG_BYTES + 1)
+    except OSError as exc:
+        raise MalformedSignatureError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+    if len(raw) > _MAX_SIG_BYTES:
+        raise MalformedSignatureError(f"{path}: larger than {_MAX_SIG_BYTES} bytes")
+    try:
+        document = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise MalformedSignatureError(f"{path}: not UTF-8 JSON: {exc}") from exc
+    if not isinstance(document, dict) or sorted(document) != sorted(_SIG_FIELDS):
+        raise MalformedSignatureError(f"{path}: expected an object with exactly {', '.join(_SIG_FIELDS)}")
+    if document["algorithm"] != ALGORITHM:
+        raise MalformedSignatureError(f"{path}: algorithm {document['algorithm']!r} is not {ALGORITHM!r}")
+    kid = document["key_id"]
+    if not isinstance(kid, str) or not _KEY_ID_RE.fullmatch(kid):
+        raise MalformedSignatureError(f"{path}: key_id must be 16 lower-case hex digits, got {kid!r}")
+    encoded = document["signature"]
+    if not isinstance(encoded, str):
+        raise MalformedSignatureError(f"{path}: signature must be a base64 string, got {type(encoded).__name__}")
+    try:
+        signature = base64.b64decode(encoded.encode("ascii"), validate=True)
+    except (binascii.Error, UnicodeEncodeError) as exc:
+        raise MalformedSignatureError(f"{path}: signature is not base64: {exc}") from exc
+    if len(signature) != 64:
+        raise MalformedSignatureError(f"{path}: an ed25519 signature is 64 bytes, got {len(signature)}")
+    return kid, signature
+
+
+def verify_signed_bundle(
+    directory: str | os.PathLike[str],
+    trust: TrustStore,
+    *,
+    installed_version: int | None = None,
+    allow_rollback_to: set[int] | frozenset[int] = frozenset(),
+) -> Manifest:
+    """Check signature, version and every file; return the verified manifest.
+
+    ``installed_version``: the version serving now; a bundle whose version is
+    not larger is refused (DowngradeError) unless it is in
+    ``allow_rollback_to``, the versions this device had installed before and
+    may explicitly roll back to. ``None`` skips the version check.
+    """
+    root = Path(directory)
+    if not len(trust):
+        raise ConfigError("no trusted signing keys configured; never trust a bundle not signed by a configured key")
+    kid, signature = read_signature(root)
+    public_key = trust.get(kid)
+    if public_key is None:
+        trusted = ", ".join(trust.key_ids)
+        raise UntrustedKeyError(f"{root}: signed by key {kid}, which is not trusted (trusted: {trusted})")
+    manifest = load_manifest(root)
+    signed = canonical_bytes(manifest)
+    try:
+        public_key.verify(signature, signed)
+    except InvalidSignature:
+        raise BadSignatureError(
+            f"{root}: bad signature by key {kid}: the manifest was changed after signing"
+        ) from None
+    if installed_version is not None and manifest.version <= installed_version:
+        if manifest.version not in allow_rollback_to:
+            raise DowngradeError(
+                f"{root}: {manifest.name} v{manifest.version} is not newer than installed v{installed_version}"
+                " and is not an allowed rollback"
+            )
+    checked = verify_bundle(root)
+    if canonical_bytes(checked) != signed:
+        raise BadSignatureError(f"{root}: manifest.json changed during verification")
+    return checked
+
+
+# -- command line --------------------------------------------------------------
+
+
+def _refused(exc: EdgecloudError) -> int:
+    print(f"refused: {type(exc).__name__}: {exc}", file=sys.stderr)
+    return 1
+
+
+def _keygen(args: argparse.Namespace) -> int:
+    try:
+        kid = generate_keypair(args.private, args.public)
+    except EdgecloudError as exc:
+        return _refused(exc)
+    print(json.dumps({"key_id": kid, "private": str(args.private), "public": str(args.public)}))
+    return 0
+
+
+def _sign(args: argparse.Namespace) -> int:
+    try:
+        path = sign_bundle(args.bundle, load_private_key(args.key))
+        kid, _ = read_signature(args.bundle)
+        manifest = load_manifest(args.bundle)
+    except EdgecloudError as exc:
+        return _refused(exc)
+    print(json.dumps({"signed": str(path), "name": manifest.name, "version": manifest.version, "key_id": kid}))
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    try:
+        manifest = verify_signed_bundle(
+            args.bundle,
+            TrustStore.from_paths(args.trust),
+            installed_version=args.installed_version,
+            allow_rollback_to=frozenset(args.allow_rollback_to),
+        )
+        kid, _ = read_signature(args.bundle)
+    except EdgecloudError as exc:
+        return _refused(exc)
+    summary = {"ok": True, "name": manifest.name, "kind": manifest.kind, "version": manifest.version, "key_id": kid}
+    print(json.dumps(summary))
+    return 0
+
+
+def add_signing_commands(models_subparsers: argparse._SubParsersAction) -> None:
+    """Add ``keygen``, ``sign`` and ``verify`` to ``edgecloud models``."""
+    keygen = models_subparsers.add_parser("keygen", help="create an Ed25519 bundle signing key pair")
+    keygen.add_argument("--private", type=Path, required=True, help="private key to create (PEM, mode 0600)")
+    keygen.add_argument("--public", type=Path, required=True, help="public key to create (PEM)")
+    keygen.set_defaults(func=_keygen)
+
+    sign = models_subparsers.add_parser("sign", help="verify a bundle's files, then write its manifest.sig")
+    sign.add_argument("bundle", type=Path, help="bundle folder")
+    sign.add_argument("--key", type=Path, required=True, help="Ed25519 private key (PEM)")
+    sign.set_defaults(func=_sign)
+
+    verify = models_subparsers.add_parser("verify", help="check a bundle's signature, version and files")
+    verify.add_argument("bundle", type=Path, help="bundle folder")
+    verify.add_argument("--trust", type=Path, action="append", required=True, help="trusted public key (repeatable)")
+    verify.add_argument("--installed-version", type=int, default=None, help="refuse versions not newer than this")
+    verify.add_argument(
+        "--allow-rollback-to", type=int, action="append", default=[], metavar="N",
+        help="a version the device had before and may roll back to (repeatable)",
+    )  # fmt: skip
+    verify.set_defaults(func=_verify)
+

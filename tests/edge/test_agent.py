@@ -1,0 +1,233 @@
+"""The device agent against a real mosquitto, real signed bundles served over
+HTTP, and the real edge model slot."""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import json
+import shutil
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from edge.agent import AgentConfig, DeviceAgent
+from edge.config import EdgeConfig
+from edge.daemon import create_daemon
+from edge.service import EdgeService
+from shared.artifacts import pack_bundle
+from shared.bundle import load_manifest, write_bundle
+from shared.fleet import Topics, encode
+from shared.signing import generate_keypair, load_private_key, sign_bundle
+
+FLEET = "test"
+
+
+class Observer:
+    """Subscribes to the whole fleet tree and keeps every message."""
+
+    def __init__(self, broker) -> None:  # type: ignore[no-untyped-def]
+        self.messages: list[tuple[str, dict, bool]] = []
+        self.lock = threading.Lock()
+        self.client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=f"obs-{uuid.uuid4().hex[:8]}")
+        self.client.on_message = self._on_message
+        self.client.connect(broker.host, broker.port)
+        self.client.subscribe(f"edgecloud/v1/{FLEET}/#", qos=1)
+        self.client.loop_start()
+
+    def _on_message(self, _c, _u, message) -> None:  # type: ignore[no-untyped-def]
+        with self.lock:
+            self.messages.append((message.topic, json.loads(message.payload), message.retain))
+
+    def of(self, leaf: str) -> list[dict]:
+        with self.lock:
+            return [m for t, m, _ in self.messages if t.endswith("/" + leaf)]
+
+    def wait_for(self, predicate, timeout: float = 30) -> None:  # type: ignore[no-untyped-def]
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            assert time.monotonic() < deadline, f"timed out; messages: {self.messages[-10:]}"
+            time.sleep(0.05)
+
+    def publish(self, topic: str, payload: dict) -> None:
+        self.client.publish(topic, encode(payload), qos=1).wait_for_publish(5)
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+class ArtifactServer:
+    def __init__(self, root: Path) -> None:
+        handler = functools.partial(_QuietHandler, directory=str(root))
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def keys(tmp_path: Path) -> dict[str, Path]:
+    paths = {}
+    for name in ("trusted", "rogue"):
+        paths[f"{name}_private"] = tmp_path / f"{name}.key"
+        paths[f"{name}_public"] = tmp_path / f"{name}.pub"
+        generate_keypair(paths[f"{name}_private"], paths[f"{name}_public"])
+    return paths
+
+
+@pytest.fixture
+def artifacts(tmp_path: Path) -> Iterator[tuple[Path, ArtifactServer]]:
+    root = tmp_path / "artifacts"
+    root.mkdir()
+    server = ArtifactServer(root)
+    yield root, server
+    server.close()
+
+
+def make_bundle(source: Path, out: Path, version: int, key: Path | None) -> Path:
+    """A copy of ``source`` re-versioned and (optionally) signed."""
+    shutil.copytree(source, out)
+    (out / "manifest.sig").unlink(missing_ok=True)
+    m = load_manifest(source)
+    write_bundle(out, name=m.name, kind=m.kind, version=version, io=m.io, calibration=m.calibration,
+                 golden=m.golden, metadata=m.metadata)
+    if key is not None:
+        sign_bundle(out, load_private_key(key))
+    return out
+
+
+def publish_bundle(directory: Path, artifacts: tuple[Path, ArtifactServer], name: str) -> dict:
+    root, server = artifacts
+    sha, size = pack_bundle(directory, root / name)
+    manifest = load_manifest(directory)
+    return {"name": manifest.name, "version": manifest.version, "url": f"{server.url}/{name}", "sha256": sha, "size": size}
+
+
+def command(bundle: dict, revision: int, kind: str = "deploy") -> dict:
+    return {"id": f"c-{uuid.uuid4().hex[:12]}", "type": kind, "revision": revision, "bundle": bundle}
+
+
+@pytest.fixture
+def device(shipped_models: Path, tmp_path: Path, mqtt_broker, keys: dict[str, Path]):  # type: ignore[no-untyped-def]
+    _app, service = create_daemon(EdgeConfig(bundle=shipped_models / "edge-student", outbox=tmp_path / "outbox.sqlite3"))
+    config = AgentConfig(
+        device_id="dev-1", fleet=FLEET, state_dir=tmp_path / "agent", trusted_keys=(keys["trusted_public"],),
+        broker_port=mqtt_broker.port, telemetry_interval_s=0.2, watch_s=0.5, watch_min_requests=5,
+    )
+    agent = DeviceAgent(config, service)
+    agent.start()
+    assert agent.wait_connected(10)
+    observer = Observer(mqtt_broker)
+    yield agent, service, observer
+    observer.close()
+    agent.stop()
+
+
+def acks_for(observer: Observer, command_id: str) -> list[str]:
+    return [a["status"] for a in observer.of("cmd/ack") if a["command_id"] == command_id]
+
+
+def test_birth_telemetry_and_will(device, mqtt_broker) -> None:  # type: ignore[no-untyped-def]
+    agent, service, observer = device
+    observer.wait_for(lambda: observer.of("state") and observer.of("telemetry"))
+    birth = observer.of("state")[-1]
+    assert birth["online"] and birth["model_version"] == service.slot.current.version and birth["session"] >= 1
+    telemetry = observer.of("telemetry")[-1]
+    assert {"requests", "latency_ms", "escalation_rate", "outbox_depth", "cpu_percent", "memory_mb"} <= telemetry.keys()
+    agent.stop()
+    observer.wait_for(lambda: observer.of("state")[-1]["online"] is False)
+
+
+def test_signed_newer_bundle_is_deployed_and_commands_are_idempotent(device, shipped_models, tmp_path, keys, artifacts) -> None:  # type: ignore[no-untyped-def]
+    agent, service, observer = device
+    installed = service.slot.current.version
+    bundle = publish_bundle(
+        make_bundle(shipped_models / "edge-student", tmp_path / "v-next", installed + 1, keys["trusted_private"]),
+        artifacts, "next.tar.gz",
+    )
+    deploy = command(bundle, revision=5)
+    observer.publish(Topics(FLEET, "dev-1").cmd, deploy)
+    observer.wait_for(lambda: acks_for(observer, deploy["id"])[-1:] == ["ACTIVE"] and len(acks_for(observer, deploy["id"])) >= 4)
+    assert acks_for(observer, deploy["id"])[:3] == ["DOWNLOADING", "VERIFYING", "ACTIVE"]
+    assert service.slot.current.version == installed + 1
+    assert service.slot.current.model.answer("2+2").text  # the new model serves
+
+    count = len(acks_for(observer, deploy["id"]))
+    observer.publish(Topics(FLEET, "dev-1").cmd, deploy)  # redelivered: answered, not re-applied
+    observer.wait_for(lambda: len(acks_for(observer, deploy["id"])) == count + 1)
+    assert acks_for(observer, deploy["id"])[-1] == "ACTIVE" and "DOWNLOADING" not in acks_for(observer, deploy["id"])[count:]
+
+    stale = command(bundle, revision=4)
+    observer.publish(Topics(FLEET, "dev-1").cmd, stale)
+    observer.wait_for(lambda: acks_for(observer, stale["id"]) == ["IGNORED"])
+
+
+@pytest.mark.parametrize("attack", ["unsigned", "rogue_key", "tampered_file", "downgrade", "wrong_hash", "traversal"])
+def test_bad_bundles_are_refused_and_the_old_model_keeps_serving(attack, device, shipped_models, tmp_path, keys, artifacts) -> None:  # type: ignore[no-untyped-def]
+    agent, service, observer = device
+    before = service.slot.current
+    version = before.version - 1 if attack == "downgrade" else before.version + 1
+    key = {"unsigned": None, "rogue_key": keys["rogue_private"]}.get(attack, keys["trusted_private"])
+    directory = make_bundle(shipped_models / "edge-student", tmp_path / "candidate", max(version, 1), key)
+    if attack == "tampered_file":
+        onnx = next(directory.glob("*.onnx"))
+        data = bytearray(onnx.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        onnx.write_bytes(bytes(data))
+    bundle = publish_bundle(directory, artifacts, "candidate.tar.gz")
+    if attack == "wrong_hash":
+        bundle["sha256"] = "0" * 64
+    if attack == "traversal":
+        import io
+        import tarfile
+
+        root, server = artifacts
+        with tarfile.open(root / "evil.tar.gz", "w:gz") as tar:
+            payload = b"owned"
+            info = tarfile.TarInfo("../../escaped.txt")
+            info.size = len(payload)
+            tar.addfile(info, io.BytesIO(payload))
+        import hashlib
+
+        data = (root / "evil.tar.gz").read_bytes()
+        bundle = {**bundle, "url": f"{server.url}/evil.tar.gz", "sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+    deploy = command(bundle, revision=7)
+    observer.publish(Topics(FLEET, "dev-1").cmd, deploy)
+    observer.wait_for(lambda: "FAILED" in acks_for(observer, deploy["id"]))
+    failed = [a for a in observer.of("cmd/ack") if a["command_id"] == deploy["id"]][-1]
+    assert failed["reason"], failed
+    assert service.slot.current is before and service.slot.current.model.answer("2+2").text
+    assert not (tmp_path / "escaped.txt").exists() and not (tmp_path / "agent" / "escaped.txt").exists()
+
+
+def test_a_misbehaving_new_model_is_rolled_back(device, shipped_models, tmp_path, keys, artifacts) -> None:  # type: ignore[no-untyped-def]
+    agent, service, observer = device
+    before = service.slot.current
+    bundle = publish_bundle(
+        make_bundle(shipped_models / "edge-student", tmp_path / "v-bad", before.version + 1, keys["trusted_private"]),
+        artifacts, "bad.tar.gz",
+    )
+    deploy = command(bundle, revision=9)
+    observer.publish(Topics(FLEET, "dev-1").cmd, deploy)
+    observer.wait_for(lambda: "ACTIVE" in acks_for(observer, deploy["id"]))
+    for _ in range(10):  # requests failing on the new model during the watch window
+        service.stats.record("error", 1.0, ok=False)
+    observer.wait_for(lambda: "ROLLED_BACK" in acks_for(observer, deploy["id"]))
+    assert service.slot.current is before
+    reason = [a for a in observer.of("cmd/ack") if a["status"] == "ROLLED_BACK"][-1]["reason"]
+    assert "error rate" in reason
