@@ -6,6 +6,7 @@ import logging
 
 from fastapi import FastAPI
 
+from edge.agent import AgentConfig, DeviceAgent
 from edge.api import create_app
 from edge.config import EdgeConfig
 from edge.escalation import CloudClient, CloudClientConfig
@@ -41,8 +42,16 @@ def create_daemon(config: EdgeConfig) -> tuple[FastAPI, EdgeService]:
     return create_app(service), service
 
 
-def serve(config: EdgeConfig) -> None:
+def serve(config: EdgeConfig, agent: AgentConfig | None = None) -> None:
+    """Serve HTTP until SIGTERM/SIGINT; with ``agent``, also join the fleet over MQTT."""
     import uvicorn
 
-    app, _service = create_daemon(config)
-    uvicorn.run(app, host=config.host, port=config.port, log_level="info", access_log=False)
+    app, service = create_daemon(config)
+    device_agent = DeviceAgent(agent, service) if agent is not None else None
+    if device_agent is not None:
+        device_agent.start()
+    try:
+        uvicorn.run(app, host=config.host, port=config.port, log_level="info", access_log=False)
+    finally:
+        if device_agent is not None:
+            device_agent.stop()

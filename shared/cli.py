@@ -150,7 +150,23 @@ def _edge_serve(args: argparse.Namespace) -> int:
         threads=args.threads,
         outbox=args.outbox,
     )
-    serve(config)
+    agent = None
+    if args.broker:
+        from edge.agent import AgentConfig
+
+        host, _, port = args.broker.rpartition(":")
+        if not host or not port.isdigit():
+            raise SystemExit(f"error: --broker must be HOST:PORT, got {args.broker!r}")
+        agent = AgentConfig(
+            device_id=args.device_id,
+            fleet=args.fleet,
+            broker_host=host,
+            broker_port=int(port),
+            state_dir=args.agent_state,
+            trusted_keys=tuple(args.trust),
+            telemetry_interval_s=args.telemetry_interval,
+        )
+    serve(config, agent)
     return 0
 
 
@@ -170,6 +186,11 @@ def _add_edge_commands(commands: argparse._SubParsersAction) -> None:
     serve.add_argument("--threshold", type=float, default=None, help="triage threshold (default: the bundle's)")
     serve.add_argument("--threads", type=int, default=1, help="onnxruntime threads (default: 1)")
     serve.add_argument("--outbox", default="edge-outbox.sqlite3", help="SQLite outbox file")
+    serve.add_argument("--broker", metavar="HOST:PORT", help="MQTT broker of the fleet; omit to run without the agent")
+    serve.add_argument("--fleet", default="default", help="fleet name in the MQTT topic tree")
+    serve.add_argument("--trust", type=Path, action="append", default=[], help="trusted bundle signing key (repeatable)")
+    serve.add_argument("--agent-state", type=Path, default=Path("edge-agent"), help="downloaded bundles and agent state")
+    serve.add_argument("--telemetry-interval", type=float, default=5.0, help="seconds between telemetry messages")
     serve.set_defaults(func=_edge_serve)
 
 
@@ -207,6 +228,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--threads", type=int, default=2, help="threads for the batched teacher runs (default: 2)")
     evaluate.add_argument("--json", action="store_true", help="print the full report as JSON")
     evaluate.set_defaults(func=_models_eval)
+
+    from shared.signing import add_signing_commands
+
+    add_signing_commands(models)
     _add_cloud_commands(commands)
     _add_edge_commands(commands)
     return parser
