@@ -231,3 +231,47 @@ def test_a_misbehaving_new_model_is_rolled_back(device, shipped_models, tmp_path
     assert service.slot.current is before
     reason = [a for a in observer.of("cmd/ack") if a["status"] == "ROLLED_BACK"][-1]["reason"]
     assert "error rate" in reason
+
+
+def test_ten_swaps_over_mqtt_under_load_fail_no_request(device, shipped_models, tmp_path, keys, artifacts) -> None:  # type: ignore[no-untyped-def]
+    from concurrent.futures import ThreadPoolExecutor
+
+    agent, service, observer = device
+    first = service.slot.current.version
+    bundles = [
+        publish_bundle(
+            make_bundle(shipped_models / "edge-student", tmp_path / f"v{first + i}", first + i, keys["trusted_private"]),
+            artifacts, f"v{first + i}.tar.gz",
+        )
+        for i in range(1, 11)
+    ]
+    stop = threading.Event()
+    outcomes: list[tuple[bool, int]] = []
+
+    def load() -> None:
+        from edge.service import QueryRequest
+        from edge.triage import Requested
+
+        import asyncio
+
+        async def run() -> None:
+            while not stop.is_set():
+                try:
+                    result = await service.query(QueryRequest(query="12+7", route=Requested.EDGE))
+                    outcomes.append((True, result.model_version))
+                except Exception:  # noqa: BLE001 - any failure is what this test counts
+                    outcomes.append((False, -1))
+
+        asyncio.run(run())
+
+    with ThreadPoolExecutor(4) as pool:
+        for _ in range(4):
+            pool.submit(load)
+        for revision, bundle in enumerate(bundles, 20):
+            deploy = command(bundle, revision=revision)
+            observer.publish(Topics(FLEET, "dev-1").cmd, deploy)
+            observer.wait_for(lambda d=deploy: acks_for(observer, d["id"]).count("ACTIVE") >= 2)
+        stop.set()
+    assert service.slot.current.version == first + 10
+    assert outcomes and all(ok for ok, _ in outcomes)
+    assert {first + 10} <= {v for _, v in outcomes}  # the last model served requests too

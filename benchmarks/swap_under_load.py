@@ -1,0 +1,195 @@
+"""Hot swap under load: consecutive signed deployments over MQTT while clients hammer the edge daemon.
+
+Starts a real mosquitto on a free loopback port, an edge daemon (uvicorn,
+the shipped int8 student) with its device agent, and an HTTP artifact
+server holding N re-versioned, signed copies of the shipped bundle. Load
+threads send edge-route queries over HTTP as fast as they can while the
+bundles are deployed one after another by publishing commands on the
+device's ``cmd`` topic. Reports the request rate, failed requests (must be
+0), and the swap latency from command publish to the new version serving a
+request (p50/p99). Usage::
+
+    python benchmarks/swap_under_load.py [--swaps 10] [--clients 6] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import http.server
+import json
+import os
+import platform
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import httpx  # noqa: E402
+import numpy as np  # noqa: E402
+import paho.mqtt.client as mqtt  # noqa: E402
+import uvicorn  # noqa: E402
+from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
+
+from edge.agent import AgentConfig, DeviceAgent  # noqa: E402
+from edge.config import EdgeConfig  # noqa: E402
+from edge.daemon import create_daemon  # noqa: E402
+from shared.artifacts import pack_bundle  # noqa: E402
+from shared.bundle import load_manifest, write_bundle  # noqa: E402
+from shared.fleet import Topics, encode  # noqa: E402
+from shared.signing import generate_keypair, load_private_key, sign_bundle  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_broker(work: Path) -> tuple[subprocess.Popen, int]:
+    port = free_port()
+    config = work / "mosquitto.conf"
+    config.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\nlog_dest none\n")
+    process = subprocess.Popen([shutil.which("mosquitto") or "/usr/sbin/mosquitto", "-c", str(config)])
+    for _ in range(200):
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return process, port
+        time.sleep(0.05)
+    raise RuntimeError("mosquitto did not start")
+
+
+class _Quiet(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--bundle", type=Path, default=REPO / "models" / "edge-student")
+    parser.add_argument("--swaps", type=int, default=10)
+    parser.add_argument("--clients", type=int, default=6, help="concurrent HTTP client threads")
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="edgecloud-swap-"))
+    broker, broker_port = start_broker(work)
+    artifacts = work / "artifacts"
+    artifacts.mkdir()
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Quiet, directory=str(artifacts)))
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    artifact_url = f"http://127.0.0.1:{httpd.server_address[1]}"
+    generate_keypair(work / "key", work / "key.pub")
+    key = load_private_key(work / "key")
+
+    source = load_manifest(args.bundle)
+    bundles = []
+    for i in range(args.swaps):
+        version = source.version + 1 + i
+        directory = work / f"bundle-v{version}"
+        shutil.copytree(args.bundle, directory)
+        (directory / "manifest.sig").unlink(missing_ok=True)
+        write_bundle(directory, name=source.name, kind=source.kind, version=version, io=source.io,
+                     calibration=source.calibration, golden=source.golden, metadata=source.metadata)
+        sign_bundle(directory, key)
+        sha, size = pack_bundle(directory, artifacts / f"v{version}.tar.gz")
+        bundles.append({"name": source.name, "version": version, "url": f"{artifact_url}/v{version}.tar.gz",
+                        "sha256": sha, "size": size})
+
+    app, service = create_daemon(EdgeConfig(bundle=args.bundle, port=0, outbox=work / "outbox.sqlite3"))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+    threading.Thread(target=server.run, daemon=True).start()
+    while not server.started:
+        time.sleep(0.02)
+    url = f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
+    agent = DeviceAgent(AgentConfig(device_id="bench-1", fleet="bench", state_dir=work / "agent",
+                                    trusted_keys=(work / "key.pub",), broker_port=broker_port, watch_s=0.0), service)
+    agent.start()
+    agent.wait_connected(10)
+
+    publisher = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=f"bench-{uuid.uuid4().hex[:6]}")
+    publisher.connect("127.0.0.1", broker_port)
+    publisher.loop_start()
+
+    stop = threading.Event()
+    lock = threading.Lock()
+    results: list[tuple[float, int, int]] = []  # (time, status, model_version)
+
+    def client() -> None:
+        with httpx.Client(base_url=url, timeout=30) as http:
+            while not stop.is_set():
+                try:
+                    response = http.post("/v1/query", json={"query": "12+7", "route": "edge"})
+                    version = response.json().get("model_version", -1) if response.status_code == 200 else -1
+                    status = response.status_code
+                except httpx.HTTPError:
+                    status, version = 0, -1
+                with lock:
+                    results.append((time.monotonic(), status, version))
+
+    threads = [threading.Thread(target=client, daemon=True) for _ in range(args.clients)]
+    started = time.monotonic()
+    for thread in threads:
+        thread.start()
+    time.sleep(1.0)
+    swap_ms = []
+    topic = Topics("bench", "bench-1").cmd
+    for revision, bundle in enumerate(bundles, 1):
+        published = time.monotonic()
+        publisher.publish(topic, encode({"id": f"swap-{revision}", "type": "deploy", "revision": revision,
+                                         "bundle": bundle}), qos=1).wait_for_publish(5)
+        deadline = published + 60
+        while time.monotonic() < deadline:
+            with lock:
+                served = next((t for t, s, v in reversed(results) if v == bundle["version"]), None)
+            if served is not None:
+                swap_ms.append((min(t for t, s, v in results if v == bundle["version"]) - published) * 1e3)
+                break
+            time.sleep(0.005)
+        else:
+            print(f"swap to v{bundle['version']} did not happen", file=sys.stderr)
+        time.sleep(0.3)
+    stop.set()
+    for thread in threads:
+        thread.join(30)
+    wall = time.monotonic() - started
+    failed = sum(1 for _, s, _ in results if s != 200)
+    report = {
+        "benchmark": "swap_under_load",
+        "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+        "swaps": args.swaps,
+        "swaps_completed": len(swap_ms),
+        "clients": args.clients,
+        "requests": len(results),
+        "failed_requests": failed,
+        "requests_per_s": len(results) / wall,
+        "swap_latency_ms": {"p50": float(np.percentile(swap_ms, 50)), "p99": float(np.percentile(swap_ms, 99)),
+                            "max": max(swap_ms)} if swap_ms else None,
+        "final_version": service.slot.current.version,
+        "wall_s": wall,
+    }
+    print(json.dumps(report, indent=2))
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "swap_under_load.json").write_text(json.dumps(report, indent=2) + "\n")
+    publisher.loop_stop()
+    agent.stop()
+    server.should_exit = True
+    httpd.shutdown()
+    broker.terminate()
+    broker.wait(10)
+    shutil.rmtree(work, ignore_errors=True)
+    return 0 if failed == 0 and len(swap_ms) == args.swaps else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
