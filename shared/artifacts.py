@@ -1,7 +1,7 @@
 """Bundles as archives, and a safe, resumable download.
 
 :func:`pack_bundle` writes a deterministic ``.tar.gz`` of a bundle directory:
-the same files give the same bytes, hence the same sha256, on any machine.
+the same files give the same bytes (with the same zlib), hence the same sha256.
 
 :func:`unpack_bundle` treats the archive as hostile. It streams it once,
 writes regular files only, through its own ``open`` calls (never
@@ -25,7 +25,8 @@ Errors::
         └── UnsafeArchiveError    a member is refused (names the member)
     UnavailableError              network failure after every attempt
     NotFoundError                 HTTP 404 or 410
-    ConfigError                   bad URL, or HTTP 401/403 (credentials)
+    ConfigError                   not an http(s) URL, another 4xx (e.g. 401/403:
+                                  credentials), or a refused redirect (https to http)
 """
 
 from __future__ import annotations
@@ -153,8 +154,9 @@ def pack_bundle(directory: str | os.PathLike[str], out_file: str | os.PathLike[s
     try:
         with tmp.open("wb") as raw:
             writer = _HashingWriter(raw)
-            with gzip.GzipFile(filename="", mode="wb", fileobj=writer, compresslevel=6, mtime=0) as gz:  # type: ignore[arg-type]
-                with tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
+            gz = gzip.GzipFile(filename="", mode="wb", fileobj=writer,  # type: ignore[arg-type]
+                               compresslevel=6, mtime=0)  # fmt: skip
+            with gz, tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
                     for rel, path in files:
                         with path.open("rb") as handle:
                             info = tarfile.TarInfo(rel)
@@ -205,9 +207,10 @@ def _member_path(name: str) -> str:
         raise UnsafeArchiveError(f"{name!r}: empty name, NUL or backslash")
     if name.startswith("/"):
         raise UnsafeArchiveError(f"{name!r}: absolute path")
-    while name.startswith("./"):  # as written by `tar -C dir .`
-        name = name[2:]
-    parts = name.rstrip("/").split("/")
+    rel = name
+    while rel.startswith("./"):  # as written by `tar -C dir .`
+        rel = rel[2:]
+    parts = rel.rstrip("/").split("/")
     if ".." in parts:
         raise UnsafeArchiveError(f"{name!r}: path traversal ('..')")
     if any(part in ("", ".") for part in parts):
@@ -239,6 +242,8 @@ def _extract_all(tar: tarfile.TarFile, reader: _BudgetReader, into: Path, *, max
         if entries > max_files:
             raise UnsafeArchiveError(f"{member.name!r}: more than {max_files} entries in the archive")
         _check_type(member)
+        if member.isdir() and member.name.rstrip("/") == ".":
+            continue  # the archive's root, as written by `tar -C dir .`
         rel = _member_path(member.name)
         parents = rel.split("/")[:-1]
         if any("/".join(parents[: i + 1]) in written for i in range(len(parents))):
@@ -333,6 +338,7 @@ def unpack_bundle(
         except ManifestError as exc:
             raise ManifestError(f"{source}: {str(exc).replace(str(staging), '<archive>')}") from exc
         target = root / f"{manifest.name}-v{manifest.version}"
+        staging.chmod(0o755)  # mkdtemp made it 0700
         return _place(staging, target, digests, source)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -383,7 +389,6 @@ class _SafeRedirects(urllib.request.HTTPRedirectHandler):
         if old_url.netloc != new_url.netloc:
             for name in ("Authorization", "Cookie"):
                 new.remove_header(name)
-                new.remove_header(name.capitalize())
         return new
 
 
@@ -446,13 +451,12 @@ def _attempt(
                 have = state.have
                 state.restart()
                 raise _Retry(f"HTTP 416 for bytes={have}-; restarting from 0") from exc
-            if exc.code in (404, 410):
-                raise NotFoundError(f"{url}: HTTP {exc.code} {exc.reason}") from exc
-            if exc.code in (401, 403):
-                raise ConfigError(f"{url}: HTTP {exc.code} {exc.reason}; check the artifact credentials") from exc
             if exc.code in (408, 425, 429) or exc.code >= 500:
                 raise _Retry(f"HTTP {exc.code} {exc.reason}") from exc
-            raise UnavailableError(f"{url}: HTTP {exc.code} {exc.reason}") from exc
+            if exc.code in (404, 410):
+                raise NotFoundError(f"{url}: HTTP {exc.code} {exc.reason}") from exc
+            hint = "; check the artifact credentials" if exc.code in (401, 403) else ""
+            raise ConfigError(f"{url}: HTTP {exc.code} {exc.reason}{hint}") from exc  # redirects refused, other 4xx
     with response:
         length_header = response.headers.get("Content-Length")
         length = int(length_header) if length_header and length_header.isdigit() else None
