@@ -1,0 +1,272 @@
+"""The fleet manager's REST API, artifact server and dashboard.
+
+Routes (JSON unless said otherwise; errors are ``{"error": {"type", "message"}}``)::
+
+    GET  /                              HTML dashboard (polls the JSON routes)
+    GET  /healthz                       {"status": "ok", "mqtt_connected": bool}
+    POST /v1/bundles                    register an archive: the raw .tar.gz as the body
+                                        (Content-Type application/gzip or application/octet-stream),
+                                        or JSON {"path": "/local/archive.tar.gz"} on the manager's host
+    GET  /v1/bundles                    registered bundles
+    GET  /v1/devices                    devices: online, version, labels, escalation rate, last telemetry
+    POST /v1/rollouts                   {"bundle", "version", "devices": [..], "labels": {..},
+                                         "strategy": {"type": "fixed", "size": n} |
+                                                     {"type": "exponential", "base_rate", "increment_factor"},
+                                         "abort": {"failure_percent", "min_devices"}, "device_timeout_s",
+                                         "success_statuses": [..], "id"}
+    GET  /v1/rollouts                   summaries, newest first
+    GET  /v1/rollouts/{id}              summary, spec and per-device deliveries
+    POST /v1/rollouts/{id}/pause|resume|abort|rollback   abort takes {"reason"}, rollback {"to_version"}
+    GET  /artifacts/{sha256}.tar.gz     the archive; supports Range (206) for resumable downloads
+
+With ``api_key`` set, ``/v1`` routes need ``Authorization: Bearer <api_key>``;
+``/artifacts`` is open (content-addressed and signed) unless ``artifact_token`` is set.
+"""
+
+from __future__ import annotations
+
+import hmac
+import tempfile
+import threading
+from dataclasses import asdict
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from cloud.fleet.dashboard import DASHBOARD_HTML
+from cloud.fleet.manager import FleetManager
+from cloud.fleet.rollout import AbortCriteria, strategy_from_dict
+from shared.errors import (
+    BundleError,
+    ConfigError,
+    EdgecloudError,
+    InvalidInputError,
+    NotFoundError,
+    ResourceExhaustedError,
+    UnavailableError,
+)
+
+__all__ = ["ApiServer", "create_app", "create_server"]
+
+_STATUS: list[tuple[type[EdgecloudError], int, str]] = [
+    (InvalidInputError, 400, "invalid_input"),
+    (NotFoundError, 404, "not_found"),
+    (BundleError, 422, "bad_bundle"),
+    (ResourceExhaustedError, 429, "resource_exhausted"),
+    (UnavailableError, 503, "unavailable"),
+    (ConfigError, 500, "config"),
+]
+
+
+def _error(status: int, kind: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"type": kind, "message": message}}, status_code=status, headers=headers)
+
+
+def _body(data: Any) -> dict[str, Any]:
+    if not isinstance(data, dict):
+        raise InvalidInputError("the request body must be a JSON object")
+    return data
+
+
+async def _json(request: Request) -> dict[str, Any]:
+    raw = await request.body()
+    if not raw:
+        return {}
+    try:
+        return _body(await request.json())
+    except ValueError as exc:
+        raise InvalidInputError(f"the request body is not JSON: {exc}") from None
+
+
+def create_app(manager: FleetManager, *, api_key: str | None = None, artifact_token: str | None = None) -> FastAPI:
+    app = FastAPI(title="edgecloud fleet manager", version="1")
+    app.state.manager = manager
+
+    @app.exception_handler(EdgecloudError)
+    async def _edgecloud_error(_request: Request, exc: EdgecloudError) -> JSONResponse:
+        for kind, status, name in _STATUS:
+            if isinstance(exc, kind):
+                return _error(status, name, str(exc))
+        return _error(500, "internal", str(exc))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return _error(exc.status_code, "http", str(exc.detail), getattr(exc, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        return _error(400, "invalid_input", str(exc.errors()))
+
+    def _authorized(request: Request, secret: str | None) -> bool:
+        if secret is None:
+            return True
+        given = request.headers.get("authorization", "")
+        return hmac.compare_digest(given.encode(), f"Bearer {secret}".encode())
+
+    @app.middleware("http")
+    async def _auth(request: Request, call_next):  # type: ignore[no-untyped-def]
+        path = request.url.path
+        secret = api_key if path.startswith("/v1/") else artifact_token if path.startswith("/artifacts/") else None
+        if not _authorized(request, secret):
+            return _error(401, "unauthenticated", "missing or wrong bearer token", {"WWW-Authenticate": "Bearer"})
+        return await call_next(request)
+
+    @app.get("/", response_class=HTMLResponse)
+    async def dashboard() -> HTMLResponse:
+        return HTMLResponse(DASHBOARD_HTML)
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, Any]:
+        return {"status": "ok", "mqtt_connected": manager.connected}
+
+    # -- bundles -----------------------------------------------------------------------
+
+    @app.post("/v1/bundles", status_code=201)
+    async def register_bundle(request: Request) -> dict[str, Any]:
+        kind = request.headers.get("content-type", "").split(";")[0].strip()
+        if kind == "application/json":
+            path = (await _json(request)).get("path")
+            if not isinstance(path, str) or not path:
+                raise InvalidInputError("path: a local archive path is required")
+            record = await run_in_threadpool(manager.register_bundle, path)
+            return asdict(record)
+        if kind not in ("application/gzip", "application/x-gzip", "application/octet-stream"):
+            raise InvalidInputError("send the .tar.gz as application/gzip or JSON {\"path\": ...}")
+        with tempfile.NamedTemporaryFile(suffix=".tar.gz", dir=manager.config.artifact_dir) as tmp:
+            size = 0
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > manager.config.max_bundle_bytes:
+                    raise ResourceExhaustedError(f"upload over max_bundle_bytes ({manager.config.max_bundle_bytes})")
+                await run_in_threadpool(tmp.write, chunk)
+            tmp.flush()
+            if not size:
+                raise InvalidInputError("empty upload")
+            record = await run_in_threadpool(manager.register_bundle, tmp.name)
+        return asdict(record)
+
+    @app.get("/v1/bundles")
+    async def list_bundles() -> dict[str, Any]:
+        records = await run_in_threadpool(manager.bundles)
+        return {"bundles": [{**asdict(r), "url": manager.config.artifact_url(r.sha256)} for r in records]}
+
+    # -- devices -----------------------------------------------------------------------
+
+    @app.get("/v1/devices")
+    async def list_devices() -> dict[str, Any]:
+        return {"devices": await run_in_threadpool(manager.devices)}
+
+    # -- rollouts ----------------------------------------------------------------------
+
+    @app.post("/v1/rollouts", status_code=201)
+    async def create_rollout(request: Request) -> dict[str, Any]:
+        data = await _json(request)
+        bundle, version = data.get("bundle"), data.get("version")
+        if not isinstance(bundle, str) or not isinstance(version, int) or isinstance(version, bool):
+            raise InvalidInputError("bundle (string) and version (integer) are required")
+        devices = data.get("devices", [])
+        labels = data.get("labels", {})
+        if not isinstance(devices, list) or not all(isinstance(d, str) for d in devices):
+            raise InvalidInputError("devices must be a list of device ids")
+        if not isinstance(labels, dict) or not all(isinstance(v, str) for v in labels.values()):
+            raise InvalidInputError("labels must be an object of strings")
+        strategy = strategy_from_dict(_body(data["strategy"])) if data.get("strategy") else None
+        abort = None
+        if data.get("abort"):
+            try:
+                abort = AbortCriteria(**_body(data["abort"]))
+            except TypeError as exc:
+                raise InvalidInputError(f"abort: {exc}") from None
+        if data.get("id") is not None and not isinstance(data["id"], str):
+            raise InvalidInputError("id must be a string")
+        timeout = data.get("device_timeout_s", 900.0)
+        if not isinstance(timeout, (int, float)) or isinstance(timeout, bool):
+            raise InvalidInputError("device_timeout_s must be a number")
+        rollout = await run_in_threadpool(
+            lambda: manager.create_rollout(
+                bundle, version, devices=devices, labels=labels, strategy=strategy, abort=abort,
+                device_timeout_s=float(timeout), success_statuses=data.get("success_statuses"),
+                rollout_id=data.get("id"),
+            )
+        )
+        return await run_in_threadpool(manager.rollout, rollout.id)
+
+    @app.get("/v1/rollouts")
+    async def list_rollouts() -> dict[str, Any]:
+        return {"rollouts": await run_in_threadpool(manager.rollouts)}
+
+    @app.get("/v1/rollouts/{rollout_id}")
+    async def get_rollout(rollout_id: str) -> dict[str, Any]:
+        return await run_in_threadpool(manager.rollout, rollout_id)
+
+    @app.post("/v1/rollouts/{rollout_id}/pause")
+    async def pause(rollout_id: str) -> dict[str, Any]:
+        return await run_in_threadpool(manager.pause_rollout, rollout_id)
+
+    @app.post("/v1/rollouts/{rollout_id}/resume")
+    async def resume(rollout_id: str) -> dict[str, Any]:
+        return await run_in_threadpool(manager.resume_rollout, rollout_id)
+
+    @app.post("/v1/rollouts/{rollout_id}/abort")
+    async def abort_rollout(rollout_id: str, request: Request) -> dict[str, Any]:
+        reason = (await _json(request)).get("reason") or "aborted by an operator"
+        return await run_in_threadpool(manager.abort_rollout, rollout_id, str(reason))
+
+    @app.post("/v1/rollouts/{rollout_id}/rollback")
+    async def rollback(rollout_id: str, request: Request) -> dict[str, Any]:
+        to_version = (await _json(request)).get("to_version")
+        if to_version is not None and (not isinstance(to_version, int) or isinstance(to_version, bool)):
+            raise InvalidInputError("to_version must be an integer")
+        return await run_in_threadpool(manager.rollback_rollout, rollout_id, to_version)
+
+    # -- artifacts ---------------------------------------------------------------------
+
+    @app.get("/artifacts/{name}")
+    async def artifact(name: str) -> FileResponse:
+        if not name.endswith(".tar.gz"):
+            raise NotFoundError(f"no artifact {name[:80]!r}")
+        path = manager.artifact_path(name.removesuffix(".tar.gz"))
+        return FileResponse(path, media_type="application/gzip", filename=name)  # Range -> 206
+
+    return app
+
+
+class ApiServer:
+    """uvicorn on its own thread, for tests and embedding; :func:`create_server` starts one."""
+
+    def __init__(self, app: FastAPI, host: str = "127.0.0.1", port: int = 0) -> None:
+        import uvicorn
+
+        self._server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning",
+                                                     lifespan="off"))
+        self._thread = threading.Thread(target=self._server.run, name="fleet-api", daemon=True)
+        self.host = host
+        self.port = 0
+
+    def start(self, timeout: float = 10.0) -> int:
+        import time
+
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise UnavailableError("the fleet API did not start")
+            time.sleep(0.02)
+        self.port = self._server.servers[0].sockets[0].getsockname()[1]
+        return self.port
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        self._thread.join(10)
+
+
+def create_server(manager: FleetManager, *, host: str = "127.0.0.1", port: int = 0, api_key: str | None = None,
+                  artifact_token: str | None = None) -> tuple[ApiServer, int]:
+    """Serve the API on ``host:port`` (0 picks a free port) in the background; returns the server and port."""
+    server = ApiServer(create_app(manager, api_key=api_key, artifact_token=artifact_token), host, port)
+    return server, server.start()
+

@@ -1,0 +1,81 @@
+"""The fleet dashboard: one static page that polls the JSON API every few seconds."""
+
+from __future__ import annotations
+
+__all__ = ["DASHBOARD_HTML"]
+
+DASHBOARD_HTML = """<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>edgecloud fleet</title>
+<style>
+ body { font: 14px system-ui, sans-serif; margin: 1.5em; color: #222; }
+ table { border-collapse: collapse; margin-bottom: 2em; }
+ th, td { border-bottom: 1px solid #ddd; padding: 4px 10px; text-align: left; }
+ th { background: #f4f4f4; }
+ .on { color: #080; } .off { color: #a00; }
+ .bar { width: 160px; height: 10px; background: #eee; display: inline-block; }
+ .bar > span { display: block; height: 100%; background: #2a7; }
+ .bar > span.bad { background: #c33; }
+ button { margin-right: 4px; }
+ #err { color: #a00; }
+</style>
+</head>
+<body>
+<h1>edgecloud fleet</h1>
+<p>API key (if the server needs one): <input id="key" type="password" size="30"> <span id="err"></span></p>
+<h2>Rollouts</h2>
+<table><thead><tr><th>id</th><th>bundle</th><th>rev</th><th>status</th><th>progress</th><th>wave</th>
+<th>ok / failed / total</th><th></th></tr></thead><tbody id="rollouts"></tbody></table>
+<h2>Devices</h2>
+<table><thead><tr><th>device</th><th>state</th><th>model</th><th>labels</th><th>escalation rate</th>
+<th>last seen</th><th>rollout</th></tr></thead><tbody id="devices"></tbody></table>
+<script>
+const esc = s => String(s ?? "").replace(/[&<>"']/g, c => ({"&":"&amp;","<":"&lt;",">":"&gt;",'"':"&quot;","'":"&#39;"}[c]));
+const keyInput = document.getElementById("key");
+keyInput.value = sessionStorage.getItem("fleetKey") || "";
+keyInput.onchange = () => { sessionStorage.setItem("fleetKey", keyInput.value); refresh(); };
+function headers() { return keyInput.value ? {"Authorization": "Bearer " + keyInput.value} : {}; }
+async function api(path, method = "GET") {
+  const r = await fetch(path, {method, headers: headers()});
+  const body = await r.json();
+  if (!r.ok) throw new Error(body.error ? body.error.message : r.statusText);
+  return body;
+}
+function ago(t) { return t ? Math.round(Date.now() / 1000 - t) + " s ago" : ""; }
+async function act(id, op) {
+  try { await api(`/v1/rollouts/${encodeURIComponent(id)}/${op}`, "POST"); refresh(); }
+  catch (e) { document.getElementById("err").textContent = e.message; }
+}
+async function refresh() {
+  try {
+    const [{rollouts}, {devices}] = await Promise.all([api("/v1/rollouts"), api("/v1/devices")]);
+    document.getElementById("rollouts").innerHTML = rollouts.map(r => `<tr>
+      <td>${esc(r.id)}</td><td>${esc(r.bundle)} v${esc(r.version)}</td><td>${esc(r.revision)}</td>
+      <td>${esc(r.status)}${r.abort_reason ? " &mdash; " + esc(r.abort_reason) : ""}</td>
+      <td><span class="bar"><span class="${r.failed ? "bad" : ""}" style="width:${r.progress_percent}%"></span></span>
+          ${r.progress_percent}%</td>
+      <td>${r.wave}/${r.waves}</td><td>${r.succeeded} / ${r.failed} / ${r.total}</td>
+      <td>${["pause", "resume", "abort", "rollback"].map(op =>
+        `<button data-id="${esc(r.id)}" data-op="${op}">${op}</button>`).join("")}</td></tr>`).join("");
+    document.getElementById("devices").innerHTML = devices.map(d => `<tr>
+      <td>${esc(d.id)}</td><td class="${d.online ? "on" : "off"}">${d.online ? "online" : "offline"}</td>
+      <td>${esc(d.model_name)} v${esc(d.model_version)}</td>
+      <td>${esc(Object.entries(d.labels).map(([k, v]) => k + "=" + v).join(", "))}</td>
+      <td>${d.escalation_rate == null ? "" : (100 * d.escalation_rate).toFixed(1) + "%"}</td>
+      <td>${ago(d.last_seen)}</td>
+      <td>${d.rollout ? esc(d.rollout.id + ": " + d.rollout.status) : ""}</td></tr>`).join("");
+    document.getElementById("err").textContent = "";
+  } catch (e) { document.getElementById("err").textContent = e.message; }
+}
+document.getElementById("rollouts").onclick = e => {
+  const b = e.target.closest("button");
+  if (b) act(b.dataset.id, b.dataset.op);
+};
+refresh();
+setInterval(refresh, 3000);
+</script>
+</body>
+</html>
+"""

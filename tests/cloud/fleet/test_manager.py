@@ -1,0 +1,456 @@
+"""The fleet manager against a real mosquitto and simulated devices.
+
+A simulated device is a small paho client: it publishes a retained birth on
+every connect (session counter + 1), answers each command with DOWNLOADING,
+VERIFYING and then ACTIVE or FAILED, dedupes by command id (a repeat gets the
+final ack again) and counts how often it *applied* each command id.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tarfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from cloud.fleet.api import create_app, create_server
+from cloud.fleet.manager import FleetManager, FleetManagerConfig, read_archive_manifest
+from cloud.fleet.rollout import AbortCriteria, FixedBatches, RolloutStatus
+from shared.bundle import write_bundle
+from shared.errors import BundleError, ConfigError, InvalidInputError, NotFoundError
+from shared.fleet import AckStatus, Birth, Command, CommandAck, Telemetry, Topics, decode, encode
+
+FLEET = "testfleet"
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+class SimDevice:
+    def __init__(self, broker: Any, device: str, *, fail: bool = False, labels: dict[str, str] | None = None,
+                 delay_s: float = 0.0, escalation_rate: float = 0.1) -> None:
+        self.device, self.fail, self.delay_s = device, fail, delay_s
+        self.labels = labels or {"site": "lab"}
+        self.escalation_rate = escalation_rate
+        self.topics = Topics(FLEET, device)
+        self.version = 1
+        self.session = 0
+        self.applied: Counter[str] = Counter()
+        self.received: Counter[str] = Counter()
+        self.done: dict[str, dict[str, Any]] = {}
+        self._working: set[str] = set()
+        self._lock = threading.Lock()
+        self.client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=f"sim-{device}",
+                                  protocol=mqtt.MQTTv5)
+        self.client.will_set(self.topics.state, encode(Birth(online=False, device=device).to_dict()), qos=1,
+                             retain=True)
+        self.client.reconnect_delay_set(min_delay=1, max_delay=2)
+        self.client.on_connect = self._on_connect
+        self.client.on_message = self._on_message
+        properties = Properties(PacketTypes.CONNECT)
+        properties.SessionExpiryInterval = 3600
+        self.client.connect_async(broker.host, broker.port, keepalive=10, clean_start=False, properties=properties)
+        self.client.loop_start()
+
+    def _on_connect(self, client, _userdata, _flags, reason_code, _properties) -> None:  # type: ignore[no-untyped-def]
+        if reason_code.is_failure:
+            return
+        self.session += 1
+        client.subscribe(self.topics.cmd, qos=1)
+        birth = Birth(online=True, device=self.device, model_name="edge-student", model_version=self.version,
+                      session=self.session, labels=self.labels, at=time.time())
+        client.publish(self.topics.state, encode(birth.to_dict()), qos=1, retain=True)
+        self.send_telemetry()
+
+    def send_telemetry(self) -> None:
+        telemetry = Telemetry(device=self.device, at=time.time(), model_name="edge-student",
+                              model_version=self.version, requests={"edge": 9, "cloud": 1}, latency_ms={},
+                              escalation_rate=self.escalation_rate, degraded=0, errors=0, outbox_depth=0,
+                              cpu_percent=1.0, memory_mb=10.0)
+        self.client.publish(self.topics.telemetry, encode(telemetry.to_dict()), qos=0)
+
+    def _on_message(self, _client, _userdata, message: mqtt.MQTTMessage) -> None:
+        command = Command.from_dict(decode(message.payload))
+        with self._lock:
+            self.received[command.id] += 1
+            done = self.done.get(command.id)
+            if done is None:
+                if command.id in self._working:
+                    return  # the first delivery will answer
+                self._working.add(command.id)
+                self.applied[command.id] += 1
+        if done is not None:
+            self.client.publish(self.topics.ack, encode(done), qos=1)
+            return
+        threading.Thread(target=self._apply, args=(command,), daemon=True).start()
+
+    def _ack(self, command: Command, status: AckStatus, reason: str = "") -> dict[str, Any]:
+        ack = CommandAck(command_id=command.id, device=self.device, status=status, revision=command.revision,
+                         reason=reason, version=self.version, rollout_id=command.rollout_id,
+                         at=time.time()).to_dict()
+        self.client.publish(self.topics.ack, encode(ack), qos=1)
+        return ack
+
+    def _apply(self, command: Command) -> None:
+        self._ack(command, AckStatus.DOWNLOADING)
+        time.sleep(self.delay_s)
+        self._ack(command, AckStatus.VERIFYING)
+        if self.fail:
+            final = self._ack(command, AckStatus.FAILED, "self-test failed")
+        else:
+            self.version = command.bundle.version
+            final = self._ack(command, AckStatus.ACTIVE)
+        with self._lock:
+            self.done[command.id] = final
+            self._working.discard(command.id)
+
+    def stop(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+@pytest.fixture
+def sims() -> Iterator[list[SimDevice]]:
+    started: list[SimDevice] = []
+    yield started
+    for device in started:
+        device.stop()
+
+
+def start_devices(broker: Any, sims: list[SimDevice], count: int, **kwargs: Any) -> list[SimDevice]:
+    fail = kwargs.pop("fail", set())
+    labels = kwargs.pop("labels", lambda i: {"site": "lab"})
+    for i in range(count):
+        name = f"dev{i:02d}"
+        sims.append(SimDevice(broker, name, fail=name in fail, labels=labels(i), **kwargs))
+    return sims
+
+
+def make_bundle(directory: Path, version: int, payload_bytes: int = 4096, kind: str = "edge") -> Path:
+    bundle = directory / f"src-v{version}" / f"edge-student-v{version}"
+    bundle.mkdir(parents=True)
+    (bundle / "model.bin").write_bytes(os.urandom(payload_bytes))
+    write_bundle(bundle, name="edge-student", kind=kind, version=version,  # type: ignore[arg-type]
+                 io={"inputs": [], "outputs": [], "feature_dim": 4, "tokenizer": "none"},
+                 calibration={}, golden=[], metadata={})
+    return bundle
+
+
+def make_archive(directory: Path, version: int, payload_bytes: int = 4096, kind: str = "edge") -> Path:
+    """A .tar.gz holding the bundle in one top folder (pack_bundle puts files at the root)."""
+    bundle = make_bundle(directory, version, payload_bytes, kind)
+    archive = directory / f"edge-student-v{version}.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(bundle, arcname=bundle.name)
+    return archive
+
+
+def manager_config(broker: Any, tmp_path: Path, **overrides: Any) -> FleetManagerConfig:
+    values: dict[str, Any] = dict(fleet=FLEET, broker_host=broker.host, broker_port=broker.port,
+                                  store_path=tmp_path / "fleet.sqlite3", artifact_dir=tmp_path / "artifacts",
+                                  tick_interval_s=0.2)
+    values.update(overrides)
+    return FleetManagerConfig(**values)
+
+
+@pytest.fixture
+def managers() -> Iterator[list[FleetManager]]:
+    started: list[FleetManager] = []
+    yield started
+    for manager in started:
+        if not manager._stop.is_set():
+            manager.close()
+
+
+def start_manager(config: FleetManagerConfig, managers: list[FleetManager]) -> FleetManager:
+    manager = FleetManager(config)
+    managers.append(manager)
+    manager.start()
+    assert manager.wait_connected(10)
+    return manager
+
+
+def wait_devices_online(manager: FleetManager, count: int) -> None:
+    wait_for(lambda: sum(d["online"] for d in manager.devices()) >= count, 15, f"{count} devices online")
+
+
+def wait_status(manager: FleetManager, rollout_id: str, *statuses: RolloutStatus, timeout: float = 45) -> None:
+    wait_for(lambda: manager.get_rollout(rollout_id).status in statuses, timeout,
+             f"rollout {rollout_id} in {statuses}; it is {manager.get_rollout(rollout_id)!r}")
+
+
+def assert_applied_exactly_once(devices: list[SimDevice], rollout_id: str, revision: int) -> None:
+    for device in devices:
+        expected = f"{rollout_id}-{device.device}-{revision}"
+        assert device.applied == Counter({expected: 1}), (device.device, device.applied)
+
+
+# -- config and bundles ----------------------------------------------------------------
+
+
+def test_config_validates(tmp_path: Path) -> None:
+    FleetManagerConfig(artifact_dir=tmp_path)
+    for bad in ({"fleet": "a/b"}, {"broker_port": 0}, {"public_base_url": "ftp://x"}, {"tick_interval_s": 0},
+                {"password": "p"}, {"tls_cert": Path("c")}):
+        with pytest.raises(ConfigError):
+            FleetManagerConfig(artifact_dir=tmp_path, **bad)
+
+
+def test_register_bundle_content_addressed_and_checked(tmp_path: Path) -> None:
+    manager = FleetManager(FleetManagerConfig(artifact_dir=tmp_path / "artifacts"))
+    try:
+        archive = make_archive(tmp_path, 2)
+        record = manager.register_bundle(archive)
+        assert (record.name, record.version, record.size) == ("edge-student", 2, archive.stat().st_size)
+        assert record.sha256 == hashlib.sha256(archive.read_bytes()).hexdigest()
+        assert Path(record.path) == tmp_path / "artifacts" / f"{record.sha256}.tar.gz"
+        assert manager.register_bundle(archive) == record  # idempotent
+        other = make_archive(tmp_path / "other", 2)
+        with pytest.raises(InvalidInputError, match="another sha256"):
+            manager.register_bundle(other)
+        with pytest.raises(InvalidInputError, match="cloud bundle"):
+            manager.register_bundle(make_archive(tmp_path / "cloud", 3, kind="cloud"))
+        junk = tmp_path / "junk.tar.gz"
+        junk.write_bytes(b"not a tarball")
+        with pytest.raises(BundleError):
+            read_archive_manifest(junk)
+        with pytest.raises(NotFoundError):
+            manager.artifact_path("0" * 64)
+    finally:
+        manager.close()
+
+
+def test_register_bundle_verifies_the_signature_when_keys_are_trusted(tmp_path: Path) -> None:
+    from shared.artifacts import pack_bundle
+    from shared.signing import SignatureError, UntrustedKeyError, generate_keypair, load_private_key, sign_bundle
+
+    kid = generate_keypair(tmp_path / "k.pem", tmp_path / "k.pub")
+    generate_keypair(tmp_path / "other.pem", tmp_path / "other.pub")
+    manager = FleetManager(FleetManagerConfig(artifact_dir=tmp_path / "artifacts",
+                                              trusted_keys=(tmp_path / "k.pub",)))
+
+    def archive(version: int, key: str | None) -> Path:
+        folder = make_bundle(tmp_path / f"s{version}", version)
+        if key:
+            sign_bundle(folder, load_private_key(tmp_path / key))
+        out = tmp_path / f"signed-v{version}.tar.gz"
+        pack_bundle(folder, out)  # files at the archive's root
+        return out
+
+    try:
+        assert manager.register_bundle(archive(2, "k.pem")).key_id == kid
+        with pytest.raises(SignatureError):
+            manager.register_bundle(archive(3, None))
+        with pytest.raises(UntrustedKeyError):
+            manager.register_bundle(archive(4, "other.pem"))
+        assert [b.version for b in manager.bundles()] == [2]
+    finally:
+        manager.close()
+
+
+# -- rollouts over MQTT ----------------------------------------------------------------
+
+
+def test_rollout_aborts_at_threshold_and_never_sends_later_waves(mqtt_broker, tmp_path, sims, managers) -> None:
+    failing = {f"dev{i:02d}" for i in (1, 4, 7, 11, 14, 17)}  # 30%
+    devices = start_devices(mqtt_broker, sims, 20, fail=failing)
+    manager = start_manager(manager_config(mqtt_broker, tmp_path), managers)
+    wait_devices_online(manager, 20)
+    record = manager.register_bundle(make_archive(tmp_path, 2))
+
+    rollout = manager.create_rollout(record.name, record.version, labels={"site": "lab"},
+                                      strategy=FixedBatches(size=5),
+                                      abort=AbortCriteria(failure_percent=25, min_devices=5), device_timeout_s=60)
+    wait_status(manager, rollout.id, RolloutStatus.ABORTED)
+    time.sleep(1.0)  # several ticks: still nothing more goes out
+
+    summary = manager.rollout(rollout.id)
+    assert summary["status"] == "ABORTED" and summary["wave"] == 1
+    assert (summary["failed"], summary["finished"]) == (2, 5)  # 40% >= 25% once 5 had finished
+    assert "25%" in summary["abort_reason"]
+    first_wave = {f"dev{i:02d}" for i in range(5)}
+    for device in devices:
+        if device.device in first_wave:
+            assert sum(device.applied.values()) == 1
+        else:
+            assert not device.received, f"{device.device} got a command of a later wave"
+    assert manager.store.load_rollout(rollout.id).status is RolloutStatus.ABORTED
+
+
+def test_broker_restart_mid_rollout_loses_and_repeats_nothing(mqtt_broker, tmp_path, sims, managers) -> None:
+    devices = start_devices(mqtt_broker, sims, 20, delay_s=0.3)
+    manager = start_manager(manager_config(mqtt_broker, tmp_path), managers)
+    wait_devices_online(manager, 20)
+    record = manager.register_bundle(make_archive(tmp_path, 2))
+    rollout = manager.create_rollout(record.name, record.version, labels={"site": "lab"},
+                                      strategy=FixedBatches(size=5), device_timeout_s=60)
+    wait_for(lambda: manager.get_rollout(rollout.id).wave >= 1, 20, "the second wave")
+    sessions = [d.session for d in devices]
+
+    mqtt_broker.restart()
+
+    wait_status(manager, rollout.id, RolloutStatus.COMPLETED, timeout=60)
+    assert all(d.session > s for d, s in zip(devices, sessions, strict=True)), "every device re-announced"
+    summary = manager.rollout(rollout.id)
+    assert summary["counts"]["ACTIVE"] == 20 and summary["failed"] == 0
+    assert all(d.version == 2 for d in devices)
+    assert_applied_exactly_once(devices, rollout.id, rollout.spec.revision)
+    wait_for(lambda: all(d["online"] and d["model_version"] == 2 for d in manager.devices()), 10,
+             "the manager sees every device online on v2")
+
+
+def test_manager_restart_mid_rollout_continues_then_rolls_back(mqtt_broker, tmp_path, sims, managers) -> None:
+    devices = start_devices(mqtt_broker, sims, 20, delay_s=0.3)
+    config = manager_config(mqtt_broker, tmp_path)
+    manager = start_manager(config, managers)
+    wait_devices_online(manager, 20)
+    manager.register_bundle(make_archive(tmp_path, 1))
+    record = manager.register_bundle(make_archive(tmp_path, 2))
+    rollout = manager.create_rollout(record.name, record.version, labels={"site": "lab"},
+                                      strategy=FixedBatches(size=5), device_timeout_s=60)
+    wait_for(lambda: manager.get_rollout(rollout.id).wave >= 1, 20, "the second wave")
+    manager.close()
+    time.sleep(1.0)  # the wave's acks arrive while no manager listens: the broker queues them
+
+    successor = start_manager(config, managers)
+    wait_status(successor, rollout.id, RolloutStatus.COMPLETED, timeout=60)
+    assert successor.rollout(rollout.id)["counts"]["ACTIVE"] == 20
+    assert_applied_exactly_once(devices, rollout.id, rollout.spec.revision)
+
+    summary = successor.rollback_rollout(rollout.id)  # to v1, under a newer revision
+    revision = summary["rollback"]["revision"]
+    assert revision > rollout.spec.revision
+    wait_for(lambda: successor.rollout(rollout.id)["rollback"]["counts"]["ACTIVE"] == 20, 30, "every rollback")
+    assert all(d.version == 1 for d in devices)
+    for device in devices:
+        assert device.applied[f"{rollout.id}-{device.device}-{revision}"] == 1
+    successor.close()
+    third = FleetManager(config)
+    try:
+        assert third._next_revision() == revision + 1  # revisions stay monotonic across restarts
+    finally:
+        third.close()
+
+
+# -- the REST API ----------------------------------------------------------------------
+
+
+def test_rest_api(mqtt_broker, tmp_path, sims, managers) -> None:
+    labels = {0: {"site": "lab"}, 1: {"site": "lab"}, 2: {"site": "lab"}, 3: {"site": "field"}}
+    devices = start_devices(mqtt_broker, sims, 4, delay_s=0.8, labels=labels.__getitem__)
+    manager = start_manager(manager_config(mqtt_broker, tmp_path), managers)
+    wait_devices_online(manager, 4)
+    server, port = create_server(manager, api_key="sekrit")
+    base = f"http://127.0.0.1:{port}"
+    try:
+        with httpx.Client(base_url=base, headers={"Authorization": "Bearer sekrit"}, timeout=10) as api:
+            unauthenticated = httpx.get(f"{base}/v1/devices")
+            assert unauthenticated.status_code == 401
+            assert unauthenticated.json()["error"]["type"] == "unauthenticated"
+            assert httpx.get(f"{base}/healthz").json() == {"status": "ok", "mqtt_connected": True}
+            assert "edgecloud fleet" in httpx.get(f"{base}/").text
+
+            archive = make_archive(tmp_path, 2, payload_bytes=300_000)
+            data = archive.read_bytes()
+            created = api.post("/v1/bundles", content=data, headers={"Content-Type": "application/gzip"})
+            assert created.status_code == 201, created.text
+            bundle = created.json()
+            assert bundle["sha256"] == hashlib.sha256(data).hexdigest()
+            v1 = api.post("/v1/bundles", json={"path": str(make_archive(tmp_path, 1))})
+            assert v1.status_code == 201 and v1.json()["version"] == 1
+            listed = api.get("/v1/bundles").json()["bundles"]
+            assert [(b["name"], b["version"]) for b in listed] == [("edge-student", 1), ("edge-student", 2)]
+            assert listed[1]["url"].endswith(f"/artifacts/{bundle['sha256']}.tar.gz")
+
+            for device in devices:  # periodic on a real device; the manager was not there for the first
+                device.send_telemetry()
+            wait_for(lambda: all(d["escalation_rate"] == 0.1 for d in api.get("/v1/devices").json()["devices"]),
+                     10, "telemetry of every device")
+            listed_devices = api.get("/v1/devices").json()["devices"]
+            assert [d["id"] for d in listed_devices] == ["dev00", "dev01", "dev02", "dev03"]
+            assert listed_devices[0]["telemetry"]["requests"] == {"edge": 9, "cloud": 1}
+
+            bad = api.post("/v1/rollouts", json={"bundle": "edge-student", "version": 2,
+                                                 "strategy": {"type": "spiral"}, "labels": {"site": "lab"}})
+            assert bad.status_code == 400 and bad.json()["error"]["type"] == "invalid_input"
+            assert api.get("/v1/rollouts/nope").status_code == 404
+            missing = api.post("/v1/rollouts", json={"bundle": "edge-student", "version": 9, "labels": {}})
+            assert missing.status_code == 404
+
+            made = api.post("/v1/rollouts", json={"bundle": "edge-student", "version": 2, "labels": {"site": "lab"},
+                                                  "strategy": {"type": "fixed", "size": 1}, "device_timeout_s": 60})
+            assert made.status_code == 201, made.text
+            rollout = made.json()
+            assert rollout["total"] == 3 and [d["device"] for d in rollout["devices"]] == ["dev00", "dev01", "dev02"]
+            paused = api.post(f"/v1/rollouts/{rollout['id']}/pause").json()
+            assert paused["status"] == "PAUSED"
+            time.sleep(1.6)  # dev00 finishes; no second wave while paused
+            state = api.get(f"/v1/rollouts/{rollout['id']}").json()
+            assert state["status"] == "PAUSED" and state["wave"] == 1 and state["succeeded"] == 1
+            assert not devices[1].received
+            assert api.post(f"/v1/rollouts/{rollout['id']}/resume").json()["status"] == "RUNNING"
+            wait_for(lambda: api.get(f"/v1/rollouts/{rollout['id']}").json()["status"] == "COMPLETED", 20,
+                     "completion after resume")
+
+            other = api.post("/v1/rollouts", json={"id": "field-1", "bundle": "edge-student", "version": 2,
+                                                   "devices": ["dev03"]}).json()
+            aborted = api.post(f"/v1/rollouts/{other['id']}/abort", json={"reason": "changed my mind"}).json()
+            assert aborted["status"] == "ABORTED" and aborted["abort_reason"] == "changed my mind"
+            conflict = api.post(f"/v1/rollouts/{other['id']}/resume")
+            assert conflict.status_code == 400
+            assert [r["id"] for r in api.get("/v1/rollouts").json()["rollouts"]] == ["field-1", rollout["id"]]
+
+            url = f"/artifacts/{bundle['sha256']}.tar.gz"
+            part = httpx.get(f"{base}{url}", headers={"Range": "bytes=100-199"})
+            assert part.status_code == 206
+            assert part.content == data[100:200]
+            assert part.headers["content-range"] == f"bytes 100-199/{len(data)}"
+            half = len(data) // 2  # a resumed download: the first half, then the rest
+            first = httpx.get(f"{base}{url}", headers={"Range": f"bytes=0-{half - 1}"}).content
+            rest = httpx.get(f"{base}{url}", headers={"Range": f"bytes={half}-"})
+            assert rest.status_code == 206 and first + rest.content == data
+            assert httpx.get(f"{base}/artifacts/{'0' * 64}.tar.gz").status_code == 404
+    finally:
+        server.stop()
+
+
+def test_api_errors_without_broker(tmp_path: Path) -> None:
+    """Pure API checks over the ASGI transport: JSON errors, auth off by default."""
+    import asyncio
+
+    manager = FleetManager(FleetManagerConfig(artifact_dir=tmp_path / "a"))
+
+    async def calls() -> list[httpx.Response]:
+        transport = httpx.ASGITransport(app=create_app(manager))
+        async with httpx.AsyncClient(transport=transport, base_url="http://fleet") as client:
+            return [await client.post("/v1/bundles", content=b"x", headers={"Content-Type": "text/plain"}),
+                    await client.post("/v1/bundles", json={"path": str(tmp_path / "none.tar.gz")}),
+                    await client.post("/v1/rollouts/x/pause"),
+                    await client.get("/v1/devices")]
+
+    try:
+        bad_type, missing, unknown, devices = asyncio.run(calls())
+    finally:
+        manager.close()
+    assert bad_type.status_code == 400 and bad_type.json()["error"]["type"] == "invalid_input"
+    assert missing.status_code == 404 and unknown.status_code == 404
+    assert devices.json() == {"devices": []}
