@@ -194,6 +194,52 @@ def _add_edge_commands(commands: argparse._SubParsersAction) -> None:
     serve.set_defaults(func=_edge_serve)
 
 
+def _fleet_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from cloud.fleet.api import create_app
+    from cloud.fleet.manager import FleetManager, FleetManagerConfig
+
+    host, _, port = args.broker.rpartition(":")
+    if not host or not port.isdigit():
+        raise SystemExit(f"error: --broker must be HOST:PORT, got {args.broker!r}")
+    if not args.trust:
+        log.warning("no --trust key: bundles are registered unchecked (devices still verify signatures)")
+    config = FleetManagerConfig(
+        fleet=args.fleet,
+        broker_host=host,
+        broker_port=int(port),
+        store_path=args.store,
+        artifact_dir=args.artifacts,
+        public_base_url=args.public_url or f"http://{args.host}:{args.port}",
+        trusted_keys=tuple(args.trust),
+    )
+    api_key = args.api_key_file.read_text().strip() if args.api_key_file else None
+    manager = FleetManager(config)
+    manager.start()
+    try:
+        uvicorn.run(create_app(manager, api_key=api_key), host=args.host, port=args.port, log_level="info",
+                    access_log=False)
+    finally:
+        manager.close()
+    return 0
+
+
+def _add_fleet_commands(commands: argparse._SubParsersAction) -> None:
+    fleet = commands.add_parser("fleet", help="the fleet manager").add_subparsers(dest="action", required=True)
+    serve = fleet.add_parser("serve", help="serve the fleet manager (REST API, dashboard, artifacts, MQTT bridge)")
+    serve.add_argument("--broker", default="127.0.0.1:1883", metavar="HOST:PORT", help="MQTT broker")
+    serve.add_argument("--fleet", default="default", help="fleet name in the MQTT topic tree")
+    serve.add_argument("--host", default="127.0.0.1", help="HTTP bind address (default: 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8090)
+    serve.add_argument("--store", default="fleet.sqlite3", help="SQLite file of bundles, devices and rollouts")
+    serve.add_argument("--artifacts", type=Path, default=Path("fleet-artifacts"), help="where bundle archives are kept")
+    serve.add_argument("--public-url", default=None, help="base URL devices download artifacts from")
+    serve.add_argument("--trust", type=Path, action="append", default=[], help="key bundles must be signed by")
+    serve.add_argument("--api-key-file", type=Path, help="file holding the API key for /v1")
+    serve.set_defaults(func=_fleet_serve)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edgecloud", description="Edge/cloud collaborative LLM inference.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -234,6 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_signing_commands(models)
     _add_cloud_commands(commands)
     _add_edge_commands(commands)
+    _add_fleet_commands(commands)
     return parser
 
 

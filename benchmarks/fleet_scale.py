@@ -1,0 +1,513 @@
+"""Fleet scale on one machine: N simulated devices, a real mosquitto and the real fleet manager.
+
+Starts mosquitto on a free loopback port (``max_connections -1``, no persistence) and
+the real :class:`~cloud.fleet.manager.FleetManager` (SQLite store in a temporary
+folder, its own paho client) in this process. The devices run in a second process so
+they do not share the manager's GIL: each one is its own MQTT 5 client with its own
+client id, will (retained offline state), persistent session, retained birth on
+connect and QoS 0 telemetry every ``--interval`` seconds (staggered). The clients are
+driven by ``--threads`` selector loops through paho's external-loop API (one socket
+each, no thread per device). A device answers a deploy command at once with
+DOWNLOADING, VERIFYING and ACTIVE acks (QoS 1) and then reports the new version; it
+downloads nothing.
+
+Measured:
+
+* connect: from starting the device process until every device is connected and the
+  manager has absorbed every birth;
+* telemetry over ``--window`` seconds of steady state: messages/s the devices published
+  vs messages/s the manager finished handling (stored), the ingest lag (device
+  timestamp -> handled) p50/p99, and how many device rows in the store were updated in
+  the window. FleetManager has no message counter, so the benchmark wraps this
+  instance's telemetry handler to count (manager.py is unchanged);
+* a rollout to all N devices with an exponential strategy, telemetry still flowing:
+  time from ``create_rollout`` to COMPLETED, per-wave durations, and p50/p99 of the
+  per-device time from command publish (the delivery's ``sent_at``) to the ACTIVE ack
+  being applied, both on the manager's clock;
+* CPU seconds of the manager process, the device process and mosquitto in each phase,
+  to show which one limited the figures.
+
+Usage::
+
+    python benchmarks/fleet_scale.py [--devices 1000] [--threads 4] [--window 10] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import heapq
+import json
+import multiprocessing as mp
+import os
+import platform
+import random
+import resource
+import selectors
+import shutil
+import socket
+import sqlite3
+import subprocess
+import sys
+import tarfile
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import paho.mqtt  # noqa: E402
+import paho.mqtt.client as mqtt  # noqa: E402
+from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
+from paho.mqtt.packettypes import PacketTypes  # noqa: E402
+from paho.mqtt.properties import Properties  # noqa: E402
+
+from cloud.fleet.manager import FleetManager, FleetManagerConfig  # noqa: E402
+from cloud.fleet.rollout import Exponential, RolloutStatus  # noqa: E402
+from shared.bundle import write_bundle  # noqa: E402
+from shared.fleet import AckStatus, Birth, Command, CommandAck, Telemetry, Topics, decode, encode  # noqa: E402
+
+FLEET = "bench"
+BUNDLE = "edge-student"
+LABELS = {"bench": "fleet-scale"}
+
+
+# -- machine and processes -------------------------------------------------------------
+
+
+def raise_nofile() -> tuple[int, int]:
+    """Lift the soft open-files limit to the hard one (children such as mosquitto inherit it)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)
+
+
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process so far (Linux /proc; 0 elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def machine_info(broker_binary: str) -> dict[str, Any]:
+    def first(path: str, prefix: str) -> str:
+        try:
+            return next((line.split(":", 1)[1].strip() for line in Path(path).read_text().splitlines()
+                         if line.startswith(prefix)), "")
+        except OSError:
+            return ""
+
+    version = subprocess.run([broker_binary, "-h"], capture_output=True, text=True).stdout.split("\n", 1)[0]
+    return {
+        "cpu_count": os.cpu_count(),
+        "cpu_model": first("/proc/cpuinfo", "model name"),
+        "memory": first("/proc/meminfo", "MemTotal"),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "paho_mqtt": paho.mqtt.__version__,
+        "mosquitto": version.strip(),
+        "rlimit_nofile": list(resource.getrlimit(resource.RLIMIT_NOFILE)),
+    }
+
+
+def start_broker(work: Path) -> tuple[subprocess.Popen[bytes], int, str]:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = int(probe.getsockname()[1])
+    config = work / "mosquitto.conf"
+    config.write_text(f"listener {port} 127.0.0.1\nmax_connections -1\nallow_anonymous true\n"
+                      "persistence false\nlog_dest none\n")
+    binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    process = subprocess.Popen([binary, "-c", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(200):
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return process, port, binary
+        time.sleep(0.05)
+    raise RuntimeError("mosquitto did not start")
+
+
+# -- the simulated devices (run in their own process) ------------------------------------
+
+
+class SimDevice:
+    """One device: its own paho client, driven by a selector loop of the owning thread."""
+
+    def __init__(self, index: int, host: str, port: int, version: int) -> None:
+        self.device = f"sim{index:05d}"
+        self.topics = Topics(FLEET, self.device)
+        self.host, self.port, self.version = host, port, version
+        self.labels = {**LABELS, "site": f"s{index % 10}"}
+        self.session = 0
+        self.seq = 0
+        self.connected = False
+        self.commands = 0
+        self.done: dict[str, bytes] = {}
+        self.client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2,
+                                  client_id=f"edgecloud-{FLEET}-{self.device}", protocol=mqtt.MQTTv5)
+        self.client.will_set(self.topics.state, encode(Birth(online=False, device=self.device).to_dict()), qos=1,
+                             retain=True)
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
+        self.client.on_message = self._on_message
+
+    def connect(self) -> None:
+        properties = Properties(PacketTypes.CONNECT)
+        properties.SessionExpiryInterval = 3600
+        self.client.connect(self.host, self.port, keepalive=60, clean_start=False, properties=properties)
+
+    def _on_connect(self, client, _userdata, _flags, reason_code, _properties) -> None:  # type: ignore[no-untyped-def]
+        if reason_code.is_failure:
+            return
+        self.session += 1
+        client.subscribe(self.topics.cmd, qos=1)
+        birth = Birth(online=True, device=self.device, model_name=BUNDLE, model_version=self.version,
+                      session=self.session, capabilities=["deploy", "telemetry"], labels=self.labels, at=time.time())
+        client.publish(self.topics.state, encode(birth.to_dict()), qos=1, retain=True)
+        self.connected = True
+
+    def _on_disconnect(self, *_: object) -> None:
+        self.connected = False
+
+    def send_telemetry(self) -> None:
+        self.seq += 1
+        telemetry = Telemetry(device=self.device, at=time.time(), model_name=BUNDLE, model_version=self.version,
+                              requests={"edge": 90 * self.seq, "cloud": 10 * self.seq},
+                              latency_ms={"edge": {"p50": 3.0, "p99": 9.0}}, escalation_rate=0.1, degraded=0,
+                              errors=0, outbox_depth=0, cpu_percent=5.0, memory_mb=120.0)
+        self.client.publish(self.topics.telemetry, encode({**telemetry.to_dict(), "seq": self.seq}), qos=0)
+
+    def _on_message(self, client, _userdata, message: mqtt.MQTTMessage) -> None:  # type: ignore[no-untyped-def]
+        command = Command.from_dict(decode(message.payload))
+        self.commands += 1
+        if command.id in self.done:  # a redelivery: say again how it ended
+            client.publish(self.topics.ack, self.done[command.id], qos=1)
+            return
+        for status in (AckStatus.DOWNLOADING, AckStatus.VERIFYING, AckStatus.ACTIVE):
+            if status is AckStatus.ACTIVE:
+                self.version = command.bundle.version
+            ack = encode(CommandAck(command_id=command.id, device=self.device, status=status,
+                                    revision=command.revision, version=self.version, rollout_id=command.rollout_id,
+                                    at=time.time()).to_dict())
+            client.publish(self.topics.ack, ack, qos=1)
+        self.done[command.id] = ack
+
+
+def _device_loop(devices: list[SimDevice], slot: int, interval: float, stop: Any, published: Any, connected: Any,
+                 commands: Any, late_ms: Any) -> None:
+    """Connect ``devices`` and serve them until ``stop``: reads, queued writes, telemetry, keepalive."""
+    selector = selectors.DefaultSelector()
+    for device in devices:
+        device.connect()
+        selector.register(device.client.socket(), selectors.EVENT_READ, device)
+    rng = random.Random(slot)
+    start = time.monotonic()
+    due = [(start + interval * rng.random(), i) for i in range(len(devices))]
+    heapq.heapify(due)
+    next_misc = start + 1.0
+    worst_late = 0.0
+
+    def flush(device: SimDevice) -> None:
+        if device.client.want_write():
+            device.client.loop_write()
+
+    while not stop.is_set():
+        now = time.monotonic()
+        timeout = max(0.0, min(due[0][0] if due else now + 0.1, next_misc, now + 0.1) - now)
+        for key, _ in selector.select(timeout):
+            device = key.data
+            if device.client.loop_read() != mqtt.MQTT_ERR_SUCCESS:
+                selector.unregister(key.fileobj)
+                device.connected = False
+                continue
+            flush(device)
+        now = time.monotonic()
+        while due and due[0][0] <= now:
+            at, i = heapq.heappop(due)
+            device = devices[i]
+            if device.connected:
+                worst_late = max(worst_late, now - at)
+                device.send_telemetry()  # outside a callback paho writes at once
+                published[slot] += 1
+            heapq.heappush(due, (at + interval, i))
+        if now >= next_misc:
+            for device in devices:
+                device.client.loop_misc()
+                flush(device)
+            connected[slot] = sum(d.connected for d in devices)
+            commands[slot] = sum(d.commands for d in devices)
+            late_ms[slot] = worst_late * 1e3
+            next_misc = now + 0.5
+    for device in devices:
+        if device.client.socket() is not None:
+            device.client.disconnect()
+            flush(device)
+
+
+def run_devices(count: int, threads: int, host: str, port: int, version: int, interval: float, stop: Any,
+                published: Any, connected: Any, commands: Any, late_ms: Any) -> None:
+    """The device process: ``count`` devices spread over ``threads`` selector loops."""
+    raise_nofile()
+    devices = [SimDevice(i, host, port, version) for i in range(count)]
+    workers = [threading.Thread(target=_device_loop, name=f"devices-{slot}",
+                                args=(devices[slot::threads], slot, interval, stop, published, connected, commands,
+                                      late_ms))
+               for slot in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+
+
+# -- the fleet manager side --------------------------------------------------------------
+
+
+class TelemetryCounter:
+    """Counts telemetry the manager finished handling (stored) and its ingest lag.
+
+    FleetManager keeps no message counter, so this wraps the instance's handler.
+    """
+
+    def __init__(self, manager: FleetManager) -> None:
+        self.handled = 0
+        self.lags_ms: list[float] | None = None
+        handle = manager._on_telemetry
+
+        def counted(device: str, telemetry: Telemetry, raw: dict[str, Any]) -> None:
+            handle(device, telemetry, raw)
+            self.handled += 1  # only paho's network thread gets here
+            if self.lags_ms is not None:
+                self.lags_ms.append((time.time() - telemetry.at) * 1e3)
+
+        manager._on_telemetry = counted  # type: ignore[method-assign]
+
+
+def percentiles(values: list[float]) -> dict[str, float] | None:
+    if not values:
+        return None
+    return {"p50": round(float(np.percentile(values, 50)), 1), "p99": round(float(np.percentile(values, 99)), 1),
+            "max": round(max(values), 1)}
+
+
+def make_archive(work: Path, version: int) -> Path:
+    """A small edge bundle archive: the simulated devices never download it."""
+    bundle = work / f"{BUNDLE}-v{version}"
+    bundle.mkdir(parents=True)
+    (bundle / "model.bin").write_bytes(os.urandom(4096))
+    write_bundle(bundle, name=BUNDLE, kind="edge", version=version,
+                 io={"inputs": [], "outputs": [], "feature_dim": 4, "tokenizer": "none"},
+                 calibration={}, golden=[], metadata={})
+    archive = work / f"{bundle.name}.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(bundle, arcname=bundle.name)
+    return archive
+
+
+class Probe:
+    """CPU seconds of the manager (this process), the device process and mosquitto over a phase."""
+
+    def __init__(self, devices_pid: int, broker_pid: int) -> None:
+        self.pids = {"devices": devices_pid, "mosquitto": broker_pid}
+        self.mark()
+
+    def _now(self) -> dict[str, float]:
+        return {"manager": cpu_s(os.getpid()), **{name: cpu_s(pid) for name, pid in self.pids.items()},
+                "wall": time.monotonic()}
+
+    def mark(self) -> None:
+        self._start = self._now()
+
+    def cpu_percent(self) -> dict[str, float]:
+        end = self._now()
+        wall = max(end["wall"] - self._start["wall"], 1e-9)
+        return {name: round(100 * (end[name] - self._start[name]) / wall, 1) for name in end if name != "wall"}
+
+
+def wait_until(predicate: Any, timeout: float, poll: float = 0.1) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(poll)
+    return False
+
+
+class Bench:
+    """The running pieces: mosquitto, the manager (with its counter), the device process."""
+
+    def __init__(self, args: argparse.Namespace, work: Path) -> None:
+        self.args, self.work = args, work
+        self.broker, port, self.binary = start_broker(work)
+        self.manager = FleetManager(FleetManagerConfig(
+            fleet=FLEET, broker_port=port, store_path=work / "fleet.sqlite3", artifact_dir=work / "artifacts",
+            tick_interval_s=args.tick, client_id="bench-fleet-manager",
+        ))
+        self.counter = TelemetryCounter(self.manager)
+        self.manager.start()
+        if not self.manager.wait_connected(10):
+            raise RuntimeError("the fleet manager did not connect")
+        ctx = mp.get_context("spawn")
+        self.stop = ctx.Event()
+        self.published, self.connected, self.commands, self.late_ms = (
+            ctx.Array(code, args.threads, lock=False) for code in ("q", "q", "q", "d"))
+        self.devices = ctx.Process(target=run_devices, name="fleet-devices",
+                                   args=(args.devices, args.threads, "127.0.0.1", port, 1, args.interval, self.stop,
+                                         self.published, self.connected, self.commands, self.late_ms))
+        self.probe: Probe | None = None
+
+    def online(self) -> int:
+        return sum(d["online"] for d in self.manager.devices())
+
+    def connect(self) -> dict[str, Any]:
+        args = self.args
+        started = time.monotonic()
+        self.devices.start()
+        self.probe = Probe(self.devices.pid or 0, self.broker.pid)
+        all_connected = wait_until(lambda: sum(self.connected) >= args.devices, args.timeout, 0.05)
+        connected_s = time.monotonic() - started
+        all_online = wait_until(lambda: self.online() >= args.devices, args.timeout)
+        result = {
+            "devices_connected": int(sum(self.connected)), "all_connected_s": round(connected_s, 2),
+            "manager_online": self.online(), "all_births_absorbed_s": round(time.monotonic() - started, 2),
+            "cpu_percent": self.probe.cpu_percent(),
+        }
+        if not (all_connected and all_online):
+            raise RuntimeError(f"only {sum(self.connected)} devices connected, {self.online()} online at the manager")
+        return result
+
+    def telemetry(self) -> dict[str, Any]:
+        args, counter, probe = self.args, self.counter, self.probe
+        assert probe is not None
+        time.sleep(min(3.0, args.window))  # every device's telemetry schedule is under way
+        counter.lags_ms = []
+        p0, h0, wall0, t0 = sum(self.published), counter.handled, time.time(), time.monotonic()
+        probe.mark()
+        time.sleep(args.window)
+        p1, h1, elapsed = sum(self.published), counter.handled, time.monotonic() - t0
+        lags, counter.lags_ms = counter.lags_ms, None
+        with sqlite3.connect(f"file:{self.work / 'fleet.sqlite3'}?mode=ro", uri=True) as db:
+            fresh = db.execute("SELECT count(*) FROM devices WHERE last_seen >= ? AND telemetry IS NOT NULL",
+                               (wall0,)).fetchone()[0]
+        return {
+            "window_s": round(elapsed, 2),
+            "offered_per_s": round(args.devices / args.interval, 1),
+            "published_per_s": round((p1 - p0) / elapsed, 1),
+            "absorbed_per_s": round((h1 - h0) / elapsed, 1),
+            "absorbed_ratio": round((h1 - h0) / max(p1 - p0, 1), 4),
+            "ingest_lag_ms": percentiles(lags),
+            "device_rows_updated_in_window": fresh,
+            "device_publish_late_ms_max": round(max(self.late_ms), 1),
+            "cpu_percent": probe.cpu_percent(),
+        }
+
+    def rollout(self) -> dict[str, Any]:
+        args, manager, counter, probe = self.args, self.manager, self.counter, self.probe
+        assert probe is not None
+        record = manager.register_bundle(make_archive(self.work, 2))
+        probe.mark()
+        p0, h0 = sum(self.published), counter.handled
+        counter.lags_ms = []
+        t0 = time.monotonic()
+        rollout = manager.create_rollout(record.name, record.version, labels=LABELS,
+                                         strategy=Exponential(base_rate=args.base_rate, increment_factor=args.factor),
+                                         device_timeout_s=args.timeout)
+        create_s = time.monotonic() - t0
+        finished = wait_until(lambda: not manager.get_rollout(rollout.id).status.live, args.timeout, 0.02)
+        rollout_s = time.monotonic() - t0
+        p1, h1 = sum(self.published), counter.handled
+        lags, counter.lags_ms = counter.lags_ms, None
+        cpu = probe.cpu_percent()
+        wait_until(lambda: sum(self.commands) >= args.devices, 2.0)  # the device process updates it twice a second
+        view = manager.rollout(rollout.id)
+        live = manager.get_rollout(rollout.id)  # finished: nothing mutates it any more
+        saves = []
+        for _ in range(5):  # what the manager pays on every ack that changes the rollout
+            t = time.perf_counter()
+            manager.store.save_rollout(live)
+            saves.append((time.perf_counter() - t) * 1e3)
+        per_device = [(d["deploy"]["updated_at"] - d["deploy"]["sent_at"]) * 1e3 for d in view["devices"]
+                      if d["deploy"]["status"] == "ACTIVE" and d["deploy"]["sent_at"] is not None]
+        waves = []
+        for index, size in enumerate(view["wave_sizes"]):
+            members = [d["deploy"] for d in view["devices"] if d["wave"] == index and d["deploy"]["sent_at"]]
+            if members:
+                waves.append({"size": size, "duration_ms": round(
+                    (max(m["updated_at"] for m in members) - min(m["sent_at"] for m in members)) * 1e3, 1)})
+        return {
+            "strategy": {"type": "exponential", "base_rate": args.base_rate, "increment_factor": args.factor},
+            "status": view["status"], "finished": finished, "succeeded": view["succeeded"], "failed": view["failed"],
+            "create_rollout_ms": round(create_s * 1e3, 1),
+            "to_completed_s": round(rollout_s, 2),
+            "waves": waves,
+            "device_publish_to_active_ms": percentiles(per_device),
+            "commands_received_by_devices": int(sum(self.commands)),
+            "telemetry_during_rollout": {"published_per_s": round((p1 - p0) / rollout_s, 1),
+                                         "absorbed_per_s": round((h1 - h0) / rollout_s, 1),
+                                         "ingest_lag_ms": percentiles(lags)},
+            "save_rollout_ms": round(float(np.median(saves)), 1),
+            "cpu_percent": cpu,
+        }
+
+    def close(self) -> dict[str, Any]:
+        """Stop everything; the telemetry totals once the manager's backlog has drained."""
+        self.stop.set()
+        if self.devices.pid is not None:
+            self.devices.join(30)
+            if self.devices.is_alive():
+                self.devices.terminate()
+        handled = -1  # what never arrives once the devices are gone was lost
+        while handled != self.counter.handled:
+            handled = self.counter.handled
+            time.sleep(1.0)
+        totals = {"published": int(sum(self.published)), "absorbed": handled,
+                  "lost": int(sum(self.published)) - handled}
+        self.manager.close()
+        self.broker.terminate()
+        self.broker.wait(10)
+        return totals
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--devices", type=int, default=1000)
+    parser.add_argument("--threads", type=int, default=4, help="selector loops driving the simulated devices")
+    parser.add_argument("--interval", type=float, default=1.0, help="telemetry period of each device, seconds")
+    parser.add_argument("--window", type=float, default=10.0, help="steady-state telemetry window, seconds")
+    parser.add_argument("--base-rate", type=int, default=10, help="devices in the rollout's first wave")
+    parser.add_argument("--factor", type=float, default=2.0, help="exponential increment factor")
+    parser.add_argument("--tick", type=float, default=0.5, help="the manager's tick interval, seconds")
+    parser.add_argument("--timeout", type=float, default=180.0, help="limit for connecting and for the rollout")
+    parser.add_argument("--rollout", action=argparse.BooleanOptionalAction, default=True,
+                        help="run the rollout phase (--no-rollout measures telemetry only)")
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+
+    raise_nofile()
+    work = Path(tempfile.mkdtemp(prefix="edgecloud-fleet-scale-"))
+    bench = Bench(args, work)
+    report: dict[str, Any] = {"benchmark": "fleet_scale", "machine": machine_info(bench.binary),
+                              "devices": args.devices, "device_threads": args.threads,
+                              "telemetry_interval_s": args.interval, "manager_tick_s": args.tick}
+    try:
+        report["connect"] = bench.connect()
+        report["telemetry"] = bench.telemetry()
+        if args.rollout:
+            report["rollout"] = bench.rollout()
+    finally:
+        report["telemetry_totals"] = bench.close()
+        shutil.rmtree(work, ignore_errors=True)
+    print(json.dumps(report, indent=2))
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "fleet_scale.json").write_text(json.dumps(report, indent=2) + "\n")
+    rollout = report.get("rollout")
+    return 0 if rollout is None or rollout["status"] == RolloutStatus.COMPLETED.value else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
