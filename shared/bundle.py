@@ -38,6 +38,7 @@ __all__ = [
     "GoldenCase",
     "Manifest",
     "canonical_bytes",
+    "file_digest",
     "load_manifest",
     "verify_bundle",
     "write_bundle",
@@ -276,7 +277,7 @@ def _scan(directory: Path) -> dict[str, Path]:
     return dict(sorted(_walk(directory)))
 
 
-def _digest(path: Path) -> tuple[str, int]:
+def file_digest(path: Path) -> tuple[str, int]:
     """sha256 hex digest and size of ``path``, read in 1 MiB chunks."""
     sha, size = hashlib.sha256(), 0
     with path.open("rb") as handle:
@@ -308,7 +309,7 @@ def write_bundle(
         created_at = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     files = []
     for rel, path in _scan(root).items():
-        sha, size = _digest(path)
+        sha, size = file_digest(path)
         files.append(FileEntry(path=rel, sha256=sha, size=size))
     manifest = Manifest(
         name=name,
@@ -356,7 +357,7 @@ def verify_bundle(directory: str | os.PathLike[str]) -> Manifest:
         size = path.stat().st_size
         if size != entry.size:
             raise IntegrityError(f"{entry.path}: size is {size} bytes, manifest says {entry.size}")
-        sha, _ = _digest(path)
+        sha, _ = file_digest(path)
         if sha != entry.sha256:
             raise IntegrityError(f"{entry.path}: sha256 is {sha}, manifest says {entry.sha256}")
     if present:

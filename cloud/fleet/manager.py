@@ -24,7 +24,6 @@ Delivery guarantees, in order of the steps that could lose something:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -56,7 +55,7 @@ from cloud.fleet.rollout import (
     Strategy,
 )
 from cloud.fleet.store import BundleRecord, DeviceRecord, FleetStore
-from shared.bundle import MANIFEST_FILE, Manifest
+from shared.bundle import MANIFEST_FILE, Manifest, file_digest
 from shared.errors import BundleError, ConfigError, InvalidInputError, ManifestError, NotFoundError
 from shared.fleet import Birth, BundleRef, Command, CommandAck, Telemetry, Topics, decode, encode
 
@@ -67,7 +66,6 @@ log = logging.getLogger(__name__)
 _SEGMENT = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _IN_FLIGHT = frozenset({DeviceStatus.SENT, DeviceStatus.DOWNLOADING, DeviceStatus.VERIFYING})
 _MAX_MANIFEST_BYTES = 4 << 20
-_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -139,15 +137,6 @@ class FleetManagerConfig:
 
 
 # -- bundles ---------------------------------------------------------------------------
-
-
-def _digest(path: Path) -> tuple[str, int]:
-    sha, size = hashlib.sha256(), 0
-    with path.open("rb") as f:
-        while chunk := f.read(_CHUNK):
-            sha.update(chunk)
-            size += len(chunk)
-    return sha.hexdigest(), size
 
 
 def read_archive_manifest(archive: Path) -> Manifest:
@@ -416,7 +405,7 @@ class FleetManager:
             raise NotFoundError(f"no archive at {source}")
         if source.stat().st_size > self.config.max_bundle_bytes:
             raise InvalidInputError(f"{source.name} is over max_bundle_bytes ({self.config.max_bundle_bytes})")
-        sha256, size = _digest(source)
+        sha256, size = file_digest(source)
         manifest = read_archive_manifest(source)
         if manifest.kind != "edge":
             raise InvalidInputError(f"{manifest.name} v{manifest.version} is a {manifest.kind} bundle; "
