@@ -4,6 +4,7 @@ Routes (JSON unless said otherwise; errors are ``{"error": {"type", "message"}}`
 
     GET  /                              HTML dashboard (polls the JSON routes)
     GET  /healthz                       {"status": "ok", "mqtt_connected": bool}
+    GET  /metrics                       Prometheus text: messages by leaf, commands, telemetry lag, devices
     POST /v1/bundles                    register an archive: the raw .tar.gz as the body
                                         (Content-Type application/gzip or application/octet-stream),
                                         or JSON {"path": "/local/archive.tar.gz"} on the manager's host
@@ -33,7 +34,8 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -122,6 +124,10 @@ def create_app(manager: FleetManager, *, api_key: str | None = None, artifact_to
     @app.get("/healthz")
     async def healthz() -> dict[str, Any]:
         return {"status": "ok", "mqtt_connected": manager.connected}
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(generate_latest(manager.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     # -- bundles -----------------------------------------------------------------------
 

@@ -44,6 +44,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from cloud.fleet.metrics import FleetMetrics
 from cloud.fleet.rollout import (
     AbortCriteria,
     Delivery,
@@ -191,6 +192,12 @@ class FleetManager:
         self._devices: dict[str, DeviceRecord] = {d.id: d for d in self.store.list_devices()}
         self._revision = max((max(r.spec.revision, r.rollback_revision) for r in self._rollouts.values()),
                              default=0)
+        self.metrics = FleetMetrics()
+        self.metrics.bind(
+            online=lambda: sum(d.online for d in list(self._devices.values())),
+            known=lambda: len(self._devices),
+            live_rollouts=lambda: sum(r.status.live for r in list(self._rollouts.values())),
+        )
         self._stop = threading.Event()
         self._connected = threading.Event()
         self._tick_thread: threading.Thread | None = None
@@ -279,10 +286,16 @@ class FleetManager:
             if leaf == "state":
                 self._on_birth(device, Birth.from_dict(data))
             elif leaf == "telemetry":
-                self._on_telemetry(device, Telemetry.from_dict(data), data)
+                telemetry = Telemetry.from_dict(data)
+                self._on_telemetry(device, telemetry, data)
+                self.metrics.telemetry_lag.observe(max(0.0, time.time() - telemetry.at))
             elif leaf == "cmd/ack":
                 self._on_ack(device, CommandAck.from_dict(data))
+            else:
+                return
+            self.metrics.messages.labels(leaf).inc()
         except InvalidInputError as exc:
+            self.metrics.malformed.inc()
             log.warning("ignoring a malformed message on %s: %s", message.topic, exc)
         except Exception:  # noqa: BLE001 - one bad message must not kill the network thread
             log.exception("handling a message on %s failed", message.topic)
@@ -292,6 +305,7 @@ class FleetManager:
             device = command.id[len(command.rollout_id) + 1:command.id.rindex("-")]
             self.client.publish(Topics(self.config.fleet, device).cmd, encode(command.to_dict()), qos=1,
                                  retain=False)
+            self.metrics.commands.labels(command.type).inc()
             log.info("published %s (%s v%d) to %s", command.id, command.type, command.bundle.version, device)
 
     # -- device messages ---------------------------------------------------------------

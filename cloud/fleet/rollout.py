@@ -392,11 +392,23 @@ class Rollout:
         self.updated_at: float | None = None
         self.rollback_bundle: BundleRef | None = None
         self.rollback_revision = 0
+        self._changed: set[str] = set(self.devices)
         self._recount()
 
     @property
     def id(self) -> str:
         return self.spec.id
+
+    def take_changed(self) -> list[DeviceState]:
+        """The devices whose state changed since the last call (all of them on a new
+        rollout), by id; lets the store write O(changes) rather than O(fleet)."""
+        changed = [self.devices[d] for d in sorted(self._changed)]
+        self._changed.clear()
+        return changed
+
+    def mark_changed(self, devices: Iterable[str]) -> None:
+        """Put devices back as changed (a save that failed must be retried in full)."""
+        self._changed.update(d for d in devices if d in self.devices)
 
     # -- operations --------------------------------------------------------------------
 
@@ -421,6 +433,7 @@ class Rollout:
         before = self._outcome(state)
         if not delivery.apply(ack, now):
             return []
+        self._changed.add(state.device)
         self._account(state, before)
         self.updated_at = now
         if self.status is RolloutStatus.ROLLED_BACK:
@@ -434,9 +447,11 @@ class Rollout:
             before = self._outcome(state)
             if before == _OPEN and state.deploy.expire(now, self.spec.device_timeout_s):
                 self._account(state, before)
+                self._changed.add(state.device)
                 changed = True
-            if state.rollback is not None:
-                changed |= state.rollback.expire(now, self.spec.device_timeout_s)
+            if state.rollback is not None and state.rollback.expire(now, self.spec.device_timeout_s):
+                self._changed.add(state.device)
+                changed = True
         if changed:
             self.updated_at = now
         return self._step(now)
@@ -527,6 +542,7 @@ class Rollout:
             if state.deploy.status is DeviceStatus.QUEUED:  # never a second command
                 command = self._command(device, self.spec.kind, self.spec.bundle, self.spec.revision, now)
                 state.deploy.send(command.id, now)
+                self._changed.add(device)
                 commands.append(command)
         self._recount()
         return commands
@@ -563,6 +579,7 @@ class Rollout:
                 command = self._command(state.device, "rollback", self.rollback_bundle, self.rollback_revision, now)
                 state.rollback = Delivery()
                 state.rollback.send(command.id, now)
+                self._changed.add(state.device)
                 commands.append(command)
         if commands:
             self.updated_at = now
@@ -611,19 +628,21 @@ class Rollout:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready ``{"spec": ..., "state": ...}``; :meth:`from_dict` restores it exactly."""
+        state = self.header_dict()
+        state["devices"] = [s.to_dict() for s in self.devices.values()]
+        return {"spec": self.spec.to_dict(), "state": state}
+
+    def header_dict(self) -> dict[str, Any]:
+        """The rollout-level part of ``to_dict()["state"]``: everything but the devices."""
         return {
-            "spec": self.spec.to_dict(),
-            "state": {
-                "status": self.status.value,
-                "wave": self.wave,
-                "abort_reason": self.abort_reason,
-                "started_at": self.started_at,
-                "finished_at": self.finished_at,
-                "updated_at": self.updated_at,
-                "rollback_bundle": asdict(self.rollback_bundle) if self.rollback_bundle else None,
-                "rollback_revision": self.rollback_revision,
-                "devices": [s.to_dict() for s in self.devices.values()],
-            },
+            "status": self.status.value,
+            "wave": self.wave,
+            "abort_reason": self.abort_reason,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "updated_at": self.updated_at,
+            "rollback_bundle": asdict(self.rollback_bundle) if self.rollback_bundle else None,
+            "rollback_revision": self.rollback_revision,
         }
 
     @classmethod
@@ -644,6 +663,7 @@ class Rollout:
             rollout.rollback_bundle = BundleRef.from_dict(bundle) if bundle else None
             rollout.rollback_revision = int(state.get("rollback_revision", 0))
             rollout._recount()
+            rollout._changed = set(rollout.devices)
         except (KeyError, TypeError, ValueError) as exc:
             raise InvalidInputError(f"rollout {rollout.id}: unreadable state ({exc!r})") from None
         return rollout

@@ -1,10 +1,12 @@
 """The fleet manager's durable state in SQLite: what lets a restart lose no rollout.
 
-Three tables: registered bundles (immutable once registered), devices (the
-latest birth and telemetry of each), and rollouts (spec and state as the JSON
-of :meth:`~cloud.fleet.rollout.Rollout.to_dict`). The caller saves a rollout
-after every call that changed it; on start it loads the unfinished ones and
-goes on ticking them.
+Four tables: registered bundles (immutable once registered), devices (the
+latest birth and telemetry of each), rollouts (spec and rollout-level state
+from :meth:`~cloud.fleet.rollout.Rollout.to_dict`) and one row per device of
+each rollout. The caller saves a rollout after every call that changed it;
+a save writes the rollout row and only the device rows that changed, so an
+ack costs the same in a fleet of ten or ten thousand. On start the manager
+loads the rollouts and goes on ticking the unfinished ones.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cloud.fleet.rollout import Rollout, RolloutStatus
+from cloud.fleet.rollout import Rollout, RolloutSpec, RolloutStatus
 from shared.errors import ConfigError, InvalidInputError, NotFoundError
 
 __all__ = ["BundleRecord", "DeviceRecord", "FleetStore"]
@@ -51,6 +53,12 @@ CREATE TABLE IF NOT EXISTS rollouts (
     updated_at REAL
 );
 CREATE INDEX IF NOT EXISTS rollouts_status ON rollouts(status);
+CREATE TABLE IF NOT EXISTS rollout_devices (
+    rollout_id TEXT NOT NULL,
+    device     TEXT NOT NULL,
+    state      TEXT NOT NULL,
+    PRIMARY KEY (rollout_id, device)
+);
 """
 
 
@@ -188,31 +196,63 @@ class FleetStore:
     # -- rollouts ----------------------------------------------------------------------
 
     def save_rollout(self, rollout: Rollout) -> None:
-        data = rollout.to_dict()
+        """Write the rollout row and the device rows changed since the last save, in one transaction."""
+        state = rollout.header_dict()
+        changed = rollout.take_changed()
         with self._lock:
-            self._db.execute(
-                "INSERT OR REPLACE INTO rollouts (id, spec, state, status, updated_at) VALUES (?, ?, ?, ?, ?)",
-                (rollout.id, json.dumps(data["spec"], sort_keys=True), json.dumps(data["state"], sort_keys=True),
-                 rollout.status.value, rollout.updated_at),
-            )
+            try:
+                self._db.execute("BEGIN")
+                known = self._db.execute("SELECT 1 FROM rollouts WHERE id = ?", (rollout.id,)).fetchone()
+                if known is None:  # first save, or a rollout rebuilt elsewhere: every device
+                    changed = list(rollout.devices.values())
+                    self._db.execute("INSERT INTO rollouts (id, spec, state, status, updated_at) VALUES (?, ?, ?, ?, ?)",
+                                     (rollout.id, json.dumps(rollout.spec.to_dict(), sort_keys=True),
+                                      json.dumps(state, sort_keys=True), rollout.status.value, rollout.updated_at))
+                else:  # the spec never changes
+                    self._db.execute("UPDATE rollouts SET state = ?, status = ?, updated_at = ? WHERE id = ?",
+                                     (json.dumps(state, sort_keys=True), rollout.status.value, rollout.updated_at,
+                                      rollout.id))
+                self._db.executemany(
+                    "INSERT OR REPLACE INTO rollout_devices (rollout_id, device, state) VALUES (?, ?, ?)",
+                    [(rollout.id, d.device, json.dumps(d.to_dict(), sort_keys=True)) for d in changed],
+                )
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                rollout.mark_changed(d.device for d in changed)
+                raise
 
-    @staticmethod
-    def _rollout(row: tuple[Any, ...]) -> Rollout:
-        spec, state = row
-        return Rollout.from_dict({"spec": json.loads(spec), "state": json.loads(state)})
+    def _rollout(self, rollout_id: str, spec_json: str, state_json: str) -> Rollout:
+        """Called with the lock held."""
+        spec = json.loads(spec_json)
+        state = json.loads(state_json)
+        rows = dict(self._db.execute("SELECT device, state FROM rollout_devices WHERE rollout_id = ?",
+                                     (rollout_id,)).fetchall())
+        order = [d for wave in RolloutSpec.from_dict(spec).waves() for d in wave]
+        missing = [d for d in order if d not in rows]
+        if missing:
+            raise InvalidInputError(f"rollout {rollout_id}: no saved state for {len(missing)} device(s), "
+                                    f"e.g. {missing[0]!r}")
+        state["devices"] = [json.loads(rows[d]) for d in order]
+        rollout = Rollout.from_dict({"spec": spec, "state": state})
+        rollout.take_changed()  # what was just read is what is stored
+        return rollout
 
     def load_rollout(self, rollout_id: str) -> Rollout:
-        rows = self._all("SELECT spec, state FROM rollouts WHERE id = ?", (rollout_id,))
-        if not rows:
-            raise NotFoundError(f"no rollout {rollout_id!r}")
-        return self._rollout(rows[0])
+        with self._lock:
+            row = self._db.execute("SELECT id, spec, state FROM rollouts WHERE id = ?", (rollout_id,)).fetchone()
+            if row is None:
+                raise NotFoundError(f"no rollout {rollout_id!r}")
+            return self._rollout(*row)
 
     def list_rollouts(self, statuses: Sequence[RolloutStatus] | None = None) -> list[Rollout]:
         """All rollouts, or those in ``statuses`` (e.g. the live ones after a restart), oldest change first."""
-        if statuses is None:
-            rows = self._all("SELECT spec, state FROM rollouts ORDER BY updated_at, id")
-        else:
-            marks = ", ".join("?" * len(statuses))
-            rows = self._all(f"SELECT spec, state FROM rollouts WHERE status IN ({marks}) ORDER BY updated_at, id",
-                             [RolloutStatus(s).value for s in statuses])
-        return [self._rollout(r) for r in rows]
+        with self._lock:
+            if statuses is None:
+                rows = self._db.execute("SELECT id, spec, state FROM rollouts ORDER BY updated_at, id").fetchall()
+            else:
+                marks = ", ".join("?" * len(statuses))
+                rows = self._db.execute(
+                    f"SELECT id, spec, state FROM rollouts WHERE status IN ({marks}) ORDER BY updated_at, id",
+                    [RolloutStatus(s).value for s in statuses]).fetchall()
+            return [self._rollout(*r) for r in rows]

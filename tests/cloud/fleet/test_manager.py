@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
@@ -418,6 +419,16 @@ def test_rest_api(mqtt_broker, tmp_path, sims, managers) -> None:
             conflict = api.post(f"/v1/rollouts/{other['id']}/resume")
             assert conflict.status_code == 400
             assert [r["id"] for r in api.get("/v1/rollouts").json()["rollouts"]] == ["field-1", rollout["id"]]
+
+            samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+                       for family in text_string_to_metric_families(httpx.get(f"{base}/metrics").text)
+                       for s in family.samples}
+            assert samples[("edgecloud_fleet_messages_total", (("leaf", "telemetry"),))] >= 4
+            assert samples[("edgecloud_fleet_messages_total", (("leaf", "cmd/ack"),))] >= 3
+            assert samples[("edgecloud_fleet_commands_published_total", (("type", "deploy"),))] >= 3
+            assert samples[("edgecloud_fleet_devices_online", ())] == 4
+            assert samples[("edgecloud_fleet_rollouts_live", ())] == 0
+            assert manager.metrics.handled("telemetry") >= 4
 
             url = f"/artifacts/{bundle['sha256']}.tar.gz"
             part = httpx.get(f"{base}{url}", headers={"Range": "bytes=100-199"})

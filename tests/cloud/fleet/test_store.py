@@ -66,6 +66,35 @@ def test_a_rollout_saved_midway_reloads_identical_and_continues(tmp_path: Path) 
     assert (loaded.summary()["succeeded"], loaded.summary()["failed"]) == (10, 2)
 
 
+def test_saves_write_only_changed_devices_and_every_step_reloads_identical(tmp_path: Path) -> None:
+    rollout = Rollout(RolloutSpec(id="r1", bundle=BUNDLE, targets=DEVICES, revision=7,
+                                  strategy=FixedBatches(4), device_timeout_s=60))
+    path = tmp_path / "fleet.db"
+    with FleetStore(path) as store:
+        assert len(rollout.take_changed()) == len(DEVICES)  # a new rollout: all of them
+        rollout.mark_changed(DEVICES)
+        store.save_rollout(rollout)
+        assert rollout.take_changed() == []
+
+        steps = [lambda: rollout.start(now=0.0)]
+        steps += [lambda d=d: rollout.on_ack(ack(rollout, d, AckStatus.ACTIVE), 1.0) for d in DEVICES[:4]]
+        steps += [lambda: rollout.on_ack(ack(rollout, "d04", AckStatus.FAILED), 2.0),
+                  lambda: rollout.on_ack(ack(rollout, "d04", AckStatus.FAILED), 2.5),  # duplicate: no change
+                  lambda: rollout.tick(now=100.0)]  # d05..d07 time out, the last wave goes out
+        written = []
+        for step in steps:
+            step()
+            written.append(sorted(s.device for s in rollout.take_changed()))
+            rollout.mark_changed(written[-1])
+            store.save_rollout(rollout)
+            with FleetStore(path) as reader:
+                assert reader.load_rollout("r1") == rollout
+        # the last ack of wave 1 also sends wave 2
+        assert written == [["d00", "d01", "d02", "d03"], ["d00"], ["d01"], ["d02"],
+                           ["d03", "d04", "d05", "d06", "d07"], ["d04"], [],
+                           ["d05", "d06", "d07", "d08", "d09", "d10", "d11"]]
+
+
 def test_a_rolled_back_rollout_keeps_rolling_back_after_a_restart(tmp_path: Path) -> None:
     rollout = midway()
     assert sorted(c.id for c in rollout.rollback(PREVIOUS, revision=8, now=56.0)) == [
