@@ -163,19 +163,24 @@ class DeviceAgent:
         if c.tls_ca:
             client.tls_set(ca_certs=str(c.tls_ca), certfile=str(c.tls_cert) if c.tls_cert else None,
                            keyfile=str(c.tls_key) if c.tls_key else None)
-        client.will_set(self.topics.state, self._birth(False), qos=1, retain=True)
         client.reconnect_delay_set(min_delay=1, max_delay=10)
+        client.on_pre_connect = self._on_pre_connect
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         return client
 
+    def _on_pre_connect(self, client: mqtt.Client, _userdata: object) -> None:
+        """Before every connect attempt: a new session number, and a will (the death
+        certificate) that carries it and the model now served, like the birth will."""
+        self._state["session"] += 1
+        self._save_state()
+        client.will_set(self.topics.state, self._birth(False), qos=1, retain=True)
+
     def _on_connect(self, client, _userdata, _flags, reason_code, _properties) -> None:  # type: ignore[no-untyped-def]
         if reason_code.is_failure:
             log.error("broker refused the connection: %s", reason_code)
             return
-        self._state["session"] += 1
-        self._save_state()
         client.subscribe(self.topics.cmd, qos=1)
         client.publish(self.topics.state, self._birth(True), qos=1, retain=True)
         self._connected.set()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import http.server
 import json
+import socket
 import shutil
 import threading
 import time
@@ -151,6 +152,18 @@ def test_birth_telemetry_and_will(device, mqtt_broker) -> None:  # type: ignore[
     assert {"requests", "latency_ms", "escalation_rate", "outbox_depth", "cpu_percent", "memory_mb"} <= telemetry.keys()
     agent.stop()
     observer.wait_for(lambda: observer.of("state")[-1]["online"] is False)
+
+
+def test_a_dropped_connection_publishes_a_will_with_the_births_session_then_a_rebirth(device) -> None:  # type: ignore[no-untyped-def]
+    agent, service, observer = device
+    observer.wait_for(lambda: observer.of("state") and observer.of("state")[-1]["online"])
+    session = observer.of("state")[-1]["session"]
+    agent.client.socket().shutdown(socket.SHUT_RDWR)  # no DISCONNECT packet: the broker sends the will
+    observer.wait_for(lambda: any(s["online"] and s["session"] == session + 1 for s in observer.of("state")), 20)
+    states = observer.of("state")
+    will = next(s for s in states if not s["online"])
+    assert will["session"] == session and will["model_version"] == service.slot.current.version
+    assert states.index(will) < next(i for i, s in enumerate(states) if s["session"] == session + 1)
 
 
 def test_signed_newer_bundle_is_deployed_and_commands_are_idempotent(device, shipped_models, tmp_path, keys, artifacts) -> None:  # type: ignore[no-untyped-def]
