@@ -43,6 +43,7 @@ from edge.runtime import EdgeBundle
 from edge.service import EdgeService
 from shared.errors import ConfigError, EdgecloudError, InvalidInputError
 from shared.fleet import AckStatus, Birth, Command, CommandAck, Telemetry, Topics, decode, encode
+from shared.mqtt_security import apply_security, validate_security
 
 __all__ = ["AgentConfig", "DeviceAgent"]
 
@@ -85,6 +86,7 @@ class AgentConfig:
         Topics(self.fleet, self.device_id)  # validates the names
         if not self.trusted_keys:
             raise ConfigError("the agent needs at least one trusted bundle signing key (--trust KEY.pem)")
+        validate_security(self.username, self.password, self.tls_ca, self.tls_cert, self.tls_key)
         if self.mqtt_version not in ("5", "3.1.1"):
             raise ConfigError(f"mqtt_version must be 5 or 3.1.1, got {self.mqtt_version!r}")
         if self.telemetry_interval_s <= 0 or self.watch_s < 0 or self.max_bundle_bytes < 1:
@@ -158,11 +160,7 @@ class DeviceAgent:
             protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
             clean_session=None if v5 else False,
         )
-        if c.username:
-            client.username_pw_set(c.username, c.password)
-        if c.tls_ca:
-            client.tls_set(ca_certs=str(c.tls_ca), certfile=str(c.tls_cert) if c.tls_cert else None,
-                           keyfile=str(c.tls_key) if c.tls_key else None)
+        apply_security(client, c.username, c.password, c.tls_ca, c.tls_cert, c.tls_key)
         client.reconnect_delay_set(min_delay=1, max_delay=10)
         client.on_pre_connect = self._on_pre_connect
         client.on_connect = self._on_connect

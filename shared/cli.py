@@ -128,6 +128,35 @@ def _add_cloud_commands(commands: argparse._SubParsersAction) -> None:
     serve.set_defaults(func=_cloud_serve)
 
 
+def _add_mqtt_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("MQTT broker security (see deploy/mosquitto/)")
+    group.add_argument("--mqtt-username", help="broker user name")
+    group.add_argument("--mqtt-password-file", type=Path, help="file holding the broker password")
+    group.add_argument("--mqtt-ca", type=Path, help="CA bundle of the broker's certificate; turns TLS on")
+    group.add_argument("--mqtt-cert", type=Path, help="client certificate (with --mqtt-key)")
+    group.add_argument("--mqtt-key", type=Path, help="client certificate's private key")
+
+
+def _mqtt_settings(args: argparse.Namespace) -> dict[str, object]:
+    """The broker part of AgentConfig / FleetManagerConfig from the flags above."""
+    host, _, port = args.broker.rpartition(":")
+    if not host or not port.isdigit():
+        raise SystemExit(f"error: --broker must be HOST:PORT, got {args.broker!r}")
+    password = args.mqtt_password_file.read_text().strip() if args.mqtt_password_file else None
+    return {"broker_host": host, "broker_port": int(port), "username": args.mqtt_username, "password": password,
+            "tls_ca": args.mqtt_ca, "tls_cert": args.mqtt_cert, "tls_key": args.mqtt_key}
+
+
+def _labels(pairs: list[str]) -> dict[str, str]:
+    labels = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"error: --label must be KEY=VALUE, got {pair!r}")
+        labels[key] = value
+    return labels
+
+
 def _edge_serve(args: argparse.Namespace) -> int:
     from edge.config import EdgeConfig
     from edge.daemon import serve
@@ -154,17 +183,14 @@ def _edge_serve(args: argparse.Namespace) -> int:
     if args.broker:
         from edge.agent import AgentConfig
 
-        host, _, port = args.broker.rpartition(":")
-        if not host or not port.isdigit():
-            raise SystemExit(f"error: --broker must be HOST:PORT, got {args.broker!r}")
         agent = AgentConfig(
             device_id=args.device_id,
             fleet=args.fleet,
-            broker_host=host,
-            broker_port=int(port),
+            **_mqtt_settings(args),  # type: ignore[arg-type]
             state_dir=args.agent_state,
             trusted_keys=tuple(args.trust),
             telemetry_interval_s=args.telemetry_interval,
+            labels=_labels(args.label),
         )
     serve(config, agent)
     return 0
@@ -191,6 +217,9 @@ def _add_edge_commands(commands: argparse._SubParsersAction) -> None:
     serve.add_argument("--trust", type=Path, action="append", default=[], help="trusted bundle signing key (repeatable)")
     serve.add_argument("--agent-state", type=Path, default=Path("edge-agent"), help="downloaded bundles and agent state")
     serve.add_argument("--telemetry-interval", type=float, default=5.0, help="seconds between telemetry messages")
+    serve.add_argument("--label", action="append", default=[], metavar="KEY=VALUE",
+                       help="device label rollouts can target (repeatable)")
+    _add_mqtt_arguments(serve)
     serve.set_defaults(func=_edge_serve)
 
 
@@ -200,15 +229,11 @@ def _fleet_serve(args: argparse.Namespace) -> int:
     from cloud.fleet.api import create_app
     from cloud.fleet.manager import FleetManager, FleetManagerConfig
 
-    host, _, port = args.broker.rpartition(":")
-    if not host or not port.isdigit():
-        raise SystemExit(f"error: --broker must be HOST:PORT, got {args.broker!r}")
     if not args.trust:
         log.warning("no --trust key: bundles are registered unchecked (devices still verify signatures)")
     config = FleetManagerConfig(
         fleet=args.fleet,
-        broker_host=host,
-        broker_port=int(port),
+        **_mqtt_settings(args),  # type: ignore[arg-type]
         store_path=args.store,
         artifact_dir=args.artifacts,
         public_base_url=args.public_url or f"http://{args.host}:{args.port}",
@@ -237,6 +262,7 @@ def _add_fleet_commands(commands: argparse._SubParsersAction) -> None:
     serve.add_argument("--public-url", default=None, help="base URL devices download artifacts from")
     serve.add_argument("--trust", type=Path, action="append", default=[], help="key bundles must be signed by")
     serve.add_argument("--api-key-file", type=Path, help="file holding the API key for /v1")
+    _add_mqtt_arguments(serve)
     serve.set_defaults(func=_fleet_serve)
 
 

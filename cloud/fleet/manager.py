@@ -59,6 +59,7 @@ from cloud.fleet.store import BundleRecord, DeviceRecord, FleetStore
 from shared.bundle import MANIFEST_FILE, Manifest, file_digest
 from shared.errors import BundleError, ConfigError, InvalidInputError, ManifestError, NotFoundError
 from shared.fleet import Birth, BundleRef, Command, CommandAck, Telemetry, Topics, decode, encode
+from shared.mqtt_security import apply_security, validate_security
 
 __all__ = ["FleetManager", "FleetManagerConfig"]
 
@@ -111,12 +112,7 @@ class FleetManagerConfig:
             raise ConfigError("broker_host must not be empty")
         if not isinstance(self.broker_port, int) or not 0 < self.broker_port < 65536:
             raise ConfigError(f"broker_port must be in 1..65535, got {self.broker_port!r}")
-        if self.password is not None and not self.username:
-            raise ConfigError("password given without username")
-        if (self.tls_cert is None) != (self.tls_key is None):
-            raise ConfigError("tls_cert and tls_key go together")
-        if self.tls_cert is not None and self.tls_ca is None:
-            raise ConfigError("tls_cert needs tls_ca")
+        validate_security(self.username, self.password, self.tls_ca, self.tls_cert, self.tls_key)
         if not self.public_base_url.startswith(("http://", "https://")):
             raise ConfigError(f"public_base_url must be http(s), got {self.public_base_url!r}")
         object.__setattr__(self, "public_base_url", self.public_base_url.rstrip("/"))
@@ -248,11 +244,7 @@ class FleetManager:
         c = self.config
         client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=c.mqtt_client_id,
                              protocol=mqtt.MQTTv5)
-        if c.username:
-            client.username_pw_set(c.username, c.password)
-        if c.tls_ca:
-            client.tls_set(ca_certs=str(c.tls_ca), certfile=str(c.tls_cert) if c.tls_cert else None,
-                           keyfile=str(c.tls_key) if c.tls_key else None)
+        apply_security(client, c.username, c.password, c.tls_ca, c.tls_cert, c.tls_key)
         client.reconnect_delay_set(min_delay=1, max_delay=5)
         client.max_queued_messages_set(0)  # unbounded: a command must never be dropped client-side
         client.max_inflight_messages_set(100)
