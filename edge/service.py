@@ -63,6 +63,9 @@ class QueryResult:
     degraded: bool = False
     cached: bool = False
     reasoning: str | None = None
+    edge_answer: str | None = None
+    """What the edge model said when the cloud answered instead: for shadow evaluation of the
+    edge model and for collecting distillation data."""
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -83,6 +86,7 @@ class QueryResult:
             "degraded": self.degraded,
             "cached": self.cached,
             **({"reasoning": self.reasoning} if self.reasoning is not None else {}),
+            **({"edge_answer": self.edge_answer} if self.edge_answer is not None else {}),
         }
 
 
@@ -314,6 +318,7 @@ class EdgeService:
                                 latency_ms=(time.perf_counter() - started) * 1e3,
                                 cached=event.cached,
                                 reasoning="".join(reasoning) if request.include_reasoning else None,
+                                edge_answer=answer.text,
                             )
                         )
                         yield StreamItem("done", result.to_json())

@@ -106,6 +106,9 @@ def test_unsure_queries_escalate_and_get_the_cloud_answer(daemon: RunningDaemon,
     body = daemon.http.post("/v1/query", json={"query": query}).json()
     assert body["route_taken"] == "cloud" and body["reason"] in ("unsure", "too_difficult"), body
     assert body["answer"] == expected and body["usage"]["reasoning_tokens"] > 0 and not body["degraded"]
+    local = daemon.http.post("/v1/query", json={"query": query, "route": "edge"}).json()
+    assert body["edge_answer"] == local["answer"]  # what the edge would have said, for shadow evaluation
+    assert "edge_answer" not in local
     metrics = daemon.http.get("/metrics").text
     assert 'edgecloud_edge_escalation_bytes_total{part="features"}' in metrics
     assert "edgecloud_edge_escalations_total 1.0" in metrics
