@@ -135,6 +135,8 @@ def _add_mqtt_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--mqtt-ca", type=Path, help="CA bundle of the broker's certificate; turns TLS on")
     group.add_argument("--mqtt-cert", type=Path, help="client certificate (with --mqtt-key)")
     group.add_argument("--mqtt-key", type=Path, help="client certificate's private key")
+    group.add_argument("--mqtt-version", choices=("5", "3.1.1"), default="5",
+                       help="MQTT 5 (persistent sessions with expiry; default) or 3.1.1 for older brokers")
 
 
 def _mqtt_settings(args: argparse.Namespace) -> dict[str, object]:
@@ -144,7 +146,8 @@ def _mqtt_settings(args: argparse.Namespace) -> dict[str, object]:
         raise SystemExit(f"error: --broker must be HOST:PORT, got {args.broker!r}")
     password = args.mqtt_password_file.read_text().strip() if args.mqtt_password_file else None
     return {"broker_host": host, "broker_port": int(port), "username": args.mqtt_username, "password": password,
-            "tls_ca": args.mqtt_ca, "tls_cert": args.mqtt_cert, "tls_key": args.mqtt_key}
+            "tls_ca": args.mqtt_ca, "tls_cert": args.mqtt_cert, "tls_key": args.mqtt_key,
+            "mqtt_version": args.mqtt_version}
 
 
 def _labels(pairs: list[str]) -> dict[str, str]:

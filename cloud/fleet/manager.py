@@ -96,6 +96,8 @@ class FleetManagerConfig:
     session_expiry_s: int = 24 * 3600
     """How long the broker keeps the manager's session (and queues acks) while it is away."""
     keepalive_s: int = 30
+    mqtt_version: str = "5"
+    """``5`` (persistent session with expiry) or ``3.1.1`` (persistent session without expiry)."""
     trusted_keys: tuple[Path, ...] = ()
     """Ed25519 public keys (PEM). When set, a bundle is registered only if its signature verifies
     against one of them and every file matches its manifest; when empty, bundles are registered
@@ -113,6 +115,8 @@ class FleetManagerConfig:
         if not isinstance(self.broker_port, int) or not 0 < self.broker_port < 65536:
             raise ConfigError(f"broker_port must be in 1..65535, got {self.broker_port!r}")
         validate_security(self.username, self.password, self.tls_ca, self.tls_cert, self.tls_key)
+        if self.mqtt_version not in ("5", "3.1.1"):
+            raise ConfigError(f"mqtt_version must be 5 or 3.1.1, got {self.mqtt_version!r}")
         if not self.public_base_url.startswith(("http://", "https://")):
             raise ConfigError(f"public_base_url must be http(s), got {self.public_base_url!r}")
         object.__setattr__(self, "public_base_url", self.public_base_url.rstrip("/"))
@@ -204,10 +208,13 @@ class FleetManager:
     def start(self) -> None:
         """Connect (in the background, retrying), re-publish what was in flight, start ticking."""
         c = self.config
-        properties = Properties(PacketTypes.CONNECT)
-        properties.SessionExpiryInterval = c.session_expiry_s
-        self.client.connect_async(c.broker_host, c.broker_port, keepalive=c.keepalive_s, clean_start=False,
-                                  properties=properties)
+        if c.mqtt_version == "5":
+            properties = Properties(PacketTypes.CONNECT)
+            properties.SessionExpiryInterval = c.session_expiry_s
+            self.client.connect_async(c.broker_host, c.broker_port, keepalive=c.keepalive_s, clean_start=False,
+                                      properties=properties)
+        else:  # the persistent session comes from clean_session=False on the client
+            self.client.connect_async(c.broker_host, c.broker_port, keepalive=c.keepalive_s)
         self.client.loop_start()
         with self._lock:  # a crash between save and publish left these unsent; devices dedupe
             pending = [cmd for r in self._rollouts.values() for cmd in self._in_flight(r)]
@@ -243,7 +250,8 @@ class FleetManager:
     def _make_client(self) -> mqtt.Client:
         c = self.config
         client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=c.mqtt_client_id,
-                             protocol=mqtt.MQTTv5)
+                             protocol=mqtt.MQTTv5 if c.mqtt_version == "5" else mqtt.MQTTv311,
+                             clean_session=None if c.mqtt_version == "5" else False)
         apply_security(client, c.username, c.password, c.tls_ca, c.tls_cert, c.tls_key)
         client.reconnect_delay_set(min_delay=1, max_delay=5)
         client.max_queued_messages_set(0)  # unbounded: a command must never be dropped client-side
@@ -258,8 +266,8 @@ class FleetManager:
             log.error("broker refused the fleet manager: %s", reason_code)
             return
         fleet = self.config.fleet
-        client.subscribe([(Topics.fleet_wildcard(fleet, leaf), SubscribeOptions(qos=1))
-                          for leaf in ("state", "telemetry", "cmd/ack")])
+        qos = SubscribeOptions(qos=1) if self.config.mqtt_version == "5" else 1
+        client.subscribe([(Topics.fleet_wildcard(fleet, leaf), qos) for leaf in ("state", "telemetry", "cmd/ack")])
         self._connected.set()
         log.info("fleet manager connected to %s:%d", self.config.broker_host, self.config.broker_port)
 

@@ -119,6 +119,18 @@ def test_rollout_aborts_at_threshold_and_never_sends_later_waves(mqtt_broker, tm
     assert manager.store.load_rollout(rollout.id).status is RolloutStatus.ABORTED
 
 
+def test_a_manager_on_mqtt_3_1_1_runs_a_rollout(mqtt_broker, tmp_path, sims, managers) -> None:
+    devices = start_devices(mqtt_broker, sims, 3)
+    manager = start_manager(manager_config(mqtt_broker, tmp_path, mqtt_version="3.1.1"), managers)
+    assert manager.client.protocol == 4  # MQTT 3.1.1 on the wire
+    wait_devices_online(manager, 3)
+    record = manager.register_bundle(make_archive(tmp_path, 2))
+    rollout = manager.create_rollout(record.name, record.version, labels={"site": "lab"},
+                                     strategy=FixedBatches(size=2), device_timeout_s=60)
+    wait_status(manager, rollout.id, RolloutStatus.COMPLETED)
+    assert_applied_exactly_once(devices, rollout.id, rollout.spec.revision)
+
+
 def test_broker_restart_mid_rollout_loses_and_repeats_nothing(mqtt_broker, tmp_path, sims, managers) -> None:
     devices = start_devices(mqtt_broker, sims, 20, delay_s=0.3)
     manager = start_manager(manager_config(mqtt_broker, tmp_path), managers)
