@@ -581,7 +581,8 @@ def render(run: dict[str, Any], outcomes: Sequence[Outcome], md_path: Path) -> s
         f"| git commit | `{m['git_commit']}` ({dirty}) |",
         f"| date (UTC) | {run['started']} to {run['finished']} |",
         f"| load average (1, 5, 15 min) | before {_load(run['loadavg_before'])}, after {_load(run['loadavg_after'])} |",
-        f"| mode | {'quick (smoke run, small sizes)' if run['quick'] else 'full'}, wall time {num(run['wall_s'], 0)} s |",
+        f"| mode | {'quick (a smoke run, small sizes)' if run['quick'] else 'full'}, "
+        f"wall time {num(run['wall_s'], 0)} s |",
         "",
         "The machine may have been shared with other work while this ran: the load average before and after each "
         "benchmark is in the summary.",
@@ -596,7 +597,7 @@ def render(run: dict[str, Any], outcomes: Sequence[Outcome], md_path: Path) -> s
     for o in outcomes:
         lines += [f"## {o.name}", "", "```", " ".join(shlex.quote(part) for part in _display(o.command)), "```", ""]
         if not o.ok:
-            lines += [f"**FAILED**: {o.problem} after {num(o.elapsed_s, 0)} s. Last lines of its stderr:", "",
+            lines += [f"**FAILED**: {o.problem} (ran {num(o.elapsed_s, 0)} s). The last lines of its stderr:", "",
                       "```", o.stderr_tail or "(nothing)", "```", ""]
         if o.report is not None:
             try:
