@@ -255,11 +255,15 @@ class EdgeService:
             )
         )
 
-    async def stream(self, request: QueryRequest) -> AsyncIterator[StreamItem]:
-        """The query as events; the last one is ``done`` with the full result."""
+    async def stream(self, request: QueryRequest, *, buffered: bool = False) -> AsyncIterator[StreamItem]:
+        """The query as events; the last one is ``done`` with the full result.
+
+        ``buffered``: the caller shows nothing before ``done`` (a plain JSON response), so a
+        cloud stream that breaks after its answer began can still fall back to the local
+        answer; a live stream has shown part of the cloud's answer and fails instead."""
         started = time.perf_counter()
         try:
-            async for item in self._stream(request, started):
+            async for item in self._stream(request, started, buffered):
                 yield item
         except InvalidInputError:
             raise
@@ -268,7 +272,7 @@ class EdgeService:
             self.metrics.errors.labels(type(exc).__name__).inc()
             raise
 
-    async def _stream(self, request: QueryRequest, started: float) -> AsyncIterator[StreamItem]:
+    async def _stream(self, request: QueryRequest, started: float, buffered: bool) -> AsyncIterator[StreamItem]:
         bundle, answer, decision = await self._local(request)
         yield StreamItem("route", {"route": decision.route.value, "reason": decision.reason, "confidence": _num(answer.confidence)})
         if decision.route is Route.EDGE:
@@ -331,7 +335,7 @@ class EdgeService:
             asyncio.get_running_loop().create_task(self.check_cloud())
             if request.route is Requested.CLOUD:
                 result = self._accept(request, params, bundle, answer, started)
-            elif answered:
+            elif answered and not buffered:
                 raise UnavailableError(f"the cloud stream broke after the answer began: {exc}") from exc
             else:
                 result = self._edge_result(request, bundle, answer, decision, started, degraded=True, reason="cloud_unavailable")
@@ -341,7 +345,7 @@ class EdgeService:
 
     async def query(self, request: QueryRequest) -> QueryResult:
         done: dict[str, object] | None = None
-        async for item in self.stream(request):
+        async for item in self.stream(request, buffered=True):
             if item.event == "done":
                 done = item.data
         assert done is not None
