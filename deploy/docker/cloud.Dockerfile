@@ -20,7 +20,8 @@ RUN pip install "$(grep -o 'grpcio-tools==[0-9.]*' pyproject.toml)" \
     && pip install '.[cloud]'
 
 FROM python:3.11-slim
-RUN useradd --system --uid 10001 --user-group --home-dir /var/lib/edgecloud --create-home edgecloud
+RUN groupadd --system --gid 10001 edgecloud \
+    && useradd --system --uid 10001 --gid 10001 --home-dir /var/lib/edgecloud --create-home edgecloud
 COPY --from=build /opt/venv /opt/venv
 COPY models/cloud-teacher /opt/edgecloud/models/cloud-teacher
 # Offline: the model is in the image, and nothing may be fetched from the Hub at run time.

@@ -17,7 +17,8 @@ RUN pip install "$(grep -o 'grpcio-tools==[0-9.]*' pyproject.toml)" \
     && ! pip show torch >/dev/null 2>&1
 
 FROM python:3.11-slim
-RUN useradd --system --uid 10001 --user-group --home-dir /var/lib/edgecloud --create-home edgecloud
+RUN groupadd --system --gid 10001 edgecloud \
+    && useradd --system --uid 10001 --gid 10001 --home-dir /var/lib/edgecloud --create-home edgecloud
 COPY --from=build /opt/venv /opt/venv
 COPY models/edge-student /opt/edgecloud/models/edge-student
 ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
