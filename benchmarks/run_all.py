@@ -102,12 +102,14 @@ def cloud_throughput(r: Report) -> Lines:
                      ratio(p["ratio"]["sessions_per_s"]), num(s["tokens_per_s"], 0), num(b["tokens_per_s"], 0),
                      ratio(p["ratio"]["tokens_per_s"]), num(s["ttft_ms"]["p50"], 0), num(b["ttft_ms"]["p50"], 0),
                      num(b["token_latency_ms_client"]["p50"]), num(b["engine"]["mean_batch"], 1),
-                     pct(p["same_answer_both_modes"], 0), pct(b["accuracy"], 0)))
+                     pct(p["same_answer_both_modes"], 0), pct(b["accuracy"], 0),
+                     f"{num(s['other_processes_cpu_s'], 1)} / {num(b['other_processes_cpu_s'], 1)}"))
     lines = ["Sequential = `max_batch=1`, batched = `max_batch=32`; same queries through both servers at each "
              "concurrency, ratio = batched / sequential.", ""]
     lines += table(["concurrent", "sessions", "seq sessions/s", "batched sessions/s", "ratio", "seq tokens/s",
                     "batched tokens/s", "ratio", "seq TTFT p50 ms", "batched TTFT p50 ms",
-                    "batched ms/token p50", "mean batch", "same answers", "batched accuracy"], rows)
+                    "batched ms/token p50", "mean batch", "same answers", "batched accuracy",
+                    "other processes' CPU s (seq / batched)"], rows)
     target = r.get("target")
     if target is None:
         lines += targets([(f"batched >= {CLOUD_RATIO_AT_16:g}x sessions/s at 16 concurrent",
@@ -347,7 +349,7 @@ class Benchmark:
     """Defaults to ``benchmarks/<name>.py``."""
 
     def command(self, out: Path, quick: bool) -> list[str]:
-        command = [sys.executable, _shown(self.script or HERE / f"{self.name}.py"), *self.args]
+        command = [sys.executable, _shown(self.script or HERE / f"{self.name}.py"), *self.args]  # cwd: REPO
         if quick:
             command += self.quick
         if self.output == "out":
@@ -391,10 +393,34 @@ class Outcome:
     def ok(self) -> bool:
         return not self.problem
 
+    @property
+    def shown(self) -> str:
+        """The command as a reader would type it in the repository root."""
+        return " ".join(shlex.quote(part) for part in [_shown(Path(self.command[0])), *self.command[1:]])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "ok": self.ok, "problem": self.problem, "returncode": self.returncode,
+                "timed_out": self.timed_out, "elapsed_s": round(self.elapsed_s, 1),
+                "loadavg_before": self.loadavg_before, "loadavg_after": self.loadavg_after, "command": self.shown,
+                "stderr_tail": "" if self.ok else self.stderr_tail}
+
+    @classmethod
+    def load(cls, entry: dict[str, Any], results: Path) -> Outcome:
+        """An outcome as ``run.json`` recorded it, with the JSON and plots now in ``results``."""
+        out = results / entry["name"]
+        written = out / f"{entry['name']}.json"
+        return cls(entry["name"], shlex.split(entry["command"]), entry["returncode"], entry["timed_out"],
+                   entry["elapsed_s"], tuple(entry["loadavg_before"]), tuple(entry["loadavg_after"]),
+                   json.loads(written.read_text()) if written.exists() else None, entry["problem"],
+                   entry["stderr_tail"], sorted(p for p in out.iterdir() if p.is_file()) if out.is_dir() else [])
+
 
 def _shown(path: Path) -> str:
-    """``path`` relative to the repository root when it lies inside it (as the scripts record it)."""
-    path = Path(os.path.abspath(path))  # not resolve(): .venv/bin/python is a link to the base interpreter
+    """An absolute ``path`` relative to the repository root when it lies inside it (as the scripts
+    record it); a relative one as it is."""
+    if not path.is_absolute():
+        return str(path)
+    path = Path(os.path.normpath(path))  # not resolve(): .venv/bin/python is a link to the base interpreter
     return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
 
 
@@ -424,7 +450,7 @@ def _parse_json(text: str) -> Report | None:
 
 def run_one(bench: Benchmark, results: Path, quick: bool, timeout_s: float | None, index: int,
             total: int) -> Outcome:
-    out = results / bench.name
+    out = (results / bench.name).absolute()
     shutil.rmtree(out, ignore_errors=True)  # nothing stale may pass for this run's figures
     out.mkdir(parents=True)
     outcome = Outcome(bench.name, bench.command(out, quick), loadavg_before=os.getloadavg())
@@ -556,7 +582,8 @@ def machine() -> dict[str, Any]:
 # -- the Markdown report --------------------------------------------------------------------------
 
 
-def render(run: dict[str, Any], outcomes: Sequence[Outcome], md_path: Path) -> str:
+def render(run: dict[str, Any], outcomes: Sequence[Outcome], md_path: Path,
+           sections: dict[str, Callable[[Report], Lines]]) -> str:
     m = run["machine"]
     packages = ", ".join(f"{name} {version}" for name, version in m["packages"].items())
     dirty = f"dirty: {m['git_changed_files']} tracked files changed" if m["git_dirty"] else "clean"
@@ -593,9 +620,8 @@ def render(run: dict[str, Any], outcomes: Sequence[Outcome], md_path: Path) -> s
     lines += table(["benchmark", "status", "wall s", "load before -> after"],
                    [(f"[{o.name}](#{o.name})", "ok" if o.ok else f"**FAILED**: {o.problem}", num(o.elapsed_s, 0),
                      f"{_load(o.loadavg_before[:1])} -> {_load(o.loadavg_after[:1])}") for o in outcomes])
-    sections = {bench.name: bench.section for bench in run["benchmarks"]}
     for o in outcomes:
-        lines += [f"## {o.name}", "", "```", " ".join(shlex.quote(part) for part in _display(o.command)), "```", ""]
+        lines += [f"## {o.name}", "", "```", o.shown, "```", ""]
         if not o.ok:
             lines += [f"**FAILED**: {o.problem} (ran {num(o.elapsed_s, 0)} s). The last lines of its stderr:", "",
                       "```", o.stderr_tail or "(nothing)", "```", ""]
@@ -620,11 +646,6 @@ def _load(values: Sequence[float]) -> str:
     return ", ".join(f"{v:.2f}" for v in values)
 
 
-def _display(command: Sequence[str]) -> list[str]:
-    """A command as a reader would type it: the interpreter shown relative to the repository."""
-    return [_shown(Path(command[0])), *command[1:]] if command else []
-
-
 # -- main ------------------------------------------------------------------------------------------
 
 
@@ -632,7 +653,7 @@ def _extra(spec: str) -> Benchmark:
     name, sep, script = spec.partition("=")
     if not sep or not name or not script:
         raise argparse.ArgumentTypeError(f"expected NAME=SCRIPT, got {spec!r}")
-    return Benchmark(name, script=Path(script), timeout_s=600)
+    return Benchmark(name, script=Path(script).absolute(), timeout_s=600)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -645,8 +666,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=None, help="seconds per benchmark (default: each its own)")
     parser.add_argument("--extra", type=_extra, action="append", default=[], metavar="NAME=SCRIPT",
                         help="also run SCRIPT as benchmark NAME (given --out DIR; reported field by field)")
+    parser.add_argument("--render-only", action="store_true",
+                        help="run nothing: write the report again from <results>/run.json and the JSON there")
     args = parser.parse_args(argv)
     benchmarks = [*BENCHMARKS, *args.extra]
+    sections = {bench.name: bench.section for bench in benchmarks}
+    if args.render_only:
+        summary = json.loads((args.results / "run.json").read_text())
+        outcomes = [Outcome.load(entry, args.results) for entry in summary.pop("benchmarks")]
+        args.out_md.write_text(render(summary, outcomes, args.out_md, sections))
+        return 0 if all(o.ok for o in outcomes) else 1
     if args.only:
         known = {bench.name for bench in benchmarks}
         unknown = [name for name in args.only if name not in known]
@@ -668,14 +697,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 for i, bench in enumerate(benchmarks, 1)]
     run |= {"finished": datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S"), "loadavg_after": os.getloadavg(),
             "wall_s": time.monotonic() - started}
-    summary = {**run, "benchmarks": [
-        {"name": o.name, "ok": o.ok, "problem": o.problem, "returncode": o.returncode, "timed_out": o.timed_out,
-         "elapsed_s": round(o.elapsed_s, 1), "loadavg_before": o.loadavg_before, "loadavg_after": o.loadavg_after,
-         "command": " ".join(shlex.quote(part) for part in _display(o.command)),
-         "stderr_tail": "" if o.ok else o.stderr_tail} for o in outcomes]}
+    summary = {**run, "benchmarks": [o.to_dict() for o in outcomes]}
     (args.results / "run.json").write_text(json.dumps(summary, indent=2) + "\n")
     args.out_md.parent.mkdir(parents=True, exist_ok=True)
-    args.out_md.write_text(render(run | {"benchmarks": benchmarks}, outcomes, args.out_md))
+    args.out_md.write_text(render(run, outcomes, args.out_md, sections))
     failed = [o.name for o in outcomes if not o.ok]
     print(f"wrote {args.out_md} ({len(outcomes) - len(failed)} ok, {len(failed)} failed"
           f"{': ' + ', '.join(failed) if failed else ''}) in {run['wall_s']:.0f} s", file=sys.stderr)

@@ -72,6 +72,13 @@ def test_report_has_the_machine_and_the_figures_of_each_json(with_failure: tuple
     assert "![student_latency](results/student_latency/student_latency.png)" in text  # drawn by the script
 
 
+def test_render_only_writes_the_same_report_again(with_failure: tuple) -> None:
+    _, tmp = with_failure
+    result = run("--render-only", "--results", str(tmp / "results"), "--out-md", str(tmp / "again.md"))
+    assert result.returncode == 1, result.stderr  # the recorded run had a failure
+    assert (tmp / "again.md").read_text() == (tmp / "RESULTS.md").read_text()
+
+
 def test_a_clean_run_exits_zero(tmp_path: Path) -> None:
     result = run("--quick", "--only", "feature_codec", "--results", str(tmp_path / "r"),
                  "--out-md", str(tmp_path / "R.md"))
