@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 OUT ?= out
 
-.PHONY: demo test venv models models-quick clean
+.PHONY: demo test bench venv models models-quick clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found (edgecloud needs Python 3.11)"; exit 1; }
@@ -18,9 +18,14 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-## The main job: evaluate the shipped demo bundles (no training needed).
+## The main job: broker, cloud, fleet manager and three edge daemons as processes; 1000 queries,
+## a signed rollout midway, a cloud crash and restart; report + plots under $(OUT)/demo.
 demo: $(STAMP)
-	$(PY) -m shared.cli models eval --models models --out $(OUT)/eval
+	$(PY) -m demo --out $(OUT)/demo
+
+## Every benchmark, one after the other; writes benchmarks/RESULTS.md (about half an hour).
+bench: $(STAMP)
+	$(PY) benchmarks/run_all.py
 
 ## The test suite.
 test: $(STAMP)

@@ -1,0 +1,278 @@
+"""The demo's script: start the stack, send the traffic, roll out a new edge model
+midway, crash and restart the cloud, then report.
+
+The two disruptions are triggered by progress (share of queries answered), not by
+wall time, so the story is the same on a fast or a slow machine: the rollout starts
+at ``rollout_at``; the cloud is killed at ``outage_at`` once the rollout has ended,
+and started again ``outage_s`` seconds later.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+from tqdm import tqdm
+
+from demo.report import build_report, check_invariants, format_report, plot, route_counts
+from demo.stack import Stack, StackConfig
+from demo.traffic import QueryRecord, Sampler, Traffic, metric_values
+from shared.artifacts import pack_bundle
+from shared.bundle import load_manifest, write_bundle
+from shared.errors import ConfigError
+from shared.signing import load_private_key, sign_bundle
+
+__all__ = ["DemoConfig", "run_demo"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, kw_only=True)
+class DemoConfig:
+    out: Path
+    queries: int = 1000
+    concurrency: int = 12
+    rollout_at: float = 0.25
+    outage_at: float = 0.55
+    outage_s: float = 8.0
+    stack: StackConfig | None = None
+
+    def __post_init__(self) -> None:
+        if self.queries < 50:
+            raise ConfigError("the demo needs at least 50 queries to show its phases")
+        if not 0 < self.rollout_at < self.outage_at < 1:
+            raise ConfigError("need 0 < rollout_at < outage_at < 1")
+        if self.concurrency < 1 or self.outage_s <= 0:
+            raise ConfigError("concurrency >= 1 and outage_s > 0 required")
+
+
+def release_bundle(source: Path, work: Path, version: int, key: Path) -> Path:
+    """``source`` re-versioned to ``version``, signed with ``key``, packed as a .tar.gz."""
+    directory = work / f"{source.name}-v{version}"
+    shutil.rmtree(directory, ignore_errors=True)
+    shutil.copytree(source, directory)
+    (directory / "manifest.sig").unlink(missing_ok=True)
+    m = load_manifest(source)
+    write_bundle(directory, name=m.name, kind=m.kind, version=version, io=m.io, calibration=m.calibration,
+                 golden=m.golden, metadata={**m.metadata, "released_by": "edgecloud demo"})
+    sign_bundle(directory, load_private_key(key))
+    archive = work / f"{directory.name}.tar.gz"
+    pack_bundle(directory, archive)
+    return archive
+
+
+class _Run:
+    def __init__(self, config: DemoConfig, stack: Stack) -> None:
+        self.config = config
+        self.stack = stack
+        self.events: list[dict[str, Any]] = []
+        self.phase = "steady"
+        self.done = 0
+        self.lock = threading.Lock()
+        self.t0 = time.monotonic()
+        self.bar: tqdm | None = None
+        self.counts: dict[str, int] = {}
+        self.swap: dict[str, Any] = {}
+        self.rollout_finished = threading.Event()
+        self.cloud_back = threading.Event()
+        self.errors: list[str] = []
+        source = load_manifest(stack.config.models / "edge-student")
+        self.bundle_name, self.from_version, self.to_version = source.name, source.version, source.version + 1
+
+    def clock(self) -> float:
+        return time.monotonic() - self.t0
+
+    def event(self, text: str) -> None:
+        t = round(self.clock(), 1)
+        self.events.append({"t": t, "event": text})
+        (self.bar.write if self.bar is not None else print)(f"[{t:6.1f} s] {text}")
+
+    def on_done(self, record: QueryRecord) -> None:
+        with self.lock:
+            self.done += 1
+            key = "failed" if record.failed else "outbox" if record.status == "accepted" else (
+                "degraded" if record.degraded else record.route)
+            self.counts[key] = self.counts.get(key, 0) + 1
+            if self.bar is not None:
+                self.bar.update(1)
+                self.bar.set_postfix_str(f"{self.phase} | " + " ".join(f"{k} {v}" for k, v in sorted(self.counts.items())),
+                                         refresh=False)
+
+    # -- the rollout -------------------------------------------------------------------
+
+    def rollout(self) -> None:
+        try:
+            self._rollout()
+        except Exception as exc:  # noqa: BLE001 - reported as a broken invariant, not a crash
+            log.exception("the rollout step failed")
+            self.errors.append(f"rollout: {exc}")
+            self.swap.setdefault("status", f"error: {exc}")
+        finally:
+            self.rollout_finished.set()
+
+    def _rollout(self) -> None:
+        stack = self.stack
+        archive = release_bundle(stack.config.models / "edge-student", stack.work / "release", self.to_version,
+                                 stack.key)
+        self.event(f"signed {self.bundle_name} v{self.to_version} ({archive.stat().st_size / 1e6:.2f} MB archive)")
+        with httpx.Client(base_url=stack.fleet_url, timeout=30) as api:
+            registered = api.post("/v1/bundles", content=archive.read_bytes(),
+                                  headers={"Content-Type": "application/gzip"})
+            if registered.status_code != 201:
+                raise RuntimeError(f"registering the bundle gave HTTP {registered.status_code}: {registered.text}")
+            self.event(f"registered it with the fleet manager (signature checked, sha256 {registered.json()['sha256'][:12]}..)")
+            created = api.post("/v1/rollouts", json={
+                "bundle": self.bundle_name, "version": self.to_version, "labels": {"site": "demo"},
+                "strategy": {"type": "exponential", "base_rate": 1, "increment_factor": 2.0},
+                "abort": {"failure_percent": 50, "min_devices": 1}, "device_timeout_s": 120})
+            if created.status_code != 201:
+                raise RuntimeError(f"creating the rollout gave HTTP {created.status_code}: {created.text}")
+            rollout_id = created.json()["id"]
+            started = self.clock()
+            self.event(f"rollout {rollout_id} started: waves {created.json()['wave_sizes']}, abort at 50% failures")
+            self.swap.update(rollout_id=rollout_id, from_version=self.from_version, to_version=self.to_version,
+                             devices={})
+            seen: dict[str, str] = {}
+            while True:
+                view = api.get(f"/v1/rollouts/{rollout_id}").json()
+                for device in view["devices"]:
+                    status = device["deploy"]["status"]
+                    if seen.get(device["device"]) != status:
+                        seen[device["device"]] = status
+                        self.swap["devices"].setdefault(device["device"], []).append((status, round(self.clock(), 2)))
+                        if status in ("ACTIVE", "FAILED", "ROLLED_BACK"):
+                            self.event(f"{device['device']} {status} on v{self.to_version}")
+                if view["status"] not in ("RUNNING", "PAUSED"):
+                    break
+                if self.clock() - started > 180:
+                    raise TimeoutError(f"rollout {rollout_id} still {view['status']} after 180 s")
+                time.sleep(0.2)
+            self.swap.update(status=view["status"], duration_s=round(self.clock() - started, 2),
+                             succeeded=view["succeeded"], failed=view["failed"])
+            self.event(f"rollout {view['status']}: {view['succeeded']} ACTIVE, {view['failed']} failed")
+
+    # -- the outage --------------------------------------------------------------------
+
+    def outage(self) -> None:
+        try:
+            self.stack.kill_cloud()
+            self.phase = "outage"
+            self.event("cloud Reasoner killed (SIGKILL): new queries degrade to the edge, cloud-only ones queue")
+            time.sleep(self.config.outage_s)
+            self.phase = "recovery"
+            started = time.monotonic()
+            self.stack.start_cloud()
+            self.event(f"cloud Reasoner restarted and SERVING after {time.monotonic() - started:.1f} s "
+                       "(same session store: interrupted sessions re-run)")
+        except Exception as exc:  # noqa: BLE001
+            log.exception("the outage step failed")
+            self.errors.append(f"outage: {exc}")
+        finally:
+            self.cloud_back.set()
+
+    def director(self, n: int) -> None:
+        """Starts the rollout and the outage when the traffic gets there."""
+        c = self.config
+        while self.done < c.rollout_at * n:
+            time.sleep(0.05)
+        self.phase = "rollout"
+        rollout = threading.Thread(target=self.rollout, name="demo-rollout", daemon=True)
+        rollout.start()
+        while self.done < c.outage_at * n or not self.rollout_finished.is_set():
+            if self.done >= n:
+                self.event("traffic ended before the outage could start; lower --outage-at or send more queries")
+                self.cloud_back.set()
+                return
+            time.sleep(0.05)
+        self.outage()
+
+
+def _bytes_per_escalation(stack: Stack) -> dict[str, Any]:
+    wire = escalations = 0.0
+    for index in range(stack.config.edges):
+        text = httpx.get(f"{stack.edge_url(index)}/metrics", timeout=5).text
+        wire += sum(v for labels, v in metric_values(text, "edgecloud_edge_escalation_bytes_total").items()
+                    if ("part", "features") in labels)
+        escalations += sum(metric_values(text, "edgecloud_edge_escalations_total").values())
+    dim = int(load_manifest(stack.config.models / "edge-student").io["feature_dim"])
+    per = wire / escalations if escalations else None
+    return {"escalations": int(escalations), "wire_bytes": per, "raw_bytes": 4 * dim,
+            "ratio": (4 * dim / per) if per else None}
+
+
+def _first_served(records: list[QueryRecord], stack: Stack, version: int) -> dict[str, float]:
+    first: dict[str, float] = {}
+    for record in sorted(records, key=lambda r: r.sent_at):
+        if record.model_version == version:
+            first.setdefault(stack.devices[record.edge], record.sent_at)
+    return first
+
+
+def run_demo(config: DemoConfig) -> int:
+    stack_config = config.stack or StackConfig(work=config.out / "run")
+    if stack_config.work.exists():
+        shutil.rmtree(stack_config.work)
+    config.out.mkdir(parents=True, exist_ok=True)
+    stack = Stack(stack_config)
+    started = time.monotonic()
+    print(f"edgecloud demo: {config.queries} queries over {stack_config.edges} edge daemons; logs in {stack.work / 'logs'}")
+    try:
+        stack.start()
+        run = _Run(config, stack)
+        problems = Traffic.problems_for(config.queries)
+        traffic = Traffic([stack.edge_url(i) for i in range(stack_config.edges)], problems,
+                          concurrency=config.concurrency, phase=lambda: run.phase,
+                          insist_on_cloud=lambda: run.phase == "outage", on_done=run.on_done)
+        run.t0 = traffic.started
+        sampler = Sampler([stack.edge_url(i) for i in range(stack_config.edges)], clock=run.clock)
+        sampler.start()
+        director = threading.Thread(target=run.director, args=(len(problems),), name="demo-director", daemon=True)
+        director.start()
+        with tqdm(total=len(problems), unit="q", desc="queries", dynamic_ncols=True) as bar:
+            run.bar = bar
+            records = traffic.run()
+        run.bar = None
+        run.rollout_finished.wait(120)
+        run.cloud_back.wait(120)
+        if run.phase == "outage":  # traffic outran the restart; let the director finish it
+            director.join(60)
+        waiting = traffic.collect_outbox(timeout_s=90)
+        delivered = sum(r.delivered_after_s is not None for r in records)
+        run.event(f"outbox drained: {delivered} delivered, {len(waiting)} still waiting")
+        sampler.stop()
+        run.swap["first_served_by_new_version"] = _first_served(records, stack, run.to_version)
+        bytes_per = _bytes_per_escalation(stack)
+        traffic.close()
+    except BaseException:
+        print(f"\nthe demo failed; the processes' logs are in {stack.work / 'logs'}")
+        stack.stop()
+        raise
+    dead = stack.dead()
+    exits = stack.stop()
+    report = build_report(records, events=run.events, swap=run.swap, bytes_per_escalation=bytes_per, exits=exits,
+                          wall_s=time.monotonic() - started, broker=stack.broker_kind if stack.broker_kind == "embedded"
+                          else "mosquitto", undelivered=len(waiting),
+                          samples=[s.__dict__ for s in sampler.samples])
+    report["route_counts"] = dict(route_counts(records))
+    broken = check_invariants(report, edges=stack_config.edges, new_version=run.to_version) + run.errors
+    broken += [f"{d} died during the run" for d in dead if not d.startswith("cloud")]
+    report["invariants_broken"] = broken
+    (config.out / "report.json").write_text(json.dumps(report, indent=1))
+    (config.out / "queries.jsonl").write_text("".join(json.dumps(r.to_json()) + "\n" for r in records))
+    plots = plot(records, report, config.out)
+    print()
+    print(format_report(report))
+    print(f"\nreport: {config.out / 'report.json'}; per-query records: {config.out / 'queries.jsonl'}; plots: "
+          + ", ".join(str(p) for p in plots))
+    if broken:
+        print("\nDEMO FAILED:\n  " + "\n  ".join(broken))
+        return 1
+    print(f"\nall invariants hold; finished in {time.monotonic() - started:.0f} s")
+    return 0
