@@ -45,7 +45,7 @@ from shared.errors import ConfigError, EdgecloudError, InvalidInputError
 from shared.fleet import AckStatus, Birth, Command, CommandAck, Telemetry, Topics, decode, encode
 from shared.mqtt_security import apply_security, validate_security
 
-__all__ = ["AgentConfig", "DeviceAgent"]
+__all__ = ["AgentConfig", "DeviceAgent", "resume_bundle"]
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +91,34 @@ class AgentConfig:
             raise ConfigError(f"mqtt_version must be 5 or 3.1.1, got {self.mqtt_version!r}")
         if self.telemetry_interval_s <= 0 or self.watch_s < 0 or self.max_bundle_bytes < 1:
             raise ConfigError("telemetry_interval_s > 0, watch_s >= 0, max_bundle_bytes >= 1 required")
+
+
+def resume_bundle(config: AgentConfig, fallback: Path) -> Path:
+    """The bundle a (re)starting daemon should serve: the last one the fleet deployed and
+    watched on this device, re-verified against the trusted keys, else ``fallback``.
+
+    Without this a reboot would silently undo a rollout. A deployed bundle that no longer
+    verifies (tampered, or its key no longer trusted) is not served: the daemon starts on
+    ``fallback`` and says why."""
+    from shared.signing import TrustStore, verify_signed_bundle
+
+    state_file = Path(config.state_dir) / "agent-state.json"
+    try:
+        active = json.loads(state_file.read_text()).get("active")
+    except FileNotFoundError:
+        return fallback
+    except (OSError, json.JSONDecodeError) as exc:
+        log.error("agent state %s is unreadable (%s); serving %s", state_file, exc, fallback)
+        return fallback
+    if not active or Path(active).resolve() == Path(fallback).resolve():
+        return fallback
+    try:
+        manifest = verify_signed_bundle(active, TrustStore.from_paths(list(config.trusted_keys)))
+    except (EdgecloudError, OSError) as exc:
+        log.error("the fleet-deployed bundle %s does not verify (%s); serving %s instead", active, exc, fallback)
+        return fallback
+    log.info("resuming the fleet-deployed bundle %s v%d from %s", manifest.name, manifest.version, active)
+    return Path(active)
 
 
 class _Failed(Exception):
@@ -306,6 +334,8 @@ class DeviceAgent:
             self._ack(command, AckStatus.ROLLED_BACK, reason)
             return AckStatus.ROLLED_BACK
         self.service.slot.wait_idle(old, timeout=30)  # then the old model is released
+        self._state["active"] = str(bundle.directory)  # what a restarted daemon serves: see resume_bundle
+        self._save_state()
         self._ack(command, AckStatus.ACTIVE, "watch window passed")
         return AckStatus.ACTIVE
 

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 
 from fastapi import FastAPI
 
-from edge.agent import AgentConfig, DeviceAgent
+from edge.agent import AgentConfig, DeviceAgent, resume_bundle
 from edge.api import create_app
 from edge.config import EdgeConfig
 from edge.escalation import CloudClient, CloudClientConfig
@@ -46,6 +47,8 @@ def serve(config: EdgeConfig, agent: AgentConfig | None = None) -> None:
     """Serve HTTP until SIGTERM/SIGINT; with ``agent``, also join the fleet over MQTT."""
     import uvicorn
 
+    if agent is not None:
+        config = replace(config, bundle=resume_bundle(agent, config.bundle))
     app, service = create_daemon(config)
     device_agent = DeviceAgent(agent, service) if agent is not None else None
     if device_agent is not None:

@@ -18,7 +18,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from edge.agent import AgentConfig, DeviceAgent
+from edge.agent import AgentConfig, DeviceAgent, resume_bundle
 from edge.config import EdgeConfig
 from edge.daemon import create_daemon
 from edge.service import EdgeService
@@ -189,6 +189,13 @@ def test_signed_newer_bundle_is_deployed_and_commands_are_idempotent(device, shi
     stale = command(bundle, revision=4)
     observer.publish(Topics(FLEET, "dev-1").cmd, stale)
     observer.wait_for(lambda: acks_for(observer, stale["id"]) == ["IGNORED"])
+
+    # a restarted daemon serves what the fleet deployed, not its --bundle, while that still verifies
+    shipped = shipped_models / "edge-student"
+    deployed = service.slot.current.directory
+    assert resume_bundle(agent.config, fallback=shipped) == deployed
+    (deployed / "tokenizer.json").write_text("{}")  # tampered on disk
+    assert resume_bundle(agent.config, fallback=shipped) == shipped
 
 
 @pytest.mark.parametrize("attack", ["unsigned", "rogue_key", "tampered_file", "downgrade", "wrong_hash", "traversal"])
