@@ -90,6 +90,7 @@ def _cloud_serve(args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
         metrics_port=None if args.metrics_port < 0 else args.metrics_port,
+        metrics_host=args.metrics_host,
         store=args.store,
         grace_s=args.grace,
         tls=tls,
@@ -111,6 +112,7 @@ def _add_cloud_commands(commands: argparse._SubParsersAction) -> None:
     serve.add_argument("--host", default="127.0.0.1", help="bind address (default: 127.0.0.1)")
     serve.add_argument("--port", type=int, default=50051)
     serve.add_argument("--metrics-port", type=int, default=9100, help="Prometheus port; -1 disables (default: 9100)")
+    serve.add_argument("--metrics-host", default="127.0.0.1", help="Prometheus bind address (default: 127.0.0.1)")
     serve.add_argument("--store", default="cloud-sessions.sqlite3", help="SQLite file of sessions, or :memory:")
     serve.add_argument("--tokens", type=Path, help='JSON {"device-id": "token"}; required when not on loopback')
     serve.add_argument("--no-auth", action="store_true", help="accept requests without a token even off loopback")
@@ -234,6 +236,9 @@ def _fleet_serve(args: argparse.Namespace) -> int:
 
     if not args.trust:
         log.warning("no --trust key: bundles are registered unchecked (devices still verify signatures)")
+    if args.public_url is None and args.host in ("0.0.0.0", "::"):
+        raise SystemExit(f"error: --host {args.host} needs --public-url: devices cannot download from "
+                         f"http://{args.host}:{args.port}")
     config = FleetManagerConfig(
         fleet=args.fleet,
         **_mqtt_settings(args),  # type: ignore[arg-type]

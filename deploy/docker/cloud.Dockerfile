@@ -31,14 +31,14 @@ USER 10001:10001
 WORKDIR /var/lib/edgecloud
 # The session store: mount a volume here, or sessions die with the container.
 VOLUME /var/lib/edgecloud
-EXPOSE 50051
+EXPOSE 50051 9100
 # Plaintext health check: with --tls-cert the check needs TLS too (replace it, or rely on the
 # orchestrator's probes). NOT_SERVING while the model loads and while draining.
 HEALTHCHECK --interval=15s --timeout=5s --start-period=120s --retries=3 CMD ["python", "-c", "import sys, grpc; from grpc_health.v1 import health_pb2 as h, health_pb2_grpc as g; r = g.HealthStub(grpc.insecure_channel('127.0.0.1:50051')).Check(h.HealthCheckRequest(service='edgecloud.v1.Reasoner'), timeout=4); sys.exit(r.status != h.HealthCheckResponse.SERVING)"]
 # What the container fixes (address, paths); CMD holds what a site overrides. Listening on
 # 0.0.0.0 makes device tokens mandatory: mount {"device-id": "token"} JSON at the path below.
-# --metrics-port -1: the Prometheus endpoint binds 127.0.0.1 only (no flag moves it), so it
-# is useless outside the container.
+# Prometheus on 9100 for scrapers outside the container (it carries no secrets).
 ENTRYPOINT ["edgecloud", "cloud", "serve", "--host", "0.0.0.0", "--port", "50051", \
             "--model", "/opt/edgecloud/models/cloud-teacher", "--store", "/var/lib/edgecloud/cloud-sessions.sqlite3"]
-CMD ["--tokens", "/run/secrets/edgecloud-tokens.json", "--device", "cpu", "--metrics-port", "-1", "--grace", "20"]
+CMD ["--tokens", "/run/secrets/edgecloud-tokens.json", "--device", "cpu", "--metrics-port", "9100", \
+     "--metrics-host", "0.0.0.0", "--grace", "20"]
