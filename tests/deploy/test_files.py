@@ -146,7 +146,11 @@ def test_k8s_workload_args_probes_and_grace_agree() -> None:
             assert args.host == "0.0.0.0" and args.tokens, "off loopback, device tokens are required"
             probes = [container[p] for p in ("startupProbe", "readinessProbe", "livenessProbe")]
             assert {probe["grpc"]["port"] for probe in probes} == {args.port}
-            assert {port["containerPort"] for port in container["ports"]} == {args.port}
+            ports = {port["name"]: port["containerPort"] for port in container["ports"]}
+            assert ports["grpc"] == args.port
+            assert ports.get("metrics") in (None, args.metrics_port)
+            if "metrics" in ports:
+                assert args.metrics_host == "0.0.0.0", "a metrics port nobody outside the pod can reach"
             pre_stop = container.get("lifecycle", {}).get("preStop", {}).get("exec", {}).get("command", [])
             pause = float(pre_stop[1]) if pre_stop[:1] == ["sleep"] else 0.0
             assert pod["terminationGracePeriodSeconds"] > args.grace + pause
