@@ -95,7 +95,7 @@ SWAP_TARGET = 10
 
 
 def cloud_throughput(r: Report) -> Lines:
-    rows = []
+    rows, cores = [], r["machine"]["cpu_count"] or 1
     for p in r["points"]:
         s, b = p["sequential"], p["batched"]
         rows.append((p["concurrency"], s["sessions"], num(s["sessions_per_s"]), num(b["sessions_per_s"]),
@@ -103,13 +103,13 @@ def cloud_throughput(r: Report) -> Lines:
                      ratio(p["ratio"]["tokens_per_s"]), num(s["ttft_ms"]["p50"], 0), num(b["ttft_ms"]["p50"], 0),
                      num(b["token_latency_ms_client"]["p50"]), num(b["engine"]["mean_batch"], 1),
                      pct(p["same_answer_both_modes"], 0), pct(b["accuracy"], 0),
-                     f"{num(s['other_processes_cpu_s'], 1)} / {num(b['other_processes_cpu_s'], 1)}"))
+                     f"{_foreign(s, cores)} / {_foreign(b, cores)}"))
     lines = ["Sequential = `max_batch=1`, batched = `max_batch=32`; same queries through both servers at each "
              "concurrency, ratio = batched / sequential.", ""]
     lines += table(["concurrent", "sessions", "seq sessions/s", "batched sessions/s", "ratio", "seq tokens/s",
                     "batched tokens/s", "ratio", "seq TTFT p50 ms", "batched TTFT p50 ms",
                     "batched ms/token p50", "mean batch", "same answers", "batched accuracy",
-                    "other processes' CPU s (seq / batched)"], rows)
+                    "CPU taken by other processes (seq / batched)"], rows)
     target = r.get("target")
     if target is None:
         lines += targets([(f"batched >= {CLOUD_RATIO_AT_16:g}x sessions/s at 16 concurrent",
@@ -121,6 +121,11 @@ def cloud_throughput(r: Report) -> Lines:
     lines += [f"Other processes took {pct(r.get('other_processes_cpu_share'))} of the machine's CPU during the "
               f"measurements; benchmark wall time {num(r.get('wall_s'), 1)} s.", ""]
     return lines
+
+
+def _foreign(point: Report, cores: int) -> str:
+    """The share of the machine's CPU other processes took while one mode ran."""
+    return pct(point["other_processes_cpu_s"] / point["wall_s"] / cores, 0)
 
 
 def cloud_resume(r: Report) -> Lines:
