@@ -141,15 +141,16 @@ class FleetManagerConfig:
 
 
 def read_archive_manifest(archive: Path) -> Manifest:
-    """The validated ``manifest.json`` of a bundle archive, at its root or in one top folder."""
+    """The validated ``manifest.json`` at the root of a bundle archive."""
     try:
         with tarfile.open(archive, "r:gz") as tar:
-            candidates = [m for m in tar.getmembers()
-                          if m.name.lstrip("./").split("/")[-1] == MANIFEST_FILE
-                          and m.name.lstrip("./").count("/") <= 1]
+            # at the root, as pack_bundle writes it and as devices unpack it (a bundle in a top
+            # folder would register here and then fail on every device)
+            candidates = [m for m in tar.getmembers() if m.name.removeprefix("./") == MANIFEST_FILE]
             if not candidates:
-                raise ManifestError(f"{archive.name}: no {MANIFEST_FILE} at its root or in one top folder")
-            member = min(candidates, key=lambda m: m.name.lstrip("./").count("/"))
+                raise ManifestError(f"{archive.name}: no {MANIFEST_FILE} at the archive's root "
+                                    "(pack bundles with shared.artifacts.pack_bundle or `tar -C BUNDLE_DIR -czf X .`)")
+            member = candidates[0]
             if not member.isfile() or member.size > _MAX_MANIFEST_BYTES:
                 raise ManifestError(f"{archive.name}: {member.name} is not a regular file under 4 MiB")
             handle = tar.extractfile(member)

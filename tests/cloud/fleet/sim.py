@@ -9,7 +9,6 @@ final ack again) and counts how often it *applied* each command id.
 from __future__ import annotations
 
 import os
-import tarfile
 import threading
 import time
 from collections import Counter
@@ -24,6 +23,7 @@ from paho.mqtt.properties import Properties
 
 from cloud.fleet.manager import FleetManager, FleetManagerConfig
 from cloud.fleet.rollout import RolloutStatus
+from shared.artifacts import pack_bundle
 from shared.bundle import write_bundle
 from shared.fleet import AckStatus, Birth, Command, CommandAck, Telemetry, Topics, decode, encode
 
@@ -143,11 +143,10 @@ def make_bundle(directory: Path, version: int, payload_bytes: int = 4096, kind: 
 
 
 def make_archive(directory: Path, version: int, payload_bytes: int = 4096, kind: str = "edge") -> Path:
-    """A .tar.gz holding the bundle in one top folder (pack_bundle puts files at the root)."""
+    """A .tar.gz of the bundle as devices take it: files at the root (pack_bundle)."""
     bundle = make_bundle(directory, version, payload_bytes, kind)
     archive = directory / f"edge-student-v{version}.tar.gz"
-    with tarfile.open(archive, "w:gz") as tar:
-        tar.add(bundle, arcname=bundle.name)
+    pack_bundle(bundle, archive)
     return archive
 
 

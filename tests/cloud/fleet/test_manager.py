@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import tarfile
 import time
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from cloud.fleet.api import create_app, create_server
 from cloud.fleet.manager import FleetManager, FleetManagerConfig, read_archive_manifest
 from cloud.fleet.rollout import AbortCriteria, FixedBatches, RolloutStatus
-from shared.errors import BundleError, ConfigError, InvalidInputError, NotFoundError
+from shared.errors import BundleError, ConfigError, InvalidInputError, ManifestError, NotFoundError
 from tests.cloud.fleet.sim import (
     assert_applied_exactly_once,
     make_archive,
@@ -56,6 +57,11 @@ def test_register_bundle_content_addressed_and_checked(tmp_path: Path) -> None:
         junk.write_bytes(b"not a tarball")
         with pytest.raises(BundleError):
             read_archive_manifest(junk)
+        nested = tmp_path / "nested.tar.gz"  # the bundle in a top folder: devices would refuse it
+        with tarfile.open(nested, "w:gz") as tar:
+            tar.add(make_bundle(tmp_path / "nested", 4), arcname="edge-student-v4")
+        with pytest.raises(ManifestError, match="at the archive's root"):
+            manager.register_bundle(nested)
         with pytest.raises(NotFoundError):
             manager.artifact_path("0" * 64)
     finally:
