@@ -294,6 +294,7 @@ def plot_feature_codec(r: Report, out: Path) -> None:
     values = [r["raw_float32_bytes"], r["encoded_bytes"]["mean"], r["payload_bytes"]["mean"]]
     bars = ax.bar(labels, values, color=["grey", "C0", "C2"])
     ax.bar_label(bars, [f"{v:.0f} B" for v in values])
+    ax.margins(y=0.12)
     ax.set_ylabel("bytes per escalation")
     ax.set_title(f"Feature codec: {r['ratio']:.2f}x smaller, cosine min {r['cosine']['min']:.4f}")
     _save(fig, out / "feature_codec.png")
@@ -306,6 +307,7 @@ def plot_swap_under_load(r: Report, out: Path) -> None:
     fig, ax = _figure()
     bars = ax.bar(["p50", "p99", "max"], [latency["p50"], latency["p99"], latency["max"]], color="C0")
     ax.bar_label(bars, [f"{v:.0f} ms" for v in (latency["p50"], latency["p99"], latency["max"])])
+    ax.margins(y=0.12)
     ax.set_ylabel("command publish -> new version serving (ms)")
     ax.set_title(f"{r['swaps_completed']} hot swaps under {r['requests_per_s']:.0f} req/s, "
                  f"{r['failed_requests']} failed requests")
@@ -324,7 +326,7 @@ def plot_fleet_scale(r: Report, out: Path) -> None:
     left.bar([x + 0.2 for x in xs], [p["absorbed_per_s"] for p in phases.values()], 0.4, label="absorbed")
     left.set_xticks(list(xs), list(phases))
     left.set_ylabel("telemetry messages/s")
-    left.legend(fontsize=8)
+    left.legend(fontsize=8, loc="lower center")
     left.set_title(f"{r['devices']} devices")
     if rollout is not None and rollout["waves"]:
         waves = rollout["waves"]
@@ -405,7 +407,7 @@ class Outcome:
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "ok": self.ok, "problem": self.problem, "returncode": self.returncode,
-                "timed_out": self.timed_out, "elapsed_s": round(self.elapsed_s, 1),
+                "timed_out": self.timed_out, "elapsed_s": round(self.elapsed_s, 3),
                 "loadavg_before": self.loadavg_before, "loadavg_after": self.loadavg_after, "command": self.shown,
                 "stderr_tail": "" if self.ok else self.stderr_tail}
 
@@ -414,10 +416,17 @@ class Outcome:
         """An outcome as ``run.json`` recorded it, with the JSON and plots now in ``results``."""
         out = results / entry["name"]
         written = out / f"{entry['name']}.json"
-        return cls(entry["name"], shlex.split(entry["command"]), entry["returncode"], entry["timed_out"],
-                   entry["elapsed_s"], tuple(entry["loadavg_before"]), tuple(entry["loadavg_after"]),
-                   json.loads(written.read_text()) if written.exists() else None, entry["problem"],
-                   entry["stderr_tail"], sorted(p for p in out.iterdir() if p.is_file()) if out.is_dir() else [])
+        return cls(
+            entry["name"], shlex.split(entry["command"]), returncode=entry["returncode"],
+            timed_out=entry["timed_out"], elapsed_s=entry["elapsed_s"],
+            loadavg_before=tuple(entry["loadavg_before"]), loadavg_after=tuple(entry["loadavg_after"]),
+            report=json.loads(written.read_text()) if written.exists() else None, problem=entry["problem"],
+            stderr_tail=entry["stderr_tail"], files=_files(out),
+        )
+
+
+def _files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file()) if folder.is_dir() else []
 
 
 def _shown(path: Path) -> str:
@@ -498,7 +507,7 @@ def run_one(bench: Benchmark, results: Path, quick: bool, timeout_s: float | Non
         outcome.problem = f"exit code {outcome.returncode}"
     elif outcome.report is None:
         outcome.problem = "no JSON on stdout or in its output folder"
-    outcome.files = sorted(p for p in out.iterdir() if p.is_file())
+    outcome.files = _files(out)
     status = "ok" if outcome.ok else f"FAILED: {outcome.problem}"
     end = "\r" if sys.stderr.isatty() else ""
     print(f"{end}[{index}/{total}] {bench.name:<18} {outcome.elapsed_s:6.0f} s  {status}", file=sys.stderr, flush=True)
@@ -672,12 +681,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--extra", type=_extra, action="append", default=[], metavar="NAME=SCRIPT",
                         help="also run SCRIPT as benchmark NAME (given --out DIR; reported field by field)")
     parser.add_argument("--render-only", action="store_true",
-                        help="run nothing: write the report again from <results>/run.json and the JSON there")
+                        help="run nothing: draw run_all's plots and write the report again from "
+                        "<results>/run.json and the JSON there")
     args = parser.parse_args(argv)
     benchmarks = [*BENCHMARKS, *args.extra]
     sections = {bench.name: bench.section for bench in benchmarks}
     if args.render_only:
         summary = json.loads((args.results / "run.json").read_text())
+        plots = {bench.name: bench.plot for bench in benchmarks if bench.plot is not None}
+        for entry in summary["benchmarks"]:
+            written = args.results / entry["name"] / f"{entry['name']}.json"
+            if entry["name"] in plots and written.exists():
+                plots[entry["name"]](json.loads(written.read_text()), written.parent)
         outcomes = [Outcome.load(entry, args.results) for entry in summary.pop("benchmarks")]
         args.out_md.write_text(render(summary, outcomes, args.out_md, sections))
         return 0 if all(o.ok for o in outcomes) else 1
