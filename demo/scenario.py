@@ -42,7 +42,13 @@ class DemoConfig:
     rollout_at: float = 0.25
     outage_at: float = 0.55
     outage_s: float = 8.0
+    outage_share: float = 0.12
+    """Share of the queries sent while the cloud is down (at least 30)."""
     stack: StackConfig | None = None
+
+    @property
+    def outage_queries(self) -> int:
+        return max(30, round(self.outage_share * self.queries))
 
     def __post_init__(self) -> None:
         if self.queries < 50:
@@ -83,6 +89,7 @@ class _Run:
         self.rollout_finished = threading.Event()
         self.cloud_back = threading.Event()
         self.errors: list[str] = []
+        self.outage_sent = 0
         source = load_manifest(stack.config.models / "edge-student")
         self.bundle_name, self.from_version, self.to_version = source.name, source.version, source.version + 1
 
@@ -160,22 +167,48 @@ class _Run:
 
     # -- the outage --------------------------------------------------------------------
 
+    def gate(self) -> None:
+        """While the cloud is down, let a quota of queries through, then hold the clients until
+        it is back: degraded answers take milliseconds, and without this the rest of the
+        traffic would rush through the outage and nothing would be left for the recovery."""
+        with self.lock:
+            if self.phase != "outage":
+                return
+            self.outage_sent += 1
+            if self.outage_sent <= self.config.outage_queries:
+                return
+        self.cloud_back.wait(300)
+
     def outage(self) -> None:
         try:
             self.stack.kill_cloud()
             self.phase = "outage"
             self.event("cloud Reasoner killed (SIGKILL): new queries degrade to the edge, cloud-only ones queue")
             time.sleep(self.config.outage_s)
-            self.phase = "recovery"
             started = time.monotonic()
             self.stack.start_cloud()
             self.event(f"cloud Reasoner restarted and SERVING after {time.monotonic() - started:.1f} s "
                        "(same session store: interrupted sessions re-run)")
+            self._wait_edges_see_cloud()
+            self.phase = "recovery"
+            self.event("every edge daemon's health check sees the cloud again: escalations resume")
         except Exception as exc:  # noqa: BLE001
             log.exception("the outage step failed")
             self.errors.append(f"outage: {exc}")
         finally:
             self.cloud_back.set()
+
+    def _wait_edges_see_cloud(self, timeout_s: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        with httpx.Client(timeout=5) as client:
+            for index in range(self.stack.config.edges):
+                while time.monotonic() < deadline:
+                    text = client.get(f"{self.stack.edge_url(index)}/metrics").text
+                    if sum(metric_values(text, "edgecloud_edge_cloud_up").values()) >= 1:
+                        break
+                    time.sleep(0.2)
+                else:
+                    raise TimeoutError(f"{self.stack.devices[index]} still sees the cloud down after {timeout_s:.0f} s")
 
     def director(self, n: int) -> None:
         """Starts the rollout and the outage when the traffic gets there."""
@@ -229,7 +262,7 @@ def run_demo(config: DemoConfig) -> int:
         problems = Traffic.problems_for(config.queries)
         traffic = Traffic([stack.edge_url(i) for i in range(stack_config.edges)], problems,
                           concurrency=config.concurrency, phase=lambda: run.phase,
-                          insist_on_cloud=lambda: run.phase == "outage", on_done=run.on_done)
+                          insist_on_cloud=lambda: run.phase == "outage", on_done=run.on_done, gate=run.gate)
         run.t0 = traffic.started
         sampler = Sampler([stack.edge_url(i) for i in range(stack_config.edges)], clock=run.clock)
         sampler.start()

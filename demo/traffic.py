@@ -81,13 +81,14 @@ class Traffic:
 
     def __init__(self, edge_urls: list[str], problems: list[Problem], *, concurrency: int,
                  phase: Callable[[], str], insist_on_cloud: Callable[[], bool], on_done: Callable[[QueryRecord], None],
-                 timeout_s: float = 120.0) -> None:
+                 gate: Callable[[], None] = lambda: None, timeout_s: float = 120.0) -> None:
         self.edge_urls = edge_urls
         self.problems = problems
         self.concurrency = concurrency
         self.phase = phase
         self.insist_on_cloud = insist_on_cloud
         self.on_done = on_done
+        self.gate = gate
         self.records: list[QueryRecord | None] = [None] * len(problems)
         self.started = time.monotonic()
         self._clients = [httpx.Client(base_url=url, timeout=timeout_s) for url in edge_urls]
@@ -101,6 +102,7 @@ class Traffic:
         return time.monotonic() - self.started
 
     def _send(self, index: int) -> QueryRecord:
+        self.gate()  # may hold the clients back (the demo does while the cloud is down)
         problem = self.problems[index]
         edge = index % len(self.edge_urls)
         phase = self.phase()
