@@ -49,7 +49,6 @@ import socket
 import sqlite3
 import subprocess
 import sys
-import tarfile
 import tempfile
 import threading
 import time
@@ -67,6 +66,7 @@ from paho.mqtt.properties import Properties  # noqa: E402
 
 from cloud.fleet.manager import FleetManager, FleetManagerConfig  # noqa: E402
 from cloud.fleet.rollout import Exponential, RolloutStatus  # noqa: E402
+from shared.artifacts import pack_bundle  # noqa: E402
 from shared.bundle import write_bundle  # noqa: E402
 from shared.fleet import AckStatus, Birth, Command, CommandAck, Telemetry, Topics, decode, encode  # noqa: E402
 
@@ -305,8 +305,7 @@ def make_archive(work: Path, version: int) -> Path:
                  io={"inputs": [], "outputs": [], "feature_dim": 4, "tokenizer": "none"},
                  calibration={}, golden=[], metadata={})
     archive = work / f"{bundle.name}.tar.gz"
-    with tarfile.open(archive, "w:gz") as tar:
-        tar.add(bundle, arcname=bundle.name)
+    pack_bundle(bundle, archive)  # files at the archive's root, as the manager requires
     return archive
 
 
