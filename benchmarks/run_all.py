@@ -92,6 +92,8 @@ CLOUD_RATIO_AT_16 = 4.0
 STUDENT_P50_MS = 5.0
 STUDENT_SPEEDUP = 3.0
 SWAP_TARGET = 10
+BUSY_SHARE = 0.2
+"""Above this share of the CPU taken by other processes, a timing section says the machine was busy."""
 
 
 def cloud_throughput(r: Report) -> Lines:
@@ -118,8 +120,12 @@ def cloud_throughput(r: Report) -> Lines:
         measured = r["ratio_sessions_per_s"][str(target["concurrency"])]
         lines += targets([(f"batched >= {target['ratio']:g}x sessions/s at {target['concurrency']} concurrent",
                            ratio(measured), target["met"])])
-    lines += [f"Other processes took {pct(r.get('other_processes_cpu_share'))} of the machine's CPU during the "
-              f"measurements; benchmark wall time {num(r.get('wall_s'), 1)} s.", ""]
+    share = r.get("other_processes_cpu_share")
+    lines += [f"Other processes took {pct(share)} of the machine's CPU during the measurements; benchmark wall "
+              f"time {num(r.get('wall_s'), 1)} s.", ""]
+    if share is not None and share > BUSY_SHARE:
+        lines += [f"**The machine was busy (over {pct(BUSY_SHARE, 0)} of its CPU taken by other processes): these "
+                  "figures are less reliable than on an idle machine.**", ""]
     return lines
 
 
@@ -570,14 +576,18 @@ def _os_name() -> str:
     return f"{pretty}, {platform.platform()}" if pretty else platform.platform()
 
 
-def machine() -> dict[str, Any]:
+def machine(outputs: Sequence[Path] = ()) -> dict[str, Any]:
+    """The machine, its packages, and the commit; a file under ``outputs`` (what this run
+    writes) does not make the tree dirty."""
     memory = _proc_field("/proc/meminfo", "MemTotal")
     mosquitto = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
     try:
         broker = subprocess.run([mosquitto, "-h"], capture_output=True, text=True, timeout=10).stdout.split("\n")[0]
     except OSError:
         broker = "not found"
-    changed = [line for line in _git("status", "--porcelain", "--untracked-files=no").splitlines() if line]
+    written = [_shown(path.absolute()) for path in outputs]
+    changed = [line for line in _git("status", "--porcelain", "--untracked-files=no").splitlines()
+               if line and not any(line[3:] == w or line[3:].startswith(w.rstrip("/") + "/") for w in written)]
     return {
         "cpu_model": _proc_field("/proc/cpuinfo", "model name") or platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
@@ -601,6 +611,7 @@ def render(run: dict[str, Any], outcomes: Sequence[Outcome], md_path: Path,
     m = run["machine"]
     packages = ", ".join(f"{name} {version}" for name, version in m["packages"].items())
     dirty = f"dirty: {m['git_changed_files']} tracked files changed" if m["git_dirty"] else "clean"
+    dirty += ", not counting this report and its results"
     lines = [
         "# Benchmark results",
         "",
@@ -707,7 +718,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     run: dict[str, Any] = {
         "command": " ".join(shlex.quote(part) for part in shown_argv),
         "quick": args.quick,
-        "machine": machine(),
+        "machine": machine([args.results, args.out_md]),
         "started": datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S"),
         "loadavg_before": os.getloadavg(),
     }
