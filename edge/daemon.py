@@ -15,6 +15,7 @@ from edge.metrics import EdgeMetrics
 from edge.outbox import Outbox
 from edge.runtime import EdgeBundle, ModelSlot
 from edge.service import EdgeService
+from shared.asgi import serve_until_signal
 
 __all__ = ["create_daemon", "serve"]
 
@@ -45,8 +46,6 @@ def create_daemon(config: EdgeConfig) -> tuple[FastAPI, EdgeService]:
 
 def serve(config: EdgeConfig, agent: AgentConfig | None = None) -> None:
     """Serve HTTP until SIGTERM/SIGINT; with ``agent``, also join the fleet over MQTT."""
-    import uvicorn
-
     if agent is not None:
         config = replace(config, bundle=resume_bundle(agent, config.bundle))
     app, service = create_daemon(config)
@@ -54,7 +53,7 @@ def serve(config: EdgeConfig, agent: AgentConfig | None = None) -> None:
     if device_agent is not None:
         device_agent.start()
     try:
-        uvicorn.run(app, host=config.host, port=config.port, log_level="info", access_log=False)
+        serve_until_signal(app, host=config.host, port=config.port)
     finally:
         if device_agent is not None:
             device_agent.stop()

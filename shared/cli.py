@@ -229,9 +229,8 @@ def _add_edge_commands(commands: argparse._SubParsersAction) -> None:
 
 
 def _fleet_serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from cloud.fleet.api import create_app
+    from shared.asgi import serve_until_signal
     from cloud.fleet.manager import FleetManager, FleetManagerConfig
 
     if not args.trust:
@@ -251,8 +250,7 @@ def _fleet_serve(args: argparse.Namespace) -> int:
     manager = FleetManager(config)
     manager.start()
     try:
-        uvicorn.run(create_app(manager, api_key=api_key), host=args.host, port=args.port, log_level="info",
-                    access_log=False)
+        serve_until_signal(create_app(manager, api_key=api_key), host=args.host, port=args.port)
     finally:
         manager.close()
     return 0

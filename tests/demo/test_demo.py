@@ -32,7 +32,10 @@ def test_the_demo_runs_every_part_and_reports(tmp_path: Path) -> None:
     assert len(records) == 150 and sum(r["route"] == "cloud" for r in records) == report["routes"]["cloud"]["requests"] + outage["accepted_into_outbox"]
     for name in ("accuracy_vs_escalation.png", "latency_by_route.png", "timeline.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert set(report["process_exits"]) == {"broker", "cloud", "fleet", "edge-1", "edge-2", "edge-3"}
+    exits = report["process_exits"]
+    assert set(exits) == {"broker", "cloud", "fleet", "edge-1", "edge-2", "edge-3"}
+    assert exits["cloud"] == [-9, 0]  # killed by the demo, then stopped cleanly
+    assert all(codes == [0] for name, codes in exits.items() if name != "cloud"), exits
 
 
 def good_report() -> dict:
