@@ -168,9 +168,13 @@ class _Run:
     # -- the outage --------------------------------------------------------------------
 
     def gate(self) -> None:
-        """While the cloud is down, let a quota of queries through, then hold the clients until
-        it is back: degraded answers take milliseconds, and without this the rest of the
-        traffic would rush through the outage and nothing would be left for the recovery."""
+        """Hold the clients where the story needs it. Past ``outage_at`` with the rollout still
+        watching its models, wait for it (a short run would end first). While the cloud is
+        down, let a quota of queries through, then wait until it is back: degraded answers
+        take milliseconds, and the rest of the traffic would rush through the outage with
+        nothing left for the recovery."""
+        if self.phase == "rollout" and self.done >= self.config.outage_at * self.config.queries:
+            self.rollout_finished.wait(300)  # a short run would otherwise end before the outage
         with self.lock:
             if self.phase != "outage":
                 return

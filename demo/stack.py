@@ -64,6 +64,8 @@ class StackConfig:
     cloud_threads: int = 1
     cloud_max_batch: int = 16
     telemetry_interval_s: float = 1.0
+    watch_s: float = 5.0
+    """How long each daemon watches a newly deployed model before acking ACTIVE."""
     broker: str = "auto"
     """``mosquitto``, ``embedded`` (amqtt, MQTT 3.1.1) or ``auto`` (mosquitto when installed)."""
 
@@ -229,7 +231,8 @@ class Stack:
                 "--device-id", device, "--outbox", str(state / "outbox.sqlite3"), "--threads", "1",
                 "--broker", f"127.0.0.1:{self.broker_port}", "--fleet", FLEET, "--trust", str(self.public_key),
                 "--agent-state", str(state / "agent"), "--telemetry-interval", str(self.config.telemetry_interval_s),
-                "--label", "site=demo", "--mqtt-version", self.mqtt_version)))
+                "--label", "site=demo", "--mqtt-version", self.mqtt_version,
+                "--watch-s", str(self.config.watch_s))))
         for index, process in enumerate(started):
             wait_until(lambda i=index: httpx.get(f"{self.edge_url(i)}/readyz", timeout=2).status_code == 200, 60,
                        f"{process.name} to be ready", process)

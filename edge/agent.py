@@ -11,10 +11,12 @@ A deployment: download the archive (resumable, size-capped) -> unpack safely
 hash, and that the version is newer than the serving one (or an explicit
 rollback to a version this device had) -> load it and run its golden
 self-test -> swap the model slot (in-flight requests finish on the old
-model) -> ACTIVE -> watch: if the error rate or the p99 latency of local answers breaks the
-configured limits relative to the previous model, swap back and report
-ROLLED_BACK. Any failure leaves the old model serving and reports FAILED with
-the reason.
+model) -> VERIFYING ("serving; watching") -> watch: if the error rate or the p99
+latency of local answers breaks the configured limits relative to the previous
+model, swap back and report ROLLED_BACK; else ACTIVE. ACTIVE comes only after
+the watch, so a staged rollout counts a device a success (and sends the next
+wave) only once its new model has proven itself. Any failure leaves the old
+model serving and reports FAILED with the reason.
 
 Commands are idempotent by id (a repeat gets its last status again) and a
 command with a deployment revision older than the newest seen is ignored.
@@ -327,7 +329,8 @@ class DeviceAgent:
         swapped_at = time.monotonic()
         old = self.service.swap(bundle)
         self._state["installed"][str(bundle.version)] = str(bundle.directory)
-        self._ack(command, AckStatus.ACTIVE)
+        if self.config.watch_s > 0:  # serving, still on probation: a rollout must not count it a success yet
+            self._ack(command, AckStatus.VERIFYING, f"serving v{bundle.version}; watching it for {self.config.watch_s:g} s")
         reason = self._watch(swapped_at, baseline.p99_ms)
         if reason:
             self.service.swap(old)
@@ -336,7 +339,7 @@ class DeviceAgent:
         self.service.slot.wait_idle(old, timeout=30)  # then the old model is released
         self._state["active"] = str(bundle.directory)  # what a restarted daemon serves: see resume_bundle
         self._save_state()
-        self._ack(command, AckStatus.ACTIVE, "watch window passed")
+        self._ack(command, AckStatus.ACTIVE, "watch window passed" if self.config.watch_s > 0 else "")
         return AckStatus.ACTIVE
 
     def _install(self, command: Command, previous: EdgeBundle) -> EdgeBundle:

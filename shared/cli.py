@@ -196,6 +196,8 @@ def _edge_serve(args: argparse.Namespace) -> int:
             trusted_keys=tuple(args.trust),
             telemetry_interval_s=args.telemetry_interval,
             labels=_labels(args.label),
+            watch_s=args.watch_s,
+            watch_min_requests=args.watch_min_requests,
         )
     serve(config, agent)
     return 0
@@ -224,6 +226,10 @@ def _add_edge_commands(commands: argparse._SubParsersAction) -> None:
     serve.add_argument("--telemetry-interval", type=float, default=5.0, help="seconds between telemetry messages")
     serve.add_argument("--label", action="append", default=[], metavar="KEY=VALUE",
                        help="device label rollouts can target (repeatable)")
+    serve.add_argument("--watch-s", type=float, default=30.0,
+                       help="seconds a newly deployed model is watched before it counts as ACTIVE (default: 30)")
+    serve.add_argument("--watch-min-requests", type=int, default=20,
+                       help="requests the watch needs before it judges error rate and latency (default: 20)")
     _add_mqtt_arguments(serve)
     serve.set_defaults(func=_edge_serve)
 

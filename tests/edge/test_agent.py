@@ -176,8 +176,9 @@ def test_signed_newer_bundle_is_deployed_and_commands_are_idempotent(device, shi
     )
     deploy = command(bundle, revision=5)
     observer.publish(Topics(FLEET, "dev-1").cmd, deploy)
-    observer.wait_for(lambda: acks_for(observer, deploy["id"])[-1:] == ["ACTIVE"] and len(acks_for(observer, deploy["id"])) >= 4)
-    assert acks_for(observer, deploy["id"])[:3] == ["DOWNLOADING", "VERIFYING", "ACTIVE"]
+    observer.wait_for(lambda: acks_for(observer, deploy["id"])[-1:] == ["ACTIVE"])
+    # VERIFYING twice: checking the bundle, then serving it through the watch window; ACTIVE only after
+    assert acks_for(observer, deploy["id"]) == ["DOWNLOADING", "VERIFYING", "VERIFYING", "ACTIVE"]
     assert service.slot.current.version == installed + 1
     assert service.slot.current.model.answer("2+2").text  # the new model serves
 
@@ -245,7 +246,7 @@ def test_a_misbehaving_new_model_is_rolled_back(device, shipped_models, tmp_path
     )
     deploy = command(bundle, revision=9)
     observer.publish(Topics(FLEET, "dev-1").cmd, deploy)
-    observer.wait_for(lambda: "ACTIVE" in acks_for(observer, deploy["id"]))
+    observer.wait_for(lambda: acks_for(observer, deploy["id"]).count("VERIFYING") == 2)  # swapped, watching
     for _ in range(10):  # requests failing on the new model during the watch window
         service.stats.record("error", 1.0, ok=False)
     observer.wait_for(lambda: "ROLLED_BACK" in acks_for(observer, deploy["id"]))
@@ -265,7 +266,7 @@ def test_a_slower_new_model_is_rolled_back(device, shipped_models, tmp_path, key
     )
     deploy = command(bundle, revision=9)
     observer.publish(Topics(FLEET, "dev-1").cmd, deploy)
-    observer.wait_for(lambda: "ACTIVE" in acks_for(observer, deploy["id"]))
+    observer.wait_for(lambda: acks_for(observer, deploy["id"]).count("VERIFYING") == 2)  # swapped, watching
     for _ in range(10):  # slow escalations are the cloud's business, not the new model's
         service.stats.record("cloud", 9000.0, ok=True)
     for _ in range(10):  # local answers, but 5 s each: beyond 3 x 2 ms + the 1000 ms allowance
@@ -314,7 +315,7 @@ def test_ten_swaps_over_mqtt_under_load_fail_no_request(device, shipped_models, 
             for revision, bundle in enumerate(bundles, 20):
                 deploy = command(bundle, revision=revision)
                 observer.publish(Topics(FLEET, "dev-1").cmd, deploy)
-                observer.wait_for(lambda d=deploy: acks_for(observer, d["id"]).count("ACTIVE") >= 2
+                observer.wait_for(lambda d=deploy: "ACTIVE" in acks_for(observer, d["id"])
                                   or {"FAILED", "ROLLED_BACK"} & set(acks_for(observer, d["id"])))
                 final = [a for a in observer.of("cmd/ack") if a["command_id"] == deploy["id"]][-1]
                 assert final["status"] == "ACTIVE", final
