@@ -38,19 +38,18 @@ def main() -> int:
     paths = ModelPaths(args.models)
     queries = [p.query for p in generate(args.n * 4, args.seed, Split.TEST) if p.k == 1][: args.n]
     int8 = EdgeModel.from_bundle(paths.student_bundle, threads=1)
-    fp32 = EdgeModel(
-        paths.reference / "model.onnx", int8.tokenizer_file, prompt_template=int8.prompt_template, threads=1
-    )
+    fp32 = EdgeModel(paths.reference / "model.onnx", int8.tokenizer_file, **int8.decoding, threads=1)
     model = AutoModelForCausalLM.from_pretrained(str(paths.reference)).eval()
     tokenizer = AutoTokenizer.from_pretrained(str(paths.reference))
-    torch_single_latency(model, tokenizer, queries[:10])  # warm-up
+    decoding = {"template": int8.prompt_template, "max_new_tokens": int8.max_new_tokens}
+    torch_single_latency(model, tokenizer, queries[:10], **decoding)  # warm-up
 
     # Interleave the three so that machine noise hits them alike.
     samples: dict[str, list[float]] = {"onnx_int8": [], "onnx_fp32": [], "torch_fp32": []}
     for query in queries:
         samples["onnx_int8"].append(int8.answer(query).latency_ms)
         samples["onnx_fp32"].append(fp32.answer(query).latency_ms)
-        samples["torch_fp32"].extend(torch_single_latency(model, tokenizer, [query]))
+        samples["torch_fp32"].extend(torch_single_latency(model, tokenizer, [query], **decoding))
     stats = {name: latency_summary(values) for name, values in samples.items()}
     p50 = {name: statistics.median(values) for name, values in samples.items()}
     report = {

@@ -4,6 +4,11 @@ Needs only onnxruntime, ``tokenizers`` and numpy (no torch). One graph serves
 the prefill (empty past) and each decode step; the prefill's ``features``
 output is the query's feature vector, and the answer tokens' log-probabilities
 give the calibrated confidence used for triage.
+
+Everything model-specific comes from the bundle: the prompt format
+(``io.prompt_template``), the stop token (``io.eos_token``), the answer
+length limit (``io.max_new_tokens``) and the query's pre-processing, which is
+the normaliser inside the bundle's ``tokenizer.json``.
 """
 
 from __future__ import annotations
@@ -27,6 +32,9 @@ from shared.calibration import Calibration
 __all__ = ["EdgeAnswer", "EdgeBundle", "EdgeModel", "ModelSlot"]
 
 log = logging.getLogger(__name__)
+
+#: Upper bound on a manifest's ``max_new_tokens``: the edge answers in milliseconds, not paragraphs.
+MAX_NEW_TOKENS = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,15 +61,18 @@ class EdgeModel:
         tokenizer_file: Path,
         *,
         prompt_template: str,
+        eos_token: str,
+        max_new_tokens: int,
         calibration: Calibration | None = None,
         threads: int = 1,
-        max_new_tokens: int = 12,
         warmup: bool = True,
     ) -> None:
         if "{query}" not in prompt_template:
             raise ValueError("prompt_template must contain '{query}'")
         if threads < 1:
             raise ValueError(f"threads must be >= 1, got {threads}")
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or not 1 <= max_new_tokens <= MAX_NEW_TOKENS:
+            raise ValueError(f"max_new_tokens must be an integer in 1..{MAX_NEW_TOKENS}, got {max_new_tokens!r}")
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
@@ -75,9 +86,10 @@ class EdgeModel:
         self.tokenizer_file = Path(tokenizer_file)
         self._past_inputs = [i for i in self.session.get_inputs() if i.name.startswith("past_key_values.")]
         self._output_names = [o.name for o in self.session.get_outputs()]
-        eos = self.tokenizer.token_to_id("<|im_end|>")
+        eos = self.tokenizer.token_to_id(eos_token) if isinstance(eos_token, str) else None
         if eos is None:
-            raise ValueError(f"{tokenizer_file}: no <|im_end|> token")
+            raise ValueError(f"{tokenizer_file}: the stop token {eos_token!r} is not in the vocabulary")
+        self.eos_token = eos_token
         self.eos_id = eos
         if warmup:
             self.answer("1+1")
@@ -92,15 +104,25 @@ class EdgeModel:
         graphs = manifest.io.get("graphs", {})
         if precision not in graphs:
             raise ValueError(f"{directory}: no {precision!r} graph (have {sorted(graphs)})")
+        missing = [key for key in ("prompt_template", "eos_token", "max_new_tokens") if key not in manifest.io]
+        if missing:
+            raise ValueError(f"{directory}: the manifest's io has no {', '.join(missing)}")
         calibration = Calibration.from_dict(manifest.calibration) if manifest.calibration else None
         return cls(
             directory / graphs[precision],
             directory / manifest.io["tokenizer"],
             prompt_template=manifest.io["prompt_template"],
+            eos_token=manifest.io["eos_token"],
+            max_new_tokens=manifest.io["max_new_tokens"],
             calibration=calibration,
             threads=threads,
             warmup=warmup,
         )
+
+    @property
+    def decoding(self) -> dict[str, object]:
+        """The bundle's decoding contract, to load another graph of the same model alike."""
+        return {"prompt_template": self.prompt_template, "eos_token": self.eos_token, "max_new_tokens": self.max_new_tokens}
 
     def _empty_past(self) -> dict[str, np.ndarray]:
         past = {}

@@ -29,6 +29,7 @@ def _models_build(args: argparse.Namespace) -> int:
         version=args.version,
         threads=args.threads,
         reuse_teacher=args.reuse_teacher,
+        refine_teacher=args.refine_teacher,
         reuse_student=args.reuse_student,
     )
     summary = build_models(config)
@@ -294,6 +295,11 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--threads", type=int, default=2, help="torch threads (default: 2)")
     build.add_argument(
         "--reuse-teacher", type=Path, default=None, metavar="DIR", help="distil from this trained teacher instead of training one"
+    )
+    build.add_argument(
+        "--refine-teacher",
+        action="store_true",
+        help="run the teacher recipe's second (refine) stage on the --reuse-teacher model first",
     )
     build.add_argument(
         "--reuse-student",

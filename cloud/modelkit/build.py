@@ -33,8 +33,8 @@ from cloud.modelkit.decoding import generate_batch
 from cloud.modelkit.evaluate import REFERENCE_DIR, STUDENT_DIR, TEACHER_DIR
 from cloud.modelkit.export import export_student, onnx_io, quantize_student
 from cloud.modelkit.student import StudentRecipe, distill_student, with_features
-from cloud.modelkit.teacher import ModelSpec, TeacherRecipe, chat_prompt, train_teacher
-from cloud.modelkit.tokenizer import IM_END, THINK_END, THINK_START, build_tokenizer
+from cloud.modelkit.teacher import ModelSpec, RefineStage, TeacherRecipe, chat_prompt, refine_teacher, train_teacher
+from cloud.modelkit.tokenizer import THINK_END, THINK_START, build_student_tokenizer, build_tokenizer
 from cloud.modelkit.training import TrainConfig
 from edge.runtime import EdgeModel
 from shared.bundle import GoldenCase, load_manifest, write_bundle
@@ -71,6 +71,9 @@ class BuildConfig:
     student: StudentRecipe = field(default_factory=StudentRecipe)
     reuse_teacher: Path | None = None
     """Skip teacher training: distil from this already-trained teacher folder instead."""
+    refine_teacher: bool = False
+    """Run the teacher recipe's second stage (``teacher.refine``) on the reused teacher first:
+    a teacher trained by the first stage alone becomes the one a full build makes."""
     reuse_student: Path | None = None
     """Skip distillation too: export, quantise and calibrate this trained student
     (a ``student-reference`` folder). Needs ``reuse_teacher``."""
@@ -82,6 +85,8 @@ class BuildConfig:
             raise ValueError(f"target_precision must be in [0.5, 1], got {self.target_precision}")
         if self.reuse_student is not None and self.reuse_teacher is None:
             raise ValueError("reuse_student needs reuse_teacher: a student is bundled with the teacher it came from")
+        if self.refine_teacher and (self.reuse_teacher is None or self.teacher.refine is None):
+            raise ValueError("refine_teacher needs reuse_teacher and a recipe with a refine stage")
         if self.calibration_n < 100:
             raise ValueError(f"calibration_n must be >= 100, got {self.calibration_n}")
 
@@ -94,8 +99,19 @@ def quick_recipes(config: BuildConfig) -> BuildConfig:
         config,
         calibration_n=300,
         int8_max_accuracy_drop=1.0,
-        teacher=replace(config.teacher, model=tiny, train=TrainConfig(steps=40, batch_size=32, lr=3e-3, warmup=5)),
-        student=replace(config.student, model=tinier, train=TrainConfig(steps=40, batch_size=32, lr=3e-3, warmup=5)),
+        teacher=replace(
+            config.teacher,
+            model=tiny,
+            train=TrainConfig(steps=40, batch_size=32, lr=3e-3, warmup=5),
+            refine=RefineStage(train=TrainConfig(steps=10, batch_size=32, lr=1e-3, warmup=2)),
+        ),
+        student=replace(
+            config.student,
+            model=tinier,
+            train=TrainConfig(steps=40, batch_size=32, lr=3e-3, warmup=5),
+            label_queries={1: 200, 2: 20, 3: 20, 4: 20},
+            eval_every=0,
+        ),
     )
 
 
@@ -218,6 +234,15 @@ def build_models(config: BuildConfig) -> dict[str, object]:
         if config.reuse_teacher is not None:
             log.info("reusing the teacher in %s", config.reuse_teacher)
             teacher, tokenizer, teacher_meta = _load_teacher(config.reuse_teacher, teacher_dir)
+            if config.refine_teacher:
+                refined_from = time.monotonic()
+                history = refine_teacher(teacher, tokenizer, config.teacher, seed=config.seed)
+                teacher.save_pretrained(str(teacher_dir))
+                teacher_meta = {
+                    **teacher_meta,
+                    "recipe": json.loads(json.dumps(asdict(config.teacher))),
+                    "refined": {"seconds": time.monotonic() - refined_from, "train_final": history[-1] if history else {}},
+                }
         else:
             tokenizer = build_tokenizer()
             log.info("training the teacher (%d steps)", config.teacher.train.steps)
@@ -229,25 +254,38 @@ def build_models(config: BuildConfig) -> dict[str, object]:
             }
 
         if config.reuse_student is not None:
+            from transformers import AutoTokenizer
+
             log.info("reusing the student in %s", config.reuse_student)
             student = with_features(AutoModelForCausalLM.from_pretrained(str(config.reuse_student)).eval())
+            student_tokenizer = AutoTokenizer.from_pretrained(str(config.reuse_student))
             student_history: list[dict[str, float]] = []
         else:
             log.info("distilling the student (%d steps)", config.student.train.steps)
-            student, student_history = distill_student(teacher, tokenizer, config.student, seed=config.seed)
+            student_tokenizer = build_student_tokenizer()
+            student, student_history = distill_student(
+                teacher, tokenizer, student_tokenizer, config.student, seed=config.seed
+            )
         reference_dir.mkdir(parents=True)
         student.save_pretrained(str(reference_dir))
-        tokenizer.save_pretrained(str(reference_dir))
+        student_tokenizer.save_pretrained(str(reference_dir))
 
         log.info("exporting the student to ONNX and quantising it to int8")
         fp32_file = export_student(student, reference_dir / "model.onnx")
         student_dir.mkdir(parents=True)
         int8_file = quantize_student(fp32_file, student_dir / INT8_FILE)
-        tokenizer.backend_tokenizer.save(str(student_dir / "tokenizer.json"))
-        prompt_template = chat_prompt(tokenizer, "{query}", enable_thinking=False)
+        student_tokenizer.backend_tokenizer.save(str(student_dir / "tokenizer.json"))
+        prompt_template = config.student.prompt_template
+        decoding = {
+            "prompt_template": prompt_template,
+            "eos_token": student_tokenizer.eos_token,
+            "max_new_tokens": config.student.max_new_tokens,
+        }
 
-        int8 = EdgeModel(int8_file, student_dir / "tokenizer.json", prompt_template=prompt_template, threads=config.threads)
-        fp32 = EdgeModel(fp32_file, student_dir / "tokenizer.json", prompt_template=prompt_template, threads=config.threads)
+        def edge_model(graph: Path) -> EdgeModel:
+            return EdgeModel(graph, student_dir / "tokenizer.json", **decoding, threads=config.threads)
+
+        int8, fp32 = edge_model(int8_file), edge_model(fp32_file)
         check = _int8_check(fp32, int8, config.seed)
         log.info("int8 vs fp32: %s", check)
         drop = check["accuracy_fp32"] - check["accuracy_int8"]
@@ -270,12 +308,15 @@ def build_models(config: BuildConfig) -> dict[str, object]:
             io={
                 **graph_io,
                 "feature_dim": int(student.config.hidden_size),
-                "features": {"output": "features", "dtype": "float32", "pooling": "mean of final hidden states over the prompt"},
+                "features": {
+                    "output": "features",
+                    "dtype": "float32",
+                    "pooling": "mean of final hidden states over the prompt, minus their mean over training queries",
+                },
                 "tokenizer": "tokenizer.json",
+                "preprocessing": "the tokenizer's normalizer (tokenizer.json)",
                 "graphs": {"int8": INT8_FILE},
-                "prompt_template": prompt_template,
-                "eos_token": IM_END,
-                "max_new_tokens": 12,
+                **decoding,
             },
             calibration=calibration.to_dict(),
             golden=_edge_golden(int8, config.seed),

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerFast
 
 from cloud.modelkit.decoding import Generation, generate_batch
+from cloud.modelkit.student import student_answers
 from cloud.modelkit.teacher import chat_prompt
 from edge.runtime import EdgeAnswer, EdgeModel
 from shared.task import Problem, Split, generate, parse_answer
@@ -101,12 +102,14 @@ def latency_summary(samples_ms: Sequence[float]) -> dict[str, float]:
 
 
 @torch.no_grad()
-def torch_single_latency(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, queries: Sequence[str]) -> list[float]:
-    """Per-query latency of the PyTorch student, batch 1, greedy with a KV cache."""
+def torch_single_latency(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, queries: Sequence[str], *, template: str, max_new_tokens: int
+) -> list[float]:
+    """Per-query latency of the PyTorch student, batch 1, greedy with a KV cache, on the bundle's prompt."""
     samples = []
     for query in queries:
         started = time.perf_counter()
-        generate_batch(model, tokenizer, [chat_prompt(tokenizer, query, enable_thinking=False)], max_new_tokens=12)
+        generate_batch(model, tokenizer, [template.format(query=query)], max_new_tokens=max_new_tokens)
         samples.append((time.perf_counter() - started) * 1000)
     return samples
 
@@ -210,14 +213,16 @@ def evaluate_all(
     torch.set_num_threads(1)
     student = AutoModelForCausalLM.from_pretrained(str(paths.reference)).eval()
     student_tok = AutoTokenizer.from_pretrained(str(paths.reference))
-    torch_gens = run_batched(student, student_tok, problems, thinking=False, desc="student torch")
-    report["student_fp32_torch"] = per_k_accuracy(problems, [g.answer_text for g in torch_gens])
-
     int8 = EdgeModel.from_bundle(paths.student_bundle, precision="int8", threads=1)
+    torch_answers = student_answers(
+        student, student_tok, int8.prompt_template, [p.query for p in problems], max_new_tokens=int8.max_new_tokens
+    )
+    report["student_fp32_torch"] = per_k_accuracy(problems, torch_answers)
+
     fp32 = EdgeModel(
         paths.reference / "model.onnx",
         int8.tokenizer_file,
-        prompt_template=int8.prompt_template,
+        **int8.decoding,
         calibration=int8.calibration,
         threads=1,
     )
@@ -232,7 +237,9 @@ def evaluate_all(
         report["triage"] = triage_report(problems, int8_answers, int8.calibration.threshold)
 
     simple = [p.query for p in problems if p.k == 1][:latency_n]
-    torch_ms = torch_single_latency(student, student_tok, simple)
+    torch_ms = torch_single_latency(
+        student, student_tok, simple, template=int8.prompt_template, max_new_tokens=int8.max_new_tokens
+    )
     int8_ms = [int8.answer(q).latency_ms for q in simple]
     fp32_ms = [fp32.answer(q).latency_ms for q in simple]
     report["latency_single_thread_k1"] = {

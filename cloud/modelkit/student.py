@@ -1,17 +1,28 @@
 """The student: a small Qwen3 distilled from the teacher, answering without thinking.
 
-It reads the chat prompt with thinking disabled and learns, token by token,
-the answer distribution the teacher gives *after* thinking (Hinton-style
-distillation: KL to the teacher's softened logits plus cross-entropy on the
-exact answer). The teacher reads its full reasoning (the scratchpad) before
-the answer; the student sees only the query, so it learns to answer directly
-what the teacher works out. On multi-step queries the student cannot follow,
-and its own token probabilities spread out: that is the confidence signal
-triage calibrates.
+Sequence-level distillation (Kim & Rush, 2016): the teacher answers a pool of
+training queries once, thinking first as it does in the cloud, and the
+student learns to say directly what the teacher worked out (cross-entropy on
+the teacher's answer tokens). The teacher's answer distribution after its
+reasoning is near one-hot, so its logits would add almost nothing to its
+answer text, and labelling once costs far less than running the teacher next
+to every training step.
+
+The student reads its own prompt, not a chat: the normalised query and ``=``
+(``recipe.prompt_template``); its tokenizer's normaliser strips case, spaces,
+lead-in words and question marks (:func:`build_student_tokenizer`), so short
+inputs carry only the expression. Most of its training queries are simple
+(k=1), its job; some are multi-step, which it cannot follow: its own token
+probabilities spread out on them, and that is the confidence signal triage
+calibrates.
 
 Wrapped by :func:`with_features`, the student also returns ``features``: the
-mean of its final hidden states over the tokens of the current call. On the
-prompt, that is the query's feature vector that escalations carry to the cloud.
+mean of its final hidden states over the tokens of the current call, minus a
+centre measured once on training queries (``config.feature_centre``). On the
+prompt, that is the query's feature vector that escalations carry to the
+cloud. Centred by construction, the vectors quantise to fewer bytes (their
+common offset carries no information about the query), and the cloud's
+decoder needs nothing from the bundle that produced them.
 """
 
 from __future__ import annotations
@@ -19,20 +30,31 @@ from __future__ import annotations
 import logging
 import random
 import types
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
-from transformers import PreTrainedTokenizerFast, Qwen3ForCausalLM
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel, PreTrainedTokenizerFast, Qwen3ForCausalLM
 from transformers.cache_utils import Cache
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from cloud.modelkit.scratchpad import think_text
+from cloud.modelkit.decoding import generate_batch
 from cloud.modelkit.teacher import ModelSpec, chat_prompt
-from cloud.modelkit.tokenizer import IM_END, THINK_END, THINK_START
-from cloud.modelkit.training import Example, TrainConfig, collate, train
-from shared.task import Split, make_problem, sample_k
+from cloud.modelkit.training import TrainConfig, collate, train
+from shared.task import EVAL_MIX, Problem, Split, generate, normalize_query, parse_answer
 
-__all__ = ["StudentOutput", "StudentRecipe", "distill_student", "with_features"]
+__all__ = [
+    "LabelledQuery",
+    "StudentOutput",
+    "StudentRecipe",
+    "distill_student",
+    "feature_centre",
+    "label_with_teacher",
+    "student_prompt",
+    "with_features",
+]
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +90,9 @@ def features_forward(
         current = attention_mask[:, -hidden.shape[1] :].to(hidden.dtype)
     weights = current.unsqueeze(-1)
     features = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+    centre = getattr(self.config, "feature_centre", None)
+    if centre is not None:
+        features = features - torch.tensor(centre, dtype=features.dtype, device=features.device)
     return StudentOutput(logits=logits, past_key_values=outputs.past_key_values, features=features)
 
 
@@ -86,29 +111,45 @@ def with_features(model: Qwen3ForCausalLM) -> Qwen3ForCausalLM:
 class StudentRecipe:
     model: ModelSpec = field(
         default_factory=lambda: ModelSpec(
-            hidden_size=128, intermediate_size=384, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=4
+            hidden_size=128,
+            intermediate_size=384,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            num_key_value_heads=4,
+            max_position_embeddings=128,
         )
     )
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=2000, batch_size=128, lr=3e-3, warmup=100))
-    mix: dict[int, float] = field(default_factory=lambda: {1: 0.91, 2: 0.03, 3: 0.03, 4: 0.03})
-    """Mostly simple queries, the student's job; a few multi-step ones so it learns to be unsure of them.
-    (Measured: at 600 steps, 14% of k=1 right with 90% simple queries vs 4% with 70%.)"""
-    distill_rows: int = 32
-    """Rows per batch that also get the teacher's logits (the rest: exact answer only).
-    The teacher reads its whole reasoning first, so its forward costs twice the
-    student's training step; its answer distribution is near one-hot once it has
-    reasoned, and a quarter of the batch carries that signal at a quarter of the cost."""
-    temperature: float = 1.0
-    distill_weight: float = 0.3
-    """Weight of the KL term; the rest is cross-entropy on the exact answer."""
+    train: TrainConfig = field(
+        default_factory=lambda: TrainConfig(steps=3000, batch_size=256, lr=2e-3, warmup=100, weight_decay=0.1)
+    )
+    mix: dict[int, float] = field(default_factory=lambda: {1: 0.85, 2: 0.05, 3: 0.05, 4: 0.05})
+    """k distribution of training batches: mostly simple queries, the student's job; enough
+    multi-step ones that it learns to be unsure of them."""
+    label_queries: dict[int, int] = field(default_factory=lambda: {1: 40000, 2: 2000, 3: 2000, 4: 2000})
+    """Training queries drawn per k for the teacher to answer (thinking), before de-duplication by
+    normalised query. 40000 draws cover ~85% of the 21,100 distinct k=1 expressions."""
+    prompt_template: str = "{query}="
+    """What the student reads; its tokenizer normalises the query inside it."""
+    max_new_tokens: int = 10
+    """Answer tokens the edge generates at most (end-of-answer included); k=1 answers need 5."""
+    label_batch_size: int = 512
+    eval_every: int = 500
+    """Steps between progress checks (k=1 accuracy on validation queries); 0: none."""
 
     def __post_init__(self) -> None:
-        if self.temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}")
-        if not 1 <= self.distill_rows <= self.train.batch_size:
-            raise ValueError(f"distill_rows must be in [1, batch_size], got {self.distill_rows}")
-        if not 0 <= self.distill_weight <= 1:
-            raise ValueError(f"distill_weight must be in [0, 1], got {self.distill_weight}")
+        if "{query}" not in self.prompt_template:
+            raise ValueError("prompt_template must contain '{query}'")
+        if set(self.label_queries) != set(self.mix):
+            raise ValueError(f"label_queries must give a count for every k of mix {sorted(self.mix)}")
+        if any(n < 1 for n in self.label_queries.values()):
+            raise ValueError("label_queries counts must be >= 1")
+        if not 1 <= self.max_new_tokens <= 64:
+            raise ValueError(f"max_new_tokens must be in 1..64, got {self.max_new_tokens}")
+
+
+def student_prompt(recipe_or_template: StudentRecipe | str, query: str) -> str:
+    template = recipe_or_template if isinstance(recipe_or_template, str) else recipe_or_template.prompt_template
+    return template.format(query=query)
 
 
 def build_student(recipe: StudentRecipe, tokenizer: PreTrainedTokenizerFast, seed: int) -> Qwen3ForCausalLM:
@@ -118,93 +159,144 @@ def build_student(recipe: StudentRecipe, tokenizer: PreTrainedTokenizerFast, see
     return Qwen3ForCausalLM(config)
 
 
-class StudentData:
-    """Seeded batches: the student reads ``prompt + answer``, the teacher ``prompt + reasoning + answer``."""
+@dataclass(frozen=True, slots=True)
+class LabelledQuery:
+    """A training query and the answer the teacher gave after thinking."""
 
-    def __init__(self, tokenizer: PreTrainedTokenizerFast, recipe: StudentRecipe, seed: int) -> None:
+    problem: Problem
+    answer: str
+
+
+def label_with_teacher(
+    teacher: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerFast,
+    problems: Sequence[Problem],
+    *,
+    batch_size: int = 512,
+    desc: str = "teacher labels",
+) -> list[str]:
+    """The teacher's answer text to each problem, thinking first (greedy, no budget)."""
+    order = sorted(range(len(problems)), key=lambda i: (problems[i].k, len(problems[i].expression)))
+    answers: list[str] = [""] * len(problems)
+    with tqdm(total=len(problems), desc=desc, unit="q", dynamic_ncols=True, mininterval=2.0) as bar:
+        for start in range(0, len(order), batch_size):
+            chunk = order[start : start + batch_size]
+            prompts = [chat_prompt(tokenizer, problems[i].query, enable_thinking=True) for i in chunk]
+            for i, gen in zip(chunk, generate_batch(teacher, tokenizer, prompts, max_new_tokens=200), strict=True):
+                answers[i] = gen.answer_text
+            bar.update(len(chunk))
+    return answers
+
+
+def _label_pool(teacher, teacher_tokenizer, recipe: StudentRecipe, seed: int) -> dict[int, list[LabelledQuery]]:
+    """Draw, de-duplicate by normalised query, and label the training queries, per k."""
+    chosen: dict[str, Problem] = {}
+    for k, n in sorted(recipe.label_queries.items()):
+        for problem in generate(n, seed * 100 + k, Split.TRAIN, {k: 1.0}):
+            chosen.setdefault(normalize_query(problem.query), problem)
+    problems = list(chosen.values())
+    log.info("student: the teacher labels %d distinct training queries", len(problems))
+    answers = label_with_teacher(teacher, teacher_tokenizer, problems, batch_size=recipe.label_batch_size)
+    pool: dict[int, list[LabelledQuery]] = {k: [] for k in recipe.mix}
+    for problem, answer in zip(problems, answers, strict=True):
+        pool[problem.k].append(LabelledQuery(problem, answer))
+    agreement = {
+        f"k{k}": float(np.mean([parse_answer(q.answer) == q.problem.answer for q in queries]))
+        for k, queries in sorted(pool.items())
+    }
+    log.info("student: teacher labels per k: %s; exact: %s", {k: len(v) for k, v in pool.items()}, agreement)
+    return pool
+
+
+class StudentData:
+    """Seeded batches from the labelled pool: pick k by the recipe's mix, then a query of that k."""
+
+    def __init__(
+        self, tokenizer: PreTrainedTokenizerFast, recipe: StudentRecipe, pool: dict[int, list[LabelledQuery]], seed: int
+    ) -> None:
         self.tokenizer = tokenizer
         self.recipe = recipe
         self.rng = random.Random(f"edgecloud-student-data/{Split.TRAIN.name}/{seed}")
+        self.ks = sorted(recipe.mix)
+        self.weights = [recipe.mix[k] for k in self.ks]
+        self.pool = pool
+        eos = tokenizer.eos_token
+        # Tokenise each labelled query once: (prompt ids, answer ids).
+        self.encoded: dict[int, list[tuple[list[int], list[int]]]] = {}
+        for k, queries in pool.items():
+            prompts = tokenizer([student_prompt(recipe, q.problem.query) for q in queries], add_special_tokens=False)
+            answers = tokenizer([f"{q.answer}{eos}" for q in queries], add_special_tokens=False)
+            self.encoded[k] = list(zip(prompts["input_ids"], answers["input_ids"], strict=True))
 
     def batch(self, _step: int) -> dict[str, torch.Tensor]:
-        problems = [make_problem(sample_k(self.rng, self.recipe.mix), self.rng) for _ in range(self.recipe.train.batch_size)]
-        tokenize = lambda texts: self.tokenizer(texts, add_special_tokens=False)["input_ids"]  # noqa: E731
-        prompts = tokenize([chat_prompt(self.tokenizer, p.query, enable_thinking=False) for p in problems])
-        # The teacher reads its own reasoning first, then the same answer tokens.
-        taught = problems[: self.recipe.distill_rows]
-        teacher_contexts = tokenize(
-            [
-                f"{chat_prompt(self.tokenizer, p.query, enable_thinking=True)}{THINK_START}\n{think_text(p)}{THINK_END}\n\n"
-                for p in taught
-            ]
-        )
-        answers = tokenize([f"{p.answer}{IM_END}" for p in problems])
-        student = collate([(c + a, len(c)) for c, a in zip(prompts, answers, strict=True)], self.tokenizer.pad_token_id)
-        teacher = collate(
-            [(c + a, len(c)) for c, a in zip(teacher_contexts, answers[: len(taught)], strict=True)],
-            self.tokenizer.pad_token_id,
-        )
-        return {**student, **{f"teacher_{key}": value for key, value in teacher.items()}}
+        ks = self.rng.choices(self.ks, weights=self.weights, k=self.recipe.train.batch_size)
+        examples = []
+        for k in ks:
+            prompt, answer = self.rng.choice(self.encoded[k])
+            examples.append((prompt + answer, len(prompt)))
+        return collate(examples, self.tokenizer.pad_token_id)
 
 
-TEACHER_CHUNK = 32
+@torch.no_grad()
+def student_answers(
+    student: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, template: str, queries: Sequence[str], *, max_new_tokens: int = 10
+) -> list[str]:
+    """Greedy answers of the PyTorch student (batched, no thinking)."""
+    out = []
+    for start in range(0, len(queries), 256):
+        prompts = [student_prompt(template, q) for q in queries[start : start + 256]]
+        out.extend(g.answer_text for g in generate_batch(student, tokenizer, prompts, max_new_tokens=max_new_tokens))
+    return out
 
 
-def _teacher_answer_logits(teacher: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """The teacher's logits on the answer tokens, rows in batch order.
+def _progress_check(student, tokenizer, recipe: StudentRecipe, seed: int):
+    problems = generate(300, seed + 11, Split.VALIDATION, {1: 1.0})
 
-    Reasoning makes teacher inputs long and uneven (a k=4 scratchpad is three
-    times a k=1 one), so rows are run in chunks of similar length, each cut to
-    its own longest row: padding every row to the batch's longest would
-    triple the cost of a step.
-    """
-    ids, mask, labels = batch["teacher_input_ids"], batch["teacher_attention_mask"], batch["teacher_labels"]
-    lengths = mask.sum(1)
-    per_row: list[torch.Tensor | None] = [None] * ids.shape[0]
-    for chunk in torch.argsort(lengths).split(TEACHER_CHUNK):
-        width = int(lengths[chunk].max())
-        logits = teacher(input_ids=ids[chunk, :width], attention_mask=mask[chunk, :width]).logits[:, :-1]
-        on_answer = labels[chunk, 1:width] != -100
-        for i, row in enumerate(chunk.tolist()):
-            per_row[row] = logits[i][on_answer[i]]
-    # Both sides carry the same answer tokens in the same order, so this lines
-    # up with the student's row-major selection position by position.
-    return torch.cat([r for r in per_row if r is not None])
+    def on_eval(_step: int) -> dict[str, float]:
+        answers = student_answers(student, tokenizer, recipe.prompt_template, [p.query for p in problems])
+        return {"val_k1_exact": float(np.mean([parse_answer(a) == p.answer for a, p in zip(answers, problems, strict=True)]))}
+
+    return on_eval
 
 
-def distillation_loss(teacher: torch.nn.Module, recipe: StudentRecipe):
-    temperature = recipe.temperature
-
-    def loss_fn(student: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        labels = batch["labels"][:, 1:]
-        on_answer = labels != -100
-        all_logits = student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
-        hard = torch.nn.functional.cross_entropy(all_logits[on_answer], labels[on_answer])
-        with torch.no_grad():
-            teacher_logits = _teacher_answer_logits(teacher, batch)
-        taught = batch["teacher_input_ids"].shape[0]
-        logits = all_logits[:taught][on_answer[:taught]]
-        soft = torch.nn.functional.kl_div(
-            torch.log_softmax(logits / temperature, -1),
-            torch.log_softmax(teacher_logits / temperature, -1),
-            log_target=True,
-            reduction="batchmean",
-        ) * (temperature**2)
-        return (1 - recipe.distill_weight) * hard + recipe.distill_weight * soft
-
-    return loss_fn
+@torch.no_grad()
+def feature_centre(student: Qwen3ForCausalLM, tokenizer: PreTrainedTokenizerFast, template: str, seed: int, n: int = 2000) -> list[float]:
+    """Mean pooled feature vector over ``n`` training queries of the evaluation mix."""
+    with_features(student).eval()
+    student.config.feature_centre = None
+    total = torch.zeros(student.config.hidden_size, dtype=torch.float64)
+    problems = generate(n, seed + 13, Split.TRAIN, EVAL_MIX)
+    for problem in problems:
+        ids = tokenizer(student_prompt(template, problem.query), add_special_tokens=False, return_tensors="pt")["input_ids"]
+        total += student(input_ids=ids).features[0].double()
+    return [float(v) for v in (total / n).tolist()]
 
 
 def distill_student(
-    teacher: torch.nn.Module, tokenizer: PreTrainedTokenizerFast, recipe: StudentRecipe, *, seed: int
+    teacher: torch.nn.Module,
+    teacher_tokenizer: PreTrainedTokenizerFast,
+    tokenizer: PreTrainedTokenizerFast,
+    recipe: StudentRecipe,
+    *,
+    seed: int,
 ) -> tuple[Qwen3ForCausalLM, list[dict[str, float]]]:
+    """Label a training pool with the teacher, train the student on it, centre its features."""
     teacher.eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
+    pool = _label_pool(teacher, teacher_tokenizer, recipe, seed)
     student = build_student(recipe, tokenizer, seed)
     log.info("student: %.2fM parameters", sum(p.numel() for p in student.parameters()) / 1e6)
-    data = StudentData(tokenizer, recipe, seed)
-    history = train(student, data.batch, recipe.train, loss_fn=distillation_loss(teacher, recipe), desc="student")
+    data = StudentData(tokenizer, recipe, pool, seed)
+    history = train(
+        student,
+        data.batch,
+        recipe.train,
+        desc="student",
+        on_eval=_progress_check(student, tokenizer, recipe, seed) if recipe.eval_every else None,
+        eval_every=recipe.eval_every,
+    )
+    student.config.feature_centre = feature_centre(student, tokenizer, recipe.prompt_template, seed)
     student.generation_config.eos_token_id = tokenizer.eos_token_id
     student.generation_config.pad_token_id = tokenizer.pad_token_id
-    return student, history
+    return with_features(student), history

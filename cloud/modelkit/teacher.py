@@ -22,7 +22,16 @@ from cloud.modelkit.tokenizer import IM_END, THINK_END, THINK_START
 from cloud.modelkit.training import Example, TrainConfig, collate, train
 from shared.task import Problem, Split, make_problem, sample_k
 
-__all__ = ["ModelSpec", "TeacherRecipe", "build_model", "chat_prompt", "teacher_example", "train_teacher"]
+__all__ = [
+    "ModelSpec",
+    "RefineStage",
+    "TeacherRecipe",
+    "build_model",
+    "chat_prompt",
+    "refine_teacher",
+    "teacher_example",
+    "train_teacher",
+]
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +68,27 @@ class ModelSpec:
 
 
 @dataclass(frozen=True, kw_only=True)
+class RefineStage:
+    """A second, shorter stage at a lower learning rate, on the queries the teacher still gets wrong.
+
+    After the first stage, half of the teacher's k=4 misses are in its compute
+    lines (mostly ``*`` lines, whose carries reach 11) and half in reading the
+    last line, least significant digit first, back into the answer. This stage
+    trains on longer queries and adds examples whose loss is on the answer
+    only, after the full reasoning.
+    """
+
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=800, batch_size=64, lr=6e-4, warmup=40))
+    mix: dict[int, float] = field(default_factory=lambda: {1: 0.1, 2: 0.15, 3: 0.3, 4: 0.45})
+    answer_share: float = 0.25
+    """Share of examples that read the full reasoning and are trained on the answer alone."""
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.answer_share <= 1:
+            raise ValueError(f"answer_share must be in [0, 1], got {self.answer_share}")
+
+
+@dataclass(frozen=True, kw_only=True)
 class TeacherRecipe:
     model: ModelSpec = field(default_factory=ModelSpec)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=1700, batch_size=64, lr=2e-3, warmup=150))
@@ -68,6 +98,8 @@ class TeacherRecipe:
     """Share of examples trained with thinking disabled."""
     truncated_share: float = 0.05
     """Share of thinking examples whose reasoning is cut short, as budget forcing does."""
+    refine: RefineStage | None = field(default_factory=RefineStage)
+    """The second stage (None: none)."""
 
 
 def build_model(spec: ModelSpec, tokenizer: PreTrainedTokenizerFast, seed: int) -> Qwen3ForCausalLM:
@@ -88,8 +120,9 @@ def teacher_example(
 ) -> tuple[str, str]:
     """``(context, target)`` texts: the loss is on ``target`` only.
 
-    ``mode`` is ``think``, ``direct`` (thinking disabled) or ``truncated``
-    (reasoning cut at a random point and closed, the answer still expected).
+    ``mode`` is ``think``, ``direct`` (thinking disabled), ``truncated``
+    (reasoning cut at a random point and closed, the answer still expected)
+    or ``answer`` (the full reasoning is context, the loss is on the answer).
     """
     answer = f"{problem.answer}{IM_END}"
     if mode == "direct":
@@ -101,19 +134,30 @@ def teacher_example(
     if mode == "truncated":
         cut = rng.randrange(0, len(reasoning))
         return f"{prompt}{THINK_START}\n{reasoning[:cut]}{THINK_END}\n\n", answer
+    if mode == "answer":
+        return f"{prompt}{THINK_START}\n{reasoning}{THINK_END}\n\n", answer
     raise ValueError(f"unknown mode {mode!r}")
 
 
 class TeacherData:
     """An endless, seeded stream of training batches."""
 
-    def __init__(self, tokenizer: PreTrainedTokenizerFast, recipe: TeacherRecipe, seed: int) -> None:
+    def __init__(
+        self, tokenizer: PreTrainedTokenizerFast, recipe: TeacherRecipe, seed: int, stage: RefineStage | None = None
+    ) -> None:
         self.tokenizer = tokenizer
         self.recipe = recipe
-        self.rng = random.Random(f"edgecloud-teacher-data/{Split.TRAIN.name}/{seed}")
+        self.mix = stage.mix if stage else recipe.mix
+        self.answer_share = stage.answer_share if stage else 0.0
+        self.batch_size = (stage.train if stage else recipe.train).batch_size
+        name = "teacher-refine-data" if stage else "teacher-data"
+        self.rng = random.Random(f"edgecloud-{name}/{Split.TRAIN.name}/{seed}")
         self._pending: list[list[Example]] = []
 
     def _mode(self) -> str:
+        # The first stage draws one number per example, as it always has (same seed, same data).
+        if self.answer_share and self.rng.random() < self.answer_share:
+            return "answer"
         r = self.rng.random()
         if r < self.recipe.no_think_share:
             return "direct"
@@ -124,10 +168,10 @@ class TeacherData:
     def _refill(self) -> None:
         # Draw several batches at once and group examples of similar length:
         # padding is most of the cost of a naive batch on a CPU.
-        size = self.recipe.train.batch_size
+        size = self.batch_size
         pairs = []
         for _ in range(size * self.POOL_BATCHES):
-            problem = make_problem(sample_k(self.rng, self.recipe.mix), self.rng)
+            problem = make_problem(sample_k(self.rng, self.mix), self.rng)
             pairs.append(teacher_example(problem, self.tokenizer, mode=self._mode(), rng=self.rng))
         contexts = self.tokenizer([c for c, _ in pairs], add_special_tokens=False)["input_ids"]
         targets = self.tokenizer([t for _, t in pairs], add_special_tokens=False)["input_ids"]
@@ -152,6 +196,8 @@ def train_teacher(
     log.info("teacher: %.2fM parameters", sum(p.numel() for p in model.parameters()) / 1e6)
     data = TeacherData(tokenizer, recipe, seed)
     history = train(model, data.batch, recipe.train, desc="teacher", on_eval=on_eval, eval_every=eval_every)
+    if recipe.refine is not None:
+        history += refine_teacher(model, tokenizer, recipe, seed=seed)
     out_dir.mkdir(parents=True, exist_ok=True)
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
@@ -159,3 +205,17 @@ def train_teacher(
     tokenizer.save_pretrained(str(out_dir))
     return model, history
 
+
+
+def refine_teacher(
+    model: Qwen3ForCausalLM, tokenizer: PreTrainedTokenizerFast, recipe: TeacherRecipe, *, seed: int
+) -> list[dict[str, float]]:
+    """Run the recipe's second stage on ``model`` in place; returns its history."""
+    if recipe.refine is None:
+        return []
+    for p in model.parameters():
+        p.requires_grad_(True)
+    data = TeacherData(tokenizer, recipe, seed, stage=recipe.refine)
+    log.info("teacher: refining (%d steps)", recipe.refine.train.steps)
+    history = train(model, data.batch, recipe.refine.train, desc="teacher refine")
+    return [{**record, "stage": 2.0} for record in history]

@@ -35,13 +35,19 @@ def test_answer_carries_confidence_and_features(edge_model: EdgeModel, shipped_m
     assert all(lp <= 0.0 for lp in answer.token_logprobs)
 
 
-def test_case_and_spacing_do_not_change_the_answer(edge_model: EdgeModel) -> None:
-    # The tokenizer's normaliser removes case and spacing before the model sees
-    # the query. (Lead-ins and "?" do reach it: the model has to learn to ignore
-    # them, and `edgecloud models eval` measures how well it does.)
-    variants = ["calculate 41-7", "CALCULATE 41 - 7", "Calculate  41-  7", "cAlCuLaTe 41 -7 "]
-    answers = {edge_model.answer(v).text for v in variants}
-    assert len(answers) == 1
+def test_wording_does_not_reach_the_model(edge_model: EdgeModel) -> None:
+    # The bundle's tokenizer normaliser removes case, spacing, lead-ins and "?"
+    # before the model sees the query: every variant is the same token sequence.
+    variants = ["calculate 41-7", "CALCULATE 41 - 7?", "Calculate  41-  7", " 41 -7 ", "what is 41-7?"]
+    encoded = {tuple(edge_model.tokenizer.encode(edge_model.prompt_template.format(query=v)).ids) for v in variants}
+    assert len(encoded) == 1
+    assert len({edge_model.answer(v).text for v in variants}) == 1
+
+
+def test_simple_queries_are_answered_right(edge_model: EdgeModel) -> None:
+    problems = [p for p in generate(400, 13, Split.TEST) if p.k == 1][:100]
+    right = [parse_answer(edge_model.answer(p.query).text) == p.answer for p in problems]
+    assert sum(right) >= 97
 
 
 def test_calibration_holds_on_fresh_queries(edge_model: EdgeModel, shipped_models: Path) -> None:
@@ -78,7 +84,45 @@ def test_bad_construction_is_refused(shipped_models: Path) -> None:
     with pytest.raises(ValueError, match="not an edge bundle"):
         EdgeModel.from_bundle(shipped_models / "cloud-teacher")
     manifest = load_manifest(bundle)
-    with pytest.raises(ValueError, match="query"):
-        EdgeModel(bundle / manifest.io["graphs"]["int8"], bundle / "tokenizer.json", prompt_template="no placeholder")
-    with pytest.raises(ValueError, match="threads"):
-        EdgeModel(bundle / manifest.io["graphs"]["int8"], bundle / "tokenizer.json", prompt_template="{query}", threads=0)
+    graph, tokenizer = bundle / manifest.io["graphs"]["int8"], bundle / "tokenizer.json"
+    good = {"prompt_template": "{query}=", "eos_token": manifest.io["eos_token"], "max_new_tokens": 8}
+    for bad, match in (
+        ({"prompt_template": "no placeholder"}, "query"),
+        ({"threads": 0}, "threads"),
+        ({"eos_token": "<|no such token|>"}, "stop token"),
+        ({"max_new_tokens": 0}, "max_new_tokens"),
+        ({"max_new_tokens": 100_000}, "max_new_tokens"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            EdgeModel(graph, tokenizer, **{**good, **bad})
+
+
+def test_manifest_decoding_contract_is_honoured(edge_model: EdgeModel, shipped_models: Path) -> None:
+    io = load_manifest(shipped_models / "edge-student").io
+    assert edge_model.decoding == {k: io[k] for k in ("prompt_template", "eos_token", "max_new_tokens")}
+    bundle = shipped_models / "edge-student"
+    graph, tokenizer = bundle / io["graphs"]["int8"], bundle / io["tokenizer"]
+    # A limit of one token: the answer is cut after its first digit, never longer.
+    short = EdgeModel(graph, tokenizer, **{**edge_model.decoding, "max_new_tokens": 1}, warmup=False)
+    answer = short.answer("23+70")
+    assert answer.output_tokens == 1 and answer.text == "9"
+    # Stopping on another token: the answer ends where that token would be generated.
+    full = edge_model.answer("23+70")
+    assert full.text == "93"
+    on_three = EdgeModel(graph, tokenizer, **{**edge_model.decoding, "eos_token": "3"}, warmup=False).answer("23+70")
+    assert on_three.text == "9" and on_three.output_tokens == 2
+
+
+def test_a_bundle_without_its_decoding_contract_is_refused(shipped_models: Path, tmp_path: Path) -> None:
+    import json
+    import shutil
+
+    from shared.bundle import MANIFEST_FILE
+
+    bundle = tmp_path / "edge"
+    shutil.copytree(shipped_models / "edge-student", bundle)
+    manifest = json.loads((bundle / MANIFEST_FILE).read_text())
+    del manifest["io"]["eos_token"]
+    (bundle / MANIFEST_FILE).write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="eos_token"):
+        EdgeModel.from_bundle(bundle)

@@ -51,7 +51,36 @@ def test_edge_manifest_describes_the_graph(quick_models: Path) -> None:
     features = [o for o in session.get_outputs() if o.name == "features"]
     assert features and features[0].shape[-1] == manifest.io["feature_dim"]
     assert "{query}" in manifest.io["prompt_template"]
+    assert manifest.io["eos_token"] == "<|im_end|>"
+    assert 1 <= manifest.io["max_new_tokens"] <= 64
     Calibration.from_dict(manifest.calibration)
+
+
+def test_student_reads_its_own_prompt(quick_models: Path) -> None:
+    """No chat template: the bundle's prompt is the normalised query and '='."""
+    manifest = load_manifest(quick_models / STUDENT_DIR)
+    assert manifest.io["prompt_template"] == "{query}="
+    model = EdgeModel.from_bundle(quick_models / STUDENT_DIR)
+    prompt = model.prompt_template.format(query="What is 12 + 30?")
+    assert model.tokenizer.decode(model.tokenizer.encode(prompt).ids) == "12+30="
+
+
+def test_student_features_are_centred(quick_models: Path) -> None:
+    """The graph subtracts the training queries' mean feature vector: fresh queries average near zero."""
+    import numpy as np
+
+    from shared.task import Split, generate
+
+    config = json.loads((quick_models / REFERENCE_DIR / "config.json").read_text())
+    manifest = load_manifest(quick_models / STUDENT_DIR)
+    assert len(config["feature_centre"]) == manifest.io["feature_dim"]
+    model = EdgeModel.from_bundle(quick_models / STUDENT_DIR)
+    features = np.stack([model.answer(p.query).features for p in generate(300, 5, Split.TEST)])
+    offset = np.linalg.norm(features.mean(0))
+    spread = np.linalg.norm(features, axis=1).mean()
+    assert offset < 0.3 * spread, (offset, spread)
+    # Without the subtraction, the mean vector would be the centre itself.
+    assert np.linalg.norm(np.asarray(config["feature_centre"])) > offset
 
 
 def test_int8_graph_is_quantised_and_smaller(quick_models: Path) -> None:

@@ -6,7 +6,7 @@ import pytest
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from cloud.modelkit.scratchpad import think_text
-from cloud.modelkit.tokenizer import SPECIAL_TOKENS, build_tokenizer
+from cloud.modelkit.tokenizer import SPECIAL_TOKENS, build_student_tokenizer, build_tokenizer
 from shared.task import Split, generate
 
 
@@ -130,3 +130,39 @@ def test_assistant_turn_without_reasoning_is_kept(tok: PreTrainedTokenizerBase) 
     messages = [{"role": "user", "content": "3+4"}, {"role": "assistant", "content": "7"}]
     prompt = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=False)
     assert prompt == "<|im_start|>user\n3+4<|im_end|>\n<|im_start|>assistant\n7<|im_end|>\n"
+
+
+@pytest.fixture(scope="module")
+def student_tok(tmp_path_factory: pytest.TempPathFactory) -> PreTrainedTokenizerBase:
+    """The student's tokenizer, saved and loaded back the way bundles and the reference folder carry it."""
+    directory = tmp_path_factory.mktemp("student-tokenizer")
+    build_student_tokenizer().save_pretrained(directory)
+    return AutoTokenizer.from_pretrained(directory)
+
+
+@pytest.mark.parametrize(
+    "variant",
+    ["23+70", "What is 23 + 70?", " CALCULATE 23+70 ?", "compute\t23 +70??", "wHaT iS 23+ 70 \n", "calculate23+70"],
+)
+def test_student_tokenizer_leaves_only_the_expression(student_tok: PreTrainedTokenizerBase, variant: str) -> None:
+    ids = _ids(student_tok, variant + "=")
+    assert ids == _ids(student_tok, "23+70=")
+    assert student_tok.decode(ids) == "23+70="
+
+
+def test_student_normaliser_travels_in_tokenizer_json(tmp_path: Path) -> None:
+    # The edge runtime loads tokenizer.json with the `tokenizers` library alone.
+    from tokenizers import Tokenizer
+
+    build_student_tokenizer().backend_tokenizer.save(str(tmp_path / "tokenizer.json"))
+    core = Tokenizer.from_file(str(tmp_path / "tokenizer.json"))
+    assert core.normalizer.normalize_str(" What is (12 + 34)*5 - 7? ") == "(12+34)*5-7"
+    # A lead-in word is only dropped at the start: inside, it is left for the model to doubt.
+    assert core.normalizer.normalize_str("12 - what is 3") == "12-whatis3"
+
+
+def test_student_tokenizer_shares_the_teacher_vocabulary(tok: PreTrainedTokenizerBase) -> None:
+    student = build_student_tokenizer()
+    assert student.get_vocab() == tok.get_vocab()
+    assert student.eos_token == tok.eos_token
+    assert student.chat_template is None
