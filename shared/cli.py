@@ -21,8 +21,10 @@ log = logging.getLogger("edgecloud")
 
 def _models_build(args: argparse.Namespace) -> int:
     from cloud.modelkit.build import BuildConfig, build_models
+    from cloud.modelkit.teacher import RefineStage, TeacherRecipe
 
     config = BuildConfig(
+        teacher=TeacherRecipe(refine=RefineStage()) if args.refine_teacher else TeacherRecipe(),
         out=args.out,
         quick=args.quick,
         seed=args.seed,

@@ -33,7 +33,7 @@ from cloud.modelkit.decoding import generate_batch
 from cloud.modelkit.evaluate import REFERENCE_DIR, STUDENT_DIR, TEACHER_DIR
 from cloud.modelkit.export import export_student, onnx_io, quantize_student
 from cloud.modelkit.student import StudentRecipe, distill_student, with_features
-from cloud.modelkit.teacher import ModelSpec, RefineStage, TeacherRecipe, chat_prompt, refine_teacher, train_teacher
+from cloud.modelkit.teacher import ModelSpec, TeacherRecipe, chat_prompt, refine_teacher, train_teacher
 from cloud.modelkit.tokenizer import THINK_END, THINK_START, build_student_tokenizer, build_tokenizer
 from cloud.modelkit.training import TrainConfig
 from edge.runtime import EdgeModel
@@ -103,7 +103,6 @@ def quick_recipes(config: BuildConfig) -> BuildConfig:
             config.teacher,
             model=tiny,
             train=TrainConfig(steps=40, batch_size=32, lr=3e-3, warmup=5),
-            refine=RefineStage(train=TrainConfig(steps=10, batch_size=32, lr=1e-3, warmup=2)),
         ),
         student=replace(
             config.student,
@@ -212,7 +211,7 @@ def _load_teacher(source: Path, teacher_dir: Path):
     tokenizer = AutoTokenizer.from_pretrained(str(teacher_dir))
     try:
         previous = load_manifest(source).metadata
-        meta = {k: previous[k] for k in ("recipe", "train_seconds", "train_final") if k in previous}
+        meta = {k: previous[k] for k in ("recipe", "train_seconds", "train_final", "refined") if k in previous}
     except Exception:  # noqa: BLE001 - a plain checkpoint folder has no manifest
         meta = {}
     return model, tokenizer, {**meta, "reused_from": str(source)}

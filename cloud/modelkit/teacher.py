@@ -98,8 +98,8 @@ class TeacherRecipe:
     """Share of examples trained with thinking disabled."""
     truncated_share: float = 0.05
     """Share of thinking examples whose reasoning is cut short, as budget forcing does."""
-    refine: RefineStage | None = field(default_factory=RefineStage)
-    """The second stage (None: none)."""
+    refine: RefineStage | None = None
+    """An optional second stage (``RefineStage()``); off until it is measured to raise accuracy."""
 
 
 def build_model(spec: ModelSpec, tokenizer: PreTrainedTokenizerFast, seed: int) -> Qwen3ForCausalLM:
