@@ -51,8 +51,8 @@ from shared.task import EVAL_MIX, Problem, Split, generate, parse_answer  # noqa
 
 CLOUD_SHARE = 0.95
 """CPT: the escalation share needed to reach this share of cloud-only accuracy."""
-TARGET_ACCURACY_RATIO = 0.97
-TARGET_ESCALATION_SLACK = 0.05
+TARGET_ACCURACY_RATIO = 0.98
+TARGET_ESCALATION_SLACK = 0.03
 
 
 @dataclass(frozen=True)
@@ -165,7 +165,7 @@ def plot(
     ax.axhline(100 * edge_acc, color="C1", lw=1, label=f"edge only ({100 * edge_acc:.1f}%)")
     target = 100 * TARGET_ACCURACY_RATIO * cloud_acc
     ax.axhline(target, color="C3", lw=0.8, ls="-.", alpha=0.6, label=f"target: {TARGET_ACCURACY_RATIO:.0%} of cloud")
-    ax.axvline(100 * max_escalation, color="k", lw=0.8, ls="-.", alpha=0.6, label="target: multi-step share + 5 pts")
+    ax.axvline(100 * max_escalation, color="k", lw=0.8, ls="-.", alpha=0.6, label=f"target: multi-step share + {100 * TARGET_ESCALATION_SLACK:.0f} pts")
     ax.plot(100 * calibrated[0], 100 * calibrated[1], "o", color="C0", ms=7, mec="k", label="calibrated threshold")
     ax.set_xlabel("escalated to the cloud (% of queries)")
     ax.set_ylabel("system accuracy (%)")

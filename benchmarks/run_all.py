@@ -89,7 +89,8 @@ def targets(rows: Sequence[tuple[str, str, bool | None]]) -> Lines:
 
 # The targets of the issues that a script's JSON does not carry itself.
 CLOUD_RATIO_AT_16 = 4.0
-STUDENT_P50_MS = 5.0
+STUDENT_P50_MS = 2.0
+APGR_TARGET = 0.9
 STUDENT_SPEEDUP = 3.0
 SWAP_TARGET = 10
 BUSY_SHARE = 0.2
@@ -191,6 +192,8 @@ def routing_quality(r: Report) -> Lines:
          f"(cap {pct(target['max_escalation_share'])})", target["calibrated_met"]),
         ("the same, best confidence threshold within the cap",
          f"{pct(best['of_cloud'])} of cloud at {pct(best['escalation_share'])} escalated", best["met"]),
+        (f"APGR of the confidence router >= {APGR_TARGET:g}", num(routers["confidence"]["apgr"], 3),
+         routers["confidence"]["apgr"] >= APGR_TARGET),
     ])
 
 
