@@ -41,7 +41,7 @@ from transformers.cache_utils import Cache
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from cloud.modelkit.decoding import generate_batch
-from cloud.modelkit.teacher import ModelSpec, chat_prompt
+from cloud.modelkit.teacher import ModelSpec, build_model, chat_prompt
 from cloud.modelkit.training import TrainConfig, collate, train
 from shared.task import EVAL_MIX, Problem, Split, generate, normalize_query, parse_answer
 
@@ -159,10 +159,7 @@ def student_prompt(recipe_or_template: StudentRecipe | str, query: str) -> str:
 
 
 def build_student(recipe: StudentRecipe, tokenizer: PreTrainedTokenizerFast, seed: int) -> Qwen3ForCausalLM:
-    torch.manual_seed(seed)
-    config = recipe.model.to_config(tokenizer)
-    config._attn_implementation = "sdpa"
-    return Qwen3ForCausalLM(config)
+    return build_model(recipe.model, tokenizer, seed)
 
 
 @dataclass(frozen=True, slots=True)
@@ -305,4 +302,4 @@ def distill_student(
     student.config.feature_centre = feature_centre(student, tokenizer, recipe.prompt_template, seed)
     student.generation_config.eos_token_id = tokenizer.eos_token_id
     student.generation_config.pad_token_id = tokenizer.pad_token_id
-    return with_features(student), history
+    return student, history
