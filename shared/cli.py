@@ -33,6 +33,7 @@ def _models_build(args: argparse.Namespace) -> int:
         reuse_teacher=args.reuse_teacher,
         refine_teacher=args.refine_teacher,
         reuse_student=args.reuse_student,
+        label_cache=args.label_cache,
     )
     summary = build_models(config)
     print(json.dumps(summary, indent=2, default=str))
@@ -302,6 +303,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--refine-teacher",
         action="store_true",
         help="run the teacher recipe's second (refine) stage on the --reuse-teacher model first",
+    )
+    build.add_argument(
+        "--label-cache",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="cache of the teacher's labels; a rebuild on the same teacher skips labelling (default: OUT/.cache)",
     )
     build.add_argument(
         "--reuse-student",

@@ -74,6 +74,9 @@ class BuildConfig:
     refine_teacher: bool = False
     """Run the teacher recipe's second stage (``teacher.refine``) on the reused teacher first:
     a teacher trained by the first stage alone becomes the one a full build makes."""
+    label_cache: Path | None = None
+    """Folder of cached teacher labels (keyed by the teacher's weights and the queries);
+    default ``out/.cache``. A rebuild on the same teacher skips labelling."""
     reuse_student: Path | None = None
     """Skip distillation too: export, quantise and calibrate this trained student
     (a ``student-reference`` folder). Needs ``reuse_teacher``."""
@@ -263,7 +266,12 @@ def build_models(config: BuildConfig) -> dict[str, object]:
             log.info("distilling the student (%d steps)", config.student.train.steps)
             student_tokenizer = build_student_tokenizer()
             student, student_history = distill_student(
-                teacher, tokenizer, student_tokenizer, config.student, seed=config.seed
+                teacher,
+                tokenizer,
+                student_tokenizer,
+                config.student,
+                seed=config.seed,
+                label_cache=config.label_cache or out / ".cache",
             )
         reference_dir.mkdir(parents=True)
         student.save_pretrained(str(reference_dir))

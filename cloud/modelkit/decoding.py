@@ -7,7 +7,8 @@ Reasoning tokens are the tokens strictly between ``<think>`` and ``</think>``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 
 import torch
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerFast
@@ -27,6 +28,9 @@ class Generation:
     output_tokens: int
     forced: bool
     """True when the budget forced ``</think>``."""
+    answer_confidence: float = field(default=float("nan"), compare=False)
+    """Lowest probability the model gave one of its answer tokens (end-of-turn included); NaN
+    when there is no answer. Not compared: padding moves it in the last bits."""
 
 
 @torch.no_grad()
@@ -58,6 +62,7 @@ def generate_batch(
     forced = torch.zeros(n, dtype=torch.bool)
     done = torch.zeros(n, dtype=torch.bool)
     out: list[list[int]] = [[] for _ in range(n)]
+    out_logprobs: list[list[float]] = [[] for _ in range(n)]
     cache = DynamicCache()
     position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
     logits = model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids, past_key_values=cache).logits
@@ -70,9 +75,11 @@ def generate_batch(
             token = torch.where(over, torch.full_like(token, think_end), token)
             forced |= over
         token = torch.where(done, torch.full_like(token, tokenizer.pad_token_id), token)
+        chosen = torch.log_softmax(next_logits.float(), dim=-1).gather(1, token[:, None]).squeeze(1)
         for row in range(n):
             if active[row]:
                 out[row].append(int(token[row]))
+                out_logprobs[row].append(float(chosen[row]))
         special = (token == think_end) | (token == think_start) | (token == eos)
         reasoning += (active & in_think & ~special).long()
         in_think = (in_think | (token == think_start)) & (token != think_end)
@@ -97,5 +104,7 @@ def generate_batch(
             answer_ids = []
         answer = tokenizer.decode(answer_ids, skip_special_tokens=True).strip()
         output_tokens = len([t for t in answer_ids if t != eos])
-        results.append(Generation(text, answer, int(reasoning[row]), output_tokens, bool(forced[row])))
+        answer_logprobs = out_logprobs[row][len(ids) - len(answer_ids) :] if answer_ids else []
+        confidence = math.exp(min(answer_logprobs)) if answer_logprobs else float("nan")
+        results.append(Generation(text, answer, int(reasoning[row]), output_tokens, bool(forced[row]), confidence))
     return results

@@ -27,11 +27,14 @@ decoder needs nothing from the bundle that produced them.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import random
 import types
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -40,7 +43,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerFast, Qwen3ForCausa
 from transformers.cache_utils import Cache
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from cloud.modelkit.decoding import generate_batch
+from cloud.modelkit.decoding import Generation, generate_batch
 from cloud.modelkit.teacher import ModelSpec, build_model, chat_prompt
 from cloud.modelkit.training import TrainConfig, collate, train
 from shared.task import EVAL_MIX, Problem, Split, generate, normalize_query, parse_answer
@@ -52,6 +55,7 @@ __all__ = [
     "distill_student",
     "feature_centre",
     "label_with_teacher",
+    "select_labels",
     "student_prompt",
     "with_features",
 ]
@@ -134,6 +138,9 @@ class StudentRecipe:
     75% at 2000, 87% at 3000; with 5000 steps (the default), 66% at 1000, 86% at 3000,
     94% at 4000, 99% at 5000. A variant with 9% multi-step rows, their loss
     weighted 0.3 per row, and 80000 k=1 draws learned slower (26% at 1000, 57% at 2000)."""
+    label_min_confidence: float = 0.0
+    """Train only on teacher answers whose every token the teacher gave at least this probability;
+    an unsure label is more often wrong, and the student repeats a wrong label it saw."""
     prompt_template: str = "{query}="
     """What the student reads; its tokenizer normalises the query inside it."""
     max_new_tokens: int = 10
@@ -149,6 +156,8 @@ class StudentRecipe:
             raise ValueError(f"label_queries must give a count for every k of mix {sorted(self.mix)}")
         if any(n < 1 for n in self.label_queries.values()):
             raise ValueError("label_queries counts must be >= 1")
+        if not 0 <= self.label_min_confidence < 1:
+            raise ValueError(f"label_min_confidence must be in [0, 1), got {self.label_min_confidence}")
         if not 1 <= self.max_new_tokens <= 64:
             raise ValueError(f"max_new_tokens must be in 1..64, got {self.max_new_tokens}")
 
@@ -168,6 +177,8 @@ class LabelledQuery:
 
     problem: Problem
     answer: str
+    confidence: float = 1.0
+    """The teacher's lowest probability on one of its answer tokens."""
 
 
 def label_with_teacher(
@@ -177,21 +188,67 @@ def label_with_teacher(
     *,
     batch_size: int = 512,
     desc: str = "teacher labels",
-) -> list[str]:
-    """The teacher's answer text to each problem, thinking first (greedy, no budget)."""
+) -> list[Generation]:
+    """The teacher's generation for each problem, thinking first (greedy, no budget)."""
     order = sorted(range(len(problems)), key=lambda i: (problems[i].k, len(problems[i].expression)))
-    answers: list[str] = [""] * len(problems)
+    answers: list[Generation | None] = [None] * len(problems)
     with tqdm(total=len(problems), desc=desc, unit="q", dynamic_ncols=True, mininterval=2.0) as bar:
         for start in range(0, len(order), batch_size):
             chunk = order[start : start + batch_size]
             prompts = [chat_prompt(tokenizer, problems[i].query, enable_thinking=True) for i in chunk]
             for i, gen in zip(chunk, generate_batch(teacher, tokenizer, prompts, max_new_tokens=200), strict=True):
-                answers[i] = gen.answer_text
+                answers[i] = gen
             bar.update(len(chunk))
-    return answers
+    return answers  # type: ignore[return-value]  # every slot is filled
 
 
-def _label_pool(teacher, teacher_tokenizer, recipe: StudentRecipe, seed: int) -> dict[int, list[LabelledQuery]]:
+def _teacher_digest(teacher: torch.nn.Module) -> str:
+    digest = hashlib.sha256()
+    for name, tensor in sorted(teacher.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().to(torch.float32).contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _cached_labels(
+    teacher, teacher_tokenizer, problems: Sequence[Problem], recipe: StudentRecipe, cache_dir: Path | None
+) -> list[tuple[str, float]]:
+    """``(answer, confidence)`` per problem, from ``cache_dir`` when this teacher already labelled these queries.
+
+    Labelling is the slow half of a student build (minutes); recipes are tried
+    many times on the same teacher.
+    """
+    queries = [p.query for p in problems]
+    cache_file = None
+    if cache_dir is not None:
+        key = hashlib.sha256(json.dumps([_teacher_digest(teacher), queries]).encode()).hexdigest()[:24]
+        cache_file = Path(cache_dir) / f"teacher-labels-{key}.json"
+        try:
+            cached = json.loads(cache_file.read_text())
+            if cached["queries"] == queries:
+                log.info("student: teacher labels from %s", cache_file)
+                return [(a, float(c)) for a, c in zip(cached["answers"], cached["confidences"], strict=True)]
+            log.warning("student: %s holds other queries; labelling again", cache_file)
+        except FileNotFoundError:
+            pass
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.warning("student: ignoring unreadable label cache %s (%s)", cache_file, exc)
+    gens = label_with_teacher(teacher, teacher_tokenizer, problems, batch_size=recipe.label_batch_size)
+    labels = [(g.answer_text, g.answer_confidence) for g in gens]
+    if cache_file is not None:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        partial = cache_file.with_suffix(".partial")
+        partial.write_text(
+            json.dumps({"queries": queries, "answers": [a for a, _ in labels], "confidences": [c for _, c in labels]})
+        )
+        partial.replace(cache_file)
+        log.info("student: teacher labels cached in %s", cache_file)
+    return labels
+
+
+def _label_pool(
+    teacher, teacher_tokenizer, recipe: StudentRecipe, seed: int, cache_dir: Path | None = None
+) -> dict[int, list[LabelledQuery]]:
     """Draw, de-duplicate by normalised query, and label the training queries, per k."""
     chosen: dict[str, Problem] = {}
     for k, n in sorted(recipe.label_queries.items()):
@@ -199,16 +256,42 @@ def _label_pool(teacher, teacher_tokenizer, recipe: StudentRecipe, seed: int) ->
             chosen.setdefault(normalize_query(problem.query), problem)
     problems = list(chosen.values())
     log.info("student: the teacher labels %d distinct training queries", len(problems))
-    answers = label_with_teacher(teacher, teacher_tokenizer, problems, batch_size=recipe.label_batch_size)
+    labels = _cached_labels(teacher, teacher_tokenizer, problems, recipe, cache_dir)
+    return select_labels(problems, labels, recipe)
+
+
+def select_labels(
+    problems: Sequence[Problem], labels: Sequence[tuple[str, float]], recipe: StudentRecipe
+) -> dict[int, list[LabelledQuery]]:
+    """The training pool per k: labels with an answer and at least ``recipe.label_min_confidence``."""
     pool: dict[int, list[LabelledQuery]] = {k: [] for k in recipe.mix}
-    for problem, answer in zip(problems, answers, strict=True):
-        pool[problem.k].append(LabelledQuery(problem, answer))
-    agreement = {
-        f"k{k}": float(np.mean([parse_answer(q.answer) == q.problem.answer for q in queries]))
-        for k, queries in sorted(pool.items())
-    }
-    log.info("student: teacher labels per k: %s; exact: %s", {k: len(v) for k, v in pool.items()}, agreement)
+    dropped: dict[int, list[LabelledQuery]] = {k: [] for k in recipe.mix}
+    for problem, (answer, confidence) in zip(problems, labels, strict=True):
+        labelled = LabelledQuery(problem, answer, confidence)
+        # NaN (no answer at all) compares False: dropped too.
+        keep = bool(answer) and confidence >= recipe.label_min_confidence
+        (pool if keep else dropped)[problem.k].append(labelled)
+    log.info(
+        "student: teacher labels kept per k: %s, dropped (confidence < %g or no answer): %s; exact among kept: %s, among dropped: %s",
+        {k: len(v) for k, v in pool.items()},
+        recipe.label_min_confidence,
+        {k: len(v) for k, v in dropped.items()},
+        _exact(pool),
+        _exact(dropped),
+    )
+    empty = [k for k, queries in pool.items() if not queries]
+    if empty:
+        raise RuntimeError(f"no teacher label of k={empty} is confident enough to train on (label_min_confidence)")
     return pool
+
+
+def _exact(pool: dict[int, list[LabelledQuery]]) -> dict[str, float]:
+    """Share of labels that are right, per k (the demo task knows every answer)."""
+    return {
+        f"k{k}": round(float(np.mean([parse_answer(q.answer) == q.problem.answer for q in queries])), 5)
+        for k, queries in sorted(pool.items())
+        if queries
+    }
 
 
 class StudentData:
@@ -282,12 +365,14 @@ def distill_student(
     recipe: StudentRecipe,
     *,
     seed: int,
+    label_cache: Path | None = None,
 ) -> tuple[Qwen3ForCausalLM, list[dict[str, float]]]:
-    """Label a training pool with the teacher, train the student on it, centre its features."""
+    """Label a training pool with the teacher (or take the labels from ``label_cache``),
+    train the student on it, centre its features."""
     teacher.eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
-    pool = _label_pool(teacher, teacher_tokenizer, recipe, seed)
+    pool = _label_pool(teacher, teacher_tokenizer, recipe, seed, label_cache)
     student = build_student(recipe, tokenizer, seed)
     log.info("student: %.2fM parameters", sum(p.numel() for p in student.parameters()) / 1e6)
     data = StudentData(tokenizer, recipe, pool, seed)

@@ -27,7 +27,9 @@ def test_bundles_verify(quick_models: Path, name: str, kind: str) -> None:
 
 
 def test_no_staging_left_behind(quick_models: Path) -> None:
-    assert sorted(p.name for p in quick_models.iterdir()) == sorted([TEACHER_DIR, STUDENT_DIR, REFERENCE_DIR])
+    # The bundles, and the teacher's labels cached for the next build on the same teacher.
+    assert sorted(p.name for p in quick_models.iterdir()) == sorted([TEACHER_DIR, STUDENT_DIR, REFERENCE_DIR, ".cache"])
+    assert len(list((quick_models / ".cache").glob("teacher-labels-*.json"))) == 1
 
 
 def test_teacher_loads_through_auto_classes(quick_models: Path) -> None:

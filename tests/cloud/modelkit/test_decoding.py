@@ -10,6 +10,8 @@ closes its think block, or stops, is chosen by the test.
 
 from __future__ import annotations
 
+import math
+
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -297,3 +299,27 @@ def test_stopping_inside_the_think_block(
         g = generate_batch(model, tok, prompts, max_new_tokens=MAX_NEW, reasoning_budget=3)[0]
     assert g.text.endswith(IM_END) and THINK_END not in g.text
     assert (g.reasoning_tokens, g.forced) == (2, False), g
+
+
+# --- answer confidence ------------------------------------------------------------------
+
+
+def test_answer_confidence_is_the_lowest_answer_token_probability(model: Qwen3ForCausalLM, tok: PreTrainedTokenizerFast) -> None:
+    prompt = direct(tok, "what is 3+4?")
+    (g,) = generate_batch(model, tok, [prompt], max_new_tokens=6)
+    # Thinking disabled: every generated token is the answer. Replay them in one forward pass.
+    prompt_ids = tok(prompt, add_special_tokens=False)["input_ids"]
+    generated = tok(g.text, add_special_tokens=False)["input_ids"]
+    assert len(generated) == g.output_tokens + (1 if g.text.endswith(IM_END) else 0)
+    with torch.no_grad():
+        probs = torch.softmax(model(input_ids=torch.tensor([prompt_ids + generated])).logits[0].float(), dim=-1)
+    chosen = [float(probs[len(prompt_ids) + i - 1, token]) for i, token in enumerate(generated)]
+    assert g.answer_confidence == pytest.approx(min(chosen), rel=1e-4)
+    assert 0 < g.answer_confidence < 1
+
+
+def test_no_answer_has_no_confidence(model: Qwen3ForCausalLM, tok: PreTrainedTokenizerFast) -> None:
+    # Still thinking when the token limit hits: no answer, so no confidence either.
+    with scripted(model, tok, rows=1):
+        (g,) = generate_batch(model, tok, [thinking(tok, "3+4")], max_new_tokens=5)
+    assert g.answer_text == "" and math.isnan(g.answer_confidence)

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import random
 from collections import Counter
 
 import pytest
 
-from cloud.modelkit.student import LabelledQuery, StudentData, StudentRecipe, student_prompt
-from cloud.modelkit.tokenizer import build_student_tokenizer
+from cloud.modelkit.student import LabelledQuery, StudentData, StudentRecipe, _cached_labels, select_labels, student_prompt
+from cloud.modelkit.teacher import ModelSpec, build_model
+from cloud.modelkit.tokenizer import build_student_tokenizer, build_tokenizer
 from shared.task import make_problem
 
 
@@ -58,3 +60,59 @@ def test_recipe_validates() -> None:
         StudentRecipe(label_queries={1: 10})
     with pytest.raises(ValueError, match="max_new_tokens"):
         StudentRecipe(max_new_tokens=0)
+
+
+# --- teacher labels: selection and cache ---------------------------------------------------
+
+
+def test_unsure_or_empty_labels_are_not_trained_on() -> None:
+    rng = random.Random(1)
+    problems = [make_problem(k, rng) for k in (1, 1, 1, 2, 3, 3, 4)]
+    labels = [("7", 0.99), ("8", 0.4), ("", float("nan")), ("9", 0.95), ("10", 0.2), ("12", 0.6), ("11", 0.9)]
+    pool = select_labels(problems, labels, StudentRecipe(label_min_confidence=0.5))
+    assert [q.answer for q in pool[1]] == ["7"] and pool[1][0].confidence == 0.99
+    assert [[q.answer for q in pool[k]] for k in (2, 3, 4)] == [["9"], ["12"], ["11"]]
+    # With no threshold only the empty answer goes.
+    assert sum(map(len, select_labels(problems, labels, StudentRecipe()).values())) == 6
+    # A k of the mix with nothing left to train on stops the build, before training.
+    with pytest.raises(RuntimeError, match=r"k=\[3\]"):
+        select_labels(problems, labels, StudentRecipe(label_min_confidence=0.7))
+
+
+def test_recipe_rejects_a_confidence_threshold_out_of_range() -> None:
+    for bad in (-0.1, 1.0):
+        with pytest.raises(ValueError, match="label_min_confidence"):
+            StudentRecipe(label_min_confidence=bad)
+
+
+@pytest.fixture(scope="module")
+def tiny_teacher():
+    tokenizer = build_tokenizer()
+    spec = ModelSpec(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=1, num_key_value_heads=1)
+    return build_model(spec, tokenizer, seed=0).eval(), tokenizer
+
+
+def test_labels_are_cached_per_teacher_and_queries(tiny_teacher, tmp_path, caplog) -> None:
+    teacher, tokenizer = tiny_teacher
+    rng = random.Random(2)
+    problems = [make_problem(1, rng) for _ in range(4)]
+    recipe = StudentRecipe()
+    first = _cached_labels(teacher, tokenizer, problems, recipe, tmp_path)
+    (cache_file,) = tmp_path.glob("teacher-labels-*.json")
+    # What the cache holds is what a second build gets back, without the teacher running.
+    stored = json.loads(cache_file.read_text())
+    assert stored["answers"] == [a for a, _ in first]
+    stored["answers"] = ["cached"] * len(problems)
+    cache_file.write_text(json.dumps(stored))
+    assert [a for a, _ in _cached_labels(teacher, tokenizer, problems, recipe, tmp_path)] == ["cached"] * 4
+    # Other queries, or another teacher, get their own labels.
+    assert [a for a, _ in _cached_labels(teacher, tokenizer, problems[:3], recipe, tmp_path)] == [a for a, _ in first[:3]]
+    other = build_model(ModelSpec(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=1,
+                                  num_key_value_heads=1), tokenizer, seed=1).eval()
+    _cached_labels(other, tokenizer, problems, recipe, tmp_path)
+    assert len(list(tmp_path.glob("teacher-labels-*.json"))) == 3
+    # A damaged cache file is relabelled, not trusted.
+    cache_file.write_text("{not json")
+    with caplog.at_level("WARNING"):
+        again = _cached_labels(teacher, tokenizer, problems, recipe, tmp_path)
+    assert [a for a, _ in again] == [a for a, _ in first] and "unreadable label cache" in caplog.text
