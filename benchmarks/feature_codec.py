@@ -6,7 +6,7 @@ cloud would, and prints JSON: raw float32 bytes per escalation, encoded bytes,
 the ratio, round-trip cosine and encode/decode time per vector. Usage::
 
     python benchmarks/feature_codec.py [--n 2000] [--seed 2025] [--levels 8] [--out DIR]
-    python benchmarks/feature_codec.py --train-dictionary   # rebuild the codec's dictionary
+    python benchmarks/feature_codec.py --train-dictionary [--schema 2]   # rebuild a codec dictionary
 """
 
 from __future__ import annotations
@@ -26,19 +26,25 @@ import zstandard as zstd  # noqa: E402
 
 from edge.runtime import EdgeModel  # noqa: E402
 from shared.bundle import load_manifest  # noqa: E402
-from shared.features import FeatureCodecConfig, decode_features, encode_features, quantize  # noqa: E402
+from shared.features import SCHEMA_VERSION, FeatureCodecConfig, decode_features, encode_features, quantize  # noqa: E402
 from shared.task import Split, generate  # noqa: E402
 
 TARGET_COSINE = 0.999
 TARGET_RATIO = 6.0
 
 
-def train_dictionary(levels: float = 8.0) -> bytes:
-    """The recipe of the codec's built-in dictionary: 4000 N(0, 1) 128-d vectors,
-    quantised at ``levels``, 256 bytes, fixed id (deterministic for zstandard 0.25)."""
+def train_dictionary(levels: float = 8.0, schema: int = SCHEMA_VERSION) -> bytes:
+    """The recipe of a codec schema's built-in dictionary: 4000 Gaussian 128-d vectors,
+    quantised at ``levels``, 256 bytes, fixed id (deterministic for zstandard 0.25).
+    Schema 1: N(0, 1) in every component. Schema 2: the variance of component ``j`` is
+    ``(j + 1)**-2``, as for a vector given on its principal axes."""
     vectors = np.random.default_rng(0).standard_normal((4000, 128))
+    if schema == 2:
+        vectors = vectors * np.sqrt((np.arange(128) + 1.0) ** -2.0)
+    elif schema != 1:
+        raise SystemExit(f"error: no dictionary recipe for schema {schema}")
     samples = [quantize(v, levels)[0].tobytes() for v in vectors]
-    return zstd.train_dictionary(256, samples, dict_id=0x45460001).as_bytes()
+    return zstd.train_dictionary(256, samples, dict_id=0x45460000 + schema).as_bytes()
 
 
 def stats(values: np.ndarray) -> dict[str, float]:
@@ -54,9 +60,10 @@ def main() -> int:
     parser.add_argument("--zstd-level", type=int, default=FeatureCodecConfig().zstd_level)
     parser.add_argument("--out", type=Path, default=None, help="also write feature_codec.json here")
     parser.add_argument("--train-dictionary", action="store_true", help="print the dictionary (base64) and exit")
+    parser.add_argument("--schema", type=int, default=SCHEMA_VERSION, help="which schema's dictionary to train")
     args = parser.parse_args()
     if args.train_dictionary:
-        print(base64.b64encode(train_dictionary(args.levels)).decode())
+        print(base64.b64encode(train_dictionary(args.levels, args.schema)).decode())
         return 0
 
     config = FeatureCodecConfig(levels=args.levels, zstd_level=args.zstd_level)

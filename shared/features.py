@@ -6,9 +6,9 @@ protobuf message ``CompressedFeatures``; ``payload`` is self-describing::
 
     offset  size  content
     0       2     magic b"EF" (0x45 0x46)
-    2       1     schema version (1); must equal the ``schema_version`` field
+    2       1     schema version (1 or 2); must equal the ``schema_version`` field
     3       ...   one zstd frame in magicless format (RFC 8878 without its 4-byte
-                  magic number), compressed with the built-in ``_DICTIONARY``,
+                  magic number), compressed with the schema's built-in dictionary,
                   no checksum, no content size, no dictionary id; it decompresses
                   to exactly prod(dims) int8 values in C order
 
@@ -39,6 +39,19 @@ vector. The 256-byte dictionary only supplies entropy tables for such values
 ``levels = 8``, it suits any model, and other levels work but compress less
 well (``benchmarks/feature_codec.py --train-dictionary`` rebuilds it). The zstd
 level hardly matters at this size.
+
+**Schema 2** only changes the dictionary: it is trained on vectors whose variance falls off
+along the axes, ``var_j ~ (j + 1)**-2``, the shape of a feature vector given
+on its principal axes. The v4 student's graph rotates its centred features
+onto their principal axes (an orthogonal transform: norms and cosines are
+unchanged, the decoder needs nothing from the bundle). Most components are
+then small, the quantised values are mostly 0 and +-1, and their order-0
+entropy drops from ~81 to ~60 bytes a vector. Schema 1's Gaussian tables fit
+such values badly (~84 bytes of frame); schema 2's give ~76 (measured on the
+v3 student's features, rotated), while for vectors of equal variance in every
+component it is schema 1 that is smaller (~93 against ~103). The encoder
+compresses with both and sends the smaller frame, the header naming its schema;
+the cloud decodes both.
 
 Since v3 the student's features are centred by construction (the graph
 subtracts their mean over training queries). That did not shrink them:
@@ -80,19 +93,33 @@ __all__ = [
 
 CODEC = "int8-zstd"
 DTYPE = "int8"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""The newest schema; :func:`encode_features` writes whichever of 1 and 2 gives the smaller
+frame, :func:`decode_features` accepts every key of ``_DICTIONARIES``."""
 MAGIC = b"EF"
 HEADER = MAGIC + bytes([SCHEMA_VERSION])
+"""The header of a schema-2 payload."""
+HEADER_BYTES = len(HEADER)
 #: Bytes :meth:`EncodedFeatures.nbytes` adds to the payload: the float32 scale.
 SCALE_BYTES = 4
 _MAX_WINDOW = 1 << 20
 _FORMAT = zstd.FORMAT_ZSTD1_MAGICLESS
-_DICTIONARY = base64.b64decode(
-    "N6Qw7AEARkUqEMiSpA0iu7t7E0IIac3a//8zMzMzMzMzMzMzn4P+/9a21gghEtnd3Tulc0BwgPGokJgwISIi8lTAYqNQKBQKhUKhUCgUCoVC"
-    "oVAoFAqFQqFQKIqiKIqi0IpSSimllKqqHqTAQMHAwMBAQcHAwMBAwcBAwUBBQcFghIWl2RhjjDGzAwEAAAAEAAAACAAAAA4FBQ79//0O/gkL"
-    "+gUM/Q4C/P38+foB+Qn7BAgJCvsW/QYECwUAAAL3/PX8+PsI+gMJ+//zAQTzBgwAAfnzEAL6/vsFBPz7DvzuBPQOBAfy9gMAAf/7Efz9CQsD"
-    "DAMJCA31/fz89wn/AQ=="
-)
+_DICTIONARIES = {
+    # Schema 1: N(0, 1) vectors (``benchmarks/feature_codec.py --train-dictionary --schema 1``).
+    1: base64.b64decode(
+        "N6Qw7AEARkUqEMiSpA0iu7t7E0IIac3a//8zMzMzMzMzMzMzn4P+/9a21gghEtnd3Tulc0BwgPGokJgwISIi8lTAYqNQKBQKhUKhUCgUCoVC"
+        "oVAoFAqFQqFQKIqiKIqi0IpSSimllKqqHqTAQMHAwMBAQcHAwMBAwcBAwUBBQcFghIWl2RhjjDGzAwEAAAAEAAAACAAAAA4FBQ79//0O/gkL"
+        "+gUM/Q4C/P38+foB+Qn7BAgJCvsW/QYECwUAAAL3/PX8+PsI+gMJ+//zAQTzBgwAAfnzEAL6/vsFBPz7DvzuBPQOBAfy9gMAAf/7Efz9CQsD"
+        "DAMJCA31/fz89wn/AQ=="
+    ),
+    # Schema 2: variance falling off along the axes (``--train-dictionary --schema 2``).
+    2: base64.b64decode(
+        "N6Qw7AIARkUsEMiTpDFJyk0Iaa01a83+///n////////////P+L//39rrbWttUbI3lKmlALzAGBggDaiqQ0AAAAEwFtXiPHbHIQMAQAAAAAAAAAA"
+        "AAAAAAAAAAAAAAAARKhpJaSjImksEomDoSiKwyiK42CY6gIAAAABAAAABAAAAAgAAAABAAAAAAAAAQD/AAABAAAAAQD/AAAAAQAAAf8A/wAAAAD/"
+        "AAEAAAABAAABAP8AAAAAAAEAAAD/AP8AAQAAAAD/AAAAAAAAAAD/AP8AAAAAAP//AAAAAAAAAAEAAAABAAAA/wAAAQD///8AAAAAAP8BAAABAAD/"
+        "AAD/AA=="
+    ),
+}
 _SMALLEST_SCALE = float(np.finfo(np.float32).smallest_subnormal)
 _LARGEST_SCALE = float(np.finfo(np.float32).max) / 128  # exact; 127 steps of it stay finite
 
@@ -145,23 +172,25 @@ _DEFAULT_CONFIG = FeatureCodecConfig()
 _local = threading.local()  # zstd contexts are not thread-safe: one set per thread
 
 
-def _compressor(level: int) -> zstd.ZstdCompressor:
-    cache: dict[int, zstd.ZstdCompressor] = _local.__dict__.setdefault("compressors", {})
-    if level not in cache:
+def _compressor(level: int, schema_version: int) -> zstd.ZstdCompressor:
+    cache: dict[tuple[int, int], zstd.ZstdCompressor] = _local.__dict__.setdefault("compressors", {})
+    key = (level, schema_version)
+    if key not in cache:
         params = zstd.ZstdCompressionParameters.from_level(
             level, format=_FORMAT, write_checksum=0, write_content_size=0, write_dict_id=0
         )
-        cache[level] = zstd.ZstdCompressor(compression_params=params, dict_data=zstd.ZstdCompressionDict(_DICTIONARY))
-    return cache[level]
+        dictionary = zstd.ZstdCompressionDict(_DICTIONARIES[schema_version])
+        cache[key] = zstd.ZstdCompressor(compression_params=params, dict_data=dictionary)
+    return cache[key]
 
 
-def _decompressor() -> zstd.ZstdDecompressor:
-    if not hasattr(_local, "decompressor"):
-        _local.decompressor = zstd.ZstdDecompressor(
-            dict_data=zstd.ZstdCompressionDict(_DICTIONARY), max_window_size=_MAX_WINDOW, format=_FORMAT
+def _decompressor(schema_version: int) -> zstd.ZstdDecompressor:
+    cache: dict[int, zstd.ZstdDecompressor] = _local.__dict__.setdefault("decompressors", {})
+    if schema_version not in cache:
+        cache[schema_version] = zstd.ZstdDecompressor(
+            dict_data=zstd.ZstdCompressionDict(_DICTIONARIES[schema_version]), max_window_size=_MAX_WINDOW, format=_FORMAT
         )
-    decompressor: zstd.ZstdDecompressor = _local.decompressor
-    return decompressor
+    return cache[schema_version]
 
 
 def quantize(vector: np.ndarray, levels: float) -> tuple[np.ndarray, float]:
@@ -199,14 +228,20 @@ def encode_features(
     if isinstance(model_version, bool) or not isinstance(model_version, int) or not 0 <= model_version < 2**32:
         raise InvalidInputError(f"features: model_version must be a uint32, got {model_version!r}")
     q, scale = quantize(x, config.levels)
-    payload = HEADER + _compressor(config.zstd_level).compress(q.tobytes())
+    raw = q.tobytes()
+    # Each schema's entropy tables suit one shape of vector; a frame costs microseconds, so try both.
+    schema, frame = min(
+        ((version, _compressor(config.zstd_level, version).compress(raw)) for version in sorted(_DICTIONARIES)),
+        key=lambda candidate: (len(candidate[1]), -candidate[0]),
+    )
+    payload = MAGIC + bytes([schema]) + frame
     return EncodedFeatures(
         codec=CODEC,
         dtype=DTYPE,
         dims=(int(x.size),),
         scale=scale,
         payload=payload,
-        schema_version=SCHEMA_VERSION,
+        schema_version=schema,
         model_name=model_name,
         model_version=model_version,
         model_sha256=model_sha256,
@@ -233,13 +268,13 @@ def _check_dims(dims: Sequence[int], expected: Sequence[int] | None, max_element
     return checked
 
 
-def _decompress(frame: bytes, count: int) -> bytes:
+def _decompress(frame: bytes, count: int, schema_version: int) -> bytes:
     """Exactly ``count`` bytes out of ``frame``; allocates at most ``count`` bytes of output."""
     try:
         claimed = zstd.get_frame_parameters(frame, format=_FORMAT).content_size
         if claimed not in (zstd.CONTENTSIZE_UNKNOWN, count):
             raise _invalid(f"zstd frame claims {claimed} bytes, expected {count}")
-        raw = _decompressor().decompress(frame, max_output_size=count, allow_extra_data=False)
+        raw = _decompressor(schema_version).decompress(frame, max_output_size=count, allow_extra_data=False)
     except zstd.ZstdError as error:
         raise _invalid(f"payload does not decompress to {count} int8 values: {error}") from None
     if len(raw) != count:
@@ -264,8 +299,8 @@ def decode_features(
         raise _invalid(f"unknown codec {encoded.codec!r}, expected {CODEC!r}")
     if encoded.dtype != DTYPE:
         raise _invalid(f"unsupported dtype {encoded.dtype!r}, expected {DTYPE!r}")
-    if encoded.schema_version != SCHEMA_VERSION:
-        raise _invalid(f"unsupported schema_version {encoded.schema_version!r}, expected {SCHEMA_VERSION}")
+    if isinstance(encoded.schema_version, bool) or encoded.schema_version not in _DICTIONARIES:
+        raise _invalid(f"unsupported schema_version {encoded.schema_version!r}, expected one of {sorted(_DICTIONARIES)}")
     dims = _check_dims(encoded.dims, expected_dims, max_elements)
     scale = encoded.scale
     if isinstance(scale, bool) or not isinstance(scale, numbers.Real) or not 0 < scale <= _LARGEST_SCALE:
@@ -274,11 +309,11 @@ def decode_features(
     if not isinstance(payload, (bytes, bytearray, memoryview)):
         raise _invalid(f"payload must be bytes, got {type(payload).__name__}")
     payload = bytes(payload)
-    if len(payload) <= len(HEADER):
+    if len(payload) <= HEADER_BYTES:
         raise _invalid(f"payload of {len(payload)} bytes is shorter than header and frame")
     if payload[: len(MAGIC)] != MAGIC:
         raise _invalid(f"bad header magic {payload[: len(MAGIC)]!r}, expected {MAGIC!r}")
     if payload[len(MAGIC)] != encoded.schema_version:
         raise _invalid(f"header says version {payload[len(MAGIC)]}, schema_version says {encoded.schema_version}")
-    raw = _decompress(payload[len(HEADER) :], math.prod(dims))
+    raw = _decompress(payload[HEADER_BYTES:], math.prod(dims), encoded.schema_version)
     return (np.frombuffer(raw, dtype=np.int8).astype(np.float32) * np.float32(scale)).reshape(dims)

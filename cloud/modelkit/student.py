@@ -18,11 +18,14 @@ calibrates.
 
 Wrapped by :func:`with_features`, the student also returns ``features``: the
 mean of its final hidden states over the tokens of the current call, minus a
-centre measured once on training queries (``config.feature_centre``). On the
-prompt, that is the query's feature vector that escalations carry to the
-cloud. Centred by construction, the vectors quantise to fewer bytes (their
-common offset carries no information about the query), and the cloud's
-decoder needs nothing from the bundle that produced them.
+centre and turned by a rotation, both measured once on training queries
+(``config.feature_centre``, ``config.feature_rotation``). On the prompt, that
+is the query's feature vector that escalations carry to the cloud. The
+rotation is the principal axes of the centred features, largest variance
+first (a Karhunen-Loeve transform): orthogonal, so lengths and cosines are
+unchanged, but most components come out small, and small integers after
+quantisation cost the entropy coder few bits. The cloud's decoder needs
+nothing from the bundle that produced them.
 """
 
 from __future__ import annotations
@@ -53,7 +56,7 @@ __all__ = [
     "StudentOutput",
     "StudentRecipe",
     "distill_student",
-    "feature_centre",
+    "feature_transform",
     "label_with_teacher",
     "select_labels",
     "student_prompt",
@@ -94,10 +97,26 @@ def features_forward(
         current = attention_mask[:, -hidden.shape[1] :].to(hidden.dtype)
     weights = current.unsqueeze(-1)
     features = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)
-    centre = getattr(self.config, "feature_centre", None)
+    centre, rotation = _feature_transform(self, features)
     if centre is not None:
-        features = features - torch.tensor(centre, dtype=features.dtype, device=features.device)
+        features = features - centre
+    if rotation is not None:
+        features = features @ rotation
     return StudentOutput(logits=logits, past_key_values=outputs.past_key_values, features=features)
+
+
+def _feature_transform(model: Qwen3ForCausalLM, like: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The config's centre and rotation as tensors, converted once per model (not per call)."""
+    key = (id(getattr(model.config, "feature_centre", None)), id(getattr(model.config, "feature_rotation", None)))
+    cached = getattr(model, "_feature_transform_cache", None)
+    if cached is None or cached[0] != key:
+        tensors = tuple(
+            None if value is None else torch.tensor(value, dtype=like.dtype, device=like.device)
+            for value in (getattr(model.config, "feature_centre", None), getattr(model.config, "feature_rotation", None))
+        )
+        cached = (key, tensors)
+        model._feature_transform_cache = cached
+    return cached[1]
 
 
 def with_features(model: Qwen3ForCausalLM) -> Qwen3ForCausalLM:
@@ -346,16 +365,26 @@ def _progress_check(student, tokenizer, recipe: StudentRecipe, seed: int):
 
 
 @torch.no_grad()
-def feature_centre(student: Qwen3ForCausalLM, tokenizer: PreTrainedTokenizerFast, template: str, seed: int, n: int = 2000) -> list[float]:
-    """Mean pooled feature vector over ``n`` training queries of the evaluation mix."""
+def feature_transform(
+    student: Qwen3ForCausalLM, tokenizer: PreTrainedTokenizerFast, template: str, seed: int, n: int = 2000
+) -> tuple[list[float], list[list[float]]]:
+    """Mean pooled feature vector over ``n`` training queries of the evaluation mix, and the
+    principal axes of the centred vectors as the columns of an orthogonal matrix (largest variance first)."""
     with_features(student).eval()
     student.config.feature_centre = None
-    total = torch.zeros(student.config.hidden_size, dtype=torch.float64)
+    student.config.feature_rotation = None
     problems = generate(n, seed + 13, Split.TRAIN, EVAL_MIX)
+    rows = []
     for problem in problems:
         ids = tokenizer(student_prompt(template, problem.query), add_special_tokens=False, return_tensors="pt")["input_ids"]
-        total += student(input_ids=ids).features[0].double()
-    return [float(v) for v in (total / n).tolist()]
+        rows.append(student(input_ids=ids).features[0].double().numpy())
+    vectors = np.stack(rows)
+    centre = vectors.mean(0)
+    variances, axes = np.linalg.eigh(np.cov(vectors - centre, rowvar=False))
+    axes = axes[:, np.argsort(variances)[::-1]]
+    # eigh's signs are arbitrary: fix each axis so its largest entry is positive (reproducible builds).
+    axes *= np.sign(axes[np.abs(axes).argmax(0), np.arange(axes.shape[1])])
+    return [float(v) for v in centre], [[float(v) for v in row] for row in axes]
 
 
 def distill_student(
@@ -368,7 +397,7 @@ def distill_student(
     label_cache: Path | None = None,
 ) -> tuple[Qwen3ForCausalLM, list[dict[str, float]]]:
     """Label a training pool with the teacher (or take the labels from ``label_cache``),
-    train the student on it, centre its features."""
+    train the student on it, centre and rotate its features."""
     teacher.eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
@@ -384,7 +413,9 @@ def distill_student(
         on_eval=_progress_check(student, tokenizer, recipe, seed) if recipe.eval_every else None,
         eval_every=recipe.eval_every,
     )
-    student.config.feature_centre = feature_centre(student, tokenizer, recipe.prompt_template, seed)
+    student.config.feature_centre, student.config.feature_rotation = feature_transform(
+        student, tokenizer, recipe.prompt_template, seed
+    )
     student.generation_config.eos_token_id = tokenizer.eos_token_id
     student.generation_config.pad_token_id = tokenizer.pad_token_id
     return student, history

@@ -15,12 +15,15 @@ import zstandard as zstd
 from shared.errors import ConfigError, InvalidInputError
 from shared.features import (
     CODEC,
+    _DICTIONARIES,
     HEADER,
+    SCALE_BYTES,
     SCHEMA_VERSION,
     EncodedFeatures,
     FeatureCodecConfig,
     decode_features,
     encode_features,
+    quantize,
 )
 from shared.task import Split, generate
 
@@ -106,9 +109,9 @@ def test_edge_cases_round_trip(vector: np.ndarray) -> None:
 def test_fields_and_header() -> None:
     vector = np.linspace(-1, 1, 128, dtype=np.float32)
     encoded = encode_features(vector, model_name="edge-student", model_version=3, model_sha256="ab" * 32)
-    assert (encoded.codec, encoded.dtype, encoded.dims, encoded.schema_version) == (CODEC, "int8", (128,), 1)
+    assert (encoded.codec, encoded.dtype, encoded.dims) == (CODEC, "int8", (128,))
     assert (encoded.model_name, encoded.model_version, encoded.model_sha256) == ("edge-student", 3, "ab" * 32)
-    assert encoded.payload.startswith(b"EF\x01")
+    assert encoded.schema_version in (1, 2) and encoded.payload.startswith(b"EF" + bytes([encoded.schema_version]))
     assert encoded.nbytes() == len(encoded.payload) + 4
     assert encode_features(vector).payload == encoded.payload  # deterministic
 
@@ -159,7 +162,8 @@ def test_config_validates(kwargs: dict[str, object]) -> None:
     [
         ({"codec": "fp16-zstd"}, "unknown codec"),
         ({"dtype": "uint8"}, "unsupported dtype"),
-        ({"schema_version": 2}, "unsupported schema_version"),
+        ({"schema_version": 3}, "unsupported schema_version"),
+        ({"schema_version": True}, "unsupported schema_version"),
         ({"schema_version": 0}, "unsupported schema_version"),
         ({"dims": ()}, "dims is empty"),
         ({"dims": (0,)}, "must be positive"),
@@ -196,8 +200,9 @@ def with_payload(encoded: EncodedFeatures, payload: bytes) -> EncodedFeatures:
 def test_decode_refuses_bad_header(encoded: EncodedFeatures) -> None:
     with pytest.raises(InvalidInputError, match="bad header magic"):
         decode_features(with_payload(encoded, b"XF" + encoded.payload[2:]))
-    with pytest.raises(InvalidInputError, match="header says version 2, schema_version says 1"):
-        decode_features(with_payload(encoded, b"EF\x02" + encoded.payload[3:]))
+    other = 3 - encoded.schema_version
+    with pytest.raises(InvalidInputError, match=f"header says version {other}, schema_version says {encoded.schema_version}"):
+        decode_features(with_payload(encoded, b"EF" + bytes([other]) + encoded.payload[3:]))
 
 
 def test_decode_refuses_dims_disagreeing_with_payload(encoded: EncodedFeatures) -> None:
@@ -263,3 +268,41 @@ def test_decode_refuses_frame_demanding_a_huge_window(encoded: EncodedFeatures) 
     assert zstd.get_frame_parameters(frame, format=zstd.FORMAT_ZSTD1_MAGICLESS).window_size == 1 << 27
     with pytest.raises(InvalidInputError):
         decode_features(with_payload(encoded, HEADER + frame))
+
+
+# --- schema versions ----------------------------------------------------------------------
+
+
+def _schema1_payload(q: np.ndarray) -> bytes:
+    """What an edge of schema 1 (v3 and before) sent: the same frame, compressed with schema 1's dictionary."""
+    params = zstd.ZstdCompressionParameters.from_level(
+        3, format=zstd.FORMAT_ZSTD1_MAGICLESS, write_checksum=0, write_content_size=0, write_dict_id=0
+    )
+    compressor = zstd.ZstdCompressor(compression_params=params, dict_data=zstd.ZstdCompressionDict(_DICTIONARIES[1]))
+    return b"EF\x01" + compressor.compress(q.tobytes())
+
+
+def test_schema_1_payloads_still_decode() -> None:
+    vector = np.random.default_rng(3).standard_normal(128).astype(np.float32)
+    q, scale = quantize(vector, 8.0)
+    old = EncodedFeatures(codec=CODEC, dtype="int8", dims=(128,), scale=scale, payload=_schema1_payload(q), schema_version=1)
+    np.testing.assert_array_equal(decode_features(old), q.astype(np.float32) * np.float32(scale))
+    # A schema 1 frame labelled schema 2 is refused, not decoded with the wrong dictionary.
+    with pytest.raises(InvalidInputError):
+        decode_features(dataclasses.replace(old, schema_version=2, payload=b"EF\x02" + old.payload[3:]))
+
+
+def test_the_encoder_picks_the_schema_that_suits_the_vector() -> None:
+    """Variance falling off along the axes compresses better with schema 2's tables, equal variance with schema 1's."""
+    rng = np.random.default_rng(4)
+    decaying = rng.standard_normal((300, 128)) * (np.arange(128) + 1.0) ** -1.0
+    flat = rng.standard_normal((300, 128))
+    for vectors, expected in ((decaying, 2), (flat, 1)):
+        encoded = [encode_features(v) for v in vectors]
+        assert np.mean([e.schema_version == expected for e in encoded]) > 0.9
+        schema1 = np.mean([len(_schema1_payload(quantize(v, 8.0)[0])) + SCALE_BYTES for v in vectors])
+        assert np.mean([e.nbytes() for e in encoded]) <= schema1
+        assert all(np.array_equal(decode_features(e), quantize(v, 8.0)[0] * np.float32(e.scale)) for e, v in zip(encoded, vectors))
+    decaying_bytes = np.mean([encode_features(v).nbytes() for v in decaying])
+    schema1_bytes = np.mean([len(_schema1_payload(quantize(v, 8.0)[0])) + SCALE_BYTES for v in decaying])
+    assert decaying_bytes < schema1_bytes - 8, (decaying_bytes, schema1_bytes)

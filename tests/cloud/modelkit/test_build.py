@@ -85,6 +85,24 @@ def test_student_features_are_centred(quick_models: Path) -> None:
     assert np.linalg.norm(np.asarray(config["feature_centre"])) > offset
 
 
+def test_student_features_come_out_on_their_principal_axes(quick_models: Path) -> None:
+    """The rotation is orthogonal (lengths and cosines kept) and puts the largest variance first."""
+    import numpy as np
+
+    from shared.task import Split, generate
+
+    config = json.loads((quick_models / REFERENCE_DIR / "config.json").read_text())
+    rotation = np.asarray(config["feature_rotation"])
+    dim = load_manifest(quick_models / STUDENT_DIR).io["feature_dim"]
+    assert rotation.shape == (dim, dim)
+    np.testing.assert_allclose(rotation.T @ rotation, np.eye(dim), atol=1e-6)
+    model = EdgeModel.from_bundle(quick_models / STUDENT_DIR)
+    features = np.stack([model.answer(p.query).features for p in generate(300, 6, Split.TEST)])
+    variances = features.var(0)
+    quarter = dim // 4
+    assert variances[:quarter].sum() > 4 * variances[-quarter:].sum(), variances
+
+
 def test_int8_graph_is_quantised_and_smaller(quick_models: Path) -> None:
     manifest = load_manifest(quick_models / STUDENT_DIR)
     int8 = quick_models / STUDENT_DIR / manifest.io["graphs"]["int8"]
