@@ -31,7 +31,7 @@ bench: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
-## Rebuild the demo bundles from scratch (about an hour on a 2-core CPU).
+## Rebuild the demo bundles from scratch (estimated 85 minutes on a 2-core CPU: teacher 2 stages, labels, student).
 models: $(STAMP)
 	$(PY) -m shared.cli models build --out models
 

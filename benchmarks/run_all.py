@@ -155,8 +155,14 @@ def student_latency(r: Report) -> Lines:
     size_key = {"onnx_int8": "onnx_int8", "onnx_fp32": "onnx_fp32", "torch_fp32": "torch_fp32_safetensors"}
     rows = [(name, num(s["p50_ms"]), num(s["p99_ms"]), num(s["mean_ms"]), ratio(s["p50_ms"] / int8_p50),
              num(sizes[size_key[name]] / 2**20, 1)) for name, s in latency.items()]
-    lines = [f"{r['queries']} simple (k=1) queries, {r['threads']} thread, the three interleaved.", ""]
+    block = r.get("block")
+    order = f"in turns of {block} consecutive queries per model" if block else "the three interleaved"
+    lines = [f"{r['queries']} simple (k=1) queries, {r['threads']} thread, {order}.", ""]
     lines += table(["model", "p50 ms", "p99 ms", "mean ms", "p50 / int8 p50", "size MiB"], rows)
+    if "cold_int8" in r:
+        cold = r["cold_int8"]
+        lines += ["", f"Cold: int8 with a PyTorch call between every two queries (caches evicted): p50 "
+                      f"{num(cold['p50_ms'])} ms, p99 {num(cold['p99_ms'])} ms ({ratio(cold['p50_ms'] / int8_p50)} the steady p50)."]
     speedup = r["speedup_p50"]["int8_vs_torch_fp32"]
     return lines + targets([
         (f"int8 ONNX p50 <= {STUDENT_P50_MS:g} ms", f"{num(int8_p50)} ms", int8_p50 <= STUDENT_P50_MS),

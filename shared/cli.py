@@ -21,10 +21,10 @@ log = logging.getLogger("edgecloud")
 
 def _models_build(args: argparse.Namespace) -> int:
     from cloud.modelkit.build import BuildConfig, build_models
-    from cloud.modelkit.teacher import RefineStage, TeacherRecipe
+    from cloud.modelkit.teacher import TeacherRecipe
 
     config = BuildConfig(
-        teacher=TeacherRecipe(refine=RefineStage()) if args.refine_teacher else TeacherRecipe(),
+        teacher=TeacherRecipe(),
         out=args.out,
         quick=args.quick,
         seed=args.seed,
@@ -302,7 +302,8 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument(
         "--refine-teacher",
         action="store_true",
-        help="run the teacher recipe's second (refine) stage on the --reuse-teacher model first",
+        help="run the teacher recipe's second (refine) stage on the --reuse-teacher model first "
+        "(for a teacher trained by the first stage alone, as up to v3)",
     )
     build.add_argument(
         "--label-cache",

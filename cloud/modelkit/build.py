@@ -32,8 +32,8 @@ from transformers import AutoModelForCausalLM
 from cloud.modelkit.decoding import generate_batch
 from cloud.modelkit.evaluate import REFERENCE_DIR, STUDENT_DIR, TEACHER_DIR
 from cloud.modelkit.export import export_student, onnx_io, quantize_student
-from cloud.modelkit.student import StudentRecipe, distill_student, with_features
-from cloud.modelkit.teacher import ModelSpec, TeacherRecipe, chat_prompt, refine_teacher, train_teacher
+from cloud.modelkit.student import StudentRecipe, distill_student, feature_transform, with_features
+from cloud.modelkit.teacher import ModelSpec, RefineStage, TeacherRecipe, chat_prompt, refine_teacher, train_teacher
 from cloud.modelkit.tokenizer import THINK_END, THINK_START, build_student_tokenizer, build_tokenizer
 from cloud.modelkit.training import TrainConfig
 from edge.runtime import EdgeModel
@@ -73,7 +73,7 @@ class BuildConfig:
     """Skip teacher training: distil from this already-trained teacher folder instead."""
     refine_teacher: bool = False
     """Run the teacher recipe's second stage (``teacher.refine``) on the reused teacher first:
-    a teacher trained by the first stage alone becomes the one a full build makes."""
+    a teacher trained by the first stage alone (v3 and before) becomes the one a full build makes."""
     label_cache: Path | None = None
     """Folder of cached teacher labels (keyed by the teacher's weights and the queries);
     default ``out/.cache``. A rebuild on the same teacher skips labelling."""
@@ -106,6 +106,7 @@ def quick_recipes(config: BuildConfig) -> BuildConfig:
             config.teacher,
             model=tiny,
             train=TrainConfig(steps=40, batch_size=32, lr=3e-3, warmup=5),
+            refine=RefineStage(train=TrainConfig(steps=5, batch_size=8, lr=1e-3, warmup=1)) if config.teacher.refine else None,
         ),
         student=replace(
             config.student,
@@ -262,6 +263,12 @@ def build_models(config: BuildConfig) -> dict[str, object]:
             student = with_features(AutoModelForCausalLM.from_pretrained(str(config.reuse_student)).eval())
             student_tokenizer = AutoTokenizer.from_pretrained(str(config.reuse_student))
             student_history: list[dict[str, float]] = []
+            if getattr(student.config, "feature_rotation", None) is None:
+                # A student from before v4: give its features the principal axes a new build gives them.
+                log.info("the reused student has no feature rotation; measuring its centre and principal axes")
+                student.config.feature_centre, student.config.feature_rotation = feature_transform(
+                    student, student_tokenizer, config.student.prompt_template, config.seed
+                )
         else:
             log.info("distilling the student (%d steps)", config.student.train.steps)
             student_tokenizer = build_student_tokenizer()

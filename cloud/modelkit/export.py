@@ -20,6 +20,7 @@ from collections import OrderedDict
 from pathlib import Path
 
 import onnx
+from onnx import numpy_helper
 from optimum.exporters.onnx import onnx_export_from_model
 from optimum.exporters.onnx.model_configs import Qwen3OnnxConfig
 from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -37,6 +38,10 @@ log = logging.getLogger(__name__)
 
 FEATURES_OUTPUT = "features"
 OPSET = 18
+#: Rows kept in the fused rotary embeddings' cos/sin caches (onnxruntime's fusion writes 131,072,
+#: 16 MiB for this student). Enough for the longest query the cloud accepts (8192 characters; a
+#: tokenizer rarely gives more tokens than characters) plus the edge's longest answer.
+ROTARY_POSITIONS = 8192 + 512
 
 
 class EdgeStudentOnnxConfig(Qwen3OnnxConfig):
@@ -92,8 +97,18 @@ def _fuse(graph: onnx.ModelProto, config) -> onnx.ModelProto:
         opt_level=0,
         use_gpu=False,
     ).model
+    _trim_rotary_caches(fused, ROTARY_POSITIONS)
     log.info("onnxruntime fusions (%s): %d -> %d nodes", model_type, before, len(fused.graph.node))
     return fused
+
+
+def _trim_rotary_caches(graph: onnx.ModelProto, rows: int) -> None:
+    """Cut the cos/sin caches of every ``RotaryEmbedding`` node to ``rows`` positions, in place."""
+    caches = {name for node in graph.graph.node if node.op_type == "RotaryEmbedding" for name in node.input[2:4]}
+    for index, tensor in enumerate(graph.graph.initializer):
+        if tensor.name in caches and tensor.dims[0] > rows:
+            trimmed = numpy_helper.to_array(tensor)[:rows]
+            graph.graph.initializer[index].CopyFrom(numpy_helper.from_array(trimmed, tensor.name))
 
 
 def quantize_student(fp32_file: Path, int8_file: Path) -> Path:

@@ -76,6 +76,11 @@ class RefineStage:
     last line, least significant digit first, back into the answer. This stage
     trains on longer queries and adds examples whose loss is on the answer
     only, after the full reasoning.
+
+    Measured on the v2 teacher (first stage only), 400 fresh test queries per k,
+    thinking, greedy: k=1 99.75 -> 99.75%, k=2 99.5 -> 100%, k=3 99.25 -> 99.75%,
+    k=4 94.25 -> 97.25%. 800 steps took 24 minutes on the 2-core machine (with
+    other work beside it).
     """
 
     train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=800, batch_size=64, lr=6e-4, warmup=40))
@@ -98,8 +103,8 @@ class TeacherRecipe:
     """Share of examples trained with thinking disabled."""
     truncated_share: float = 0.05
     """Share of thinking examples whose reasoning is cut short, as budget forcing does."""
-    refine: RefineStage | None = None
-    """An optional second stage (``RefineStage()``); off until it is measured to raise accuracy."""
+    refine: RefineStage | None = field(default_factory=RefineStage)
+    """The second stage (``None``: first stage only)."""
 
 
 def build_model(spec: ModelSpec, tokenizer: PreTrainedTokenizerFast, seed: int) -> Qwen3ForCausalLM:

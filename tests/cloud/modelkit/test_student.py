@@ -92,27 +92,28 @@ def tiny_teacher():
     return build_model(spec, tokenizer, seed=0).eval(), tokenizer
 
 
-def test_labels_are_cached_per_teacher_and_queries(tiny_teacher, tmp_path, caplog) -> None:
+def test_labels_are_cached_per_teacher_and_query(tiny_teacher, tmp_path, caplog) -> None:
     teacher, tokenizer = tiny_teacher
     rng = random.Random(2)
-    problems = [make_problem(1, rng) for _ in range(4)]
+    problems = [make_problem(1, rng) for _ in range(5)]
     recipe = StudentRecipe()
-    first = _cached_labels(teacher, tokenizer, problems, recipe, tmp_path)
+    first = _cached_labels(teacher, tokenizer, problems[:4], recipe, tmp_path)
     (cache_file,) = tmp_path.glob("teacher-labels-*.json")
-    # What the cache holds is what a second build gets back, without the teacher running.
+    # What the cache holds is what the next build gets back, without the teacher running.
     stored = json.loads(cache_file.read_text())
-    assert stored["answers"] == [a for a, _ in first]
-    stored["answers"] = ["cached"] * len(problems)
-    cache_file.write_text(json.dumps(stored))
-    assert [a for a, _ in _cached_labels(teacher, tokenizer, problems, recipe, tmp_path)] == ["cached"] * 4
-    # Other queries, or another teacher, get their own labels.
-    assert [a for a, _ in _cached_labels(teacher, tokenizer, problems[:3], recipe, tmp_path)] == [a for a, _ in first[:3]]
-    other = build_model(ModelSpec(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=1,
-                                  num_key_value_heads=1), tokenizer, seed=1).eval()
-    _cached_labels(other, tokenizer, problems, recipe, tmp_path)
-    assert len(list(tmp_path.glob("teacher-labels-*.json"))) == 3
+    assert [stored[p.query][0] for p in problems[:4]] == [a for a, _ in first]
+    cache_file.write_text(json.dumps({query: ["cached", 0.5] for query in stored}))
+    assert _cached_labels(teacher, tokenizer, problems[:3], recipe, tmp_path) == [("cached", 0.5)] * 3
+    # A pool with one new query labels only that one and keeps the rest.
+    mixed = _cached_labels(teacher, tokenizer, problems, recipe, tmp_path)
+    assert mixed[:4] == [("cached", 0.5)] * 4 and mixed[4][0] != "cached"
+    assert len(json.loads(cache_file.read_text())) == 5
+    # Another teacher has its own file.
+    other_spec = ModelSpec(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=1, num_key_value_heads=1)
+    _cached_labels(build_model(other_spec, tokenizer, seed=1).eval(), tokenizer, problems[:1], recipe, tmp_path)
+    assert len(list(tmp_path.glob("teacher-labels-*.json"))) == 2
     # A damaged cache file is relabelled, not trusted.
     cache_file.write_text("{not json")
     with caplog.at_level("WARNING"):
-        again = _cached_labels(teacher, tokenizer, problems, recipe, tmp_path)
+        again = _cached_labels(teacher, tokenizer, problems[:4], recipe, tmp_path)
     assert [a for a, _ in again] == [a for a, _ in first] and "unreadable label cache" in caplog.text
