@@ -157,7 +157,12 @@ class StudentRecipe:
     75% at 2000, 87% at 3000; with 5000 steps (the default), 66% at 1000, 86% at 3000,
     94% at 4000, 99% at 5000. 120,000 k=1 draws (20,740 distinct, 98% of the space; labels of the
     two-stage teacher, label_min_confidence 0.9) learned slower, not faster: 64% at 1000, 74% at
-    2500, 91% at 4000, 94% at 5000, and triage kept 78% of k=1 (the v3 student: 87.5%). A variant
+    2500, 91% at 4000, 94% at 5000, and triage kept 78% of k=1 (the v3 student: 87.5%). 7000 steps
+    on the default pool (two-stage teacher's labels): 70% at 1000, 83% at 3000, 93% at 4500,
+    99.7% at 6000 and 7000, 100% of 797 k=1 test queries; but it also learned the multi-step
+    labels by heart (loss 0.018), grew sure of some wrong multi-step answers, and triage kept
+    only 80% of k=1 test queries at 99.38% precision (below the 99.5% target), so it was not
+    shipped: more steps need a larger multi-step pool (2000 per k is seen ~45 times). A variant
     with 9% multi-step rows, their loss weighted 0.3 per row, and 80000 k=1 draws learned slower
     still (26% at 1000, 57% at 2000)."""
     label_min_confidence: float = 0.0
