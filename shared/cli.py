@@ -21,10 +21,8 @@ log = logging.getLogger("edgecloud")
 
 def _models_build(args: argparse.Namespace) -> int:
     from cloud.modelkit.build import BuildConfig, build_models
-    from cloud.modelkit.teacher import TeacherRecipe
 
     config = BuildConfig(
-        teacher=TeacherRecipe(),
         out=args.out,
         quick=args.quick,
         seed=args.seed,
@@ -310,7 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         default=None,
         metavar="DIR",
-        help="cache of the teacher's labels; a rebuild on the same teacher skips labelling (default: OUT/.cache)",
+        help="cache of the teacher's labels; a rebuild labels only queries it has not seen (default: OUT/.cache)",
     )
     build.add_argument(
         "--reuse-student",

@@ -32,7 +32,7 @@ from transformers import AutoModelForCausalLM
 from cloud.modelkit.decoding import generate_batch
 from cloud.modelkit.evaluate import REFERENCE_DIR, STUDENT_DIR, TEACHER_DIR
 from cloud.modelkit.export import export_student, onnx_io, quantize_student
-from cloud.modelkit.student import StudentRecipe, distill_student, feature_transform, with_features
+from cloud.modelkit.student import StudentRecipe, distill_student, fit_feature_transform, with_features
 from cloud.modelkit.teacher import ModelSpec, RefineStage, TeacherRecipe, chat_prompt, refine_teacher, train_teacher
 from cloud.modelkit.tokenizer import THINK_END, THINK_START, build_student_tokenizer, build_tokenizer
 from cloud.modelkit.training import TrainConfig
@@ -75,8 +75,8 @@ class BuildConfig:
     """Run the teacher recipe's second stage (``teacher.refine``) on the reused teacher first:
     a teacher trained by the first stage alone (v3 and before) becomes the one a full build makes."""
     label_cache: Path | None = None
-    """Folder of cached teacher labels (keyed by the teacher's weights and the queries);
-    default ``out/.cache``. A rebuild on the same teacher skips labelling."""
+    """Folder of cached teacher labels (one file per teacher, keyed by its weights, mapping each
+    query to its label); default ``out/.cache``. A rebuild labels only queries it has not seen."""
     reuse_student: Path | None = None
     """Skip distillation too: export, quantise and calibrate this trained student
     (a ``student-reference`` folder). Needs ``reuse_teacher``."""
@@ -266,9 +266,7 @@ def build_models(config: BuildConfig) -> dict[str, object]:
             if getattr(student.config, "feature_rotation", None) is None:
                 # A student from before v4: give its features the principal axes a new build gives them.
                 log.info("the reused student has no feature rotation; measuring its centre and principal axes")
-                student.config.feature_centre, student.config.feature_rotation = feature_transform(
-                    student, student_tokenizer, config.student.prompt_template, config.seed
-                )
+                fit_feature_transform(student, student_tokenizer, config.student.prompt_template, config.seed)
         else:
             log.info("distilling the student (%d steps)", config.student.train.steps)
             student_tokenizer = build_student_tokenizer()

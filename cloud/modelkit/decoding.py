@@ -76,10 +76,11 @@ def generate_batch(
             forced |= over
         token = torch.where(done, torch.full_like(token, tokenizer.pad_token_id), token)
         chosen = torch.log_softmax(next_logits.float(), dim=-1).gather(1, token[:, None]).squeeze(1)
-        for row in range(n):
-            if active[row]:
-                out[row].append(int(token[row]))
-                out_logprobs[row].append(float(chosen[row]))
+        # One conversion per step, not one tensor index per row: this loop runs for every token.
+        for row, (is_active, token_id, logprob) in enumerate(zip(active.tolist(), token.tolist(), chosen.tolist())):
+            if is_active:
+                out[row].append(token_id)
+                out_logprobs[row].append(logprob)
         special = (token == think_end) | (token == think_start) | (token == eos)
         reasoning += (active & in_think & ~special).long()
         in_think = (in_think | (token == think_start)) & (token != think_end)

@@ -56,7 +56,7 @@ __all__ = [
     "StudentOutput",
     "StudentRecipe",
     "distill_student",
-    "feature_transform",
+    "fit_feature_transform",
     "label_with_teacher",
     "select_labels",
     "student_prompt",
@@ -196,10 +196,6 @@ class StudentRecipe:
 def student_prompt(recipe_or_template: StudentRecipe | str, query: str) -> str:
     template = recipe_or_template if isinstance(recipe_or_template, str) else recipe_or_template.prompt_template
     return template.format(query=query)
-
-
-def build_student(recipe: StudentRecipe, tokenizer: PreTrainedTokenizerFast, seed: int) -> Qwen3ForCausalLM:
-    return build_model(recipe.model, tokenizer, seed)
 
 
 @dataclass(frozen=True, slots=True)
@@ -382,11 +378,12 @@ def _progress_check(student, tokenizer, recipe: StudentRecipe, seed: int):
 
 
 @torch.no_grad()
-def feature_transform(
+def fit_feature_transform(
     student: Qwen3ForCausalLM, tokenizer: PreTrainedTokenizerFast, template: str, seed: int, n: int = 2000
-) -> tuple[list[float], list[list[float]]]:
-    """Mean pooled feature vector over ``n`` training queries of the evaluation mix, and the
-    principal axes of the centred vectors as the columns of an orthogonal matrix (largest variance first)."""
+) -> None:
+    """Measure and store in ``student.config`` the mean pooled feature vector over ``n`` training
+    queries of the evaluation mix (``feature_centre``) and the principal axes of the centred
+    vectors, as the columns of an orthogonal matrix, largest variance first (``feature_rotation``)."""
     with_features(student).eval()
     student.config.feature_centre = None
     student.config.feature_rotation = None
@@ -401,7 +398,8 @@ def feature_transform(
     axes = axes[:, np.argsort(variances)[::-1]]
     # eigh's signs are arbitrary: fix each axis so its largest entry is positive (reproducible builds).
     axes *= np.sign(axes[np.abs(axes).argmax(0), np.arange(axes.shape[1])])
-    return [float(v) for v in centre], [[float(v) for v in row] for row in axes]
+    student.config.feature_centre = [float(v) for v in centre]
+    student.config.feature_rotation = [[float(v) for v in row] for row in axes]
 
 
 def distill_student(
@@ -419,7 +417,7 @@ def distill_student(
     for p in teacher.parameters():
         p.requires_grad_(False)
     pool = _label_pool(teacher, teacher_tokenizer, recipe, seed, label_cache)
-    student = build_student(recipe, tokenizer, seed)
+    student = build_model(recipe.model, tokenizer, seed)
     log.info("student: %.2fM parameters", sum(p.numel() for p in student.parameters()) / 1e6)
     data = StudentData(tokenizer, recipe, pool, seed)
     history = train(
@@ -430,9 +428,7 @@ def distill_student(
         on_eval=_progress_check(student, tokenizer, recipe, seed) if recipe.eval_every else None,
         eval_every=recipe.eval_every,
     )
-    student.config.feature_centre, student.config.feature_rotation = feature_transform(
-        student, tokenizer, recipe.prompt_template, seed
-    )
+    fit_feature_transform(student, tokenizer, recipe.prompt_template, seed)
     student.generation_config.eos_token_id = tokenizer.eos_token_id
     student.generation_config.pad_token_id = tokenizer.pad_token_id
     return student, history
