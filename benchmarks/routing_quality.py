@@ -40,14 +40,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
-from cloud.engine import LoadedModel  # noqa: E402
-from cloud.modelkit.evaluate import ModelPaths, edge_answers, per_k_accuracy, run_batched  # noqa: E402
-from edge.runtime import EdgeModel  # noqa: E402
-from edge.triage import Requested, Route, TriageInput, TriagePolicy, decide, estimate_difficulty  # noqa: E402
-from shared.task import EVAL_MIX, Problem, Split, generate, parse_answer  # noqa: E402
+from cloud.modelkit.evaluate import ModelPaths, edge_answers, per_k_accuracy, run_batched
+from cloud.transformers_engine import LoadedModel
+from edge.runtime import EdgeModel
+from edge.triage import Requested, Route, TriageInput, TriagePolicy, decide, estimate_difficulty
+from shared.task import EVAL_MIX, Problem, Split, generate, parse_answer
 
 CLOUD_SHARE = 0.95
 """CPT: the escalation share needed to reach this share of cloud-only accuracy."""
@@ -223,7 +223,7 @@ def main() -> int:
     edge_ok = _correct(problems, [a.text for a in answers])
     cloud_ok = _correct(problems, [g.answer_text for g in gens])
     confidence = np.asarray([a.confidence for a in answers])
-    difficulty = np.asarray([estimate_difficulty(a.token_logprobs, a.input_tokens) for a in answers])
+    difficulty = np.asarray([estimate_difficulty(a.token_logprobs, a.input_tokens, abstained=a.abstained) for a in answers])
     edge_acc, cloud_acc = float(edge_ok.mean()), float(cloud_ok.mean())
     multi_share = float((ks >= 2).mean())
     max_escalation = multi_share + TARGET_ESCALATION_SLACK

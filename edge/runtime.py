@@ -9,6 +9,9 @@ Everything model-specific comes from the bundle: the prompt format
 (``io.prompt_template``), the stop token (``io.eos_token``), the answer
 length limit (``io.max_new_tokens``) and the query's pre-processing, which is
 the normaliser inside the bundle's ``tokenizer.json``.
+
+An empty answer (the stop token first) is the model abstaining: its
+confidence is 0, whatever the calibration says, so triage never keeps it.
 """
 
 from __future__ import annotations
@@ -44,12 +47,17 @@ class EdgeAnswer:
     token_logprobs: tuple[float, ...]
     """Log-probability of each generated token, end-of-turn included."""
     confidence: float
-    """Calibrated probability that ``text`` is right (NaN without calibration)."""
+    """Calibrated probability that ``text`` is right (NaN without calibration; 0 for an empty answer)."""
     features: np.ndarray
     """float32 feature vector of the query (pooled final hidden state)."""
     input_tokens: int
     output_tokens: int
     latency_ms: float
+
+    @property
+    def abstained(self) -> bool:
+        """The model stopped before saying anything: it has no answer (confidence 0)."""
+        return not self.text
 
 
 class EdgeModel:
@@ -157,7 +165,10 @@ class EdgeModel:
             for spec in self._past_inputs:
                 feeds[spec.name] = outputs[spec.name.replace("past_key_values", "present")]
         text = self.tokenizer.decode([t for t in generated if t != self.eos_id], skip_special_tokens=True).strip()
-        confidence = self.calibration.confidence(logprobs) if self.calibration else float("nan")
+        if not text:
+            confidence = 0.0
+        else:
+            confidence = self.calibration.confidence(logprobs) if self.calibration else float("nan")
         assert features is not None
         return EdgeAnswer(
             text=text,

@@ -191,7 +191,7 @@ class EdgeService:
         self._validate(request)
         with self.slot.acquire() as bundle:
             answer = await asyncio.to_thread(bundle.model.answer, request.query)
-        difficulty = estimate_difficulty(answer.token_logprobs, answer.input_tokens)
+        difficulty = estimate_difficulty(answer.token_logprobs, answer.input_tokens, abstained=answer.abstained)
         decision = decide(
             self.policy(bundle),
             TriageInput(
@@ -223,7 +223,7 @@ class EdgeService:
         features = encode_features(
             answer.features, model_name=bundle.name, model_version=bundle.version, model_sha256=bundle.sha256
         )
-        difficulty = estimate_difficulty(answer.token_logprobs, answer.input_tokens)
+        difficulty = estimate_difficulty(answer.token_logprobs, answer.input_tokens, abstained=answer.abstained)
         confidence = answer.confidence if answer.confidence == answer.confidence else 0.0
         return ThinkParams(
             request_id=request.id,

@@ -143,11 +143,13 @@ LENGTH_SCALE = 2048
 """Prompt tokens at which the length term alone reaches ``1 - 1/e`` of full difficulty."""
 
 
-def estimate_difficulty(token_logprobs: Sequence[float], input_tokens: int) -> float:
+def estimate_difficulty(token_logprobs: Sequence[float], input_tokens: int, *, abstained: bool = False) -> float:
     """How hard the query looks from the edge model's own answer, in [0, 1].
 
     Model- and task-agnostic: only the answer's token log-probabilities and the
-    prompt's length are used, never the query text. With ``p`` the geometric
+    prompt's length are used, never the query text. An abstention (the model
+    stopped before saying anything, ``abstained``) is 1.0: its one near-certain
+    stop token says the model cannot answer, not that the query is easy. With ``p`` the geometric
     mean probability of the answer tokens (``exp`` of the mean log-probability)
     and ``L = input_tokens``::
 
@@ -161,7 +163,7 @@ def estimate_difficulty(token_logprobs: Sequence[float], input_tokens: int) -> f
     """
     if isinstance(input_tokens, bool) or not isinstance(input_tokens, int) or input_tokens < 0:
         raise InvalidInputError(f"input_tokens must be a non-negative integer, got {input_tokens!r}")
-    if not token_logprobs:
+    if abstained or not token_logprobs:
         return 1.0
     total = 0.0
     for logprob in token_logprobs:

@@ -157,21 +157,26 @@ def _edge_golden(model: EdgeModel, seed: int) -> list[GoldenCase]:
 
 def _calibrate(model: EdgeModel, config: BuildConfig) -> Calibration:
     problems = generate(config.calibration_n, config.seed, Split.VALIDATION, EVAL_MIX)
-    signals, correct = [], []
+    signals, correct, answered = [], [], []
     for problem in problems:
         answer = model.answer(problem.query)
         signals.append(confidence_signals(answer.token_logprobs))
         correct.append(parse_answer(answer.text) == problem.answer)
+        answered.append(bool(answer.text))
     x = np.asarray(signals)
     y = np.asarray(correct, dtype=float)
-    w_sum, w_min, bias = fit_platt(x, y)
-    confidence = 1 / (1 + np.exp(-(x @ np.array([w_sum, w_min]) + bias)))
+    gave = np.asarray(answered)
+    # An abstention (empty answer) has confidence 0 at run time whatever its signals say
+    # (edge.runtime); fitted with them, its near-certain stop token would read as a sure wrong answer.
+    w_sum, w_min, bias = fit_platt(x[gave], y[gave]) if gave.any() else (0.0, 0.0, 0.0)
+    confidence = np.where(gave, 1 / (1 + np.exp(-(x @ np.array([w_sum, w_min]) + bias))), 0.0)
     threshold, at = choose_threshold(confidence, y, target_precision=config.target_precision)
     simple = np.array([p.k == 1 for p in problems])
     kept = confidence >= threshold
     validation = {
         "n": float(len(problems)),
         "accuracy": float(y.mean()),
+        "abstained": float(1 - gave.mean()),
         "precision_kept": at["precision"],
         "kept_share": at["coverage"],
         "coverage_k1": float(kept[simple].mean()) if simple.any() else None,

@@ -12,9 +12,11 @@ The student reads its own prompt, not a chat: the normalised query and ``=``
 (``recipe.prompt_template``); its tokenizer's normaliser strips case, spaces,
 lead-in words and question marks (:func:`build_student_tokenizer`), so short
 inputs carry only the expression. Most of its training queries are simple
-(k=1), its job; some are multi-step, which it cannot follow: its own token
-probabilities spread out on them, and that is the confidence signal triage
-calibrates.
+(k=1), its job, labelled by the teacher; the multi-step ones, which it cannot
+follow without thinking, it learns to abstain on (``recipe.abstain_k``: the
+empty answer). The runtime reads an empty answer as "no answer", and the
+token probabilities of the answers it does give are the confidence signal
+triage calibrates.
 
 Wrapped by :func:`with_features`, the student also returns ``features``: the
 mean of its final hidden states over the tokens of the current call, minus a
@@ -143,11 +145,11 @@ class StudentRecipe:
         )
     )
     train: TrainConfig = field(
-        default_factory=lambda: TrainConfig(steps=5000, batch_size=256, lr=2e-3, warmup=100, weight_decay=0.1)
+        default_factory=lambda: TrainConfig(steps=6500, batch_size=256, lr=2e-3, warmup=100, weight_decay=0.1)
     )
-    mix: dict[int, float] = field(default_factory=lambda: {1: 0.85, 2: 0.05, 3: 0.05, 4: 0.05})
+    mix: dict[int, float] = field(default_factory=lambda: {1: 0.88, 2: 0.04, 3: 0.04, 4: 0.04})
     """k distribution of training batches: mostly simple queries, the student's job; enough
-    multi-step ones that it learns to be unsure of them."""
+    multi-step ones that it learns to abstain on them (``abstain_k``)."""
     label_queries: dict[int, int] = field(default_factory=lambda: {1: 40000, 2: 2000, 3: 2000, 4: 2000})
     """Training queries drawn per k for the teacher to answer (thinking), before de-duplication by
     normalised query. The k=1 space is small: 21,100 distinct expressions (100 starts x 211
@@ -172,6 +174,14 @@ class StudentRecipe:
     labels, 9 of 11 wrong k=3 ones; the k=1 labels are 99.98% right (4 wrong of 20,740, each
     given with probability >= 0.999), so no floor helps them. Off by default: its effect on the
     student is not measured apart from the larger pool's (see ``label_queries``)."""
+    abstain_k: tuple[int, ...] = (2, 3, 4)
+    """The k whose training queries the student learns to abstain on: its target there is the empty
+    answer (the end-of-answer token alone), not the teacher's, so the teacher does not label them.
+    The edge runtime reads an empty answer as "no answer" (confidence 0) and triage escalates it.
+    A 0.6M-parameter student answering directly cannot follow multi-step queries, and trained on
+    the teacher's answers to them it only learns some by heart and grows sure of wrong answers
+    (see ``label_queries``); saying that it does not know is a rule it can learn (learning to
+    defer). Empty: every query is trained on the teacher's answer, as before v5."""
     prompt_template: str = "{query}="
     """What the student reads; its tokenizer normalises the query inside it."""
     max_new_tokens: int = 10
@@ -185,6 +195,8 @@ class StudentRecipe:
             raise ValueError("prompt_template must contain '{query}'")
         if set(self.label_queries) != set(self.mix):
             raise ValueError(f"label_queries must give a count for every k of mix {sorted(self.mix)}")
+        if not set(self.abstain_k) < set(self.mix):
+            raise ValueError(f"abstain_k {self.abstain_k} must be a proper subset of the mix's k {sorted(self.mix)}")
         if any(n < 1 for n in self.label_queries.values()):
             raise ValueError("label_queries counts must be >= 1")
         if not 0 <= self.label_min_confidence < 1:
@@ -286,30 +298,32 @@ def _label_pool(
     for k, n in sorted(recipe.label_queries.items()):
         for problem in generate(n, seed * 100 + k, Split.TRAIN, {k: 1.0}):
             chosen.setdefault(normalize_query(problem.query), problem)
-    problems = list(chosen.values())
-    log.info("student: %d distinct training queries to label", len(problems))
+    problems = [p for p in chosen.values() if p.k not in recipe.abstain_k]
+    abstain = [p for p in chosen.values() if p.k in recipe.abstain_k]
+    log.info("student: %d distinct training queries to label, %d to abstain on", len(problems), len(abstain))
     labels = _cached_labels(teacher, teacher_tokenizer, problems, recipe, cache_dir)
-    return select_labels(problems, labels, recipe)
+    return select_labels(problems + abstain, labels + [("", 1.0)] * len(abstain), recipe)
 
 
 def select_labels(
     problems: Sequence[Problem], labels: Sequence[tuple[str, float]], recipe: StudentRecipe
 ) -> dict[int, list[LabelledQuery]]:
-    """The training pool per k: labels with an answer and at least ``recipe.label_min_confidence``."""
+    """The training pool per k: labels with an answer and at least ``recipe.label_min_confidence``;
+    for the k of ``recipe.abstain_k``, every query (its label is the empty answer)."""
     pool: dict[int, list[LabelledQuery]] = {k: [] for k in recipe.mix}
     dropped: dict[int, list[LabelledQuery]] = {k: [] for k in recipe.mix}
     for problem, (answer, confidence) in zip(problems, labels, strict=True):
         labelled = LabelledQuery(problem, answer, confidence)
         # NaN (no answer at all) compares False: dropped too.
-        keep = bool(answer) and confidence >= recipe.label_min_confidence
+        keep = problem.k in recipe.abstain_k or (bool(answer) and confidence >= recipe.label_min_confidence)
         (pool if keep else dropped)[problem.k].append(labelled)
     log.info(
         "student: teacher labels kept per k: %s, dropped (confidence < %g or no answer): %s; exact among kept: %s, among dropped: %s",
         {k: len(v) for k, v in pool.items()},
         recipe.label_min_confidence,
         {k: len(v) for k, v in dropped.items()},
-        _exact(pool),
-        _exact(dropped),
+        _exact(pool, recipe.abstain_k),
+        _exact(dropped, recipe.abstain_k),
     )
     empty = [k for k, queries in pool.items() if not queries]
     if empty:
@@ -317,12 +331,12 @@ def select_labels(
     return pool
 
 
-def _exact(pool: dict[int, list[LabelledQuery]]) -> dict[str, float]:
-    """Share of labels that are right, per k (the demo task knows every answer)."""
+def _exact(pool: dict[int, list[LabelledQuery]], abstain_k: Sequence[int] = ()) -> dict[str, float]:
+    """Share of the teacher's labels that are right, per k (the demo task knows every answer)."""
     return {
         f"k{k}": round(float(np.mean([parse_answer(q.answer) == q.problem.answer for q in queries])), 5)
         for k, queries in sorted(pool.items())
-        if queries
+        if queries and k not in abstain_k
     }
 
 
@@ -369,10 +383,16 @@ def student_answers(
 
 def _progress_check(student, tokenizer, recipe: StudentRecipe, seed: int):
     problems = generate(300, seed + 11, Split.VALIDATION, {1: 1.0})
+    hard = generate(100, seed + 12, Split.VALIDATION, {k: 1.0 for k in recipe.abstain_k}) if recipe.abstain_k else []
 
     def on_eval(_step: int) -> dict[str, float]:
-        answers = student_answers(student, tokenizer, recipe.prompt_template, [p.query for p in problems])
-        return {"val_k1_exact": float(np.mean([parse_answer(a) == p.answer for a, p in zip(answers, problems, strict=True)]))}
+        answers = student_answers(student, tokenizer, recipe.prompt_template, [p.query for p in problems + hard])
+        report = {
+            "val_k1_exact": float(np.mean([parse_answer(a) == p.answer for a, p in zip(answers, problems, strict=False)]))
+        }
+        if hard:
+            report["val_abstained"] = float(np.mean([not a.strip() for a in answers[len(problems) :]]))
+        return report
 
     return on_eval
 

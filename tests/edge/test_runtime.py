@@ -75,8 +75,30 @@ def test_calibration_holds_on_fresh_queries(edge_model: EdgeModel, shipped_model
 def test_multi_step_queries_get_lower_confidence(edge_model: EdgeModel) -> None:
     simple = [p for p in generate(200, 12, Split.TEST) if p.k == 1][:40]
     hard = [p for p in generate(200, 12, Split.TEST) if p.k == 4][:40]
-    mean = lambda ps: float(np.mean([edge_model.answer(p.query).confidence for p in ps]))  # noqa: E731
+    mean = lambda ps: float(np.mean([edge_model.answer(p.query).confidence for p in ps]))
     assert mean(hard) < mean(simple)
+
+
+def test_an_empty_answer_is_an_abstention(edge_model: EdgeModel, shipped_models: Path) -> None:
+    # The shipped student abstains (stops at once) on multi-step queries; whatever its stop
+    # token's probability, an answer with no text never reads as confident.
+    hard = [p for p in generate(200, 14, Split.TEST) if p.k >= 2][:40]
+    answers = [edge_model.answer(p.query) for p in hard]
+    abstained = [a for a in answers if not a.text]
+    assert len(abstained) >= 30
+    assert all(a.confidence == 0.0 and a.output_tokens == 1 for a in abstained)
+    # The same rule for any model: stopping on the token it would say first leaves nothing to keep.
+    io = load_manifest(shipped_models / "edge-student").io
+    bundle = shipped_models / "edge-student"
+    first = edge_model.answer("23+70").text[0]
+    silent = EdgeModel(
+        bundle / io["graphs"]["int8"],
+        bundle / io["tokenizer"],
+        **{**edge_model.decoding, "eos_token": first},
+        calibration=edge_model.calibration,
+        warmup=False,
+    ).answer("23+70")
+    assert silent.text == "" and silent.confidence == 0.0 and silent.token_logprobs[0] > -0.1
 
 
 def test_bad_construction_is_refused(shipped_models: Path) -> None:

@@ -171,6 +171,13 @@ def test_difficulty_grows_with_uncertainty_and_length() -> None:
     assert all(0.0 <= d <= 1.0 for d in by_confidence + by_length)
 
 
+def test_an_abstention_is_as_difficult_as_it_gets() -> None:
+    # One near-certain stop token reads as an easy answer unless it is known to be no answer.
+    stop_only = [math.log(0.9999)]
+    assert estimate_difficulty(stop_only, 8) < 0.1
+    assert estimate_difficulty(stop_only, 8, abstained=True) == 1.0
+
+
 @pytest.mark.parametrize("input_tokens", [-1, 1.5, True])
 def test_difficulty_rejects_bad_lengths(input_tokens: object) -> None:
     with pytest.raises(InvalidInputError):

@@ -69,14 +69,40 @@ def test_unsure_or_empty_labels_are_not_trained_on() -> None:
     rng = random.Random(1)
     problems = [make_problem(k, rng) for k in (1, 1, 1, 2, 3, 3, 4)]
     labels = [("7", 0.99), ("8", 0.4), ("", float("nan")), ("9", 0.95), ("10", 0.2), ("12", 0.6), ("11", 0.9)]
-    pool = select_labels(problems, labels, StudentRecipe(label_min_confidence=0.5))
+    pool = select_labels(problems, labels, StudentRecipe(label_min_confidence=0.5, abstain_k=()))
     assert [q.answer for q in pool[1]] == ["7"] and pool[1][0].confidence == 0.99
     assert [[q.answer for q in pool[k]] for k in (2, 3, 4)] == [["9"], ["12"], ["11"]]
     # With no threshold only the empty answer goes.
-    assert sum(map(len, select_labels(problems, labels, StudentRecipe()).values())) == 6
+    assert sum(map(len, select_labels(problems, labels, StudentRecipe(abstain_k=())).values())) == 6
     # A k of the mix with nothing left to train on stops the build, before training.
     with pytest.raises(RuntimeError, match=r"k=\[3\]"):
-        select_labels(problems, labels, StudentRecipe(label_min_confidence=0.7))
+        select_labels(problems, labels, StudentRecipe(label_min_confidence=0.7, abstain_k=()))
+
+
+def test_multi_step_queries_are_trained_to_abstain() -> None:
+    rng = random.Random(3)
+    problems = [make_problem(k, rng) for k in (1, 1, 2, 3, 4)]
+    labels = [("7", 0.99), ("8", 0.95), ("", 1.0), ("", 1.0), ("", 1.0)]
+    recipe = StudentRecipe(mix={1: 0.5, 2: 0.2, 3: 0.2, 4: 0.1}, abstain_k=(2, 3, 4))
+    pool = select_labels(problems, labels, recipe)
+    # The empty answer is kept for the k the student abstains on, not dropped as "no answer".
+    assert [len(pool[k]) for k in (1, 2, 3, 4)] == [2, 1, 1, 1]
+    tokenizer = build_student_tokenizer()
+    data = StudentData(tokenizer, recipe, pool, seed=0)
+    for k in (2, 3, 4):
+        ((prompt, target),) = data.encoded[k]
+        assert target == [tokenizer.eos_token_id] and tokenizer.decode(prompt).endswith("=")
+    assert data.encoded[1][0][1][-1] == tokenizer.eos_token_id and len(data.encoded[1][0][1]) > 1
+    # Without abstention the same empty labels are dropped and k=2..4 have nothing to train on.
+    with pytest.raises(RuntimeError, match=r"k=\[2, 3, 4\]"):
+        select_labels(problems, labels, StudentRecipe(mix=recipe.mix, abstain_k=()))
+
+
+def test_recipe_keeps_some_queries_answered() -> None:
+    with pytest.raises(ValueError, match="abstain_k"):
+        StudentRecipe(mix={1: 0.5, 2: 0.5}, label_queries={1: 10, 2: 10}, abstain_k=(1, 2))
+    with pytest.raises(ValueError, match="abstain_k"):
+        StudentRecipe(abstain_k=(5,))
 
 
 def test_recipe_rejects_a_confidence_threshold_out_of_range() -> None:
