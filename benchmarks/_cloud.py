@@ -16,16 +16,17 @@ from typing import Any, TypeVar
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import grpc  # noqa: E402
-import torch  # noqa: E402
+import grpc
+import torch
 
-from cloud.config import CloudConfig  # noqa: E402
-from cloud.engine import EngineConfig, LoadedModel  # noqa: E402
-from cloud.server import CloudService, create_server  # noqa: E402
-from proto.edgecloud.v1 import reasoner_pb2 as pb  # noqa: E402
-from proto.edgecloud.v1 import reasoner_pb2_grpc as pb_grpc  # noqa: E402
-from shared.reasoning import normalize_text  # noqa: E402
-from shared.task import Problem, Split, generate  # noqa: E402
+from cloud.config import CloudConfig
+from cloud.engine import EngineConfig
+from cloud.server import CloudService, create_server
+from cloud.transformers_engine import LoadedModel
+from proto.edgecloud.v1 import reasoner_pb2 as pb
+from proto.edgecloud.v1 import reasoner_pb2_grpc as pb_grpc
+from shared.reasoning import normalize_text
+from shared.task import Problem, Split, generate
 
 __all__ = ["RunningServer", "busy_cpu_s", "load_teacher", "machine_info", "think_request", "unique_problems"]
 

@@ -57,18 +57,19 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
-import paho.mqtt  # noqa: E402
-import paho.mqtt.client as mqtt  # noqa: E402
-from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
-from paho.mqtt.packettypes import PacketTypes  # noqa: E402
-from paho.mqtt.properties import Properties  # noqa: E402
+import numpy as np
+import paho.mqtt
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
-from cloud.fleet.manager import FleetManager, FleetManagerConfig  # noqa: E402
-from cloud.fleet.rollout import Exponential, RolloutStatus  # noqa: E402
-from shared.artifacts import pack_bundle  # noqa: E402
-from shared.bundle import write_bundle  # noqa: E402
-from shared.fleet import AckStatus, Birth, Command, CommandAck, Telemetry, Topics, decode, encode  # noqa: E402
+from cloud.fleet.manager import FleetManager, FleetManagerConfig
+from cloud.fleet.rollout import Exponential, RolloutStatus
+from shared.artifacts import pack_bundle
+from shared.broker import BrokerSettings
+from shared.bundle import write_bundle
+from shared.fleet import AckStatus, Birth, Command, CommandAck, Telemetry, Topics, decode, encode
 
 FLEET = "bench"
 BUNDLE = "edge-student"
@@ -345,7 +346,7 @@ class Bench:
         self.args, self.work = args, work
         self.broker, port, self.binary = start_broker(work)
         self.manager = FleetManager(FleetManagerConfig(
-            fleet=FLEET, broker_port=port, store_path=work / "fleet.sqlite3", artifact_dir=work / "artifacts",
+            fleet=FLEET, broker=BrokerSettings(port=port), store_path=work / "fleet.sqlite3", artifact_dir=work / "artifacts",
             tick_interval_s=args.tick, client_id="bench-fleet-manager",
         ))
         self.counter = TelemetryCounter(self.manager)

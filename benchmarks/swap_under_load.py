@@ -32,19 +32,20 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import httpx  # noqa: E402
-import numpy as np  # noqa: E402
-import paho.mqtt.client as mqtt  # noqa: E402
-import uvicorn  # noqa: E402
-from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
+import httpx
+import numpy as np
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
 
-from edge.agent import AgentConfig, DeviceAgent  # noqa: E402
-from edge.config import EdgeConfig  # noqa: E402
-from edge.daemon import create_daemon  # noqa: E402
-from shared.artifacts import pack_bundle  # noqa: E402
-from shared.bundle import load_manifest, write_bundle  # noqa: E402
-from shared.fleet import Topics, encode  # noqa: E402
-from shared.signing import generate_keypair, load_private_key, sign_bundle  # noqa: E402
+from edge.agent import AgentConfig, DeviceAgent
+from edge.config import EdgeConfig
+from edge.daemon import create_daemon
+from shared.artifacts import pack_bundle
+from shared.asgi import ThreadedServer
+from shared.broker import BrokerSettings
+from shared.bundle import load_manifest, write_bundle
+from shared.fleet import Topics, encode
+from shared.signing import generate_keypair, load_private_key, sign_bundle
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -106,13 +107,12 @@ def main() -> int:
                         "sha256": sha, "size": size})
 
     app, service = create_daemon(EdgeConfig(bundle=args.bundle, port=0, outbox=work / "outbox.sqlite3"))
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
-    threading.Thread(target=server.run, daemon=True).start()
-    while not server.started:
-        time.sleep(0.02)
-    url = f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
+    server = ThreadedServer(app, lifespan="on", name="edge-daemon")
+    server.start(timeout=60)
+    url = server.url
     agent = DeviceAgent(AgentConfig(device_id="bench-1", fleet="bench", state_dir=work / "agent",
-                                    trusted_keys=(work / "key.pub",), broker_port=broker_port, watch_s=0.0), service)
+                                    trusted_keys=(work / "key.pub",), broker=BrokerSettings(port=broker_port),
+                                    watch_s=0.0), service)
     agent.start()
     agent.wait_connected(10)
 
@@ -183,7 +183,7 @@ def main() -> int:
         (args.out / "swap_under_load.json").write_text(json.dumps(report, indent=2) + "\n")
     publisher.loop_stop()
     agent.stop()
-    server.should_exit = True
+    server.stop()
     httpd.shutdown()
     broker.terminate()
     broker.wait(10)

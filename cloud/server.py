@@ -15,6 +15,7 @@ import logging
 import signal
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -22,7 +23,7 @@ from grpc_reflection.v1alpha import reflection
 
 from cloud.budget import BudgetPolicy
 from cloud.config import CloudConfig
-from cloud.engine import Engine, LoadedModel
+from cloud.engine import ReasoningEngine
 from cloud.metrics import CloudMetrics
 from cloud.sessions import SessionManager
 from cloud.store import SessionStore
@@ -30,14 +31,16 @@ from proto.edgecloud.v1 import reasoner_pb2 as pb
 from proto.edgecloud.v1 import reasoner_pb2_grpc as pb_grpc
 from shared.bundle import MANIFEST_FILE, verify_bundle
 from shared.errors import (
+    AuthenticationError,
     ConfigError,
     EdgecloudError,
     InvalidInputError,
-    NotFoundError,
-    ResourceExhaustedError,
     UnavailableError,
 )
 from shared.wire import event_to_pb, session_info_to_pb, think_request_from_pb
+
+if TYPE_CHECKING:
+    from cloud.transformers_engine import LoadedModel
 
 __all__ = ["CloudService", "create_server", "serve"]
 
@@ -46,19 +49,9 @@ log = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Reasoner"].full_name
 _DEVICE_KEY = "edgecloud-device"
 
-_STATUS: list[tuple[type[EdgecloudError], grpc.StatusCode]] = [
-    (InvalidInputError, grpc.StatusCode.INVALID_ARGUMENT),
-    (NotFoundError, grpc.StatusCode.NOT_FOUND),
-    (ResourceExhaustedError, grpc.StatusCode.RESOURCE_EXHAUSTED),
-    (UnavailableError, grpc.StatusCode.UNAVAILABLE),
-]
-
-
 def status_for(error: EdgecloudError) -> grpc.StatusCode:
-    for kind, code in _STATUS:
-        if isinstance(error, kind):
-            return code
-    return grpc.StatusCode.INTERNAL
+    """The gRPC status of a deliberate error (the table in :mod:`shared.errors`)."""
+    return getattr(grpc.StatusCode, error.grpc_code, grpc.StatusCode.INTERNAL)
 
 
 def _wrap_handler(
@@ -132,7 +125,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         device = self._device(details.invocation_metadata)
 
         async def deny(context: grpc.aio.ServicerContext) -> None:
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or invalid bearer token")
+            await context.abort(status_for(AuthenticationError()), "missing or invalid bearer token")
 
         def unary(behavior):
             async def run(request, context):
@@ -201,7 +194,7 @@ class CloudService:
     server: grpc.aio.Server
     port: int
     sessions: SessionManager
-    engine: Engine
+    engine: ReasoningEngine
     store: SessionStore
     health: health.aio.HealthServicer
     metrics: CloudMetrics
@@ -236,10 +229,13 @@ def _model_identity(config: CloudConfig) -> tuple[str, int]:
 
 
 async def create_server(
-    config: CloudConfig, *, loaded: LoadedModel | None = None
+    config: CloudConfig, *, loaded: LoadedModel | None = None, engine: ReasoningEngine | None = None
 ) -> tuple[CloudService, int]:
     """Load the model, restore sessions, bind, start. Returns the service and its bound port
-    (``config.port=0`` picks a free one)."""
+    (``config.port=0`` picks a free one).
+
+    The engine is ``engine`` when given (any :class:`~cloud.engine.ReasoningEngine`), else the
+    transformers backend over ``loaded`` or, without it, over the model in ``config.model``."""
     if config.auth_required and not config.auth.tokens:
         raise ConfigError(
             f"listening on {config.host} (not loopback) requires device tokens; pass --tokens FILE or --no-auth"
@@ -271,10 +267,15 @@ async def create_server(
         raise ConfigError(f"cannot bind {address}")
     await server.start()  # health answers NOT_SERVING while the model loads
 
-    if loaded is None:
-        name, version = _model_identity(config)
-        loaded = await asyncio.to_thread(LoadedModel.from_dir, config.model, device=config.engine.device, name=name, version=version)
-    engine = Engine(loaded, config.engine)
+    if engine is None:
+        from cloud.transformers_engine import LoadedModel, TransformersEngine  # torch only for this backend
+
+        if loaded is None:
+            name, version = _model_identity(config)
+            loaded = await asyncio.to_thread(
+                LoadedModel.from_dir, config.model, device=config.engine.device, name=name, version=version
+            )
+        engine = TransformersEngine(loaded, config.engine)
     engine.start()
     metrics = CloudMetrics()
     store = SessionStore(config.store)
@@ -286,7 +287,7 @@ async def create_server(
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     log.info(
         "reasoner serving %s v%d on %s:%d (tls=%s, auth=%s, metrics=%s, re-ran %d sessions)",
-        loaded.name, loaded.version, config.host, port, config.tls is not None, config.auth_required, metrics_port, rerun,
+        engine.name, engine.version, config.host, port, config.tls is not None, config.auth_required, metrics_port, rerun,
     )
     return CloudService(server, port, sessions, engine, store, health_servicer, metrics, metrics_port), port
 

@@ -31,7 +31,7 @@ import numpy as np
 
 from cloud.budget import BudgetPolicy
 from cloud.dataset import Escalation, EscalationLog
-from cloud.engine import Engine, EngineEvent, EngineEventKind, GenerationResult, Job
+from cloud.engine import EngineEvent, EngineEventKind, GenerationResult, Job, ReasoningEngine
 from cloud.metrics import CloudMetrics
 from cloud.store import SessionStore
 from shared.errors import ConfigError, InvalidInputError, NotFoundError
@@ -118,7 +118,7 @@ _CacheKey = tuple[str, str, int, int, int]
 class SessionManager:
     def __init__(
         self,
-        engine: Engine,
+        engine: ReasoningEngine,
         store: SessionStore,
         *,
         config: SessionConfig | None = None,
@@ -416,7 +416,7 @@ class SessionManager:
     def _persist(self, session: Session) -> None:
         try:
             self.store.finish(session.info(self.engine.name, self.engine.version), session.events)
-        except Exception:  # noqa: BLE001 - the session is still served from memory
+        except Exception:
             log.exception("could not persist session %s", session.id)
 
     async def _sweep_forever(self) -> None:

@@ -10,7 +10,6 @@ its own.
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 import time
 from collections.abc import Iterator
@@ -18,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from proto.edgecloud.v1 import reasoner_pb2 as pb
-from shared.errors import ConfigError
 from shared.reasoning import Event, SessionInfo, ThinkParams
+from shared.sqlite import open_store
 from shared.wire import (
     event_from_pb,
     event_to_pb,
@@ -68,16 +67,8 @@ class SessionStore:
 
     def __init__(self, path: str | Path = ":memory:") -> None:
         self.path = str(path)
-        if self.path != ":memory:":
-            parent = Path(self.path).parent
-            if not parent.is_dir():
-                raise ConfigError(f"session store folder {parent} does not exist")
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("PRAGMA foreign_keys=ON")
-        self._db.executescript(_SCHEMA)
+        self._db = open_store(self.path, _SCHEMA, what="session store", foreign_keys=True)
 
     def close(self) -> None:
         with self._lock:

@@ -1,4 +1,5 @@
-"""The reasoning engine: a Hugging Face causal LM decoding many sessions at once.
+"""The transformers backend of :class:`cloud.engine.ReasoningEngine`: a Hugging Face
+causal LM decoding many sessions at once.
 
 Continuous (iteration-level) batching: one thread owns the model and runs a
 loop of decode steps over the *running batch*. Between two steps, waiting
@@ -25,7 +26,6 @@ import enum
 import logging
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,48 +33,21 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.cache_utils import Cache, DynamicLayer
 
+from cloud.engine import (
+    THINK_END,
+    THINK_START,
+    EngineConfig,
+    EngineEvent,
+    EngineEventKind,
+    GenerationResult,
+    Job,
+)
 from shared.errors import ConfigError, InvalidInputError, ResourceExhaustedError
 from shared.reasoning import Usage
 
-__all__ = ["Engine", "EngineConfig", "EngineEvent", "EngineEventKind", "GenerationResult", "Job", "LoadedModel"]
+__all__ = ["LoadedModel", "TransformersEngine"]
 
 log = logging.getLogger(__name__)
-
-THINK_START = "<think>"
-THINK_END = "</think>"
-
-
-@dataclass(frozen=True, kw_only=True)
-class EngineConfig:
-    max_batch: int = 16
-    """Sessions decoding together; more wait in the queue."""
-    max_queue: int = 256
-    """Waiting sessions beyond which new ones are refused (RESOURCE_EXHAUSTED)."""
-    max_input_tokens: int = 1024
-    """Longest prompt, after the chat template."""
-    default_max_output_tokens: int = 64
-    """Answer tokens when the request does not say."""
-    max_output_tokens: int = 1024
-    """Ceiling on any request's answer tokens."""
-    max_reasoning_tokens: int = 4096
-    """Ceiling on any thinking budget."""
-    progress_every: int = 16
-    """Reasoning tokens between two progress events when reasoning is hidden."""
-    device: str = "auto"
-    """``auto`` (CUDA when present, else CPU), ``cpu`` or ``cuda[:N]``."""
-    threads: int = 0
-    """torch intra-op threads on CPU; 0 keeps torch's default."""
-
-    def __post_init__(self) -> None:
-        for name in ("max_batch", "max_queue", "max_input_tokens", "default_max_output_tokens", "max_output_tokens"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"engine.{name} must be >= 1, got {getattr(self, name)}")
-        if self.progress_every < 1 or self.max_reasoning_tokens < 0 or self.threads < 0:
-            raise ConfigError("engine.progress_every must be >= 1; max_reasoning_tokens and threads >= 0")
-        if self.default_max_output_tokens > self.max_output_tokens:
-            raise ConfigError("engine.default_max_output_tokens exceeds engine.max_output_tokens")
-        if not (self.device in ("auto", "cpu") or self.device.startswith("cuda")):
-            raise ConfigError(f"engine.device must be auto, cpu or cuda[:N], got {self.device!r}")
 
 
 @dataclass(frozen=True)
@@ -100,49 +73,6 @@ class LoadedModel:
         dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
         model = AutoModelForCausalLM.from_pretrained(str(directory), dtype=dtype).to(device).eval()
         return cls(model, tokenizer, name or directory.name, version)
-
-
-@dataclass
-class Job:
-    session_id: str
-    query: str
-    reasoning_budget: int
-    """0: answer without thinking (the template pre-fills an empty think block)."""
-    max_output_tokens: int
-    stream_reasoning: bool
-    on_event: Callable[[EngineEvent], None]
-
-
-class EngineEventKind(enum.Enum):
-    STARTED = "started"
-    REASONING_PROGRESS = "reasoning_progress"
-    REASONING_DELTA = "reasoning_delta"
-    ANSWER_DELTA = "answer_delta"
-    FINISHED = "finished"
-    FAILED = "failed"
-
-
-@dataclass(frozen=True)
-class GenerationResult:
-    answer: str
-    usage: Usage
-    budget_reached: bool
-    finish_reason: str
-    reasoning_ms: float
-    answer_ms: float
-    first_answer_token_ms: float
-    """From the job's start in the engine."""
-
-
-@dataclass(frozen=True)
-class EngineEvent:
-    session_id: str
-    kind: EngineEventKind
-    text: str = ""
-    reasoning_tokens: int = 0
-    result: GenerationResult | None = None
-    error: str = ""
-    error_code: str = ""
 
 
 class _Phase(enum.Enum):
@@ -239,7 +169,7 @@ class _Batch:
     next_logits: torch.Tensor | None = None
 
 
-class Engine:
+class TransformersEngine:
     """Owns the model and one decode thread. Thread-safe ``submit`` and ``cancel``."""
 
     def __init__(self, loaded: LoadedModel, config: EngineConfig | None = None) -> None:
@@ -328,7 +258,7 @@ class Engine:
                         self._admit(admitted)
                     if self._batch.rows:
                         self._step()
-            except Exception as exc:  # noqa: BLE001 - one bad step must not kill the engine
+            except Exception as exc:
                 log.exception("engine step failed; failing %d running sessions", len(self._batch.rows))
                 for row in self._batch.rows:
                     self._emit(row, EngineEventKind.FAILED, error=f"engine error: {exc}", error_code="ENGINE_ERROR")
@@ -343,7 +273,7 @@ class Engine:
     def _emit(self, row: _Row, kind: EngineEventKind, **fields) -> None:
         try:
             row.job.on_event(EngineEvent(row.job.session_id, kind, **fields))
-        except Exception:  # noqa: BLE001 - a listener's bug must not stop decoding
+        except Exception:
             log.exception("event listener of session %s failed", row.job.session_id)
 
     def _admit(self, jobs: list[Job]) -> None:

@@ -163,7 +163,7 @@ class Stack:
 
     @staticmethod
     def _cli(*args: str) -> list[str]:
-        return [sys.executable, "-m", "shared.cli", *args]
+        return [sys.executable, "-m", "edgecloud", *args]
 
     def start_broker(self) -> None:
         if self.broker_kind == "embedded":

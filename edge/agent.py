@@ -37,15 +37,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 
 from edge.runtime import EdgeBundle
 from edge.service import EdgeService
+from shared.broker import BrokerSettings, connect_async, create_client
 from shared.errors import ConfigError, EdgecloudError, InvalidInputError
 from shared.fleet import AckStatus, Birth, Command, CommandAck, Telemetry, Topics, decode, encode
-from shared.mqtt_security import apply_security, validate_security
 
 __all__ = ["AgentConfig", "DeviceAgent", "resume_bundle"]
 
@@ -60,17 +57,7 @@ class AgentConfig:
     trusted_keys: tuple[Path, ...]
     """Ed25519 public keys (PEM); only bundles signed by one of them are installed."""
     fleet: str = "default"
-    broker_host: str = "127.0.0.1"
-    broker_port: int = 1883
-    username: str | None = None
-    password: str | None = None
-    tls_ca: Path | None = None
-    tls_cert: Path | None = None
-    tls_key: Path | None = None
-    mqtt_version: str = "5"
-    """``5`` (persistent session with expiry) or ``3.1.1``."""
-    session_expiry_s: int = 3600
-    keepalive_s: int = 30
+    broker: BrokerSettings = field(default_factory=BrokerSettings)
     telemetry_interval_s: float = 5.0
     labels: dict[str, str] = field(default_factory=dict)
     max_bundle_bytes: int = 256 << 20
@@ -88,9 +75,8 @@ class AgentConfig:
         Topics(self.fleet, self.device_id)  # validates the names
         if not self.trusted_keys:
             raise ConfigError("the agent needs at least one trusted bundle signing key (--trust KEY.pem)")
-        validate_security(self.username, self.password, self.tls_ca, self.tls_cert, self.tls_key)
-        if self.mqtt_version not in ("5", "3.1.1"):
-            raise ConfigError(f"mqtt_version must be 5 or 3.1.1, got {self.mqtt_version!r}")
+        if not isinstance(self.broker, BrokerSettings):
+            raise ConfigError(f"broker must be BrokerSettings, got {type(self.broker).__name__}")
         if self.telemetry_interval_s <= 0 or self.watch_s < 0 or self.max_bundle_bytes < 1:
             raise ConfigError("telemetry_interval_s > 0, watch_s >= 0, max_bundle_bytes >= 1 required")
 
@@ -183,15 +169,7 @@ class DeviceAgent:
 
     def _make_client(self) -> mqtt.Client:
         c = self.config
-        v5 = c.mqtt_version == "5"
-        client = mqtt.Client(
-            callback_api_version=CallbackAPIVersion.VERSION2,
-            client_id=f"edgecloud-{c.fleet}-{c.device_id}",
-            protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
-            clean_session=None if v5 else False,
-        )
-        apply_security(client, c.username, c.password, c.tls_ca, c.tls_cert, c.tls_key)
-        client.reconnect_delay_set(min_delay=1, max_delay=10)
+        client = create_client(c.broker, f"edgecloud-{c.fleet}-{c.device_id}", max_reconnect_delay_s=10)
         client.on_pre_connect = self._on_pre_connect
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
@@ -212,8 +190,8 @@ class DeviceAgent:
         client.subscribe(self.topics.cmd, qos=1)
         client.publish(self.topics.state, self._birth(True), qos=1, retain=True)
         self._connected.set()
-        log.info("connected to %s:%d as %s (session %d)", self.config.broker_host, self.config.broker_port,
-                 self.config.device_id, self._state["session"])
+        log.info("connected to %s as %s (session %d)", self.config.broker.address, self.config.device_id,
+                 self._state["session"])
 
     def _on_disconnect(self, _client, _userdata, _flags, reason_code, _properties) -> None:  # type: ignore[no-untyped-def]
         self._connected.clear()
@@ -229,14 +207,7 @@ class DeviceAgent:
         self._commands.put(command)
 
     def start(self) -> None:
-        c = self.config
-        properties = None
-        if c.mqtt_version == "5":
-            properties = Properties(PacketTypes.CONNECT)
-            properties.SessionExpiryInterval = c.session_expiry_s
-        self.client.connect_async(c.broker_host, c.broker_port, keepalive=c.keepalive_s,
-                                  clean_start=False if c.mqtt_version == "5" else mqtt.MQTT_CLEAN_START_FIRST_ONLY,
-                                  properties=properties)
+        connect_async(self.client, self.config.broker)
         self.client.loop_start()
         for target, name in ((self._work, "agent-commands"), (self._telemetry_loop, "agent-telemetry")):
             thread = threading.Thread(target=target, name=name, daemon=True)
@@ -306,7 +277,7 @@ class DeviceAgent:
                 return
             try:
                 self.handle(command)
-            except Exception:  # noqa: BLE001 - the agent must survive any one command
+            except Exception:
                 log.exception("command %s crashed the handler", command.id)
 
     def handle(self, command: Command) -> AckStatus:

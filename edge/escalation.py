@@ -8,14 +8,15 @@ first event, it repeats ``Think`` with the same ``request_id``, which the
 server answers with the session it already created. The caller sees every
 ``seq`` exactly once, in order, ending with a COMPLETED or FAILED event.
 
-gRPC errors are mapped to :mod:`shared.errors` here and nowhere else
-(:func:`map_rpc_error`)::
+A failed call becomes the error the table in :mod:`shared.errors` names for
+its status code (:func:`map_rpc_error`), after the retries the code allows::
 
     INVALID_ARGUMENT                     -> InvalidInputError
     NOT_FOUND                            -> NotFoundError (UnavailableError when a re-attach finds
                                             the session gone: the caller named no session)
     RESOURCE_EXHAUSTED (after retries)   -> ResourceExhaustedError
-    UNAUTHENTICATED, PERMISSION_DENIED   -> ConfigError   (a bad token is a config problem)
+    UNAUTHENTICATED, PERMISSION_DENIED   -> AuthenticationError (a ConfigError: a bad token is a
+                                            config problem)
     UNAVAILABLE, DEADLINE_EXCEEDED, ...  -> UnavailableError (after retries)
     anything else                        -> UnavailableError, with the details
 """
@@ -39,9 +40,9 @@ from shared.errors import (
     ConfigError,
     EdgecloudError,
     InvalidInputError,
-    NotFoundError,
     ResourceExhaustedError,
     UnavailableError,
+    error_for_grpc_code,
 )
 from shared.reasoning import Event, SessionInfo, ThinkParams
 from shared.wire import event_from_pb, session_info_from_pb, think_request_to_pb
@@ -55,14 +56,6 @@ SERVICE_NAME = "edgecloud.v1.Reasoner"
 
 _T = TypeVar("_T")
 
-_ERRORS: dict[grpc.StatusCode, type[EdgecloudError]] = {
-    grpc.StatusCode.INVALID_ARGUMENT: InvalidInputError,
-    grpc.StatusCode.NOT_FOUND: NotFoundError,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhaustedError,
-    grpc.StatusCode.UNAUTHENTICATED: ConfigError,
-    grpc.StatusCode.PERMISSION_DENIED: ConfigError,
-}
-
 _RETRYABLE = frozenset(
     {
         grpc.StatusCode.UNAVAILABLE,  # no connection, connection reset, server draining
@@ -75,11 +68,11 @@ _RETRYABLE = frozenset(
 
 
 def map_rpc_error(error: grpc.RpcError, what: str = "cloud call") -> EdgecloudError:
-    """The edgecloud error for a failed RPC; UnavailableError for every code not listed above."""
+    """The edgecloud error for a failed RPC (:func:`shared.errors.error_for_grpc_code`)."""
     has_status = isinstance(error, grpc.Call | grpc.aio.AioRpcError)
     code = error.code() if has_status else grpc.StatusCode.UNKNOWN
     details = error.details() if has_status else str(error)
-    return _ERRORS.get(code, UnavailableError)(f"{what}: {code.name}: {details or 'no details'}")
+    return error_for_grpc_code(code.name)(f"{what}: {code.name}: {details or 'no details'}")
 
 
 def _retryable(error: grpc.aio.AioRpcError) -> bool:

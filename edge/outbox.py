@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import logging
 import random
-import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -27,6 +26,7 @@ from edge.escalation import CloudClient
 from proto.edgecloud.v1 import reasoner_pb2 as pb
 from shared.errors import ConfigError, EdgecloudError, InvalidInputError, NotFoundError
 from shared.reasoning import Event, EventKind, ThinkParams, Usage
+from shared.sqlite import open_store
 from shared.wire import think_request_from_pb, think_request_to_pb
 
 __all__ = ["DELIVERED", "FAILED", "PENDING", "Outbox", "OutboxDeliverer", "OutboxRecord"]
@@ -86,16 +86,8 @@ class Outbox:
 
     def __init__(self, path: str | Path = ":memory:") -> None:
         self.path = str(path)
-        if self.path != ":memory:" and not Path(self.path).parent.is_dir():
-            raise ConfigError(f"outbox folder {Path(self.path).parent} does not exist")
         self._lock = threading.Lock()
-        try:
-            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")  # committed means on disk
-            self._db.executescript(_SCHEMA)
-        except sqlite3.Error as exc:
-            raise ConfigError(f"cannot open the outbox {self.path}: {exc}") from exc
+        self._db = open_store(self.path, _SCHEMA, what="outbox", synchronous="FULL")  # committed means on disk
 
     def close(self) -> None:
         with self._lock:
@@ -238,7 +230,7 @@ class OutboxDeliverer:
         while True:
             try:
                 await self.deliver_once()
-            except Exception:  # noqa: BLE001 - the loop must survive anything (a full disk, a bug)
+            except Exception:
                 log.exception("outbox delivery round failed")
             await asyncio.sleep(self._pause_s())
 
@@ -296,6 +288,6 @@ class OutboxDeliverer:
         if delivered is not None and self.on_delivered is not None:
             try:
                 self.on_delivered(delivered)
-            except Exception:  # noqa: BLE001 - a callback's bug must not undo a delivery
+            except Exception:
                 log.exception("outbox: on_delivered callback failed for %s", request_id)
         return 1

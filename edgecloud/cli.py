@@ -1,7 +1,8 @@
-"""The ``edgecloud`` command line.
+"""The ``edgecloud`` command line: the top of the dependency graph.
 
-Subcommands import what they need when they run, so ``edgecloud --help``
-works on an edge device without torch installed.
+Every subcommand lives here (``models``, ``cloud``, ``edge``, ``fleet``), and
+nothing imports this module. Subcommands import what they need when they run,
+so ``edgecloud --help`` works on an edge device without torch installed.
 """
 
 from __future__ import annotations
@@ -143,15 +144,19 @@ def _add_mqtt_arguments(parser: argparse.ArgumentParser) -> None:
                        help="MQTT 5 (persistent sessions with expiry; default) or 3.1.1 for older brokers")
 
 
-def _mqtt_settings(args: argparse.Namespace) -> dict[str, object]:
-    """The broker part of AgentConfig / FleetManagerConfig from the flags above."""
-    host, _, port = args.broker.rpartition(":")
-    if not host or not port.isdigit():
-        raise SystemExit(f"error: --broker must be HOST:PORT, got {args.broker!r}")
+def _broker_settings(args: argparse.Namespace, **defaults: object):  # -> BrokerSettings
+    """The broker settings of AgentConfig / FleetManagerConfig from the flags above."""
+    from shared.broker import BrokerSettings
+    from shared.errors import ConfigError
+
     password = args.mqtt_password_file.read_text().strip() if args.mqtt_password_file else None
-    return {"broker_host": host, "broker_port": int(port), "username": args.mqtt_username, "password": password,
-            "tls_ca": args.mqtt_ca, "tls_cert": args.mqtt_cert, "tls_key": args.mqtt_key,
-            "mqtt_version": args.mqtt_version}
+    try:
+        return BrokerSettings.from_address(
+            args.broker, username=args.mqtt_username, password=password, tls_ca=args.mqtt_ca, tls_cert=args.mqtt_cert,
+            tls_key=args.mqtt_key, version=args.mqtt_version, **defaults,
+        )
+    except ConfigError as exc:
+        raise SystemExit(f"error: {exc}") from None
 
 
 def _labels(pairs: list[str]) -> dict[str, str]:
@@ -193,7 +198,7 @@ def _edge_serve(args: argparse.Namespace) -> int:
         agent = AgentConfig(
             device_id=args.device_id,
             fleet=args.fleet,
-            **_mqtt_settings(args),  # type: ignore[arg-type]
+            broker=_broker_settings(args),
             state_dir=args.agent_state,
             trusted_keys=tuple(args.trust),
             telemetry_interval_s=args.telemetry_interval,
@@ -238,8 +243,8 @@ def _add_edge_commands(commands: argparse._SubParsersAction) -> None:
 
 def _fleet_serve(args: argparse.Namespace) -> int:
     from cloud.fleet.api import create_app
+    from cloud.fleet.manager import SESSION_EXPIRY_S, FleetManager, FleetManagerConfig
     from shared.asgi import serve_until_signal
-    from cloud.fleet.manager import FleetManager, FleetManagerConfig
 
     if not args.trust:
         log.warning("no --trust key: bundles are registered unchecked (devices still verify signatures)")
@@ -248,7 +253,7 @@ def _fleet_serve(args: argparse.Namespace) -> int:
                          f"http://{args.host}:{args.port}")
     config = FleetManagerConfig(
         fleet=args.fleet,
-        **_mqtt_settings(args),  # type: ignore[arg-type]
+        broker=_broker_settings(args, session_expiry_s=SESSION_EXPIRY_S),
         store_path=args.store,
         artifact_dir=args.artifacts,
         public_base_url=args.public_url or f"http://{args.host}:{args.port}",
@@ -328,7 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--json", action="store_true", help="print the full report as JSON")
     evaluate.set_defaults(func=_models_eval)
 
-    from shared.signing import add_signing_commands
+    from edgecloud.signing_commands import add_signing_commands
 
     add_signing_commands(models)
     _add_cloud_commands(commands)

@@ -3,19 +3,25 @@
 Every error raised on purpose by edgecloud code derives from
 :class:`EdgecloudError`. Each class says, through ``recoverable``, whether the
 same operation may succeed if retried later (``True``) or will fail again
-until something is fixed (``False``, fatal)::
+until something is fixed (``False``, fatal), and how a transport reports it:
+its HTTP status, its gRPC status code and the short ``code`` an error body
+names. This table is the one place those mappings live; the HTTP APIs, the
+gRPC server and the gRPC client all read it::
 
-    EdgecloudError
-    ├── ConfigError               fatal        bad or missing configuration
-    ├── BundleError               fatal        bad or corrupt model bundle
-    │   ├── ManifestError         fatal        manifest.json unreadable or invalid
-    │   └── IntegrityError        fatal        a file's size/sha256 mismatches, a file
-    │                                          is missing, or an unlisted file exists
-    ├── InvalidInputError         fatal (*)    malformed request input
-    ├── NotFoundError             fatal (*)    the named session, bundle or device does not exist
-    ├── ResourceExhaustedError    recoverable  out of memory, queue full, quota spent
-    └── UnavailableError          recoverable  a dependency (cloud, broker, model) is
-                                               unreachable or not ready
+    class                         retry        HTTP  gRPC                code                 meaning
+    EdgecloudError                fatal        500   INTERNAL            internal             (base)
+    ├── ConfigError               fatal        500   INTERNAL            config               bad or missing configuration
+    │   └── AuthenticationError   fatal (*)    401   UNAUTHENTICATED     unauthenticated      missing or wrong credentials
+    ├── BundleError               fatal        422   INTERNAL            bad_bundle           bad or corrupt model bundle
+    │   ├── ManifestError         fatal        422   INTERNAL            bad_bundle           manifest.json unreadable or invalid
+    │   └── IntegrityError        fatal        422   INTERNAL            bad_bundle           a file's size/sha256 mismatches, a
+    │                                                                                         file is missing or unlisted
+    ├── InvalidInputError         fatal (*)    400   INVALID_ARGUMENT    invalid_input        malformed request input
+    ├── NotFoundError             fatal (*)    404   NOT_FOUND           not_found            the named session, bundle or device
+    │                                                                                         does not exist
+    ├── ResourceExhaustedError    recoverable  429   RESOURCE_EXHAUSTED  resource_exhausted   out of memory, queue full, quota spent
+    └── UnavailableError          recoverable  503   UNAVAILABLE         unavailable          a dependency (cloud, broker, model)
+                                                                                              is unreachable or not ready
 
 (*) fatal for that request only: the same input will always be rejected, but the
 process is healthy and other requests are unaffected.
@@ -30,6 +36,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 __all__ = [
+    "AuthenticationError",
     "BundleError",
     "ConfigError",
     "EdgecloudError",
@@ -39,6 +46,7 @@ __all__ = [
     "NotFoundError",
     "ResourceExhaustedError",
     "UnavailableError",
+    "error_for_grpc_code",
 ]
 
 
@@ -47,18 +55,35 @@ class EdgecloudError(Exception):
 
     recoverable: ClassVar[bool] = False
     """Whether retrying the same operation later may succeed."""
+    http_status: ClassVar[int] = 500
+    grpc_code: ClassVar[str] = "INTERNAL"
+    """The name of the ``grpc.StatusCode`` member (this module does not import grpc)."""
+    code: ClassVar[str] = "internal"
+    """What an error body calls this kind of error (``{"error": {"type": code, ...}}``)."""
 
 
 class ConfigError(EdgecloudError):
     """Configuration is missing, malformed or inconsistent. Fatal."""
 
     recoverable = False
+    code = "config"
+
+
+class AuthenticationError(ConfigError):
+    """The caller's credentials are missing or wrong. Fatal for that request; to a
+    client it is a configuration problem (its token), hence the parent."""
+
+    http_status = 401
+    grpc_code = "UNAUTHENTICATED"
+    code = "unauthenticated"
 
 
 class BundleError(EdgecloudError):
     """A model bundle is unusable (bad layout, symlink, corrupt content). Fatal."""
 
     recoverable = False
+    http_status = 422
+    code = "bad_bundle"
 
 
 class ManifestError(BundleError):
@@ -75,6 +100,9 @@ class InvalidInputError(EdgecloudError):
     input fails the same way."""
 
     recoverable = False
+    http_status = 400
+    grpc_code = "INVALID_ARGUMENT"
+    code = "invalid_input"
 
 
 class NotFoundError(EdgecloudError):
@@ -82,6 +110,9 @@ class NotFoundError(EdgecloudError):
     Fatal for that request."""
 
     recoverable = False
+    http_status = 404
+    grpc_code = "NOT_FOUND"
+    code = "not_found"
 
 
 class ResourceExhaustedError(EdgecloudError):
@@ -89,6 +120,9 @@ class ResourceExhaustedError(EdgecloudError):
     after backing off."""
 
     recoverable = True
+    http_status = 429
+    grpc_code = "RESOURCE_EXHAUSTED"
+    code = "resource_exhausted"
 
 
 class UnavailableError(EdgecloudError):
@@ -96,3 +130,25 @@ class UnavailableError(EdgecloudError):
     after backing off."""
 
     recoverable = True
+    http_status = 503
+    grpc_code = "UNAVAILABLE"
+    code = "unavailable"
+
+
+_FROM_GRPC: dict[str, type[EdgecloudError]] = {
+    "INVALID_ARGUMENT": InvalidInputError,
+    "NOT_FOUND": NotFoundError,
+    "RESOURCE_EXHAUSTED": ResourceExhaustedError,
+    "UNAUTHENTICATED": AuthenticationError,
+    "PERMISSION_DENIED": AuthenticationError,
+}
+
+
+def error_for_grpc_code(name: str) -> type[EdgecloudError]:
+    """The class a client raises for a failed call with this status code name.
+
+    The inverse of ``grpc_code`` for the codes a server sends on purpose; every
+    other code (UNAVAILABLE, DEADLINE_EXCEEDED, INTERNAL, UNKNOWN...) says the
+    service could not answer, and maps to :class:`UnavailableError`.
+    """
+    return _FROM_GRPC.get(name, UnavailableError)

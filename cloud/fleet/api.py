@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import hmac
 import tempfile
-import threading
 from dataclasses import asdict
 from typing import Any
 
@@ -42,27 +41,16 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from cloud.fleet.dashboard import DASHBOARD_HTML
 from cloud.fleet.manager import FleetManager
 from cloud.fleet.rollout import AbortCriteria, strategy_from_dict
+from shared.asgi import ThreadedServer
 from shared.errors import (
-    BundleError,
-    ConfigError,
+    AuthenticationError,
     EdgecloudError,
     InvalidInputError,
     NotFoundError,
     ResourceExhaustedError,
-    UnavailableError,
 )
 
-__all__ = ["ApiServer", "create_app", "create_server"]
-
-_STATUS: list[tuple[type[EdgecloudError], int, str]] = [
-    (InvalidInputError, 400, "invalid_input"),
-    (NotFoundError, 404, "not_found"),
-    (BundleError, 422, "bad_bundle"),
-    (ResourceExhaustedError, 429, "resource_exhausted"),
-    (UnavailableError, 503, "unavailable"),
-    (ConfigError, 500, "config"),
-]
-
+__all__ = ["create_app", "create_server"]
 
 def _error(status: int, kind: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"error": {"type": kind, "message": message}}, status_code=status, headers=headers)
@@ -90,10 +78,7 @@ def create_app(manager: FleetManager, *, api_key: str | None = None, artifact_to
 
     @app.exception_handler(EdgecloudError)
     async def _edgecloud_error(_request: Request, exc: EdgecloudError) -> JSONResponse:
-        for kind, status, name in _STATUS:
-            if isinstance(exc, kind):
-                return _error(status, name, str(exc))
-        return _error(500, "internal", str(exc))
+        return _error(exc.http_status, exc.code, str(exc))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -114,7 +99,8 @@ def create_app(manager: FleetManager, *, api_key: str | None = None, artifact_to
         path = request.url.path
         secret = api_key if path.startswith("/v1/") else artifact_token if path.startswith("/artifacts/") else None
         if not _authorized(request, secret):
-            return _error(401, "unauthenticated", "missing or wrong bearer token", {"WWW-Authenticate": "Bearer"})
+            denied = AuthenticationError("missing or wrong bearer token")
+            return _error(denied.http_status, denied.code, str(denied), {"WWW-Authenticate": "Bearer"})
         return await call_next(request)
 
     @app.get("/", response_class=HTMLResponse)
@@ -241,38 +227,10 @@ def create_app(manager: FleetManager, *, api_key: str | None = None, artifact_to
     return app
 
 
-class ApiServer:
-    """uvicorn on its own thread, for tests and embedding; :func:`create_server` starts one."""
-
-    def __init__(self, app: FastAPI, host: str = "127.0.0.1", port: int = 0) -> None:
-        import uvicorn
-
-        self._server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning",
-                                                     lifespan="off"))
-        self._thread = threading.Thread(target=self._server.run, name="fleet-api", daemon=True)
-        self.host = host
-        self.port = 0
-
-    def start(self, timeout: float = 10.0) -> int:
-        import time
-
-        self._thread.start()
-        deadline = time.monotonic() + timeout
-        while not self._server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                raise UnavailableError("the fleet API did not start")
-            time.sleep(0.02)
-        self.port = self._server.servers[0].sockets[0].getsockname()[1]
-        return self.port
-
-    def stop(self) -> None:
-        self._server.should_exit = True
-        self._thread.join(10)
-
-
 def create_server(manager: FleetManager, *, host: str = "127.0.0.1", port: int = 0, api_key: str | None = None,
-                  artifact_token: str | None = None) -> tuple[ApiServer, int]:
+                  artifact_token: str | None = None) -> tuple[ThreadedServer, int]:
     """Serve the API on ``host:port`` (0 picks a free port) in the background; returns the server and port."""
-    server = ApiServer(create_app(manager, api_key=api_key, artifact_token=artifact_token), host, port)
+    app = create_app(manager, api_key=api_key, artifact_token=artifact_token)
+    server = ThreadedServer(app, host, port, lifespan="off", name="fleet-api")
     return server, server.start()
 

@@ -1,8 +1,8 @@
 """The fleet manager: rollouts driven over MQTT, with every change persisted.
 
-It glues three pure pieces together: the MQTT contract (:mod:`shared.fleet`),
-the rollout state machine (:mod:`cloud.fleet.rollout`) and the SQLite store
-(:mod:`cloud.fleet.store`). One paho client (MQTT 5, persistent session,
+It glues pure pieces together: the MQTT contract (:mod:`shared.fleet`),
+the rollout state machine (:mod:`cloud.fleet.rollout`), the SQLite store
+(:mod:`cloud.fleet.store`) and the bundle registry (:mod:`cloud.fleet.registry`). One paho client (MQTT 5, persistent session,
 auto-reconnect) subscribes at QoS 1 to every device's ``state``,
 ``telemetry`` and ``cmd/ack``; a tick thread times devices out and sends the
 next wave.
@@ -24,27 +24,21 @@ Delivery guarantees, in order of the steps that could lose something:
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
-import shutil
-import tarfile
-import tempfile
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from cloud.fleet.metrics import FleetMetrics
+from cloud.fleet.registry import BundleRegistry
 from cloud.fleet.rollout import (
     AbortCriteria,
     Delivery,
@@ -56,10 +50,9 @@ from cloud.fleet.rollout import (
     Strategy,
 )
 from cloud.fleet.store import BundleRecord, DeviceRecord, FleetStore
-from shared.bundle import MANIFEST_FILE, Manifest, file_digest
-from shared.errors import BundleError, ConfigError, InvalidInputError, ManifestError, NotFoundError
+from shared.broker import BrokerSettings, connect_async, create_client
+from shared.errors import ConfigError, InvalidInputError, NotFoundError
 from shared.fleet import Birth, BundleRef, Command, CommandAck, Telemetry, Topics, decode, encode
-from shared.mqtt_security import apply_security, validate_security
 
 __all__ = ["FleetManager", "FleetManagerConfig"]
 
@@ -67,21 +60,19 @@ log = logging.getLogger(__name__)
 
 _SEGMENT = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _IN_FLIGHT = frozenset({DeviceStatus.SENT, DeviceStatus.DOWNLOADING, DeviceStatus.VERIFYING})
-_MAX_MANIFEST_BYTES = 4 << 20
+
+
+SESSION_EXPIRY_S = 24 * 3600
+"""How long the broker keeps the manager's persistent session by default."""
 
 
 @dataclass(frozen=True, kw_only=True)
 class FleetManagerConfig:
     fleet: str = "default"
     """The fleet's segment of the topic tree."""
-    broker_host: str = "127.0.0.1"
-    broker_port: int = 1883
-    username: str | None = None
-    password: str | None = None
-    tls_ca: Path | None = None
-    """CA bundle; setting it turns TLS on."""
-    tls_cert: Path | None = None
-    tls_key: Path | None = None
+    broker: BrokerSettings = field(default_factory=lambda: BrokerSettings(session_expiry_s=SESSION_EXPIRY_S))
+    """The broker and the manager's persistent session on it (kept a day by default, so acks
+    queue while the manager is away)."""
     store_path: Path | str = ":memory:"
     """The SQLite file of bundles, devices and rollouts (``:memory:`` loses all on exit)."""
     artifact_dir: Path
@@ -93,11 +84,6 @@ class FleetManagerConfig:
     client_id: str = ""
     """MQTT client id; keep it stable so the persistent session survives restarts. Default
     ``edgecloud-fleet-{fleet}``."""
-    session_expiry_s: int = 24 * 3600
-    """How long the broker keeps the manager's session (and queues acks) while it is away."""
-    keepalive_s: int = 30
-    mqtt_version: str = "5"
-    """``5`` (persistent session with expiry) or ``3.1.1`` (persistent session without expiry)."""
     trusted_keys: tuple[Path, ...] = ()
     """Ed25519 public keys (PEM). When set, a bundle is registered only if its signature verifies
     against one of them and every file matches its manifest; when empty, bundles are registered
@@ -110,13 +96,8 @@ class FleetManagerConfig:
         object.__setattr__(self, "trusted_keys", tuple(Path(k) for k in self.trusted_keys))
         if not isinstance(self.fleet, str) or not _SEGMENT.fullmatch(self.fleet):
             raise ConfigError(f"fleet must match [A-Za-z0-9._-]{{1,64}}, got {self.fleet!r}")
-        if not self.broker_host:
-            raise ConfigError("broker_host must not be empty")
-        if not isinstance(self.broker_port, int) or not 0 < self.broker_port < 65536:
-            raise ConfigError(f"broker_port must be in 1..65535, got {self.broker_port!r}")
-        validate_security(self.username, self.password, self.tls_ca, self.tls_cert, self.tls_key)
-        if self.mqtt_version not in ("5", "3.1.1"):
-            raise ConfigError(f"mqtt_version must be 5 or 3.1.1, got {self.mqtt_version!r}")
+        if not isinstance(self.broker, BrokerSettings):
+            raise ConfigError(f"broker must be BrokerSettings, got {type(self.broker).__name__}")
         if not self.public_base_url.startswith(("http://", "https://")):
             raise ConfigError(f"public_base_url must be http(s), got {self.public_base_url!r}")
         object.__setattr__(self, "public_base_url", self.public_base_url.rstrip("/"))
@@ -126,8 +107,6 @@ class FleetManagerConfig:
             raise ConfigError("client_id must be 1..128 characters")
         if not isinstance(self.max_bundle_bytes, int) or self.max_bundle_bytes < 1:
             raise ConfigError(f"max_bundle_bytes must be an integer >= 1, got {self.max_bundle_bytes!r}")
-        if self.session_expiry_s < 0 or self.keepalive_s < 1:
-            raise ConfigError("session_expiry_s must be >= 0 and keepalive_s >= 1")
 
     @property
     def mqtt_client_id(self) -> str:
@@ -135,46 +114,6 @@ class FleetManagerConfig:
 
     def artifact_url(self, sha256: str) -> str:
         return f"{self.public_base_url}/artifacts/{sha256}.tar.gz"
-
-
-# -- bundles ---------------------------------------------------------------------------
-
-
-def read_archive_manifest(archive: Path) -> Manifest:
-    """The validated ``manifest.json`` at the root of a bundle archive."""
-    try:
-        with tarfile.open(archive, "r:gz") as tar:
-            # at the root, as pack_bundle writes it and as devices unpack it (a bundle in a top
-            # folder would register here and then fail on every device)
-            candidates = [m for m in tar.getmembers() if m.name.removeprefix("./") == MANIFEST_FILE]
-            if not candidates:
-                raise ManifestError(f"{archive.name}: no {MANIFEST_FILE} at the archive's root "
-                                    "(pack bundles with shared.artifacts.pack_bundle or `tar -C BUNDLE_DIR -czf X .`)")
-            member = candidates[0]
-            if not member.isfile() or member.size > _MAX_MANIFEST_BYTES:
-                raise ManifestError(f"{archive.name}: {member.name} is not a regular file under 4 MiB")
-            handle = tar.extractfile(member)
-            assert handle is not None
-            raw = handle.read()
-    except (tarfile.TarError, EOFError, OSError) as exc:
-        raise BundleError(f"{archive.name} is not a readable .tar.gz: {exc}") from exc
-    try:
-        return Manifest.from_dict(json.loads(raw.decode("utf-8")))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ManifestError(f"{archive.name}: {MANIFEST_FILE} is not UTF-8 JSON: {exc}") from exc
-
-
-def _verify_signature(archive: Path, trusted_keys: Sequence[Path], max_unpacked_bytes: int) -> str:
-    """Unpack to a temporary folder and verify signature and files; the signing key's id."""
-    from shared.artifacts import unpack_bundle
-    from shared.signing import TrustStore, read_signature, verify_signed_bundle
-
-    trust = TrustStore.from_paths(list(trusted_keys))
-    with tempfile.TemporaryDirectory(prefix="fleet-verify-") as tmp:
-        directory = unpack_bundle(archive, Path(tmp), max_total_bytes=max_unpacked_bytes)
-        verify_signed_bundle(directory, trust)
-        kid, _ = read_signature(directory)
-    return kid
 
 
 # -- the manager -----------------------------------------------------------------------
@@ -185,9 +124,15 @@ class FleetManager:
 
     def __init__(self, config: FleetManagerConfig, store: FleetStore | None = None) -> None:
         self.config = config
-        config.artifact_dir.mkdir(parents=True, exist_ok=True)
         self.store = store if store is not None else FleetStore(config.store_path)
         self._owns_store = store is None
+        self.registry = BundleRegistry(
+            self.store,
+            config.artifact_dir,
+            trusted_keys=config.trusted_keys,
+            max_bundle_bytes=config.max_bundle_bytes,
+            artifact_url=config.artifact_url,
+        )
         self._lock = threading.RLock()
         self._rollouts: dict[str, Rollout] = {r.id: r for r in self.store.list_rollouts()}
         self._devices: dict[str, DeviceRecord] = {d.id: d for d in self.store.list_devices()}
@@ -208,14 +153,7 @@ class FleetManager:
 
     def start(self) -> None:
         """Connect (in the background, retrying), re-publish what was in flight, start ticking."""
-        c = self.config
-        if c.mqtt_version == "5":
-            properties = Properties(PacketTypes.CONNECT)
-            properties.SessionExpiryInterval = c.session_expiry_s
-            self.client.connect_async(c.broker_host, c.broker_port, keepalive=c.keepalive_s, clean_start=False,
-                                      properties=properties)
-        else:  # the persistent session comes from clean_session=False on the client
-            self.client.connect_async(c.broker_host, c.broker_port, keepalive=c.keepalive_s)
+        connect_async(self.client, self.config.broker)
         self.client.loop_start()
         with self._lock:  # a crash between save and publish left these unsent; devices dedupe
             pending = [cmd for r in self._rollouts.values() for cmd in self._in_flight(r)]
@@ -249,12 +187,7 @@ class FleetManager:
     # -- MQTT --------------------------------------------------------------------------
 
     def _make_client(self) -> mqtt.Client:
-        c = self.config
-        client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=c.mqtt_client_id,
-                             protocol=mqtt.MQTTv5 if c.mqtt_version == "5" else mqtt.MQTTv311,
-                             clean_session=None if c.mqtt_version == "5" else False)
-        apply_security(client, c.username, c.password, c.tls_ca, c.tls_cert, c.tls_key)
-        client.reconnect_delay_set(min_delay=1, max_delay=5)
+        client = create_client(self.config.broker, self.config.mqtt_client_id, max_reconnect_delay_s=5)
         client.max_queued_messages_set(0)  # unbounded: a command must never be dropped client-side
         client.max_inflight_messages_set(100)
         client.on_connect = self._on_connect
@@ -267,10 +200,10 @@ class FleetManager:
             log.error("broker refused the fleet manager: %s", reason_code)
             return
         fleet = self.config.fleet
-        qos = SubscribeOptions(qos=1) if self.config.mqtt_version == "5" else 1
+        qos = SubscribeOptions(qos=1) if self.config.broker.v5 else 1
         client.subscribe([(Topics.fleet_wildcard(fleet, leaf), qos) for leaf in ("state", "telemetry", "cmd/ack")])
         self._connected.set()
-        log.info("fleet manager connected to %s:%d", self.config.broker_host, self.config.broker_port)
+        log.info("fleet manager connected to %s", self.config.broker.address)
 
     def _on_disconnect(self, _client, _userdata, _flags, reason_code, _properties) -> None:  # type: ignore[no-untyped-def]
         self._connected.clear()
@@ -298,7 +231,7 @@ class FleetManager:
         except InvalidInputError as exc:
             self.metrics.malformed.inc()
             log.warning("ignoring a malformed message on %s: %s", message.topic, exc)
-        except Exception:  # noqa: BLE001 - one bad message must not kill the network thread
+        except Exception:
             log.exception("handling a message on %s failed", message.topic)
 
     def _publish(self, commands: Iterable[Command]) -> None:
@@ -369,7 +302,7 @@ class FleetManager:
         while not self._stop.wait(self.config.tick_interval_s):
             try:
                 self.tick()
-            except Exception:  # noqa: BLE001 - keep ticking
+            except Exception:
                 log.exception("rollout tick failed")
 
     def tick(self, now: float | None = None) -> None:
@@ -407,65 +340,18 @@ class FleetManager:
                 rebuild(state.rollback, "rollback", rollout.rollback_bundle, rollout.rollback_revision)
         return out
 
-    # -- bundles -----------------------------------------------------------------------
+    # -- bundles (the registry) --------------------------------------------------------
 
     def register_bundle(self, archive_path: str | os.PathLike[str]) -> BundleRecord:
-        """Validate an edge bundle archive (.tar.gz), keep it under its sha256 and record it.
-
-        Registering the same archive twice returns the first record; another
-        archive under a registered name and version is refused.
-        """
-        source = Path(archive_path)
-        if not source.is_file():
-            raise NotFoundError(f"no archive at {source}")
-        if source.stat().st_size > self.config.max_bundle_bytes:
-            raise InvalidInputError(f"{source.name} is over max_bundle_bytes ({self.config.max_bundle_bytes})")
-        sha256, size = file_digest(source)
-        manifest = read_archive_manifest(source)
-        if manifest.kind != "edge":
-            raise InvalidInputError(f"{manifest.name} v{manifest.version} is a {manifest.kind} bundle; "
-                                    "devices install edge bundles only")
-        key_id = ""
-        if self.config.trusted_keys:
-            key_id = _verify_signature(source, self.config.trusted_keys, 4 * self.config.max_bundle_bytes)
-        else:
-            log.warning("%s v%d registered without a signature check: no trusted_keys configured",
-                        manifest.name, manifest.version)
-        try:
-            existing = self.store.load_bundle(manifest.name, manifest.version)
-        except NotFoundError:
-            existing = None
-        if existing is not None:
-            if existing.sha256 != sha256:
-                raise InvalidInputError(f"bundle {manifest.name} v{manifest.version} is already registered "
-                                        f"with another sha256 ({existing.sha256[:12]}..)")
-            return existing
-        target = self.config.artifact_dir / f"{sha256}.tar.gz"
-        if not target.exists():
-            tmp = target.with_name(f".{sha256}.tmp")
-            shutil.copyfile(source, tmp)
-            os.replace(tmp, target)
-        record = BundleRecord(name=manifest.name, version=manifest.version, sha256=sha256, size=size,
-                              path=str(target), key_id=key_id, registered_at=time.time())
-        self.store.save_bundle(record)
-        log.info("registered %s v%d (%s, %d bytes)", record.name, record.version, sha256[:12], size)
-        return record
+        """Register an edge bundle archive (:meth:`BundleRegistry.register`)."""
+        return self.registry.register(archive_path)
 
     def bundles(self) -> list[BundleRecord]:
-        return self.store.list_bundles()
+        return self.registry.records()
 
     def artifact_path(self, sha256: str) -> Path:
         """The stored archive with that digest; NotFoundError for anything else."""
-        if not re.fullmatch(r"[0-9a-f]{64}", sha256):
-            raise NotFoundError(f"no artifact {sha256[:70]!r}")
-        path = self.config.artifact_dir / f"{sha256}.tar.gz"
-        if not path.is_file():
-            raise NotFoundError(f"no artifact {sha256}")
-        return path
-
-    def _ref(self, record: BundleRecord) -> BundleRef:
-        return BundleRef(name=record.name, version=record.version, url=self.config.artifact_url(record.sha256),
-                         sha256=record.sha256, size=record.size)
+        return self.registry.artifact_path(sha256)
 
     # -- rollouts ----------------------------------------------------------------------
 
@@ -511,7 +397,7 @@ class FleetManager:
         ``strategy`` defaults to one wave of every target. A device already in
         a live rollout cannot be targeted again until that one ends.
         """
-        ref = self._ref(self.store.load_bundle(bundle, version))
+        ref = self.registry.ref(self.registry.load(bundle, version))
         targets = self.resolve_targets(devices, labels)
         now = time.time()
         with self._lock:
@@ -588,9 +474,9 @@ class FleetManager:
                     raise NotFoundError(f"no registered {name} version older than v{version} to roll back to")
                 record = older[-1]
             else:
-                record = self.store.load_bundle(name, to_version)
+                record = self.registry.load(name, to_version)
             revision = self._next_revision()
-            return self._operate(rollout_id, "rollback", self._ref(record), revision)
+            return self._operate(rollout_id, "rollback", self.registry.ref(record), revision)
 
     # -- views -------------------------------------------------------------------------
 

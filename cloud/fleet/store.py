@@ -12,7 +12,6 @@ loads the rollouts and goes on ticking the unfinished ones.
 from __future__ import annotations
 
 import json
-import sqlite3
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -20,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from cloud.fleet.rollout import Rollout, RolloutSpec, RolloutStatus
-from shared.errors import ConfigError, InvalidInputError, NotFoundError
+from shared.errors import InvalidInputError, NotFoundError
+from shared.sqlite import open_store
 
 __all__ = ["BundleRecord", "DeviceRecord", "FleetStore"]
 
@@ -96,16 +96,8 @@ class FleetStore:
 
     def __init__(self, path: str | Path = ":memory:") -> None:
         self.path = str(path)
-        if self.path != ":memory:" and not Path(self.path).parent.is_dir():
-            raise ConfigError(f"fleet store folder {Path(self.path).parent} does not exist")
         self._lock = threading.Lock()
-        try:
-            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.executescript(_SCHEMA)
-        except sqlite3.DatabaseError as exc:
-            raise ConfigError(f"fleet store {self.path} is unusable: {exc}") from exc
+        self._db = open_store(self.path, _SCHEMA, what="fleet store")
 
     def close(self) -> None:
         with self._lock:

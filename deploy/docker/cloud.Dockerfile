@@ -9,6 +9,7 @@ ENV PATH=/opt/venv/bin:$PATH
 RUN pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu
 WORKDIR /src
 COPY pyproject.toml README.md ./
+COPY edgecloud edgecloud
 COPY shared shared
 COPY cloud cloud
 COPY edge edge

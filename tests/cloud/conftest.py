@@ -8,14 +8,17 @@ import threading
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 import pytest
 
 from cloud.config import CloudConfig
-from cloud.engine import LoadedModel
 from cloud.server import CloudService, create_server
 from proto.edgecloud.v1 import reasoner_pb2_grpc as pb_grpc
+
+if TYPE_CHECKING:
+    from cloud.transformers_engine import LoadedModel
 
 
 class RunningServer:
@@ -46,6 +49,9 @@ def teacher_dir(shipped_models: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def teacher(teacher_dir: Path) -> LoadedModel:
+    pytest.importorskip("torch", reason="the cloud's model backend needs torch (an edge-only install has none)")
+    from cloud.transformers_engine import LoadedModel
+
     return LoadedModel.from_dir(teacher_dir, device="cpu", name="cloud-teacher", version=1)
 
 
@@ -53,7 +59,7 @@ def teacher(teacher_dir: Path) -> LoadedModel:
 def random_qwen3_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An untrained Qwen3 saved like any Hugging Face model: it never closes its
     think block on its own, which makes it a long-running session on demand."""
-    import torch
+    torch = pytest.importorskip("torch", reason="the cloud's model backend needs torch")
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
     from cloud.modelkit.tokenizer import build_tokenizer

@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 def test_serve_then_sigterm(teacher_dir: Path, tmp_path: Path) -> None:
     command = [
-        sys.executable, "-m", "shared.cli", "cloud", "serve", "--model", str(teacher_dir), "--port", "0",
+        sys.executable, "-m", "edgecloud", "cloud", "serve", "--model", str(teacher_dir), "--port", "0",
         "--metrics-port", "-1", "--store", str(tmp_path / "s.sqlite3"), "--grace", "2",
     ]
     process = subprocess.Popen(command, cwd=REPO, stderr=subprocess.PIPE, text=True)

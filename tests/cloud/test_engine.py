@@ -3,18 +3,21 @@ batching (rows joining and leaving mid-flight) must not change any output."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 
 import pytest
 
-from cloud.engine import Engine, EngineConfig, EngineEvent, EngineEventKind, Job, LoadedModel
+from cloud.engine import EngineConfig, EngineEvent, EngineEventKind, Job, ReasoningEngine
 from cloud.modelkit.decoding import generate_batch
 from cloud.modelkit.teacher import chat_prompt
+from cloud.transformers_engine import LoadedModel, TransformersEngine
 from shared.errors import ConfigError, ResourceExhaustedError
 from shared.task import Split, generate
 
 
-def run_jobs(engine: Engine, specs: list[tuple[str, int, bool]]) -> dict[str, list[EngineEvent]]:
+def run_jobs(engine: TransformersEngine, specs: list[tuple[str, int, bool]]) -> dict[str, list[EngineEvent]]:
     events: dict[str, list[EngineEvent]] = {str(i): [] for i in range(len(specs))}
     done = threading.Semaphore(0)
 
@@ -35,14 +38,14 @@ def run_jobs(engine: Engine, specs: list[tuple[str, int, bool]]) -> dict[str, li
 
 @pytest.fixture(scope="module")
 def engine(teacher: LoadedModel):
-    running = Engine(teacher, EngineConfig(max_batch=4, progress_every=8))
+    running = TransformersEngine(teacher, EngineConfig(max_batch=4, progress_every=8))
     running.start()
     yield running
     running.stop()
 
 
 @pytest.mark.parametrize("budget", [256, 12, 0])
-def test_continuous_batching_matches_plain_batched_decoding(engine: Engine, teacher: LoadedModel, budget: int) -> None:
+def test_continuous_batching_matches_plain_batched_decoding(engine: TransformersEngine, teacher: LoadedModel, budget: int) -> None:
     problems = generate(12, seed=11, split=Split.TEST)
     events = run_jobs(engine, [(p.query, budget, False) for p in problems])
     prompts = [chat_prompt(teacher.tokenizer, p.query, enable_thinking=budget > 0) for p in problems]
@@ -55,7 +58,7 @@ def test_continuous_batching_matches_plain_batched_decoding(engine: Engine, teac
         assert result.budget_reached == ref.forced
 
 
-def test_events_add_up_to_the_result(engine: Engine) -> None:
+def test_events_add_up_to_the_result(engine: TransformersEngine) -> None:
     events = run_jobs(engine, [("calculate 17*3+4-9", 256, True), ("calculate 17*3+4-9", 256, False)])
     streamed, hidden = events["0"], events["1"]
     for log in (streamed, hidden):
@@ -70,7 +73,7 @@ def test_events_add_up_to_the_result(engine: Engine) -> None:
 
 
 def test_queue_bound_and_config_validation(teacher: LoadedModel) -> None:
-    idle = Engine(teacher, EngineConfig(max_batch=1, max_queue=2))  # not started: nothing leaves the queue
+    idle = TransformersEngine(teacher, EngineConfig(max_batch=1, max_queue=2))  # not started: nothing leaves the queue
     job = Job("a", "1+1", 0, 4, False, lambda e: None)
     idle.submit(job)
     idle.submit(job)
@@ -80,3 +83,22 @@ def test_queue_bound_and_config_validation(teacher: LoadedModel) -> None:
         EngineConfig(max_batch=0)
     with pytest.raises(ConfigError):
         EngineConfig(default_max_output_tokens=10, max_output_tokens=5)
+
+
+def test_the_transformers_backend_is_a_reasoning_engine(engine: TransformersEngine) -> None:
+    assert isinstance(engine, ReasoningEngine)
+    assert engine.name and engine.queue_depth == 0 and engine.active == 0
+
+
+def test_sessions_the_server_and_the_edge_import_no_torch() -> None:
+    # The engine seam keeps torch and transformers in the backend: everything that drives an
+    # engine, and all of the edge, loads without them (an edge device does not install them).
+    modules = ["cloud.engine", "cloud.sessions", "cloud.server", "cloud.store", "cloud.config"]
+    modules += [f"edge.{name}" for name in ("agent", "api", "daemon", "escalation", "outbox", "runtime", "service")]
+    code = (
+        "import sys\n"
+        f"for name in {modules!r}: __import__(name)\n"
+        "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert result.stdout.strip() == "[]", result.stdout + result.stderr

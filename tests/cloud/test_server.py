@@ -16,13 +16,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from cloud.config import AuthConfig
 from cloud.dataset import read_escalations
-from cloud.engine import EngineConfig, LoadedModel
+from cloud.engine import EngineConfig
 from cloud.store import SessionStore
+from cloud.transformers_engine import LoadedModel
 from proto.edgecloud.v1 import reasoner_pb2 as pb
 from proto.edgecloud.v1 import reasoner_pb2_grpc as pb_grpc
 from shared.bundle import load_manifest
 from shared.features import encode_features
-from shared.task import parse_answer
 from shared.wire import features_to_pb
 from tests.cloud.conftest import RunningServer, make_config
 

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from shared.cli import build_parser
+from edgecloud.cli import build_parser
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 DOCKERFILES = sorted((DEPLOY / "docker").glob("*.Dockerfile"))

@@ -3,7 +3,7 @@
 The config and ACL are the real files; only what cannot work in a test is rewritten (the
 listener's port and address, file locations). Certificates come from make_certs.py, passwords
 from mosquitto_passwd, and clients apply credentials and TLS the way the product does
-(shared.mqtt_security).
+(shared.broker).
 """
 
 from __future__ import annotations
@@ -22,11 +22,10 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 
 from cloud.fleet.manager import FleetManager, FleetManagerConfig
+from shared.broker import BrokerSettings, create_client
 from shared.fleet import Birth, Topics, encode
-from shared.mqtt_security import apply_security
 from tests.cloud.fleet.sim import wait_for
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "mosquitto"
@@ -121,9 +120,9 @@ class Client:
     """A paho MQTT 5 client that records what it receives; connect() waits for CONNACK."""
 
     def __init__(self, broker: SecureBroker, user: str | None, password: str | None, *, tls: bool = True) -> None:
-        self.client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5,
-                                  client_id=f"test-{user}-{time.monotonic_ns()}")
-        apply_security(self.client, user, password, broker.ca if tls else None, None, None)
+        settings = BrokerSettings(host=broker.host, port=broker.port, username=user, password=password,
+                                  tls_ca=broker.ca if tls else None)
+        self.client = create_client(settings, f"test-{user}-{time.monotonic_ns()}")
         self.broker = broker
         self.received: list[tuple[str, bytes]] = []
         self.result: str | None = None
@@ -248,8 +247,9 @@ def test_device_hears_only_its_own_commands(connect) -> None:
 
 
 def test_fleet_manager_records_a_birth_over_tls(broker: SecureBroker, connect, tmp_path: Path) -> None:
-    config = FleetManagerConfig(fleet=FLEET, broker_host=broker.host, broker_port=broker.port, username=MANAGER,
-                                password=PASSWORDS[MANAGER], tls_ca=broker.ca, store_path=tmp_path / "fleet.sqlite3",
+    settings = BrokerSettings(host=broker.host, port=broker.port, username=MANAGER, password=PASSWORDS[MANAGER],
+                              tls_ca=broker.ca)
+    config = FleetManagerConfig(fleet=FLEET, broker=settings, store_path=tmp_path / "fleet.sqlite3",
                                 artifact_dir=tmp_path / "artifacts", tick_interval_s=0.2)
     manager = FleetManager(config)
     manager.start()

@@ -20,13 +20,15 @@ from typing import Any
 import httpx
 import pytest
 
-from cloud.fleet.api import ApiServer, create_server
+from cloud.fleet.api import create_server
 from cloud.fleet.manager import FleetManager, FleetManagerConfig
 from edge.agent import AgentConfig, DeviceAgent
 from edge.config import EdgeConfig
 from edge.daemon import create_daemon
 from edge.service import EdgeService
 from shared.artifacts import pack_bundle
+from shared.asgi import ThreadedServer
+from shared.broker import BrokerSettings
 from shared.bundle import load_manifest, write_bundle
 from shared.signing import generate_keypair, load_private_key, sign_bundle
 
@@ -77,7 +79,7 @@ def keys(tmp_path: Path) -> dict[str, Path]:
 @dataclass
 class Fleet:
     manager: FleetManager
-    server: ApiServer
+    server: ThreadedServer
     api: httpx.Client
     agents: dict[str, DeviceAgent]
     services: dict[str, EdgeService]
@@ -108,7 +110,7 @@ def make_fleet(mqtt_broker: Any, shipped_models: Path, tmp_path: Path,
     def make(manager_keys: tuple[str, ...] = ("good.pub",)) -> Fleet:
         port = free_port()
         manager = FleetManager(FleetManagerConfig(
-            fleet=FLEET, broker_host=mqtt_broker.host, broker_port=mqtt_broker.port,
+            fleet=FLEET, broker=BrokerSettings(host=mqtt_broker.host, port=mqtt_broker.port),
             store_path=tmp_path / "fleet.sqlite3", artifact_dir=tmp_path / "fleet-artifacts",
             public_base_url=f"http://127.0.0.1:{port}", tick_interval_s=0.2,
             trusted_keys=tuple(keys[k] for k in manager_keys),
@@ -124,7 +126,7 @@ def make_fleet(mqtt_broker: Any, shipped_models: Path, tmp_path: Path,
                                                      outbox=tmp_path / device / "outbox.sqlite3"))
             agent = DeviceAgent(AgentConfig(
                 device_id=device, fleet=FLEET, state_dir=tmp_path / device / "agent",
-                trusted_keys=(keys["good.pub"],), broker_host=mqtt_broker.host, broker_port=mqtt_broker.port,
+                trusted_keys=(keys["good.pub"],), broker=BrokerSettings(host=mqtt_broker.host, port=mqtt_broker.port),
                 labels=dict(LABELS), telemetry_interval_s=0.2, watch_s=0.5, watch_min_requests=5,
             ), service)
             fleet.agents[device], fleet.services[device] = agent, service

@@ -6,11 +6,14 @@ from __future__ import annotations
 import socket
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
-from cloud.engine import LoadedModel
 from tests.cloud.conftest import RunningServer, make_config, random_qwen3_dir, teacher, teacher_dir
+
+if TYPE_CHECKING:  # the cloud's model backend needs torch; edge-only installs run without it
+    from cloud.transformers_engine import LoadedModel
 
 __all__ = ["free_port", "random_qwen3_dir", "reasoner", "teacher", "teacher_dir"]
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import functools
 import http.server
 import json
-import socket
 import shutil
+import socket
 import threading
 import time
 import uuid
@@ -21,8 +21,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from edge.agent import AgentConfig, DeviceAgent, resume_bundle
 from edge.config import EdgeConfig
 from edge.daemon import create_daemon
-from edge.service import EdgeService
 from shared.artifacts import pack_bundle
+from shared.broker import BrokerSettings
 from shared.bundle import load_manifest, write_bundle
 from shared.fleet import Topics, encode
 from shared.signing import generate_keypair, load_private_key, sign_bundle
@@ -128,7 +128,7 @@ def device(shipped_models: Path, tmp_path: Path, mqtt_broker, keys: dict[str, Pa
     _app, service = create_daemon(EdgeConfig(bundle=shipped_models / "edge-student", outbox=tmp_path / "outbox.sqlite3"))
     config = AgentConfig(
         device_id="dev-1", fleet=FLEET, state_dir=tmp_path / "agent", trusted_keys=(keys["trusted_public"],),
-        broker_port=mqtt_broker.port, telemetry_interval_s=0.2, watch_s=0.5, watch_min_requests=5,
+        broker=BrokerSettings(port=mqtt_broker.port), telemetry_interval_s=0.2, watch_s=0.5, watch_min_requests=5,
         p99_allowance_ms=1000.0,  # a busy CI machine's jitter must not roll back a healthy model
     )
     agent = DeviceAgent(config, service)
@@ -293,10 +293,10 @@ def test_ten_swaps_over_mqtt_under_load_fail_no_request(device, shipped_models, 
     outcomes: list[tuple[bool, int]] = []
 
     def load() -> None:
+        import asyncio
+
         from edge.service import QueryRequest
         from edge.triage import Requested
-
-        import asyncio
 
         async def run() -> None:
             while not stop.is_set():

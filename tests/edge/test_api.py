@@ -11,19 +11,22 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 import openai
 import pytest
-import uvicorn
 
-from cloud.engine import LoadedModel
 from edge.config import EdgeConfig
 from edge.daemon import create_daemon
 from edge.runtime import EdgeBundle
 from edge.service import EdgeService
+from shared.asgi import ThreadedServer
 from shared.bundle import load_manifest
 from tests.cloud.conftest import RunningServer, make_config
+
+if TYPE_CHECKING:  # the cloud's model backend needs torch; edge-only installs run without it
+    from cloud.transformers_engine import LoadedModel
 
 TIMEOUT = 120
 API_KEY = "test-api-key-0123456789"
@@ -32,21 +35,14 @@ API_KEY = "test-api-key-0123456789"
 class RunningDaemon:
     def __init__(self, config: EdgeConfig) -> None:
         self.app, self.service = create_daemon(config)
-        self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=0, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + 60
-        while not self.server.started:
-            assert time.monotonic() < deadline, "the daemon did not start"
-            time.sleep(0.02)
-        port = self.server.servers[0].sockets[0].getsockname()[1]
-        self.url = f"http://127.0.0.1:{port}"
+        self.server = ThreadedServer(self.app, lifespan="on", name="edge-daemon")
+        self.server.start(timeout=60)
+        self.url = self.server.url
         self.http = httpx.Client(base_url=self.url, timeout=TIMEOUT)
 
     def stop(self) -> None:
         self.http.close()
-        self.server.should_exit = True
-        self.thread.join(30)
+        self.server.stop(30)
 
 
 def free_port() -> int:

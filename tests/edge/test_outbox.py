@@ -9,12 +9,11 @@ import time
 import uuid
 from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import pytest
 
-from cloud.engine import LoadedModel
 from edge.escalation import CloudClient, CloudClientConfig
 from edge.outbox import DELIVERED, FAILED, PENDING, Outbox, OutboxDeliverer, OutboxRecord
 from shared.bundle import load_manifest
@@ -23,6 +22,9 @@ from shared.features import EncodedFeatures, encode_features
 from shared.reasoning import EdgeHint, Event, EventKind, ThinkParams, Usage
 from tests.cloud.conftest import RunningServer, make_config
 from tests.edge.conftest import free_port
+
+if TYPE_CHECKING:  # the cloud's model backend needs torch; edge-only installs run without it
+    from cloud.transformers_engine import LoadedModel
 
 T = TypeVar("T")
 

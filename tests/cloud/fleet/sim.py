@@ -24,6 +24,7 @@ from paho.mqtt.properties import Properties
 from cloud.fleet.manager import FleetManager, FleetManagerConfig
 from cloud.fleet.rollout import RolloutStatus
 from shared.artifacts import pack_bundle
+from shared.broker import BrokerSettings
 from shared.bundle import write_bundle
 from shared.fleet import AckStatus, Birth, Command, CommandAck, Telemetry, Topics, decode, encode
 
@@ -150,8 +151,8 @@ def make_archive(directory: Path, version: int, payload_bytes: int = 4096, kind:
     return archive
 
 
-def manager_config(broker: Any, tmp_path: Path, **overrides: Any) -> FleetManagerConfig:
-    values: dict[str, Any] = dict(fleet=FLEET, broker_host=broker.host, broker_port=broker.port,
+def manager_config(mqtt_broker: Any, tmp_path: Path, **overrides: Any) -> FleetManagerConfig:
+    values: dict[str, Any] = dict(fleet=FLEET, broker=BrokerSettings(host=mqtt_broker.host, port=mqtt_broker.port),
                                   store_path=tmp_path / "fleet.sqlite3", artifact_dir=tmp_path / "artifacts",
                                   tick_interval_s=0.2)
     values.update(overrides)

@@ -12,8 +12,10 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from cloud.fleet.api import create_app, create_server
-from cloud.fleet.manager import FleetManager, FleetManagerConfig, read_archive_manifest
+from cloud.fleet.manager import FleetManager, FleetManagerConfig
+from cloud.fleet.registry import read_archive_manifest
 from cloud.fleet.rollout import AbortCriteria, FixedBatches, RolloutStatus
+from shared.broker import BrokerSettings
 from shared.errors import BundleError, ConfigError, InvalidInputError, ManifestError, NotFoundError
 from tests.cloud.fleet.sim import (
     assert_applied_exactly_once,
@@ -27,16 +29,17 @@ from tests.cloud.fleet.sim import (
     wait_status,
 )
 
-
 # -- config and bundles ----------------------------------------------------------------
 
 
 def test_config_validates(tmp_path: Path) -> None:
     FleetManagerConfig(artifact_dir=tmp_path)
-    for bad in ({"fleet": "a/b"}, {"broker_port": 0}, {"public_base_url": "ftp://x"}, {"tick_interval_s": 0},
-                {"password": "p"}, {"tls_cert": Path("c")}):
+    for bad in ({"fleet": "a/b"}, {"public_base_url": "ftp://x"}, {"tick_interval_s": 0}, {"broker": "host:1883"}):
         with pytest.raises(ConfigError):
             FleetManagerConfig(artifact_dir=tmp_path, **bad)
+    for bad in ({"port": 0}, {"password": "p"}, {"tls_cert": Path("c")}, {"version": "4"}, {"keepalive_s": 0}):
+        with pytest.raises(ConfigError):
+            BrokerSettings(**bad)
 
 
 def test_register_bundle_content_addressed_and_checked(tmp_path: Path) -> None:
@@ -127,7 +130,8 @@ def test_rollout_aborts_at_threshold_and_never_sends_later_waves(mqtt_broker, tm
 
 def test_a_manager_on_mqtt_3_1_1_runs_a_rollout(mqtt_broker, tmp_path, sims, managers) -> None:
     devices = start_devices(mqtt_broker, sims, 3)
-    manager = start_manager(manager_config(mqtt_broker, tmp_path, mqtt_version="3.1.1"), managers)
+    v311 = BrokerSettings(host=mqtt_broker.host, port=mqtt_broker.port, version="3.1.1")
+    manager = start_manager(manager_config(mqtt_broker, tmp_path, broker=v311), managers)
     assert manager.client.protocol == 4  # MQTT 3.1.1 on the wire
     wait_devices_online(manager, 3)
     record = manager.register_bundle(make_archive(tmp_path, 2))

@@ -1,0 +1,168 @@
+"""The seam between sessions and whatever generates tokens: the reasoning engine contract.
+
+Sessions (:mod:`cloud.sessions`) and the gRPC server drive an engine through
+:class:`ReasoningEngine` and nothing else: they hand it :class:`Job` objects
+and receive :class:`EngineEvent` objects through each job's callback. This
+module imports no torch, so sessions, the server and every edge module load
+without it; the backend is chosen where the service is built.
+
+Backends:
+
+- :class:`cloud.transformers_engine.TransformersEngine`: a Hugging Face causal
+  LM with continuous batching on CPU or one GPU (the shipped one).
+- A vLLM backend (an ``AsyncLLMEngine`` behind the same five calls) is the
+  intended second one for GPU fleets; nothing in sessions changes for it.
+
+What every backend must do: enforce the thinking budget token by token
+(reasoning tokens are those strictly between ``<think>`` and ``</think>``;
+once a job has spent its budget, ``</think>`` is forced and the answer
+follows), report a job's events in order on any one thread, and after
+``cancel`` report nothing more for that job.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+from shared.errors import ConfigError
+from shared.reasoning import Usage
+
+__all__ = [
+    "THINK_END",
+    "THINK_START",
+    "EngineConfig",
+    "EngineEvent",
+    "EngineEventKind",
+    "GenerationResult",
+    "Job",
+    "ReasoningEngine",
+]
+
+THINK_START = "<think>"
+THINK_END = "</think>"
+
+
+
+@dataclass(frozen=True, kw_only=True)
+class EngineConfig:
+    max_batch: int = 16
+    """Sessions decoding together; more wait in the queue."""
+    max_queue: int = 256
+    """Waiting sessions beyond which new ones are refused (RESOURCE_EXHAUSTED)."""
+    max_input_tokens: int = 1024
+    """Longest prompt, after the chat template."""
+    default_max_output_tokens: int = 64
+    """Answer tokens when the request does not say."""
+    max_output_tokens: int = 1024
+    """Ceiling on any request's answer tokens."""
+    max_reasoning_tokens: int = 4096
+    """Ceiling on any thinking budget."""
+    progress_every: int = 16
+    """Reasoning tokens between two progress events when reasoning is hidden."""
+    device: str = "auto"
+    """``auto`` (CUDA when present, else CPU), ``cpu`` or ``cuda[:N]``."""
+    threads: int = 0
+    """torch intra-op threads on CPU; 0 keeps torch's default."""
+
+    def __post_init__(self) -> None:
+        for name in ("max_batch", "max_queue", "max_input_tokens", "default_max_output_tokens", "max_output_tokens"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"engine.{name} must be >= 1, got {getattr(self, name)}")
+        if self.progress_every < 1 or self.max_reasoning_tokens < 0 or self.threads < 0:
+            raise ConfigError("engine.progress_every must be >= 1; max_reasoning_tokens and threads >= 0")
+        if self.default_max_output_tokens > self.max_output_tokens:
+            raise ConfigError("engine.default_max_output_tokens exceeds engine.max_output_tokens")
+        if not (self.device in ("auto", "cpu") or self.device.startswith("cuda")):
+            raise ConfigError(f"engine.device must be auto, cpu or cuda[:N], got {self.device!r}")
+
+
+
+@dataclass
+class Job:
+    session_id: str
+    query: str
+    reasoning_budget: int
+    """0: answer without thinking (the template pre-fills an empty think block)."""
+    max_output_tokens: int
+    stream_reasoning: bool
+    on_event: Callable[[EngineEvent], None]
+
+
+class EngineEventKind(enum.Enum):
+    STARTED = "started"
+    REASONING_PROGRESS = "reasoning_progress"
+    REASONING_DELTA = "reasoning_delta"
+    ANSWER_DELTA = "answer_delta"
+    FINISHED = "finished"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    answer: str
+    usage: Usage
+    budget_reached: bool
+    finish_reason: str
+    reasoning_ms: float
+    answer_ms: float
+    first_answer_token_ms: float
+    """From the job's start in the engine."""
+
+
+@dataclass(frozen=True)
+class EngineEvent:
+    session_id: str
+    kind: EngineEventKind
+    text: str = ""
+    reasoning_tokens: int = 0
+    result: GenerationResult | None = None
+    error: str = ""
+    error_code: str = ""
+
+
+
+
+@runtime_checkable
+class ReasoningEngine(Protocol):
+    """What sessions need from a backend. ``submit`` and ``cancel`` are called from any thread."""
+
+    config: EngineConfig
+    name: str
+    """The served model's name (its bundle name, or its folder's)."""
+    version: int
+    """The served model's bundle version (0 when it has none)."""
+    steps: int
+    """Decode steps run so far (a metric)."""
+    tokens_generated: int
+    """Tokens generated so far, reasoning and answer (a metric)."""
+
+    def start(self) -> None:
+        """Start generating (idempotent); jobs submitted before wait for it."""
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop within ``timeout`` seconds; running and waiting jobs get no further events."""
+
+    def count_prompt_tokens(self, query: str, reasoning_budget: int) -> int:
+        """Tokens the prompt of ``query`` will take (after the chat template), for admission checks."""
+
+    def submit(self, job: Job) -> int:
+        """Queue ``job`` and return its position (running jobs included).
+
+        Raises :class:`~shared.errors.InvalidInputError` for a negative budget or no output
+        tokens, :class:`~shared.errors.ResourceExhaustedError` when the queue is full. Its
+        events (STARTED, progress or deltas, then FINISHED or FAILED) arrive via ``job.on_event``.
+        """
+
+    def cancel(self, session_id: str) -> None:
+        """Drop the job, waiting or running, at the next step boundary; no event follows."""
+
+    @property
+    def queue_depth(self) -> int:
+        """Jobs waiting to start."""
+
+    @property
+    def active(self) -> int:
+        """Jobs generating now."""

@@ -1,0 +1,141 @@
+"""The edge daemon's OpenAI-compatible API: ``POST /v1/chat/completions``, streaming or not.
+
+Routed like edgecloud's own ``/v1/query`` (the same :class:`EdgeService` call),
+with edgecloud's extras accepted as extra body fields (``route``,
+``max_reasoning_tokens``, ``include_reasoning``) and reported under
+``edgecloud`` in the response. Reasoning tokens count as completion tokens, as
+OpenAI counts them (``completion_tokens_details.reasoning_tokens``).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any, Literal
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from edge.service import EdgeService, QueryRequest, StreamItem
+from edge.triage import Requested
+from shared.errors import EdgecloudError, InvalidInputError
+
+__all__ = ["ChatBody", "openai_router"]
+
+
+class ChatMessage(BaseModel):
+    role: Literal["system", "user", "assistant", "developer", "tool"]
+    content: str | list[dict[str, Any]] | None = None
+
+
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+
+
+class ChatBody(BaseModel):
+    model_config = ConfigDict(extra="allow")  # OpenAI clients send fields we do not use
+    model: str = "edgecloud"
+    messages: list[ChatMessage] = Field(min_length=1)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    route: Literal["auto", "edge", "cloud"] = "auto"
+    max_reasoning_tokens: int | None = Field(default=None, ge=0)
+    include_reasoning: bool = False
+    """Return the reasoning text as ``reasoning_content`` (it is hidden otherwise)."""
+
+
+def _last_user_text(body: ChatBody) -> str:
+    for message in reversed(body.messages):
+        if message.role == "user":
+            if isinstance(message.content, str):
+                return message.content
+            if isinstance(message.content, list):
+                return "".join(part.get("text", "") for part in message.content if part.get("type") == "text")
+    raise InvalidInputError("messages contain no user message with text")
+
+
+def openai_router(service: EdgeService) -> APIRouter:
+    router = APIRouter()
+
+    @router.post("/v1/chat/completions")
+    async def chat(body: ChatBody) -> Response:
+        text = _last_user_text(body)
+        request = QueryRequest(
+            query=text,
+            route=Requested(body.route),
+            max_reasoning_tokens=body.max_reasoning_tokens,
+            include_reasoning=body.include_reasoning,
+        )
+        completion_id = f"chatcmpl-{uuid.uuid4().hex}"
+        created = int(time.time())
+        if not body.stream:
+            result = await service.query(request)
+            if result.status == "accepted":
+                return JSONResponse(result.to_json(), status_code=202)
+            message: dict[str, Any] = {"role": "assistant", "content": result.answer}
+            if body.include_reasoning:
+                message["reasoning_content"] = result.reasoning or ""
+            return JSONResponse(
+                {
+                    "id": completion_id,
+                    "object": "chat.completion",
+                    "created": created,
+                    "model": body.model,
+                    "choices": [{"index": 0, "message": message, "finish_reason": "stop", "logprobs": None}],
+                    "usage": _usage(result.to_json()),
+                    "system_fingerprint": f"{result.model_name}-v{result.model_version}",
+                    "edgecloud": {k: v for k, v in result.to_json().items() if k in ("route_taken", "reason", "confidence", "degraded", "cached", "latency_ms")},
+                }
+            )
+
+        stream = service.stream(request)
+        first = await anext(stream)
+
+        def chunk(delta: dict[str, Any], finish: str | None = None, usage: dict[str, Any] | None = None) -> bytes:
+            payload: dict[str, Any] = {
+                "id": completion_id,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": body.model,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}] if usage is None else [],
+            }
+            if usage is not None:
+                payload["usage"] = usage
+            return f"data: {json.dumps(payload, separators=(',', ':'))}\n\n".encode()
+
+        async def chunks() -> AsyncIterator[bytes]:
+            yield chunk({"role": "assistant", "content": ""})
+            item: StreamItem | None = first
+            try:
+                while item is not None:
+                    if item.event == "answer":
+                        yield chunk({"content": item.data["text"]})
+                    elif item.event == "reasoning" and body.include_reasoning and "text" in item.data:
+                        yield chunk({"reasoning_content": item.data["text"]})
+                    elif item.event == "done":
+                        yield chunk({}, finish="stop")
+                        if body.stream_options and body.stream_options.include_usage:
+                            yield chunk({}, usage=_usage(item.data))
+                    item = await anext(stream, None)
+            except EdgecloudError as exc:
+                error = {"error": {"type": type(exc).__name__, "message": str(exc)}}
+                yield f"data: {json.dumps(error)}\n\n".encode()
+            yield b"data: [DONE]\n\n"
+
+        return StreamingResponse(chunks(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+    return router
+
+
+def _usage(result: dict[str, Any]) -> dict[str, Any]:
+    usage = result["usage"]
+    completion = usage["reasoning_tokens"] + usage["output_tokens"]
+    return {
+        "prompt_tokens": usage["input_tokens"],
+        "completion_tokens": completion,
+        "total_tokens": usage["input_tokens"] + completion,
+        "completion_tokens_details": {"reasoning_tokens": usage["reasoning_tokens"]},
+    }

@@ -1,0 +1,86 @@
+"""``edgecloud models keygen | sign | verify``: the bundle signing commands."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from shared.bundle import load_manifest
+from shared.errors import EdgecloudError
+from shared.signing import (
+    TrustStore,
+    generate_keypair,
+    load_private_key,
+    read_signature,
+    sign_bundle,
+    verify_signed_bundle,
+)
+
+__all__ = ["add_signing_commands"]
+
+
+def _refused(exc: EdgecloudError) -> int:
+    print(f"refused: {type(exc).__name__}: {exc}", file=sys.stderr)
+    return 1
+
+
+def _keygen(args: argparse.Namespace) -> int:
+    try:
+        kid = generate_keypair(args.private, args.public)
+    except EdgecloudError as exc:
+        return _refused(exc)
+    print(json.dumps({"key_id": kid, "private": str(args.private), "public": str(args.public)}))
+    return 0
+
+
+def _sign(args: argparse.Namespace) -> int:
+    try:
+        path = sign_bundle(args.bundle, load_private_key(args.key))
+        kid, _ = read_signature(args.bundle)
+        manifest = load_manifest(args.bundle)
+    except EdgecloudError as exc:
+        return _refused(exc)
+    print(json.dumps({"signed": str(path), "name": manifest.name, "version": manifest.version, "key_id": kid}))
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    try:
+        manifest = verify_signed_bundle(
+            args.bundle,
+            TrustStore.from_paths(args.trust),
+            installed_version=args.installed_version,
+            allow_rollback_to=frozenset(args.allow_rollback_to),
+        )
+        kid, _ = read_signature(args.bundle)
+    except EdgecloudError as exc:
+        return _refused(exc)
+    summary = {"ok": True, "name": manifest.name, "kind": manifest.kind, "version": manifest.version, "key_id": kid}
+    print(json.dumps(summary))
+    return 0
+
+
+def add_signing_commands(models_subparsers: argparse._SubParsersAction) -> None:
+    """Add ``keygen``, ``sign`` and ``verify`` to ``edgecloud models``."""
+    keygen = models_subparsers.add_parser("keygen", help="create an Ed25519 bundle signing key pair")
+    keygen.add_argument("--private", type=Path, required=True, help="private key to create (PEM, mode 0600)")
+    keygen.add_argument("--public", type=Path, required=True, help="public key to create (PEM)")
+    keygen.set_defaults(func=_keygen)
+
+    sign = models_subparsers.add_parser("sign", help="verify a bundle's files, then write its manifest.sig")
+    sign.add_argument("bundle", type=Path, help="bundle folder")
+    sign.add_argument("--key", type=Path, required=True, help="Ed25519 private key (PEM)")
+    sign.set_defaults(func=_sign)
+
+    verify = models_subparsers.add_parser("verify", help="check a bundle's signature, version and files")
+    verify.add_argument("bundle", type=Path, help="bundle folder")
+    verify.add_argument("--trust", type=Path, action="append", required=True, help="trusted public key (repeatable)")
+    verify.add_argument("--installed-version", type=int, default=None, help="refuse versions not newer than this")
+    verify.add_argument(
+        "--allow-rollback-to", type=int, action="append", default=[], metavar="N",
+        help="a version the device had before and may roll back to (repeatable)",
+    )  # fmt: skip
+    verify.set_defaults(func=_verify)
+

@@ -1,0 +1,66 @@
+"""``edgecloud models keygen | sign | verify`` on a real copy of the shipped edge bundle."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from edgecloud.signing_commands import add_signing_commands
+from shared.bundle import SIGNATURE_FILE, load_manifest
+from shared.signing import generate_keypair
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("keys")
+    generate_keypair(root / "rogue.key", root / "rogue.pub")
+    return {"rogue_pub": root / "rogue.pub"}
+
+
+@pytest.fixture
+def bundle(shipped_models: Path, tmp_path: Path) -> Path:
+    """An unsigned copy of the shipped edge bundle."""
+    out = tmp_path / "edge-student"
+    shutil.copytree(shipped_models / "edge-student", out)
+    (out / SIGNATURE_FILE).unlink(missing_ok=True)
+    return out
+
+
+def _cli(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="edgecloud models")
+    add_signing_commands(parser.add_subparsers(dest="action", required=True))
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+def test_cli_keygen_sign_verify(
+    bundle: Path, tmp_path: Path, keys: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    private, public = tmp_path / "cli.key", tmp_path / "cli.pub"
+    assert _cli(["keygen", "--private", str(private), "--public", str(public)]) == 0
+    kid = json.loads(capsys.readouterr().out)["key_id"]
+    assert _cli(["keygen", "--private", str(private), "--public", str(public)]) == 1
+    assert "refusing to overwrite" in capsys.readouterr().err
+
+    assert _cli(["sign", str(bundle), "--key", str(private)]) == 0
+    assert json.loads(capsys.readouterr().out)["key_id"] == kid
+
+    assert _cli(["verify", str(bundle), "--trust", str(keys["rogue_pub"]), "--trust", str(public)]) == 0
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1 and json.loads(out)["ok"] is True
+
+    version = load_manifest(bundle).version
+    assert _cli(["verify", str(bundle), "--trust", str(public), "--installed-version", str(version)]) == 1
+    assert "DowngradeError" in capsys.readouterr().err
+    argv = ["verify", str(bundle), "--trust", str(public), "--installed-version", str(version + 1)]
+    assert _cli([*argv, "--allow-rollback-to", str(version)]) == 0
+    capsys.readouterr()
+    assert _cli(["verify", str(bundle), "--trust", str(keys["rogue_pub"])]) == 1
+    err = capsys.readouterr().err
+    assert "UntrustedKeyError" in err and err.count("\n") == 1
+
+
