@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 import sys
@@ -98,5 +99,152 @@ def test_every_section_renders_the_committed_results(bench: run_all.Benchmark) -
     path = REPO / "benchmarks" / "results" / bench.name / f"{bench.name}.json"
     if not path.exists():
         pytest.skip(f"no committed {path.relative_to(REPO)}")
-    lines = bench.section(json.loads(path.read_text()))
-    assert any(line.startswith("| ") for line in lines)
+    report = json.loads(path.read_text())
+    lines = bench.section(report)
+    tables = _tables(lines)
+    assert tables, f"{bench.name}: no table"
+    for header, rows in tables:
+        assert rows, f"{bench.name}: table {header} has no rows"
+        assert all(len(row) == len(header) for row in rows), f"{bench.name}: ragged table {header}"
+    text = "\n".join(lines)
+    for expected in _figures(bench.name, report):
+        assert expected in text, f"{bench.name}: {expected!r} not in its section"
+
+
+def _tables(lines: list[str]) -> list[tuple[list[str], list[list[str]]]]:
+    """Each Markdown table of ``lines``: its header cells and the cells of each row."""
+    def cells(line: str) -> list[str]:
+        return [cell.strip() for cell in line.strip().strip("|").split("|")]
+
+    tables = []
+    for i, line in enumerate(lines[:-1]):
+        if line.startswith("| ") and lines[i + 1].startswith("|---"):
+            rows = [cells(row) for row in itertools.takewhile(lambda row: row.startswith("| "), lines[i + 2 :])]
+            tables.append((cells(line), rows))
+    return tables
+
+
+def _f(value: float, digits: int) -> str:
+    """A figure as a report shows it: an int as it is, a float to ``digits`` places."""
+    return str(value) if isinstance(value, int) else f"{value:.{digits}f}"
+
+
+def _pct(value: float, digits: int = 1) -> str:
+    return f"{100 * value:.{digits}f}%"
+
+
+def _verdict(met: bool | None) -> str:
+    return "not measured" if met is None else "met" if met else "**missed**"
+
+
+def _figures(name: str, r: dict) -> list[str]:  # type: ignore[type-arg]
+    """Rows (or runs of cells) each section must show, computed here from its JSON, figure by figure."""
+    if name == "cloud_throughput":
+        out = []
+        for p in r["points"]:
+            s, b = p["sequential"], p["batched"]
+            out.append(f"| {p['concurrency']} | {s['sessions']} | {_f(s['sessions_per_s'], 2)} | "
+                       f"{_f(b['sessions_per_s'], 2)} | {p['ratio']['sessions_per_s']:.2f}x | "
+                       f"{_f(s['tokens_per_s'], 0)} | {_f(b['tokens_per_s'], 0)} | {p['ratio']['tokens_per_s']:.2f}x | "
+                       f"{_f(s['ttft_ms']['p50'], 0)} | {_f(b['ttft_ms']['p50'], 0)} |")
+        target = r.get("target")
+        if target is not None:
+            measured = r["ratio_sessions_per_s"][str(target["concurrency"])]
+            out.append(f"| batched >= {target['ratio']:g}x sessions/s at {target['concurrency']} concurrent | "
+                       f"{measured:.2f}x | {_verdict(target['met'])} |")
+        return out
+    if name == "cloud_resume":
+        clean = (r["completed"] == r["sessions"] and not r["lost_events"] and not r["duplicated_events"]
+                 and not r["replay_mismatches"] and not r["rpc_errors"])
+        return [
+            (
+                f"| {r['sessions']} | {r['concurrency']} | {r['completed']} | {r['disconnects']} | "
+                f"{r['reattaches_while_running']} | {r['events']} | {r['lost_events']} | {r['duplicated_events']} | "
+                f"{r['replay_mismatches']} | {len(r['rpc_errors'])} | {_pct(r['accuracy'], 0)} | {_f(r['wall_s'], 1)} |"
+            ),
+            (
+                f"| {r['completed']}/{r['sessions']} completed, {r['lost_events']} lost, {r['duplicated_events']} "
+                f"duplicated | {_verdict(clean)} |"
+            ),
+        ]
+    if name == "student_latency":
+        latency, sizes = r["latency"], r["size_bytes"]
+        int8 = latency["onnx_int8"]["p50_ms"]
+        size_key = {"onnx_int8": "onnx_int8", "onnx_fp32": "onnx_fp32", "torch_fp32": "torch_fp32_safetensors"}
+        out = [f"{r['queries']} simple (k=1) queries, {r['threads']} thread"]
+        out += [f"| {model} | {_f(s['p50_ms'], 2)} | {_f(s['p99_ms'], 2)} | {_f(s['mean_ms'], 2)} | "
+                f"{s['p50_ms'] / int8:.2f}x | {sizes[size_key[model]] / 2**20:.1f} |" for model, s in latency.items()]
+        speedup = r["speedup_p50"]["int8_vs_torch_fp32"]
+        out.append(f"| int8 ONNX p50 <= 2 ms | {_f(int8, 2)} ms | {_verdict(int8 <= 2)} |")
+        out.append(f"| int8 ONNX >= 3x faster than PyTorch fp32 (p50) | {speedup:.2f}x | {_verdict(speedup >= 3)} |")
+        return out
+    if name == "routing_quality":
+        edge, cloud, cal, routers = r["edge_only_accuracy"], r["cloud_only_accuracy"], r["calibrated"], r["routers"]
+        out = [
+            f"| edge only | {_pct(edge)} | {_pct(edge / cloud)} | 0.0% |",
+            f"| cloud only | {_pct(cloud)} | 100.0% | 100.0% |",
+            (
+                f"| calibrated threshold ({cal['threshold']:.3f}) | {_pct(cal['system_accuracy'])} | "
+                f"{_pct(cal['of_cloud'])} | {_pct(cal['escalation_share'])} |"
+            ),
+        ]
+        random_apgr, oracle_apgr = routers["random"]["apgr"], routers["oracle"]["apgr"]
+        out += [f"| {router} | {s['apgr']:.3f} | {s['apgr'] / random_apgr:.2f}x | {s['apgr'] / oracle_apgr:.2f}x | "
+                f"{_pct(s['cpt_95_cloud_accuracy'])} | {_pct(s['cpt_95_pgr'])} |" for router, s in routers.items()]
+        confidence = routers["confidence"]["apgr"]
+        out.append(f"| APGR of the confidence router >= 0.9 | {confidence:.3f} | {_verdict(confidence >= 0.9)} |")
+        out.append(f"| {_verdict(r['target']['calibrated_met'])} |")
+        return out
+    if name == "feature_codec":
+        cosine, t, goal = r["cosine"], r["time_us_per_vector"], r["targets"]
+        return [
+            (
+                f"| {r['raw_float32_bytes']} | {_f(r['encoded_bytes']['mean'], 1)} | "
+                f"{_f(r['payload_bytes']['mean'], 1)} | {r['ratio']:.2f}x | {r['ratio_payload_only']:.2f}x | "
+                f"{_f(cosine['mean'], 5)} | {_f(cosine['min'], 5)} | {_f(t['encode']['p50'], 1)} | "
+                f"{_f(t['decode']['p50'], 1)} |"
+            ),
+            f"| {r['ratio']:.2f}x | {_verdict(goal['ratio_met'])} |",
+            f"| min {_f(cosine['min'], 5)} | {_verdict(goal['cosine_met'])} |",
+        ]
+    if name == "swap_under_load":
+        latency = r["swap_latency_ms"] or {}
+        ok = r["failed_requests"] == 0 and r["swaps_completed"] == r["swaps"]
+        met = ok if r["swaps"] >= 10 else (False if not ok else None)
+        cells = [_f(latency[k], 0) if k in latency else "-" for k in ("p50", "p99", "max")]
+        return [
+            (
+                f"| {r['swaps']} | {r['swaps_completed']} | {r['clients']} | {r['requests']} | "
+                f"{_f(r['requests_per_s'], 1)} | {r['failed_requests']} | {' | '.join(cells)} | {r['final_version']} |"
+            ),
+            (
+                f"| 0 failed requests during 10 swaps | {r['failed_requests']} failed of {r['requests']}, "
+                f"{r['swaps_completed']}/{r['swaps']} swaps | {_verdict(met)} |"
+            ),
+        ]
+    if name == "fleet_scale":
+        connect, steady, totals = r["connect"], r["telemetry"], r["telemetry_totals"]
+        out = [
+            f"{r['devices']} simulated devices",
+            f"| connect | all devices connected | {_f(connect['all_connected_s'], 2)} s |",
+            (
+                f"| telemetry | offered / published / absorbed per s | {_f(steady['offered_per_s'], 1)} / "
+                f"{_f(steady['published_per_s'], 1)} / {_f(steady['absorbed_per_s'], 1)} |"
+            ),
+            (
+                f"| telemetry | device rows updated in window | {steady['device_rows_updated_in_window']} of "
+                f"{r['devices']} |"
+            ),
+            (
+                f"| whole run | telemetry published / absorbed / lost | {totals['published']} / {totals['absorbed']} / "
+                f"{totals['lost']} |"
+            ),
+            f"| no telemetry lost | {totals['lost']} lost of {totals['published']} | {_verdict(totals['lost'] == 0)} |",
+        ]
+        rollout = r.get("rollout")
+        if rollout is not None:
+            status = f"{rollout['status']} ({rollout['succeeded']} succeeded, {rollout['failed']} failed)"
+            out.append(f"| status | {status} |")
+            out.append(f"| create_rollout -> COMPLETED | {_f(rollout['to_completed_s'], 2)} s |")
+        return out
+    raise AssertionError(f"no expected figures for benchmark {name!r}: add them to _figures")

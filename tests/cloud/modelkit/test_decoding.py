@@ -121,12 +121,19 @@ def scripted(
         handle.remove()
 
 
-def _check_invariants(g: Generation, budget: int | None) -> None:
+def _check_invariants(g: Generation, budget: int | None, tok: PreTrainedTokenizerFast) -> None:
     if budget is not None:
         assert g.reasoning_tokens <= budget, g
     if g.forced:
         assert budget is not None and g.reasoning_tokens == budget, g
-    assert g.output_tokens >= 0
+    # Output tokens are the answer's: every token generated after the last </think> (all of them
+    # when the model never thought), the end-of-turn token excepted.
+    if THINK_END in g.text:
+        answer = g.text.rsplit(THINK_END, 1)[1]
+    else:
+        answer = g.text if g.reasoning_tokens == 0 else ""
+    answer_ids = tok(answer.removesuffix(tok.eos_token), add_special_tokens=False)["input_ids"]
+    assert g.output_tokens == len(answer_ids), g
 
 
 # --- budget forcing ---------------------------------------------------------------------
@@ -144,7 +151,7 @@ def test_budget_forces_the_think_block_closed(
         results = generate_batch(model, tok, prompts, max_new_tokens=MAX_NEW, reasoning_budget=budget)
     assert len(results) == len(prompts)
     for g, closes in zip(results, CLOSE_AT, strict=True):
-        _check_invariants(g, budget)
+        _check_invariants(g, budget, tok)
         closed_itself = closes is not None and closes <= budget
         assert g.reasoning_tokens == (closes if closed_itself else budget), g
         assert g.forced is not closed_itself, g
