@@ -19,14 +19,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import grpc
 import torch
 
-from cloud.config import CloudConfig
-from cloud.engine import EngineConfig
-from cloud.server import CloudService, create_server
-from cloud.transformers_engine import LoadedModel
-from proto.edgecloud.v1 import reasoner_pb2 as pb
-from proto.edgecloud.v1 import reasoner_pb2_grpc as pb_grpc
-from shared.reasoning import normalize_text
-from shared.task import Problem, Split, generate
+from edgecloud.cloud.config import CloudConfig
+from edgecloud.cloud.engine import EngineConfig
+from edgecloud.cloud.server import CloudService, create_server
+from edgecloud.cloud.transformers_engine import LoadedModel
+from edgecloud.proto.edgecloud.v1 import reasoner_pb2 as pb
+from edgecloud.proto.edgecloud.v1 import reasoner_pb2_grpc as pb_grpc
+from edgecloud.shared.reasoning import normalize_text
+from edgecloud.shared.task import Problem, Split, generate
 
 __all__ = ["RunningServer", "busy_cpu_s", "load_teacher", "machine_info", "think_request", "unique_problems"]
 

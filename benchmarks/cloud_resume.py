@@ -35,10 +35,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import grpc  # noqa: E402
 
 from benchmarks._cloud import RunningServer, load_teacher, machine_info, think_request, unique_problems  # noqa: E402
-from cloud.engine import EngineConfig  # noqa: E402
-from proto.edgecloud.v1 import reasoner_pb2 as pb  # noqa: E402
-from proto.edgecloud.v1 import reasoner_pb2_grpc as pb_grpc  # noqa: E402
-from shared.task import Problem, parse_answer  # noqa: E402
+from edgecloud.cloud.engine import EngineConfig  # noqa: E402
+from edgecloud.proto.edgecloud.v1 import reasoner_pb2 as pb  # noqa: E402
+from edgecloud.proto.edgecloud.v1 import reasoner_pb2_grpc as pb_grpc  # noqa: E402
+from edgecloud.shared.task import Problem, parse_answer  # noqa: E402
 
 MAX_DISCONNECTS = 3
 TIMEOUT_S = 300

@@ -46,9 +46,9 @@ from benchmarks._cloud import (  # noqa: E402
     think_request,
     unique_problems,
 )
-from cloud.engine import EngineConfig  # noqa: E402
-from proto.edgecloud.v1 import reasoner_pb2_grpc as pb_grpc  # noqa: E402
-from shared.task import Problem, parse_answer  # noqa: E402
+from edgecloud.cloud.engine import EngineConfig  # noqa: E402
+from edgecloud.proto.edgecloud.v1 import reasoner_pb2_grpc as pb_grpc  # noqa: E402
+from edgecloud.shared.task import Problem, parse_answer  # noqa: E402
 
 MODES = {"sequential": 1, "batched": 32}
 RATIOS = ("sessions_per_s", "tokens_per_s")

@@ -24,10 +24,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import zstandard as zstd  # noqa: E402
 
-from edge.runtime import EdgeModel  # noqa: E402
-from shared.bundle import load_manifest  # noqa: E402
-from shared.features import SCHEMA_VERSION, FeatureCodecConfig, decode_features, encode_features, quantize  # noqa: E402
-from shared.task import Split, generate  # noqa: E402
+from edgecloud.edge.runtime import EdgeModel  # noqa: E402
+from edgecloud.shared.bundle import load_manifest  # noqa: E402
+from edgecloud.shared.features import SCHEMA_VERSION, FeatureCodecConfig, decode_features, encode_features, quantize  # noqa: E402
+from edgecloud.shared.task import Split, generate  # noqa: E402
 
 TARGET_COSINE = 0.999
 TARGET_RATIO = 6.0

@@ -1,7 +1,7 @@
 """Fleet scale on one machine: N simulated devices, a real mosquitto and the real fleet manager.
 
 Starts mosquitto on a free loopback port (``max_connections -1``, no persistence) and
-the real :class:`~cloud.fleet.manager.FleetManager` (SQLite store in a temporary
+the real :class:`~edgecloud.fleet.manager.FleetManager` (SQLite store in a temporary
 folder, its own paho client) in this process. The devices run in a second process so
 they do not share the manager's GIL: each one is its own MQTT 5 client with its own
 client id, will (retained offline state), persistent session, retained birth on
@@ -64,12 +64,12 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from cloud.fleet.manager import FleetManager, FleetManagerConfig
-from cloud.fleet.rollout import Exponential, RolloutStatus
-from shared.artifacts import pack_bundle
-from shared.broker import BrokerSettings
-from shared.bundle import write_bundle
-from shared.fleet import AckStatus, Birth, Command, CommandAck, Telemetry, Topics, decode, encode
+from edgecloud.fleet.manager import FleetManager, FleetManagerConfig
+from edgecloud.fleet.rollout import Exponential, RolloutStatus
+from edgecloud.shared.artifacts import pack_bundle
+from edgecloud.shared.broker import BrokerSettings
+from edgecloud.shared.bundle import write_bundle
+from edgecloud.shared.fleet import AckStatus, Birth, Command, CommandAck, Telemetry, Topics, decode, encode
 
 FLEET = "bench"
 BUNDLE = "edge-student"

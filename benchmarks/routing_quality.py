@@ -7,7 +7,7 @@ router then only decides which of the two answers counts, so one pass of each
 model gives the whole trade-off curve. Reported, as one JSON object:
 
 * edge-only and cloud-only accuracy, and the system accuracy and escalation
-  share at the bundle's calibrated threshold (routed by :func:`edge.triage.decide`);
+  share at the bundle's calibrated threshold (routed by :func:`edgecloud.edge.triage.decide`);
 * for the confidence router, a random router and the oracle router (escalate
   exactly what the edge gets wrong): APGR, the area under PGR against the
   escalation share, ``PGR = (acc - edge_acc) / (cloud_acc - edge_acc)``, and
@@ -43,11 +43,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np
 import torch
 
-from cloud.modelkit.evaluate import ModelPaths, edge_answers, per_k_accuracy, run_batched
-from cloud.transformers_engine import LoadedModel
-from edge.runtime import EdgeModel
-from edge.triage import Requested, Route, TriageInput, TriagePolicy, decide, estimate_difficulty
-from shared.task import EVAL_MIX, Problem, Split, generate, parse_answer
+from edgecloud.modelkit.evaluate import ModelPaths, edge_answers, per_k_accuracy, run_batched
+from edgecloud.cloud.transformers_engine import LoadedModel
+from edgecloud.edge.runtime import EdgeModel
+from edgecloud.edge.triage import Requested, Route, TriageInput, TriagePolicy, decide, estimate_difficulty
+from edgecloud.shared.task import EVAL_MIX, Problem, Split, generate, parse_answer
 
 CLOUD_SHARE = 0.95
 """CPT: the escalation share needed to reach this share of cloud-only accuracy."""

@@ -29,9 +29,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
-from cloud.modelkit.evaluate import ModelPaths, latency_summary, torch_single_latency  # noqa: E402
-from edge.runtime import EdgeModel  # noqa: E402
-from shared.task import Split, generate  # noqa: E402
+from edgecloud.modelkit.evaluate import ModelPaths, latency_summary, torch_single_latency  # noqa: E402
+from edgecloud.edge.runtime import EdgeModel  # noqa: E402
+from edgecloud.shared.task import Split, generate  # noqa: E402
 
 
 def main() -> int:

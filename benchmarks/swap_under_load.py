@@ -37,15 +37,15 @@ import numpy as np
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from edge.agent import AgentConfig, DeviceAgent
-from edge.config import EdgeConfig
-from edge.daemon import create_daemon
-from shared.artifacts import pack_bundle
-from shared.asgi import ThreadedServer
-from shared.broker import BrokerSettings
-from shared.bundle import load_manifest, write_bundle
-from shared.fleet import Topics, encode
-from shared.signing import generate_keypair, load_private_key, sign_bundle
+from edgecloud.edge.agent import AgentConfig, DeviceAgent
+from edgecloud.edge.config import EdgeConfig
+from edgecloud.edge.daemon import create_daemon
+from edgecloud.shared.artifacts import pack_bundle
+from edgecloud.shared.asgi import ThreadedServer
+from edgecloud.shared.broker import BrokerSettings
+from edgecloud.shared.bundle import load_manifest, write_bundle
+from edgecloud.shared.fleet import Topics, encode
+from edgecloud.shared.signing import generate_keypair, load_private_key, sign_bundle
 
 REPO = Path(__file__).resolve().parents[1]
 

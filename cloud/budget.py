@@ -22,8 +22,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from shared.errors import ConfigError
-from shared.reasoning import EdgeHint
+from edgecloud.shared.errors import ConfigError
+from edgecloud.shared.reasoning import EdgeHint
 
 __all__ = ["BudgetConfig", "BudgetPolicy"]
 

@@ -11,10 +11,10 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cloud.budget import BudgetConfig
-from cloud.engine import EngineConfig
-from cloud.sessions import SessionConfig
-from shared.errors import ConfigError
+from edgecloud.cloud.budget import BudgetConfig
+from edgecloud.cloud.engine import EngineConfig
+from edgecloud.cloud.sessions import SessionConfig
+from edgecloud.shared.errors import ConfigError
 
 __all__ = ["AuthConfig", "CloudConfig", "TlsConfig", "load_tokens"]
 

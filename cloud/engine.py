@@ -1,6 +1,6 @@
 """The seam between sessions and whatever generates tokens: the reasoning engine contract.
 
-Sessions (:mod:`cloud.sessions`) and the gRPC server drive an engine through
+Sessions (:mod:`edgecloud.cloud.sessions`) and the gRPC server drive an engine through
 :class:`ReasoningEngine` and nothing else: they hand it :class:`Job` objects
 and receive :class:`EngineEvent` objects through each job's callback. This
 module imports no torch, so sessions, the server and every edge module load
@@ -8,7 +8,7 @@ without it; the backend is chosen where the service is built.
 
 Backends:
 
-- :class:`cloud.transformers_engine.TransformersEngine`: a Hugging Face causal
+- :class:`edgecloud.cloud.transformers_engine.TransformersEngine`: a Hugging Face causal
   LM with continuous batching on CPU or one GPU (the shipped one).
 - A vLLM backend (an ``AsyncLLMEngine`` behind the same five calls) is the
   intended second one for GPU fleets; nothing in sessions changes for it.
@@ -27,8 +27,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from shared.errors import ConfigError
-from shared.reasoning import Usage
+from edgecloud.shared.errors import ConfigError
+from edgecloud.shared.reasoning import Usage
 
 __all__ = [
     "THINK_END",
@@ -151,8 +151,8 @@ class ReasoningEngine(Protocol):
     def submit(self, job: Job) -> int:
         """Queue ``job`` and return its position (running jobs included).
 
-        Raises :class:`~shared.errors.InvalidInputError` for a negative budget or no output
-        tokens, :class:`~shared.errors.ResourceExhaustedError` when the queue is full. Its
+        Raises :class:`~edgecloud.shared.errors.InvalidInputError` for a negative budget or no output
+        tokens, :class:`~edgecloud.shared.errors.ResourceExhaustedError` when the queue is full. Its
         events (STARTED, progress or deltas, then FINISHED or FAILED) arrive via ``job.on_event``.
         """
 

@@ -1,6 +1,6 @@
 """The gRPC face of the cloud service: a thin servicer over :class:`SessionManager`.
 
-Handlers convert protobuf to domain objects (:mod:`shared.wire`), call the
+Handlers convert protobuf to domain objects (:mod:`edgecloud.shared.wire`), call the
 session manager and convert back; they raise edgecloud errors and one
 interceptor maps those to status codes. Another checks per-device bearer
 tokens. Health (NOT_SERVING while loading or draining), reflection, TLS/mTLS
@@ -21,26 +21,26 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from cloud.budget import BudgetPolicy
-from cloud.config import CloudConfig
-from cloud.engine import ReasoningEngine
-from cloud.metrics import CloudMetrics
-from cloud.sessions import SessionManager
-from cloud.store import SessionStore
-from proto.edgecloud.v1 import reasoner_pb2 as pb
-from proto.edgecloud.v1 import reasoner_pb2_grpc as pb_grpc
-from shared.bundle import MANIFEST_FILE, verify_bundle
-from shared.errors import (
+from edgecloud.cloud.budget import BudgetPolicy
+from edgecloud.cloud.config import CloudConfig
+from edgecloud.cloud.engine import ReasoningEngine
+from edgecloud.cloud.metrics import CloudMetrics
+from edgecloud.cloud.sessions import SessionManager
+from edgecloud.cloud.store import SessionStore
+from edgecloud.proto.edgecloud.v1 import reasoner_pb2 as pb
+from edgecloud.proto.edgecloud.v1 import reasoner_pb2_grpc as pb_grpc
+from edgecloud.shared.bundle import MANIFEST_FILE, verify_bundle
+from edgecloud.shared.errors import (
     AuthenticationError,
     ConfigError,
     EdgecloudError,
     InvalidInputError,
     UnavailableError,
 )
-from shared.wire import event_to_pb, session_info_to_pb, think_request_from_pb
+from edgecloud.shared.wire import event_to_pb, session_info_to_pb, think_request_from_pb
 
 if TYPE_CHECKING:
-    from cloud.transformers_engine import LoadedModel
+    from edgecloud.cloud.transformers_engine import LoadedModel
 
 __all__ = ["CloudService", "create_server", "serve"]
 
@@ -50,7 +50,7 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Reasoner"].full_name
 _DEVICE_KEY = "edgecloud-device"
 
 def status_for(error: EdgecloudError) -> grpc.StatusCode:
-    """The gRPC status of a deliberate error (the table in :mod:`shared.errors`)."""
+    """The gRPC status of a deliberate error (the table in :mod:`edgecloud.shared.errors`)."""
     return getattr(grpc.StatusCode, error.grpc_code, grpc.StatusCode.INTERNAL)
 
 
@@ -234,7 +234,7 @@ async def create_server(
     """Load the model, restore sessions, bind, start. Returns the service and its bound port
     (``config.port=0`` picks a free one).
 
-    The engine is ``engine`` when given (any :class:`~cloud.engine.ReasoningEngine`), else the
+    The engine is ``engine`` when given (any :class:`~edgecloud.cloud.engine.ReasoningEngine`), else the
     transformers backend over ``loaded`` or, without it, over the model in ``config.model``."""
     if config.auth_required and not config.auth.tokens:
         raise ConfigError(
@@ -268,7 +268,7 @@ async def create_server(
     await server.start()  # health answers NOT_SERVING while the model loads
 
     if engine is None:
-        from cloud.transformers_engine import LoadedModel, TransformersEngine  # torch only for this backend
+        from edgecloud.cloud.transformers_engine import LoadedModel, TransformersEngine  # torch only for this backend
 
         if loaded is None:
             name, version = _model_identity(config)

@@ -6,7 +6,7 @@ the session's log with ``seq`` 1, 2, 3, ..., and any number of readers follow
 the log from any point (:meth:`SessionManager.follow`) with no gap and no
 duplicate. Finished sessions stay for ``ttl_s``.
 
-Durability (:mod:`cloud.store`): a session is written when accepted and when
+Durability (:mod:`edgecloud.cloud.store`): a session is written when accepted and when
 it ends. After a restart, finished sessions are served from the store, and
 accepted-but-unfinished ones run again under the same ids; greedy decoding
 regenerates the same events, so readers who resume from a seq they saw before
@@ -29,14 +29,14 @@ from pathlib import Path
 
 import numpy as np
 
-from cloud.budget import BudgetPolicy
-from cloud.dataset import Escalation, EscalationLog
-from cloud.engine import EngineEvent, EngineEventKind, GenerationResult, Job, ReasoningEngine
-from cloud.metrics import CloudMetrics
-from cloud.store import SessionStore
-from shared.errors import ConfigError, InvalidInputError, NotFoundError
-from shared.features import decode_features
-from shared.reasoning import (
+from edgecloud.cloud.budget import BudgetPolicy
+from edgecloud.cloud.dataset import Escalation, EscalationLog
+from edgecloud.cloud.engine import EngineEvent, EngineEventKind, GenerationResult, Job, ReasoningEngine
+from edgecloud.cloud.metrics import CloudMetrics
+from edgecloud.cloud.store import SessionStore
+from edgecloud.shared.errors import ConfigError, InvalidInputError, NotFoundError
+from edgecloud.shared.features import decode_features
+from edgecloud.shared.reasoning import (
     Event,
     EventKind,
     Failure,

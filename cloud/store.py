@@ -4,7 +4,7 @@ A session is written when it is accepted (its request) and again when it
 ends (its final state and full event log, in one transaction). After a
 restart, finished sessions are served from here, and accepted-but-unfinished
 ones are handed back to be run again. Rows are protobuf bytes from
-:mod:`shared.wire`, so the format is the wire contract and needs no schema of
+:mod:`edgecloud.shared.wire`, so the format is the wire contract and needs no schema of
 its own.
 """
 
@@ -16,10 +16,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from proto.edgecloud.v1 import reasoner_pb2 as pb
-from shared.reasoning import Event, SessionInfo, ThinkParams
-from shared.sqlite import open_store
-from shared.wire import (
+from edgecloud.proto.edgecloud.v1 import reasoner_pb2 as pb
+from edgecloud.shared.reasoning import Event, SessionInfo, ThinkParams
+from edgecloud.shared.sqlite import open_store
+from edgecloud.shared.wire import (
     event_from_pb,
     event_to_pb,
     session_info_from_pb,

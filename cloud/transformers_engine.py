@@ -1,4 +1,4 @@
-"""The transformers backend of :class:`cloud.engine.ReasoningEngine`: a Hugging Face
+"""The transformers backend of :class:`edgecloud.cloud.engine.ReasoningEngine`: a Hugging Face
 causal LM decoding many sessions at once.
 
 Continuous (iteration-level) batching: one thread owns the model and runs a
@@ -33,7 +33,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.cache_utils import Cache, DynamicLayer
 
-from cloud.engine import (
+from edgecloud.cloud.engine import (
     THINK_END,
     THINK_START,
     EngineConfig,
@@ -42,8 +42,8 @@ from cloud.engine import (
     GenerationResult,
     Job,
 )
-from shared.errors import ConfigError, InvalidInputError, ResourceExhaustedError
-from shared.reasoning import Usage
+from edgecloud.shared.errors import ConfigError, InvalidInputError, ResourceExhaustedError
+from edgecloud.shared.reasoning import Usage
 
 __all__ = ["LoadedModel", "TransformersEngine"]
 

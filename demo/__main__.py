@@ -1,4 +1,4 @@
-"""``python -m demo``: the whole of edgecloud on one machine, on the shipped demo models."""
+"""``python -m edgecloud.demo``: the whole of edgecloud on one machine, on the shipped demo models."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import logging
 import sys
 from pathlib import Path
 
-from demo.scenario import DemoConfig, run_demo
-from demo.stack import REPO, StackConfig
-from shared.errors import EdgecloudError
+from edgecloud.demo.scenario import DemoConfig, run_demo
+from edgecloud.demo.stack import REPO, StackConfig
+from edgecloud.shared.errors import EdgecloudError
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,4 +1,4 @@
-"""An embedded MQTT 3.1.1 broker (amqtt) for machines without mosquitto: ``python -m demo.broker``.
+"""An embedded MQTT 3.1.1 broker (amqtt) for machines without mosquitto: ``python -m edgecloud.demo.broker``.
 
 Loopback only and anonymous, for the demo. Production fleets run mosquitto
 (or a cluster) with TLS and per-device ACLs: see ``deploy/mosquitto/``.
@@ -20,7 +20,7 @@ async def serve(host: str, port: int) -> None:
         "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},
     })
     await broker.start()
-    logging.getLogger("demo.broker").info("embedded MQTT 3.1.1 broker on %s:%d", host, port)
+    logging.getLogger("edgecloud.demo.broker").info("embedded MQTT 3.1.1 broker on %s:%d", host, port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -35,7 +35,7 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=1883)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("demo.broker").setLevel(logging.INFO)
+    logging.getLogger("edgecloud.demo.broker").setLevel(logging.INFO)
     asyncio.run(serve(args.host, args.port))
 
 

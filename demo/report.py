@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from demo.traffic import QueryRecord
+from edgecloud.demo.traffic import QueryRecord
 
 __all__ = ["build_report", "check_invariants", "format_report", "plot"]
 

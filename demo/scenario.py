@@ -21,13 +21,13 @@ from typing import Any
 import httpx
 from tqdm import tqdm
 
-from demo.report import build_report, check_invariants, format_report, plot, route_counts
-from demo.stack import Stack, StackConfig
-from demo.traffic import QueryRecord, Sampler, Traffic, metric_values
-from shared.artifacts import pack_bundle
-from shared.bundle import load_manifest, write_bundle
-from shared.errors import ConfigError
-from shared.signing import load_private_key, sign_bundle
+from edgecloud.demo.report import build_report, check_invariants, format_report, plot, route_counts
+from edgecloud.demo.stack import Stack, StackConfig
+from edgecloud.demo.traffic import QueryRecord, Sampler, Traffic, metric_values
+from edgecloud.shared.artifacts import pack_bundle
+from edgecloud.shared.bundle import load_manifest, write_bundle
+from edgecloud.shared.errors import ConfigError
+from edgecloud.shared.signing import load_private_key, sign_bundle
 
 __all__ = ["DemoConfig", "run_demo"]
 

@@ -24,7 +24,7 @@ import grpc
 import httpx
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from shared.errors import ConfigError, UnavailableError
+from edgecloud.shared.errors import ConfigError, UnavailableError
 
 __all__ = ["Process", "Stack", "StackConfig", "free_port"]
 
@@ -167,7 +167,7 @@ class Stack:
 
     def start_broker(self) -> None:
         if self.broker_kind == "embedded":
-            argv = [sys.executable, "-m", "demo.broker", "--port", str(self.broker_port)]
+            argv = [sys.executable, "-m", "edgecloud.demo.broker", "--port", str(self.broker_port)]
         else:
             conf = self.work / "mosquitto.conf"
             (self.work / "mosquitto").mkdir(exist_ok=True)
@@ -207,7 +207,7 @@ class Stack:
         self.exits.setdefault("cloud", []).append(int(process.popen.returncode))
 
     def start_fleet(self) -> None:
-        from shared.signing import generate_keypair
+        from edgecloud.shared.signing import generate_keypair
 
         if not self.key.exists():
             self.key.parent.mkdir(parents=True, exist_ok=True)

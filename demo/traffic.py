@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from shared.task import Problem, Split, generate, parse_answer
+from edgecloud.shared.task import Problem, Split, generate, parse_answer
 
 __all__ = ["DEMO_SEED", "QueryRecord", "Sampler", "Traffic", "metric_values"]
 

@@ -38,11 +38,11 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 
-from edge.runtime import EdgeBundle
-from edge.service import EdgeService
-from shared.broker import BrokerSettings, connect_async, create_client
-from shared.errors import ConfigError, EdgecloudError, InvalidInputError
-from shared.fleet import AckStatus, Birth, Command, CommandAck, Telemetry, Topics, decode, encode
+from edgecloud.edge.runtime import EdgeBundle
+from edgecloud.edge.service import EdgeService
+from edgecloud.shared.broker import BrokerSettings, connect_async, create_client
+from edgecloud.shared.errors import ConfigError, EdgecloudError, InvalidInputError
+from edgecloud.shared.fleet import AckStatus, Birth, Command, CommandAck, Telemetry, Topics, decode, encode
 
 __all__ = ["AgentConfig", "DeviceAgent", "resume_bundle"]
 
@@ -88,7 +88,7 @@ def resume_bundle(config: AgentConfig, fallback: Path) -> Path:
     Without this a reboot would silently undo a rollout. A deployed bundle that no longer
     verifies (tampered, or its key no longer trusted) is not served: the daemon starts on
     ``fallback`` and says why."""
-    from shared.signing import TrustStore, verify_signed_bundle
+    from edgecloud.shared.signing import TrustStore, verify_signed_bundle
 
     state_file = Path(config.state_dir) / "agent-state.json"
     try:
@@ -115,7 +115,7 @@ class _Failed(Exception):
 
 class DeviceAgent:
     def __init__(self, config: AgentConfig, service: EdgeService) -> None:
-        from shared.signing import TrustStore
+        from edgecloud.shared.signing import TrustStore
 
         self.config = config
         self.service = service
@@ -314,8 +314,8 @@ class DeviceAgent:
         return AckStatus.ACTIVE
 
     def _install(self, command: Command, previous: EdgeBundle) -> EdgeBundle:
-        from shared.artifacts import download, unpack_bundle
-        from shared.signing import verify_signed_bundle
+        from edgecloud.shared.artifacts import download, unpack_bundle
+        from edgecloud.shared.signing import verify_signed_bundle
 
         ref = command.bundle
         installed = {int(v) for v in self._state["installed"]}

@@ -3,9 +3,9 @@
 This module assembles the app: the body limit, authentication, the error
 mapping and the operational routes; the two query APIs are routers of their own:
 
-- edgecloud's own (:mod:`edge.query_api`): ``POST /v1/query`` (JSON or Server-Sent
+- edgecloud's own (:mod:`edgecloud.edge.query_api`): ``POST /v1/query`` (JSON or Server-Sent
   Events) and ``GET /v1/query/{id}`` (an accepted, outboxed or recent request).
-- OpenAI's (:mod:`edge.openai_api`): ``POST /v1/chat/completions``, routed the same way.
+- OpenAI's (:mod:`edgecloud.edge.openai_api`): ``POST /v1/chat/completions``, routed the same way.
 - ``/healthz`` (alive), ``/readyz`` (model loaded), ``/metrics`` (Prometheus), no key needed.
 
 Errors are JSON ``{"error": {"type", "message"}}`` with a 4xx/5xx status;
@@ -24,10 +24,10 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from edge.openai_api import openai_router
-from edge.query_api import query_router
-from edge.service import EdgeService
-from shared.errors import (
+from edgecloud.edge.openai_api import openai_router
+from edgecloud.edge.query_api import query_router
+from edgecloud.edge.service import EdgeService
+from edgecloud.shared.errors import (
     AuthenticationError,
     EdgecloudError,
 )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from shared.errors import ConfigError
+from edgecloud.shared.errors import ConfigError
 
 __all__ = ["EdgeConfig"]
 

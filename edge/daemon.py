@@ -7,15 +7,15 @@ from dataclasses import replace
 
 from fastapi import FastAPI
 
-from edge.agent import AgentConfig, DeviceAgent, resume_bundle
-from edge.api import create_app
-from edge.config import EdgeConfig
-from edge.escalation import CloudClient, CloudClientConfig
-from edge.metrics import EdgeMetrics
-from edge.outbox import Outbox
-from edge.runtime import EdgeBundle, ModelSlot
-from edge.service import EdgeService
-from shared.asgi import serve_until_signal
+from edgecloud.edge.agent import AgentConfig, DeviceAgent, resume_bundle
+from edgecloud.edge.api import create_app
+from edgecloud.edge.config import EdgeConfig
+from edgecloud.edge.escalation import CloudClient, CloudClientConfig
+from edgecloud.edge.metrics import EdgeMetrics
+from edgecloud.edge.outbox import Outbox
+from edgecloud.edge.runtime import EdgeBundle, ModelSlot
+from edgecloud.edge.service import EdgeService
+from edgecloud.shared.asgi import serve_until_signal
 
 __all__ = ["create_daemon", "serve"]
 

@@ -16,9 +16,9 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from edge.service import EdgeService, QueryRequest, StreamItem
-from edge.triage import Requested
-from shared.errors import EdgecloudError, NotFoundError
+from edgecloud.edge.service import EdgeService, QueryRequest, StreamItem
+from edgecloud.edge.triage import Requested
+from edgecloud.shared.errors import EdgecloudError, NotFoundError
 
 __all__ = ["QueryBody", "query_router"]
 

@@ -29,8 +29,8 @@ import numpy as np
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
-from shared.bundle import Manifest, canonical_bytes, load_manifest, verify_bundle
-from shared.calibration import Calibration
+from edgecloud.shared.bundle import Manifest, canonical_bytes, load_manifest, verify_bundle
+from edgecloud.shared.calibration import Calibration
 
 __all__ = ["EdgeAnswer", "EdgeBundle", "EdgeModel", "ModelSlot"]
 

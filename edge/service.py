@@ -2,7 +2,7 @@
 
 Every query is answered locally first (milliseconds): that gives the answer,
 its calibrated confidence and the query's features. Triage
-(:mod:`edge.triage`) then keeps it on the edge or escalates it to the cloud
+(:mod:`edgecloud.edge.triage`) then keeps it on the edge or escalates it to the cloud
 with the compressed features and a hint. When the cloud cannot be reached,
 an ``auto`` query gets the local answer marked ``degraded``; a query that
 insisted on the cloud is accepted into the durable outbox and delivered when
@@ -20,16 +20,16 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-from edge.config import EdgeConfig
-from edge.escalation import CloudClient
-from edge.metrics import EdgeMetrics
-from edge.outbox import Outbox, OutboxDeliverer, OutboxRecord
-from edge.runtime import EdgeAnswer, EdgeBundle, ModelSlot
-from edge.stats import RequestStats
-from edge.triage import Decision, Requested, Route, TriageInput, TriagePolicy, decide, estimate_difficulty
-from shared.errors import InvalidInputError, ResourceExhaustedError, UnavailableError
-from shared.features import encode_features
-from shared.reasoning import EdgeHint, EventKind, ThinkParams
+from edgecloud.edge.config import EdgeConfig
+from edgecloud.edge.escalation import CloudClient
+from edgecloud.edge.metrics import EdgeMetrics
+from edgecloud.edge.outbox import Outbox, OutboxDeliverer, OutboxRecord
+from edgecloud.edge.runtime import EdgeAnswer, EdgeBundle, ModelSlot
+from edgecloud.edge.stats import RequestStats
+from edgecloud.edge.triage import Decision, Requested, Route, TriageInput, TriagePolicy, decide, estimate_difficulty
+from edgecloud.shared.errors import InvalidInputError, ResourceExhaustedError, UnavailableError
+from edgecloud.shared.features import encode_features
+from edgecloud.shared.reasoning import EdgeHint, EventKind, ThinkParams
 
 __all__ = ["EdgeService", "QueryRequest", "QueryResult", "StreamItem"]
 

@@ -27,8 +27,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from shared.calibration import Calibration
-from shared.errors import ConfigError, InvalidInputError
+from edgecloud.shared.calibration import Calibration
+from edgecloud.shared.errors import ConfigError, InvalidInputError
 
 __all__ = [
     "Decision",

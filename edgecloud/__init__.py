@@ -2,6 +2,6 @@
 
 The system itself lives in the top-level packages beside this one: ``shared``
 (what every part uses), ``edge`` (the device daemon), ``cloud`` (the reasoning
-service), ``cloud.fleet`` (the fleet manager) and ``cloud.modelkit`` (the
+service), ``edgecloud.fleet`` (the fleet manager) and ``edgecloud.modelkit`` (the
 model kit). This package sits above all of them.
 """

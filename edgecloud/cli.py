@@ -21,7 +21,7 @@ log = logging.getLogger("edgecloud")
 
 
 def _models_build(args: argparse.Namespace) -> int:
-    from cloud.modelkit.build import BuildConfig, build_models
+    from edgecloud.modelkit.build import BuildConfig, build_models
 
     config = BuildConfig(
         out=args.out,
@@ -60,7 +60,7 @@ def _print_report(report: dict[str, object]) -> None:
 
 
 def _models_eval(args: argparse.Namespace) -> int:
-    from cloud.modelkit.evaluate import evaluate_all
+    from edgecloud.modelkit.evaluate import evaluate_all
 
     report = evaluate_all(args.models, args.out, n=args.n, seed=args.seed, threads=args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -76,11 +76,11 @@ def _models_eval(args: argparse.Namespace) -> int:
 def _cloud_serve(args: argparse.Namespace) -> int:
     import asyncio
 
-    from cloud.budget import BudgetConfig
-    from cloud.config import AuthConfig, CloudConfig, TlsConfig, load_tokens
-    from cloud.engine import EngineConfig
-    from cloud.server import serve
-    from cloud.sessions import SessionConfig
+    from edgecloud.cloud.budget import BudgetConfig
+    from edgecloud.cloud.config import AuthConfig, CloudConfig, TlsConfig, load_tokens
+    from edgecloud.cloud.engine import EngineConfig
+    from edgecloud.cloud.server import serve
+    from edgecloud.cloud.sessions import SessionConfig
 
     tls = None
     if args.tls_cert or args.tls_key:
@@ -146,8 +146,8 @@ def _add_mqtt_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _broker_settings(args: argparse.Namespace, **defaults: object):  # -> BrokerSettings
     """The broker settings of AgentConfig / FleetManagerConfig from the flags above."""
-    from shared.broker import BrokerSettings
-    from shared.errors import ConfigError
+    from edgecloud.shared.broker import BrokerSettings
+    from edgecloud.shared.errors import ConfigError
 
     password = args.mqtt_password_file.read_text().strip() if args.mqtt_password_file else None
     try:
@@ -170,8 +170,8 @@ def _labels(pairs: list[str]) -> dict[str, str]:
 
 
 def _edge_serve(args: argparse.Namespace) -> int:
-    from edge.config import EdgeConfig
-    from edge.daemon import serve
+    from edgecloud.edge.config import EdgeConfig
+    from edgecloud.edge.daemon import serve
 
     def secret(path: Path | None) -> str | None:
         return path.read_text().strip() if path else None
@@ -193,7 +193,7 @@ def _edge_serve(args: argparse.Namespace) -> int:
     )
     agent = None
     if args.broker:
-        from edge.agent import AgentConfig
+        from edgecloud.edge.agent import AgentConfig
 
         agent = AgentConfig(
             device_id=args.device_id,
@@ -242,9 +242,9 @@ def _add_edge_commands(commands: argparse._SubParsersAction) -> None:
 
 
 def _fleet_serve(args: argparse.Namespace) -> int:
-    from cloud.fleet.api import create_app
-    from cloud.fleet.manager import SESSION_EXPIRY_S, FleetManager, FleetManagerConfig
-    from shared.asgi import serve_until_signal
+    from edgecloud.fleet.api import create_app
+    from edgecloud.fleet.manager import SESSION_EXPIRY_S, FleetManager, FleetManagerConfig
+    from edgecloud.shared.asgi import serve_until_signal
 
     if not args.trust:
         log.warning("no --trust key: bundles are registered unchecked (devices still verify signatures)")
@@ -349,7 +349,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    from shared.errors import EdgecloudError
+    from edgecloud.shared.errors import EdgecloudError
 
     try:
         return int(args.func(args))

@@ -7,9 +7,9 @@ import json
 import sys
 from pathlib import Path
 
-from shared.bundle import load_manifest
-from shared.errors import EdgecloudError
-from shared.signing import (
+from edgecloud.shared.bundle import load_manifest
+from edgecloud.shared.errors import EdgecloudError
+from edgecloud.shared.signing import (
     TrustStore,
     generate_keypair,
     load_private_key,

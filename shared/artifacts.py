@@ -50,8 +50,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO
 
-from shared.bundle import MANIFEST_FILE, load_manifest
-from shared.errors import (
+from edgecloud.shared.bundle import MANIFEST_FILE, load_manifest
+from edgecloud.shared.errors import (
     BundleError,
     ConfigError,
     IntegrityError,

@@ -19,7 +19,7 @@ import time
 from types import FrameType
 from typing import Any, Literal
 
-from shared.errors import UnavailableError
+from edgecloud.shared.errors import UnavailableError
 
 __all__ = ["ThreadedServer", "serve_until_signal"]
 

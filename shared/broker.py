@@ -25,7 +25,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from shared.errors import ConfigError
+from edgecloud.shared.errors import ConfigError
 
 __all__ = ["MQTT_VERSIONS", "BrokerSettings", "connect_async", "create_client"]
 

@@ -26,7 +26,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
-from shared.errors import BundleError, IntegrityError, ManifestError
+from edgecloud.shared.errors import BundleError, IntegrityError, ManifestError
 
 __all__ = [
     "FORMAT_VERSION",

@@ -78,7 +78,7 @@ from dataclasses import dataclass
 import numpy as np
 import zstandard as zstd
 
-from shared.errors import ConfigError, InvalidInputError
+from edgecloud.shared.errors import ConfigError, InvalidInputError
 
 __all__ = [
     "CODEC",

@@ -8,7 +8,7 @@ Topic tree (``{fleet}`` and ``{device}`` are ``[A-Za-z0-9._-]{1,64}``)::
     edgecloud/v1/{fleet}/{device}/cmd/ack    QoS 1, device -> fleet manager: status transitions
 
 Every payload is a JSON object. Parsing validates and raises
-:class:`~shared.errors.InvalidInputError` naming the field: a device must
+:class:`~edgecloud.shared.errors.InvalidInputError` naming the field: a device must
 never act on a malformed command.
 """
 
@@ -20,7 +20,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from shared.errors import InvalidInputError
+from edgecloud.shared.errors import InvalidInputError
 
 __all__ = [
     "AckStatus",

@@ -1,7 +1,7 @@
 """Domain objects of a cloud reasoning session, shared by the cloud service and the edge client.
 
 These are plain, validated values. Their protobuf form (``edgecloud.v1``)
-lives in :mod:`shared.wire`, and nothing else touches generated code.
+lives in :mod:`edgecloud.shared.wire`, and nothing else touches generated code.
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ import unicodedata
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from shared.errors import InvalidInputError
+from edgecloud.shared.errors import InvalidInputError
 
 if TYPE_CHECKING:
-    from shared.features import EncodedFeatures
+    from edgecloud.shared.features import EncodedFeatures
 
 __all__ = [
     "MAX_QUERY_CHARS",

@@ -4,7 +4,7 @@ A signed bundle carries ``manifest.sig`` next to ``manifest.json``::
 
     {"algorithm": "ed25519", "key_id": "<16 hex>", "signature": "<base64>"}
 
-The signature covers :func:`shared.bundle.canonical_bytes` of the manifest,
+The signature covers :func:`edgecloud.shared.bundle.canonical_bytes` of the manifest,
 and the manifest lists every file's sha256, so one signature vouches for the
 whole directory. ``key_id`` (the first 16 hex digits of the sha256 of the raw
 32-byte public key) only picks the key to try; it is not trusted on its own.
@@ -39,8 +39,8 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from shared.bundle import SIGNATURE_FILE, Manifest, canonical_bytes, load_manifest, verify_bundle
-from shared.errors import BundleError, ConfigError, IntegrityError
+from edgecloud.shared.bundle import SIGNATURE_FILE, Manifest, canonical_bytes, load_manifest, verify_bundle
+from edgecloud.shared.errors import BundleError, ConfigError, IntegrityError
 
 __all__ = [
     "ALGORITHM",

@@ -13,7 +13,7 @@ import sqlite3
 from pathlib import Path
 from typing import Literal
 
-from shared.errors import ConfigError
+from edgecloud.shared.errors import ConfigError
 
 __all__ = ["open_store"]
 

@@ -2,15 +2,15 @@
 
 Both the cloud servicer and the edge client convert here and nowhere else.
 ``*_from_pb`` functions validate: malformed input raises
-:class:`~shared.errors.InvalidInputError`.
+:class:`~edgecloud.shared.errors.InvalidInputError`.
 """
 
 from __future__ import annotations
 
-from proto.edgecloud.v1 import reasoner_pb2 as pb
-from shared.errors import InvalidInputError
-from shared.features import EncodedFeatures
-from shared.reasoning import (
+from edgecloud.proto.edgecloud.v1 import reasoner_pb2 as pb
+from edgecloud.shared.errors import InvalidInputError
+from edgecloud.shared.features import EncodedFeatures
+from edgecloud.shared.reasoning import (
     EdgeHint,
     Event,
     EventKind,
@@ -51,7 +51,7 @@ def features_to_pb(features: EncodedFeatures) -> pb.CompressedFeatures:
 
 
 def features_from_pb(message: pb.CompressedFeatures) -> EncodedFeatures:
-    """Structure only; :func:`shared.features.decode_features` checks the content."""
+    """Structure only; :func:`edgecloud.shared.features.decode_features` checks the content."""
     if len(message.dims) > MAX_FEATURE_DIMS:
         raise InvalidInputError(f"features.dims has {len(message.dims)} entries; at most {MAX_FEATURE_DIMS}")
     return EncodedFeatures(

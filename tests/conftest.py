@@ -21,7 +21,7 @@ def shipped_models() -> Path:
 @pytest.fixture(scope="session")
 def quick_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A full pipeline run on tiny models (`edgecloud models build --quick`), once per session."""
-    from cloud.modelkit.build import BuildConfig, build_models
+    from edgecloud.modelkit.build import BuildConfig, build_models
 
     out = tmp_path_factory.mktemp("quick-models")
     build_models(BuildConfig(out=out, quick=True, threads=2))

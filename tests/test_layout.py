@@ -1,8 +1,10 @@
 """The dependency direction, checked on the source: every import of a project module, by layer.
 
 ``proto`` (generated contracts) and ``shared`` are at the bottom; ``edge``, ``cloud``, the fleet
-manager and the model kit stand on them; the command line (``edgecloud``) stands on everything
-and nothing imports it. The model kit may use the edge runtime (it checks the bundles it builds).
+manager (``fleet``) and the model kit (``modelkit``) stand on them; the command line
+(``edgecloud/``) stands on everything and nothing imports it. The model kit may use the edge
+runtime (it checks the bundles it builds). Every import names the installed namespace,
+``edgecloud.<folder>``: the old top-level names would collide with other distributions.
 """
 
 from __future__ import annotations
@@ -14,25 +16,29 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
-#: Which layers each layer may import (besides itself).
+#: Which layers each layer may import (besides itself). A layer is a top-level folder; it installs
+#: as ``edgecloud.<folder>`` (the command line's modules sit directly in ``edgecloud``: ``cli``).
 ALLOWED: dict[str, set[str]] = {
     "proto": set(),
     "shared": {"proto"},
     "edge": {"proto", "shared"},
     "cloud": {"proto", "shared"},
-    "cloud.fleet": {"proto", "shared"},
-    "cloud.modelkit": {"proto", "shared", "edge"},
+    "fleet": {"proto", "shared"},
+    "modelkit": {"proto", "shared", "edge"},
     "demo": {"proto", "shared"},
-    "edgecloud": {"proto", "shared", "edge", "cloud", "cloud.fleet", "cloud.modelkit"},
+    "cli": {"proto", "shared", "edge", "cloud", "fleet", "modelkit"},
 }
-PROJECT = {"proto", "shared", "edge", "cloud", "demo", "edgecloud"}
+FOLDERS = {"proto", "shared", "edge", "cloud", "fleet", "modelkit", "demo", "edgecloud"}
+#: Top-level names the project used to install; importing one now means a stale path.
+OLD_NAMES = {"proto", "shared", "edge", "cloud", "demo"}
 
 
 def layer(module: str) -> str:
+    """The layer of ``edgecloud.<folder>.…`` (the folder; ``cli`` for the command line's own modules)."""
     parts = module.split(".")
-    if parts[0] == "cloud" and len(parts) > 1 and parts[1] in ("fleet", "modelkit"):
-        return f"cloud.{parts[1]}"
-    return parts[0]
+    if parts[0] != "edgecloud":
+        raise ValueError(f"{module} is not in the edgecloud namespace")
+    return parts[1] if len(parts) > 1 and parts[1] in ALLOWED else "cli"
 
 
 def imports(path: Path) -> list[tuple[int, str]]:
@@ -42,29 +48,37 @@ def imports(path: Path) -> list[tuple[int, str]]:
             found += [(node.lineno, alias.name) for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             found.append((node.lineno, node.module))
-    return [(line, name) for line, name in found if name.split(".")[0] in PROJECT]
+    return [(line, name) for line, name in found if name.split(".")[0] in OLD_NAMES | {"edgecloud"}]
 
 
-SOURCES = sorted(p for top in PROJECT for p in (ROOT / top).rglob("*.py") if "_pb2" not in p.name)
+SOURCES = sorted(p for top in FOLDERS for p in (ROOT / top).rglob("*.py") if "_pb2" not in p.name)
+
+
+def own_layer(path: Path) -> str:
+    top = path.relative_to(ROOT).parts[0]
+    return "cli" if top == "edgecloud" else top
 
 
 def test_the_layers_cover_the_source() -> None:
-    assert len(SOURCES) > 50 and {layer(".".join(p.relative_to(ROOT).parts)) for p in SOURCES} == set(ALLOWED)
+    assert len(SOURCES) > 50 and {own_layer(p) for p in SOURCES} == set(ALLOWED)
 
 
 @pytest.mark.parametrize("path", SOURCES, ids=lambda p: p.relative_to(ROOT).as_posix())
 def test_imports_point_down(path: Path) -> None:
-    own = layer(".".join(path.relative_to(ROOT).with_suffix("").parts))
+    own = own_layer(path)
+    found = imports(path)
+    stale = [f"{path.relative_to(ROOT)}:{line} imports {name}: use edgecloud.{name}" for line, name in found
+             if name.split(".")[0] != "edgecloud"]
     wrong = [
         f"{path.relative_to(ROOT)}:{line} imports {name} ({layer(name)} is not below {own})"
-        for line, name in imports(path)
-        if layer(name) != own and layer(name) not in ALLOWED[own]
+        for line, name in found
+        if name.split(".")[0] == "edgecloud" and layer(name) != own and layer(name) not in ALLOWED[own]
     ]
-    assert not wrong, "\n".join(wrong)
+    assert not stale + wrong, "\n".join(stale + wrong)
 
 
 def test_the_checker_catches_an_upward_import(tmp_path: Path) -> None:
     module = tmp_path / "bad.py"
-    module.write_text("from cloud.sessions import SessionManager\nimport edgecloud.cli\n")
-    assert [name for _, name in imports(module)] == ["cloud.sessions", "edgecloud.cli"]
-    assert {layer(name) for _, name in imports(module)} - ALLOWED["shared"] == {"cloud", "edgecloud"}
+    module.write_text("from edgecloud.cloud.sessions import SessionManager\nimport edgecloud.cli\nimport shared.task\n")
+    assert [name for _, name in imports(module)] == ["edgecloud.cloud.sessions", "edgecloud.cli", "shared.task"]
+    assert {layer(name) for _, name in imports(module)[:2]} - ALLOWED["shared"] == {"cloud", "cli"}

@@ -14,10 +14,14 @@ COPY shared shared
 COPY cloud cloud
 COPY edge edge
 COPY proto proto
+# setuptools maps each folder into the edgecloud namespace; the install needs all of them.
+COPY fleet fleet
+COPY modelkit modelkit
+COPY demo demo
 # The gRPC stubs are build output, not in git, and must exist before the wheel is built;
 # grpcio-tools is taken at the version pyproject.toml pins.
 RUN pip install "$(grep -o 'grpcio-tools==[0-9.]*' pyproject.toml)" \
-    && python -m proto.build \
+    && python proto/build.py \
     && pip install '.[cloud]'
 
 FROM python:3.11-slim

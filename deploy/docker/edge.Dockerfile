@@ -11,9 +11,13 @@ COPY shared shared
 COPY cloud cloud
 COPY edge edge
 COPY proto proto
+# setuptools maps each folder into the edgecloud namespace; the install needs all of them.
+COPY fleet fleet
+COPY modelkit modelkit
+COPY demo demo
 # The gRPC stubs are build output, not in git, and must exist before the wheel is built.
 RUN pip install "$(grep -o 'grpcio-tools==[0-9.]*' pyproject.toml)" \
-    && python -m proto.build \
+    && python proto/build.py \
     && pip install '.[edge]' \
     && ! pip show torch >/dev/null 2>&1
 

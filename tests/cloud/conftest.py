@@ -13,12 +13,12 @@ from typing import TYPE_CHECKING
 import grpc
 import pytest
 
-from cloud.config import CloudConfig
-from cloud.server import CloudService, create_server
-from proto.edgecloud.v1 import reasoner_pb2_grpc as pb_grpc
+from edgecloud.cloud.config import CloudConfig
+from edgecloud.cloud.server import CloudService, create_server
+from edgecloud.proto.edgecloud.v1 import reasoner_pb2_grpc as pb_grpc
 
 if TYPE_CHECKING:
-    from cloud.transformers_engine import LoadedModel
+    from edgecloud.cloud.transformers_engine import LoadedModel
 
 
 class RunningServer:
@@ -50,7 +50,7 @@ def teacher_dir(shipped_models: Path) -> Path:
 @pytest.fixture(scope="session")
 def teacher(teacher_dir: Path) -> LoadedModel:
     pytest.importorskip("torch", reason="the cloud's model backend needs torch (an edge-only install has none)")
-    from cloud.transformers_engine import LoadedModel
+    from edgecloud.cloud.transformers_engine import LoadedModel
 
     return LoadedModel.from_dir(teacher_dir, device="cpu", name="cloud-teacher", version=1)
 
@@ -62,7 +62,7 @@ def random_qwen3_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch = pytest.importorskip("torch", reason="the cloud's model backend needs torch")
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
-    from cloud.modelkit.tokenizer import build_tokenizer
+    from edgecloud.modelkit.tokenizer import build_tokenizer
 
     directory = tmp_path_factory.mktemp("random-qwen3")
     tokenizer = build_tokenizer()

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cloud.budget import BudgetConfig, BudgetPolicy
-from shared.errors import ConfigError
-from shared.reasoning import EdgeHint
+from edgecloud.cloud.budget import BudgetConfig, BudgetPolicy
+from edgecloud.shared.errors import ConfigError
+from edgecloud.shared.reasoning import EdgeHint
 
 CONFIG = BudgetConfig(default=200, minimum=32, maximum=1000, headroom=1.5, margin=10)
 

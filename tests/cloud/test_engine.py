@@ -9,12 +9,12 @@ import threading
 
 import pytest
 
-from cloud.engine import EngineConfig, EngineEvent, EngineEventKind, Job, ReasoningEngine
-from cloud.modelkit.decoding import generate_batch
-from cloud.modelkit.teacher import chat_prompt
-from cloud.transformers_engine import LoadedModel, TransformersEngine
-from shared.errors import ConfigError, ResourceExhaustedError
-from shared.task import Split, generate
+from edgecloud.cloud.engine import EngineConfig, EngineEvent, EngineEventKind, Job, ReasoningEngine
+from edgecloud.modelkit.decoding import generate_batch
+from edgecloud.modelkit.teacher import chat_prompt
+from edgecloud.cloud.transformers_engine import LoadedModel, TransformersEngine
+from edgecloud.shared.errors import ConfigError, ResourceExhaustedError
+from edgecloud.shared.task import Split, generate
 
 
 def run_jobs(engine: TransformersEngine, specs: list[tuple[str, int, bool]]) -> dict[str, list[EngineEvent]]:
@@ -93,8 +93,8 @@ def test_the_transformers_backend_is_a_reasoning_engine(engine: TransformersEngi
 def test_sessions_the_server_and_the_edge_import_no_torch() -> None:
     # The engine seam keeps torch and transformers in the backend: everything that drives an
     # engine, and all of the edge, loads without them (an edge device does not install them).
-    modules = ["cloud.engine", "cloud.sessions", "cloud.server", "cloud.store", "cloud.config"]
-    modules += [f"edge.{name}" for name in ("agent", "api", "daemon", "escalation", "outbox", "runtime", "service")]
+    modules = ["edgecloud.cloud.engine", "edgecloud.cloud.sessions", "edgecloud.cloud.server", "edgecloud.cloud.store", "edgecloud.cloud.config"]
+    modules += [f"edgecloud.edge.{name}" for name in ("agent", "api", "daemon", "escalation", "outbox", "runtime", "service")]
     code = (
         "import sys\n"
         f"for name in {modules!r}: __import__(name)\n"

@@ -14,16 +14,16 @@ import pytest
 import zstandard
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from cloud.config import AuthConfig
-from cloud.dataset import read_escalations
-from cloud.engine import EngineConfig
-from cloud.store import SessionStore
-from cloud.transformers_engine import LoadedModel
-from proto.edgecloud.v1 import reasoner_pb2 as pb
-from proto.edgecloud.v1 import reasoner_pb2_grpc as pb_grpc
-from shared.bundle import load_manifest
-from shared.features import encode_features
-from shared.wire import features_to_pb
+from edgecloud.cloud.config import AuthConfig
+from edgecloud.cloud.dataset import read_escalations
+from edgecloud.cloud.engine import EngineConfig
+from edgecloud.cloud.store import SessionStore
+from edgecloud.cloud.transformers_engine import LoadedModel
+from edgecloud.proto.edgecloud.v1 import reasoner_pb2 as pb
+from edgecloud.proto.edgecloud.v1 import reasoner_pb2_grpc as pb_grpc
+from edgecloud.shared.bundle import load_manifest
+from edgecloud.shared.features import encode_features
+from edgecloud.shared.wire import features_to_pb
 from tests.cloud.conftest import RunningServer, make_config
 
 TIMEOUT = 120
@@ -287,7 +287,7 @@ def test_health_and_metrics(server: RunningServer) -> None:
 
 
 def test_features_pick_the_budget_and_are_collected(teacher_dir: Path, teacher: LoadedModel, tmp_path: Path) -> None:
-    from cloud.sessions import SessionConfig
+    from edgecloud.cloud.sessions import SessionConfig
 
     log_path = tmp_path / "escalations.jsonl"
     running = RunningServer(
@@ -322,7 +322,7 @@ def test_a_random_qwen3_from_disk_serves_through_the_same_path(random_qwen3_dir:
 
 
 def test_finished_sessions_expire_after_their_ttl(teacher_dir: Path, teacher: LoadedModel, tmp_path: Path) -> None:
-    from cloud.sessions import SessionConfig
+    from edgecloud.cloud.sessions import SessionConfig
 
     config = make_config(teacher_dir, tmp_path, sessions=SessionConfig(ttl_s=0.5, sweep_every_s=0.1))
     running = RunningServer(config, loaded=teacher)

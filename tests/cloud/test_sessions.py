@@ -18,15 +18,15 @@ from typing import Any
 import numpy as np
 import pytest
 
-from cloud.budget import BudgetConfig, BudgetPolicy
-from cloud.dataset import read_escalations
-from cloud.engine import EngineConfig, EngineEvent, EngineEventKind, GenerationResult, Job, ReasoningEngine
-from cloud.metrics import CloudMetrics
-from cloud.sessions import Session, SessionConfig, SessionManager
-from cloud.store import SessionStore
-from shared.errors import ConfigError, InvalidInputError, NotFoundError, ResourceExhaustedError
-from shared.features import decode_features, encode_features
-from shared.reasoning import EdgeHint, Event, EventKind, Failure, SessionStatus, ThinkParams, Usage
+from edgecloud.cloud.budget import BudgetConfig, BudgetPolicy
+from edgecloud.cloud.dataset import read_escalations
+from edgecloud.cloud.engine import EngineConfig, EngineEvent, EngineEventKind, GenerationResult, Job, ReasoningEngine
+from edgecloud.cloud.metrics import CloudMetrics
+from edgecloud.cloud.sessions import Session, SessionConfig, SessionManager
+from edgecloud.cloud.store import SessionStore
+from edgecloud.shared.errors import ConfigError, InvalidInputError, NotFoundError, ResourceExhaustedError
+from edgecloud.shared.features import decode_features, encode_features
+from edgecloud.shared.reasoning import EdgeHint, Event, EventKind, Failure, SessionStatus, ThinkParams, Usage
 
 TIMEOUT = 5.0
 K = EngineEventKind

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from cloud.store import SessionStore
-from shared.errors import ConfigError
-from shared.reasoning import Event, EventKind, SessionInfo, SessionStatus, ThinkParams, Usage
+from edgecloud.cloud.store import SessionStore
+from edgecloud.shared.errors import ConfigError
+from edgecloud.shared.reasoning import Event, EventKind, SessionInfo, SessionStatus, ThinkParams, Usage
 
 
 def accepted(session_id: str) -> Event:

@@ -1,4 +1,4 @@
-"""``python -m demo`` end to end (what `make demo` runs), shortened to 150 queries, on the
+"""``python -m edgecloud.demo`` end to end (what `make demo` runs), shortened to 150 queries, on the
 embedded broker so that path is covered where mosquitto is installed too; and the
 invariants that make it fail."""
 
@@ -9,14 +9,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-from demo.report import check_invariants
+from edgecloud.demo.report import check_invariants
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def test_the_demo_runs_every_part_and_reports(tmp_path: Path) -> None:
     out = tmp_path / "demo"
-    run = subprocess.run([sys.executable, "-m", "demo", "--queries", "150", "--broker", "embedded", "--out", str(out)],
+    run = subprocess.run([sys.executable, "-m", "edgecloud.demo", "--queries", "150", "--broker", "embedded", "--out", str(out)],
                          cwd=REPO, capture_output=True, text=True, timeout=420)
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
     assert "all invariants hold" in run.stdout

@@ -108,6 +108,18 @@ def test_dockerfile_starts_a_command_the_cli_accepts(dockerfile: Path) -> None:
     assert all(line.split()[1].startswith("python:3.11-slim") for line in re.findall(r"^FROM .*", text, re.MULTILINE))
 
 
+def test_every_image_copies_the_folders_the_package_maps() -> None:
+    # pyproject.toml maps each top-level folder into the edgecloud namespace; a folder an image
+    # does not copy fails its pip install.
+    import tomllib
+
+    folders = set(tomllib.loads((DEPLOY.parent / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"].values())
+    assert {"shared", "edge", "cloud", "fleet", "modelkit", "proto", "edgecloud"} <= folders
+    for dockerfile in DOCKERFILES:
+        copied = set(re.findall(r"^COPY (\S+) \1$", dockerfile.read_text(), re.MULTILINE))
+        assert folders <= copied, (dockerfile.name, sorted(folders - copied))
+
+
 def test_only_the_cloud_image_installs_torch_and_it_is_the_cpu_build() -> None:
     for dockerfile in DOCKERFILES:
         text = dockerfile.read_text()

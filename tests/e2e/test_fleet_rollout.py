@@ -20,17 +20,17 @@ from typing import Any
 import httpx
 import pytest
 
-from cloud.fleet.api import create_server
-from cloud.fleet.manager import FleetManager, FleetManagerConfig
-from edge.agent import AgentConfig, DeviceAgent
-from edge.config import EdgeConfig
-from edge.daemon import create_daemon
-from edge.service import EdgeService
-from shared.artifacts import pack_bundle
-from shared.asgi import ThreadedServer
-from shared.broker import BrokerSettings
-from shared.bundle import load_manifest, write_bundle
-from shared.signing import generate_keypair, load_private_key, sign_bundle
+from edgecloud.fleet.api import create_server
+from edgecloud.fleet.manager import FleetManager, FleetManagerConfig
+from edgecloud.edge.agent import AgentConfig, DeviceAgent
+from edgecloud.edge.config import EdgeConfig
+from edgecloud.edge.daemon import create_daemon
+from edgecloud.edge.service import EdgeService
+from edgecloud.shared.artifacts import pack_bundle
+from edgecloud.shared.asgi import ThreadedServer
+from edgecloud.shared.broker import BrokerSettings
+from edgecloud.shared.bundle import load_manifest, write_bundle
+from edgecloud.shared.signing import generate_keypair, load_private_key, sign_bundle
 
 FLEET = "e2e"
 DEVICES = ("dev-a1", "dev-a2", "dev-a3")

@@ -13,7 +13,7 @@ import pytest
 from tests.cloud.conftest import RunningServer, make_config, random_qwen3_dir, teacher, teacher_dir
 
 if TYPE_CHECKING:  # the cloud's model backend needs torch; edge-only installs run without it
-    from cloud.transformers_engine import LoadedModel
+    from edgecloud.cloud.transformers_engine import LoadedModel
 
 __all__ = ["free_port", "random_qwen3_dir", "reasoner", "teacher", "teacher_dir"]
 

@@ -18,14 +18,14 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from edge.agent import AgentConfig, DeviceAgent, resume_bundle
-from edge.config import EdgeConfig
-from edge.daemon import create_daemon
-from shared.artifacts import pack_bundle
-from shared.broker import BrokerSettings
-from shared.bundle import load_manifest, write_bundle
-from shared.fleet import Topics, encode
-from shared.signing import generate_keypair, load_private_key, sign_bundle
+from edgecloud.edge.agent import AgentConfig, DeviceAgent, resume_bundle
+from edgecloud.edge.config import EdgeConfig
+from edgecloud.edge.daemon import create_daemon
+from edgecloud.shared.artifacts import pack_bundle
+from edgecloud.shared.broker import BrokerSettings
+from edgecloud.shared.bundle import load_manifest, write_bundle
+from edgecloud.shared.fleet import Topics, encode
+from edgecloud.shared.signing import generate_keypair, load_private_key, sign_bundle
 
 FLEET = "test"
 
@@ -295,8 +295,8 @@ def test_ten_swaps_over_mqtt_under_load_fail_no_request(device, shipped_models, 
     def load() -> None:
         import asyncio
 
-        from edge.service import QueryRequest
-        from edge.triage import Requested
+        from edgecloud.edge.service import QueryRequest
+        from edgecloud.edge.triage import Requested
 
         async def run() -> None:
             while not stop.is_set():

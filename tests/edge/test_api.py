@@ -17,16 +17,16 @@ import httpx
 import openai
 import pytest
 
-from edge.config import EdgeConfig
-from edge.daemon import create_daemon
-from edge.runtime import EdgeBundle
-from edge.service import EdgeService
-from shared.asgi import ThreadedServer
-from shared.bundle import load_manifest
+from edgecloud.edge.config import EdgeConfig
+from edgecloud.edge.daemon import create_daemon
+from edgecloud.edge.runtime import EdgeBundle
+from edgecloud.edge.service import EdgeService
+from edgecloud.shared.asgi import ThreadedServer
+from edgecloud.shared.bundle import load_manifest
 from tests.cloud.conftest import RunningServer, make_config
 
 if TYPE_CHECKING:  # the cloud's model backend needs torch; edge-only installs run without it
-    from cloud.transformers_engine import LoadedModel
+    from edgecloud.cloud.transformers_engine import LoadedModel
 
 TIMEOUT = 120
 API_KEY = "test-api-key-0123456789"

@@ -19,13 +19,13 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import grpc
 import pytest
 
-from cloud.config import AuthConfig, CloudConfig, TlsConfig
-from cloud.engine import EngineConfig
-from cloud.store import SessionStore
-from edge.escalation import CloudClient, CloudClientConfig, map_rpc_error
-from proto.edgecloud.v1 import reasoner_pb2 as pb
-from shared.bundle import load_manifest
-from shared.errors import (
+from edgecloud.cloud.config import AuthConfig, CloudConfig, TlsConfig
+from edgecloud.cloud.engine import EngineConfig
+from edgecloud.cloud.store import SessionStore
+from edgecloud.edge.escalation import CloudClient, CloudClientConfig, map_rpc_error
+from edgecloud.proto.edgecloud.v1 import reasoner_pb2 as pb
+from edgecloud.shared.bundle import load_manifest
+from edgecloud.shared.errors import (
     AuthenticationError,
     ConfigError,
     EdgecloudError,
@@ -34,14 +34,14 @@ from shared.errors import (
     ResourceExhaustedError,
     UnavailableError,
 )
-from shared.features import EncodedFeatures
-from shared.reasoning import Event, EventKind, SessionInfo, SessionStatus, ThinkParams
-from shared.wire import event_from_pb
+from edgecloud.shared.features import EncodedFeatures
+from edgecloud.shared.reasoning import Event, EventKind, SessionInfo, SessionStatus, ThinkParams
+from edgecloud.shared.wire import event_from_pb
 from tests.cloud.conftest import RunningServer, make_config
 from tests.edge.conftest import free_port
 
 if TYPE_CHECKING:  # the cloud's model backend needs torch; edge-only installs run without it
-    from cloud.transformers_engine import LoadedModel
+    from edgecloud.cloud.transformers_engine import LoadedModel
 
 T = TypeVar("T")
 TIMEOUT = 90

@@ -14,17 +14,17 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import numpy as np
 import pytest
 
-from edge.escalation import CloudClient, CloudClientConfig
-from edge.outbox import DELIVERED, FAILED, PENDING, Outbox, OutboxDeliverer, OutboxRecord
-from shared.bundle import load_manifest
-from shared.errors import InvalidInputError, NotFoundError
-from shared.features import EncodedFeatures, encode_features
-from shared.reasoning import EdgeHint, Event, EventKind, ThinkParams, Usage
+from edgecloud.edge.escalation import CloudClient, CloudClientConfig
+from edgecloud.edge.outbox import DELIVERED, FAILED, PENDING, Outbox, OutboxDeliverer, OutboxRecord
+from edgecloud.shared.bundle import load_manifest
+from edgecloud.shared.errors import InvalidInputError, NotFoundError
+from edgecloud.shared.features import EncodedFeatures, encode_features
+from edgecloud.shared.reasoning import EdgeHint, Event, EventKind, ThinkParams, Usage
 from tests.cloud.conftest import RunningServer, make_config
 from tests.edge.conftest import free_port
 
 if TYPE_CHECKING:  # the cloud's model backend needs torch; edge-only installs run without it
-    from cloud.transformers_engine import LoadedModel
+    from edgecloud.cloud.transformers_engine import LoadedModel
 
 T = TypeVar("T")
 

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge.runtime import EdgeModel
-from shared.bundle import load_manifest
-from shared.task import Split, generate, parse_answer
+from edgecloud.edge.runtime import EdgeModel
+from edgecloud.shared.bundle import load_manifest
+from edgecloud.shared.task import Split, generate, parse_answer
 
 
 @pytest.fixture(scope="module")
@@ -141,7 +141,7 @@ def test_a_bundle_without_its_decoding_contract_is_refused(shipped_models: Path,
     import json
     import shutil
 
-    from shared.bundle import MANIFEST_FILE
+    from edgecloud.shared.bundle import MANIFEST_FILE
 
     bundle = tmp_path / "edge"
     shutil.copytree(shipped_models / "edge-student", bundle)

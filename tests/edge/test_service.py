@@ -9,14 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from edge.config import EdgeConfig
-from edge.metrics import EdgeMetrics
-from edge.outbox import Outbox
-from edge.runtime import EdgeBundle, ModelSlot
-from edge.service import EdgeService, QueryRequest
-from edge.triage import Requested
-from shared.errors import UnavailableError
-from shared.reasoning import Event, EventKind, ThinkParams
+from edgecloud.edge.config import EdgeConfig
+from edgecloud.edge.metrics import EdgeMetrics
+from edgecloud.edge.outbox import Outbox
+from edgecloud.edge.runtime import EdgeBundle, ModelSlot
+from edgecloud.edge.service import EdgeService, QueryRequest
+from edgecloud.edge.triage import Requested
+from edgecloud.shared.errors import UnavailableError
+from edgecloud.shared.reasoning import Event, EventKind, ThinkParams
 
 
 class BreaksMidAnswer:

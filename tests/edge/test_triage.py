@@ -1,4 +1,4 @@
-"""Triage as a table: every rule of :func:`edge.triage.decide` and its edges."""
+"""Triage as a table: every rule of :func:`edgecloud.edge.triage.decide` and its edges."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from edge.triage import (
+from edgecloud.edge.triage import (
     Decision,
     Requested,
     Route,
@@ -15,8 +15,8 @@ from edge.triage import (
     decide,
     estimate_difficulty,
 )
-from shared.calibration import Calibration
-from shared.errors import ConfigError, InvalidInputError
+from edgecloud.shared.calibration import Calibration
+from edgecloud.shared.errors import ConfigError, InvalidInputError
 
 NAN = float("nan")
 POLICY = TriagePolicy(threshold=0.8, max_difficulty=0.6)

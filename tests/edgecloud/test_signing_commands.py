@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from edgecloud.signing_commands import add_signing_commands
-from shared.bundle import SIGNATURE_FILE, load_manifest
-from shared.signing import generate_keypair
+from edgecloud.shared.bundle import SIGNATURE_FILE, load_manifest
+from edgecloud.shared.signing import generate_keypair
 
 
 @pytest.fixture(scope="module")

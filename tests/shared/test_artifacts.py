@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.artifacts import (
+from edgecloud.shared.artifacts import (
     ArchiveError,
     ArtifactTooLargeError,
     BundleExistsError,
@@ -33,9 +33,9 @@ from shared.artifacts import (
     pack_bundle,
     unpack_bundle,
 )
-from shared.bundle import SIGNATURE_FILE, load_manifest, verify_bundle, write_bundle
-from shared.errors import BundleError, ConfigError, IntegrityError, ManifestError, NotFoundError, UnavailableError
-from shared.signing import TrustStore, generate_keypair, load_private_key, sign_bundle, verify_signed_bundle
+from edgecloud.shared.bundle import SIGNATURE_FILE, load_manifest, verify_bundle, write_bundle
+from edgecloud.shared.errors import BundleError, ConfigError, IntegrityError, ManifestError, NotFoundError, UnavailableError
+from edgecloud.shared.signing import TrustStore, generate_keypair, load_private_key, sign_bundle, verify_signed_bundle
 
 REPO = Path(__file__).resolve().parents[2]
 MiB = 1 << 20
@@ -201,7 +201,7 @@ def test_gzip_bomb_is_refused_without_writing_past_the_cap(gzip_bomb: Path, tmp_
         "import resource, signal, sys\n"
         "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
         "resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))\n"
-        "from shared.artifacts import unpack_bundle\n"
+        "from edgecloud.shared.artifacts import unpack_bundle\n"
         "try:\n"
         "    unpack_bundle(sys.argv[1], sys.argv[2], max_total_bytes=1 << 20)\n"
         "except Exception as exc:\n"

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from shared.bundle import (
+from edgecloud.shared.bundle import (
     MANIFEST_FILE,
     SIGNATURE_FILE,
     FileEntry,
@@ -20,7 +20,7 @@ from shared.bundle import (
     verify_bundle,
     write_bundle,
 )
-from shared.errors import BundleError, EdgecloudError, IntegrityError, ManifestError
+from edgecloud.shared.errors import BundleError, EdgecloudError, IntegrityError, ManifestError
 
 IO = {"inputs": ["input_ids"], "outputs": ["logits"], "feature_dim": 64, "tokenizer": "tokenizer/tokenizer.json"}
 CONTENT = {

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from shared.calibration import Calibration, choose_threshold, confidence_signals, fit_platt
+from edgecloud.shared.calibration import Calibration, choose_threshold, confidence_signals, fit_platt
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:

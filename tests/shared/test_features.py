@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import zstandard as zstd
 
-from shared.errors import ConfigError, InvalidInputError
-from shared.features import (
+from edgecloud.shared.errors import ConfigError, InvalidInputError
+from edgecloud.shared.features import (
     CODEC,
     _DICTIONARIES,
     HEADER,
@@ -25,11 +25,11 @@ from shared.features import (
     encode_features,
     quantize,
 )
-from shared.task import Split, generate
+from edgecloud.shared.task import Split, generate
 
 RAW_BYTES = 128 * 4
 #: Measured 5.10 on the shipped student; 6x is out of reach at cosine >= 0.999
-#: (see the shared.features docstring), so this guards the measured level.
+#: (see the edgecloud.shared.features docstring), so this guards the measured level.
 MIN_RATIO = 5.0
 MIN_COSINE = 0.999
 
@@ -47,7 +47,7 @@ def round_trip(vectors: np.ndarray, config: FeatureCodecConfig = FeatureCodecCon
 
 @pytest.fixture(scope="module")
 def student_features(shipped_models: Path) -> np.ndarray:
-    from edge.runtime import EdgeModel
+    from edgecloud.edge.runtime import EdgeModel
 
     model = EdgeModel.from_bundle(shipped_models / "edge-student")
     features = np.stack([model.answer(p.query).features for p in generate(200, seed=31, split=Split.TEST)])

@@ -1,4 +1,4 @@
-"""The fleet's MQTT contract (``shared.fleet``): the topic tree, the message schemas and their
+"""The fleet's MQTT contract (``edgecloud.shared.fleet``): the topic tree, the message schemas and their
 validation, and the payload codec. A device must never act on a malformed command, so every
 malformed payload is an InvalidInputError that names the field."""
 
@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from shared.errors import InvalidInputError
-from shared.fleet import (
+from edgecloud.shared.errors import InvalidInputError
+from edgecloud.shared.fleet import (
     MAX_PAYLOAD_BYTES,
     ROOT,
     AckStatus,

@@ -1,4 +1,4 @@
-"""The domain objects of a reasoning session (``shared.reasoning``): validation of what a client
+"""The domain objects of a reasoning session (``edgecloud.shared.reasoning``): validation of what a client
 sends, the values a session reports, and the cache-key normalisation of queries. Their protobuf
 round trips are tested in test_wire.py."""
 
@@ -9,10 +9,10 @@ import dataclasses
 import numpy as np
 import pytest
 
-from proto.edgecloud.v1 import reasoner_pb2 as pb
-from shared.errors import InvalidInputError
-from shared.features import encode_features
-from shared.reasoning import (
+from edgecloud.proto.edgecloud.v1 import reasoner_pb2 as pb
+from edgecloud.shared.errors import InvalidInputError
+from edgecloud.shared.features import encode_features
+from edgecloud.shared.reasoning import (
     MAX_QUERY_CHARS,
     MAX_REQUEST_ID_CHARS,
     EdgeHint,

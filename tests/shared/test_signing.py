@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from shared.bundle import SIGNATURE_FILE, load_manifest, write_bundle
-from shared.errors import BundleError, ConfigError, IntegrityError, ManifestError
-from shared.signing import (
+from edgecloud.shared.bundle import SIGNATURE_FILE, load_manifest, write_bundle
+from edgecloud.shared.errors import BundleError, ConfigError, IntegrityError, ManifestError
+from edgecloud.shared.signing import (
     ALGORITHM,
     BadSignatureError,
     DowngradeError,

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from shared.errors import ConfigError
-from shared.sqlite import open_store
+from edgecloud.shared.errors import ConfigError
+from edgecloud.shared.sqlite import open_store
 
 SCHEMA = "CREATE TABLE IF NOT EXISTS t (id INTEGER PRIMARY KEY, parent INTEGER REFERENCES t(id));"
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from shared.task import (
+from edgecloud.shared.task import (
     EVAL_MIX,
     Problem,
     Split,

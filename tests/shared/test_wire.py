@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from proto.edgecloud.v1 import reasoner_pb2 as pb
-from shared.errors import InvalidInputError
-from shared.features import encode_features
-from shared.reasoning import (
+from edgecloud.proto.edgecloud.v1 import reasoner_pb2 as pb
+from edgecloud.shared.errors import InvalidInputError
+from edgecloud.shared.features import encode_features
+from edgecloud.shared.reasoning import (
     EdgeHint,
     Event,
     EventKind,
@@ -20,7 +20,7 @@ from shared.reasoning import (
     Usage,
     normalize_text,
 )
-from shared.wire import (
+from edgecloud.shared.wire import (
     event_from_pb,
     event_to_pb,
     session_info_from_pb,

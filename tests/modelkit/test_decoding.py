@@ -20,9 +20,9 @@ import pytest
 import torch
 from transformers import PreTrainedTokenizerFast, Qwen3ForCausalLM
 
-from cloud.modelkit.decoding import Generation, generate_batch
-from cloud.modelkit.teacher import ModelSpec, build_model, chat_prompt
-from cloud.modelkit.tokenizer import IM_END, THINK_END, THINK_START, build_tokenizer
+from edgecloud.modelkit.decoding import Generation, generate_batch
+from edgecloud.modelkit.teacher import ModelSpec, build_model, chat_prompt
+from edgecloud.modelkit.tokenizer import IM_END, THINK_END, THINK_START, build_tokenizer
 
 MAX_NEW = 40
 QUERIES = ["3+4", "what is (12+34)*5-7?", "Compute 99 * 12", "1-2"]

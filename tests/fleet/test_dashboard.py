@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from cloud.fleet.api import create_server
-from cloud.fleet.rollout import FixedBatches, RolloutStatus
-from tests.cloud.fleet.sim import (
+from edgecloud.fleet.api import create_server
+from edgecloud.fleet.rollout import FixedBatches, RolloutStatus
+from tests.fleet.sim import (
     make_archive,
     manager_config,
     start_devices,

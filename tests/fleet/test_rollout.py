@@ -8,7 +8,7 @@ from collections import deque
 
 import pytest
 
-from cloud.fleet.rollout import (
+from edgecloud.fleet.rollout import (
     AbortCriteria,
     DeviceStatus,
     Exponential,
@@ -18,8 +18,8 @@ from cloud.fleet.rollout import (
     RolloutStatus,
     transition,
 )
-from shared.errors import InvalidInputError
-from shared.fleet import AckStatus, BundleRef, Command, CommandAck
+from edgecloud.shared.errors import InvalidInputError
+from edgecloud.shared.fleet import AckStatus, BundleRef, Command, CommandAck
 
 BUNDLE = BundleRef(name="edge-student", version=2, url="https://fleet.example/b/2.tar.gz", sha256="a" * 64, size=1000)
 PREVIOUS = BundleRef(name="edge-student", version=1, url="https://fleet.example/b/1.tar.gz", sha256="b" * 64, size=900)

@@ -6,10 +6,10 @@ import random
 
 import pytest
 
-from cloud.modelkit.scratchpad import think_text
-from cloud.modelkit.teacher import RefineStage, TeacherData, TeacherRecipe, teacher_example
-from cloud.modelkit.tokenizer import build_tokenizer
-from shared.task import make_problem
+from edgecloud.modelkit.scratchpad import think_text
+from edgecloud.modelkit.teacher import RefineStage, TeacherData, TeacherRecipe, teacher_example
+from edgecloud.modelkit.tokenizer import build_tokenizer
+from edgecloud.shared.task import make_problem
 
 
 def test_answer_mode_reads_the_whole_scratchpad_and_targets_the_answer() -> None:

@@ -1,6 +1,6 @@
 """The teacher: a Qwen3 causal LM trained from scratch to think, then answer.
 
-Its reply is ``<think>`` + the scratchpad (:mod:`cloud.modelkit.scratchpad`) +
+Its reply is ``<think>`` + the scratchpad (:mod:`edgecloud.modelkit.scratchpad`) +
 ``</think>`` + the answer. It is also trained to answer with thinking disabled
 (the chat template pre-fills an empty think block) and to answer after a
 reasoning budget cut its thinking short, which is what the cloud engine's
@@ -17,10 +17,10 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
 
-from cloud.modelkit.scratchpad import think_text
-from cloud.modelkit.tokenizer import IM_END, THINK_END, THINK_START
-from cloud.modelkit.training import Example, TrainConfig, collate, train
-from shared.task import Problem, Split, make_problem, sample_k
+from edgecloud.modelkit.scratchpad import think_text
+from edgecloud.modelkit.tokenizer import IM_END, THINK_END, THINK_START
+from edgecloud.modelkit.training import Example, TrainConfig, collate, train
+from edgecloud.shared.task import Problem, Split, make_problem, sample_k
 
 __all__ = [
     "ModelSpec",

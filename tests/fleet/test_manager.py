@@ -1,4 +1,4 @@
-"""The fleet manager against a real mosquitto and simulated devices (tests/cloud/fleet/sim.py)."""
+"""The fleet manager against a real mosquitto and simulated devices (tests/fleet/sim.py)."""
 
 from __future__ import annotations
 
@@ -11,13 +11,13 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from cloud.fleet.api import create_app, create_server
-from cloud.fleet.manager import FleetManager, FleetManagerConfig
-from cloud.fleet.registry import read_archive_manifest
-from cloud.fleet.rollout import AbortCriteria, FixedBatches, RolloutStatus
-from shared.broker import BrokerSettings
-from shared.errors import BundleError, ConfigError, InvalidInputError, ManifestError, NotFoundError
-from tests.cloud.fleet.sim import (
+from edgecloud.fleet.api import create_app, create_server
+from edgecloud.fleet.manager import FleetManager, FleetManagerConfig
+from edgecloud.fleet.registry import read_archive_manifest
+from edgecloud.fleet.rollout import AbortCriteria, FixedBatches, RolloutStatus
+from edgecloud.shared.broker import BrokerSettings
+from edgecloud.shared.errors import BundleError, ConfigError, InvalidInputError, ManifestError, NotFoundError
+from tests.fleet.sim import (
     assert_applied_exactly_once,
     make_archive,
     make_bundle,
@@ -72,8 +72,8 @@ def test_register_bundle_content_addressed_and_checked(tmp_path: Path) -> None:
 
 
 def test_register_bundle_verifies_the_signature_when_keys_are_trusted(tmp_path: Path) -> None:
-    from shared.artifacts import pack_bundle
-    from shared.signing import SignatureError, UntrustedKeyError, generate_keypair, load_private_key, sign_bundle
+    from edgecloud.shared.artifacts import pack_bundle
+    from edgecloud.shared.signing import SignatureError, UntrustedKeyError, generate_keypair, load_private_key, sign_bundle
 
     kid = generate_keypair(tmp_path / "k.pem", tmp_path / "k.pub")
     generate_keypair(tmp_path / "other.pem", tmp_path / "other.pub")

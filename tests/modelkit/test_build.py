@@ -9,12 +9,12 @@ import onnxruntime as ort
 import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from cloud.modelkit.build import BuildConfig, _next_version
-from cloud.modelkit.evaluate import REFERENCE_DIR, STUDENT_DIR, TEACHER_DIR, evaluate_all
-from cloud.modelkit.export import onnx_io
-from edge.runtime import EdgeModel
-from shared.bundle import load_manifest, verify_bundle
-from shared.calibration import Calibration
+from edgecloud.modelkit.build import BuildConfig, _next_version
+from edgecloud.modelkit.evaluate import REFERENCE_DIR, STUDENT_DIR, TEACHER_DIR, evaluate_all
+from edgecloud.modelkit.export import onnx_io
+from edgecloud.edge.runtime import EdgeModel
+from edgecloud.shared.bundle import load_manifest, verify_bundle
+from edgecloud.shared.calibration import Calibration
 
 
 @pytest.mark.parametrize(("name", "kind"), [(TEACHER_DIR, "cloud"), (STUDENT_DIR, "edge")])
@@ -71,7 +71,7 @@ def test_student_features_are_centred(quick_models: Path) -> None:
     """The graph subtracts the training queries' mean feature vector: fresh queries average near zero."""
     import numpy as np
 
-    from shared.task import Split, generate
+    from edgecloud.shared.task import Split, generate
 
     config = json.loads((quick_models / REFERENCE_DIR / "config.json").read_text())
     manifest = load_manifest(quick_models / STUDENT_DIR)
@@ -89,7 +89,7 @@ def test_student_features_come_out_on_their_principal_axes(quick_models: Path) -
     """The rotation is orthogonal (lengths and cosines kept) and puts the largest variance first."""
     import numpy as np
 
-    from shared.task import Split, generate
+    from edgecloud.shared.task import Split, generate
 
     config = json.loads((quick_models / REFERENCE_DIR / "config.json").read_text())
     rotation = np.asarray(config["feature_rotation"])
@@ -162,7 +162,7 @@ def test_evaluate_all_reports_every_figure(quick_models: Path, tmp_path: Path) -
 
 
 def test_student_can_be_distilled_from_an_existing_teacher(quick_models: Path, tmp_path: Path) -> None:
-    from cloud.modelkit.build import build_models
+    from edgecloud.modelkit.build import build_models
 
     source = quick_models / TEACHER_DIR
     summary = build_models(BuildConfig(out=tmp_path, quick=True, reuse_teacher=source, version=5))

@@ -21,12 +21,12 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from cloud.fleet.manager import FleetManager, FleetManagerConfig
-from cloud.fleet.rollout import RolloutStatus
-from shared.artifacts import pack_bundle
-from shared.broker import BrokerSettings
-from shared.bundle import write_bundle
-from shared.fleet import AckStatus, Birth, Command, CommandAck, Telemetry, Topics, decode, encode
+from edgecloud.fleet.manager import FleetManager, FleetManagerConfig
+from edgecloud.fleet.rollout import RolloutStatus
+from edgecloud.shared.artifacts import pack_bundle
+from edgecloud.shared.broker import BrokerSettings
+from edgecloud.shared.bundle import write_bundle
+from edgecloud.shared.fleet import AckStatus, Birth, Command, CommandAck, Telemetry, Topics, decode, encode
 
 FLEET = "testfleet"
 

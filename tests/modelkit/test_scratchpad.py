@@ -4,8 +4,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from cloud.modelkit.scratchpad import LINE_TOKENS, WIDTH, _operand, answer_text, think_text
-from shared.task import MAX_K, Problem, Split, generate
+from edgecloud.modelkit.scratchpad import LINE_TOKENS, WIDTH, _operand, answer_text, think_text
+from edgecloud.shared.task import MAX_K, Problem, Split, generate
 
 CARRIES = "0123456789ab"
 MOD = 10**WIDTH

@@ -8,10 +8,10 @@ from collections import Counter
 
 import pytest
 
-from cloud.modelkit.student import LabelledQuery, StudentData, StudentRecipe, _cached_labels, select_labels, student_prompt
-from cloud.modelkit.teacher import ModelSpec, build_model
-from cloud.modelkit.tokenizer import build_student_tokenizer, build_tokenizer
-from shared.task import make_problem
+from edgecloud.modelkit.student import LabelledQuery, StudentData, StudentRecipe, _cached_labels, select_labels, student_prompt
+from edgecloud.modelkit.teacher import ModelSpec, build_model
+from edgecloud.modelkit.tokenizer import build_student_tokenizer, build_tokenizer
+from edgecloud.shared.task import make_problem
 
 
 @pytest.fixture(scope="module")

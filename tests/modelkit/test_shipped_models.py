@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from cloud.modelkit.decoding import generate_batch
-from cloud.modelkit.teacher import chat_prompt
-from shared.bundle import verify_bundle
+from edgecloud.modelkit.decoding import generate_batch
+from edgecloud.modelkit.teacher import chat_prompt
+from edgecloud.shared.bundle import verify_bundle
 
 MAX_SHIPPED_BYTES = 30 * 1024 * 1024
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerFast
 
-from cloud.modelkit.tokenizer import THINK_END, THINK_START
+from edgecloud.modelkit.tokenizer import THINK_END, THINK_START
 
 __all__ = ["Generation", "generate_batch"]
 

@@ -6,8 +6,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from cloud.fleet.manager import FleetManager
-from tests.cloud.fleet.sim import SimDevice
+from edgecloud.fleet.manager import FleetManager
+from tests.fleet.sim import SimDevice
 
 
 @pytest.fixture

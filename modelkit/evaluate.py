@@ -22,11 +22,11 @@ import torch
 from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerFast
 
-from cloud.modelkit.decoding import Generation, generate_batch
-from cloud.modelkit.student import student_answers
-from cloud.modelkit.teacher import chat_prompt
-from edge.runtime import EdgeAnswer, EdgeModel
-from shared.task import Problem, Split, generate, parse_answer
+from edgecloud.modelkit.decoding import Generation, generate_batch
+from edgecloud.modelkit.student import student_answers
+from edgecloud.modelkit.teacher import chat_prompt
+from edgecloud.edge.runtime import EdgeAnswer, EdgeModel
+from edgecloud.shared.task import Problem, Split, generate, parse_answer
 
 __all__ = ["ModelPaths", "evaluate_all", "per_k_accuracy"]
 

@@ -30,7 +30,7 @@ from onnxruntime.transformers.optimizer import MODEL_TYPES, optimize_model
 
 from transformers import Qwen3ForCausalLM
 
-from cloud.modelkit.student import with_features
+from edgecloud.modelkit.student import with_features
 
 __all__ = ["FEATURES_OUTPUT", "export_student", "onnx_io", "quantize_student"]
 

@@ -21,10 +21,10 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from cloud.fleet.store import BundleRecord, FleetStore
-from shared.bundle import MANIFEST_FILE, Manifest, file_digest
-from shared.errors import BundleError, InvalidInputError, ManifestError, NotFoundError
-from shared.fleet import BundleRef
+from edgecloud.fleet.store import BundleRecord, FleetStore
+from edgecloud.shared.bundle import MANIFEST_FILE, Manifest, file_digest
+from edgecloud.shared.errors import BundleError, InvalidInputError, ManifestError, NotFoundError
+from edgecloud.shared.fleet import BundleRef
 
 __all__ = ["BundleRegistry", "read_archive_manifest"]
 
@@ -42,7 +42,7 @@ def read_archive_manifest(archive: Path) -> Manifest:
             candidates = [m for m in tar.getmembers() if m.name.removeprefix("./") == MANIFEST_FILE]
             if not candidates:
                 raise ManifestError(f"{archive.name}: no {MANIFEST_FILE} at the archive's root "
-                                    "(pack bundles with shared.artifacts.pack_bundle or `tar -C BUNDLE_DIR -czf X .`)")
+                                    "(pack bundles with edgecloud.shared.artifacts.pack_bundle or `tar -C BUNDLE_DIR -czf X .`)")
             member = candidates[0]
             if not member.isfile() or member.size > _MAX_MANIFEST_BYTES:
                 raise ManifestError(f"{archive.name}: {member.name} is not a regular file under 4 MiB")
@@ -59,8 +59,8 @@ def read_archive_manifest(archive: Path) -> Manifest:
 
 def _verify_signature(archive: Path, trusted_keys: Sequence[Path], max_unpacked_bytes: int) -> str:
     """Unpack to a temporary folder and verify signature and files; the signing key's id."""
-    from shared.artifacts import unpack_bundle
-    from shared.signing import TrustStore, read_signature, verify_signed_bundle
+    from edgecloud.shared.artifacts import unpack_bundle
+    from edgecloud.shared.signing import TrustStore, read_signature, verify_signed_bundle
 
     trust = TrustStore.from_paths(list(trusted_keys))
     with tempfile.TemporaryDirectory(prefix="fleet-verify-") as tmp:

@@ -29,17 +29,17 @@ import torch
 import transformers
 from transformers import AutoModelForCausalLM
 
-from cloud.modelkit.decoding import generate_batch
-from cloud.modelkit.evaluate import REFERENCE_DIR, STUDENT_DIR, TEACHER_DIR
-from cloud.modelkit.export import export_student, onnx_io, quantize_student
-from cloud.modelkit.student import StudentRecipe, distill_student, fit_feature_transform, with_features
-from cloud.modelkit.teacher import ModelSpec, RefineStage, TeacherRecipe, chat_prompt, refine_teacher, train_teacher
-from cloud.modelkit.tokenizer import THINK_END, THINK_START, build_student_tokenizer, build_tokenizer
-from cloud.modelkit.training import TrainConfig
-from edge.runtime import EdgeModel
-from shared.bundle import GoldenCase, load_manifest, write_bundle
-from shared.calibration import Calibration, choose_threshold, confidence_signals, fit_platt
-from shared.task import EVAL_MIX, Split, generate, parse_answer
+from edgecloud.modelkit.decoding import generate_batch
+from edgecloud.modelkit.evaluate import REFERENCE_DIR, STUDENT_DIR, TEACHER_DIR
+from edgecloud.modelkit.export import export_student, onnx_io, quantize_student
+from edgecloud.modelkit.student import StudentRecipe, distill_student, fit_feature_transform, with_features
+from edgecloud.modelkit.teacher import ModelSpec, RefineStage, TeacherRecipe, chat_prompt, refine_teacher, train_teacher
+from edgecloud.modelkit.tokenizer import THINK_END, THINK_START, build_student_tokenizer, build_tokenizer
+from edgecloud.modelkit.training import TrainConfig
+from edgecloud.edge.runtime import EdgeModel
+from edgecloud.shared.bundle import GoldenCase, load_manifest, write_bundle
+from edgecloud.shared.calibration import Calibration, choose_threshold, confidence_signals, fit_platt
+from edgecloud.shared.task import EVAL_MIX, Split, generate, parse_answer
 
 __all__ = ["BuildConfig", "build_models", "quick_recipes"]
 
@@ -167,7 +167,7 @@ def _calibrate(model: EdgeModel, config: BuildConfig) -> Calibration:
     y = np.asarray(correct, dtype=float)
     gave = np.asarray(answered)
     # An abstention (empty answer) has confidence 0 at run time whatever its signals say
-    # (edge.runtime); fitted with them, its near-certain stop token would read as a sure wrong answer.
+    # (edgecloud.edge.runtime); fitted with them, its near-certain stop token would read as a sure wrong answer.
     w_sum, w_min, bias = fit_platt(x[gave], y[gave]) if gave.any() else (0.0, 0.0, 0.0)
     confidence = np.where(gave, 1 / (1 + np.exp(-(x @ np.array([w_sum, w_min]) + bias))), 0.0)
     threshold, at = choose_threshold(confidence, y, target_precision=config.target_precision)

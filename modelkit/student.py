@@ -48,10 +48,10 @@ from transformers import PreTrainedModel, PreTrainedTokenizerFast, Qwen3ForCausa
 from transformers.cache_utils import Cache
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from cloud.modelkit.decoding import Generation, generate_batch
-from cloud.modelkit.teacher import ModelSpec, build_model, chat_prompt
-from cloud.modelkit.training import TrainConfig, collate, train
-from shared.task import EVAL_MIX, Problem, Split, generate, normalize_query, parse_answer
+from edgecloud.modelkit.decoding import Generation, generate_batch
+from edgecloud.modelkit.teacher import ModelSpec, build_model, chat_prompt
+from edgecloud.modelkit.training import TrainConfig, collate, train
+from edgecloud.shared.task import EVAL_MIX, Problem, Split, generate, normalize_query, parse_answer
 
 __all__ = [
     "LabelledQuery",

@@ -3,7 +3,7 @@ r"""A rollout's state machine: which device gets a bundle when, and when to stop
 Pure logic in the spirit of AWS IoT Jobs and Eclipse hawkBit: no MQTT, no
 I/O, no clock. The caller passes ``now`` in, feeds every device ack to
 :meth:`Rollout.on_ack`, calls :meth:`Rollout.tick` every few seconds, and
-publishes the :class:`~shared.fleet.Command` list each method returns.
+publishes the :class:`~edgecloud.shared.fleet.Command` list each method returns.
 
 The rollout::
 
@@ -49,8 +49,8 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from shared.errors import InvalidInputError
-from shared.fleet import AckStatus, BundleRef, Command, CommandAck
+from edgecloud.shared.errors import InvalidInputError
+from edgecloud.shared.fleet import AckStatus, BundleRef, Command, CommandAck
 
 __all__ = [
     "AbortCriteria",

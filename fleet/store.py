@@ -2,7 +2,7 @@
 
 Four tables: registered bundles (immutable once registered), devices (the
 latest birth and telemetry of each), rollouts (spec and rollout-level state
-from :meth:`~cloud.fleet.rollout.Rollout.to_dict`) and one row per device of
+from :meth:`~edgecloud.fleet.rollout.Rollout.to_dict`) and one row per device of
 each rollout. The caller saves a rollout after every call that changed it;
 a save writes the rollout row and only the device rows that changed, so an
 ack costs the same in a fleet of ten or ten thousand. On start the manager
@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cloud.fleet.rollout import Rollout, RolloutSpec, RolloutStatus
-from shared.errors import InvalidInputError, NotFoundError
-from shared.sqlite import open_store
+from edgecloud.fleet.rollout import Rollout, RolloutSpec, RolloutStatus
+from edgecloud.shared.errors import InvalidInputError, NotFoundError
+from edgecloud.shared.sqlite import open_store
 
 __all__ = ["BundleRecord", "DeviceRecord", "FleetStore"]
 

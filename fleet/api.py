@@ -38,11 +38,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from cloud.fleet.dashboard import DASHBOARD_HTML
-from cloud.fleet.manager import FleetManager
-from cloud.fleet.rollout import AbortCriteria, strategy_from_dict
-from shared.asgi import ThreadedServer
-from shared.errors import (
+from edgecloud.fleet.dashboard import DASHBOARD_HTML
+from edgecloud.fleet.manager import FleetManager
+from edgecloud.fleet.rollout import AbortCriteria, strategy_from_dict
+from edgecloud.shared.asgi import ThreadedServer
+from edgecloud.shared.errors import (
     AuthenticationError,
     EdgecloudError,
     InvalidInputError,

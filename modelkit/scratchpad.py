@@ -26,7 +26,7 @@ tokens back.
 
 from __future__ import annotations
 
-from shared.task import Problem
+from edgecloud.shared.task import Problem
 
 __all__ = ["LINE_TOKENS", "WIDTH", "answer_text", "think_text"]
 

@@ -1,8 +1,8 @@
 """The fleet manager: rollouts driven over MQTT, with every change persisted.
 
-It glues pure pieces together: the MQTT contract (:mod:`shared.fleet`),
-the rollout state machine (:mod:`cloud.fleet.rollout`), the SQLite store
-(:mod:`cloud.fleet.store`) and the bundle registry (:mod:`cloud.fleet.registry`). One paho client (MQTT 5, persistent session,
+It glues pure pieces together: the MQTT contract (:mod:`edgecloud.shared.fleet`),
+the rollout state machine (:mod:`edgecloud.fleet.rollout`), the SQLite store
+(:mod:`edgecloud.fleet.store`) and the bundle registry (:mod:`edgecloud.fleet.registry`). One paho client (MQTT 5, persistent session,
 auto-reconnect) subscribes at QoS 1 to every device's ``state``,
 ``telemetry`` and ``cmd/ack``; a tick thread times devices out and sends the
 next wave.
@@ -37,9 +37,9 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from cloud.fleet.metrics import FleetMetrics
-from cloud.fleet.registry import BundleRegistry
-from cloud.fleet.rollout import (
+from edgecloud.fleet.metrics import FleetMetrics
+from edgecloud.fleet.registry import BundleRegistry
+from edgecloud.fleet.rollout import (
     AbortCriteria,
     Delivery,
     DeviceStatus,
@@ -49,10 +49,10 @@ from cloud.fleet.rollout import (
     RolloutStatus,
     Strategy,
 )
-from cloud.fleet.store import BundleRecord, DeviceRecord, FleetStore
-from shared.broker import BrokerSettings, connect_async, create_client
-from shared.errors import ConfigError, InvalidInputError, NotFoundError
-from shared.fleet import Birth, BundleRef, Command, CommandAck, Telemetry, Topics, decode, encode
+from edgecloud.fleet.store import BundleRecord, DeviceRecord, FleetStore
+from edgecloud.shared.broker import BrokerSettings, connect_async, create_client
+from edgecloud.shared.errors import ConfigError, InvalidInputError, NotFoundError
+from edgecloud.shared.fleet import Birth, BundleRef, Command, CommandAck, Telemetry, Topics, decode, encode
 
 __all__ = ["FleetManager", "FleetManagerConfig"]
 
