@@ -5,7 +5,11 @@ tokens. A logistic model over two summaries of them (their sum and their
 minimum) maps them to the probability that the answer is right; it is fitted
 on a validation split and stored in the bundle manifest. The triage threshold
 is the lowest confidence at which the answers kept on the edge are still right
-at the target precision.
+at the target precision: on the validation answers themselves, or (the build's
+choice) with a one-sided Wilson lower confidence bound on that precision, so
+that a validation split that happens to hold few wrong answers does not set a
+threshold fresh queries miss (selective prediction with a guaranteed risk,
+Geifman and El-Yaniv, 2017).
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-__all__ = ["Calibration", "choose_threshold", "confidence_signals", "fit_platt"]
+__all__ = ["Calibration", "choose_threshold", "confidence_signals", "fit_platt", "wilson_lower_bound"]
 
 
 def confidence_signals(token_logprobs: Sequence[float]) -> tuple[float, float]:
@@ -88,13 +92,35 @@ def fit_platt(signals: np.ndarray, correct: np.ndarray, *, l2: float = 1e-3, ite
     return w
 
 
+def wilson_lower_bound(successes: np.ndarray, trials: np.ndarray, confidence_level: float) -> np.ndarray:
+    """One-sided lower bound of a proportion at ``confidence_level`` (Wilson score interval)."""
+    from statistics import NormalDist
+
+    if not 0.5 <= confidence_level < 1:
+        raise ValueError(f"confidence_level must be in [0.5, 1), got {confidence_level}")
+    z = NormalDist().inv_cdf(confidence_level)
+    n = np.asarray(trials, dtype=np.float64)
+    p = np.asarray(successes, dtype=np.float64) / n
+    centre = p + z * z / (2 * n)
+    spread = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return (centre - spread) / (1 + z * z / n)
+
+
 def choose_threshold(
-    confidence: np.ndarray, correct: np.ndarray, *, target_precision: float, min_kept: int = 20
+    confidence: np.ndarray,
+    correct: np.ndarray,
+    *,
+    target_precision: float,
+    min_kept: int = 20,
+    confidence_level: float | None = None,
 ) -> tuple[float, dict[str, float | None]]:
     """Lowest threshold whose kept set (confidence >= t) reaches ``target_precision``.
 
+    With ``confidence_level`` (e.g. 0.95) it is the kept set's Wilson lower
+    bound on precision that must reach the target, not its precision here.
     Returns the threshold and the precision and coverage it gives on this
-    data; 1.0 with coverage 0 (keep nothing) if no threshold qualifies.
+    data (and the bound, when asked for); 1.0 with coverage 0 (keep nothing)
+    if no threshold qualifies.
     """
     conf = np.asarray(confidence, dtype=np.float64)
     ok = np.asarray(correct, dtype=bool)
@@ -102,18 +128,23 @@ def choose_threshold(
     conf, ok = conf[order], ok[order]
     kept = np.arange(1, len(conf) + 1)
     precision = np.cumsum(ok) / kept
+    bound = precision if confidence_level is None else wilson_lower_bound(np.cumsum(ok), kept, confidence_level)
     # Only cut between distinct confidences.
     boundary = np.append(conf[1:] < conf[:-1], True)
     best = -1
     for i in range(len(conf)):
         if not boundary[i]:
             continue
-        if precision[i] >= target_precision and kept[i] >= min_kept:
+        if bound[i] >= target_precision and kept[i] >= min_kept:
             best = i
+    extra = {} if confidence_level is None else {"confidence_level": confidence_level}
     if best < 0:
-        return 1.0, {"precision": None, "coverage": 0.0, "kept": 0.0}
-    return float(conf[best]), {
+        return 1.0, {"precision": None, "coverage": 0.0, "kept": 0.0, **extra}
+    figures: dict[str, float | None] = {
         "precision": float(precision[best]),
         "coverage": float(kept[best] / len(conf)),
         "kept": float(kept[best]),
     }
+    if confidence_level is not None:
+        figures |= {"precision_lower_bound": float(bound[best]), **extra}
+    return float(conf[best]), figures

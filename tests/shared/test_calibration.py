@@ -123,6 +123,33 @@ def test_choose_threshold_never_splits_ties(seed: int) -> None:
     assert figures["precision"] >= 0.7
 
 
+def test_the_lower_bound_rule_asks_for_more_evidence() -> None:
+    # 1000 answers, 4 of them wrong, all among the 10 least confident: 99.6% right in all.
+    conf = np.linspace(1.0, 0.0, 1000, endpoint=False)
+    correct = np.ones(1000, dtype=bool)
+    correct[[990, 993, 996, 999]] = False
+    plain, at_plain = choose_threshold(conf, correct, target_precision=0.995)
+    bounded, at_bound = choose_threshold(conf, correct, target_precision=0.995, confidence_level=0.95)
+    # The point estimate keeps everything; the bound drops the low-confidence tail with most errors.
+    assert at_plain["kept"] == 1000 and at_plain["precision"] == pytest.approx(0.996)
+    assert 980 <= at_bound["kept"] < 1000 and bounded > plain
+    assert at_bound["precision_lower_bound"] >= 0.995 and at_bound["confidence_level"] == 0.95
+    kept = conf >= bounded
+    assert at_bound["precision"] == pytest.approx(correct[kept].mean()) and at_bound["precision"] > at_plain["precision"]
+    # With too little evidence nothing qualifies: 50 right answers cannot show 99.5% at 95%.
+    assert choose_threshold(conf[:50], correct[:50], target_precision=0.995, confidence_level=0.95)[0] == 1.0
+
+
+def test_wilson_lower_bound_matches_known_values() -> None:
+    from edgecloud.shared.calibration import wilson_lower_bound
+
+    # 1594 answers with 5 wrong (the v5 student's validation): the bound is below 99.5%.
+    assert float(wilson_lower_bound(np.array([1589]), np.array([1594]), 0.95)[0]) == pytest.approx(0.99357, abs=1e-4)
+    assert float(wilson_lower_bound(np.array([10]), np.array([10]), 0.95)[0]) == pytest.approx(10 / (10 + 1.6449**2), abs=1e-4)
+    with pytest.raises(ValueError, match="confidence_level"):
+        wilson_lower_bound(np.array([1]), np.array([1]), 1.0)
+
+
 # --- Calibration ------------------------------------------------------------------
 
 
