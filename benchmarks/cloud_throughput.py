@@ -38,7 +38,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._cloud import (  # noqa: E402
+from edgecloud.cloud.engine import EngineConfig
+from edgecloud.proto.edgecloud.v1 import reasoner_pb2_grpc as pb_grpc
+from edgecloud.shared.task import Problem, parse_answer
+
+from benchmarks._cloud import (
     RunningServer,
     busy_cpu_s,
     load_teacher,
@@ -46,9 +50,6 @@ from benchmarks._cloud import (  # noqa: E402
     think_request,
     unique_problems,
 )
-from edgecloud.cloud.engine import EngineConfig  # noqa: E402
-from edgecloud.proto.edgecloud.v1 import reasoner_pb2_grpc as pb_grpc  # noqa: E402
-from edgecloud.shared.task import Problem, parse_answer  # noqa: E402
 
 MODES = {"sequential": 1, "batched": 32}
 RATIOS = ("sessions_per_s", "tokens_per_s")
@@ -177,9 +178,9 @@ def plot(report: dict[str, Any], path: Path) -> None:
     xs = [p["concurrency"] for p in report["points"]]
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), dpi=120)
     for ax, metric, label in zip(axes, ("sessions_per_s", "tokens_per_s"), ("sessions/s", "tokens/s"), strict=True):
-        for mode in MODES:
+        for mode, max_batch in MODES.items():
             ys = [p[mode][metric] for p in report["points"]]
-            ax.plot(xs, ys, marker="o", label=f"{mode} (max_batch={MODES[mode]})")
+            ax.plot(xs, ys, marker="o", label=f"{mode} (max_batch={max_batch})")
         ax.set_xscale("log", base=2)
         ax.set_xticks(xs, [str(x) for x in xs])
         ax.set_xlabel("concurrent sessions")

@@ -21,13 +21,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
-import zstandard as zstd  # noqa: E402
-
-from edgecloud.edge.runtime import EdgeModel  # noqa: E402
-from edgecloud.shared.bundle import load_manifest  # noqa: E402
-from edgecloud.shared.features import SCHEMA_VERSION, FeatureCodecConfig, decode_features, encode_features, quantize  # noqa: E402
-from edgecloud.shared.task import Split, generate  # noqa: E402
+import numpy as np
+import zstandard as zstd
+from edgecloud.edge.runtime import EdgeModel
+from edgecloud.shared.bundle import load_manifest
+from edgecloud.shared.features import SCHEMA_VERSION, FeatureCodecConfig, decode_features, encode_features, quantize
+from edgecloud.shared.task import Split, generate
 
 TARGET_COSINE = 0.999
 TARGET_RATIO = 6.0
@@ -76,8 +75,9 @@ def main() -> int:
     encoded, decoded, encode_us, decode_us = [], [], [], []
     for vector in features:
         started = time.perf_counter_ns()
-        item = encode_features(vector, config, model_name=manifest.name, model_version=manifest.version,
-                               model_sha256=sha256)
+        item = encode_features(
+            vector, config, model_name=manifest.name, model_version=manifest.version, model_sha256=sha256
+        )
         middle = time.perf_counter_ns()
         decoded.append(decode_features(item, expected_dims=vector.shape))
         encode_us.append((middle - started) / 1000)

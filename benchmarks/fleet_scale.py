@@ -60,16 +60,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np
 import paho.mqtt
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
-
 from edgecloud.fleet.manager import FleetManager, FleetManagerConfig
 from edgecloud.fleet.rollout import Exponential, RolloutStatus
 from edgecloud.shared.artifacts import pack_bundle
 from edgecloud.shared.broker import BrokerSettings
 from edgecloud.shared.bundle import write_bundle
 from edgecloud.shared.fleet import AckStatus, Birth, Command, CommandAck, Telemetry, Topics, decode, encode
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 FLEET = "bench"
 BUNDLE = "edge-student"
@@ -99,12 +98,20 @@ def cpu_s(pid: int) -> float:
 def machine_info(broker_binary: str) -> dict[str, Any]:
     def first(path: str, prefix: str) -> str:
         try:
-            return next((line.split(":", 1)[1].strip() for line in Path(path).read_text().splitlines()
-                         if line.startswith(prefix)), "")
+            return next(
+                (
+                    line.split(":", 1)[1].strip()
+                    for line in Path(path).read_text().splitlines()
+                    if line.startswith(prefix)
+                ),
+                "",
+            )
         except OSError:
             return ""
 
-    version = subprocess.run([broker_binary, "-h"], capture_output=True, text=True).stdout.split("\n", 1)[0]
+    version = subprocess.run([broker_binary, "-h"], capture_output=True, text=True, check=False).stdout.split("\n", 1)[
+        0
+    ]
     return {
         "cpu_count": os.cpu_count(),
         "cpu_model": first("/proc/cpuinfo", "model name"),
@@ -122,8 +129,9 @@ def start_broker(work: Path) -> tuple[subprocess.Popen[bytes], int, str]:
         probe.bind(("127.0.0.1", 0))
         port = int(probe.getsockname()[1])
     config = work / "mosquitto.conf"
-    config.write_text(f"listener {port} 127.0.0.1\nmax_connections -1\nallow_anonymous true\n"
-                      "persistence false\nlog_dest none\n")
+    config.write_text(
+        f"listener {port} 127.0.0.1\nmax_connections -1\nallow_anonymous true\npersistence false\nlog_dest none\n"
+    )
     binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
     process = subprocess.Popen([binary, "-c", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     for _ in range(200):
@@ -150,10 +158,14 @@ class SimDevice:
         self.connected = False
         self.commands = 0
         self.done: dict[str, bytes] = {}
-        self.client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2,
-                                  client_id=f"edgecloud-{FLEET}-{self.device}", protocol=mqtt.MQTTv5)
-        self.client.will_set(self.topics.state, encode(Birth(online=False, device=self.device).to_dict()), qos=1,
-                             retain=True)
+        self.client = mqtt.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2,
+            client_id=f"edgecloud-{FLEET}-{self.device}",
+            protocol=mqtt.MQTTv5,
+        )
+        self.client.will_set(
+            self.topics.state, encode(Birth(online=False, device=self.device).to_dict()), qos=1, retain=True
+        )
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
@@ -168,8 +180,16 @@ class SimDevice:
             return
         self.session += 1
         client.subscribe(self.topics.cmd, qos=1)
-        birth = Birth(online=True, device=self.device, model_name=BUNDLE, model_version=self.version,
-                      session=self.session, capabilities=["deploy", "telemetry"], labels=self.labels, at=time.time())
+        birth = Birth(
+            online=True,
+            device=self.device,
+            model_name=BUNDLE,
+            model_version=self.version,
+            session=self.session,
+            capabilities=["deploy", "telemetry"],
+            labels=self.labels,
+            at=time.time(),
+        )
         client.publish(self.topics.state, encode(birth.to_dict()), qos=1, retain=True)
         self.connected = True
 
@@ -178,10 +198,20 @@ class SimDevice:
 
     def send_telemetry(self) -> None:
         self.seq += 1
-        telemetry = Telemetry(device=self.device, at=time.time(), model_name=BUNDLE, model_version=self.version,
-                              requests={"edge": 90 * self.seq, "cloud": 10 * self.seq},
-                              latency_ms={"edge": {"p50": 3.0, "p99": 9.0}}, escalation_rate=0.1, degraded=0,
-                              errors=0, outbox_depth=0, cpu_percent=5.0, memory_mb=120.0)
+        telemetry = Telemetry(
+            device=self.device,
+            at=time.time(),
+            model_name=BUNDLE,
+            model_version=self.version,
+            requests={"edge": 90 * self.seq, "cloud": 10 * self.seq},
+            latency_ms={"edge": {"p50": 3.0, "p99": 9.0}},
+            escalation_rate=0.1,
+            degraded=0,
+            errors=0,
+            outbox_depth=0,
+            cpu_percent=5.0,
+            memory_mb=120.0,
+        )
         self.client.publish(self.topics.telemetry, encode({**telemetry.to_dict(), "seq": self.seq}), qos=0)
 
     def _on_message(self, client, _userdata, message: mqtt.MQTTMessage) -> None:  # type: ignore[no-untyped-def]
@@ -193,15 +223,31 @@ class SimDevice:
         for status in (AckStatus.DOWNLOADING, AckStatus.VERIFYING, AckStatus.ACTIVE):
             if status is AckStatus.ACTIVE:
                 self.version = command.bundle.version
-            ack = encode(CommandAck(command_id=command.id, device=self.device, status=status,
-                                    revision=command.revision, version=self.version, rollout_id=command.rollout_id,
-                                    at=time.time()).to_dict())
+            ack = encode(
+                CommandAck(
+                    command_id=command.id,
+                    device=self.device,
+                    status=status,
+                    revision=command.revision,
+                    version=self.version,
+                    rollout_id=command.rollout_id,
+                    at=time.time(),
+                ).to_dict()
+            )
             client.publish(self.topics.ack, ack, qos=1)
         self.done[command.id] = ack
 
 
-def _device_loop(devices: list[SimDevice], slot: int, interval: float, stop: Any, published: Any, connected: Any,
-                 commands: Any, late_ms: Any) -> None:
+def _device_loop(
+    devices: list[SimDevice],
+    slot: int,
+    interval: float,
+    stop: Any,
+    published: Any,
+    connected: Any,
+    commands: Any,
+    late_ms: Any,
+) -> None:
     """Connect ``devices`` and serve them until ``stop``: reads, queued writes, telemetry, keepalive."""
     selector = selectors.DefaultSelector()
     for device in devices:
@@ -251,15 +297,30 @@ def _device_loop(devices: list[SimDevice], slot: int, interval: float, stop: Any
             flush(device)
 
 
-def run_devices(count: int, threads: int, host: str, port: int, version: int, interval: float, stop: Any,
-                published: Any, connected: Any, commands: Any, late_ms: Any) -> None:
+def run_devices(
+    count: int,
+    threads: int,
+    host: str,
+    port: int,
+    version: int,
+    interval: float,
+    stop: Any,
+    published: Any,
+    connected: Any,
+    commands: Any,
+    late_ms: Any,
+) -> None:
     """The device process: ``count`` devices spread over ``threads`` selector loops."""
     raise_nofile()
     devices = [SimDevice(i, host, port, version) for i in range(count)]
-    workers = [threading.Thread(target=_device_loop, name=f"devices-{slot}",
-                                args=(devices[slot::threads], slot, interval, stop, published, connected, commands,
-                                      late_ms))
-               for slot in range(threads)]
+    workers = [
+        threading.Thread(
+            target=_device_loop,
+            name=f"devices-{slot}",
+            args=(devices[slot::threads], slot, interval, stop, published, connected, commands, late_ms),
+        )
+        for slot in range(threads)
+    ]
     for worker in workers:
         worker.start()
     for worker in workers:
@@ -293,8 +354,11 @@ class TelemetryCounter:
 def percentiles(values: list[float]) -> dict[str, float] | None:
     if not values:
         return None
-    return {"p50": round(float(np.percentile(values, 50)), 1), "p99": round(float(np.percentile(values, 99)), 1),
-            "max": round(max(values), 1)}
+    return {
+        "p50": round(float(np.percentile(values, 50)), 1),
+        "p99": round(float(np.percentile(values, 99)), 1),
+        "max": round(max(values), 1),
+    }
 
 
 def make_archive(work: Path, version: int) -> Path:
@@ -302,9 +366,16 @@ def make_archive(work: Path, version: int) -> Path:
     bundle = work / f"{BUNDLE}-v{version}"
     bundle.mkdir(parents=True)
     (bundle / "model.bin").write_bytes(os.urandom(4096))
-    write_bundle(bundle, name=BUNDLE, kind="edge", version=version,
-                 io={"inputs": [], "outputs": [], "feature_dim": 4, "tokenizer": "none"},
-                 calibration={}, golden=[], metadata={})
+    write_bundle(
+        bundle,
+        name=BUNDLE,
+        kind="edge",
+        version=version,
+        io={"inputs": [], "outputs": [], "feature_dim": 4, "tokenizer": "none"},
+        calibration={},
+        golden=[],
+        metadata={},
+    )
     archive = work / f"{bundle.name}.tar.gz"
     pack_bundle(bundle, archive)  # files at the archive's root, as the manager requires
     return archive
@@ -318,8 +389,11 @@ class Probe:
         self.mark()
 
     def _now(self) -> dict[str, float]:
-        return {"manager": cpu_s(os.getpid()), **{name: cpu_s(pid) for name, pid in self.pids.items()},
-                "wall": time.monotonic()}
+        return {
+            "manager": cpu_s(os.getpid()),
+            **{name: cpu_s(pid) for name, pid in self.pids.items()},
+            "wall": time.monotonic(),
+        }
 
     def mark(self) -> None:
         self._start = self._now()
@@ -345,10 +419,16 @@ class Bench:
     def __init__(self, args: argparse.Namespace, work: Path) -> None:
         self.args, self.work = args, work
         self.broker, port, self.binary = start_broker(work)
-        self.manager = FleetManager(FleetManagerConfig(
-            fleet=FLEET, broker=BrokerSettings(port=port), store_path=work / "fleet.sqlite3", artifact_dir=work / "artifacts",
-            tick_interval_s=args.tick, client_id="bench-fleet-manager",
-        ))
+        self.manager = FleetManager(
+            FleetManagerConfig(
+                fleet=FLEET,
+                broker=BrokerSettings(port=port),
+                store_path=work / "fleet.sqlite3",
+                artifact_dir=work / "artifacts",
+                tick_interval_s=args.tick,
+                client_id="bench-fleet-manager",
+            )
+        )
         self.counter = TelemetryCounter(self.manager)
         self.manager.start()
         if not self.manager.wait_connected(10):
@@ -356,10 +436,25 @@ class Bench:
         ctx = mp.get_context("spawn")
         self.stop = ctx.Event()
         self.published, self.connected, self.commands, self.late_ms = (
-            ctx.Array(code, args.threads, lock=False) for code in ("q", "q", "q", "d"))
-        self.devices = ctx.Process(target=run_devices, name="fleet-devices",
-                                   args=(args.devices, args.threads, "127.0.0.1", port, 1, args.interval, self.stop,
-                                         self.published, self.connected, self.commands, self.late_ms))
+            ctx.Array(code, args.threads, lock=False) for code in ("q", "q", "q", "d")
+        )
+        self.devices = ctx.Process(
+            target=run_devices,
+            name="fleet-devices",
+            args=(
+                args.devices,
+                args.threads,
+                "127.0.0.1",
+                port,
+                1,
+                args.interval,
+                self.stop,
+                self.published,
+                self.connected,
+                self.commands,
+                self.late_ms,
+            ),
+        )
         self.probe: Probe | None = None
 
     def online(self) -> int:
@@ -374,8 +469,10 @@ class Bench:
         connected_s = time.monotonic() - started
         all_online = wait_until(lambda: self.online() >= args.devices, args.timeout)
         result = {
-            "devices_connected": int(sum(self.connected)), "all_connected_s": round(connected_s, 2),
-            "manager_online": self.online(), "all_births_absorbed_s": round(time.monotonic() - started, 2),
+            "devices_connected": int(sum(self.connected)),
+            "all_connected_s": round(connected_s, 2),
+            "manager_online": self.online(),
+            "all_births_absorbed_s": round(time.monotonic() - started, 2),
             "cpu_percent": self.probe.cpu_percent(),
         }
         if not (all_connected and all_online):
@@ -393,8 +490,9 @@ class Bench:
         p1, h1, elapsed = sum(self.published), counter.handled, time.monotonic() - t0
         lags, counter.lags_ms = counter.lags_ms, None
         with sqlite3.connect(f"file:{self.work / 'fleet.sqlite3'}?mode=ro", uri=True) as db:
-            fresh = db.execute("SELECT count(*) FROM devices WHERE last_seen >= ? AND telemetry IS NOT NULL",
-                               (wall0,)).fetchone()[0]
+            fresh = db.execute(
+                "SELECT count(*) FROM devices WHERE last_seen >= ? AND telemetry IS NOT NULL", (wall0,)
+            ).fetchone()[0]
         return {
             "window_s": round(elapsed, 2),
             "offered_per_s": round(args.devices / args.interval, 1),
@@ -415,9 +513,13 @@ class Bench:
         p0, h0 = sum(self.published), counter.handled
         counter.lags_ms = []
         t0 = time.monotonic()
-        rollout = manager.create_rollout(record.name, record.version, labels=LABELS,
-                                         strategy=Exponential(base_rate=args.base_rate, increment_factor=args.factor),
-                                         device_timeout_s=args.timeout)
+        rollout = manager.create_rollout(
+            record.name,
+            record.version,
+            labels=LABELS,
+            strategy=Exponential(base_rate=args.base_rate, increment_factor=args.factor),
+            device_timeout_s=args.timeout,
+        )
         create_s = time.monotonic() - t0
         finished = wait_until(lambda: not manager.get_rollout(rollout.id).status.live, args.timeout, 0.02)
         rollout_s = time.monotonic() - t0
@@ -433,25 +535,39 @@ class Bench:
             t = time.perf_counter()
             manager.store.save_rollout(live)
             saves.append((time.perf_counter() - t) * 1e3)
-        per_device = [(d["deploy"]["updated_at"] - d["deploy"]["sent_at"]) * 1e3 for d in view["devices"]
-                      if d["deploy"]["status"] == "ACTIVE" and d["deploy"]["sent_at"] is not None]
+        per_device = [
+            (d["deploy"]["updated_at"] - d["deploy"]["sent_at"]) * 1e3
+            for d in view["devices"]
+            if d["deploy"]["status"] == "ACTIVE" and d["deploy"]["sent_at"] is not None
+        ]
         waves = []
         for index, size in enumerate(view["wave_sizes"]):
             members = [d["deploy"] for d in view["devices"] if d["wave"] == index and d["deploy"]["sent_at"]]
             if members:
-                waves.append({"size": size, "duration_ms": round(
-                    (max(m["updated_at"] for m in members) - min(m["sent_at"] for m in members)) * 1e3, 1)})
+                waves.append(
+                    {
+                        "size": size,
+                        "duration_ms": round(
+                            (max(m["updated_at"] for m in members) - min(m["sent_at"] for m in members)) * 1e3, 1
+                        ),
+                    }
+                )
         return {
             "strategy": {"type": "exponential", "base_rate": args.base_rate, "increment_factor": args.factor},
-            "status": view["status"], "finished": finished, "succeeded": view["succeeded"], "failed": view["failed"],
+            "status": view["status"],
+            "finished": finished,
+            "succeeded": view["succeeded"],
+            "failed": view["failed"],
             "create_rollout_ms": round(create_s * 1e3, 1),
             "to_completed_s": round(rollout_s, 2),
             "waves": waves,
             "device_publish_to_active_ms": percentiles(per_device),
             "commands_received_by_devices": int(sum(self.commands)),
-            "telemetry_during_rollout": {"published_per_s": round((p1 - p0) / rollout_s, 1),
-                                         "absorbed_per_s": round((h1 - h0) / rollout_s, 1),
-                                         "ingest_lag_ms": percentiles(lags)},
+            "telemetry_during_rollout": {
+                "published_per_s": round((p1 - p0) / rollout_s, 1),
+                "absorbed_per_s": round((h1 - h0) / rollout_s, 1),
+                "ingest_lag_ms": percentiles(lags),
+            },
             "save_rollout_one_device_ms": round(float(np.median(saves)), 2),
             "cpu_percent": cpu,
         }
@@ -467,8 +583,11 @@ class Bench:
         while handled != self.counter.handled:
             handled = self.counter.handled
             time.sleep(1.0)
-        totals = {"published": int(sum(self.published)), "absorbed": handled,
-                  "lost": int(sum(self.published)) - handled}
+        totals = {
+            "published": int(sum(self.published)),
+            "absorbed": handled,
+            "lost": int(sum(self.published)) - handled,
+        }
         self.manager.close()
         self.broker.terminate()
         self.broker.wait(10)
@@ -485,17 +604,26 @@ def main() -> int:
     parser.add_argument("--factor", type=float, default=2.0, help="exponential increment factor")
     parser.add_argument("--tick", type=float, default=0.5, help="the manager's tick interval, seconds")
     parser.add_argument("--timeout", type=float, default=180.0, help="limit for connecting and for the rollout")
-    parser.add_argument("--rollout", action=argparse.BooleanOptionalAction, default=True,
-                        help="run the rollout phase (--no-rollout measures telemetry only)")
+    parser.add_argument(
+        "--rollout",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="run the rollout phase (--no-rollout measures telemetry only)",
+    )
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
 
     raise_nofile()
     work = Path(tempfile.mkdtemp(prefix="edgecloud-fleet-scale-"))
     bench = Bench(args, work)
-    report: dict[str, Any] = {"benchmark": "fleet_scale", "machine": machine_info(bench.binary),
-                              "devices": args.devices, "device_threads": args.threads,
-                              "telemetry_interval_s": args.interval, "manager_tick_s": args.tick}
+    report: dict[str, Any] = {
+        "benchmark": "fleet_scale",
+        "machine": machine_info(bench.binary),
+        "devices": args.devices,
+        "device_threads": args.threads,
+        "telemetry_interval_s": args.interval,
+        "manager_tick_s": args.tick,
+    }
     try:
         report["connect"] = bench.connect()
         report["telemetry"] = bench.telemetry()

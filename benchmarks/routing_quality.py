@@ -42,11 +42,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 import torch
-
-from edgecloud.modelkit.evaluate import ModelPaths, edge_answers, per_k_accuracy, run_batched
 from edgecloud.cloud.transformers_engine import LoadedModel
 from edgecloud.edge.runtime import EdgeModel
 from edgecloud.edge.triage import Requested, Route, TriageInput, TriagePolicy, decide, estimate_difficulty
+from edgecloud.modelkit.evaluate import ModelPaths, edge_answers, per_k_accuracy, run_batched
 from edgecloud.shared.task import EVAL_MIX, Problem, Split, generate, parse_answer
 
 CLOUD_SHARE = 0.95
@@ -165,7 +164,14 @@ def plot(
     ax.axhline(100 * edge_acc, color="C1", lw=1, label=f"edge only ({100 * edge_acc:.1f}%)")
     target = 100 * TARGET_ACCURACY_RATIO * cloud_acc
     ax.axhline(target, color="C3", lw=0.8, ls="-.", alpha=0.6, label=f"target: {TARGET_ACCURACY_RATIO:.0%} of cloud")
-    ax.axvline(100 * max_escalation, color="k", lw=0.8, ls="-.", alpha=0.6, label=f"target: multi-step share + {100 * TARGET_ESCALATION_SLACK:.0f} pts")
+    ax.axvline(
+        100 * max_escalation,
+        color="k",
+        lw=0.8,
+        ls="-.",
+        alpha=0.6,
+        label=f"target: multi-step share + {100 * TARGET_ESCALATION_SLACK:.0f} pts",
+    )
     ax.plot(100 * calibrated[0], 100 * calibrated[1], "o", color="C0", ms=7, mec="k", label="calibrated threshold")
     ax.set_xlabel("escalated to the cloud (% of queries)")
     ax.set_ylabel("system accuracy (%)")
@@ -223,7 +229,9 @@ def main() -> int:
     edge_ok = _correct(problems, [a.text for a in answers])
     cloud_ok = _correct(problems, [g.answer_text for g in gens])
     confidence = np.asarray([a.confidence for a in answers])
-    difficulty = np.asarray([estimate_difficulty(a.token_logprobs, a.input_tokens, abstained=a.abstained) for a in answers])
+    difficulty = np.asarray(
+        [estimate_difficulty(a.token_logprobs, a.input_tokens, abstained=a.abstained) for a in answers]
+    )
     edge_acc, cloud_acc = float(edge_ok.mean()), float(cloud_ok.mean())
     multi_share = float((ks >= 2).mean())
     max_escalation = multi_share + TARGET_ESCALATION_SLACK

@@ -26,12 +26,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
-from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
-
-from edgecloud.modelkit.evaluate import ModelPaths, latency_summary, torch_single_latency  # noqa: E402
-from edgecloud.edge.runtime import EdgeModel  # noqa: E402
-from edgecloud.shared.task import Split, generate  # noqa: E402
+import torch
+from edgecloud.edge.runtime import EdgeModel
+from edgecloud.modelkit.evaluate import ModelPaths, latency_summary, torch_single_latency
+from edgecloud.shared.task import Split, generate
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 
 def main() -> int:
@@ -39,7 +38,9 @@ def main() -> int:
     parser.add_argument("--models", type=Path, default=Path("models"))
     parser.add_argument("--n", type=int, default=300, help="number of k=1 queries")
     parser.add_argument("--seed", type=int, default=100)
-    parser.add_argument("--block", type=int, default=50, help="consecutive queries per model before the next takes over")
+    parser.add_argument(
+        "--block", type=int, default=50, help="consecutive queries per model before the next takes over"
+    )
     parser.add_argument("--png", type=Path, default=None, help="also write a latency plot here")
     args = parser.parse_args()
 

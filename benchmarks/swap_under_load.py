@@ -35,8 +35,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import httpx
 import numpy as np
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
-
 from edgecloud.edge.agent import AgentConfig, DeviceAgent
 from edgecloud.edge.config import EdgeConfig
 from edgecloud.edge.daemon import create_daemon
@@ -46,6 +44,7 @@ from edgecloud.shared.broker import BrokerSettings
 from edgecloud.shared.bundle import load_manifest, write_bundle
 from edgecloud.shared.fleet import Topics, encode
 from edgecloud.shared.signing import generate_keypair, load_private_key, sign_bundle
+from paho.mqtt.enums import CallbackAPIVersion
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -99,20 +98,43 @@ def main() -> int:
         directory = work / f"bundle-v{version}"
         shutil.copytree(args.bundle, directory)
         (directory / "manifest.sig").unlink(missing_ok=True)
-        write_bundle(directory, name=source.name, kind=source.kind, version=version, io=source.io,
-                     calibration=source.calibration, golden=source.golden, metadata=source.metadata)
+        write_bundle(
+            directory,
+            name=source.name,
+            kind=source.kind,
+            version=version,
+            io=source.io,
+            calibration=source.calibration,
+            golden=source.golden,
+            metadata=source.metadata,
+        )
         sign_bundle(directory, key)
         sha, size = pack_bundle(directory, artifacts / f"v{version}.tar.gz")
-        bundles.append({"name": source.name, "version": version, "url": f"{artifact_url}/v{version}.tar.gz",
-                        "sha256": sha, "size": size})
+        bundles.append(
+            {
+                "name": source.name,
+                "version": version,
+                "url": f"{artifact_url}/v{version}.tar.gz",
+                "sha256": sha,
+                "size": size,
+            }
+        )
 
     app, service = create_daemon(EdgeConfig(bundle=args.bundle, port=0, outbox=work / "outbox.sqlite3"))
     server = ThreadedServer(app, lifespan="on", name="edge-daemon")
     server.start(timeout=60)
     url = server.url
-    agent = DeviceAgent(AgentConfig(device_id="bench-1", fleet="bench", state_dir=work / "agent",
-                                    trusted_keys=(work / "key.pub",), broker=BrokerSettings(port=broker_port),
-                                    watch_s=0.0), service)
+    agent = DeviceAgent(
+        AgentConfig(
+            device_id="bench-1",
+            fleet="bench",
+            state_dir=work / "agent",
+            trusted_keys=(work / "key.pub",),
+            broker=BrokerSettings(port=broker_port),
+            watch_s=0.0,
+        ),
+        service,
+    )
     agent.start()
     agent.wait_connected(10)
 
@@ -145,8 +167,9 @@ def main() -> int:
     topic = Topics("bench", "bench-1").cmd
     for revision, bundle in enumerate(bundles, 1):
         published = time.monotonic()
-        publisher.publish(topic, encode({"id": f"swap-{revision}", "type": "deploy", "revision": revision,
-                                         "bundle": bundle}), qos=1).wait_for_publish(5)
+        publisher.publish(
+            topic, encode({"id": f"swap-{revision}", "type": "deploy", "revision": revision, "bundle": bundle}), qos=1
+        ).wait_for_publish(5)
         deadline = published + 60
         while time.monotonic() < deadline:
             with lock:
@@ -172,8 +195,13 @@ def main() -> int:
         "requests": len(results),
         "failed_requests": failed,
         "requests_per_s": len(results) / wall,
-        "swap_latency_ms": {"p50": float(np.percentile(swap_ms, 50)), "p99": float(np.percentile(swap_ms, 99)),
-                            "max": max(swap_ms)} if swap_ms else None,
+        "swap_latency_ms": {
+            "p50": float(np.percentile(swap_ms, 50)),
+            "p99": float(np.percentile(swap_ms, 99)),
+            "max": max(swap_ms),
+        }
+        if swap_ms
+        else None,
         "final_version": service.slot.current.version,
         "wall_s": wall,
     }

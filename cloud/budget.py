@@ -21,7 +21,6 @@ import threading
 from dataclasses import dataclass
 
 import numpy as np
-
 from edgecloud.shared.errors import ConfigError
 from edgecloud.shared.reasoning import EdgeHint
 
@@ -103,7 +102,7 @@ class BudgetPolicy:
                 budget = int(used.max() * c.headroom) + c.margin
                 return max(c.minimum, min(c.maximum, budget)), "features"
         if hint is not None and hint.estimated_difficulty > 0:
-            return int(round(c.minimum + hint.estimated_difficulty * (c.maximum - c.minimum))), "hint"
+            return round(c.minimum + hint.estimated_difficulty * (c.maximum - c.minimum)), "hint"
         return c.default, "default"
 
     def observe(self, features: np.ndarray, producer: str, reasoning_tokens: int, budget_reached: bool) -> None:

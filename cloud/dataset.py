@@ -18,7 +18,7 @@ import json
 import logging
 import threading
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 __all__ = ["Escalation", "EscalationLog", "read_escalations"]
@@ -52,7 +52,7 @@ class EscalationLog:
 
     @staticmethod
     def now() -> str:
-        return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def read_escalations(path: Path) -> list[Escalation]:

@@ -45,7 +45,6 @@ THINK_START = "<think>"
 THINK_END = "</think>"
 
 
-
 @dataclass(frozen=True, kw_only=True)
 class EngineConfig:
     max_batch: int = 16
@@ -77,7 +76,6 @@ class EngineConfig:
             raise ConfigError("engine.default_max_output_tokens exceeds engine.max_output_tokens")
         if not (self.device in ("auto", "cpu") or self.device.startswith("cuda")):
             raise ConfigError(f"engine.device must be auto, cpu or cuda[:N], got {self.device!r}")
-
 
 
 @dataclass
@@ -121,8 +119,6 @@ class EngineEvent:
     result: GenerationResult | None = None
     error: str = ""
     error_code: str = ""
-
-
 
 
 @runtime_checkable

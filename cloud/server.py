@@ -18,9 +18,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
-
 from edgecloud.cloud.budget import BudgetPolicy
 from edgecloud.cloud.config import CloudConfig
 from edgecloud.cloud.engine import ReasoningEngine
@@ -38,6 +35,8 @@ from edgecloud.shared.errors import (
     UnavailableError,
 )
 from edgecloud.shared.wire import event_to_pb, session_info_to_pb, think_request_from_pb
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
 
 if TYPE_CHECKING:
     from edgecloud.cloud.transformers_engine import LoadedModel
@@ -48,6 +47,7 @@ log = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Reasoner"].full_name
 _DEVICE_KEY = "edgecloud-device"
+
 
 def status_for(error: EdgecloudError) -> grpc.StatusCode:
     """The gRPC status of a deliberate error (the table in :mod:`edgecloud.shared.errors`)."""
@@ -176,7 +176,9 @@ class ReasonerServicer(pb_grpc.ReasonerServicer):
         session = self.sessions.create(think_request_from_pb(request))
         return session_info_to_pb(self.sessions.info(session.id))
 
-    async def Attach(self, request: pb.AttachRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ThinkEvent]:
+    async def Attach(
+        self, request: pb.AttachRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.ThinkEvent]:
         async for event in self.sessions.follow(request.session_id, request.after_seq):
             yield event_to_pb(event)
 
@@ -279,7 +281,9 @@ async def create_server(
     engine.start()
     metrics = CloudMetrics()
     store = SessionStore(config.store)
-    sessions = SessionManager(engine, store, config=config.sessions, budget=BudgetPolicy(config.budget), metrics=metrics)
+    sessions = SessionManager(
+        engine, store, config=config.sessions, budget=BudgetPolicy(config.budget), metrics=metrics
+    )
     rerun = await sessions.start()
     servicer._sessions = sessions
     metrics_port = metrics.serve(config.metrics_port, config.metrics_host) if config.metrics_port is not None else None
@@ -287,7 +291,14 @@ async def create_server(
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     log.info(
         "reasoner serving %s v%d on %s:%d (tls=%s, auth=%s, metrics=%s, re-ran %d sessions)",
-        engine.name, engine.version, config.host, port, config.tls is not None, config.auth_required, metrics_port, rerun,
+        engine.name,
+        engine.version,
+        config.host,
+        port,
+        config.tls is not None,
+        config.auth_required,
+        metrics_port,
+        rerun,
     )
     return CloudService(server, port, sessions, engine, store, health_servicer, metrics, metrics_port), port
 

@@ -28,7 +28,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
-
 from edgecloud.cloud.budget import BudgetPolicy
 from edgecloud.cloud.dataset import Escalation, EscalationLog
 from edgecloud.cloud.engine import EngineEvent, EngineEventKind, GenerationResult, Job, ReasoningEngine
@@ -229,7 +228,7 @@ class SessionManager:
             if session.finished:
                 return
             async with session.changed:
-                await session.changed.wait_for(lambda: len(session.events) > index or session.finished)
+                await session.changed.wait_for(lambda seen=index: len(session.events) > seen or session.finished)
 
     # -- internals ---------------------------------------------------------------------
 
@@ -295,7 +294,9 @@ class SessionManager:
         def on_event(event: EngineEvent) -> None:  # engine thread
             loop.call_soon_threadsafe(self._on_engine_event, session, event)
 
-        self.engine.submit(Job(session.id, session.params.query, session.budget, output, session.params.stream_reasoning, on_event))
+        self.engine.submit(
+            Job(session.id, session.params.query, session.budget, output, session.params.stream_reasoning, on_event)
+        )
 
     def _append(self, session: Session, event: Event) -> None:
         session.events.append(event)
@@ -320,7 +321,9 @@ class SessionManager:
                 session.started = now
                 session.status = SessionStatus.THINKING if session.budget > 0 else SessionStatus.ANSWERING
             case EngineEventKind.REASONING_PROGRESS:
-                self._append(session, self._next(session, EventKind.REASONING_PROGRESS, reasoning_tokens=event.reasoning_tokens))
+                self._append(
+                    session, self._next(session, EventKind.REASONING_PROGRESS, reasoning_tokens=event.reasoning_tokens)
+                )
             case EngineEventKind.REASONING_DELTA:
                 self._append(session, self._next(session, EventKind.REASONING_DELTA, text=event.text))
             case EngineEventKind.ANSWER_DELTA:
@@ -365,7 +368,9 @@ class SessionManager:
         m.reasoning_tokens.observe(result.usage.reasoning_tokens)
         m.latency.observe(now - session.created)
         if session.features is not None:
-            self.budget.observe(session.features, session.producer, result.usage.reasoning_tokens, result.budget_reached)
+            self.budget.observe(
+                session.features, session.producer, result.usage.reasoning_tokens, result.budget_reached
+            )
             if self.escalations is not None:
                 encoded = session.params.features
                 assert encoded is not None
@@ -377,7 +382,11 @@ class SessionManager:
                         answer=result.answer,
                         reasoning_tokens=result.usage.reasoning_tokens,
                         budget_reached=result.budget_reached,
-                        producer={"name": encoded.model_name, "version": encoded.model_version, "sha256": encoded.model_sha256},
+                        producer={
+                            "name": encoded.model_name,
+                            "version": encoded.model_version,
+                            "sha256": encoded.model_sha256,
+                        },
                         features=[float(x) for x in session.features.ravel()],
                         created_at=EscalationLog.now(),
                     )

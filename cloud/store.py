@@ -80,7 +80,14 @@ class SessionStore:
             self._db.execute(
                 "INSERT INTO sessions (session_id, request_id, request, budget, accepted, created_at)"
                 " VALUES (?, ?, ?, ?, ?, ?)",
-                (session_id, params.request_id, request, budget, event_to_pb(accepted).SerializeToString(), time.time()),
+                (
+                    session_id,
+                    params.request_id,
+                    request,
+                    budget,
+                    event_to_pb(accepted).SerializeToString(),
+                    time.time(),
+                ),
             )
 
     def finish(self, info: SessionInfo, events: list[Event]) -> None:
@@ -125,12 +132,16 @@ class SessionStore:
 
     def get(self, session_id: str) -> StoredSession | None:
         with self._lock:
-            row = self._db.execute(f"SELECT {self._COLUMNS} FROM sessions WHERE session_id = ?", (session_id,)).fetchone()
+            row = self._db.execute(
+                f"SELECT {self._COLUMNS} FROM sessions WHERE session_id = ?", (session_id,)
+            ).fetchone()
         return self._row(row) if row else None
 
     def find_request(self, request_id: str) -> StoredSession | None:
         with self._lock:
-            row = self._db.execute(f"SELECT {self._COLUMNS} FROM sessions WHERE request_id = ?", (request_id,)).fetchone()
+            row = self._db.execute(
+                f"SELECT {self._COLUMNS} FROM sessions WHERE request_id = ?", (request_id,)
+            ).fetchone()
         return self._row(row) if row else None
 
     def events(self, session_id: str) -> list[Event]:

@@ -30,9 +30,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
-from transformers.cache_utils import Cache, DynamicLayer
-
 from edgecloud.cloud.engine import (
     THINK_END,
     THINK_START,
@@ -44,6 +41,8 @@ from edgecloud.cloud.engine import (
 )
 from edgecloud.shared.errors import ConfigError, InvalidInputError, ResourceExhaustedError
 from edgecloud.shared.reasoning import Usage
+from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
+from transformers.cache_utils import Cache, DynamicLayer
 
 __all__ = ["LoadedModel", "TransformersEngine"]
 
@@ -319,7 +318,9 @@ class TransformersEngine:
             past_key_values=cache,
             use_cache=True,
         ).logits[:, -1]
-        new = _Batch(rows, cache, mask.to(self.device), torch.tensor([len(e) for e in encoded], device=self.device), logits)
+        new = _Batch(
+            rows, cache, mask.to(self.device), torch.tensor([len(e) for e in encoded], device=self.device), logits
+        )
         self._batch = new if not self._batch.rows else _merge(self._batch, new)
 
     def _keep(self, indices: list[int]) -> None:
@@ -390,7 +391,9 @@ class TransformersEngine:
                 return token
             row.phase = _Phase.ANSWERING  # a model that answers without a think block
         if row.phase is _Phase.THINKING:
-            if token != self.think_end and (row.reasoning_tokens >= job.reasoning_budget or token == self.eos or out_of_room):
+            if token != self.think_end and (
+                row.reasoning_tokens >= job.reasoning_budget or token == self.eos or out_of_room
+            ):
                 row.forced = row.forced or row.reasoning_tokens >= job.reasoning_budget
                 token = self.think_end
             if token == self.think_end:

@@ -14,22 +14,36 @@ from edgecloud.shared.errors import EdgecloudError
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m demo", description=__doc__)
-    parser.add_argument("--out", type=Path, default=Path("out/demo"), help="report, plots and run folder (default: out/demo)")
+    parser.add_argument(
+        "--out", type=Path, default=Path("out/demo"), help="report, plots and run folder (default: out/demo)"
+    )
     parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument("--concurrency", type=int, default=12, help="client threads sending queries (default: 12)")
     parser.add_argument("--edges", type=int, default=3, help="edge daemons (default: 3)")
-    parser.add_argument("--models", type=Path, default=REPO / "models", help="folder with cloud-teacher and edge-student")
-    parser.add_argument("--broker", choices=("auto", "mosquitto", "embedded"), default="auto",
-                        help="mosquitto when installed (auto), or the embedded amqtt broker")
+    parser.add_argument(
+        "--models", type=Path, default=REPO / "models", help="folder with cloud-teacher and edge-student"
+    )
+    parser.add_argument(
+        "--broker",
+        choices=("auto", "mosquitto", "embedded"),
+        default="auto",
+        help="mosquitto when installed (auto), or the embedded amqtt broker",
+    )
     parser.add_argument("--outage-s", type=float, default=8.0, help="seconds the cloud stays down (default: 8)")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     try:
-        config = DemoConfig(out=args.out, queries=args.queries, concurrency=args.concurrency, outage_s=args.outage_s,
-                            stack=StackConfig(work=args.out / "run", models=args.models, edges=args.edges,
-                                              broker=args.broker))
+        config = DemoConfig(
+            out=args.out,
+            queries=args.queries,
+            concurrency=args.concurrency,
+            outage_s=args.outage_s,
+            stack=StackConfig(work=args.out / "run", models=args.models, edges=args.edges, broker=args.broker),
+        )
         return run_demo(config)
     except EdgecloudError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -15,10 +15,12 @@ from amqtt.broker import Broker
 
 
 async def serve(host: str, port: int) -> None:
-    broker = Broker({
-        "listeners": {"default": {"type": "tcp", "bind": f"{host}:{port}", "max_connections": 1000}},
-        "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},
-    })
+    broker = Broker(
+        {
+            "listeners": {"default": {"type": "tcp", "bind": f"{host}:{port}", "max_connections": 1000}},
+            "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},
+        }
+    )
     await broker.start()
     logging.getLogger("edgecloud.demo.broker").info("embedded MQTT 3.1.1 broker on %s:%d", host, port)
     stop = asyncio.Event()

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from edgecloud.demo.traffic import QueryRecord
 
 __all__ = ["build_report", "check_invariants", "format_report", "plot"]
@@ -41,15 +40,27 @@ def route_of(record: QueryRecord) -> str:
     return "cloud"
 
 
-def build_report(records: list[QueryRecord], *, events: list[dict[str, Any]], swap: dict[str, Any],
-                 bytes_per_escalation: dict[str, Any], exits: dict[str, list[int]], wall_s: float,
-                 broker: str, undelivered: int, samples: list[dict[str, Any]]) -> dict[str, Any]:
+def build_report(
+    records: list[QueryRecord],
+    *,
+    events: list[dict[str, Any]],
+    swap: dict[str, Any],
+    bytes_per_escalation: dict[str, Any],
+    exits: dict[str, list[int]],
+    wall_s: float,
+    broker: str,
+    undelivered: int,
+    samples: list[dict[str, Any]],
+) -> dict[str, Any]:
     by_route: dict[str, dict[str, Any]] = {}
     for route in ("edge", "cloud", "edge (degraded)", "outbox", "failed"):
         rows = [r for r in records if route_of(r) == route]
         if rows:
-            by_route[route] = {"requests": len(rows), "accuracy": _accuracy(rows),
-                               "latency_ms": _pct([r.latency_ms for r in rows if not r.failed])}
+            by_route[route] = {
+                "requests": len(rows),
+                "accuracy": _accuracy(rows),
+                "latency_ms": _pct([r.latency_ms for r in rows if not r.failed]),
+            }
     answered = [r for r in records if not r.failed]
     cloud = [r for r in records if route_of(r) == "cloud"]
     reasoning = [r.reasoning_tokens for r in cloud]
@@ -65,8 +76,11 @@ def build_report(records: list[QueryRecord], *, events: list[dict[str, Any]], sw
         "accuracy_by_k": {str(k): _accuracy([r for r in answered if r.k == k]) for k in sorted({r.k for r in records})},
         "escalation_rate": round(sum(r.route == "cloud" for r in answered) / max(len(answered), 1), 4),
         "routes": by_route,
-        "reasoning_tokens": {"total": int(sum(reasoning)), "mean": round(float(np.mean(reasoning)), 1) if reasoning else None,
-                             "max": max(reasoning, default=0)},
+        "reasoning_tokens": {
+            "total": int(sum(reasoning)),
+            "mean": round(float(np.mean(reasoning)), 1) if reasoning else None,
+            "max": max(reasoning, default=0),
+        },
         "bytes_per_escalation": bytes_per_escalation,
         "swap": swap,
         "outage": {
@@ -118,29 +132,50 @@ def format_report(report: dict[str, Any]) -> str:
     for route, row in report["routes"].items():
         latency = row["latency_ms"] or {}
         accuracy = "-" if row["accuracy"] is None else f"{100 * row['accuracy']:.1f}%"
-        lines.append(f"{route:<17}{row['requests']:>9}{accuracy:>10}{latency.get('p50', '-'):>10}{latency.get('p99', '-'):>10}")
+        lines.append(
+            f"{route:<17}{row['requests']:>9}{accuracy:>10}{latency.get('p50', '-'):>10}{latency.get('p99', '-'):>10}"
+        )
     acc = report["accuracy"]
-    lines += ["", f"overall accuracy {100 * acc:.1f}%" if acc is not None else "overall accuracy -",
-              f"  by operators: " + ", ".join(f"k={k} {100 * v:.1f}%" for k, v in report["accuracy_by_k"].items() if v is not None),
-              f"escalation rate {100 * report['escalation_rate']:.1f}%",
-              f"reasoning tokens per cloud answer: mean {report['reasoning_tokens']['mean']}, max "
-              f"{report['reasoning_tokens']['max']}, total {report['reasoning_tokens']['total']}"]
+    lines += [
+        "",
+        f"overall accuracy {100 * acc:.1f}%" if acc is not None else "overall accuracy -",
+        "  by operators: "
+        + ", ".join(f"k={k} {100 * v:.1f}%" for k, v in report["accuracy_by_k"].items() if v is not None),
+        f"escalation rate {100 * report['escalation_rate']:.1f}%",
+        (
+            f"reasoning tokens per cloud answer: mean {report['reasoning_tokens']['mean']}, max "
+            f"{report['reasoning_tokens']['max']}, total {report['reasoning_tokens']['total']}"
+        ),
+    ]
     b = report["bytes_per_escalation"]
     if b.get("wire_bytes") is not None:
-        lines.append(f"features per escalation: {b['wire_bytes']:.1f} B on the wire vs {b['raw_bytes']} B raw float32 "
-                     f"({b['ratio']:.2f}x smaller), over {b['escalations']} escalations")
+        lines.append(
+            f"features per escalation: {b['wire_bytes']:.1f} B on the wire vs {b['raw_bytes']} B raw float32 "
+            f"({b['ratio']:.2f}x smaller), over {b['escalations']} escalations"
+        )
     swap = report["swap"]
-    lines += ["", f"rollout {swap.get('rollout_id')}: v{swap.get('from_version')} -> v{swap.get('to_version')}, "
-                  f"{swap.get('status')} in {swap.get('duration_s')} s"]
+    lines += [
+        "",
+        (
+            f"rollout {swap.get('rollout_id')}: v{swap.get('from_version')} -> v{swap.get('to_version')}, "
+            f"{swap.get('status')} in {swap.get('duration_s')} s"
+        ),
+    ]
     for device, row in sorted(swap.get("devices", {}).items()):
         first = swap.get("first_served_by_new_version", {}).get(device)
-        lines.append(f"  {device}: " + ", ".join(f"{s} at {t:.1f} s" for s, t in row) +
-                     (f"; first answer from v{swap.get('to_version')} at {first:.1f} s" if first is not None else ""))
+        lines.append(
+            f"  {device}: "
+            + ", ".join(f"{s} at {t:.1f} s" for s, t in row)
+            + (f"; first answer from v{swap.get('to_version')} at {first:.1f} s" if first is not None else "")
+        )
     o = report["outage"]
-    lines += ["", f"cloud outage: {o['queries_during']} queries while down, {o['degraded_answers']} answered locally "
-                  f"(degraded), {o['accepted_into_outbox']} insisted on the cloud and went to the outbox "
-                  f"(max depth {o['max_outbox_depth']:.0f}); {o['delivered_from_outbox']} delivered after the restart"
-                  + (f" (p50 {o['delivery_after_s']['p50']} s after acceptance)" if o["delivery_after_s"] else "")]
+    lines += [
+        "",
+        f"cloud outage: {o['queries_during']} queries while down, {o['degraded_answers']} answered locally "
+        f"(degraded), {o['accepted_into_outbox']} insisted on the cloud and went to the outbox "
+        f"(max depth {o['max_outbox_depth']:.0f}); {o['delivered_from_outbox']} delivered after the restart"
+        + (f" (p50 {o['delivery_after_s']['p50']} s after acceptance)" if o["delivery_after_s"] else ""),
+    ]
     lines += ["", "timeline:"] + [f"  {e['t']:7.1f} s  {e['event']}" for e in report["events"]]
     lines += ["", f"failed requests: {report['failed_requests']}"]
     return "\n".join(lines)
@@ -152,11 +187,20 @@ def _accuracy_curve(records: list[QueryRecord]) -> tuple[np.ndarray, np.ndarray,
     (``edge_answer``); its cloud answer only when it was escalated, so the few answered at the edge
     are scored at the cloud's measured accuracy for their number of operators when a lower
     threshold would have escalated them."""
-    rows = [r for r in records if not r.failed and r.phase != "outage" and r.status == "completed"
-            and r.confidence is not None and r.edge_correct is not None]
+    rows = [
+        r
+        for r in records
+        if not r.failed
+        and r.phase != "outage"
+        and r.status == "completed"
+        and r.confidence is not None
+        and r.edge_correct is not None
+    ]
     if len(rows) < 10:
         return None
-    cloud_by_k = {k: np.mean([r.correct for r in rows if r.route == "cloud" and r.k == k] or [0.0]) for k in {r.k for r in rows}}
+    cloud_by_k = {
+        k: np.mean([r.correct for r in rows if r.route == "cloud" and r.k == k] or [0.0]) for k in {r.k for r in rows}
+    }
     confidence = np.array([r.confidence for r in rows])
     edge_ok = np.array([float(r.edge_correct) for r in rows])
     cloud_ok = np.array([float(r.correct) if r.route == "cloud" else cloud_by_k[r.k] for r in rows])

@@ -19,8 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from tqdm import tqdm
-
 from edgecloud.demo.report import build_report, check_invariants, format_report, plot, route_counts
 from edgecloud.demo.stack import Stack, StackConfig
 from edgecloud.demo.traffic import QueryRecord, Sampler, Traffic, metric_values
@@ -28,6 +26,7 @@ from edgecloud.shared.artifacts import pack_bundle
 from edgecloud.shared.bundle import load_manifest, write_bundle
 from edgecloud.shared.errors import ConfigError
 from edgecloud.shared.signing import load_private_key, sign_bundle
+from tqdm import tqdm
 
 __all__ = ["DemoConfig", "run_demo"]
 
@@ -66,8 +65,16 @@ def release_bundle(source: Path, work: Path, version: int, key: Path) -> Path:
     shutil.copytree(source, directory)
     (directory / "manifest.sig").unlink(missing_ok=True)
     m = load_manifest(source)
-    write_bundle(directory, name=m.name, kind=m.kind, version=version, io=m.io, calibration=m.calibration,
-                 golden=m.golden, metadata={**m.metadata, "released_by": "edgecloud demo"})
+    write_bundle(
+        directory,
+        name=m.name,
+        kind=m.kind,
+        version=version,
+        io=m.io,
+        calibration=m.calibration,
+        golden=m.golden,
+        metadata={**m.metadata, "released_by": "edgecloud demo"},
+    )
     sign_bundle(directory, load_private_key(key))
     archive = work / f"{directory.name}.tar.gz"
     pack_bundle(directory, archive)
@@ -104,20 +111,26 @@ class _Run:
     def on_done(self, record: QueryRecord) -> None:
         with self.lock:
             self.done += 1
-            key = "failed" if record.failed else "outbox" if record.status == "accepted" else (
-                "degraded" if record.degraded else record.route)
+            key = (
+                "failed"
+                if record.failed
+                else "outbox"
+                if record.status == "accepted"
+                else ("degraded" if record.degraded else record.route)
+            )
             self.counts[key] = self.counts.get(key, 0) + 1
             if self.bar is not None:
                 self.bar.update(1)
-                self.bar.set_postfix_str(f"{self.phase} | " + " ".join(f"{k} {v}" for k, v in sorted(self.counts.items())),
-                                         refresh=False)
+                self.bar.set_postfix_str(
+                    f"{self.phase} | " + " ".join(f"{k} {v}" for k, v in sorted(self.counts.items())), refresh=False
+                )
 
     # -- the rollout -------------------------------------------------------------------
 
     def rollout(self) -> None:
         try:
             self._rollout()
-        except Exception as exc:  # noqa: BLE001 - reported as a broken invariant, not a crash
+        except Exception as exc:
             log.exception("the rollout step failed")
             self.errors.append(f"rollout: {exc}")
             self.swap.setdefault("status", f"error: {exc}")
@@ -126,26 +139,38 @@ class _Run:
 
     def _rollout(self) -> None:
         stack = self.stack
-        archive = release_bundle(stack.config.models / "edge-student", stack.work / "release", self.to_version,
-                                 stack.key)
+        archive = release_bundle(
+            stack.config.models / "edge-student", stack.work / "release", self.to_version, stack.key
+        )
         self.event(f"signed {self.bundle_name} v{self.to_version} ({archive.stat().st_size / 1e6:.2f} MB archive)")
         with httpx.Client(base_url=stack.fleet_url, timeout=30) as api:
-            registered = api.post("/v1/bundles", content=archive.read_bytes(),
-                                  headers={"Content-Type": "application/gzip"})
+            registered = api.post(
+                "/v1/bundles", content=archive.read_bytes(), headers={"Content-Type": "application/gzip"}
+            )
             if registered.status_code != 201:
                 raise RuntimeError(f"registering the bundle gave HTTP {registered.status_code}: {registered.text}")
-            self.event(f"registered it with the fleet manager (signature checked, sha256 {registered.json()['sha256'][:12]}..)")
-            created = api.post("/v1/rollouts", json={
-                "bundle": self.bundle_name, "version": self.to_version, "labels": {"site": "demo"},
-                "strategy": {"type": "exponential", "base_rate": 1, "increment_factor": 2.0},
-                "abort": {"failure_percent": 50, "min_devices": 1}, "device_timeout_s": 120})
+            self.event(
+                f"registered it with the fleet manager (signature checked, sha256 {registered.json()['sha256'][:12]}..)"
+            )
+            created = api.post(
+                "/v1/rollouts",
+                json={
+                    "bundle": self.bundle_name,
+                    "version": self.to_version,
+                    "labels": {"site": "demo"},
+                    "strategy": {"type": "exponential", "base_rate": 1, "increment_factor": 2.0},
+                    "abort": {"failure_percent": 50, "min_devices": 1},
+                    "device_timeout_s": 120,
+                },
+            )
             if created.status_code != 201:
                 raise RuntimeError(f"creating the rollout gave HTTP {created.status_code}: {created.text}")
             rollout_id = created.json()["id"]
             started = self.clock()
             self.event(f"rollout {rollout_id} started: waves {created.json()['wave_sizes']}, abort at 50% failures")
-            self.swap.update(rollout_id=rollout_id, from_version=self.from_version, to_version=self.to_version,
-                             devices={})
+            self.swap.update(
+                rollout_id=rollout_id, from_version=self.from_version, to_version=self.to_version, devices={}
+            )
             seen: dict[str, str] = {}
             while True:
                 view = api.get(f"/v1/rollouts/{rollout_id}").json()
@@ -161,8 +186,12 @@ class _Run:
                 if self.clock() - started > 180:
                     raise TimeoutError(f"rollout {rollout_id} still {view['status']} after 180 s")
                 time.sleep(0.2)
-            self.swap.update(status=view["status"], duration_s=round(self.clock() - started, 2),
-                             succeeded=view["succeeded"], failed=view["failed"])
+            self.swap.update(
+                status=view["status"],
+                duration_s=round(self.clock() - started, 2),
+                succeeded=view["succeeded"],
+                failed=view["failed"],
+            )
             self.event(f"rollout {view['status']}: {view['succeeded']} ACTIVE, {view['failed']} failed")
 
     # -- the outage --------------------------------------------------------------------
@@ -191,12 +220,14 @@ class _Run:
             time.sleep(self.config.outage_s)
             started = time.monotonic()
             self.stack.start_cloud()
-            self.event(f"cloud Reasoner restarted and SERVING after {time.monotonic() - started:.1f} s "
-                       "(same session store: interrupted sessions re-run)")
+            self.event(
+                f"cloud Reasoner restarted and SERVING after {time.monotonic() - started:.1f} s "
+                "(same session store: interrupted sessions re-run)"
+            )
             self._wait_edges_see_cloud()
             self.phase = "recovery"
             self.event("every edge daemon's health check sees the cloud again: escalations resume")
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             log.exception("the outage step failed")
             self.errors.append(f"outage: {exc}")
         finally:
@@ -235,13 +266,20 @@ def _bytes_per_escalation(stack: Stack) -> dict[str, Any]:
     wire = escalations = 0.0
     for index in range(stack.config.edges):
         text = httpx.get(f"{stack.edge_url(index)}/metrics", timeout=5).text
-        wire += sum(v for labels, v in metric_values(text, "edgecloud_edge_escalation_bytes_total").items()
-                    if ("part", "features") in labels)
+        wire += sum(
+            v
+            for labels, v in metric_values(text, "edgecloud_edge_escalation_bytes_total").items()
+            if ("part", "features") in labels
+        )
         escalations += sum(metric_values(text, "edgecloud_edge_escalations_total").values())
     dim = int(load_manifest(stack.config.models / "edge-student").io["feature_dim"])
     per = wire / escalations if escalations else None
-    return {"escalations": int(escalations), "wire_bytes": per, "raw_bytes": 4 * dim,
-            "ratio": (4 * dim / per) if per else None}
+    return {
+        "escalations": int(escalations),
+        "wire_bytes": per,
+        "raw_bytes": 4 * dim,
+        "ratio": (4 * dim / per) if per else None,
+    }
 
 
 def _first_served(records: list[QueryRecord], stack: Stack, version: int) -> dict[str, float]:
@@ -259,14 +297,22 @@ def run_demo(config: DemoConfig) -> int:
     config.out.mkdir(parents=True, exist_ok=True)
     stack = Stack(stack_config)
     started = time.monotonic()
-    print(f"edgecloud demo: {config.queries} queries over {stack_config.edges} edge daemons; logs in {stack.work / 'logs'}")
+    print(
+        f"edgecloud demo: {config.queries} queries over {stack_config.edges} edge daemons; logs in {stack.work / 'logs'}"
+    )
     try:
         stack.start()
         run = _Run(config, stack)
         problems = Traffic.problems_for(config.queries)
-        traffic = Traffic([stack.edge_url(i) for i in range(stack_config.edges)], problems,
-                          concurrency=config.concurrency, phase=lambda: run.phase,
-                          insist_on_cloud=lambda: run.phase == "outage", on_done=run.on_done, gate=run.gate)
+        traffic = Traffic(
+            [stack.edge_url(i) for i in range(stack_config.edges)],
+            problems,
+            concurrency=config.concurrency,
+            phase=lambda: run.phase,
+            insist_on_cloud=lambda: run.phase == "outage",
+            on_done=run.on_done,
+            gate=run.gate,
+        )
         run.t0 = traffic.started
         sampler = Sampler([stack.edge_url(i) for i in range(stack_config.edges)], clock=run.clock)
         sampler.start()
@@ -293,10 +339,17 @@ def run_demo(config: DemoConfig) -> int:
         raise
     dead = stack.dead()
     exits = stack.stop()
-    report = build_report(records, events=run.events, swap=run.swap, bytes_per_escalation=bytes_per, exits=exits,
-                          wall_s=time.monotonic() - started, broker=stack.broker_kind if stack.broker_kind == "embedded"
-                          else "mosquitto", undelivered=len(waiting),
-                          samples=[s.__dict__ for s in sampler.samples])
+    report = build_report(
+        records,
+        events=run.events,
+        swap=run.swap,
+        bytes_per_escalation=bytes_per,
+        exits=exits,
+        wall_s=time.monotonic() - started,
+        broker=stack.broker_kind if stack.broker_kind == "embedded" else "mosquitto",
+        undelivered=len(waiting),
+        samples=[s.__dict__ for s in sampler.samples],
+    )
     report["route_counts"] = dict(route_counts(records))
     broken = check_invariants(report, edges=stack_config.edges, new_version=run.to_version) + run.errors
     broken += [f"{d} died during the run" for d in dead if not d.startswith("cloud")]
@@ -306,8 +359,10 @@ def run_demo(config: DemoConfig) -> int:
     plots = plot(records, report, config.out)
     print()
     print(format_report(report))
-    print(f"\nreport: {config.out / 'report.json'}; per-query records: {config.out / 'queries.jsonl'}; plots: "
-          + ", ".join(str(p) for p in plots))
+    print(
+        f"\nreport: {config.out / 'report.json'}; per-query records: {config.out / 'queries.jsonl'}; plots: "
+        + ", ".join(str(p) for p in plots)
+    )
     if broken:
         print("\nDEMO FAILED:\n  " + "\n  ".join(broken))
         return 1

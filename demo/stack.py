@@ -22,9 +22,8 @@ from typing import Any
 
 import grpc
 import httpx
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
 from edgecloud.shared.errors import ConfigError, UnavailableError
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 __all__ = ["Process", "Stack", "StackConfig", "free_port"]
 
@@ -43,8 +42,10 @@ def wait_until(predicate: Callable[[], Any], timeout: float, what: str, process:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process is not None and process.popen.poll() is not None:
-            raise UnavailableError(f"{process.name} exited with {process.popen.returncode} while waiting for {what}; "
-                                   f"see {process.log_path}:\n{process.log_tail()}")
+            raise UnavailableError(
+                f"{process.name} exited with {process.popen.returncode} while waiting for {what}; "
+                f"see {process.log_path}:\n{process.log_tail()}"
+            )
         try:
             value = predicate()
         except (OSError, httpx.HTTPError, grpc.RpcError):
@@ -136,9 +137,13 @@ class Stack:
         return f"http://127.0.0.1:{self.edge_ports[index]}"
 
     def _pick_broker(self) -> str:
-        mosquitto = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
+        mosquitto = shutil.which("mosquitto") or (
+            "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
+        )
         if self.config.broker == "mosquitto" and mosquitto is None:
-            raise ConfigError("mosquitto is not installed (apt-get install mosquitto), and --broker mosquitto was asked")
+            raise ConfigError(
+                "mosquitto is not installed (apt-get install mosquitto), and --broker mosquitto was asked"
+            )
         if self.config.broker == "embedded" or mosquitto is None:
             return "embedded"
         return mosquitto
@@ -153,8 +158,9 @@ class Stack:
         log_path = self.work / "logs" / f"{name}.log"
         handle = log_path.open("ab")
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(REPO)}
-        popen = subprocess.Popen(argv, cwd=REPO, stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                 env=env)
+        popen = subprocess.Popen(
+            argv, cwd=REPO, stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env
+        )
         handle.close()
         process = Process(name, argv, log_path, popen)
         self.processes[name] = process
@@ -171,9 +177,11 @@ class Stack:
         else:
             conf = self.work / "mosquitto.conf"
             (self.work / "mosquitto").mkdir(exist_ok=True)
-            conf.write_text(f"listener {self.broker_port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
-                            f"persistence_location {self.work / 'mosquitto'}/\nlog_dest stdout\n"
-                            "log_type error\nlog_type warning\nlog_type notice\n")
+            conf.write_text(
+                f"listener {self.broker_port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
+                f"persistence_location {self.work / 'mosquitto'}/\nlog_dest stdout\n"
+                "log_type error\nlog_type warning\nlog_type notice\n"
+            )
             argv = [self.broker_kind, "-c", str(conf)]
         process = self._spawn("broker", argv)
 
@@ -185,11 +193,29 @@ class Stack:
 
     def start_cloud(self) -> None:
         c = self.config
-        process = self._spawn("cloud", self._cli(
-            "cloud", "serve", "--model", str(c.models / "cloud-teacher"), "--port", str(self.cloud_port),
-            "--metrics-port", str(self.cloud_metrics_port), "--store", str(self.work / "cloud-sessions.sqlite3"),
-            "--max-batch", str(c.cloud_max_batch), "--threads", str(c.cloud_threads),
-            "--escalation-log", str(self.work / "escalations.jsonl"), "--grace", "5"))
+        process = self._spawn(
+            "cloud",
+            self._cli(
+                "cloud",
+                "serve",
+                "--model",
+                str(c.models / "cloud-teacher"),
+                "--port",
+                str(self.cloud_port),
+                "--metrics-port",
+                str(self.cloud_metrics_port),
+                "--store",
+                str(self.work / "cloud-sessions.sqlite3"),
+                "--max-batch",
+                str(c.cloud_max_batch),
+                "--threads",
+                str(c.cloud_threads),
+                "--escalation-log",
+                str(self.work / "escalations.jsonl"),
+                "--grace",
+                "5",
+            ),
+        )
 
         def serving() -> bool:
             with grpc.insecure_channel(f"127.0.0.1:{self.cloud_port}") as channel:
@@ -212,30 +238,83 @@ class Stack:
         if not self.key.exists():
             self.key.parent.mkdir(parents=True, exist_ok=True)
             generate_keypair(self.key, self.public_key)
-        process = self._spawn("fleet", self._cli(
-            "fleet", "serve", "--broker", f"127.0.0.1:{self.broker_port}", "--fleet", FLEET,
-            "--port", str(self.fleet_port), "--store", str(self.work / "fleet.sqlite3"),
-            "--artifacts", str(self.work / "fleet-artifacts"), "--trust", str(self.public_key),
-            "--mqtt-version", self.mqtt_version))
-        wait_until(lambda: httpx.get(f"{self.fleet_url}/healthz", timeout=2).json()["mqtt_connected"], 60,
-                   "the fleet manager to reach the broker", process)
+        process = self._spawn(
+            "fleet",
+            self._cli(
+                "fleet",
+                "serve",
+                "--broker",
+                f"127.0.0.1:{self.broker_port}",
+                "--fleet",
+                FLEET,
+                "--port",
+                str(self.fleet_port),
+                "--store",
+                str(self.work / "fleet.sqlite3"),
+                "--artifacts",
+                str(self.work / "fleet-artifacts"),
+                "--trust",
+                str(self.public_key),
+                "--mqtt-version",
+                self.mqtt_version,
+            ),
+        )
+        wait_until(
+            lambda: httpx.get(f"{self.fleet_url}/healthz", timeout=2).json()["mqtt_connected"],
+            60,
+            "the fleet manager to reach the broker",
+            process,
+        )
 
     def start_edges(self) -> None:
         started = []
         for index, device in enumerate(self.devices):
             state = self.work / device
             state.mkdir(exist_ok=True)
-            started.append(self._spawn(device, self._cli(
-                "edge", "serve", "--bundle", str(self.config.models / "edge-student"),
-                "--cloud", f"127.0.0.1:{self.cloud_port}", "--port", str(self.edge_ports[index]),
-                "--device-id", device, "--outbox", str(state / "outbox.sqlite3"), "--threads", "1",
-                "--broker", f"127.0.0.1:{self.broker_port}", "--fleet", FLEET, "--trust", str(self.public_key),
-                "--agent-state", str(state / "agent"), "--telemetry-interval", str(self.config.telemetry_interval_s),
-                "--label", "site=demo", "--mqtt-version", self.mqtt_version,
-                "--watch-s", str(self.config.watch_s))))
+            started.append(
+                self._spawn(
+                    device,
+                    self._cli(
+                        "edge",
+                        "serve",
+                        "--bundle",
+                        str(self.config.models / "edge-student"),
+                        "--cloud",
+                        f"127.0.0.1:{self.cloud_port}",
+                        "--port",
+                        str(self.edge_ports[index]),
+                        "--device-id",
+                        device,
+                        "--outbox",
+                        str(state / "outbox.sqlite3"),
+                        "--threads",
+                        "1",
+                        "--broker",
+                        f"127.0.0.1:{self.broker_port}",
+                        "--fleet",
+                        FLEET,
+                        "--trust",
+                        str(self.public_key),
+                        "--agent-state",
+                        str(state / "agent"),
+                        "--telemetry-interval",
+                        str(self.config.telemetry_interval_s),
+                        "--label",
+                        "site=demo",
+                        "--mqtt-version",
+                        self.mqtt_version,
+                        "--watch-s",
+                        str(self.config.watch_s),
+                    ),
+                )
+            )
         for index, process in enumerate(started):
-            wait_until(lambda i=index: httpx.get(f"{self.edge_url(i)}/readyz", timeout=2).status_code == 200, 60,
-                       f"{process.name} to be ready", process)
+            wait_until(
+                lambda i=index: httpx.get(f"{self.edge_url(i)}/readyz", timeout=2).status_code == 200,
+                60,
+                f"{process.name} to be ready",
+                process,
+            )
 
         def online() -> bool:
             devices = httpx.get(f"{self.fleet_url}/v1/devices", timeout=5).json()["devices"]
@@ -244,10 +323,15 @@ class Stack:
         wait_until(online, 30, "every edge daemon to announce itself to the fleet manager")
 
     def start(self, progress: Callable[[str], None] = print) -> None:
-        for what, step in (("MQTT broker (" + ("embedded amqtt" if self.broker_kind == "embedded" else "mosquitto") + ")",
-                            self.start_broker),
-                           ("cloud Reasoner", self.start_cloud), ("fleet manager", self.start_fleet),
-                           (f"{self.config.edges} edge daemons", self.start_edges)):
+        for what, step in (
+            (
+                "MQTT broker (" + ("embedded amqtt" if self.broker_kind == "embedded" else "mosquitto") + ")",
+                self.start_broker,
+            ),
+            ("cloud Reasoner", self.start_cloud),
+            ("fleet manager", self.start_fleet),
+            (f"{self.config.edges} edge daemons", self.start_edges),
+        ):
             started = time.monotonic()
             step()
             progress(f"  started {what} in {time.monotonic() - started:.1f} s")
@@ -265,5 +349,8 @@ class Stack:
 
     def dead(self) -> list[str]:
         """Processes that exited on their own (not stopped or killed by the demo)."""
-        return [f"{p.name} (exit {p.popen.returncode}, see {p.log_path})" for p in self.processes.values()
-                if p.popen.poll() is not None and p.popen.pid not in self._killed]
+        return [
+            f"{p.name} (exit {p.popen.returncode}, see {p.log_path})"
+            for p in self.processes.values()
+            if p.popen.poll() is not None and p.popen.pid not in self._killed
+        ]

@@ -18,9 +18,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import httpx
-from prometheus_client.parser import text_string_to_metric_families
-
 from edgecloud.shared.task import Problem, Split, generate, parse_answer
+from prometheus_client.parser import text_string_to_metric_families
 
 __all__ = ["DEMO_SEED", "QueryRecord", "Sampler", "Traffic", "metric_values"]
 
@@ -72,16 +71,29 @@ def _correct(text: str | None, expected: int) -> bool | None:
 
 def metric_values(text: str, name: str) -> dict[tuple[tuple[str, str], ...], float]:
     """Samples of one metric in a Prometheus text page, by their sorted labels."""
-    return {tuple(sorted(s.labels.items())): s.value for family in text_string_to_metric_families(text)
-            for s in family.samples if s.name == name}
+    return {
+        tuple(sorted(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == name
+    }
 
 
 class Traffic:
     """Sends ``problems`` round-robin over ``edge_urls`` with ``concurrency`` client threads."""
 
-    def __init__(self, edge_urls: list[str], problems: list[Problem], *, concurrency: int,
-                 phase: Callable[[], str], insist_on_cloud: Callable[[], bool], on_done: Callable[[QueryRecord], None],
-                 gate: Callable[[], None] = lambda: None, timeout_s: float = 120.0) -> None:
+    def __init__(
+        self,
+        edge_urls: list[str],
+        problems: list[Problem],
+        *,
+        concurrency: int,
+        phase: Callable[[], str],
+        insist_on_cloud: Callable[[], bool],
+        on_done: Callable[[QueryRecord], None],
+        gate: Callable[[], None] = lambda: None,
+        timeout_s: float = 120.0,
+    ) -> None:
         self.edge_urls = edge_urls
         self.problems = problems
         self.concurrency = concurrency
@@ -107,8 +119,16 @@ class Traffic:
         edge = index % len(self.edge_urls)
         phase = self.phase()
         requested = "cloud" if problem.k >= 2 and self.insist_on_cloud() and index % 3 == 0 else "auto"
-        record = QueryRecord(index=index, k=problem.k, query=problem.query, expected=problem.answer, edge=edge,
-                             requested=requested, phase=phase, sent_at=round(self.elapsed(), 3))
+        record = QueryRecord(
+            index=index,
+            k=problem.k,
+            query=problem.query,
+            expected=problem.answer,
+            edge=edge,
+            requested=requested,
+            phase=phase,
+            sent_at=round(self.elapsed(), 3),
+        )
         started = time.perf_counter()
         try:
             response = self._clients[edge].post("/v1/query", json={"query": problem.query, "route": requested})

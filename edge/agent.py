@@ -37,7 +37,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
-
 from edgecloud.edge.runtime import EdgeBundle
 from edgecloud.edge.service import EdgeService
 from edgecloud.shared.broker import BrokerSettings, connect_async, create_client
@@ -190,8 +189,12 @@ class DeviceAgent:
         client.subscribe(self.topics.cmd, qos=1)
         client.publish(self.topics.state, self._birth(True), qos=1, retain=True)
         self._connected.set()
-        log.info("connected to %s as %s (session %d)", self.config.broker.address, self.config.device_id,
-                 self._state["session"])
+        log.info(
+            "connected to %s as %s (session %d)",
+            self.config.broker.address,
+            self.config.device_id,
+            self._state["session"],
+        )
 
     def _on_disconnect(self, _client, _userdata, _flags, reason_code, _properties) -> None:  # type: ignore[no-untyped-def]
         self._connected.clear()
@@ -261,8 +264,14 @@ class DeviceAgent:
 
     def _ack(self, command: Command, status: AckStatus, reason: str = "") -> None:
         ack = CommandAck(
-            command_id=command.id, device=self.config.device_id, status=status, revision=command.revision,
-            reason=reason, version=self.service.slot.current.version, rollout_id=command.rollout_id, at=time.time(),
+            command_id=command.id,
+            device=self.config.device_id,
+            status=status,
+            revision=command.revision,
+            reason=reason,
+            version=self.service.slot.current.version,
+            rollout_id=command.rollout_id,
+            at=time.time(),
         )
         if status.final:
             self._state["commands"][command.id] = ack.to_dict()
@@ -286,7 +295,11 @@ class DeviceAgent:
             self.client.publish(self.topics.ack, encode(done), qos=1)
             return AckStatus(done["status"])
         if command.revision < self._state["newest_revision"]:
-            self._ack(command, AckStatus.IGNORED, f"revision {command.revision} is older than {self._state['newest_revision']}")
+            self._ack(
+                command,
+                AckStatus.IGNORED,
+                f"revision {command.revision} is older than {self._state['newest_revision']}",
+            )
             return AckStatus.IGNORED
         self._state["newest_revision"] = command.revision
         self._save_state()
@@ -301,7 +314,9 @@ class DeviceAgent:
         old = self.service.swap(bundle)
         self._state["installed"][str(bundle.version)] = str(bundle.directory)
         if self.config.watch_s > 0:  # serving, still on probation: a rollout must not count it a success yet
-            self._ack(command, AckStatus.VERIFYING, f"serving v{bundle.version}; watching it for {self.config.watch_s:g} s")
+            self._ack(
+                command, AckStatus.VERIFYING, f"serving v{bundle.version}; watching it for {self.config.watch_s:g} s"
+            )
         reason = self._watch(swapped_at, baseline.p99_ms)
         if reason:
             self.service.swap(old)
@@ -319,16 +334,21 @@ class DeviceAgent:
 
         ref = command.bundle
         installed = {int(v) for v in self._state["installed"]}
-        if command.type == "rollback":
-            if ref.version not in installed:
-                raise _Failed(f"rollback to v{ref.version}, which this device never had")
+        if command.type == "rollback" and ref.version not in installed:
+            raise _Failed(f"rollback to v{ref.version}, which this device never had")
         self._ack(command, AckStatus.DOWNLOADING)
         if ref.size > self.config.max_bundle_bytes:
             raise _Failed(f"bundle of {ref.size} bytes exceeds the limit of {self.config.max_bundle_bytes}")
         archive = self.state_dir / "downloads" / f"{ref.sha256}.tar.gz"
         headers = {"Authorization": f"Bearer {self.config.artifact_token}"} if self.config.artifact_token else None
-        download(ref.url, archive, expected_sha256=ref.sha256, max_bytes=self.config.max_bundle_bytes,
-                 timeout_s=self.config.download_timeout_s, headers=headers)
+        download(
+            ref.url,
+            archive,
+            expected_sha256=ref.sha256,
+            max_bytes=self.config.max_bundle_bytes,
+            timeout_s=self.config.download_timeout_s,
+            headers=headers,
+        )
         self._ack(command, AckStatus.VERIFYING)
         staging = self.state_dir / "bundles" / f".incoming-{command.id}"
         shutil.rmtree(staging, ignore_errors=True)
@@ -336,7 +356,9 @@ class DeviceAgent:
         try:
             directory = unpack_bundle(archive, staging, max_total_bytes=4 * self.config.max_bundle_bytes)
             manifest = verify_signed_bundle(
-                directory, self.trust, installed_version=previous.version,
+                directory,
+                self.trust,
+                installed_version=previous.version,
                 allow_rollback_to=installed if command.type == "rollback" else frozenset(),
             )
             if manifest.kind != "edge" or manifest.version != ref.version:
@@ -361,13 +383,17 @@ class DeviceAgent:
         while not self._stop.wait(min(0.5, max(0.0, deadline - time.monotonic()))):
             window = self.service.stats.summary(since=since)
             if window.requests >= c.watch_min_requests and window.error_rate > c.max_error_rate:
-                return f"error rate {window.error_rate:.1%} over {window.requests} requests exceeds {c.max_error_rate:.1%}"
+                return (
+                    f"error rate {window.error_rate:.1%} over {window.requests} requests exceeds {c.max_error_rate:.1%}"
+                )
             # latency of the answers the model gave itself: escalations wait on the cloud, not on it
             local = self.service.stats.summary(since=since, route="edge")
             limit = c.max_p99_ratio * previous_p99_ms + c.p99_allowance_ms
             if local.requests >= c.watch_min_requests and previous_p99_ms and local.p99_ms > limit:
-                return (f"p99 latency of local answers {local.p99_ms:.1f} ms exceeds {limit:.1f} ms "
-                        f"(previous model {previous_p99_ms:.1f} ms)")
+                return (
+                    f"p99 latency of local answers {local.p99_ms:.1f} ms exceeds {limit:.1f} ms "
+                    f"(previous model {previous_p99_ms:.1f} ms)"
+                )
             if time.monotonic() >= deadline:
                 return ""
         return ""

@@ -5,8 +5,6 @@ from __future__ import annotations
 import logging
 from dataclasses import replace
 
-from fastapi import FastAPI
-
 from edgecloud.edge.agent import AgentConfig, DeviceAgent, resume_bundle
 from edgecloud.edge.api import create_app
 from edgecloud.edge.config import EdgeConfig
@@ -16,6 +14,7 @@ from edgecloud.edge.outbox import Outbox
 from edgecloud.edge.runtime import EdgeBundle, ModelSlot
 from edgecloud.edge.service import EdgeService
 from edgecloud.shared.asgi import serve_until_signal
+from fastapi import FastAPI
 
 __all__ = ["create_daemon", "serve"]
 
@@ -39,7 +38,11 @@ def create_daemon(config: EdgeConfig) -> tuple[FastAPI, EdgeService]:
     service = EdgeService(config, ModelSlot(bundle), client=client, outbox=Outbox(config.outbox), metrics=EdgeMetrics())
     log.info(
         "edge daemon %s: %s v%d, cloud %s, threshold %.3f",
-        config.device_id, bundle.name, bundle.version, config.cloud or "none", service.policy(bundle).threshold,
+        config.device_id,
+        bundle.name,
+        bundle.version,
+        config.cloud or "none",
+        service.policy(bundle).threshold,
     )
     return create_app(service), service
 

@@ -29,11 +29,9 @@ import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Self, TypeVar
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
 from edgecloud.proto.edgecloud.v1 import reasoner_pb2 as pb
 from edgecloud.proto.edgecloud.v1 import reasoner_pb2_grpc as pb_grpc
 from edgecloud.shared.errors import (
@@ -46,6 +44,7 @@ from edgecloud.shared.errors import (
 )
 from edgecloud.shared.reasoning import Event, SessionInfo, ThinkParams
 from edgecloud.shared.wire import event_from_pb, session_info_from_pb, think_request_to_pb
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 __all__ = ["SERVICE_NAME", "CloudClient", "CloudClientConfig", "map_rpc_error"]
 
@@ -173,7 +172,7 @@ class CloudClient:
         self._stub: pb_grpc.ReasonerStub | None = None
         self._health: health_pb2_grpc.HealthStub | None = None
 
-    async def __aenter__(self) -> CloudClient:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -273,8 +272,14 @@ class CloudClient:
                     if event.seq <= last_seq:
                         continue  # already seen (defensive: the server never repeats)
                     if event.seq != last_seq + 1 or (session_id is not None and event.session_id != session_id):
-                        log.warning("%s: expected seq %d of %s, got %d of %s; re-attaching",
-                                    what, last_seq + 1, session_id, event.seq, event.session_id)
+                        log.warning(
+                            "%s: expected seq %d of %s, got %d of %s; re-attaching",
+                            what,
+                            last_seq + 1,
+                            session_id,
+                            event.seq,
+                            event.session_id,
+                        )
                         break
                     session_id, last_seq, progressed = event.session_id, event.seq, True
                     yield event
@@ -296,8 +301,13 @@ class CloudClient:
             pause = self._backoff_s(failures)
             if loop.time() + pause >= deadline:
                 raise self._give_up(what, error, f"no end within {self.config.deadline_s:g}s, at seq {last_seq}")
-            log.info("%s: stream broke at seq %d (%s); resuming in %.2fs",
-                     what, last_seq, error.code().name if error else "ended early", pause)
+            log.info(
+                "%s: stream broke at seq %d (%s); resuming in %.2fs",
+                what,
+                last_seq,
+                error.code().name if error else "ended early",
+                pause,
+            )
             await asyncio.sleep(pause)
             self.reconnects += 1
 

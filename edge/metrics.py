@@ -10,7 +10,9 @@ __all__ = ["EdgeMetrics"]
 class EdgeMetrics:
     def __init__(self) -> None:
         self.registry = r = CollectorRegistry()
-        self.requests = Counter("edgecloud_edge_requests", "Answered requests by route and reason", ["route", "reason"], registry=r)
+        self.requests = Counter(
+            "edgecloud_edge_requests", "Answered requests by route and reason", ["route", "reason"], registry=r
+        )
         self.latency = Histogram(
             "edgecloud_edge_request_seconds",
             "Request latency by route",
@@ -22,7 +24,11 @@ class EdgeMetrics:
         self.degraded = Counter("edgecloud_edge_degraded", "Answers given locally because the cloud failed", registry=r)
         self.accepted = Counter("edgecloud_edge_accepted", "Requests accepted into the outbox", registry=r)
         self.errors = Counter("edgecloud_edge_errors", "Failed requests by kind", ["kind"], registry=r)
-        self.bytes_sent = Counter("edgecloud_edge_escalation_bytes", "Bytes sent per escalation by part", ["part"], registry=r)
+        self.bytes_sent = Counter(
+            "edgecloud_edge_escalation_bytes", "Bytes sent per escalation by part", ["part"], registry=r
+        )
         self.outbox_depth = Gauge("edgecloud_edge_outbox_depth", "Requests waiting in the outbox", registry=r)
-        self.model_version = Gauge("edgecloud_edge_model_version", "Version of the serving edge model", ["name"], registry=r)
+        self.model_version = Gauge(
+            "edgecloud_edge_model_version", "Version of the serving edge model", ["name"], registry=r
+        )
         self.cloud_up = Gauge("edgecloud_edge_cloud_up", "1 when the cloud answered its last health check", registry=r)

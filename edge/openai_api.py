@@ -15,13 +15,12 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any, Literal
 
-from fastapi import APIRouter
-from fastapi.responses import JSONResponse, Response, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
-
 from edgecloud.edge.service import EdgeService, QueryRequest, StreamItem
 from edgecloud.edge.triage import Requested
 from edgecloud.shared.errors import EdgecloudError, InvalidInputError
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = ["ChatBody", "openai_router"]
 
@@ -87,7 +86,11 @@ def openai_router(service: EdgeService) -> APIRouter:
                     "choices": [{"index": 0, "message": message, "finish_reason": "stop", "logprobs": None}],
                     "usage": _usage(result.to_json()),
                     "system_fingerprint": f"{result.model_name}-v{result.model_version}",
-                    "edgecloud": {k: v for k, v in result.to_json().items() if k in ("route_taken", "reason", "confidence", "degraded", "cached", "latency_ms")},
+                    "edgecloud": {
+                        k: v
+                        for k, v in result.to_json().items()
+                        if k in ("route_taken", "reason", "confidence", "degraded", "cached", "latency_ms")
+                    },
                 }
             )
 
@@ -100,7 +103,9 @@ def openai_router(service: EdgeService) -> APIRouter:
                 "object": "chat.completion.chunk",
                 "created": created,
                 "model": body.model,
-                "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}] if usage is None else [],
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}]
+                if usage is None
+                else [],
             }
             if usage is not None:
                 payload["usage"] = usage

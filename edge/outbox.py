@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Self
 
 from edgecloud.edge.escalation import CloudClient
 from edgecloud.proto.edgecloud.v1 import reasoner_pb2 as pb
@@ -93,7 +94,7 @@ class Outbox:
         with self._lock:
             self._db.close()
 
-    def __enter__(self) -> Outbox:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -134,8 +135,16 @@ class Outbox:
             request_id,
             "status = ?, delivered_at = ?, session_id = ?, answer = ?,"
             " input_tokens = ?, reasoning_tokens = ?, output_tokens = ?, cached_tokens = ?",
-            (DELIVERED, time.time(), completed.session_id, completed.text,
-             u.input_tokens, u.reasoning_tokens, u.output_tokens, u.cached_tokens),
+            (
+                DELIVERED,
+                time.time(),
+                completed.session_id,
+                completed.text,
+                u.input_tokens,
+                u.reasoning_tokens,
+                u.output_tokens,
+                u.cached_tokens,
+            ),
         )
 
     def mark_failed(self, request_id: str, failure: str) -> None:
@@ -165,8 +174,22 @@ class Outbox:
 
 
 def _record(row: tuple) -> OutboxRecord:
-    (request_id, request, status, attempts, last_error, created_at, delivered_at, session_id, answer,
-     input_tokens, reasoning_tokens, output_tokens, cached_tokens, failure) = row
+    (
+        request_id,
+        request,
+        status,
+        attempts,
+        last_error,
+        created_at,
+        delivered_at,
+        session_id,
+        answer,
+        input_tokens,
+        reasoning_tokens,
+        output_tokens,
+        cached_tokens,
+        failure,
+    ) = row
     usage = None
     if input_tokens is not None:
         usage = Usage(input_tokens, reasoning_tokens, output_tokens, cached_tokens)
@@ -223,7 +246,7 @@ class OutboxDeliverer:
     def _pause_s(self) -> float:
         if self.unreachable_rounds == 0:
             return self.interval_s
-        backoff = min(self.max_backoff_s, self.interval_s * 2 ** self.unreachable_rounds)
+        backoff = min(self.max_backoff_s, self.interval_s * 2**self.unreachable_rounds)
         return random.uniform(self.interval_s, backoff)
 
     async def _run(self) -> None:

@@ -27,10 +27,9 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
-from tokenizers import Tokenizer
-
 from edgecloud.shared.bundle import Manifest, canonical_bytes, load_manifest, verify_bundle
 from edgecloud.shared.calibration import Calibration
+from tokenizers import Tokenizer
 
 __all__ = ["EdgeAnswer", "EdgeBundle", "EdgeModel", "ModelSlot"]
 
@@ -79,7 +78,11 @@ class EdgeModel:
             raise ValueError("prompt_template must contain '{query}'")
         if threads < 1:
             raise ValueError(f"threads must be >= 1, got {threads}")
-        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or not 1 <= max_new_tokens <= MAX_NEW_TOKENS:
+        if (
+            isinstance(max_new_tokens, bool)
+            or not isinstance(max_new_tokens, int)
+            or not 1 <= max_new_tokens <= MAX_NEW_TOKENS
+        ):
             raise ValueError(f"max_new_tokens must be an integer in 1..{MAX_NEW_TOKENS}, got {max_new_tokens!r}")
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
@@ -103,7 +106,9 @@ class EdgeModel:
             self.answer("1+1")
 
     @classmethod
-    def from_bundle(cls, directory: Path, *, precision: str = "int8", threads: int = 1, warmup: bool = True) -> EdgeModel:
+    def from_bundle(
+        cls, directory: Path, *, precision: str = "int8", threads: int = 1, warmup: bool = True
+    ) -> EdgeModel:
         """Verify and load an edge bundle; ``precision`` picks the graph (``int8``)."""
         directory = Path(directory)
         manifest: Manifest = verify_bundle(directory)
@@ -130,7 +135,11 @@ class EdgeModel:
     @property
     def decoding(self) -> dict[str, object]:
         """The bundle's decoding contract, to load another graph of the same model alike."""
-        return {"prompt_template": self.prompt_template, "eos_token": self.eos_token, "max_new_tokens": self.max_new_tokens}
+        return {
+            "prompt_template": self.prompt_template,
+            "eos_token": self.eos_token,
+            "max_new_tokens": self.max_new_tokens,
+        }
 
     def _empty_past(self) -> dict[str, np.ndarray]:
         past = {}
@@ -161,7 +170,10 @@ class EdgeModel:
             if token == self.eos_id:
                 break
             length += 1
-            feeds = {"input_ids": np.asarray([[token]], dtype=np.int64), "attention_mask": np.ones((1, length), dtype=np.int64)}
+            feeds = {
+                "input_ids": np.asarray([[token]], dtype=np.int64),
+                "attention_mask": np.ones((1, length), dtype=np.int64),
+            }
             for spec in self._past_inputs:
                 feeds[spec.name] = outputs[spec.name.replace("past_key_values", "present")]
         text = self.tokenizer.decode([t for t in generated if t != self.eos_id], skip_special_tokens=True).strip()

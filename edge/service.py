@@ -15,6 +15,7 @@ import asyncio
 import collections
 import contextlib
 import logging
+import math
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -145,7 +146,9 @@ class EdgeService:
         healthy = self.client is not None and await self.client.healthy()
         if healthy != self.cloud_healthy or not self._cloud_checked:
             level = logging.INFO if healthy else logging.WARNING
-            log.log(level, "cloud %s is %s", self.config.cloud, "reachable" if healthy else "unreachable: answering locally")
+            log.log(
+                level, "cloud %s is %s", self.config.cloud, "reachable" if healthy else "unreachable: answering locally"
+            )
         self._cloud_checked = True
         self.cloud_healthy = healthy
         self.metrics.cloud_up.set(1 if healthy else 0)
@@ -183,8 +186,13 @@ class EdgeService:
         if not request.query.strip():
             raise InvalidInputError("query is empty")
         if len(request.query) > self.config.max_query_chars:
-            raise InvalidInputError(f"query has {len(request.query)} characters; the limit is {self.config.max_query_chars}")
-        if request.max_reasoning_tokens is not None and not 0 <= request.max_reasoning_tokens <= self.config.max_reasoning_tokens:
+            raise InvalidInputError(
+                f"query has {len(request.query)} characters; the limit is {self.config.max_query_chars}"
+            )
+        if (
+            request.max_reasoning_tokens is not None
+            and not 0 <= request.max_reasoning_tokens <= self.config.max_reasoning_tokens
+        ):
             raise InvalidInputError(f"max_reasoning_tokens must be in [0, {self.config.max_reasoning_tokens}]")
 
     async def _local(self, request: QueryRequest) -> tuple[EdgeBundle, EdgeAnswer, Decision]:
@@ -195,12 +203,25 @@ class EdgeService:
         decision = decide(
             self.policy(bundle),
             TriageInput(
-                confidence=answer.confidence, difficulty=difficulty, requested=request.route, cloud_healthy=self.cloud_healthy
+                confidence=answer.confidence,
+                difficulty=difficulty,
+                requested=request.route,
+                cloud_healthy=self.cloud_healthy,
             ),
         )
         return bundle, answer, decision
 
-    def _edge_result(self, request: QueryRequest, bundle: EdgeBundle, answer: EdgeAnswer, decision: Decision, started: float, *, degraded: bool, reason: str | None = None) -> QueryResult:
+    def _edge_result(
+        self,
+        request: QueryRequest,
+        bundle: EdgeBundle,
+        answer: EdgeAnswer,
+        decision: Decision,
+        started: float,
+        *,
+        degraded: bool,
+        reason: str | None = None,
+    ) -> QueryResult:
         result = QueryResult(
             id=request.id,
             status="completed",
@@ -230,12 +251,16 @@ class EdgeService:
             device_id=self.config.device_id,
             query=request.query,
             features=features,
-            hint=EdgeHint(confidence=min(max(confidence, 0.0), 1.0), estimated_difficulty=min(max(difficulty, 0.0), 1.0)),
+            hint=EdgeHint(
+                confidence=min(max(confidence, 0.0), 1.0), estimated_difficulty=min(max(difficulty, 0.0), 1.0)
+            ),
             max_reasoning_tokens=request.max_reasoning_tokens,
             stream_reasoning=request.include_reasoning,
         )
 
-    def _accept(self, request: QueryRequest, params: ThinkParams, bundle: EdgeBundle, answer: EdgeAnswer, started: float) -> QueryResult:
+    def _accept(
+        self, request: QueryRequest, params: ThinkParams, bundle: EdgeBundle, answer: EdgeAnswer, started: float
+    ) -> QueryResult:
         self.outbox.add(params)
         self.metrics.accepted.inc()
         self.metrics.outbox_depth.set(self.outbox.depth())
@@ -274,7 +299,9 @@ class EdgeService:
 
     async def _stream(self, request: QueryRequest, started: float, buffered: bool) -> AsyncIterator[StreamItem]:
         bundle, answer, decision = await self._local(request)
-        yield StreamItem("route", {"route": decision.route.value, "reason": decision.reason, "confidence": _num(answer.confidence)})
+        yield StreamItem(
+            "route", {"route": decision.route.value, "reason": decision.reason, "confidence": _num(answer.confidence)}
+        )
         if decision.route is Route.EDGE:
             result = self._edge_result(request, bundle, answer, decision, started, degraded=decision.degraded)
             yield StreamItem("answer", {"text": answer.text})
@@ -331,14 +358,21 @@ class EdgeService:
                     elif event.kind is EventKind.FAILED:
                         raise UnavailableError(f"the cloud session failed: {event.failure}")
         except (UnavailableError, ResourceExhaustedError, TimeoutError) as exc:
-            log.warning("escalation %s failed (%s); %s", request.id, exc, "outbox" if request.route is Requested.CLOUD else "answering locally")
+            log.warning(
+                "escalation %s failed (%s); %s",
+                request.id,
+                exc,
+                "outbox" if request.route is Requested.CLOUD else "answering locally",
+            )
             asyncio.get_running_loop().create_task(self.check_cloud())
             if request.route is Requested.CLOUD:
                 result = self._accept(request, params, bundle, answer, started)
             elif answered and not buffered:
                 raise UnavailableError(f"the cloud stream broke after the answer began: {exc}") from exc
             else:
-                result = self._edge_result(request, bundle, answer, decision, started, degraded=True, reason="cloud_unavailable")
+                result = self._edge_result(
+                    request, bundle, answer, decision, started, degraded=True, reason="cloud_unavailable"
+                )
                 yield StreamItem("answer", {"text": answer.text})
             yield StreamItem("done", result.to_json())
             self._observe(result)
@@ -393,5 +427,4 @@ class EdgeService:
 
 
 def _num(value: float) -> float | None:
-    return None if value != value else round(value, 6)
-
+    return None if math.isnan(value) else round(value, 6)

@@ -44,7 +44,7 @@ class RequestStats:
         with self._lock:
             rows = [r for r in self._recent if (since is None or r[0] >= since) and (route is None or r[1] == route)]
         latencies = np.array([r[2] for r in rows if r[3]], dtype=np.float64)
-        p50, p99 = (np.percentile(latencies, [50, 99]).tolist() if latencies.size else [0.0, 0.0])
+        p50, p99 = np.percentile(latencies, [50, 99]).tolist() if latencies.size else [0.0, 0.0]
         return WindowSummary(len(rows), sum(not r[3] for r in rows), float(p50), float(p99))
 
     def by_route(self) -> dict[str, dict[str, float]]:

@@ -48,7 +48,13 @@ def _fmt(value: object) -> str:
 def _print_report(report: dict[str, object]) -> None:
     print(f"Evaluation on {report['n']} fresh {report['split']} queries (seed {report['seed']})")
     print(f"{'model':<28}{'k1':>8}{'k2':>8}{'k3':>8}{'k4':>8}{'k2-4':>8}{'all':>8}")
-    for key in ("teacher_thinking", "teacher_no_thinking", "student_fp32_torch", "student_fp32_onnx", "student_int8_onnx"):
+    for key in (
+        "teacher_thinking",
+        "teacher_no_thinking",
+        "student_fp32_torch",
+        "student_fp32_onnx",
+        "student_int8_onnx",
+    ):
         acc = report[key]
         assert isinstance(acc, dict)
         row = "".join(f"{100 * acc.get(k, float('nan')):>7.1f}%" for k in ("k1", "k2", "k3", "k4", "k2-4", "all"))
@@ -109,9 +115,13 @@ def _cloud_serve(args: argparse.Namespace) -> int:
 
 
 def _add_cloud_commands(commands: argparse._SubParsersAction) -> None:
-    cloud = commands.add_parser("cloud", help="the cloud reasoning service").add_subparsers(dest="action", required=True)
+    cloud = commands.add_parser("cloud", help="the cloud reasoning service").add_subparsers(
+        dest="action", required=True
+    )
     serve = cloud.add_parser("serve", help="serve the Reasoner gRPC service")
-    serve.add_argument("--model", type=Path, default=Path("models/cloud-teacher"), help="HF model folder with a <think> template")
+    serve.add_argument(
+        "--model", type=Path, default=Path("models/cloud-teacher"), help="HF model folder with a <think> template"
+    )
     serve.add_argument("--host", default="127.0.0.1", help="bind address (default: 127.0.0.1)")
     serve.add_argument("--port", type=int, default=50051)
     serve.add_argument("--metrics-port", type=int, default=9100, help="Prometheus port; -1 disables (default: 9100)")
@@ -140,8 +150,12 @@ def _add_mqtt_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--mqtt-ca", type=Path, help="CA bundle of the broker's certificate; turns TLS on")
     group.add_argument("--mqtt-cert", type=Path, help="client certificate (with --mqtt-key)")
     group.add_argument("--mqtt-key", type=Path, help="client certificate's private key")
-    group.add_argument("--mqtt-version", choices=("5", "3.1.1"), default="5",
-                       help="MQTT 5 (persistent sessions with expiry; default) or 3.1.1 for older brokers")
+    group.add_argument(
+        "--mqtt-version",
+        choices=("5", "3.1.1"),
+        default="5",
+        help="MQTT 5 (persistent sessions with expiry; default) or 3.1.1 for older brokers",
+    )
 
 
 def _broker_settings(args: argparse.Namespace, **defaults: object):  # -> BrokerSettings
@@ -152,8 +166,14 @@ def _broker_settings(args: argparse.Namespace, **defaults: object):  # -> Broker
     password = args.mqtt_password_file.read_text().strip() if args.mqtt_password_file else None
     try:
         return BrokerSettings.from_address(
-            args.broker, username=args.mqtt_username, password=password, tls_ca=args.mqtt_ca, tls_cert=args.mqtt_cert,
-            tls_key=args.mqtt_key, version=args.mqtt_version, **defaults,
+            args.broker,
+            username=args.mqtt_username,
+            password=password,
+            tls_ca=args.mqtt_ca,
+            tls_cert=args.mqtt_cert,
+            tls_key=args.mqtt_key,
+            version=args.mqtt_version,
+            **defaults,
         )
     except ConfigError as exc:
         raise SystemExit(f"error: {exc}") from None
@@ -228,15 +248,32 @@ def _add_edge_commands(commands: argparse._SubParsersAction) -> None:
     serve.add_argument("--outbox", default="edge-outbox.sqlite3", help="SQLite outbox file")
     serve.add_argument("--broker", metavar="HOST:PORT", help="MQTT broker of the fleet; omit to run without the agent")
     serve.add_argument("--fleet", default="default", help="fleet name in the MQTT topic tree")
-    serve.add_argument("--trust", type=Path, action="append", default=[], help="trusted bundle signing key (repeatable)")
-    serve.add_argument("--agent-state", type=Path, default=Path("edge-agent"), help="downloaded bundles and agent state")
+    serve.add_argument(
+        "--trust", type=Path, action="append", default=[], help="trusted bundle signing key (repeatable)"
+    )
+    serve.add_argument(
+        "--agent-state", type=Path, default=Path("edge-agent"), help="downloaded bundles and agent state"
+    )
     serve.add_argument("--telemetry-interval", type=float, default=5.0, help="seconds between telemetry messages")
-    serve.add_argument("--label", action="append", default=[], metavar="KEY=VALUE",
-                       help="device label rollouts can target (repeatable)")
-    serve.add_argument("--watch-s", type=float, default=30.0,
-                       help="seconds a newly deployed model is watched before it counts as ACTIVE (default: 30)")
-    serve.add_argument("--watch-min-requests", type=int, default=20,
-                       help="requests the watch needs before it judges error rate and latency (default: 20)")
+    serve.add_argument(
+        "--label",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="device label rollouts can target (repeatable)",
+    )
+    serve.add_argument(
+        "--watch-s",
+        type=float,
+        default=30.0,
+        help="seconds a newly deployed model is watched before it counts as ACTIVE (default: 30)",
+    )
+    serve.add_argument(
+        "--watch-min-requests",
+        type=int,
+        default=20,
+        help="requests the watch needs before it judges error rate and latency (default: 20)",
+    )
     _add_mqtt_arguments(serve)
     serve.set_defaults(func=_edge_serve)
 
@@ -249,8 +286,9 @@ def _fleet_serve(args: argparse.Namespace) -> int:
     if not args.trust:
         log.warning("no --trust key: bundles are registered unchecked (devices still verify signatures)")
     if args.public_url is None and args.host in ("0.0.0.0", "::"):
-        raise SystemExit(f"error: --host {args.host} needs --public-url: devices cannot download from "
-                         f"http://{args.host}:{args.port}")
+        raise SystemExit(
+            f"error: --host {args.host} needs --public-url: devices cannot download from http://{args.host}:{args.port}"
+        )
     config = FleetManagerConfig(
         fleet=args.fleet,
         broker=_broker_settings(args, session_expiry_s=SESSION_EXPIRY_S),
@@ -300,7 +338,11 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--version", type=int, default=None, help="bundle version (default: previous + 1)")
     build.add_argument("--threads", type=int, default=2, help="torch threads (default: 2)")
     build.add_argument(
-        "--reuse-teacher", type=Path, default=None, metavar="DIR", help="distil from this trained teacher instead of training one"
+        "--reuse-teacher",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="distil from this trained teacher instead of training one",
     )
     build.add_argument(
         "--refine-teacher",
@@ -325,7 +367,9 @@ def build_parser() -> argparse.ArgumentParser:
     build.set_defaults(func=_models_build)
 
     evaluate = models.add_parser("eval", help="evaluate built models on fresh queries")
-    evaluate.add_argument("--models", type=Path, default=Path("models"), help="folder of built models (default: models)")
+    evaluate.add_argument(
+        "--models", type=Path, default=Path("models"), help="folder of built models (default: models)"
+    )
     evaluate.add_argument("--out", type=Path, default=Path("out/eval"), help="where to write eval.json and plots")
     evaluate.add_argument("--n", type=int, default=2000, help="number of test queries (default: 2000)")
     evaluate.add_argument("--seed", type=int, default=0, help="test seed (default: 0)")

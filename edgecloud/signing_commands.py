@@ -83,4 +83,3 @@ def add_signing_commands(models_subparsers: argparse._SubParsersAction) -> None:
         help="a version the device had before and may roll back to (repeatable)",
     )  # fmt: skip
     verify.set_defaults(func=_verify)
-

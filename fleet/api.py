@@ -31,13 +31,6 @@ import tempfile
 from dataclasses import asdict
 from typing import Any
 
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from starlette.concurrency import run_in_threadpool
-from starlette.exceptions import HTTPException as StarletteHTTPException
-
 from edgecloud.fleet.dashboard import DASHBOARD_HTML
 from edgecloud.fleet.manager import FleetManager
 from edgecloud.fleet.rollout import AbortCriteria, strategy_from_dict
@@ -49,8 +42,15 @@ from edgecloud.shared.errors import (
     NotFoundError,
     ResourceExhaustedError,
 )
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 __all__ = ["create_app", "create_server"]
+
 
 def _error(status: int, kind: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"error": {"type": kind, "message": message}}, status_code=status, headers=headers)
@@ -127,7 +127,7 @@ def create_app(manager: FleetManager, *, api_key: str | None = None, artifact_to
             record = await run_in_threadpool(manager.register_bundle, path)
             return asdict(record)
         if kind not in ("application/gzip", "application/x-gzip", "application/octet-stream"):
-            raise InvalidInputError("send the .tar.gz as application/gzip or JSON {\"path\": ...}")
+            raise InvalidInputError('send the .tar.gz as application/gzip or JSON {"path": ...}')
         with tempfile.NamedTemporaryFile(suffix=".tar.gz", dir=manager.config.artifact_dir) as tmp:
             size = 0
             async for chunk in request.stream():
@@ -180,8 +180,14 @@ def create_app(manager: FleetManager, *, api_key: str | None = None, artifact_to
             raise InvalidInputError("device_timeout_s must be a number")
         rollout = await run_in_threadpool(
             lambda: manager.create_rollout(
-                bundle, version, devices=devices, labels=labels, strategy=strategy, abort=abort,
-                device_timeout_s=float(timeout), success_statuses=data.get("success_statuses"),
+                bundle,
+                version,
+                devices=devices,
+                labels=labels,
+                strategy=strategy,
+                abort=abort,
+                device_timeout_s=float(timeout),
+                success_statuses=data.get("success_statuses"),
                 rollout_id=data.get("id"),
             )
         )
@@ -227,10 +233,15 @@ def create_app(manager: FleetManager, *, api_key: str | None = None, artifact_to
     return app
 
 
-def create_server(manager: FleetManager, *, host: str = "127.0.0.1", port: int = 0, api_key: str | None = None,
-                  artifact_token: str | None = None) -> tuple[ThreadedServer, int]:
+def create_server(
+    manager: FleetManager,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    api_key: str | None = None,
+    artifact_token: str | None = None,
+) -> tuple[ThreadedServer, int]:
     """Serve the API on ``host:port`` (0 picks a free port) in the background; returns the server and port."""
     app = create_app(manager, api_key=api_key, artifact_token=artifact_token)
     server = ThreadedServer(app, host, port, lifespan="off", name="fleet-api")
     return server, server.start()
-

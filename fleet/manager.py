@@ -32,11 +32,9 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.subscribeoptions import SubscribeOptions
-
 from edgecloud.fleet.metrics import FleetMetrics
 from edgecloud.fleet.registry import BundleRegistry
 from edgecloud.fleet.rollout import (
@@ -53,6 +51,7 @@ from edgecloud.fleet.store import BundleRecord, DeviceRecord, FleetStore
 from edgecloud.shared.broker import BrokerSettings, connect_async, create_client
 from edgecloud.shared.errors import ConfigError, InvalidInputError, NotFoundError
 from edgecloud.shared.fleet import Birth, BundleRef, Command, CommandAck, Telemetry, Topics, decode, encode
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 __all__ = ["FleetManager", "FleetManagerConfig"]
 
@@ -136,8 +135,7 @@ class FleetManager:
         self._lock = threading.RLock()
         self._rollouts: dict[str, Rollout] = {r.id: r for r in self.store.list_rollouts()}
         self._devices: dict[str, DeviceRecord] = {d.id: d for d in self.store.list_devices()}
-        self._revision = max((max(r.spec.revision, r.rollback_revision) for r in self._rollouts.values()),
-                             default=0)
+        self._revision = max((max(r.spec.revision, r.rollback_revision) for r in self._rollouts.values()), default=0)
         self.metrics = FleetMetrics()
         self.metrics.bind(
             online=lambda: sum(d.online for d in list(self._devices.values())),
@@ -170,7 +168,7 @@ class FleetManager:
         if self._owns_store:
             self.store.close()
 
-    def __enter__(self) -> FleetManager:
+    def __enter__(self) -> Self:
         self.start()
         return self
 
@@ -236,9 +234,8 @@ class FleetManager:
 
     def _publish(self, commands: Iterable[Command]) -> None:
         for command in commands:
-            device = command.id[len(command.rollout_id) + 1:command.id.rindex("-")]
-            self.client.publish(Topics(self.config.fleet, device).cmd, encode(command.to_dict()), qos=1,
-                                 retain=False)
+            device = command.id[len(command.rollout_id) + 1 : command.id.rindex("-")]
+            self.client.publish(Topics(self.config.fleet, device).cmd, encode(command.to_dict()), qos=1, retain=False)
             self.metrics.commands.labels(command.type).inc()
             log.info("published %s (%s v%d) to %s", command.id, command.type, command.bundle.version, device)
 
@@ -252,18 +249,20 @@ class FleetManager:
             old = self._devices.get(device)
             reborn = birth.online and (old is None or not old.online or birth.session != old.session)
             record = DeviceRecord(
-                id=device, labels=dict(birth.labels) or (dict(old.labels) if old else {}), online=birth.online,
+                id=device,
+                labels=dict(birth.labels) or (dict(old.labels) if old else {}),
+                online=birth.online,
                 model_name=birth.model_name or (old.model_name if old else ""),
                 model_version=birth.model_version or (old.model_version if old else 0),
                 session=birth.session if birth.online or old is None else old.session,
-                last_seen=now, telemetry=old.telemetry if old else None,
+                last_seen=now,
+                telemetry=old.telemetry if old else None,
             )
             self._devices[device] = record
             self.store.save_device(record)
             pending = [cmd for r in self._rollouts.values() for cmd in self._in_flight(r, device)] if reborn else []
         if pending:
-            log.info("%s re-announced (session %d): re-publishing %d command(s)", device, birth.session,
-                     len(pending))
+            log.info("%s re-announced (session %d): re-publishing %d command(s)", device, birth.session, len(pending))
         self._publish(pending)
 
     def _on_telemetry(self, device: str, telemetry: Telemetry, raw: dict[str, Any]) -> None:
@@ -271,8 +270,13 @@ class FleetManager:
             raise InvalidInputError(f"telemetry of {device!r} names device {telemetry.device!r}")
         with self._lock:
             old = self._devices.get(device) or DeviceRecord(id=device)
-            record = replace(old, last_seen=time.time(), telemetry=raw, model_name=telemetry.model_name,
-                             model_version=telemetry.model_version)
+            record = replace(
+                old,
+                last_seen=time.time(),
+                telemetry=raw,
+                model_name=telemetry.model_name,
+                model_version=telemetry.model_version,
+            )
             self._devices[device] = record
             self.store.save_device(record)
 
@@ -330,8 +334,16 @@ class FleetManager:
 
         def rebuild(delivery: Delivery, kind: str, bundle: BundleRef | None, revision: int) -> None:
             if delivery.status in _IN_FLIGHT and bundle is not None and delivery.command_id:
-                out.append(Command(id=delivery.command_id, type=kind, revision=revision, bundle=bundle,
-                                   rollout_id=rollout.id, issued_at=delivery.sent_at or 0.0))
+                out.append(
+                    Command(
+                        id=delivery.command_id,
+                        type=kind,
+                        revision=revision,
+                        bundle=bundle,
+                        rollout_id=rollout.id,
+                        issued_at=delivery.sent_at or 0.0,
+                    )
+                )
 
         for state in states:
             if rollout.status.live:
@@ -410,8 +422,12 @@ class FleetManager:
             if rollout_id in self._rollouts:
                 raise InvalidInputError(f"rollout {rollout_id!r} exists")
             spec = RolloutSpec(
-                id=rollout_id, bundle=ref, targets=tuple(targets), revision=revision,
-                strategy=strategy or FixedBatches(size=len(targets)), abort=abort,
+                id=rollout_id,
+                bundle=ref,
+                targets=tuple(targets),
+                revision=revision,
+                strategy=strategy or FixedBatches(size=len(targets)),
+                abort=abort,
                 device_timeout_s=device_timeout_s,
                 success_statuses=frozenset(success_statuses or {DeviceStatus.ACTIVE}),
             )
@@ -420,8 +436,7 @@ class FleetManager:
             self._rollouts[rollout.id] = rollout
             self.store.save_rollout(rollout)
         self._publish(commands)
-        log.info("rollout %s: %s v%d to %d device(s), revision %d", rollout.id, bundle, version, len(targets),
-                 revision)
+        log.info("rollout %s: %s v%d to %d device(s), revision %d", rollout.id, bundle, version, len(targets), revision)
         return rollout
 
     def _get(self, rollout_id: str) -> Rollout:
@@ -508,12 +523,21 @@ class FleetManager:
             for d in records:
                 telemetry = d.telemetry or {}
                 rollout = live.get(d.id)
-                out.append({
-                    "id": d.id, "online": d.online, "labels": d.labels, "model_name": d.model_name,
-                    "model_version": d.model_version, "session": d.session, "last_seen": d.last_seen,
-                    "escalation_rate": telemetry.get("escalation_rate"),
-                    "telemetry_at": telemetry.get("at"), "telemetry": d.telemetry,
-                    "rollout": None if rollout is None else {
-                        "id": rollout.id, "status": rollout.devices[d.id].deploy.status.value},
-                })
+                out.append(
+                    {
+                        "id": d.id,
+                        "online": d.online,
+                        "labels": d.labels,
+                        "model_name": d.model_name,
+                        "model_version": d.model_version,
+                        "session": d.session,
+                        "last_seen": d.last_seen,
+                        "escalation_rate": telemetry.get("escalation_rate"),
+                        "telemetry_at": telemetry.get("at"),
+                        "telemetry": d.telemetry,
+                        "rollout": None
+                        if rollout is None
+                        else {"id": rollout.id, "status": rollout.devices[d.id].deploy.status.value},
+                    }
+                )
             return out

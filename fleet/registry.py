@@ -41,8 +41,10 @@ def read_archive_manifest(archive: Path) -> Manifest:
             # folder would register here and then fail on every device)
             candidates = [m for m in tar.getmembers() if m.name.removeprefix("./") == MANIFEST_FILE]
             if not candidates:
-                raise ManifestError(f"{archive.name}: no {MANIFEST_FILE} at the archive's root "
-                                    "(pack bundles with edgecloud.shared.artifacts.pack_bundle or `tar -C BUNDLE_DIR -czf X .`)")
+                raise ManifestError(
+                    f"{archive.name}: no {MANIFEST_FILE} at the archive's root "
+                    "(pack bundles with edgecloud.shared.artifacts.pack_bundle or `tar -C BUNDLE_DIR -czf X .`)"
+                )
             member = candidates[0]
             if not member.isfile() or member.size > _MAX_MANIFEST_BYTES:
                 raise ManifestError(f"{archive.name}: {member.name} is not a regular file under 4 MiB")
@@ -103,30 +105,43 @@ class BundleRegistry:
         sha256, size = file_digest(source)
         manifest = read_archive_manifest(source)
         if manifest.kind != "edge":
-            raise InvalidInputError(f"{manifest.name} v{manifest.version} is a {manifest.kind} bundle; "
-                                    "devices install edge bundles only")
+            raise InvalidInputError(
+                f"{manifest.name} v{manifest.version} is a {manifest.kind} bundle; devices install edge bundles only"
+            )
         key_id = ""
         if self.trusted_keys:
             key_id = _verify_signature(source, self.trusted_keys, 4 * self.max_bundle_bytes)
         else:
-            log.warning("%s v%d registered without a signature check: no trusted_keys configured",
-                        manifest.name, manifest.version)
+            log.warning(
+                "%s v%d registered without a signature check: no trusted_keys configured",
+                manifest.name,
+                manifest.version,
+            )
         try:
             existing = self.store.load_bundle(manifest.name, manifest.version)
         except NotFoundError:
             existing = None
         if existing is not None:
             if existing.sha256 != sha256:
-                raise InvalidInputError(f"bundle {manifest.name} v{manifest.version} is already registered "
-                                        f"with another sha256 ({existing.sha256[:12]}..)")
+                raise InvalidInputError(
+                    f"bundle {manifest.name} v{manifest.version} is already registered "
+                    f"with another sha256 ({existing.sha256[:12]}..)"
+                )
             return existing
         target = self.artifact_dir / f"{sha256}.tar.gz"
         if not target.exists():
             tmp = target.with_name(f".{sha256}.tmp")
             shutil.copyfile(source, tmp)
             os.replace(tmp, target)
-        record = BundleRecord(name=manifest.name, version=manifest.version, sha256=sha256, size=size,
-                              path=str(target), key_id=key_id, registered_at=time.time())
+        record = BundleRecord(
+            name=manifest.name,
+            version=manifest.version,
+            sha256=sha256,
+            size=size,
+            path=str(target),
+            key_id=key_id,
+            registered_at=time.time(),
+        )
         self.store.save_bundle(record)
         log.info("registered %s v%d (%s, %d bytes)", record.name, record.version, sha256[:12], size)
         return record
@@ -145,8 +160,13 @@ class BundleRegistry:
 
     def ref(self, record: BundleRecord) -> BundleRef:
         """What a deploy command names: where devices download the archive, and its digest."""
-        return BundleRef(name=record.name, version=record.version, url=self.artifact_url(record.sha256),
-                         sha256=record.sha256, size=record.size)
+        return BundleRef(
+            name=record.name,
+            version=record.version,
+            url=self.artifact_url(record.sha256),
+            sha256=record.sha256,
+            size=record.size,
+        )
 
     def load(self, name: str, version: int) -> BundleRecord:
         """The record of a registered bundle; NotFoundError if there is none."""

@@ -100,8 +100,13 @@ class DeviceStatus(str, enum.Enum):
         return self in (DeviceStatus.FAILED, DeviceStatus.ROLLED_BACK)
 
 
-_RANK = {DeviceStatus.QUEUED: 0, DeviceStatus.SENT: 1, DeviceStatus.DOWNLOADING: 2,
-         DeviceStatus.VERIFYING: 3, DeviceStatus.ACTIVE: 4}
+_RANK = {
+    DeviceStatus.QUEUED: 0,
+    DeviceStatus.SENT: 1,
+    DeviceStatus.DOWNLOADING: 2,
+    DeviceStatus.VERIFYING: 3,
+    DeviceStatus.ACTIVE: 4,
+}
 _IN_FLIGHT = frozenset({DeviceStatus.SENT, DeviceStatus.DOWNLOADING, DeviceStatus.VERIFYING})
 _SUCCESS_CHOICES = frozenset({DeviceStatus.DOWNLOADING, DeviceStatus.VERIFYING, DeviceStatus.ACTIVE})
 _OPEN, _SUCCEEDED, _FAILED = 0, 1, 2
@@ -270,7 +275,7 @@ class RolloutSpec:
     def waves(self) -> tuple[tuple[str, ...], ...]:
         waves, start = [], 0
         for size in self.strategy.wave_sizes(len(self.targets)):
-            waves.append(self.targets[start:start + size])
+            waves.append(self.targets[start : start + size])
             start += size
         return tuple(waves)
 
@@ -363,14 +368,22 @@ class DeviceState:
     """The rollback command, once :meth:`Rollout.rollback` sent one to this device."""
 
     def to_dict(self) -> dict[str, Any]:
-        return {"device": self.device, "wave": self.wave, "deploy": self.deploy.to_dict(),
-                "rollback": self.rollback.to_dict() if self.rollback else None}
+        return {
+            "device": self.device,
+            "wave": self.wave,
+            "deploy": self.deploy.to_dict(),
+            "rollback": self.rollback.to_dict() if self.rollback else None,
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DeviceState:
         rollback = data.get("rollback")
-        return cls(device=data["device"], wave=data["wave"], deploy=Delivery.from_dict(data["deploy"]),
-                   rollback=Delivery.from_dict(rollback) if rollback else None)
+        return cls(
+            device=data["device"],
+            wave=data["wave"],
+            deploy=Delivery.from_dict(data["deploy"]),
+            rollback=Delivery.from_dict(rollback) if rollback else None,
+        )
 
 
 # -- the rollout -----------------------------------------------------------------------
@@ -515,8 +528,9 @@ class Rollout:
         self._tally = [0, 0, 0]
         for state in self.devices.values():
             self._tally[self._outcome(state)] += 1
-        self._open_in_wave = 0 if self.wave < 0 else sum(
-            1 for d in self.waves[self.wave] if self._outcome(self.devices[d]) == _OPEN)
+        self._open_in_wave = (
+            0 if self.wave < 0 else sum(1 for d in self.waves[self.wave] if self._outcome(self.devices[d]) == _OPEN)
+        )
 
     def _account(self, state: DeviceState, before: int) -> None:
         after = self._outcome(state)
@@ -531,8 +545,14 @@ class Rollout:
         return self._tally[_FAILED], self._tally[_FAILED] + self._tally[_SUCCEEDED]
 
     def _command(self, device: str, kind: str, bundle: BundleRef, revision: int, now: float) -> Command:
-        return Command(id=self.spec.command_id(device, revision), type=kind, revision=revision, bundle=bundle,
-                       rollout_id=self.id, issued_at=now)
+        return Command(
+            id=self.spec.command_id(device, revision),
+            type=kind,
+            revision=revision,
+            bundle=bundle,
+            rollout_id=self.id,
+            issued_at=now,
+        )
 
     def _send_wave(self, wave: int, now: float) -> list[Command]:
         self.wave = wave
@@ -559,8 +579,11 @@ class Rollout:
             return []
         failed, finished = self._counts()
         if self.spec.abort is not None and self.spec.abort.met(failed, finished):
-            self._abort(f"{failed} of {finished} finished devices failed "
-                        f"({100 * failed / finished:.1f}% >= {self.spec.abort.failure_percent:g}%)", now)
+            self._abort(
+                f"{failed} of {finished} finished devices failed "
+                f"({100 * failed / finished:.1f}% >= {self.spec.abort.failure_percent:g}%)",
+                now,
+            )
             return []
         if self.status is RolloutStatus.PAUSED:
             return []
@@ -600,8 +623,13 @@ class Rollout:
             rollback_counts = {s.value: 0 for s in DeviceStatus}
             for delivery in sent:
                 rollback_counts[delivery.status.value] += 1
-            rollback = {"revision": self.rollback_revision, "bundle": self.rollback_bundle.name,
-                        "version": self.rollback_bundle.version, "total": len(sent), "counts": rollback_counts}
+            rollback = {
+                "revision": self.rollback_revision,
+                "bundle": self.rollback_bundle.name,
+                "version": self.rollback_bundle.version,
+                "total": len(sent),
+                "counts": rollback_counts,
+            }
         return {
             "id": self.id,
             "kind": self.spec.kind,

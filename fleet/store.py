@@ -16,7 +16,7 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from edgecloud.fleet.rollout import Rollout, RolloutSpec, RolloutStatus
 from edgecloud.shared.errors import InvalidInputError, NotFoundError
@@ -103,7 +103,7 @@ class FleetStore:
         with self._lock:
             self._db.close()
 
-    def __enter__(self) -> FleetStore:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *_: object) -> None:
@@ -118,18 +118,28 @@ class FleetStore:
     def save_bundle(self, record: BundleRecord) -> None:
         """Register a bundle; the same name and version again must have the same sha256."""
         with self._lock:
-            row = self._db.execute("SELECT sha256 FROM bundles WHERE name = ? AND version = ?",
-                                   (record.name, record.version)).fetchone()
+            row = self._db.execute(
+                "SELECT sha256 FROM bundles WHERE name = ? AND version = ?", (record.name, record.version)
+            ).fetchone()
             if row is not None:
                 if row[0] != record.sha256:
-                    raise InvalidInputError(f"bundle {record.name} v{record.version} is already registered "
-                                            f"with another sha256 ({row[0][:12]}..)")
+                    raise InvalidInputError(
+                        f"bundle {record.name} v{record.version} is already registered "
+                        f"with another sha256 ({row[0][:12]}..)"
+                    )
                 return
             self._db.execute(
                 "INSERT INTO bundles (name, version, sha256, size, path, key_id, registered_at)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (record.name, record.version, record.sha256, record.size, record.path, record.key_id,
-                 record.registered_at),
+                (
+                    record.name,
+                    record.version,
+                    record.sha256,
+                    record.size,
+                    record.path,
+                    record.key_id,
+                    record.registered_at,
+                ),
             )
 
     _BUNDLE = "SELECT name, version, sha256, size, path, key_id, registered_at FROM bundles"
@@ -137,8 +147,9 @@ class FleetStore:
     @staticmethod
     def _bundle(row: tuple[Any, ...]) -> BundleRecord:
         name, version, sha256, size, path, key_id, registered_at = row
-        return BundleRecord(name=name, version=version, sha256=sha256, size=size, path=path, key_id=key_id,
-                            registered_at=registered_at)
+        return BundleRecord(
+            name=name, version=version, sha256=sha256, size=size, path=path, key_id=key_id, registered_at=registered_at
+        )
 
     def load_bundle(self, name: str, version: int) -> BundleRecord:
         rows = self._all(f"{self._BUNDLE} WHERE name = ? AND version = ?", (name, version))
@@ -162,9 +173,16 @@ class FleetStore:
                 "INSERT OR REPLACE INTO devices"
                 " (id, labels, online, model_name, model_version, session, last_seen, telemetry)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (record.id, json.dumps(record.labels, sort_keys=True), int(record.online), record.model_name,
-                 record.model_version, record.session, record.last_seen,
-                 json.dumps(record.telemetry, sort_keys=True) if record.telemetry is not None else None),
+                (
+                    record.id,
+                    json.dumps(record.labels, sort_keys=True),
+                    int(record.online),
+                    record.model_name,
+                    record.model_version,
+                    record.session,
+                    record.last_seen,
+                    json.dumps(record.telemetry, sort_keys=True) if record.telemetry is not None else None,
+                ),
             )
 
     _DEVICE = "SELECT id, labels, online, model_name, model_version, session, last_seen, telemetry FROM devices"
@@ -172,9 +190,16 @@ class FleetStore:
     @staticmethod
     def _device(row: tuple[Any, ...]) -> DeviceRecord:
         id_, labels, online, model_name, model_version, session, last_seen, telemetry = row
-        return DeviceRecord(id=id_, labels=json.loads(labels), online=bool(online), model_name=model_name,
-                            model_version=model_version, session=session, last_seen=last_seen,
-                            telemetry=json.loads(telemetry) if telemetry is not None else None)
+        return DeviceRecord(
+            id=id_,
+            labels=json.loads(labels),
+            online=bool(online),
+            model_name=model_name,
+            model_version=model_version,
+            session=session,
+            last_seen=last_seen,
+            telemetry=json.loads(telemetry) if telemetry is not None else None,
+        )
 
     def load_device(self, device_id: str) -> DeviceRecord:
         rows = self._all(f"{self._DEVICE} WHERE id = ?", (device_id,))
@@ -197,13 +222,21 @@ class FleetStore:
                 known = self._db.execute("SELECT 1 FROM rollouts WHERE id = ?", (rollout.id,)).fetchone()
                 if known is None:  # first save, or a rollout rebuilt elsewhere: every device
                     changed = list(rollout.devices.values())
-                    self._db.execute("INSERT INTO rollouts (id, spec, state, status, updated_at) VALUES (?, ?, ?, ?, ?)",
-                                     (rollout.id, json.dumps(rollout.spec.to_dict(), sort_keys=True),
-                                      json.dumps(state, sort_keys=True), rollout.status.value, rollout.updated_at))
+                    self._db.execute(
+                        "INSERT INTO rollouts (id, spec, state, status, updated_at) VALUES (?, ?, ?, ?, ?)",
+                        (
+                            rollout.id,
+                            json.dumps(rollout.spec.to_dict(), sort_keys=True),
+                            json.dumps(state, sort_keys=True),
+                            rollout.status.value,
+                            rollout.updated_at,
+                        ),
+                    )
                 else:  # the spec never changes
-                    self._db.execute("UPDATE rollouts SET state = ?, status = ?, updated_at = ? WHERE id = ?",
-                                     (json.dumps(state, sort_keys=True), rollout.status.value, rollout.updated_at,
-                                      rollout.id))
+                    self._db.execute(
+                        "UPDATE rollouts SET state = ?, status = ?, updated_at = ? WHERE id = ?",
+                        (json.dumps(state, sort_keys=True), rollout.status.value, rollout.updated_at, rollout.id),
+                    )
                 self._db.executemany(
                     "INSERT OR REPLACE INTO rollout_devices (rollout_id, device, state) VALUES (?, ?, ?)",
                     [(rollout.id, d.device, json.dumps(d.to_dict(), sort_keys=True)) for d in changed],
@@ -218,13 +251,15 @@ class FleetStore:
         """Called with the lock held."""
         spec = json.loads(spec_json)
         state = json.loads(state_json)
-        rows = dict(self._db.execute("SELECT device, state FROM rollout_devices WHERE rollout_id = ?",
-                                     (rollout_id,)).fetchall())
+        rows = dict(
+            self._db.execute("SELECT device, state FROM rollout_devices WHERE rollout_id = ?", (rollout_id,)).fetchall()
+        )
         order = [d for wave in RolloutSpec.from_dict(spec).waves() for d in wave]
         missing = [d for d in order if d not in rows]
         if missing:
-            raise InvalidInputError(f"rollout {rollout_id}: no saved state for {len(missing)} device(s), "
-                                    f"e.g. {missing[0]!r}")
+            raise InvalidInputError(
+                f"rollout {rollout_id}: no saved state for {len(missing)} device(s), e.g. {missing[0]!r}"
+            )
         state["devices"] = [json.loads(rows[d]) for d in order]
         rollout = Rollout.from_dict({"spec": spec, "state": state})
         rollout.take_changed()  # what was just read is what is stored
@@ -246,5 +281,6 @@ class FleetStore:
                 marks = ", ".join("?" * len(statuses))
                 rows = self._db.execute(
                     f"SELECT id, spec, state FROM rollouts WHERE status IN ({marks}) ORDER BY updated_at, id",
-                    [RolloutStatus(s).value for s in statuses]).fetchall()
+                    [RolloutStatus(s).value for s in statuses],
+                ).fetchall()
             return [self._rollout(*r) for r in rows]

@@ -27,8 +27,7 @@ import numpy as np
 import onnxruntime
 import torch
 import transformers
-from transformers import AutoModelForCausalLM
-
+from edgecloud.edge.runtime import EdgeModel
 from edgecloud.modelkit.decoding import generate_batch
 from edgecloud.modelkit.evaluate import REFERENCE_DIR, STUDENT_DIR, TEACHER_DIR
 from edgecloud.modelkit.export import export_student, onnx_io, quantize_student
@@ -36,10 +35,10 @@ from edgecloud.modelkit.student import StudentRecipe, distill_student, fit_featu
 from edgecloud.modelkit.teacher import ModelSpec, RefineStage, TeacherRecipe, chat_prompt, refine_teacher, train_teacher
 from edgecloud.modelkit.tokenizer import THINK_END, THINK_START, build_student_tokenizer, build_tokenizer
 from edgecloud.modelkit.training import TrainConfig
-from edgecloud.edge.runtime import EdgeModel
 from edgecloud.shared.bundle import GoldenCase, load_manifest, write_bundle
 from edgecloud.shared.calibration import Calibration, choose_threshold, confidence_signals, fit_platt
 from edgecloud.shared.task import EVAL_MIX, Split, generate, parse_answer
+from transformers import AutoModelForCausalLM
 
 __all__ = ["BuildConfig", "build_models", "quick_recipes"]
 
@@ -103,8 +102,12 @@ class BuildConfig:
 
 def quick_recipes(config: BuildConfig) -> BuildConfig:
     """The same pipeline on tiny models and few steps."""
-    tiny = ModelSpec(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2)
-    tinier = ModelSpec(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=1, num_key_value_heads=1)
+    tiny = ModelSpec(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2
+    )
+    tinier = ModelSpec(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=1, num_key_value_heads=1
+    )
     return replace(
         config,
         calibration_n=300,
@@ -113,7 +116,9 @@ def quick_recipes(config: BuildConfig) -> BuildConfig:
             config.teacher,
             model=tiny,
             train=TrainConfig(steps=40, batch_size=32, lr=3e-3, warmup=5),
-            refine=RefineStage(train=TrainConfig(steps=5, batch_size=8, lr=1e-3, warmup=1)) if config.teacher.refine else None,
+            refine=RefineStage(train=TrainConfig(steps=5, batch_size=8, lr=1e-3, warmup=1))
+            if config.teacher.refine
+            else None,
         ),
         student=replace(
             config.student,
@@ -130,7 +135,7 @@ def _next_version(out: Path) -> int:
     for name in (TEACHER_DIR, STUDENT_DIR):
         try:
             versions.append(load_manifest(out / name).version)
-        except Exception:  # noqa: BLE001 - a missing or broken old bundle just means "start at 1"
+        except Exception:  # noqa: BLE001, S112 - a missing or broken old bundle just means "start at 1"
             continue
     return max(versions, default=0) + 1
 
@@ -208,7 +213,9 @@ def _int8_check(fp32: EdgeModel, int8: EdgeModel, seed: int, n: int = 500) -> di
     for problem in problems:
         a, b = fp32.answer(problem.query), int8.answer(problem.query)
         agree.append(a.text == b.text)
-        cosines.append(float(a.features @ b.features / (np.linalg.norm(a.features) * np.linalg.norm(b.features) + 1e-12)))
+        cosines.append(
+            float(a.features @ b.features / (np.linalg.norm(a.features) * np.linalg.norm(b.features) + 1e-12))
+        )
         right32.append(parse_answer(a.text) == problem.answer)
         right8.append(parse_answer(b.text) == problem.answer)
     return {
@@ -259,7 +266,10 @@ def build_models(config: BuildConfig) -> dict[str, object]:
                 teacher_meta = {
                     **teacher_meta,
                     "recipe": json.loads(json.dumps(asdict(config.teacher))),
-                    "refined": {"seconds": time.monotonic() - refined_from, "train_final": history[-1] if history else {}},
+                    "refined": {
+                        "seconds": time.monotonic() - refined_from,
+                        "train_final": history[-1] if history else {},
+                    },
                 }
         else:
             tokenizer = build_tokenizer()

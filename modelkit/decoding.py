@@ -11,9 +11,8 @@ import math
 from dataclasses import dataclass, field
 
 import torch
-from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerFast
-
 from edgecloud.modelkit.tokenizer import THINK_END, THINK_START
+from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerFast
 
 __all__ = ["Generation", "generate_batch"]
 

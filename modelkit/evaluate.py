@@ -19,14 +19,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerFast
-
+from edgecloud.edge.runtime import EdgeAnswer, EdgeModel
 from edgecloud.modelkit.decoding import Generation, generate_batch
 from edgecloud.modelkit.student import student_answers
 from edgecloud.modelkit.teacher import chat_prompt
-from edgecloud.edge.runtime import EdgeAnswer, EdgeModel
 from edgecloud.shared.task import Problem, Split, generate, parse_answer
+from tqdm.auto import tqdm
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerFast
 
 __all__ = ["ModelPaths", "evaluate_all", "per_k_accuracy"]
 
@@ -87,7 +86,11 @@ def run_batched(
     for start in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch", leave=False):
         chunk = order[start : start + batch_size]
         prompts = [chat_prompt(tokenizer, problems[i].query, enable_thinking=thinking) for i in chunk]
-        for i, gen in zip(chunk, generate_batch(model, tokenizer, prompts, max_new_tokens=max_new, reasoning_budget=budget), strict=True):
+        for i, gen in zip(
+            chunk,
+            generate_batch(model, tokenizer, prompts, max_new_tokens=max_new, reasoning_budget=budget),
+            strict=True,
+        ):
             results[i] = gen
     return [r for r in results if r is not None]
 
@@ -96,14 +99,19 @@ def latency_summary(samples_ms: Sequence[float]) -> dict[str, float]:
     ordered = sorted(samples_ms)
     return {
         "p50_ms": statistics.median(ordered),
-        "p99_ms": ordered[min(len(ordered) - 1, int(round(0.99 * (len(ordered) - 1))))],
+        "p99_ms": ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))],
         "mean_ms": statistics.fmean(ordered),
     }
 
 
 @torch.no_grad()
 def torch_single_latency(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, queries: Sequence[str], *, template: str, max_new_tokens: int
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerFast,
+    queries: Sequence[str],
+    *,
+    template: str,
+    max_new_tokens: int,
 ) -> list[float]:
     """Per-query latency of the PyTorch student, batch 1, greedy with a KV cache, on the bundle's prompt."""
     samples = []
@@ -262,4 +270,3 @@ def evaluate_all(
         "student": sum(p.numel() for p in student.parameters()),
     }
     return report
-

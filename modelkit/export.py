@@ -20,17 +20,15 @@ from collections import OrderedDict
 from pathlib import Path
 
 import onnx
+from edgecloud.modelkit.student import with_features
 from onnx import numpy_helper
-from optimum.exporters.onnx import onnx_export_from_model
-from optimum.exporters.onnx.model_configs import Qwen3OnnxConfig
 from onnxruntime.quantization import QuantType, quantize_dynamic
 from onnxruntime.quantization.shape_inference import quant_pre_process
 from onnxruntime.transformers.fusion_options import FusionOptions
 from onnxruntime.transformers.optimizer import MODEL_TYPES, optimize_model
-
+from optimum.exporters.onnx import onnx_export_from_model
+from optimum.exporters.onnx.model_configs import Qwen3OnnxConfig
 from transformers import Qwen3ForCausalLM
-
-from edgecloud.modelkit.student import with_features
 
 __all__ = ["FEATURES_OUTPUT", "export_student", "onnx_io", "quantize_student"]
 
@@ -153,7 +151,9 @@ def onnx_io(path: Path) -> dict[str, list[dict[str, object]]]:
         for value in values:
             tensor = value.type.tensor_type
             dims = [d.dim_param or d.dim_value for d in tensor.shape.dim]
-            out.append({"name": value.name, "dtype": onnx.TensorProto.DataType.Name(tensor.elem_type).lower(), "shape": dims})
+            out.append(
+                {"name": value.name, "dtype": onnx.TensorProto.DataType.Name(tensor.elem_type).lower(), "shape": dims}
+            )
         return out
 
     return {"inputs": describe(graph.input), "outputs": describe(graph.output)}

@@ -43,15 +43,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
-from transformers import PreTrainedModel, PreTrainedTokenizerFast, Qwen3ForCausalLM
-from transformers.cache_utils import Cache
-from transformers.modeling_outputs import CausalLMOutputWithPast
-
 from edgecloud.modelkit.decoding import Generation, generate_batch
 from edgecloud.modelkit.teacher import ModelSpec, build_model, chat_prompt
 from edgecloud.modelkit.training import TrainConfig, collate, train
 from edgecloud.shared.task import EVAL_MIX, Problem, Split, generate, normalize_query, parse_answer
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel, PreTrainedTokenizerFast, Qwen3ForCausalLM
+from transformers.cache_utils import Cache
+from transformers.modeling_outputs import CausalLMOutputWithPast
 
 __all__ = [
     "LabelledQuery",
@@ -114,7 +113,10 @@ def _feature_transform(model: Qwen3ForCausalLM, like: torch.Tensor) -> tuple[tor
     if cached is None or cached[0] != key:
         tensors = tuple(
             None if value is None else torch.tensor(value, dtype=like.dtype, device=like.device)
-            for value in (getattr(model.config, "feature_centre", None), getattr(model.config, "feature_rotation", None))
+            for value in (
+                getattr(model.config, "feature_centre", None),
+                getattr(model.config, "feature_rotation", None),
+            )
         )
         cached = (key, tensors)
         model._feature_transform_cache = cached
@@ -276,7 +278,12 @@ def _cached_labels(
         except (OSError, ValueError) as exc:
             log.warning("student: ignoring unreadable label cache %s (%s)", cache_file, exc)
     missing = [p for p in dict.fromkeys(problems) if p.query not in cached]
-    log.info("student: %d of %d labels from the cache, %d to label", len(problems) - len(missing), len(problems), len(missing))
+    log.info(
+        "student: %d of %d labels from the cache, %d to label",
+        len(problems) - len(missing),
+        len(problems),
+        len(missing),
+    )
     if missing:
         gens = label_with_teacher(teacher, teacher_tokenizer, missing, batch_size=recipe.label_batch_size)
         for problem, gen in zip(missing, gens, strict=True):
@@ -371,7 +378,12 @@ class StudentData:
 
 @torch.no_grad()
 def student_answers(
-    student: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, template: str, queries: Sequence[str], *, max_new_tokens: int = 10
+    student: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerFast,
+    template: str,
+    queries: Sequence[str],
+    *,
+    max_new_tokens: int = 10,
 ) -> list[str]:
     """Greedy answers of the PyTorch student (batched, no thinking)."""
     out = []
@@ -388,7 +400,9 @@ def _progress_check(student, tokenizer, recipe: StudentRecipe, seed: int):
     def on_eval(_step: int) -> dict[str, float]:
         answers = student_answers(student, tokenizer, recipe.prompt_template, [p.query for p in problems + hard])
         report = {
-            "val_k1_exact": float(np.mean([parse_answer(a) == p.answer for a, p in zip(answers, problems, strict=False)]))
+            "val_k1_exact": float(
+                np.mean([parse_answer(a) == p.answer for a, p in zip(answers, problems, strict=False)])
+            )
         }
         if hard:
             report["val_abstained"] = float(np.mean([not a.strip() for a in answers[len(problems) :]]))
@@ -410,7 +424,9 @@ def fit_feature_transform(
     problems = generate(n, seed + 13, Split.TRAIN, EVAL_MIX)
     rows = []
     for problem in problems:
-        ids = tokenizer(student_prompt(template, problem.query), add_special_tokens=False, return_tensors="pt")["input_ids"]
+        ids = tokenizer(student_prompt(template, problem.query), add_special_tokens=False, return_tensors="pt")[
+            "input_ids"
+        ]
         rows.append(student(input_ids=ids).features[0].double().numpy())
     vectors = np.stack(rows)
     centre = vectors.mean(0)

@@ -15,12 +15,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
-
 from edgecloud.modelkit.scratchpad import think_text
 from edgecloud.modelkit.tokenizer import IM_END, THINK_END, THINK_START
 from edgecloud.modelkit.training import Example, TrainConfig, collate, train
 from edgecloud.shared.task import Problem, Split, make_problem, sample_k
+from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
 
 __all__ = [
     "ModelSpec",
@@ -116,7 +115,10 @@ def build_model(spec: ModelSpec, tokenizer: PreTrainedTokenizerFast, seed: int) 
 
 def chat_prompt(tokenizer: PreTrainedTokenizerFast, query: str, *, enable_thinking: bool) -> str:
     return tokenizer.apply_chat_template(
-        [{"role": "user", "content": query}], tokenize=False, add_generation_prompt=True, enable_thinking=enable_thinking
+        [{"role": "user", "content": query}],
+        tokenize=False,
+        add_generation_prompt=True,
+        enable_thinking=enable_thinking,
     )
 
 
@@ -209,7 +211,6 @@ def train_teacher(
     model.save_pretrained(str(out_dir))
     tokenizer.save_pretrained(str(out_dir))
     return model, history
-
 
 
 def refine_teacher(

@@ -21,7 +21,14 @@ from tokenizers import Regex, Tokenizer, decoders, normalizers, pre_tokenizers
 from tokenizers.models import WordLevel
 from transformers import PreTrainedTokenizerFast
 
-__all__ = ["CHAT_TEMPLATE", "SPECIAL_TOKENS", "STUDENT_LEAD_INS", "build_student_tokenizer", "build_tokenizer", "save_tokenizer"]
+__all__ = [
+    "CHAT_TEMPLATE",
+    "SPECIAL_TOKENS",
+    "STUDENT_LEAD_INS",
+    "build_student_tokenizer",
+    "build_tokenizer",
+    "save_tokenizer",
+]
 
 PAD = "<|endoftext|>"
 IM_START = "<|im_start|>"

@@ -157,13 +157,13 @@ def pack_bundle(directory: str | os.PathLike[str], out_file: str | os.PathLike[s
             gz = gzip.GzipFile(filename="", mode="wb", fileobj=writer,  # type: ignore[arg-type]
                                compresslevel=6, mtime=0)  # fmt: skip
             with gz, tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
-                    for rel, path in files:
-                        with path.open("rb") as handle:
-                            info = tarfile.TarInfo(rel)
-                            info.size = os.fstat(handle.fileno()).st_size
-                            info.mode, info.mtime, info.uid, info.gid = 0o644, 0, 0, 0
-                            info.uname = info.gname = ""
-                            tar.addfile(info, handle)
+                for rel, path in files:
+                    with path.open("rb") as handle:
+                        info = tarfile.TarInfo(rel)
+                        info.size = os.fstat(handle.fileno()).st_size
+                        info.mode, info.mtime, info.uid, info.gid = 0o644, 0, 0, 0
+                        info.uname = info.gname = ""
+                        tar.addfile(info, handle)
             raw.flush()
             os.fsync(raw.fileno())
         os.replace(tmp, out)
@@ -563,9 +563,7 @@ def download(
                     resumed_leftover = False
                     state.restart()
                     continue
-                raise IntegrityError(
-                    f"{url}: sha256 is {state.sha.hexdigest()}, expected {expected_sha256}"
-                )
+                raise IntegrityError(f"{url}: sha256 is {state.sha.hexdigest()}, expected {expected_sha256}")
             break
         state.part.touch()  # an empty body leaves no .part yet
         os.replace(state.part, dest)

@@ -21,11 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
+from edgecloud.shared.errors import ConfigError
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
-
-from edgecloud.shared.errors import ConfigError
 
 __all__ = ["MQTT_VERSIONS", "BrokerSettings", "connect_async", "create_client"]
 
@@ -70,7 +69,11 @@ class BrokerSettings:
             raise ConfigError(f"mqtt version must be 5 or 3.1.1, got {self.version!r}")
         if isinstance(self.keepalive_s, bool) or not isinstance(self.keepalive_s, int) or self.keepalive_s < 1:
             raise ConfigError(f"MQTT keepalive_s must be an integer >= 1, got {self.keepalive_s!r}")
-        if isinstance(self.session_expiry_s, bool) or not isinstance(self.session_expiry_s, int) or self.session_expiry_s < 0:
+        if (
+            isinstance(self.session_expiry_s, bool)
+            or not isinstance(self.session_expiry_s, int)
+            or self.session_expiry_s < 0
+        ):
             raise ConfigError(f"MQTT session_expiry_s must be an integer >= 0, got {self.session_expiry_s!r}")
 
     @classmethod

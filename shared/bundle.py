@@ -22,7 +22,7 @@ import os
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -306,7 +306,7 @@ def write_bundle(
     """
     root = Path(directory)
     if created_at is None:
-        created_at = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        created_at = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     files = []
     for rel, path in _scan(root).items():
         sha, size = file_digest(path)

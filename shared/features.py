@@ -77,7 +77,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import zstandard as zstd
-
 from edgecloud.shared.errors import ConfigError, InvalidInputError
 
 __all__ = [
@@ -188,7 +187,9 @@ def _decompressor(schema_version: int) -> zstd.ZstdDecompressor:
     cache: dict[int, zstd.ZstdDecompressor] = _local.__dict__.setdefault("decompressors", {})
     if schema_version not in cache:
         cache[schema_version] = zstd.ZstdDecompressor(
-            dict_data=zstd.ZstdCompressionDict(_DICTIONARIES[schema_version]), max_window_size=_MAX_WINDOW, format=_FORMAT
+            dict_data=zstd.ZstdCompressionDict(_DICTIONARIES[schema_version]),
+            max_window_size=_MAX_WINDOW,
+            format=_FORMAT,
         )
     return cache[schema_version]
 
@@ -300,7 +301,9 @@ def decode_features(
     if encoded.dtype != DTYPE:
         raise _invalid(f"unsupported dtype {encoded.dtype!r}, expected {DTYPE!r}")
     if isinstance(encoded.schema_version, bool) or encoded.schema_version not in _DICTIONARIES:
-        raise _invalid(f"unsupported schema_version {encoded.schema_version!r}, expected one of {sorted(_DICTIONARIES)}")
+        raise _invalid(
+            f"unsupported schema_version {encoded.schema_version!r}, expected one of {sorted(_DICTIONARIES)}"
+        )
     dims = _check_dims(encoded.dims, expected_dims, max_elements)
     scale = encoded.scale
     if isinstance(scale, bool) or not isinstance(scale, numbers.Real) or not 0 < scale <= _LARGEST_SCALE:

@@ -38,7 +38,6 @@ from pathlib import Path
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-
 from edgecloud.shared.bundle import SIGNATURE_FILE, Manifest, canonical_bytes, load_manifest, verify_bundle
 from edgecloud.shared.errors import BundleError, ConfigError, IntegrityError
 
@@ -294,15 +293,16 @@ def verify_signed_bundle(
     try:
         public_key.verify(signature, signed)
     except InvalidSignature:
-        raise BadSignatureError(
-            f"{root}: bad signature by key {kid}: the manifest was changed after signing"
-        ) from None
-    if installed_version is not None and manifest.version <= installed_version:
-        if manifest.version not in allow_rollback_to:
-            raise DowngradeError(
-                f"{root}: {manifest.name} v{manifest.version} is not newer than installed v{installed_version}"
-                " and is not an allowed rollback"
-            )
+        raise BadSignatureError(f"{root}: bad signature by key {kid}: the manifest was changed after signing") from None
+    if (
+        installed_version is not None
+        and manifest.version <= installed_version
+        and manifest.version not in allow_rollback_to
+    ):
+        raise DowngradeError(
+            f"{root}: {manifest.name} v{manifest.version} is not newer than installed v{installed_version}"
+            " and is not an allowed rollback"
+        )
     checked = verify_bundle(root)
     if canonical_bytes(checked) != signed:
         raise BadSignatureError(f"{root}: manifest.json changed during verification")

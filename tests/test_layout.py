@@ -67,8 +67,11 @@ def test_the_layers_cover_the_source() -> None:
 def test_imports_point_down(path: Path) -> None:
     own = own_layer(path)
     found = imports(path)
-    stale = [f"{path.relative_to(ROOT)}:{line} imports {name}: use edgecloud.{name}" for line, name in found
-             if name.split(".")[0] != "edgecloud"]
+    stale = [
+        f"{path.relative_to(ROOT)}:{line} imports {name}: use edgecloud.{name}"
+        for line, name in found
+        if name.split(".")[0] != "edgecloud"
+    ]
     wrong = [
         f"{path.relative_to(ROOT)}:{line} imports {name} ({layer(name)} is not below {own})"
         for line, name in found

@@ -35,13 +35,18 @@ PrivateKey = ec.EllipticCurvePrivateKey
 
 
 def _name(common_name: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "edgecloud"),
-                      x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    return x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "edgecloud"),
+            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+        ]
+    )
 
 
 def _write_key(path: Path, key: PrivateKey) -> None:
-    data = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption())
+    data = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
     # Created 0600 rather than chmod-ed afterwards, so the key is never readable by others.
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as handle:
@@ -53,11 +58,16 @@ def _write_cert(path: Path, cert: x509.Certificate) -> None:
 
 
 def _builder(subject: x509.Name, issuer: x509.Name, key: PrivateKey, days: int) -> x509.CertificateBuilder:
-    now = datetime.datetime.now(datetime.timezone.utc)
-    return (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer).public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))  # tolerate small clock skew
-            .not_valid_after(now + datetime.timedelta(days=days)))
+    now = datetime.datetime.now(datetime.UTC)
+    return (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))  # tolerate small clock skew
+        .not_valid_after(now + datetime.timedelta(days=days))
+    )
 
 
 def load_or_make_ca(out: Path, days: int = 3650) -> tuple[x509.Certificate, PrivateKey]:
@@ -69,13 +79,26 @@ def load_or_make_ca(out: Path, days: int = 3650) -> tuple[x509.Certificate, Priv
         return x509.load_pem_x509_certificate(cert_path.read_bytes()), key
     key = ec.generate_private_key(ec.SECP256R1())
     name = _name("edgecloud fleet CA")
-    cert = (_builder(name, name, key, days)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(x509.KeyUsage(digital_signature=False, content_commitment=False, key_encipherment=False,
-                                         data_encipherment=False, key_agreement=False, key_cert_sign=True,
-                                         crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-            .sign(key, hashes.SHA256()))
+    cert = (
+        _builder(name, name, key, days)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=False,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
     _write_key(key_path, key)
     _write_cert(cert_path, cert)
     return cert, key
@@ -88,21 +111,22 @@ def _san(value: str) -> x509.GeneralName:
         return x509.DNSName(value)
 
 
-def issue(out: Path, name: str, ca: tuple[x509.Certificate, PrivateKey], *, server_sans: Sequence[str] = (),
-          days: int = 825) -> Path:
+def issue(
+    out: Path, name: str, ca: tuple[x509.Certificate, PrivateKey], *, server_sans: Sequence[str] = (), days: int = 825
+) -> Path:
     """``{name}.crt``/``{name}.key`` signed by the CA: a server certificate when ``server_sans``
     is given, a client certificate otherwise. Returns the certificate's path."""
     ca_cert, ca_key = ca
     key = ec.generate_private_key(ec.SECP256R1())
     usage = ExtendedKeyUsageOID.SERVER_AUTH if server_sans else ExtendedKeyUsageOID.CLIENT_AUTH
-    builder = (_builder(_name(name), ca_cert.subject, key, days)
-               .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-               .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-               .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
-                              critical=False))
+    builder = (
+        _builder(_name(name), ca_cert.subject, key, days)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+    )
     if server_sans:
-        builder = builder.add_extension(x509.SubjectAlternativeName([_san(s) for s in server_sans]),
-                                        critical=False)
+        builder = builder.add_extension(x509.SubjectAlternativeName([_san(s) for s in server_sans]), critical=False)
     cert = builder.sign(ca_key, hashes.SHA256())
     _write_key(out / f"{name}.key", key)
     _write_cert(out / f"{name}.crt", cert)
@@ -112,10 +136,19 @@ def issue(out: Path, name: str, ca: tuple[x509.Certificate, PrivateKey], *, serv
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("out", type=Path, help="folder for the certificates and keys")
-    parser.add_argument("--san", action="append", default=[],
-                        help=f"broker host name or IP (repeatable; default: {' '.join(DEFAULT_SANS)})")
-    parser.add_argument("--client", action="append", default=[], metavar="NAME",
-                        help="also issue a client certificate with this common name (repeatable)")
+    parser.add_argument(
+        "--san",
+        action="append",
+        default=[],
+        help=f"broker host name or IP (repeatable; default: {' '.join(DEFAULT_SANS)})",
+    )
+    parser.add_argument(
+        "--client",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="also issue a client certificate with this common name (repeatable)",
+    )
     parser.add_argument("--no-broker", action="store_true", help="only issue the --client certificates")
     parser.add_argument("--days", type=int, default=825, help="validity of issued certificates")
     args = parser.parse_args(argv)

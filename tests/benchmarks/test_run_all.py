@@ -19,8 +19,9 @@ FAST = ["feature_codec", "student_latency"]
 
 
 def run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, str(RUN_ALL), *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, str(RUN_ALL), *args], cwd=REPO, capture_output=True, text=True, timeout=timeout, check=False
+    )
 
 
 def section(markdown: str, name: str) -> str:
@@ -33,8 +34,18 @@ def with_failure(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.C
     tmp = tmp_path_factory.mktemp("run-all")
     broken = tmp / "broken.py"
     broken.write_text("import sys\nprint('boom: a deliberate failure', file=sys.stderr)\nsys.exit(3)\n")
-    result = run("--quick", "--only", *FAST, "broken", "--extra", f"broken={broken}",
-                 "--results", str(tmp / "results"), "--out-md", str(tmp / "RESULTS.md"))
+    result = run(
+        "--quick",
+        "--only",
+        *FAST,
+        "broken",
+        "--extra",
+        f"broken={broken}",
+        "--results",
+        str(tmp / "results"),
+        "--out-md",
+        str(tmp / "RESULTS.md"),
+    )
     return result, tmp
 
 
@@ -52,8 +63,18 @@ def test_a_failing_benchmark_is_reported_and_fails_the_run(with_failure: tuple) 
 def test_report_has_the_machine_and_the_figures_of_each_json(with_failure: tuple) -> None:
     _, tmp = with_failure
     markdown = (tmp / "RESULTS.md").read_text()
-    for field in ("| CPU |", "| RAM |", "| OS |", "| Python |", "onnxruntime", "grpcio", "paho-mqtt",
-                  "| git commit |", "| load average", "benchmarks/run_all.py --quick --only feature_codec"):
+    for field in (
+        "| CPU |",
+        "| RAM |",
+        "| OS |",
+        "| Python |",
+        "onnxruntime",
+        "grpcio",
+        "paho-mqtt",
+        "| git commit |",
+        "| load average",
+        "benchmarks/run_all.py --quick --only feature_codec",
+    ):
         assert field in markdown
 
     codec = json.loads((tmp / "results" / "feature_codec" / "feature_codec.json").read_text())
@@ -81,8 +102,9 @@ def test_render_only_writes_the_same_report_again(with_failure: tuple) -> None:
 
 
 def test_a_clean_run_exits_zero(tmp_path: Path) -> None:
-    result = run("--quick", "--only", "feature_codec", "--results", str(tmp_path / "r"),
-                 "--out-md", str(tmp_path / "R.md"))
+    result = run(
+        "--quick", "--only", "feature_codec", "--results", str(tmp_path / "r"), "--out-md", str(tmp_path / "R.md")
+    )
     assert result.returncode == 0, result.stderr
     assert "**FAILED**" not in (tmp_path / "R.md").read_text()
 
@@ -113,6 +135,7 @@ def test_every_section_renders_the_committed_results(bench: run_all.Benchmark) -
 
 def _tables(lines: list[str]) -> list[tuple[list[str], list[list[str]]]]:
     """Each Markdown table of ``lines``: its header cells and the cells of each row."""
+
     def cells(line: str) -> list[str]:
         return [cell.strip() for cell in line.strip().strip("|").split("|")]
 
@@ -143,19 +166,28 @@ def _figures(name: str, r: dict) -> list[str]:  # type: ignore[type-arg]
         out = []
         for p in r["points"]:
             s, b = p["sequential"], p["batched"]
-            out.append(f"| {p['concurrency']} | {s['sessions']} | {_f(s['sessions_per_s'], 2)} | "
-                       f"{_f(b['sessions_per_s'], 2)} | {p['ratio']['sessions_per_s']:.2f}x | "
-                       f"{_f(s['tokens_per_s'], 0)} | {_f(b['tokens_per_s'], 0)} | {p['ratio']['tokens_per_s']:.2f}x | "
-                       f"{_f(s['ttft_ms']['p50'], 0)} | {_f(b['ttft_ms']['p50'], 0)} |")
+            out.append(
+                f"| {p['concurrency']} | {s['sessions']} | {_f(s['sessions_per_s'], 2)} | "
+                f"{_f(b['sessions_per_s'], 2)} | {p['ratio']['sessions_per_s']:.2f}x | "
+                f"{_f(s['tokens_per_s'], 0)} | {_f(b['tokens_per_s'], 0)} | {p['ratio']['tokens_per_s']:.2f}x | "
+                f"{_f(s['ttft_ms']['p50'], 0)} | {_f(b['ttft_ms']['p50'], 0)} |"
+            )
         target = r.get("target")
         if target is not None:
             measured = r["ratio_sessions_per_s"][str(target["concurrency"])]
-            out.append(f"| batched >= {target['ratio']:g}x sessions/s at {target['concurrency']} concurrent | "
-                       f"{measured:.2f}x | {_verdict(target['met'])} |")
+            out.append(
+                f"| batched >= {target['ratio']:g}x sessions/s at {target['concurrency']} concurrent | "
+                f"{measured:.2f}x | {_verdict(target['met'])} |"
+            )
         return out
     if name == "cloud_resume":
-        clean = (r["completed"] == r["sessions"] and not r["lost_events"] and not r["duplicated_events"]
-                 and not r["replay_mismatches"] and not r["rpc_errors"])
+        clean = (
+            r["completed"] == r["sessions"]
+            and not r["lost_events"]
+            and not r["duplicated_events"]
+            and not r["replay_mismatches"]
+            and not r["rpc_errors"]
+        )
         return [
             (
                 f"| {r['sessions']} | {r['concurrency']} | {r['completed']} | {r['disconnects']} | "
@@ -172,8 +204,11 @@ def _figures(name: str, r: dict) -> list[str]:  # type: ignore[type-arg]
         int8 = latency["onnx_int8"]["p50_ms"]
         size_key = {"onnx_int8": "onnx_int8", "onnx_fp32": "onnx_fp32", "torch_fp32": "torch_fp32_safetensors"}
         out = [f"{r['queries']} simple (k=1) queries, {r['threads']} thread"]
-        out += [f"| {model} | {_f(s['p50_ms'], 2)} | {_f(s['p99_ms'], 2)} | {_f(s['mean_ms'], 2)} | "
-                f"{s['p50_ms'] / int8:.2f}x | {sizes[size_key[model]] / 2**20:.1f} |" for model, s in latency.items()]
+        out += [
+            f"| {model} | {_f(s['p50_ms'], 2)} | {_f(s['p99_ms'], 2)} | {_f(s['mean_ms'], 2)} | "
+            f"{s['p50_ms'] / int8:.2f}x | {sizes[size_key[model]] / 2**20:.1f} |"
+            for model, s in latency.items()
+        ]
         speedup = r["speedup_p50"]["int8_vs_torch_fp32"]
         out.append(f"| int8 ONNX p50 <= 2 ms | {_f(int8, 2)} ms | {_verdict(int8 <= 2)} |")
         out.append(f"| int8 ONNX >= 3x faster than PyTorch fp32 (p50) | {speedup:.2f}x | {_verdict(speedup >= 3)} |")
@@ -189,8 +224,11 @@ def _figures(name: str, r: dict) -> list[str]:  # type: ignore[type-arg]
             ),
         ]
         random_apgr, oracle_apgr = routers["random"]["apgr"], routers["oracle"]["apgr"]
-        out += [f"| {router} | {s['apgr']:.3f} | {s['apgr'] / random_apgr:.2f}x | {s['apgr'] / oracle_apgr:.2f}x | "
-                f"{_pct(s['cpt_95_cloud_accuracy'])} | {_pct(s['cpt_95_pgr'])} |" for router, s in routers.items()]
+        out += [
+            f"| {router} | {s['apgr']:.3f} | {s['apgr'] / random_apgr:.2f}x | {s['apgr'] / oracle_apgr:.2f}x | "
+            f"{_pct(s['cpt_95_cloud_accuracy'])} | {_pct(s['cpt_95_pgr'])} |"
+            for router, s in routers.items()
+        ]
         confidence = routers["confidence"]["apgr"]
         out.append(f"| APGR of the confidence router >= 0.9 | {confidence:.3f} | {_verdict(confidence >= 0.9)} |")
         out.append(f"| {_verdict(r['target']['calibrated_met'])} |")

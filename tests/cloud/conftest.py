@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING
 
 import grpc
 import pytest
-
 from edgecloud.cloud.config import CloudConfig
 from edgecloud.cloud.server import CloudService, create_server
 from edgecloud.proto.edgecloud.v1 import reasoner_pb2_grpc as pb_grpc
@@ -60,9 +59,8 @@ def random_qwen3_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An untrained Qwen3 saved like any Hugging Face model: it never closes its
     think block on its own, which makes it a long-running session on demand."""
     torch = pytest.importorskip("torch", reason="the cloud's model backend needs torch")
-    from transformers import Qwen3Config, Qwen3ForCausalLM
-
     from edgecloud.modelkit.tokenizer import build_tokenizer
+    from transformers import Qwen3Config, Qwen3ForCausalLM
 
     directory = tmp_path_factory.mktemp("random-qwen3")
     tokenizer = build_tokenizer()

@@ -8,11 +8,10 @@ import sys
 import threading
 
 import pytest
-
 from edgecloud.cloud.engine import EngineConfig, EngineEvent, EngineEventKind, Job, ReasoningEngine
+from edgecloud.cloud.transformers_engine import LoadedModel, TransformersEngine
 from edgecloud.modelkit.decoding import generate_batch
 from edgecloud.modelkit.teacher import chat_prompt
-from edgecloud.cloud.transformers_engine import LoadedModel, TransformersEngine
 from edgecloud.shared.errors import ConfigError, ResourceExhaustedError
 from edgecloud.shared.task import Split, generate
 
@@ -45,11 +44,15 @@ def engine(teacher: LoadedModel):
 
 
 @pytest.mark.parametrize("budget", [256, 12, 0])
-def test_continuous_batching_matches_plain_batched_decoding(engine: TransformersEngine, teacher: LoadedModel, budget: int) -> None:
+def test_continuous_batching_matches_plain_batched_decoding(
+    engine: TransformersEngine, teacher: LoadedModel, budget: int
+) -> None:
     problems = generate(12, seed=11, split=Split.TEST)
     events = run_jobs(engine, [(p.query, budget, False) for p in problems])
     prompts = [chat_prompt(teacher.tokenizer, p.query, enable_thinking=budget > 0) for p in problems]
-    reference = generate_batch(teacher.model, teacher.tokenizer, prompts, max_new_tokens=300, reasoning_budget=budget or None)
+    reference = generate_batch(
+        teacher.model, teacher.tokenizer, prompts, max_new_tokens=300, reasoning_budget=budget or None
+    )
     for i, ref in enumerate(reference):
         result = events[str(i)][-1].result
         assert result is not None
@@ -93,8 +96,16 @@ def test_the_transformers_backend_is_a_reasoning_engine(engine: TransformersEngi
 def test_sessions_the_server_and_the_edge_import_no_torch() -> None:
     # The engine seam keeps torch and transformers in the backend: everything that drives an
     # engine, and all of the edge, loads without them (an edge device does not install them).
-    modules = ["edgecloud.cloud.engine", "edgecloud.cloud.sessions", "edgecloud.cloud.server", "edgecloud.cloud.store", "edgecloud.cloud.config"]
-    modules += [f"edgecloud.edge.{name}" for name in ("agent", "api", "daemon", "escalation", "outbox", "runtime", "service")]
+    modules = [
+        "edgecloud.cloud.engine",
+        "edgecloud.cloud.sessions",
+        "edgecloud.cloud.server",
+        "edgecloud.cloud.store",
+        "edgecloud.cloud.config",
+    ]
+    modules += [
+        f"edgecloud.edge.{name}" for name in ("agent", "api", "daemon", "escalation", "outbox", "runtime", "service")
+    ]
     code = (
         "import sys\n"
         f"for name in {modules!r}: __import__(name)\n"

@@ -12,8 +12,6 @@ import grpc
 import numpy as np
 import pytest
 import zstandard
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
 from edgecloud.cloud.config import AuthConfig
 from edgecloud.cloud.dataset import read_escalations
 from edgecloud.cloud.engine import EngineConfig
@@ -24,6 +22,8 @@ from edgecloud.proto.edgecloud.v1 import reasoner_pb2_grpc as pb_grpc
 from edgecloud.shared.bundle import load_manifest
 from edgecloud.shared.features import encode_features
 from edgecloud.shared.wire import features_to_pb
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
 from tests.cloud.conftest import RunningServer, make_config
 
 TIMEOUT = 120
@@ -145,7 +145,9 @@ def test_repeated_query_is_served_from_cache_and_never_falsely(server: RunningSe
 
 
 def test_cancel_is_idempotent_and_frees_the_slot(random_qwen3_dir: Path, tmp_path: Path) -> None:
-    config = make_config(random_qwen3_dir, tmp_path, engine=EngineConfig(max_batch=1, max_queue=4, max_output_tokens=4000))
+    config = make_config(
+        random_qwen3_dir, tmp_path, engine=EngineConfig(max_batch=1, max_queue=4, max_output_tokens=4000)
+    )
     running = RunningServer(config)
     try:
         stub = running.stub
@@ -166,7 +168,9 @@ def test_cancel_is_idempotent_and_frees_the_slot(random_qwen3_dir: Path, tmp_pat
 
 
 def test_full_queue_is_resource_exhausted(random_qwen3_dir: Path, tmp_path: Path) -> None:
-    config = make_config(random_qwen3_dir, tmp_path, engine=EngineConfig(max_batch=1, max_queue=1, max_output_tokens=4000))
+    config = make_config(
+        random_qwen3_dir, tmp_path, engine=EngineConfig(max_batch=1, max_queue=1, max_output_tokens=4000)
+    )
     running = RunningServer(config)
     try:
         stub = running.stub
@@ -182,7 +186,9 @@ def test_full_queue_is_resource_exhausted(random_qwen3_dir: Path, tmp_path: Path
         running.stop()
 
 
-def test_restart_keeps_results_and_reruns_unfinished_sessions(teacher_dir: Path, teacher: LoadedModel, tmp_path: Path) -> None:
+def test_restart_keeps_results_and_reruns_unfinished_sessions(
+    teacher_dir: Path, teacher: LoadedModel, tmp_path: Path
+) -> None:
     config = make_config(teacher_dir, tmp_path, engine=EngineConfig(max_batch=1))
     queries = [q for q, _ in golden(teacher_dir)]
     first = RunningServer(config, loaded=teacher)
@@ -223,9 +229,17 @@ def test_bad_input_is_invalid_argument_and_harms_no_one(server: RunningServer, t
         "oversized query": request("1+" * 10_000),
         "wrong dims": request(query, features=features_to_pb(good)),
         "bad codec": request(query, features=pb.CompressedFeatures(codec="gzip", dtype="int8", dims=[128], scale=0.1)),
-        "decompression bomb": request(query, features=pb.CompressedFeatures(
-            codec=good.codec, dtype=good.dtype, dims=[128], scale=good.scale, payload=bomb[:100_000],
-            schema_version=good.schema_version)),
+        "decompression bomb": request(
+            query,
+            features=pb.CompressedFeatures(
+                codec=good.codec,
+                dtype=good.dtype,
+                dims=[128],
+                scale=good.scale,
+                payload=bomb[:100_000],
+                schema_version=good.schema_version,
+            ),
+        ),
         "bad hint": request(query, hint=pb.EdgeHint(confidence=2.0)),
     }
     bad_requests["wrong dims"].features.dims[:] = [64]
@@ -263,8 +277,11 @@ def test_tokens_are_required_when_configured(teacher_dir: Path, teacher: LoadedM
         ok = stub.Submit(request("1+1"), metadata=(("authorization", f"Bearer {token}"),), timeout=TIMEOUT)
         assert ok.session_id
         with pytest.raises(grpc.RpcError) as error:  # a token cannot speak for another device
-            stub.Submit(pb.ThinkRequest(request_id="x1", device_id="dev-2", query="1+1"),
-                        metadata=(("authorization", f"Bearer {token}"),), timeout=TIMEOUT)
+            stub.Submit(
+                pb.ThinkRequest(request_id="x1", device_id="dev-2", query="1+1"),
+                metadata=(("authorization", f"Bearer {token}"),),
+                timeout=TIMEOUT,
+            )
         assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         health = health_pb2_grpc.HealthStub(running.channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
         assert health.status == health_pb2.HealthCheckResponse.SERVING  # probes need no token
@@ -283,7 +300,10 @@ def test_health_and_metrics(server: RunningServer) -> None:
     assert "edgecloud_cloud_queue_depth 0.0" in text
     assert "edgecloud_cloud_time_to_first_answer_token_seconds_count 1.0" in text
     server.call(server.service.health.enter_graceful_shutdown())
-    assert health.Check(health_pb2.HealthCheckRequest(service=service)).status == health_pb2.HealthCheckResponse.NOT_SERVING
+    assert (
+        health.Check(health_pb2.HealthCheckRequest(service=service)).status
+        == health_pb2.HealthCheckResponse.NOT_SERVING
+    )
 
 
 def test_features_pick_the_budget_and_are_collected(teacher_dir: Path, teacher: LoadedModel, tmp_path: Path) -> None:
@@ -313,7 +333,9 @@ def test_features_pick_the_budget_and_are_collected(teacher_dir: Path, teacher: 
 def test_a_random_qwen3_from_disk_serves_through_the_same_path(random_qwen3_dir: Path, tmp_path: Path) -> None:
     running = RunningServer(make_config(random_qwen3_dir, tmp_path))
     try:
-        events = list(running.stub.Think(request("hello", max_reasoning_tokens=8, max_output_tokens=6), timeout=TIMEOUT))
+        events = list(
+            running.stub.Think(request("hello", max_reasoning_tokens=8, max_output_tokens=6), timeout=TIMEOUT)
+        )
         completed = events[-1].completed
         assert completed.usage.reasoning_tokens <= 8 and completed.finish_reason == "length"
         assert events[0].accepted.model_name == random_qwen3_dir.name

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from pathlib import Path
 
 import pytest
-
 from edgecloud.cloud.store import SessionStore
 from edgecloud.shared.errors import ConfigError
 from edgecloud.shared.reasoning import Event, EventKind, SessionInfo, SessionStatus, ThinkParams, Usage
@@ -22,8 +22,11 @@ def test_accept_finish_and_reopen(tmp_path: Path) -> None:
     params = ThinkParams(request_id="r1", query="2+3", device_id="d", max_reasoning_tokens=64)
     store.accept("s1", params, 64, accepted("s1"))
     store.accept("s2", ThinkParams(request_id="r2", query="4*5"), 32, accepted("s2"))
-    events = [accepted("s1"), Event(2, "s1", EventKind.ANSWER_DELTA, text="5"),
-              Event(3, "s1", EventKind.COMPLETED, text="5", usage=Usage(3, 4, 5), finish_reason="stop")]
+    events = [
+        accepted("s1"),
+        Event(2, "s1", EventKind.ANSWER_DELTA, text="5"),
+        Event(3, "s1", EventKind.COMPLETED, text="5", usage=Usage(3, 4, 5), finish_reason="stop"),
+    ]
     store.finish(SessionInfo("s1", "r1", SessionStatus.COMPLETED, 3, answer="5"), events)
     store.close()
 
@@ -34,7 +37,7 @@ def test_accept_finish_and_reopen(tmp_path: Path) -> None:
     assert reopened.events("s1") == events
     assert [s.session_id for s in reopened.unfinished()] == ["s2"]
     assert [s.session_id for s in reopened.completed(10)] == ["s1"]
-    with pytest.raises(Exception):  # a request id is accepted once
+    with pytest.raises(sqlite3.IntegrityError, match="UNIQUE"):  # a request id is accepted once
         reopened.accept("s3", params, 64, accepted("s3"))
     assert reopened.expire(time.time() + 1) == 1  # only finished sessions expire
     assert reopened.get("s1") is None and reopened.events("s1") == []

@@ -79,8 +79,12 @@ def test_systemd_unit_starts_a_command_the_cli_accepts() -> None:
     credentials = {value.split(":", 1)[0] for value in settings["LoadCredential"]}
     for path in (args.api_key_file, args.mqtt_password_file, args.cloud_token_file):
         assert path.parent == Path("/run/credentials/edgecloud-edge.service") and path.name in credentials
-    for key, expected in {"Restart": "on-failure", "ProtectSystem": "strict", "NoNewPrivileges": "yes",
-                          "DynamicUser": "yes"}.items():
+    for key, expected in {
+        "Restart": "on-failure",
+        "ProtectSystem": "strict",
+        "NoNewPrivileges": "yes",
+        "DynamicUser": "yes",
+    }.items():
         assert settings[key] == [expected], key
 
 
@@ -113,7 +117,9 @@ def test_every_image_copies_the_folders_the_package_maps() -> None:
     # does not copy fails its pip install.
     import tomllib
 
-    folders = set(tomllib.loads((DEPLOY.parent / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"].values())
+    folders = set(
+        tomllib.loads((DEPLOY.parent / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"].values()
+    )
     assert {"shared", "edge", "cloud", "fleet", "modelkit", "proto", "edgecloud"} <= folders
     for dockerfile in DOCKERFILES:
         copied = set(re.findall(r"^COPY (\S+) \1$", dockerfile.read_text(), re.MULTILINE))

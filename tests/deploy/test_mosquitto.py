@@ -22,10 +22,10 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
-
 from edgecloud.fleet.manager import FleetManager, FleetManagerConfig
 from edgecloud.shared.broker import BrokerSettings, create_client
 from edgecloud.shared.fleet import Birth, Topics, encode
+
 from tests.fleet.sim import wait_for
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "mosquitto"
@@ -84,15 +84,18 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureBroker]:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    config = rewrite((DEPLOY / "mosquitto.conf").read_text(), {
-        "listener": f"{port} 127.0.0.1",
-        "persistence_location": f"{work / 'data'}/",
-        "password_file": str(passwd),
-        "acl_file": str(acl),
-        "cafile": str(certs / "ca.crt"),
-        "certfile": str(certs / "broker.crt"),
-        "keyfile": str(certs / "broker.key"),
-    })
+    config = rewrite(
+        (DEPLOY / "mosquitto.conf").read_text(),
+        {
+            "listener": f"{port} 127.0.0.1",
+            "persistence_location": f"{work / 'data'}/",
+            "password_file": str(passwd),
+            "acl_file": str(acl),
+            "cafile": str(certs / "ca.crt"),
+            "certfile": str(certs / "broker.crt"),
+            "keyfile": str(certs / "broker.key"),
+        },
+    )
     if os.geteuid() == 0:
         # Started as root, mosquitto drops to the mosquitto user, which cannot enter pytest's
         # private temporary folder; in production the files are the broker user's own.
@@ -120,8 +123,9 @@ class Client:
     """A paho MQTT 5 client that records what it receives; connect() waits for CONNACK."""
 
     def __init__(self, broker: SecureBroker, user: str | None, password: str | None, *, tls: bool = True) -> None:
-        settings = BrokerSettings(host=broker.host, port=broker.port, username=user, password=password,
-                                  tls_ca=broker.ca if tls else None)
+        settings = BrokerSettings(
+            host=broker.host, port=broker.port, username=user, password=password, tls_ca=broker.ca if tls else None
+        )
         self.client = create_client(settings, f"test-{user}-{time.monotonic_ns()}")
         self.broker = broker
         self.received: list[tuple[str, bytes]] = []
@@ -146,7 +150,7 @@ class Client:
             self.received.append((message.topic, message.payload))
 
     def connect(self) -> str:
-        """"ok", the broker's refusal reason, or the transport error."""
+        """ "ok", the broker's refusal reason, or the transport error."""
         try:
             self.client.connect(self.broker.host, self.broker.port, keepalive=10)
         except OSError as exc:  # TLS handshake or connection refused/reset
@@ -247,20 +251,36 @@ def test_device_hears_only_its_own_commands(connect) -> None:
 
 
 def test_fleet_manager_records_a_birth_over_tls(broker: SecureBroker, connect, tmp_path: Path) -> None:
-    settings = BrokerSettings(host=broker.host, port=broker.port, username=MANAGER, password=PASSWORDS[MANAGER],
-                              tls_ca=broker.ca)
-    config = FleetManagerConfig(fleet=FLEET, broker=settings, store_path=tmp_path / "fleet.sqlite3",
-                                artifact_dir=tmp_path / "artifacts", tick_interval_s=0.2)
+    settings = BrokerSettings(
+        host=broker.host, port=broker.port, username=MANAGER, password=PASSWORDS[MANAGER], tls_ca=broker.ca
+    )
+    config = FleetManagerConfig(
+        fleet=FLEET,
+        broker=settings,
+        store_path=tmp_path / "fleet.sqlite3",
+        artifact_dir=tmp_path / "artifacts",
+        tick_interval_s=0.2,
+    )
     manager = FleetManager(config)
     manager.start()
     try:
         assert manager.wait_connected(10), broker.log.read_text()[-2000:]
         device = connect("dev-b")
-        birth = Birth(online=True, device="dev-b", model_name="edge-student", model_version=3, session=1,
-                      labels={"site": "lab"}, at=time.time())
+        birth = Birth(
+            online=True,
+            device="dev-b",
+            model_name="edge-student",
+            model_version=3,
+            session=1,
+            labels={"site": "lab"},
+            at=time.time(),
+        )
         device.publish(Topics(FLEET, "dev-b").state, encode(birth.to_dict()))
-        record = wait_for(lambda: next((d for d in manager.devices() if d["id"] == "dev-b" and d["online"]), None),
-                          10, "dev-b online at the fleet manager")
+        record = wait_for(
+            lambda: next((d for d in manager.devices() if d["id"] == "dev-b" and d["online"]), None),
+            10,
+            "dev-b online at the fleet manager",
+        )
         assert record["model_version"] == 3
     finally:
         manager.close()

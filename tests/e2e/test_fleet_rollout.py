@@ -9,6 +9,7 @@ keys, self-tested and hot-swapped into the device's model slot.
 
 from __future__ import annotations
 
+import itertools
 import shutil
 import socket
 import time
@@ -19,13 +20,12 @@ from typing import Any
 
 import httpx
 import pytest
-
-from edgecloud.fleet.api import create_server
-from edgecloud.fleet.manager import FleetManager, FleetManagerConfig
 from edgecloud.edge.agent import AgentConfig, DeviceAgent
 from edgecloud.edge.config import EdgeConfig
 from edgecloud.edge.daemon import create_daemon
 from edgecloud.edge.service import EdgeService
+from edgecloud.fleet.api import create_server
+from edgecloud.fleet.manager import FleetManager, FleetManagerConfig
 from edgecloud.shared.artifacts import pack_bundle
 from edgecloud.shared.asgi import ThreadedServer
 from edgecloud.shared.broker import BrokerSettings
@@ -59,8 +59,16 @@ def signed_archive(source: Path, work: Path, version: int, key: Path) -> Path:
     shutil.copytree(source, directory)
     (directory / "manifest.sig").unlink(missing_ok=True)
     m = load_manifest(source)
-    write_bundle(directory, name=m.name, kind=m.kind, version=version, io=m.io, calibration=m.calibration,
-                 golden=m.golden, metadata=m.metadata)
+    write_bundle(
+        directory,
+        name=m.name,
+        kind=m.kind,
+        version=version,
+        io=m.io,
+        calibration=m.calibration,
+        golden=m.golden,
+        metadata=m.metadata,
+    )
     sign_bundle(directory, load_private_key(key))
     archive = work / f"{directory.name}.tar.gz"
     pack_bundle(directory, archive)
@@ -95,26 +103,33 @@ class Fleet:
         return {d["id"]: d for d in response.json()["devices"]}
 
     def register(self, archive: Path) -> dict[str, Any]:
-        response = self.api.post("/v1/bundles", content=archive.read_bytes(),
-                                 headers={"Content-Type": "application/gzip"})
+        response = self.api.post(
+            "/v1/bundles", content=archive.read_bytes(), headers={"Content-Type": "application/gzip"}
+        )
         assert response.status_code == 201, response.text
         return response.json()
 
 
 @pytest.fixture
-def make_fleet(mqtt_broker: Any, shipped_models: Path, tmp_path: Path,
-               keys: dict[str, Path]) -> Iterator[Callable[..., Fleet]]:
+def make_fleet(
+    mqtt_broker: Any, shipped_models: Path, tmp_path: Path, keys: dict[str, Path]
+) -> Iterator[Callable[..., Fleet]]:
     """Start the manager (trusting ``manager_keys``), its API, and the three devices (trusting the good key)."""
     started: list[Fleet] = []
 
     def make(manager_keys: tuple[str, ...] = ("good.pub",)) -> Fleet:
         port = free_port()
-        manager = FleetManager(FleetManagerConfig(
-            fleet=FLEET, broker=BrokerSettings(host=mqtt_broker.host, port=mqtt_broker.port),
-            store_path=tmp_path / "fleet.sqlite3", artifact_dir=tmp_path / "fleet-artifacts",
-            public_base_url=f"http://127.0.0.1:{port}", tick_interval_s=0.2,
-            trusted_keys=tuple(keys[k] for k in manager_keys),
-        ))
+        manager = FleetManager(
+            FleetManagerConfig(
+                fleet=FLEET,
+                broker=BrokerSettings(host=mqtt_broker.host, port=mqtt_broker.port),
+                store_path=tmp_path / "fleet.sqlite3",
+                artifact_dir=tmp_path / "fleet-artifacts",
+                public_base_url=f"http://127.0.0.1:{port}",
+                tick_interval_s=0.2,
+                trusted_keys=tuple(keys[k] for k in manager_keys),
+            )
+        )
         manager.start()
         server, bound = create_server(manager, host="127.0.0.1", port=port)
         fleet = Fleet(manager, server, httpx.Client(base_url=f"http://127.0.0.1:{bound}", timeout=30), {}, {})
@@ -122,19 +137,32 @@ def make_fleet(mqtt_broker: Any, shipped_models: Path, tmp_path: Path,
         assert manager.wait_connected(10)
         for device in DEVICES:
             (tmp_path / device).mkdir(exist_ok=True)
-            _app, service = create_daemon(EdgeConfig(bundle=shipped_models / "edge-student",
-                                                     outbox=tmp_path / device / "outbox.sqlite3"))
-            agent = DeviceAgent(AgentConfig(
-                device_id=device, fleet=FLEET, state_dir=tmp_path / device / "agent",
-                trusted_keys=(keys["good.pub"],), broker=BrokerSettings(host=mqtt_broker.host, port=mqtt_broker.port),
-                labels=dict(LABELS), telemetry_interval_s=0.2, watch_s=0.5, watch_min_requests=5,
-            ), service)
+            _app, service = create_daemon(
+                EdgeConfig(bundle=shipped_models / "edge-student", outbox=tmp_path / device / "outbox.sqlite3")
+            )
+            agent = DeviceAgent(
+                AgentConfig(
+                    device_id=device,
+                    fleet=FLEET,
+                    state_dir=tmp_path / device / "agent",
+                    trusted_keys=(keys["good.pub"],),
+                    broker=BrokerSettings(host=mqtt_broker.host, port=mqtt_broker.port),
+                    labels=dict(LABELS),
+                    telemetry_interval_s=0.2,
+                    watch_s=0.5,
+                    watch_min_requests=5,
+                ),
+                service,
+            )
             fleet.agents[device], fleet.services[device] = agent, service
             agent.start()
         for agent in fleet.agents.values():
             assert agent.wait_connected(10)
-        wait_for(lambda: sum(d["online"] for d in fleet.devices().values()) == len(DEVICES), 15,
-                 "every device online at the manager")
+        wait_for(
+            lambda: sum(d["online"] for d in fleet.devices().values()) == len(DEVICES),
+            15,
+            "every device online at the manager",
+        )
         return fleet
 
     yield make
@@ -148,8 +176,13 @@ def make_fleet(mqtt_broker: Any, shipped_models: Path, tmp_path: Path,
 
 def start_rollout(fleet: Fleet, version: int, abort: dict[str, Any] | None = None) -> str:
     name = next(iter(fleet.services.values())).slot.current.name
-    body: dict[str, Any] = {"bundle": name, "version": version, "labels": LABELS,
-                            "strategy": {"type": "fixed", "size": 1}, "device_timeout_s": 30}
+    body: dict[str, Any] = {
+        "bundle": name,
+        "version": version,
+        "labels": LABELS,
+        "strategy": {"type": "fixed", "size": 1},
+        "device_timeout_s": 30,
+    }
     if abort is not None:
         body["abort"] = abort
     response = fleet.api.post("/v1/rollouts", json=body)
@@ -160,12 +193,16 @@ def start_rollout(fleet: Fleet, version: int, abort: dict[str, Any] | None = Non
 
 
 def wait_rollout(fleet: Fleet, rollout_id: str, *statuses: str, timeout: float = 30) -> dict[str, Any]:
-    return wait_for(lambda: (r := fleet.rollout(rollout_id))["status"] in statuses and r, timeout,
-                    f"rollout {rollout_id} in {statuses}")
+    return wait_for(
+        lambda: (r := fleet.rollout(rollout_id))["status"] in statuses and r,
+        timeout,
+        f"rollout {rollout_id} in {statuses}",
+    )
 
 
-def test_signed_bundle_rolls_out_to_every_device_one_at_a_time(make_fleet: Callable[..., Fleet], shipped_models: Path,
-                                                               tmp_path: Path, keys: dict[str, Path]) -> None:
+def test_signed_bundle_rolls_out_to_every_device_one_at_a_time(
+    make_fleet: Callable[..., Fleet], shipped_models: Path, tmp_path: Path, keys: dict[str, Path]
+) -> None:
     fleet = make_fleet()
     old = load_manifest(shipped_models / "edge-student").version
     new = old + 1
@@ -186,7 +223,7 @@ def test_signed_bundle_rolls_out_to_every_device_one_at_a_time(make_fleet: Calla
     # Fixed batches of one: each device got its command only after the previous one was ACTIVE.
     deliveries = sorted((d["deploy"] for d in rollout["devices"]), key=lambda d: d["sent_at"])
     assert all(d["status"] == "ACTIVE" and d["version"] == new for d in deliveries)
-    for earlier, later in zip(deliveries, deliveries[1:]):
+    for earlier, later in itertools.pairwise(deliveries):
         assert later["sent_at"] >= earlier["updated_at"]
 
     # The manager's view: the new version, from telemetry sent after the swap.
@@ -194,8 +231,13 @@ def test_signed_bundle_rolls_out_to_every_device_one_at_a_time(make_fleet: Calla
 
     def fresh() -> bool:
         devices = fleet.devices()
-        return all(d["model_version"] == new and d["telemetry"] and d["telemetry"]["model_version"] == new
-                   and d["telemetry_at"] > finished_at for d in devices.values())
+        return all(
+            d["model_version"] == new
+            and d["telemetry"]
+            and d["telemetry"]["model_version"] == new
+            and d["telemetry_at"] > finished_at
+            for d in devices.values()
+        )
 
     wait_for(fresh, 10, "telemetry of the new version from every device")
     devices = fleet.devices()
@@ -205,9 +247,9 @@ def test_signed_bundle_rolls_out_to_every_device_one_at_a_time(make_fleet: Calla
         assert time.time() - view["telemetry_at"] < 5
 
 
-def test_bundle_from_an_untrusted_key_fails_on_devices_and_aborts(make_fleet: Callable[..., Fleet],
-                                                                  shipped_models: Path, tmp_path: Path,
-                                                                  keys: dict[str, Path]) -> None:
+def test_bundle_from_an_untrusted_key_fails_on_devices_and_aborts(
+    make_fleet: Callable[..., Fleet], shipped_models: Path, tmp_path: Path, keys: dict[str, Path]
+) -> None:
     fleet = make_fleet(manager_keys=("good.pub", "rogue.pub"))  # the manager accepts it; the devices must not
     old = load_manifest(shipped_models / "edge-student").version
     before = {device: service.slot.current for device, service in fleet.services.items()}

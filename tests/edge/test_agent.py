@@ -16,8 +16,6 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
-
 from edgecloud.edge.agent import AgentConfig, DeviceAgent, resume_bundle
 from edgecloud.edge.config import EdgeConfig
 from edgecloud.edge.daemon import create_daemon
@@ -26,6 +24,7 @@ from edgecloud.shared.broker import BrokerSettings
 from edgecloud.shared.bundle import load_manifest, write_bundle
 from edgecloud.shared.fleet import Topics, encode
 from edgecloud.shared.signing import generate_keypair, load_private_key, sign_bundle
+from paho.mqtt.enums import CallbackAPIVersion
 
 FLEET = "test"
 
@@ -36,7 +35,9 @@ class Observer:
     def __init__(self, broker) -> None:  # type: ignore[no-untyped-def]
         self.messages: list[tuple[str, dict, bool]] = []
         self.lock = threading.Lock()
-        self.client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=f"obs-{uuid.uuid4().hex[:8]}")
+        self.client = mqtt.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2, client_id=f"obs-{uuid.uuid4().hex[:8]}"
+        )
         self.client.on_message = self._on_message
         self.client.connect(broker.host, broker.port)
         self.client.subscribe(f"edgecloud/v1/{FLEET}/#", qos=1)
@@ -105,8 +106,16 @@ def make_bundle(source: Path, out: Path, version: int, key: Path | None) -> Path
     shutil.copytree(source, out)
     (out / "manifest.sig").unlink(missing_ok=True)
     m = load_manifest(source)
-    write_bundle(out, name=m.name, kind=m.kind, version=version, io=m.io, calibration=m.calibration,
-                 golden=m.golden, metadata=m.metadata)
+    write_bundle(
+        out,
+        name=m.name,
+        kind=m.kind,
+        version=version,
+        io=m.io,
+        calibration=m.calibration,
+        golden=m.golden,
+        metadata=m.metadata,
+    )
     if key is not None:
         sign_bundle(out, load_private_key(key))
     return out
@@ -116,7 +125,13 @@ def publish_bundle(directory: Path, artifacts: tuple[Path, ArtifactServer], name
     root, server = artifacts
     sha, size = pack_bundle(directory, root / name)
     manifest = load_manifest(directory)
-    return {"name": manifest.name, "version": manifest.version, "url": f"{server.url}/{name}", "sha256": sha, "size": size}
+    return {
+        "name": manifest.name,
+        "version": manifest.version,
+        "url": f"{server.url}/{name}",
+        "sha256": sha,
+        "size": size,
+    }
 
 
 def command(bundle: dict, revision: int, kind: str = "deploy") -> dict:
@@ -125,10 +140,18 @@ def command(bundle: dict, revision: int, kind: str = "deploy") -> dict:
 
 @pytest.fixture
 def device(shipped_models: Path, tmp_path: Path, mqtt_broker, keys: dict[str, Path]):  # type: ignore[no-untyped-def]
-    _app, service = create_daemon(EdgeConfig(bundle=shipped_models / "edge-student", outbox=tmp_path / "outbox.sqlite3"))
+    _app, service = create_daemon(
+        EdgeConfig(bundle=shipped_models / "edge-student", outbox=tmp_path / "outbox.sqlite3")
+    )
     config = AgentConfig(
-        device_id="dev-1", fleet=FLEET, state_dir=tmp_path / "agent", trusted_keys=(keys["trusted_public"],),
-        broker=BrokerSettings(port=mqtt_broker.port), telemetry_interval_s=0.2, watch_s=0.5, watch_min_requests=5,
+        device_id="dev-1",
+        fleet=FLEET,
+        state_dir=tmp_path / "agent",
+        trusted_keys=(keys["trusted_public"],),
+        broker=BrokerSettings(port=mqtt_broker.port),
+        telemetry_interval_s=0.2,
+        watch_s=0.5,
+        watch_min_requests=5,
         p99_allowance_ms=1000.0,  # a busy CI machine's jitter must not roll back a healthy model
     )
     agent = DeviceAgent(config, service)
@@ -167,12 +190,15 @@ def test_a_dropped_connection_publishes_a_will_with_the_births_session_then_a_re
     assert states.index(will) < next(i for i, s in enumerate(states) if s["session"] == session + 1)
 
 
-def test_signed_newer_bundle_is_deployed_and_commands_are_idempotent(device, shipped_models, tmp_path, keys, artifacts) -> None:  # type: ignore[no-untyped-def]
+def test_signed_newer_bundle_is_deployed_and_commands_are_idempotent(
+    device, shipped_models, tmp_path, keys, artifacts
+) -> None:  # type: ignore[no-untyped-def]
     agent, service, observer = device
     installed = service.slot.current.version
     bundle = publish_bundle(
         make_bundle(shipped_models / "edge-student", tmp_path / "v-next", installed + 1, keys["trusted_private"]),
-        artifacts, "next.tar.gz",
+        artifacts,
+        "next.tar.gz",
     )
     deploy = command(bundle, revision=5)
     observer.publish(Topics(FLEET, "dev-1").cmd, deploy)
@@ -185,7 +211,10 @@ def test_signed_newer_bundle_is_deployed_and_commands_are_idempotent(device, shi
     count = len(acks_for(observer, deploy["id"]))
     observer.publish(Topics(FLEET, "dev-1").cmd, deploy)  # redelivered: answered, not re-applied
     observer.wait_for(lambda: len(acks_for(observer, deploy["id"])) == count + 1)
-    assert acks_for(observer, deploy["id"])[-1] == "ACTIVE" and "DOWNLOADING" not in acks_for(observer, deploy["id"])[count:]
+    assert (
+        acks_for(observer, deploy["id"])[-1] == "ACTIVE"
+        and "DOWNLOADING" not in acks_for(observer, deploy["id"])[count:]
+    )
 
     stale = command(bundle, revision=4)
     observer.publish(Topics(FLEET, "dev-1").cmd, stale)
@@ -200,8 +229,10 @@ def test_signed_newer_bundle_is_deployed_and_commands_are_idempotent(device, shi
 
 
 @pytest.mark.parametrize("attack", ["unsigned", "rogue_key", "tampered_file", "downgrade", "wrong_hash", "traversal"])
-def test_bad_bundles_are_refused_and_the_old_model_keeps_serving(attack, device, shipped_models, tmp_path, keys, artifacts) -> None:  # type: ignore[no-untyped-def]
-    agent, service, observer = device
+def test_bad_bundles_are_refused_and_the_old_model_keeps_serving(
+    attack, device, shipped_models, tmp_path, keys, artifacts
+) -> None:  # type: ignore[no-untyped-def]
+    _agent, service, observer = device
     before = service.slot.current
     version = before.version - 1 if attack == "downgrade" else before.version + 1
     key = {"unsigned": None, "rogue_key": keys["rogue_private"]}.get(attack, keys["trusted_private"])
@@ -227,7 +258,12 @@ def test_bad_bundles_are_refused_and_the_old_model_keeps_serving(attack, device,
         import hashlib
 
         data = (root / "evil.tar.gz").read_bytes()
-        bundle = {**bundle, "url": f"{server.url}/evil.tar.gz", "sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+        bundle = {
+            **bundle,
+            "url": f"{server.url}/evil.tar.gz",
+            "sha256": hashlib.sha256(data).hexdigest(),
+            "size": len(data),
+        }
     deploy = command(bundle, revision=7)
     observer.publish(Topics(FLEET, "dev-1").cmd, deploy)
     observer.wait_for(lambda: "FAILED" in acks_for(observer, deploy["id"]))
@@ -238,11 +274,12 @@ def test_bad_bundles_are_refused_and_the_old_model_keeps_serving(attack, device,
 
 
 def test_a_misbehaving_new_model_is_rolled_back(device, shipped_models, tmp_path, keys, artifacts) -> None:  # type: ignore[no-untyped-def]
-    agent, service, observer = device
+    _agent, service, observer = device
     before = service.slot.current
     bundle = publish_bundle(
         make_bundle(shipped_models / "edge-student", tmp_path / "v-bad", before.version + 1, keys["trusted_private"]),
-        artifacts, "bad.tar.gz",
+        artifacts,
+        "bad.tar.gz",
     )
     deploy = command(bundle, revision=9)
     observer.publish(Topics(FLEET, "dev-1").cmd, deploy)
@@ -256,13 +293,14 @@ def test_a_misbehaving_new_model_is_rolled_back(device, shipped_models, tmp_path
 
 
 def test_a_slower_new_model_is_rolled_back(device, shipped_models, tmp_path, keys, artifacts) -> None:  # type: ignore[no-untyped-def]
-    agent, service, observer = device
+    _agent, service, observer = device
     before = service.slot.current
     for _ in range(20):  # the old model's latency: the baseline the watch compares with
         service.stats.record("edge", 2.0, ok=True)
     bundle = publish_bundle(
         make_bundle(shipped_models / "edge-student", tmp_path / "v-slow", before.version + 1, keys["trusted_private"]),
-        artifacts, "slow.tar.gz",
+        artifacts,
+        "slow.tar.gz",
     )
     deploy = command(bundle, revision=9)
     observer.publish(Topics(FLEET, "dev-1").cmd, deploy)
@@ -280,12 +318,15 @@ def test_a_slower_new_model_is_rolled_back(device, shipped_models, tmp_path, key
 def test_ten_swaps_over_mqtt_under_load_fail_no_request(device, shipped_models, tmp_path, keys, artifacts) -> None:  # type: ignore[no-untyped-def]
     from concurrent.futures import ThreadPoolExecutor
 
-    agent, service, observer = device
+    _agent, service, observer = device
     first = service.slot.current.version
     bundles = [
         publish_bundle(
-            make_bundle(shipped_models / "edge-student", tmp_path / f"v{first + i}", first + i, keys["trusted_private"]),
-            artifacts, f"v{first + i}.tar.gz",
+            make_bundle(
+                shipped_models / "edge-student", tmp_path / f"v{first + i}", first + i, keys["trusted_private"]
+            ),
+            artifacts,
+            f"v{first + i}.tar.gz",
         )
         for i in range(1, 11)
     ]
@@ -315,8 +356,12 @@ def test_ten_swaps_over_mqtt_under_load_fail_no_request(device, shipped_models, 
             for revision, bundle in enumerate(bundles, 20):
                 deploy = command(bundle, revision=revision)
                 observer.publish(Topics(FLEET, "dev-1").cmd, deploy)
-                observer.wait_for(lambda d=deploy: "ACTIVE" in acks_for(observer, d["id"])
-                                  or {"FAILED", "ROLLED_BACK"} & set(acks_for(observer, d["id"])))
+                observer.wait_for(
+                    lambda d=deploy: (
+                        "ACTIVE" in acks_for(observer, d["id"])
+                        or {"FAILED", "ROLLED_BACK"} & set(acks_for(observer, d["id"]))
+                    )
+                )
                 final = [a for a in observer.of("cmd/ack") if a["command_id"] == deploy["id"]][-1]
                 assert final["status"] == "ACTIVE", final
         finally:

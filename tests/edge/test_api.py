@@ -16,13 +16,13 @@ from typing import TYPE_CHECKING
 import httpx
 import openai
 import pytest
-
 from edgecloud.edge.config import EdgeConfig
 from edgecloud.edge.daemon import create_daemon
 from edgecloud.edge.runtime import EdgeBundle
 from edgecloud.edge.service import EdgeService
 from edgecloud.shared.asgi import ThreadedServer
 from edgecloud.shared.bundle import load_manifest
+
 from tests.cloud.conftest import RunningServer, make_config
 
 if TYPE_CHECKING:  # the cloud's model backend needs torch; edge-only installs run without it
@@ -60,8 +60,12 @@ def cloud(teacher_dir: Path, teacher: LoadedModel, tmp_path: Path) -> Iterator[R
 
 def edge_config(shipped_models: Path, tmp_path: Path, **overrides: object) -> EdgeConfig:
     config = EdgeConfig(
-        bundle=shipped_models / "edge-student", device_id="dev-1", port=0, outbox=tmp_path / "outbox.sqlite3",
-        health_interval_s=0.2, cloud_timeout_s=30,
+        bundle=shipped_models / "edge-student",
+        device_id="dev-1",
+        port=0,
+        outbox=tmp_path / "outbox.sqlite3",
+        health_interval_s=0.2,
+        cloud_timeout_s=30,
     )
     return replace(config, **overrides)  # type: ignore[arg-type]
 
@@ -156,7 +160,9 @@ def test_openai_client_non_streaming_and_streaming(daemon: RunningDaemon, teache
     assert local.usage.completion_tokens_details.reasoning_tokens == 0
 
 
-def test_cloud_down_gives_degraded_answers_and_outbox(shipped_models: Path, tmp_path: Path, teacher_dir: Path, teacher: LoadedModel) -> None:
+def test_cloud_down_gives_degraded_answers_and_outbox(
+    shipped_models: Path, tmp_path: Path, teacher_dir: Path, teacher: LoadedModel
+) -> None:
     port = free_port()  # nothing listens here yet
     config = edge_config(shipped_models, tmp_path, cloud=f"127.0.0.1:{port}", cloud_timeout_s=5)
     first = RunningDaemon(config)

@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 import pytest
-
 from edgecloud.cloud.config import AuthConfig, CloudConfig, TlsConfig
 from edgecloud.cloud.engine import EngineConfig
 from edgecloud.cloud.store import SessionStore
@@ -37,6 +36,7 @@ from edgecloud.shared.errors import (
 from edgecloud.shared.features import EncodedFeatures
 from edgecloud.shared.reasoning import Event, EventKind, SessionInfo, SessionStatus, ThinkParams
 from edgecloud.shared.wire import event_from_pb
+
 from tests.cloud.conftest import RunningServer, make_config
 from tests.edge.conftest import free_port
 
@@ -549,14 +549,46 @@ def _openssl(*args: str, cwd: Path) -> None:
 def make_pki(directory: Path) -> None:
     """A CA, a server certificate for 127.0.0.1 and a client certificate, all EC P-256."""
     ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-    _openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-subj", "/CN=edgecloud-test-ca", "-days", "1",
-             "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign", cwd=directory)
+    _openssl(
+        "req",
+        "-x509",
+        *ec,
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-subj",
+        "/CN=edgecloud-test-ca",
+        "-days",
+        "1",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign",
+        cwd=directory,
+    )
     (directory / "server.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
     (directory / "client.ext").write_text("extendedKeyUsage=clientAuth\n")
     for name in ("server", "client"):
         _openssl("req", *ec, "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={name}", cwd=directory)
-        _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-                 "-out", f"{name}.pem", "-days", "1", "-extfile", f"{name}.ext", cwd=directory)
+        _openssl(
+            "x509",
+            "-req",
+            "-in",
+            f"{name}.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            f"{name}.pem",
+            "-days",
+            "1",
+            "-extfile",
+            f"{name}.ext",
+            cwd=directory,
+        )
 
 
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command to make certificates")

@@ -8,7 +8,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-
 from edgecloud.edge.config import EdgeConfig
 from edgecloud.edge.metrics import EdgeMetrics
 from edgecloud.edge.outbox import Outbox
@@ -38,8 +37,13 @@ class BreaksMidAnswer:
 def service(shipped_models: Path, tmp_path: Path) -> EdgeService:
     config = EdgeConfig(bundle=shipped_models / "edge-student", outbox=tmp_path / "outbox.sqlite3", cloud="127.0.0.1:9")
     bundle = EdgeBundle.load(config.bundle, threads=1)
-    service = EdgeService(config, ModelSlot(bundle), client=BreaksMidAnswer(), outbox=Outbox(config.outbox),  # type: ignore[arg-type]
-                          metrics=EdgeMetrics())
+    service = EdgeService(
+        config,
+        ModelSlot(bundle),
+        client=BreaksMidAnswer(),
+        outbox=Outbox(config.outbox),  # type: ignore[arg-type]
+        metrics=EdgeMetrics(),
+    )
     service.cloud_healthy = True
     return service
 

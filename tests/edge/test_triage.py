@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 
 import pytest
-
 from edgecloud.edge.triage import (
     Decision,
     Requested,
@@ -34,13 +33,25 @@ CASES = {
     "edge/nan": (NAN, NAN, Requested.EDGE, True, Decision(Route.EDGE, "requested_edge", degraded=False)),
     # Requested cloud: always the cloud; accepted for later delivery when it is down.
     "cloud/confident/healthy": (
-        0.99, 0.0, Requested.CLOUD, True, Decision(Route.CLOUD, "requested_cloud", degraded=False)
+        0.99,
+        0.0,
+        Requested.CLOUD,
+        True,
+        Decision(Route.CLOUD, "requested_cloud", degraded=False),
     ),
     "cloud/confident/down": (
-        0.99, 0.0, Requested.CLOUD, False, Decision(Route.CLOUD, "requested_cloud_unavailable", degraded=True)
+        0.99,
+        0.0,
+        Requested.CLOUD,
+        False,
+        Decision(Route.CLOUD, "requested_cloud_unavailable", degraded=True),
     ),
     "cloud/nan/down": (
-        NAN, NAN, Requested.CLOUD, False, Decision(Route.CLOUD, "requested_cloud_unavailable", degraded=True)
+        NAN,
+        NAN,
+        Requested.CLOUD,
+        False,
+        Decision(Route.CLOUD, "requested_cloud_unavailable", degraded=True),
     ),
     # Auto, cloud healthy.
     "auto/confident": (0.95, 0.2, Requested.AUTO, True, EDGE_OK),

@@ -8,10 +8,10 @@ import shutil
 from pathlib import Path
 
 import pytest
-
-from edgecloud.signing_commands import add_signing_commands
 from edgecloud.shared.bundle import SIGNATURE_FILE, load_manifest
 from edgecloud.shared.signing import generate_keypair
+
+from edgecloud.signing_commands import add_signing_commands
 
 
 @pytest.fixture(scope="module")
@@ -62,5 +62,3 @@ def test_cli_keygen_sign_verify(
     assert _cli(["verify", str(bundle), "--trust", str(keys["rogue_pub"])]) == 1
     err = capsys.readouterr().err
     assert "UntrustedKeyError" in err and err.count("\n") == 1
-
-

@@ -17,16 +17,15 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
-
 from edgecloud.fleet.manager import FleetManager, FleetManagerConfig
 from edgecloud.fleet.rollout import RolloutStatus
 from edgecloud.shared.artifacts import pack_bundle
 from edgecloud.shared.broker import BrokerSettings
 from edgecloud.shared.bundle import write_bundle
 from edgecloud.shared.fleet import AckStatus, Birth, Command, CommandAck, Telemetry, Topics, decode, encode
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 FLEET = "testfleet"
 
@@ -42,8 +41,16 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, what: str = "c
 
 
 class SimDevice:
-    def __init__(self, broker: Any, device: str, *, fail: bool = False, labels: dict[str, str] | None = None,
-                 delay_s: float = 0.0, escalation_rate: float = 0.1) -> None:
+    def __init__(
+        self,
+        broker: Any,
+        device: str,
+        *,
+        fail: bool = False,
+        labels: dict[str, str] | None = None,
+        delay_s: float = 0.0,
+        escalation_rate: float = 0.1,
+    ) -> None:
         self.device, self.fail, self.delay_s = device, fail, delay_s
         self.labels = labels or {"site": "lab"}
         self.escalation_rate = escalation_rate
@@ -55,10 +62,12 @@ class SimDevice:
         self.done: dict[str, dict[str, Any]] = {}
         self._working: set[str] = set()
         self._lock = threading.Lock()
-        self.client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=f"sim-{device}",
-                                  protocol=mqtt.MQTTv5)
-        self.client.will_set(self.topics.state, encode(Birth(online=False, device=device).to_dict()), qos=1,
-                             retain=True)
+        self.client = mqtt.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2, client_id=f"sim-{device}", protocol=mqtt.MQTTv5
+        )
+        self.client.will_set(
+            self.topics.state, encode(Birth(online=False, device=device).to_dict()), qos=1, retain=True
+        )
         self.client.reconnect_delay_set(min_delay=1, max_delay=2)
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
@@ -72,16 +81,33 @@ class SimDevice:
             return
         self.session += 1
         client.subscribe(self.topics.cmd, qos=1)
-        birth = Birth(online=True, device=self.device, model_name="edge-student", model_version=self.version,
-                      session=self.session, labels=self.labels, at=time.time())
+        birth = Birth(
+            online=True,
+            device=self.device,
+            model_name="edge-student",
+            model_version=self.version,
+            session=self.session,
+            labels=self.labels,
+            at=time.time(),
+        )
         client.publish(self.topics.state, encode(birth.to_dict()), qos=1, retain=True)
         self.send_telemetry()
 
     def send_telemetry(self) -> None:
-        telemetry = Telemetry(device=self.device, at=time.time(), model_name="edge-student",
-                              model_version=self.version, requests={"edge": 9, "cloud": 1}, latency_ms={},
-                              escalation_rate=self.escalation_rate, degraded=0, errors=0, outbox_depth=0,
-                              cpu_percent=1.0, memory_mb=10.0)
+        telemetry = Telemetry(
+            device=self.device,
+            at=time.time(),
+            model_name="edge-student",
+            model_version=self.version,
+            requests={"edge": 9, "cloud": 1},
+            latency_ms={},
+            escalation_rate=self.escalation_rate,
+            degraded=0,
+            errors=0,
+            outbox_depth=0,
+            cpu_percent=1.0,
+            memory_mb=10.0,
+        )
         self.client.publish(self.topics.telemetry, encode(telemetry.to_dict()), qos=0)
 
     def _on_message(self, _client, _userdata, message: mqtt.MQTTMessage) -> None:
@@ -100,9 +126,16 @@ class SimDevice:
         threading.Thread(target=self._apply, args=(command,), daemon=True).start()
 
     def _ack(self, command: Command, status: AckStatus, reason: str = "") -> dict[str, Any]:
-        ack = CommandAck(command_id=command.id, device=self.device, status=status, revision=command.revision,
-                         reason=reason, version=self.version, rollout_id=command.rollout_id,
-                         at=time.time()).to_dict()
+        ack = CommandAck(
+            command_id=command.id,
+            device=self.device,
+            status=status,
+            revision=command.revision,
+            reason=reason,
+            version=self.version,
+            rollout_id=command.rollout_id,
+            at=time.time(),
+        ).to_dict()
         self.client.publish(self.topics.ack, encode(ack), qos=1)
         return ack
 
@@ -137,9 +170,16 @@ def make_bundle(directory: Path, version: int, payload_bytes: int = 4096, kind: 
     bundle = directory / f"src-v{version}" / f"edge-student-v{version}"
     bundle.mkdir(parents=True)
     (bundle / "model.bin").write_bytes(os.urandom(payload_bytes))
-    write_bundle(bundle, name="edge-student", kind=kind, version=version,  # type: ignore[arg-type]
-                 io={"inputs": [], "outputs": [], "feature_dim": 4, "tokenizer": "none"},
-                 calibration={}, golden=[], metadata={})
+    write_bundle(
+        bundle,
+        name="edge-student",
+        kind=kind,
+        version=version,  # type: ignore[arg-type]
+        io={"inputs": [], "outputs": [], "feature_dim": 4, "tokenizer": "none"},
+        calibration={},
+        golden=[],
+        metadata={},
+    )
     return bundle
 
 
@@ -152,9 +192,13 @@ def make_archive(directory: Path, version: int, payload_bytes: int = 4096, kind:
 
 
 def manager_config(mqtt_broker: Any, tmp_path: Path, **overrides: Any) -> FleetManagerConfig:
-    values: dict[str, Any] = dict(fleet=FLEET, broker=BrokerSettings(host=mqtt_broker.host, port=mqtt_broker.port),
-                                  store_path=tmp_path / "fleet.sqlite3", artifact_dir=tmp_path / "artifacts",
-                                  tick_interval_s=0.2)
+    values: dict[str, Any] = {
+        "fleet": FLEET,
+        "broker": BrokerSettings(host=mqtt_broker.host, port=mqtt_broker.port),
+        "store_path": tmp_path / "fleet.sqlite3",
+        "artifact_dir": tmp_path / "artifacts",
+        "tick_interval_s": 0.2,
+    }
     values.update(overrides)
     return FleetManagerConfig(**values)
 
@@ -172,8 +216,11 @@ def wait_devices_online(manager: FleetManager, count: int) -> None:
 
 
 def wait_status(manager: FleetManager, rollout_id: str, *statuses: RolloutStatus, timeout: float = 45) -> None:
-    wait_for(lambda: manager.get_rollout(rollout_id).status in statuses, timeout,
-             f"rollout {rollout_id} in {statuses}; it is {manager.get_rollout(rollout_id)!r}")
+    wait_for(
+        lambda: manager.get_rollout(rollout_id).status in statuses,
+        timeout,
+        f"rollout {rollout_id} in {statuses}; it is {manager.get_rollout(rollout_id)!r}",
+    )
 
 
 def assert_applied_exactly_once(devices: list[SimDevice], rollout_id: str, revision: int) -> None:

@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from edgecloud.fleet.api import create_server
 from edgecloud.fleet.rollout import FixedBatches, RolloutStatus
+
 from tests.fleet.sim import (
     make_archive,
     manager_config,
@@ -50,9 +50,19 @@ def browser(tmp_path: Path) -> Iterator[Any]:
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     # what a closed network needs: no background calls home, no sandbox as root in CI
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-                 "--disable-quic", "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--window-size=1400,900", f"--user-data-dir={tmp_path / 'chromium-profile'}"):
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--no-first-run",
+        "--disable-quic",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1400,900",
+        f"--user-data-dir={tmp_path / 'chromium-profile'}",
+    ):
         options.add_argument(flag)
     driver = webdriver.Chrome(options=options, service=Service(executable_path=CHROMEDRIVER))
     driver.set_page_load_timeout(30)
@@ -107,8 +117,14 @@ def test_dashboard_shows_the_fleet_and_drives_rollouts(browser, mqtt_broker, tmp
     server, port = create_server(manager, api_key=API_KEY)
     try:
         v2 = manager.register_bundle(make_archive(tmp_path, 2))
-        first = manager.create_rollout(v2.name, v2.version, devices=["dev00", "dev01", "dev02"],
-                                       strategy=FixedBatches(3), device_timeout_s=60, rollout_id="first")
+        first = manager.create_rollout(
+            v2.name,
+            v2.version,
+            devices=["dev00", "dev01", "dev02"],
+            strategy=FixedBatches(3),
+            device_timeout_s=60,
+            rollout_id="first",
+        )
         wait_status(manager, first.id, RolloutStatus.COMPLETED)
 
         browser.get(f"http://127.0.0.1:{port}/")
@@ -136,8 +152,14 @@ def test_dashboard_shows_the_fleet_and_drives_rollouts(browser, mqtt_broker, tmp
         # a second rollout, one device per wave, driven from the page's buttons
         v3 = manager.register_bundle(make_archive(tmp_path, 3))
         devices[0].delay_s = 8.0  # wave 1 outlasts the page's next poll, so the pause lands before wave 2
-        second = manager.create_rollout(v3.name, v3.version, devices=["dev00", "dev01"], strategy=FixedBatches(1),
-                                        device_timeout_s=60, rollout_id="second")
+        second = manager.create_rollout(
+            v3.name,
+            v3.version,
+            devices=["dev00", "dev01"],
+            strategy=FixedBatches(1),
+            device_timeout_s=60,
+            rollout_id="second",
+        )
         see(browser, lambda: "second" in rows(browser, "rollouts"), "the second rollout")
         rows(browser, "rollouts")["second"].find_element(By.CSS_SELECTOR, "button[data-op=pause]").click()
         wait_status(manager, second.id, RolloutStatus.PAUSED, timeout=10)
@@ -147,14 +169,20 @@ def test_dashboard_shows_the_fleet_and_drives_rollouts(browser, mqtt_broker, tmp
 
         rows(browser, "rollouts")["second"].find_element(By.CSS_SELECTOR, "button[data-op=resume]").click()
         wait_status(manager, second.id, RolloutStatus.COMPLETED)
-        see(browser, lambda: cells(rows(browser, "rollouts")["second"])[3:7] == ["COMPLETED", "100%", "2/2", "2 / 0 / 2"],
-            "the second rollout completed")
+        see(
+            browser,
+            lambda: cells(rows(browser, "rollouts")["second"])[3:7] == ["COMPLETED", "100%", "2/2", "2 / 0 / 2"],
+            "the second rollout completed",
+        )
         assert list(rows(browser, "rollouts")) == ["second", "first"]  # newest first
 
         # an operator error comes back as the API's message
         rows(browser, "rollouts")["second"].find_element(By.CSS_SELECTOR, "button[data-op=pause]").click()
-        see(browser, lambda: "only a RUNNING one can pause" in browser.find_element(By.ID, "err").text,
-            "the refused pause")
+        see(
+            browser,
+            lambda: "only a RUNNING one can pause" in browser.find_element(By.ID, "err").text,
+            "the refused pause",
+        )
 
         # a device that drops off (no DISCONNECT: the broker publishes its will) shows offline
         devices[1].client.loop_stop()

@@ -9,14 +9,14 @@ from pathlib import Path
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
-
 from edgecloud.fleet.api import create_app, create_server
 from edgecloud.fleet.manager import FleetManager, FleetManagerConfig
 from edgecloud.fleet.registry import read_archive_manifest
 from edgecloud.fleet.rollout import AbortCriteria, FixedBatches, RolloutStatus
 from edgecloud.shared.broker import BrokerSettings
 from edgecloud.shared.errors import BundleError, ConfigError, InvalidInputError, ManifestError, NotFoundError
+from prometheus_client.parser import text_string_to_metric_families
+
 from tests.fleet.sim import (
     assert_applied_exactly_once,
     make_archive,
@@ -73,12 +73,17 @@ def test_register_bundle_content_addressed_and_checked(tmp_path: Path) -> None:
 
 def test_register_bundle_verifies_the_signature_when_keys_are_trusted(tmp_path: Path) -> None:
     from edgecloud.shared.artifacts import pack_bundle
-    from edgecloud.shared.signing import SignatureError, UntrustedKeyError, generate_keypair, load_private_key, sign_bundle
+    from edgecloud.shared.signing import (
+        SignatureError,
+        UntrustedKeyError,
+        generate_keypair,
+        load_private_key,
+        sign_bundle,
+    )
 
     kid = generate_keypair(tmp_path / "k.pem", tmp_path / "k.pub")
     generate_keypair(tmp_path / "other.pem", tmp_path / "other.pub")
-    manager = FleetManager(FleetManagerConfig(artifact_dir=tmp_path / "artifacts",
-                                              trusted_keys=(tmp_path / "k.pub",)))
+    manager = FleetManager(FleetManagerConfig(artifact_dir=tmp_path / "artifacts", trusted_keys=(tmp_path / "k.pub",)))
 
     def archive(version: int, key: str | None) -> Path:
         folder = make_bundle(tmp_path / f"s{version}", version)
@@ -109,9 +114,14 @@ def test_rollout_aborts_at_threshold_and_never_sends_later_waves(mqtt_broker, tm
     wait_devices_online(manager, 20)
     record = manager.register_bundle(make_archive(tmp_path, 2))
 
-    rollout = manager.create_rollout(record.name, record.version, labels={"site": "lab"},
-                                      strategy=FixedBatches(size=5),
-                                      abort=AbortCriteria(failure_percent=25, min_devices=5), device_timeout_s=60)
+    rollout = manager.create_rollout(
+        record.name,
+        record.version,
+        labels={"site": "lab"},
+        strategy=FixedBatches(size=5),
+        abort=AbortCriteria(failure_percent=25, min_devices=5),
+        device_timeout_s=60,
+    )
     wait_status(manager, rollout.id, RolloutStatus.ABORTED)
     time.sleep(1.0)  # several ticks: still nothing more goes out
 
@@ -135,8 +145,9 @@ def test_a_manager_on_mqtt_3_1_1_runs_a_rollout(mqtt_broker, tmp_path, sims, man
     assert manager.client.protocol == 4  # MQTT 3.1.1 on the wire
     wait_devices_online(manager, 3)
     record = manager.register_bundle(make_archive(tmp_path, 2))
-    rollout = manager.create_rollout(record.name, record.version, labels={"site": "lab"},
-                                     strategy=FixedBatches(size=2), device_timeout_s=60)
+    rollout = manager.create_rollout(
+        record.name, record.version, labels={"site": "lab"}, strategy=FixedBatches(size=2), device_timeout_s=60
+    )
     wait_status(manager, rollout.id, RolloutStatus.COMPLETED)
     assert_applied_exactly_once(devices, rollout.id, rollout.spec.revision)
 
@@ -146,8 +157,9 @@ def test_broker_restart_mid_rollout_loses_and_repeats_nothing(mqtt_broker, tmp_p
     manager = start_manager(manager_config(mqtt_broker, tmp_path), managers)
     wait_devices_online(manager, 20)
     record = manager.register_bundle(make_archive(tmp_path, 2))
-    rollout = manager.create_rollout(record.name, record.version, labels={"site": "lab"},
-                                      strategy=FixedBatches(size=5), device_timeout_s=60)
+    rollout = manager.create_rollout(
+        record.name, record.version, labels={"site": "lab"}, strategy=FixedBatches(size=5), device_timeout_s=60
+    )
     wait_for(lambda: manager.get_rollout(rollout.id).wave >= 1, 20, "the second wave")
     sessions = [d.session for d in devices]
 
@@ -159,8 +171,11 @@ def test_broker_restart_mid_rollout_loses_and_repeats_nothing(mqtt_broker, tmp_p
     assert summary["counts"]["ACTIVE"] == 20 and summary["failed"] == 0
     assert all(d.version == 2 for d in devices)
     assert_applied_exactly_once(devices, rollout.id, rollout.spec.revision)
-    wait_for(lambda: all(d["online"] and d["model_version"] == 2 for d in manager.devices()), 10,
-             "the manager sees every device online on v2")
+    wait_for(
+        lambda: all(d["online"] and d["model_version"] == 2 for d in manager.devices()),
+        10,
+        "the manager sees every device online on v2",
+    )
 
 
 def test_manager_restart_mid_rollout_continues_then_rolls_back(mqtt_broker, tmp_path, sims, managers) -> None:
@@ -170,8 +185,9 @@ def test_manager_restart_mid_rollout_continues_then_rolls_back(mqtt_broker, tmp_
     wait_devices_online(manager, 20)
     manager.register_bundle(make_archive(tmp_path, 1))
     record = manager.register_bundle(make_archive(tmp_path, 2))
-    rollout = manager.create_rollout(record.name, record.version, labels={"site": "lab"},
-                                      strategy=FixedBatches(size=5), device_timeout_s=60)
+    rollout = manager.create_rollout(
+        record.name, record.version, labels={"site": "lab"}, strategy=FixedBatches(size=5), device_timeout_s=60
+    )
     wait_for(lambda: manager.get_rollout(rollout.id).wave >= 1, 20, "the second wave")
     manager.close()
     time.sleep(1.0)  # the wave's acks arrive while no manager listens: the broker queues them
@@ -228,21 +244,39 @@ def test_rest_api(mqtt_broker, tmp_path, sims, managers) -> None:
 
             for device in devices:  # periodic on a real device; the manager was not there for the first
                 device.send_telemetry()
-            wait_for(lambda: all(d["escalation_rate"] == 0.1 for d in api.get("/v1/devices").json()["devices"]),
-                     10, "telemetry of every device")
+            wait_for(
+                lambda: all(d["escalation_rate"] == 0.1 for d in api.get("/v1/devices").json()["devices"]),
+                10,
+                "telemetry of every device",
+            )
             listed_devices = api.get("/v1/devices").json()["devices"]
             assert [d["id"] for d in listed_devices] == ["dev00", "dev01", "dev02", "dev03"]
             assert listed_devices[0]["telemetry"]["requests"] == {"edge": 9, "cloud": 1}
 
-            bad = api.post("/v1/rollouts", json={"bundle": "edge-student", "version": 2,
-                                                 "strategy": {"type": "spiral"}, "labels": {"site": "lab"}})
+            bad = api.post(
+                "/v1/rollouts",
+                json={
+                    "bundle": "edge-student",
+                    "version": 2,
+                    "strategy": {"type": "spiral"},
+                    "labels": {"site": "lab"},
+                },
+            )
             assert bad.status_code == 400 and bad.json()["error"]["type"] == "invalid_input"
             assert api.get("/v1/rollouts/nope").status_code == 404
             missing = api.post("/v1/rollouts", json={"bundle": "edge-student", "version": 9, "labels": {}})
             assert missing.status_code == 404
 
-            made = api.post("/v1/rollouts", json={"bundle": "edge-student", "version": 2, "labels": {"site": "lab"},
-                                                  "strategy": {"type": "fixed", "size": 1}, "device_timeout_s": 60})
+            made = api.post(
+                "/v1/rollouts",
+                json={
+                    "bundle": "edge-student",
+                    "version": 2,
+                    "labels": {"site": "lab"},
+                    "strategy": {"type": "fixed", "size": 1},
+                    "device_timeout_s": 60,
+                },
+            )
             assert made.status_code == 201, made.text
             rollout = made.json()
             assert rollout["total"] == 3 and [d["device"] for d in rollout["devices"]] == ["dev00", "dev01", "dev02"]
@@ -253,20 +287,26 @@ def test_rest_api(mqtt_broker, tmp_path, sims, managers) -> None:
             assert state["status"] == "PAUSED" and state["wave"] == 1 and state["succeeded"] == 1
             assert not devices[1].received
             assert api.post(f"/v1/rollouts/{rollout['id']}/resume").json()["status"] == "RUNNING"
-            wait_for(lambda: api.get(f"/v1/rollouts/{rollout['id']}").json()["status"] == "COMPLETED", 20,
-                     "completion after resume")
+            wait_for(
+                lambda: api.get(f"/v1/rollouts/{rollout['id']}").json()["status"] == "COMPLETED",
+                20,
+                "completion after resume",
+            )
 
-            other = api.post("/v1/rollouts", json={"id": "field-1", "bundle": "edge-student", "version": 2,
-                                                   "devices": ["dev03"]}).json()
+            other = api.post(
+                "/v1/rollouts", json={"id": "field-1", "bundle": "edge-student", "version": 2, "devices": ["dev03"]}
+            ).json()
             aborted = api.post(f"/v1/rollouts/{other['id']}/abort", json={"reason": "changed my mind"}).json()
             assert aborted["status"] == "ABORTED" and aborted["abort_reason"] == "changed my mind"
             conflict = api.post(f"/v1/rollouts/{other['id']}/resume")
             assert conflict.status_code == 400
             assert [r["id"] for r in api.get("/v1/rollouts").json()["rollouts"]] == ["field-1", rollout["id"]]
 
-            samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
-                       for family in text_string_to_metric_families(httpx.get(f"{base}/metrics").text)
-                       for s in family.samples}
+            samples = {
+                (s.name, tuple(sorted(s.labels.items()))): s.value
+                for family in text_string_to_metric_families(httpx.get(f"{base}/metrics").text)
+                for s in family.samples
+            }
             assert samples[("edgecloud_fleet_messages_total", (("leaf", "telemetry"),))] >= 4
             assert samples[("edgecloud_fleet_messages_total", (("leaf", "cmd/ack"),))] >= 3
             assert samples[("edgecloud_fleet_commands_published_total", (("type", "deploy"),))] >= 3
@@ -297,10 +337,12 @@ def test_api_errors_without_broker(tmp_path: Path) -> None:
     async def calls() -> list[httpx.Response]:
         transport = httpx.ASGITransport(app=create_app(manager))
         async with httpx.AsyncClient(transport=transport, base_url="http://fleet") as client:
-            return [await client.post("/v1/bundles", content=b"x", headers={"Content-Type": "text/plain"}),
-                    await client.post("/v1/bundles", json={"path": str(tmp_path / "none.tar.gz")}),
-                    await client.post("/v1/rollouts/x/pause"),
-                    await client.get("/v1/devices")]
+            return [
+                await client.post("/v1/bundles", content=b"x", headers={"Content-Type": "text/plain"}),
+                await client.post("/v1/bundles", json={"path": str(tmp_path / "none.tar.gz")}),
+                await client.post("/v1/rollouts/x/pause"),
+                await client.get("/v1/devices"),
+            ]
 
     try:
         bad_type, missing, unknown, devices = asyncio.run(calls())

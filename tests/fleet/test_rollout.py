@@ -7,7 +7,6 @@ import random
 from collections import deque
 
 import pytest
-
 from edgecloud.fleet.rollout import (
     AbortCriteria,
     DeviceStatus,
@@ -34,19 +33,36 @@ def devices(n: int) -> tuple[str, ...]:
 
 def make_spec(**overrides: object) -> RolloutSpec:
     fields: dict[str, object] = {
-        "id": "r1", "bundle": BUNDLE, "targets": devices(20), "revision": 7, "strategy": FixedBatches(5),
+        "id": "r1",
+        "bundle": BUNDLE,
+        "targets": devices(20),
+        "revision": 7,
+        "strategy": FixedBatches(5),
         "device_timeout_s": 60.0,
     }
     fields.update(overrides)
     return RolloutSpec(**fields)  # type: ignore[arg-type]
 
 
-def ack(rollout: Rollout, device: str, status: AckStatus, *, reason: str = "", revision: int | None = None,
-        rollout_id: str | None = None) -> CommandAck:
+def ack(
+    rollout: Rollout,
+    device: str,
+    status: AckStatus,
+    *,
+    reason: str = "",
+    revision: int | None = None,
+    rollout_id: str | None = None,
+) -> CommandAck:
     revision = rollout.spec.revision if revision is None else revision
-    return CommandAck(command_id=rollout.spec.command_id(device, revision), device=device, status=status,
-                      revision=revision, reason=reason, version=2,
-                      rollout_id=rollout.id if rollout_id is None else rollout_id)
+    return CommandAck(
+        command_id=rollout.spec.command_id(device, revision),
+        device=device,
+        status=status,
+        revision=revision,
+        reason=reason,
+        version=2,
+        rollout_id=rollout.id if rollout_id is None else rollout_id,
+    )
 
 
 def finish(rollout: Rollout, device: str, ok: bool, now: float) -> list[Command]:
@@ -118,7 +134,12 @@ def test_commands_are_deterministic_and_valid_on_the_wire() -> None:
     assert [c.id for c in commands] == ["r1-d00-7", "r1-d01-7"]
     for command in commands:
         assert (command.type, command.revision, command.bundle, command.rollout_id, command.issued_at) == (
-            "deploy", 7, BUNDLE, "r1", 12.5)
+            "deploy",
+            7,
+            BUNDLE,
+            "r1",
+            12.5,
+        )
         assert Command.from_dict(json.loads(json.dumps(command.to_dict()))) == command
     assert rollout.devices["d00"].deploy.status is D.SENT
     assert rollout.devices["d02"].deploy.status is D.QUEUED
@@ -157,8 +178,9 @@ FAILING = {"d02", "d05", "d08", "d11", "d14", "d17"}  # 6 of 20: 30%
         (FixedBatches(5), None, None, 20),
     ],
 )
-def test_abort_criteria(strategy: FixedBatches | Exponential, criteria: AbortCriteria | None,
-                        aborted_after: int | None, sent: int) -> None:
+def test_abort_criteria(
+    strategy: FixedBatches | Exponential, criteria: AbortCriteria | None, aborted_after: int | None, sent: int
+) -> None:
     rollout = Rollout(make_spec(strategy=strategy, abort=criteria))
     batches, got_aborted_after = drive(rollout, FAILING)
     commanded = [d for b in batches for d in b]
@@ -203,8 +225,7 @@ def test_operator_abort_stops_new_waves_but_keeps_reports() -> None:
         ([(A.FAILED, 5.0)], 1000.0, D.FAILED, "self-test failed"),
     ],
 )
-def test_device_timeout(acks: list[tuple[AckStatus, float]], tick_at: float, status: DeviceStatus,
-                        reason: str) -> None:
+def test_device_timeout(acks: list[tuple[AckStatus, float]], tick_at: float, status: DeviceStatus, reason: str) -> None:
     rollout = Rollout(make_spec(targets=devices(1)))
     rollout.start(now=0.0)
     for ack_status, at in acks:
@@ -292,8 +313,9 @@ def test_abort_criteria_and_timeouts_apply_while_paused() -> None:
         (D.QUEUED, A.ACTIVE, False, None),
     ],
 )
-def test_transition(current: DeviceStatus, ack_status: AckStatus, timed_out: bool,
-                    expected: DeviceStatus | None) -> None:
+def test_transition(
+    current: DeviceStatus, ack_status: AckStatus, timed_out: bool, expected: DeviceStatus | None
+) -> None:
     assert transition(current, ack_status, timed_out=timed_out) == expected
 
 
@@ -352,8 +374,9 @@ def test_rolled_back_after_active_turns_success_into_failure() -> None:
 
 
 def test_success_statuses_can_move_on_before_activation() -> None:
-    rollout = Rollout(make_spec(targets=devices(2), strategy=FixedBatches(1),
-                                success_statuses=frozenset({D.VERIFYING})))
+    rollout = Rollout(
+        make_spec(targets=devices(2), strategy=FixedBatches(1), success_statuses=frozenset({D.VERIFYING}))
+    )
     rollout.start(now=0.0)
     assert [c.id for c in rollout.on_ack(ack(rollout, "d00", A.VERIFYING), 1.0)] == ["r1-d01-7"]
     assert rollout.tick(now=1000.0) == []  # a succeeded device does not time out
@@ -383,7 +406,11 @@ def test_rollback_targets_exactly_the_active_devices() -> None:
     assert sorted(device_of(c) for c in commands) == ["d00", "d03", "d04", "d05"]
     for command in commands:
         assert (command.type, command.bundle, command.revision, command.id) == (
-            "rollback", PREVIOUS, 8, f"r1-{device_of(command)}-8")
+            "rollback",
+            PREVIOUS,
+            8,
+            f"r1-{device_of(command)}-8",
+        )
     assert rollout.status is RolloutStatus.ROLLED_BACK
     with pytest.raises(InvalidInputError, match="ROLLED_BACK"):
         rollout.rollback(PREVIOUS, revision=9, now=5.0)
@@ -397,7 +424,11 @@ def test_rollback_targets_exactly_the_active_devices() -> None:
     rollout.on_ack(ack(rollout, "d03", A.FAILED, revision=8), 7.0)
     summary = rollout.summary()["rollback"]
     assert (summary["total"], summary["counts"]["ACTIVE"], summary["counts"]["FAILED"], summary["counts"]["SENT"]) == (
-        5, 1, 1, 3)
+        5,
+        1,
+        1,
+        3,
+    )
     rollout.tick(now=100.0)  # rollback commands time out like any other
     assert rollout.summary()["rollback"]["counts"]["FAILED"] == 4
 
@@ -448,8 +479,9 @@ def test_invalid_parts_are_rejected(build: object) -> None:
 
 
 def test_to_dict_round_trips_through_json_midway() -> None:
-    spec = make_spec(strategy=Exponential(2, 2), abort=AbortCriteria(40, 4),
-                     success_statuses=frozenset({D.VERIFYING, D.ACTIVE}))
+    spec = make_spec(
+        strategy=Exponential(2, 2), abort=AbortCriteria(40, 4), success_statuses=frozenset({D.VERIFYING, D.ACTIVE})
+    )
     rollout = Rollout(spec)
     rollout.start(now=0.0)
     finish(rollout, "d00", True, 1.0)
@@ -467,11 +499,26 @@ def test_to_dict_round_trips_through_json_midway() -> None:
 def test_random_ack_storms_keep_the_tallies_consistent(seed: int) -> None:
     """Counts are kept incrementally; a reload recounts from scratch, and the two must always agree."""
     rng = random.Random(seed)
-    rollout = Rollout(make_spec(targets=devices(40), strategy=Exponential(2, 2),
-                                abort=AbortCriteria(60, 10) if seed % 2 else None,
-                                success_statuses=frozenset({rng.choice([D.DOWNLOADING, D.VERIFYING, D.ACTIVE])})))
-    statuses, weights = zip(*[(A.DOWNLOADING, 3), (A.VERIFYING, 3), (A.ACTIVE, 5), (A.FAILED, 1),
-                              (A.ROLLED_BACK, 1), (A.IGNORED, 0.3), (A.RECEIVED, 0.3), (A.SENT, 0.2)])
+    rollout = Rollout(
+        make_spec(
+            targets=devices(40),
+            strategy=Exponential(2, 2),
+            abort=AbortCriteria(60, 10) if seed % 2 else None,
+            success_statuses=frozenset({rng.choice([D.DOWNLOADING, D.VERIFYING, D.ACTIVE])}),
+        )
+    )
+    statuses, weights = zip(
+        *[
+            (A.DOWNLOADING, 3),
+            (A.VERIFYING, 3),
+            (A.ACTIVE, 5),
+            (A.FAILED, 1),
+            (A.ROLLED_BACK, 1),
+            (A.IGNORED, 0.3),
+            (A.RECEIVED, 0.3),
+            (A.SENT, 0.2),
+        ]
+    )
     sent = {device_of(c) for c in rollout.start(now=0.0)}
     now = 0.0
     for _ in range(400):

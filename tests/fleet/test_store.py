@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from edgecloud.fleet.rollout import AbortCriteria, Exponential, FixedBatches, Rollout, RolloutSpec, RolloutStatus
 from edgecloud.fleet.store import BundleRecord, DeviceRecord, FleetStore
 from edgecloud.shared.errors import ConfigError, InvalidInputError, NotFoundError
@@ -17,14 +16,29 @@ DEVICES = tuple(f"d{i:02d}" for i in range(12))
 
 
 def ack(rollout: Rollout, device: str, status: AckStatus, revision: int = 7) -> CommandAck:
-    return CommandAck(command_id=rollout.spec.command_id(device, revision), device=device, status=status,
-                      revision=revision, version=2, rollout_id=rollout.id)
+    return CommandAck(
+        command_id=rollout.spec.command_id(device, revision),
+        device=device,
+        status=status,
+        revision=revision,
+        version=2,
+        rollout_id=rollout.id,
+    )
 
 
 def midway(rollout_id: str = "r1") -> Rollout:
     """Waves of 3, 6, 3. Wave 1 done (one failure); wave 2 under way: two active, one verifying, three sent."""
-    rollout = Rollout(RolloutSpec(id=rollout_id, bundle=BUNDLE, targets=DEVICES, revision=7,
-                                  strategy=Exponential(3, 2), abort=AbortCriteria(50, 4), device_timeout_s=60))
+    rollout = Rollout(
+        RolloutSpec(
+            id=rollout_id,
+            bundle=BUNDLE,
+            targets=DEVICES,
+            revision=7,
+            strategy=Exponential(3, 2),
+            abort=AbortCriteria(50, 4),
+            device_timeout_s=60,
+        )
+    )
     rollout.start(now=0.0)
     for device, status in (("d00", AckStatus.ACTIVE), ("d01", AckStatus.FAILED), ("d02", AckStatus.ACTIVE)):
         rollout.on_ack(ack(rollout, device, AckStatus.DOWNLOADING), 1.0)
@@ -67,8 +81,9 @@ def test_a_rollout_saved_midway_reloads_identical_and_continues(tmp_path: Path) 
 
 
 def test_saves_write_only_changed_devices_and_every_step_reloads_identical(tmp_path: Path) -> None:
-    rollout = Rollout(RolloutSpec(id="r1", bundle=BUNDLE, targets=DEVICES, revision=7,
-                                  strategy=FixedBatches(4), device_timeout_s=60))
+    rollout = Rollout(
+        RolloutSpec(id="r1", bundle=BUNDLE, targets=DEVICES, revision=7, strategy=FixedBatches(4), device_timeout_s=60)
+    )
     path = tmp_path / "fleet.db"
     with FleetStore(path) as store:
         assert len(rollout.take_changed()) == len(DEVICES)  # a new rollout: all of them
@@ -78,9 +93,11 @@ def test_saves_write_only_changed_devices_and_every_step_reloads_identical(tmp_p
 
         steps = [lambda: rollout.start(now=0.0)]
         steps += [lambda d=d: rollout.on_ack(ack(rollout, d, AckStatus.ACTIVE), 1.0) for d in DEVICES[:4]]
-        steps += [lambda: rollout.on_ack(ack(rollout, "d04", AckStatus.FAILED), 2.0),
-                  lambda: rollout.on_ack(ack(rollout, "d04", AckStatus.FAILED), 2.5),  # duplicate: no change
-                  lambda: rollout.tick(now=100.0)]  # d05..d07 time out, the last wave goes out
+        steps += [
+            lambda: rollout.on_ack(ack(rollout, "d04", AckStatus.FAILED), 2.0),
+            lambda: rollout.on_ack(ack(rollout, "d04", AckStatus.FAILED), 2.5),  # duplicate: no change
+            lambda: rollout.tick(now=100.0),
+        ]  # d05..d07 time out, the last wave goes out
         written = []
         for step in steps:
             step()
@@ -90,15 +107,26 @@ def test_saves_write_only_changed_devices_and_every_step_reloads_identical(tmp_p
             with FleetStore(path) as reader:
                 assert reader.load_rollout("r1") == rollout
         # the last ack of wave 1 also sends wave 2
-        assert written == [["d00", "d01", "d02", "d03"], ["d00"], ["d01"], ["d02"],
-                           ["d03", "d04", "d05", "d06", "d07"], ["d04"], [],
-                           ["d05", "d06", "d07", "d08", "d09", "d10", "d11"]]
+        assert written == [
+            ["d00", "d01", "d02", "d03"],
+            ["d00"],
+            ["d01"],
+            ["d02"],
+            ["d03", "d04", "d05", "d06", "d07"],
+            ["d04"],
+            [],
+            ["d05", "d06", "d07", "d08", "d09", "d10", "d11"],
+        ]
 
 
 def test_a_rolled_back_rollout_keeps_rolling_back_after_a_restart(tmp_path: Path) -> None:
     rollout = midway()
     assert sorted(c.id for c in rollout.rollback(PREVIOUS, revision=8, now=56.0)) == [
-        "r1-d00-8", "r1-d02-8", "r1-d03-8", "r1-d05-8"]
+        "r1-d00-8",
+        "r1-d02-8",
+        "r1-d03-8",
+        "r1-d05-8",
+    ]
     with FleetStore(tmp_path / "fleet.db") as store:
         store.save_rollout(rollout)
     with FleetStore(tmp_path / "fleet.db") as store:
@@ -133,16 +161,41 @@ def test_saving_again_replaces_and_lists_filter_by_status(tmp_path: Path) -> Non
 
 
 def test_bundles_are_registered_once(tmp_path: Path) -> None:
-    record = BundleRecord(name="edge-student", version=2, sha256="a" * 64, size=1000,
-                          path="/srv/artifacts/aaaa.tar.gz", key_id="release-2025", registered_at=100.0)
+    record = BundleRecord(
+        name="edge-student",
+        version=2,
+        sha256="a" * 64,
+        size=1000,
+        path="/srv/artifacts/aaaa.tar.gz",
+        key_id="release-2025",
+        registered_at=100.0,
+    )
     with FleetStore(tmp_path / "fleet.db") as store:
         store.save_bundle(record)
         store.save_bundle(record)  # idempotent
-        store.save_bundle(BundleRecord(name="edge-student", version=1, sha256="b" * 64, size=900,
-                                       path="/srv/artifacts/bbbb.tar.gz", key_id="release-2025", registered_at=50.0))
+        store.save_bundle(
+            BundleRecord(
+                name="edge-student",
+                version=1,
+                sha256="b" * 64,
+                size=900,
+                path="/srv/artifacts/bbbb.tar.gz",
+                key_id="release-2025",
+                registered_at=50.0,
+            )
+        )
         with pytest.raises(InvalidInputError, match="another sha256"):
-            store.save_bundle(BundleRecord(name="edge-student", version=2, sha256="c" * 64, size=1000,
-                                           path="/elsewhere", key_id="k", registered_at=200.0))
+            store.save_bundle(
+                BundleRecord(
+                    name="edge-student",
+                    version=2,
+                    sha256="c" * 64,
+                    size=1000,
+                    path="/elsewhere",
+                    key_id="k",
+                    registered_at=200.0,
+                )
+            )
     with FleetStore(tmp_path / "fleet.db") as store:
         assert store.load_bundle("edge-student", 2) == record
         assert [b.version for b in store.list_bundles("edge-student")] == [1, 2]
@@ -154,11 +207,27 @@ def test_bundles_are_registered_once(tmp_path: Path) -> None:
 def test_devices_keep_their_latest_state(tmp_path: Path) -> None:
     telemetry = {"device": "cam-2", "at": 10.0, "latency_ms": {"edge": {"p50": 1.5, "p99": 4.0}}, "errors": 0}
     with FleetStore(tmp_path / "fleet.db") as store:
-        store.save_device(DeviceRecord(id="cam-2", labels={"site": "lyon"}, online=True, model_name="edge-student",
-                                       model_version=1, session=3, last_seen=5.0))
-        updated = DeviceRecord(id="cam-2", labels={"site": "lyon", "ring": "canary"}, online=False,
-                               model_name="edge-student", model_version=2, session=4, last_seen=10.0,
-                               telemetry=telemetry)
+        store.save_device(
+            DeviceRecord(
+                id="cam-2",
+                labels={"site": "lyon"},
+                online=True,
+                model_name="edge-student",
+                model_version=1,
+                session=3,
+                last_seen=5.0,
+            )
+        )
+        updated = DeviceRecord(
+            id="cam-2",
+            labels={"site": "lyon", "ring": "canary"},
+            online=False,
+            model_name="edge-student",
+            model_version=2,
+            session=4,
+            last_seen=10.0,
+            telemetry=telemetry,
+        )
         store.save_device(updated)
         store.save_device(DeviceRecord(id="cam-1"))
     with FleetStore(tmp_path / "fleet.db") as store:

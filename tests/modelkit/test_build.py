@@ -7,14 +7,13 @@ from pathlib import Path
 
 import onnxruntime as ort
 import pytest
-from transformers import AutoModelForCausalLM, AutoTokenizer
-
+from edgecloud.edge.runtime import EdgeModel
 from edgecloud.modelkit.build import BuildConfig, _next_version
 from edgecloud.modelkit.evaluate import REFERENCE_DIR, STUDENT_DIR, TEACHER_DIR, evaluate_all
 from edgecloud.modelkit.export import onnx_io
-from edgecloud.edge.runtime import EdgeModel
 from edgecloud.shared.bundle import load_manifest, verify_bundle
 from edgecloud.shared.calibration import Calibration
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 
 @pytest.mark.parametrize(("name", "kind"), [(TEACHER_DIR, "cloud"), (STUDENT_DIR, "edge")])
@@ -70,7 +69,6 @@ def test_student_reads_its_own_prompt(quick_models: Path) -> None:
 def test_student_features_are_centred(quick_models: Path) -> None:
     """The graph subtracts the training queries' mean feature vector: fresh queries average near zero."""
     import numpy as np
-
     from edgecloud.shared.task import Split, generate
 
     config = json.loads((quick_models / REFERENCE_DIR / "config.json").read_text())
@@ -88,7 +86,6 @@ def test_student_features_are_centred(quick_models: Path) -> None:
 def test_student_features_come_out_on_their_principal_axes(quick_models: Path) -> None:
     """The rotation is orthogonal (lengths and cosines kept) and puts the largest variance first."""
     import numpy as np
-
     from edgecloud.shared.task import Split, generate
 
     config = json.loads((quick_models / REFERENCE_DIR / "config.json").read_text())
@@ -148,7 +145,13 @@ def test_build_config_validates(tmp_path: Path) -> None:
 
 def test_evaluate_all_reports_every_figure(quick_models: Path, tmp_path: Path) -> None:
     report = evaluate_all(quick_models, tmp_path, n=24, budget_n=8, latency_n=4, threads=2)
-    for key in ("teacher_thinking", "teacher_no_thinking", "student_fp32_torch", "student_fp32_onnx", "student_int8_onnx"):
+    for key in (
+        "teacher_thinking",
+        "teacher_no_thinking",
+        "student_fp32_torch",
+        "student_fp32_onnx",
+        "student_int8_onnx",
+    ):
         assert set(report[key]) >= {"k1", "all"}
         assert all(0.0 <= v <= 1.0 for v in report[key].values() if isinstance(v, float))
     assert [point["budget"] for point in report["teacher_budget_curve"]][:2] == [0, 8]

@@ -11,18 +11,16 @@ closes its think block, or stops, is chosen by the test.
 from __future__ import annotations
 
 import math
-
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import pytest
 import torch
-from transformers import PreTrainedTokenizerFast, Qwen3ForCausalLM
-
 from edgecloud.modelkit.decoding import Generation, generate_batch
 from edgecloud.modelkit.teacher import ModelSpec, build_model, chat_prompt
 from edgecloud.modelkit.tokenizer import IM_END, THINK_END, THINK_START, build_tokenizer
+from transformers import PreTrainedTokenizerFast, Qwen3ForCausalLM
 
 MAX_NEW = 40
 QUERIES = ["3+4", "what is (12+34)*5-7?", "Compute 99 * 12", "1-2"]
@@ -311,7 +309,9 @@ def test_stopping_inside_the_think_block(
 # --- answer confidence ------------------------------------------------------------------
 
 
-def test_answer_confidence_is_the_lowest_answer_token_probability(model: Qwen3ForCausalLM, tok: PreTrainedTokenizerFast) -> None:
+def test_answer_confidence_is_the_lowest_answer_token_probability(
+    model: Qwen3ForCausalLM, tok: PreTrainedTokenizerFast
+) -> None:
     prompt = direct(tok, "what is 3+4?")
     (g,) = generate_batch(model, tok, [prompt], max_new_tokens=6)
     # Thinking disabled: every generated token is the answer. Replay them in one forward pass.

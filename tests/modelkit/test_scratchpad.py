@@ -3,7 +3,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import pytest
-
 from edgecloud.modelkit.scratchpad import LINE_TOKENS, WIDTH, _operand, answer_text, think_text
 from edgecloud.shared.task import MAX_K, Problem, Split, generate
 
@@ -150,11 +149,7 @@ GOLDEN = [
     ),
     pytest.param(
         Problem("(12+34)*5-7", "(12+34)*5-7", 12, (("+", 34), ("*", 5), ("-", 7)), 223),
-        "+21+43*50-70\n"
-        "+21=20100000000000\n"
-        "+43=60400000000000\n"
-        "*50=03322000000000\n"
-        "-70=31202000000000\n",
+        "+21+43*50-70\n+21=20100000000000\n+43=60400000000000\n*50=03322000000000\n-70=31202000000000\n",
         id="(12+34)*5-7",
     ),
     pytest.param(

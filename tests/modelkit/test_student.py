@@ -7,8 +7,14 @@ import random
 from collections import Counter
 
 import pytest
-
-from edgecloud.modelkit.student import LabelledQuery, StudentData, StudentRecipe, _cached_labels, select_labels, student_prompt
+from edgecloud.modelkit.student import (
+    LabelledQuery,
+    StudentData,
+    StudentRecipe,
+    _cached_labels,
+    select_labels,
+    student_prompt,
+)
 from edgecloud.modelkit.teacher import ModelSpec, build_model
 from edgecloud.modelkit.tokenizer import build_student_tokenizer, build_tokenizer
 from edgecloud.shared.task import make_problem
@@ -114,7 +120,9 @@ def test_recipe_rejects_a_confidence_threshold_out_of_range() -> None:
 @pytest.fixture(scope="module")
 def tiny_teacher():
     tokenizer = build_tokenizer()
-    spec = ModelSpec(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=1, num_key_value_heads=1)
+    spec = ModelSpec(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=1, num_key_value_heads=1
+    )
     return build_model(spec, tokenizer, seed=0).eval(), tokenizer
 
 
@@ -135,7 +143,9 @@ def test_labels_are_cached_per_teacher_and_query(tiny_teacher, tmp_path, caplog)
     assert mixed[:4] == [("cached", 0.5)] * 4 and mixed[4][0] != "cached"
     assert len(json.loads(cache_file.read_text())) == 5
     # Another teacher has its own file.
-    other_spec = ModelSpec(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=1, num_key_value_heads=1)
+    other_spec = ModelSpec(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=1, num_key_value_heads=1
+    )
     _cached_labels(build_model(other_spec, tokenizer, seed=1).eval(), tokenizer, problems[:1], recipe, tmp_path)
     assert len(list(tmp_path.glob("teacher-labels-*.json"))) == 2
     # A damaged cache file is relabelled, not trusted.

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from edgecloud.shared.bundle import (
     MANIFEST_FILE,
     SIGNATURE_FILE,

@@ -4,7 +4,6 @@ import math
 
 import numpy as np
 import pytest
-
 from edgecloud.shared.calibration import Calibration, choose_threshold, confidence_signals, fit_platt
 
 
@@ -95,9 +94,7 @@ def test_choose_threshold(
     precision: float | None,
     coverage: float,
 ) -> None:
-    got, figures = choose_threshold(
-        np.array(confidence), np.array(correct), target_precision=target, min_kept=min_kept
-    )
+    got, figures = choose_threshold(np.array(confidence), np.array(correct), target_precision=target, min_kept=min_kept)
     assert got == pytest.approx(threshold)
     assert figures["coverage"] == pytest.approx(coverage)
     if precision is None:
@@ -135,7 +132,9 @@ def test_the_lower_bound_rule_asks_for_more_evidence() -> None:
     assert 980 <= at_bound["kept"] < 1000 and bounded > plain
     assert at_bound["precision_lower_bound"] >= 0.995 and at_bound["confidence_level"] == 0.95
     kept = conf >= bounded
-    assert at_bound["precision"] == pytest.approx(correct[kept].mean()) and at_bound["precision"] > at_plain["precision"]
+    assert (
+        at_bound["precision"] == pytest.approx(correct[kept].mean()) and at_bound["precision"] > at_plain["precision"]
+    )
     # With too little evidence nothing qualifies: 50 right answers cannot show 99.5% at 95%.
     assert choose_threshold(conf[:50], correct[:50], target_precision=0.995, confidence_level=0.95)[0] == 1.0
 
@@ -145,7 +144,9 @@ def test_wilson_lower_bound_matches_known_values() -> None:
 
     # 1594 answers with 5 wrong (the v5 student's validation): the bound is below 99.5%.
     assert float(wilson_lower_bound(np.array([1589]), np.array([1594]), 0.95)[0]) == pytest.approx(0.99357, abs=1e-4)
-    assert float(wilson_lower_bound(np.array([10]), np.array([10]), 0.95)[0]) == pytest.approx(10 / (10 + 1.6449**2), abs=1e-4)
+    assert float(wilson_lower_bound(np.array([10]), np.array([10]), 0.95)[0]) == pytest.approx(
+        10 / (10 + 1.6449**2), abs=1e-4
+    )
     with pytest.raises(ValueError, match="confidence_level"):
         wilson_lower_bound(np.array([1]), np.array([1]), 1.0)
 

@@ -11,14 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zstandard as zstd
-
 from edgecloud.shared.errors import ConfigError, InvalidInputError
 from edgecloud.shared.features import (
-    CODEC,
     _DICTIONARIES,
+    CODEC,
     HEADER,
     SCALE_BYTES,
-    SCHEMA_VERSION,
     EncodedFeatures,
     FeatureCodecConfig,
     decode_features,
@@ -38,7 +36,10 @@ def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
 
 
-def round_trip(vectors: np.ndarray, config: FeatureCodecConfig = FeatureCodecConfig()) -> tuple[np.ndarray, np.ndarray]:
+DEFAULT_CODEC = FeatureCodecConfig()
+
+
+def round_trip(vectors: np.ndarray, config: FeatureCodecConfig = DEFAULT_CODEC) -> tuple[np.ndarray, np.ndarray]:
     encoded = [encode_features(v, config) for v in vectors]
     decoded = np.stack([decode_features(e, expected_dims=(vectors.shape[1],)) for e in encoded])
     assert decoded.dtype == np.float32
@@ -149,8 +150,16 @@ def test_encode_refuses_bad_model_version() -> None:
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"levels": 0.5}, {"levels": 128}, {"levels": float("nan")}, {"levels": True}, {"levels": "8"},
-     {"zstd_level": 0}, {"zstd_level": 23}, {"zstd_level": 3.0}],
+    [
+        {"levels": 0.5},
+        {"levels": 128},
+        {"levels": float("nan")},
+        {"levels": True},
+        {"levels": "8"},
+        {"zstd_level": 0},
+        {"zstd_level": 23},
+        {"zstd_level": 3.0},
+    ],
 )
 def test_config_validates(kwargs: dict[str, object]) -> None:
     with pytest.raises(ConfigError):
@@ -201,7 +210,9 @@ def test_decode_refuses_bad_header(encoded: EncodedFeatures) -> None:
     with pytest.raises(InvalidInputError, match="bad header magic"):
         decode_features(with_payload(encoded, b"XF" + encoded.payload[2:]))
     other = 3 - encoded.schema_version
-    with pytest.raises(InvalidInputError, match=f"header says version {other}, schema_version says {encoded.schema_version}"):
+    with pytest.raises(
+        InvalidInputError, match=f"header says version {other}, schema_version says {encoded.schema_version}"
+    ):
         decode_features(with_payload(encoded, b"EF" + bytes([other]) + encoded.payload[3:]))
 
 
@@ -285,7 +296,9 @@ def _schema1_payload(q: np.ndarray) -> bytes:
 def test_schema_1_payloads_still_decode() -> None:
     vector = np.random.default_rng(3).standard_normal(128).astype(np.float32)
     q, scale = quantize(vector, 8.0)
-    old = EncodedFeatures(codec=CODEC, dtype="int8", dims=(128,), scale=scale, payload=_schema1_payload(q), schema_version=1)
+    old = EncodedFeatures(
+        codec=CODEC, dtype="int8", dims=(128,), scale=scale, payload=_schema1_payload(q), schema_version=1
+    )
     np.testing.assert_array_equal(decode_features(old), q.astype(np.float32) * np.float32(scale))
     # A schema 1 frame labelled schema 2 is refused, not decoded with the wrong dictionary.
     with pytest.raises(InvalidInputError):
@@ -302,7 +315,10 @@ def test_the_encoder_picks_the_schema_that_suits_the_vector() -> None:
         assert np.mean([e.schema_version == expected for e in encoded]) > 0.9
         schema1 = np.mean([len(_schema1_payload(quantize(v, 8.0)[0])) + SCALE_BYTES for v in vectors])
         assert np.mean([e.nbytes() for e in encoded]) <= schema1
-        assert all(np.array_equal(decode_features(e), quantize(v, 8.0)[0] * np.float32(e.scale)) for e, v in zip(encoded, vectors))
+        assert all(
+            np.array_equal(decode_features(e), quantize(v, 8.0)[0] * np.float32(e.scale))
+            for e, v in zip(encoded, vectors)
+        )
     decaying_bytes = np.mean([encode_features(v).nbytes() for v in decaying])
     schema1_bytes = np.mean([len(_schema1_payload(quantize(v, 8.0)[0])) + SCALE_BYTES for v in decaying])
     assert decaying_bytes < schema1_bytes - 8, (decaying_bytes, schema1_bytes)

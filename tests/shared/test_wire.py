@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from edgecloud.proto.edgecloud.v1 import reasoner_pb2 as pb
 from edgecloud.shared.errors import InvalidInputError
 from edgecloud.shared.features import encode_features
@@ -52,8 +51,15 @@ EVENTS = [
     Event(3, "s", EventKind.REASONING_DELTA, text="3*4=12\n"),
     Event(4, "s", EventKind.ANSWER_DELTA, text="12"),
     Event(
-        5, "s", EventKind.COMPLETED, text="12", usage=Usage(10, 20, 5, 10), timings=Timings(1.0, 2.0, 3.0, 6.0, 4.0),
-        cached=True, budget_reached=True, finish_reason="stop",
+        5,
+        "s",
+        EventKind.COMPLETED,
+        text="12",
+        usage=Usage(10, 20, 5, 10),
+        timings=Timings(1.0, 2.0, 3.0, 6.0, 4.0),
+        cached=True,
+        budget_reached=True,
+        finish_reason="stop",
     ),
     Event(6, "s", EventKind.FAILED, failure=Failure("CANCELLED", "by the client")),
 ]
