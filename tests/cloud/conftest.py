@@ -13,15 +13,19 @@ from typing import TYPE_CHECKING
 import grpc
 import pytest
 from edgecloud.cloud.config import CloudConfig
-from edgecloud.cloud.server import CloudService, create_server
 from edgecloud.proto.edgecloud.v1 import reasoner_pb2_grpc as pb_grpc
 
 if TYPE_CHECKING:
+    from edgecloud.cloud.server import CloudService
     from edgecloud.cloud.transformers_engine import LoadedModel
 
 
 class RunningServer:
     def __init__(self, config: CloudConfig, loaded: LoadedModel | None = None) -> None:
+        # The server needs the cloud extra (grpcio-reflection); an edge-only install skips what needs it.
+        pytest.importorskip("grpc_reflection", reason="the cloud service needs the cloud extra")
+        from edgecloud.cloud.server import create_server
+
         self.config = config
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="test-server-loop", daemon=True)
