@@ -18,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import grpc
 import torch
+
 from edgecloud.cloud.config import CloudConfig
 from edgecloud.cloud.engine import EngineConfig
 from edgecloud.cloud.server import CloudService, create_server

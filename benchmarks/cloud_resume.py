@@ -33,12 +33,12 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import grpc
+
+from benchmarks._cloud import RunningServer, load_teacher, machine_info, think_request, unique_problems
 from edgecloud.cloud.engine import EngineConfig
 from edgecloud.proto.edgecloud.v1 import reasoner_pb2 as pb
 from edgecloud.proto.edgecloud.v1 import reasoner_pb2_grpc as pb_grpc
 from edgecloud.shared.task import Problem, parse_answer
-
-from benchmarks._cloud import RunningServer, load_teacher, machine_info, think_request, unique_problems
 
 MAX_DISCONNECTS = 3
 TIMEOUT_S = 300

@@ -38,10 +38,6 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from edgecloud.cloud.engine import EngineConfig
-from edgecloud.proto.edgecloud.v1 import reasoner_pb2_grpc as pb_grpc
-from edgecloud.shared.task import Problem, parse_answer
-
 from benchmarks._cloud import (
     RunningServer,
     busy_cpu_s,
@@ -50,6 +46,9 @@ from benchmarks._cloud import (
     think_request,
     unique_problems,
 )
+from edgecloud.cloud.engine import EngineConfig
+from edgecloud.proto.edgecloud.v1 import reasoner_pb2_grpc as pb_grpc
+from edgecloud.shared.task import Problem, parse_answer
 
 MODES = {"sequential": 1, "batched": 32}
 RATIOS = ("sessions_per_s", "tokens_per_s")

@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 import zstandard as zstd
+
 from edgecloud.edge.runtime import EdgeModel
 from edgecloud.shared.bundle import load_manifest
 from edgecloud.shared.features import SCHEMA_VERSION, FeatureCodecConfig, decode_features, encode_features, quantize

@@ -42,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 import torch
+
 from edgecloud.cloud.transformers_engine import LoadedModel
 from edgecloud.edge.runtime import EdgeModel
 from edgecloud.edge.triage import Requested, Route, TriageInput, TriagePolicy, decide, estimate_difficulty

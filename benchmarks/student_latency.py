@@ -27,10 +27,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
 from edgecloud.edge.runtime import EdgeModel
 from edgecloud.modelkit.evaluate import ModelPaths, latency_summary, torch_single_latency
 from edgecloud.shared.task import Split, generate
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
 
 def main() -> int:

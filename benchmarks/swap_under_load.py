@@ -35,16 +35,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import httpx
 import numpy as np
 import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
 from edgecloud.edge.agent import AgentConfig, DeviceAgent
 from edgecloud.edge.config import EdgeConfig
 from edgecloud.edge.daemon import create_daemon
 from edgecloud.shared.artifacts import pack_bundle
 from edgecloud.shared.asgi import ThreadedServer
 from edgecloud.shared.broker import BrokerSettings
-from edgecloud.shared.bundle import load_manifest, write_bundle
+from edgecloud.shared.bundle import copy_bundle, load_manifest
 from edgecloud.shared.fleet import Topics, encode
 from edgecloud.shared.signing import generate_keypair, load_private_key, sign_bundle
-from paho.mqtt.enums import CallbackAPIVersion
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -96,18 +97,7 @@ def main() -> int:
     for i in range(args.swaps):
         version = source.version + 1 + i
         directory = work / f"bundle-v{version}"
-        shutil.copytree(args.bundle, directory)
-        (directory / "manifest.sig").unlink(missing_ok=True)
-        write_bundle(
-            directory,
-            name=source.name,
-            kind=source.kind,
-            version=version,
-            io=source.io,
-            calibration=source.calibration,
-            golden=source.golden,
-            metadata=source.metadata,
-        )
+        copy_bundle(args.bundle, directory, version=version)
         sign_bundle(directory, key)
         sha, size = pack_bundle(directory, artifacts / f"v{version}.tar.gz")
         bundles.append(

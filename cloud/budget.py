@@ -21,6 +21,7 @@ import threading
 from dataclasses import dataclass
 
 import numpy as np
+
 from edgecloud.shared.errors import ConfigError
 from edgecloud.shared.reasoning import EdgeHint
 

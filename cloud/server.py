@@ -18,6 +18,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
 from edgecloud.cloud.budget import BudgetPolicy
 from edgecloud.cloud.config import CloudConfig
 from edgecloud.cloud.engine import ReasoningEngine
@@ -35,8 +38,6 @@ from edgecloud.shared.errors import (
     UnavailableError,
 )
 from edgecloud.shared.wire import event_to_pb, session_info_to_pb, think_request_from_pb
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 if TYPE_CHECKING:
     from edgecloud.cloud.transformers_engine import LoadedModel

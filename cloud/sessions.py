@@ -28,6 +28,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
+
 from edgecloud.cloud.budget import BudgetPolicy
 from edgecloud.cloud.dataset import Escalation, EscalationLog
 from edgecloud.cloud.engine import EngineEvent, EngineEventKind, GenerationResult, Job, ReasoningEngine

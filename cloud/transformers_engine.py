@@ -30,6 +30,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
+from transformers.cache_utils import Cache, DynamicLayer
+
 from edgecloud.cloud.engine import (
     THINK_END,
     THINK_START,
@@ -41,8 +44,6 @@ from edgecloud.cloud.engine import (
 )
 from edgecloud.shared.errors import ConfigError, InvalidInputError, ResourceExhaustedError
 from edgecloud.shared.reasoning import Usage
-from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
-from transformers.cache_utils import Cache, DynamicLayer
 
 __all__ = ["LoadedModel", "TransformersEngine"]
 

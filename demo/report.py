@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from edgecloud.demo.traffic import QueryRecord
 
 __all__ = ["build_report", "check_invariants", "format_report", "plot"]

@@ -19,14 +19,15 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from tqdm import tqdm
+
 from edgecloud.demo.report import build_report, check_invariants, format_report, plot, route_counts
 from edgecloud.demo.stack import Stack, StackConfig
 from edgecloud.demo.traffic import QueryRecord, Sampler, Traffic, metric_values
 from edgecloud.shared.artifacts import pack_bundle
-from edgecloud.shared.bundle import load_manifest, write_bundle
+from edgecloud.shared.bundle import copy_bundle, load_manifest
 from edgecloud.shared.errors import ConfigError
 from edgecloud.shared.signing import load_private_key, sign_bundle
-from tqdm import tqdm
 
 __all__ = ["DemoConfig", "run_demo"]
 
@@ -61,20 +62,7 @@ class DemoConfig:
 def release_bundle(source: Path, work: Path, version: int, key: Path) -> Path:
     """``source`` re-versioned to ``version``, signed with ``key``, packed as a .tar.gz."""
     directory = work / f"{source.name}-v{version}"
-    shutil.rmtree(directory, ignore_errors=True)
-    shutil.copytree(source, directory)
-    (directory / "manifest.sig").unlink(missing_ok=True)
-    m = load_manifest(source)
-    write_bundle(
-        directory,
-        name=m.name,
-        kind=m.kind,
-        version=version,
-        io=m.io,
-        calibration=m.calibration,
-        golden=m.golden,
-        metadata={**m.metadata, "released_by": "edgecloud demo"},
-    )
+    copy_bundle(source, directory, version=version, metadata={"released_by": "edgecloud demo"})
     sign_bundle(directory, load_private_key(key))
     archive = work / f"{directory.name}.tar.gz"
     pack_bundle(directory, archive)

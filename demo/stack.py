@@ -22,8 +22,9 @@ from typing import Any
 
 import grpc
 import httpx
-from edgecloud.shared.errors import ConfigError, UnavailableError
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from edgecloud.shared.errors import ConfigError, UnavailableError
 
 __all__ = ["Process", "Stack", "StackConfig", "free_port"]
 

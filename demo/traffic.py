@@ -18,8 +18,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import httpx
-from edgecloud.shared.task import Problem, Split, generate, parse_answer
 from prometheus_client.parser import text_string_to_metric_families
+
+from edgecloud.shared.task import Problem, Split, generate, parse_answer
 
 __all__ = ["DEMO_SEED", "QueryRecord", "Sampler", "Traffic", "metric_values"]
 

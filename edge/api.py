@@ -18,6 +18,12 @@ import hmac
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
 from edgecloud.edge.openai_api import openai_router
 from edgecloud.edge.query_api import query_router
 from edgecloud.edge.service import EdgeService
@@ -25,11 +31,6 @@ from edgecloud.shared.errors import (
     AuthenticationError,
     EdgecloudError,
 )
-from fastapi import Depends, FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 __all__ = ["create_app"]
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 from dataclasses import replace
 
+from fastapi import FastAPI
+
 from edgecloud.edge.agent import AgentConfig, DeviceAgent, resume_bundle
 from edgecloud.edge.api import create_app
 from edgecloud.edge.config import EdgeConfig
@@ -14,7 +16,6 @@ from edgecloud.edge.outbox import Outbox
 from edgecloud.edge.runtime import EdgeBundle, ModelSlot
 from edgecloud.edge.service import EdgeService
 from edgecloud.shared.asgi import serve_until_signal
-from fastapi import FastAPI
 
 __all__ = ["create_daemon", "serve"]
 

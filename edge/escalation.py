@@ -32,6 +32,8 @@ from pathlib import Path
 from typing import Self, TypeVar
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
 from edgecloud.proto.edgecloud.v1 import reasoner_pb2 as pb
 from edgecloud.proto.edgecloud.v1 import reasoner_pb2_grpc as pb_grpc
 from edgecloud.shared.errors import (
@@ -44,7 +46,6 @@ from edgecloud.shared.errors import (
 )
 from edgecloud.shared.reasoning import Event, SessionInfo, ThinkParams
 from edgecloud.shared.wire import event_from_pb, session_info_from_pb, think_request_to_pb
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 __all__ = ["SERVICE_NAME", "CloudClient", "CloudClientConfig", "map_rpc_error"]
 

@@ -15,12 +15,13 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any, Literal
 
-from edgecloud.edge.service import EdgeService, QueryRequest, StreamItem
-from edgecloud.edge.triage import Requested
-from edgecloud.shared.errors import EdgecloudError, InvalidInputError
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
+
+from edgecloud.edge.service import EdgeService, QueryRequest, StreamItem
+from edgecloud.edge.triage import Requested
+from edgecloud.shared.errors import EdgecloudError, InvalidInputError
 
 __all__ = ["ChatBody", "openai_router"]
 

@@ -12,12 +12,13 @@ import json
 from collections.abc import AsyncIterator
 from typing import Literal
 
-from edgecloud.edge.service import EdgeService, QueryRequest, StreamItem
-from edgecloud.edge.triage import Requested
-from edgecloud.shared.errors import EdgecloudError, NotFoundError
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
+
+from edgecloud.edge.service import EdgeService, QueryRequest, StreamItem
+from edgecloud.edge.triage import Requested
+from edgecloud.shared.errors import EdgecloudError, NotFoundError
 
 __all__ = ["QueryBody", "query_router"]
 

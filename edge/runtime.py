@@ -27,9 +27,10 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+from tokenizers import Tokenizer
+
 from edgecloud.shared.bundle import Manifest, canonical_bytes, load_manifest, verify_bundle
 from edgecloud.shared.calibration import Calibration
-from tokenizers import Tokenizer
 
 __all__ = ["EdgeAnswer", "EdgeBundle", "EdgeModel", "ModelSlot"]
 

@@ -35,6 +35,8 @@ from pathlib import Path
 from typing import Any, Self
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
 from edgecloud.fleet.metrics import FleetMetrics
 from edgecloud.fleet.registry import BundleRegistry
 from edgecloud.fleet.rollout import (
@@ -51,7 +53,6 @@ from edgecloud.fleet.store import BundleRecord, DeviceRecord, FleetStore
 from edgecloud.shared.broker import BrokerSettings, connect_async, create_client
 from edgecloud.shared.errors import ConfigError, InvalidInputError, NotFoundError
 from edgecloud.shared.fleet import Birth, BundleRef, Command, CommandAck, Telemetry, Topics, decode, encode
-from paho.mqtt.subscribeoptions import SubscribeOptions
 
 __all__ = ["FleetManager", "FleetManagerConfig"]
 

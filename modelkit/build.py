@@ -27,6 +27,8 @@ import numpy as np
 import onnxruntime
 import torch
 import transformers
+from transformers import AutoModelForCausalLM
+
 from edgecloud.edge.runtime import EdgeModel
 from edgecloud.modelkit.decoding import generate_batch
 from edgecloud.modelkit.evaluate import REFERENCE_DIR, STUDENT_DIR, TEACHER_DIR
@@ -38,7 +40,6 @@ from edgecloud.modelkit.training import TrainConfig
 from edgecloud.shared.bundle import GoldenCase, load_manifest, write_bundle
 from edgecloud.shared.calibration import Calibration, choose_threshold, confidence_signals, fit_platt
 from edgecloud.shared.task import EVAL_MIX, Split, generate, parse_answer
-from transformers import AutoModelForCausalLM
 
 __all__ = ["BuildConfig", "build_models", "quick_recipes"]
 

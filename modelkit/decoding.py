@@ -11,8 +11,9 @@ import math
 from dataclasses import dataclass, field
 
 import torch
-from edgecloud.modelkit.tokenizer import THINK_END, THINK_START
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerFast
+
+from edgecloud.modelkit.tokenizer import THINK_END, THINK_START
 
 __all__ = ["Generation", "generate_batch"]
 

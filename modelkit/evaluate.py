@@ -19,13 +19,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerFast
+
 from edgecloud.edge.runtime import EdgeAnswer, EdgeModel
 from edgecloud.modelkit.decoding import Generation, generate_batch
 from edgecloud.modelkit.student import student_answers
 from edgecloud.modelkit.teacher import chat_prompt
 from edgecloud.shared.task import Problem, Split, generate, parse_answer
-from tqdm.auto import tqdm
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerFast
 
 __all__ = ["ModelPaths", "evaluate_all", "per_k_accuracy"]
 

@@ -20,7 +20,6 @@ from collections import OrderedDict
 from pathlib import Path
 
 import onnx
-from edgecloud.modelkit.student import with_features
 from onnx import numpy_helper
 from onnxruntime.quantization import QuantType, quantize_dynamic
 from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -29,6 +28,8 @@ from onnxruntime.transformers.optimizer import MODEL_TYPES, optimize_model
 from optimum.exporters.onnx import onnx_export_from_model
 from optimum.exporters.onnx.model_configs import Qwen3OnnxConfig
 from transformers import Qwen3ForCausalLM
+
+from edgecloud.modelkit.student import with_features
 
 __all__ = ["FEATURES_OUTPUT", "export_student", "onnx_io", "quantize_student"]
 

@@ -43,14 +43,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from edgecloud.modelkit.decoding import Generation, generate_batch
-from edgecloud.modelkit.teacher import ModelSpec, build_model, chat_prompt
-from edgecloud.modelkit.training import TrainConfig, collate, train
-from edgecloud.shared.task import EVAL_MIX, Problem, Split, generate, normalize_query, parse_answer
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerFast, Qwen3ForCausalLM
 from transformers.cache_utils import Cache
 from transformers.modeling_outputs import CausalLMOutputWithPast
+
+from edgecloud.modelkit.decoding import Generation, generate_batch
+from edgecloud.modelkit.teacher import ModelSpec, build_model, chat_prompt
+from edgecloud.modelkit.training import TrainConfig, collate, train
+from edgecloud.shared.task import EVAL_MIX, Problem, Split, generate, normalize_query, parse_answer
 
 __all__ = [
     "LabelledQuery",

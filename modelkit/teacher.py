@@ -15,11 +15,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
+
 from edgecloud.modelkit.scratchpad import think_text
 from edgecloud.modelkit.tokenizer import IM_END, THINK_END, THINK_START
 from edgecloud.modelkit.training import Example, TrainConfig, collate, train
 from edgecloud.shared.task import Problem, Split, make_problem, sample_k
-from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
 
 __all__ = [
     "ModelSpec",

@@ -21,10 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
-from edgecloud.shared.errors import ConfigError
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+
+from edgecloud.shared.errors import ConfigError
 
 __all__ = ["MQTT_VERSIONS", "BrokerSettings", "connect_async", "create_client"]
 

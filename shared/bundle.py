@@ -20,6 +20,7 @@ import json
 import math
 import os
 import re
+import shutil
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -38,6 +39,7 @@ __all__ = [
     "GoldenCase",
     "Manifest",
     "canonical_bytes",
+    "copy_bundle",
     "file_digest",
     "load_manifest",
     "verify_bundle",
@@ -363,3 +365,31 @@ def verify_bundle(directory: str | os.PathLike[str]) -> Manifest:
     if present:
         raise IntegrityError(f"{next(iter(present))}: not listed in the manifest")
     return manifest
+
+
+def copy_bundle(
+    source: str | os.PathLike[str],
+    destination: str | os.PathLike[str],
+    *,
+    version: int,
+    metadata: Mapping[str, Any] | None = None,
+) -> Manifest:
+    """Copy the bundle at ``source`` to ``destination`` (replaced if it exists) as ``version``.
+
+    The copy gets a new manifest (same name, kind, contract, calibration and golden cases;
+    ``metadata`` merged over the old) and no signature: a new release, to sign and roll out.
+    """
+    old = load_manifest(source)
+    target = Path(destination)
+    shutil.rmtree(target, ignore_errors=True)
+    shutil.copytree(source, target)
+    return write_bundle(
+        target,
+        name=old.name,
+        kind=old.kind,  # type: ignore[arg-type]
+        version=version,
+        io=old.io,
+        calibration=old.calibration,
+        golden=old.golden,
+        metadata={**old.metadata, **(metadata or {})},
+    )

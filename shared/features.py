@@ -77,6 +77,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import zstandard as zstd
+
 from edgecloud.shared.errors import ConfigError, InvalidInputError
 
 __all__ = [

@@ -38,6 +38,7 @@ from pathlib import Path
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
 from edgecloud.shared.bundle import SIGNATURE_FILE, Manifest, canonical_bytes, load_manifest, verify_bundle
 from edgecloud.shared.errors import BundleError, ConfigError, IntegrityError
 

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 import grpc
 import pytest
+
 from edgecloud.cloud.config import CloudConfig
 from edgecloud.proto.edgecloud.v1 import reasoner_pb2_grpc as pb_grpc
 
@@ -63,8 +64,9 @@ def random_qwen3_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An untrained Qwen3 saved like any Hugging Face model: it never closes its
     think block on its own, which makes it a long-running session on demand."""
     torch = pytest.importorskip("torch", reason="the cloud's model backend needs torch")
-    from edgecloud.modelkit.tokenizer import build_tokenizer
     from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    from edgecloud.modelkit.tokenizer import build_tokenizer
 
     directory = tmp_path_factory.mktemp("random-qwen3")
     tokenizer = build_tokenizer()

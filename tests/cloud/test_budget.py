@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from edgecloud.cloud.budget import BudgetConfig, BudgetPolicy
 from edgecloud.shared.errors import ConfigError
 from edgecloud.shared.reasoning import EdgeHint

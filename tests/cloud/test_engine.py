@@ -8,6 +8,7 @@ import sys
 import threading
 
 import pytest
+
 from edgecloud.cloud.engine import EngineConfig, EngineEvent, EngineEventKind, Job, ReasoningEngine
 from edgecloud.cloud.transformers_engine import LoadedModel, TransformersEngine
 from edgecloud.modelkit.decoding import generate_batch

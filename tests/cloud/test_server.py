@@ -12,6 +12,8 @@ import grpc
 import numpy as np
 import pytest
 import zstandard
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
 from edgecloud.cloud.config import AuthConfig
 from edgecloud.cloud.dataset import read_escalations
 from edgecloud.cloud.engine import EngineConfig
@@ -22,8 +24,6 @@ from edgecloud.proto.edgecloud.v1 import reasoner_pb2_grpc as pb_grpc
 from edgecloud.shared.bundle import load_manifest
 from edgecloud.shared.features import encode_features
 from edgecloud.shared.wire import features_to_pb
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
 from tests.cloud.conftest import RunningServer, make_config
 
 TIMEOUT = 120

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+
 from edgecloud.cloud.budget import BudgetConfig, BudgetPolicy
 from edgecloud.cloud.dataset import read_escalations
 from edgecloud.cloud.engine import EngineConfig, EngineEvent, EngineEventKind, GenerationResult, Job, ReasoningEngine

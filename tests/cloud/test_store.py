@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from edgecloud.cloud.store import SessionStore
 from edgecloud.shared.errors import ConfigError
 from edgecloud.shared.reasoning import Event, EventKind, SessionInfo, SessionStatus, ThinkParams, Usage

@@ -22,10 +22,10 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
+
 from edgecloud.fleet.manager import FleetManager, FleetManagerConfig
 from edgecloud.shared.broker import BrokerSettings, create_client
 from edgecloud.shared.fleet import Birth, Topics, encode
-
 from tests.fleet.sim import wait_for
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "mosquitto"

@@ -10,7 +10,6 @@ keys, self-tested and hot-swapped into the device's model slot.
 from __future__ import annotations
 
 import itertools
-import shutil
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -20,6 +19,7 @@ from typing import Any
 
 import httpx
 import pytest
+
 from edgecloud.edge.agent import AgentConfig, DeviceAgent
 from edgecloud.edge.config import EdgeConfig
 from edgecloud.edge.daemon import create_daemon
@@ -29,7 +29,7 @@ from edgecloud.fleet.manager import FleetManager, FleetManagerConfig
 from edgecloud.shared.artifacts import pack_bundle
 from edgecloud.shared.asgi import ThreadedServer
 from edgecloud.shared.broker import BrokerSettings
-from edgecloud.shared.bundle import load_manifest, write_bundle
+from edgecloud.shared.bundle import copy_bundle, load_manifest
 from edgecloud.shared.signing import generate_keypair, load_private_key, sign_bundle
 
 FLEET = "e2e"
@@ -56,19 +56,7 @@ def free_port() -> int:
 def signed_archive(source: Path, work: Path, version: int, key: Path) -> Path:
     """``source`` re-versioned to ``version``, signed with ``key`` and packed as a .tar.gz."""
     directory = work / f"{source.name}-v{version}-{key.stem}"
-    shutil.copytree(source, directory)
-    (directory / "manifest.sig").unlink(missing_ok=True)
-    m = load_manifest(source)
-    write_bundle(
-        directory,
-        name=m.name,
-        kind=m.kind,
-        version=version,
-        io=m.io,
-        calibration=m.calibration,
-        golden=m.golden,
-        metadata=m.metadata,
-    )
+    copy_bundle(source, directory, version=version)
     sign_bundle(directory, load_private_key(key))
     archive = work / f"{directory.name}.tar.gz"
     pack_bundle(directory, archive)

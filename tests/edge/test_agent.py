@@ -6,7 +6,6 @@ from __future__ import annotations
 import functools
 import http.server
 import json
-import shutil
 import socket
 import threading
 import time
@@ -16,15 +15,16 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
 from edgecloud.edge.agent import AgentConfig, DeviceAgent, resume_bundle
 from edgecloud.edge.config import EdgeConfig
 from edgecloud.edge.daemon import create_daemon
 from edgecloud.shared.artifacts import pack_bundle
 from edgecloud.shared.broker import BrokerSettings
-from edgecloud.shared.bundle import load_manifest, write_bundle
+from edgecloud.shared.bundle import copy_bundle, load_manifest
 from edgecloud.shared.fleet import Topics, encode
 from edgecloud.shared.signing import generate_keypair, load_private_key, sign_bundle
-from paho.mqtt.enums import CallbackAPIVersion
 
 FLEET = "test"
 
@@ -103,19 +103,7 @@ def artifacts(tmp_path: Path) -> Iterator[tuple[Path, ArtifactServer]]:
 
 def make_bundle(source: Path, out: Path, version: int, key: Path | None) -> Path:
     """A copy of ``source`` re-versioned and (optionally) signed."""
-    shutil.copytree(source, out)
-    (out / "manifest.sig").unlink(missing_ok=True)
-    m = load_manifest(source)
-    write_bundle(
-        out,
-        name=m.name,
-        kind=m.kind,
-        version=version,
-        io=m.io,
-        calibration=m.calibration,
-        golden=m.golden,
-        metadata=m.metadata,
-    )
+    copy_bundle(source, out, version=version)
     if key is not None:
         sign_bundle(out, load_private_key(key))
     return out

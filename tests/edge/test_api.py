@@ -16,13 +16,13 @@ from typing import TYPE_CHECKING
 import httpx
 import openai
 import pytest
+
 from edgecloud.edge.config import EdgeConfig
 from edgecloud.edge.daemon import create_daemon
 from edgecloud.edge.runtime import EdgeBundle
 from edgecloud.edge.service import EdgeService
 from edgecloud.shared.asgi import ThreadedServer
 from edgecloud.shared.bundle import load_manifest
-
 from tests.cloud.conftest import RunningServer, make_config
 
 if TYPE_CHECKING:  # the cloud's model backend needs torch; edge-only installs run without it

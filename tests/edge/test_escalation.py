@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 import pytest
+
 from edgecloud.cloud.config import AuthConfig, CloudConfig, TlsConfig
 from edgecloud.cloud.engine import EngineConfig
 from edgecloud.cloud.store import SessionStore
@@ -36,7 +37,6 @@ from edgecloud.shared.errors import (
 from edgecloud.shared.features import EncodedFeatures
 from edgecloud.shared.reasoning import Event, EventKind, SessionInfo, SessionStatus, ThinkParams
 from edgecloud.shared.wire import event_from_pb
-
 from tests.cloud.conftest import RunningServer, make_config
 from tests.edge.conftest import free_port
 

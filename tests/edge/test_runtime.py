@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from edgecloud.edge.runtime import EdgeModel
 from edgecloud.shared.bundle import load_manifest
 from edgecloud.shared.task import Split, generate, parse_answer

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+
 from edgecloud.edge.config import EdgeConfig
 from edgecloud.edge.metrics import EdgeMetrics
 from edgecloud.edge.outbox import Outbox

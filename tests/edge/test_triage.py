@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
+
 from edgecloud.edge.triage import (
     Decision,
     Requested,

@@ -8,9 +8,9 @@ import shutil
 from pathlib import Path
 
 import pytest
+
 from edgecloud.shared.bundle import SIGNATURE_FILE, load_manifest
 from edgecloud.shared.signing import generate_keypair
-
 from edgecloud.signing_commands import add_signing_commands
 
 

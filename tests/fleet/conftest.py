@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from edgecloud.fleet.manager import FleetManager
 
+from edgecloud.fleet.manager import FleetManager
 from tests.fleet.sim import SimDevice
 
 

@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from edgecloud.fleet.api import create_server
 from edgecloud.fleet.rollout import FixedBatches, RolloutStatus
-
 from tests.fleet.sim import (
     make_archive,
     manager_config,

@@ -9,14 +9,14 @@ from pathlib import Path
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
 from edgecloud.fleet.api import create_app, create_server
 from edgecloud.fleet.manager import FleetManager, FleetManagerConfig
 from edgecloud.fleet.registry import read_archive_manifest
 from edgecloud.fleet.rollout import AbortCriteria, FixedBatches, RolloutStatus
 from edgecloud.shared.broker import BrokerSettings
 from edgecloud.shared.errors import BundleError, ConfigError, InvalidInputError, ManifestError, NotFoundError
-from prometheus_client.parser import text_string_to_metric_families
-
 from tests.fleet.sim import (
     assert_applied_exactly_once,
     make_archive,

@@ -7,6 +7,7 @@ import random
 from collections import deque
 
 import pytest
+
 from edgecloud.fleet.rollout import (
     AbortCriteria,
     DeviceStatus,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from edgecloud.fleet.rollout import AbortCriteria, Exponential, FixedBatches, Rollout, RolloutSpec, RolloutStatus
 from edgecloud.fleet.store import BundleRecord, DeviceRecord, FleetStore
 from edgecloud.shared.errors import ConfigError, InvalidInputError, NotFoundError

@@ -7,13 +7,14 @@ from pathlib import Path
 
 import onnxruntime as ort
 import pytest
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
 from edgecloud.edge.runtime import EdgeModel
 from edgecloud.modelkit.build import BuildConfig, _next_version
 from edgecloud.modelkit.evaluate import REFERENCE_DIR, STUDENT_DIR, TEACHER_DIR, evaluate_all
 from edgecloud.modelkit.export import onnx_io
 from edgecloud.shared.bundle import load_manifest, verify_bundle
 from edgecloud.shared.calibration import Calibration
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
 
 @pytest.mark.parametrize(("name", "kind"), [(TEACHER_DIR, "cloud"), (STUDENT_DIR, "edge")])
@@ -69,6 +70,7 @@ def test_student_reads_its_own_prompt(quick_models: Path) -> None:
 def test_student_features_are_centred(quick_models: Path) -> None:
     """The graph subtracts the training queries' mean feature vector: fresh queries average near zero."""
     import numpy as np
+
     from edgecloud.shared.task import Split, generate
 
     config = json.loads((quick_models / REFERENCE_DIR / "config.json").read_text())
@@ -86,6 +88,7 @@ def test_student_features_are_centred(quick_models: Path) -> None:
 def test_student_features_come_out_on_their_principal_axes(quick_models: Path) -> None:
     """The rotation is orthogonal (lengths and cosines kept) and puts the largest variance first."""
     import numpy as np
+
     from edgecloud.shared.task import Split, generate
 
     config = json.loads((quick_models / REFERENCE_DIR / "config.json").read_text())

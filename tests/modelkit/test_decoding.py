@@ -17,10 +17,11 @@ from dataclasses import dataclass, field
 
 import pytest
 import torch
+from transformers import PreTrainedTokenizerFast, Qwen3ForCausalLM
+
 from edgecloud.modelkit.decoding import Generation, generate_batch
 from edgecloud.modelkit.teacher import ModelSpec, build_model, chat_prompt
 from edgecloud.modelkit.tokenizer import IM_END, THINK_END, THINK_START, build_tokenizer
-from transformers import PreTrainedTokenizerFast, Qwen3ForCausalLM
 
 MAX_NEW = 40
 QUERIES = ["3+4", "what is (12+34)*5-7?", "Compute 99 * 12", "1-2"]

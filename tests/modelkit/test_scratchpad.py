@@ -3,6 +3,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import pytest
+
 from edgecloud.modelkit.scratchpad import LINE_TOKENS, WIDTH, _operand, answer_text, think_text
 from edgecloud.shared.task import MAX_K, Problem, Split, generate
 

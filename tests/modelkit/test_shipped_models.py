@@ -5,10 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
 from edgecloud.modelkit.decoding import generate_batch
 from edgecloud.modelkit.teacher import chat_prompt
 from edgecloud.shared.bundle import verify_bundle
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
 MAX_SHIPPED_BYTES = 30 * 1024 * 1024
 

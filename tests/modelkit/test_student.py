@@ -7,6 +7,7 @@ import random
 from collections import Counter
 
 import pytest
+
 from edgecloud.modelkit.student import (
     LabelledQuery,
     StudentData,

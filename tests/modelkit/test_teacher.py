@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 
 import pytest
+
 from edgecloud.modelkit.scratchpad import think_text
 from edgecloud.modelkit.teacher import RefineStage, TeacherData, TeacherRecipe, teacher_example
 from edgecloud.modelkit.tokenizer import build_tokenizer

@@ -3,10 +3,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
+
 from edgecloud.modelkit.scratchpad import think_text
 from edgecloud.modelkit.tokenizer import SPECIAL_TOKENS, build_student_tokenizer, build_tokenizer
 from edgecloud.shared.task import Split, generate
-from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 
 @pytest.fixture(scope="module")

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
 from edgecloud.shared.artifacts import (
     ArchiveError,
     ArtifactTooLargeError,

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from edgecloud.shared.bundle import (
     MANIFEST_FILE,
     SIGNATURE_FILE,
@@ -15,6 +16,7 @@ from edgecloud.shared.bundle import (
     GoldenCase,
     Manifest,
     canonical_bytes,
+    copy_bundle,
     load_manifest,
     verify_bundle,
     write_bundle,
@@ -266,3 +268,18 @@ def test_bundle_errors_are_fatal_edgecloud_errors() -> None:
     for cls in (ManifestError, IntegrityError):
         assert issubclass(cls, BundleError) and issubclass(cls, EdgecloudError)
         assert cls.recoverable is False
+
+
+def test_copy_bundle_makes_an_unsigned_release_of_another_version(shipped_models: Path, tmp_path: Path) -> None:
+    source = shipped_models / "edge-student"
+    before = load_manifest(source)
+    target = tmp_path / "release"
+    target.mkdir()
+    (target / "stale.txt").write_text("left from an earlier copy")
+    copied = copy_bundle(source, target, version=before.version + 7, metadata={"released_by": "a test"})
+    assert copied.version == before.version + 7 and copied.name == before.name and copied.io == before.io
+    assert copied.metadata == {**before.metadata, "released_by": "a test"}
+    assert not (target / SIGNATURE_FILE).exists() and not (target / "stale.txt").exists()
+    assert verify_bundle(target) == copied
+    assert [f.sha256 for f in copied.files] == [f.sha256 for f in before.files]
+    assert load_manifest(source) == before  # the source is untouched

@@ -4,6 +4,7 @@ import math
 
 import numpy as np
 import pytest
+
 from edgecloud.shared.calibration import Calibration, choose_threshold, confidence_signals, fit_platt
 
 

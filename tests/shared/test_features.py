@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zstandard as zstd
+
 from edgecloud.shared.errors import ConfigError, InvalidInputError
 from edgecloud.shared.features import (
     _DICTIONARIES,

@@ -9,6 +9,7 @@ import json
 from typing import Any
 
 import pytest
+
 from edgecloud.shared.errors import InvalidInputError
 from edgecloud.shared.fleet import (
     MAX_PAYLOAD_BYTES,

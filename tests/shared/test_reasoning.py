@@ -8,6 +8,7 @@ import dataclasses
 
 import numpy as np
 import pytest
+
 from edgecloud.proto.edgecloud.v1 import reasoner_pb2 as pb
 from edgecloud.shared.errors import InvalidInputError
 from edgecloud.shared.features import encode_features

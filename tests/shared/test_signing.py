@@ -7,6 +7,7 @@ import stat
 from pathlib import Path
 
 import pytest
+
 from edgecloud.shared.bundle import SIGNATURE_FILE, load_manifest, write_bundle
 from edgecloud.shared.errors import BundleError, ConfigError, IntegrityError, ManifestError
 from edgecloud.shared.signing import (

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from edgecloud.shared.errors import ConfigError
 from edgecloud.shared.sqlite import open_store
 
