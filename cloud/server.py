@@ -26,7 +26,7 @@ from edgecloud.cloud.config import CloudConfig
 from edgecloud.cloud.engine import ReasoningEngine
 from edgecloud.cloud.metrics import CloudMetrics
 from edgecloud.cloud.sessions import SessionManager
-from edgecloud.cloud.store import SessionStore
+from edgecloud.cloud.store import SessionStorage, SessionStore
 from edgecloud.proto.edgecloud.v1 import reasoner_pb2 as pb
 from edgecloud.proto.edgecloud.v1 import reasoner_pb2_grpc as pb_grpc
 from edgecloud.shared.bundle import MANIFEST_FILE, verify_bundle
@@ -198,7 +198,7 @@ class CloudService:
     port: int
     sessions: SessionManager
     engine: ReasoningEngine
-    store: SessionStore
+    store: SessionStorage
     health: health.aio.HealthServicer
     metrics: CloudMetrics
     metrics_port: int | None

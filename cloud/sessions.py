@@ -33,7 +33,7 @@ from edgecloud.cloud.budget import BudgetPolicy
 from edgecloud.cloud.dataset import Escalation, EscalationLog
 from edgecloud.cloud.engine import EngineEvent, EngineEventKind, GenerationResult, Job, ReasoningEngine
 from edgecloud.cloud.metrics import CloudMetrics
-from edgecloud.cloud.store import SessionStore
+from edgecloud.cloud.store import SessionStorage
 from edgecloud.shared.errors import ConfigError, InvalidInputError, NotFoundError
 from edgecloud.shared.features import decode_features
 from edgecloud.shared.reasoning import (
@@ -119,7 +119,7 @@ class SessionManager:
     def __init__(
         self,
         engine: ReasoningEngine,
-        store: SessionStore,
+        store: SessionStorage,
         *,
         config: SessionConfig | None = None,
         budget: BudgetPolicy | None = None,

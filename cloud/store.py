@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 from edgecloud.proto.edgecloud.v1 import reasoner_pb2 as pb
 from edgecloud.shared.reasoning import Event, SessionInfo, ThinkParams
@@ -28,7 +29,7 @@ from edgecloud.shared.wire import (
     think_request_to_pb,
 )
 
-__all__ = ["SessionStore", "StoredSession"]
+__all__ = ["SessionStorage", "SessionStore", "StoredSession"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS sessions (
@@ -62,8 +63,44 @@ class StoredSession:
     """None while unfinished."""
 
 
+@runtime_checkable
+class SessionStorage(Protocol):
+    """What :class:`~edgecloud.cloud.sessions.SessionManager` needs from durable storage.
+
+    :class:`SessionStore` (SQLite, one file per replica) is the shipped one; a shared database
+    (PostgreSQL) for replicas that take over each other's sessions is the expected second. Every
+    method may be called from any thread. ``accept`` raises when ``params.request_id`` was
+    accepted before (the manager checks ``find_request`` first; the store is the last guard).
+    """
+
+    def accept(self, session_id: str, params: ThinkParams, budget: int, accepted: Event) -> None:
+        """Record an accepted session before the caller is told it exists."""
+
+    def finish(self, info: SessionInfo, events: list[Event]) -> None:
+        """Record a session's final state and its whole event log, atomically."""
+
+    def expire(self, finished_before: float) -> int:
+        """Forget sessions that finished before this time (unfinished ones never); how many."""
+
+    def get(self, session_id: str) -> StoredSession | None: ...
+
+    def find_request(self, request_id: str) -> StoredSession | None: ...
+
+    def events(self, session_id: str) -> list[Event]:
+        """A finished session's events in ``seq`` order (empty for an unfinished one)."""
+
+    def unfinished(self) -> Iterator[StoredSession]:
+        """Sessions accepted and not finished: what a restart runs again."""
+
+    def completed(self, limit: int) -> Iterator[StoredSession]:
+        """The most recently finished sessions, newest first, at most ``limit``."""
+
+    def close(self) -> None: ...
+
+
 class SessionStore:
-    """Thread-safe; one connection guarded by a lock (writes are small and rare)."""
+    """The SQLite :class:`SessionStorage`. Thread-safe; one connection guarded by a lock (writes are
+    small and rare)."""
 
     def __init__(self, path: str | Path = ":memory:") -> None:
         self.path = str(path)

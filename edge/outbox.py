@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Self
 
-from edgecloud.edge.escalation import CloudClient
+from edgecloud.edge.seams import CloudReasoner
 from edgecloud.proto.edgecloud.v1 import reasoner_pb2 as pb
 from edgecloud.shared.errors import ConfigError, EdgecloudError, InvalidInputError, NotFoundError
 from edgecloud.shared.reasoning import Event, EventKind, ThinkParams, Usage
@@ -215,7 +215,7 @@ class OutboxDeliverer:
     def __init__(
         self,
         outbox: Outbox,
-        client: CloudClient,
+        client: CloudReasoner,
         *,
         interval_s: float = 1.0,
         max_backoff_s: float = 30.0,

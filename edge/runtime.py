@@ -29,6 +29,7 @@ import numpy as np
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
+from edgecloud.edge.seams import AnswerModel
 from edgecloud.shared.bundle import Manifest, canonical_bytes, load_manifest, verify_bundle
 from edgecloud.shared.calibration import Calibration
 
@@ -198,7 +199,7 @@ class EdgeModel:
 class EdgeBundle:
     """A loaded edge model with the identity of the bundle it came from."""
 
-    model: EdgeModel
+    model: AnswerModel
     manifest: Manifest
     directory: Path
 

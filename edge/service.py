@@ -22,10 +22,10 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from edgecloud.edge.config import EdgeConfig
-from edgecloud.edge.escalation import CloudClient
 from edgecloud.edge.metrics import EdgeMetrics
 from edgecloud.edge.outbox import Outbox, OutboxDeliverer, OutboxRecord
 from edgecloud.edge.runtime import EdgeAnswer, EdgeBundle, ModelSlot
+from edgecloud.edge.seams import CloudReasoner
 from edgecloud.edge.stats import RequestStats
 from edgecloud.edge.triage import Decision, Requested, Route, TriageInput, TriagePolicy, decide, estimate_difficulty
 from edgecloud.shared.errors import InvalidInputError, ResourceExhaustedError, UnavailableError
@@ -105,7 +105,7 @@ class EdgeService:
         config: EdgeConfig,
         slot: ModelSlot,
         *,
-        client: CloudClient | None,
+        client: CloudReasoner | None,
         outbox: Outbox,
         metrics: EdgeMetrics | None = None,
     ) -> None:

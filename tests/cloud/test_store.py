@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from edgecloud.cloud.store import SessionStore
+from edgecloud.cloud.store import SessionStorage, SessionStore
 from edgecloud.shared.errors import ConfigError
 from edgecloud.shared.reasoning import Event, EventKind, SessionInfo, SessionStatus, ThinkParams, Usage
 
@@ -48,3 +48,9 @@ def test_accept_finish_and_reopen(tmp_path: Path) -> None:
 def test_missing_folder_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError):
         SessionStore(tmp_path / "missing" / "s.sqlite3")
+
+
+def test_the_sqlite_store_is_a_session_storage(tmp_path) -> None:
+    store = SessionStore(tmp_path / "s.sqlite3")
+    assert isinstance(store, SessionStorage)
+    store.close()

@@ -23,6 +23,7 @@ from edgecloud.cloud.config import AuthConfig, CloudConfig, TlsConfig
 from edgecloud.cloud.engine import EngineConfig
 from edgecloud.cloud.store import SessionStore
 from edgecloud.edge.escalation import CloudClient, CloudClientConfig, map_rpc_error
+from edgecloud.edge.seams import CloudReasoner
 from edgecloud.proto.edgecloud.v1 import reasoner_pb2 as pb
 from edgecloud.shared.bundle import load_manifest
 from edgecloud.shared.errors import (
@@ -622,3 +623,9 @@ def test_mtls_connects_with_a_client_certificate_and_refuses_without(
     assert_one_whole_stream(events)
     assert events[-1].text == expected
     assert refused is UnavailableError and not healthy  # the handshake fails without a client certificate
+
+
+def test_the_grpc_client_is_a_cloud_reasoner() -> None:
+    client = CloudClient(CloudClientConfig(target="127.0.0.1:1"))
+    assert isinstance(client, CloudReasoner)
+    asyncio.run(client.close())

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from edgecloud.edge.runtime import EdgeModel
+from edgecloud.edge.seams import AnswerModel
 from edgecloud.shared.bundle import load_manifest
 from edgecloud.shared.task import Split, generate, parse_answer
 
@@ -150,3 +151,7 @@ def test_a_bundle_without_its_decoding_contract_is_refused(shipped_models: Path,
     (bundle / MANIFEST_FILE).write_text(json.dumps(manifest))
     with pytest.raises(ValueError, match="eos_token"):
         EdgeModel.from_bundle(bundle)
+
+
+def test_the_onnx_runtime_is_an_answer_model(edge_model: EdgeModel) -> None:
+    assert isinstance(edge_model, AnswerModel)
