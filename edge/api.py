@@ -27,16 +27,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from edgecloud.edge.openai_api import openai_router
 from edgecloud.edge.query_api import query_router
 from edgecloud.edge.service import EdgeService
+from edgecloud.shared.asgi import error_response, response_for
 from edgecloud.shared.errors import (
     AuthenticationError,
     EdgecloudError,
 )
 
 __all__ = ["create_app"]
-
-
-def _error(status: int, kind: str, message: str) -> JSONResponse:
-    return JSONResponse({"error": {"type": kind, "message": message}}, status_code=status)
 
 
 def create_app(service: EdgeService) -> FastAPI:
@@ -56,17 +53,17 @@ def create_app(service: EdgeService) -> FastAPI:
     async def limit_body(request: Request, call_next):  # type: ignore[no-untyped-def]
         length = request.headers.get("content-length")
         if length is not None and (not length.isdigit() or int(length) > config.max_body_bytes):
-            return _error(413, "request_too_large", f"request body over {config.max_body_bytes} bytes")
+            return error_response(413, "request_too_large", f"request body over {config.max_body_bytes} bytes")
         return await call_next(request)
 
     @app.exception_handler(EdgecloudError)
     async def on_edgecloud_error(_request: Request, exc: EdgecloudError) -> JSONResponse:
-        return _error(exc.http_status, exc.code, str(exc))
+        return response_for(exc)
 
     @app.exception_handler(RequestValidationError)
     async def on_validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
-        return _error(422, "invalid_request", problems or "invalid request")
+        return error_response(422, "invalid_request", problems or "invalid request")
 
     async def authorize(request: Request) -> None:
         if config.api_key is None:
@@ -78,7 +75,7 @@ def create_app(service: EdgeService) -> FastAPI:
 
     @app.exception_handler(StarletteHTTPException)
     async def on_http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return _error(exc.status_code, "http_error", str(exc.detail))
+        return error_response(exc.status_code, "http_error", str(exc.detail))
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:

@@ -41,7 +41,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from edgecloud.fleet.dashboard import DASHBOARD_HTML
 from edgecloud.fleet.manager import FleetManager
 from edgecloud.fleet.rollout import AbortCriteria, strategy_from_dict
-from edgecloud.shared.asgi import ThreadedServer
+from edgecloud.shared.asgi import ThreadedServer, error_response, response_for
 from edgecloud.shared.errors import (
     AuthenticationError,
     EdgecloudError,
@@ -51,10 +51,6 @@ from edgecloud.shared.errors import (
 )
 
 __all__ = ["create_app", "create_server"]
-
-
-def _error(status: int, kind: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": {"type": kind, "message": message}}, status_code=status, headers=headers)
 
 
 def _body(data: Any) -> dict[str, Any]:
@@ -79,15 +75,15 @@ def create_app(manager: FleetManager, *, api_key: str | None = None, artifact_to
 
     @app.exception_handler(EdgecloudError)
     async def _edgecloud_error(_request: Request, exc: EdgecloudError) -> JSONResponse:
-        return _error(exc.http_status, exc.code, str(exc))
+        return response_for(exc)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return _error(exc.status_code, "http", str(exc.detail), getattr(exc, "headers", None))
+        return error_response(exc.status_code, "http", str(exc.detail), getattr(exc, "headers", None))
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
-        return _error(400, "invalid_input", str(exc.errors()))
+        return error_response(400, "invalid_input", str(exc.errors()))
 
     def _authorized(request: Request, secret: str | None) -> bool:
         if secret is None:
@@ -101,7 +97,7 @@ def create_app(manager: FleetManager, *, api_key: str | None = None, artifact_to
         secret = api_key if path.startswith("/v1/") else artifact_token if path.startswith("/artifacts/") else None
         if not _authorized(request, secret):
             denied = AuthenticationError("missing or wrong bearer token")
-            return _error(denied.http_status, denied.code, str(denied), {"WWW-Authenticate": "Bearer"})
+            return error_response(denied.http_status, denied.code, str(denied), {"WWW-Authenticate": "Bearer"})
         return await call_next(request)
 
     @app.get("/", response_class=HTMLResponse)

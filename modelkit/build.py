@@ -175,7 +175,7 @@ def _calibrate(model: EdgeModel, config: BuildConfig) -> Calibration:
         answer = model.answer(problem.query)
         signals.append(confidence_signals(answer.token_logprobs))
         correct.append(parse_answer(answer.text) == problem.answer)
-        answered.append(bool(answer.text))
+        answered.append(not answer.abstained)
     x = np.asarray(signals)
     y = np.asarray(correct, dtype=float)
     gave = np.asarray(answered)

@@ -19,9 +19,23 @@ import time
 from types import FrameType
 from typing import Any, Literal
 
-from edgecloud.shared.errors import UnavailableError
+from edgecloud.shared.errors import EdgecloudError, UnavailableError
 
-__all__ = ["ThreadedServer", "serve_until_signal"]
+__all__ = ["ThreadedServer", "error_response", "response_for", "serve_until_signal"]
+
+
+def error_response(
+    status: int, kind: str, message: str, headers: dict[str, str] | None = None
+) -> Any:  # starlette's JSONResponse
+    """The HTTP APIs' error body, ``{"error": {"type": kind, "message": message}}``."""
+    from starlette.responses import JSONResponse
+
+    return JSONResponse({"error": {"type": kind, "message": message}}, status_code=status, headers=headers)
+
+
+def response_for(error: EdgecloudError) -> Any:
+    """The error response for a deliberate error: status and type from the table in :mod:`edgecloud.shared.errors`."""
+    return error_response(error.http_status, error.code, str(error))
 
 
 def _noted(_signum: int, _frame: FrameType | None) -> None:

@@ -135,13 +135,10 @@ class UnavailableError(EdgecloudError):
     code = "unavailable"
 
 
+# The codes a server sends on purpose, read off the classes; a refused permission is a bad token too.
 _FROM_GRPC: dict[str, type[EdgecloudError]] = {
-    "INVALID_ARGUMENT": InvalidInputError,
-    "NOT_FOUND": NotFoundError,
-    "RESOURCE_EXHAUSTED": ResourceExhaustedError,
-    "UNAUTHENTICATED": AuthenticationError,
-    "PERMISSION_DENIED": AuthenticationError,
-}
+    cls.grpc_code: cls for cls in (InvalidInputError, NotFoundError, ResourceExhaustedError, AuthenticationError)
+} | {"PERMISSION_DENIED": AuthenticationError}
 
 
 def error_for_grpc_code(name: str) -> type[EdgecloudError]:
