@@ -82,9 +82,11 @@ class SessionStorage(Protocol):
     def expire(self, finished_before: float) -> int:
         """Forget sessions that finished before this time (unfinished ones never); how many."""
 
-    def get(self, session_id: str) -> StoredSession | None: ...
+    def get(self, session_id: str) -> StoredSession | None:
+        """The session, finished or not; None for an id never accepted (or expired)."""
 
-    def find_request(self, request_id: str) -> StoredSession | None: ...
+    def find_request(self, request_id: str) -> StoredSession | None:
+        """The session accepted for that request id, or None: what makes a retry idempotent."""
 
     def events(self, session_id: str) -> list[Event]:
         """A finished session's events in ``seq`` order (empty for an unfinished one)."""
@@ -95,7 +97,8 @@ class SessionStorage(Protocol):
     def completed(self, limit: int) -> Iterator[StoredSession]:
         """The most recently finished sessions, newest first, at most ``limit``."""
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Release the storage; no method may be called afterwards."""
 
 
 class SessionStore:

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Self
+from typing import Protocol, Self, runtime_checkable
 
 from edgecloud.edge.seams import CloudReasoner
 from edgecloud.proto.edgecloud.v1 import reasoner_pb2 as pb
@@ -30,7 +30,7 @@ from edgecloud.shared.reasoning import Event, EventKind, ThinkParams, Usage
 from edgecloud.shared.sqlite import open_store
 from edgecloud.shared.wire import think_request_from_pb, think_request_to_pb
 
-__all__ = ["DELIVERED", "FAILED", "PENDING", "Outbox", "OutboxDeliverer", "OutboxRecord"]
+__all__ = ["DELIVERED", "FAILED", "PENDING", "Outbox", "OutboxDeliverer", "OutboxRecord", "OutboxStorage"]
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +80,41 @@ class OutboxRecord:
     usage: Usage | None
     failure: str | None
     """Why the cloud refused it for good (status ``failed``)."""
+
+
+@runtime_checkable
+class OutboxStorage(Protocol):
+    """What :class:`EdgeService` and :class:`OutboxDeliverer` need from the outbox's storage.
+
+    :class:`Outbox` (SQLite, fully synced) is the shipped one; a device with a store of its own
+    (a platform key-value store, a shared database behind several daemons) plugs in here. Every
+    method may be called from any thread, and a write is durable when it returns.
+    """
+
+    def add(self, params: ThinkParams) -> OutboxRecord:
+        """The record for ``params``, accepted (PENDING) before this returns. Idempotent by
+        ``request_id``; InvalidInputError when that id was used for another query."""
+
+    def get(self, request_id: str) -> OutboxRecord | None:
+        """The record, or None when the id was never accepted."""
+
+    def pending(self, limit: int = 100) -> list[OutboxRecord]:
+        """Up to ``limit`` PENDING records, oldest first."""
+
+    def mark_delivered(self, request_id: str, completed: Event) -> None:
+        """Store the cloud's answer; InvalidInputError unless ``completed`` is a COMPLETED event."""
+
+    def mark_failed(self, request_id: str, failure: str) -> None:
+        """The cloud refused the request for good; it is not retried."""
+
+    def record_attempt(self, request_id: str, error: str) -> None:
+        """Count a delivery attempt that failed for a reason worth retrying."""
+
+    def depth(self) -> int:
+        """How many records are PENDING."""
+
+    def close(self) -> None:
+        """Release the storage; no method may be called afterwards."""
 
 
 class Outbox:
@@ -214,7 +249,7 @@ class OutboxDeliverer:
 
     def __init__(
         self,
-        outbox: Outbox,
+        outbox: OutboxStorage,
         client: CloudReasoner,
         *,
         interval_s: float = 1.0,

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 from edgecloud.edge.config import EdgeConfig
 from edgecloud.edge.metrics import EdgeMetrics
-from edgecloud.edge.outbox import Outbox, OutboxDeliverer, OutboxRecord
+from edgecloud.edge.outbox import OutboxDeliverer, OutboxRecord, OutboxStorage
 from edgecloud.edge.runtime import EdgeAnswer, EdgeBundle, ModelSlot
 from edgecloud.edge.seams import CloudReasoner
 from edgecloud.edge.stats import RequestStats
@@ -106,7 +106,7 @@ class EdgeService:
         slot: ModelSlot,
         *,
         client: CloudReasoner | None,
-        outbox: Outbox,
+        outbox: OutboxStorage,
         metrics: EdgeMetrics | None = None,
     ) -> None:
         self.config = config

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -49,7 +48,8 @@ from edgecloud.fleet.rollout import (
     RolloutStatus,
     Strategy,
 )
-from edgecloud.fleet.store import BundleRecord, DeviceRecord, FleetStore
+from edgecloud.fleet.rollout_spec import ID_SEGMENT
+from edgecloud.fleet.store import BundleRecord, DeviceRecord, FleetStorage, FleetStore
 from edgecloud.shared.broker import BrokerSettings, connect_async, create_client
 from edgecloud.shared.errors import ConfigError, InvalidInputError, NotFoundError
 from edgecloud.shared.fleet import Birth, BundleRef, Command, CommandAck, Telemetry, Topics, decode, encode
@@ -58,7 +58,6 @@ __all__ = ["FleetManager", "FleetManagerConfig"]
 
 log = logging.getLogger(__name__)
 
-_SEGMENT = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _IN_FLIGHT = frozenset({DeviceStatus.SENT, DeviceStatus.DOWNLOADING, DeviceStatus.VERIFYING})
 
 
@@ -94,7 +93,7 @@ class FleetManagerConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "artifact_dir", Path(self.artifact_dir))
         object.__setattr__(self, "trusted_keys", tuple(Path(k) for k in self.trusted_keys))
-        if not isinstance(self.fleet, str) or not _SEGMENT.fullmatch(self.fleet):
+        if not isinstance(self.fleet, str) or not ID_SEGMENT.fullmatch(self.fleet):
             raise ConfigError(f"fleet must match [A-Za-z0-9._-]{{1,64}}, got {self.fleet!r}")
         if not isinstance(self.broker, BrokerSettings):
             raise ConfigError(f"broker must be BrokerSettings, got {type(self.broker).__name__}")
@@ -122,7 +121,7 @@ class FleetManagerConfig:
 class FleetManager:
     """Thread-safe: MQTT callbacks, the tick thread and API calls share one lock."""
 
-    def __init__(self, config: FleetManagerConfig, store: FleetStore | None = None) -> None:
+    def __init__(self, config: FleetManagerConfig, store: FleetStorage | None = None) -> None:
         self.config = config
         self.store = store if store is not None else FleetStore(config.store_path)
         self._owns_store = store is None

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from edgecloud.fleet.store import BundleRecord, FleetStore
+from edgecloud.fleet.store import BundleRecord, FleetStorage
 from edgecloud.shared.bundle import MANIFEST_FILE, Manifest, file_digest
 from edgecloud.shared.errors import BundleError, InvalidInputError, ManifestError, NotFoundError
 from edgecloud.shared.fleet import BundleRef
@@ -77,7 +77,7 @@ class BundleRegistry:
 
     def __init__(
         self,
-        store: FleetStore,
+        store: FleetStorage,
         artifact_dir: Path,
         *,
         trusted_keys: Sequence[Path],

@@ -16,13 +16,13 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Protocol, Self, runtime_checkable
 
 from edgecloud.fleet.rollout import Rollout, RolloutSpec, RolloutStatus
 from edgecloud.shared.errors import InvalidInputError, NotFoundError
 from edgecloud.shared.sqlite import open_store
 
-__all__ = ["BundleRecord", "DeviceRecord", "FleetStore"]
+__all__ = ["BundleRecord", "DeviceRecord", "FleetStorage", "FleetStore"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS bundles (
@@ -89,6 +89,47 @@ class DeviceRecord:
     last_seen: float = 0.0
     telemetry: dict[str, Any] | None = None
     """The last telemetry payload, as received."""
+
+
+@runtime_checkable
+class FleetStorage(Protocol):
+    """What the fleet manager and its bundle registry need from durable storage.
+
+    :class:`FleetStore` (SQLite, one manager) is the shipped one; a shared database (PostgreSQL)
+    behind several managers is the expected second. Every method may be called from any thread
+    and is durable when it returns. ``load_*`` raise NotFoundError for an unknown key; ``save_*``
+    raise InvalidInputError for a record that contradicts one already stored.
+    """
+
+    def save_bundle(self, record: BundleRecord) -> None:
+        """Register a bundle; the same name and version again must carry the same sha256."""
+
+    def load_bundle(self, name: str, version: int) -> BundleRecord:
+        """The bundle registered under that name and version."""
+
+    def list_bundles(self, name: str | None = None) -> list[BundleRecord]:
+        """Every bundle (or every version of ``name``), by name, then version."""
+
+    def save_device(self, record: DeviceRecord) -> None:
+        """Insert or replace a device's latest birth and telemetry."""
+
+    def load_device(self, device_id: str) -> DeviceRecord:
+        """The device's record."""
+
+    def list_devices(self) -> list[DeviceRecord]:
+        """Every device, by id."""
+
+    def save_rollout(self, rollout: Rollout) -> None:
+        """The rollout's state and the device rows changed since its last save, in one transaction."""
+
+    def load_rollout(self, rollout_id: str) -> Rollout:
+        """The rollout as last saved."""
+
+    def list_rollouts(self, statuses: Sequence[RolloutStatus] | None = None) -> list[Rollout]:
+        """Every rollout, or those in ``statuses``, oldest change first."""
+
+    def close(self) -> None:
+        """Release the storage; no method may be called afterwards."""
 
 
 class FleetStore:
