@@ -31,7 +31,7 @@ import tempfile
 from dataclasses import asdict
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -69,52 +69,47 @@ async def _json(request: Request) -> dict[str, Any]:
         raise InvalidInputError(f"the request body is not JSON: {exc}") from None
 
 
-def create_app(manager: FleetManager, *, api_key: str | None = None, artifact_token: str | None = None) -> FastAPI:
-    app = FastAPI(title="edgecloud fleet manager", version="1")
-    app.state.manager = manager
+def _rollout_arguments(data: dict[str, Any]) -> dict[str, Any]:
+    """The keyword arguments of :meth:`FleetManager.create_rollout` from a POST /v1/rollouts body."""
+    bundle, version = data.get("bundle"), data.get("version")
+    if not isinstance(bundle, str) or not isinstance(version, int) or isinstance(version, bool):
+        raise InvalidInputError("bundle (string) and version (integer) are required")
+    devices = data.get("devices", [])
+    labels = data.get("labels", {})
+    if not isinstance(devices, list) or not all(isinstance(d, str) for d in devices):
+        raise InvalidInputError("devices must be a list of device ids")
+    if not isinstance(labels, dict) or not all(isinstance(v, str) for v in labels.values()):
+        raise InvalidInputError("labels must be an object of strings")
+    strategy = strategy_from_dict(_body(data["strategy"])) if data.get("strategy") else None
+    abort = None
+    if data.get("abort"):
+        try:
+            abort = AbortCriteria(**_body(data["abort"]))
+        except TypeError as exc:
+            raise InvalidInputError(f"abort: {exc}") from None
+    if data.get("id") is not None and not isinstance(data["id"], str):
+        raise InvalidInputError("id must be a string")
+    timeout = data.get("device_timeout_s", 900.0)
+    if not isinstance(timeout, (int, float)) or isinstance(timeout, bool):
+        raise InvalidInputError("device_timeout_s must be a number")
+    return {
+        "name": bundle,
+        "version": version,
+        "devices": devices,
+        "labels": labels,
+        "strategy": strategy,
+        "abort": abort,
+        "device_timeout_s": float(timeout),
+        "success_statuses": data.get("success_statuses"),
+        "rollout_id": data.get("id"),
+    }
 
-    @app.exception_handler(EdgecloudError)
-    async def _edgecloud_error(_request: Request, exc: EdgecloudError) -> JSONResponse:
-        return response_for(exc)
 
-    @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return error_response(exc.status_code, "http", str(exc.detail), getattr(exc, "headers", None))
+def _bundle_router(manager: FleetManager) -> APIRouter:
+    """Bundles, devices and the artifacts devices download."""
+    router = APIRouter()
 
-    @app.exception_handler(RequestValidationError)
-    async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
-        return error_response(400, "invalid_input", str(exc.errors()))
-
-    def _authorized(request: Request, secret: str | None) -> bool:
-        if secret is None:
-            return True
-        given = request.headers.get("authorization", "")
-        return hmac.compare_digest(given.encode(), f"Bearer {secret}".encode())
-
-    @app.middleware("http")
-    async def _auth(request: Request, call_next):  # type: ignore[no-untyped-def]
-        path = request.url.path
-        secret = api_key if path.startswith("/v1/") else artifact_token if path.startswith("/artifacts/") else None
-        if not _authorized(request, secret):
-            denied = AuthenticationError("missing or wrong bearer token")
-            return error_response(denied.http_status, denied.code, str(denied), {"WWW-Authenticate": "Bearer"})
-        return await call_next(request)
-
-    @app.get("/", response_class=HTMLResponse)
-    async def dashboard() -> HTMLResponse:
-        return HTMLResponse(DASHBOARD_HTML)
-
-    @app.get("/healthz")
-    async def healthz() -> dict[str, Any]:
-        return {"status": "ok", "mqtt_connected": manager.connected}
-
-    @app.get("/metrics")
-    async def metrics() -> Response:
-        return Response(generate_latest(manager.metrics.registry), media_type=CONTENT_TYPE_LATEST)
-
-    # -- bundles -----------------------------------------------------------------------
-
-    @app.post("/v1/bundles", status_code=201)
+    @router.post("/v1/bundles", status_code=201)
     async def register_bundle(request: Request) -> dict[str, Any]:
         kind = request.headers.get("content-type", "").split(";")[0].strip()
         if kind == "application/json":
@@ -138,95 +133,112 @@ def create_app(manager: FleetManager, *, api_key: str | None = None, artifact_to
             record = await run_in_threadpool(manager.register_bundle, tmp.name)
         return asdict(record)
 
-    @app.get("/v1/bundles")
+    @router.get("/v1/bundles")
     async def list_bundles() -> dict[str, Any]:
         records = await run_in_threadpool(manager.bundles)
         return {"bundles": [{**asdict(r), "url": manager.config.artifact_url(r.sha256)} for r in records]}
 
-    # -- devices -----------------------------------------------------------------------
-
-    @app.get("/v1/devices")
+    @router.get("/v1/devices")
     async def list_devices() -> dict[str, Any]:
         return {"devices": await run_in_threadpool(manager.devices)}
 
-    # -- rollouts ----------------------------------------------------------------------
-
-    @app.post("/v1/rollouts", status_code=201)
-    async def create_rollout(request: Request) -> dict[str, Any]:
-        data = await _json(request)
-        bundle, version = data.get("bundle"), data.get("version")
-        if not isinstance(bundle, str) or not isinstance(version, int) or isinstance(version, bool):
-            raise InvalidInputError("bundle (string) and version (integer) are required")
-        devices = data.get("devices", [])
-        labels = data.get("labels", {})
-        if not isinstance(devices, list) or not all(isinstance(d, str) for d in devices):
-            raise InvalidInputError("devices must be a list of device ids")
-        if not isinstance(labels, dict) or not all(isinstance(v, str) for v in labels.values()):
-            raise InvalidInputError("labels must be an object of strings")
-        strategy = strategy_from_dict(_body(data["strategy"])) if data.get("strategy") else None
-        abort = None
-        if data.get("abort"):
-            try:
-                abort = AbortCriteria(**_body(data["abort"]))
-            except TypeError as exc:
-                raise InvalidInputError(f"abort: {exc}") from None
-        if data.get("id") is not None and not isinstance(data["id"], str):
-            raise InvalidInputError("id must be a string")
-        timeout = data.get("device_timeout_s", 900.0)
-        if not isinstance(timeout, (int, float)) or isinstance(timeout, bool):
-            raise InvalidInputError("device_timeout_s must be a number")
-        rollout = await run_in_threadpool(
-            lambda: manager.create_rollout(
-                bundle,
-                version,
-                devices=devices,
-                labels=labels,
-                strategy=strategy,
-                abort=abort,
-                device_timeout_s=float(timeout),
-                success_statuses=data.get("success_statuses"),
-                rollout_id=data.get("id"),
-            )
-        )
-        return await run_in_threadpool(manager.rollout, rollout.id)
-
-    @app.get("/v1/rollouts")
-    async def list_rollouts() -> dict[str, Any]:
-        return {"rollouts": await run_in_threadpool(manager.rollouts)}
-
-    @app.get("/v1/rollouts/{rollout_id}")
-    async def get_rollout(rollout_id: str) -> dict[str, Any]:
-        return await run_in_threadpool(manager.rollout, rollout_id)
-
-    @app.post("/v1/rollouts/{rollout_id}/pause")
-    async def pause(rollout_id: str) -> dict[str, Any]:
-        return await run_in_threadpool(manager.pause_rollout, rollout_id)
-
-    @app.post("/v1/rollouts/{rollout_id}/resume")
-    async def resume(rollout_id: str) -> dict[str, Any]:
-        return await run_in_threadpool(manager.resume_rollout, rollout_id)
-
-    @app.post("/v1/rollouts/{rollout_id}/abort")
-    async def abort_rollout(rollout_id: str, request: Request) -> dict[str, Any]:
-        reason = (await _json(request)).get("reason") or "aborted by an operator"
-        return await run_in_threadpool(manager.abort_rollout, rollout_id, str(reason))
-
-    @app.post("/v1/rollouts/{rollout_id}/rollback")
-    async def rollback(rollout_id: str, request: Request) -> dict[str, Any]:
-        to_version = (await _json(request)).get("to_version")
-        if to_version is not None and (not isinstance(to_version, int) or isinstance(to_version, bool)):
-            raise InvalidInputError("to_version must be an integer")
-        return await run_in_threadpool(manager.rollback_rollout, rollout_id, to_version)
-
-    # -- artifacts ---------------------------------------------------------------------
-
-    @app.get("/artifacts/{name}")
+    @router.get("/artifacts/{name}")
     async def artifact(name: str) -> FileResponse:
         if not name.endswith(".tar.gz"):
             raise NotFoundError(f"no artifact {name[:80]!r}")
         path = manager.artifact_path(name.removesuffix(".tar.gz"))
         return FileResponse(path, media_type="application/gzip", filename=name)  # Range -> 206
 
+    return router
+
+
+def _rollout_router(manager: FleetManager) -> APIRouter:
+    router = APIRouter(prefix="/v1/rollouts")
+
+    @router.post("", status_code=201)
+    async def create_rollout(request: Request) -> dict[str, Any]:
+        arguments = _rollout_arguments(await _json(request))
+        name, version = arguments.pop("name"), arguments.pop("version")
+        rollout = await run_in_threadpool(lambda: manager.create_rollout(name, version, **arguments))
+        return await run_in_threadpool(manager.rollout, rollout.id)
+
+    @router.get("")
+    async def list_rollouts() -> dict[str, Any]:
+        return {"rollouts": await run_in_threadpool(manager.rollouts)}
+
+    @router.get("/{rollout_id}")
+    async def get_rollout(rollout_id: str) -> dict[str, Any]:
+        return await run_in_threadpool(manager.rollout, rollout_id)
+
+    @router.post("/{rollout_id}/pause")
+    async def pause(rollout_id: str) -> dict[str, Any]:
+        return await run_in_threadpool(manager.pause_rollout, rollout_id)
+
+    @router.post("/{rollout_id}/resume")
+    async def resume(rollout_id: str) -> dict[str, Any]:
+        return await run_in_threadpool(manager.resume_rollout, rollout_id)
+
+    @router.post("/{rollout_id}/abort")
+    async def abort_rollout(rollout_id: str, request: Request) -> dict[str, Any]:
+        reason = (await _json(request)).get("reason") or "aborted by an operator"
+        return await run_in_threadpool(manager.abort_rollout, rollout_id, str(reason))
+
+    @router.post("/{rollout_id}/rollback")
+    async def rollback(rollout_id: str, request: Request) -> dict[str, Any]:
+        to_version = (await _json(request)).get("to_version")
+        if to_version is not None and (not isinstance(to_version, int) or isinstance(to_version, bool)):
+            raise InvalidInputError("to_version must be an integer")
+        return await run_in_threadpool(manager.rollback_rollout, rollout_id, to_version)
+
+    return router
+
+
+def _authorized(request: Request, secret: str | None) -> bool:
+    if secret is None:
+        return True
+    given = request.headers.get("authorization", "")
+    return hmac.compare_digest(given.encode(), f"Bearer {secret}".encode())
+
+
+def create_app(manager: FleetManager, *, api_key: str | None = None, artifact_token: str | None = None) -> FastAPI:
+    app = FastAPI(title="edgecloud fleet manager", version="1")
+    app.state.manager = manager
+
+    @app.exception_handler(EdgecloudError)
+    async def _edgecloud_error(_request: Request, exc: EdgecloudError) -> JSONResponse:
+        return response_for(exc)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return error_response(exc.status_code, "http", str(exc.detail), getattr(exc, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        return error_response(400, "invalid_input", str(exc.errors()))
+
+    @app.middleware("http")
+    async def _auth(request: Request, call_next):  # type: ignore[no-untyped-def]
+        path = request.url.path
+        secret = api_key if path.startswith("/v1/") else artifact_token if path.startswith("/artifacts/") else None
+        if not _authorized(request, secret):
+            denied = AuthenticationError("missing or wrong bearer token")
+            return error_response(denied.http_status, denied.code, str(denied), {"WWW-Authenticate": "Bearer"})
+        return await call_next(request)
+
+    @app.get("/", response_class=HTMLResponse)
+    async def dashboard() -> HTMLResponse:
+        return HTMLResponse(DASHBOARD_HTML)
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, Any]:
+        return {"status": "ok", "mqtt_connected": manager.connected}
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(generate_latest(manager.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    app.include_router(_bundle_router(manager))
+    app.include_router(_rollout_router(manager))
     return app
 
 

@@ -37,11 +37,18 @@ from edgecloud.modelkit.student import StudentRecipe, distill_student, fit_featu
 from edgecloud.modelkit.teacher import ModelSpec, RefineStage, TeacherRecipe, chat_prompt, refine_teacher, train_teacher
 from edgecloud.modelkit.tokenizer import THINK_END, THINK_START, build_student_tokenizer, build_tokenizer
 from edgecloud.modelkit.training import TrainConfig
-from edgecloud.shared.bundle import GoldenCase, load_manifest, write_bundle
+from edgecloud.shared.bundle import GoldenCase, Manifest, load_manifest, write_bundle
 from edgecloud.shared.calibration import Calibration, choose_threshold, confidence_signals, fit_platt
 from edgecloud.shared.task import EVAL_MIX, Split, generate, parse_answer
 
-__all__ = ["BuildConfig", "build_models", "quick_recipes"]
+__all__ = [
+    "BuildConfig",
+    "PackagedStudent",
+    "build_models",
+    "load_reference_student",
+    "package_student",
+    "quick_recipes",
+]
 
 log = logging.getLogger(__name__)
 
@@ -244,6 +251,204 @@ def _load_teacher(source: Path, teacher_dir: Path):
     return model, tokenizer, {**meta, "reused_from": str(source)}
 
 
+@dataclass(frozen=True)
+class PackagedStudent:
+    """An edge bundle written by :func:`package_student`, with what its checks measured."""
+
+    manifest: Manifest
+    model: EdgeModel
+    """The bundle's int8 graph, loaded and calibrated."""
+    int8_check: dict[str, float]
+    calibration: Calibration
+
+
+def package_student(
+    student,
+    student_tokenizer,
+    recipe: StudentRecipe,
+    config: BuildConfig,
+    *,
+    bundle_dir: Path,
+    reference_dir: Path,
+    version: int,
+    metadata: dict[str, object],
+) -> PackagedStudent:
+    """Export a trained student to ONNX, quantise it to int8, check int8 against fp32, calibrate
+    triage and write the edge bundle (``bundle_dir``) and the fp32 reference (``reference_dir``).
+
+    Shared by ``models build`` and ``models improve``. RuntimeError when the int8 graph is more
+    than ``config.int8_max_accuracy_drop`` less accurate than the fp32 one.
+    """
+    reference_dir.mkdir(parents=True)
+    student.save_pretrained(str(reference_dir))
+    student_tokenizer.save_pretrained(str(reference_dir))
+    log.info("exporting the student to ONNX and quantising it to int8")
+    fp32_file = export_student(student, reference_dir / "model.onnx")
+    bundle_dir.mkdir(parents=True)
+    int8_file = quantize_student(fp32_file, bundle_dir / INT8_FILE)
+    student_tokenizer.backend_tokenizer.save(str(bundle_dir / "tokenizer.json"))
+    decoding = {
+        "prompt_template": recipe.prompt_template,
+        "eos_token": student_tokenizer.eos_token,
+        "max_new_tokens": recipe.max_new_tokens,
+    }
+
+    def edge_model(graph: Path) -> EdgeModel:
+        return EdgeModel(graph, bundle_dir / "tokenizer.json", **decoding, threads=config.threads)
+
+    int8, fp32 = edge_model(int8_file), edge_model(fp32_file)
+    check = _int8_check(fp32, int8, config.seed)
+    log.info("int8 vs fp32: %s", check)
+    drop = check["accuracy_fp32"] - check["accuracy_int8"]
+    if drop > config.int8_max_accuracy_drop:
+        raise RuntimeError(
+            f"int8 graph is {drop:.1%} less accurate than fp32 (allowed {config.int8_max_accuracy_drop:.0%}): {check}"
+        )
+    log.info("calibrating triage on %d validation queries", config.calibration_n)
+    calibration = _calibrate(int8, config)
+    int8.calibration = calibration
+    manifest = write_bundle(
+        bundle_dir,
+        name=STUDENT_NAME,
+        kind="edge",
+        version=version,
+        io={
+            **onnx_io(int8_file),
+            "feature_dim": int(student.config.hidden_size),
+            "features": {
+                "output": "features",
+                "dtype": "float32",
+                "pooling": "mean of final hidden states over the prompt, minus their mean over training queries",
+            },
+            "tokenizer": "tokenizer.json",
+            "preprocessing": "the tokenizer's normalizer (tokenizer.json)",
+            "graphs": {"int8": INT8_FILE},
+            **decoding,
+        },
+        calibration=calibration.to_dict(),
+        golden=_edge_golden(int8, config.seed),
+        metadata={
+            "seed": config.seed,
+            "quick": config.quick,
+            "environment": _environment(),
+            "recipe": json.loads(json.dumps(asdict(recipe))),
+            "params": sum(p.numel() for p in student.parameters()),
+            "int8_check": check,
+            **metadata,
+        },
+    )
+    return PackagedStudent(manifest=manifest, model=int8, int8_check=check, calibration=calibration)
+
+
+def _obtain_teacher(config: BuildConfig, teacher_dir: Path):
+    """The teacher, its tokenizer and its manifest metadata: trained here, or reused (and refined)."""
+    started = time.monotonic()
+    if config.reuse_teacher is None:
+        tokenizer = build_tokenizer()
+        log.info("training the teacher (%d steps)", config.teacher.train.steps)
+        teacher, history = train_teacher(tokenizer, config.teacher, teacher_dir, seed=config.seed)
+        recipe = json.loads(json.dumps(asdict(config.teacher)))
+        return (
+            teacher,
+            tokenizer,
+            {
+                "recipe": recipe,
+                "train_seconds": time.monotonic() - started,
+                "train_final": history[-1] if history else {},
+            },
+        )
+    log.info("reusing the teacher in %s", config.reuse_teacher)
+    teacher, tokenizer, meta = _load_teacher(config.reuse_teacher, teacher_dir)
+    if config.refine_teacher:
+        history = refine_teacher(teacher, tokenizer, config.teacher, seed=config.seed)
+        teacher.save_pretrained(str(teacher_dir))
+        meta = {
+            **meta,
+            "recipe": json.loads(json.dumps(asdict(config.teacher))),
+            "refined": {"seconds": time.monotonic() - started, "train_final": history[-1] if history else {}},
+        }
+    return teacher, tokenizer, meta
+
+
+def _obtain_student(config: BuildConfig, teacher, tokenizer):
+    """The student, its tokenizer and its training history: distilled here, or reused."""
+    if config.reuse_student is None:
+        log.info("distilling the student (%d steps)", config.student.train.steps)
+        student_tokenizer = build_student_tokenizer()
+        student, history = distill_student(
+            teacher,
+            tokenizer,
+            student_tokenizer,
+            config.student,
+            seed=config.seed,
+            label_cache=config.label_cache or config.out / ".cache",
+        )
+        return student, student_tokenizer, history
+    log.info("reusing the student in %s", config.reuse_student)
+    student, student_tokenizer = load_reference_student(config.reuse_student, config.student, config.seed)
+    return student, student_tokenizer, []
+
+
+def load_reference_student(folder: Path, recipe: StudentRecipe, seed: int):
+    """A trained fp32 student (a ``student-reference`` folder) and its tokenizer."""
+    from transformers import AutoTokenizer
+
+    student = with_features(AutoModelForCausalLM.from_pretrained(str(folder)).eval())
+    student_tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    if getattr(student.config, "feature_rotation", None) is None:
+        # A student from before v4: give its features the principal axes a new build gives them.
+        log.info("the reused student has no feature rotation; measuring its centre and principal axes")
+        fit_feature_transform(student, student_tokenizer, recipe.prompt_template, seed)
+    return student, student_tokenizer
+
+
+def _teacher_bundle(teacher, tokenizer, config: BuildConfig, *, folder: Path, version: int, feature_dim: int, metadata):
+    return write_bundle(
+        folder,
+        name=TEACHER_NAME,
+        kind="cloud",
+        version=version,
+        io={
+            "inputs": [{"name": "messages", "format": "chat template (tokenizer_config.json)"}],
+            "outputs": [{"name": "text", "format": f"{THINK_START} reasoning {THINK_END} answer"}],
+            "feature_dim": feature_dim,
+            "tokenizer": "tokenizer.json",
+            "format": "transformers",
+            "architecture": "Qwen3ForCausalLM",
+            "think_start": THINK_START,
+            "think_end": THINK_END,
+        },
+        calibration={},
+        golden=_teacher_golden(teacher, tokenizer, config.seed),
+        metadata={
+            "seed": config.seed,
+            "quick": config.quick,
+            "environment": _environment(),
+            **metadata,
+            "params": sum(p.numel() for p in teacher.parameters()),
+        },
+    )
+
+
+def swap_into_place(staging: Path, out: Path, names: tuple[str, ...]) -> None:
+    """Move each staged folder over its namesake in ``out``; the old one goes only once the new one is in."""
+    for name in names:
+        target = out / name
+        old = out / f".old-{name}"
+        shutil.rmtree(old, ignore_errors=True)
+        if target.exists():
+            target.rename(old)
+        (staging / name).rename(target)
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def keep_failed_staging(staging: Path, out: Path) -> None:
+    if staging.exists():
+        kept = out / f".failed-{staging.name.removeprefix('.staging-')}"
+        staging.rename(kept)
+        log.error("build failed; partial results kept in %s", kept)
+
+
 def build_models(config: BuildConfig) -> dict[str, object]:
     """Run the whole pipeline; returns a summary (also stored in the manifests)."""
     if config.quick:
@@ -255,161 +460,45 @@ def build_models(config: BuildConfig) -> dict[str, object]:
     version = config.version or _next_version(out)
     staging = out / f".staging-{int(time.time())}"
     shutil.rmtree(staging, ignore_errors=True)
-    teacher_dir, student_dir, reference_dir = staging / TEACHER_DIR, staging / STUDENT_DIR, staging / REFERENCE_DIR
     try:
-        if config.reuse_teacher is not None:
-            log.info("reusing the teacher in %s", config.reuse_teacher)
-            teacher, tokenizer, teacher_meta = _load_teacher(config.reuse_teacher, teacher_dir)
-            if config.refine_teacher:
-                refined_from = time.monotonic()
-                history = refine_teacher(teacher, tokenizer, config.teacher, seed=config.seed)
-                teacher.save_pretrained(str(teacher_dir))
-                teacher_meta = {
-                    **teacher_meta,
-                    "recipe": json.loads(json.dumps(asdict(config.teacher))),
-                    "refined": {
-                        "seconds": time.monotonic() - refined_from,
-                        "train_final": history[-1] if history else {},
-                    },
-                }
-        else:
-            tokenizer = build_tokenizer()
-            log.info("training the teacher (%d steps)", config.teacher.train.steps)
-            teacher, teacher_history = train_teacher(tokenizer, config.teacher, teacher_dir, seed=config.seed)
-            teacher_meta = {
-                "recipe": json.loads(json.dumps(asdict(config.teacher))),
-                "train_seconds": time.monotonic() - started,
-                "train_final": teacher_history[-1] if teacher_history else {},
-            }
-
-        if config.reuse_student is not None:
-            from transformers import AutoTokenizer
-
-            log.info("reusing the student in %s", config.reuse_student)
-            student = with_features(AutoModelForCausalLM.from_pretrained(str(config.reuse_student)).eval())
-            student_tokenizer = AutoTokenizer.from_pretrained(str(config.reuse_student))
-            student_history: list[dict[str, float]] = []
-            if getattr(student.config, "feature_rotation", None) is None:
-                # A student from before v4: give its features the principal axes a new build gives them.
-                log.info("the reused student has no feature rotation; measuring its centre and principal axes")
-                fit_feature_transform(student, student_tokenizer, config.student.prompt_template, config.seed)
-        else:
-            log.info("distilling the student (%d steps)", config.student.train.steps)
-            student_tokenizer = build_student_tokenizer()
-            student, student_history = distill_student(
-                teacher,
-                tokenizer,
-                student_tokenizer,
-                config.student,
-                seed=config.seed,
-                label_cache=config.label_cache or out / ".cache",
-            )
-        reference_dir.mkdir(parents=True)
-        student.save_pretrained(str(reference_dir))
-        student_tokenizer.save_pretrained(str(reference_dir))
-
-        log.info("exporting the student to ONNX and quantising it to int8")
-        fp32_file = export_student(student, reference_dir / "model.onnx")
-        student_dir.mkdir(parents=True)
-        int8_file = quantize_student(fp32_file, student_dir / INT8_FILE)
-        student_tokenizer.backend_tokenizer.save(str(student_dir / "tokenizer.json"))
-        prompt_template = config.student.prompt_template
-        decoding = {
-            "prompt_template": prompt_template,
-            "eos_token": student_tokenizer.eos_token,
-            "max_new_tokens": config.student.max_new_tokens,
-        }
-
-        def edge_model(graph: Path) -> EdgeModel:
-            return EdgeModel(graph, student_dir / "tokenizer.json", **decoding, threads=config.threads)
-
-        int8, fp32 = edge_model(int8_file), edge_model(fp32_file)
-        check = _int8_check(fp32, int8, config.seed)
-        log.info("int8 vs fp32: %s", check)
-        drop = check["accuracy_fp32"] - check["accuracy_int8"]
-        if drop > config.int8_max_accuracy_drop:
-            raise RuntimeError(
-                f"int8 graph is {drop:.1%} less accurate than fp32 (allowed {config.int8_max_accuracy_drop:.0%}): {check}"
-            )
-        log.info("calibrating triage on %d validation queries", config.calibration_n)
-        calibration = _calibrate(int8, config)
-        int8.calibration = calibration
-
-        environment = _environment()
-        common_meta = {"seed": config.seed, "quick": config.quick, "environment": environment}
-        graph_io = onnx_io(int8_file)
-        edge_manifest = write_bundle(
-            student_dir,
-            name=STUDENT_NAME,
-            kind="edge",
+        teacher, tokenizer, teacher_meta = _obtain_teacher(config, staging / TEACHER_DIR)
+        student, student_tokenizer, history = _obtain_student(config, teacher, tokenizer)
+        packaged = package_student(
+            student,
+            student_tokenizer,
+            config.student,
+            config,
+            bundle_dir=staging / STUDENT_DIR,
+            reference_dir=staging / REFERENCE_DIR,
             version=version,
-            io={
-                **graph_io,
-                "feature_dim": int(student.config.hidden_size),
-                "features": {
-                    "output": "features",
-                    "dtype": "float32",
-                    "pooling": "mean of final hidden states over the prompt, minus their mean over training queries",
-                },
-                "tokenizer": "tokenizer.json",
-                "preprocessing": "the tokenizer's normalizer (tokenizer.json)",
-                "graphs": {"int8": INT8_FILE},
-                **decoding,
-            },
-            calibration=calibration.to_dict(),
-            golden=_edge_golden(int8, config.seed),
             metadata={
-                **common_meta,
-                "recipe": json.loads(json.dumps(asdict(config.student))),
-                "params": sum(p.numel() for p in student.parameters()),
                 "distilled_from": {"name": TEACHER_NAME, "version": version},
-                "int8_check": check,
-                "train_final": student_history[-1] if student_history else {},
+                "train_final": history[-1] if history else {},
                 **({"reused_from": str(config.reuse_student)} if config.reuse_student else {}),
             },
         )
-        cloud_manifest = write_bundle(
-            teacher_dir,
-            name=TEACHER_NAME,
-            kind="cloud",
+        cloud_manifest = _teacher_bundle(
+            teacher,
+            tokenizer,
+            config,
+            folder=staging / TEACHER_DIR,
             version=version,
-            io={
-                "inputs": [{"name": "messages", "format": "chat template (tokenizer_config.json)"}],
-                "outputs": [{"name": "text", "format": f"{THINK_START} reasoning {THINK_END} answer"}],
-                "feature_dim": int(student.config.hidden_size),
-                "tokenizer": "tokenizer.json",
-                "format": "transformers",
-                "architecture": "Qwen3ForCausalLM",
-                "think_start": THINK_START,
-                "think_end": THINK_END,
-            },
-            calibration={},
-            golden=_teacher_golden(teacher, tokenizer, config.seed),
-            metadata={**common_meta, **teacher_meta, "params": sum(p.numel() for p in teacher.parameters())},
+            feature_dim=int(student.config.hidden_size),
+            metadata=teacher_meta,
         )
-        for name in (TEACHER_DIR, STUDENT_DIR, REFERENCE_DIR):
-            target = out / name
-            old = out / f".old-{name}"
-            shutil.rmtree(old, ignore_errors=True)
-            if target.exists():
-                target.rename(old)
-            (staging / name).rename(target)
-            shutil.rmtree(old, ignore_errors=True)
+        swap_into_place(staging, out, (TEACHER_DIR, STUDENT_DIR, REFERENCE_DIR))
     except BaseException:
         # Keep what was built (a trained teacher is most of an hour): --reuse-teacher can start from it.
-        if staging.exists():
-            kept = out / f".failed-{staging.name.removeprefix('.staging-')}"
-            staging.rename(kept)
-            log.error("build failed; partial results kept in %s", kept)
+        keep_failed_staging(staging, out)
         raise
     shutil.rmtree(staging, ignore_errors=True)
     summary = {
         "version": version,
         "seconds": time.monotonic() - started,
         "teacher": {"name": cloud_manifest.name, "params": cloud_manifest.metadata["params"]},
-        "student": {"name": edge_manifest.name, "params": edge_manifest.metadata["params"]},
-        "int8_check": check,
-        "calibration": calibration.to_dict(),
+        "student": {"name": packaged.manifest.name, "params": packaged.manifest.metadata["params"]},
+        "int8_check": packaged.int8_check,
+        "calibration": packaged.calibration.to_dict(),
     }
     log.info("build done in %.0f s", summary["seconds"])
     return summary

@@ -181,30 +181,17 @@ def plot_budget_curve(curve: list[dict[str, float]], unlimited: dict[str, float]
     plt.close(fig)
 
 
-def evaluate_all(
-    models: Path,
-    out_dir: Path,
-    *,
-    n: int = 2000,
-    seed: int = 0,
-    budget_n: int = 400,
-    latency_n: int = 200,
-    threads: int = 2,
-) -> dict[str, object]:
-    """Evaluate everything under ``models`` on ``n`` fresh TEST-split queries."""
-    paths = ModelPaths(models)
-    torch.set_num_threads(threads)
-    problems = generate(n, seed, Split.TEST)
-    report: dict[str, object] = {"n": n, "seed": seed, "split": Split.TEST.name}
-
+def _teacher_report(paths: ModelPaths, problems, out_dir: Path, *, seed: int, budget_n: int) -> dict[str, object]:
     tokenizer = AutoTokenizer.from_pretrained(str(paths.teacher))
     teacher = AutoModelForCausalLM.from_pretrained(str(paths.teacher)).eval()
-    log.info("teacher with thinking on %d queries", n)
+    log.info("teacher with thinking on %d queries", len(problems))
     thinking = run_batched(teacher, tokenizer, problems, thinking=True, desc="teacher thinking")
-    report["teacher_thinking"] = {
-        **per_k_accuracy(problems, [g.answer_text for g in thinking]),
-        "mean_reasoning_tokens": float(np.mean([g.reasoning_tokens for g in thinking])),
-        "max_reasoning_tokens": int(max(g.reasoning_tokens for g in thinking)),
+    report: dict[str, object] = {
+        "teacher_thinking": {
+            **per_k_accuracy(problems, [g.answer_text for g in thinking]),
+            "mean_reasoning_tokens": float(np.mean([g.reasoning_tokens for g in thinking])),
+            "max_reasoning_tokens": int(max(g.reasoning_tokens for g in thinking)),
+        }
     }
     direct = run_batched(teacher, tokenizer, problems, thinking=False, desc="teacher direct")
     report["teacher_no_thinking"] = per_k_accuracy(problems, [g.answer_text for g in direct])
@@ -218,7 +205,11 @@ def evaluate_all(
     plot_file = out_dir / "teacher_accuracy_vs_budget.png"
     plot_budget_curve(curve, unlimited, plot_file)
     report["plots"] = [str(plot_file)]
+    report["teacher_params"] = sum(p.numel() for p in teacher.parameters())
+    return report
 
+
+def _student_report(paths: ModelPaths, problems, *, latency_n: int) -> dict[str, object]:
     torch.set_num_threads(1)
     student = AutoModelForCausalLM.from_pretrained(str(paths.reference)).eval()
     student_tok = AutoTokenizer.from_pretrained(str(paths.reference))
@@ -226,7 +217,7 @@ def evaluate_all(
     torch_answers = student_answers(
         student, student_tok, int8.prompt_template, [p.query for p in problems], max_new_tokens=int8.max_new_tokens
     )
-    report["student_fp32_torch"] = per_k_accuracy(problems, torch_answers)
+    report: dict[str, object] = {"student_fp32_torch": per_k_accuracy(problems, torch_answers)}
 
     fp32 = EdgeModel(
         paths.reference / "model.onnx",
@@ -258,16 +249,39 @@ def evaluate_all(
         "onnx_int8": latency_summary(int8_ms),
         "speedup_int8_vs_torch_p50": statistics.median(torch_ms) / statistics.median(int8_ms),
     }
+    report["student_params"] = sum(p.numel() for p in student.parameters())
+    report["student_onnx_int8_file"] = int8.model_file.name
+    return report
+
+
+def evaluate_all(
+    models: Path,
+    out_dir: Path,
+    *,
+    n: int = 2000,
+    seed: int = 0,
+    budget_n: int = 400,
+    latency_n: int = 200,
+    threads: int = 2,
+) -> dict[str, object]:
+    """Evaluate everything under ``models`` on ``n`` fresh TEST-split queries."""
+    paths = ModelPaths(models)
+    torch.set_num_threads(threads)
+    problems = generate(n, seed, Split.TEST)
+    report: dict[str, object] = {"n": n, "seed": seed, "split": Split.TEST.name}
+    teacher = _teacher_report(paths, problems, out_dir, seed=seed, budget_n=budget_n)
+    student = _student_report(paths, problems, latency_n=latency_n)
+    params = {"teacher": teacher.pop("teacher_params"), "student": student.pop("student_params")}
+    int8_file = student.pop("student_onnx_int8_file")
+    report.update(teacher)
+    report.update(student)
     sizes = {
         "teacher_safetensors": _size(paths.teacher / "model.safetensors"),
         "student_torch_fp32_safetensors": _size(paths.reference / "model.safetensors"),
         "student_onnx_fp32": _size(paths.reference / "model.onnx"),
-        "student_onnx_int8": _size(paths.student_bundle / int8.model_file.name),
+        "student_onnx_int8": _size(paths.student_bundle / int8_file),
     }
     sizes["int8_vs_torch_fp32_ratio"] = sizes["student_torch_fp32_safetensors"] / sizes["student_onnx_int8"]
     report["sizes_bytes"] = sizes
-    report["params"] = {
-        "teacher": sum(p.numel() for p in teacher.parameters()),
-        "student": sum(p.numel() for p in student.parameters()),
-    }
+    report["params"] = params
     return report

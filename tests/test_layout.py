@@ -85,3 +85,36 @@ def test_the_checker_catches_an_upward_import(tmp_path: Path) -> None:
     module.write_text("from edgecloud.cloud.sessions import SessionManager\nimport edgecloud.cli\nimport shared.task\n")
     assert [name for _, name in imports(module)] == ["edgecloud.cloud.sessions", "edgecloud.cli", "shared.task"]
     assert {layer(name) for _, name in imports(module)[:2]} - ALLOWED["shared"] == {"cloud", "cli"}
+
+
+#: Rooms stay small enough to read in one sitting (STYLE.md: one module, one responsibility).
+MAX_MODULE_LINES = 600
+MAX_FUNCTION_LINES = 80
+
+
+def oversized(path: Path, root: Path = ROOT) -> list[str]:
+    text = path.read_text()
+    name = path.relative_to(root)
+    found = []
+    if len(text.splitlines()) > MAX_MODULE_LINES:
+        found.append(f"{name}: {len(text.splitlines())} lines")
+    for node in ast.walk(ast.parse(text, str(path))):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            length = node.end_lineno - node.lineno + 1
+            if length > MAX_FUNCTION_LINES:
+                found.append(f"{name}:{node.lineno} {node.name}: {length} lines")
+    return found
+
+
+def test_no_module_or_function_is_oversized() -> None:
+    found = [entry for path in SOURCES for entry in oversized(path)]
+    assert not found, "over the size limits:\n" + "\n".join(found)
+
+
+def test_the_size_check_catches_a_long_function_and_module(tmp_path: Path) -> None:
+    source = tmp_path / "long.py"
+    source.write_text("def f():\n" + "    x = 1\n" * MAX_MODULE_LINES + "    return x\n")
+    assert oversized(source, tmp_path) == [
+        f"long.py: {MAX_MODULE_LINES + 2} lines",
+        f"long.py:1 f: {MAX_MODULE_LINES + 2} lines",
+    ]
