@@ -27,9 +27,10 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/run_all.py
 
-## The test suite.
+## The test suite, spread over TEST_WORKERS processes (pytest-xdist; 0 runs it in one process).
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS)
 
 ## ruff: lint and formatting (CI runs it before the tests).
 lint: $(STAMP)
@@ -47,7 +48,7 @@ test-edge:
 	$(EDGE_VENV)/bin/python -m pip install --quiet -e '.[edge,dev]'
 	$(EDGE_VENV)/bin/python -m edgecloud.proto.build
 	! $(EDGE_VENV)/bin/python -c "import torch" 2>/dev/null || { echo "error: torch is installed in $(EDGE_VENV)"; exit 1; }
-	$(EDGE_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/edge tests/shared
+	$(EDGE_VENV)/bin/python -m pytest -q -n $(TEST_WORKERS) -p no:cacheprovider tests/edge tests/shared
 
 ## Rebuild the demo bundles from scratch (estimated 85 minutes on a 2-core CPU: teacher 2 stages, labels, student).
 models: $(STAMP)
