@@ -22,6 +22,7 @@ import torch
 from edgecloud.cloud.config import CloudConfig
 from edgecloud.cloud.engine import EngineConfig
 from edgecloud.cloud.server import CloudService, create_server
+from edgecloud.cloud.sessions import SessionConfig
 from edgecloud.cloud.transformers_engine import LoadedModel
 from edgecloud.proto.edgecloud.v1 import reasoner_pb2 as pb
 from edgecloud.proto.edgecloud.v1 import reasoner_pb2_grpc as pb_grpc
@@ -38,8 +39,23 @@ TEACHER = REPO / "models" / "cloud-teacher"
 class RunningServer:
     """``create_server`` on port 0, its asyncio loop on a daemon thread, a sync stub."""
 
-    def __init__(self, store: Path, engine: EngineConfig, loaded: LoadedModel, model: Path = TEACHER) -> None:
-        config = CloudConfig(model=model, port=0, metrics_port=None, store=store, grace_s=1.0, engine=engine)
+    def __init__(
+        self,
+        store: Path,
+        engine: EngineConfig,
+        loaded: LoadedModel,
+        model: Path = TEACHER,
+        sessions: SessionConfig | None = None,
+    ) -> None:
+        config = CloudConfig(
+            model=model,
+            port=0,
+            metrics_port=None,
+            store=store,
+            grace_s=1.0,
+            engine=engine,
+            **({"sessions": sessions} if sessions is not None else {}),
+        )
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="bench-server-loop", daemon=True)
         self.thread.start()

@@ -107,6 +107,8 @@ class GenerationResult:
     reasoning_ms: float
     answer_ms: float
     first_answer_token_ms: float
+    reasoning: str = ""
+    """The hidden reasoning's text (what the escalation log records for the next edge student)."""
     """From the job's start in the engine."""
 
 

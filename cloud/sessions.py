@@ -30,13 +30,14 @@ from pathlib import Path
 import numpy as np
 
 from edgecloud.cloud.budget import BudgetPolicy
-from edgecloud.cloud.dataset import Escalation, EscalationLog
+from edgecloud.cloud.dataset import EdgeView, Escalation, EscalationLog
 from edgecloud.cloud.engine import EngineEvent, EngineEventKind, GenerationResult, Job, ReasoningEngine
 from edgecloud.cloud.metrics import CloudMetrics
 from edgecloud.cloud.store import SessionStorage
 from edgecloud.shared.errors import ConfigError, InvalidInputError, NotFoundError
 from edgecloud.shared.features import decode_features
 from edgecloud.shared.reasoning import (
+    EdgeHint,
     Event,
     EventKind,
     Failure,
@@ -390,6 +391,10 @@ class SessionManager:
                         },
                         features=[float(x) for x in session.features.ravel()],
                         created_at=EscalationLog.now(),
+                        reasoning=result.reasoning,
+                        budget=session.budget,
+                        finish_reason=result.finish_reason,
+                        edge=_edge_view(session.params.hint),
                     )
                 )
 
@@ -451,3 +456,10 @@ class SessionManager:
             self._by_request.pop(session.params.request_id, None)
         self.store.expire(time.time() - self.config.ttl_s)
         return len(expired)
+
+
+def _edge_view(hint: EdgeHint | None) -> EdgeView | None:
+    """What the edge said before escalating, for the escalation log."""
+    if hint is None:
+        return None
+    return EdgeView(answer=hint.answer, confidence=hint.confidence, estimated_difficulty=hint.estimated_difficulty)

@@ -410,7 +410,9 @@ class TransformersEngine:
                 delta = row.reasoning.push(token)
                 if delta:
                     self._emit(row, EngineEventKind.REASONING_DELTA, text=delta, reasoning_tokens=row.reasoning_tokens)
-            elif row.reasoning_tokens % self.config.progress_every == 0:
+                return token
+            row.reasoning.ids.append(token)  # decoded once, at the end, for the escalation log
+            if row.reasoning_tokens % self.config.progress_every == 0:
                 row.reported_progress = row.reasoning_tokens
                 self._emit(row, EngineEventKind.REASONING_PROGRESS, reasoning_tokens=row.reasoning_tokens)
             return token
@@ -441,6 +443,7 @@ class TransformersEngine:
             reasoning_ms=(ended - row.started) * 1e3,
             answer_ms=(now - ended) * 1e3,
             first_answer_token_ms=((row.first_answer or now) - row.started) * 1e3,
+            reasoning=row.reasoning.text().strip(),
         )
         self._emit(row, EngineEventKind.FINISHED, result=result)
 

@@ -12,6 +12,12 @@ the normaliser inside the bundle's ``tokenizer.json``.
 
 An empty answer (the stop token first) is the model abstaining: its
 confidence is 0, whatever the calibration says, so triage never keeps it.
+
+A bundle may declare a reasoning block (``io.think_start`` and ``io.think_end``): a
+student that learnt the cloud's reasoning writes ``<think>`` reasoning ``</think>``
+answer on the queries it reasons on. Only the answer is returned; a block the token
+limit cuts before it closes is an abstention. The confidence reads every generated
+token, reasoning included: a shaky step is as telling as a shaky answer.
 """
 
 from __future__ import annotations
@@ -54,6 +60,8 @@ class EdgeAnswer:
     input_tokens: int
     output_tokens: int
     latency_ms: float
+    reasoning_tokens: int = 0
+    """Tokens of the reasoning block (0 when the model answered directly)."""
 
     @property
     def abstained(self) -> bool:
@@ -75,6 +83,8 @@ class EdgeModel:
         calibration: Calibration | None = None,
         threads: int = 1,
         warmup: bool = True,
+        think_start: str | None = None,
+        think_end: str | None = None,
     ) -> None:
         if "{query}" not in prompt_template:
             raise ValueError("prompt_template must contain '{query}'")
@@ -104,6 +114,15 @@ class EdgeModel:
             raise ValueError(f"{tokenizer_file}: the stop token {eos_token!r} is not in the vocabulary")
         self.eos_token = eos_token
         self.eos_id = eos
+        if (think_start is None) != (think_end is None):
+            raise ValueError("think_start and think_end go together")
+        self.think_start, self.think_end = think_start, think_end
+        self._think_ids: tuple[int, int] | None = None
+        if think_start is not None and think_end is not None:
+            ids = (self.tokenizer.token_to_id(think_start), self.tokenizer.token_to_id(think_end))
+            if None in ids:
+                raise ValueError(f"{tokenizer_file}: {think_start!r} or {think_end!r} is not in the vocabulary")
+            self._think_ids = (int(ids[0]), int(ids[1]))
         if warmup:
             self.answer("1+1")
 
@@ -132,16 +151,21 @@ class EdgeModel:
             calibration=calibration,
             threads=threads,
             warmup=warmup,
+            think_start=manifest.io.get("think_start"),
+            think_end=manifest.io.get("think_end"),
         )
 
     @property
     def decoding(self) -> dict[str, object]:
         """The bundle's decoding contract, to load another graph of the same model alike."""
-        return {
+        decoding: dict[str, object] = {
             "prompt_template": self.prompt_template,
             "eos_token": self.eos_token,
             "max_new_tokens": self.max_new_tokens,
         }
+        if self.think_start is not None:
+            decoding.update(think_start=self.think_start, think_end=self.think_end)
+        return decoding
 
     def _empty_past(self) -> dict[str, np.ndarray]:
         past = {}
@@ -178,7 +202,8 @@ class EdgeModel:
             }
             for spec in self._past_inputs:
                 feeds[spec.name] = outputs[spec.name.replace("past_key_values", "present")]
-        text = self.tokenizer.decode([t for t in generated if t != self.eos_id], skip_special_tokens=True).strip()
+        answer_ids, reasoning_tokens = self._answer_ids(generated)
+        text = self.tokenizer.decode(answer_ids, skip_special_tokens=True).strip()
         if not text:
             confidence = 0.0
         else:
@@ -192,7 +217,19 @@ class EdgeModel:
             input_tokens=len(prompt_ids),
             output_tokens=len(generated),
             latency_ms=(time.perf_counter() - started) * 1000,
+            reasoning_tokens=reasoning_tokens,
         )
+
+    def _answer_ids(self, generated: list[int]) -> tuple[list[int], int]:
+        """The answer's tokens (stop token removed) and the reasoning block's length. A block that
+        never closed leaves no answer: the model ran out of room while reasoning."""
+        tokens = [t for t in generated if t != self.eos_id]
+        if self._think_ids is None or not tokens or tokens[0] != self._think_ids[0]:
+            return tokens, 0
+        if self._think_ids[1] not in tokens:
+            return [], len(tokens) - 1
+        end = tokens.index(self._think_ids[1])
+        return tokens[end + 1 :], end - 1
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ from edgecloud.edge.stats import RequestStats
 from edgecloud.edge.triage import Decision, Requested, Route, TriageInput, TriagePolicy, decide, estimate_difficulty
 from edgecloud.shared.errors import InvalidInputError, ResourceExhaustedError, UnavailableError
 from edgecloud.shared.features import encode_features
-from edgecloud.shared.reasoning import EdgeHint, EventKind, ThinkParams
+from edgecloud.shared.reasoning import MAX_HINT_ANSWER_CHARS, EdgeHint, EventKind, ThinkParams
 
 __all__ = ["EdgeService", "QueryRequest", "QueryResult", "StreamItem"]
 
@@ -252,7 +252,9 @@ class EdgeService:
             query=request.query,
             features=features,
             hint=EdgeHint(
-                confidence=min(max(confidence, 0.0), 1.0), estimated_difficulty=min(max(difficulty, 0.0), 1.0)
+                confidence=min(max(confidence, 0.0), 1.0),
+                estimated_difficulty=min(max(difficulty, 0.0), 1.0),
+                answer=answer.text[:MAX_HINT_ANSWER_CHARS],
             ),
             max_reasoning_tokens=request.max_reasoning_tokens,
             stream_reasoning=request.include_reasoning,

@@ -39,6 +39,35 @@ def _models_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _models_improve(args: argparse.Namespace) -> int:
+    from edgecloud.modelkit.gate import GateConfig
+    from edgecloud.modelkit.improve import GateFailedError, ImproveConfig, improve_student
+
+    config = ImproveConfig(
+        logs=tuple(args.logs),
+        bundle=args.bundle,
+        reference=args.reference,
+        out=args.out,
+        version=args.version,
+        learn_reasoning={"auto": None, "yes": True, "no": False}[args.learn_reasoning],
+        budget_cut_weight=args.budget_cut_weight,
+        replay_share=args.replay_share,
+        steps=args.steps,
+        key=args.key,
+        seed=args.seed,
+        threads=args.threads,
+        gate=GateConfig(n=args.gate_n),
+    )
+    try:
+        summary = improve_student(config)
+    except GateFailedError as exc:
+        print(json.dumps(exc.result.summary(), indent=2), file=sys.stderr)
+        print(f"error: {exc}; no bundle was written", file=sys.stderr)
+        return 3
+    print(json.dumps(summary, indent=2, default=str))
+    return 0
+
+
 def _fmt(value: object) -> str:
     if isinstance(value, float):
         return "nan" if math.isnan(value) else f"{value:.4g}"
@@ -325,11 +354,54 @@ def _add_fleet_commands(commands: argparse._SubParsersAction) -> None:
     serve.set_defaults(func=_fleet_serve)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="edgecloud", description="Edge/cloud collaborative LLM inference.")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    commands = parser.add_subparsers(dest="command", required=True)
+def _add_improve_command(models: argparse._SubParsersAction) -> None:
+    improve = models.add_parser(
+        "improve", help="train the next edge student on the cloud's answers to escalations, gate it, bundle it"
+    )
+    improve.add_argument("logs", type=Path, nargs="+", metavar="LOG", help="escalation logs (JSONL) of the cloud")
+    improve.add_argument(
+        "--bundle",
+        type=Path,
+        default=Path("models/edge-student"),
+        help="the base edge bundle (default: models/edge-student)",
+    )
+    improve.add_argument(
+        "--reference",
+        type=Path,
+        default=None,
+        help="the base's fp32 student (default: student-reference beside --bundle)",
+    )
+    improve.add_argument(
+        "--out", type=Path, default=Path("models/improved"), help="output folder (default: models/improved)"
+    )
+    improve.add_argument("--version", type=int, default=None, help="bundle version (default: the base's + 1)")
+    improve.add_argument(
+        "--learn-reasoning",
+        choices=("auto", "yes", "no"),
+        default="auto",
+        help="learn the cloud's reasoning as a scratchpad (auto: when the records carry it)",
+    )
+    improve.add_argument(
+        "--budget-cut-weight",
+        type=float,
+        default=0.0,
+        help="sampling weight of answers whose thinking the budget cut (default: 0, left out)",
+    )
+    improve.add_argument(
+        "--replay-share",
+        type=float,
+        default=0.5,
+        help="share of each batch replaying the base's answers (default: 0.5)",
+    )
+    improve.add_argument("--steps", type=int, default=2000, help="fine-tuning steps (default: 2000)")
+    improve.add_argument("--gate-n", type=int, default=2000, help="validation queries of the gate (default: 2000)")
+    improve.add_argument("--key", type=Path, default=None, help="sign the bundle with this Ed25519 private key (PEM)")
+    improve.add_argument("--seed", type=int, default=0, help="training seed (default: 0)")
+    improve.add_argument("--threads", type=int, default=2, help="torch threads (default: 2)")
+    improve.set_defaults(func=_models_improve)
 
+
+def _add_models_commands(commands: argparse._SubParsersAction) -> None:
     models = commands.add_parser("models", help="build and evaluate the demo models").add_subparsers(
         dest="action", required=True
     )
@@ -368,6 +440,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     build.set_defaults(func=_models_build)
 
+    _add_improve_command(models)
+
     evaluate = models.add_parser("eval", help="evaluate built models on fresh queries")
     evaluate.add_argument(
         "--models", type=Path, default=Path("models"), help="folder of built models (default: models)"
@@ -382,6 +456,13 @@ def build_parser() -> argparse.ArgumentParser:
     from edgecloud.signing_commands import add_signing_commands
 
     add_signing_commands(models)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="edgecloud", description="Edge/cloud collaborative LLM inference.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(dest="command", required=True)
+    _add_models_commands(commands)
     _add_cloud_commands(commands)
     _add_edge_commands(commands)
     _add_fleet_commands(commands)

@@ -272,11 +272,13 @@ def package_student(
     reference_dir: Path,
     version: int,
     metadata: dict[str, object],
+    think: tuple[str, str] | None = None,
 ) -> PackagedStudent:
     """Export a trained student to ONNX, quantise it to int8, check int8 against fp32, calibrate
     triage and write the edge bundle (``bundle_dir``) and the fp32 reference (``reference_dir``).
 
-    Shared by ``models build`` and ``models improve``. RuntimeError when the int8 graph is more
+    Shared by ``models build`` and ``models improve``. ``think`` declares the reasoning block's
+    start and end tokens, for a student that reasons before it answers. RuntimeError when the int8 graph is more
     than ``config.int8_max_accuracy_drop`` less accurate than the fp32 one.
     """
     reference_dir.mkdir(parents=True)
@@ -292,6 +294,8 @@ def package_student(
         "eos_token": student_tokenizer.eos_token,
         "max_new_tokens": recipe.max_new_tokens,
     }
+    if think is not None:
+        decoding.update(think_start=think[0], think_end=think[1])
 
     def edge_model(graph: Path) -> EdgeModel:
         return EdgeModel(graph, bundle_dir / "tokenizer.json", **decoding, threads=config.threads)

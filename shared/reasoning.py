@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from edgecloud.shared.features import EncodedFeatures
 
 __all__ = [
+    "MAX_HINT_ANSWER_CHARS",
     "MAX_QUERY_CHARS",
     "MAX_REQUEST_ID_CHARS",
     "EdgeHint",
@@ -34,6 +35,7 @@ __all__ = [
 
 MAX_QUERY_CHARS = 8192
 MAX_REQUEST_ID_CHARS = 128
+MAX_HINT_ANSWER_CHARS = 1024
 _ID_RE = re.compile(r"[A-Za-z0-9._:@/-]{1,128}")
 
 
@@ -58,12 +60,18 @@ class EdgeHint:
     """The edge's calibrated probability that its own answer is right."""
     estimated_difficulty: float = 0.0
     """0 (trivial) .. 1 (hard)."""
+    answer: str = ""
+    """The edge's own answer (empty: it abstained), recorded with the escalation for the next student."""
 
     def __post_init__(self) -> None:
         for name in ("confidence", "estimated_difficulty"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:  # also refuses NaN
                 raise InvalidInputError(f"hint.{name} must be in [0, 1], got {value!r}")
+        if len(self.answer) > MAX_HINT_ANSWER_CHARS:
+            raise InvalidInputError(
+                f"hint.answer has {len(self.answer)} characters; the limit is {MAX_HINT_ANSWER_CHARS}"
+            )
 
 
 def _check_id(value: str, name: str, *, required: bool) -> None:

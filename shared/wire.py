@@ -79,7 +79,11 @@ def think_request_to_pb(params: ThinkParams) -> pb.ThinkRequest:
         message.features.CopyFrom(features_to_pb(params.features))
     if params.hint is not None:
         message.hint.CopyFrom(
-            pb.EdgeHint(confidence=params.hint.confidence, estimated_difficulty=params.hint.estimated_difficulty)
+            pb.EdgeHint(
+                confidence=params.hint.confidence,
+                estimated_difficulty=params.hint.estimated_difficulty,
+                answer=params.hint.answer,
+            )
         )
     if params.max_reasoning_tokens is not None:
         message.max_reasoning_tokens = params.max_reasoning_tokens
@@ -90,7 +94,9 @@ def think_request_from_pb(message: pb.ThinkRequest) -> ThinkParams:
     hint = None
     if message.HasField("hint"):
         hint = EdgeHint(
-            confidence=float(message.hint.confidence), estimated_difficulty=float(message.hint.estimated_difficulty)
+            confidence=float(message.hint.confidence),
+            estimated_difficulty=float(message.hint.estimated_difficulty),
+            answer=message.hint.answer,
         )
     return ThinkParams(
         request_id=message.request_id,

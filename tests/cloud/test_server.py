@@ -19,10 +19,12 @@ from edgecloud.cloud.dataset import read_escalations
 from edgecloud.cloud.engine import EngineConfig
 from edgecloud.cloud.store import SessionStore
 from edgecloud.cloud.transformers_engine import LoadedModel
+from edgecloud.modelkit.scratchpad import think_text
 from edgecloud.proto.edgecloud.v1 import reasoner_pb2 as pb
 from edgecloud.proto.edgecloud.v1 import reasoner_pb2_grpc as pb_grpc
 from edgecloud.shared.bundle import load_manifest
 from edgecloud.shared.features import encode_features
+from edgecloud.shared.task import Problem
 from edgecloud.shared.wire import features_to_pb
 from tests.cloud.conftest import RunningServer, make_config
 
@@ -320,12 +322,22 @@ def test_features_pick_the_budget_and_are_collected(teacher_dir: Path, teacher: 
         first = list(running.stub.Think(request(query, features=features), timeout=TIMEOUT))
         assert first[0].accepted.reasoning_budget == running.config.budget.default  # nothing known yet
         used = first[-1].completed.usage.reasoning_tokens
-        second = list(running.stub.Think(request("9*9", features=features), timeout=TIMEOUT))
+        hint = pb.EdgeHint(confidence=0.25, estimated_difficulty=0.5, answer="80")
+        second = list(running.stub.Think(request("9*9", features=features, hint=hint), timeout=TIMEOUT))
         budget = second[0].accepted.reasoning_budget
         assert budget == int(used * running.config.budget.headroom) + running.config.budget.margin
         records = read_escalations(log_path)
         assert [r.query for r in records] == [query, "9*9"]
         assert np.allclose(records[0].features, vector, atol=0.05 * np.abs(vector).max())
+        # What the next student learns from: the cloud's reasoning and answer, and what the edge said.
+        last = records[1]
+        assert last.answer == second[-1].completed.text and last.finish_reason == second[-1].completed.finish_reason
+        assert last.budget == budget and last.status == "completed" and last.schema == 2
+        assert last.reasoning and last.reasoning_tokens == second[-1].completed.usage.reasoning_tokens
+        nine_times_nine = Problem(query="9*9", expression="9*9", start=9, steps=(("*", 9),), answer=81)
+        assert last.budget_reached or last.reasoning == think_text(nine_times_nine).strip()
+        assert (last.edge.answer, last.edge.confidence, last.edge.estimated_difficulty) == ("80", 0.25, 0.5)
+        assert records[0].edge is None  # the first request sent no hint
     finally:
         running.stop()
 

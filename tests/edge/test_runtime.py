@@ -155,3 +155,41 @@ def test_a_bundle_without_its_decoding_contract_is_refused(shipped_models: Path,
 
 def test_the_onnx_runtime_is_an_answer_model(edge_model: EdgeModel) -> None:
     assert isinstance(edge_model, AnswerModel)
+
+
+def test_a_declared_reasoning_block_is_read_past_and_an_unclosed_one_is_an_abstention(
+    edge_model: EdgeModel, shipped_models: Path
+) -> None:
+    # A bundle that declares a reasoning block: the shipped student writes "495" for 99*5, so with
+    # "4" opening the block and "9" closing it, the block is empty and "5" is the answer.
+    assert edge_model.answer("99*5").text == "495"
+    io = load_manifest(shipped_models / "edge-student").io
+    bundle = shipped_models / "edge-student"
+    graph, tokenizer = bundle / io["graphs"]["int8"], bundle / io["tokenizer"]
+
+    def reasoning(start: str, end: str) -> EdgeModel:
+        return EdgeModel(
+            graph,
+            tokenizer,
+            **edge_model.decoding,
+            calibration=edge_model.calibration,
+            think_start=start,
+            think_end=end,
+            warmup=False,
+        )
+
+    closed = reasoning("4", "9").answer("99*5")
+    assert (closed.text, closed.reasoning_tokens, closed.output_tokens) == ("5", 0, 4)
+    assert closed.confidence > 0 and len(closed.token_logprobs) == 4  # every token counts
+    assert reasoning("4", "9").decoding["think_end"] == "9"
+    longer = reasoning("4", "5").answer("99*5")  # "9" is the reasoning; nothing is left to answer
+    assert (longer.text, longer.reasoning_tokens, longer.confidence) == ("", 1, 0.0)
+    unclosed = reasoning("4", "7").answer("99*5")
+    assert (unclosed.text, unclosed.reasoning_tokens, unclosed.confidence) == ("", 2, 0.0)
+    # A model that answers without opening the block is read as before.
+    direct = reasoning("5", "7").answer("99*5")
+    assert (direct.text, direct.reasoning_tokens) == ("495", 0)
+    with pytest.raises(ValueError, match="go together"):
+        EdgeModel(graph, tokenizer, **edge_model.decoding, think_start="9", warmup=False)
+    with pytest.raises(ValueError, match="not in the vocabulary"):
+        EdgeModel(graph, tokenizer, **edge_model.decoding, think_start="<nope>", think_end="9", warmup=False)

@@ -1,0 +1,278 @@
+"""One turn of the learning loop, through the real edge and cloud: does the edge take over work?
+
+1. ``--collect`` mixed queries (evaluation mix) go through a real :class:`EdgeService` (the shipped
+   student, triage) to a real Reasoner on a loopback gRPC port, which writes its escalation log.
+2. ``--fresh`` other queries of the same mix measure the system *before*: escalation rate,
+   accuracy per k, edge latency per k.
+3. ``edgecloud models improve`` (the library call) trains the next student on that log.
+4. The new bundle is swapped into the edge's slot (the fleet rollout path is tested in
+   ``tests/e2e``), and the same fresh queries measure the system *after*.
+
+Prints JSON (also written to ``--out``/closed_loop.json) and plots escalation rate and accuracy
+before and after, per k (``closed_loop.png``). Cloud accuracy is the thinking model's; the ratio
+"system / cloud-only" uses the cloud's answers to every fresh query, asked once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _cloud import REPO, RunningServer, busy_cpu_s, load_teacher, machine_info, unique_problems
+
+from edgecloud.cloud.engine import EngineConfig
+from edgecloud.cloud.sessions import SessionConfig
+from edgecloud.edge.config import EdgeConfig
+from edgecloud.edge.escalation import CloudClient, CloudClientConfig
+from edgecloud.edge.metrics import EdgeMetrics
+from edgecloud.edge.outbox import Outbox
+from edgecloud.edge.runtime import EdgeBundle, ModelSlot
+from edgecloud.edge.service import EdgeService, QueryRequest
+from edgecloud.edge.triage import Requested
+from edgecloud.modelkit.improve import GateFailedError, ImproveConfig, improve_student
+from edgecloud.shared.task import Problem, parse_answer
+
+log = logging.getLogger("closed_loop")
+
+
+async def _send(service: EdgeService, problems: list[Problem], concurrency: int, route=Requested.AUTO) -> list:
+    semaphore = asyncio.Semaphore(concurrency)
+    done = 0
+
+    async def one(problem: Problem):
+        nonlocal done
+        async with semaphore:
+            result = await service.query(QueryRequest(query=problem.query, route=route))
+        done += 1
+        if done % 500 == 0:
+            log.info("%d / %d queries", done, len(problems))
+        return result
+
+    return await asyncio.gather(*(one(p) for p in problems))
+
+
+def _run_traffic(
+    bundle: Path, server: RunningServer, problems: list[Problem], concurrency: int, work: Path, route=Requested.AUTO
+):
+    async def main():
+        config = EdgeConfig(bundle=bundle, outbox=work / f"outbox-{time.monotonic_ns()}.sqlite3", cloud="bench")
+        client = CloudClient(CloudClientConfig(target=f"127.0.0.1:{server.port}", deadline_s=600))
+        service = EdgeService(
+            config,
+            ModelSlot(EdgeBundle.load(bundle, threads=1)),
+            client=client,
+            outbox=Outbox(config.outbox),
+            metrics=EdgeMetrics(),
+        )
+        await service.start()
+        try:
+            return await _send(service, problems, concurrency, route)
+        finally:
+            await service.stop()
+
+    return asyncio.run(main())
+
+
+def _phase(problems: list[Problem], results: list) -> dict[str, object]:
+    by_k: dict[int, list[tuple[bool, bool, float]]] = {}
+    for problem, result in zip(problems, results, strict=True):
+        right = result.answer is not None and parse_answer(result.answer) == problem.answer
+        escalated = result.route_taken == "cloud"
+        by_k.setdefault(problem.k, []).append((right, escalated, result.latency_ms))
+    rows = [r for rs in by_k.values() for r in rs]
+    edge_rows = [
+        (problem, result)
+        for problem, result in zip(problems, results, strict=True)
+        if result.route_taken == "edge" and not result.degraded
+    ]
+    edge_right = [parse_answer(r.answer or "") == p.answer for p, r in edge_rows]
+    return {
+        "n": len(rows),
+        "escalation_rate": sum(e for _, e, _ in rows) / len(rows),
+        "accuracy": sum(r for r, _, _ in rows) / len(rows),
+        "kept_precision": sum(edge_right) / len(edge_right) if edge_right else None,
+        "edge_answered": len(edge_rows),
+        "per_k": {
+            f"k{k}": {
+                "n": len(rs),
+                "escalation_rate": sum(e for _, e, _ in rs) / len(rs),
+                "accuracy": sum(r for r, _, _ in rs) / len(rs),
+                "edge_latency_ms_p50": statistics.median([ms for _, e, ms in rs if not e])
+                if any(not e for _, e, _ in rs)
+                else None,
+            }
+            for k, rs in sorted(by_k.items())
+        },
+    }
+
+
+def _edge_latency_by_k(bundle: Path, problems: list[Problem], n_per_k: int = 200) -> dict[str, object]:
+    """The edge model alone, one thread, per k: what reasoning on the edge costs."""
+    model = EdgeBundle.load(bundle, threads=1).model
+    out = {}
+    for k in sorted({p.k for p in problems}):
+        chosen = [p for p in problems if p.k == k][:n_per_k]
+        answers = [model.answer(p.query) for p in chosen]
+        out[f"k{k}"] = {
+            "n": len(chosen),
+            "latency_ms_p50": statistics.median(a.latency_ms for a in answers),
+            "latency_ms_p90": sorted(a.latency_ms for a in answers)[int(0.9 * (len(answers) - 1))],
+            "reasoned": sum(a.reasoning_tokens > 0 for a in answers) / len(answers),
+            "mean_output_tokens": statistics.mean(a.output_tokens for a in answers),
+        }
+    return out
+
+
+def plot(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    before, after = report["before"], report["after"]
+    ks = list(before["per_k"])
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    width = 0.38
+    x = range(len(ks) + 1)
+    labels = [*ks, "all"]
+    for ax, key, title in (
+        (axes[0], "escalation_rate", "escalated to the cloud"),
+        (axes[1], "accuracy", "answers right"),
+    ):
+        b = [before["per_k"][k][key] for k in ks] + [before[key]]
+        a = [after["per_k"][k][key] for k in ks] + [after[key]]
+        ax.bar([i - width / 2 for i in x], [100 * v for v in b], width, label=f"before (v{report['base_version']})")
+        ax.bar([i + width / 2 for i in x], [100 * v for v in a], width, label=f"after (v{report['new_version']})")
+        ax.set_xticks(list(x), labels)
+        ax.set_ylabel("%")
+        ax.set_title(title)
+        ax.set_ylim(0, 105)
+        ax.legend(loc="lower right")
+    fig.suptitle(f"one turn of the learning loop: {report['collect']} queries collected, {report['fresh']} fresh")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--collect", type=int, default=20000, help="queries whose escalations train the new student")
+    parser.add_argument("--fresh", type=int, default=2000, help="fresh queries before and after")
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=2000, help="models improve fine-tuning steps")
+    parser.add_argument("--models", type=Path, default=REPO / "models")
+    parser.add_argument("--log", type=Path, default=None, help="reuse this escalation log instead of collecting")
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "closed_loop")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--keep", type=Path, default=None, help="work folder to keep (logs, bundles); default: a temporary one"
+    )
+    parser.add_argument("--collect-only", action="store_true", help="stop after writing the training log")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    for name in ("closed_loop", "edgecloud.modelkit"):
+        logging.getLogger(name).setLevel(logging.INFO)
+    args.out.mkdir(parents=True, exist_ok=True)
+    base = args.models / "edge-student"
+    problems = unique_problems(args.collect + args.fresh, seed=13)
+    collect, fresh = problems[: args.collect], problems[args.collect :]
+    started, busy_before, load_before = time.monotonic(), busy_cpu_s(), os.getloadavg()[0]
+    with tempfile.TemporaryDirectory(prefix="closed-loop-") as tmp:
+        work = args.keep or Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        escalation_log = args.log or work / "escalations.jsonl"
+        server = RunningServer(
+            work / "sessions.sqlite3",
+            EngineConfig(max_batch=32, max_queue=4096, device="cpu", threads=args.threads),
+            load_teacher(args.models / "cloud-teacher"),
+            model=args.models / "cloud-teacher",
+            sessions=SessionConfig(escalation_log=None if args.log else escalation_log, result_cache_size=0),
+        )
+        try:
+            timings = {}
+            if args.log is None:
+                t = time.monotonic()
+                _run_traffic(base, server, collect, args.concurrency, work)
+                timings["collect_s"] = time.monotonic() - t
+                # The log goes on growing with the fresh queries' escalations: train on what the collection wrote.
+                training_log = work / "training.jsonl"
+                shutil.copyfile(escalation_log, training_log)
+                log.info("collected %s in %.0f s", training_log, timings["collect_s"])
+                if args.collect_only:
+                    return 0
+            else:
+                training_log = args.log
+            t = time.monotonic()
+            before = _run_traffic(base, server, fresh, args.concurrency, work)
+            cloud_only = _run_traffic(base, server, fresh, args.concurrency, work, route=Requested.CLOUD)
+            timings["before_s"] = time.monotonic() - t
+            t = time.monotonic()
+            try:
+                summary = improve_student(
+                    ImproveConfig(
+                        logs=(training_log,), bundle=base, out=work / "improved", steps=args.steps, threads=args.threads
+                    )
+                )
+            except GateFailedError as exc:  # nothing to roll out: report the gate's verdict
+                print(json.dumps({"gate": exc.result.summary(), "error": str(exc)}, indent=2))
+                return 1
+            timings["improve_s"] = time.monotonic() - t
+            new_bundle = work / "improved" / "edge-student"
+            t = time.monotonic()
+            after = _run_traffic(new_bundle, server, fresh, args.concurrency, work)
+            timings["after_s"] = time.monotonic() - t
+            latency = {"before": _edge_latency_by_k(base, fresh), "after": _edge_latency_by_k(new_bundle, fresh)}
+        finally:
+            server.stop()
+    cloud_acc = _phase(fresh, cloud_only)["accuracy"]
+    report = {
+        "collect": args.collect,
+        "fresh": args.fresh,
+        "base_version": summary["base"]["version"],
+        "new_version": summary["version"],
+        "before": _phase(fresh, before),
+        "after": _phase(fresh, after),
+        "cloud_only_accuracy": cloud_acc,
+        "edge_latency_by_k": latency,
+        "improve": {
+            k: summary[k]
+            for k in (
+                "records_read",
+                "records_used",
+                "records_dropped",
+                "lines_skipped",
+                "learn_reasoning",
+                "replay_examples",
+                "gate",
+                "seconds",
+            )
+        },
+        "timings_s": timings,
+        "wall_s": time.monotonic() - started,
+        "load_before": load_before,
+        "load_after": os.getloadavg()[0],
+        "busy_cpu_s": busy_cpu_s() - busy_before,
+        "machine": machine_info(args.threads),
+    }
+    for phase in ("before", "after"):
+        report[phase]["share_of_cloud_accuracy"] = report[phase]["accuracy"] / cloud_acc if cloud_acc else None
+    report["escalation_drop_points"] = 100 * (report["before"]["escalation_rate"] - report["after"]["escalation_rate"])
+    (args.out / "closed_loop.json").write_text(json.dumps(report, indent=2, default=str))
+    plot(report, args.out / "closed_loop.png")
+    print(json.dumps(report, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

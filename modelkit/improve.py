@@ -1,0 +1,405 @@
+"""``edgecloud models improve``: the next edge student, trained on what the cloud answered.
+
+Every escalated query comes back with the thinking model's answer (and its reasoning): the best
+training data the edge can get. This reads the cloud's escalation logs
+(:mod:`edgecloud.shared.escalations`), keeps the records worth learning from, fine-tunes the
+base student on them with replay of what the base already answers (so it forgets nothing), and
+packages the result as ``models build`` does (ONNX export, int8, int8-vs-fp32 check,
+calibration, golden cases). A gate (:mod:`edgecloud.modelkit.gate`) compares the new student with
+the base on a fixed validation set; a student worse than its base is never written.
+
+Records kept: completed sessions from the same student (by bundle name), with an answer, not cut
+at the answer's token limit, de-duplicated by the query as the student reads it (its tokenizer's
+normaliser), the latest record winning. An answer whose thinking was cut by the budget is left
+out, or down-weighted with ``budget_cut_weight``.
+
+With ``learn_reasoning`` (the default when the records carry reasoning), the student learns the
+cloud's reasoning as a scratchpad: it writes ``<think>`` reasoning ``</think>`` answer, and the
+edge runtime reads only the answer. A student answering multi-step queries directly learns them
+slowly; one that reasons briefly learns them far faster (issue 13), for a few milliseconds more
+on the queries it reasons on.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import shutil
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer
+
+from edgecloud.edge.runtime import EdgeModel
+from edgecloud.modelkit.build import BuildConfig, load_reference_student, package_student, swap_into_place
+from edgecloud.modelkit.evaluate import REFERENCE_DIR, STUDENT_DIR
+from edgecloud.modelkit.gate import GateConfig, GateResult, evaluate_gate
+from edgecloud.modelkit.student import StudentRecipe, student_answers, student_prompt
+from edgecloud.modelkit.tokenizer import THINK_END, THINK_START
+from edgecloud.modelkit.training import TrainConfig, collate, train
+from edgecloud.shared.bundle import Manifest, verify_bundle
+from edgecloud.shared.errors import ConfigError, EdgecloudError
+from edgecloud.shared.escalations import Escalation, ReadReport, iter_escalations
+from edgecloud.shared.signing import load_private_key, sign_bundle
+from edgecloud.shared.task import EVAL_MIX, Split, generate, parse_answer
+
+__all__ = ["GateFailedError", "ImproveConfig", "TrainingSet", "collect_training_set", "improve_student"]
+
+log = logging.getLogger(__name__)
+
+
+class GateFailedError(EdgecloudError):
+    """The new student is worse than its base; no bundle was written."""
+
+    code = "gate_failed"
+
+    def __init__(self, result: GateResult) -> None:
+        super().__init__("the new student regressed: " + "; ".join(result.regressions))
+        self.result = result
+
+
+@dataclass(frozen=True, kw_only=True)
+class ImproveConfig:
+    logs: tuple[Path, ...]
+    """Escalation logs (JSONL) of the cloud, read in order."""
+    bundle: Path
+    """The base edge bundle: the student that escalated."""
+    out: Path
+    """Folder that receives ``edge-student/`` and ``student-reference/``."""
+    reference: Path | None = None
+    """The base's fp32 PyTorch student; default: ``student-reference`` beside ``bundle``."""
+    version: int | None = None
+    """Default: the base's version + 1."""
+    learn_reasoning: bool | None = None
+    """Learn the cloud's reasoning as a scratchpad; None: when most kept records carry it."""
+    budget_cut_weight: float = 0.0
+    """Sampling weight of answers whose thinking the budget cut (0: left out)."""
+    replay_share: float = 0.5
+    """Share of each batch drawn from the base's own answers."""
+    replay_n: int = 20000
+    """Queries the base answers for replay (its confident answers are kept)."""
+    steps: int = 2000
+    batch_size: int = 128
+    lr: float = 1e-3
+    max_new_tokens: int = 160
+    """Tokens the improved student may generate (reasoning included): the edge's latency cap."""
+    gate: GateConfig = field(default_factory=GateConfig)
+    key: Path | None = None
+    """Sign the bundle with this Ed25519 private key (PEM)."""
+    seed: int = 0
+    threads: int = 2
+    calibration_n: int = 4000
+    eval_every: int = 250
+    """Steps between progress checks (exact answers per k on validation queries); 0: none."""
+
+    def __post_init__(self) -> None:
+        if not self.logs:
+            raise ConfigError("at least one escalation log is needed")
+        if not 0 <= self.budget_cut_weight <= 1:
+            raise ConfigError(f"budget_cut_weight must be in [0, 1], got {self.budget_cut_weight}")
+        if not 0 <= self.replay_share < 1:
+            raise ConfigError(f"replay_share must be in [0, 1), got {self.replay_share}")
+        if self.steps < 1 or self.batch_size < 1 or self.replay_n < 0:
+            raise ConfigError("steps and batch_size must be >= 1, replay_n >= 0")
+        if not 1 <= self.max_new_tokens <= 256:
+            raise ConfigError(f"max_new_tokens must be in 1..256, got {self.max_new_tokens}")
+
+    @property
+    def reference_dir(self) -> Path:
+        return self.reference if self.reference is not None else self.bundle.parent / REFERENCE_DIR
+
+
+@dataclass(frozen=True)
+class TrainingExample:
+    query: str
+    target: str
+    """What the student learns to write after the prompt (the stop token is added)."""
+    weight: float = 1.0
+
+
+@dataclass
+class TrainingSet:
+    examples: list[TrainingExample]
+    read: ReadReport
+    dropped: Counter[str]
+    reasoning: bool
+    """Whether the targets carry the cloud's reasoning."""
+
+    def summary(self) -> dict[str, object]:
+        return {
+            "records_read": self.read.read,
+            "lines_skipped": dict(self.read.skipped),
+            "records_used": len(self.examples),
+            "records_dropped": dict(self.dropped),
+            "learn_reasoning": self.reasoning,
+        }
+
+
+def _target(record: Escalation, reasoning: bool) -> str:
+    if reasoning:
+        return f"{THINK_START}{record.reasoning}{THINK_END}{record.answer}"
+    return record.answer
+
+
+def collect_training_set(
+    logs: Sequence[Path],
+    *,
+    student_name: str,
+    normalize,
+    budget_cut_weight: float = 0.0,
+    learn_reasoning: bool | None = None,
+) -> TrainingSet:
+    """The records worth learning from, one per normalised query (the latest), and why the others
+    were dropped. ``normalize`` maps a query to what the student reads."""
+    report = ReadReport()
+    dropped: Counter[str] = Counter()
+    chosen: dict[str, tuple[Escalation, float]] = {}
+    for record in iter_escalations(list(logs), report):
+        if record.status != "completed":
+            dropped["not completed"] += 1
+        elif record.producer_name != student_name:
+            dropped["another model escalated it"] += 1
+        elif not record.answer.strip():
+            dropped["empty answer"] += 1
+        elif record.finish_reason == "length":
+            dropped["answer cut at its token limit"] += 1
+        elif record.budget_reached and budget_cut_weight == 0:
+            dropped["thinking cut by the budget"] += 1
+        else:
+            key = normalize(record.query)
+            if key in chosen:
+                dropped["duplicate query"] += 1
+            chosen[key] = (record, budget_cut_weight if record.budget_reached else 1.0)
+    records = list(chosen.values())
+    if learn_reasoning is None:
+        learn_reasoning = bool(records) and sum(bool(r.reasoning) for r, _ in records) * 2 > len(records)
+    examples = []
+    for record, weight in records:
+        if learn_reasoning and not record.reasoning:
+            dropped["no reasoning recorded"] += 1
+            continue
+        examples.append(TrainingExample(record.query, _target(record, learn_reasoning), weight))
+    return TrainingSet(examples=examples, read=report, dropped=dropped, reasoning=learn_reasoning)
+
+
+def _base_mix(metadata: dict) -> dict[int, float]:
+    """The k mix the base was trained on (its manifest's recipe), or the evaluation mix."""
+    try:
+        mix = {int(k): float(v) for k, v in metadata["recipe"]["mix"].items()}
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return dict(EVAL_MIX)
+    return mix if mix and all(v >= 0 for v in mix.values()) and sum(mix.values()) > 0 else dict(EVAL_MIX)
+
+
+def _replay(base: EdgeModel, recipe: StudentRecipe, n: int, seed: int) -> list[TrainingExample]:
+    """What the base already answers well, in its own words: its confident answers on training
+    queries of its own mix."""
+    if n == 0 or base.calibration is None:
+        return []
+    kept = []
+    for problem in generate(n, seed + 31, Split.TRAIN, recipe.mix):
+        answer = base.answer(problem.query)
+        if not answer.abstained and answer.confidence >= base.calibration.threshold:
+            kept.append(TrainingExample(problem.query, answer.text))
+    log.info("replay: the base answers %d of %d training queries confidently", len(kept), n)
+    return kept
+
+
+class _Batches:
+    """Seeded batches: ``replay_share`` of the rows from replay, the rest from the escalations
+    (each drawn by its weight). The two parts are padded apart: replay rows are a few tokens,
+    reasoning rows a hundred, and padding one to the other would triple the step's work."""
+
+    def __init__(
+        self, tokenizer, template: str, escalations, replay, *, batch_size: int, replay_share: float, seed: int
+    ):
+        self.rng = random.Random(f"edgecloud-improve/{seed}")
+        self.pad = tokenizer.pad_token_id
+        self.replay_rows = round(batch_size * replay_share) if replay else 0
+        self.escalation_rows = batch_size - self.replay_rows
+        eos = tokenizer.eos_token
+
+        def encode(examples: list[TrainingExample]) -> list[tuple[list[int], list[int]]]:
+            if not examples:
+                return []
+            prompts = tokenizer([student_prompt(template, e.query) for e in examples], add_special_tokens=False)
+            targets = tokenizer([f"{e.target}{eos}" for e in examples], add_special_tokens=False)
+            return list(zip(prompts["input_ids"], targets["input_ids"], strict=True))
+
+        self.escalations = encode(escalations)
+        self.escalation_weights = [e.weight for e in escalations]
+        self.replay = encode(replay)
+
+    def __call__(self, _step: int) -> dict[str, list[dict[str, torch.Tensor]]]:
+        parts = []
+        chosen = self.rng.choices(self.escalations, weights=self.escalation_weights, k=self.escalation_rows)
+        parts.append(collate([(p + t, len(p)) for p, t in chosen], self.pad))
+        if self.replay_rows:
+            replayed = [self.rng.choice(self.replay) for _ in range(self.replay_rows)]
+            parts.append(collate([(p + t, len(p)) for p, t in replayed], self.pad))
+        return {"parts": parts}
+
+
+def _parts_loss(model: torch.nn.Module, batch: dict) -> torch.Tensor:
+    """Cross-entropy over every target token of every part (a token counts the same in either)."""
+    total, tokens = torch.zeros(()), 0
+    for part in batch["parts"]:
+        logits = model(input_ids=part["input_ids"], attention_mask=part["attention_mask"]).logits
+        labels = part["labels"][:, 1:].reshape(-1)
+        total = total + torch.nn.functional.cross_entropy(
+            logits[:, :-1].reshape(-1, logits.size(-1)), labels, ignore_index=-100, reduction="sum"
+        )
+        tokens += int((labels != -100).sum())
+    return total / max(tokens, 1)
+
+
+def _progress_check(student, tokenizer, template: str, max_new_tokens: int, seed: int):
+    """Exact answers of the PyTorch student on a few validation queries per k, during training."""
+    problems = generate(400, seed + 41, Split.VALIDATION, {1: 0.25, 2: 0.25, 3: 0.25, 4: 0.25})
+
+    def on_eval(_step: int) -> dict[str, float]:
+        answers = student_answers(
+            student, tokenizer, template, [p.query for p in problems], max_new_tokens=max_new_tokens
+        )
+        report = {}
+        for k in sorted({p.k for p in problems}):
+            right = [parse_answer(a) == p.answer for a, p in zip(answers, problems, strict=True) if p.k == k]
+            report[f"val_k{k}_exact"] = sum(right) / len(right)
+        return report
+
+    return on_eval
+
+
+def _load_base(config: ImproveConfig) -> tuple[EdgeModel, Manifest]:
+    manifest = verify_bundle(config.bundle)
+    if manifest.kind != "edge":
+        raise ConfigError(f"{config.bundle} is a {manifest.kind} bundle, not an edge bundle")
+    if not (config.reference_dir / "config.json").is_file():
+        raise ConfigError(
+            f"{config.reference_dir}: no fp32 student here (config.json); pass --reference, the "
+            "student-reference folder `models build` wrote with the bundle"
+        )
+    return EdgeModel.from_bundle(config.bundle, threads=config.threads), manifest
+
+
+def _training_set(config: ImproveConfig, base: EdgeModel, manifest: Manifest) -> TrainingSet:
+    normalizer = Tokenizer.from_file(str(base.tokenizer_file)).normalizer
+    training = collect_training_set(
+        config.logs,
+        student_name=manifest.name,
+        normalize=normalizer.normalize_str if normalizer is not None else str,
+        budget_cut_weight=config.budget_cut_weight,
+        learn_reasoning=config.learn_reasoning,
+    )
+    for reason, where in training.read.examples.items():
+        log.warning("skipped %d lines (%s), e.g. %s", training.read.skipped[reason], reason, where)
+    log.info("training set: %s", training.summary())
+    if not training.examples:
+        raise ConfigError(f"nothing to learn from in {', '.join(map(str, config.logs))}: {training.summary()}")
+    return training
+
+
+def _fine_tune(config: ImproveConfig, base: EdgeModel, training: TrainingSet, recipe: StudentRecipe):
+    """The base's fp32 student, fine-tuned on the escalations with replay; with its tokenizer,
+    training history and the number of replay examples."""
+    student, tokenizer = load_reference_student(config.reference_dir, recipe, config.seed)
+    replay = _replay(base, recipe, config.replay_n, config.seed)
+    batches = _Batches(
+        tokenizer,
+        base.prompt_template,
+        training.examples,
+        replay,
+        batch_size=config.batch_size,
+        replay_share=config.replay_share,
+        seed=config.seed,
+    )
+    schedule = TrainConfig(
+        steps=config.steps,
+        batch_size=config.batch_size,
+        lr=config.lr,
+        warmup=min(100, config.steps // 10 + 1),
+        weight_decay=0.01,
+        threads=config.threads,
+        seed=config.seed,
+    )
+    log.info("fine-tuning (%d steps, %d escalations, %d replay)", config.steps, len(training.examples), len(replay))
+    check = _progress_check(student, tokenizer, base.prompt_template, config.max_new_tokens, config.seed)
+    history = train(
+        student,
+        batches,
+        schedule,
+        loss_fn=_parts_loss,
+        desc="improve",
+        on_eval=check if config.eval_every else None,
+        eval_every=config.eval_every,
+    )
+    student.config.use_cache = True
+    return student, tokenizer, history, len(replay)
+
+
+def improve_student(config: ImproveConfig) -> dict[str, object]:
+    """Build, gate and (if it passes) write the next edge student; returns a summary.
+
+    GateFailedError when the new student is worse than the base (nothing is written);
+    ConfigError when the inputs are missing or there is nothing to learn from."""
+    started = time.monotonic()
+    torch.set_num_threads(config.threads)
+    base, base_manifest = _load_base(config)
+    version = config.version or base_manifest.version + 1
+    training = _training_set(config, base, base_manifest)
+    recipe = replace(
+        StudentRecipe(),
+        mix=_base_mix(base_manifest.metadata),
+        prompt_template=base.prompt_template,
+        max_new_tokens=config.max_new_tokens,
+        abstain_k=(),
+    )
+    student, tokenizer, history, replayed = _fine_tune(config, base, training, recipe)
+
+    config.out.mkdir(parents=True, exist_ok=True)
+    staging = config.out / f".staging-improve-{int(time.time())}"
+    shutil.rmtree(staging, ignore_errors=True)
+    build = BuildConfig(out=config.out, seed=config.seed, threads=config.threads, calibration_n=config.calibration_n)
+    try:
+        packaged = package_student(
+            student,
+            tokenizer,
+            recipe,
+            build,
+            bundle_dir=staging / STUDENT_DIR,
+            reference_dir=staging / REFERENCE_DIR,
+            version=version,
+            think=(THINK_START, THINK_END) if training.reasoning else None,
+            metadata={
+                "improved_from": {"name": base_manifest.name, "version": base_manifest.version},
+                "training_set": training.summary(),
+                "train_final": history[-1] if history else {},
+            },
+        )
+        gate = evaluate_gate(base, packaged.model, config.gate, seed=config.seed)
+        log.info("gate: %s", gate.summary())
+        if not gate.passed:
+            raise GateFailedError(gate)
+        if config.key is not None:
+            sign_bundle(staging / STUDENT_DIR, load_private_key(config.key))
+        swap_into_place(staging, config.out, (STUDENT_DIR, REFERENCE_DIR))
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    summary = {
+        "version": version,
+        "base": {"name": base_manifest.name, "version": base_manifest.version},
+        "bundle": str(config.out / STUDENT_DIR),
+        "signed": config.key is not None,
+        "seconds": time.monotonic() - started,
+        **training.summary(),
+        "replay_examples": replayed,
+        "gate": gate.summary(),
+        "int8_check": packaged.int8_check,
+        "calibration": packaged.calibration.to_dict(),
+    }
+    log.info("improve done in %.0f s", summary["seconds"])
+    return summary

@@ -1,0 +1,168 @@
+"""`models improve`: which escalations it learns from, and the gate that refuses a worse student.
+
+The record selection is pure logic on real log files. The two turns run the real pipeline on the
+shipped v5 student (fine-tuning, ONNX export, int8, calibration, the gate), kept short.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from edgecloud.edge.runtime import EdgeModel
+from edgecloud.modelkit.gate import GateConfig
+from edgecloud.modelkit.improve import GateFailedError, ImproveConfig, collect_training_set, improve_student
+from edgecloud.modelkit.scratchpad import think_text
+from edgecloud.modelkit.tokenizer import THINK_END, THINK_START
+from edgecloud.shared.bundle import load_manifest
+from edgecloud.shared.errors import ConfigError
+from edgecloud.shared.escalations import SCHEMA
+from edgecloud.shared.signing import TrustStore, generate_keypair, verify_signed_bundle
+from edgecloud.shared.task import Split, generate
+
+STUDENT = "edgecloud-demo-student"
+
+
+def escalation(query: str, answer: str, **overrides: object) -> dict[str, object]:
+    data: dict[str, object] = {
+        "schema": SCHEMA,
+        "request_id": f"r-{abs(hash((query, answer, str(overrides))))}",
+        "device_id": "edge-0",
+        "query": query,
+        "answer": answer,
+        "reasoning": "",
+        "reasoning_tokens": 0,
+        "budget": 64,
+        "budget_reached": False,
+        "finish_reason": "stop",
+        "status": "completed",
+        "producer": {"name": STUDENT, "version": 5, "sha256": "a" * 64},
+        "edge": {"answer": "", "confidence": 0.0, "estimated_difficulty": 1.0},
+        "features": [0.0],
+        "created_at": "2026-12-02T06:00:00Z",
+    }
+    data.update(overrides)
+    return data
+
+
+def write_log(path: Path, records: list[dict[str, object]]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+def squash(query: str) -> str:
+    return query.replace(" ", "")
+
+
+def test_only_the_records_worth_learning_from_are_kept(tmp_path: Path) -> None:
+    log = write_log(
+        tmp_path / "escalations.jsonl",
+        [
+            escalation("1 + 2", "3"),
+            escalation("5 * 6", "", status="failed"),
+            escalation("5 * 7", "35", producer={"name": "another-student", "version": 1}),
+            escalation("5 * 8", ""),
+            escalation("5 * 9", "4", finish_reason="length"),
+            escalation("6 * 9", "54", budget_reached=True),
+            escalation("1+2", "3"),  # the same query as the student reads it: the latest wins
+        ],
+    )
+    (tmp_path / "torn.jsonl").write_text('{"schema": 2, "quer')
+    training = collect_training_set(
+        [log, tmp_path / "torn.jsonl"], student_name=STUDENT, normalize=squash, learn_reasoning=None
+    )
+    assert [(e.query, e.target, e.weight) for e in training.examples] == [("1+2", "3", 1.0)]
+    assert training.dropped == {
+        "not completed": 1,
+        "another model escalated it": 1,
+        "empty answer": 1,
+        "answer cut at its token limit": 1,
+        "thinking cut by the budget": 1,
+        "duplicate query": 1,
+    }
+    assert training.read.read == 7 and training.read.skipped == {"not JSON": 1}
+    assert training.reasoning is False
+    summary = training.summary()
+    assert summary["records_used"] == 1 and summary["lines_skipped"] == {"not JSON": 1}
+
+
+def test_budget_cut_answers_can_be_down_weighted(tmp_path: Path) -> None:
+    log = write_log(tmp_path / "e.jsonl", [escalation("6 * 9", "54", budget_reached=True), escalation("2 + 2", "4")])
+    training = collect_training_set([log], student_name=STUDENT, normalize=squash, budget_cut_weight=0.25)
+    assert sorted((e.query, e.weight) for e in training.examples) == [("2 + 2", 1.0), ("6 * 9", 0.25)]
+
+
+def test_with_reasoning_the_target_is_the_scratchpad_then_the_answer(tmp_path: Path) -> None:
+    problems = generate(3, 0, Split.TRAIN, {2: 1.0})
+    records = [escalation(p.query, str(p.answer), reasoning=think_text(p)) for p in problems]
+    records.append(escalation("7 + 1", "8"))  # no reasoning recorded
+    training = collect_training_set([write_log(tmp_path / "e.jsonl", records)], student_name=STUDENT, normalize=squash)
+    assert training.reasoning is True
+    assert training.dropped == {"no reasoning recorded": 1}
+    assert [e.target for e in training.examples] == [
+        f"{THINK_START}{think_text(p)}{THINK_END}{p.answer}" for p in problems
+    ]
+
+
+def test_a_config_without_logs_or_with_bad_weights_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="at least one escalation log"):
+        ImproveConfig(logs=(), bundle=tmp_path, out=tmp_path)
+    with pytest.raises(ConfigError, match="budget_cut_weight"):
+        ImproveConfig(logs=(tmp_path / "e.jsonl",), bundle=tmp_path, out=tmp_path, budget_cut_weight=2)
+
+
+def quick_turn(shipped_models: Path, log: Path, out: Path, **overrides: object) -> ImproveConfig:
+    settings: dict[str, object] = {
+        "logs": (log,),
+        "bundle": shipped_models / "edge-student",
+        "out": out,
+        "steps": 30,
+        "batch_size": 64,
+        "replay_n": 3000,
+        "calibration_n": 600,
+        "max_new_tokens": 10,
+        "gate": GateConfig(n=800),
+        "lr": 3e-4,
+        "eval_every": 0,
+    }
+    settings.update(overrides)
+    return ImproveConfig(**settings)  # type: ignore[arg-type]
+
+
+@pytest.mark.slow
+def test_a_turn_on_corrupted_answers_is_refused_and_writes_nothing(shipped_models: Path, tmp_path: Path) -> None:
+    # The cloud's answers, each off by one: a student trained on them answers simple queries wrongly.
+    problems = generate(600, 5, Split.TRAIN, {1: 1.0})
+    log = write_log(tmp_path / "e.jsonl", [escalation(p.query, str(p.answer + 1)) for p in problems])
+    out = tmp_path / "improved"
+    config = quick_turn(shipped_models, log, out, replay_n=0, lr=3e-3, steps=60)
+    with pytest.raises(GateFailedError) as failed:
+        improve_student(config)
+    result = failed.value.result
+    assert not result.passed
+    assert any(r.startswith("k1 accuracy") for r in result.regressions), result.regressions
+    assert result.new.accuracy["k1"] < result.base.accuracy["k1"] - 0.01
+    assert "regressed" in str(failed.value) and "points" in str(failed.value)
+    assert not (out / "edge-student").exists() and not (out / "student-reference").exists()
+    assert [p.name for p in out.iterdir()] == []  # no staging left behind
+
+
+@pytest.mark.slow
+def test_a_turn_on_right_answers_ships_a_signed_next_version(shipped_models: Path, tmp_path: Path) -> None:
+    problems = generate(600, 6, Split.TRAIN, {1: 1.0})
+    log = write_log(tmp_path / "e.jsonl", [escalation(p.query, str(p.answer)) for p in problems])
+    generate_keypair(tmp_path / "release.key", tmp_path / "release.pub")
+    out = tmp_path / "improved"
+    summary = improve_student(quick_turn(shipped_models, log, out, key=tmp_path / "release.key"))
+    base = load_manifest(shipped_models / "edge-student")
+    assert summary["version"] == base.version + 1 and summary["gate"]["passed"] is True
+    assert summary["records_used"] == len({p.query.replace(" ", "") for p in problems})
+    manifest = verify_signed_bundle(out / "edge-student", TrustStore.from_paths([tmp_path / "release.pub"]))
+    assert manifest.version == base.version + 1
+    assert manifest.metadata["improved_from"] == {"name": base.name, "version": base.version}
+    assert manifest.metadata["training_set"]["records_used"] == summary["records_used"]
+    model = EdgeModel.from_bundle(out / "edge-student")
+    right = [model.answer(p.query).text == str(p.answer) for p in generate(200, 9, Split.TEST, {1: 1.0})]
+    assert sum(right) >= 190
