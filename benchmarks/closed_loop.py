@@ -171,6 +171,9 @@ def main() -> int:
     parser.add_argument("--fresh", type=int, default=2000, help="fresh queries before and after")
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--steps", type=int, default=2000, help="models improve fine-tuning steps")
+    parser.add_argument(
+        "--learn-reasoning", choices=("auto", "yes", "no"), default="auto", help="as models improve's flag"
+    )
     parser.add_argument("--models", type=Path, default=REPO / "models")
     parser.add_argument("--log", type=Path, default=None, help="reuse this escalation log instead of collecting")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "closed_loop")
@@ -221,11 +224,26 @@ def main() -> int:
             try:
                 summary = improve_student(
                     ImproveConfig(
-                        logs=(training_log,), bundle=base, out=work / "improved", steps=args.steps, threads=args.threads
+                        logs=(training_log,),
+                        bundle=base,
+                        out=work / "improved",
+                        steps=args.steps,
+                        threads=args.threads,
+                        learn_reasoning={"auto": None, "yes": True, "no": False}[args.learn_reasoning],
                     )
                 )
-            except GateFailedError as exc:  # nothing to roll out: report the gate's verdict
-                print(json.dumps({"gate": exc.result.summary(), "error": str(exc)}, indent=2))
+            except GateFailedError as exc:  # nothing to roll out: record the gate's verdict and the before
+                refused = {
+                    "refused_by_gate": str(exc),
+                    "gate": exc.result.summary(),
+                    "before": _phase(fresh, before),
+                    "cloud_only_accuracy": _phase(fresh, cloud_only)["accuracy"],
+                    "timings_s": {**timings, "improve_s": time.monotonic() - t},
+                    "learn_reasoning": args.learn_reasoning,
+                    "steps": args.steps,
+                }
+                (args.out / "closed_loop.json").write_text(json.dumps(refused, indent=2, default=str))
+                print(json.dumps(refused, indent=2, default=str))
                 return 1
             timings["improve_s"] = time.monotonic() - t
             new_bundle = work / "improved" / "edge-student"
@@ -239,6 +257,9 @@ def main() -> int:
     report = {
         "collect": args.collect,
         "fresh": args.fresh,
+        "training_log": str(training_log),
+        "learn_reasoning": args.learn_reasoning,
+        "steps": args.steps,
         "base_version": summary["base"]["version"],
         "new_version": summary["version"],
         "before": _phase(fresh, before),

@@ -30,6 +30,12 @@ def main(argv: list[str] | None = None) -> int:
         help="mosquitto when installed (auto), or the embedded amqtt broker",
     )
     parser.add_argument("--outage-s", type=float, default=8.0, help="seconds the cloud stays down (default: 8)")
+    parser.add_argument(
+        "--improve-steps",
+        type=int,
+        default=300,
+        help="fine-tuning steps of the models improve run that builds the version rolled out midway (default: 300)",
+    )
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -42,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
             queries=args.queries,
             concurrency=args.concurrency,
             outage_s=args.outage_s,
+            improve_steps=args.improve_steps,
             stack=StackConfig(work=args.out / "run", models=args.models, edges=args.edges, broker=args.broker),
         )
         return run_demo(config)

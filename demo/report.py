@@ -41,6 +41,34 @@ def route_of(record: QueryRecord) -> str:
     return "cloud"
 
 
+def by_version(records: list[QueryRecord]) -> dict[str, dict[str, Any]]:
+    """Escalation rate and accuracy of the traffic each edge model version served, outside the
+    outage (where the cloud cannot take what the edge passes on). An answer degraded to the edge
+    or held in the outbox counts as escalated: the edge did not keep it."""
+    out: dict[str, dict[str, Any]] = {}
+    for version in sorted({r.model_version for r in records if r.model_version}):
+        rows = [
+            r
+            for r in records
+            if r.model_version == version and r.phase != "outage" and r.requested == "auto" and not r.failed
+        ]
+        if not rows:
+            continue
+        kept = [r for r in rows if r.route == "edge" and not r.degraded]
+        out[f"v{version}"] = {
+            "requests": len(rows),
+            "escalation_rate": round(1 - len(kept) / len(rows), 4),
+            "accuracy": _accuracy(rows),
+            "edge_kept_accuracy": _accuracy(kept),
+            "escalation_rate_by_k": {
+                str(k): round(1 - sum(r in kept for r in of_k) / len(of_k), 4)
+                for k in sorted({r.k for r in rows})
+                if (of_k := [r for r in rows if r.k == k])
+            },
+        }
+    return out
+
+
 def build_report(
     records: list[QueryRecord],
     *,
@@ -84,6 +112,7 @@ def build_report(
         },
         "bytes_per_escalation": bytes_per_escalation,
         "swap": swap,
+        "by_model_version": by_version(records),
         "outage": {
             "queries_during": len(outage),
             "degraded_answers": sum(r.degraded and r.route == "edge" for r in outage),
@@ -168,6 +197,24 @@ def format_report(report: dict[str, Any]) -> str:
             f"  {device}: "
             + ", ".join(f"{s} at {t:.1f} s" for s, t in row)
             + (f"; first answer from v{swap.get('to_version')} at {first:.1f} s" if first is not None else "")
+        )
+    improve = swap.get("improve", {})
+    if swap.get("built_by"):
+        lines.append(
+            f"  v{swap.get('to_version')} built by {swap['built_by']}"
+            + (
+                f" from {improve['used']} of {improve['records']} escalations so far in {improve['seconds']} s"
+                if "used" in improve
+                else ""
+            )
+        )
+    for version, row in report.get("by_model_version", {}).items():
+        kept = row["edge_kept_accuracy"]
+        lines.append(
+            f"  traffic on {version}: {row['requests']} queries, escalated {100 * row['escalation_rate']:.1f}%"
+            f" (by k: {', '.join(f'{k} {100 * v:.0f}%' for k, v in row['escalation_rate_by_k'].items())}),"
+            f" accuracy {100 * row['accuracy']:.1f}%"
+            + (f", edge answers {100 * kept:.1f}% right" if kept is not None else "")
         )
     o = report["outage"]
     lines += [

@@ -44,6 +44,9 @@ class DemoConfig:
     outage_s: float = 8.0
     outage_share: float = 0.12
     """Share of the queries sent while the cloud is down (at least 30)."""
+    improve_steps: int = 300
+    """Fine-tuning steps of the ``models improve`` run that builds the version rolled out midway."""
+    improve_timeout_s: float = 240.0
     stack: StackConfig | None = None
 
     @property
@@ -125,11 +128,56 @@ class _Run:
         finally:
             self.rollout_finished.set()
 
+    def _improved_release(self) -> Path | None:
+        """``edgecloud models improve`` on the cloud's escalations so far: the next student, signed
+        and packed; None (said in an event) when the gate refuses it or the command fails."""
+        stack, c = self.stack, self.config
+        work = stack.work / "release"
+        work.mkdir(parents=True, exist_ok=True)
+        snapshot = work / "escalations-so-far.jsonl"
+        source = stack.work / "escalations.jsonl"
+        shutil.copyfile(source, snapshot) if source.exists() else snapshot.write_text("")
+        records = sum(1 for line in snapshot.read_text().splitlines() if line.strip())
+        self.event(f"models improve: training v{self.to_version} on the {records} escalations so far")
+        out = work / "improved"
+        status, log_path = stack.run_command(
+            "improve",
+            [
+                *("models", "improve", str(snapshot), "--bundle", str(stack.config.models / "edge-student")),
+                *("--out", str(out), "--version", str(self.to_version), "--key", str(stack.key)),
+                *("--steps", str(c.improve_steps), "--gate-n", "600", "--calibration-n", "1500"),
+                *("--replay-n", "4000", "--threads", "1"),
+            ],
+            timeout=c.improve_timeout_s,
+        )
+        text = log_path.read_text(errors="replace")
+        tail = text.strip().splitlines()[-1:] or [""]
+        self.swap["improve"] = {"records": records, "exit": status, "log": str(log_path)}
+        if status != 0:
+            self.event(f"models improve exited {status} ({tail[0][:160]}); rolling out a re-export instead")
+            return None
+        summary = json.loads(text[text.rindex("\n{") :])
+        self.swap["improve"].update(
+            used=summary["records_used"], seconds=round(summary["seconds"], 1), gate=summary["gate"]["passed"]
+        )
+        self.event(
+            f"models improve: v{self.to_version} from {summary['records_used']} escalations in "
+            f"{summary['seconds']:.0f} s, gate passed"
+        )
+        archive = work / f"edge-student-v{self.to_version}-improved.tar.gz"
+        pack_bundle(out / "edge-student", archive)
+        return archive
+
     def _rollout(self) -> None:
         stack = self.stack
-        archive = release_bundle(
-            stack.config.models / "edge-student", stack.work / "release", self.to_version, stack.key
-        )
+        archive = self._improved_release()
+        built_by = "models improve"
+        if archive is None:
+            built_by = "re-export of the shipped student"
+            archive = release_bundle(
+                stack.config.models / "edge-student", stack.work / "release", self.to_version, stack.key
+            )
+        self.swap["built_by"] = built_by
         self.event(f"signed {self.bundle_name} v{self.to_version} ({archive.stat().st_size / 1e6:.2f} MB archive)")
         with httpx.Client(base_url=stack.fleet_url, timeout=30) as api:
             registered = api.post(

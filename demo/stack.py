@@ -172,6 +172,26 @@ class Stack:
     def _cli(*args: str) -> list[str]:
         return [sys.executable, "-m", "edgecloud", *args]
 
+    def run_command(self, name: str, args: list[str], timeout: float) -> tuple[int, Path]:
+        """Run ``edgecloud ARGS`` to completion, its output in ``logs/NAME.log``; its exit status
+        (124 when it ran past ``timeout``) and the log's path."""
+        log_path = self.work / "logs" / f"{name}.log"
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(REPO)}
+        with log_path.open("wb") as handle:
+            try:
+                done = subprocess.run(
+                    self._cli(*args),
+                    check=False,
+                    cwd=REPO,
+                    stdout=handle,
+                    stderr=subprocess.STDOUT,
+                    env=env,
+                    timeout=timeout,
+                )
+            except subprocess.TimeoutExpired:
+                return 124, log_path
+        return done.returncode, log_path
+
     def start_broker(self) -> None:
         if self.broker_kind == "embedded":
             argv = [sys.executable, "-m", "edgecloud.demo.broker", "--port", str(self.broker_port)]

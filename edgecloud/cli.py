@@ -53,10 +53,16 @@ def _models_improve(args: argparse.Namespace) -> int:
         budget_cut_weight=args.budget_cut_weight,
         replay_share=args.replay_share,
         steps=args.steps,
+        batch_size=args.batch_size,
+        add_layers=args.add_layers,
+        lr=args.lr,
+        max_new_tokens=args.max_new_tokens,
         key=args.key,
         seed=args.seed,
         threads=args.threads,
         gate=GateConfig(n=args.gate_n),
+        calibration_n=args.calibration_n,
+        replay_n=args.replay_n,
     )
     try:
         summary = improve_student(config)
@@ -394,7 +400,28 @@ def _add_improve_command(models: argparse._SubParsersAction) -> None:
         help="share of each batch replaying the base's answers (default: 0.5)",
     )
     improve.add_argument("--steps", type=int, default=2000, help="fine-tuning steps (default: 2000)")
+    improve.add_argument("--batch-size", type=int, default=128, help="rows per step (default: 128)")
+    improve.add_argument(
+        "--add-layers",
+        type=int,
+        default=0,
+        help="decoder layers added to the base first, starting as identities (default: 0)",
+    )
+    improve.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default: 1e-3)")
+    improve.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=100,
+        help="tokens the new student may write, reasoning included; longer escalations are learnt as "
+        "abstentions (default: 100)",
+    )
     improve.add_argument("--gate-n", type=int, default=2000, help="validation queries of the gate (default: 2000)")
+    improve.add_argument(
+        "--calibration-n", type=int, default=4000, help="validation queries triage is calibrated on (default: 4000)"
+    )
+    improve.add_argument(
+        "--replay-n", type=int, default=20000, help="queries the base answers for replay (default: 20000)"
+    )
     improve.add_argument("--key", type=Path, default=None, help="sign the bundle with this Ed25519 private key (PEM)")
     improve.add_argument("--seed", type=int, default=0, help="training seed (default: 0)")
     improve.add_argument("--threads", type=int, default=2, help="torch threads (default: 2)")

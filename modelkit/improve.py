@@ -22,6 +22,7 @@ on the queries it reasons on.
 
 from __future__ import annotations
 
+import copy
 import logging
 import random
 import shutil
@@ -38,7 +39,7 @@ from edgecloud.edge.runtime import EdgeModel
 from edgecloud.modelkit.build import BuildConfig, load_reference_student, package_student, swap_into_place
 from edgecloud.modelkit.evaluate import REFERENCE_DIR, STUDENT_DIR
 from edgecloud.modelkit.gate import GateConfig, GateResult, evaluate_gate
-from edgecloud.modelkit.student import StudentRecipe, student_answers, student_prompt
+from edgecloud.modelkit.student import StudentRecipe, fit_feature_transform, student_answers, student_prompt
 from edgecloud.modelkit.tokenizer import THINK_END, THINK_START
 from edgecloud.modelkit.training import TrainConfig, collate, train
 from edgecloud.shared.bundle import Manifest, verify_bundle
@@ -85,8 +86,10 @@ class ImproveConfig:
     steps: int = 2000
     batch_size: int = 128
     lr: float = 1e-3
-    max_new_tokens: int = 160
-    """Tokens the improved student may generate (reasoning included): the edge's latency cap."""
+    max_new_tokens: int = 100
+    """Tokens the improved student may generate, reasoning included: the edge's latency cap. An
+    escalation whose reasoning and answer are longer is learnt as an abstention. 100 covers the
+    demo's k=2 (~70 tokens) and k=3 (~93) scratchpads, not k=4 (~116)."""
     gate: GateConfig = field(default_factory=GateConfig)
     key: Path | None = None
     """Sign the bundle with this Ed25519 private key (PEM)."""
@@ -95,6 +98,8 @@ class ImproveConfig:
     calibration_n: int = 4000
     eval_every: int = 250
     """Steps between progress checks (exact answers per k on validation queries); 0: none."""
+    add_layers: int = 0
+    """Decoder layers added to the base before fine-tuning (:func:`grow_layers`)."""
 
     def __post_init__(self) -> None:
         if not self.logs:
@@ -105,6 +110,8 @@ class ImproveConfig:
             raise ConfigError(f"replay_share must be in [0, 1), got {self.replay_share}")
         if self.steps < 1 or self.batch_size < 1 or self.replay_n < 0:
             raise ConfigError("steps and batch_size must be >= 1, replay_n >= 0")
+        if not 0 <= self.add_layers <= 8:
+            raise ConfigError(f"add_layers must be in 0..8, got {self.add_layers}")
         if not 1 <= self.max_new_tokens <= 256:
             raise ConfigError(f"max_new_tokens must be in 1..256, got {self.max_new_tokens}")
 
@@ -128,6 +135,8 @@ class TrainingSet:
     dropped: Counter[str]
     reasoning: bool
     """Whether the targets carry the cloud's reasoning."""
+    abstentions: int = 0
+    """Records over the edge's token limit, learnt as abstentions (set when the batches are built)."""
 
     def summary(self) -> dict[str, object]:
         return {
@@ -135,6 +144,7 @@ class TrainingSet:
             "lines_skipped": dict(self.read.skipped),
             "records_used": len(self.examples),
             "records_dropped": dict(self.dropped),
+            "learnt_as_abstentions": self.abstentions,
             "learn_reasoning": self.reasoning,
         }
 
@@ -215,7 +225,16 @@ class _Batches:
     reasoning rows a hundred, and padding one to the other would triple the step's work."""
 
     def __init__(
-        self, tokenizer, template: str, escalations, replay, *, batch_size: int, replay_share: float, seed: int
+        self,
+        tokenizer,
+        template: str,
+        escalations,
+        replay,
+        *,
+        batch_size: int,
+        replay_share: float,
+        seed: int,
+        max_target_tokens: int,
     ):
         self.rng = random.Random(f"edgecloud-improve/{seed}")
         self.pad = tokenizer.pad_token_id
@@ -233,6 +252,14 @@ class _Batches:
         self.escalations = encode(escalations)
         self.escalation_weights = [e.weight for e in escalations]
         self.replay = encode(replay)
+        # What the edge could not write within its token limit it learns to pass on (the stop token
+        # alone): the cloud's own records teach it where its budget ends.
+        eos_id = tokenizer.eos_token_id
+        self.too_long = 0
+        for i, (prompt, target) in enumerate(self.escalations):
+            if len(target) > max_target_tokens:
+                self.escalations[i] = (prompt, [eos_id])
+                self.too_long += 1
 
     def __call__(self, _step: int) -> dict[str, list[dict[str, torch.Tensor]]]:
         parts = []
@@ -303,10 +330,36 @@ def _training_set(config: ImproveConfig, base: EdgeModel, manifest: Manifest) ->
     return training
 
 
+def grow_layers(model, n: int):
+    """Append ``n`` decoder layers that leave the model's function unchanged: each new layer's
+    attention output and MLP down projections start at zero, so it adds nothing to the residual
+    stream until training moves them. More depth for what the base cannot follow (a scratchpad),
+    without forgetting what it knows on the first step."""
+    if n == 0:
+        return model
+    layers = model.model.layers
+    for _ in range(n):
+        layer = copy.deepcopy(layers[-1])
+        layer.self_attn.layer_idx = len(layers)
+        torch.nn.init.zeros_(layer.self_attn.o_proj.weight)
+        torch.nn.init.zeros_(layer.mlp.down_proj.weight)
+        layers.append(layer)
+    model.config.num_hidden_layers = len(layers)
+    if getattr(model.config, "layer_types", None) is not None:
+        model.config.layer_types = [*model.config.layer_types, *[model.config.layer_types[-1]] * n]
+    log.info("grew the student by %d layers to %d (%.2fM parameters)", n, len(layers), _params(model) / 1e6)
+    return model
+
+
+def _params(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
 def _fine_tune(config: ImproveConfig, base: EdgeModel, training: TrainingSet, recipe: StudentRecipe):
     """The base's fp32 student, fine-tuned on the escalations with replay; with its tokenizer,
     training history and the number of replay examples."""
     student, tokenizer = load_reference_student(config.reference_dir, recipe, config.seed)
+    grow_layers(student, config.add_layers)
     replay = _replay(base, recipe, config.replay_n, config.seed)
     batches = _Batches(
         tokenizer,
@@ -316,7 +369,11 @@ def _fine_tune(config: ImproveConfig, base: EdgeModel, training: TrainingSet, re
         batch_size=config.batch_size,
         replay_share=config.replay_share,
         seed=config.seed,
+        max_target_tokens=config.max_new_tokens,
     )
+    if batches.too_long:
+        log.info("%d escalations are over %d tokens: learnt as abstentions", batches.too_long, config.max_new_tokens)
+        training.abstentions = batches.too_long
     schedule = TrainConfig(
         steps=config.steps,
         batch_size=config.batch_size,
@@ -338,6 +395,8 @@ def _fine_tune(config: ImproveConfig, base: EdgeModel, training: TrainingSet, re
         eval_every=config.eval_every,
     )
     student.config.use_cache = True
+    # Fine-tuning moved the final hidden states: measure their centre and axes again, as a build does.
+    fit_feature_transform(student, tokenizer, base.prompt_template, config.seed)
     return student, tokenizer, history, len(replay)
 
 

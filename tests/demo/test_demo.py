@@ -17,7 +17,10 @@ REPO = Path(__file__).resolve().parents[2]
 def test_the_demo_runs_every_part_and_reports(tmp_path: Path) -> None:
     out = tmp_path / "demo"
     run = subprocess.run(
-        [sys.executable, "-m", "edgecloud.demo", "--queries", "150", "--broker", "embedded", "--out", str(out)],
+        [
+            *(sys.executable, "-m", "edgecloud.demo", "--queries", "150", "--broker", "embedded"),
+            *("--out", str(out), "--improve-steps", "20"),
+        ],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -30,6 +33,16 @@ def test_the_demo_runs_every_part_and_reports(tmp_path: Path) -> None:
     assert report["queries"] == 150 and report["failed_requests"] == 0 and report["invariants_broken"] == []
     assert report["broker"] == "embedded"
     assert report["swap"]["status"] == "COMPLETED" and len(report["swap"]["first_served_by_new_version"]) == 3
+    # The version rolled out midway came from `models improve` on the run's own escalations, or (the gate
+    # refused it: exit 3) from a re-export; either way the report says which, and what each version served.
+    improve = report["swap"]["improve"]
+    assert improve["records"] > 0 and improve["exit"] in (0, 3), improve
+    built_by = "models improve" if improve["exit"] == 0 else "re-export of the shipped student"
+    assert report["swap"]["built_by"] == built_by
+    versions = report["by_model_version"]
+    assert set(versions) == {f"v{report['swap']['from_version']}", f"v{report['swap']['to_version']}"}
+    assert all(0 <= row["escalation_rate"] <= 1 and row["requests"] > 0 for row in versions.values())
+    assert f"traffic on v{report['swap']['to_version']}" in run.stdout
     outage = report["outage"]
     assert outage["degraded_answers"] > 0 and outage["accepted_into_outbox"] == outage["delivered_from_outbox"] > 0
     assert report["routes"]["cloud"]["accuracy"] >= 0.9 and report["reasoning_tokens"]["mean"] > 0
@@ -71,3 +84,45 @@ def test_invariants_hold_for_a_good_run_and_name_each_broken_one() -> None:
     for expected, change in cases.items():
         broken = check_invariants({**good_report(), **change}, edges=2, new_version=3)
         assert any(expected in line for line in broken), (expected, broken)
+
+
+def test_each_version_s_traffic_is_reported_apart_from_the_outage() -> None:
+    from edgecloud.demo.report import by_version
+    from edgecloud.demo.traffic import QueryRecord
+
+    def record(i: int, version: int, route: str, *, k: int = 1, degraded: bool = False, **fields) -> QueryRecord:
+        base = {"requested": "auto", "phase": "steady", "http_status": 200, "correct": True}
+        return QueryRecord(
+            index=i,
+            k=k,
+            query="q",
+            expected=0,
+            edge=0,
+            sent_at=float(i),
+            route=route,
+            degraded=degraded,
+            model_version=version,
+            **{**base, **fields},
+        )
+
+    records = [
+        record(0, 5, "edge"),
+        record(1, 5, "cloud", k=2),
+        record(2, 5, "cloud", k=2, correct=False),
+        record(3, 6, "edge"),
+        record(4, 6, "edge", k=2),
+        record(5, 6, "edge", k=2, degraded=True, correct=False),  # the edge did not keep it
+        record(6, 6, "cloud", k=2, phase="outage"),  # left out: the cloud was down
+        record(7, 6, "cloud", k=2, requested="cloud"),  # left out: the caller chose the route
+        record(8, 6, "edge", http_status=500, error="boom"),  # left out: failed
+    ]
+    report = by_version(records)
+    assert report["v5"] == {
+        "requests": 3,
+        "escalation_rate": round(2 / 3, 4),
+        "accuracy": round(2 / 3, 4),
+        "edge_kept_accuracy": 1.0,
+        "escalation_rate_by_k": {"1": 0.0, "2": 1.0},
+    }
+    assert report["v6"]["requests"] == 3 and report["v6"]["escalation_rate"] == round(1 / 3, 4)
+    assert report["v6"]["escalation_rate_by_k"] == {"1": 0.0, "2": 0.5}

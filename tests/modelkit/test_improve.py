@@ -166,3 +166,27 @@ def test_a_turn_on_right_answers_ships_a_signed_next_version(shipped_models: Pat
     model = EdgeModel.from_bundle(out / "edge-student")
     right = [model.answer(p.query).text == str(p.answer) for p in generate(200, 9, Split.TEST, {1: 1.0})]
     assert sum(right) >= 190
+
+
+def test_grown_layers_start_as_identities_and_load_back(shipped_models: Path, tmp_path: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from edgecloud.modelkit.build import load_reference_student
+    from edgecloud.modelkit.improve import grow_layers
+    from edgecloud.modelkit.student import StudentRecipe
+
+    student, tokenizer = load_reference_student(shipped_models / "student-reference", StudentRecipe(), 0)
+    ids = tokenizer(["12+34=", "7*8="], add_special_tokens=False, return_tensors="pt", padding=True)["input_ids"]
+    with torch.no_grad():
+        before = student(input_ids=ids).logits
+        layers = student.config.num_hidden_layers
+        grow_layers(student, 2)
+        after = student(input_ids=ids).logits
+    assert student.config.num_hidden_layers == layers + 2 == len(student.model.layers)
+    assert len(student.config.layer_types) == layers + 2
+    assert torch.allclose(before, after, atol=1e-6)
+    student.save_pretrained(str(tmp_path / "grown"))
+    reloaded = AutoModelForCausalLM.from_pretrained(str(tmp_path / "grown")).eval()
+    with torch.no_grad():
+        assert torch.allclose(reloaded(input_ids=ids).logits, after, atol=1e-5)
