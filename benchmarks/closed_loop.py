@@ -45,15 +45,19 @@ from edgecloud.shared.task import Problem, parse_answer
 
 log = logging.getLogger("closed_loop")
 
+CLOUD_ONLY_BUDGET = 1024
 
-async def _send(service: EdgeService, problems: list[Problem], concurrency: int, route=Requested.AUTO) -> list:
+
+async def _send(
+    service: EdgeService, problems: list[Problem], concurrency: int, route=Requested.AUTO, budget: int | None = None
+) -> list:
     semaphore = asyncio.Semaphore(concurrency)
     done = 0
 
     async def one(problem: Problem):
         nonlocal done
         async with semaphore:
-            result = await service.query(QueryRequest(query=problem.query, route=route))
+            result = await service.query(QueryRequest(query=problem.query, route=route, max_reasoning_tokens=budget))
         done += 1
         if done % 500 == 0:
             log.info("%d / %d queries", done, len(problems))
@@ -63,7 +67,13 @@ async def _send(service: EdgeService, problems: list[Problem], concurrency: int,
 
 
 def _run_traffic(
-    bundle: Path, server: RunningServer, problems: list[Problem], concurrency: int, work: Path, route=Requested.AUTO
+    bundle: Path,
+    server: RunningServer,
+    problems: list[Problem],
+    concurrency: int,
+    work: Path,
+    route=Requested.AUTO,
+    budget: int | None = None,
 ):
     async def main():
         config = EdgeConfig(bundle=bundle, outbox=work / f"outbox-{time.monotonic_ns()}.sqlite3", cloud="bench")
@@ -77,7 +87,7 @@ def _run_traffic(
         )
         await service.start()
         try:
-            return await _send(service, problems, concurrency, route)
+            return await _send(service, problems, concurrency, route, budget)
         finally:
             await service.stop()
 
@@ -218,7 +228,11 @@ def main() -> int:
                 training_log = args.log
             t = time.monotonic()
             before = _run_traffic(base, server, fresh, args.concurrency, work)
-            cloud_only = _run_traffic(base, server, fresh, args.concurrency, work, route=Requested.CLOUD)
+            # The cloud on every query at its full budget: the strongest baseline. (On `cloud` routing the
+            # edge's hint still sizes the budget, and a simple query's hint starves the teacher's scratchpad.)
+            cloud_only = _run_traffic(
+                base, server, fresh, args.concurrency, work, route=Requested.CLOUD, budget=CLOUD_ONLY_BUDGET
+            )
             timings["before_s"] = time.monotonic() - t
             t = time.monotonic()
             try:

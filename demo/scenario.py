@@ -145,8 +145,9 @@ class _Run:
             [
                 *("models", "improve", str(snapshot), "--bundle", str(stack.config.models / "edge-student")),
                 *("--out", str(out), "--version", str(self.to_version), "--key", str(stack.key)),
-                *("--steps", str(c.improve_steps), "--gate-n", "600", "--calibration-n", "1500"),
-                *("--replay-n", "4000", "--threads", "1"),
+                *("--steps", str(c.improve_steps), "--gate-n", "600", "--calibration-n", "4000"),
+                # Direct answers: at this scale a scratchpad turn is refused by the gate (docs/models.md).
+                *("--replay-n", "4000", "--threads", "1", "--learn-reasoning", "no"),
             ],
             timeout=c.improve_timeout_s,
         )

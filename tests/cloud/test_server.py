@@ -331,7 +331,7 @@ def test_features_pick_the_budget_and_are_collected(teacher_dir: Path, teacher: 
         assert np.allclose(records[0].features, vector, atol=0.05 * np.abs(vector).max())
         # What the next student learns from: the cloud's reasoning and answer, and what the edge said.
         last = records[1]
-        assert last.answer == second[-1].completed.text and last.finish_reason == second[-1].completed.finish_reason
+        assert last.answer == second[-1].completed.answer and last.finish_reason == second[-1].completed.finish_reason
         assert last.budget == budget and last.status == "completed" and last.schema == 2
         assert last.reasoning and last.reasoning_tokens == second[-1].completed.usage.reasoning_tokens
         nine_times_nine = Problem(query="9*9", expression="9*9", start=9, steps=(("*", 9),), answer=81)

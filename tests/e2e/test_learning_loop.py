@@ -104,16 +104,19 @@ def test_escalations_become_a_signed_student_the_fleet_serves(
             batch_size=32,
             lr=1e-4,
             replay_n=2000,
-            calibration_n=400,
+            calibration_n=4000,
             eval_every=0,
+            # Direct answers: a short scratchpad turn leaves a student that tries multi-step queries and gets
+            # them wrong, whose calibration then keeps nothing and the gate refuses it (docs/models.md).
+            learn_reasoning=False,
             key=keys["good"],
             gate=GateConfig(n=400, kept_tolerance=0.05, accuracy_tolerance=0.05, precision_tolerance=0.01),
         )
     )
-    assert summary["version"] == base.version + 1 and summary["signed"] and summary["learn_reasoning"]
-    assert summary["records_read"] == len(records)
+    assert summary["version"] == base.version + 1 and summary["signed"] and summary["gate"]["passed"]
+    assert summary["records_read"] == len(records) and summary["learn_reasoning"] is False
     improved = tmp_path / "improved" / "edge-student"
-    assert load_manifest(improved).io["think_end"] == "</think>"
+    assert load_manifest(improved).metadata["improved_from"]["version"] == base.version
 
     # Registered with the real fleet manager and rolled out; every device verifies it and serves it.
     fleet = make_fleet()
