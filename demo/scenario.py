@@ -146,8 +146,9 @@ class _Run:
                 *("models", "improve", str(snapshot), "--bundle", str(stack.config.models / "edge-student")),
                 *("--out", str(out), "--version", str(self.to_version), "--key", str(stack.key)),
                 *("--steps", str(c.improve_steps), "--gate-n", "600", "--calibration-n", "4000"),
-                # Direct answers: at this scale a scratchpad turn is refused by the gate (docs/models.md).
-                *("--replay-n", "4000", "--threads", "1", "--learn-reasoning", "no"),
+                # Direct answers at a low rate: at this scale a scratchpad turn, or 300 steps at 1e-3, forget
+                # enough that the gate refuses them (docs/models.md).
+                *("--replay-n", "4000", "--threads", "1", "--learn-reasoning", "no", "--lr", "1e-4"),
             ],
             timeout=c.improve_timeout_s,
         )
