@@ -8,7 +8,6 @@ under a lock, one ``write`` each, so a crash tears at most the last line, which 
 from __future__ import annotations
 
 import json
-import logging
 import threading
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,8 +15,6 @@ from pathlib import Path
 from edgecloud.shared.escalations import EdgeView, Escalation, read_escalations
 
 __all__ = ["EdgeView", "Escalation", "EscalationLog", "read_escalations"]
-
-log = logging.getLogger(__name__)
 
 
 class EscalationLog:

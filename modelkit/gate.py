@@ -10,7 +10,6 @@ by ~0.1 point when one answer flips); a real regression is larger, and is report
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -20,8 +19,6 @@ from edgecloud.shared.errors import ConfigError
 from edgecloud.shared.task import EVAL_MIX, Split, generate, parse_answer
 
 __all__ = ["GateConfig", "GateResult", "ModelScore", "evaluate_gate", "score"]
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, kw_only=True)
