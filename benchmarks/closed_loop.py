@@ -180,7 +180,10 @@ def main() -> int:
     parser.add_argument("--collect", type=int, default=20000, help="queries whose escalations train the new student")
     parser.add_argument("--fresh", type=int, default=2000, help="fresh queries before and after")
     parser.add_argument("--concurrency", type=int, default=32)
-    parser.add_argument("--steps", type=int, default=2000, help="models improve fine-tuning steps")
+    parser.add_argument("--steps", type=int, default=None, help="models improve training steps (default: its own)")
+    parser.add_argument(
+        "--student", choices=("auto", "fine-tune", "fresh"), default="auto", help="as models improve's flag"
+    )
     parser.add_argument(
         "--learn-reasoning", choices=("auto", "yes", "no"), default="auto", help="as models improve's flag"
     )
@@ -242,6 +245,7 @@ def main() -> int:
                         bundle=base,
                         out=work / "improved",
                         steps=args.steps,
+                        student=args.student,
                         threads=args.threads,
                         learn_reasoning={"auto": None, "yes": True, "no": False}[args.learn_reasoning],
                     )
@@ -254,6 +258,7 @@ def main() -> int:
                     "cloud_only_accuracy": _phase(fresh, cloud_only)["accuracy"],
                     "timings_s": {**timings, "improve_s": time.monotonic() - t},
                     "learn_reasoning": args.learn_reasoning,
+                    "student": args.student,
                     "steps": args.steps,
                 }
                 (args.out / "closed_loop.json").write_text(json.dumps(refused, indent=2, default=str))
@@ -289,6 +294,9 @@ def main() -> int:
                 "lines_skipped",
                 "learn_reasoning",
                 "replay_examples",
+                "student",
+                "schedule",
+                "parameters",
                 "gate",
                 "seconds",
             )

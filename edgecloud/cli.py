@@ -51,6 +51,7 @@ def _models_improve(args: argparse.Namespace) -> int:
         version=args.version,
         learn_reasoning={"auto": None, "yes": True, "no": False}[args.learn_reasoning],
         budget_cut_weight=args.budget_cut_weight,
+        student=args.student,
         replay_share=args.replay_share,
         steps=args.steps,
         batch_size=args.batch_size,
@@ -394,26 +395,39 @@ def _add_improve_command(models: argparse._SubParsersAction) -> None:
         help="sampling weight of answers whose thinking the budget cut (default: 0, left out)",
     )
     improve.add_argument(
+        "--student",
+        choices=("auto", "fine-tune", "fresh"),
+        default="auto",
+        help="fine-tune the base, or train a fresh 1.3M-parameter reasoner from scratch (auto: fresh when "
+        "learning the reasoning)",
+    )
+    improve.add_argument(
         "--replay-share",
         type=float,
-        default=0.5,
-        help="share of each batch replaying the base's answers (default: 0.5)",
+        default=None,
+        help="share of each batch replaying the base's answers (default: 0.5 fine-tuning, 1/3 fresh)",
     )
-    improve.add_argument("--steps", type=int, default=2000, help="fine-tuning steps (default: 2000)")
-    improve.add_argument("--batch-size", type=int, default=128, help="rows per step (default: 128)")
+    improve.add_argument(
+        "--steps", type=int, default=None, help="training steps (default: 2000 fine-tuning, 1000 fresh)"
+    )
+    improve.add_argument(
+        "--batch-size", type=int, default=None, help="rows per step (default: 128 fine-tuning, 96 fresh)"
+    )
     improve.add_argument(
         "--add-layers",
         type=int,
         default=0,
         help="decoder layers added to the base first, starting as identities (default: 0)",
     )
-    improve.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default: 1e-3)")
+    improve.add_argument(
+        "--lr", type=float, default=None, help="peak learning rate (default: 1e-3 fine-tuning, 2e-3 fresh)"
+    )
     improve.add_argument(
         "--max-new-tokens",
         type=int,
-        default=100,
+        default=None,
         help="tokens the new student may write, reasoning included; longer escalations are learnt as "
-        "abstentions (default: 100)",
+        "abstentions (default: 100 fine-tuning, 130 fresh)",
     )
     improve.add_argument("--gate-n", type=int, default=2000, help="validation queries of the gate (default: 2000)")
     improve.add_argument(

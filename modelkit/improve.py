@@ -18,6 +18,14 @@ cloud's reasoning as a scratchpad: it writes ``<think>`` reasoning ``</think>`` 
 edge runtime reads only the answer. A student answering multi-step queries directly learns them
 slowly; one that reasons briefly learns them far faster (issue 13), for a few milliseconds more
 on the queries it reasons on.
+
+Two ways to build the student (``student``): ``fine-tune`` starts from the base's fp32 weights;
+``fresh`` trains a new, somewhat larger model (:data:`FRESH_REASONER`) from scratch, with the
+base's tokenizer and prompt. A small student trained to answer directly does not learn to follow
+a scratchpad by fine-tuning, and a fresh one learns it in about a thousand steps
+(docs/models.md), so ``auto`` (the default) trains a fresh student when it learns the reasoning.
+The fresh student replays only the base's confident answers: the base's abstentions are on the
+very queries the escalations now teach.
 """
 
 from __future__ import annotations
@@ -29,7 +37,7 @@ import shutil
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -40,6 +48,7 @@ from edgecloud.modelkit.build import BuildConfig, load_reference_student, packag
 from edgecloud.modelkit.evaluate import REFERENCE_DIR, STUDENT_DIR
 from edgecloud.modelkit.gate import GateConfig, GateResult, evaluate_gate
 from edgecloud.modelkit.student import StudentRecipe, fit_feature_transform, student_answers, student_prompt
+from edgecloud.modelkit.teacher import ModelSpec, build_model
 from edgecloud.modelkit.tokenizer import THINK_END, THINK_START
 from edgecloud.modelkit.training import TrainConfig, collate, train
 from edgecloud.shared.bundle import Manifest, verify_bundle
@@ -48,9 +57,47 @@ from edgecloud.shared.escalations import Escalation, ReadReport, iter_escalation
 from edgecloud.shared.signing import load_private_key, sign_bundle
 from edgecloud.shared.task import EVAL_MIX, Split, generate, parse_answer
 
-__all__ = ["GateFailedError", "ImproveConfig", "TrainingSet", "collect_training_set", "improve_student"]
+__all__ = [
+    "FRESH_REASONER",
+    "GateFailedError",
+    "ImproveConfig",
+    "TrainingSet",
+    "collect_training_set",
+    "improve_student",
+]
 
 log = logging.getLogger(__name__)
+
+FRESH_REASONER = ModelSpec(
+    hidden_size=160,
+    intermediate_size=480,
+    num_hidden_layers=4,
+    num_attention_heads=5,
+    num_key_value_heads=5,
+    max_position_embeddings=256,
+)
+"""The fresh student's shape: 1.34M parameters, which learnt the cloud's scratchpad to 100% on
+k=1..3 in 1500 steps (``benchmarks/probe_fresh_reasoner.py``, docs/models.md)."""
+
+STUDENT_MODES = ("auto", "fine-tune", "fresh")
+
+
+@dataclass(frozen=True)
+class _Schedule:
+    steps: int
+    batch_size: int
+    lr: float
+    max_new_tokens: int
+    replay_share: float
+
+
+# What each way of building the student trains with unless told otherwise. A fresh reasoner needs
+# a higher rate and room for k=4's scratchpad (~116 tokens); its batch is two thirds escalations,
+# as many scratchpad rows per step as the probe that measured it.
+_DEFAULTS = {
+    "fine-tune": _Schedule(steps=2000, batch_size=128, lr=1e-3, max_new_tokens=100, replay_share=0.5),
+    "fresh": _Schedule(steps=1000, batch_size=96, lr=2e-3, max_new_tokens=130, replay_share=1 / 3),
+}
 
 
 class GateFailedError(EdgecloudError):
@@ -79,17 +126,24 @@ class ImproveConfig:
     """Learn the cloud's reasoning as a scratchpad; None: when most kept records carry it."""
     budget_cut_weight: float = 0.0
     """Sampling weight of answers whose thinking the budget cut (0: left out)."""
-    replay_share: float = 0.5
-    """Share of each batch drawn from the base's own answers."""
+    student: str = "auto"
+    """``fine-tune`` the base, train a ``fresh`` :data:`FRESH_REASONER`, or ``auto``: fresh when
+    learning the reasoning."""
+    fresh_model: ModelSpec = FRESH_REASONER
+    replay_share: float | None = None
+    """Share of each batch drawn from the base's own answers (default: 0.5 fine-tuning, 1/3 fresh)."""
     replay_n: int = 20000
     """Queries the base answers for replay (its confident answers are kept)."""
-    steps: int = 2000
-    batch_size: int = 128
-    lr: float = 1e-3
-    max_new_tokens: int = 100
+    steps: int | None = None
+    """Training steps (default: 2000 fine-tuning, 1000 fresh)."""
+    batch_size: int | None = None
+    """Rows per step (default: 128 fine-tuning, 96 fresh)."""
+    lr: float | None = None
+    """Peak learning rate (default: 1e-3 fine-tuning, 2e-3 fresh)."""
+    max_new_tokens: int | None = None
     """Tokens the improved student may generate, reasoning included: the edge's latency cap. An
-    escalation whose reasoning and answer are longer is learnt as an abstention. 100 covers the
-    demo's k=2 (~70 tokens) and k=3 (~93) scratchpads, not k=4 (~116)."""
+    escalation whose reasoning and answer are longer is learnt as an abstention. Default: 100
+    fine-tuning (the demo's k=2 scratchpad is ~70 tokens, k=3 ~93), 130 fresh (k=4 is ~116)."""
     gate: GateConfig = field(default_factory=GateConfig)
     key: Path | None = None
     """Sign the bundle with this Ed25519 private key (PEM)."""
@@ -106,14 +160,39 @@ class ImproveConfig:
             raise ConfigError("at least one escalation log is needed")
         if not 0 <= self.budget_cut_weight <= 1:
             raise ConfigError(f"budget_cut_weight must be in [0, 1], got {self.budget_cut_weight}")
-        if not 0 <= self.replay_share < 1:
+        if self.student not in STUDENT_MODES:
+            raise ConfigError(f"student must be one of {', '.join(STUDENT_MODES)}, got {self.student!r}")
+        if self.replay_share is not None and not 0 <= self.replay_share < 1:
             raise ConfigError(f"replay_share must be in [0, 1), got {self.replay_share}")
-        if self.steps < 1 or self.batch_size < 1 or self.replay_n < 0:
-            raise ConfigError("steps and batch_size must be >= 1, replay_n >= 0")
+        if (self.steps is not None and self.steps < 1) or (self.batch_size is not None and self.batch_size < 1):
+            raise ConfigError("steps and batch_size must be >= 1")
+        if self.replay_n < 0:
+            raise ConfigError(f"replay_n must be >= 0, got {self.replay_n}")
+        if self.lr is not None and not 0 < self.lr < 1:
+            raise ConfigError(f"lr must be in (0, 1), got {self.lr}")
         if not 0 <= self.add_layers <= 8:
             raise ConfigError(f"add_layers must be in 0..8, got {self.add_layers}")
-        if not 1 <= self.max_new_tokens <= 256:
+        if self.add_layers and self.student == "fresh":
+            raise ConfigError("add_layers grows the base; a fresh student takes its shape from fresh_model")
+        if self.max_new_tokens is not None and not 1 <= self.max_new_tokens <= 256:
             raise ConfigError(f"max_new_tokens must be in 1..256, got {self.max_new_tokens}")
+
+    def mode(self, reasoning: bool) -> str:
+        """How the student is built, once it is known whether the records' reasoning is learnt."""
+        if self.student != "auto":
+            return self.student
+        return "fresh" if reasoning and self.add_layers == 0 else "fine-tune"
+
+    def schedule(self, mode: str) -> _Schedule:
+        """The training schedule: what was set, and the mode's defaults for the rest."""
+        defaults = _DEFAULTS[mode]
+        return _Schedule(
+            steps=self.steps if self.steps is not None else defaults.steps,
+            batch_size=self.batch_size if self.batch_size is not None else defaults.batch_size,
+            lr=self.lr if self.lr is not None else defaults.lr,
+            max_new_tokens=self.max_new_tokens if self.max_new_tokens is not None else defaults.max_new_tokens,
+            replay_share=self.replay_share if self.replay_share is not None else defaults.replay_share,
+        )
 
     @property
     def reference_dir(self) -> Path:
@@ -205,19 +284,24 @@ def _base_mix(metadata: dict) -> dict[int, float]:
     return mix if mix and all(v >= 0 for v in mix.values()) and sum(mix.values()) > 0 else dict(EVAL_MIX)
 
 
-def _replay(base: EdgeModel, recipe: StudentRecipe, n: int, seed: int) -> list[TrainingExample]:
+def _replay(
+    base: EdgeModel, recipe: StudentRecipe, n: int, seed: int, *, abstentions: bool = True
+) -> list[TrainingExample]:
     """What the base already does well, in its own words, on training queries of its own mix: its
-    confident answers, and its abstentions (the empty answer). Without the abstentions a turn on
-    the cloud's multi-step answers unlearns passing on what the student cannot do: it answers them
-    wrongly and sure, and no triage threshold keeps 99.5% right any more (measured on the demo)."""
+    confident answers, and (``abstentions``) its abstentions, the empty answer. Without them a
+    fine-tuning turn on the cloud's multi-step answers unlearns passing on what the student cannot
+    do: it answers them wrongly and sure, and no triage threshold keeps 99.5% right any more
+    (measured on the demo). A fresh student learns where to pass from the escalations themselves
+    (those over its token limit), and the base's abstentions would contradict what they teach."""
     if n == 0 or base.calibration is None:
         return []
     kept, passed = [], 0
     for problem in generate(n, seed + 31, Split.TRAIN, recipe.mix):
         answer = base.answer(problem.query)
         if answer.abstained:
-            kept.append(TrainingExample(problem.query, ""))
-            passed += 1
+            if abstentions:
+                kept.append(TrainingExample(problem.query, ""))
+                passed += 1
         elif answer.confidence >= base.calibration.threshold:
             kept.append(TrainingExample(problem.query, answer.text))
     log.info(
@@ -365,47 +449,65 @@ def _params(model) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def _fine_tune(config: ImproveConfig, base: EdgeModel, training: TrainingSet, recipe: StudentRecipe):
-    """The base's fp32 student, fine-tuned on the escalations with replay; with its tokenizer,
+def _student(config: ImproveConfig, mode: str, recipe: StudentRecipe):
+    """The model to train and its tokenizer: the base's fp32 student (grown by ``add_layers``), or
+    a fresh :attr:`ImproveConfig.fresh_model` with the base's tokenizer."""
+    if mode == "fine-tune":
+        student, tokenizer = load_reference_student(config.reference_dir, recipe, config.seed)
+        return grow_layers(student, config.add_layers), tokenizer
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(config.reference_dir))
+    student = build_model(config.fresh_model, tokenizer, config.seed)
+    student.generation_config.eos_token_id = tokenizer.eos_token_id
+    log.info("a fresh student: %.2fM parameters", _params(student) / 1e6)
+    return student, tokenizer
+
+
+def _fine_tune(
+    config: ImproveConfig, base: EdgeModel, training: TrainingSet, recipe: StudentRecipe, mode: str, plan: _Schedule
+):
+    """The student (:func:`_student`) trained on the escalations with replay; with its tokenizer,
     training history and the number of replay examples."""
-    student, tokenizer = load_reference_student(config.reference_dir, recipe, config.seed)
-    grow_layers(student, config.add_layers)
-    replay = _replay(base, recipe, config.replay_n, config.seed)
+    student, tokenizer = _student(config, mode, recipe)
+    replay = _replay(base, recipe, config.replay_n, config.seed, abstentions=mode == "fine-tune")
     batches = _Batches(
         tokenizer,
         base.prompt_template,
         training.examples,
         replay,
-        batch_size=config.batch_size,
-        replay_share=config.replay_share,
+        batch_size=plan.batch_size,
+        replay_share=plan.replay_share,
         seed=config.seed,
-        max_target_tokens=config.max_new_tokens,
+        max_target_tokens=plan.max_new_tokens,
     )
     if batches.too_long:
-        log.info("%d escalations are over %d tokens: learnt as abstentions", batches.too_long, config.max_new_tokens)
+        log.info("%d escalations are over %d tokens: learnt as abstentions", batches.too_long, plan.max_new_tokens)
         training.abstentions = batches.too_long
     schedule = TrainConfig(
-        steps=config.steps,
-        batch_size=config.batch_size,
-        lr=config.lr,
-        warmup=min(100, config.steps // 10 + 1),
+        steps=plan.steps,
+        batch_size=plan.batch_size,
+        lr=plan.lr,
+        warmup=min(100, plan.steps // 10 + 1),
         weight_decay=0.01,
         threads=config.threads,
         seed=config.seed,
     )
-    log.info("fine-tuning (%d steps, %d escalations, %d replay)", config.steps, len(training.examples), len(replay))
-    check = _progress_check(student, tokenizer, base.prompt_template, config.max_new_tokens, config.seed)
+    log.info(
+        "training (%s, %d steps, %d escalations, %d replay)", mode, plan.steps, len(training.examples), len(replay)
+    )
+    check = _progress_check(student, tokenizer, base.prompt_template, plan.max_new_tokens, config.seed)
     history = train(
         student,
         batches,
         schedule,
         loss_fn=_parts_loss,
-        desc="improve",
+        desc=f"improve ({mode})",
         on_eval=check if config.eval_every else None,
         eval_every=config.eval_every,
     )
     student.config.use_cache = True
-    # Fine-tuning moved the final hidden states: measure their centre and axes again, as a build does.
+    # Training moved the final hidden states: measure their centre and axes again, as a build does.
     fit_feature_transform(student, tokenizer, base.prompt_template, config.seed)
     return student, tokenizer, history, len(replay)
 
@@ -420,14 +522,18 @@ def improve_student(config: ImproveConfig) -> dict[str, object]:
     base, base_manifest = _load_base(config)
     version = config.version or base_manifest.version + 1
     training = _training_set(config, base, base_manifest)
+    mode = config.mode(training.reasoning)
+    plan = config.schedule(mode)
     recipe = replace(
         StudentRecipe(),
         mix=_base_mix(base_manifest.metadata),
         prompt_template=base.prompt_template,
-        max_new_tokens=config.max_new_tokens,
+        max_new_tokens=plan.max_new_tokens,
         abstain_k=(),
     )
-    student, tokenizer, history, replayed = _fine_tune(config, base, training, recipe)
+    if mode == "fresh":
+        recipe = replace(recipe, model=config.fresh_model)
+    student, tokenizer, history, replayed = _fine_tune(config, base, training, recipe, mode, plan)
 
     config.out.mkdir(parents=True, exist_ok=True)
     staging = config.out / f".staging-improve-{int(time.time())}"
@@ -445,6 +551,8 @@ def improve_student(config: ImproveConfig) -> dict[str, object]:
             think=(THINK_START, THINK_END) if training.reasoning else None,
             metadata={
                 "improved_from": {"name": base_manifest.name, "version": base_manifest.version},
+                "student": mode,
+                "schedule": asdict(plan),
                 "training_set": training.summary(),
                 "train_final": history[-1] if history else {},
             },
@@ -466,6 +574,9 @@ def improve_student(config: ImproveConfig) -> dict[str, object]:
         "seconds": time.monotonic() - started,
         **training.summary(),
         "replay_examples": replayed,
+        "student": mode,
+        "schedule": asdict(plan),
+        "parameters": _params(student),
         "gate": gate.summary(),
         "int8_check": packaged.int8_check,
         "calibration": packaged.calibration.to_dict(),

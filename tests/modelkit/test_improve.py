@@ -7,6 +7,7 @@ shipped v5 student (fine-tuning, ONNX export, int8, calibration, the gate), kept
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from edgecloud.edge.runtime import EdgeModel
 from edgecloud.modelkit.gate import GateConfig
 from edgecloud.modelkit.improve import GateFailedError, ImproveConfig, collect_training_set, improve_student
 from edgecloud.modelkit.scratchpad import think_text
+from edgecloud.modelkit.teacher import ModelSpec
 from edgecloud.modelkit.tokenizer import THINK_END, THINK_START
 from edgecloud.shared.bundle import load_manifest
 from edgecloud.shared.errors import ConfigError
@@ -114,6 +116,23 @@ def test_a_config_without_logs_or_with_bad_weights_is_refused(tmp_path: Path) ->
         ImproveConfig(logs=(tmp_path / "e.jsonl",), bundle=tmp_path, out=tmp_path, budget_cut_weight=2)
 
 
+def test_auto_trains_a_fresh_student_when_it_learns_the_reasoning(tmp_path: Path) -> None:
+    config = ImproveConfig(logs=(tmp_path / "e.jsonl",), bundle=tmp_path, out=tmp_path)
+    assert config.mode(reasoning=True) == "fresh" and config.mode(reasoning=False) == "fine-tune"
+    assert config.schedule("fresh") == config.schedule("fresh")
+    fresh, tuned = config.schedule("fresh"), config.schedule("fine-tune")
+    assert (fresh.steps, fresh.lr, fresh.max_new_tokens) == (1000, 2e-3, 130)
+    assert (tuned.steps, tuned.lr, tuned.max_new_tokens) == (2000, 1e-3, 100)
+    # What is set wins over the mode's defaults; growing the base means fine-tuning it.
+    assert ImproveConfig(logs=config.logs, bundle=tmp_path, out=tmp_path, steps=7).schedule("fresh").steps == 7
+    grown = ImproveConfig(logs=config.logs, bundle=tmp_path, out=tmp_path, add_layers=1)
+    assert grown.mode(reasoning=True) == "fine-tune"
+    with pytest.raises(ConfigError, match="student must be one of"):
+        ImproveConfig(logs=config.logs, bundle=tmp_path, out=tmp_path, student="scratch")
+    with pytest.raises(ConfigError, match="add_layers grows the base"):
+        ImproveConfig(logs=config.logs, bundle=tmp_path, out=tmp_path, student="fresh", add_layers=1)
+
+
 def quick_turn(shipped_models: Path, log: Path, out: Path, **overrides: object) -> ImproveConfig:
     settings: dict[str, object] = {
         "logs": (log,),
@@ -169,6 +188,34 @@ def test_a_turn_on_right_answers_ships_a_signed_next_version(shipped_models: Pat
     model = EdgeModel.from_bundle(out / "edge-student")
     right = [model.answer(p.query).text == str(p.answer) for p in generate(200, 9, Split.TEST, {1: 1.0})]
     assert sum(right) >= 190
+
+
+@pytest.mark.slow
+def test_a_fresh_student_goes_through_the_whole_pipeline_and_an_undertrained_one_is_refused(
+    shipped_models: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Scratchpad records make `auto` train a fresh model from scratch; 30 steps are far too few,
+    # so it exports, quantises and calibrates, and the gate refuses it by its k=1 accuracy.
+    problems = generate(300, 7, Split.TRAIN, {2: 0.5, 3: 0.5})
+    log = write_log(
+        tmp_path / "e.jsonl", [escalation(p.query, str(p.answer), reasoning=think_text(p)) for p in problems]
+    )
+    out = tmp_path / "improved"
+    tiny = ModelSpec(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=1,
+        num_key_value_heads=1,
+        max_position_embeddings=128,
+    )
+    config = quick_turn(shipped_models, log, out, fresh_model=tiny, replay_n=500, lr=None, max_new_tokens=8)
+    with caplog.at_level(logging.INFO, logger="edgecloud.modelkit.improve"), pytest.raises(GateFailedError) as failed:
+        improve_student(config)
+    assert "a fresh student: 0.0" in caplog.text and "training (fresh, 30 steps" in caplog.text
+    assert any(r.startswith("k1 accuracy") for r in failed.value.result.regressions)
+    assert failed.value.result.new.accuracy["k1"] < 0.5 < failed.value.result.base.accuracy["k1"]
+    assert [p.name for p in out.iterdir()] == []
 
 
 def test_grown_layers_start_as_identities_and_load_back(shipped_models: Path, tmp_path: Path) -> None:
