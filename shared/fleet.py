@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import enum
 import json
+import math
 import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -36,7 +37,10 @@ __all__ = [
 ROOT = "edgecloud/v1"
 _SEGMENT = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+_BUNDLE_NAME = re.compile(r"[A-Za-z0-9._-]{1,128}")
 MAX_PAYLOAD_BYTES = 64 * 1024
+MAX_REVISION = 2**53
+"""Revisions and versions stay exact in every JSON reader (a double's integer range)."""
 
 
 @dataclass(frozen=True)
@@ -109,6 +113,43 @@ def _get(data: dict[str, Any], name: str, kind: type | tuple[type, ...], where: 
     return value
 
 
+def _number(data: dict[str, Any], name: str, where: str, default: float = 0.0) -> float:
+    """A finite number field (an int or a float, never a bool or a string)."""
+    value = data.get(name, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise InvalidInputError(f"{where}.{name}: expected a finite number, got {value!r}"[:200])
+    return float(value)
+
+
+def _count(data: dict[str, Any], name: str, where: str, default: int | None = None) -> int:
+    """A non-negative integer field of at most MAX_REVISION: larger ones would overflow SQLite's
+    64-bit integers in the fleet store, and lose precision in JavaScript readers."""
+    if default is None:
+        value = _get(data, name, int, where)
+    else:
+        value = data.get(name, default)
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise InvalidInputError(f"{where}.{name}: expected int, got {value!r}"[:200])
+    if not 0 <= value <= MAX_REVISION:
+        raise InvalidInputError(f"{where}.{name}: must be in 0..{MAX_REVISION}, got {value}"[:200])
+    return value
+
+
+def _optional(data: dict[str, Any], name: str, kind: type, default: Any, where: str, limit: int = 4096) -> Any:
+    """An optional field of type ``kind`` (bools are not ints, ints are bounded counts, floats
+    finite); strings at most ``limit`` long."""
+    if kind is float:
+        return _number(data, name, where, default)
+    if kind is int:
+        return _count(data, name, where, default)
+    value = data.get(name, default)
+    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+        raise InvalidInputError(f"{where}.{name}: expected {kind.__name__}, got {value!r}"[:200])
+    if isinstance(value, str) and len(value) > limit:
+        raise InvalidInputError(f"{where}.{name}: longer than {limit} characters")
+    return value
+
+
 @dataclass(frozen=True)
 class BundleRef:
     name: str
@@ -126,8 +167,16 @@ class BundleRef:
             sha256=_get(data, "sha256", str, "bundle"),
             size=_get(data, "size", int, "bundle"),
         )
-        if ref.version < 1 or ref.size < 1 or not _SHA256.fullmatch(ref.sha256):
-            raise InvalidInputError("bundle: version and size must be >= 1 and sha256 64 hex digits")
+        if (
+            not 1 <= ref.version <= MAX_REVISION
+            or not 1 <= ref.size <= MAX_REVISION
+            or not _SHA256.fullmatch(ref.sha256)
+        ):
+            raise InvalidInputError(
+                f"bundle: version and size must be >= 1 (and <= {MAX_REVISION}) and sha256 64 hex digits"
+            )
+        if not _BUNDLE_NAME.fullmatch(ref.name) or len(ref.url) > 2048:
+            raise InvalidInputError("bundle: name must match [A-Za-z0-9._-]{1,128} and url be at most 2048 characters")
         if not ref.url.startswith(("http://", "https://")):
             raise InvalidInputError(f"bundle.url must be http(s), got {ref.url[:60]!r}")
         return ref
@@ -135,7 +184,11 @@ class BundleRef:
 
 @dataclass(frozen=True)
 class Command:
-    """``deploy`` installs ``bundle``; ``rollback`` goes back to an installed ``bundle`` version."""
+    """``deploy`` installs ``bundle``; ``rollback`` goes back to an installed ``bundle`` version.
+
+    On the wire a command travels signed (:mod:`edgecloud.shared.commands`): ``device``,
+    ``issued_at`` and ``expires_at`` are covered by the signature, so a captured command can be
+    replayed neither to another device nor after it expires."""
 
     id: str
     type: str
@@ -144,23 +197,37 @@ class Command:
     bundle: BundleRef
     rollout_id: str = ""
     issued_at: float = 0.0
+    device: str = ""
+    """The device this command is for ("" only before it is addressed and signed)."""
+    expires_at: float = 0.0
+    """Unix time after which a device refuses it (0: not yet signed)."""
 
     TYPES = ("deploy", "rollback")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Command:
+        rollout_id = data.get("rollout_id", "")
+        device = data.get("device", "")
+        if not isinstance(rollout_id, str) or len(rollout_id) > 200:
+            raise InvalidInputError("cmd.rollout_id: expected a string of at most 200 characters")
+        if not isinstance(device, str) or device and not _SEGMENT.fullmatch(device):
+            raise InvalidInputError(f"cmd.device must match [A-Za-z0-9._-]{{1,64}}, got {device!r}"[:200])
         command = cls(
             id=_get(data, "id", str, "cmd"),
             type=_get(data, "type", str, "cmd"),
             revision=_get(data, "revision", int, "cmd"),
             bundle=BundleRef.from_dict(_get(data, "bundle", dict, "cmd")),
-            rollout_id=str(data.get("rollout_id", "")),
-            issued_at=float(data.get("issued_at", 0.0)),
+            rollout_id=rollout_id,
+            issued_at=_number(data, "issued_at", "cmd"),
+            device=device,
+            expires_at=_number(data, "expires_at", "cmd"),
         )
         if command.type not in cls.TYPES:
-            raise InvalidInputError(f"cmd.type must be one of {cls.TYPES}, got {command.type!r}")
-        if not _SEGMENT.fullmatch(command.id) or command.revision < 1:
-            raise InvalidInputError("cmd.id must match [A-Za-z0-9._-]{1,64} and cmd.revision be >= 1")
+            raise InvalidInputError(f"cmd.type must be one of {cls.TYPES}, got {command.type!r}"[:200])
+        if not _SEGMENT.fullmatch(command.id) or not 1 <= command.revision <= MAX_REVISION:
+            raise InvalidInputError(
+                f"cmd.id must match [A-Za-z0-9._-]{{1,64}} and cmd.revision be in 1..{MAX_REVISION}"
+            )
         return command
 
     def to_dict(self) -> dict[str, Any]:
@@ -194,11 +261,11 @@ class CommandAck:
             command_id=_get(data, "command_id", str, "ack"),
             device=_get(data, "device", str, "ack"),
             status=status,
-            revision=_get(data, "revision", int, "ack"),
-            reason=str(data.get("reason", "")),
-            version=int(data.get("version", 0)),
-            rollout_id=str(data.get("rollout_id", "")),
-            at=float(data.get("at", 0.0)),
+            revision=_count(data, "revision", "ack"),
+            reason=_optional(data, "reason", str, "", "ack"),
+            version=_optional(data, "version", int, 0, "ack"),
+            rollout_id=_optional(data, "rollout_id", str, "", "ack", limit=200),
+            at=_optional(data, "at", float, 0.0, "ack"),
         )
 
 
@@ -224,12 +291,12 @@ class Birth:
         return cls(
             online=_get(data, "online", bool, "state"),
             device=_get(data, "device", str, "state"),
-            model_name=str(data.get("model_name", "")),
-            model_version=int(data.get("model_version", 0)),
-            session=int(data.get("session", 0)),
-            capabilities=[str(c) for c in data.get("capabilities", [])],
-            labels={str(k): str(v) for k, v in dict(data.get("labels", {})).items()},
-            at=float(data.get("at", 0.0)),
+            model_name=_optional(data, "model_name", str, "", "state", limit=128),
+            model_version=_optional(data, "model_version", int, 0, "state"),
+            session=_optional(data, "session", int, 0, "state"),
+            capabilities=[str(c) for c in _optional(data, "capabilities", list, [], "state")],
+            labels={str(k): str(v) for k, v in _optional(data, "labels", dict, {}, "state").items()},
+            at=_optional(data, "at", float, 0.0, "state"),
         )
 
 
@@ -255,10 +322,33 @@ class Telemetry:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Telemetry:
-        try:
-            return cls(**{name: data[name] for name in cls.__dataclass_fields__})
-        except (KeyError, TypeError) as exc:
-            raise InvalidInputError(f"telemetry: {exc}") from exc
+        values: dict[str, Any] = {}
+        for name, kind in _TELEMETRY_FIELDS.items():
+            if name not in data:
+                raise InvalidInputError(f"telemetry.{name}: missing")
+            if kind is float:
+                values[name] = _number(data, name, "telemetry")
+            elif kind is int:
+                values[name] = _count(data, name, "telemetry")
+            else:
+                values[name] = _get(data, name, kind, "telemetry")
+        return cls(**values)
+
+
+_TELEMETRY_FIELDS: dict[str, type] = {
+    "device": str,
+    "at": float,
+    "model_name": str,
+    "model_version": int,
+    "requests": dict,
+    "latency_ms": dict,
+    "escalation_rate": float,
+    "degraded": int,
+    "errors": int,
+    "outbox_depth": int,
+    "cpu_percent": float,
+    "memory_mb": float,
+}
 
 
 def decode(payload: bytes) -> dict[str, Any]:
@@ -267,10 +357,17 @@ def decode(payload: bytes) -> dict[str, Any]:
         raise InvalidInputError(f"payload of {len(payload)} bytes; the limit is {MAX_PAYLOAD_BYTES}")
     try:
         data = json.loads(payload.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InvalidInputError(f"payload is not UTF-8 JSON: {exc}") from exc
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        # ValueError covers JSONDecodeError and an integer of more than 4300 digits; RecursionError
+        # a deeply nested array: both would otherwise escape an MQTT callback and kill its loop
+        raise InvalidInputError(f"payload is not UTF-8 JSON: {str(exc)[:200]}") from exc
     if not isinstance(data, dict):
         raise InvalidInputError("payload must be a JSON object")
+    if b"\\u" in payload:  # only an escape can smuggle in a lone surrogate, which SQLite and UTF-8 refuse later
+        try:
+            json.dumps(data, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidInputError("payload holds a lone UTF-16 surrogate; it is not valid Unicode") from None
     return data
 
 

@@ -13,6 +13,7 @@ import pytest
 from edgecloud.shared.errors import InvalidInputError
 from edgecloud.shared.fleet import (
     MAX_PAYLOAD_BYTES,
+    MAX_REVISION,
     ROOT,
     AckStatus,
     Birth,
@@ -29,7 +30,7 @@ SHA = "0123456789abcdef" * 4
 BUNDLE = {"name": "edge-student", "version": 5, "url": "https://models.example/edge-student-5.tar", "sha256": SHA,
           "size": 123_456}  # fmt: skip
 COMMAND = {"id": "r1-dev-7-deploy", "type": "deploy", "revision": 3, "bundle": BUNDLE, "rollout_id": "r1",
-           "issued_at": 1700000000.5}  # fmt: skip
+           "issued_at": 1700000000.5, "device": "dev-7", "expires_at": 1700086400.5}  # fmt: skip
 
 
 def wire(data: dict[str, Any]) -> dict[str, Any]:
@@ -128,6 +129,11 @@ def test_bundle_ref_from_a_dict() -> None:
         (with_(BUNDLE, sha256=SHA[:-1]), "sha256 64 hex digits"),
         (with_(BUNDLE, url="file:///etc/passwd"), r"^bundle\.url must be http\(s\), got 'file:///etc/passwd'$"),
         (with_(BUNDLE, url="ftp://models.example/b.tar"), r"bundle\.url must be http\(s\)"),
+        (with_(BUNDLE, version=MAX_REVISION + 1), r"\(and <= 9007199254740992\)"),
+        (with_(BUNDLE, size=2**64), r"\(and <= 9007199254740992\)"),
+        (with_(BUNDLE, name="../../etc"), r"^bundle: name must match \[A-Za-z0-9\._-\]\{1,128\}"),
+        (with_(BUNDLE, name=""), r"^bundle: name must match"),
+        (with_(BUNDLE, url="https://x/" + "a" * 2048), r"url be at most 2048 characters$"),
     ],
     ids=[
         "missing",
@@ -141,6 +147,11 @@ def test_bundle_ref_from_a_dict() -> None:
         "short-sha",
         "file-url",
         "ftp-url",
+        "huge-version",
+        "huge-size",
+        "path-name",
+        "empty-name",
+        "long-url",
     ],
 )
 def test_a_bad_bundle_ref_is_refused_naming_the_field(data: dict[str, Any], message: str) -> None:
@@ -153,7 +164,9 @@ def test_a_bad_bundle_ref_is_refused_naming_the_field(data: dict[str, Any], mess
 
 def test_command_round_trips_through_the_wire() -> None:
     command = Command.from_dict(COMMAND)
-    assert command == Command("r1-dev-7-deploy", "deploy", 3, BundleRef.from_dict(BUNDLE), "r1", 1700000000.5)
+    assert command == Command(
+        "r1-dev-7-deploy", "deploy", 3, BundleRef.from_dict(BUNDLE), "r1", 1700000000.5, "dev-7", 1700086400.5
+    )
     assert command.to_dict() == COMMAND
     assert Command.from_dict(wire(command.to_dict())) == command
     rollback = Command.from_dict(with_(COMMAND, type="rollback"))
@@ -161,8 +174,10 @@ def test_command_round_trips_through_the_wire() -> None:
 
 
 def test_command_optional_fields_default() -> None:
-    command = Command.from_dict(without(without(COMMAND, "rollout_id"), "issued_at"))
-    assert (command.rollout_id, command.issued_at) == ("", 0.0)
+    bare = {k: v for k, v in COMMAND.items() if k not in ("rollout_id", "issued_at", "device", "expires_at")}
+    command = Command.from_dict(bare)
+    assert (command.rollout_id, command.issued_at, command.device, command.expires_at) == ("", 0.0, "", 0.0)
+    assert Command.from_dict(with_(COMMAND, revision=MAX_REVISION)).revision == MAX_REVISION
 
 
 @pytest.mark.parametrize(
@@ -177,7 +192,15 @@ def test_command_optional_fields_default() -> None:
         (with_(COMMAND, type="format-disk"), r"^cmd\.type must be one of \('deploy', 'rollback'\), got 'format-disk'$"),
         (with_(COMMAND, id="a/b"), r"cmd\.id must match"),
         (with_(COMMAND, id=""), r"cmd\.id must match"),
-        (with_(COMMAND, revision=0), r"cmd\.revision be >= 1"),
+        (with_(COMMAND, revision=0), r"cmd\.revision be in 1\.\.9007199254740992$"),
+        (with_(COMMAND, revision=2**62), r"cmd\.revision be in 1\.\.9007199254740992$"),
+        (with_(COMMAND, device="dev/7"), r"^cmd\.device must match \[A-Za-z0-9\._-\]\{1,64\}, got 'dev/7'$"),
+        (with_(COMMAND, device=7), r"^cmd\.device must match"),
+        (with_(COMMAND, rollout_id=["r1"]), r"^cmd\.rollout_id: expected a string of at most 200 characters$"),
+        (with_(COMMAND, rollout_id="r" * 201), r"^cmd\.rollout_id: expected a string of at most 200 characters$"),
+        (with_(COMMAND, expires_at="tomorrow"), r"^cmd\.expires_at: expected a finite number, got 'tomorrow'$"),
+        (with_(COMMAND, issued_at=True), r"^cmd\.issued_at: expected a finite number, got True$"),
+        (with_(COMMAND, issued_at=float("inf")), r"^cmd\.issued_at: expected a finite number, got inf$"),
     ],
     ids=[
         "no-id",
@@ -190,6 +213,14 @@ def test_command_optional_fields_default() -> None:
         "id-slash",
         "id-empty",
         "revision-0",
+        "revision-2**62",
+        "device-slash",
+        "device-int",
+        "rollout-id-list",
+        "rollout-id-long",
+        "expires-at-str",
+        "issued-at-bool",
+        "issued-at-inf",
     ],
 )
 def test_a_malformed_command_is_refused_naming_the_field(data: dict[str, Any], message: str) -> None:
@@ -197,11 +228,6 @@ def test_a_malformed_command_is_refused_naming_the_field(data: dict[str, Any], m
         Command.from_dict(data)
 
 
-@pytest.mark.xfail(
-    reason="shared/fleet.py Command.from_dict coerces issued_at with float() unchecked: a malformed value raises "
-    "ValueError/TypeError, not InvalidInputError (edge/agent.py only catches InvalidInputError)",
-    strict=True,
-)
 @pytest.mark.parametrize("issued_at", ["soon", None, [1]])
 def test_a_malformed_issued_at_is_an_invalid_input(issued_at: Any) -> None:
     with pytest.raises(InvalidInputError, match="issued_at"):
@@ -249,12 +275,11 @@ def test_a_malformed_ack_is_refused_naming_the_field(data: dict[str, Any], messa
         CommandAck.from_dict(data)
 
 
-@pytest.mark.xfail(
-    reason="shared/fleet.py CommandAck.from_dict coerces version/at with int()/float() unchecked: a malformed value "
-    "raises ValueError/TypeError, not InvalidInputError",
-    strict=True,
-)
-@pytest.mark.parametrize(("field", "value"), [("version", "five"), ("version", None), ("at", "noon")])
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("version", "five"), ("version", None), ("at", "noon"), ("version", 2**64), ("version", -1), ("at", float("nan")),
+     ("reason", 5), ("rollout_id", "r" * 201), ("revision", 2**63)],
+)  # fmt: skip
 def test_a_malformed_optional_ack_field_is_an_invalid_input(field: str, value: Any) -> None:
     with pytest.raises(InvalidInputError, match=field):
         CommandAck.from_dict(with_(ACK, **{field: value}))
@@ -301,8 +326,24 @@ def test_birth_defaults_are_not_shared() -> None:
         ({"online": 1, "device": "d"}, r"^state\.online: expected bool, got 1$"),
         ({"online": True}, r"^state\.device: missing$"),
         ({"online": True, "device": 7}, r"^state\.device: expected str, got 7$"),
+        ({"online": True, "device": "d", "model_version": 2**64}, r"^state\.model_version: must be in 0\.\."),
+        ({"online": True, "device": "d", "session": "1"}, r"^state\.session: expected int, got '1'$"),
+        ({"online": True, "device": "d", "labels": ["a"]}, r"^state\.labels: expected dict, got \['a'\]$"),
+        ({"online": True, "device": "d", "capabilities": "deploy"}, r"^state\.capabilities: expected list"),
+        ({"online": True, "device": "d", "at": "noon"}, r"^state\.at: expected a finite number, got 'noon'$"),
     ],
-    ids=["no-online", "str-online", "int-online", "no-device", "int-device"],
+    ids=[
+        "no-online",
+        "str-online",
+        "int-online",
+        "no-device",
+        "int-device",
+        "huge-version",
+        "str-session",
+        "list-labels",
+        "str-capabilities",
+        "str-at",
+    ],
 )
 def test_a_malformed_birth_is_refused_naming_the_field(data: dict[str, Any], message: str) -> None:
     with pytest.raises(InvalidInputError, match=message):
@@ -327,16 +368,15 @@ def test_telemetry_round_trips_through_the_wire() -> None:
 
 @pytest.mark.parametrize("field", sorted(Telemetry.__dataclass_fields__))
 def test_telemetry_missing_a_field_is_refused_naming_it(field: str) -> None:
-    with pytest.raises(InvalidInputError, match=f"^telemetry: '{field}'$"):
+    with pytest.raises(InvalidInputError, match=rf"^telemetry\.{field}: missing$"):
         Telemetry.from_dict(without(TELEMETRY.to_dict(), field))
 
 
-@pytest.mark.xfail(
-    reason="shared/fleet.py Telemetry.from_dict checks only that the fields are present, not their types: "
-    "at='noon' or requests='lots' is accepted, and fails later in the fleet manager",
-    strict=True,
-)
-@pytest.mark.parametrize(("field", "value"), [("at", "noon"), ("requests", "lots"), ("errors", None)])
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("at", "noon"), ("requests", "lots"), ("errors", None), ("model_version", 2**64), ("degraded", True),
+     ("cpu_percent", float("inf")), ("device", 7)],
+)  # fmt: skip
 def test_telemetry_of_the_wrong_type_is_refused(field: str, value: Any) -> None:
     with pytest.raises(InvalidInputError, match=field):
         Telemetry.from_dict(with_(TELEMETRY.to_dict(), **{field: value}))
@@ -350,6 +390,10 @@ def test_encode_is_compact_sorted_json() -> None:
     assert isinstance(payload, bytes)
     assert payload == b'{"a":[1,2],"b":1,"c":{"y":"\\u00e9","z":0}}'
     assert decode(payload) == {"a": [1, 2], "b": 1, "c": {"y": "é", "z": 0}}
+
+
+def test_decode_keeps_escaped_unicode_that_is_valid() -> None:
+    assert decode(b'{"a": "\\u00e9\\ud83d\\ude00"}') == {"a": "\u00e9\U0001f600"}
 
 
 def test_decode_accepts_a_payload_of_exactly_the_limit() -> None:
@@ -376,8 +420,23 @@ def test_decode_refuses_a_payload_over_the_limit() -> None:
         (b'"text"', "payload must be a JSON object"),
         (b"null", "payload must be a JSON object"),
         (b"42", "payload must be a JSON object"),
+        (b'{"revision": ' + b"9" * 5000 + b"}", "payload is not UTF-8 JSON: Exceeds the limit"),
+        (b"[" * 60000, "payload is not UTF-8 JSON: maximum recursion depth"),
+        (b'{"model_name": "\\ud800"}', "payload holds a lone UTF-16 surrogate"),
     ],
-    ids=["empty", "text", "truncated", "latin-1", "array", "string", "null", "number"],
+    ids=[
+        "empty",
+        "text",
+        "truncated",
+        "latin-1",
+        "array",
+        "string",
+        "null",
+        "number",
+        "5000-digit-int",
+        "deep",
+        "lone-surrogate",
+    ],
 )
 def test_decode_refuses_what_is_not_a_json_object(payload: bytes, message: str) -> None:
     with pytest.raises(InvalidInputError, match=message):
