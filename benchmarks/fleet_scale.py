@@ -69,7 +69,9 @@ from edgecloud.fleet.rollout import Exponential, RolloutStatus
 from edgecloud.shared.artifacts import pack_bundle
 from edgecloud.shared.broker import BrokerSettings
 from edgecloud.shared.bundle import write_bundle
-from edgecloud.shared.fleet import AckStatus, Birth, Command, CommandAck, Telemetry, Topics, decode, encode
+from edgecloud.shared.commands import CommandRejectedError, open_command
+from edgecloud.shared.fleet import AckStatus, Birth, CommandAck, Telemetry, Topics, encode
+from edgecloud.shared.signing import TrustStore, generate_keypair
 
 FLEET = "bench"
 BUNDLE = "edge-student"
@@ -149,8 +151,10 @@ def start_broker(work: Path) -> tuple[subprocess.Popen[bytes], int, str]:
 class SimDevice:
     """One device: its own paho client, driven by a selector loop of the owning thread."""
 
-    def __init__(self, index: int, host: str, port: int, version: int) -> None:
+    def __init__(self, index: int, host: str, port: int, version: int, trust: TrustStore) -> None:
         self.device = f"sim{index:05d}"
+        self.trust = trust
+        self.refused = 0
         self.topics = Topics(FLEET, self.device)
         self.host, self.port, self.version = host, port, version
         self.labels = {**LABELS, "site": f"s{index % 10}"}
@@ -216,7 +220,11 @@ class SimDevice:
         self.client.publish(self.topics.telemetry, encode({**telemetry.to_dict(), "seq": self.seq}), qos=0)
 
     def _on_message(self, client, _userdata, message: mqtt.MQTTMessage) -> None:  # type: ignore[no-untyped-def]
-        command = Command.from_dict(decode(message.payload))
+        try:  # what a real agent does first: check the manager's signature, the device and the expiry
+            command = open_command(message.payload, self.trust, device=self.device)
+        except CommandRejectedError:
+            self.refused += 1
+            return
         self.commands += 1
         if command.id in self.done:  # a redelivery: say again how it ended
             client.publish(self.topics.ack, self.done[command.id], qos=1)
@@ -310,10 +318,12 @@ def run_devices(
     connected: Any,
     commands: Any,
     late_ms: Any,
+    command_public_key: str,
 ) -> None:
     """The device process: ``count`` devices spread over ``threads`` selector loops."""
     raise_nofile()
-    devices = [SimDevice(i, host, port, version) for i in range(count)]
+    trust = TrustStore.from_paths([command_public_key])
+    devices = [SimDevice(i, host, port, version, trust) for i in range(count)]
     workers = [
         threading.Thread(
             target=_device_loop,
@@ -420,6 +430,7 @@ class Bench:
     def __init__(self, args: argparse.Namespace, work: Path) -> None:
         self.args, self.work = args, work
         self.broker, port, self.binary = start_broker(work)
+        generate_keypair(work / "command.key", work / "command.pub")
         self.manager = FleetManager(
             FleetManagerConfig(
                 fleet=FLEET,
@@ -428,6 +439,7 @@ class Bench:
                 artifact_dir=work / "artifacts",
                 tick_interval_s=args.tick,
                 client_id="bench-fleet-manager",
+                command_key=work / "command.key",
             )
         )
         self.counter = TelemetryCounter(self.manager)
@@ -454,6 +466,7 @@ class Bench:
                 self.connected,
                 self.commands,
                 self.late_ms,
+                str(work / "command.pub"),
             ),
         )
         self.probe: Probe | None = None

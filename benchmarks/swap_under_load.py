@@ -44,7 +44,8 @@ from edgecloud.shared.artifacts import pack_bundle
 from edgecloud.shared.asgi import ThreadedServer
 from edgecloud.shared.broker import BrokerSettings
 from edgecloud.shared.bundle import copy_bundle, load_manifest
-from edgecloud.shared.fleet import Topics, encode
+from edgecloud.shared.commands import sign_command
+from edgecloud.shared.fleet import Command, Topics
 from edgecloud.shared.signing import generate_keypair, load_private_key, sign_bundle
 
 REPO = Path(__file__).resolve().parents[1]
@@ -91,6 +92,8 @@ def main() -> int:
     artifact_url = f"http://127.0.0.1:{httpd.server_address[1]}"
     generate_keypair(work / "key", work / "key.pub")
     key = load_private_key(work / "key")
+    generate_keypair(work / "command.key", work / "command.pub")
+    command_key = load_private_key(work / "command.key")
 
     source = load_manifest(args.bundle)
     bundles = []
@@ -120,6 +123,7 @@ def main() -> int:
             fleet="bench",
             state_dir=work / "agent",
             trusted_keys=(work / "key.pub",),
+            command_keys=(work / "command.pub",),
             broker=BrokerSettings(port=broker_port),
             watch_s=0.0,
         ),
@@ -157,9 +161,9 @@ def main() -> int:
     topic = Topics("bench", "bench-1").cmd
     for revision, bundle in enumerate(bundles, 1):
         published = time.monotonic()
-        publisher.publish(
-            topic, encode({"id": f"swap-{revision}", "type": "deploy", "revision": revision, "bundle": bundle}), qos=1
-        ).wait_for_publish(5)
+        command = {"id": f"swap-{revision}", "type": "deploy", "revision": revision, "bundle": bundle}
+        payload = sign_command(Command.from_dict({**command, "device": "bench-1"}), command_key)
+        publisher.publish(topic, payload, qos=1).wait_for_publish(5)
         deadline = published + 60
         while time.monotonic() < deadline:
             with lock:

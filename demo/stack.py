@@ -125,6 +125,18 @@ class Stack:
         self.broker_kind = self._pick_broker()
         self.key = self.work / "keys" / "demo-signing.key"
         self.public_key = self.work / "keys" / "demo-signing.pub"
+        # a second pair for the fleet manager's commands: the key on the server that moves models
+        # is not the key that vouches for them
+        self.command_key = self.work / "keys" / "demo-commands.key"
+        self.command_public_key = self.work / "keys" / "demo-commands.pub"
+
+    def _ensure_keys(self) -> None:
+        from edgecloud.shared.signing import generate_keypair
+
+        for private, public in ((self.key, self.public_key), (self.command_key, self.command_public_key)):
+            if not private.exists():
+                private.parent.mkdir(parents=True, exist_ok=True)
+                generate_keypair(private, public)
 
     @property
     def devices(self) -> list[str]:
@@ -254,11 +266,7 @@ class Stack:
         self.exits.setdefault("cloud", []).append(int(process.popen.returncode))
 
     def start_fleet(self) -> None:
-        from edgecloud.shared.signing import generate_keypair
-
-        if not self.key.exists():
-            self.key.parent.mkdir(parents=True, exist_ok=True)
-            generate_keypair(self.key, self.public_key)
+        self._ensure_keys()
         process = self._spawn(
             "fleet",
             self._cli(
@@ -276,6 +284,8 @@ class Stack:
                 str(self.work / "fleet-artifacts"),
                 "--trust",
                 str(self.public_key),
+                "--command-key",
+                str(self.command_key),
                 "--mqtt-version",
                 self.mqtt_version,
             ),
@@ -288,6 +298,7 @@ class Stack:
         )
 
     def start_edges(self) -> None:
+        self._ensure_keys()
         started = []
         for index, device in enumerate(self.devices):
             state = self.work / device
@@ -316,6 +327,10 @@ class Stack:
                         FLEET,
                         "--trust",
                         str(self.public_key),
+                        "--trust-commands",
+                        str(self.command_public_key),
+                        "--fleet-origin",
+                        self.fleet_url,
                         "--agent-state",
                         str(state / "agent"),
                         "--telemetry-interval",

@@ -19,8 +19,21 @@ wave) only once its new model has proven itself. Any failure leaves the old
 model serving and reports FAILED with the reason.
 
 Commands are idempotent by id (a repeat gets its last status again) and a
-command with a deployment revision older than the newest seen is ignored.
+command with a deployment revision older than the newest acted on is ignored.
 This bookkeeping is persisted, so it holds across restarts.
+
+Only signed commands are acted on (:mod:`edgecloud.shared.commands`): signed by a key in
+``command_keys``, for this device, not expired. Anything else the broker delivers (unsigned,
+forged, another device's, expired, malformed, any payload at all) changes no state: it is logged
+with its reason and answered with a FAILED ack that names no rollout and revision 0, so a forger
+cannot fail a real delivery through the device; the fleet manager logs it. No payload can stop
+the MQTT loop.
+
+The revision floor moves only once a verified command is acted on (its model is swapped in): a
+command that fails leaves the device exactly as it was. A rollback goes only to a *proven*
+version: the one the daemon started serving, or one that passed its watch window here. With
+``fleet_origin`` set, bundles are downloaded only from that origin, the only place the artifact
+token is ever sent.
 """
 
 from __future__ import annotations
@@ -33,6 +46,7 @@ import resource
 import shutil
 import threading
 import time
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,8 +55,9 @@ import paho.mqtt.client as mqtt
 from edgecloud.edge.runtime import EdgeBundle
 from edgecloud.edge.service import EdgeService
 from edgecloud.shared.broker import BrokerSettings, connect_async, create_client
-from edgecloud.shared.errors import ConfigError, EdgecloudError, InvalidInputError
-from edgecloud.shared.fleet import AckStatus, Birth, Command, CommandAck, Telemetry, Topics, decode, encode
+from edgecloud.shared.commands import CommandRejectedError, open_command
+from edgecloud.shared.errors import ConfigError, EdgecloudError
+from edgecloud.shared.fleet import AckStatus, Birth, Command, CommandAck, Telemetry, Topics, encode
 
 __all__ = ["AgentConfig", "DeviceAgent", "resume_bundle"]
 
@@ -56,6 +71,13 @@ class AgentConfig:
     """Holds downloaded archives, installed bundles and the agent's bookkeeping."""
     trusted_keys: tuple[Path, ...]
     """Ed25519 public keys (PEM); only bundles signed by one of them are installed."""
+    command_keys: tuple[Path, ...] = ()
+    """Ed25519 public keys (PEM) of the fleet manager's command key; only commands signed by one
+    of them are acted on. Required, and kept apart from ``trusted_keys``: the key that signs
+    commands on a server is not the key that vouches for models."""
+    fleet_origin: str | None = None
+    """The fleet manager's public URL (only its scheme, host and port count). When set, bundles
+    are downloaded only from there; required with ``artifact_token``, which goes nowhere else."""
     fleet: str = "default"
     broker: BrokerSettings = field(default_factory=BrokerSettings)
     telemetry_interval_s: float = 5.0
@@ -63,6 +85,7 @@ class AgentConfig:
     max_bundle_bytes: int = 256 << 20
     download_timeout_s: float = 60.0
     artifact_token: str | None = None
+    """Bearer token for the fleet's artifact downloads; sent only to ``fleet_origin``."""
     watch_s: float = 30.0
     """How long after a swap the new model is watched."""
     watch_min_requests: int = 20
@@ -75,10 +98,35 @@ class AgentConfig:
         Topics(self.fleet, self.device_id)  # validates the names
         if not self.trusted_keys:
             raise ConfigError("the agent needs at least one trusted bundle signing key (--trust KEY.pem)")
+        object.__setattr__(self, "command_keys", tuple(Path(k) for k in self.command_keys))
+        if not self.command_keys:
+            raise ConfigError(
+                "the agent needs at least one trusted command key (--trust-commands KEY.pub): "
+                "it acts only on commands signed by the fleet manager"
+            )
+        if self.fleet_origin is not None and origin_of(self.fleet_origin) is None:
+            raise ConfigError(f"fleet_origin must be an http(s) URL with a host, got {self.fleet_origin!r}")
+        if self.artifact_token and self.fleet_origin is None:
+            raise ConfigError("artifact_token needs fleet_origin: the token must go only to the fleet manager")
         if not isinstance(self.broker, BrokerSettings):
             raise ConfigError(f"broker must be BrokerSettings, got {type(self.broker).__name__}")
         if self.telemetry_interval_s <= 0 or self.watch_s < 0 or self.max_bundle_bytes < 1:
             raise ConfigError("telemetry_interval_s > 0, watch_s >= 0, max_bundle_bytes >= 1 required")
+
+
+def origin_of(url: str) -> tuple[str, str, int] | None:
+    """``(scheme, host, port)`` of an http(s) URL, the port made explicit; None when it has none.
+
+    Compared as a whole, like a browser's same-origin check: ``http://fleet@evil`` is evil's."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port
+    except ValueError:  # an unparsable or out-of-range port
+        return None
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https") or not parts.hostname:
+        return None
+    return scheme, parts.hostname.lower(), port or (443 if scheme == "https" else 80)
 
 
 def resume_bundle(config: AgentConfig, fallback: Path) -> Path:
@@ -121,6 +169,8 @@ class DeviceAgent:
         self.service = service
         self.topics = Topics(config.fleet, config.device_id)
         self.trust = TrustStore.from_paths(list(config.trusted_keys))
+        self.command_trust = TrustStore.from_paths(list(config.command_keys))
+        self._fleet_origin = origin_of(config.fleet_origin) if config.fleet_origin else None
         self.state_dir = Path(config.state_dir)
         (self.state_dir / "bundles").mkdir(parents=True, exist_ok=True)
         (self.state_dir / "downloads").mkdir(parents=True, exist_ok=True)
@@ -128,6 +178,10 @@ class DeviceAgent:
         self._state = self._load_state()
         current = service.slot.current
         self._state.setdefault("installed", {})[str(current.version)] = str(current.directory)
+        # what a rollback may go to: the model this daemon starts on (its --bundle, or the last
+        # one that passed its watch here, see resume_bundle) and every one that passed a watch
+        self._proven = set(self._state.setdefault("proven", [])) | {current.version}
+        self._state["proven"] = sorted(self._proven)
         self._commands: queue.Queue[Command | None] = queue.Queue()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -141,7 +195,7 @@ class DeviceAgent:
         try:
             return json.loads(self._state_file.read_text())
         except FileNotFoundError:
-            return {"session": 0, "newest_revision": 0, "commands": {}, "installed": {}}
+            return {"session": 0, "newest_revision": 0, "commands": {}, "installed": {}, "proven": []}
         except (OSError, json.JSONDecodeError) as exc:
             raise ConfigError(f"agent state {self._state_file} is unreadable: {exc}") from exc
 
@@ -203,12 +257,39 @@ class DeviceAgent:
             log.warning("disconnected from the broker (%s); reconnecting", reason_code)
 
     def _on_message(self, _client, _userdata, message: mqtt.MQTTMessage) -> None:
+        """Runs on paho's network thread, which dies with any exception raised here (and the
+        broker redelivers the message after every reconnect), so nothing escapes."""
         try:
-            command = Command.from_dict(decode(message.payload))
-        except InvalidInputError as exc:
-            log.warning("ignoring a malformed command on %s: %s", message.topic, exc)
+            command = open_command(message.payload, self.command_trust, device=self.config.device_id)
+        except CommandRejectedError as exc:
+            self._refuse(exc.reason, str(exc), exc.command_id)
+            return
+        except Exception as exc:  # a bug in parsing must not become a dead agent
+            log.exception("opening a command on %s failed", message.topic[:200])
+            self._refuse("error", f"{type(exc).__name__}: {exc}", "")
             return
         self._commands.put(command)
+
+    def _refuse(self, reason: str, message: str, claimed_id: str) -> None:
+        """Log a refused command and say so on the ack topic; change nothing else.
+
+        The ack names no rollout and revision 0, and is not recorded: a forged payload that
+        borrows a real command's id must neither fail that delivery at the manager nor make
+        the device answer the real command later from a record of the forgery."""
+        log.warning("refused a command (%s) %s: %s", reason, claimed_id or "without a readable id", message[:300])
+        try:
+            ack = CommandAck(
+                command_id=claimed_id,
+                device=self.config.device_id,
+                status=AckStatus.FAILED,
+                revision=0,
+                reason=f"refused ({reason}): {message}"[:500],
+                version=self.service.slot.current.version,
+                at=time.time(),
+            )
+            self.client.publish(self.topics.ack, encode(ack.to_dict()), qos=1)
+        except Exception:  # still on paho's thread
+            log.exception("could not publish the refusal ack")
 
     def start(self) -> None:
         connect_async(self.client, self.config.broker)
@@ -302,18 +383,19 @@ class DeviceAgent:
                 f"revision {command.revision} is older than {self._state['newest_revision']}",
             )
             return AckStatus.IGNORED
-        self._state["newest_revision"] = command.revision
-        self._save_state()
         previous = self.service.slot.current
         try:
             bundle = self._install(command, previous)
-        except (_Failed, EdgecloudError, OSError) as exc:
+        except (_Failed, EdgecloudError, OSError) as exc:  # the device is as it was, revision floor included
             self._ack(command, AckStatus.FAILED, str(exc))
             return AckStatus.FAILED
         baseline = self.service.stats.summary(route="edge")  # the model's own latency, not the cloud's
         swapped_at = time.monotonic()
         old = self.service.swap(bundle)
+        # acted on: from now on an older revision is stale, whatever the watch decides
+        self._state["newest_revision"] = max(self._state["newest_revision"], command.revision)
         self._state["installed"][str(bundle.version)] = str(bundle.directory)
+        self._save_state()
         if self.config.watch_s > 0:  # serving, still on probation: a rollout must not count it a success yet
             self._ack(
                 command, AckStatus.VERIFYING, f"serving v{bundle.version}; watching it for {self.config.watch_s:g} s"
@@ -325,6 +407,8 @@ class DeviceAgent:
             return AckStatus.ROLLED_BACK
         self.service.slot.wait_idle(old, timeout=30)  # then the old model is released
         self._state["active"] = str(bundle.directory)  # what a restarted daemon serves: see resume_bundle
+        self._proven.add(bundle.version)  # passed its watch: a version a rollback may go back to
+        self._state["proven"] = sorted(self._proven)
         self._save_state()
         self._ack(command, AckStatus.ACTIVE, "watch window passed" if self.config.watch_s > 0 else "")
         return AckStatus.ACTIVE
@@ -334,9 +418,15 @@ class DeviceAgent:
         from edgecloud.shared.signing import verify_signed_bundle
 
         ref = command.bundle
-        installed = {int(v) for v in self._state["installed"]}
-        if command.type == "rollback" and ref.version not in installed:
+        if command.type == "rollback" and ref.version not in self._proven:
+            if ref.version in {int(v) for v in self._state["installed"]}:
+                raise _Failed(f"rollback to v{ref.version}, which never passed its watch window on this device")
             raise _Failed(f"rollback to v{ref.version}, which this device never had")
+        if self._fleet_origin is not None and origin_of(ref.url) != self._fleet_origin:
+            raise _Failed(
+                f"bundle url {ref.url[:120]!r} is not on the fleet origin {self.config.fleet_origin}; "
+                "refusing to download from it"
+            )
         self._ack(command, AckStatus.DOWNLOADING)
         if ref.size > self.config.max_bundle_bytes:
             raise _Failed(f"bundle of {ref.size} bytes exceeds the limit of {self.config.max_bundle_bytes}")
@@ -360,7 +450,7 @@ class DeviceAgent:
                 directory,
                 self.trust,
                 installed_version=previous.version,
-                allow_rollback_to=installed if command.type == "rollback" else frozenset(),
+                allow_rollback_to=frozenset(self._proven) if command.type == "rollback" else frozenset(),
             )
             if manifest.kind != "edge" or manifest.version != ref.version:
                 raise _Failed(f"the archive holds {manifest.kind} bundle v{manifest.version}, not edge v{ref.version}")

@@ -257,6 +257,8 @@ def _edge_serve(args: argparse.Namespace) -> int:
             broker=_broker_settings(args),
             state_dir=args.agent_state,
             trusted_keys=tuple(args.trust),
+            command_keys=tuple(args.trust_commands),
+            fleet_origin=args.fleet_origin,
             telemetry_interval_s=args.telemetry_interval,
             labels=_labels(args.label),
             watch_s=args.watch_s,
@@ -290,6 +292,21 @@ def _add_edge_commands(commands: argparse._SubParsersAction) -> None:
         "--trust", type=Path, action="append", default=[], help="trusted bundle signing key (repeatable)"
     )
     serve.add_argument(
+        "--trust-commands",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="KEY.pub",
+        help="public half of the fleet manager's --command-key; the agent acts only on commands it signed "
+        "(required with --broker; repeatable)",
+    )
+    serve.add_argument(
+        "--fleet-origin",
+        default=None,
+        metavar="URL",
+        help="the fleet manager's public URL; bundles are downloaded only from its scheme, host and port",
+    )
+    serve.add_argument(
         "--agent-state", type=Path, default=Path("edge-agent"), help="downloaded bundles and agent state"
     )
     serve.add_argument("--telemetry-interval", type=float, default=5.0, help="seconds between telemetry messages")
@@ -321,6 +338,11 @@ def _fleet_serve(args: argparse.Namespace) -> int:
     from edgecloud.fleet.manager import SESSION_EXPIRY_S, FleetManager, FleetManagerConfig
     from edgecloud.shared.asgi import serve_until_signal
 
+    if args.command_key is None:
+        raise SystemExit(
+            "error: fleet serve needs --command-key KEY.pem, the Ed25519 private key commands are signed with "
+            "(edgecloud models keygen makes one; devices trust its public half with --trust-commands)"
+        )
     if not args.trust:
         log.warning("no --trust key: bundles are registered unchecked (devices still verify signatures)")
     if args.public_url is None and args.host in ("0.0.0.0", "::"):
@@ -334,6 +356,7 @@ def _fleet_serve(args: argparse.Namespace) -> int:
         artifact_dir=args.artifacts,
         public_base_url=args.public_url or f"http://{args.host}:{args.port}",
         trusted_keys=tuple(args.trust),
+        command_key=args.command_key,
     )
     api_key = args.api_key_file.read_text().strip() if args.api_key_file else None
     manager = FleetManager(config)
@@ -356,6 +379,12 @@ def _add_fleet_commands(commands: argparse._SubParsersAction) -> None:
     serve.add_argument("--artifacts", type=Path, default=Path("fleet-artifacts"), help="where bundle archives are kept")
     serve.add_argument("--public-url", default=None, help="base URL devices download artifacts from")
     serve.add_argument("--trust", type=Path, action="append", default=[], help="key bundles must be signed by")
+    serve.add_argument(
+        "--command-key",
+        type=Path,
+        default=None,
+        help="Ed25519 private key (PEM) every command to devices is signed with (required)",
+    )
     serve.add_argument("--api-key-file", type=Path, help="file holding the API key for /v1")
     _add_mqtt_arguments(serve)
     serve.set_defaults(func=_fleet_serve)

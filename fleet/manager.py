@@ -20,6 +20,13 @@ Delivery guarantees, in order of the steps that could lose something:
   after a broker restart), every delivery of it still waiting for a final ack
   is published again. Devices dedupe by command id and answer a repeat with
   the final status they reached, so nothing is applied twice.
+
+Every command is signed (:mod:`edgecloud.shared.commands`) with the configured command key for
+the one device it addresses, at the moment it is published: a re-publish carries a fresh expiry,
+so a device that was away longer than the expiry still gets a command it accepts.
+
+No message from the broker stops the MQTT loop: a malformed or hostile state, telemetry or ack
+payload is counted (``malformed``), logged with its reason and dropped.
 """
 
 from __future__ import annotations
@@ -51,8 +58,10 @@ from edgecloud.fleet.rollout import (
 from edgecloud.fleet.rollout_spec import ID_SEGMENT
 from edgecloud.fleet.store import BundleRecord, DeviceRecord, FleetStorage, FleetStore
 from edgecloud.shared.broker import BrokerSettings, connect_async, create_client
+from edgecloud.shared.commands import DEFAULT_TTL_S, sign_command
 from edgecloud.shared.errors import ConfigError, InvalidInputError, NotFoundError
-from edgecloud.shared.fleet import Birth, BundleRef, Command, CommandAck, Telemetry, Topics, decode, encode
+from edgecloud.shared.fleet import AckStatus, Birth, BundleRef, Command, CommandAck, Telemetry, Topics, decode
+from edgecloud.shared.signing import key_id, load_private_key
 
 __all__ = ["FleetManager", "FleetManagerConfig"]
 
@@ -76,6 +85,11 @@ class FleetManagerConfig:
     """The SQLite file of bundles, devices and rollouts (``:memory:`` loses all on exit)."""
     artifact_dir: Path
     """Where registered archives are kept, named ``{sha256}.tar.gz``."""
+    command_key: Path | None = None
+    """Ed25519 private key (PEM) every command is signed with; required (devices act only on
+    commands signed by a key they trust for commands). Create one with ``edgecloud models keygen``."""
+    command_ttl_s: float = DEFAULT_TTL_S
+    """How long a published command stays valid; it is signed afresh on every re-publish."""
     public_base_url: str = "http://127.0.0.1:8080"
     """How devices reach the API; artifact URLs are ``{public_base_url}/artifacts/{sha256}.tar.gz``."""
     tick_interval_s: float = 2.0
@@ -93,6 +107,15 @@ class FleetManagerConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "artifact_dir", Path(self.artifact_dir))
         object.__setattr__(self, "trusted_keys", tuple(Path(k) for k in self.trusted_keys))
+        if self.command_key is None:
+            raise ConfigError(
+                "the fleet manager needs a command signing key (command_key, --command-key KEY.pem): "
+                "devices refuse unsigned commands"
+            )
+        object.__setattr__(self, "command_key", Path(self.command_key))
+        ttl = self.command_ttl_s
+        if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not 60 <= ttl <= 30 * 24 * 3600:
+            raise ConfigError(f"command_ttl_s must be in [60 s, 30 days], got {ttl!r}")
         if not isinstance(self.fleet, str) or not ID_SEGMENT.fullmatch(self.fleet):
             raise ConfigError(f"fleet must match [A-Za-z0-9._-]{{1,64}}, got {self.fleet!r}")
         if not isinstance(self.broker, BrokerSettings):
@@ -123,6 +146,9 @@ class FleetManager:
 
     def __init__(self, config: FleetManagerConfig, store: FleetStorage | None = None) -> None:
         self.config = config
+        assert config.command_key is not None  # the config refuses None
+        self._command_key = load_private_key(config.command_key)  # before anything opens: fail fast
+        log.info("signing commands with key %s", key_id(self._command_key.public_key()))
         self.store = store if store is not None else FleetStore(config.store_path)
         self._owns_store = store is None
         self.registry = BundleRegistry(
@@ -228,16 +254,23 @@ class FleetManager:
             self.metrics.messages.labels(leaf).inc()
         except InvalidInputError as exc:
             self.metrics.malformed.inc()
-            log.warning("ignoring a malformed message on %s: %s", message.topic, exc)
-        except Exception:
-            log.exception("handling a message on %s failed", message.topic)
+            log.warning("ignoring a malformed message on %s: %s", message.topic[:200], exc)
+        except Exception:  # never let a message kill paho's thread: the broker would redeliver it forever
+            self.metrics.malformed.inc()
+            log.exception("handling a message on %s failed; dropped", message.topic[:200])
 
     def _publish(self, commands: Iterable[Command]) -> None:
+        """Sign each command for its device, now (so every re-publish has a fresh expiry), and send it."""
         for command in commands:
-            device = command.id[len(command.rollout_id) + 1 : command.id.rindex("-")]
-            self.client.publish(Topics(self.config.fleet, device).cmd, encode(command.to_dict()), qos=1, retain=False)
+            try:
+                payload = sign_command(command, self._command_key, ttl_s=self.config.command_ttl_s)
+                topic = Topics(self.config.fleet, command.device).cmd
+            except (ConfigError, InvalidInputError) as exc:  # a command without a device: a bug, not a send
+                log.error("not publishing %s: %s", command.id, exc)
+                continue
+            self.client.publish(topic, payload, qos=1, retain=False)
             self.metrics.commands.labels(command.type).inc()
-            log.info("published %s (%s v%d) to %s", command.id, command.type, command.bundle.version, device)
+            log.info("published %s (%s v%d) to %s", command.id, command.type, command.bundle.version, command.device)
 
     # -- device messages ---------------------------------------------------------------
 
@@ -292,7 +325,12 @@ class FleetManager:
                 self.store.save_device(record)
             rollout = self._rollouts.get(ack.rollout_id)
             if rollout is None:
-                log.info("ack %s for unknown rollout %r ignored", ack.command_id, ack.rollout_id)
+                if ack.status is AckStatus.FAILED and not ack.rollout_id:
+                    # how a device reports a command it refused (unsigned, forged, expired...): it
+                    # names no rollout, so a forger cannot fail a real delivery through the device
+                    log.warning("%s refused command %r: %s", device, ack.command_id, ack.reason[:300])
+                else:
+                    log.info("ack %s for unknown rollout %r ignored", ack.command_id, ack.rollout_id)
                 return
             before = (rollout.status, rollout.updated_at)
             commands = rollout.on_ack(ack, now)
@@ -332,7 +370,7 @@ class FleetManager:
         spec, out = rollout.spec, []
         states = rollout.devices.values() if device is None else filter(None, [rollout.devices.get(device)])
 
-        def rebuild(delivery: Delivery, kind: str, bundle: BundleRef | None, revision: int) -> None:
+        def rebuild(target: str, delivery: Delivery, kind: str, bundle: BundleRef | None, revision: int) -> None:
             if delivery.status in _IN_FLIGHT and bundle is not None and delivery.command_id:
                 out.append(
                     Command(
@@ -342,14 +380,15 @@ class FleetManager:
                         bundle=bundle,
                         rollout_id=rollout.id,
                         issued_at=delivery.sent_at or 0.0,
+                        device=target,
                     )
                 )
 
         for state in states:
             if rollout.status.live:
-                rebuild(state.deploy, spec.kind, spec.bundle, spec.revision)
+                rebuild(state.device, state.deploy, spec.kind, spec.bundle, spec.revision)
             if rollout.status is RolloutStatus.ROLLED_BACK and state.rollback is not None:
-                rebuild(state.rollback, "rollback", rollout.rollback_bundle, rollout.rollback_revision)
+                rebuild(state.device, state.rollback, "rollback", rollout.rollback_bundle, rollout.rollback_revision)
         return out
 
     # -- bundles (the registry) --------------------------------------------------------

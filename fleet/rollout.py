@@ -346,6 +346,7 @@ class Rollout:
             bundle=bundle,
             rollout_id=self.id,
             issued_at=now,
+            device=device,  # the manager signs it for this device only
         )
 
     def _send_wave(self, wave: int, now: float) -> list[Command]:

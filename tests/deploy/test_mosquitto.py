@@ -26,7 +26,7 @@ import pytest
 from edgecloud.fleet.manager import FleetManager, FleetManagerConfig
 from edgecloud.shared.broker import BrokerSettings, create_client
 from edgecloud.shared.fleet import Birth, Topics, encode
-from tests.fleet.sim import wait_for
+from tests.fleet.sim import command_key, wait_for
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "mosquitto"
 FLEET = "plant1"
@@ -259,6 +259,7 @@ def test_fleet_manager_records_a_birth_over_tls(broker: SecureBroker, connect, t
         broker=settings,
         store_path=tmp_path / "fleet.sqlite3",
         artifact_dir=tmp_path / "artifacts",
+        command_key=command_key(tmp_path),
         tick_interval_s=0.2,
     )
     manager = FleetManager(config)

@@ -22,7 +22,7 @@ from tests.e2e.fleet import DEVICES, FLEET, LABELS, Fleet, free_port, wait_for
 @pytest.fixture
 def keys(tmp_path: Path) -> dict[str, Path]:
     paths: dict[str, Path] = {}
-    for name in ("good", "rogue"):
+    for name in ("good", "rogue", "command"):
         paths[name], paths[f"{name}.pub"] = tmp_path / f"{name}.key", tmp_path / f"{name}.pub"
         generate_keypair(paths[name], paths[f"{name}.pub"])
     return paths
@@ -46,6 +46,7 @@ def make_fleet(
                 public_base_url=f"http://127.0.0.1:{port}",
                 tick_interval_s=0.2,
                 trusted_keys=tuple(keys[k] for k in manager_keys),
+                command_key=keys["command"],
             )
         )
         manager.start()
@@ -64,6 +65,8 @@ def make_fleet(
                     fleet=FLEET,
                     state_dir=tmp_path / device / "agent",
                     trusted_keys=(keys["good.pub"],),
+                    command_keys=(keys["command.pub"],),
+                    fleet_origin=f"http://127.0.0.1:{port}",
                     broker=BrokerSettings(host=mqtt_broker.host, port=mqtt_broker.port),
                     labels=dict(LABELS),
                     telemetry_interval_s=0.2,

@@ -1,5 +1,6 @@
 """The device agent against a real mosquitto, real signed bundles served over
-HTTP, and the real edge model slot."""
+HTTP, real signed commands, and the real edge model slot. (Attacks on the
+commands themselves are in tests/security.)"""
 
 from __future__ import annotations
 
@@ -17,22 +18,31 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from edgecloud.edge.agent import AgentConfig, DeviceAgent, resume_bundle
+from edgecloud.edge.agent import AgentConfig, DeviceAgent, origin_of, resume_bundle
 from edgecloud.edge.config import EdgeConfig
 from edgecloud.edge.daemon import create_daemon
 from edgecloud.shared.artifacts import pack_bundle
 from edgecloud.shared.broker import BrokerSettings
 from edgecloud.shared.bundle import copy_bundle, load_manifest
-from edgecloud.shared.fleet import Topics, encode
+from edgecloud.shared.commands import sign_command
+from edgecloud.shared.errors import ConfigError
+from edgecloud.shared.fleet import Command, Topics, encode
 from edgecloud.shared.signing import generate_keypair, load_private_key, sign_bundle
 
 FLEET = "test"
 
 
-class Observer:
-    """Subscribes to the whole fleet tree and keeps every message."""
+def sign(command: dict, key: Path, device: str = "dev-1", **kwargs: float) -> bytes:
+    """``command`` (a dict as :func:`command` makes) signed for ``device``, as the fleet manager sends it."""
+    return sign_command(Command.from_dict({**command, "device": device}), load_private_key(key), **kwargs)
 
-    def __init__(self, broker) -> None:  # type: ignore[no-untyped-def]
+
+class Observer:
+    """Subscribes to the whole fleet tree and keeps every message; ``send`` signs a command with
+    ``command_key`` and publishes it to dev-1, as the fleet manager would."""
+
+    def __init__(self, broker, command_key: Path | None = None) -> None:  # type: ignore[no-untyped-def]
+        self.command_key = command_key
         self.messages: list[tuple[str, dict, bool]] = []
         self.lock = threading.Lock()
         self.client = mqtt.Client(
@@ -57,8 +67,13 @@ class Observer:
             assert time.monotonic() < deadline, f"timed out; messages: {self.messages[-10:]}"
             time.sleep(0.05)
 
-    def publish(self, topic: str, payload: dict) -> None:
-        self.client.publish(topic, encode(payload), qos=1).wait_for_publish(5)
+    def publish(self, topic: str, payload: dict | bytes) -> None:
+        data = payload if isinstance(payload, bytes) else encode(payload)
+        self.client.publish(topic, data, qos=1).wait_for_publish(5)
+
+    def send(self, command: dict, device: str = "dev-1") -> None:
+        assert self.command_key is not None
+        self.publish(Topics(FLEET, device).cmd, sign(command, self.command_key, device))
 
     def close(self) -> None:
         self.client.loop_stop()
@@ -85,7 +100,7 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
 @pytest.fixture
 def keys(tmp_path: Path) -> dict[str, Path]:
     paths = {}
-    for name in ("trusted", "rogue"):
+    for name in ("trusted", "rogue", "command"):
         paths[f"{name}_private"] = tmp_path / f"{name}.key"
         paths[f"{name}_public"] = tmp_path / f"{name}.pub"
         generate_keypair(paths[f"{name}_private"], paths[f"{name}_public"])
@@ -126,29 +141,67 @@ def command(bundle: dict, revision: int, kind: str = "deploy") -> dict:
     return {"id": f"c-{uuid.uuid4().hex[:12]}", "type": kind, "revision": revision, "bundle": bundle}
 
 
+def agent_config(tmp_path: Path, broker, keys: dict[str, Path], **overrides: object) -> AgentConfig:  # type: ignore[no-untyped-def]
+    values: dict[str, object] = {
+        "device_id": "dev-1",
+        "fleet": FLEET,
+        "state_dir": tmp_path / "agent",
+        "trusted_keys": (keys["trusted_public"],),
+        "command_keys": (keys["command_public"],),
+        "broker": BrokerSettings(port=broker.port),
+        "telemetry_interval_s": 0.2,
+        "watch_s": 0.5,
+        "watch_min_requests": 5,
+        "p99_allowance_ms": 1000.0,  # a busy CI machine's jitter must not roll back a healthy model
+    }
+    values.update(overrides)
+    return AgentConfig(**values)  # type: ignore[arg-type]
+
+
 @pytest.fixture
 def device(shipped_models: Path, tmp_path: Path, mqtt_broker, keys: dict[str, Path]):  # type: ignore[no-untyped-def]
     _app, service = create_daemon(
         EdgeConfig(bundle=shipped_models / "edge-student", outbox=tmp_path / "outbox.sqlite3")
     )
-    config = AgentConfig(
-        device_id="dev-1",
-        fleet=FLEET,
-        state_dir=tmp_path / "agent",
-        trusted_keys=(keys["trusted_public"],),
-        broker=BrokerSettings(port=mqtt_broker.port),
-        telemetry_interval_s=0.2,
-        watch_s=0.5,
-        watch_min_requests=5,
-        p99_allowance_ms=1000.0,  # a busy CI machine's jitter must not roll back a healthy model
-    )
-    agent = DeviceAgent(config, service)
+    agent = DeviceAgent(agent_config(tmp_path, mqtt_broker, keys), service)
     agent.start()
     assert agent.wait_connected(10)
-    observer = Observer(mqtt_broker)
+    observer = Observer(mqtt_broker, keys["command_private"])
     yield agent, service, observer
     observer.close()
     agent.stop()
+
+
+@pytest.mark.parametrize(
+    ("url", "origin"),
+    [
+        ("http://fleet:8090/artifacts/x.tar.gz", ("http", "fleet", 8090)),
+        ("HTTPS://Fleet.Example/a", ("https", "fleet.example", 443)),
+        ("http://fleet", ("http", "fleet", 80)),
+        ("http://fleet:8090@evil.example:8090/x", ("http", "evil.example", 8090)),
+        ("http://[::1]:8090/", ("http", "::1", 8090)),
+        ("ftp://fleet/x", None),
+        ("http:///x", None),
+        ("http://fleet:port/", None),
+        ("http://fleet:70000/", None),
+    ],
+)
+def test_origin_of_is_scheme_host_and_port(url: str, origin: tuple[str, str, int] | None) -> None:
+    assert origin_of(url) == origin
+
+
+def test_agent_config_needs_command_keys_and_an_origin_for_its_token(tmp_path: Path, keys: dict[str, Path]) -> None:
+    base = {"device_id": "dev-1", "state_dir": tmp_path, "trusted_keys": (keys["trusted_public"],)}
+    with pytest.raises(ConfigError, match="trusted command key"):
+        AgentConfig(**base)  # type: ignore[arg-type]
+    with_keys = {**base, "command_keys": (keys["command_public"],)}
+    with pytest.raises(ConfigError, match="artifact_token needs fleet_origin"):
+        AgentConfig(**with_keys, artifact_token="t")  # type: ignore[arg-type]
+    for bad in ("fleet:8090", "ftp://fleet", "http://", "http://fleet:99999"):
+        with pytest.raises(ConfigError, match="fleet_origin must be an http"):
+            AgentConfig(**with_keys, fleet_origin=bad)  # type: ignore[arg-type]
+    config = AgentConfig(**with_keys, fleet_origin="https://Fleet.example/api", artifact_token="t")  # type: ignore[arg-type]
+    assert config.command_keys == (keys["command_public"],)
 
 
 def acks_for(observer: Observer, command_id: str) -> list[str]:
@@ -189,7 +242,7 @@ def test_signed_newer_bundle_is_deployed_and_commands_are_idempotent(
         "next.tar.gz",
     )
     deploy = command(bundle, revision=5)
-    observer.publish(Topics(FLEET, "dev-1").cmd, deploy)
+    observer.send(deploy)
     observer.wait_for(lambda: acks_for(observer, deploy["id"])[-1:] == ["ACTIVE"])
     # VERIFYING twice: checking the bundle, then serving it through the watch window; ACTIVE only after
     assert acks_for(observer, deploy["id"]) == ["DOWNLOADING", "VERIFYING", "VERIFYING", "ACTIVE"]
@@ -197,7 +250,7 @@ def test_signed_newer_bundle_is_deployed_and_commands_are_idempotent(
     assert service.slot.current.model.answer("2+2").text  # the new model serves
 
     count = len(acks_for(observer, deploy["id"]))
-    observer.publish(Topics(FLEET, "dev-1").cmd, deploy)  # redelivered: answered, not re-applied
+    observer.send(deploy)  # redelivered: answered, not re-applied
     observer.wait_for(lambda: len(acks_for(observer, deploy["id"])) == count + 1)
     assert (
         acks_for(observer, deploy["id"])[-1] == "ACTIVE"
@@ -205,7 +258,7 @@ def test_signed_newer_bundle_is_deployed_and_commands_are_idempotent(
     )
 
     stale = command(bundle, revision=4)
-    observer.publish(Topics(FLEET, "dev-1").cmd, stale)
+    observer.send(stale)
     observer.wait_for(lambda: acks_for(observer, stale["id"]) == ["IGNORED"])
 
     # a restarted daemon serves what the fleet deployed, not its --bundle, while that still verifies
@@ -253,7 +306,7 @@ def test_bad_bundles_are_refused_and_the_old_model_keeps_serving(
             "size": len(data),
         }
     deploy = command(bundle, revision=7)
-    observer.publish(Topics(FLEET, "dev-1").cmd, deploy)
+    observer.send(deploy)
     observer.wait_for(lambda: "FAILED" in acks_for(observer, deploy["id"]))
     failed = [a for a in observer.of("cmd/ack") if a["command_id"] == deploy["id"]][-1]
     assert failed["reason"], failed
@@ -270,7 +323,7 @@ def test_a_misbehaving_new_model_is_rolled_back(device, shipped_models, tmp_path
         "bad.tar.gz",
     )
     deploy = command(bundle, revision=9)
-    observer.publish(Topics(FLEET, "dev-1").cmd, deploy)
+    observer.send(deploy)
     observer.wait_for(lambda: acks_for(observer, deploy["id"]).count("VERIFYING") == 2)  # swapped, watching
     for _ in range(10):  # requests failing on the new model during the watch window
         service.stats.record("error", 1.0, ok=False)
@@ -291,7 +344,7 @@ def test_a_slower_new_model_is_rolled_back(device, shipped_models, tmp_path, key
         "slow.tar.gz",
     )
     deploy = command(bundle, revision=9)
-    observer.publish(Topics(FLEET, "dev-1").cmd, deploy)
+    observer.send(deploy)
     observer.wait_for(lambda: acks_for(observer, deploy["id"]).count("VERIFYING") == 2)  # swapped, watching
     for _ in range(10):  # slow escalations are the cloud's business, not the new model's
         service.stats.record("cloud", 9000.0, ok=True)
@@ -343,7 +396,7 @@ def test_ten_swaps_over_mqtt_under_load_fail_no_request(device, shipped_models, 
         try:
             for revision, bundle in enumerate(bundles, 20):
                 deploy = command(bundle, revision=revision)
-                observer.publish(Topics(FLEET, "dev-1").cmd, deploy)
+                observer.send(deploy)
                 observer.wait_for(
                     lambda d=deploy: (
                         "ACTIVE" in acks_for(observer, d["id"])

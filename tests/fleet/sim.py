@@ -1,9 +1,11 @@
 """Simulated devices and fleet-manager helpers shared by the fleet tests.
 
 A simulated device is a small paho client: it publishes a retained birth on
-every connect (session counter + 1), answers each command with DOWNLOADING,
-VERIFYING and then ACTIVE or FAILED, dedupes by command id (a repeat gets the
-final ack again) and counts how often it *applied* each command id.
+every connect (session counter + 1), opens each command as a real device does
+(signed by the test command key ``SIM_KEY``, for it, not expired; anything else
+is counted in ``refused``), answers it with DOWNLOADING, VERIFYING and then
+ACTIVE or FAILED, dedupes by command id (a repeat gets the final ack again) and
+counts how often it *applied* each command id.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -26,9 +30,27 @@ from edgecloud.fleet.rollout import RolloutStatus
 from edgecloud.shared.artifacts import pack_bundle
 from edgecloud.shared.broker import BrokerSettings
 from edgecloud.shared.bundle import write_bundle
-from edgecloud.shared.fleet import AckStatus, Birth, Command, CommandAck, Telemetry, Topics, decode, encode
+from edgecloud.shared.commands import CommandRejectedError, open_command
+from edgecloud.shared.fleet import AckStatus, Birth, Command, CommandAck, Telemetry, Topics, encode
+from edgecloud.shared.signing import TrustStore
 
 FLEET = "testfleet"
+SIM_KEY = Ed25519PrivateKey.generate()
+"""The command key of the test managers; simulated devices trust its public half."""
+SIM_TRUST = TrustStore([SIM_KEY.public_key()])
+
+
+def command_key(directory: Path) -> Path:
+    """``SIM_KEY`` as a PEM file in ``directory`` (what FleetManagerConfig.command_key names)."""
+    path = directory / "command.key"
+    if not path.exists():
+        directory.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(
+            SIM_KEY.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+        )
+    return path
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
@@ -60,6 +82,8 @@ class SimDevice:
         self.session = 0
         self.applied: Counter[str] = Counter()
         self.received: Counter[str] = Counter()
+        self.refused: list[str] = []
+        """The reason code of every command this device refused to open."""
         self.done: dict[str, dict[str, Any]] = {}
         self._working: set[str] = set()
         self._lock = threading.Lock()
@@ -112,7 +136,12 @@ class SimDevice:
         self.client.publish(self.topics.telemetry, encode(telemetry.to_dict()), qos=0)
 
     def _on_message(self, _client, _userdata, message: mqtt.MQTTMessage) -> None:
-        command = Command.from_dict(decode(message.payload))
+        try:
+            command = open_command(message.payload, SIM_TRUST, device=self.device)
+        except CommandRejectedError as exc:
+            with self._lock:
+                self.refused.append(exc.reason)
+            return
         with self._lock:
             self.received[command.id] += 1
             done = self.done.get(command.id)
@@ -198,6 +227,7 @@ def manager_config(mqtt_broker: Any, tmp_path: Path, **overrides: Any) -> FleetM
         "broker": BrokerSettings(host=mqtt_broker.host, port=mqtt_broker.port),
         "store_path": tmp_path / "fleet.sqlite3",
         "artifact_dir": tmp_path / "artifacts",
+        "command_key": command_key(tmp_path),
         "tick_interval_s": 0.2,
     }
     values.update(overrides)
@@ -228,3 +258,4 @@ def assert_applied_exactly_once(devices: list[SimDevice], rollout_id: str, revis
     for device in devices:
         expected = f"{rollout_id}-{device.device}-{revision}"
         assert device.applied == Counter({expected: 1}), (device.device, device.applied)
+        assert device.refused == [], (device.device, device.refused)  # every command signed, fresh, for it

@@ -19,6 +19,7 @@ from edgecloud.shared.broker import BrokerSettings
 from edgecloud.shared.errors import BundleError, ConfigError, InvalidInputError, ManifestError, NotFoundError
 from tests.fleet.sim import (
     assert_applied_exactly_once,
+    command_key,
     make_archive,
     make_bundle,
     manager_config,
@@ -33,17 +34,25 @@ from tests.fleet.sim import (
 
 
 def test_config_validates(tmp_path: Path) -> None:
-    FleetManagerConfig(artifact_dir=tmp_path)
-    for bad in ({"fleet": "a/b"}, {"public_base_url": "ftp://x"}, {"tick_interval_s": 0}, {"broker": "host:1883"}):
+    key = command_key(tmp_path)
+    FleetManagerConfig(artifact_dir=tmp_path, command_key=key)
+    for bad in (
+        {"fleet": "a/b"},
+        {"public_base_url": "ftp://x"},
+        {"tick_interval_s": 0},
+        {"broker": "host:1883"},
+        {"command_ttl_s": 0},
+        {"command_ttl_s": 31 * 24 * 3600},
+    ):
         with pytest.raises(ConfigError):
-            FleetManagerConfig(artifact_dir=tmp_path, **bad)
+            FleetManagerConfig(artifact_dir=tmp_path, command_key=key, **bad)
     for bad in ({"port": 0}, {"password": "p"}, {"tls_cert": Path("c")}, {"version": "4"}, {"keepalive_s": 0}):
         with pytest.raises(ConfigError):
             BrokerSettings(**bad)
 
 
 def test_register_bundle_content_addressed_and_checked(tmp_path: Path) -> None:
-    manager = FleetManager(FleetManagerConfig(artifact_dir=tmp_path / "artifacts"))
+    manager = FleetManager(FleetManagerConfig(artifact_dir=tmp_path / "artifacts", command_key=command_key(tmp_path)))
     try:
         archive = make_archive(tmp_path, 2)
         record = manager.register_bundle(archive)
@@ -83,7 +92,11 @@ def test_register_bundle_verifies_the_signature_when_keys_are_trusted(tmp_path: 
 
     kid = generate_keypair(tmp_path / "k.pem", tmp_path / "k.pub")
     generate_keypair(tmp_path / "other.pem", tmp_path / "other.pub")
-    manager = FleetManager(FleetManagerConfig(artifact_dir=tmp_path / "artifacts", trusted_keys=(tmp_path / "k.pub",)))
+    manager = FleetManager(
+        FleetManagerConfig(
+            artifact_dir=tmp_path / "artifacts", trusted_keys=(tmp_path / "k.pub",), command_key=command_key(tmp_path)
+        )
+    )
 
     def archive(version: int, key: str | None) -> Path:
         folder = make_bundle(tmp_path / f"s{version}", version)
@@ -102,6 +115,19 @@ def test_register_bundle_verifies_the_signature_when_keys_are_trusted(tmp_path: 
         assert [b.version for b in manager.bundles()] == [2]
     finally:
         manager.close()
+
+
+def test_the_manager_refuses_to_start_without_a_usable_command_key(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="needs a command signing key"):
+        FleetManagerConfig(artifact_dir=tmp_path)
+    with pytest.raises(ConfigError, match="cannot read key"):
+        FleetManager(FleetManagerConfig(artifact_dir=tmp_path, command_key=tmp_path / "missing.key"))
+    public = tmp_path / "k.pub"
+    from edgecloud.shared.signing import generate_keypair
+
+    generate_keypair(tmp_path / "k.key", public)
+    with pytest.raises(ConfigError, match="not an unencrypted PEM private key"):
+        FleetManager(FleetManagerConfig(artifact_dir=tmp_path, command_key=public))
 
 
 # -- rollouts over MQTT ----------------------------------------------------------------
@@ -332,7 +358,7 @@ def test_api_errors_without_broker(tmp_path: Path) -> None:
     """Pure API checks over the ASGI transport: JSON errors, auth off by default."""
     import asyncio
 
-    manager = FleetManager(FleetManagerConfig(artifact_dir=tmp_path / "a"))
+    manager = FleetManager(FleetManagerConfig(artifact_dir=tmp_path / "a", command_key=command_key(tmp_path)))
 
     async def calls() -> list[httpx.Response]:
         transport = httpx.ASGITransport(app=create_app(manager))
