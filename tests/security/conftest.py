@@ -1,0 +1,105 @@
+"""Fixtures of the attack tests: a real device agent on a real mosquitto, real signed bundles
+served over HTTP (recording what each request carried), and keys for the fleet and an attacker."""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edgecloud.edge.agent import DeviceAgent
+from edgecloud.edge.config import EdgeConfig
+from edgecloud.edge.daemon import create_daemon
+from edgecloud.shared.signing import generate_keypair
+from tests.edge.test_agent import Observer, agent_config
+from tests.fleet.conftest import managers, sims
+
+__all__ = ["keys", "make_device", "managers", "servers", "sims"]  # the fleet's fixtures, re-declared here
+
+
+@pytest.fixture
+def keys(tmp_path: Path) -> dict[str, Path]:
+    """``trusted`` signs bundles, ``command`` is the fleet manager's command key; ``rogue`` and
+    ``rogue_command`` are an attacker's."""
+    paths = {}
+    for name in ("trusted", "rogue", "command", "rogue_command"):
+        paths[f"{name}_private"] = tmp_path / "keys" / f"{name}.key"
+        paths[f"{name}_public"] = tmp_path / "keys" / f"{name}.pub"
+        paths[f"{name}_private"].parent.mkdir(exist_ok=True)
+        generate_keypair(paths[f"{name}_private"], paths[f"{name}_public"])
+    return paths
+
+
+class RecordingServer:
+    """Serves ``root`` over HTTP on loopback and records the Authorization header of every GET."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.authorizations: list[str | None] = []
+        handler = functools.partial(_RecordingHandler, self, directory=str(root))
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+class _RecordingHandler(http.server.SimpleHTTPRequestHandler):
+    def __init__(self, server_state: RecordingServer, *args: Any, **kwargs: Any) -> None:
+        self.state = server_state
+        super().__init__(*args, **kwargs)
+
+    def do_GET(self) -> None:
+        self.state.authorizations.append(self.headers.get("Authorization"))
+        super().do_GET()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def servers(tmp_path: Path) -> Iterator[Callable[[str], RecordingServer]]:
+    """``servers(name)`` starts an artifact server over ``tmp_path/name``."""
+    started: list[RecordingServer] = []
+
+    def start(name: str) -> RecordingServer:
+        root = tmp_path / name
+        root.mkdir()
+        started.append(RecordingServer(root))
+        return started[-1]
+
+    yield start
+    for server in started:
+        server.close()
+
+
+@pytest.fixture
+def make_device(
+    shipped_models: Path, tmp_path: Path, mqtt_broker: Any, keys: dict[str, Path]
+) -> Iterator[Callable[..., tuple[DeviceAgent, Any, Observer]]]:
+    """``make_device(**AgentConfig overrides)``: a started agent "dev-1" over the shipped bundle, and an
+    observer of the fleet's topics that signs with the fleet's command key."""
+    started: list[tuple[DeviceAgent, Observer]] = []
+
+    def make(**overrides: Any) -> tuple[DeviceAgent, Any, Observer]:
+        _app, service = create_daemon(
+            EdgeConfig(bundle=shipped_models / "edge-student", outbox=tmp_path / "outbox.sqlite3")
+        )
+        agent = DeviceAgent(agent_config(tmp_path, mqtt_broker, keys, **overrides), service)
+        agent.start()
+        assert agent.wait_connected(10)
+        observer = Observer(mqtt_broker, keys["command_private"])
+        started.append((agent, observer))
+        return agent, service, observer
+
+    yield make
+    for agent, observer in started:
+        observer.close()
+        agent.stop()
