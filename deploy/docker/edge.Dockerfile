@@ -34,7 +34,8 @@ VOLUME /var/lib/edgecloud
 EXPOSE 8080
 HEALTHCHECK --interval=15s --timeout=5s --start-period=20s --retries=3 CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/healthz', timeout=4)"]
 # Reachable from outside the container, so an API key is required: mount it at the path
-# below. Add --cloud, --broker, --mqtt-* ... after the image name (they replace CMD).
+# below. Add --cloud, --broker, --mqtt-* ... after the image name (they replace CMD); --broker needs
+# --trust and --trust-commands (the fleet manager's command key) too.
 ENTRYPOINT ["edgecloud", "edge", "serve", "--host", "0.0.0.0", "--port", "8080", \
             "--outbox", "/var/lib/edgecloud/outbox.sqlite3", "--agent-state", "/var/lib/edgecloud/agent"]
 CMD ["--bundle", "/opt/edgecloud/models/edge-student", "--api-key-file", "/run/secrets/edge-api-key"]

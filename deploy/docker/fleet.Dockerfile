@@ -39,4 +39,5 @@ ENTRYPOINT ["edgecloud", "fleet", "serve", "--host", "0.0.0.0", "--port", "8090"
             "--store", "/var/lib/edgecloud/fleet.sqlite3", "--artifacts", "/var/lib/edgecloud/artifacts"]
 CMD ["--broker", "mqtt:8883", "--public-url", "http://fleet:8090", "--api-key-file", "/run/secrets/fleet-api-key", \
      "--mqtt-username", "fleet-manager", "--mqtt-password-file", "/run/secrets/mqtt-password", \
-     "--mqtt-ca", "/run/secrets/mqtt-ca.crt", "--trust", "/run/secrets/bundle-signing.pub"]
+     "--mqtt-ca", "/run/secrets/mqtt-ca.crt", "--trust", "/run/secrets/bundle-signing.pub", \
+     "--command-key", "/run/secrets/fleet-commands.key"]

@@ -73,6 +73,7 @@ def test_systemd_unit_starts_a_command_the_cli_accepts() -> None:
     assert args.host == "127.0.0.1", "the unit's default bind address must be loopback"
     assert args.mqtt_username == args.device_id, "the broker ACL relies on user name == device id"
     assert args.broker and args.mqtt_ca and args.cloud_tls and args.label
+    assert args.trust_commands and args.fleet_origin, "the agent needs the fleet's command key and origin"
 
     state = "/var/lib/" + settings["StateDirectory"][0]
     assert str(args.outbox).startswith(state) and str(args.agent_state).startswith(state)
@@ -106,6 +107,8 @@ def test_dockerfile_starts_a_command_the_cli_accepts(dockerfile: Path) -> None:
     args = parse(argv[1:])
     assert args.command == dockerfile.name.split(".")[0]
     assert args.host == "0.0.0.0", "inside a container the CLI's loopback default is unreachable"
+    if args.command == "fleet":
+        assert args.command_key, "fleet serve refuses to start without --command-key"
     final_stage = text.rsplit("\nFROM ", 1)[1]
     assert re.search(r"^USER\s+(?!0\b|root\b)\S+", final_stage, re.MULTILINE), "the image must not run as root"
     assert "HEALTHCHECK" in final_stage
