@@ -33,8 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--improve-steps",
         type=int,
-        default=300,
-        help="fine-tuning steps of the models improve run that builds the version rolled out midway (default: 300)",
+        default=40,
+        help="fine-tuning steps of the models improve run that builds the version rolled out midway (default: 40)",
     )
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)

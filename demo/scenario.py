@@ -44,7 +44,7 @@ class DemoConfig:
     outage_s: float = 8.0
     outage_share: float = 0.12
     """Share of the queries sent while the cloud is down (at least 30)."""
-    improve_steps: int = 300
+    improve_steps: int = 40
     """Fine-tuning steps of the ``models improve`` run that builds the version rolled out midway."""
     improve_timeout_s: float = 240.0
     stack: StackConfig | None = None
@@ -146,9 +146,12 @@ class _Run:
                 *("models", "improve", str(snapshot), "--bundle", str(stack.config.models / "edge-student")),
                 *("--out", str(out), "--version", str(self.to_version), "--key", str(stack.key)),
                 *("--steps", str(c.improve_steps), "--gate-n", "600", "--calibration-n", "4000"),
-                # Direct answers at a low rate: at this scale a scratchpad turn, or 300 steps at 1e-3, forget
-                # enough that the gate refuses them (docs/models.md).
-                *("--replay-n", "4000", "--threads", "1", "--learn-reasoning", "no", "--lr", "1e-4"),
+                # A few hundred escalations teach no new skill: a fresh reasoner needs ~12,000 and a direct
+                # turn on them starts answering multi-step queries wrongly, so the gate refuses it. With a
+                # 12-token budget every scratchpad the cloud wrote is over the limit and learnt as passing
+                # on, and replay keeps what the student knew: the turn the gate passes at this scale.
+                *("--replay-n", "4000", "--threads", "1", "--learn-reasoning", "yes", "--student", "fine-tune"),
+                *("--max-new-tokens", "12", "--lr", "1e-4"),
             ],
             timeout=c.improve_timeout_s,
         )

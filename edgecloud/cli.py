@@ -434,13 +434,13 @@ def _add_improve_command(models: argparse._SubParsersAction) -> None:
         "--replay-share",
         type=float,
         default=None,
-        help="share of each batch replaying the base's answers (default: 0.5 fine-tuning, 1/3 fresh)",
+        help="share of each batch replaying the base's answers (default: 0.5 fine-tuning, 0 fresh)",
     )
     improve.add_argument(
-        "--steps", type=int, default=None, help="training steps (default: 2000 fine-tuning, 1000 fresh)"
+        "--steps", type=int, default=None, help="training steps (default: 2000 fine-tuning, 900 fresh)"
     )
     improve.add_argument(
-        "--batch-size", type=int, default=None, help="rows per step (default: 128 fine-tuning, 96 fresh)"
+        "--batch-size", type=int, default=None, help="rows per step (default: 128 fine-tuning, 64 fresh)"
     )
     improve.add_argument(
         "--add-layers",

@@ -33,12 +33,12 @@ def test_the_demo_runs_every_part_and_reports(tmp_path: Path) -> None:
     assert report["queries"] == 150 and report["failed_requests"] == 0 and report["invariants_broken"] == []
     assert report["broker"] == "embedded"
     assert report["swap"]["status"] == "COMPLETED" and len(report["swap"]["first_served_by_new_version"]) == 3
-    # The version rolled out midway came from `models improve` on the run's own escalations, or (the gate
-    # refused it: exit 3) from a re-export; either way the report says which, and what each version served.
+    # The version rolled out midway came from `models improve` on the run's own escalations, passed its
+    # gate, and the report says what each version served.
     improve = report["swap"]["improve"]
-    assert improve["records"] > 0 and improve["exit"] in (0, 3), improve
-    built_by = "models improve" if improve["exit"] == 0 else "re-export of the shipped student"
-    assert report["swap"]["built_by"] == built_by
+    assert improve["records"] > 0 and improve["exit"] == 0 and improve["gate"] is True, improve
+    assert 0 < improve["used"] <= improve["records"]
+    assert report["swap"]["built_by"] == "models improve"
     versions = report["by_model_version"]
     assert set(versions) == {f"v{report['swap']['from_version']}", f"v{report['swap']['to_version']}"}
     assert all(0 <= row["escalation_rate"] <= 1 and row["requests"] > 0 for row in versions.values())

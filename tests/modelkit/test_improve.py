@@ -121,7 +121,7 @@ def test_auto_trains_a_fresh_student_when_it_learns_the_reasoning(tmp_path: Path
     assert config.mode(reasoning=True) == "fresh" and config.mode(reasoning=False) == "fine-tune"
     assert config.schedule("fresh") == config.schedule("fresh")
     fresh, tuned = config.schedule("fresh"), config.schedule("fine-tune")
-    assert (fresh.steps, fresh.lr, fresh.max_new_tokens) == (1000, 2e-3, 130)
+    assert (fresh.steps, fresh.lr, fresh.max_new_tokens, fresh.replay_share) == (900, 2e-3, 130, 0.0)
     assert (tuned.steps, tuned.lr, tuned.max_new_tokens) == (2000, 1e-3, 100)
     # What is set wins over the mode's defaults; growing the base means fine-tuning it.
     assert ImproveConfig(logs=config.logs, bundle=tmp_path, out=tmp_path, steps=7).schedule("fresh").steps == 7
