@@ -84,6 +84,12 @@ class AgentConfig:
     labels: dict[str, str] = field(default_factory=dict)
     max_bundle_bytes: int = 256 << 20
     download_timeout_s: float = 60.0
+    """Per connect and per read."""
+    download_deadline_s: float = 900.0
+    """The whole download, retries included: a slow artifact server cannot hold the command worker
+    (which handles one command at a time) for longer; the partial file is kept and resumed."""
+    download_min_rate_bps: float = 8192.0
+    """An attempt averaging less than this after its first 10 s is cut and resumed (0: no floor)."""
     artifact_token: str | None = None
     """Bearer token for the fleet's artifact downloads; sent only to ``fleet_origin``."""
     watch_s: float = 30.0
@@ -112,6 +118,8 @@ class AgentConfig:
             raise ConfigError(f"broker must be BrokerSettings, got {type(self.broker).__name__}")
         if self.telemetry_interval_s <= 0 or self.watch_s < 0 or self.max_bundle_bytes < 1:
             raise ConfigError("telemetry_interval_s > 0, watch_s >= 0, max_bundle_bytes >= 1 required")
+        if self.download_timeout_s <= 0 or self.download_deadline_s <= 0 or self.download_min_rate_bps < 0:
+            raise ConfigError("download_timeout_s > 0, download_deadline_s > 0, download_min_rate_bps >= 0 required")
 
 
 def origin_of(url: str) -> tuple[str, str, int] | None:
@@ -439,6 +447,8 @@ class DeviceAgent:
             max_bytes=self.config.max_bundle_bytes,
             timeout_s=self.config.download_timeout_s,
             headers=headers,
+            deadline_s=self.config.download_deadline_s,
+            min_rate_bps=self.config.download_min_rate_bps,
         )
         self._ack(command, AckStatus.VERIFYING)
         staging = self.state_dir / "bundles" / f".incoming-{command.id}"

@@ -141,6 +141,10 @@ class EdgeModel:
         missing = [key for key in ("prompt_template", "eos_token", "max_new_tokens") if key not in manifest.io]
         if missing:
             raise ValueError(f"{directory}: the manifest's io has no {', '.join(missing)}")
+        listed = {entry.path for entry in manifest.files}
+        unlisted = [path for path in (graphs[precision], manifest.io["tokenizer"]) if path not in listed]
+        if unlisted:  # only a listed file was checked against its sha256
+            raise ValueError(f"{directory}: the manifest's io names {', '.join(unlisted)}, not among its files")
         calibration = Calibration.from_dict(manifest.calibration) if manifest.calibration else None
         return cls(
             directory / graphs[precision],

@@ -47,6 +47,7 @@ import urllib.parse
 import urllib.request
 import zlib
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
@@ -64,6 +65,7 @@ __all__ = [
     "ArchiveError",
     "ArtifactTooLargeError",
     "BundleExistsError",
+    "DownloadDeadlineError",
     "UnsafeArchiveError",
     "download",
     "pack_bundle",
@@ -434,6 +436,7 @@ def _attempt(
     headers: Mapping[str, str],
     timeout_s: float,
     progress: Callable[[int, int | None], None] | None,
+    pace: _Pace,
 ) -> None:
     """One GET from ``state.have`` on; returns when the body is complete."""
     request_headers = {"Accept-Encoding": "identity", **headers}
@@ -479,9 +482,13 @@ def _attempt(
             raise ArtifactTooLargeError(f"{url}: {total} bytes exceeds the limit of {state.max_bytes}")
         if progress is not None:
             progress(state.have, total)
+        pace.start_attempt()
         with state.part.open("ab") as out:
             try:
-                while chunk := response.read(_READ):
+                # read1: at most one read from the socket, so a server that drips bytes cannot keep one
+                # call (and the deadline check after it) waiting for a whole chunk.
+                while chunk := response.read1(_READ):
+                    pace.check(url, state.have, len(chunk))
                     if state.have + len(chunk) > state.max_bytes:
                         raise ArtifactTooLargeError(f"{url}: more than the limit of {state.max_bytes} bytes")
                     out.write(chunk)
@@ -499,6 +506,41 @@ def _attempt(
             raise _Retry(f"received {state.have} bytes, more than the {total} announced; restarting")
 
 
+class DownloadDeadlineError(UnavailableError):
+    """The download ran past its overall deadline; the ``.part`` is kept for a later resume."""
+
+
+@dataclass
+class _Pace:
+    """The overall deadline and the minimum rate of one :func:`download`."""
+
+    deadline_s: float | None
+    min_rate_bps: float
+    rate_grace_s: float
+    started: float = field(default_factory=time.monotonic)
+    attempt_started: float = 0.0
+    attempt_bytes: int = 0
+
+    def start_attempt(self) -> None:
+        self.attempt_started, self.attempt_bytes = time.monotonic(), 0
+
+    def check_deadline(self, url: str, have: int) -> None:
+        if self.deadline_s is not None and time.monotonic() - self.started > self.deadline_s:
+            raise DownloadDeadlineError(
+                f"{url}: not complete within its deadline of {self.deadline_s:g} s ({have} bytes)"
+            )
+
+    def check(self, url: str, have: int, received: int) -> None:
+        self.attempt_bytes += received
+        self.check_deadline(url, have)
+        elapsed = time.monotonic() - self.attempt_started
+        if self.min_rate_bps and elapsed > self.rate_grace_s and self.attempt_bytes / elapsed < self.min_rate_bps:
+            raise _Retry(
+                f"{self.attempt_bytes / elapsed:.0f} B/s over {elapsed:.0f} s, under the minimum of "
+                f"{self.min_rate_bps:g} B/s"
+            )
+
+
 def download(
     url: str,
     dest_file: str | os.PathLike[str],
@@ -510,6 +552,9 @@ def download(
     attempts: int = 5,
     progress: Callable[[int, int | None], None] | None = None,
     backoff_s: float = 0.5,
+    deadline_s: float | None = None,
+    min_rate_bps: float = 0.0,
+    rate_grace_s: float = 10.0,
 ) -> Path:
     """GET ``url`` into ``dest_file``; return its path.
 
@@ -525,6 +570,12 @@ def download(
     retries once from scratch); without it any leftover is discarded. The
     file is renamed onto ``dest_file`` only when complete and checked.
     Concurrent downloads to the same ``dest_file`` are not supported.
+
+    ``deadline_s`` bounds the whole call, retries and waits included
+    (DownloadDeadlineError; it is checked after every read, so it can be
+    overrun by one ``timeout_s``). An attempt slower than ``min_rate_bps``
+    on average after its first ``rate_grace_s`` seconds is cut and retried
+    from where it stopped: a slow server cannot hold the caller forever.
     """
     if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
         raise ConfigError(f"{url!r}: only http and https URLs can be downloaded")
@@ -534,6 +585,9 @@ def download(
             raise ConfigError(f"expected_sha256 must be 64 hex digits, got {expected_sha256!r}")
     if attempts < 1 or max_bytes < 0 or timeout_s <= 0:
         raise ConfigError("attempts >= 1, max_bytes >= 0 and timeout_s > 0 required")
+    if (deadline_s is not None and deadline_s <= 0) or min_rate_bps < 0 or rate_grace_s < 0:
+        raise ConfigError("deadline_s > 0, min_rate_bps >= 0 and rate_grace_s >= 0 required")
+    pace = _Pace(deadline_s, min_rate_bps, rate_grace_s)
     dest = Path(dest_file)
     dest.parent.mkdir(parents=True, exist_ok=True)
     state = _Download(dest.with_name(dest.name + ".part"), max_bytes)
@@ -545,8 +599,9 @@ def download(
     try:
         while True:
             before = state.have
+            pace.check_deadline(url, state.have)
             try:
-                _attempt(opener, url, state, headers=headers or {}, timeout_s=timeout_s, progress=progress)
+                _attempt(opener, url, state, headers=headers or {}, timeout_s=timeout_s, progress=progress, pace=pace)
             except (_Retry, *_NETWORK_ERRORS) as exc:
                 failures = 1 if state.have > before else failures + 1
                 reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc

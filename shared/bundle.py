@@ -102,6 +102,20 @@ def _check_path(path: object) -> None:
         raise _bad("path", f"{path!r} is reserved and never listed")
 
 
+def _check_io_paths(io: Mapping[str, Any]) -> None:
+    """The files ``io`` names for loading (``tokenizer``, every ``graphs`` entry) stay inside the
+    bundle: a signed manifest must not point a loader at ``../../`` or an absolute path."""
+    try:
+        _check_path(io["tokenizer"])
+        graphs = io.get("graphs", {})
+        if not isinstance(graphs, Mapping):
+            raise _bad("io.graphs", f"expected an object, got {type(graphs).__name__}")
+        for graph in graphs.values():
+            _check_path(graph)
+    except ManifestError as exc:
+        raise _bad("io", f"a file it names must stay inside the bundle: {exc}") from None
+
+
 def _fields(data: Mapping[str, Any], names: Sequence[str]) -> dict[str, Any]:
     """A copy of ``data``, which must have exactly the keys ``names``."""
     missing, unknown = [n for n in names if n not in data], [str(k) for k in data if k not in names]
@@ -222,6 +236,7 @@ class Manifest:
         missing = [key for key in IO_KEYS if key not in self.io]
         if missing:
             raise _bad("io", f"missing key(s) {', '.join(missing)}")
+        _check_io_paths(self.io)
 
     def to_dict(self) -> dict[str, Any]:
         """The manifest as plain JSON types (fresh copies, safe to mutate)."""

@@ -153,6 +153,22 @@ def test_a_bundle_without_its_decoding_contract_is_refused(shipped_models: Path,
         EdgeModel.from_bundle(bundle)
 
 
+def test_a_graph_or_tokenizer_the_manifest_does_not_list_is_refused(shipped_models: Path, tmp_path: Path) -> None:
+    import json
+    import shutil
+
+    from edgecloud.shared.bundle import MANIFEST_FILE, SIGNATURE_FILE
+
+    bundle = tmp_path / "edge"
+    shutil.copytree(shipped_models / "edge-student", bundle)
+    (bundle / SIGNATURE_FILE).unlink(missing_ok=True)
+    manifest = json.loads((bundle / MANIFEST_FILE).read_text())
+    manifest["io"]["graphs"]["int8"] = "elsewhere/model.onnx"  # inside the folder, but never hashed
+    (bundle / MANIFEST_FILE).write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="elsewhere/model.onnx, not among its files"):
+        EdgeModel.from_bundle(bundle)
+
+
 def test_the_onnx_runtime_is_an_answer_model(edge_model: EdgeModel) -> None:
     assert isinstance(edge_model, AnswerModel)
 

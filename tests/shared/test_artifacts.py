@@ -27,6 +27,7 @@ from edgecloud.shared.artifacts import (
     ArchiveError,
     ArtifactTooLargeError,
     BundleExistsError,
+    DownloadDeadlineError,
     UnsafeArchiveError,
     _SafeRedirects,
     download,
@@ -280,6 +281,8 @@ class ServerState:
     cut_first_after: int | None = None
     """On the first request, send this many body bytes, then close the connection."""
     stall: bool = False
+    drip_bytes_per_s: float = 0.0
+    """Send the body in 1 KiB pieces at this rate (a slow server that never stalls a read)."""
     redirect_to: str = ""
     requests: list[dict[str, str | None]] = field(default_factory=list)
     release: threading.Event = field(default_factory=threading.Event)
@@ -329,9 +332,14 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return
         if first and state.cut_first_after is not None:
             body = body[: state.cut_first_after]
+        piece = 1 << 10 if state.drip_bytes_per_s else 16 << 10
         try:
-            for i in range(0, len(body), 16 << 10):
-                self.wfile.write(body[i : i + (16 << 10)])
+            for i in range(0, len(body), piece):
+                self.wfile.write(body[i : i + piece])
+                if state.drip_bytes_per_s:
+                    self.wfile.flush()
+                    if state.release.wait(piece / state.drip_bytes_per_s):
+                        return
         except (BrokenPipeError, ConnectionResetError):
             pass
         self.close_connection = True
@@ -455,6 +463,40 @@ def test_stalled_server_times_out_per_read(server: tuple[str, ServerState], tmp_
     with pytest.raises(UnavailableError):
         _get(f"{url}/b", tmp_path / "b", timeout_s=0.3, attempts=2)
     assert time.monotonic() - started < 5 and len(state.requests) == 2
+
+
+def test_a_slow_server_cannot_hold_a_download_past_its_deadline(
+    server: tuple[str, ServerState], tmp_path: Path
+) -> None:
+    # 20 KB/s never stalls a read for its 5 s timeout; the 256 KiB would take ~13 s.
+    url, state = server
+    state.drip_bytes_per_s = 20_000
+    started = time.monotonic()
+    with pytest.raises(DownloadDeadlineError, match="deadline of 1 s") as info:
+        _get(f"{url}/b", tmp_path / "b.tar.gz", deadline_s=1.0)
+    assert time.monotonic() - started < 3 and info.value.recoverable
+    assert _listing(tmp_path) == ["b.tar.gz.part"]  # kept: the next command resumes it
+    # The same server, fast again: the download resumes from the .part and completes within its deadline.
+    state.drip_bytes_per_s = 0
+    assert _get(f"{url}/b", tmp_path / "b.tar.gz", deadline_s=10.0).read_bytes() == PAYLOAD
+    assert state.requests[-1]["range"] is not None
+
+
+def test_an_attempt_under_the_minimum_rate_is_cut_and_resumed(server: tuple[str, ServerState], tmp_path: Path) -> None:
+    url, state = server
+    state.drip_bytes_per_s = 20_000
+    with pytest.raises(DownloadDeadlineError):
+        _get(f"{url}/b", tmp_path / "b", min_rate_bps=100_000, rate_grace_s=0.3, deadline_s=2.5)
+    ranges = [r["range"] for r in state.requests]
+    assert len(ranges) >= 3 and ranges[0] is None
+    starts = [int(r.removeprefix("bytes=").removesuffix("-")) for r in ranges[1:]]
+    assert starts == sorted(starts) and starts[0] > 0  # each cut attempt resumed where the last one stopped
+
+
+def test_deadline_and_rate_arguments_are_checked(tmp_path: Path) -> None:
+    for bad in ({"deadline_s": 0}, {"min_rate_bps": -1}, {"rate_grace_s": -1}):
+        with pytest.raises(ConfigError, match="deadline_s > 0"):
+            _get("http://127.0.0.1:1/b", tmp_path / "b", **bad)
 
 
 @pytest.mark.parametrize(("path", "error"), [("/missing", NotFoundError), ("/forbidden", ConfigError)])

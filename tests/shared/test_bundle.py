@@ -283,3 +283,25 @@ def test_copy_bundle_makes_an_unsigned_release_of_another_version(shipped_models
     assert verify_bundle(target) == copied
     assert [f.sha256 for f in copied.files] == [f.sha256 for f in before.files]
     assert load_manifest(source) == before  # the source is untouched
+
+
+@pytest.mark.parametrize(
+    "io",
+    [
+        {**IO, "tokenizer": "../../etc/passwd"},
+        {**IO, "tokenizer": "/etc/passwd"},
+        {**IO, "tokenizer": "tokenizer/../../x.json"},
+        {**IO, "graphs": {"int8": "../other-bundle/model.onnx"}},
+        {**IO, "graphs": {"int8": 7}},
+        {**IO, "graphs": ["model.onnx"]},
+    ],
+)
+def test_files_the_io_names_must_stay_inside_the_bundle(tmp_path: Path, io: dict[str, Any]) -> None:
+    _populate(tmp_path)
+    with pytest.raises(ManifestError, match="must stay inside the bundle"):
+        _write(tmp_path, io=io)
+    # The same refusal when reading a manifest written by someone else.
+    good = _write(tmp_path).to_dict()
+    (tmp_path / "manifest.json").write_text(json.dumps({**good, "io": io}))
+    with pytest.raises(ManifestError, match="must stay inside the bundle"):
+        load_manifest(tmp_path)
