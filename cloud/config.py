@@ -38,7 +38,7 @@ class AuthConfig:
     tokens: dict[str, str] = field(default_factory=dict)
     """Bearer token -> the device id it belongs to."""
     required: bool | None = None
-    """None: required unless the server listens on loopback only."""
+    """None: required when tokens are configured or the server listens off loopback."""
 
     def __post_init__(self) -> None:
         if self.required and not self.tokens:
@@ -86,6 +86,8 @@ class CloudConfig:
     """Check manifest.json hashes when the model folder is a bundle."""
     tls: TlsConfig | None = None
     auth: AuthConfig = field(default_factory=AuthConfig)
+    allow_plaintext_tokens: bool = False
+    """Accept bearer tokens over plaintext gRPC off loopback (only where TLS ends in front of the server)."""
     engine: EngineConfig = field(default_factory=EngineConfig)
     sessions: SessionConfig = field(default_factory=SessionConfig)
     budget: BudgetConfig = field(default_factory=BudgetConfig)
@@ -99,9 +101,16 @@ class CloudConfig:
             raise ConfigError("max_message_bytes must be >= 1024")
         if self.budget.maximum > self.engine.max_reasoning_tokens:
             raise ConfigError("budget.maximum exceeds engine.max_reasoning_tokens")
+        plaintext = self.tls is None and not is_loopback(self.host)
+        if self.auth_required and self.auth.tokens and plaintext and not self.allow_plaintext_tokens:
+            raise ConfigError(
+                f"bearer tokens over plaintext gRPC on {self.host} (not loopback) can be read off the network:"
+                " serve TLS (--tls-cert, --tls-key), or pass --allow-plaintext-tokens where TLS ends in front"
+                " of the server"
+            )
 
     @property
     def auth_required(self) -> bool:
         if self.auth.required is not None:
             return self.auth.required
-        return not is_loopback(self.host)
+        return bool(self.auth.tokens) or not is_loopback(self.host)

@@ -3,13 +3,18 @@
 Handlers convert protobuf to domain objects (:mod:`edgecloud.shared.wire`), call the
 session manager and convert back; they raise edgecloud errors and one
 interceptor maps those to status codes. Another checks per-device bearer
-tokens. Health (NOT_SERVING while loading or draining), reflection, TLS/mTLS
+tokens; the device a token names is the caller's identity, and the handlers
+look sessions up only among that device's (another device's session is
+NOT_FOUND). Bytes that do not parse as the request message are INVALID_ARGUMENT.
+Health (NOT_SERVING while loading or draining), reflection, TLS/mTLS
 and message size limits are set up by :func:`create_server`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import dataclasses
 import hmac
 import logging
 import signal
@@ -18,6 +23,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import grpc
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -37,6 +43,7 @@ from edgecloud.shared.errors import (
     InvalidInputError,
     UnavailableError,
 )
+from edgecloud.shared.reasoning import ThinkParams
 from edgecloud.shared.wire import event_to_pb, session_info_to_pb, think_request_from_pb
 
 if TYPE_CHECKING:
@@ -47,7 +54,8 @@ __all__ = ["CloudService", "create_server", "serve"]
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Reasoner"].full_name
-_DEVICE_KEY = "edgecloud-device"
+_caller: contextvars.ContextVar[str | None] = contextvars.ContextVar("edgecloud_caller", default=None)
+"""The device the RPC's bearer token belongs to; None when the server checks no tokens."""
 
 
 def status_for(error: EdgecloudError) -> grpc.StatusCode:
@@ -98,11 +106,56 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         return _wrap_handler(handler, unary, stream)
 
 
+_MALFORMED = object()
+"""What the request deserializer returns for bytes that do not parse (gRPC would answer UNKNOWN)."""
+
+
+class DecodeInterceptor(grpc.aio.ServerInterceptor):
+    """Malformed request bytes become INVALID_ARGUMENT, raised in the handler's place.
+
+    Innermost, so the bearer token is checked first; the interceptors outside copy its
+    tolerant deserializer."""
+
+    async def intercept_service(self, continuation, details):  # type: ignore[no-untyped-def]
+        handler = await continuation(details)
+        if handler is None or handler.request_deserializer is None:
+            return handler
+        parse = handler.request_deserializer
+
+        def deserialize(data: bytes) -> object:
+            try:
+                return parse(data)
+            except DecodeError:
+                return _MALFORMED
+
+        def refuse(request: object) -> None:
+            if request is _MALFORMED:
+                raise InvalidInputError(f"the request is not a valid {details.method.rsplit('/', 1)[-1]} message")
+
+        def unary(behavior):
+            async def run(request, context):
+                refuse(request)
+                return await behavior(request, context)
+
+            return run
+
+        def stream(behavior):
+            async def run(request, context):
+                refuse(request)
+                async for item in behavior(request, context):
+                    yield item
+
+            return run
+
+        wrapped = _wrap_handler(handler, unary, stream)
+        return wrapped._replace(request_deserializer=deserialize)
+
+
 class AuthInterceptor(grpc.aio.ServerInterceptor):
     """Per-device bearer tokens (``authorization: Bearer <token>``) on every Reasoner RPC.
 
     Health and reflection stay open so load balancers can probe. The device a
-    token belongs to is passed on in the invocation metadata for the handler.
+    token belongs to is the caller's identity for the handler (:data:`_caller`).
     """
 
     def __init__(self, tokens: dict[str, str]) -> None:
@@ -133,6 +186,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                 if device is None:
                     await deny(context)
                 _check_device(request, device)
+                _caller.set(device)  # this RPC's task has its own context
                 return await behavior(request, context)
 
             return run
@@ -142,6 +196,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                 if device is None:
                     await deny(context)
                 _check_device(request, device)
+                _caller.set(device)
                 async for item in behavior(request, context):
                     yield item
 
@@ -154,6 +209,13 @@ def _check_device(request: object, device: str | None) -> None:
     claimed = getattr(request, "device_id", "")
     if claimed and device is not None and claimed != device:
         raise InvalidInputError(f"device_id {claimed!r} does not match the token's device")
+
+
+def _think_params(request: pb.ThinkRequest) -> ThinkParams:
+    """The request, owned by the token's device when tokens are checked (whatever ``device_id`` said)."""
+    params = think_request_from_pb(request)
+    device = _caller.get()
+    return params if device is None else dataclasses.replace(params, device_id=device)
 
 
 class ReasonerServicer(pb_grpc.ReasonerServicer):
@@ -169,25 +231,25 @@ class ReasonerServicer(pb_grpc.ReasonerServicer):
         return self._sessions
 
     async def Think(self, request: pb.ThinkRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ThinkEvent]:
-        session = self.sessions.create(think_request_from_pb(request))
+        session = self.sessions.create(_think_params(request))
         async for event in self.sessions.follow(session.id):
             yield event_to_pb(event)
 
     async def Submit(self, request: pb.ThinkRequest, context: grpc.aio.ServicerContext) -> pb.SessionInfo:
-        session = self.sessions.create(think_request_from_pb(request))
+        session = self.sessions.create(_think_params(request))
         return session_info_to_pb(self.sessions.info(session.id))
 
     async def Attach(
         self, request: pb.AttachRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.ThinkEvent]:
-        async for event in self.sessions.follow(request.session_id, request.after_seq):
+        async for event in self.sessions.follow(request.session_id, request.after_seq, device=_caller.get()):
             yield event_to_pb(event)
 
     async def GetSession(self, request: pb.SessionRef, context: grpc.aio.ServicerContext) -> pb.SessionInfo:
-        return session_info_to_pb(self.sessions.info(request.session_id))
+        return session_info_to_pb(self.sessions.info(request.session_id, device=_caller.get()))
 
     async def Cancel(self, request: pb.SessionRef, context: grpc.aio.ServicerContext) -> pb.SessionInfo:
-        return session_info_to_pb(self.sessions.cancel(request.session_id))
+        return session_info_to_pb(self.sessions.cancel(request.session_id, device=_caller.get()))
 
 
 @dataclass
@@ -243,10 +305,11 @@ async def create_server(
         raise ConfigError(
             f"listening on {config.host} (not loopback) requires device tokens; pass --tokens FILE or --no-auth"
         )
-    # The first interceptor wraps the others, so errors raised by auth are mapped too.
+    # The first interceptor wraps the others, so errors raised by auth and decoding are mapped too.
     interceptors: list[grpc.aio.ServerInterceptor] = [ErrorInterceptor()]
     if config.auth_required:
         interceptors.append(AuthInterceptor(config.auth.tokens))
+    interceptors.append(DecodeInterceptor())
     server = grpc.aio.server(
         interceptors=interceptors,
         options=[

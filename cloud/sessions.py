@@ -1,10 +1,17 @@
-"""Server-owned reasoning sessions: created once, run by the engine, replayable by anyone.
+"""Server-owned reasoning sessions: created once, run by the engine, replayable by their device.
 
 A session belongs to the server, not to the RPC that created it: generation
 runs in the engine whatever happens to the client, every event is appended to
 the session's log with ``seq`` 1, 2, 3, ..., and any number of readers follow
 the log from any point (:meth:`SessionManager.follow`) with no gap and no
 duplicate. Finished sessions stay for ``ttl_s``.
+
+Sessions belong to a device (``ThinkParams.device_id``, which the server sets from the
+caller's token): request ids are scoped per device, a lookup that names a device
+(``device=``) finds only that device's sessions, and another device's session id is
+:class:`NotFoundError` exactly like a missing one. A device may hold at most
+``max_open_per_device`` unfinished sessions, so one device's flood is refused
+(:class:`ResourceExhaustedError`) while the rest of the engine queue serves the others.
 
 Durability (:mod:`edgecloud.cloud.store`): a session is written when accepted and when
 it ends. After a restart, finished sessions are served from the store, and
@@ -34,7 +41,7 @@ from edgecloud.cloud.dataset import EdgeView, Escalation, EscalationLog
 from edgecloud.cloud.engine import EngineEvent, EngineEventKind, GenerationResult, Job, ReasoningEngine
 from edgecloud.cloud.metrics import CloudMetrics
 from edgecloud.cloud.store import SessionStorage
-from edgecloud.shared.errors import ConfigError, InvalidInputError, NotFoundError
+from edgecloud.shared.errors import ConfigError, InvalidInputError, NotFoundError, ResourceExhaustedError
 from edgecloud.shared.features import decode_features
 from edgecloud.shared.reasoning import (
     EdgeHint,
@@ -66,10 +73,15 @@ class SessionConfig:
     """Expected shape of decoded features; None accepts any shape within max_feature_elements."""
     escalation_log: Path | None = None
     """JSONL file that collects escalations with their features, for the next student."""
+    max_open_per_device: int = 64
+    """Unfinished (queued or running) sessions one device may hold; more are RESOURCE_EXHAUSTED.
+    Keep it below the engine's ``max_queue`` so one device cannot fill the queue; 0 = no limit."""
 
     def __post_init__(self) -> None:
         if self.ttl_s <= 0 or self.sweep_every_s <= 0:
             raise ConfigError("sessions: ttl_s and sweep_every_s must be > 0")
+        if self.max_open_per_device < 0:
+            raise ConfigError(f"sessions: max_open_per_device must be >= 0, got {self.max_open_per_device}")
         if self.result_cache_size < 0 or self.max_feature_elements < 1:
             raise ConfigError("sessions: result_cache_size >= 0 and max_feature_elements >= 1")
 
@@ -114,6 +126,8 @@ class Session:
 
 
 _CacheKey = tuple[str, str, int, int, int]
+_RequestKey = tuple[str, str]
+"""(device_id, request_id): request ids are per device."""
 
 
 class SessionManager:
@@ -134,7 +148,9 @@ class SessionManager:
         self.metrics.bind_engine(lambda: engine.queue_depth, lambda: engine.active)
         self.escalations = EscalationLog(self.config.escalation_log) if self.config.escalation_log else None
         self._sessions: dict[str, Session] = {}
-        self._by_request: dict[str, str] = {}
+        self._by_request: dict[_RequestKey, str] = {}
+        self._open: dict[str, set[str]] = {}
+        """Device id -> its unfinished sessions in the engine (the per-device share of the queue)."""
         self._cache: collections.OrderedDict[_CacheKey, Event] = collections.OrderedDict()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._sweeper: asyncio.Task[None] | None = None
@@ -173,9 +189,10 @@ class SessionManager:
         """The session for ``params.request_id``: the existing one, or a new one.
 
         Raises InvalidInputError (bad features, request_id reused for another
-        query) and ResourceExhaustedError (engine queue full: nothing is kept).
+        query) and ResourceExhaustedError (engine queue full, or the device holds
+        ``max_open_per_device`` unfinished sessions: nothing is kept).
         """
-        existing = self._find_request(params.request_id)
+        existing = self._find_request(params.device_id, params.request_id)
         if existing is not None:
             if existing.params.query != params.query:
                 raise InvalidInputError(f"request_id {params.request_id!r} was already used for a different query")
@@ -198,6 +215,7 @@ class SessionManager:
             queue_position=0 if cached else self.engine.queue_depth + 1,
         )
         if cached is None:
+            self._check_share(params.device_id)
             self._submit(session)  # raises when full, before anything is recorded
         self.store.accept(session.id, params, session.budget, accepted)
         self._adopt(session)
@@ -207,19 +225,20 @@ class SessionManager:
             self._serve_cached(session, cached)
         return session
 
-    def info(self, session_id: str) -> SessionInfo:
-        return self._get(session_id).info(self.engine.name, self.engine.version)
+    def info(self, session_id: str, *, device: str | None = None) -> SessionInfo:
+        """The session's state; with ``device``, only if it is that device's (else NotFoundError)."""
+        return self._get(session_id, device).info(self.engine.name, self.engine.version)
 
-    def cancel(self, session_id: str) -> SessionInfo:
-        session = self._get(session_id)
+    def cancel(self, session_id: str, *, device: str | None = None) -> SessionInfo:
+        session = self._get(session_id, device)
         if not session.finished:
             self.engine.cancel(session.id)
             self._fail(session, Failure("CANCELLED", "cancelled by the client"), SessionStatus.CANCELLED)
         return session.info(self.engine.name, self.engine.version)
 
-    async def follow(self, session_id: str, after_seq: int = 0) -> AsyncIterator[Event]:
+    async def follow(self, session_id: str, after_seq: int = 0, *, device: str | None = None) -> AsyncIterator[Event]:
         """Every event with seq > ``after_seq``, then live ones until the session ends."""
-        session = self._get(session_id)
+        session = self._get(session_id, device)
         if after_seq < 0:
             raise InvalidInputError(f"after_seq must be >= 0, got {after_seq}")
         index = after_seq
@@ -234,18 +253,26 @@ class SessionManager:
 
     # -- internals ---------------------------------------------------------------------
 
-    def _find_request(self, request_id: str) -> Session | None:
-        session_id = self._by_request.get(request_id)
+    def _find_request(self, device_id: str, request_id: str) -> Session | None:
+        session_id = self._by_request.get((device_id, request_id))
         if session_id is not None and session_id in self._sessions:
             return self._sessions[session_id]
-        stored = self.store.find_request(request_id)
+        stored = self.store.find_request(request_id, device_id)
         return self._load(stored.session_id) if stored else None
 
-    def _get(self, session_id: str) -> Session:
+    def _get(self, session_id: str, device: str | None = None) -> Session:
+        """The session; with ``device``, only that device's: another's is as missing as an unknown id."""
         session = self._sessions.get(session_id) or self._load(session_id)
-        if session is None:
+        if session is None or (device is not None and session.params.device_id != device):
             raise NotFoundError(f"no session {session_id!r} (unknown, or expired after {self.config.ttl_s:g}s)")
         return session
+
+    def _check_share(self, device_id: str) -> None:
+        limit = self.config.max_open_per_device
+        if limit and len(self._open.get(device_id, ())) >= limit:
+            raise ResourceExhaustedError(
+                f"this device has {limit} unfinished sessions, its share of the queue; retry when one finishes"
+            )
 
     def _load(self, session_id: str) -> Session | None:
         """A finished session from the store (after a restart or eviction from memory)."""
@@ -264,7 +291,7 @@ class SessionManager:
 
     def _adopt(self, session: Session) -> None:
         self._sessions[session.id] = session
-        self._by_request[session.params.request_id] = session.id
+        self._by_request[(session.params.device_id, session.params.request_id)] = session.id
 
     def _decode_features(self, session: Session) -> None:
         encoded = session.params.features
@@ -299,6 +326,15 @@ class SessionManager:
         self.engine.submit(
             Job(session.id, session.params.query, session.budget, output, session.params.stream_reasoning, on_event)
         )
+        self._open.setdefault(session.params.device_id, set()).add(session.id)
+
+    def _close_slot(self, session: Session) -> None:
+        """The session ended: it no longer counts against its device's share."""
+        open_ = self._open.get(session.params.device_id)
+        if open_ is not None:
+            open_.discard(session.id)
+            if not open_:
+                del self._open[session.params.device_id]
 
     def _append(self, session: Session, event: Event) -> None:
         session.events.append(event)
@@ -360,6 +396,7 @@ class SessionManager:
         session.result = completed
         session.status = SessionStatus.COMPLETED
         session.finished_at = now
+        self._close_slot(session)
         self._append(session, completed)
         self._persist(session)
         self._remember(session.params, session.budget, completed)
@@ -424,6 +461,7 @@ class SessionManager:
         session.failure = failure
         session.status = status
         session.finished_at = time.monotonic()
+        self._close_slot(session)
         self._append(session, self._next(session, EventKind.FAILED, failure=failure))
         self._persist(session)
         self.metrics.sessions.labels(status.name.lower()).inc()
@@ -453,7 +491,7 @@ class SessionManager:
         ]
         for session in expired:
             del self._sessions[session.id]
-            self._by_request.pop(session.params.request_id, None)
+            self._by_request.pop((session.params.device_id, session.params.request_id), None)
         self.store.expire(time.time() - self.config.ttl_s)
         return len(expired)
 

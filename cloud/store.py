@@ -6,6 +6,10 @@ restart, finished sessions are served from here, and accepted-but-unfinished
 ones are handed back to be run again. Rows are protobuf bytes from
 :mod:`edgecloud.shared.wire`, so the format is the wire contract and needs no schema of
 its own.
+
+A request id is unique per device (``UNIQUE (device_id, request_id)``): two devices may
+use the same one. A store written before that (``request_id`` unique on its own, no
+``device_id`` column) is migrated when opened.
 """
 
 from __future__ import annotations
@@ -31,17 +35,22 @@ from edgecloud.shared.wire import (
 
 __all__ = ["SessionStorage", "SessionStore", "StoredSession"]
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS sessions (
+_SESSIONS_TABLE = """
+CREATE TABLE IF NOT EXISTS {name} (
     session_id  TEXT PRIMARY KEY,
-    request_id  TEXT NOT NULL UNIQUE,
+    device_id   TEXT NOT NULL,
+    request_id  TEXT NOT NULL,
     request     BLOB NOT NULL,
     budget      INTEGER NOT NULL,
     accepted    BLOB NOT NULL,
     created_at  REAL NOT NULL,
     finished_at REAL,
-    info        BLOB
-);
+    info        BLOB,
+    UNIQUE (device_id, request_id)
+)"""
+_SCHEMA = (
+    _SESSIONS_TABLE.format(name="sessions")
+    + """;
 CREATE TABLE IF NOT EXISTS events (
     session_id TEXT NOT NULL REFERENCES sessions(session_id) ON DELETE CASCADE,
     seq        INTEGER NOT NULL,
@@ -50,6 +59,7 @@ CREATE TABLE IF NOT EXISTS events (
 );
 CREATE INDEX IF NOT EXISTS sessions_finished ON sessions(finished_at);
 """
+)
 
 
 @dataclass(frozen=True)
@@ -70,7 +80,8 @@ class SessionStorage(Protocol):
     :class:`SessionStore` (SQLite, one file per replica) is the shipped one; a shared database
     (PostgreSQL) for replicas that take over each other's sessions is the expected second. Every
     method may be called from any thread. ``accept`` raises when ``params.request_id`` was
-    accepted before (the manager checks ``find_request`` first; the store is the last guard).
+    accepted before for ``params.device_id`` (the manager checks ``find_request`` first; the store
+    is the last guard). Request ids are scoped per device.
     """
 
     def accept(self, session_id: str, params: ThinkParams, budget: int, accepted: Event) -> None:
@@ -85,8 +96,8 @@ class SessionStorage(Protocol):
     def get(self, session_id: str) -> StoredSession | None:
         """The session, finished or not; None for an id never accepted (or expired)."""
 
-    def find_request(self, request_id: str) -> StoredSession | None:
-        """The session accepted for that request id, or None: what makes a retry idempotent."""
+    def find_request(self, request_id: str, device_id: str = "") -> StoredSession | None:
+        """The session accepted for that device's request id, or None: what makes a retry idempotent."""
 
     def events(self, session_id: str) -> list[Event]:
         """A finished session's events in ``seq`` order (empty for an unfinished one)."""
@@ -109,6 +120,35 @@ class SessionStore:
         self.path = str(path)
         self._lock = threading.Lock()
         self._db = open_store(self.path, _SCHEMA, what="session store", foreign_keys=True)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        """Give a store from before per-device request ids its ``device_id`` column (read from each
+        stored request) and the per-device uniqueness; SQLite needs a new table for that."""
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(sessions)")}
+        if "device_id" in columns:
+            return
+        rows = self._db.execute(
+            "SELECT session_id, request_id, request, budget, accepted, created_at, finished_at, info FROM sessions"
+        ).fetchall()
+        self._db.execute("PRAGMA foreign_keys=OFF")  # events keep pointing at "sessions" through the swap
+        try:
+            self._db.execute("BEGIN")
+            self._db.execute(_SESSIONS_TABLE.format(name="sessions_v2"))
+            self._db.executemany(
+                "INSERT INTO sessions_v2 (session_id, device_id, request_id, request, budget, accepted, created_at,"
+                " finished_at, info) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(r[0], pb.ThinkRequest.FromString(r[2]).device_id, *r[1:]) for r in rows],
+            )
+            self._db.execute("DROP TABLE sessions")
+            self._db.execute("ALTER TABLE sessions_v2 RENAME TO sessions")
+            self._db.execute("CREATE INDEX IF NOT EXISTS sessions_finished ON sessions(finished_at)")
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        finally:
+            self._db.execute("PRAGMA foreign_keys=ON")
 
     def close(self) -> None:
         with self._lock:
@@ -118,10 +158,11 @@ class SessionStore:
         request = think_request_to_pb(params).SerializeToString()
         with self._lock:
             self._db.execute(
-                "INSERT INTO sessions (session_id, request_id, request, budget, accepted, created_at)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT INTO sessions (session_id, device_id, request_id, request, budget, accepted, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (
                     session_id,
+                    params.device_id,
                     params.request_id,
                     request,
                     budget,
@@ -177,10 +218,10 @@ class SessionStore:
             ).fetchone()
         return self._row(row) if row else None
 
-    def find_request(self, request_id: str) -> StoredSession | None:
+    def find_request(self, request_id: str, device_id: str = "") -> StoredSession | None:
         with self._lock:
             row = self._db.execute(
-                f"SELECT {self._COLUMNS} FROM sessions WHERE request_id = ?", (request_id,)
+                f"SELECT {self._COLUMNS} FROM sessions WHERE device_id = ? AND request_id = ?", (device_id, request_id)
             ).fetchone()
         return self._row(row) if row else None
 

@@ -140,10 +140,15 @@ def _cloud_serve(args: argparse.Namespace) -> int:
         grace_s=args.grace,
         tls=tls,
         auth=AuthConfig(tokens=tokens, required=False if args.no_auth else (True if tokens else None)),
+        allow_plaintext_tokens=args.allow_plaintext_tokens,
         engine=EngineConfig(
             max_batch=args.max_batch, max_queue=args.max_queue, device=args.device, threads=args.threads
         ),
-        sessions=SessionConfig(ttl_s=args.session_ttl, escalation_log=args.escalation_log),
+        sessions=SessionConfig(
+            ttl_s=args.session_ttl,
+            escalation_log=args.escalation_log,
+            max_open_per_device=args.max_sessions_per_device,
+        ),
         budget=BudgetConfig(default=args.default_budget),
     )
     asyncio.run(serve(config))
@@ -168,8 +173,19 @@ def _add_cloud_commands(commands: argparse._SubParsersAction) -> None:
     serve.add_argument("--tls-cert", type=Path, help="PEM server certificate; with --tls-key, serves TLS")
     serve.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert")
     serve.add_argument("--tls-client-ca", type=Path, help="require client certificates signed by this CA (mTLS)")
+    serve.add_argument(
+        "--allow-plaintext-tokens",
+        action="store_true",
+        help="accept device tokens over plaintext gRPC off loopback (only where TLS ends in front of the server)",
+    )
     serve.add_argument("--max-batch", type=int, default=16, help="sessions decoded together (default: 16)")
     serve.add_argument("--max-queue", type=int, default=256, help="waiting sessions before RESOURCE_EXHAUSTED")
+    serve.add_argument(
+        "--max-sessions-per-device",
+        type=int,
+        default=64,
+        help="unfinished sessions one device may hold before RESOURCE_EXHAUSTED; 0 = no limit (default: 64)",
+    )
     serve.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     serve.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     serve.add_argument("--session-ttl", type=float, default=3600.0, help="seconds finished sessions stay retrievable")

@@ -42,8 +42,10 @@ EXPOSE 50051 9100
 HEALTHCHECK --interval=15s --timeout=5s --start-period=120s --retries=3 CMD ["python", "-c", "import sys, grpc; from grpc_health.v1 import health_pb2 as h, health_pb2_grpc as g; r = g.HealthStub(grpc.insecure_channel('127.0.0.1:50051')).Check(h.HealthCheckRequest(service='edgecloud.v1.Reasoner'), timeout=4); sys.exit(r.status != h.HealthCheckResponse.SERVING)"]
 # What the container fixes (address, paths); CMD holds what a site overrides. Listening on
 # 0.0.0.0 makes device tokens mandatory: mount {"device-id": "token"} JSON at the path below.
+# Tokens over plaintext gRPC off loopback are refused unless --allow-plaintext-tokens: keep it
+# only where TLS ends in front of the container; else pass --tls-cert/--tls-key and drop it.
 # Prometheus on 9100 for scrapers outside the container (it carries no secrets).
 ENTRYPOINT ["edgecloud", "cloud", "serve", "--host", "0.0.0.0", "--port", "50051", \
             "--model", "/opt/edgecloud/models/cloud-teacher", "--store", "/var/lib/edgecloud/cloud-sessions.sqlite3"]
-CMD ["--tokens", "/run/secrets/edgecloud-tokens.json", "--device", "cpu", "--metrics-port", "9100", \
-     "--metrics-host", "0.0.0.0", "--grace", "20"]
+CMD ["--tokens", "/run/secrets/edgecloud-tokens.json", "--allow-plaintext-tokens", "--device", "cpu", \
+     "--metrics-port", "9100", "--metrics-host", "0.0.0.0", "--grace", "20"]

@@ -111,7 +111,7 @@ def test_think_is_idempotent_by_request_id(server: RunningServer, teacher_dir: P
     first = server.stub.Submit(message, timeout=TIMEOUT)
     again = list(server.stub.Think(message, timeout=TIMEOUT))
     assert again[0].session_id == first.session_id
-    other = pb.ThinkRequest(request_id=message.request_id, query="1+1")
+    other = pb.ThinkRequest(request_id=message.request_id, device_id=message.device_id, query="1+1")
     with pytest.raises(grpc.RpcError) as error:
         server.stub.Submit(other, timeout=TIMEOUT)
     assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -215,8 +215,8 @@ def test_restart_keeps_results_and_reruns_unfinished_sessions(
             assert info.status == pb.COMPLETED and info.answer == expected
             events = list(stub.Attach(pb.AttachRequest(session_id=p.session_id)))
             assert [e.seq for e in events] == list(range(1, len(events) + 1))
-        again = stub.Submit(pb.ThinkRequest(request_id=pending[-1].request_id, query=queries[-1]))
-        assert again.session_id == pending[-1].session_id  # still idempotent after the restart
+        again = stub.Submit(pb.ThinkRequest(request_id=pending[-1].request_id, device_id="dev-1", query=queries[-1]))
+        assert again.session_id == pending[-1].session_id  # still idempotent (per device) after the restart
     finally:
         second.stop()
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ import pytest
 from edgecloud.cloud.store import SessionStorage, SessionStore
 from edgecloud.shared.errors import ConfigError
 from edgecloud.shared.reasoning import Event, EventKind, SessionInfo, SessionStatus, ThinkParams, Usage
+from edgecloud.shared.wire import event_to_pb, think_request_to_pb
 
 
 def accepted(session_id: str) -> Event:
@@ -32,17 +34,61 @@ def test_accept_finish_and_reopen(tmp_path: Path) -> None:
     store.close()
 
     reopened = SessionStore(path)
-    found = reopened.find_request("r1")
+    found = reopened.find_request("r1", "d")
     assert found is not None and found.params == params and found.budget == 64
     assert found.info is not None and found.info.answer == "5"
     assert reopened.events("s1") == events
     assert [s.session_id for s in reopened.unfinished()] == ["s2"]
     assert [s.session_id for s in reopened.completed(10)] == ["s1"]
-    with pytest.raises(sqlite3.IntegrityError, match="UNIQUE"):  # a request id is accepted once
+    with pytest.raises(sqlite3.IntegrityError, match="UNIQUE"):  # a request id is accepted once per device
         reopened.accept("s3", params, 64, accepted("s3"))
+    other = ThinkParams(request_id="r1", query="9-1", device_id="e")
+    reopened.accept("s4", other, 8, accepted("s4"))  # another device may use the same request id
+    assert reopened.find_request("r1", "e").session_id == "s4"  # type: ignore[union-attr]
+    assert reopened.find_request("r1", "d").session_id == "s1"  # type: ignore[union-attr]
+    assert reopened.find_request("r1") is None  # no device: its own namespace
+    reopened.forget("s4")
     assert reopened.expire(time.time() + 1) == 1  # only finished sessions expire
     assert reopened.get("s1") is None and reopened.events("s1") == []
     assert reopened.get("s2") is not None
+
+
+def test_a_store_from_before_per_device_request_ids_is_migrated(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite3"
+    db = sqlite3.connect(path)
+    db.executescript(
+        """
+        CREATE TABLE sessions (session_id TEXT PRIMARY KEY, request_id TEXT NOT NULL UNIQUE, request BLOB NOT NULL,
+            budget INTEGER NOT NULL, accepted BLOB NOT NULL, created_at REAL NOT NULL, finished_at REAL, info BLOB);
+        CREATE TABLE events (session_id TEXT NOT NULL REFERENCES sessions(session_id) ON DELETE CASCADE,
+            seq INTEGER NOT NULL, event BLOB NOT NULL, PRIMARY KEY (session_id, seq));
+        """
+    )
+    params = ThinkParams(request_id="r1", query="2+3", device_id="d")
+    db.execute(
+        "INSERT INTO sessions (session_id, request_id, request, budget, accepted, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+        (
+            "s1",
+            "r1",
+            think_request_to_pb(params).SerializeToString(),
+            8,
+            event_to_pb(accepted("s1")).SerializeToString(),
+            1.0,
+        ),
+    )
+    db.commit()
+    db.close()
+    store = SessionStore(path)
+    events = [accepted("s1"), Event(2, "s1", EventKind.COMPLETED, text="5", finish_reason="stop")]
+    store.finish(SessionInfo("s1", "r1", SessionStatus.COMPLETED, 2, answer="5", device_id="d"), events)
+    store.accept("s2", replace(params, device_id="e"), 8, accepted("s2"))  # the old UNIQUE is gone
+    store.close()
+    reopened = SessionStore(path)
+    found = reopened.find_request("r1", "d")
+    assert found is not None and found.params == params and reopened.events("s1") == events
+    assert reopened.find_request("r1", "e").session_id == "s2"  # type: ignore[union-attr]
+    assert reopened.expire(time.time() + 1) == 1 and reopened.events("s1") == []  # the cascade still holds
+    reopened.close()
 
 
 def test_missing_folder_is_a_config_error(tmp_path: Path) -> None:

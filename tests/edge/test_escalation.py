@@ -231,7 +231,9 @@ def test_a_cut_before_the_first_event_retries_think_with_the_same_request_id(
     assert events[-1].text == expected
     # The server created the session on the first Think; a retry under another
     # request_id would have made a second session that this id does not name.
-    existing = reasoner.stub.Submit(pb.ThinkRequest(request_id=request.request_id, query=query), timeout=TIMEOUT)
+    existing = reasoner.stub.Submit(
+        pb.ThinkRequest(request_id=request.request_id, device_id=request.device_id, query=query), timeout=TIMEOUT
+    )
     assert existing.session_id == events[0].session_id
     assert events == server_log(reasoner, existing.session_id)
 
@@ -443,7 +445,7 @@ def test_invalid_argument_and_not_found_are_mapped_at_once(reasoner: RunningServ
         outcomes: dict[str, tuple[type[BaseException] | None, str, float]] = {}
         async with client_for(reasoner.port, backoff_base_s=1.0, backoff_max_s=2.0) as client:  # a retry would show
             first = await client.submit(params(query))
-            reused = ThinkParams(request_id=first.request_id, query="a different query")
+            reused = ThinkParams(request_id=first.request_id, device_id="dev-1", query="a different query")
             cases: dict[str, Callable[[], Awaitable[object]]] = {
                 "think, request_id reused": lambda: collect(client, reused),
                 "submit, request_id reused": lambda: client.submit(reused),
