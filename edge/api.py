@@ -8,17 +8,18 @@ mapping and the operational routes; the two query APIs are routers of their own:
 - OpenAI's (:mod:`edgecloud.edge.openai_api`): ``POST /v1/chat/completions``, routed the same way.
 - ``/healthz`` (alive), ``/readyz`` (model loaded), ``/metrics`` (Prometheus), no key needed.
 
-Errors are JSON ``{"error": {"type", "message"}}`` with a 4xx/5xx status;
-request bodies over ``max_body_bytes`` are refused before they are read.
+Errors are JSON ``{"error": {"type", "message"}}`` with a 4xx/5xx status. Every request passes
+:class:`~edgecloud.shared.asgi.InboundGuard` first: ``/v1`` needs the API key (when one is set) and
+a POST ``Content-Type: application/json``, both checked before the body is read, and no body is read
+past ``max_body_bytes``, chunked or not.
 """
 
 from __future__ import annotations
 
-import hmac
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -27,11 +28,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from edgecloud.edge.openai_api import openai_router
 from edgecloud.edge.query_api import query_router
 from edgecloud.edge.service import EdgeService
-from edgecloud.shared.asgi import error_response, response_for
-from edgecloud.shared.errors import (
-    AuthenticationError,
-    EdgecloudError,
-)
+from edgecloud.shared.asgi import Inbound, InboundGuard, error_response, response_for
+from edgecloud.shared.errors import EdgecloudError
 
 __all__ = ["create_app"]
 
@@ -49,12 +47,17 @@ def create_app(service: EdgeService) -> FastAPI:
 
     app = FastAPI(title="edgecloud edge daemon", version="1", lifespan=lifespan)
 
-    @app.middleware("http")
-    async def limit_body(request: Request, call_next):  # type: ignore[no-untyped-def]
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > config.max_body_bytes):
-            return error_response(413, "request_too_large", f"request body over {config.max_body_bytes} bytes")
-        return await call_next(request)
+    json_only = frozenset({"application/json"})
+    probes = Inbound(max_body_bytes=config.max_body_bytes)
+    api_reads = Inbound(max_body_bytes=config.max_body_bytes, key=config.api_key)
+    api_writes = Inbound(max_body_bytes=config.max_body_bytes, key=config.api_key, media_types=json_only)
+
+    def inbound(method: str, path: str) -> Inbound:
+        if not path.startswith("/v1/"):
+            return probes  # /healthz, /readyz, /metrics: no key
+        return api_reads if method in ("GET", "HEAD") else api_writes
+
+    app.add_middleware(InboundGuard, policy=inbound)  # outermost: before FastAPI reads a byte
 
     @app.exception_handler(EdgecloudError)
     async def on_edgecloud_error(_request: Request, exc: EdgecloudError) -> JSONResponse:
@@ -64,14 +67,6 @@ def create_app(service: EdgeService) -> FastAPI:
     async def on_validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
         return error_response(422, "invalid_request", problems or "invalid request")
-
-    async def authorize(request: Request) -> None:
-        if config.api_key is None:
-            return
-        header = request.headers.get("authorization", "")
-        presented = header[7:] if header.lower().startswith("bearer ") else request.headers.get("x-api-key", "")
-        if not hmac.compare_digest(presented.encode(), config.api_key.encode()):
-            raise AuthenticationError("missing or invalid API key")
 
     @app.exception_handler(StarletteHTTPException)
     async def on_http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -96,7 +91,7 @@ def create_app(service: EdgeService) -> FastAPI:
     async def metrics() -> Response:
         return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    app.include_router(query_router(service), dependencies=[Depends(authorize)])
-    app.include_router(openai_router(service), dependencies=[Depends(authorize)])
+    app.include_router(query_router(service))
+    app.include_router(openai_router(service))
 
     return app

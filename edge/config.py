@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from edgecloud.shared.asgi import is_loopback
 from edgecloud.shared.errors import ConfigError
 
 __all__ = ["EdgeConfig"]
@@ -25,7 +26,10 @@ class EdgeConfig:
     cloud_timeout_s: float = 60.0
     """Longest a synchronous escalation may take before the answer falls back to the edge."""
     api_key: str | None = None
-    """When set, every /v1 call needs ``Authorization: Bearer <key>`` (or ``X-API-Key``)."""
+    """When set, every /v1 call needs ``Authorization: Bearer <key>`` (or ``X-API-Key``); required
+    off loopback unless ``allow_unauthenticated``."""
+    allow_unauthenticated: bool = False
+    """Serve /v1 without an API key on a host other than loopback (anyone who reaches it may query)."""
     threshold: float | None = None
     """Triage threshold; None uses the bundle's calibration."""
     max_difficulty: float = 1.0
@@ -51,3 +55,8 @@ class EdgeConfig:
             raise ConfigError(f"threshold must be in [0, 1], got {self.threshold}")
         if self.api_key is not None and len(self.api_key) < 16:
             raise ConfigError("api_key must be at least 16 characters")
+        if self.api_key is None and not self.allow_unauthenticated and not is_loopback(self.host):
+            raise ConfigError(
+                f"the edge API on {self.host} (not loopback) needs an API key: "
+                "pass --api-key-file FILE, or --allow-unauthenticated"
+            )

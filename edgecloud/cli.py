@@ -259,6 +259,7 @@ def _edge_serve(args: argparse.Namespace) -> int:
         cloud_ca=args.cloud_ca,
         cloud_timeout_s=args.cloud_timeout,
         api_key=secret(args.api_key_file),
+        allow_unauthenticated=args.allow_unauthenticated,
         threshold=args.threshold,
         threads=args.threads,
         outbox=args.outbox,
@@ -298,7 +299,14 @@ def _add_edge_commands(commands: argparse._SubParsersAction) -> None:
     serve.add_argument("--cloud-tls", action="store_true", help="use TLS to the cloud")
     serve.add_argument("--cloud-ca", type=Path, help="CA bundle for the cloud's certificate")
     serve.add_argument("--cloud-timeout", type=float, default=60.0, help="seconds before an escalation falls back")
-    serve.add_argument("--api-key-file", type=Path, help="file holding the API key clients must send")
+    serve.add_argument(
+        "--api-key-file", type=Path, help="file holding the API key clients must send; required off loopback"
+    )
+    serve.add_argument(
+        "--allow-unauthenticated",
+        action="store_true",
+        help="serve /v1 without --api-key-file on a host other than loopback",
+    )
     serve.add_argument("--threshold", type=float, default=None, help="triage threshold (default: the bundle's)")
     serve.add_argument("--threads", type=int, default=1, help="onnxruntime threads (default: 1)")
     serve.add_argument("--outbox", default="edge-outbox.sqlite3", help="SQLite outbox file")
@@ -350,7 +358,7 @@ def _add_edge_commands(commands: argparse._SubParsersAction) -> None:
 
 
 def _fleet_serve(args: argparse.Namespace) -> int:
-    from edgecloud.fleet.api import create_app
+    from edgecloud.fleet.api import create_app, require_authentication
     from edgecloud.fleet.manager import SESSION_EXPIRY_S, FleetManager, FleetManagerConfig
     from edgecloud.shared.asgi import serve_until_signal
 
@@ -375,6 +383,7 @@ def _fleet_serve(args: argparse.Namespace) -> int:
         command_key=args.command_key,
     )
     api_key = args.api_key_file.read_text().strip() if args.api_key_file else None
+    require_authentication(args.host, api_key, allow_unauthenticated=args.allow_unauthenticated)  # ConfigError
     manager = FleetManager(config)
     manager.start()
     try:
@@ -401,7 +410,13 @@ def _add_fleet_commands(commands: argparse._SubParsersAction) -> None:
         default=None,
         help="Ed25519 private key (PEM) every command to devices is signed with (required)",
     )
-    serve.add_argument("--api-key-file", type=Path, help="file holding the API key for /v1")
+    serve.add_argument("--api-key-file", type=Path, help="file holding the API key for /v1; required off loopback")
+    serve.add_argument(
+        "--allow-unauthenticated",
+        action="store_true",
+        help="serve /v1 without --api-key-file on a host other than loopback (anyone who reaches it "
+        "may register bundles and start rollouts)",
+    )
     _add_mqtt_arguments(serve)
     serve.set_defaults(func=_fleet_serve)
 

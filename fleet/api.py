@@ -6,8 +6,7 @@ Routes (JSON unless said otherwise; errors are ``{"error": {"type", "message"}}`
     GET  /healthz                       {"status": "ok", "mqtt_connected": bool}
     GET  /metrics                       Prometheus text: messages by leaf, commands, telemetry lag, devices
     POST /v1/bundles                    register an archive: the raw .tar.gz as the body
-                                        (Content-Type application/gzip or application/octet-stream),
-                                        or JSON {"path": "/local/archive.tar.gz"} on the manager's host
+                                        (Content-Type application/gzip or application/octet-stream)
     GET  /v1/bundles                    registered bundles
     GET  /v1/devices                    devices: online, version, labels, escalation rate, last telemetry
     POST /v1/rollouts                   {"bundle", "version", "devices": [..], "labels": {..},
@@ -20,13 +19,17 @@ Routes (JSON unless said otherwise; errors are ``{"error": {"type", "message"}}`
     POST /v1/rollouts/{id}/pause|resume|abort|rollback   abort takes {"reason"}, rollback {"to_version"}
     GET  /artifacts/{sha256}.tar.gz     the archive; supports Range (206) for resumable downloads
 
-With ``api_key`` set, ``/v1`` routes need ``Authorization: Bearer <api_key>``;
-``/artifacts`` is open (content-addressed and signed) unless ``artifact_token`` is set.
+Every request passes :class:`~edgecloud.shared.asgi.InboundGuard` before any route reads its body.
+With ``api_key`` set, ``/v1`` routes need ``Authorization: Bearer <api_key>``; ``/artifacts`` is open
+(content-addressed and signed) unless ``artifact_token`` is set. Every other POST needs
+``Content-Type: application/json``, even without a body (415 otherwise: a cross-site form cannot
+send it); bodies are bounded by ``MAX_JSON_BYTES``, an upload by ``max_bundle_bytes``, on the bytes
+read. :func:`create_server` refuses to listen off loopback without ``api_key`` unless told
+``allow_unauthenticated``.
 """
 
 from __future__ import annotations
 
-import hmac
 import tempfile
 from dataclasses import asdict
 from typing import Any
@@ -41,16 +44,22 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from edgecloud.fleet.dashboard import DASHBOARD_HTML
 from edgecloud.fleet.manager import FleetManager
 from edgecloud.fleet.rollout import AbortCriteria, strategy_from_dict
-from edgecloud.shared.asgi import ThreadedServer, error_response, response_for
+from edgecloud.shared.asgi import Inbound, InboundGuard, ThreadedServer, error_response, is_loopback, response_for
 from edgecloud.shared.errors import (
-    AuthenticationError,
+    ConfigError,
     EdgecloudError,
     InvalidInputError,
     NotFoundError,
     ResourceExhaustedError,
 )
 
-__all__ = ["create_app", "create_server"]
+__all__ = ["MAX_JSON_BYTES", "UPLOAD_TYPES", "create_app", "create_server", "require_authentication"]
+
+MAX_JSON_BYTES = 64 * 1024
+"""The largest body of any request but an upload (a rollout spec is well under a kilobyte)."""
+UPLOAD_TYPES = frozenset({"application/gzip", "application/x-gzip", "application/octet-stream"})
+"""The media types a bundle upload may declare."""
+_JSON = frozenset({"application/json"})
 
 
 def _body(data: Any) -> dict[str, Any]:
@@ -111,15 +120,8 @@ def _bundle_router(manager: FleetManager) -> APIRouter:
 
     @router.post("/v1/bundles", status_code=201)
     async def register_bundle(request: Request) -> dict[str, Any]:
-        kind = request.headers.get("content-type", "").split(";")[0].strip()
-        if kind == "application/json":
-            path = (await _json(request)).get("path")
-            if not isinstance(path, str) or not path:
-                raise InvalidInputError("path: a local archive path is required")
-            record = await run_in_threadpool(manager.register_bundle, path)
-            return asdict(record)
-        if kind not in ("application/gzip", "application/x-gzip", "application/octet-stream"):
-            raise InvalidInputError('send the .tar.gz as application/gzip or JSON {"path": ...}')
+        # The guard has checked the key and the media type (UPLOAD_TYPES) and bounds what is read;
+        # the count here also bounds the file written.
         with tempfile.NamedTemporaryFile(suffix=".tar.gz", dir=manager.config.artifact_dir) as tmp:
             size = 0
             async for chunk in request.stream():
@@ -193,16 +195,41 @@ def _rollout_router(manager: FleetManager) -> APIRouter:
     return router
 
 
-def _authorized(request: Request, secret: str | None) -> bool:
-    if secret is None:
-        return True
-    given = request.headers.get("authorization", "")
-    return hmac.compare_digest(given.encode(), f"Bearer {secret}".encode())
+def _policy(manager: FleetManager, api_key: str | None, artifact_token: str | None) -> Any:
+    """What each request must bring (:class:`Inbound`), by method and path."""
+    upload = Inbound(max_body_bytes=manager.config.max_bundle_bytes, key=api_key, media_types=UPLOAD_TYPES)
+    reads = Inbound(max_body_bytes=MAX_JSON_BYTES, key=api_key)
+    writes = Inbound(max_body_bytes=MAX_JSON_BYTES, key=api_key, media_types=_JSON)
+    artifacts = Inbound(max_body_bytes=MAX_JSON_BYTES, key=artifact_token)
+    open_reads = Inbound(max_body_bytes=MAX_JSON_BYTES)
+    open_writes = Inbound(max_body_bytes=MAX_JSON_BYTES, media_types=_JSON)
+    safe = ("GET", "HEAD")
+
+    def inbound(method: str, path: str) -> Inbound:
+        if path.startswith("/v1/"):
+            if method in safe:
+                return reads
+            return upload if path == "/v1/bundles" else writes
+        if path.startswith("/artifacts/"):
+            return artifacts
+        return open_reads if method in safe else open_writes
+
+    return inbound
+
+
+def require_authentication(host: str, api_key: str | None, *, allow_unauthenticated: bool = False) -> None:
+    """Refuse (ConfigError) to serve the API on ``host`` off loopback without ``api_key``, unless allowed."""
+    if api_key is None and not allow_unauthenticated and not is_loopback(host):
+        raise ConfigError(
+            f"the fleet API on {host} (not loopback) would let anyone who reaches it start rollouts: "
+            "pass --api-key-file FILE, or --allow-unauthenticated"
+        )
 
 
 def create_app(manager: FleetManager, *, api_key: str | None = None, artifact_token: str | None = None) -> FastAPI:
     app = FastAPI(title="edgecloud fleet manager", version="1")
     app.state.manager = manager
+    app.add_middleware(InboundGuard, policy=_policy(manager, api_key, artifact_token))
 
     @app.exception_handler(EdgecloudError)
     async def _edgecloud_error(_request: Request, exc: EdgecloudError) -> JSONResponse:
@@ -215,15 +242,6 @@ def create_app(manager: FleetManager, *, api_key: str | None = None, artifact_to
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
         return error_response(400, "invalid_input", str(exc.errors()))
-
-    @app.middleware("http")
-    async def _auth(request: Request, call_next):  # type: ignore[no-untyped-def]
-        path = request.url.path
-        secret = api_key if path.startswith("/v1/") else artifact_token if path.startswith("/artifacts/") else None
-        if not _authorized(request, secret):
-            denied = AuthenticationError("missing or wrong bearer token")
-            return error_response(denied.http_status, denied.code, str(denied), {"WWW-Authenticate": "Bearer"})
-        return await call_next(request)
 
     @app.get("/", response_class=HTMLResponse)
     async def dashboard() -> HTMLResponse:
@@ -249,8 +267,12 @@ def create_server(
     port: int = 0,
     api_key: str | None = None,
     artifact_token: str | None = None,
+    allow_unauthenticated: bool = False,
 ) -> tuple[ThreadedServer, int]:
-    """Serve the API on ``host:port`` (0 picks a free port) in the background; returns the server and port."""
+    """Serve the API on ``host:port`` (0 picks a free port) in the background; returns the server and port.
+
+    Off loopback, ``api_key`` is required unless ``allow_unauthenticated`` (:func:`require_authentication`)."""
+    require_authentication(host, api_key, allow_unauthenticated=allow_unauthenticated)
     app = create_app(manager, api_key=api_key, artifact_token=artifact_token)
     server = ThreadedServer(app, host, port, lifespan="off", name="fleet-api")
     return server, server.start()

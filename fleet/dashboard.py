@@ -38,7 +38,10 @@ keyInput.value = sessionStorage.getItem("fleetKey") || "";
 keyInput.onchange = () => { sessionStorage.setItem("fleetKey", keyInput.value); refresh(); };
 function headers() { return keyInput.value ? {"Authorization": "Bearer " + keyInput.value} : {}; }
 async function api(path, method = "GET") {
-  const r = await fetch(path, {method, headers: headers()});
+  // A POST declares JSON, as the API requires of every write (a cross-site form cannot).
+  const init = method === "GET" ? {method, headers: headers()}
+    : {method, headers: {...headers(), "Content-Type": "application/json"}, body: "{}"};
+  const r = await fetch(path, init);
   const body = await r.json();
   if (!r.ok) throw new Error(body.error ? body.error.message : r.statusText);
   return body;

@@ -9,19 +9,42 @@ manager's MQTT disconnect). Installing a handler that only notes the signal make
 :class:`ThreadedServer` runs uvicorn on a daemon thread and reports the port it
 bound (port 0 picks a free one): the fleet manager's embedded API, and every
 test or benchmark that needs a real HTTP server on loopback.
+
+:class:`InboundGuard` is the one gate every HTTP server's requests pass before any route: the
+API key, the declared media type and the body's size are checked on the headers, before a byte of
+the body is read, and the size again on the bytes actually read (a chunked body declares none).
 """
 
 from __future__ import annotations
 
+import hmac
+import ipaddress
 import signal
 import threading
 import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
 from types import FrameType
 from typing import Any, Literal
 
 from edgecloud.shared.errors import EdgecloudError, UnavailableError
 
-__all__ = ["ThreadedServer", "error_response", "response_for", "serve_until_signal"]
+__all__ = [
+    "Inbound",
+    "InboundGuard",
+    "ThreadedServer",
+    "error_response",
+    "is_loopback",
+    "presented_key",
+    "response_for",
+    "serve_until_signal",
+]
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
 def error_response(
@@ -36,6 +59,124 @@ def error_response(
 def response_for(error: EdgecloudError) -> Any:
     """The error response for a deliberate error: status and type from the table in :mod:`edgecloud.shared.errors`."""
     return error_response(error.http_status, error.code, str(error))
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a bind address is reachable from this machine only (``localhost``, 127.0.0.0/8, ``::1``)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True, kw_only=True)
+class Inbound:
+    """What one request must bring before its body is read (see :class:`InboundGuard`)."""
+
+    max_body_bytes: int
+    """The most body bytes read; a longer body, declared or chunked, gets 413."""
+    key: str | None = None
+    """The key it must present as ``Authorization: Bearer <key>`` or ``X-API-Key: <key>``; None: none."""
+    media_types: frozenset[str] | None = None
+    """The ``Content-Type`` media types it may declare (415 otherwise, an absent one included);
+    None: any. Requiring ``application/json`` stops a cross-site form or a no-CORS ``fetch``."""
+
+
+def presented_key(headers: dict[str, str]) -> str:
+    """The key a request presents: ``Authorization: Bearer <key>``, else ``X-API-Key``."""
+    authorization = headers.get("authorization", "")
+    if authorization[:7].lower() == "bearer ":
+        return authorization[7:]
+    return headers.get("x-api-key", "")
+
+
+class InboundGuard:
+    """Pure-ASGI middleware: authentication, media type and a body bound, before the app reads a byte.
+
+    ``policy(method, path)`` says what each request needs (:class:`Inbound`). In this order: a wrong
+    or missing key gets 401 (with ``WWW-Authenticate: Bearer``), a media type outside the allowed
+    ones 415, a ``Content-Length`` over the bound 413, all without reading the body. The body the app
+    then reads is counted as it arrives, chunked or not: the byte past the bound answers 413 and the
+    app sees the client gone, so no route ever holds more than ``max_body_bytes`` of it. Errors have
+    the APIs' shape, ``{"error": {"type", "message"}}``.
+    """
+
+    def __init__(self, app: ASGIApp, policy: Callable[[str, str], Inbound]) -> None:
+        self.app = app
+        self.policy = policy
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        rule = self.policy(scope["method"], scope["path"])
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", ())}
+        refusal = _refusal(rule, headers)
+        if refusal is not None:
+            await refusal(scope, receive, send)
+            return
+        await self._bounded(scope, receive, send, rule.max_body_bytes)
+
+    async def _bounded(self, scope: Scope, receive: Receive, send: Send, limit: int) -> None:
+        read = 0
+        started = refused = False
+
+        async def counted_receive() -> Message:
+            nonlocal read, refused
+            if refused:
+                return {"type": "http.disconnect"}
+            message = await receive()
+            if message["type"] == "http.request":
+                read += len(message.get("body", b""))
+                if read > limit:
+                    refused = True
+                    if not started:
+                        await _too_large(limit)(scope, receive, send)
+                    return {"type": "http.disconnect"}
+            return message
+
+        async def guarded_send(message: Message) -> None:
+            nonlocal started
+            if refused:
+                return  # the 413 went out; whatever the app answers to the cut body does not
+            started = True
+            await send(message)
+
+        try:
+            await self.app(scope, counted_receive, guarded_send)
+        except Exception:
+            if not refused:
+                raise  # an app's reaction to a body cut at the bound is not an error of its own
+
+
+def _refused(status: int, kind: str, message: str, headers: dict[str, str] | None = None) -> Any:
+    """A refusal that also closes the connection: the server then reads no more of a body it did not want
+    (on a kept-alive connection it would read, and drop, all of it to find the next request)."""
+    return error_response(status, kind, message, {**(headers or {}), "Connection": "close"})
+
+
+def _too_large(limit: int) -> Any:
+    return _refused(413, "request_too_large", f"request body over {limit} bytes")
+
+
+def _refusal(rule: Inbound, headers: dict[str, str]) -> Any | None:
+    """The response refusing a request on its headers alone, or None when they pass."""
+    if rule.key is not None and not hmac.compare_digest(presented_key(headers).encode(), rule.key.encode()):
+        return _refused(401, "unauthenticated", "missing or invalid API key", {"WWW-Authenticate": "Bearer"})
+    if rule.media_types is not None:
+        media = headers.get("content-type", "").split(";")[0].strip().lower()
+        if media not in rule.media_types:
+            allowed = ", ".join(sorted(rule.media_types))
+            return _refused(415, "unsupported_media_type", f"Content-Type must be {allowed}, got {media!r}")
+    length = headers.get("content-length")
+    if length is not None:
+        if not length.isdigit():
+            return _refused(400, "invalid_input", f"bad Content-Length {length[:40]!r}")
+        if int(length) > rule.max_body_bytes:
+            return _too_large(rule.max_body_bytes)
+    return None
 
 
 def _noted(_signum: int, _frame: FrameType | None) -> None:

@@ -129,7 +129,7 @@ def test_dashboard_shows_the_fleet_and_drives_rollouts(browser, mqtt_broker, tmp
 
         browser.get(f"http://127.0.0.1:{port}/")
         assert browser.title == "edgecloud fleet"
-        see(browser, lambda: "bearer token" in browser.find_element(By.ID, "err").text, "the missing-key error")
+        see(browser, lambda: "API key" in browser.find_element(By.ID, "err").text, "the missing-key error")
 
         key = browser.find_element(By.ID, "key")
         key.send_keys(API_KEY, Keys.TAB)  # change event: stored for the tab, then a refresh

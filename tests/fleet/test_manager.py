@@ -262,7 +262,11 @@ def test_rest_api(mqtt_broker, tmp_path, sims, managers) -> None:
             assert created.status_code == 201, created.text
             bundle = created.json()
             assert bundle["sha256"] == hashlib.sha256(data).hexdigest()
-            v1 = api.post("/v1/bundles", json={"path": str(make_archive(tmp_path, 1))})
+            v1 = api.post(
+                "/v1/bundles",
+                content=make_archive(tmp_path, 1).read_bytes(),
+                headers={"Content-Type": "application/octet-stream"},
+            )
             assert v1.status_code == 201 and v1.json()["version"] == 1
             listed = api.get("/v1/bundles").json()["bundles"]
             assert [(b["name"], b["version"]) for b in listed] == [("edge-student", 1), ("edge-student", 2)]
@@ -306,13 +310,13 @@ def test_rest_api(mqtt_broker, tmp_path, sims, managers) -> None:
             assert made.status_code == 201, made.text
             rollout = made.json()
             assert rollout["total"] == 3 and [d["device"] for d in rollout["devices"]] == ["dev00", "dev01", "dev02"]
-            paused = api.post(f"/v1/rollouts/{rollout['id']}/pause").json()
+            paused = api.post(f"/v1/rollouts/{rollout['id']}/pause", json={}).json()
             assert paused["status"] == "PAUSED"
             time.sleep(1.6)  # dev00 finishes; no second wave while paused
             state = api.get(f"/v1/rollouts/{rollout['id']}").json()
             assert state["status"] == "PAUSED" and state["wave"] == 1 and state["succeeded"] == 1
             assert not devices[1].received
-            assert api.post(f"/v1/rollouts/{rollout['id']}/resume").json()["status"] == "RUNNING"
+            assert api.post(f"/v1/rollouts/{rollout['id']}/resume", json={}).json()["status"] == "RUNNING"
             wait_for(
                 lambda: api.get(f"/v1/rollouts/{rollout['id']}").json()["status"] == "COMPLETED",
                 20,
@@ -324,7 +328,7 @@ def test_rest_api(mqtt_broker, tmp_path, sims, managers) -> None:
             ).json()
             aborted = api.post(f"/v1/rollouts/{other['id']}/abort", json={"reason": "changed my mind"}).json()
             assert aborted["status"] == "ABORTED" and aborted["abort_reason"] == "changed my mind"
-            conflict = api.post(f"/v1/rollouts/{other['id']}/resume")
+            conflict = api.post(f"/v1/rollouts/{other['id']}/resume", json={})
             assert conflict.status_code == 400
             assert [r["id"] for r in api.get("/v1/rollouts").json()["rollouts"]] == ["field-1", rollout["id"]]
 
@@ -355,25 +359,30 @@ def test_rest_api(mqtt_broker, tmp_path, sims, managers) -> None:
 
 
 def test_api_errors_without_broker(tmp_path: Path) -> None:
-    """Pure API checks over the ASGI transport: JSON errors, auth off by default."""
+    """Pure API checks over the ASGI transport: JSON errors, auth off by default, no server-side paths."""
     import asyncio
 
     manager = FleetManager(FleetManagerConfig(artifact_dir=tmp_path / "a", command_key=command_key(tmp_path)))
+    on_the_host = make_archive(tmp_path, 1)
 
     async def calls() -> list[httpx.Response]:
         transport = httpx.ASGITransport(app=create_app(manager))
         async with httpx.AsyncClient(transport=transport, base_url="http://fleet") as client:
             return [
                 await client.post("/v1/bundles", content=b"x", headers={"Content-Type": "text/plain"}),
-                await client.post("/v1/bundles", json={"path": str(tmp_path / "none.tar.gz")}),
-                await client.post("/v1/rollouts/x/pause"),
+                await client.post("/v1/bundles", json={"path": str(on_the_host)}),
+                await client.post("/v1/bundles", content=b"", headers={"Content-Type": "application/gzip"}),
+                await client.post("/v1/rollouts/x/pause", json={}),
                 await client.get("/v1/devices"),
             ]
 
     try:
-        bad_type, missing, unknown, devices = asyncio.run(calls())
+        bad_type, by_path, empty, unknown, devices = asyncio.run(calls())
+        assert manager.bundles() == []  # a path on the manager's host registers nothing
     finally:
         manager.close()
-    assert bad_type.status_code == 400 and bad_type.json()["error"]["type"] == "invalid_input"
-    assert missing.status_code == 404 and unknown.status_code == 404
+    assert bad_type.status_code == 415 and bad_type.json()["error"]["type"] == "unsupported_media_type"
+    assert by_path.status_code == 415
+    assert empty.status_code == 400 and empty.json()["error"]["type"] == "invalid_input"
+    assert unknown.status_code == 404
     assert devices.json() == {"devices": []}
