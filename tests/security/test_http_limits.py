@@ -24,7 +24,15 @@ from edgecloud.fleet.manager import FleetManager, FleetManagerConfig
 from edgecloud.fleet.rollout import FixedBatches, RolloutStatus
 from edgecloud.shared.errors import ConfigError
 from tests.edge.test_api import API_KEY, RunningDaemon, edge_config
-from tests.fleet.sim import command_key, make_archive, manager_config, start_devices, start_manager, wait_status
+from tests.fleet.sim import (
+    command_key,
+    make_archive,
+    manager_config,
+    start_devices,
+    start_manager,
+    wait_devices_online,
+    wait_status,
+)
 
 FLEET_KEY = "fleet-api-key-0123456789"
 EIGHT_MIB = 8 << 20
@@ -235,20 +243,22 @@ def test_a_cross_site_form_cannot_touch_an_unauthenticated_fleet_on_loopback(
     """On loopback without a key (the only way it serves without one by default), a page in the operator's
     browser could post to the API: every write needs ``Content-Type: application/json``, which a form
     or a no-CORS fetch cannot send without a preflight the API never answers."""
-    start_devices(mqtt_broker, sims, 2, delay_s=1.0)
+    start_devices(mqtt_broker, sims, 2, delay_s=0.2)
     manager = start_manager(manager_config(mqtt_broker, tmp_path), managers)
+    wait_devices_online(manager, 2)
     record = manager.register_bundle(make_archive(tmp_path, 2))
     server, port = create_server(manager)
     try:
         rollout = manager.create_rollout(
             record.name, record.version, labels={"site": "lab"}, strategy=FixedBatches(size=1)
         )
+        manager.pause_rollout(rollout.id)  # held still while the forms try every action on it
         forms = [
             ("text/plain", b'{"reason": "csrf"}'),
             ("application/x-www-form-urlencoded", b"reason=csrf"),
             ("multipart/form-data; boundary=b", b"--b\r\n\r\ncsrf\r\n--b--\r\n"),
         ]
-        for action in ("abort", "pause", "rollback"):
+        for action in ("abort", "resume", "rollback"):
             for kind, body in forms:
                 form = raw_request(
                     port,
@@ -270,11 +280,10 @@ def test_a_cross_site_form_cannot_touch_an_unauthenticated_fleet_on_loopback(
         )
         assert_refused(forged, 415, "unsupported_media_type")
         assert [r["id"] for r in manager.rollouts()] == [rollout.id]
-        assert manager.rollout(rollout.id)["status"] == "RUNNING"
+        assert manager.rollout(rollout.id)["status"] == "PAUSED"
 
-        # The operator's own requests work, and the rollout the forms tried to stop completes.
+        # The operator's own request works, and the rollout the forms tried to move completes.
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as api:
-            assert api.post(f"/v1/rollouts/{rollout.id}/pause", json={}).json()["status"] == "PAUSED"
             assert api.post(f"/v1/rollouts/{rollout.id}/resume", json={}).json()["status"] == "RUNNING"
         wait_status(manager, rollout.id, RolloutStatus.COMPLETED)
     finally:
