@@ -422,7 +422,8 @@ class DeviceAgent:
         return AckStatus.ACTIVE
 
     def _install(self, command: Command, previous: EdgeBundle) -> EdgeBundle:
-        from edgecloud.shared.artifacts import download, unpack_bundle
+        from edgecloud.shared.artifacts import unpack_bundle
+        from edgecloud.shared.download import download
         from edgecloud.shared.signing import verify_signed_bundle
 
         ref = command.bundle

@@ -36,8 +36,6 @@ import logging
 import random
 import shutil
 import time
-from collections import Counter
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -52,9 +50,9 @@ from edgecloud.modelkit.student import StudentRecipe, fit_feature_transform, stu
 from edgecloud.modelkit.teacher import ModelSpec, build_model
 from edgecloud.modelkit.tokenizer import THINK_END, THINK_START
 from edgecloud.modelkit.training import TrainConfig, collate, train
+from edgecloud.modelkit.training_set import TrainingExample, TrainingSet, collect_training_set
 from edgecloud.shared.bundle import Manifest, verify_bundle
 from edgecloud.shared.errors import ConfigError, EdgecloudError
-from edgecloud.shared.escalations import Escalation, ReadReport, iter_escalations
 from edgecloud.shared.signing import load_private_key, sign_bundle
 from edgecloud.shared.task import EVAL_MIX, Split, generate, parse_answer
 
@@ -160,6 +158,9 @@ class ImproveConfig:
     450 fresh); 0: none."""
     add_layers: int = 0
     """Decoder layers added to the base before fine-tuning (:func:`grow_layers`)."""
+    refused_dir: Path | None = None
+    """Where a student the gate refuses is kept, unsigned, for inspection (default: thrown away).
+    Never ``out``: nothing refused may sit where releases are picked up."""
 
     def __post_init__(self) -> None:
         if not self.logs:
@@ -178,6 +179,8 @@ class ImproveConfig:
             raise ConfigError(f"replay_n must be >= 0, got {self.replay_n}")
         if self.lr is not None and not 0 < self.lr < 1:
             raise ConfigError(f"lr must be in (0, 1), got {self.lr}")
+        if self.refused_dir is not None and Path(self.refused_dir).resolve() == Path(self.out).resolve():
+            raise ConfigError("refused_dir must not be out: a refused student must not sit where releases are")
         if not 0 <= self.add_layers <= 8:
             raise ConfigError(f"add_layers must be in 0..8, got {self.add_layers}")
         if self.add_layers and self.student == "fresh":
@@ -206,82 +209,6 @@ class ImproveConfig:
     @property
     def reference_dir(self) -> Path:
         return self.reference if self.reference is not None else self.bundle.parent / REFERENCE_DIR
-
-
-@dataclass(frozen=True)
-class TrainingExample:
-    query: str
-    target: str
-    """What the student learns to write after the prompt (the stop token is added)."""
-    weight: float = 1.0
-
-
-@dataclass
-class TrainingSet:
-    examples: list[TrainingExample]
-    read: ReadReport
-    dropped: Counter[str]
-    reasoning: bool
-    """Whether the targets carry the cloud's reasoning."""
-    abstentions: int = 0
-    """Records over the edge's token limit, learnt as abstentions (set when the batches are built)."""
-
-    def summary(self) -> dict[str, object]:
-        return {
-            "records_read": self.read.read,
-            "lines_skipped": dict(self.read.skipped),
-            "records_used": len(self.examples),
-            "records_dropped": dict(self.dropped),
-            "learnt_as_abstentions": self.abstentions,
-            "learn_reasoning": self.reasoning,
-        }
-
-
-def _target(record: Escalation, reasoning: bool) -> str:
-    if reasoning:
-        return f"{THINK_START}{record.reasoning}{THINK_END}{record.answer}"
-    return record.answer
-
-
-def collect_training_set(
-    logs: Sequence[Path],
-    *,
-    student_name: str,
-    normalize,
-    budget_cut_weight: float = 0.0,
-    learn_reasoning: bool | None = None,
-) -> TrainingSet:
-    """The records worth learning from, one per normalised query (the latest), and why the others
-    were dropped. ``normalize`` maps a query to what the student reads."""
-    report = ReadReport()
-    dropped: Counter[str] = Counter()
-    chosen: dict[str, tuple[Escalation, float]] = {}
-    for record in iter_escalations(list(logs), report):
-        if record.status != "completed":
-            dropped["not completed"] += 1
-        elif record.producer_name != student_name:
-            dropped["another model escalated it"] += 1
-        elif not record.answer.strip():
-            dropped["empty answer"] += 1
-        elif record.finish_reason == "length":
-            dropped["answer cut at its token limit"] += 1
-        elif record.budget_reached and budget_cut_weight == 0:
-            dropped["thinking cut by the budget"] += 1
-        else:
-            key = normalize(record.query)
-            if key in chosen:
-                dropped["duplicate query"] += 1
-            chosen[key] = (record, budget_cut_weight if record.budget_reached else 1.0)
-    records = list(chosen.values())
-    if learn_reasoning is None:
-        learn_reasoning = bool(records) and sum(bool(r.reasoning) for r, _ in records) * 2 > len(records)
-    examples = []
-    for record, weight in records:
-        if learn_reasoning and not record.reasoning:
-            dropped["no reasoning recorded"] += 1
-            continue
-        examples.append(TrainingExample(record.query, _target(record, learn_reasoning), weight))
-    return TrainingSet(examples=examples, read=report, dropped=dropped, reasoning=learn_reasoning)
 
 
 def _base_mix(metadata: dict) -> dict[int, float]:
@@ -522,6 +449,14 @@ def _fine_tune(
     return student, tokenizer, history, len(replay)
 
 
+def _keep_refused(staging: Path, refused_dir: Path) -> None:
+    refused_dir.mkdir(parents=True, exist_ok=True)
+    for name in (STUDENT_DIR, REFERENCE_DIR):
+        shutil.rmtree(refused_dir / name, ignore_errors=True)
+        shutil.move(str(staging / name), str(refused_dir / name))
+    log.warning("the refused student is kept, unsigned, in %s", refused_dir)
+
+
 def improve_student(config: ImproveConfig) -> dict[str, object]:
     """Build, gate and (if it passes) write the next edge student; returns a summary.
 
@@ -570,6 +505,8 @@ def improve_student(config: ImproveConfig) -> dict[str, object]:
         gate = evaluate_gate(base, packaged.model, config.gate, seed=config.seed)
         log.info("gate: %s", gate.summary())
         if not gate.passed:
+            if config.refused_dir is not None:
+                _keep_refused(staging, config.refused_dir)
             raise GateFailedError(gate)
         if config.key is not None:
             sign_bundle(staging / STUDENT_DIR, load_private_key(config.key))

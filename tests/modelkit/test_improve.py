@@ -19,7 +19,7 @@ from edgecloud.modelkit.improve import GateFailedError, ImproveConfig, collect_t
 from edgecloud.modelkit.scratchpad import think_text
 from edgecloud.modelkit.teacher import ModelSpec
 from edgecloud.modelkit.tokenizer import THINK_END, THINK_START
-from edgecloud.shared.bundle import load_manifest
+from edgecloud.shared.bundle import SIGNATURE_FILE, load_manifest
 from edgecloud.shared.errors import ConfigError
 from edgecloud.shared.escalations import SCHEMA
 from edgecloud.shared.signing import TrustStore, generate_keypair, verify_signed_bundle
@@ -157,7 +157,8 @@ def test_a_turn_on_corrupted_answers_is_refused_and_writes_nothing(shipped_model
     problems = generate(600, 5, Split.TRAIN, {1: 1.0})
     log = write_log(tmp_path / "e.jsonl", [escalation(p.query, str(p.answer + 1)) for p in problems])
     out = tmp_path / "improved"
-    config = quick_turn(shipped_models, log, out, replay_n=0, lr=3e-3, steps=60)
+    refused = tmp_path / "refused"
+    config = quick_turn(shipped_models, log, out, replay_n=0, lr=3e-3, steps=60, refused_dir=refused)
     with pytest.raises(GateFailedError) as failed:
         improve_student(config)
     result = failed.value.result
@@ -167,6 +168,12 @@ def test_a_turn_on_corrupted_answers_is_refused_and_writes_nothing(shipped_model
     assert "regressed" in str(failed.value) and "points" in str(failed.value)
     assert not (out / "edge-student").exists() and not (out / "student-reference").exists()
     assert [p.name for p in out.iterdir()] == []  # no staging left behind
+    # The refused student is kept apart for inspection, unsigned, and loads.
+    assert sorted(p.name for p in refused.iterdir()) == ["edge-student", "student-reference"]
+    assert not (refused / "edge-student" / SIGNATURE_FILE).exists()
+    assert EdgeModel.from_bundle(refused / "edge-student").answer("2+2").text != ""
+    with pytest.raises(ConfigError, match="refused_dir must not be out"):
+        quick_turn(shipped_models, log, out, refused_dir=out)
 
 
 @pytest.mark.slow
