@@ -208,9 +208,19 @@ class DeviceAgent:
             raise ConfigError(f"agent state {self._state_file} is unreadable: {exc}") from exc
 
     def _save_state(self) -> None:
+        """Write the state so that a crash or a power cut leaves the old file or the new one, whole:
+        the data reaches the disk before the rename, and the rename before this returns."""
         tmp = self._state_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self._state, indent=1, sort_keys=True))
+        with tmp.open("w") as out:
+            out.write(json.dumps(self._state, indent=1, sort_keys=True))
+            out.flush()
+            os.fsync(out.fileno())
         os.replace(tmp, self._state_file)
+        folder = os.open(self.state_dir, os.O_RDONLY)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
 
     # -- MQTT --------------------------------------------------------------------------
 

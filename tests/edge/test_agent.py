@@ -194,6 +194,33 @@ def test_origin_of_is_scheme_host_and_port(url: str, origin: tuple[str, str, int
     assert origin_of(url) == origin
 
 
+def test_state_is_written_through_to_the_disk_before_and_after_its_rename(  # type: ignore[no-untyped-def]
+    shipped_models, tmp_path, mqtt_broker, keys, monkeypatch
+) -> None:
+    import os
+    import stat
+
+    _app, service = create_daemon(
+        EdgeConfig(bundle=shipped_models / "edge-student", outbox=tmp_path / "outbox.sqlite3")
+    )
+    agent = DeviceAgent(agent_config(tmp_path, mqtt_broker, keys), service)  # not started: no other writer
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def recording_fsync(fd: int) -> None:
+        mode = os.fstat(fd).st_mode
+        synced.append("folder" if stat.S_ISDIR(mode) else Path(os.readlink(f"/proc/self/fd/{fd}")).name)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    agent._state["session"] += 1
+    agent._save_state()
+    # The file's data before the rename, the folder (the rename itself) after it.
+    assert synced == ["agent-state.tmp", "folder"]
+    assert json.loads(agent._state_file.read_text())["session"] == agent._state["session"]
+    assert not agent._state_file.with_suffix(".tmp").exists()
+
+
 def test_agent_config_needs_command_keys_and_an_origin_for_its_token(tmp_path: Path, keys: dict[str, Path]) -> None:
     base = {"device_id": "dev-1", "state_dir": tmp_path, "trusted_keys": (keys["trusted_public"],)}
     with pytest.raises(ConfigError, match="trusted command key"):
