@@ -6,7 +6,6 @@ the command line.
 
 from __future__ import annotations
 
-import ipaddress
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +13,7 @@ from pathlib import Path
 from edgecloud.cloud.budget import BudgetConfig
 from edgecloud.cloud.engine import EngineConfig
 from edgecloud.cloud.sessions import SessionConfig
+from edgecloud.shared.asgi import is_loopback
 from edgecloud.shared.errors import ConfigError
 
 __all__ = ["AuthConfig", "CloudConfig", "TlsConfig", "load_tokens"]
@@ -57,15 +57,6 @@ def load_tokens(path: Path) -> dict[str, str]:
     if short:
         raise ConfigError(f"{path}: tokens must be at least 16 characters (devices {short})")
     return {token: device for device, token in data.items()}
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 @dataclass(frozen=True, kw_only=True)
