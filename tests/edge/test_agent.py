@@ -13,6 +13,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -85,9 +86,13 @@ class Observer:
 
 
 class ArtifactServer:
-    def __init__(self, root: Path) -> None:
-        handler = functools.partial(_QuietHandler, directory=str(root))
+    """Serves ``root`` over HTTP on a loopback port; ``handler`` may serve it another way."""
+
+    def __init__(self, root: Path, handler: Any = None) -> None:
+        self.root = root
+        handler = functools.partial(handler or _QuietHandler, directory=str(root))
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.httpd.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
 

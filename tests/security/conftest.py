@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import functools
 import http.server
-import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ from edgecloud.edge.agent import DeviceAgent
 from edgecloud.edge.config import EdgeConfig
 from edgecloud.edge.daemon import create_daemon
 from edgecloud.shared.signing import generate_keypair
-from tests.edge.test_agent import Observer, agent_config
+from tests.edge.test_agent import ArtifactServer, Observer, agent_config
 from tests.fleet.conftest import managers, sims
 
 __all__ = ["keys", "make_device", "managers", "servers", "sims"]  # the fleet's fixtures, re-declared here
@@ -35,20 +34,12 @@ def keys(tmp_path: Path) -> dict[str, Path]:
     return paths
 
 
-class RecordingServer:
+class RecordingServer(ArtifactServer):
     """Serves ``root`` over HTTP on loopback and records the Authorization header of every GET."""
 
     def __init__(self, root: Path) -> None:
-        self.root = root
         self.authorizations: list[str | None] = []
-        handler = functools.partial(_RecordingHandler, self, directory=str(root))
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        super().__init__(root, functools.partial(_RecordingHandler, self))
 
 
 class _RecordingHandler(http.server.SimpleHTTPRequestHandler):

@@ -4,14 +4,11 @@ and every command after it, for as long as it likes. The download's overall dead
 
 from __future__ import annotations
 
-import functools
 import http.server
-import threading
 import time
-from pathlib import Path
 from typing import Any
 
-from tests.edge.test_agent import command, make_bundle, publish_bundle
+from tests.edge.test_agent import ArtifactServer, command, make_bundle, publish_bundle
 from tests.security.test_device_commands import artifacts_of, wait_final
 
 
@@ -31,27 +28,12 @@ class _DrippingHandler(http.server.SimpleHTTPRequestHandler):
         pass
 
 
-class DrippingServer:
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.httpd = http.server.ThreadingHTTPServer(
-            ("127.0.0.1", 0), functools.partial(_DrippingHandler, directory=str(root))
-        )
-        self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
 def test_a_dripping_artifact_server_cannot_hold_the_agent_past_its_download_deadline(  # type: ignore[no-untyped-def]
     make_device, shipped_models, tmp_path, keys, servers
 ) -> None:
     slow_root = tmp_path / "slow"
     slow_root.mkdir()
-    slow = DrippingServer(slow_root)
+    slow = ArtifactServer(slow_root, _DrippingHandler)
     try:
         agent, service, observer = make_device(download_deadline_s=3.0, download_min_rate_bps=0)
         before = service.slot.current
