@@ -35,11 +35,12 @@ import numpy as np
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
+from edgecloud.edge.cascade import CascadeModel
 from edgecloud.edge.seams import AnswerModel
 from edgecloud.shared.bundle import Manifest, canonical_bytes, load_manifest, verify_bundle
 from edgecloud.shared.calibration import Calibration
 
-__all__ = ["EdgeAnswer", "EdgeBundle", "EdgeModel", "ModelSlot"]
+__all__ = ["CascadeModel", "EdgeAnswer", "EdgeBundle", "EdgeModel", "ModelSlot", "load_edge_model"]
 
 log = logging.getLogger(__name__)
 
@@ -130,33 +131,53 @@ class EdgeModel:
     def from_bundle(
         cls, directory: Path, *, precision: str = "int8", threads: int = 1, warmup: bool = True
     ) -> EdgeModel:
-        """Verify and load an edge bundle; ``precision`` picks the graph (``int8``)."""
+        """Verify and load an edge bundle's first (or only) student; ``precision`` picks the graph
+        (``int8``). :func:`load_edge_model` loads a pair's reasoner too."""
         directory = Path(directory)
         manifest: Manifest = verify_bundle(directory)
         if manifest.kind != "edge":
             raise ValueError(f"{directory} is a {manifest.kind} bundle, not an edge bundle")
-        graphs = manifest.io.get("graphs", {})
-        if precision not in graphs:
-            raise ValueError(f"{directory}: no {precision!r} graph (have {sorted(graphs)})")
-        missing = [key for key in ("prompt_template", "eos_token", "max_new_tokens") if key not in manifest.io]
-        if missing:
-            raise ValueError(f"{directory}: the manifest's io has no {', '.join(missing)}")
-        listed = {entry.path for entry in manifest.files}
-        unlisted = [path for path in (graphs[precision], manifest.io["tokenizer"]) if path not in listed]
-        if unlisted:  # only a listed file was checked against its sha256
-            raise ValueError(f"{directory}: the manifest's io names {', '.join(unlisted)}, not among its files")
         calibration = Calibration.from_dict(manifest.calibration) if manifest.calibration else None
+        return cls.from_io(
+            directory, manifest, manifest.io, calibration, precision=precision, threads=threads, warmup=warmup
+        )
+
+    @classmethod
+    def from_io(
+        cls,
+        directory: Path,
+        manifest: Manifest,
+        io: dict,
+        calibration: Calibration | None,
+        *,
+        precision: str = "int8",
+        threads: int = 1,
+        warmup: bool = True,
+    ) -> EdgeModel:
+        """The student an ``io`` block of a verified ``manifest`` describes (the bundle's own, or
+        its ``reasoner``'s)."""
+        where = f"{directory}" if io is manifest.io else f"{directory} (reasoner)"
+        graphs = io.get("graphs", {})
+        if precision not in graphs:
+            raise ValueError(f"{where}: no {precision!r} graph (have {sorted(graphs)})")
+        missing = [key for key in ("tokenizer", "prompt_template", "eos_token", "max_new_tokens") if key not in io]
+        if missing:
+            raise ValueError(f"{where}: the manifest's io has no {', '.join(missing)}")
+        listed = {entry.path for entry in manifest.files}
+        unlisted = [path for path in (graphs[precision], io["tokenizer"]) if path not in listed]
+        if unlisted:  # only a listed file was checked against its sha256
+            raise ValueError(f"{where}: the manifest's io names {', '.join(unlisted)}, not among its files")
         return cls(
             directory / graphs[precision],
-            directory / manifest.io["tokenizer"],
-            prompt_template=manifest.io["prompt_template"],
-            eos_token=manifest.io["eos_token"],
-            max_new_tokens=manifest.io["max_new_tokens"],
+            directory / io["tokenizer"],
+            prompt_template=io["prompt_template"],
+            eos_token=io["eos_token"],
+            max_new_tokens=io["max_new_tokens"],
             calibration=calibration,
             threads=threads,
             warmup=warmup,
-            think_start=manifest.io.get("think_start"),
-            think_end=manifest.io.get("think_end"),
+            think_start=io.get("think_start"),
+            think_end=io.get("think_end"),
         )
 
     @property
@@ -236,6 +257,36 @@ class EdgeModel:
         return tokens[end + 1 :], end - 1
 
 
+def load_edge_model(
+    directory: Path, *, precision: str = "int8", threads: int = 1, warmup: bool = True
+) -> EdgeModel | CascadeModel:
+    """Verify an edge bundle and load what it serves: its student, or, when the manifest declares
+    a ``reasoner``, the pair (:class:`CascadeModel`)."""
+    directory = Path(directory)
+    manifest: Manifest = verify_bundle(directory)
+    if manifest.kind != "edge":
+        raise ValueError(f"{directory} is a {manifest.kind} bundle, not an edge bundle")
+    calibration = Calibration.from_dict(manifest.calibration) if manifest.calibration else None
+    base = EdgeModel.from_io(
+        directory, manifest, manifest.io, calibration, precision=precision, threads=threads, warmup=warmup
+    )
+    section = manifest.io.get("reasoner")
+    if section is None:
+        return base
+    if "calibration" not in section:  # the manifest checked that io.reasoner is an object
+        raise ValueError(f"{directory}: the manifest's io.reasoner needs its own calibration")
+    reasoner = EdgeModel.from_io(
+        directory,
+        manifest,
+        section,
+        Calibration.from_dict(section["calibration"]),
+        precision=precision,
+        threads=threads,
+        warmup=warmup,
+    )
+    return CascadeModel(base, reasoner)
+
+
 @dataclass(frozen=True)
 class EdgeBundle:
     """A loaded edge model with the identity of the bundle it came from."""
@@ -260,7 +311,7 @@ class EdgeBundle:
     @classmethod
     def load(cls, directory: Path, *, precision: str = "int8", threads: int = 1, warmup: bool = True) -> EdgeBundle:
         directory = Path(directory)
-        model = EdgeModel.from_bundle(directory, precision=precision, threads=threads, warmup=warmup)
+        model = load_edge_model(directory, precision=precision, threads=threads, warmup=warmup)
         return cls(model, load_manifest(directory), directory)
 
 

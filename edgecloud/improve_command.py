@@ -53,8 +53,8 @@ def _add_improve_training_args(improve: argparse.ArgumentParser) -> None:
         "--student",
         choices=("auto", "fine-tune", "fresh"),
         default="auto",
-        help="fine-tune the base, or train a fresh 1.3M-parameter reasoner from scratch (auto: fresh when "
-        "learning the reasoning)",
+        help="fine-tune the base, or train a fresh 1.3M-parameter reasoner from scratch and ship it as a pair "
+        "with the base, which hands it what it is unsure of (auto: fresh when learning the reasoning)",
     )
     improve.add_argument(
         "--replay-share",
@@ -63,7 +63,7 @@ def _add_improve_training_args(improve: argparse.ArgumentParser) -> None:
         help="share of each batch replaying the base's answers (default: 0.5 fine-tuning, 0 fresh)",
     )
     improve.add_argument(
-        "--steps", type=int, default=None, help="training steps (default: 2000 fine-tuning, 900 fresh)"
+        "--steps", type=int, default=None, help="training steps (default: 2000 fine-tuning, 700 fresh)"
     )
     improve.add_argument(
         "--batch-size", type=int, default=None, help="rows per step (default: 128 fine-tuning, 64 fresh)"

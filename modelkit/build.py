@@ -39,7 +39,7 @@ from edgecloud.modelkit.tokenizer import THINK_END, THINK_START, build_student_t
 from edgecloud.modelkit.training import TrainConfig
 from edgecloud.shared.bundle import GoldenCase, Manifest, load_manifest, write_bundle
 from edgecloud.shared.calibration import Calibration, choose_threshold, confidence_signals, fit_platt
-from edgecloud.shared.task import EVAL_MIX, Split, generate, parse_answer
+from edgecloud.shared.task import EVAL_MIX, Problem, Split, generate, parse_answer
 
 __all__ = [
     "BuildConfig",
@@ -175,8 +175,13 @@ def _edge_golden(model: EdgeModel, seed: int) -> list[GoldenCase]:
     return [GoldenCase(query=p.query, expected=a.text) for p, a in chosen]
 
 
-def _calibrate(model: EdgeModel, config: BuildConfig) -> Calibration:
-    problems = generate(config.calibration_n, config.seed, Split.VALIDATION, EVAL_MIX)
+def calibration_problems(config: BuildConfig) -> list[Problem]:
+    """The validation queries triage is calibrated on."""
+    return generate(config.calibration_n, config.seed, Split.VALIDATION, EVAL_MIX)
+
+
+def _calibrate(model: EdgeModel, config: BuildConfig, problems: list[Problem] | None = None) -> Calibration:
+    problems = calibration_problems(config) if problems is None else problems
     signals, correct, answered = [], [], []
     for problem in problems:
         answer = model.answer(problem.query)
@@ -236,6 +241,18 @@ def _int8_check(fp32: EdgeModel, int8: EdgeModel, seed: int, n: int = 500) -> di
     }
 
 
+def _checked_int8(fp32: EdgeModel, int8: EdgeModel, config: BuildConfig) -> dict[str, float]:
+    """:func:`_int8_check`; RuntimeError when int8 loses more accuracy than the build allows."""
+    check = _int8_check(fp32, int8, config.seed)
+    log.info("int8 vs fp32: %s", check)
+    drop = check["accuracy_fp32"] - check["accuracy_int8"]
+    if drop > config.int8_max_accuracy_drop:
+        raise RuntimeError(
+            f"int8 graph is {drop:.1%} less accurate than fp32 (allowed {config.int8_max_accuracy_drop:.0%}): {check}"
+        )
+    return check
+
+
 def _load_teacher(source: Path, teacher_dir: Path):
     """Copy a trained teacher (a bundle or a plain checkpoint folder) into the staging area."""
     from transformers import AutoTokenizer
@@ -273,12 +290,15 @@ def package_student(
     version: int,
     metadata: dict[str, object],
     think: tuple[str, str] | None = None,
+    calibrate_on: list[Problem] | None = None,
 ) -> PackagedStudent:
     """Export a trained student to ONNX, quantise it to int8, check int8 against fp32, calibrate
     triage and write the edge bundle (``bundle_dir``) and the fp32 reference (``reference_dir``).
 
     Shared by ``models build`` and ``models improve``. ``think`` declares the reasoning block's
-    start and end tokens, for a student that reasons before it answers. RuntimeError when the int8 graph is more
+    start and end tokens, for a student that reasons before it answers. ``calibrate_on``: the
+    queries to calibrate on (default: :func:`calibration_problems`), e.g. only those a pair's
+    first stage hands off. RuntimeError when the int8 graph is more
     than ``config.int8_max_accuracy_drop`` less accurate than the fp32 one.
     """
     reference_dir.mkdir(parents=True)
@@ -300,16 +320,10 @@ def package_student(
     def edge_model(graph: Path) -> EdgeModel:
         return EdgeModel(graph, bundle_dir / "tokenizer.json", **decoding, threads=config.threads)
 
-    int8, fp32 = edge_model(int8_file), edge_model(fp32_file)
-    check = _int8_check(fp32, int8, config.seed)
-    log.info("int8 vs fp32: %s", check)
-    drop = check["accuracy_fp32"] - check["accuracy_int8"]
-    if drop > config.int8_max_accuracy_drop:
-        raise RuntimeError(
-            f"int8 graph is {drop:.1%} less accurate than fp32 (allowed {config.int8_max_accuracy_drop:.0%}): {check}"
-        )
-    log.info("calibrating triage on %d validation queries", config.calibration_n)
-    calibration = _calibrate(int8, config)
+    int8 = edge_model(int8_file)
+    check = _checked_int8(edge_model(fp32_file), int8, config)
+    log.info("calibrating triage on %d validation queries", len(calibrate_on or ()) or config.calibration_n)
+    calibration = _calibrate(int8, config, calibrate_on)
     int8.calibration = calibration
     manifest = write_bundle(
         bundle_dir,

@@ -19,14 +19,15 @@ edge runtime reads only the answer. A student answering multi-step queries direc
 slowly; one that reasons briefly learns them far faster (issue 13), for a few milliseconds more
 on the queries it reasons on.
 
-Two ways to build the student (``student``): ``fine-tune`` starts from the base's fp32 weights;
-``fresh`` trains a new, somewhat larger model (:data:`FRESH_REASONER`) from scratch, with the
-base's tokenizer and prompt. A small student trained to answer directly does not learn to follow
-a scratchpad by fine-tuning, and a fresh one learns it in about a thousand steps
-(docs/models.md), so ``auto`` (the default) trains a fresh student when it learns the reasoning.
-A fresh student replays nothing by default (it has nothing to forget). It learns the cloud's
-multi-step answers, but not yet the simple queries the base answers and so rarely escalates, and
-the gate refuses it for that (docs/models.md).
+Two ways to build the student (``student``): ``fine-tune`` starts from the base's fp32 weights
+and ships alone; ``fresh`` trains a new, somewhat larger reasoner (:data:`FRESH_REASONER`) from
+scratch, with the base's tokenizer and prompt, and ships it as a pair with the base
+(:mod:`edgecloud.modelkit.pair`): the base answers first, the reasoner takes what the base is
+unsure of. A small student trained to answer directly does not learn to follow a scratchpad by
+fine-tuning, and a fresh one learns it in under a thousand steps (docs/models.md), so ``auto``
+(the default) trains a fresh reasoner when it learns the reasoning. Alone, a fresh reasoner
+answers simple queries worse than the base (they are rare among escalations); after the base it
+need not answer them at all. It replays nothing by default (it has nothing to forget).
 """
 
 from __future__ import annotations
@@ -42,10 +43,18 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer
 
-from edgecloud.edge.runtime import EdgeModel
-from edgecloud.modelkit.build import BuildConfig, load_reference_student, package_student, swap_into_place
+from edgecloud.edge.runtime import EdgeModel, load_edge_model
+from edgecloud.edge.seams import AnswerModel
+from edgecloud.modelkit.build import (
+    BuildConfig,
+    PackagedStudent,
+    load_reference_student,
+    package_student,
+    swap_into_place,
+)
 from edgecloud.modelkit.evaluate import REFERENCE_DIR, STUDENT_DIR
 from edgecloud.modelkit.gate import GateConfig, GateResult, evaluate_gate
+from edgecloud.modelkit.pair import REASONER_DIR, package_pair
 from edgecloud.modelkit.student import StudentRecipe, fit_feature_transform, student_answers, student_prompt
 from edgecloud.modelkit.teacher import ModelSpec, build_model
 from edgecloud.modelkit.tokenizer import THINK_END, THINK_START
@@ -96,10 +105,11 @@ class _Schedule:
 # forget, and the base's direct answers, a few tokens beside scratchpads of a hundred, barely move
 # it (measured on 12,320 escalations, docs/models.md: with a third of each batch replayed, k=1
 # 76.7% after 1000 steps; without, 38.6% after 900; k=2..4 94-100% either way). Simple queries are
-# the base's: a fresh reasoner alone does not yet pass the gate.
+# the base's: in the pair the reasoner sees only what the base hands off. 700 steps keep a turn on
+# 20,000 records within 20 minutes on 2 cores (~1.1 s a step); no progress checks for the same reason.
 _DEFAULTS = {
     "fine-tune": _Schedule(steps=2000, batch_size=128, lr=1e-3, max_new_tokens=100, replay_share=0.5, eval_every=250),
-    "fresh": _Schedule(steps=900, batch_size=64, lr=2e-3, max_new_tokens=130, replay_share=0.0, eval_every=450),
+    "fresh": _Schedule(steps=700, batch_size=64, lr=2e-3, max_new_tokens=130, replay_share=0.0, eval_every=0),
 }
 
 
@@ -138,7 +148,7 @@ class ImproveConfig:
     replay_n: int = 20000
     """Queries the base answers for replay (its confident answers are kept)."""
     steps: int | None = None
-    """Training steps (default: 2000 fine-tuning, 900 fresh)."""
+    """Training steps (default: 2000 fine-tuning, 700 fresh)."""
     batch_size: int | None = None
     """Rows per step (default: 128 fine-tuning, 64 fresh)."""
     lr: float | None = None
@@ -154,8 +164,8 @@ class ImproveConfig:
     threads: int = 2
     calibration_n: int = 4000
     eval_every: int | None = None
-    """Steps between progress checks (exact answers per k on validation queries; 250 fine-tuning,
-    450 fresh); 0: none."""
+    """Steps between progress checks (exact answers per k on validation queries; 250 fine-tuning, none
+    fresh); 0: none."""
     add_layers: int = 0
     """Decoder layers added to the base before fine-tuning (:func:`grow_layers`)."""
     refused_dir: Path | None = None
@@ -457,6 +467,62 @@ def _keep_refused(staging: Path, refused_dir: Path) -> None:
     log.warning("the refused student is kept, unsigned, in %s", refused_dir)
 
 
+def _served(config: ImproveConfig, base: EdgeModel, manifest: Manifest) -> AnswerModel:
+    """What the base bundle serves, for the gate: its student, or its pair."""
+    return load_edge_model(config.bundle, threads=config.threads) if REASONER_DIR in manifest.io else base
+
+
+def _package(
+    config: ImproveConfig,
+    mode: str,
+    base: tuple[EdgeModel, Manifest],
+    trained: tuple,
+    build: BuildConfig,
+    staging: Path,
+    version: int,
+    metadata: dict[str, object],
+    think: tuple[str, str] | None,
+) -> tuple[PackagedStudent, AnswerModel]:
+    """The trained student written to ``staging`` as the next bundle: on its own (fine-tuned), or
+    as the reasoner of a pair with the base (fresh); with the model the gate scores."""
+    if mode == "fresh":
+        return package_pair(
+            trained,
+            build,
+            base=(config.bundle, *base),
+            reference_dir=config.reference_dir,
+            staging=staging,
+            version=version,
+            think=think,
+            metadata=metadata,
+        )
+    student, tokenizer, recipe = trained
+    packaged = package_student(
+        student,
+        tokenizer,
+        recipe,
+        build,
+        bundle_dir=staging / STUDENT_DIR,
+        reference_dir=staging / REFERENCE_DIR,
+        version=version,
+        think=think,
+        metadata=metadata,
+    )
+    return packaged, packaged.model
+
+
+def _gate(config: ImproveConfig, mode: str, base: EdgeModel, manifest: Manifest, new: AnswerModel) -> GateResult:
+    """The gate's verdict on ``new`` against what the base bundle serves. A pair must also keep
+    more than the base alone: a reasoner that takes over nothing only adds latency."""
+    gate = evaluate_gate(_served(config, base, manifest), new, config.gate, seed=config.seed)
+    if mode == "fresh" and gate.new.kept_share <= gate.base.kept_share + config.gate.kept_tolerance:
+        gate.regressions.append(
+            f"the pair keeps {gate.new.kept_share:.2%} of queries, the base alone {gate.base.kept_share:.2%}:"
+            " its reasoner takes over nothing and would only add latency"
+        )
+    return gate
+
+
 def improve_student(config: ImproveConfig) -> dict[str, object]:
     """Build, gate and (if it passes) write the next edge student; returns a summary.
 
@@ -484,25 +550,19 @@ def improve_student(config: ImproveConfig) -> dict[str, object]:
     staging = config.out / f".staging-improve-{int(time.time())}"
     shutil.rmtree(staging, ignore_errors=True)
     build = BuildConfig(out=config.out, seed=config.seed, threads=config.threads, calibration_n=config.calibration_n)
+    metadata = {
+        "improved_from": {"name": base_manifest.name, "version": base_manifest.version},
+        "student": mode,
+        "schedule": asdict(plan),
+        "training_set": training.summary(),
+        "train_final": history[-1] if history else {},
+    }
+    think = (THINK_START, THINK_END) if training.reasoning else None
     try:
-        packaged = package_student(
-            student,
-            tokenizer,
-            recipe,
-            build,
-            bundle_dir=staging / STUDENT_DIR,
-            reference_dir=staging / REFERENCE_DIR,
-            version=version,
-            think=(THINK_START, THINK_END) if training.reasoning else None,
-            metadata={
-                "improved_from": {"name": base_manifest.name, "version": base_manifest.version},
-                "student": mode,
-                "schedule": asdict(plan),
-                "training_set": training.summary(),
-                "train_final": history[-1] if history else {},
-            },
+        packaged, new_model = _package(
+            config, mode, (base, base_manifest), (student, tokenizer, recipe), build, staging, version, metadata, think
         )
-        gate = evaluate_gate(base, packaged.model, config.gate, seed=config.seed)
+        gate = _gate(config, mode, base, base_manifest, new_model)
         log.info("gate: %s", gate.summary())
         if not gate.passed:
             if config.refused_dir is not None:
@@ -522,6 +582,7 @@ def improve_student(config: ImproveConfig) -> dict[str, object]:
         **training.summary(),
         "replay_examples": replayed,
         "student": mode,
+        "pair": mode == "fresh",
         "schedule": asdict(plan),
         "parameters": _params(student),
         "gate": gate.summary(),

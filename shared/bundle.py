@@ -103,17 +103,26 @@ def _check_path(path: object) -> None:
 
 
 def _check_io_paths(io: Mapping[str, Any]) -> None:
-    """The files ``io`` names for loading (``tokenizer``, every ``graphs`` entry) stay inside the
-    bundle: a signed manifest must not point a loader at ``../../`` or an absolute path."""
-    try:
-        _check_path(io["tokenizer"])
-        graphs = io.get("graphs", {})
-        if not isinstance(graphs, Mapping):
-            raise _bad("io.graphs", f"expected an object, got {type(graphs).__name__}")
-        for graph in graphs.values():
-            _check_path(graph)
-    except ManifestError as exc:
-        raise _bad("io", f"a file it names must stay inside the bundle: {exc}") from None
+    """The files ``io`` names for loading (``tokenizer``, every ``graphs`` entry, and the same of a
+    pair's ``reasoner``) stay inside the bundle: a signed manifest must not point a loader at
+    ``../../`` or an absolute path."""
+    sections: list[tuple[str, Mapping[str, Any]]] = [("io", io)]
+    if "reasoner" in io:
+        if not isinstance(io["reasoner"], Mapping):
+            raise _bad("io.reasoner", f"expected an object, got {type(io['reasoner']).__name__}")
+        sections.append(("io.reasoner", io["reasoner"]))
+    for where, section in sections:
+        try:
+            _check_path(section["tokenizer"])
+            graphs = section.get("graphs", {})
+            if not isinstance(graphs, Mapping):
+                raise _bad(f"{where}.graphs", f"expected an object, got {type(graphs).__name__}")
+            for graph in graphs.values():
+                _check_path(graph)
+        except KeyError:
+            raise _bad(where, "names no tokenizer") from None
+        except ManifestError as exc:
+            raise _bad(where, f"a file it names must stay inside the bundle: {exc}") from None
 
 
 def _fields(data: Mapping[str, Any], names: Sequence[str]) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from tokenizers import Tokenizer
 
-from edgecloud.edge.runtime import EdgeModel
+from edgecloud.edge.runtime import CascadeModel, EdgeModel, load_edge_model
 from edgecloud.modelkit.gate import GateConfig
 from edgecloud.modelkit.improve import GateFailedError, ImproveConfig, collect_training_set, improve_student
 from edgecloud.modelkit.scratchpad import think_text
@@ -121,7 +121,7 @@ def test_auto_trains_a_fresh_student_when_it_learns_the_reasoning(tmp_path: Path
     assert config.mode(reasoning=True) == "fresh" and config.mode(reasoning=False) == "fine-tune"
     assert config.schedule("fresh") == config.schedule("fresh")
     fresh, tuned = config.schedule("fresh"), config.schedule("fine-tune")
-    assert (fresh.steps, fresh.lr, fresh.max_new_tokens, fresh.replay_share) == (900, 2e-3, 130, 0.0)
+    assert (fresh.steps, fresh.lr, fresh.max_new_tokens, fresh.replay_share) == (700, 2e-3, 130, 0.0)
     assert (tuned.steps, tuned.lr, tuned.max_new_tokens) == (2000, 1e-3, 100)
     # What is set wins over the mode's defaults; growing the base means fine-tuning it.
     assert ImproveConfig(logs=config.logs, bundle=tmp_path, out=tmp_path, steps=7).schedule("fresh").steps == 7
@@ -198,16 +198,17 @@ def test_a_turn_on_right_answers_ships_a_signed_next_version(shipped_models: Pat
 
 
 @pytest.mark.slow
-def test_a_fresh_student_goes_through_the_whole_pipeline_and_an_undertrained_one_is_refused(
+def test_a_fresh_reasoner_is_packaged_as_a_pair_and_one_that_takes_over_nothing_is_refused(
     shipped_models: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    # Scratchpad records make `auto` train a fresh model from scratch; 30 steps are far too few,
-    # so it exports, quantises and calibrates, and the gate refuses it by its k=1 accuracy.
+    # Scratchpad records make `auto` train a fresh reasoner from scratch; 30 steps are far too few.
+    # It is exported, quantised, calibrated on what the base hands off and paired with the base;
+    # the pair answers simple queries as the base does, keeps nothing more, and is refused for it.
     problems = generate(300, 7, Split.TRAIN, {2: 0.5, 3: 0.5})
     log = write_log(
         tmp_path / "e.jsonl", [escalation(p.query, str(p.answer), reasoning=think_text(p)) for p in problems]
     )
-    out = tmp_path / "improved"
+    out, refused = tmp_path / "improved", tmp_path / "refused"
     tiny = ModelSpec(
         hidden_size=32,
         intermediate_size=64,
@@ -216,13 +217,28 @@ def test_a_fresh_student_goes_through_the_whole_pipeline_and_an_undertrained_one
         num_key_value_heads=1,
         max_position_embeddings=128,
     )
-    config = quick_turn(shipped_models, log, out, fresh_model=tiny, replay_n=500, lr=None, max_new_tokens=8)
-    with caplog.at_level(logging.INFO, logger="edgecloud.modelkit.improve"), pytest.raises(GateFailedError) as failed:
+    config = quick_turn(
+        shipped_models, log, out, fresh_model=tiny, replay_n=500, lr=None, max_new_tokens=8, refused_dir=refused
+    )
+    with caplog.at_level(logging.INFO, logger="edgecloud.modelkit"), pytest.raises(GateFailedError) as failed:
         improve_student(config)
     assert "a fresh student: 0.0" in caplog.text and "training (fresh, 30 steps" in caplog.text
-    assert any(r.startswith("k1 accuracy") for r in failed.value.result.regressions)
-    assert failed.value.result.new.accuracy["k1"] < 0.5 < failed.value.result.base.accuracy["k1"]
+    assert "calibration queries to the reasoner" in caplog.text
+    result = failed.value.result
+    assert result.regressions and all("takes over nothing" in r for r in result.regressions), result.regressions
+    assert abs(result.new.accuracy["k1"] - result.base.accuracy["k1"]) <= 0.01  # the base still answers them
     assert [p.name for p in out.iterdir()] == []
+    # The refused pair, kept for inspection: the base's files as they were, the reasoner beside them.
+    pair = load_manifest(refused / "edge-student")
+    base = load_manifest(shipped_models / "edge-student")
+    assert pair.calibration == base.calibration and pair.io["graphs"] == base.io["graphs"]
+    assert pair.io["reasoner"]["graphs"] == {"int8": "reasoner/model.int8.onnx"}
+    assert pair.io["reasoner"]["think_start"] == THINK_START and pair.metadata["pair"]["base"]["version"] == 5
+    assert {f.sha256 for f in base.files} <= {f.sha256 for f in pair.files}
+    assert (refused / "student-reference" / "config.json").is_file()
+    assert (refused / "student-reference" / "reasoner" / "config.json").is_file()
+    served = load_edge_model(refused / "edge-student")
+    assert isinstance(served, CascadeModel) and served.reasoner.max_new_tokens == 8
 
 
 def test_grown_layers_start_as_identities_and_load_back(shipped_models: Path, tmp_path: Path) -> None:
