@@ -113,6 +113,8 @@ def _phase(problems: list[Problem], results: list) -> dict[str, object]:
         "accuracy": sum(r for r, _, _ in rows) / len(rows),
         "kept_precision": sum(edge_right) / len(edge_right) if edge_right else None,
         "edge_answered": len(edge_rows),
+        # A pair's reasoner writes a scratchpad: the edge answers it gave.
+        "edge_answered_with_reasoning": sum(r.reasoning_tokens > 0 for _, r in edge_rows),
         "per_k": {
             f"k{k}": {
                 "n": len(rs),

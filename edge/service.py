@@ -232,6 +232,7 @@ class EdgeService:
             model_version=bundle.version,
             model_name=bundle.name,
             input_tokens=answer.input_tokens,
+            reasoning_tokens=answer.reasoning_tokens,  # a pair's reasoner writes a scratchpad first
             output_tokens=answer.output_tokens,
             latency_ms=(time.perf_counter() - started) * 1e3,
             degraded=degraded,

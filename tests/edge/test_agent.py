@@ -20,6 +20,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edgecloud.edge.agent import AgentConfig, DeviceAgent, origin_of, resume_bundle
+from edgecloud.edge.cascade import CascadeModel
 from edgecloud.edge.config import EdgeConfig
 from edgecloud.edge.daemon import create_daemon
 from edgecloud.shared.artifacts import pack_bundle
@@ -29,6 +30,7 @@ from edgecloud.shared.commands import sign_command
 from edgecloud.shared.errors import ConfigError
 from edgecloud.shared.fleet import Command, Topics, encode
 from edgecloud.shared.signing import generate_keypair, load_private_key, sign_bundle
+from tests.edge.test_cascade import make_pair_bundle
 
 FLEET = "test"
 
@@ -303,6 +305,21 @@ def test_signed_newer_bundle_is_deployed_and_commands_are_idempotent(
     assert resume_bundle(agent.config, fallback=shipped) == deployed
     (deployed / "tokenizer.json").write_text("{}")  # tampered on disk
     assert resume_bundle(agent.config, fallback=shipped) == shipped
+
+
+def test_a_pair_bundle_is_deployed_and_serves_both_stages(device, shipped_models, tmp_path, keys, artifacts) -> None:  # type: ignore[no-untyped-def]
+    # What `models improve` ships after a fresh turn: the base and a reasoner in one signed bundle.
+    _agent, service, observer = device
+    pair = make_pair_bundle(shipped_models / "edge-student", tmp_path / "pair")
+    sign_bundle(pair, load_private_key(keys["trusted_private"]))
+    deploy = command(publish_bundle(pair, artifacts, "pair.tar.gz"), revision=5)
+    observer.send(deploy)
+    observer.wait_for(lambda: acks_for(observer, deploy["id"])[-1:] == ["ACTIVE"])
+    assert acks_for(observer, deploy["id"]) == ["DOWNLOADING", "VERIFYING", "VERIFYING", "ACTIVE"]
+    served = service.slot.current
+    assert served.version == load_manifest(pair).version and isinstance(served.model, CascadeModel)
+    assert (served.directory / "reasoner" / "model.int8.onnx").is_file()
+    assert served.model.answer("2+2").text == "4"
 
 
 @pytest.mark.parametrize("attack", ["unsigned", "rogue_key", "tampered_file", "downgrade", "wrong_hash", "traversal"])
