@@ -38,7 +38,6 @@ token is ever sent.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import queue
@@ -52,6 +51,7 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 
+from edgecloud.edge.agent_state import StateStore, read_state
 from edgecloud.edge.runtime import EdgeBundle
 from edgecloud.edge.service import EdgeService
 from edgecloud.shared.broker import BrokerSettings, connect_async, create_client
@@ -146,14 +146,10 @@ def resume_bundle(config: AgentConfig, fallback: Path) -> Path:
     ``fallback`` and says why."""
     from edgecloud.shared.signing import TrustStore, verify_signed_bundle
 
-    state_file = Path(config.state_dir) / "agent-state.json"
-    try:
-        active = json.loads(state_file.read_text()).get("active")
-    except FileNotFoundError:
-        return fallback
-    except (OSError, json.JSONDecodeError) as exc:
-        log.error("agent state %s is unreadable (%s); serving %s", state_file, exc, fallback)
-        return fallback
+    state, problem = read_state(Path(config.state_dir))
+    if problem:
+        log.error("agent state in %s: %s", config.state_dir, problem)
+    active = (state or {}).get("active")
     if not active or Path(active).resolve() == Path(fallback).resolve():
         return fallback
     try:
@@ -182,8 +178,9 @@ class DeviceAgent:
         self.state_dir = Path(config.state_dir)
         (self.state_dir / "bundles").mkdir(parents=True, exist_ok=True)
         (self.state_dir / "downloads").mkdir(parents=True, exist_ok=True)
-        self._state_file = self.state_dir / "agent-state.json"
-        self._state = self._load_state()
+        self._store = StateStore(self.state_dir)
+        self._state_file = self._store.file
+        self._state = self._store.state
         current = service.slot.current
         self._state.setdefault("installed", {})[str(current.version)] = str(current.directory)
         # what a rollback may go to: the model this daemon starts on (its --bundle, or the last
@@ -199,28 +196,8 @@ class DeviceAgent:
 
     # -- persistence -------------------------------------------------------------------
 
-    def _load_state(self) -> dict:
-        try:
-            return json.loads(self._state_file.read_text())
-        except FileNotFoundError:
-            return {"session": 0, "newest_revision": 0, "commands": {}, "installed": {}, "proven": []}
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ConfigError(f"agent state {self._state_file} is unreadable: {exc}") from exc
-
     def _save_state(self) -> None:
-        """Write the state so that a crash or a power cut leaves the old file or the new one, whole:
-        the data reaches the disk before the rename, and the rename before this returns."""
-        tmp = self._state_file.with_suffix(".tmp")
-        with tmp.open("w") as out:
-            out.write(json.dumps(self._state, indent=1, sort_keys=True))
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, self._state_file)
-        folder = os.open(self.state_dir, os.O_RDONLY)
-        try:
-            os.fsync(folder)
-        finally:
-            os.close(folder)
+        self._store.save()
 
     # -- MQTT --------------------------------------------------------------------------
 
@@ -353,6 +330,7 @@ class DeviceAgent:
             outbox_depth=self.service.outbox.depth(),
             cpu_percent=100.0 * (cpu - cpu_then) / max(now - then, 1e-6),
             memory_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            state_problem=self._store.problem,
         )
 
     def _telemetry_loop(self) -> None:

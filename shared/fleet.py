@@ -316,6 +316,9 @@ class Telemetry:
     outbox_depth: int
     cpu_percent: float
     memory_mb: float
+    state_problem: str = ""
+    """What was wrong with the agent's state files when it started ("" when nothing): a device
+    that recovered from a corrupt state says so until it restarts cleanly."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -332,6 +335,7 @@ class Telemetry:
                 values[name] = _count(data, name, "telemetry")
             else:
                 values[name] = _get(data, name, kind, "telemetry")
+        values["state_problem"] = _optional(data, "state_problem", str, "", "telemetry", limit=1024)
         return cls(**values)
 
 

@@ -228,6 +228,37 @@ def test_state_is_written_through_to_the_disk_before_and_after_its_rename(  # ty
     assert not agent._state_file.with_suffix(".tmp").exists()
 
 
+def test_a_corrupt_state_file_starts_the_agent_which_says_so_and_still_deploys(  # type: ignore[no-untyped-def]
+    shipped_models, tmp_path, mqtt_broker, keys, artifacts
+) -> None:
+    state_dir = tmp_path / "agent"
+    state_dir.mkdir()
+    (state_dir / "agent-state.json").write_text('{"session": 4, "newest_rev')  # truncated
+    _app, service = create_daemon(
+        EdgeConfig(bundle=shipped_models / "edge-student", outbox=tmp_path / "outbox.sqlite3")
+    )
+    assert resume_bundle(agent_config(tmp_path, mqtt_broker, keys), fallback=shipped_models / "x") == (
+        shipped_models / "x"
+    )
+    agent = DeviceAgent(agent_config(tmp_path, mqtt_broker, keys), service)
+    agent.start()
+    observer = Observer(mqtt_broker, keys["command_private"])
+    try:
+        assert agent.wait_connected(10)
+        observer.wait_for(lambda: observer.of("telemetry"))
+        assert "agent-state.json is unreadable" in observer.of("telemetry")[-1]["state_problem"]
+        installed = service.slot.current.version
+        bundle = make_bundle(shipped_models / "edge-student", tmp_path / "next", installed + 1, keys["trusted_private"])
+        deploy = command(publish_bundle(bundle, artifacts, "next.tar.gz"), revision=1)
+        observer.send(deploy)
+        observer.wait_for(lambda: acks_for(observer, deploy["id"])[-1:] == ["ACTIVE"])
+        assert service.slot.current.version == installed + 1
+    finally:
+        observer.close()
+        agent.stop()
+    assert json.loads((state_dir / "agent-state.json").read_text())["newest_revision"] == 1
+
+
 def test_agent_config_needs_command_keys_and_an_origin_for_its_token(tmp_path: Path, keys: dict[str, Path]) -> None:
     base = {"device_id": "dev-1", "state_dir": tmp_path, "trusted_keys": (keys["trusted_public"],)}
     with pytest.raises(ConfigError, match="trusted command key"):

@@ -366,10 +366,17 @@ def test_telemetry_round_trips_through_the_wire() -> None:
     assert Telemetry.from_dict(with_(data, extra="ignored")) == TELEMETRY  # newer devices may say more
 
 
-@pytest.mark.parametrize("field", sorted(Telemetry.__dataclass_fields__))
+@pytest.mark.parametrize("field", sorted(set(Telemetry.__dataclass_fields__) - {"state_problem"}))
 def test_telemetry_missing_a_field_is_refused_naming_it(field: str) -> None:
     with pytest.raises(InvalidInputError, match=rf"^telemetry\.{field}: missing$"):
         Telemetry.from_dict(without(TELEMETRY.to_dict(), field))
+
+
+def test_telemetry_from_an_older_device_has_no_state_problem_and_a_bad_one_is_refused() -> None:
+    assert Telemetry.from_dict(without(TELEMETRY.to_dict(), "state_problem")).state_problem == ""
+    for bad in (3, "x" * 1025):
+        with pytest.raises(InvalidInputError, match=r"^telemetry\.state_problem"):
+            Telemetry.from_dict(with_(TELEMETRY.to_dict(), state_problem=bad))
 
 
 @pytest.mark.parametrize(
