@@ -161,7 +161,10 @@ class FleetManager:
         self._lock = threading.RLock()
         self._rollouts: dict[str, Rollout] = {r.id: r for r in self.store.list_rollouts()}
         self._devices: dict[str, DeviceRecord] = {d.id: d for d in self.store.list_devices()}
-        self._revision = max((max(r.spec.revision, r.rollback_revision) for r in self._rollouts.values()), default=0)
+        # The stored counter; a store from before it had one starts above its rollouts' revisions.
+        self._revisions_in_rollouts = max(
+            (max(r.spec.revision, r.rollback_revision) for r in self._rollouts.values()), default=0
+        )
         self.metrics = FleetMetrics()
         self.metrics.bind(
             online=lambda: sum(d.online for d in list(self._devices.values())),
@@ -407,8 +410,7 @@ class FleetManager:
     # -- rollouts ----------------------------------------------------------------------
 
     def _next_revision(self) -> int:
-        self._revision += 1
-        return self._revision
+        return self.store.next_revision(at_least=self._revisions_in_rollouts)
 
     def resolve_targets(self, devices: Sequence[str] = (), labels: Mapping[str, str] | None = None) -> list[str]:
         """Device ids in rollout order: the named ones, then those matching every label (by id)."""

@@ -53,6 +53,10 @@ CREATE TABLE IF NOT EXISTS rollouts (
     updated_at REAL
 );
 CREATE INDEX IF NOT EXISTS rollouts_status ON rollouts(status);
+CREATE TABLE IF NOT EXISTS counters (
+    name  TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS rollout_devices (
     rollout_id TEXT NOT NULL,
     device     TEXT NOT NULL,
@@ -128,6 +132,11 @@ class FleetStorage(Protocol):
     def list_rollouts(self, statuses: Sequence[RolloutStatus] | None = None) -> list[Rollout]:
         """Every rollout, or those in ``statuses``, oldest change first."""
 
+    def next_revision(self, at_least: int = 0) -> int:
+        """A command revision higher than every one handed out before (and than ``at_least``),
+        stored before it is returned: devices ignore a command not newer than the last they acted
+        on, so a revision must never be handed out twice, whatever happens to the rollouts."""
+
     def close(self) -> None:
         """Release the storage; no method may be called afterwards."""
 
@@ -138,7 +147,9 @@ class FleetStore:
     def __init__(self, path: str | Path = ":memory:") -> None:
         self.path = str(path)
         self._lock = threading.Lock()
-        self._db = open_store(self.path, _SCHEMA, what="fleet store")
+        # FULL: a revision handed out, or a rollout step taken, is on disk before it is acted on
+        # (writes are small and rare); a power cut must not let a revision be handed out twice.
+        self._db = open_store(self.path, _SCHEMA, what="fleet store", synchronous="FULL")
 
     def close(self) -> None:
         with self._lock:
@@ -153,6 +164,23 @@ class FleetStore:
     def _all(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         with self._lock:
             return self._db.execute(sql, args).fetchall()
+
+    def next_revision(self, at_least: int = 0) -> int:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                row = self._db.execute("SELECT value FROM counters WHERE name = 'revision'").fetchone()
+                revision = max(row[0] if row else 0, at_least) + 1
+                self._db.execute(
+                    "INSERT INTO counters (name, value) VALUES ('revision', ?)"
+                    " ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                    (revision,),
+                )
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return revision
 
     # -- bundles -----------------------------------------------------------------------
 

@@ -244,3 +244,17 @@ def test_a_missing_folder_is_a_config_error(tmp_path: Path) -> None:
         FleetStore(tmp_path / "no-such-dir" / "fleet.db")
     with FleetStore() as store:  # in memory
         assert store.list_rollouts() == []
+
+
+def test_the_revision_counter_is_stored_and_never_hands_out_a_revision_twice(tmp_path: Path) -> None:
+    path = tmp_path / "fleet.sqlite3"
+    with FleetStore(path) as store:
+        assert [store.next_revision() for _ in range(3)] == [1, 2, 3]
+        assert store.next_revision(at_least=10) == 11  # a store from before the counter: above its rollouts
+        assert store.next_revision(at_least=2) == 12
+    with FleetStore(path) as reopened:  # nothing rebuilt from rollouts: there are none here
+        assert reopened.next_revision() == 13
+    rollout = midway("r9")
+    with FleetStore(tmp_path / "other.sqlite3") as store:
+        store.save_rollout(rollout)
+        assert store.next_revision() == 1  # the counter alone; the manager passes at_least
