@@ -147,9 +147,7 @@ class FleetStore:
     def __init__(self, path: str | Path = ":memory:") -> None:
         self.path = str(path)
         self._lock = threading.Lock()
-        # FULL: a revision handed out, or a rollout step taken, is on disk before it is acted on
-        # (writes are small and rare); a power cut must not let a revision be handed out twice.
-        self._db = open_store(self.path, _SCHEMA, what="fleet store", synchronous="FULL")
+        self._db = open_store(self.path, _SCHEMA, what="fleet store")
 
     def close(self) -> None:
         with self._lock:
@@ -167,6 +165,9 @@ class FleetStore:
 
     def next_revision(self, at_least: int = 0) -> int:
         with self._lock:
+            # This commit waits until it is on disk (the others, telemetry above all, need not): a
+            # power cut must not let a revision be handed out twice.
+            self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 row = self._db.execute("SELECT value FROM counters WHERE name = 'revision'").fetchone()
@@ -180,6 +181,8 @@ class FleetStore:
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
+            finally:
+                self._db.execute("PRAGMA synchronous=NORMAL")
         return revision
 
     # -- bundles -----------------------------------------------------------------------
