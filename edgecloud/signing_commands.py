@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from edgecloud.shared.bundle import load_manifest
-from edgecloud.shared.errors import EdgecloudError
+from edgecloud.shared.errors import ConfigError, EdgecloudError
 from edgecloud.shared.signing import (
     TrustStore,
     generate_keypair,
@@ -35,14 +36,23 @@ def _keygen(args: argparse.Namespace) -> int:
     return 0
 
 
+def _expiry(days: float | None) -> str | None:
+    if days is None:
+        return None
+    if not days > 0:
+        raise ConfigError(f"--expires-in-days must be > 0, got {days}")
+    return (datetime.now(UTC) + timedelta(days=days)).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def _sign(args: argparse.Namespace) -> int:
     try:
-        path = sign_bundle(args.bundle, load_private_key(args.key))
+        path = sign_bundle(args.bundle, load_private_key(args.key), expires_at=_expiry(args.expires_in_days))
         kid, _ = read_signature(args.bundle)
         manifest = load_manifest(args.bundle)
     except EdgecloudError as exc:
         return _refused(exc)
-    print(json.dumps({"signed": str(path), "name": manifest.name, "version": manifest.version, "key_id": kid}))
+    summary = {"signed": str(path), "name": manifest.name, "version": manifest.version, "key_id": kid}
+    print(json.dumps({**summary, "expires_at": manifest.expires_at}))
     return 0
 
 
@@ -58,6 +68,7 @@ def _verify(args: argparse.Namespace) -> int:
     except EdgecloudError as exc:
         return _refused(exc)
     summary = {"ok": True, "name": manifest.name, "kind": manifest.kind, "version": manifest.version, "key_id": kid}
+    summary["expires_at"] = manifest.expires_at
     print(json.dumps(summary))
     return 0
 
@@ -72,6 +83,11 @@ def add_signing_commands(models_subparsers: argparse._SubParsersAction) -> None:
     sign = models_subparsers.add_parser("sign", help="verify a bundle's files, then write its manifest.sig")
     sign.add_argument("bundle", type=Path, help="bundle folder")
     sign.add_argument("--key", type=Path, required=True, help="Ed25519 private key (PEM)")
+    sign.add_argument(
+        "--expires-in-days", type=float, default=None, metavar="DAYS",
+        help="write a signed expiry this far ahead into the manifest: devices and the fleet manager refuse to "
+        "install the bundle after it (default: no expiry)",
+    )  # fmt: skip
     sign.set_defaults(func=_sign)
 
     verify = models_subparsers.add_parser("verify", help="check a bundle's signature, version and files")

@@ -125,9 +125,10 @@ def _check_io_paths(io: Mapping[str, Any]) -> None:
             raise _bad(where, f"a file it names must stay inside the bundle: {exc}") from None
 
 
-def _fields(data: Mapping[str, Any], names: Sequence[str]) -> dict[str, Any]:
-    """A copy of ``data``, which must have exactly the keys ``names``."""
-    missing, unknown = [n for n in names if n not in data], [str(k) for k in data if k not in names]
+def _fields(data: Mapping[str, Any], names: Sequence[str], optional: Sequence[str] = ()) -> dict[str, Any]:
+    """A copy of ``data``, which must have exactly the keys ``names`` (and may have ``optional``)."""
+    known = (*names, *optional)
+    missing, unknown = [n for n in names if n not in data], [str(k) for k in data if k not in known]
     if missing or unknown:
         raise _bad((missing or unknown)[0], "missing" if missing else "unknown field")
     return dict(data)
@@ -219,6 +220,10 @@ class Manifest:
     golden: tuple[GoldenCase, ...] = ()
     metadata: dict[str, Any] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
+    expires_at: str | None = None
+    """RFC 3339 UTC; after it, devices and the fleet manager refuse to install the bundle (a
+    signed freshness bound: a mirror or a broker cannot replay an old release forever). None:
+    no expiry. Optional in ``manifest.json``, so bundles signed before it verify unchanged."""
 
     def __post_init__(self) -> None:
         _require_int(self.format_version, "format_version", FORMAT_VERSION)
@@ -230,6 +235,10 @@ class Manifest:
             raise _bad("kind", f"expected one of {', '.join(KINDS)}, got {self.kind!r}")
         _require_int(self.version, "version", 1)
         _check_created_at(self.created_at)
+        if self.expires_at is not None:
+            _check_created_at(self.expires_at, "expires_at")
+            if _epoch(self.expires_at) <= _epoch(self.created_at):
+                raise _bad("expires_at", f"must be after created_at {self.created_at}, got {self.expires_at}")
         if not isinstance(self.files, tuple) or not all(isinstance(f, FileEntry) for f in self.files):
             raise _bad("files", "expected a tuple of FileEntry")
         paths = [f.path for f in self.files]
@@ -247,9 +256,15 @@ class Manifest:
             raise _bad("io", f"missing key(s) {', '.join(missing)}")
         _check_io_paths(self.io)
 
+    def expired(self, now: float) -> bool:
+        """Whether the bundle's signed expiry (if any) has passed at ``now`` (a Unix time)."""
+        return self.expires_at is not None and now >= _epoch(self.expires_at)
+
     def to_dict(self) -> dict[str, Any]:
         """The manifest as plain JSON types (fresh copies, safe to mutate)."""
         data = {name: getattr(self, name) for name in _MANIFEST_FIELDS}
+        if self.expires_at is not None:
+            data["expires_at"] = self.expires_at
         data["files"] = [f.to_dict() for f in self.files]
         data["golden"] = [g.to_dict() for g in self.golden]
         data.update((name, _json_copy(data[name], name)) for name in _FREE_FORM)
@@ -260,19 +275,24 @@ class Manifest:
         """Validate ``data`` (parsed JSON); raises ManifestError naming the bad field."""
         if not isinstance(data, Mapping):
             raise ManifestError(f"expected a JSON object, got {type(data).__name__}")
-        fields = _fields(data, _MANIFEST_FIELDS)
+        fields = _fields(data, _MANIFEST_FIELDS, optional=("expires_at",))
         fields["files"] = _items(fields, "files", FileEntry.from_dict)
         fields["golden"] = _items(fields, "golden", GoldenCase.from_dict)
         return cls(**fields)
 
 
-def _check_created_at(value: object) -> None:
+def _check_created_at(value: object, name: str = "created_at") -> None:
     if not isinstance(value, str) or not _RFC3339_UTC_RE.fullmatch(value):
-        raise _bad("created_at", f"expected RFC 3339 UTC like 2025-01-31T12:00:00Z, got {value!r}")
+        raise _bad(name, f"expected RFC 3339 UTC like 2025-01-31T12:00:00Z, got {value!r}")
     try:
         datetime.strptime(value[:19], "%Y-%m-%dT%H:%M:%S")
     except ValueError as exc:
-        raise _bad("created_at", f"not a valid date and time: {value!r}") from exc
+        raise _bad(name, f"not a valid date and time: {value!r}") from exc
+
+
+def _epoch(value: str) -> float:
+    """Unix time of a checked RFC 3339 UTC timestamp (fractions of a second ignored)."""
+    return datetime.strptime(value[:19], "%Y-%m-%dT%H:%M:%S").replace(tzinfo=UTC).timestamp()
 
 
 def canonical_bytes(manifest: Manifest) -> bytes:

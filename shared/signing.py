@@ -14,6 +14,7 @@ whole directory. ``key_id`` (the first 16 hex digits of the sha256 of the raw
     ConfigError                   the trust store is empty
     BundleError
     ├── DowngradeError            version not newer than the installed one
+    ├── ExpiredBundleError        past the manifest's signed ``expires_at``
     └── IntegrityError            a file does not match the manifest (verify_bundle)
         └── SignatureError
             ├── UnsignedBundleError       no manifest.sig
@@ -28,10 +29,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import hashlib
 import json
 import os
 import re
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -39,13 +42,21 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from edgecloud.shared.bundle import SIGNATURE_FILE, Manifest, canonical_bytes, load_manifest, verify_bundle
+from edgecloud.shared.bundle import (
+    MANIFEST_FILE,
+    SIGNATURE_FILE,
+    Manifest,
+    canonical_bytes,
+    load_manifest,
+    verify_bundle,
+)
 from edgecloud.shared.errors import BundleError, ConfigError, IntegrityError
 
 __all__ = [
     "ALGORITHM",
     "BadSignatureError",
     "DowngradeError",
+    "ExpiredBundleError",
     "MalformedSignatureError",
     "SignatureError",
     "TrustStore",
@@ -91,6 +102,10 @@ class BadSignatureError(SignatureError):
 class DowngradeError(BundleError):
     """The bundle's version is not newer than the installed one, and it is
     not an explicitly allowed rollback."""
+
+
+class ExpiredBundleError(BundleError):
+    """The bundle's signed expiry has passed: it is not installed, however well signed."""
 
 
 def key_id(public_key: Ed25519PublicKey) -> str:
@@ -205,14 +220,24 @@ class TrustStore:
         return f"TrustStore(key_ids={list(self.key_ids)})"
 
 
-def sign_bundle(directory: str | os.PathLike[str], private_key: Ed25519PrivateKey) -> Path:
+def sign_bundle(
+    directory: str | os.PathLike[str], private_key: Ed25519PrivateKey, *, expires_at: str | None = None
+) -> Path:
     """Verify ``directory`` against its manifest, then write ``manifest.sig``.
 
-    Refuses (IntegrityError, ManifestError) a bundle whose files do not match:
-    signing it would vouch for content nobody checked. Returns the signature path.
+    ``expires_at`` (RFC 3339 UTC) first writes that expiry into the manifest, so the signature
+    covers it (:attr:`Manifest.expires_at`). Refuses (IntegrityError, ManifestError) a bundle
+    whose files do not match: signing it would vouch for content nobody checked. Returns the
+    signature path.
     """
     root = Path(directory)
     manifest = verify_bundle(root)
+    if expires_at is not None:
+        manifest = dataclasses.replace(manifest, expires_at=expires_at)
+        text = json.dumps(manifest.to_dict(), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+        tmp = root / f".{MANIFEST_FILE}.tmp"
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, root / MANIFEST_FILE)
     signature = private_key.sign(canonical_bytes(manifest))
     document = {
         "algorithm": ALGORITHM,
@@ -273,8 +298,14 @@ def verify_signed_bundle(
     *,
     installed_version: int | None = None,
     allow_rollback_to: set[int] | frozenset[int] = frozenset(),
+    now: float | None = None,
+    check_expiry: bool = True,
 ) -> Manifest:
-    """Check signature, version and every file; return the verified manifest.
+    """Check signature, expiry, version and every file; return the verified manifest.
+
+    A manifest past its signed ``expires_at`` at ``now`` (default: the clock) is refused
+    (ExpiredBundleError), unless ``check_expiry`` is False: for a bundle installed while it was
+    fresh and only re-checked at a restart, where serving it beats falling back.
 
     ``installed_version``: the version serving now; a bundle whose version is
     not larger is refused (DowngradeError) unless it is in
@@ -295,6 +326,10 @@ def verify_signed_bundle(
         public_key.verify(signature, signed)
     except InvalidSignature:
         raise BadSignatureError(f"{root}: bad signature by key {kid}: the manifest was changed after signing") from None
+    if check_expiry and manifest.expired(time.time() if now is None else now):
+        raise ExpiredBundleError(
+            f"{root}: {manifest.name} v{manifest.version} expired at {manifest.expires_at}; re-sign a fresh release"
+        )
     if (
         installed_version is not None
         and manifest.version <= installed_version

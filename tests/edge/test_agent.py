@@ -353,7 +353,9 @@ def test_a_pair_bundle_is_deployed_and_serves_both_stages(device, shipped_models
     assert served.model.answer("2+2").text == "4"
 
 
-@pytest.mark.parametrize("attack", ["unsigned", "rogue_key", "tampered_file", "downgrade", "wrong_hash", "traversal"])
+@pytest.mark.parametrize(
+    "attack", ["unsigned", "rogue_key", "tampered_file", "downgrade", "wrong_hash", "traversal", "expired"]
+)
 def test_bad_bundles_are_refused_and_the_old_model_keeps_serving(
     attack, device, shipped_models, tmp_path, keys, artifacts
 ) -> None:  # type: ignore[no-untyped-def]
@@ -362,6 +364,11 @@ def test_bad_bundles_are_refused_and_the_old_model_keeps_serving(
     version = before.version - 1 if attack == "downgrade" else before.version + 1
     key = {"unsigned": None, "rogue_key": keys["rogue_private"]}.get(attack, keys["trusted_private"])
     directory = make_bundle(shipped_models / "edge-student", tmp_path / "candidate", max(version, 1), key)
+    if attack == "expired":  # a release replayed after its signed expiry
+        data = json.loads((directory / "manifest.json").read_text())
+        data.update(created_at="2020-01-01T00:00:00Z", expires_at="2020-02-01T00:00:00Z")
+        (directory / "manifest.json").write_text(json.dumps(data))
+        sign_bundle(directory, load_private_key(keys["trusted_private"]))
     if attack == "tampered_file":
         onnx = next(directory.glob("*.onnx"))
         data = bytearray(onnx.read_bytes())
@@ -394,6 +401,8 @@ def test_bad_bundles_are_refused_and_the_old_model_keeps_serving(
     observer.wait_for(lambda: "FAILED" in acks_for(observer, deploy["id"]))
     failed = [a for a in observer.of("cmd/ack") if a["command_id"] == deploy["id"]][-1]
     assert failed["reason"], failed
+    if attack == "expired":
+        assert "expired at 2020-02-01T00:00:00Z" in failed["reason"], failed
     assert service.slot.current is before and service.slot.current.model.answer("2+2").text
     assert not (tmp_path / "escaped.txt").exists() and not (tmp_path / "agent" / "escaped.txt").exists()
 

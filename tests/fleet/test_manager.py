@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import tarfile
 import time
 from pathlib import Path
@@ -83,6 +84,7 @@ def test_register_bundle_content_addressed_and_checked(tmp_path: Path) -> None:
 def test_register_bundle_verifies_the_signature_when_keys_are_trusted(tmp_path: Path) -> None:
     from edgecloud.shared.artifacts import pack_bundle
     from edgecloud.shared.signing import (
+        ExpiredBundleError,
         SignatureError,
         UntrustedKeyError,
         generate_keypair,
@@ -98,10 +100,13 @@ def test_register_bundle_verifies_the_signature_when_keys_are_trusted(tmp_path: 
         )
     )
 
-    def archive(version: int, key: str | None) -> Path:
+    def archive(version: int, key: str | None, expires_at: str | None = None) -> Path:
         folder = make_bundle(tmp_path / f"s{version}", version)
+        if expires_at is not None and expires_at < "2021":  # a release from long ago, replayed
+            data = json.loads((folder / "manifest.json").read_text())
+            (folder / "manifest.json").write_text(json.dumps({**data, "created_at": "2020-01-01T00:00:00Z"}))
         if key:
-            sign_bundle(folder, load_private_key(tmp_path / key))
+            sign_bundle(folder, load_private_key(tmp_path / key), expires_at=expires_at)
         out = tmp_path / f"signed-v{version}.tar.gz"
         pack_bundle(folder, out)  # files at the archive's root
         return out
@@ -112,7 +117,11 @@ def test_register_bundle_verifies_the_signature_when_keys_are_trusted(tmp_path: 
             manager.register_bundle(archive(3, None))
         with pytest.raises(UntrustedKeyError):
             manager.register_bundle(archive(4, "other.pem"))
-        assert [b.version for b in manager.bundles()] == [2]
+        expiring = archive(5, "k.pem", expires_at="2099-01-01T00:00:00Z")
+        assert manager.register_bundle(expiring).version == 5  # fresh: registered
+        with pytest.raises(ExpiredBundleError):  # signed correctly, but stale: a freeze or replay
+            manager.register_bundle(archive(6, "k.pem", expires_at="2020-02-01T00:00:00Z"))
+        assert [b.version for b in manager.bundles()] == [2, 5]
     finally:
         manager.close()
 

@@ -14,6 +14,7 @@ from edgecloud.shared.signing import (
     ALGORITHM,
     BadSignatureError,
     DowngradeError,
+    ExpiredBundleError,
     MalformedSignatureError,
     SignatureError,
     TrustStore,
@@ -239,4 +240,43 @@ def test_error_classes_fit_the_hierarchy() -> None:
     for cls in (UnsignedBundleError, MalformedSignatureError, UntrustedKeyError, BadSignatureError):
         assert issubclass(cls, SignatureError) and issubclass(cls, IntegrityError)
     assert issubclass(DowngradeError, BundleError) and not issubclass(DowngradeError, IntegrityError)
+    assert issubclass(ExpiredBundleError, BundleError) and not issubclass(ExpiredBundleError, IntegrityError)
     assert not issubclass(ManifestError, SignatureError)
+
+
+def test_a_signed_expiry_is_covered_by_the_signature_and_refused_once_past(
+    bundle: Path, trust: TrustStore, keys: dict[str, Path]
+) -> None:
+    from datetime import UTC, datetime
+
+    sign_bundle(bundle, load_private_key(keys["release"]), expires_at="2030-01-01T00:00:00Z")
+    manifest = load_manifest(bundle)
+    assert manifest.expires_at == "2030-01-01T00:00:00Z"
+    before = datetime(2029, 12, 31, 23, 59, tzinfo=UTC).timestamp()
+    after = datetime(2030, 1, 1, tzinfo=UTC).timestamp()
+    assert verify_signed_bundle(bundle, trust, now=before).version == manifest.version
+    with pytest.raises(ExpiredBundleError, match="expired at 2030-01-01T00:00:00Z"):
+        verify_signed_bundle(bundle, trust, now=after)
+    # A restart re-checks a bundle installed while it was fresh without its expiry.
+    assert verify_signed_bundle(bundle, trust, now=after, check_expiry=False).expires_at == manifest.expires_at
+    # Pushing the expiry back after signing breaks the signature: only the signer can extend it.
+    data = json.loads((bundle / "manifest.json").read_text())
+    data["expires_at"] = "2099-01-01T00:00:00Z"
+    (bundle / "manifest.json").write_text(json.dumps(data))
+    with pytest.raises(BadSignatureError):
+        verify_signed_bundle(bundle, trust, now=before)
+
+
+@pytest.mark.parametrize("bad", ["tomorrow", "2020-01-01T00:00:00Z", 5])
+def test_a_malformed_or_backdated_expiry_is_a_manifest_error(bundle: Path, bad: object) -> None:
+    data = json.loads((bundle / "manifest.json").read_text())
+    data["expires_at"] = bad  # the shipped manifest was created after 2020
+    (bundle / "manifest.json").write_text(json.dumps(data))
+    with pytest.raises(ManifestError, match="expires_at"):
+        load_manifest(bundle)
+
+
+def test_a_manifest_without_an_expiry_keeps_its_canonical_bytes(signed: Path, trust: TrustStore) -> None:
+    # Bundles signed before expiry existed verify unchanged: no expires_at key appears.
+    assert "expires_at" not in load_manifest(signed).to_dict()
+    assert verify_signed_bundle(signed, trust, now=4e9).expires_at is None
