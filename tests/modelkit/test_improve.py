@@ -182,7 +182,11 @@ def test_a_turn_on_right_answers_ships_a_signed_next_version(shipped_models: Pat
     log = write_log(tmp_path / "e.jsonl", [escalation(p.query, str(p.answer)) for p in problems])
     generate_keypair(tmp_path / "release.key", tmp_path / "release.pub")
     out = tmp_path / "improved"
-    summary = improve_student(quick_turn(shipped_models, log, out, key=tmp_path / "release.key"))
+    # Recalibrating after 30 steps moves the kept share on 800 queries by about a point either way
+    # (seen from -1.00 on CI to +0.25 here, by seed and machine): this test is about the path a passing
+    # turn takes; the refused turns below are about the gate's limits.
+    gate = GateConfig(n=800, kept_tolerance=0.02)
+    summary = improve_student(quick_turn(shipped_models, log, out, key=tmp_path / "release.key", gate=gate))
     base = load_manifest(shipped_models / "edge-student")
     assert summary["version"] == base.version + 1 and summary["gate"]["passed"] is True
     student_reads = Tokenizer.from_file(str(shipped_models / "edge-student" / "tokenizer.json")).normalizer
