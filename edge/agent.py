@@ -70,7 +70,9 @@ class AgentConfig:
     state_dir: Path
     """Holds downloaded archives, installed bundles and the agent's bookkeeping."""
     trusted_keys: tuple[Path, ...]
-    """Ed25519 public keys (PEM); only bundles signed by one of them are installed."""
+    """Ed25519 public keys (PEM), each trusted for any bundle, or trust policies (JSON: key roles,
+    rotations, revocations; :mod:`edgecloud.shared.trust`); only bundles they accept are installed.
+    Read at start: a changed policy takes effect at the next restart."""
     command_keys: tuple[Path, ...] = ()
     """Ed25519 public keys (PEM) of the fleet manager's command key; only commands signed by one
     of them are acted on. Required, and kept apart from ``trusted_keys``: the key that signs
@@ -144,7 +146,8 @@ def resume_bundle(config: AgentConfig, fallback: Path) -> Path:
     Without this a reboot would silently undo a rollout. A deployed bundle that no longer
     verifies (tampered, or its key no longer trusted) is not served: the daemon starts on
     ``fallback`` and says why."""
-    from edgecloud.shared.signing import TrustStore, verify_signed_bundle
+    from edgecloud.shared.signing import verify_signed_bundle
+    from edgecloud.shared.trust import load_trust
 
     state, problem = read_state(Path(config.state_dir))
     if problem:
@@ -153,9 +156,11 @@ def resume_bundle(config: AgentConfig, fallback: Path) -> Path:
     if not active or Path(active).resolve() == Path(fallback).resolve():
         return fallback
     try:
-        # Its expiry was checked when it was installed: a device that reboots after it passed
-        # keeps serving what it had, rather than its factory model.
-        manifest = verify_signed_bundle(active, TrustStore.from_paths(list(config.trusted_keys)), check_expiry=False)
+        # Its expiry and key were checked when it was installed: a device that reboots after the
+        # bundle expired or its key was rotated keeps serving what it had, rather than its factory
+        # model. A revoked key is another matter: nothing it signed is served.
+        trust = load_trust(config.trusted_keys)
+        manifest = verify_signed_bundle(active, trust, check_expiry=False, accept_retired=True)
     except (EdgecloudError, OSError) as exc:
         log.error("the fleet-deployed bundle %s does not verify (%s); serving %s instead", active, exc, fallback)
         return fallback
@@ -170,11 +175,12 @@ class _Failed(Exception):
 class DeviceAgent:
     def __init__(self, config: AgentConfig, service: EdgeService) -> None:
         from edgecloud.shared.signing import TrustStore
+        from edgecloud.shared.trust import load_trust
 
         self.config = config
         self.service = service
         self.topics = Topics(config.fleet, config.device_id)
-        self.trust = TrustStore.from_paths(list(config.trusted_keys))
+        self.trust = load_trust(config.trusted_keys)
         self.command_trust = TrustStore.from_paths(list(config.command_keys))
         self._fleet_origin = origin_of(config.fleet_origin) if config.fleet_origin else None
         self.state_dir = Path(config.state_dir)

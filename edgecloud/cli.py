@@ -277,7 +277,11 @@ def _add_edge_commands(commands: argparse._SubParsersAction) -> None:
     serve.add_argument("--broker", metavar="HOST:PORT", help="MQTT broker of the fleet; omit to run without the agent")
     serve.add_argument("--fleet", default="default", help="fleet name in the MQTT topic tree")
     serve.add_argument(
-        "--trust", type=Path, action="append", default=[], help="trusted bundle signing key (repeatable)"
+        "--trust",
+        type=Path,
+        action="append",
+        default=[],
+        help="trusted bundle signing key (PEM) or trust policy (.json: key roles, rotations, revocations; repeatable)",
     )
     serve.add_argument(
         "--trust-commands",
@@ -367,7 +371,10 @@ def _add_fleet_commands(commands: argparse._SubParsersAction) -> None:
     serve.add_argument("--store", default="fleet.sqlite3", help="SQLite file of bundles, devices and rollouts")
     serve.add_argument("--artifacts", type=Path, default=Path("fleet-artifacts"), help="where bundle archives are kept")
     serve.add_argument("--public-url", default=None, help="base URL devices download artifacts from")
-    serve.add_argument("--trust", type=Path, action="append", default=[], help="key bundles must be signed by")
+    serve.add_argument(
+        "--trust", type=Path, action="append", default=[],
+        help="key bundles must be signed by (PEM), or a trust policy (.json); repeatable",
+    )  # fmt: skip
     serve.add_argument(
         "--command-key",
         type=Path,

@@ -1,4 +1,4 @@
-"""``edgecloud models keygen | sign | verify``: the bundle signing commands."""
+"""``edgecloud models keygen | sign | verify | rotate-key``: the bundle signing commands."""
 
 from __future__ import annotations
 
@@ -11,13 +11,14 @@ from pathlib import Path
 from edgecloud.shared.bundle import load_manifest
 from edgecloud.shared.errors import ConfigError, EdgecloudError
 from edgecloud.shared.signing import (
-    TrustStore,
     generate_keypair,
     load_private_key,
+    load_public_key,
     read_signature,
     sign_bundle,
     verify_signed_bundle,
 )
+from edgecloud.shared.trust import load_trust, rotation_statement, write_rotation
 
 __all__ = ["add_signing_commands"]
 
@@ -60,7 +61,7 @@ def _verify(args: argparse.Namespace) -> int:
     try:
         manifest = verify_signed_bundle(
             args.bundle,
-            TrustStore.from_paths(args.trust),
+            trust := load_trust(args.trust),
             installed_version=args.installed_version,
             allow_rollback_to=frozenset(args.allow_rollback_to),
         )
@@ -69,7 +70,19 @@ def _verify(args: argparse.Namespace) -> int:
         return _refused(exc)
     summary = {"ok": True, "name": manifest.name, "kind": manifest.kind, "version": manifest.version, "key_id": kid}
     summary["expires_at"] = manifest.expires_at
+    summary["key_role"] = str(trust.role(kid))
     print(json.dumps(summary))
+    return 0
+
+
+def _rotate_key(args: argparse.Namespace) -> int:
+    try:
+        statement = rotation_statement(load_private_key(args.old_key), load_public_key(args.new_public))
+        path = write_rotation(args.out, statement)
+    except EdgecloudError as exc:
+        return _refused(exc)
+    old, new = statement["old_key_id"], statement["new_key_id"]
+    print(json.dumps({"rotation": str(path), "old_key_id": old, "new_key_id": new}))
     return 0
 
 
@@ -92,10 +105,24 @@ def add_signing_commands(models_subparsers: argparse._SubParsersAction) -> None:
 
     verify = models_subparsers.add_parser("verify", help="check a bundle's signature, version and files")
     verify.add_argument("bundle", type=Path, help="bundle folder")
-    verify.add_argument("--trust", type=Path, action="append", required=True, help="trusted public key (repeatable)")
+    verify.add_argument(
+        "--trust", type=Path, action="append", required=True,
+        help="trusted public key (PEM) or trust policy (.json; roles, rotations, revocations); repeatable",
+    )  # fmt: skip
     verify.add_argument("--installed-version", type=int, default=None, help="refuse versions not newer than this")
     verify.add_argument(
         "--allow-rollback-to", type=int, action="append", default=[], metavar="N",
         help="a version the device had before and may roll back to (repeatable)",
     )  # fmt: skip
     verify.set_defaults(func=_verify)
+
+    rotate = models_subparsers.add_parser(
+        "rotate-key",
+        help="write a statement, signed by the old key, that a new key takes over its role",
+        description='List the statement under a trust policy\'s "rotations" (docs/security.md): the new key '
+        "then signs what the old one could, and the old key signs no new release.",
+    )
+    rotate.add_argument("--old-key", type=Path, required=True, help="the retiring Ed25519 private key (PEM)")
+    rotate.add_argument("--new-public", type=Path, required=True, help="its successor's public key (PEM)")
+    rotate.add_argument("--out", type=Path, required=True, help="rotation statement to create (JSON)")
+    rotate.set_defaults(func=_rotate_key)

@@ -62,9 +62,10 @@ def read_archive_manifest(archive: Path) -> Manifest:
 def _verify_signature(archive: Path, trusted_keys: Sequence[Path], max_unpacked_bytes: int) -> str:
     """Unpack to a temporary folder and verify signature and files; the signing key's id."""
     from edgecloud.shared.artifacts import unpack_bundle
-    from edgecloud.shared.signing import TrustStore, read_signature, verify_signed_bundle
+    from edgecloud.shared.signing import read_signature, verify_signed_bundle
+    from edgecloud.shared.trust import load_trust
 
-    trust = TrustStore.from_paths(list(trusted_keys))
+    trust = load_trust(trusted_keys)
     with tempfile.TemporaryDirectory(prefix="fleet-verify-") as tmp:
         directory = unpack_bundle(archive, Path(tmp), max_total_bytes=max_unpacked_bytes)
         verify_signed_bundle(directory, trust)

@@ -20,7 +20,14 @@ whole directory. ``key_id`` (the first 16 hex digits of the sha256 of the raw
             ├── UnsignedBundleError       no manifest.sig
             ├── MalformedSignatureError   manifest.sig is not a valid signature file
             ├── UntrustedKeyError         signed by a key the store does not hold
+            │   ├── RevokedKeyError       signed by a revoked key
+            │   ├── RetiredKeyError       signed by a key a rotation replaced
+            │   └── KeyRoleError          the key may not sign this bundle's name or kind
             └── BadSignatureError         the manifest changed after signing
+
+Which key may sign what (roles), which keys were rotated out or revoked: a
+:class:`TrustStore` holds it; :mod:`edgecloud.shared.trust` builds one from key
+files and trust policies.
 
 The checks run cheapest first: signature, version, then every file's hash.
 """
@@ -30,12 +37,13 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
+import fnmatch
 import hashlib
 import json
 import os
 import re
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -57,7 +65,11 @@ __all__ = [
     "BadSignatureError",
     "DowngradeError",
     "ExpiredBundleError",
+    "KeyRole",
+    "KeyRoleError",
     "MalformedSignatureError",
+    "RetiredKeyError",
+    "RevokedKeyError",
     "SignatureError",
     "TrustStore",
     "UnsignedBundleError",
@@ -92,6 +104,18 @@ class MalformedSignatureError(SignatureError):
 
 class UntrustedKeyError(SignatureError):
     """The signature names a key the trust store does not hold."""
+
+
+class RevokedKeyError(UntrustedKeyError):
+    """The signature is by a key the trust policy revoked: nothing it signed is accepted."""
+
+
+class RetiredKeyError(UntrustedKeyError):
+    """The signature is by a key a rotation statement replaced: new releases need the new key."""
+
+
+class KeyRoleError(UntrustedKeyError):
+    """The key is trusted, but not for this bundle's name or kind."""
 
 
 class BadSignatureError(SignatureError):
@@ -189,23 +213,93 @@ def load_public_key(path: str | os.PathLike[str]) -> Ed25519PublicKey:
     return key
 
 
-class TrustStore:
-    """The public keys whose signatures are accepted, by key id."""
+@dataclasses.dataclass(frozen=True)
+class KeyRole:
+    """What one key may sign: bundle names (shell-style patterns) and kinds."""
 
-    def __init__(self, keys: Iterable[Ed25519PublicKey] = ()) -> None:
-        self._keys = {key_id(key): key for key in keys}
+    names: tuple[str, ...] = ("*",)
+    kinds: tuple[str, ...] = ("*",)
+
+    def __post_init__(self) -> None:
+        for field in ("names", "kinds"):
+            values = getattr(self, field)
+            if isinstance(values, str) or not values or not all(isinstance(v, str) and v for v in values):
+                raise ConfigError(f"a key role's {field} must be a non-empty list of non-empty strings, got {values!r}")
+            object.__setattr__(self, field, tuple(values))
+
+    def allows(self, name: str, kind: str) -> bool:
+        return any(fnmatch.fnmatchcase(name, n) for n in self.names) and any(
+            fnmatch.fnmatchcase(kind, k) for k in self.kinds
+        )
+
+    def __str__(self) -> str:
+        return f"names {', '.join(self.names)}; kinds {', '.join(self.kinds)}"
+
+
+ANY_BUNDLE = KeyRole()
+
+
+class TrustStore:
+    """The public keys whose signatures are accepted, by key id, each with the role it may sign
+    for (default: any bundle); the keys revoked, and those retired by a rotation (with the key
+    that replaced them), so that a refusal says which it was."""
+
+    def __init__(
+        self,
+        keys: Iterable[Ed25519PublicKey] = (),
+        *,
+        roles: Mapping[str, KeyRole] | None = None,
+        revoked: Iterable[str] = (),
+        retired: Mapping[str, tuple[Ed25519PublicKey, str]] | None = None,
+    ) -> None:
+        self._revoked = frozenset(revoked)
+        self._keys = {kid: key for key in keys if (kid := key_id(key)) not in self._revoked}
+        self._retired = {kid: pair for kid, pair in (retired or {}).items() if kid not in self._revoked}
+        self._roles = {kid: r for kid, r in (roles or {}).items() if kid in self._keys or kid in self._retired}
 
     @classmethod
     def from_paths(cls, paths: Iterable[str | os.PathLike[str]]) -> TrustStore:
-        """Load every PEM public key in ``paths``."""
+        """Load every PEM public key in ``paths``, each trusted for any bundle (trust policies,
+        with roles, rotation and revocation: :func:`edgecloud.shared.trust.load_trust`)."""
         return cls(load_public_key(path) for path in paths)
 
     @property
     def key_ids(self) -> tuple[str, ...]:
         return tuple(sorted(self._keys))
 
+    @property
+    def revoked(self) -> frozenset[str]:
+        return self._revoked
+
     def get(self, kid: str) -> Ed25519PublicKey | None:
         return self._keys.get(kid)
+
+    def role(self, kid: str) -> KeyRole:
+        return self._roles.get(kid, ANY_BUNDLE)
+
+    def retired_by(self, kid: str) -> str | None:
+        """The key id that replaced ``kid`` in a rotation, or None."""
+        pair = self._retired.get(kid)
+        return pair[1] if pair else None
+
+    def signer(self, kid: str, *, accept_retired: bool = False) -> Ed25519PublicKey:
+        """The key to check a signature by ``kid`` against; UntrustedKeyError (or the subclass
+        saying why: revoked, retired) when the store does not accept its signatures."""
+        if kid in self._revoked:
+            raise RevokedKeyError(f"key {kid} is revoked")
+        key = self._keys.get(kid)
+        if key is not None:
+            return key
+        if kid in self._retired:
+            if accept_retired:
+                return self._retired[kid][0]
+            raise RetiredKeyError(f"key {kid} was retired by a rotation to key {self._retired[kid][1]}")
+        raise UntrustedKeyError(f"key {kid} is not trusted (trusted: {', '.join(self.key_ids) or 'none'})")
+
+    def check_role(self, kid: str, name: str, kind: str) -> None:
+        role = self._roles.get(kid, ANY_BUNDLE)
+        if not role.allows(name, kind):
+            raise KeyRoleError(f"key {kid} may sign {role}; not {name!r} ({kind})")
 
     def __contains__(self, kid: object) -> bool:
         return kid in self._keys
@@ -217,7 +311,7 @@ class TrustStore:
         return len(self._keys)
 
     def __repr__(self) -> str:
-        return f"TrustStore(key_ids={list(self.key_ids)})"
+        return f"TrustStore(key_ids={list(self.key_ids)}, revoked={sorted(self._revoked)})"
 
 
 def sign_bundle(
@@ -300,12 +394,15 @@ def verify_signed_bundle(
     allow_rollback_to: set[int] | frozenset[int] = frozenset(),
     now: float | None = None,
     check_expiry: bool = True,
+    accept_retired: bool = False,
 ) -> Manifest:
-    """Check signature, expiry, version and every file; return the verified manifest.
+    """Check signature, the key's role, expiry, version and every file; return the verified manifest.
 
     A manifest past its signed ``expires_at`` at ``now`` (default: the clock) is refused
-    (ExpiredBundleError), unless ``check_expiry`` is False: for a bundle installed while it was
-    fresh and only re-checked at a restart, where serving it beats falling back.
+    (ExpiredBundleError), unless ``check_expiry`` is False; a signature by a key a rotation
+    retired is refused (RetiredKeyError) unless ``accept_retired``. Both are for a bundle
+    installed while it was fresh and its key current, only re-checked at a restart, where
+    serving it beats falling back. A revoked key is never accepted.
 
     ``installed_version``: the version serving now; a bundle whose version is
     not larger is refused (DowngradeError) unless it is in
@@ -313,19 +410,23 @@ def verify_signed_bundle(
     may explicitly roll back to. ``None`` skips the version check.
     """
     root = Path(directory)
-    if not len(trust):
+    if not len(trust) and not trust.revoked:  # all revoked: say so, below
         raise ConfigError("no trusted signing keys configured; never trust a bundle not signed by a configured key")
     kid, signature = read_signature(root)
-    public_key = trust.get(kid)
-    if public_key is None:
-        trusted = ", ".join(trust.key_ids)
-        raise UntrustedKeyError(f"{root}: signed by key {kid}, which is not trusted (trusted: {trusted})")
+    try:
+        public_key = trust.signer(kid, accept_retired=accept_retired)
+    except UntrustedKeyError as exc:
+        raise type(exc)(f"{root}: signed by {exc}") from None
     manifest = load_manifest(root)
     signed = canonical_bytes(manifest)
     try:
         public_key.verify(signature, signed)
     except InvalidSignature:
         raise BadSignatureError(f"{root}: bad signature by key {kid}: the manifest was changed after signing") from None
+    try:
+        trust.check_role(kid, manifest.name, manifest.kind)
+    except KeyRoleError as exc:
+        raise KeyRoleError(f"{root}: {exc}") from None
     if check_expiry and manifest.expired(time.time() if now is None else now):
         raise ExpiredBundleError(
             f"{root}: {manifest.name} v{manifest.version} expired at {manifest.expires_at}; re-sign a fresh release"

@@ -62,3 +62,37 @@ def test_cli_keygen_sign_verify(
     assert _cli(["verify", str(bundle), "--trust", str(keys["rogue_pub"])]) == 1
     err = capsys.readouterr().err
     assert "UntrustedKeyError" in err and err.count("\n") == 1
+
+
+def test_cli_rotate_key_then_verify_against_the_policy(
+    bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name in ("old", "new"):
+        assert (
+            _cli(["keygen", "--private", str(tmp_path / f"{name}.key"), "--public", str(tmp_path / f"{name}.pub")]) == 0
+        )
+    capsys.readouterr()
+    rotate = ["rotate-key", "--old-key", str(tmp_path / "old.key"), "--new-public", str(tmp_path / "new.pub")]
+    assert _cli([*rotate, "--out", str(tmp_path / "rotation.json")]) == 0
+    said = json.loads(capsys.readouterr().out)
+    assert _cli([*rotate, "--out", str(tmp_path / "rotation.json")]) == 1  # never overwrites a statement
+    assert "refusing to overwrite" in capsys.readouterr().err
+    policy = tmp_path / "trust.json"
+    policy.write_text(
+        json.dumps(
+            {
+                "format": "edgecloud-trust/1",
+                "keys": [{"public_key": "old.pub", "kinds": ["edge"]}],
+                "rotations": ["rotation.json"],
+            }
+        )
+    )
+    assert _cli(["sign", str(bundle), "--key", str(tmp_path / "old.key")]) == 0
+    capsys.readouterr()
+    assert _cli(["verify", str(bundle), "--trust", str(policy)]) == 1
+    assert f"RetiredKeyError: {bundle}: signed by key {said['old_key_id']} was retired" in capsys.readouterr().err
+    assert _cli(["sign", str(bundle), "--key", str(tmp_path / "new.key")]) == 0
+    capsys.readouterr()
+    assert _cli(["verify", str(bundle), "--trust", str(policy)]) == 0
+    verified = json.loads(capsys.readouterr().out)
+    assert verified["key_id"] == said["new_key_id"] and verified["key_role"] == "names *; kinds edge"

@@ -75,14 +75,15 @@ def servers(tmp_path: Path) -> Iterator[Callable[[str], RecordingServer]]:
 def make_device(
     shipped_models: Path, tmp_path: Path, mqtt_broker: Any, keys: dict[str, Path]
 ) -> Iterator[Callable[..., tuple[DeviceAgent, Any, Observer]]]:
-    """``make_device(**AgentConfig overrides)``: a started agent "dev-1" over the shipped bundle, and an
-    observer of the fleet's topics that signs with the fleet's command key."""
+    """``make_device(**AgentConfig overrides)``: a started agent ("dev-1" unless ``device_id`` says
+    otherwise) over the shipped bundle, and an observer of the fleet's topics that signs with the
+    fleet's command key."""
     started: list[tuple[DeviceAgent, Observer]] = []
 
     def make(**overrides: Any) -> tuple[DeviceAgent, Any, Observer]:
-        _app, service = create_daemon(
-            EdgeConfig(bundle=shipped_models / "edge-student", outbox=tmp_path / "outbox.sqlite3")
-        )
+        device = str(overrides.get("device_id", "dev-1"))
+        outbox = tmp_path / ("outbox.sqlite3" if device == "dev-1" else f"outbox-{device}.sqlite3")
+        _app, service = create_daemon(EdgeConfig(bundle=shipped_models / "edge-student", outbox=outbox))
         agent = DeviceAgent(agent_config(tmp_path, mqtt_broker, keys, **overrides), service)
         agent.start()
         assert agent.wait_connected(10)
