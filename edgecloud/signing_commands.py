@@ -1,4 +1,4 @@
-"""``edgecloud models keygen | sign | verify | rotate-key``: the bundle signing commands."""
+"""``edgecloud models keygen | sign | verify | rotate-key | pack``: signing bundles and packing them to ship."""
 
 from __future__ import annotations
 
@@ -75,6 +75,20 @@ def _verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pack(args: argparse.Namespace) -> int:
+    from edgecloud.shared.artifacts import pack_bundle
+
+    out = args.out or args.bundle.with_name(f"{args.bundle.name}.tar.gz")
+    try:
+        manifest = load_manifest(args.bundle)
+        sha256, size = pack_bundle(args.bundle, out)
+    except EdgecloudError as exc:
+        return _refused(exc)
+    print(json.dumps({"archive": str(out), "name": manifest.name, "version": manifest.version,
+                      "sha256": sha256, "size": size}))  # fmt: skip
+    return 0
+
+
 def _rotate_key(args: argparse.Namespace) -> int:
     try:
         statement = rotation_statement(load_private_key(args.old_key), load_public_key(args.new_public))
@@ -126,3 +140,10 @@ def add_signing_commands(models_subparsers: argparse._SubParsersAction) -> None:
     rotate.add_argument("--new-public", type=Path, required=True, help="its successor's public key (PEM)")
     rotate.add_argument("--out", type=Path, required=True, help="rotation statement to create (JSON)")
     rotate.set_defaults(func=_rotate_key)
+
+    pack = models_subparsers.add_parser(
+        "pack", help="pack a bundle as the .tar.gz the fleet manager registers and devices install"
+    )
+    pack.add_argument("bundle", type=Path, help="bundle folder (signed: the signature travels inside)")
+    pack.add_argument("--out", type=Path, default=None, help="archive to write (default: BUNDLE.tar.gz beside it)")
+    pack.set_defaults(func=_pack)

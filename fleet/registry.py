@@ -1,9 +1,11 @@
 """The fleet manager's bundle registry: edge bundle archives checked, stored by digest, recorded.
 
-An archive is registered once: its manifest (at the archive's root, where
-devices expect it) must be an edge bundle's, its signature must verify against
-the manager's trusted keys when it has any (devices verify again either way),
-and a name and version already registered with other content is refused. The
+An archive is registered once: its manifest (the archive's first member, at its
+root, where devices expect it) must be an edge bundle's, its signature must
+verify against the manager's trusted keys when it has any (devices verify again
+either way), and a name and version already registered with other content is
+refused. The signature is checked on the archive's head, manifest and signature
+alone, before anything else in it is decompressed; the files after that. The
 archive is kept as ``{sha256}.tar.gz`` in the artifact folder, which the API
 serves to devices; the record goes to the fleet store.
 """
@@ -15,57 +17,56 @@ import logging
 import os
 import re
 import shutil
-import tarfile
 import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edgecloud.fleet.store import BundleRecord, FleetStorage
-from edgecloud.shared.bundle import MANIFEST_FILE, Manifest, file_digest
-from edgecloud.shared.errors import BundleError, InvalidInputError, ManifestError, NotFoundError
+from edgecloud.shared.bundle import MANIFEST_FILE, SIGNATURE_FILE, Manifest, file_digest
+from edgecloud.shared.errors import InvalidInputError, ManifestError, NotFoundError
 from edgecloud.shared.fleet import BundleRef
+
+if TYPE_CHECKING:
+    from edgecloud.shared.signing import TrustStore
 
 __all__ = ["BundleRegistry", "read_archive_manifest"]
 
 log = logging.getLogger(__name__)
 
-_MAX_MANIFEST_BYTES = 4 << 20
-
 
 def read_archive_manifest(archive: Path) -> Manifest:
-    """The validated ``manifest.json`` at the root of a bundle archive."""
+    """The validated ``manifest.json`` from the head of a bundle archive (its first member, as
+    :func:`~edgecloud.shared.artifacts.pack_bundle` writes it); nothing past the head is read."""
+    return _read_head(archive)[0]
+
+
+def _read_head(archive: Path) -> tuple[Manifest, bytes | None]:
+    from edgecloud.shared.artifacts import read_archive_head
+
+    raw, signature = read_archive_head(archive)
     try:
-        with tarfile.open(archive, "r:gz") as tar:
-            # at the root, as pack_bundle writes it and as devices unpack it (a bundle in a top
-            # folder would register here and then fail on every device)
-            candidates = [m for m in tar.getmembers() if m.name.removeprefix("./") == MANIFEST_FILE]
-            if not candidates:
-                raise ManifestError(
-                    f"{archive.name}: no {MANIFEST_FILE} at the archive's root "
-                    "(pack bundles with edgecloud.shared.artifacts.pack_bundle or `tar -C BUNDLE_DIR -czf X .`)"
-                )
-            member = candidates[0]
-            if not member.isfile() or member.size > _MAX_MANIFEST_BYTES:
-                raise ManifestError(f"{archive.name}: {member.name} is not a regular file under 4 MiB")
-            handle = tar.extractfile(member)
-            assert handle is not None
-            raw = handle.read()
-    except (tarfile.TarError, EOFError, OSError) as exc:
-        raise BundleError(f"{archive.name} is not a readable .tar.gz: {exc}") from exc
-    try:
-        return Manifest.from_dict(json.loads(raw.decode("utf-8")))
+        return Manifest.from_dict(json.loads(raw.decode("utf-8"))), signature
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ManifestError(f"{archive.name}: {MANIFEST_FILE} is not UTF-8 JSON: {exc}") from exc
 
 
-def _verify_signature(archive: Path, trusted_keys: Sequence[Path], max_unpacked_bytes: int) -> str:
+def _check_head_signature(archive: Path, manifest: Manifest, signature: bytes | None, trust: TrustStore) -> None:
+    """The manifest's signature, checked before anything else in the archive is decompressed."""
+    from edgecloud.shared.signing import UnsignedBundleError, parse_signature, verify_manifest_signature
+
+    if signature is None:
+        raise UnsignedBundleError(f"{archive.name}: unsigned bundle (no {SIGNATURE_FILE} after {MANIFEST_FILE})")
+    kid, raw = parse_signature(signature, f"{archive.name}: {SIGNATURE_FILE}")
+    verify_manifest_signature(manifest, kid, raw, trust, where=archive.name)
+
+
+def _verify_signature(archive: Path, trust: TrustStore, max_unpacked_bytes: int) -> str:
     """Unpack to a temporary folder and verify signature and files; the signing key's id."""
     from edgecloud.shared.artifacts import unpack_bundle
     from edgecloud.shared.signing import read_signature, verify_signed_bundle
-    from edgecloud.shared.trust import load_trust
 
-    trust = load_trust(trusted_keys)
     with tempfile.TemporaryDirectory(prefix="fleet-verify-") as tmp:
         directory = unpack_bundle(archive, Path(tmp), max_total_bytes=max_unpacked_bytes)
         verify_signed_bundle(directory, trust)
@@ -104,14 +105,18 @@ class BundleRegistry:
         if source.stat().st_size > self.max_bundle_bytes:
             raise InvalidInputError(f"{source.name} is over max_bundle_bytes ({self.max_bundle_bytes})")
         sha256, size = file_digest(source)
-        manifest = read_archive_manifest(source)
+        manifest, signature = _read_head(source)
         if manifest.kind != "edge":
             raise InvalidInputError(
                 f"{manifest.name} v{manifest.version} is a {manifest.kind} bundle; devices install edge bundles only"
             )
         key_id = ""
         if self.trusted_keys:
-            key_id = _verify_signature(source, self.trusted_keys, 4 * self.max_bundle_bytes)
+            from edgecloud.shared.trust import load_trust
+
+            trust = load_trust(self.trusted_keys)
+            _check_head_signature(source, manifest, signature, trust)
+            key_id = _verify_signature(source, trust, 4 * self.max_bundle_bytes)
         else:
             log.warning(
                 "%s v%d registered without a signature check: no trusted_keys configured",

@@ -38,7 +38,7 @@ import zlib
 from pathlib import Path
 from typing import IO
 
-from edgecloud.shared.bundle import MANIFEST_FILE, load_manifest
+from edgecloud.shared.bundle import MANIFEST_FILE, SIGNATURE_FILE, load_manifest
 from edgecloud.shared.errors import (
     BundleError,
     ManifestError,
@@ -50,6 +50,7 @@ __all__ = [
     "BundleExistsError",
     "UnsafeArchiveError",
     "pack_bundle",
+    "read_archive_head",
     "unpack_bundle",
 ]
 
@@ -97,8 +98,14 @@ class _HashingWriter:
         self.raw.flush()
 
 
+_HEAD = (MANIFEST_FILE, SIGNATURE_FILE)
+"""The archive's first members, so that a receiver can check the signature before reading on."""
+_MAX_HEAD_MEMBER_BYTES = 4 << 20
+
+
 def _bundle_files(root: Path) -> list[tuple[str, Path]]:
-    """Sorted ``(POSIX path, path)`` of every regular file; refuses links and special files."""
+    """``(POSIX path, path)`` of every regular file, the manifest and its signature first, the rest
+    sorted; refuses links and special files."""
     found = []
     for current, dirs, files in os.walk(root):
         here = Path(current)
@@ -111,14 +118,14 @@ def _bundle_files(root: Path) -> list[tuple[str, Path]]:
                 if not path.is_file():
                     raise BundleError(f"{rel}: not a regular file")
                 found.append((rel, path))
-    return sorted(found)
+    return sorted(found, key=lambda item: (item[0] not in _HEAD, item[0]))
 
 
 def pack_bundle(directory: str | os.PathLike[str], out_file: str | os.PathLike[str]) -> tuple[str, int]:
     """Write ``directory`` as a deterministic ``.tar.gz``; return its ``(sha256, size)``.
 
-    Entries are the regular files only (``manifest.json`` and ``manifest.sig``
-    included), sorted by path, with mtime 0, uid/gid 0, no owner names and
+    Entries are the regular files only: ``manifest.json`` and ``manifest.sig`` first (see
+    :func:`read_archive_head`), then the others sorted by path, with mtime 0, uid/gid 0, no owner names and
     mode 0644; the gzip header carries no name and mtime 0. Packing does not
     check the files against the manifest: the receiver verifies. The archive
     is written beside ``out_file`` and renamed into place.
@@ -149,6 +156,41 @@ def pack_bundle(directory: str | os.PathLike[str], out_file: str | os.PathLike[s
         tmp.unlink(missing_ok=True)
         raise
     return writer.sha.hexdigest(), writer.size
+
+
+def read_archive_head(archive: str | os.PathLike[str]) -> tuple[bytes, bytes | None]:
+    """The raw ``manifest.json`` and ``manifest.sig`` (None when absent) from an archive's first
+    two members, as :func:`pack_bundle` writes them; reads nothing past them, so a signature can
+    be checked before the rest of an untrusted archive is decompressed (ManifestError when the
+    manifest is not there, ArchiveError when the archive does not read)."""
+    source = Path(archive)
+    found: dict[str, bytes] = {}
+    try:
+        with source.open("rb") as raw, gzip.GzipFile(fileobj=raw, mode="rb") as gz:
+            reader = _BudgetReader(gz, _HEADER_ALLOWANCE, source)  # type: ignore[arg-type]
+            with tarfile.open(fileobj=reader, mode="r|") as tar:  # type: ignore[call-overload]
+                for _ in _HEAD:
+                    member = tar.next()
+                    name = member.name.removeprefix("./") if member is not None else ""
+                    if name not in _HEAD or name in found:
+                        break
+                    if not member.isfile() or member.size > _MAX_HEAD_MEMBER_BYTES:
+                        raise ManifestError(f"{source.name}: {name} is not a regular file under 4 MiB")
+                    reader.allowed += member.size
+                    handle = tar.extractfile(member)
+                    assert handle is not None
+                    found[name] = handle.read()
+    except OSError as exc:
+        raise ArchiveError(f"{source.name}: cannot read: {exc.strerror or exc}") from exc
+    except (gzip.BadGzipFile, tarfile.TarError, EOFError, zlib.error) as exc:
+        raise ArchiveError(f"{source.name}: not a readable tar.gz: {exc}") from exc
+    if MANIFEST_FILE not in found:
+        raise ManifestError(
+            f"{source.name}: {MANIFEST_FILE} is not the archive's first member at its root, where "
+            "edgecloud.shared.artifacts.pack_bundle puts it (`edgecloud models pack`, or "
+            f"`tar -C BUNDLE -czf X {MANIFEST_FILE} {SIGNATURE_FILE} ...` with the rest after)"
+        )
+    return found[MANIFEST_FILE], found.get(SIGNATURE_FILE)
 
 
 # -- unpack --------------------------------------------------------------------

@@ -78,8 +78,10 @@ __all__ = [
     "key_id",
     "load_private_key",
     "load_public_key",
+    "parse_signature",
     "read_signature",
     "sign_bundle",
+    "verify_manifest_signature",
     "verify_signed_bundle",
 ]
 
@@ -361,6 +363,13 @@ def read_signature(directory: str | os.PathLike[str]) -> tuple[str, bytes]:
             raw = handle.read(_MAX_SIG_BYTES + 1)
     except OSError as exc:
         raise MalformedSignatureError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+    return parse_signature(raw, str(path))
+
+
+def parse_signature(raw: bytes, where: str) -> tuple[str, bytes]:
+    """``(key_id, signature bytes)`` from the bytes of a ``manifest.sig`` (``where`` names it in
+    errors); MalformedSignatureError unless it is exactly the documented JSON object."""
+    path = where
     if len(raw) > _MAX_SIG_BYTES:
         raise MalformedSignatureError(f"{path}: larger than {_MAX_SIG_BYTES} bytes")
     try:
@@ -384,6 +393,47 @@ def read_signature(directory: str | os.PathLike[str]) -> tuple[str, bytes]:
     if len(signature) != 64:
         raise MalformedSignatureError(f"{path}: an ed25519 signature is 64 bytes, got {len(signature)}")
     return kid, signature
+
+
+def _require_keys(trust: TrustStore) -> None:
+    if not len(trust) and not trust.revoked:  # all revoked: the refusal says so
+        raise ConfigError("no trusted signing keys configured; never trust a bundle not signed by a configured key")
+
+
+def verify_manifest_signature(
+    manifest: Manifest,
+    kid: str,
+    signature: bytes,
+    trust: TrustStore,
+    *,
+    where: str,
+    now: float | None = None,
+    check_expiry: bool = True,
+    accept_retired: bool = False,
+) -> None:
+    """Check that ``signature`` by ``kid`` vouches for ``manifest``: the key accepted (not
+    revoked, retired or unknown), the signature right, the key's role covering the bundle's name
+    and kind, the expiry not past. The files are not looked at (:func:`verify_signed_bundle`
+    does both); ``where`` names the bundle in errors."""
+    _require_keys(trust)
+    try:
+        public_key = trust.signer(kid, accept_retired=accept_retired)
+    except UntrustedKeyError as exc:
+        raise type(exc)(f"{where}: signed by {exc}") from None
+    try:
+        public_key.verify(signature, canonical_bytes(manifest))
+    except InvalidSignature:
+        raise BadSignatureError(
+            f"{where}: bad signature by key {kid}: the manifest was changed after signing"
+        ) from None
+    try:
+        trust.check_role(kid, manifest.name, manifest.kind)
+    except KeyRoleError as exc:
+        raise KeyRoleError(f"{where}: {exc}") from None
+    if check_expiry and manifest.expired(time.time() if now is None else now):
+        raise ExpiredBundleError(
+            f"{where}: {manifest.name} v{manifest.version} expired at {manifest.expires_at}; re-sign a fresh release"
+        )
 
 
 def verify_signed_bundle(
@@ -410,27 +460,14 @@ def verify_signed_bundle(
     may explicitly roll back to. ``None`` skips the version check.
     """
     root = Path(directory)
-    if not len(trust) and not trust.revoked:  # all revoked: say so, below
-        raise ConfigError("no trusted signing keys configured; never trust a bundle not signed by a configured key")
+    _require_keys(trust)
     kid, signature = read_signature(root)
-    try:
-        public_key = trust.signer(kid, accept_retired=accept_retired)
-    except UntrustedKeyError as exc:
-        raise type(exc)(f"{root}: signed by {exc}") from None
     manifest = load_manifest(root)
     signed = canonical_bytes(manifest)
-    try:
-        public_key.verify(signature, signed)
-    except InvalidSignature:
-        raise BadSignatureError(f"{root}: bad signature by key {kid}: the manifest was changed after signing") from None
-    try:
-        trust.check_role(kid, manifest.name, manifest.kind)
-    except KeyRoleError as exc:
-        raise KeyRoleError(f"{root}: {exc}") from None
-    if check_expiry and manifest.expired(time.time() if now is None else now):
-        raise ExpiredBundleError(
-            f"{root}: {manifest.name} v{manifest.version} expired at {manifest.expires_at}; re-sign a fresh release"
-        )
+    verify_manifest_signature(
+        manifest, kid, signature, trust, where=str(root), now=now, check_expiry=check_expiry,
+        accept_retired=accept_retired,
+    )  # fmt: skip
     if (
         installed_version is not None
         and manifest.version <= installed_version

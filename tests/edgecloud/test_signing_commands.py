@@ -96,3 +96,17 @@ def test_cli_rotate_key_then_verify_against_the_policy(
     assert _cli(["verify", str(bundle), "--trust", str(policy)]) == 0
     verified = json.loads(capsys.readouterr().out)
     assert verified["key_id"] == said["new_key_id"] and verified["key_role"] == "names *; kinds edge"
+
+
+def test_cli_pack_writes_the_archive_the_fleet_registers(
+    bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from edgecloud.shared.artifacts import read_archive_head
+
+    assert _cli(["pack", str(bundle), "--out", str(tmp_path / "b.tar.gz")]) == 0
+    said = json.loads(capsys.readouterr().out)
+    assert said["size"] == (tmp_path / "b.tar.gz").stat().st_size and said["name"] == load_manifest(bundle).name
+    manifest, signature = read_archive_head(tmp_path / "b.tar.gz")
+    assert json.loads(manifest)["version"] == said["version"] and signature is None  # unsigned copy
+    assert _cli(["pack", str(tmp_path / "missing")]) == 1
+    assert "refused" in capsys.readouterr().err

@@ -73,7 +73,7 @@ def test_register_bundle_content_addressed_and_checked(tmp_path: Path) -> None:
         nested = tmp_path / "nested.tar.gz"  # the bundle in a top folder: devices would refuse it
         with tarfile.open(nested, "w:gz") as tar:
             tar.add(make_bundle(tmp_path / "nested", 4), arcname="edge-student-v4")
-        with pytest.raises(ManifestError, match="at the archive's root"):
+        with pytest.raises(ManifestError, match="the archive's first member at its root"):
             manager.register_bundle(nested)
         with pytest.raises(NotFoundError):
             manager.artifact_path("0" * 64)
