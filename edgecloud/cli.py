@@ -240,6 +240,7 @@ def _edge_serve(args: argparse.Namespace) -> int:
             trusted_keys=tuple(args.trust),
             command_keys=tuple(args.trust_commands),
             fleet_origin=args.fleet_origin,
+            artifact_token=secret(args.artifact_token_file),
             telemetry_interval_s=args.telemetry_interval,
             labels=_labels(args.label),
             watch_s=args.watch_s,
@@ -299,6 +300,11 @@ def _add_edge_commands(commands: argparse._SubParsersAction) -> None:
         help="the fleet manager's public URL; bundles are downloaded only from its scheme, host and port",
     )
     serve.add_argument(
+        "--artifact-token-file", type=Path, default=None,
+        help="file holding the fleet manager's --artifact-token-file secret, sent only to --fleet-origin "
+        "(required with it)",
+    )  # fmt: skip
+    serve.add_argument(
         "--agent-state", type=Path, default=Path("edge-agent"), help="downloaded bundles and agent state"
     )
     serve.add_argument("--telemetry-interval", type=float, default=5.0, help="seconds between telemetry messages")
@@ -328,7 +334,7 @@ def _add_edge_commands(commands: argparse._SubParsersAction) -> None:
 def _fleet_serve(args: argparse.Namespace) -> int:
     from edgecloud.fleet.api import create_app, require_authentication
     from edgecloud.fleet.manager import SESSION_EXPIRY_S, FleetManager, FleetManagerConfig
-    from edgecloud.shared.asgi import serve_until_signal
+    from edgecloud.shared.asgi import is_loopback, serve_until_signal
 
     if args.command_key is None:
         raise SystemExit(
@@ -351,11 +357,20 @@ def _fleet_serve(args: argparse.Namespace) -> int:
         command_key=args.command_key,
     )
     api_key = args.api_key_file.read_text().strip() if args.api_key_file else None
+    artifact_token = args.artifact_token_file.read_text().strip() if args.artifact_token_file else None
     require_authentication(args.host, api_key, allow_unauthenticated=args.allow_unauthenticated)  # ConfigError
+    if artifact_token is None and not is_loopback(args.host):
+        log.warning(
+            "GET /artifacts is open to anyone who reaches %s:%d (archives are signed, but a reader learns the "
+            "models); pass --artifact-token-file to require a token devices send",
+            args.host,
+            args.port,
+        )
     manager = FleetManager(config)
     manager.start()
     try:
-        serve_until_signal(create_app(manager, api_key=api_key), host=args.host, port=args.port)
+        app = create_app(manager, api_key=api_key, artifact_token=artifact_token)
+        serve_until_signal(app, host=args.host, port=args.port)
     finally:
         manager.close()
     return 0
@@ -388,6 +403,11 @@ def _add_fleet_commands(commands: argparse._SubParsersAction) -> None:
         help="serve /v1 without --api-key-file on a host other than loopback (anyone who reaches it "
         "may register bundles and start rollouts)",
     )
+    serve.add_argument(
+        "--artifact-token-file", type=Path, default=None,
+        help="file holding the bearer token GET /artifacts requires (devices: edge serve --artifact-token-file); "
+        "default: archives are served to anyone who reaches the port",
+    )  # fmt: skip
     _add_mqtt_arguments(serve)
     serve.set_defaults(func=_fleet_serve)
 

@@ -1,11 +1,14 @@
 """The issue's target, whole: after forged commands and poison pills on a device's command topic,
-a real signed rollout from the real fleet manager (its REST API serving the artifact) still
-reaches ACTIVE on the real device agent, over a real mosquitto."""
+a real signed rollout from the real fleet manager (its REST API serving the artifact behind a
+token) still reaches ACTIVE on the real device agent, over a real mosquitto."""
 
 from __future__ import annotations
 
+import hashlib
 import socket
 import time
+
+import httpx
 
 from edgecloud.fleet.api import create_server
 from edgecloud.fleet.manager import FleetManager, FleetManagerConfig
@@ -41,10 +44,11 @@ def test_after_forgeries_and_poison_a_signed_rollout_reaches_active(
         )
     )
     manager.start()
-    server, _ = create_server(manager, host="127.0.0.1", port=port)
+    token = "artifact-token-0123456789"  # GET /artifacts behind it: devices send it, to the fleet origin only
+    server, _ = create_server(manager, host="127.0.0.1", port=port, artifact_token=token)
     try:
         assert manager.wait_connected(10)
-        agent, service, observer = make_device(fleet_origin=origin, artifact_token=None)
+        agent, service, observer = make_device(fleet_origin=origin, artifact_token=token)
         wait_for(lambda: any(d["id"] == "dev-1" and d["online"] for d in manager.devices()), 15, "dev-1 online")
         version = service.slot.current.version + 1
         directory = make_bundle(shipped_models / "edge-student", tmp_path / "next", version, keys["trusted_private"])
@@ -69,6 +73,11 @@ def test_after_forgeries_and_poison_a_signed_rollout_reaches_active(
         assert service.slot.current.version == version
         assert agent._state["newest_revision"] == rollout.spec.revision  # the forged 2**53 moved nothing
         assert agent.client._thread is not None and agent.client._thread.is_alive()
+        # The archive the device fetched with the token, refused to anyone without it.
+        assert httpx.get(bundle["url"]).status_code == 401
+        assert httpx.get(bundle["url"], headers={"Authorization": "Bearer wrong"}).status_code == 401
+        fetched = httpx.get(bundle["url"], headers={"Authorization": f"Bearer {token}"})
+        assert fetched.status_code == 200 and hashlib.sha256(fetched.content).hexdigest() == record.sha256
     finally:
         server.stop()
         manager.close()
