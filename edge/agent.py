@@ -195,6 +195,11 @@ class DeviceAgent:
         # one that passed its watch here, see resume_bundle) and every one that passed a watch
         self._proven = set(self._state.setdefault("proven", [])) | {current.version}
         self._state["proven"] = sorted(self._proven)
+        # the version floor, per bundle name: the newest of that name that passed a watch here (or
+        # that this daemon starts on). A deploy of that name must be newer; a rollback may go to a
+        # proven version below it. Another name starts from its own floor.
+        self._floors: dict[str, int] = self._state.setdefault("floors", {})
+        self._raise_floor(current.manifest.name, current.version)
         self._commands: queue.Queue[Command | None] = queue.Queue()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -387,9 +392,8 @@ class DeviceAgent:
                 f"revision {command.revision} is older than {self._state['newest_revision']}",
             )
             return AckStatus.IGNORED
-        previous = self.service.slot.current
         try:
-            bundle = self._install(command, previous)
+            bundle = self._install(command)
         except (_Failed, EdgecloudError, OSError) as exc:  # the device is as it was, revision floor included
             self._ack(command, AckStatus.FAILED, str(exc))
             return AckStatus.FAILED
@@ -413,11 +417,15 @@ class DeviceAgent:
         self._state["active"] = str(bundle.directory)  # what a restarted daemon serves: see resume_bundle
         self._proven.add(bundle.version)  # passed its watch: a version a rollback may go back to
         self._state["proven"] = sorted(self._proven)
+        self._raise_floor(bundle.manifest.name, bundle.version)
         self._save_state()
         self._ack(command, AckStatus.ACTIVE, "watch window passed" if self.config.watch_s > 0 else "")
         return AckStatus.ACTIVE
 
-    def _install(self, command: Command, previous: EdgeBundle) -> EdgeBundle:
+    def _raise_floor(self, name: str, version: int) -> None:
+        self._floors[name] = max(int(self._floors.get(name, 0)), version)
+
+    def _install(self, command: Command) -> EdgeBundle:
         from edgecloud.shared.artifacts import unpack_bundle
         from edgecloud.shared.download import download
         from edgecloud.shared.signing import verify_signed_bundle
@@ -456,11 +464,14 @@ class DeviceAgent:
             manifest = verify_signed_bundle(
                 directory,
                 self.trust,
-                installed_version=previous.version,
+                installed_version=int(self._floors.get(ref.name, 0)),
                 allow_rollback_to=frozenset(self._proven) if command.type == "rollback" else frozenset(),
             )
-            if manifest.kind != "edge" or manifest.version != ref.version:
-                raise _Failed(f"the archive holds {manifest.kind} bundle v{manifest.version}, not edge v{ref.version}")
+            if (manifest.kind, manifest.name, manifest.version) != ("edge", ref.name, ref.version):
+                raise _Failed(
+                    f"the archive holds {manifest.kind} bundle {manifest.name} v{manifest.version}, "
+                    f"not edge {ref.name} v{ref.version}"
+                )
             final = self.state_dir / "bundles" / f"{manifest.name}-v{manifest.version}-{ref.sha256[:12]}"
             if not final.exists():
                 os.replace(directory, final)

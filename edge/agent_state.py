@@ -2,7 +2,8 @@
 
 One JSON file (``agent-state.json``) holds what the agent must not forget across restarts: the
 newest command revision it acted on (the floor below which commands are ignored), the commands it
-answered, the bundles installed, those proven by a watch window, and the one it serves.
+answered, the bundles installed, those proven by a watch window, the version floor per bundle name
+(the newest proven), and the one it serves.
 
 What survives what:
 
@@ -17,7 +18,7 @@ What survives what:
   beside the state (``agent-state.json.corrupt``) and reports the problem in every telemetry
   message (``state_problem``) for as long as the process runs; the daemon serves its last
   verified bundle meanwhile (:func:`edgecloud.edge.agent.resume_bundle`). From an empty state the
-  revision floor is lost: until the next command raises it, only a command's signature and expiry
+  version floors restart from the bundle it serves, and the revision floor is lost: until the next command raises it, only a command's signature and expiry
   stand between the device and a replayed one (docs/security.md).
 """
 
@@ -38,7 +39,7 @@ CORRUPT_SUFFIX = ".corrupt"
 
 
 def empty_state() -> dict:
-    return {"session": 0, "newest_revision": 0, "commands": {}, "installed": {}, "proven": []}
+    return {"session": 0, "newest_revision": 0, "commands": {}, "installed": {}, "proven": [], "floors": {}}
 
 
 def _read(path: Path) -> dict:

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import base64
 import copy
+import json
 import time
 from pathlib import Path
 from typing import Any
 
 from edgecloud.shared.commands import sign_command
 from edgecloud.shared.fleet import Command, Topics, encode
-from edgecloud.shared.signing import ALGORITHM, key_id, load_private_key
+from edgecloud.shared.signing import ALGORITHM, key_id, load_private_key, sign_bundle
 from tests.edge.test_agent import FLEET, acks_for, command, make_bundle, publish_bundle, sign
 
 CMD = Topics(FLEET, "dev-1").cmd
@@ -245,3 +246,52 @@ def test_the_artifact_token_goes_only_to_the_fleet_origin(make_device, shipped_m
     assert wait_final(observer, on_origin["id"]) == "ACTIVE"
     assert fleet.authorizations and set(fleet.authorizations) == {"Bearer sekrit-token"}
     assert elsewhere.authorizations == []
+
+
+def renamed_bundle(shipped: Path, out: Path, name: str, version: int, key: Path) -> Path:
+    """The shipped student as another bundle name (another product line), re-versioned and signed."""
+    make_bundle(shipped / "edge-student", out, version, None)
+    manifest = json.loads((out / "manifest.json").read_text())
+    (out / "manifest.json").write_text(json.dumps({**manifest, "name": name}))
+    sign_bundle(out, load_private_key(key))
+    return out
+
+
+def test_the_version_floor_is_per_bundle_name_and_an_old_release_of_either_is_refused(
+    make_device, shipped_models, tmp_path, keys, servers
+) -> None:  # type: ignore[no-untyped-def]
+    agent, service, observer = make_device()
+    artifacts = artifacts_of(servers("artifacts"))
+    start, name = service.slot.current.version, service.slot.current.manifest.name
+    assert agent._state["floors"] == {name: start}
+
+    # Another name starts from its own floor: v1 of it installs on a device serving v{start} of this one.
+    other = renamed_bundle(shipped_models, tmp_path / "other-v1", "other-student", 1, keys["trusted_private"])
+    to_other = command(publish_bundle(other, artifacts, "other-v1.tar.gz"), revision=3)
+    observer.send(to_other)
+    assert wait_final(observer, to_other["id"]) == "ACTIVE"
+    assert agent._state["floors"] == {name: start, "other-student": 1}
+
+    # Back to the first name: an old signed release of it (a deploy, not a rollback) is below its floor.
+    old = make_bundle(shipped_models / "edge-student", tmp_path / "old", start - 1, keys["trusted_private"])
+    replayed = command(publish_bundle(old, artifacts, "old.tar.gz"), revision=4)
+    observer.send(replayed)
+    assert wait_final(observer, replayed["id"]) == "FAILED"
+    reason = [a for a in observer.of("cmd/ack") if a["command_id"] == replayed["id"]][-1]["reason"]
+    assert f"is not newer than installed v{start}" in reason, reason
+    assert service.slot.current.manifest.name == "other-student"
+
+    # A command naming one bundle whose archive holds another is refused.
+    later = renamed_bundle(shipped_models, tmp_path / "other-v9", "other-student", start + 5, keys["trusted_private"])
+    lying = {**publish_bundle(later, artifacts, "other-v9.tar.gz"), "name": name}
+    mislabelled = command(lying, revision=5)
+    observer.send(mislabelled)
+    assert wait_final(observer, mislabelled["id"]) == "FAILED"
+    reason = [a for a in observer.of("cmd/ack") if a["command_id"] == mislabelled["id"]][-1]["reason"]
+    assert f"holds edge bundle other-student v{start + 5}, not edge {name} v{start + 5}" in reason, reason
+
+    newer = next_bundle(service, shipped_models, tmp_path, keys, artifacts, step=start)  # name, v{start + 1}
+    deploy = command(newer, revision=6)
+    observer.send(deploy)
+    assert wait_final(observer, deploy["id"]) == "ACTIVE"
+    assert agent._state["floors"] == {name: start + 1, "other-student": 1}
