@@ -30,6 +30,7 @@ def _models_improve(args: argparse.Namespace) -> int:
         lr=args.lr,
         max_new_tokens=args.max_new_tokens,
         key=args.key,
+        expires_in_days=args.expires_in_days,
         seed=args.seed,
         threads=args.threads,
         gate=GateConfig(n=args.gate_n),
@@ -128,6 +129,11 @@ def add_improve_command(models: argparse._SubParsersAction) -> None:
         "--replay-n", type=int, default=20000, help="queries the base answers for replay (default: 20000)"
     )
     improve.add_argument("--key", type=Path, default=None, help="sign the bundle with this Ed25519 private key (PEM)")
+    improve.add_argument(
+        "--expires-in-days", type=float, default=None, metavar="DAYS",
+        help="with --key: a signed expiry this far ahead; devices and the fleet manager refuse to install the "
+        "bundle after it (default: none)",
+    )  # fmt: skip
     improve.add_argument(
         "--keep-refused",
         type=Path,

@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from edgecloud.shared.bundle import load_manifest
-from edgecloud.shared.errors import ConfigError, EdgecloudError
+from edgecloud.shared.errors import EdgecloudError
 from edgecloud.shared.signing import (
+    expiry_in_days,
     generate_keypair,
     load_private_key,
     load_public_key,
@@ -38,11 +38,7 @@ def _keygen(args: argparse.Namespace) -> int:
 
 
 def _expiry(days: float | None) -> str | None:
-    if days is None:
-        return None
-    if not days > 0:
-        raise ConfigError(f"--expires-in-days must be > 0, got {days}")
-    return (datetime.now(UTC) + timedelta(days=days)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return None if days is None else expiry_in_days(days)
 
 
 def _sign(args: argparse.Namespace) -> int:

@@ -62,7 +62,7 @@ from edgecloud.modelkit.training import TrainConfig, collate, train
 from edgecloud.modelkit.training_set import TrainingExample, TrainingSet, collect_training_set
 from edgecloud.shared.bundle import Manifest, verify_bundle
 from edgecloud.shared.errors import ConfigError, EdgecloudError
-from edgecloud.shared.signing import load_private_key, sign_bundle
+from edgecloud.shared.signing import expiry_in_days, load_private_key, sign_bundle
 from edgecloud.shared.task import EVAL_MIX, Split, generate, parse_answer
 
 __all__ = [
@@ -160,6 +160,9 @@ class ImproveConfig:
     gate: GateConfig = field(default_factory=GateConfig)
     key: Path | None = None
     """Sign the bundle with this Ed25519 private key (PEM)."""
+    expires_in_days: float | None = None
+    """With ``key``: a signed expiry this many days ahead, after which devices and the fleet
+    manager refuse to install the bundle (default: none)."""
     seed: int = 0
     threads: int = 2
     calibration_n: int = 4000
@@ -195,6 +198,8 @@ class ImproveConfig:
             raise ConfigError(f"add_layers must be in 0..8, got {self.add_layers}")
         if self.add_layers and self.student == "fresh":
             raise ConfigError("add_layers grows the base; a fresh student takes its shape from fresh_model")
+        if self.expires_in_days is not None and (self.key is None or not self.expires_in_days > 0):
+            raise ConfigError(f"expires_in_days needs a key and must be > 0, got {self.expires_in_days}")
         if self.max_new_tokens is not None and not 1 <= self.max_new_tokens <= 256:
             raise ConfigError(f"max_new_tokens must be in 1..256, got {self.max_new_tokens}")
 
@@ -558,6 +563,7 @@ def improve_student(config: ImproveConfig) -> dict[str, object]:
         "train_final": history[-1] if history else {},
     }
     think = (THINK_START, THINK_END) if training.reasoning else None
+    expires_at = None if config.expires_in_days is None else expiry_in_days(config.expires_in_days)
     try:
         packaged, new_model = _package(
             config, mode, (base, base_manifest), (student, tokenizer, recipe), build, staging, version, metadata, think
@@ -569,7 +575,7 @@ def improve_student(config: ImproveConfig) -> dict[str, object]:
                 _keep_refused(staging, config.refused_dir)
             raise GateFailedError(gate)
         if config.key is not None:
-            sign_bundle(staging / STUDENT_DIR, load_private_key(config.key))
+            sign_bundle(staging / STUDENT_DIR, load_private_key(config.key), expires_at=expires_at)
         swap_into_place(staging, config.out, (STUDENT_DIR, REFERENCE_DIR))
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -578,6 +584,7 @@ def improve_student(config: ImproveConfig) -> dict[str, object]:
         "base": {"name": base_manifest.name, "version": base_manifest.version},
         "bundle": str(config.out / STUDENT_DIR),
         "signed": config.key is not None,
+        "expires_at": expires_at,
         "seconds": time.monotonic() - started,
         **training.summary(),
         "replay_examples": replayed,

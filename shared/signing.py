@@ -44,6 +44,7 @@ import os
 import re
 import time
 from collections.abc import Iterable, Iterator, Mapping
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -74,6 +75,7 @@ __all__ = [
     "TrustStore",
     "UnsignedBundleError",
     "UntrustedKeyError",
+    "expiry_in_days",
     "generate_keypair",
     "key_id",
     "load_private_key",
@@ -314,6 +316,14 @@ class TrustStore:
 
     def __repr__(self) -> str:
         return f"TrustStore(key_ids={list(self.key_ids)}, revoked={sorted(self._revoked)})"
+
+
+def expiry_in_days(days: float, *, now: float | None = None) -> str:
+    """The RFC 3339 UTC time ``days`` from ``now`` (default: the clock), for ``sign_bundle(expires_at=)``."""
+    if not days > 0:
+        raise ConfigError(f"an expiry must be > 0 days ahead, got {days}")
+    at = datetime.fromtimestamp(time.time() if now is None else now, UTC) + timedelta(days=days)
+    return at.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def sign_bundle(

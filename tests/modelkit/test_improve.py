@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from pathlib import Path
 
 import pytest
@@ -114,6 +115,10 @@ def test_a_config_without_logs_or_with_bad_weights_is_refused(tmp_path: Path) ->
         ImproveConfig(logs=(), bundle=tmp_path, out=tmp_path)
     with pytest.raises(ConfigError, match="budget_cut_weight"):
         ImproveConfig(logs=(tmp_path / "e.jsonl",), bundle=tmp_path, out=tmp_path, budget_cut_weight=2)
+    with pytest.raises(ConfigError, match="expires_in_days needs a key"):
+        ImproveConfig(logs=(tmp_path / "e.jsonl",), bundle=tmp_path, out=tmp_path, expires_in_days=30)
+    with pytest.raises(ConfigError, match="must be > 0"):
+        ImproveConfig(logs=(tmp_path / "e.jsonl",), bundle=tmp_path, out=tmp_path, key=tmp_path, expires_in_days=0)
 
 
 def test_auto_trains_a_fresh_student_when_it_learns_the_reasoning(tmp_path: Path) -> None:
@@ -186,14 +191,16 @@ def test_a_turn_on_right_answers_ships_a_signed_next_version(shipped_models: Pat
     # (seen from -1.00 on CI to +0.25 here, by seed and machine): this test is about the path a passing
     # turn takes; the refused turns below are about the gate's limits.
     gate = GateConfig(n=800, kept_tolerance=0.02)
-    summary = improve_student(quick_turn(shipped_models, log, out, key=tmp_path / "release.key", gate=gate))
+    config = quick_turn(shipped_models, log, out, key=tmp_path / "release.key", gate=gate, expires_in_days=30)
+    summary = improve_student(config)
     base = load_manifest(shipped_models / "edge-student")
     assert summary["version"] == base.version + 1 and summary["gate"]["passed"] is True
     student_reads = Tokenizer.from_file(str(shipped_models / "edge-student" / "tokenizer.json")).normalizer
     assert summary["records_used"] == len({student_reads.normalize_str(p.query) for p in problems})
     assert summary["records_dropped"] == {"duplicate query": len(problems) - summary["records_used"]}
     manifest = verify_signed_bundle(out / "edge-student", TrustStore.from_paths([tmp_path / "release.pub"]))
-    assert manifest.version == base.version + 1
+    assert manifest.version == base.version + 1 and manifest.expires_at == summary["expires_at"]
+    assert manifest.expired(time.time() + 31 * 86400) and not manifest.expired(time.time() + 29 * 86400)
     assert manifest.metadata["improved_from"] == {"name": base.name, "version": base.version}
     assert manifest.metadata["training_set"]["records_used"] == summary["records_used"]
     model = EdgeModel.from_bundle(out / "edge-student")
