@@ -146,6 +146,14 @@ def _edge_latency_by_k(bundle: Path, problems: list[Problem], n_per_k: int = 200
     return out
 
 
+def _reused_summary(base: Path, improved: Path) -> dict:
+    from edgecloud.shared.bundle import load_manifest
+
+    manifest = load_manifest(improved)
+    reused = {"reused": str(improved), "training_set": manifest.metadata.get("training_set")}
+    return {"base": {"version": load_manifest(base).version}, "version": manifest.version, "reused": reused}
+
+
 def plot(report: dict, path: Path) -> None:
     import matplotlib
 
@@ -197,6 +205,11 @@ def main() -> int:
         "--keep", type=Path, default=None, help="work folder to keep (logs, bundles); default: a temporary one"
     )
     parser.add_argument("--collect-only", action="store_true", help="stop after writing the training log")
+    parser.add_argument(
+        "--improved", type=Path, default=None, metavar="DIR",
+        help="measure the edge-student that an earlier run's `models improve` wrote in DIR (with --log, "
+        "the log it was trained on) instead of training again",
+    )  # fmt: skip
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     for name in ("closed_loop", "edgecloud.modelkit"):
@@ -240,34 +253,37 @@ def main() -> int:
             )
             timings["before_s"] = time.monotonic() - t
             t = time.monotonic()
-            try:
-                summary = improve_student(
-                    ImproveConfig(
-                        logs=(training_log,),
-                        bundle=base,
-                        out=work / "improved",
-                        steps=args.steps,
-                        student=args.student,
-                        threads=args.threads,
-                        learn_reasoning={"auto": None, "yes": True, "no": False}[args.learn_reasoning],
+            if args.improved is not None:
+                summary = _reused_summary(base, args.improved / "edge-student")
+            else:
+                try:
+                    summary = improve_student(
+                        ImproveConfig(
+                            logs=(training_log,),
+                            bundle=base,
+                            out=work / "improved",
+                            steps=args.steps,
+                            student=args.student,
+                            threads=args.threads,
+                            learn_reasoning={"auto": None, "yes": True, "no": False}[args.learn_reasoning],
+                        )
                     )
-                )
-            except GateFailedError as exc:  # nothing to roll out: record the gate's verdict and the before
-                refused = {
-                    "refused_by_gate": str(exc),
-                    "gate": exc.result.summary(),
-                    "before": _phase(fresh, before),
-                    "cloud_only_accuracy": _phase(fresh, cloud_only)["accuracy"],
-                    "timings_s": {**timings, "improve_s": time.monotonic() - t},
-                    "learn_reasoning": args.learn_reasoning,
-                    "student": args.student,
-                    "steps": args.steps,
-                }
-                (args.out / "closed_loop.json").write_text(json.dumps(refused, indent=2, default=str))
-                print(json.dumps(refused, indent=2, default=str))
-                return 1
-            timings["improve_s"] = time.monotonic() - t
-            new_bundle = work / "improved" / "edge-student"
+                except GateFailedError as exc:  # nothing to roll out: record the gate's verdict and the before
+                    refused = {
+                        "refused_by_gate": str(exc),
+                        "gate": exc.result.summary(),
+                        "before": _phase(fresh, before),
+                        "cloud_only_accuracy": _phase(fresh, cloud_only)["accuracy"],
+                        "timings_s": {**timings, "improve_s": time.monotonic() - t},
+                        "learn_reasoning": args.learn_reasoning,
+                        "student": args.student,
+                        "steps": args.steps,
+                    }
+                    (args.out / "closed_loop.json").write_text(json.dumps(refused, indent=2, default=str))
+                    print(json.dumps(refused, indent=2, default=str))
+                    return 1
+                timings["improve_s"] = time.monotonic() - t
+            new_bundle = (args.improved or work / "improved") / "edge-student"
             t = time.monotonic()
             after = _run_traffic(new_bundle, server, fresh, args.concurrency, work)
             timings["after_s"] = time.monotonic() - t
@@ -287,7 +303,8 @@ def main() -> int:
         "after": _phase(fresh, after),
         "cloud_only_accuracy": cloud_acc,
         "edge_latency_by_k": latency,
-        "improve": {
+        "improve": summary.get("reused")
+        or {
             k: summary[k]
             for k in (
                 "records_read",

@@ -245,8 +245,10 @@ class EdgeService:
         features = encode_features(
             answer.features, model_name=bundle.name, model_version=bundle.version, model_sha256=bundle.sha256
         )
-        difficulty = estimate_difficulty(answer.token_logprobs, answer.input_tokens, abstained=answer.abstained)
         confidence = answer.confidence if answer.confidence == answer.confidence else 0.0
+        difficulty = estimate_difficulty(
+            answer.token_logprobs, answer.input_tokens, abstained=answer.abstained, confidence=confidence
+        )
         return ThinkParams(
             request_id=request.id,
             device_id=self.config.device_id,

@@ -143,7 +143,9 @@ LENGTH_SCALE = 2048
 """Prompt tokens at which the length term alone reaches ``1 - 1/e`` of full difficulty."""
 
 
-def estimate_difficulty(token_logprobs: Sequence[float], input_tokens: int, *, abstained: bool = False) -> float:
+def estimate_difficulty(
+    token_logprobs: Sequence[float], input_tokens: int, *, abstained: bool = False, confidence: float | None = None
+) -> float:
     """How hard the query looks from the edge model's own answer, in [0, 1].
 
     Model- and task-agnostic: only the answer's token log-probabilities and the
@@ -160,11 +162,17 @@ def estimate_difficulty(token_logprobs: Sequence[float], input_tokens: int, *, a
     ``-inf`` log-probability (a token the model gave no usable probability)
     counts as probability 0; positive values are clipped to 0; no tokens at
     all is no evidence of ease, so 1.0. The result is never NaN.
+
+    ``confidence``, the edge's calibrated probability that its answer is right, sets a floor:
+    the difficulty is at least ``1 - confidence``. Fluent tokens are not an easy query: a
+    model that writes a scratchpad (a pair's reasoner) is sure of nearly every token of a long
+    chain whose answer it then doubts, and the cloud sizes its thinking budget by this figure.
     """
     if isinstance(input_tokens, bool) or not isinstance(input_tokens, int) or input_tokens < 0:
         raise InvalidInputError(f"input_tokens must be a non-negative integer, got {input_tokens!r}")
     if abstained or not token_logprobs:
         return 1.0
+    doubt = 1.0 - confidence if confidence is not None and 0.0 <= confidence <= 1.0 else 0.0
     total = 0.0
     for logprob in token_logprobs:
         value = float(logprob)
@@ -172,5 +180,5 @@ def estimate_difficulty(token_logprobs: Sequence[float], input_tokens: int, *, a
             return 1.0
         total += min(value, 0.0)
     mean_probability = math.exp(total / len(token_logprobs))
-    difficulty = 1.0 - mean_probability * math.exp(-input_tokens / LENGTH_SCALE)
+    difficulty = max(1.0 - mean_probability * math.exp(-input_tokens / LENGTH_SCALE), doubt)
     return min(max(difficulty, 0.0), 1.0)

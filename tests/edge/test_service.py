@@ -4,8 +4,11 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import math
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -66,3 +69,63 @@ def test_a_live_stream_cut_after_its_answer_began_fails(service: EdgeService) ->
 
     with pytest.raises(UnavailableError, match="after the answer began"):
         asyncio.run(consume())
+
+
+class RecordsWhatItIsAsked:
+    """A cloud that answers at once and keeps the parameters of every escalation."""
+
+    def __init__(self) -> None:
+        self.asked: list[ThinkParams] = []
+
+    async def healthy(self) -> bool:
+        return True
+
+    async def think(self, params: ThinkParams) -> AsyncIterator[Event]:
+        self.asked.append(params)
+        yield Event(seq=1, session_id=f"s-{len(self.asked)}", kind=EventKind.ACCEPTED)
+        yield Event(seq=2, session_id=f"s-{len(self.asked)}", kind=EventKind.COMPLETED, text="0")
+
+    async def close(self) -> None:
+        return None
+
+
+class FluentButUnsure:
+    """The shipped student's features, with what a pair's reasoner gives on a hard query: an answer
+    after ninety near-certain scratchpad tokens, which its calibration doubts (confidence 0.09)."""
+
+    def __init__(self, model: Any) -> None:
+        self.model, self.calibration = model, model.calibration
+
+    def answer(self, query: str) -> Any:
+        real = self.model.answer(query)
+        fluent = (math.log(0.999),) * 90
+        return dataclasses.replace(real, text="9533", token_logprobs=fluent, confidence=0.09, reasoning_tokens=85)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.model, name)
+
+
+def test_an_escalation_says_the_query_is_at_least_as_hard_as_the_edge_is_unsure(
+    shipped_models: Path, tmp_path: Path
+) -> None:
+    # The cloud sizes its thinking budget by the hint's difficulty: a fluent scratchpad ending in an
+    # answer the edge doubts must not read as an easy query (the cloud gave k=4 ~40 tokens, and failed).
+    from edgecloud.shared.task import Split, generate
+
+    config = EdgeConfig(bundle=shipped_models / "edge-student", outbox=tmp_path / "outbox.sqlite3", cloud="127.0.0.1:9")
+    real = EdgeBundle.load(config.bundle, threads=1)
+    cloud = RecordsWhatItIsAsked()
+    service = EdgeService(
+        config,
+        ModelSlot(EdgeBundle(FluentButUnsure(real.model), real.manifest, real.directory)),  # type: ignore[arg-type]
+        client=cloud,  # type: ignore[arg-type]
+        outbox=Outbox(config.outbox),
+        metrics=EdgeMetrics(),
+    )
+    service.cloud_healthy = True
+    for problem in generate(40, 23, Split.TEST, {3: 0.5, 4: 0.5}):
+        asyncio.run(service.query(QueryRequest(query=problem.query, route=Requested.AUTO)))
+    assert len(cloud.asked) >= 30  # the shipped student escalates multi-step queries
+    for params in cloud.asked:
+        assert params.hint is not None and params.hint.confidence == pytest.approx(0.09)
+        assert params.hint.estimated_difficulty >= 1 - params.hint.confidence - 1e-9, params.hint

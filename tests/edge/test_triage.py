@@ -194,3 +194,13 @@ def test_an_abstention_is_as_difficult_as_it_gets() -> None:
 def test_difficulty_rejects_bad_lengths(input_tokens: object) -> None:
     with pytest.raises(InvalidInputError):
         estimate_difficulty(CERTAIN, input_tokens)  # type: ignore[arg-type]
+
+
+def test_the_edges_doubt_is_a_floor_on_the_difficulty() -> None:
+    scratchpad = [math.log(0.999)] * 90  # a long chain, each token written with confidence
+    fluent = estimate_difficulty(scratchpad, 20)
+    assert fluent < 0.2
+    assert estimate_difficulty(scratchpad, 20, confidence=0.09) == pytest.approx(0.91)
+    assert estimate_difficulty(scratchpad, 20, confidence=0.999) == fluent  # a sure answer: no floor
+    assert estimate_difficulty(scratchpad, 20, confidence=float("nan")) == fluent  # no usable confidence
+    assert estimate_difficulty(scratchpad, 20, abstained=True, confidence=0.9) == 1.0
