@@ -366,9 +366,21 @@ class DeviceAgent:
         )
         if status.final:
             self._state["commands"][command.id] = ack.to_dict()
+            self._state.setdefault("command_expiry", {})[command.id] = command.expires_at
+            self._forget_expired_commands(time.time())
             self._save_state()
         self.client.publish(self.topics.ack, encode(ack.to_dict()), qos=1)
         log.info("command %s (%s v%d): %s %s", command.id, command.type, command.bundle.version, status.value, reason)
+
+    def _forget_expired_commands(self, now: float) -> None:
+        """Drop the record of every command past its expiry: the broker may redeliver it, but an
+        expired command is refused (open_command, by this same clock) before its record is looked
+        up, so the record would answer nothing and the state would only grow."""
+        expiry, records = self._state["command_expiry"], self._state["commands"]
+        for command_id, expires_at in list(expiry.items()):
+            if expires_at and expires_at <= now:
+                del expiry[command_id]
+                records.pop(command_id, None)
 
     def _work(self) -> None:
         while True:

@@ -2,7 +2,7 @@
 
 One JSON file (``agent-state.json``) holds what the agent must not forget across restarts: the
 newest command revision it acted on (the floor below which commands are ignored), the commands it
-answered, the bundles installed, those proven by a watch window, the version floor per bundle name
+answered (until they expire), the bundles installed, those proven by a watch window, the version floor per bundle name
 (the newest proven), and the one it serves.
 
 What survives what:
@@ -39,7 +39,15 @@ CORRUPT_SUFFIX = ".corrupt"
 
 
 def empty_state() -> dict:
-    return {"session": 0, "newest_revision": 0, "commands": {}, "installed": {}, "proven": [], "floors": {}}
+    return {
+        "session": 0,
+        "newest_revision": 0,
+        "commands": {},
+        "installed": {},
+        "proven": [],
+        "floors": {},
+        "command_expiry": {},
+    }
 
 
 def _read(path: Path) -> dict:

@@ -185,6 +185,15 @@ def test_a_captured_command_replayed_is_not_applied_twice_and_is_refused_once_ex
     observer.wait_for(lambda: any("refused (expired)" in a["reason"] for a in refusals(observer)))
     assert snapshot(agent) == before and service.slot.current.version == bundle["version"]
 
+    # The next command that ends forgets the expired one's record: it can answer nothing now, and
+    # the state does not grow with every command a device ever had.
+    assert deploy["id"] in agent._state["commands"]
+    unknown = command({**bundle, "version": 99}, revision=6, kind="rollback")
+    observer.send(unknown)
+    assert wait_final(observer, unknown["id"]) == "FAILED"
+    assert deploy["id"] not in agent._state["commands"] and unknown["id"] in agent._state["commands"]
+    assert set(agent._state["command_expiry"]) == {unknown["id"]}
+
 
 def test_a_rollback_goes_only_to_a_version_that_passed_its_watch(
     make_device, shipped_models, tmp_path, keys, servers
