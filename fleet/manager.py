@@ -306,6 +306,9 @@ class FleetManager:
             raise InvalidInputError(f"telemetry of {device!r} names device {telemetry.device!r}")
         with self._lock:
             old = self._devices.get(device) or DeviceRecord(id=device)
+            if telemetry.state_problem and telemetry.state_problem != (old.telemetry or {}).get("state_problem"):
+                # said once per problem, not per message: the device repeats it in every telemetry
+                log.warning("device %s runs on a damaged agent state: %s", device, telemetry.state_problem)
             record = replace(
                 old,
                 last_seen=time.time(),
@@ -574,6 +577,7 @@ class FleetManager:
                         "session": d.session,
                         "last_seen": d.last_seen,
                         "escalation_rate": telemetry.get("escalation_rate"),
+                        "state_problem": telemetry.get("state_problem", ""),
                         "telemetry_at": telemetry.get("at"),
                         "telemetry": d.telemetry,
                         "rollout": None

@@ -118,7 +118,7 @@ class SimDevice:
         client.publish(self.topics.state, encode(birth.to_dict()), qos=1, retain=True)
         self.send_telemetry()
 
-    def send_telemetry(self) -> None:
+    def send_telemetry(self, state_problem: str = "") -> None:
         telemetry = Telemetry(
             device=self.device,
             at=time.time(),
@@ -132,6 +132,7 @@ class SimDevice:
             outbox_depth=0,
             cpu_percent=1.0,
             memory_mb=10.0,
+            state_problem=state_problem,
         )
         self.client.publish(self.topics.telemetry, encode(telemetry.to_dict()), qos=0)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import tarfile
 import time
 from pathlib import Path
@@ -395,3 +396,21 @@ def test_api_errors_without_broker(tmp_path: Path) -> None:
     assert empty.status_code == 400 and empty.json()["error"]["type"] == "invalid_input"
     assert unknown.status_code == 404
     assert devices.json() == {"devices": []}
+
+
+def test_a_device_on_a_damaged_agent_state_is_said_once_and_listed(  # type: ignore[no-untyped-def]
+    mqtt_broker, tmp_path, sims, managers, caplog
+) -> None:
+    (device,) = start_devices(mqtt_broker, sims, 1)
+    manager = start_manager(manager_config(mqtt_broker, tmp_path), managers)
+    wait_devices_online(manager, 1)
+    problem = "agent-state.json is unreadable (Expecting value); recovered the previous generation"
+    with caplog.at_level(logging.WARNING, logger="edgecloud.fleet.manager"):
+        for _ in range(3):
+            device.send_telemetry(state_problem=problem)
+        wait_for(lambda: manager.devices()[0]["state_problem"] == problem, 10, "the device's state problem")
+        time.sleep(0.3)
+    said = [r for r in caplog.records if "damaged agent state" in r.getMessage()]
+    assert len(said) == 1 and "dev00" in said[0].getMessage() and problem in said[0].getMessage()
+    device.send_telemetry()
+    wait_for(lambda: manager.devices()[0]["state_problem"] == "", 10, "the problem cleared")
