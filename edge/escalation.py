@@ -157,6 +157,19 @@ class CloudClientConfig:
         ]
 
 
+STATUS_WAIT_S = 0.5
+
+
+async def _let_status_arrive(call: grpc.aio.UnaryStreamCall) -> None:
+    """After the terminal event, wait (briefly) for the server's status before the call is
+    cancelled: cancelling at once races the status the server is sending, and the server's gRPC
+    then logs an ExecuteBatchError traceback for an RPC that went well."""
+    try:
+        await asyncio.wait_for(call.code(), STATUS_WAIT_S)
+    except (TimeoutError, grpc.RpcError):
+        pass
+
+
 class CloudClient:
     """A grpc.aio client of the Reasoner. The channel is opened lazily on the
     event loop that first uses the client (and reopened if another loop does)."""
@@ -262,7 +275,7 @@ class CloudClient:
             else:
                 resume = pb.AttachRequest(session_id=session_id, after_seq=last_seq)
                 call = stub.Attach(resume, timeout=remaining, metadata=self._metadata)
-            progressed = False
+            progressed = ended = False
             error: grpc.aio.AioRpcError | None = None
             try:
                 async for message in call:
@@ -283,8 +296,9 @@ class CloudClient:
                         )
                         break
                     session_id, last_seq, progressed = event.session_id, event.seq, True
+                    ended = event.kind.terminal
                     yield event
-                    if event.kind.terminal:
+                    if ended:
                         return
             except grpc.aio.AioRpcError as exc:
                 if session_id is not None and exc.code() is grpc.StatusCode.NOT_FOUND:
@@ -295,6 +309,8 @@ class CloudClient:
                     raise map_rpc_error(exc, what) from None
                 error = exc
             finally:
+                if ended:
+                    await _let_status_arrive(call)
                 call.cancel()  # no-op once finished; frees the RPC when the caller stops early
             failures = 1 if progressed else failures + 1
             if failures >= self.config.max_attempts:
