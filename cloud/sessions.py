@@ -161,6 +161,9 @@ class SessionManager:
         """Warm the result cache and re-run unfinished sessions; returns how many re-ran."""
         self._loop = asyncio.get_running_loop()
         for stored in self.store.completed(self.config.result_cache_size):
+            produced_by = (stored.accepted.model_name, stored.accepted.model_version)
+            if produced_by != (self.engine.name, self.engine.version):
+                continue  # another model's answer (before an upgrade) is not this model's
             if stored.info is not None and stored.info.status is SessionStatus.COMPLETED:
                 events = self.store.events(stored.session_id)
                 if events and events[-1].kind is EventKind.COMPLETED:

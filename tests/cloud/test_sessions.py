@@ -819,12 +819,6 @@ def test_a_restart_warms_the_result_cache_from_the_store(tmp_path: Path) -> None
     run(second_life())
 
 
-@pytest.mark.xfail(
-    reason="SessionManager.start() warms the result cache with every stored result under the key of the engine it "
-    "has now (cloud/sessions.py _remember -> _cache_key uses self.engine.name/version), without checking the model "
-    "that produced it: after an upgrade, the old model's answers are served as the new model's.",
-    strict=True,
-)
 def test_a_restart_on_a_new_model_version_does_not_serve_the_old_models_results(tmp_path: Path) -> None:
     path = store_path(tmp_path)
 
