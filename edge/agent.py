@@ -168,6 +168,26 @@ def resume_bundle(config: AgentConfig, fallback: Path) -> Path:
     return Path(active)
 
 
+class _RefusalBudget:
+    """A token bucket for refusals: whoever can publish on a device's command topic must not turn
+    it into an amplifier (an ack and a log line per forged message). ``burst`` refusals at once,
+    then ``rate_per_s``; the rest are only counted."""
+
+    def __init__(self, rate_per_s: float = 2.0, burst: int = 32) -> None:
+        self.rate_per_s, self.burst = rate_per_s, burst
+        self.tokens, self.at, self.suppressed = float(burst), None, 0
+
+    def take(self, now: float) -> bool:
+        if self.at is not None:
+            self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate_per_s)
+        self.at = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return True
+        self.suppressed += 1
+        return False
+
+
 class _Failed(Exception):
     """A deployment step failed; the message is the reason reported in the ack."""
 
@@ -201,6 +221,7 @@ class DeviceAgent:
         self._floors: dict[str, int] = self._state.setdefault("floors", {})
         self._raise_floor(current.manifest.name, current.version)
         self._commands: queue.Queue[Command | None] = queue.Queue()
+        self._refusals = _RefusalBudget()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._connected = threading.Event()
@@ -279,12 +300,19 @@ class DeviceAgent:
         self._commands.put(command)
 
     def _refuse(self, reason: str, message: str, claimed_id: str) -> None:
-        """Log a refused command and say so on the ack topic; change nothing else.
+        """Log a refused command and say so on the ack topic (at most ``_RefusalBudget`` allows);
+        change nothing else.
 
         The ack names no rollout and revision 0, and is not recorded: a forged payload that
         borrows a real command's id must neither fail that delivery at the manager nor make
         the device answer the real command later from a record of the forgery."""
-        log.warning("refused a command (%s) %s: %s", reason, claimed_id or "without a readable id", message[:300])
+        if not self._refusals.take(time.monotonic()):
+            return  # a flood: counted, said in the next refusal that is logged
+        suppressed, self._refusals.suppressed = self._refusals.suppressed, 0
+        more = f" ({suppressed} more refused since the last one logged, without an ack)" if suppressed else ""
+        log.warning(
+            "refused a command (%s) %s: %s%s", reason, claimed_id or "without a readable id", message[:300], more
+        )
         try:
             ack = CommandAck(
                 command_id=claimed_id,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import copy
 import json
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -304,3 +305,30 @@ def test_the_version_floor_is_per_bundle_name_and_an_old_release_of_either_is_re
     observer.send(deploy)
     assert wait_final(observer, deploy["id"]) == "ACTIVE"
     assert agent._state["floors"] == {name: start + 1, "other-student": 1}
+
+
+def test_a_flood_of_forged_commands_gets_a_bounded_number_of_acks_and_a_real_command_still_succeeds(
+    make_device, shipped_models, tmp_path, keys, servers, caplog
+) -> None:  # type: ignore[no-untyped-def]
+    # Whoever can publish on the command topic must not turn the device into an amplifier: one
+    # refusal ack (and log line) per forged message, at the broker's pace.
+    agent, service, observer = make_device()
+    artifacts = artifacts_of(servers("artifacts"))
+    bundle = next_bundle(service, shipped_models, tmp_path, keys, artifacts)
+    forged = sign(command(bundle, revision=99), keys["rogue_command_private"])
+    started = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger="edgecloud.edge.agent"):
+        for _ in range(300):
+            observer.publish(CMD, forged)
+        time.sleep(1.0)
+        observer.publish(CMD, forged)  # after the flood: logged, with how many went unsaid
+        good = command(bundle, revision=10)
+        observer.send(good)
+        assert wait_final(observer, good["id"]) == "ACTIVE"
+    elapsed = time.monotonic() - started
+    acks = len(refusals(observer))
+    assert 32 <= acks <= 32 + 2 * elapsed + 1, (acks, elapsed)
+    assert any("more refused since the last one logged" in r.getMessage() for r in caplog.records)
+    assert len([r for r in caplog.records if "refused a command" in r.getMessage()]) == acks
+    assert agent.client._thread is not None and agent.client._thread.is_alive()
+    assert service.slot.current.version == bundle["version"]
