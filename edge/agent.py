@@ -74,9 +74,10 @@ class AgentConfig:
     rotations, revocations; :mod:`edgecloud.shared.trust`); only bundles they accept are installed.
     Read at start: a changed policy takes effect at the next restart."""
     command_keys: tuple[Path, ...] = ()
-    """Ed25519 public keys (PEM) of the fleet manager's command key; only commands signed by one
-    of them are acted on. Required, and kept apart from ``trusted_keys``: the key that signs
-    commands on a server is not the key that vouches for models."""
+    """Ed25519 public keys (PEM) of the fleet manager's command key, or trust policies (their
+    rotations and revocations apply; roles do not); only commands signed by a key they accept are
+    acted on. Required, and kept apart from ``trusted_keys``: the key that signs commands on a
+    server is not the key that vouches for models."""
     fleet_origin: str | None = None
     """The fleet manager's public URL (only its scheme, host and port count). When set, bundles
     are downloaded only from there; required with ``artifact_token``, which goes nowhere else."""
@@ -194,14 +195,15 @@ class _Failed(Exception):
 
 class DeviceAgent:
     def __init__(self, config: AgentConfig, service: EdgeService) -> None:
-        from edgecloud.shared.signing import TrustStore
         from edgecloud.shared.trust import load_trust
 
         self.config = config
         self.service = service
         self.topics = Topics(config.fleet, config.device_id)
         self.trust = load_trust(config.trusted_keys)
-        self.command_trust = TrustStore.from_paths(list(config.command_keys))
+        self.command_trust = load_trust(config.command_keys)
+        if not len(self.command_trust):
+            raise ConfigError("every trusted command key is revoked or retired: this device could act on no command")
         self._fleet_origin = origin_of(config.fleet_origin) if config.fleet_origin else None
         self.state_dir = Path(config.state_dir)
         (self.state_dir / "bundles").mkdir(parents=True, exist_ok=True)

@@ -290,8 +290,8 @@ def _add_edge_commands(commands: argparse._SubParsersAction) -> None:
         action="append",
         default=[],
         metavar="KEY.pub",
-        help="public half of the fleet manager's --command-key; the agent acts only on commands it signed "
-        "(required with --broker; repeatable)",
+        help="public half of the fleet manager's --command-key, or a trust policy (.json: rotations, revocations); "
+        "the agent acts only on commands it signed (required with --broker; repeatable)",
     )
     serve.add_argument(
         "--fleet-origin",

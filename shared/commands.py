@@ -146,7 +146,15 @@ def _open(envelope: dict, trust: TrustStore, device: str, at: float, max_clock_s
     kid, signature = _signature(envelope["signature"])
     public_key = trust.get(kid)
     if public_key is None:
-        raise CommandRejectedError("untrusted-key", f"command signed by key {kid!r}, which is not trusted for commands")
+        successor = trust.retired_by(kid)
+        why = (
+            "revoked"
+            if kid in trust.revoked
+            else f"retired by a rotation to key {successor}"
+            if successor
+            else "not trusted for commands"
+        )
+        raise CommandRejectedError("untrusted-key", f"command signed by key {kid!r}, which is {why}")
     try:
         body = envelope["command"].encode("utf-8")
     except UnicodeEncodeError:  # a lone surrogate ("\\ud800") decodes from JSON but has no UTF-8 form

@@ -332,3 +332,47 @@ def test_a_flood_of_forged_commands_gets_a_bounded_number_of_acks_and_a_real_com
     assert len([r for r in caplog.records if "refused a command" in r.getMessage()]) == acks
     assert agent.client._thread is not None and agent.client._thread.is_alive()
     assert service.slot.current.version == bundle["version"]
+
+
+def test_a_rotated_command_key_signs_nothing_and_its_successor_is_obeyed(
+    make_device, mqtt_broker, shipped_models, tmp_path, keys, servers
+) -> None:  # type: ignore[no-untyped-def]
+    # The fleet manager's command key is replaced (a leak, a schedule): devices given the policy with
+    # the rotation refuse the old key and act on the new one, with no new key file on the device.
+    from edgecloud.shared.signing import generate_keypair, load_public_key
+    from edgecloud.shared.trust import rotation_statement, write_rotation
+    from tests.edge.test_agent import Observer
+
+    generate_keypair(tmp_path / "keys" / "command-2.key", tmp_path / "keys" / "command-2.pub")
+    statement = rotation_statement(
+        load_private_key(keys["command_private"]), load_public_key(tmp_path / "keys" / "command-2.pub")
+    )
+    write_rotation(tmp_path / "keys" / "command-rotation.json", statement)
+    policy = tmp_path / "keys" / "commands.json"
+    policy.write_text(
+        json.dumps(
+            {
+                "format": "edgecloud-trust/1",
+                "keys": [{"public_key": "command.pub"}],
+                "rotations": ["command-rotation.json"],
+            }
+        )
+    )
+    agent, service, observer = make_device(command_keys=(policy,))
+    artifacts = artifacts_of(servers("artifacts"))
+    bundle = next_bundle(service, shipped_models, tmp_path, keys, artifacts)
+    stale = command(bundle, revision=3)
+    observer.send(stale)  # signed by the retired key
+    observer.wait_for(lambda: any(stale["id"] == a["command_id"] for a in refusals(observer)))
+    reason = next(a["reason"] for a in refusals(observer) if a["command_id"] == stale["id"])
+    assert f"retired by a rotation to key {statement['new_key_id']}" in reason, reason
+    assert agent._state["newest_revision"] == 0
+
+    rotated = Observer(mqtt_broker, tmp_path / "keys" / "command-2.key")
+    try:
+        good = command(bundle, revision=4)
+        rotated.send(good)
+        assert wait_final(observer, good["id"]) == "ACTIVE"
+    finally:
+        rotated.close()
+    assert service.slot.current.version == bundle["version"]
