@@ -39,6 +39,8 @@ class EdgeConfig:
     max_query_chars: int = 2000
     max_body_bytes: int = 64 * 1024
     max_reasoning_tokens: int = 4096
+    reasoning_effort_tokens: tuple[int, int, int] = (64, 256, 1024)
+    """The cloud's thinking budget for OpenAI's ``reasoning_effort`` low, medium and high."""
     health_interval_s: float = 5.0
     """How often the cloud's health is checked in the background."""
 
@@ -51,6 +53,17 @@ class EdgeConfig:
             raise ConfigError("threads >= 1, max_query_chars >= 1 and max_body_bytes >= 1024 are required")
         if self.cloud_timeout_s <= 0 or self.health_interval_s <= 0:
             raise ConfigError("cloud_timeout_s and health_interval_s must be > 0")
+        efforts = tuple(self.reasoning_effort_tokens)
+        if (
+            len(efforts) != 3
+            or not all(0 < e <= self.max_reasoning_tokens for e in efforts)
+            or list(efforts) != sorted(efforts)
+        ):
+            raise ConfigError(
+                "reasoning_effort_tokens must be three budgets, low <= medium <= high, each in "
+                f"1..max_reasoning_tokens ({self.max_reasoning_tokens}), got {self.reasoning_effort_tokens!r}"
+            )
+        object.__setattr__(self, "reasoning_effort_tokens", efforts)
         if self.threshold is not None and not 0 <= self.threshold <= 1:
             raise ConfigError(f"threshold must be in [0, 1], got {self.threshold}")
         if self.api_key is not None and len(self.api_key) < 16:

@@ -1,10 +1,16 @@
-"""The edge daemon's OpenAI-compatible API: ``POST /v1/chat/completions``, streaming or not.
+"""The edge daemon's OpenAI-compatible API: ``POST /v1/chat/completions`` (streaming or not),
+``GET /v1/models`` and ``GET /v1/models/{id}``.
 
 Routed like edgecloud's own ``/v1/query`` (the same :class:`EdgeService` call),
 with edgecloud's extras accepted as extra body fields (``route``,
 ``max_reasoning_tokens``, ``include_reasoning``) and reported under
 ``edgecloud`` in the response. Reasoning tokens count as completion tokens, as
 OpenAI counts them (``completion_tokens_details.reasoning_tokens``).
+
+Three model ids choose the route, for clients that can only pick a model: ``edgecloud`` (triage
+decides), ``edgecloud-edge`` and ``edgecloud-cloud``; any other id is triaged like ``edgecloud``.
+``reasoning_effort`` (low, medium, high) sets the cloud's thinking budget
+(:attr:`EdgeConfig.reasoning_effort_tokens`); an explicit ``max_reasoning_tokens`` wins.
 """
 
 from __future__ import annotations
@@ -23,7 +29,11 @@ from edgecloud.edge.service import EdgeService, QueryRequest, StreamItem
 from edgecloud.edge.triage import Requested
 from edgecloud.shared.errors import EdgecloudError, InvalidInputError
 
-__all__ = ["ChatBody", "openai_router"]
+__all__ = ["MODEL_ROUTES", "ChatBody", "openai_router"]
+
+MODEL_ROUTES = {"edgecloud": Requested.AUTO, "edgecloud-edge": Requested.EDGE, "edgecloud-cloud": Requested.CLOUD}
+"""The model ids ``GET /v1/models`` lists, and the route each one asks for."""
+EFFORTS = ("low", "medium", "high")
 
 
 class ChatMessage(BaseModel):
@@ -41,8 +51,10 @@ class ChatBody(BaseModel):
     messages: list[ChatMessage] = Field(min_length=1)
     stream: bool = False
     stream_options: StreamOptions | None = None
-    route: Literal["auto", "edge", "cloud"] = "auto"
+    route: Literal["auto", "edge", "cloud"] | None = None
+    """edgecloud's own route field; without it, the model id chooses (:data:`MODEL_ROUTES`)."""
     max_reasoning_tokens: int | None = Field(default=None, ge=0)
+    reasoning_effort: Literal["low", "medium", "high"] | None = None
     include_reasoning: bool = False
     """Return the reasoning text as ``reasoning_content`` (it is hidden otherwise)."""
 
@@ -57,16 +69,51 @@ def _last_user_text(body: ChatBody) -> str:
     raise InvalidInputError("messages contain no user message with text")
 
 
+def _model(model_id: str, service: EdgeService, created: int) -> dict[str, Any]:
+    bundle = service.slot.current
+    return {
+        "id": model_id,
+        "object": "model",
+        "created": created,
+        "owned_by": "edgecloud",
+        "edgecloud": {
+            "route": MODEL_ROUTES[model_id].value,
+            "edge_model": {"name": bundle.name, "version": bundle.version},
+        },
+    }
+
+
+def _not_found(model_id: str) -> JSONResponse:
+    message = f"The model {model_id!r} does not exist; the models are {', '.join(MODEL_ROUTES)}"
+    error = {"message": message, "type": "invalid_request_error", "param": "model", "code": "model_not_found"}
+    return JSONResponse({"error": error}, status_code=404)
+
+
 def openai_router(service: EdgeService) -> APIRouter:
     router = APIRouter()
+    started = int(time.time())
+
+    @router.get("/v1/models")
+    async def models() -> dict[str, Any]:
+        return {"object": "list", "data": [_model(m, service, started) for m in MODEL_ROUTES]}
+
+    @router.get("/v1/models/{model_id}")
+    async def model(model_id: str) -> Response:
+        if model_id not in MODEL_ROUTES:
+            return _not_found(model_id)
+        return JSONResponse(_model(model_id, service, started))
 
     @router.post("/v1/chat/completions")
     async def chat(body: ChatBody) -> Response:
         text = _last_user_text(body)
+        route = Requested(body.route) if body.route else MODEL_ROUTES.get(body.model, Requested.AUTO)
+        budget = body.max_reasoning_tokens
+        if budget is None and body.reasoning_effort is not None:
+            budget = service.config.reasoning_effort_tokens[EFFORTS.index(body.reasoning_effort)]
         request = QueryRequest(
             query=text,
-            route=Requested(body.route),
-            max_reasoning_tokens=body.max_reasoning_tokens,
+            route=route,
+            max_reasoning_tokens=budget,
             include_reasoning=body.include_reasoning,
         )
         completion_id = f"chatcmpl-{uuid.uuid4().hex}"

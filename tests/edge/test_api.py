@@ -160,6 +160,38 @@ def test_openai_client_non_streaming_and_streaming(daemon: RunningDaemon, teache
     assert local.usage.completion_tokens_details.reasoning_tokens == 0
 
 
+def test_openai_models_and_the_model_ids_and_efforts_that_choose_route_and_budget(
+    daemon: RunningDaemon, teacher_dir: Path
+) -> None:
+    client = openai.OpenAI(base_url=f"{daemon.url}/v1", api_key="unused", max_retries=0, timeout=TIMEOUT)
+    assert [m.id for m in client.models.list().data] == ["edgecloud", "edgecloud-edge", "edgecloud-cloud"]
+    edge_only = client.models.retrieve("edgecloud-edge")
+    served = load_manifest(daemon.service.config.bundle)
+    assert edge_only.owned_by == "edgecloud" and edge_only.model_extra["edgecloud"] == {
+        "route": "edge",
+        "edge_model": {"name": served.name, "version": served.version},
+    }
+    with pytest.raises(openai.NotFoundError) as missing:
+        client.models.retrieve("gpt-4o")
+    assert missing.value.code == "model_not_found" and missing.value.param == "model"
+
+    query, expected = multi_step(teacher_dir)
+    wait_until(lambda: daemon.service.cloud_healthy)
+    ask = [{"role": "user", "content": query}]
+    edge = client.chat.completions.create(model="edgecloud-edge", messages=ask)
+    assert edge.model_extra["edgecloud"]["route_taken"] == "edge"
+    low = client.chat.completions.create(model="edgecloud-cloud", messages=ask, reasoning_effort="low")
+    high = client.chat.completions.create(model="edgecloud-cloud", messages=ask, reasoning_effort="high")
+    assert low.model_extra["edgecloud"]["route_taken"] == high.model_extra["edgecloud"]["route_taken"] == "cloud"
+    low_tokens = low.usage.completion_tokens_details.reasoning_tokens
+    high_tokens = high.usage.completion_tokens_details.reasoning_tokens
+    assert low_tokens <= daemon.service.config.reasoning_effort_tokens[0] < high_tokens  # the budget cut it
+    assert high.choices[0].message.content == expected
+    # edgecloud's own route field still wins over the model id.
+    forced = client.chat.completions.create(model="edgecloud-cloud", messages=ask, extra_body={"route": "edge"})
+    assert forced.model_extra["edgecloud"]["route_taken"] == "edge"
+
+
 def test_cloud_down_gives_degraded_answers_and_outbox(
     shipped_models: Path, tmp_path: Path, teacher_dir: Path, teacher: LoadedModel
 ) -> None:
