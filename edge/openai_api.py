@@ -25,7 +25,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from edgecloud.edge.service import EdgeService, QueryRequest, StreamItem
+from edgecloud.edge.service import EdgeService, QueryRequest, QueryResult, StreamItem
 from edgecloud.edge.triage import Requested
 from edgecloud.shared.errors import EdgecloudError, InvalidInputError
 
@@ -122,25 +122,7 @@ def openai_router(service: EdgeService) -> APIRouter:
             result = await service.query(request)
             if result.status == "accepted":
                 return JSONResponse(result.to_json(), status_code=202)
-            message: dict[str, Any] = {"role": "assistant", "content": result.answer}
-            if body.include_reasoning:
-                message["reasoning_content"] = result.reasoning or ""
-            return JSONResponse(
-                {
-                    "id": completion_id,
-                    "object": "chat.completion",
-                    "created": created,
-                    "model": body.model,
-                    "choices": [{"index": 0, "message": message, "finish_reason": "stop", "logprobs": None}],
-                    "usage": _usage(result.to_json()),
-                    "system_fingerprint": f"{result.model_name}-v{result.model_version}",
-                    "edgecloud": {
-                        k: v
-                        for k, v in result.to_json().items()
-                        if k in ("route_taken", "reason", "confidence", "degraded", "cached", "latency_ms")
-                    },
-                }
-            )
+            return JSONResponse(_completion(body, result, completion_id, created))
 
         stream = service.stream(request)
         first = await anext(stream)
@@ -181,6 +163,27 @@ def openai_router(service: EdgeService) -> APIRouter:
         return StreamingResponse(chunks(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
     return router
+
+
+def _completion(body: ChatBody, result: QueryResult, completion_id: str, created: int) -> dict[str, Any]:
+    """The ``chat.completion`` object of a finished query."""
+    message: dict[str, Any] = {"role": "assistant", "content": result.answer}
+    if body.include_reasoning:
+        message["reasoning_content"] = result.reasoning or ""
+    return {
+        "id": completion_id,
+        "object": "chat.completion",
+        "created": created,
+        "model": body.model,
+        "choices": [{"index": 0, "message": message, "finish_reason": "stop", "logprobs": None}],
+        "usage": _usage(result.to_json()),
+        "system_fingerprint": f"{result.model_name}-v{result.model_version}",
+        "edgecloud": {
+            k: v
+            for k, v in result.to_json().items()
+            if k in ("route_taken", "reason", "confidence", "degraded", "cached", "latency_ms")
+        },
+    }
 
 
 def _usage(result: dict[str, Any]) -> dict[str, Any]:

@@ -410,6 +410,9 @@ def _add_fleet_commands(commands: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     _add_mqtt_arguments(serve)
     serve.set_defaults(func=_fleet_serve)
+    from edgecloud.fleet_commands import add_fleet_client_commands
+
+    add_fleet_client_commands(fleet)
 
 
 def _add_models_commands(commands: argparse._SubParsersAction) -> None:
