@@ -25,7 +25,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from edgecloud.edge.openai_api import openai_router
+from edgecloud.edge.openai_api import is_openai_path, openai_error, openai_router
 from edgecloud.edge.query_api import query_router
 from edgecloud.edge.service import EdgeService
 from edgecloud.shared.asgi import Inbound, InboundGuard, error_response, response_for
@@ -60,12 +60,19 @@ def create_app(service: EdgeService) -> FastAPI:
     app.add_middleware(InboundGuard, policy=inbound)  # outermost: before FastAPI reads a byte
 
     @app.exception_handler(EdgecloudError)
-    async def on_edgecloud_error(_request: Request, exc: EdgecloudError) -> JSONResponse:
+    async def on_edgecloud_error(request: Request, exc: EdgecloudError) -> JSONResponse:
+        if is_openai_path(request.url.path):
+            retry = {"Retry-After": "5"} if exc.http_status == 503 else None
+            return openai_error(exc.http_status, str(exc), code=exc.code, headers=retry)
         return response_for(exc)
 
     @app.exception_handler(RequestValidationError)
-    async def on_validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
+    async def on_validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        if is_openai_path(request.url.path):  # OpenAI clients expect 400, naming the parameter
+            first = exc.errors()[0]["loc"] if exc.errors() else ()
+            param = ".".join(str(p) for p in first[1:]) if first[:1] == ("body",) else None
+            return openai_error(400, problems or "invalid request", param=param or None, code="invalid_value")
         return error_response(422, "invalid_request", problems or "invalid request")
 
     @app.exception_handler(StarletteHTTPException)

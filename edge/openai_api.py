@@ -29,11 +29,35 @@ from edgecloud.edge.service import EdgeService, QueryRequest, QueryResult, Strea
 from edgecloud.edge.triage import Requested
 from edgecloud.shared.errors import EdgecloudError, InvalidInputError
 
-__all__ = ["MODEL_ROUTES", "ChatBody", "openai_router"]
+__all__ = ["MODEL_ROUTES", "ChatBody", "is_openai_path", "openai_error", "openai_router"]
+
+_OPENAI_PATHS = ("/v1/chat/", "/v1/models")
+# OpenAI's error types by HTTP status; its clients pick their exception by the status, show the message
+_OPENAI_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "invalid_request_error",
+                 429: "rate_limit_error", 503: "server_error"}  # fmt: skip
 
 MODEL_ROUTES = {"edgecloud": Requested.AUTO, "edgecloud-edge": Requested.EDGE, "edgecloud-cloud": Requested.CLOUD}
 """The model ids ``GET /v1/models`` lists, and the route each one asks for."""
 EFFORTS = ("low", "medium", "high")
+
+
+def is_openai_path(path: str) -> bool:
+    """Whether errors on ``path`` take OpenAI's shape (the routes OpenAI clients call)."""
+    return path.startswith(_OPENAI_PATHS)
+
+
+def openai_error(
+    status: int,
+    message: str,
+    *,
+    param: str | None = None,
+    code: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    """OpenAI's error body: ``{"error": {"message", "type", "param", "code"}}``."""
+    kind = _OPENAI_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
+    error = {"message": message, "type": kind, "param": param, "code": code}
+    return JSONResponse({"error": error}, status_code=status, headers=headers)
 
 
 class ChatMessage(BaseModel):
@@ -55,6 +79,10 @@ class ChatBody(BaseModel):
     """edgecloud's own route field; without it, the model id chooses (:data:`MODEL_ROUTES`)."""
     max_reasoning_tokens: int | None = Field(default=None, ge=0)
     reasoning_effort: Literal["low", "medium", "high"] | None = None
+    n: int = Field(default=1, ge=1, le=1)
+    """One choice per request: the edge and the cloud each answer once."""
+    tools: list[dict[str, Any]] | None = Field(default=None, max_length=0)
+    """Tool calling is not supported; a request that needs it is refused, not answered without it."""
     include_reasoning: bool = False
     """Return the reasoning text as ``reasoning_content`` (it is hidden otherwise)."""
 
@@ -85,8 +113,7 @@ def _model(model_id: str, service: EdgeService, created: int) -> dict[str, Any]:
 
 def _not_found(model_id: str) -> JSONResponse:
     message = f"The model {model_id!r} does not exist; the models are {', '.join(MODEL_ROUTES)}"
-    error = {"message": message, "type": "invalid_request_error", "param": "model", "code": "model_not_found"}
-    return JSONResponse({"error": error}, status_code=404)
+    return openai_error(404, message, param="model", code="model_not_found")
 
 
 def openai_router(service: EdgeService) -> APIRouter:

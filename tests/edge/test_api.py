@@ -192,6 +192,26 @@ def test_openai_models_and_the_model_ids_and_efforts_that_choose_route_and_budge
     assert forced.model_extra["edgecloud"]["route_taken"] == "edge"
 
 
+def test_a_bad_openai_request_raises_bad_request_naming_the_parameter(daemon: RunningDaemon) -> None:
+    client = openai.OpenAI(base_url=f"{daemon.url}/v1", api_key="unused", max_retries=0, timeout=TIMEOUT)
+    ask = [{"role": "user", "content": "3+4"}]
+    for kwargs, param in (
+        ({"messages": []}, "messages"),
+        ({"messages": ask, "reasoning_effort": "extreme"}, "reasoning_effort"),
+        ({"messages": ask, "n": 2}, "n"),  # one answer per request: refused, not silently one
+        ({"messages": ask, "tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+    ):
+        with pytest.raises(openai.BadRequestError) as refused:
+            client.chat.completions.create(model="edgecloud", **kwargs)  # type: ignore[call-overload]
+        assert refused.value.status_code == 400 and refused.value.param == param, (param, refused.value.body)
+        assert refused.value.type == "invalid_request_error"
+    with pytest.raises(openai.BadRequestError, match="no user message"):
+        client.chat.completions.create(model="edgecloud", messages=[{"role": "system", "content": "be brief"}])
+    # edgecloud's own API keeps its error shape.
+    own = daemon.http.post("/v1/query", json={"query": ""})
+    assert own.status_code in (400, 422) and set(own.json()["error"]) == {"type", "message"}
+
+
 def test_cloud_down_gives_degraded_answers_and_outbox(
     shipped_models: Path, tmp_path: Path, teacher_dir: Path, teacher: LoadedModel
 ) -> None:
