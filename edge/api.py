@@ -27,6 +27,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from edgecloud.edge.openai_api import is_openai_path, openai_error, openai_router
 from edgecloud.edge.query_api import query_router
+from edgecloud.edge.responses_api import responses_router
 from edgecloud.edge.service import EdgeService
 from edgecloud.shared.asgi import Inbound, InboundGuard, error_response, response_for
 from edgecloud.shared.errors import EdgecloudError
@@ -100,5 +101,6 @@ def create_app(service: EdgeService) -> FastAPI:
 
     app.include_router(query_router(service))
     app.include_router(openai_router(service))
+    app.include_router(responses_router(service))
 
     return app

@@ -31,7 +31,7 @@ from edgecloud.shared.errors import EdgecloudError, InvalidInputError
 
 __all__ = ["MODEL_ROUTES", "ChatBody", "is_openai_path", "openai_error", "openai_router"]
 
-_OPENAI_PATHS = ("/v1/chat/", "/v1/models")
+_OPENAI_PATHS = ("/v1/chat/", "/v1/models", "/v1/responses")
 # OpenAI's error types by HTTP status; its clients pick their exception by the status, show the message
 _OPENAI_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "invalid_request_error",
                  429: "rate_limit_error", 503: "server_error"}  # fmt: skip

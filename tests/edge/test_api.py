@@ -212,6 +212,50 @@ def test_a_bad_openai_request_raises_bad_request_naming_the_parameter(daemon: Ru
     assert own.status_code in (400, 422) and set(own.json()["error"]) == {"type", "message"}
 
 
+def test_openai_responses_plain_streaming_and_in_the_background(daemon: RunningDaemon, teacher_dir: Path) -> None:
+    query, expected = multi_step(teacher_dir)
+    wait_until(lambda: daemon.service.cloud_healthy)
+    client = openai.OpenAI(base_url=f"{daemon.url}/v1", api_key="unused", max_retries=0, timeout=TIMEOUT)
+    plain = client.responses.create(model="edgecloud-cloud", input=query, reasoning={"effort": "high"})
+    assert plain.status == "completed" and plain.output_text == expected and plain.id.startswith("resp_")
+    assert plain.usage.output_tokens_details.reasoning_tokens > 0
+    assert plain.usage.output_tokens > plain.usage.output_tokens_details.reasoning_tokens
+
+    events = list(
+        client.responses.create(model="edgecloud-cloud", input=[{"role": "user", "content": query}], stream=True)
+    )
+    kinds = [e.type for e in events]
+    assert kinds[:4] == [
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.content_part.added",
+    ]
+    assert kinds[-4:] == [
+        "response.output_text.done",
+        "response.content_part.done",
+        "response.output_item.done",
+        "response.completed",
+    ]
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    deltas = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    assert deltas == expected == events[-1].response.output_text
+    assert events[-1].response.usage.output_tokens_details.reasoning_tokens > 0
+
+    queued = client.responses.create(model="edgecloud-cloud", input=query, background=True)
+    assert queued.status == "queued" and queued.background
+    deadline = time.monotonic() + TIMEOUT
+    while (polled := client.responses.retrieve(queued.id)).status in ("queued", "in_progress"):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert polled.status == "completed" and polled.output_text == expected
+    with pytest.raises(openai.NotFoundError):
+        client.responses.retrieve("resp_nothing")
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.responses.create(model="edgecloud", input=[{"role": "system", "content": "hi"}])
+    assert refused.value.status_code == 400 and "no user message" in str(refused.value)
+
+
 def test_cloud_down_gives_degraded_answers_and_outbox(
     shipped_models: Path, tmp_path: Path, teacher_dir: Path, teacher: LoadedModel
 ) -> None:
@@ -227,16 +271,25 @@ def test_cloud_down_gives_degraded_answers_and_outbox(
         request_id = accepted.json()["id"]
         pending = first.http.get(f"/v1/query/{request_id}").json()
         assert pending["status"] == "accepted" and pending["answer"] is None
-        assert first.http.get("/readyz").json()["outbox_depth"] == 1
+        # The same through OpenAI's Responses API: queued in the outbox, not an error.
+        client = openai.OpenAI(base_url=f"{first.url}/v1", api_key="unused", max_retries=0, timeout=TIMEOUT)
+        queued = client.responses.create(model="edgecloud-cloud", input=query)
+        assert queued.status == "queued" and client.responses.retrieve(queued.id).status == "queued"
+        assert first.http.get("/readyz").json()["outbox_depth"] == 2
     finally:
-        first.stop()  # the daemon restarts with the request still in its outbox
+        first.stop()  # the daemon restarts with the requests still in its outbox
 
     cloud = RunningServer(replace(make_config(teacher_dir, tmp_path), port=port), loaded=teacher)
     second = RunningDaemon(config)
     try:
         wait_until(lambda: second.http.get(f"/v1/query/{request_id}").json()["status"] == "completed", timeout=60)
         delivered = second.http.get(f"/v1/query/{request_id}").json()
-        assert delivered["answer"] == expected and second.http.get("/readyz").json()["outbox_depth"] == 0
+        assert delivered["answer"] == expected
+        client = openai.OpenAI(base_url=f"{second.url}/v1", api_key="unused", max_retries=0, timeout=TIMEOUT)
+        wait_until(lambda: client.responses.retrieve(queued.id).status == "completed", timeout=60)
+        answered = client.responses.retrieve(queued.id)
+        assert answered.output_text == expected and answered.usage.output_tokens_details.reasoning_tokens > 0
+        assert second.http.get("/readyz").json()["outbox_depth"] == 0
     finally:
         second.stop()
         cloud.stop()
