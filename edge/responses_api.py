@@ -11,8 +11,9 @@ reasoning is counted in ``usage.output_tokens_details.reasoning_tokens``.
 ``background: true`` answers at once (``queued``) and runs the query; ``GET /v1/responses/{id}``
 polls it (``in_progress``, then ``completed``). A cloud-only query while the cloud is down goes to
 the outbox, as on ``/v1/query``: it is ``queued`` until the cloud answers it, after a daemon
-restart too. Not yet: a background query's in-flight state is held in memory (a restart forgets
-one still running outside the outbox), resuming a stream (``starting_after``) and ``cancel``.
+restart too. ``POST /v1/responses/{id}/cancel`` stops one that is queued or in progress. Not yet: a
+background query's in-flight state is held in memory (a restart forgets one still running outside the
+outbox), and resuming a stream (``starting_after``).
 """
 
 from __future__ import annotations
@@ -132,6 +133,13 @@ def _response(
 
 
 _STATUS = {"accepted": "queued", "completed": "completed", "failed": "failed"}
+CANCELLED = "cancelled by the client"
+
+
+def _status(result: QueryResult) -> str:
+    if result.status == "failed" and result.reason == CANCELLED:
+        return "cancelled"
+    return _STATUS.get(result.status, result.status)
 
 
 class _Background:
@@ -153,6 +161,8 @@ class _Background:
             task, model, created = self.tasks[response_id]
             if not task.done():
                 return _response(response_id, model, created, "in_progress", None, background=True)
+            if task.cancelled():
+                return _response(response_id, model, created, "cancelled", None, background=True)
             if task.exception() is not None:
                 failed = _response(response_id, model, created, "failed", None, background=True)
                 failed["error"] = {"code": "server_error", "message": str(task.exception())}
@@ -164,8 +174,17 @@ class _Background:
                 return None
         if result.status == "accepted":  # in the outbox: the cloud answers it once it is back
             result = service.lookup(response_id) or result
-        return _response(response_id, model, created, _STATUS.get(result.status, result.status), result,
-                         background=True)  # fmt: skip
+        return _response(response_id, model, created, _status(result), result, background=True)
+
+    def cancel(self, service: EdgeService, response_id: str) -> dict[str, Any] | None:
+        """Stop a queued or in-progress response: its wait here, or its place in the outbox (once the
+        cloud has it, its session there runs on; the answer is not taken). A finished one is as it was."""
+        if response_id in self.tasks and not self.tasks[response_id][0].done():
+            self.tasks[response_id][0].cancel()
+        record = service.outbox.get(response_id)
+        if record is not None and record.status == "pending":
+            service.outbox.mark_failed(response_id, CANCELLED)
+        return self.state(service, response_id)
 
 
 def responses_router(service: EdgeService) -> APIRouter:
@@ -184,7 +203,7 @@ def responses_router(service: EdgeService) -> APIRouter:
                                 param="stream")  # fmt: skip
         if not body.stream:
             result = await service.query(request)
-            status = _STATUS.get(result.status, result.status)
+            status = _status(result)
             return JSONResponse(_response(request.id, body.model, created, status, result, background=False))
         stream = service.stream(request)
         first = await anext(stream)  # an error before the first event is still an HTTP error
@@ -193,12 +212,21 @@ def responses_router(service: EdgeService) -> APIRouter:
 
     @router.get("/v1/responses/{response_id}")
     async def retrieve(response_id: str) -> Response:
-        state = background.state(service, response_id)
-        if state is None:
-            return openai_error(404, f"no response {response_id!r}", param="response_id", code="not_found")
-        return JSONResponse(state)
+        return _found(response_id, background.state(service, response_id))
+
+    @router.post("/v1/responses/{response_id}/cancel")
+    async def cancel(response_id: str) -> Response:
+        state = background.cancel(service, response_id)
+        await asyncio.sleep(0)  # let a cancelled wait finish cancelling before it is read back
+        return _found(response_id, background.state(service, response_id) if state is not None else None)
 
     return router
+
+
+def _found(response_id: str, state: dict[str, Any] | None) -> Response:
+    if state is None:
+        return openai_error(404, f"no response {response_id!r}", param="response_id", code="not_found")
+    return JSONResponse(state)
 
 
 async def _events(

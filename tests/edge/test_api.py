@@ -275,6 +275,9 @@ def test_cloud_down_gives_degraded_answers_and_outbox(
         client = openai.OpenAI(base_url=f"{first.url}/v1", api_key="unused", max_retries=0, timeout=TIMEOUT)
         queued = client.responses.create(model="edgecloud-cloud", input=query)
         assert queued.status == "queued" and client.responses.retrieve(queued.id).status == "queued"
+        dropped = client.responses.create(model="edgecloud-cloud", input=query, background=True)
+        wait_until(lambda: client.responses.retrieve(dropped.id).status == "queued")  # in the outbox
+        assert client.responses.cancel(dropped.id).status == "cancelled"
         assert first.http.get("/readyz").json()["outbox_depth"] == 2
     finally:
         first.stop()  # the daemon restarts with the requests still in its outbox
@@ -289,6 +292,7 @@ def test_cloud_down_gives_degraded_answers_and_outbox(
         wait_until(lambda: client.responses.retrieve(queued.id).status == "completed", timeout=60)
         answered = client.responses.retrieve(queued.id)
         assert answered.output_text == expected and answered.usage.output_tokens_details.reasoning_tokens > 0
+        assert client.responses.retrieve(dropped.id).status == "cancelled"  # not sent after the restart
         assert second.http.get("/readyz").json()["outbox_depth"] == 0
     finally:
         second.stop()
