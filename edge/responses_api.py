@@ -11,9 +11,11 @@ reasoning is counted in ``usage.output_tokens_details.reasoning_tokens``.
 ``background: true`` answers at once (``queued``) and runs the query; ``GET /v1/responses/{id}``
 polls it (``in_progress``, then ``completed``). A cloud-only query while the cloud is down goes to
 the outbox, as on ``/v1/query``: it is ``queued`` until the cloud answers it, after a daemon
-restart too. ``POST /v1/responses/{id}/cancel`` stops one that is queued or in progress. Not yet: a
-background query's in-flight state is held in memory (a restart forgets one still running outside the
-outbox), and resuming a stream (``starting_after``).
+restart too. With ``stream: true`` too, the events are kept as they happen: ``GET
+/v1/responses/{id}?stream=true&starting_after=N`` replays those after N and follows the rest, so a
+client cut off resumes with no gap and no duplicate. ``POST /v1/responses/{id}/cancel`` stops one
+that is queued or in progress. Not yet: a background query's in-flight state is held in memory (a
+restart forgets one still running outside the outbox).
 """
 
 from __future__ import annotations
@@ -147,6 +149,15 @@ class _Background:
 
     def __init__(self) -> None:
         self.tasks: dict[str, tuple[asyncio.Task[QueryResult], str, float]] = {}
+        self.runs: dict[str, _Run] = {}
+
+    def start_stream(self, response_id: str, model: str, created: float, events: AsyncIterator[dict[str, Any]]) -> _Run:
+        run = _Run(model, created)
+        run.task = asyncio.create_task(run.produce(events))
+        self.runs[response_id] = run
+        while len(self.runs) > MAX_BACKGROUND and (oldest := next(iter(self.runs))) and self.runs[oldest].done:
+            del self.runs[oldest]
+        return run
 
     def start(self, service: EdgeService, request: QueryRequest, model: str) -> None:
         self.tasks[request.id] = (asyncio.create_task(service.query(request)), model, time.time())
@@ -157,6 +168,8 @@ class _Background:
             del self.tasks[oldest]
 
     def state(self, service: EdgeService, response_id: str) -> dict[str, Any] | None:
+        if response_id in self.runs:
+            return self.runs[response_id].state(response_id)
         if response_id in self.tasks:
             task, model, created = self.tasks[response_id]
             if not task.done():
@@ -181,6 +194,9 @@ class _Background:
         cloud has it, its session there runs on; the answer is not taken). A finished one is as it was."""
         if response_id in self.tasks and not self.tasks[response_id][0].done():
             self.tasks[response_id][0].cancel()
+        run = self.runs.get(response_id)
+        if run is not None and run.task is not None and not run.task.done():
+            run.task.cancel()
         record = service.outbox.get(response_id)
         if record is not None and record.status == "pending":
             service.outbox.mark_failed(response_id, CANCELLED)
@@ -198,20 +214,26 @@ def responses_router(service: EdgeService) -> APIRouter:
         if body.background and not body.stream:
             background.start(service, request, body.model)
             return JSONResponse(_response(request.id, body.model, created, "queued", None, background=True))
-        if body.background:
-            return openai_error(400, "background streaming is not supported yet; poll GET /v1/responses/{id}",
-                                param="stream")  # fmt: skip
         if not body.stream:
             result = await service.query(request)
             status = _status(result)
             return JSONResponse(_response(request.id, body.model, created, status, result, background=False))
         stream = service.stream(request)
         first = await anext(stream)  # an error before the first event is still an HTTP error
-        return StreamingResponse(_events(first, stream, request, body.model, created), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache"})  # fmt: skip
+        events = _events(first, stream, request, body.model, created, background=body.background)
+        if body.background:  # runs on whether or not this client stays to read it
+            run = background.start_stream(request.id, body.model, created, events)
+            return _event_stream(run.follow(-1))
+        return _event_stream(_sse(e) async for e in events)
 
     @router.get("/v1/responses/{response_id}")
-    async def retrieve(response_id: str) -> Response:
+    async def retrieve(response_id: str, stream: bool = False, starting_after: int = -1) -> Response:
+        if stream:
+            run = background.runs.get(response_id)
+            if run is None:
+                message = f"no background response {response_id!r} created with stream: true to stream again"
+                return openai_error(404, message, param="response_id", code="not_found")
+            return _event_stream(run.follow(starting_after))
         return _found(response_id, background.state(service, response_id))
 
     @router.post("/v1/responses/{response_id}/cancel")
@@ -223,29 +245,45 @@ def responses_router(service: EdgeService) -> APIRouter:
     return router
 
 
+def _event_stream(chunks: AsyncIterator[bytes]) -> StreamingResponse:
+    return StreamingResponse(chunks, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
 def _found(response_id: str, state: dict[str, Any] | None) -> Response:
     if state is None:
         return openai_error(404, f"no response {response_id!r}", param="response_id", code="not_found")
     return JSONResponse(state)
 
 
+def _sse(payload: dict[str, Any]) -> bytes:
+    return f"event: {payload['type']}\ndata: {json.dumps(payload, separators=(',', ':'))}\n\n".encode()
+
+
 async def _events(
-    first: StreamItem, stream: AsyncIterator[StreamItem], request: QueryRequest, model: str, created: float
-) -> AsyncIterator[bytes]:
+    first: StreamItem,
+    stream: AsyncIterator[StreamItem],
+    request: QueryRequest,
+    model: str,
+    created: float,
+    *,
+    background: bool = False,
+) -> AsyncIterator[dict[str, Any]]:
+    """OpenAI's stream events for one response, numbered from 0."""
     sequence = 0
 
-    def event(kind: str, **data: Any) -> bytes:
+    def event(kind: str, **data: Any) -> dict[str, Any]:
         nonlocal sequence
         payload = {"type": kind, "sequence_number": sequence, **data}
         sequence += 1
-        return f"event: {kind}\ndata: {json.dumps(payload, separators=(',', ':'))}\n\n".encode()
+        return payload
 
     rid, text = request.id, ""
     message = _message(rid, "", status="in_progress")
     part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
     where = {"item_id": message["id"], "output_index": 0, "content_index": 0}
-    yield event("response.created", response=_response(rid, model, created, "queued", None, background=False))
-    yield event("response.in_progress", response=_response(rid, model, created, "in_progress", None, background=False))
+    yield event("response.created", response=_response(rid, model, created, "queued", None, background=background))
+    in_progress = _response(rid, model, created, "in_progress", None, background=background)
+    yield event("response.in_progress", response=in_progress)
     yield event("response.output_item.added", output_index=0, item={**message, "content": []})
     yield event("response.content_part.added", part=part, **where)
     try:
@@ -259,13 +297,53 @@ async def _events(
                 yield event("response.output_text.done", text=text, logprobs=[], **where)
                 yield event("response.content_part.done", part={**part, "text": text}, **where)
                 yield event("response.output_item.done", output_index=0, item=_message(rid, text))
-                final = _response(rid, model, created, "completed", result, background=False)
+                final = _response(rid, model, created, _status(result), result, background=background)
                 yield event("response.completed", response=final)
             item = await anext(stream, None)
     except EdgecloudError as exc:
-        failed = _response(rid, model, created, "failed", None, background=False)
+        failed = _response(rid, model, created, "failed", None, background=background)
         failed["error"] = {"code": exc.code, "message": str(exc)}
         yield event("response.failed", response=failed)
+
+
+class _Run:
+    """A background response created with ``stream``: its events as they happen, kept so that a
+    client that was cut off can resume (``starting_after``) with no gap and no duplicate."""
+
+    def __init__(self, model: str, created: float) -> None:
+        self.model, self.created = model, created
+        self.events: list[dict[str, Any]] = []
+        self.done = False
+        self.task: asyncio.Task[None] | None = None
+        self._signal = asyncio.Event()
+
+    async def produce(self, events: AsyncIterator[dict[str, Any]]) -> None:
+        try:
+            async for payload in events:
+                self.events.append(payload)
+                self._signal.set()
+                self._signal = asyncio.Event()
+        finally:
+            self.done = True
+            self._signal.set()
+
+    async def follow(self, after: int) -> AsyncIterator[bytes]:
+        index = max(after + 1, 0)
+        while True:
+            signal = self._signal  # taken before looking, so an event added meanwhile is not missed
+            while index < len(self.events):
+                yield _sse(self.events[index])
+                index += 1
+            if self.done:
+                return
+            await signal.wait()
+
+    def state(self, response_id: str) -> dict[str, Any]:
+        last = self.events[-1] if self.events else None
+        if last is not None and last["type"] in ("response.completed", "response.failed"):
+            return last["response"]
+        status = "cancelled" if self.done else "in_progress"
+        return _response(response_id, self.model, self.created, status, None, background=True)
 
 
 def _result_fields(done: dict[str, Any]) -> dict[str, Any]:

@@ -256,6 +256,34 @@ def test_openai_responses_plain_streaming_and_in_the_background(daemon: RunningD
     assert refused.value.status_code == 400 and "no user message" in str(refused.value)
 
 
+def test_a_background_stream_cut_off_resumes_with_no_gap_and_no_duplicate(
+    daemon: RunningDaemon, teacher_dir: Path
+) -> None:
+    query, expected = multi_step(teacher_dir)
+    wait_until(lambda: daemon.service.cloud_healthy)
+    client = openai.OpenAI(base_url=f"{daemon.url}/v1", api_key="unused", max_retries=0, timeout=TIMEOUT)
+    stream = client.responses.create(model="edgecloud-cloud", input=query, background=True, stream=True)
+    seen = []
+    for event in stream:  # the client reads three events and goes away
+        seen.append(event)
+        if len(seen) == 3:
+            break
+    stream.close()
+    response_id = seen[0].response.id
+    assert seen[0].type == "response.created" and seen[0].response.background
+    rest = list(client.responses.retrieve(response_id, stream=True, starting_after=seen[-1].sequence_number))
+    events = seen + rest
+    assert [e.sequence_number for e in events] == list(range(len(events)))  # no gap, no duplicate
+    assert events[-1].type == "response.completed" and events[-1].response.output_text == expected
+    assert "".join(e.delta for e in events if e.type == "response.output_text.delta") == expected
+    # Replayed whole from the start too, and polled as any background response.
+    again = list(client.responses.retrieve(response_id, stream=True))
+    assert [e.sequence_number for e in again] == list(range(len(events)))
+    assert client.responses.retrieve(response_id).output_text == expected
+    with pytest.raises(openai.NotFoundError):
+        list(client.responses.retrieve("resp_nothing", stream=True))
+
+
 def test_cloud_down_gives_degraded_answers_and_outbox(
     shipped_models: Path, tmp_path: Path, teacher_dir: Path, teacher: LoadedModel
 ) -> None:
