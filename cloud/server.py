@@ -32,6 +32,7 @@ from edgecloud.cloud.config import CloudConfig
 from edgecloud.cloud.engine import ReasoningEngine
 from edgecloud.cloud.metrics import CloudMetrics
 from edgecloud.cloud.sessions import SessionManager
+from edgecloud.cloud.spans import SessionSpans
 from edgecloud.cloud.store import SessionStorage, SessionStore
 from edgecloud.proto.edgecloud.v1 import reasoner_pb2 as pb
 from edgecloud.proto.edgecloud.v1 import reasoner_pb2_grpc as pb_grpc
@@ -44,6 +45,7 @@ from edgecloud.shared.errors import (
     UnavailableError,
 )
 from edgecloud.shared.reasoning import ThinkParams
+from edgecloud.shared.tracing import context_from_metadata, tracing_enabled
 from edgecloud.shared.wire import event_to_pb, session_info_to_pb, think_request_from_pb
 
 if TYPE_CHECKING:
@@ -232,8 +234,15 @@ class ReasonerServicer(pb_grpc.ReasonerServicer):
 
     async def Think(self, request: pb.ThinkRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ThinkEvent]:
         session = self.sessions.create(_think_params(request))
-        async for event in self.sessions.follow(session.id):
-            yield event_to_pb(event)
+        spans = SessionSpans(context_from_metadata(context.invocation_metadata())) if tracing_enabled() else None
+        try:
+            async for event in self.sessions.follow(session.id):
+                if spans is not None:
+                    spans.see(event)
+                yield event_to_pb(event)
+        finally:
+            if spans is not None:
+                spans.end()
 
     async def Submit(self, request: pb.ThinkRequest, context: grpc.aio.ServicerContext) -> pb.SessionInfo:
         session = self.sessions.create(_think_params(request))

@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Self, TypeVar
@@ -258,12 +258,16 @@ class CloudClient:
 
     # -- the Reasoner ------------------------------------------------------------------
 
-    async def think(self, params: ThinkParams) -> AsyncIterator[Event]:
-        """The session's events from seq 1 to its COMPLETED or FAILED event, resumed across breaks."""
+    async def think(
+        self, params: ThinkParams, *, trace_headers: Mapping[str, str] | None = None
+    ) -> AsyncIterator[Event]:
+        """The session's events from seq 1 to its COMPLETED or FAILED event, resumed across breaks.
+        ``trace_headers`` (W3C trace context) go with the call, so the cloud's spans join the trace."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.config.deadline_s
         request = think_request_to_pb(params)
         what = f"think {params.request_id}"
+        metadata = (*self._metadata, *(trace_headers or {}).items())
         session_id: str | None = None
         last_seq = 0
         failures = 0
@@ -271,10 +275,10 @@ class CloudClient:
             stub, _ = self._stubs()
             remaining = deadline - loop.time()
             if session_id is None:
-                call = stub.Think(request, timeout=remaining, metadata=self._metadata)
+                call = stub.Think(request, timeout=remaining, metadata=metadata)
             else:
                 resume = pb.AttachRequest(session_id=session_id, after_seq=last_seq)
-                call = stub.Attach(resume, timeout=remaining, metadata=self._metadata)
+                call = stub.Attach(resume, timeout=remaining, metadata=metadata)
             progressed = ended = False
             error: grpc.aio.AioRpcError | None = None
             try:

@@ -11,7 +11,7 @@ student, a model served by another process) in place of
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
@@ -39,8 +39,9 @@ class AnswerModel(Protocol):
 class CloudReasoner(Protocol):
     """The cloud as the edge service sees it."""
 
-    def think(self, params: ThinkParams) -> AsyncIterator[Event]:
+    def think(self, params: ThinkParams, *, trace_headers: Mapping[str, str] | None = None) -> AsyncIterator[Event]:
         """One session's events, each ``seq`` once and in order, ending with COMPLETED or FAILED.
+        ``trace_headers``: the caller's W3C trace context, for the cloud's spans to join.
         Idempotent by ``params.request_id``. Raises an :mod:`edgecloud.shared.errors` error:
         UnavailableError when the cloud cannot be reached within the deadline,
         InvalidInputError or AuthenticationError when it refuses the request."""

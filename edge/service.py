@@ -21,6 +21,9 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
+from opentelemetry import trace
+from opentelemetry.trace import Status, StatusCode
+
 from edgecloud.edge.config import EdgeConfig
 from edgecloud.edge.metrics import EdgeMetrics
 from edgecloud.edge.outbox import OutboxDeliverer, OutboxRecord, OutboxStorage
@@ -30,7 +33,8 @@ from edgecloud.edge.stats import RequestStats
 from edgecloud.edge.triage import Decision, Requested, Route, TriageInput, TriagePolicy, decide, estimate_difficulty
 from edgecloud.shared.errors import InvalidInputError, ResourceExhaustedError, UnavailableError
 from edgecloud.shared.features import encode_features
-from edgecloud.shared.reasoning import MAX_HINT_ANSWER_CHARS, EdgeHint, EventKind, ThinkParams
+from edgecloud.shared.reasoning import MAX_HINT_ANSWER_CHARS, EdgeHint, Event, EventKind, ThinkParams
+from edgecloud.shared.tracing import trace_headers, tracer
 
 __all__ = ["EdgeService", "QueryRequest", "QueryResult", "StreamItem"]
 
@@ -195,10 +199,13 @@ class EdgeService:
         ):
             raise InvalidInputError(f"max_reasoning_tokens must be in [0, {self.config.max_reasoning_tokens}]")
 
-    async def _local(self, request: QueryRequest) -> tuple[EdgeBundle, EdgeAnswer, Decision]:
+    async def _local(self, request: QueryRequest, parent: trace.Span) -> tuple[EdgeBundle, EdgeAnswer, Decision]:
         self._validate(request)
-        with self.slot.acquire() as bundle:
-            answer = await asyncio.to_thread(bundle.model.answer, request.query)
+        with tracer().start_as_current_span("edge.local_inference", context=trace.set_span_in_context(parent)) as span:
+            with self.slot.acquire() as bundle:
+                answer = await asyncio.to_thread(bundle.model.answer, request.query)
+            span.set_attributes({"edgecloud.model.version": bundle.version, "edgecloud.output_tokens": answer.output_tokens,
+                                 "edgecloud.reasoning_tokens": answer.reasoning_tokens})  # fmt: skip
         difficulty = estimate_difficulty(answer.token_logprobs, answer.input_tokens, abstained=answer.abstained)
         decision = decide(
             self.policy(bundle),
@@ -210,6 +217,34 @@ class EdgeService:
             ),
         )
         return bundle, answer, decision
+
+    def _cloud_result(
+        self,
+        request: QueryRequest,
+        event: Event,
+        decision: Decision,
+        answer: EdgeAnswer,
+        bundle: EdgeBundle,
+        started: float,
+        reasoning: str | None,
+    ) -> QueryResult:
+        return QueryResult(
+            id=request.id,
+            status="completed",
+            answer=event.text,
+            route_taken=Route.CLOUD.value,
+            reason=decision.reason,
+            confidence=answer.confidence,
+            model_version=bundle.version,
+            model_name=bundle.name,
+            input_tokens=event.usage.input_tokens,
+            reasoning_tokens=event.usage.reasoning_tokens,
+            output_tokens=event.usage.output_tokens,
+            latency_ms=(time.perf_counter() - started) * 1e3,
+            cached=event.cached,
+            reasoning=reasoning,
+            edge_answer=answer.text,
+        )
 
     def _edge_result(
         self,
@@ -292,18 +327,28 @@ class EdgeService:
         cloud stream that breaks after its answer began can still fall back to the local
         answer; a live stream has shown part of the cloud's answer and fails instead."""
         started = time.perf_counter()
+        span = tracer().start_span("edge.query", attributes={"edgecloud.requested_route": request.route.value})
         try:
-            async for item in self._stream(request, started, buffered):
+            async for item in self._stream(request, started, buffered, span):
                 yield item
-        except InvalidInputError:
+        except InvalidInputError as exc:
+            span.set_status(Status(StatusCode.ERROR, str(exc)))
             raise
         except Exception as exc:
+            span.record_exception(exc)
+            span.set_status(Status(StatusCode.ERROR, str(exc)))
             self.stats.record("error", (time.perf_counter() - started) * 1e3, ok=False)
             self.metrics.errors.labels(type(exc).__name__).inc()
             raise
+        finally:
+            span.end()
 
-    async def _stream(self, request: QueryRequest, started: float, buffered: bool) -> AsyncIterator[StreamItem]:
-        bundle, answer, decision = await self._local(request)
+    async def _stream(
+        self, request: QueryRequest, started: float, buffered: bool, span: trace.Span
+    ) -> AsyncIterator[StreamItem]:
+        bundle, answer, decision = await self._local(request, span)
+        span.set_attributes({"edgecloud.route": decision.route.value, "edgecloud.reason": decision.reason,
+                             "edgecloud.confidence": _num(answer.confidence) or 0.0})  # fmt: skip
         yield StreamItem(
             "route", {"route": decision.route.value, "reason": decision.reason, "confidence": _num(answer.confidence)}
         )
@@ -326,9 +371,10 @@ class EdgeService:
         self.metrics.bytes_sent.labels("query").inc(len(params.query.encode()))
         answered = False
         reasoning: list[str] = []
+        escalation = tracer().start_span("edge.escalation", context=trace.set_span_in_context(span))
         try:
             async with asyncio.timeout(self.config.cloud_timeout_s):
-                async for event in self.client.think(params):
+                async for event in self.client.think(params, trace_headers=trace_headers(escalation)):
                     if event.kind is EventKind.REASONING_PROGRESS:
                         yield StreamItem("reasoning", {"reasoning_tokens": event.reasoning_tokens})
                     elif event.kind is EventKind.REASONING_DELTA:
@@ -338,25 +384,11 @@ class EdgeService:
                         answered = True
                         yield StreamItem("answer", {"text": event.text})
                     elif event.kind is EventKind.COMPLETED:
+                        text = "".join(reasoning) if request.include_reasoning else None
                         result = self._record(
-                            QueryResult(
-                                id=request.id,
-                                status="completed",
-                                answer=event.text,
-                                route_taken=Route.CLOUD.value,
-                                reason=decision.reason,
-                                confidence=answer.confidence,
-                                model_version=bundle.version,
-                                model_name=bundle.name,
-                                input_tokens=event.usage.input_tokens,
-                                reasoning_tokens=event.usage.reasoning_tokens,
-                                output_tokens=event.usage.output_tokens,
-                                latency_ms=(time.perf_counter() - started) * 1e3,
-                                cached=event.cached,
-                                reasoning="".join(reasoning) if request.include_reasoning else None,
-                                edge_answer=answer.text,
-                            )
+                            self._cloud_result(request, event, decision, answer, bundle, started, text)
                         )
+                        escalation.set_attributes({"edgecloud.reasoning_tokens": event.usage.reasoning_tokens})
                         yield StreamItem("done", result.to_json())
                         self._observe(result)
                         return
@@ -381,6 +413,8 @@ class EdgeService:
                 yield StreamItem("answer", {"text": answer.text})
             yield StreamItem("done", result.to_json())
             self._observe(result)
+        finally:
+            escalation.end()
 
     async def query(self, request: QueryRequest) -> QueryResult:
         done: dict[str, object] | None = None

@@ -115,8 +115,25 @@ def _cloud_serve(args: argparse.Namespace) -> int:
         ),
         budget=BudgetConfig(default=args.default_budget),
     )
+    _tracing("edgecloud-cloud", args.otlp_endpoint)
     asyncio.run(serve(config))
     return 0
+
+
+def _tracing(service_name: str, endpoint: str | None) -> None:
+    from edgecloud.shared.tracing import configure_tracing
+
+    configure_tracing(service_name, endpoint=endpoint)
+    if endpoint:
+        log.info("tracing: spans go to %s as %s", endpoint, service_name)
+
+
+def _add_tracing_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--otlp-endpoint", default=None, metavar="URL",
+        help="export OpenTelemetry spans over OTLP/HTTP to this collector URL (e.g. http://collector:4318/v1/traces); "
+        "default: no tracing",
+    )  # fmt: skip
 
 
 def _add_cloud_commands(commands: argparse._SubParsersAction) -> None:
@@ -156,6 +173,7 @@ def _add_cloud_commands(commands: argparse._SubParsersAction) -> None:
     serve.add_argument("--default-budget", type=int, default=256, help="thinking budget when nothing else decides")
     serve.add_argument("--escalation-log", type=Path, help="JSONL file collecting escalations with features")
     serve.add_argument("--grace", type=float, default=10.0, help="seconds to drain on SIGTERM")
+    _add_tracing_argument(serve)
     serve.set_defaults(func=_cloud_serve)
 
 
@@ -246,6 +264,7 @@ def _edge_serve(args: argparse.Namespace) -> int:
             watch_s=args.watch_s,
             watch_min_requests=args.watch_min_requests,
         )
+    _tracing("edgecloud-edge", args.otlp_endpoint)
     serve(config, agent)
     return 0
 
@@ -328,6 +347,7 @@ def _add_edge_commands(commands: argparse._SubParsersAction) -> None:
         help="requests the watch needs before it judges error rate and latency (default: 20)",
     )
     _add_mqtt_arguments(serve)
+    _add_tracing_argument(serve)
     serve.set_defaults(func=_edge_serve)
 
 

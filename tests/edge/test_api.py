@@ -284,6 +284,40 @@ def test_a_background_stream_cut_off_resumes_with_no_gap_and_no_duplicate(
         list(client.responses.retrieve("resp_nothing", stream=True))
 
 
+def test_one_trace_covers_the_edge_and_the_cloud_spans_of_an_escalated_query(
+    daemon: RunningDaemon, teacher_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Edge and cloud share this process here, but the trace context crosses a real gRPC call
+    # (traceparent in the metadata), as it does between two machines.
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from edgecloud.shared import tracing
+
+    exporter = InMemorySpanExporter()
+    monkeypatch.setattr(tracing, "_provider", None)  # restored (tracing off) after the test
+    tracing.configure_tracing("edgecloud-test", exporter=exporter)
+    query, expected = multi_step(teacher_dir)
+    wait_until(lambda: daemon.service.cloud_healthy)
+    body = daemon.http.post("/v1/query", json={"query": query, "route": "cloud"}).json()
+    assert body["answer"] == expected
+    wanted = {"edge.query", "edge.local_inference", "edge.escalation", "cloud.session", "cloud.queue_wait",
+              "cloud.thinking", "cloud.answer"}  # fmt: skip
+    wait_until(lambda: wanted <= {s.name for s in exporter.get_finished_spans()})
+    spans = {s.name: s for s in exporter.get_finished_spans()}
+    assert len({spans[name].context.trace_id for name in wanted}) == 1  # one trace, edge and cloud
+    parent = {name: spans[name].parent.span_id if spans[name].parent else None for name in wanted}
+    assert parent["edge.query"] is None
+    assert parent["edge.local_inference"] == parent["edge.escalation"] == spans["edge.query"].context.span_id
+    assert parent["cloud.session"] == spans["edge.escalation"].context.span_id  # across the gRPC call
+    for name in ("cloud.queue_wait", "cloud.thinking", "cloud.answer"):
+        assert parent[name] == spans["cloud.session"].context.span_id
+    session = spans["cloud.session"]
+    assert session.attributes["edgecloud.reasoning_tokens"] == body["usage"]["reasoning_tokens"] > 0
+    assert spans["edge.query"].attributes["edgecloud.route"] == "cloud"
+    assert session.start_time <= spans["cloud.thinking"].start_time <= spans["cloud.answer"].start_time
+    assert spans["cloud.answer"].end_time <= session.end_time <= spans["edge.query"].end_time
+
+
 def test_cloud_down_gives_degraded_answers_and_outbox(
     shipped_models: Path, tmp_path: Path, teacher_dir: Path, teacher: LoadedModel
 ) -> None:

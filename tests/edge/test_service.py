@@ -28,7 +28,7 @@ class BreaksMidAnswer:
     async def healthy(self) -> bool:
         return True
 
-    async def think(self, params: ThinkParams) -> AsyncIterator[Event]:
+    async def think(self, params: ThinkParams, **_: object) -> AsyncIterator[Event]:
         yield Event(seq=1, session_id="s-1", kind=EventKind.ACCEPTED)
         yield Event(seq=2, session_id="s-1", kind=EventKind.ANSWER_DELTA, text="4")
         raise UnavailableError("connection refused, 6 attempts")
@@ -80,7 +80,7 @@ class RecordsWhatItIsAsked:
     async def healthy(self) -> bool:
         return True
 
-    async def think(self, params: ThinkParams) -> AsyncIterator[Event]:
+    async def think(self, params: ThinkParams, **_: object) -> AsyncIterator[Event]:
         self.asked.append(params)
         yield Event(seq=1, session_id=f"s-{len(self.asked)}", kind=EventKind.ACCEPTED)
         yield Event(seq=2, session_id=f"s-{len(self.asked)}", kind=EventKind.COMPLETED, text="0")

@@ -1,0 +1,69 @@
+"""The cloud's side of a trace: one session's spans, from the events it streams.
+
+The edge sends its W3C trace context in the call's metadata; the Think handler feeds every event
+it streams to :class:`SessionSpans`, which, when the session ends, records ``cloud.session`` under
+the edge's ``edge.escalation`` span, with ``cloud.queue_wait`` (accepted until the model's first
+token), ``cloud.thinking`` (the hidden reasoning) and ``cloud.answer`` beneath it, and the token
+counts as attributes. Spans are made from the times the events were seen, so the engine's threads
+carry no tracing code. With tracing off (:func:`edgecloud.shared.tracing.tracing_enabled`) nothing
+is recorded.
+"""
+
+from __future__ import annotations
+
+import time
+
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.trace import Status, StatusCode
+
+from edgecloud.shared.reasoning import Event, EventKind
+from edgecloud.shared.tracing import tracer
+
+__all__ = ["SessionSpans"]
+
+
+class SessionSpans:
+    def __init__(self, parent: Context) -> None:
+        self.parent = parent
+        self.started = time.time_ns()
+        self.first_token: int | None = None
+        self.first_reasoning: int | None = None
+        self.first_answer: int | None = None
+        self.last: Event | None = None
+
+    def see(self, event: Event) -> None:
+        now = time.time_ns()
+        if event.kind in (EventKind.REASONING_PROGRESS, EventKind.REASONING_DELTA, EventKind.ANSWER_DELTA):
+            self.first_token = self.first_token or now
+        if event.kind in (EventKind.REASONING_PROGRESS, EventKind.REASONING_DELTA):
+            self.first_reasoning = self.first_reasoning or now
+        if event.kind is EventKind.ANSWER_DELTA:
+            self.first_answer = self.first_answer or now
+        self.last = event
+
+    def end(self) -> None:
+        """Record the spans (once the session ended, or the caller went away)."""
+        done = time.time_ns()
+        last = self.last
+        session = tracer().start_span("cloud.session", context=self.parent, start_time=self.started)
+        if last is not None:
+            session.set_attribute("edgecloud.session_id", last.session_id)
+            if last.kind is EventKind.COMPLETED:
+                usage = last.usage
+                session.set_attributes({"edgecloud.input_tokens": usage.input_tokens, "edgecloud.cached": last.cached,
+                                        "edgecloud.reasoning_tokens": usage.reasoning_tokens,
+                                        "edgecloud.output_tokens": usage.output_tokens})  # fmt: skip
+            elif last.kind is EventKind.FAILED:
+                session.set_status(Status(StatusCode.ERROR, str(last.failure)))
+            else:
+                session.set_attribute("edgecloud.caller_left", True)
+        inside = trace.set_span_in_context(session)
+        first = self.first_token or done
+        tracer().start_span("cloud.queue_wait", context=inside, start_time=self.started).end(end_time=first)
+        if self.first_reasoning is not None:
+            thinking = tracer().start_span("cloud.thinking", context=inside, start_time=self.first_reasoning)
+            thinking.end(end_time=self.first_answer or done)
+        if self.first_answer is not None:
+            tracer().start_span("cloud.answer", context=inside, start_time=self.first_answer).end(end_time=done)
+        session.end(end_time=done)
