@@ -57,7 +57,8 @@ from edgecloud.edge.service import EdgeService
 from edgecloud.shared.broker import BrokerSettings, connect_async, create_client
 from edgecloud.shared.commands import CommandRejectedError, open_command
 from edgecloud.shared.errors import ConfigError, EdgecloudError
-from edgecloud.shared.fleet import AckStatus, Birth, Command, CommandAck, Telemetry, Topics, encode
+from edgecloud.shared.fleet import AckStatus, Birth, BundleRef, Command, CommandAck, Telemetry, Topics, encode
+from edgecloud.shared.tracing import tracer
 
 __all__ = ["AgentConfig", "DeviceAgent", "resume_bundle"]
 
@@ -423,6 +424,17 @@ class DeviceAgent:
                 log.exception("command %s crashed the handler", command.id)
 
     def handle(self, command: Command) -> AckStatus:
+        """Act on a verified command once; its ack status. Traced as ``agent.command`` (with
+        ``agent.download``, ``agent.verify`` and ``agent.watch`` beneath) when tracing is on."""
+        attributes = {"edgecloud.command_id": command.id, "edgecloud.command": command.type,
+                      "edgecloud.revision": command.revision, "edgecloud.rollout_id": command.rollout_id or "",
+                      "edgecloud.bundle.version": command.bundle.version}  # fmt: skip
+        with tracer().start_as_current_span("agent.command", attributes=attributes) as span:
+            status = self._handle(command)
+            span.set_attribute("edgecloud.status", status.value)
+            return status
+
+    def _handle(self, command: Command) -> AckStatus:
         done = self._state["commands"].get(command.id)
         if done is not None:  # a redelivery: say again how it ended, do nothing twice
             self.client.publish(self.topics.ack, encode(done), qos=1)
@@ -450,7 +462,8 @@ class DeviceAgent:
             self._ack(
                 command, AckStatus.VERIFYING, f"serving v{bundle.version}; watching it for {self.config.watch_s:g} s"
             )
-        reason = self._watch(swapped_at, baseline.p99_ms)
+        with tracer().start_as_current_span("agent.watch"):
+            reason = self._watch(swapped_at, baseline.p99_ms)
         if reason:
             self.service.swap(old)
             self._ack(command, AckStatus.ROLLED_BACK, reason)
@@ -468,10 +481,6 @@ class DeviceAgent:
         self._floors[name] = max(int(self._floors.get(name, 0)), version)
 
     def _install(self, command: Command) -> EdgeBundle:
-        from edgecloud.shared.artifacts import unpack_bundle
-        from edgecloud.shared.download import download
-        from edgecloud.shared.signing import verify_signed_bundle
-
         ref = command.bundle
         if command.type == "rollback" and ref.version not in self._proven:
             if ref.version in {int(v) for v in self._state["installed"]}:
@@ -487,6 +496,14 @@ class DeviceAgent:
             raise _Failed(f"bundle of {ref.size} bytes exceeds the limit of {self.config.max_bundle_bytes}")
         archive = self.state_dir / "downloads" / f"{ref.sha256}.tar.gz"
         headers = {"Authorization": f"Bearer {self.config.artifact_token}"} if self.config.artifact_token else None
+        with tracer().start_as_current_span("agent.download", attributes={"edgecloud.bytes": ref.size}):
+            self._download(ref, archive, headers)
+        with tracer().start_as_current_span("agent.verify"):
+            return self._verify(command, ref, archive)
+
+    def _download(self, ref: BundleRef, archive: Path, headers: dict[str, str] | None) -> None:
+        from edgecloud.shared.download import download
+
         download(
             ref.url,
             archive,
@@ -497,6 +514,11 @@ class DeviceAgent:
             deadline_s=self.config.download_deadline_s,
             min_rate_bps=self.config.download_min_rate_bps,
         )
+
+    def _verify(self, command: Command, ref: BundleRef, archive: Path) -> EdgeBundle:
+        from edgecloud.shared.artifacts import unpack_bundle
+        from edgecloud.shared.signing import verify_signed_bundle
+
         self._ack(command, AckStatus.VERIFYING)
         staging = self.state_dir / "bundles" / f".incoming-{command.id}"
         shutil.rmtree(staging, ignore_errors=True)

@@ -503,3 +503,30 @@ def test_ten_swaps_over_mqtt_under_load_fail_no_request(device, shipped_models, 
     assert service.slot.current.version == first + 10
     assert outcomes and all(ok for ok, _ in outcomes)
     assert {first + 10} <= {v for _, v in outcomes}  # the last model served requests too
+
+
+def test_a_deployment_is_traced_command_download_verify_watch(  # type: ignore[no-untyped-def]
+    device, shipped_models, tmp_path, keys, artifacts, monkeypatch
+) -> None:
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from edgecloud.shared import tracing
+
+    exporter = InMemorySpanExporter()
+    monkeypatch.setattr(tracing, "_provider", None)  # restored (tracing off) after the test
+    tracing.configure_tracing("edgecloud-test", exporter=exporter)
+    _agent, service, observer = device
+    version = service.slot.current.version + 1
+    bundle = make_bundle(shipped_models / "edge-student", tmp_path / "traced", version, keys["trusted_private"])
+    deploy = command(publish_bundle(bundle, artifacts, "traced.tar.gz"), revision=5)
+    observer.send(deploy)
+    observer.wait_for(lambda: acks_for(observer, deploy["id"])[-1:] == ["ACTIVE"])
+    observer.wait_for(lambda: any(s.name == "agent.command" for s in exporter.get_finished_spans()))
+    spans = {s.name: s for s in exporter.get_finished_spans()}
+    root = spans["agent.command"]
+    assert root.attributes["edgecloud.command_id"] == deploy["id"] and root.attributes["edgecloud.status"] == "ACTIVE"
+    for name in ("agent.download", "agent.verify", "agent.watch"):
+        assert (
+            spans[name].parent.span_id == root.context.span_id and spans[name].context.trace_id == root.context.trace_id
+        )
+    assert spans["agent.download"].end_time <= spans["agent.verify"].start_time <= spans["agent.watch"].start_time
