@@ -11,6 +11,7 @@ The W3C trace context travels in gRPC metadata (``traceparent``, ``tracestate``)
 
 from __future__ import annotations
 
+import atexit
 from collections.abc import Iterable, Mapping
 
 from opentelemetry import propagate, trace
@@ -39,6 +40,7 @@ def configure_tracing(service_name: str, *, endpoint: str | None = None, exporte
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
         provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint)))
+        atexit.register(provider.shutdown)  # the last batch goes out when the process ends
     _provider = provider
 
 
