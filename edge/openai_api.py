@@ -142,13 +142,14 @@ def openai_router(service: EdgeService) -> APIRouter:
             route=route,
             max_reasoning_tokens=budget,
             include_reasoning=body.include_reasoning,
+            # A chat completion cannot be fetched later: while the cloud is down a cloud-only one is a
+            # 503 with Retry-After (POST /v1/responses queues it in the outbox instead).
+            queue_when_cloud_down=False,
         )
         completion_id = f"chatcmpl-{uuid.uuid4().hex}"
         created = int(time.time())
         if not body.stream:
             result = await service.query(request)
-            if result.status == "accepted":
-                return JSONResponse(result.to_json(), status_code=202)
             return JSONResponse(_completion(body, result, completion_id, created))
 
         stream = service.stream(request)

@@ -48,6 +48,9 @@ class QueryRequest:
     max_reasoning_tokens: int | None = None
     include_reasoning: bool = False
     id: str = field(default_factory=lambda: f"q-{uuid.uuid4().hex}")
+    queue_when_cloud_down: bool = True
+    """A cloud-only query while the cloud is down goes to the outbox (answered later, by id); False:
+    it fails at once with UnavailableError instead (for callers that cannot fetch a result later)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -218,6 +221,11 @@ class EdgeService:
         )
         return bundle, answer, decision
 
+    @staticmethod
+    def _unqueued(request: QueryRequest, cause: BaseException | None = None) -> None:
+        if not request.queue_when_cloud_down:
+            raise UnavailableError("the cloud is unreachable and this query must be answered there") from cause
+
     def _cloud_result(
         self,
         request: QueryRequest,
@@ -362,6 +370,7 @@ class EdgeService:
         if self.client is None:
             raise UnavailableError("this daemon has no cloud configured (--cloud HOST:PORT)")
         if not self.cloud_healthy:  # only a request that insisted on the cloud gets here
+            self._unqueued(request)
             result = self._accept(request, params, bundle, answer, started)
             yield StreamItem("done", result.to_json())
             self._observe(result)
@@ -403,6 +412,7 @@ class EdgeService:
             )
             asyncio.get_running_loop().create_task(self.check_cloud())
             if request.route is Requested.CLOUD:
+                self._unqueued(request, exc)
                 result = self._accept(request, params, bundle, answer, started)
             elif answered and not buffered:
                 raise UnavailableError(f"the cloud stream broke after the answer began: {exc}") from exc

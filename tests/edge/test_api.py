@@ -340,6 +340,11 @@ def test_cloud_down_gives_degraded_answers_and_outbox(
         dropped = client.responses.create(model="edgecloud-cloud", input=query, background=True)
         wait_until(lambda: client.responses.retrieve(dropped.id).status == "queued")  # in the outbox
         assert client.responses.cancel(dropped.id).status == "cancelled"
+        # A chat completion cannot be fetched later: a clear 503 to retry, and nothing queued.
+        with pytest.raises(openai.InternalServerError) as unavailable:
+            client.chat.completions.create(model="edgecloud-cloud", messages=[{"role": "user", "content": query}])
+        assert unavailable.value.status_code == 503 and unavailable.value.response.headers["retry-after"]
+        assert "cloud is unreachable" in unavailable.value.message
         assert first.http.get("/readyz").json()["outbox_depth"] == 2
     finally:
         first.stop()  # the daemon restarts with the requests still in its outbox
