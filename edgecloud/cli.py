@@ -214,13 +214,12 @@ def _broker_settings(args: argparse.Namespace, **defaults: object):  # -> Broker
 
 
 def _labels(pairs: list[str]) -> dict[str, str]:
-    labels = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise SystemExit(f"error: --label must be KEY=VALUE, got {pair!r}")
-        labels[key] = value
-    return labels
+    from edgecloud.fleet_commands import parse_labels
+
+    try:
+        return parse_labels(pairs)
+    except ValueError as exc:
+        raise SystemExit(f"error: {exc}") from None
 
 
 def _edge_serve(args: argparse.Namespace) -> int:

@@ -22,7 +22,7 @@ from typing import Any
 
 import httpx
 
-__all__ = ["add_fleet_client_commands"]
+__all__ = ["add_fleet_client_commands", "parse_labels"]
 
 DEFAULT_URL = "http://127.0.0.1:8090"
 TERMINAL = {"COMPLETED", "ABORTED", "ROLLED_BACK", "FAILED"}
@@ -148,14 +148,22 @@ def _show(args: argparse.Namespace) -> int:
     return _emit(args, body, _rollout_line(body.get("summary", body)) + "\n\n" + _table(rows, columns))
 
 
-def _labels(pairs: Sequence[str]) -> dict[str, str]:
+def parse_labels(pairs: Sequence[str]) -> dict[str, str]:
+    """``--label KEY=VALUE`` flags as a dict; ValueError naming the first that is not KEY=VALUE."""
     labels = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise _Refused(f"--label must be KEY=VALUE, got {pair!r}")
+            raise ValueError(f"--label must be KEY=VALUE, got {pair!r}")
         labels[key] = value
     return labels
+
+
+def _labels(pairs: Sequence[str]) -> dict[str, str]:
+    try:
+        return parse_labels(pairs)
+    except ValueError as exc:
+        raise _Refused(str(exc)) from None
 
 
 def _start(args: argparse.Namespace) -> int:
@@ -258,11 +266,11 @@ def add_fleet_client_commands(fleet: argparse._SubParsersAction) -> None:
     start.add_argument("--abort-percent", type=float, default=None, help="abort past this share of failures")
     start.add_argument("--device-timeout", type=float, default=None, help="seconds a device may take")
     start.add_argument("--watch", action="store_true", help="then follow it until it ends (as `fleet watch`)")
-    for parser in (start, add("watch", "follow a rollout until it ends (exit 0 on COMPLETED)", _watch)):
+    watch = add("watch", "follow a rollout until it ends (exit 0 on COMPLETED)", _watch)
+    watch.add_argument("id")
+    for parser in (start, watch):
         parser.add_argument("--interval", type=float, default=1.0, help="seconds between polls")
         parser.add_argument("--watch-timeout", type=float, default=3600.0, help="give up after this many seconds")
-    for name in ("watch",):
-        fleet.choices[name].add_argument("id")
     for name, help_text in (("pause", "stop sending new waves"), ("resume", "continue a paused rollout"),
                             ("abort", "send no new deploy command"),
                             ("rollback", "send every device that went ACTIVE back")):  # fmt: skip
