@@ -30,6 +30,7 @@ class SessionSpans:
         self.first_token: int | None = None
         self.first_reasoning: int | None = None
         self.first_answer: int | None = None
+        self.finished: int | None = None
         self.last: Event | None = None
 
     def see(self, event: Event) -> None:
@@ -40,11 +41,14 @@ class SessionSpans:
             self.first_reasoning = self.first_reasoning or now
         if event.kind is EventKind.ANSWER_DELTA:
             self.first_answer = self.first_answer or now
+        if event.kind.terminal:
+            self.finished = now
         self.last = event
 
     def end(self) -> None:
-        """Record the spans (once the session ended, or the caller went away)."""
-        done = time.time_ns()
+        """Record the spans (once the session ended, or the caller went away). A session ends with
+        its terminal event, not when the handler returns after sending it."""
+        done = self.finished or time.time_ns()
         last = self.last
         session = tracer().start_span("cloud.session", context=self.parent, start_time=self.started)
         if last is not None:
