@@ -181,12 +181,13 @@ class _Background:
                 failed["error"] = {"code": "server_error", "message": str(task.exception())}
                 return failed
             result = task.result()
+            if result.status == "accepted":  # in the outbox: the cloud answers it once it is back
+                result = service.lookup(response_id) or result
         else:
-            result, model, created = service.lookup(response_id), "edgecloud", time.time()
-            if result is None:
+            found, model, created = service.lookup(response_id), "edgecloud", time.time()
+            if found is None:
                 return None
-        if result.status == "accepted":  # in the outbox: the cloud answers it once it is back
-            result = service.lookup(response_id) or result
+            result = found
         return _response(response_id, model, created, _status(result), result, background=True)
 
     def cancel(self, service: EdgeService, response_id: str) -> dict[str, Any] | None:
@@ -220,7 +221,7 @@ def responses_router(service: EdgeService) -> APIRouter:
             return JSONResponse(_response(request.id, body.model, created, status, result, background=False))
         stream = service.stream(request)
         first = await anext(stream)  # an error before the first event is still an HTTP error
-        events = _events(first, stream, request, body.model, created, background=body.background)
+        events = _events(service, first, stream, request, body.model, created, background=body.background)
         if body.background:  # runs on whether or not this client stays to read it
             run = background.start_stream(request.id, body.model, created, events)
             return _event_stream(run.follow(-1))
@@ -260,6 +261,7 @@ def _sse(payload: dict[str, Any]) -> bytes:
 
 
 async def _events(
+    service: EdgeService,
     first: StreamItem,
     stream: AsyncIterator[StreamItem],
     request: QueryRequest,
@@ -293,11 +295,12 @@ async def _events(
                 text += item.data["text"]
                 yield event("response.output_text.delta", delta=item.data["text"], logprobs=[], **where)
             elif item.event == "done":
-                result = QueryResult(**_result_fields(item.data))
+                result = service.lookup(request.id)  # recorded by the service before its ``done``
                 yield event("response.output_text.done", text=text, logprobs=[], **where)
                 yield event("response.content_part.done", part={**part, "text": text}, **where)
                 yield event("response.output_item.done", output_index=0, item=_message(rid, text))
-                final = _response(rid, model, created, _status(result), result, background=background)
+                status = _status(result) if result is not None else "completed"
+                final = _response(rid, model, created, status, result, background=background)
                 yield event("response.completed", response=final)
             item = await anext(stream, None)
     except EdgecloudError as exc:
@@ -344,22 +347,3 @@ class _Run:
             return last["response"]
         status = "cancelled" if self.done else "in_progress"
         return _response(response_id, self.model, self.created, status, None, background=True)
-
-
-def _result_fields(done: dict[str, Any]) -> dict[str, Any]:
-    """A QueryResult's fields from the ``done`` stream item (the result's JSON)."""
-    usage = done.get("usage") or {}
-    return {
-        "id": done.get("id", ""),
-        "status": "completed",
-        "answer": done.get("answer"),
-        "route_taken": done.get("route_taken", ""),
-        "reason": done.get("reason", ""),
-        "confidence": done.get("confidence") or 0.0,
-        "model_version": done.get("model_version", 0),
-        "model_name": done.get("model_name", ""),
-        "input_tokens": usage.get("input_tokens", 0),
-        "reasoning_tokens": usage.get("reasoning_tokens", 0),
-        "output_tokens": usage.get("output_tokens", 0),
-        "degraded": bool(done.get("degraded")),
-    }

@@ -20,6 +20,7 @@ from opentelemetry.context import Context
 __all__ = ["configure_tracing", "context_from_metadata", "trace_headers", "tracer", "tracing_enabled"]
 
 _provider: trace.TracerProvider | None = None
+_OFF = trace.NoOpTracer()
 
 
 def configure_tracing(service_name: str, *, endpoint: str | None = None, exporter: object | None = None) -> None:
@@ -49,7 +50,7 @@ def tracing_enabled() -> bool:
 
 
 def tracer() -> trace.Tracer:
-    return (_provider or trace.NoOpTracerProvider()).get_tracer("edgecloud")
+    return _provider.get_tracer("edgecloud") if _provider is not None else _OFF
 
 
 def trace_headers(span: trace.Span) -> dict[str, str]:
