@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edgecloud.shared.errors import ConfigError, InvalidInputError
 from edgecloud.shared.fleet import Command, decode, encode
-from edgecloud.shared.signing import ALGORITHM, TrustStore, key_id
+from edgecloud.shared.signing import ALGORITHM, TrustStore, UntrustedKeyError, key_id
 
 __all__ = ["DEFAULT_TTL_S", "MAX_CLOCK_SKEW_S", "CommandRejectedError", "open_command", "sign_command"]
 
@@ -144,17 +144,10 @@ def _open(envelope: dict, trust: TrustStore, device: str, at: float, max_clock_s
     if sorted(envelope) != sorted(_ENVELOPE_FIELDS) or not isinstance(envelope["command"], str):
         raise CommandRejectedError("malformed", "a signed command is exactly {command: string, signature: object}")
     kid, signature = _signature(envelope["signature"])
-    public_key = trust.get(kid)
-    if public_key is None:
-        successor = trust.retired_by(kid)
-        why = (
-            "revoked"
-            if kid in trust.revoked
-            else f"retired by a rotation to key {successor}"
-            if successor
-            else "not trusted for commands"
-        )
-        raise CommandRejectedError("untrusted-key", f"command signed by key {kid!r}, which is {why}")
+    try:
+        public_key = trust.signer(kid)  # says why not: unknown, revoked, or retired by a rotation
+    except UntrustedKeyError as exc:
+        raise CommandRejectedError("untrusted-key", f"command signed by {exc}; not trusted for commands") from None
     try:
         body = envelope["command"].encode("utf-8")
     except UnicodeEncodeError:  # a lone surrogate ("\\ud800") decodes from JSON but has no UTF-8 form

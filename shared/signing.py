@@ -301,7 +301,7 @@ class TrustStore:
         raise UntrustedKeyError(f"key {kid} is not trusted (trusted: {', '.join(self.key_ids) or 'none'})")
 
     def check_role(self, kid: str, name: str, kind: str) -> None:
-        role = self._roles.get(kid, ANY_BUNDLE)
+        role = self.role(kid)
         if not role.allows(name, kind):
             raise KeyRoleError(f"key {kid} may sign {role}; not {name!r} ({kind})")
 
@@ -379,29 +379,28 @@ def read_signature(directory: str | os.PathLike[str]) -> tuple[str, bytes]:
 def parse_signature(raw: bytes, where: str) -> tuple[str, bytes]:
     """``(key_id, signature bytes)`` from the bytes of a ``manifest.sig`` (``where`` names it in
     errors); MalformedSignatureError unless it is exactly the documented JSON object."""
-    path = where
     if len(raw) > _MAX_SIG_BYTES:
-        raise MalformedSignatureError(f"{path}: larger than {_MAX_SIG_BYTES} bytes")
+        raise MalformedSignatureError(f"{where}: larger than {_MAX_SIG_BYTES} bytes")
     try:
         document = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise MalformedSignatureError(f"{path}: not UTF-8 JSON: {exc}") from exc
+        raise MalformedSignatureError(f"{where}: not UTF-8 JSON: {exc}") from exc
     if not isinstance(document, dict) or sorted(document) != sorted(_SIG_FIELDS):
-        raise MalformedSignatureError(f"{path}: expected an object with exactly {', '.join(_SIG_FIELDS)}")
+        raise MalformedSignatureError(f"{where}: expected an object with exactly {', '.join(_SIG_FIELDS)}")
     if document["algorithm"] != ALGORITHM:
-        raise MalformedSignatureError(f"{path}: algorithm {document['algorithm']!r} is not {ALGORITHM!r}")
+        raise MalformedSignatureError(f"{where}: algorithm {document['algorithm']!r} is not {ALGORITHM!r}")
     kid = document["key_id"]
     if not isinstance(kid, str) or not _KEY_ID_RE.fullmatch(kid):
-        raise MalformedSignatureError(f"{path}: key_id must be 16 lower-case hex digits, got {kid!r}")
+        raise MalformedSignatureError(f"{where}: key_id must be 16 lower-case hex digits, got {kid!r}")
     encoded = document["signature"]
     if not isinstance(encoded, str):
-        raise MalformedSignatureError(f"{path}: signature must be a base64 string, got {type(encoded).__name__}")
+        raise MalformedSignatureError(f"{where}: signature must be a base64 string, got {type(encoded).__name__}")
     try:
         signature = base64.b64decode(encoded.encode("ascii"), validate=True)
     except (binascii.Error, UnicodeEncodeError) as exc:
-        raise MalformedSignatureError(f"{path}: signature is not base64: {exc}") from exc
+        raise MalformedSignatureError(f"{where}: signature is not base64: {exc}") from exc
     if len(signature) != 64:
-        raise MalformedSignatureError(f"{path}: an ed25519 signature is 64 bytes, got {len(signature)}")
+        raise MalformedSignatureError(f"{where}: an ed25519 signature is 64 bytes, got {len(signature)}")
     return kid, signature
 
 
