@@ -52,6 +52,12 @@ def _read_head(archive: Path) -> tuple[Manifest, bytes | None]:
         raise ManifestError(f"{archive.name}: {MANIFEST_FILE} is not UTF-8 JSON: {exc}") from exc
 
 
+def _load_trust(paths: Sequence[Path]) -> TrustStore:
+    from edgecloud.shared.trust import load_trust
+
+    return load_trust(paths)
+
+
 def _check_head_signature(archive: Path, manifest: Manifest, signature: bytes | None, trust: TrustStore) -> None:
     """The manifest's signature, checked before anything else in the archive is decompressed."""
     from edgecloud.shared.signing import UnsignedBundleError, parse_signature, verify_manifest_signature
@@ -90,6 +96,8 @@ class BundleRegistry:
         self.artifact_dir = Path(artifact_dir)
         self.artifact_dir.mkdir(parents=True, exist_ok=True)
         self.trusted_keys = tuple(trusted_keys)
+        # Read once: a key file or trust policy that does not load stops the manager at its start.
+        self.trust = _load_trust(self.trusted_keys) if self.trusted_keys else None
         self.max_bundle_bytes = max_bundle_bytes
         self.artifact_url = artifact_url
 
@@ -111,12 +119,9 @@ class BundleRegistry:
                 f"{manifest.name} v{manifest.version} is a {manifest.kind} bundle; devices install edge bundles only"
             )
         key_id = ""
-        if self.trusted_keys:
-            from edgecloud.shared.trust import load_trust
-
-            trust = load_trust(self.trusted_keys)
-            _check_head_signature(source, manifest, signature, trust)
-            key_id = _verify_signature(source, trust, 4 * self.max_bundle_bytes)
+        if self.trust is not None:
+            _check_head_signature(source, manifest, signature, self.trust)
+            key_id = _verify_signature(source, self.trust, 4 * self.max_bundle_bytes)
         else:
             log.warning(
                 "%s v%d registered without a signature check: no trusted_keys configured",
