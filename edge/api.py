@@ -5,7 +5,8 @@ mapping and the operational routes; the two query APIs are routers of their own:
 
 - edgecloud's own (:mod:`edgecloud.edge.query_api`): ``POST /v1/query`` (JSON or Server-Sent
   Events) and ``GET /v1/query/{id}`` (an accepted, outboxed or recent request).
-- OpenAI's (:mod:`edgecloud.edge.openai_api`): ``POST /v1/chat/completions``, routed the same way.
+- OpenAI's (:mod:`edgecloud.edge.openai_api`): ``POST /v1/chat/completions`` and ``GET
+  /v1/models``, routed the same way, and its Responses API (:mod:`edgecloud.edge.responses_api`).
 - ``/healthz`` (alive), ``/readyz`` (model loaded), ``/metrics`` (Prometheus), no key needed.
 
 Errors are JSON ``{"error": {"type", "message"}}`` with a 4xx/5xx status. Every request passes
@@ -27,6 +28,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from edgecloud.edge.openai_api import is_openai_path, openai_error, openai_router
 from edgecloud.edge.query_api import query_router
+from edgecloud.edge.response_keeper import ResponseKeeper
+from edgecloud.edge.response_store import ResponseStore
 from edgecloud.edge.responses_api import responses_router
 from edgecloud.edge.service import EdgeService
 from edgecloud.shared.asgi import Inbound, InboundGuard, error_response, response_for
@@ -35,23 +38,27 @@ from edgecloud.shared.errors import EdgecloudError
 __all__ = ["create_app"]
 
 
-def create_app(service: EdgeService) -> FastAPI:
+def create_app(service: EdgeService, responses: ResponseStore) -> FastAPI:
+    """The app over ``service``; ``responses`` keeps the Responses API's responses."""
     config = service.config
+    keeper = ResponseKeeper(service, responses)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         await service.start()
+        await keeper.resume()
         try:
             yield
         finally:
+            await keeper.stop()
             await service.stop()
 
     app = FastAPI(title="edgecloud edge daemon", version="1", lifespan=lifespan)
 
     json_only = frozenset({"application/json"})
     probes = Inbound(max_body_bytes=config.max_body_bytes)
-    api_reads = Inbound(max_body_bytes=config.max_body_bytes, key=config.api_key)
-    api_writes = Inbound(max_body_bytes=config.max_body_bytes, key=config.api_key, media_types=json_only)
+    api_reads = Inbound(max_body_bytes=config.max_body_bytes, keys=config.api_keys)
+    api_writes = Inbound(max_body_bytes=config.max_body_bytes, keys=config.api_keys, media_types=json_only)
 
     def inbound(method: str, path: str) -> Inbound:
         if not path.startswith("/v1/"):
@@ -101,6 +108,6 @@ def create_app(service: EdgeService) -> FastAPI:
 
     app.include_router(query_router(service))
     app.include_router(openai_router(service))
-    app.include_router(responses_router(service))
+    app.include_router(responses_router(service, keeper))
 
     return app

@@ -25,9 +25,10 @@ class EdgeConfig:
     cloud_ca: Path | None = None
     cloud_timeout_s: float = 60.0
     """Longest a synchronous escalation may take before the answer falls back to the edge."""
-    api_key: str | None = None
-    """When set, every /v1 call needs ``Authorization: Bearer <key>`` (or ``X-API-Key``); required
-    off loopback unless ``allow_unauthenticated``."""
+    api_keys: tuple[str, ...] = ()
+    """When set, every /v1 call needs one of them as ``Authorization: Bearer <key>`` (or
+    ``X-API-Key``); required off loopback unless ``allow_unauthenticated``. Each key is a tenant:
+    a stored response is visible only to the key that created it."""
     allow_unauthenticated: bool = False
     """Serve /v1 without an API key on a host other than loopback (anyone who reaches it may query)."""
     threshold: float | None = None
@@ -66,9 +67,10 @@ class EdgeConfig:
         object.__setattr__(self, "reasoning_effort_tokens", efforts)
         if self.threshold is not None and not 0 <= self.threshold <= 1:
             raise ConfigError(f"threshold must be in [0, 1], got {self.threshold}")
-        if self.api_key is not None and len(self.api_key) < 16:
-            raise ConfigError("api_key must be at least 16 characters")
-        if self.api_key is None and not self.allow_unauthenticated and not is_loopback(self.host):
+        object.__setattr__(self, "api_keys", tuple(self.api_keys))
+        if any(len(key) < 16 for key in self.api_keys):
+            raise ConfigError("every API key must be at least 16 characters")
+        if not self.api_keys and not self.allow_unauthenticated and not is_loopback(self.host):
             raise ConfigError(
                 f"the edge API on {self.host} (not loopback) needs an API key: "
                 "pass --api-key-file FILE, or --allow-unauthenticated"

@@ -13,6 +13,7 @@ from edgecloud.edge.config import EdgeConfig
 from edgecloud.edge.escalation import CloudClient, CloudClientConfig
 from edgecloud.edge.metrics import EdgeMetrics
 from edgecloud.edge.outbox import Outbox
+from edgecloud.edge.response_store import ResponseStore
 from edgecloud.edge.runtime import EdgeBundle, ModelSlot
 from edgecloud.edge.service import EdgeService
 from edgecloud.shared.asgi import serve_until_signal
@@ -23,7 +24,8 @@ log = logging.getLogger(__name__)
 
 
 def create_daemon(config: EdgeConfig) -> tuple[FastAPI, EdgeService]:
-    """Load the bundle (verified), open the outbox, and build the app. Nothing listens yet."""
+    """Load the bundle (verified), open the outbox (and the stored responses, in its file), and
+    build the app. Nothing listens yet."""
     bundle = EdgeBundle.load(config.bundle, threads=config.threads)
     client = None
     if config.cloud:
@@ -45,7 +47,7 @@ def create_daemon(config: EdgeConfig) -> tuple[FastAPI, EdgeService]:
         config.cloud or "none",
         service.policy(bundle).threshold,
     )
-    return create_app(service), service
+    return create_app(service, ResponseStore(config.outbox)), service
 
 
 def serve(config: EdgeConfig, agent: AgentConfig | None = None) -> None:

@@ -11,6 +11,8 @@ Three model ids choose the route, for clients that can only pick a model: ``edge
 decides), ``edgecloud-edge`` and ``edgecloud-cloud``; any other id is triaged like ``edgecloud``.
 ``reasoning_effort`` (low, medium, high) sets the cloud's thinking budget
 (:attr:`EdgeConfig.reasoning_effort_tokens`); an explicit ``max_reasoning_tokens`` wins.
+``max_completion_tokens`` (or ``max_tokens``) bounds reasoning and answer together; an answer it
+cuts ends with ``finish_reason: "length"``.
 """
 
 from __future__ import annotations
@@ -79,6 +81,10 @@ class ChatBody(BaseModel):
     """edgecloud's own route field; without it, the model id chooses (:data:`MODEL_ROUTES`)."""
     max_reasoning_tokens: int | None = Field(default=None, ge=0)
     reasoning_effort: Literal["low", "medium", "high"] | None = None
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    """The most tokens generated, reasoning included (OpenAI's meaning); a cut answer ends ``length``."""
+    max_tokens: int | None = Field(default=None, ge=1)
+    """OpenAI's older name for ``max_completion_tokens`` (which wins when both are sent)."""
     n: int = Field(default=1, ge=1, le=1)
     """One choice per request: the edge and the cloud each answer once."""
     tools: list[dict[str, Any]] | None = Field(default=None, max_length=0)
@@ -142,6 +148,7 @@ def openai_router(service: EdgeService) -> APIRouter:
             route=route,
             max_reasoning_tokens=budget,
             include_reasoning=body.include_reasoning,
+            max_output_tokens=body.max_completion_tokens or body.max_tokens,
             # A chat completion cannot be fetched later: while the cloud is down a cloud-only one is a
             # 503 with Retry-After (POST /v1/responses queues it in the outbox instead).
             queue_when_cloud_down=False,
@@ -179,7 +186,7 @@ def openai_router(service: EdgeService) -> APIRouter:
                     elif item.event == "reasoning" and body.include_reasoning and "text" in item.data:
                         yield chunk({"reasoning_content": item.data["text"]})
                     elif item.event == "done":
-                        yield chunk({}, finish="stop")
+                        yield chunk({}, finish=str(item.data.get("finish_reason", "stop")))
                         if body.stream_options and body.stream_options.include_usage:
                             yield chunk({}, usage=_usage(item.data))
                     item = await anext(stream, None)
@@ -203,7 +210,7 @@ def _completion(body: ChatBody, result: QueryResult, completion_id: str, created
         "object": "chat.completion",
         "created": created,
         "model": body.model,
-        "choices": [{"index": 0, "message": message, "finish_reason": "stop", "logprobs": None}],
+        "choices": [{"index": 0, "message": message, "finish_reason": result.finish_reason, "logprobs": None}],
         "usage": _usage(result.to_json()),
         "system_fingerprint": f"{result.model_name}-v{result.model_version}",
         "edgecloud": {

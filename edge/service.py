@@ -40,6 +40,9 @@ __all__ = ["EdgeService", "QueryRequest", "QueryResult", "StreamItem"]
 
 log = logging.getLogger(__name__)
 
+MAX_OUTPUT_TOKENS = 65_536
+"""The largest ``max_output_tokens`` a request may ask for (the cloud caps the answer at its own limit)."""
+
 
 @dataclass(frozen=True, kw_only=True)
 class QueryRequest:
@@ -48,6 +51,10 @@ class QueryRequest:
     max_reasoning_tokens: int | None = None
     include_reasoning: bool = False
     id: str = field(default_factory=lambda: f"q-{uuid.uuid4().hex}")
+    max_output_tokens: int | None = None
+    """The most tokens generated, reasoning and answer together (OpenAI's ``max_completion_tokens``
+    and ``max_output_tokens``); None: the models' own limits. A cut answer has ``finish_reason``
+    ``length``."""
     queue_when_cloud_down: bool = True
     """A cloud-only query while the cloud is down goes to the outbox (answered later, by id); False:
     it fails at once with UnavailableError instead (for callers that cannot fetch a result later)."""
@@ -74,6 +81,8 @@ class QueryResult:
     edge_answer: str | None = None
     """What the edge model said when the cloud answered instead: for shadow evaluation of the
     edge model and for collecting distillation data."""
+    finish_reason: str = "stop"
+    """``stop``, or ``length`` when :attr:`QueryRequest.max_output_tokens` cut the answer."""
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -93,6 +102,7 @@ class QueryResult:
             "latency_ms": round(self.latency_ms, 3),
             "degraded": self.degraded,
             "cached": self.cached,
+            "finish_reason": self.finish_reason,
             **({"reasoning": self.reasoning} if self.reasoning is not None else {}),
             **({"edge_answer": self.edge_answer} if self.edge_answer is not None else {}),
         }
@@ -189,7 +199,8 @@ class EdgeService:
 
     # -- queries -----------------------------------------------------------------------
 
-    def _validate(self, request: QueryRequest) -> None:
+    def validate(self, request: QueryRequest) -> None:
+        """Raise InvalidInputError when ``request`` breaks a limit (checked again when it runs)."""
         if not request.query.strip():
             raise InvalidInputError("query is empty")
         if len(request.query) > self.config.max_query_chars:
@@ -201,9 +212,11 @@ class EdgeService:
             and not 0 <= request.max_reasoning_tokens <= self.config.max_reasoning_tokens
         ):
             raise InvalidInputError(f"max_reasoning_tokens must be in [0, {self.config.max_reasoning_tokens}]")
+        if request.max_output_tokens is not None and not 1 <= request.max_output_tokens <= MAX_OUTPUT_TOKENS:
+            raise InvalidInputError(f"max_output_tokens must be in [1, {MAX_OUTPUT_TOKENS}]")
 
     async def _local(self, request: QueryRequest, parent: trace.Span) -> tuple[EdgeBundle, EdgeAnswer, Decision]:
-        self._validate(request)
+        self.validate(request)
         with tracer().start_as_current_span("edge.local_inference", context=trace.set_span_in_context(parent)) as span:
             with self.slot.acquire() as bundle:
                 answer = await asyncio.to_thread(bundle.model.answer, request.query)
@@ -252,6 +265,7 @@ class EdgeService:
             cached=event.cached,
             reasoning=reasoning,
             edge_answer=answer.text,
+            finish_reason="length" if event.finish_reason == "length" else "stop",
         )
 
     def _edge_result(
@@ -265,10 +279,13 @@ class EdgeService:
         degraded: bool,
         reason: str | None = None,
     ) -> QueryResult:
+        # The edge generates its whole (short) answer to triage it; one longer than the caller's
+        # limit is withheld, as OpenAI's models stop at the limit with the answer unfinished.
+        cut = request.max_output_tokens is not None and answer.output_tokens > request.max_output_tokens
         result = QueryResult(
             id=request.id,
             status="completed",
-            answer=answer.text,
+            answer="" if cut else answer.text,
             route_taken=Route.EDGE.value,
             reason=reason or decision.reason,
             confidence=answer.confidence,
@@ -279,6 +296,7 @@ class EdgeService:
             output_tokens=answer.output_tokens,
             latency_ms=(time.perf_counter() - started) * 1e3,
             degraded=degraded,
+            finish_reason="length" if cut else "stop",
         )
         if degraded:
             self.metrics.degraded.inc()
@@ -292,6 +310,7 @@ class EdgeService:
         difficulty = estimate_difficulty(
             answer.token_logprobs, answer.input_tokens, abstained=answer.abstained, confidence=confidence
         )
+        reasoning_budget, answer_tokens = _token_budgets(request)
         return ThinkParams(
             request_id=request.id,
             device_id=self.config.device_id,
@@ -302,7 +321,8 @@ class EdgeService:
                 estimated_difficulty=min(max(difficulty, 0.0), 1.0),
                 answer=answer.text[:MAX_HINT_ANSWER_CHARS],
             ),
-            max_reasoning_tokens=request.max_reasoning_tokens,
+            max_reasoning_tokens=reasoning_budget,
+            max_output_tokens=answer_tokens,
             stream_reasoning=request.include_reasoning,
         )
 
@@ -362,7 +382,7 @@ class EdgeService:
         )
         if decision.route is Route.EDGE:
             result = self._edge_result(request, bundle, answer, decision, started, degraded=decision.degraded)
-            yield StreamItem("answer", {"text": answer.text})
+            yield StreamItem("answer", {"text": result.answer or ""})
             yield StreamItem("done", result.to_json())
             self._observe(result)
             return
@@ -420,7 +440,7 @@ class EdgeService:
                 result = self._edge_result(
                     request, bundle, answer, decision, started, degraded=True, reason="cloud_unavailable"
                 )
-                yield StreamItem("answer", {"text": answer.text})
+                yield StreamItem("answer", {"text": result.answer or ""})
             yield StreamItem("done", result.to_json())
             self._observe(result)
         finally:
@@ -473,6 +493,18 @@ class EdgeService:
         self.stats.record(result.route_taken, result.latency_ms, degraded=result.degraded)
         self.metrics.requests.labels(result.route_taken, result.reason).inc()
         self.metrics.latency.labels(result.route_taken).observe(result.latency_ms / 1e3)
+
+
+def _token_budgets(request: QueryRequest) -> tuple[int | None, int]:
+    """The cloud's thinking budget (None: its default) and answer length (0: its default) for
+    ``request``. Under ``max_output_tokens`` (reasoning and answer together, as OpenAI counts) a
+    quarter of it at least is kept for the answer."""
+    limit = request.max_output_tokens
+    if limit is None:
+        return request.max_reasoning_tokens, 0
+    room = limit - -(-limit // 4)
+    reasoning = room if request.max_reasoning_tokens is None else min(request.max_reasoning_tokens, room)
+    return reasoning, limit - reasoning
 
 
 def _num(value: float) -> float | None:

@@ -239,7 +239,7 @@ def _edge_serve(args: argparse.Namespace) -> int:
         cloud_tls=args.cloud_tls,
         cloud_ca=args.cloud_ca,
         cloud_timeout_s=args.cloud_timeout,
-        api_key=secret(args.api_key_file),
+        api_keys=_api_keys(args.api_key_file),
         allow_unauthenticated=args.allow_unauthenticated,
         threshold=args.threshold,
         threads=args.threads,
@@ -268,6 +268,19 @@ def _edge_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _api_keys(path: Path | None) -> tuple[str, ...]:
+    """The keys in ``path``, one a line (blank lines and ``#`` comments skipped): one per tenant."""
+    if path is None:
+        return ()
+    lines = (line.strip() for line in path.read_text().splitlines())
+    keys = tuple(line for line in lines if line and not line.startswith("#"))
+    if not keys:
+        from edgecloud.shared.errors import ConfigError
+
+        raise ConfigError(f"--api-key-file {path} holds no key")
+    return keys
+
+
 def _add_edge_commands(commands: argparse._SubParsersAction) -> None:
     edge = commands.add_parser("edge", help="the edge daemon").add_subparsers(dest="action", required=True)
     serve = edge.add_parser("serve", help="serve the edge HTTP API (local answers, triage, escalation)")
@@ -283,7 +296,9 @@ def _add_edge_commands(commands: argparse._SubParsersAction) -> None:
     serve.add_argument("--cloud-ca", type=Path, help="CA bundle for the cloud's certificate")
     serve.add_argument("--cloud-timeout", type=float, default=60.0, help="seconds before an escalation falls back")
     serve.add_argument(
-        "--api-key-file", type=Path, help="file holding the API key clients must send; required off loopback"
+        "--api-key-file",
+        type=Path,
+        help="file holding the API keys clients may send, one a line (each a tenant); required off loopback",
     )
     serve.add_argument(
         "--allow-unauthenticated",

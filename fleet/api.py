@@ -197,10 +197,11 @@ def _rollout_router(manager: FleetManager) -> APIRouter:
 
 def _policy(manager: FleetManager, api_key: str | None, artifact_token: str | None) -> Any:
     """What each request must bring (:class:`Inbound`), by method and path."""
-    upload = Inbound(max_body_bytes=manager.config.max_bundle_bytes, key=api_key, media_types=UPLOAD_TYPES)
-    reads = Inbound(max_body_bytes=MAX_JSON_BYTES, key=api_key)
-    writes = Inbound(max_body_bytes=MAX_JSON_BYTES, key=api_key, media_types=_JSON)
-    artifacts = Inbound(max_body_bytes=MAX_JSON_BYTES, key=artifact_token)
+    keys = (api_key,) if api_key else ()
+    upload = Inbound(max_body_bytes=manager.config.max_bundle_bytes, keys=keys, media_types=UPLOAD_TYPES)
+    reads = Inbound(max_body_bytes=MAX_JSON_BYTES, keys=keys)
+    writes = Inbound(max_body_bytes=MAX_JSON_BYTES, keys=keys, media_types=_JSON)
+    artifacts = Inbound(max_body_bytes=MAX_JSON_BYTES, keys=(artifact_token,) if artifact_token else ())
     open_reads = Inbound(max_body_bytes=MAX_JSON_BYTES)
     open_writes = Inbound(max_body_bytes=MAX_JSON_BYTES, media_types=_JSON)
     safe = ("GET", "HEAD")

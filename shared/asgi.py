@@ -22,7 +22,7 @@ import ipaddress
 import signal
 import threading
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from dataclasses import dataclass
 from types import FrameType
 from typing import Any, Literal
@@ -77,14 +77,15 @@ class Inbound:
 
     max_body_bytes: int
     """The most body bytes read; a longer body, declared or chunked, gets 413."""
-    key: str | None = None
-    """The key it must present as ``Authorization: Bearer <key>`` or ``X-API-Key: <key>``; None: none."""
+    keys: tuple[str, ...] = ()
+    """The keys it may present, one of them, as ``Authorization: Bearer <key>`` or ``X-API-Key:
+    <key>``; empty: none needed."""
     media_types: frozenset[str] | None = None
     """The ``Content-Type`` media types it may declare (415 otherwise, an absent one included);
     None: any. Requiring ``application/json`` stops a cross-site form or a no-CORS ``fetch``."""
 
 
-def presented_key(headers: dict[str, str]) -> str:
+def presented_key(headers: Mapping[str, str]) -> str:
     """The key a request presents: ``Authorization: Bearer <key>``, else ``X-API-Key``."""
     authorization = headers.get("authorization", "")
     if authorization[:7].lower() == "bearer ":
@@ -161,9 +162,14 @@ def _too_large(limit: int) -> Any:
     return _refused(413, "request_too_large", f"request body over {limit} bytes")
 
 
+def _known_key(presented: bytes, keys: tuple[str, ...]) -> bool:
+    # Every key is compared (in constant time), so the time taken says nothing of which one matched.
+    return sum(hmac.compare_digest(presented, key.encode()) for key in keys) > 0
+
+
 def _refusal(rule: Inbound, headers: dict[str, str]) -> Any | None:
     """The response refusing a request on its headers alone, or None when they pass."""
-    if rule.key is not None and not hmac.compare_digest(presented_key(headers).encode(), rule.key.encode()):
+    if rule.keys and not _known_key(presented_key(headers).encode(), rule.keys):
         return _refused(401, "unauthenticated", "missing or invalid API key", {"WWW-Authenticate": "Bearer"})
     if rule.media_types is not None:
         media = headers.get("content-type", "").split(";")[0].strip().lower()

@@ -385,7 +385,7 @@ def test_bad_input_gets_a_clear_4xx(daemon: RunningDaemon) -> None:
 
 
 def test_api_key_when_configured(shipped_models: Path, tmp_path: Path) -> None:
-    running = RunningDaemon(edge_config(shipped_models, tmp_path, api_key=API_KEY))
+    running = RunningDaemon(edge_config(shipped_models, tmp_path, api_keys=(API_KEY,)))
     try:
         assert running.http.post("/v1/query", json={"query": "1+1"}).status_code == 401
         assert running.http.post("/v1/query", json={"query": "1+1"}, headers={"x-api-key": "wrong"}).status_code == 401

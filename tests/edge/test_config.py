@@ -22,7 +22,7 @@ def test_reasoning_effort_budgets_default_and_are_checked(shipped_models: Path) 
 def test_an_api_key_is_long_and_off_loopback_required(shipped_models: Path) -> None:
     bundle = shipped_models / "edge-student"
     with pytest.raises(ConfigError, match="at least 16 characters"):
-        EdgeConfig(bundle=bundle, api_key="short")
+        EdgeConfig(bundle=bundle, api_keys=("short",))
     with pytest.raises(ConfigError, match="needs an API key"):
         EdgeConfig(bundle=bundle, host="0.0.0.0")
     assert EdgeConfig(bundle=bundle, host="0.0.0.0", allow_unauthenticated=True).host == "0.0.0.0"

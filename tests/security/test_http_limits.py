@@ -115,7 +115,7 @@ def assert_refused(response: RawResponse, status: int, kind: str) -> None:
 
 @pytest.fixture
 def edge(shipped_models: Path, tmp_path: Path) -> Iterator[RunningDaemon]:
-    running = RunningDaemon(edge_config(shipped_models, tmp_path, api_key=API_KEY))
+    running = RunningDaemon(edge_config(shipped_models, tmp_path, api_keys=(API_KEY,)))
     yield running
     running.stop()
 
@@ -168,7 +168,7 @@ def test_edge_serve_off_loopback_needs_an_api_key_unless_allowed(shipped_models:
     for host in ("0.0.0.0", "::", "192.168.1.20", "edge.example.com"):
         with pytest.raises(ConfigError, match="needs an API key"):
             EdgeConfig(bundle=bundle, host=host)
-        EdgeConfig(bundle=bundle, host=host, api_key=API_KEY)
+        EdgeConfig(bundle=bundle, host=host, api_keys=(API_KEY,))
         EdgeConfig(bundle=bundle, host=host, allow_unauthenticated=True)
     for host in ("127.0.0.1", "127.0.0.2", "::1", "localhost"):
         EdgeConfig(bundle=bundle, host=host)
