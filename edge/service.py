@@ -40,6 +40,8 @@ __all__ = ["EdgeService", "QueryRequest", "QueryResult", "StreamItem"]
 
 log = logging.getLogger(__name__)
 
+THINK_TAG_TOKENS = 2
+"""The cloud counts its think block's opening and closing tags as output tokens."""
 MAX_OUTPUT_TOKENS = 65_536
 """The largest ``max_output_tokens`` a request may ask for (the cloud caps the answer at its own limit)."""
 
@@ -498,13 +500,14 @@ class EdgeService:
 def _token_budgets(request: QueryRequest) -> tuple[int | None, int]:
     """The cloud's thinking budget (None: its default) and answer length (0: its default) for
     ``request``. Under ``max_output_tokens`` (reasoning and answer together, as OpenAI counts) a
-    quarter of it at least is kept for the answer."""
+    quarter of it at least is kept for the answer, and room for the think block's two tags (output
+    tokens too): the limit holds from 3 tokens up, the cloud's shortest reply."""
     limit = request.max_output_tokens
     if limit is None:
         return request.max_reasoning_tokens, 0
-    room = limit - -(-limit // 4)
+    room = max(limit - THINK_TAG_TOKENS - -(-limit // 4), 0)
     reasoning = room if request.max_reasoning_tokens is None else min(request.max_reasoning_tokens, room)
-    return reasoning, limit - reasoning
+    return reasoning, max(limit - reasoning - THINK_TAG_TOKENS, 1)
 
 
 def _num(value: float) -> float | None:
