@@ -7,7 +7,6 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import openai
 import pytest
@@ -15,9 +14,6 @@ import pytest
 from edgecloud.edge.response_store import ResponseStore
 from tests.cloud.conftest import RunningServer
 from tests.edge.test_api import TIMEOUT, RunningDaemon, cloud, edge_config, multi_step, wait_until
-
-if TYPE_CHECKING:
-    from edgecloud.cloud.transformers_engine import LoadedModel
 
 __all__ = ["cloud"]  # the fixture, shared with test_api
 
