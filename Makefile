@@ -4,6 +4,7 @@ PYTHON ?= python3.11
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+STUBS := proto/edgecloud/v1/reasoner_pb2.py
 OUT ?= out
 
 .PHONY: demo test lint test-edge bench venv models models-quick clean
@@ -16,20 +17,24 @@ $(STAMP): pyproject.toml
 	$(PY) -m edgecloud.proto.build
 	@touch $@
 
-venv: $(STAMP)
+venv: $(STAMP) $(STUBS)
+
+## The gRPC stubs, generated again whenever the .proto changes.
+$(STUBS): proto/edgecloud/v1/reasoner.proto $(STAMP)
+	$(PY) -m edgecloud.proto.build
 
 ## The main job: broker, cloud, fleet manager and three edge daemons as processes; 1000 queries,
 ## a signed rollout midway, a cloud crash and restart; report + plots under $(OUT)/demo.
-demo: $(STAMP)
+demo: $(STAMP) $(STUBS)
 	$(PY) -m edgecloud.demo --out $(OUT)/demo
 
 ## Every benchmark, one after the other; writes benchmarks/RESULTS.md (about half an hour).
-bench: $(STAMP)
+bench: $(STAMP) $(STUBS)
 	$(PY) benchmarks/run_all.py
 
 ## The test suite, spread over TEST_WORKERS processes (pytest-xdist; 0 runs it in one process).
 TEST_WORKERS ?= 2
-test: $(STAMP)
+test: $(STAMP) $(STUBS)
 	$(PY) -m pytest -q -n $(TEST_WORKERS)
 
 ## ruff: lint and formatting (CI runs it before the tests).

@@ -107,9 +107,11 @@ class GenerationResult:
     reasoning_ms: float
     answer_ms: float
     first_answer_token_ms: float
+    """From the job's start in the engine."""
     reasoning: str = ""
     """The hidden reasoning's text (what the escalation log records for the next edge student)."""
-    """From the job's start in the engine."""
+    prefill_ms: float = 0.0
+    """From the job's start in the engine to its first generated token: reading the prompt."""
 
 
 @dataclass(frozen=True)

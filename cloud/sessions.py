@@ -392,6 +392,7 @@ class SessionManager:
                 answer_ms=result.answer_ms,
                 total_ms=(now - session.created) * 1e3,
                 first_answer_token_ms=queue_ms + result.first_answer_token_ms,
+                prefill_ms=result.prefill_ms,
             ),
             budget_reached=result.budget_reached,
             finish_reason=result.finish_reason,

@@ -2,10 +2,12 @@
 
 The edge sends its W3C trace context in the call's metadata; the Think handler feeds every event
 it streams to :class:`SessionSpans`, which, when the session ends, records ``cloud.session`` under
-the edge's ``edge.escalation`` span, with ``cloud.queue_wait`` (accepted until the model's first
-token), ``cloud.thinking`` (the hidden reasoning) and ``cloud.answer`` beneath it, and the token
-counts as attributes. Spans are made from the times the events were seen, so the engine's threads
-carry no tracing code. With tracing off (:func:`edgecloud.shared.tracing.tracing_enabled`) nothing
+the edge's ``edge.escalation`` span, with ``cloud.queue_wait`` (accepted until the model takes it),
+``cloud.prefill`` (reading the prompt, until the first generated token), ``cloud.thinking`` (the
+hidden reasoning) and ``cloud.answer`` beneath it, and the token counts as attributes. The queue's
+and the prompt's durations are the session's own (its ``Timings``); the rest are the times the
+events were seen: spans are made after the fact, so the engine's threads carry no tracing code.
+With tracing off (:func:`edgecloud.shared.tracing.tracing_enabled`) nothing
 is recorded.
 """
 
@@ -64,9 +66,15 @@ class SessionSpans:
                 session.set_attribute("edgecloud.caller_left", True)
         inside = trace.set_span_in_context(session)
         first = self.first_token or done
-        tracer().start_span("cloud.queue_wait", context=inside, start_time=self.started).end(end_time=first)
+        queued, read = first, first  # the queue's and the prompt's ends, where the session says them
+        if last is not None and last.kind is EventKind.COMPLETED and not last.cached:
+            queued = min(self.started + int(last.timings.queue_ms * 1e6), first)
+            read = min(queued + int(last.timings.prefill_ms * 1e6), first)
+        tracer().start_span("cloud.queue_wait", context=inside, start_time=self.started).end(end_time=queued)
+        if read > queued:
+            tracer().start_span("cloud.prefill", context=inside, start_time=queued).end(end_time=read)
         if self.first_reasoning is not None:
-            thinking = tracer().start_span("cloud.thinking", context=inside, start_time=self.first_reasoning)
+            thinking = tracer().start_span("cloud.thinking", context=inside, start_time=min(read, self.first_reasoning))
             thinking.end(end_time=self.first_answer or done)
         if self.first_answer is not None:
             tracer().start_span("cloud.answer", context=inside, start_time=self.first_answer).end(end_time=done)

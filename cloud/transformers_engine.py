@@ -117,6 +117,7 @@ class _Row:
     reported_progress: int = 0
     thinking_ended: float | None = None
     first_answer: float | None = None
+    first_token: float | None = None
     finish_reason: str = ""
     done: bool = False
 
@@ -384,6 +385,7 @@ class TransformersEngine:
     def _advance(self, row: _Row, token: int, position: int) -> int:
         """Apply the budget and limits to the greedy ``token``; update the row; emit deltas."""
         job = row.job
+        row.first_token = row.first_token or time.monotonic()
         out_of_room = position + 1 >= self.max_positions
         if row.phase is _Phase.OPENING:
             if token == self.think_start:
@@ -443,6 +445,7 @@ class TransformersEngine:
             reasoning_ms=(ended - row.started) * 1e3,
             answer_ms=(now - ended) * 1e3,
             first_answer_token_ms=((row.first_answer or now) - row.started) * 1e3,
+            prefill_ms=((row.first_token or now) - row.started) * 1e3,
             reasoning=row.reasoning.text().strip(),
         )
         self._emit(row, EngineEventKind.FINISHED, result=result)

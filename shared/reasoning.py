@@ -133,6 +133,8 @@ class Timings:
     answer_ms: float = 0.0
     total_ms: float = 0.0
     first_answer_token_ms: float = 0.0
+    prefill_ms: float = 0.0
+    """Reading the prompt: from the session's start on the model to its first generated token."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -162,6 +162,7 @@ def event_to_pb(event: Event) -> pb.ThinkEvent:
                         answer_ms=t.answer_ms,
                         total_ms=t.total_ms,
                         first_answer_token_ms=t.first_answer_token_ms,
+                        prefill_ms=t.prefill_ms,
                     ),
                     cached=event.cached,
                     budget_reached=event.budget_reached,
@@ -203,7 +204,9 @@ def event_from_pb(message: pb.ThinkEvent) -> Event:
                 **base,
                 text=c.answer,
                 usage=_usage_from_pb(c.usage),
-                timings=Timings(t.queue_ms, t.reasoning_ms, t.answer_ms, t.total_ms, t.first_answer_token_ms),
+                timings=Timings(
+                    t.queue_ms, t.reasoning_ms, t.answer_ms, t.total_ms, t.first_answer_token_ms, t.prefill_ms
+                ),
                 cached=c.cached,
                 budget_reached=c.budget_reached,
                 finish_reason=c.finish_reason,

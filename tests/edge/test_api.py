@@ -301,7 +301,7 @@ def test_one_trace_covers_the_edge_and_the_cloud_spans_of_an_escalated_query(
     body = daemon.http.post("/v1/query", json={"query": query, "route": "cloud"}).json()
     assert body["answer"] == expected
     wanted = {"edge.query", "edge.local_inference", "edge.escalation", "cloud.session", "cloud.queue_wait",
-              "cloud.thinking", "cloud.answer"}  # fmt: skip
+              "cloud.prefill", "cloud.thinking", "cloud.answer"}  # fmt: skip
     wait_until(lambda: wanted <= {s.name for s in exporter.get_finished_spans()})
     spans = {s.name: s for s in exporter.get_finished_spans()}
     assert len({spans[name].context.trace_id for name in wanted}) == 1  # one trace, edge and cloud
@@ -309,8 +309,10 @@ def test_one_trace_covers_the_edge_and_the_cloud_spans_of_an_escalated_query(
     assert parent["edge.query"] is None
     assert parent["edge.local_inference"] == parent["edge.escalation"] == spans["edge.query"].context.span_id
     assert parent["cloud.session"] == spans["edge.escalation"].context.span_id  # across the gRPC call
-    for name in ("cloud.queue_wait", "cloud.thinking", "cloud.answer"):
+    for name in ("cloud.queue_wait", "cloud.prefill", "cloud.thinking", "cloud.answer"):
         assert parent[name] == spans["cloud.session"].context.span_id
+    assert spans["cloud.queue_wait"].end_time == spans["cloud.prefill"].start_time  # one after the other
+    assert spans["cloud.prefill"].end_time <= spans["cloud.thinking"].start_time
     session = spans["cloud.session"]
     assert session.attributes["edgecloud.reasoning_tokens"] == body["usage"]["reasoning_tokens"] > 0
     assert spans["edge.query"].attributes["edgecloud.route"] == "cloud"

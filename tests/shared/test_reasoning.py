@@ -180,13 +180,14 @@ def test_usage_counts_each_token_once_and_defaults_to_zero() -> None:
 
 
 def test_timings_default_to_zero() -> None:
-    assert dataclasses.astuple(Timings()) == (0.0, 0.0, 0.0, 0.0, 0.0)
+    assert dataclasses.astuple(Timings()) == (0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
     assert [f.name for f in dataclasses.fields(Timings)] == [
         "queue_ms",
         "reasoning_ms",
         "answer_ms",
         "total_ms",
         "first_answer_token_ms",
+        "prefill_ms",
     ]
 
 

@@ -57,7 +57,7 @@ EVENTS = [
         EventKind.COMPLETED,
         text="12",
         usage=Usage(10, 20, 5, 10),
-        timings=Timings(1.0, 2.0, 3.0, 6.0, 4.0),
+        timings=Timings(1.0, 2.0, 3.0, 6.0, 4.0, 0.5),
         cached=True,
         budget_reached=True,
         finish_reason="stop",
