@@ -50,15 +50,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
+from opentelemetry.context import Context
 
 from edgecloud.edge.agent_state import StateStore, read_state
 from edgecloud.edge.runtime import EdgeBundle
 from edgecloud.edge.service import EdgeService
-from edgecloud.shared.broker import BrokerSettings, connect_async, create_client
+from edgecloud.shared.broker import BrokerSettings, connect_async, create_client, user_properties
 from edgecloud.shared.commands import CommandRejectedError, open_command
 from edgecloud.shared.errors import ConfigError, EdgecloudError
 from edgecloud.shared.fleet import AckStatus, Birth, BundleRef, Command, CommandAck, Telemetry, Topics, encode
-from edgecloud.shared.tracing import tracer
+from edgecloud.shared.tracing import context_from_metadata, tracer
 
 __all__ = ["AgentConfig", "DeviceAgent", "resume_bundle"]
 
@@ -223,7 +224,7 @@ class DeviceAgent:
         # proven version below it. Another name starts from its own floor.
         self._floors: dict[str, int] = self._state.setdefault("floors", {})
         self._raise_floor(current.manifest.name, current.version)
-        self._commands: queue.Queue[Command | None] = queue.Queue()
+        self._commands: queue.Queue[tuple[Command, Context | None] | None] = queue.Queue()
         self._refusals = _RefusalBudget()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -300,7 +301,8 @@ class DeviceAgent:
             log.exception("opening a command on %s failed", message.topic[:200])
             self._refuse("error", f"{type(exc).__name__}: {exc}", "")
             return
-        self._commands.put(command)
+        headers = user_properties(message)  # a trace context, when the fleet manager traces
+        self._commands.put((command, context_from_metadata(headers) if headers else None))
 
     def _refuse(self, reason: str, message: str, claimed_id: str) -> None:
         """Log a refused command and say so on the ack topic (at most ``_RefusalBudget`` allows);
@@ -415,21 +417,24 @@ class DeviceAgent:
 
     def _work(self) -> None:
         while True:
-            command = self._commands.get()
-            if command is None:
+            item = self._commands.get()
+            if item is None:
                 return
+            command, parent = item
             try:
-                self.handle(command)
+                self.handle(command, parent=parent)
             except Exception:
                 log.exception("command %s crashed the handler", command.id)
 
-    def handle(self, command: Command) -> AckStatus:
+    def handle(self, command: Command, *, parent: Context | None = None) -> AckStatus:
         """Act on a verified command once; its ack status. Traced as ``agent.command`` (with
-        ``agent.download``, ``agent.verify`` and ``agent.watch`` beneath) when tracing is on."""
+        ``agent.download``, ``agent.verify``, ``agent.swap`` and ``agent.watch`` beneath) when
+        tracing is on, under ``parent``: the fleet manager's ``fleet.command`` span, when it sent
+        its trace context with the command."""
         attributes = {"edgecloud.command_id": command.id, "edgecloud.command": command.type,
                       "edgecloud.revision": command.revision, "edgecloud.rollout_id": command.rollout_id or "",
                       "edgecloud.bundle.version": command.bundle.version}  # fmt: skip
-        with tracer().start_as_current_span("agent.command", attributes=attributes) as span:
+        with tracer().start_as_current_span("agent.command", context=parent, attributes=attributes) as span:
             status = self._handle(command)
             span.set_attribute("edgecloud.status", status.value)
             return status
@@ -452,12 +457,13 @@ class DeviceAgent:
             self._ack(command, AckStatus.FAILED, str(exc))
             return AckStatus.FAILED
         baseline = self.service.stats.summary(route="edge")  # the model's own latency, not the cloud's
-        swapped_at = time.monotonic()
-        old = self.service.swap(bundle)
-        # acted on: from now on an older revision is stale, whatever the watch decides
-        self._state["newest_revision"] = max(self._state["newest_revision"], command.revision)
-        self._state["installed"][str(bundle.version)] = str(bundle.directory)
-        self._save_state()
+        with tracer().start_as_current_span("agent.swap", attributes={"edgecloud.bundle.version": bundle.version}):
+            swapped_at = time.monotonic()
+            old = self.service.swap(bundle)
+            # acted on: from now on an older revision is stale, whatever the watch decides
+            self._state["newest_revision"] = max(self._state["newest_revision"], command.revision)
+            self._state["installed"][str(bundle.version)] = str(bundle.directory)
+            self._save_state()
         if self.config.watch_s > 0:  # serving, still on probation: a rollout must not count it a success yet
             self._ack(
                 command, AckStatus.VERIFYING, f"serving v{bundle.version}; watching it for {self.config.watch_s:g} s"

@@ -57,11 +57,12 @@ from edgecloud.fleet.rollout import (
 )
 from edgecloud.fleet.rollout_spec import ID_SEGMENT
 from edgecloud.fleet.store import BundleRecord, DeviceRecord, FleetStorage, FleetStore
-from edgecloud.shared.broker import BrokerSettings, connect_async, create_client
+from edgecloud.shared.broker import BrokerSettings, connect_async, create_client, publish_properties
 from edgecloud.shared.commands import DEFAULT_TTL_S, sign_command
 from edgecloud.shared.errors import ConfigError, InvalidInputError, NotFoundError
 from edgecloud.shared.fleet import AckStatus, Birth, BundleRef, Command, CommandAck, Telemetry, Topics, decode
 from edgecloud.shared.signing import key_id, load_private_key
+from edgecloud.shared.tracing import trace_headers, tracer, tracing_enabled
 
 __all__ = ["FleetManager", "FleetManagerConfig"]
 
@@ -271,9 +272,22 @@ class FleetManager:
             except (ConfigError, InvalidInputError) as exc:  # a command without a device: a bug, not a send
                 log.error("not publishing %s: %s", command.id, exc)
                 continue
-            self.client.publish(topic, payload, qos=1, retain=False)
+            if tracing_enabled():
+                self._publish_traced(command, topic, payload)
+            else:  # a rollout to thousands of devices makes no span it would not record
+                self.client.publish(topic, payload, qos=1, retain=False)
             self.metrics.commands.labels(command.type).inc()
             log.info("published %s (%s v%d) to %s", command.id, command.type, command.bundle.version, command.device)
+
+    def _publish_traced(self, command: Command, topic: str, payload: bytes) -> None:
+        """Publish within a ``fleet.command`` span whose trace context goes beside the signed payload
+        (MQTT 5 user properties): it only makes the device's ``agent.command`` span a child of this
+        one, and changes nothing the device acts on."""
+        attributes = {"edgecloud.command_id": command.id, "edgecloud.device": command.device,
+                      "edgecloud.rollout_id": command.rollout_id or "", "edgecloud.command": command.type}  # fmt: skip
+        with tracer().start_as_current_span("fleet.command", attributes=attributes) as span:
+            properties = publish_properties(trace_headers(span), v5=self.config.broker.v5)
+            self.client.publish(topic, payload, qos=1, retain=False, properties=properties)
 
     # -- device messages ---------------------------------------------------------------
 

@@ -27,7 +27,7 @@ from paho.mqtt.properties import Properties
 
 from edgecloud.shared.errors import ConfigError
 
-__all__ = ["MQTT_VERSIONS", "BrokerSettings", "connect_async", "create_client"]
+__all__ = ["MQTT_VERSIONS", "BrokerSettings", "connect_async", "create_client", "publish_properties", "user_properties"]
 
 MQTT_VERSIONS = ("5", "3.1.1")
 
@@ -126,3 +126,19 @@ def connect_async(client: mqtt.Client, settings: BrokerSettings) -> None:
         )
     else:  # the persistent session comes from clean_session=False on the client
         client.connect_async(settings.host, settings.port, keepalive=settings.keepalive_s)
+
+
+def publish_properties(user: dict[str, str], *, v5: bool) -> Properties | None:
+    """MQTT 5 user properties for a PUBLISH (a trace context, say); None when empty or on MQTT 3.1.1,
+    which has no properties (the message goes without them)."""
+    if not user or not v5:
+        return None
+    properties = Properties(PacketTypes.PUBLISH)
+    properties.UserProperty = list(user.items())
+    return properties
+
+
+def user_properties(message: mqtt.MQTTMessage) -> dict[str, str]:
+    """A received message's MQTT 5 user properties ({} without them)."""
+    pairs = getattr(getattr(message, "properties", None), "UserProperty", None) or []
+    return {str(k): str(v) for k, v in pairs if isinstance(k, str) and isinstance(v, str)}

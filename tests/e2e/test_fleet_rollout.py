@@ -13,6 +13,9 @@ import itertools
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from edgecloud.shared.bundle import load_manifest
 from tests.e2e.fleet import DEVICES, LABELS, Fleet, signed_archive, start_rollout, wait_for, wait_rollout
@@ -90,3 +93,42 @@ def test_bundle_from_an_untrusted_key_fails_on_devices_and_aborts(
         assert service.slot.current is before[device] and service.slot.current.version == old
         assert service.slot.current.model.answer("2+2").text
     assert {d["model_version"] for d in fleet.devices().values()} == {old}
+
+
+def test_a_rollout_is_traced_from_the_manager_to_every_device(
+    make_fleet: Callable[..., Fleet],
+    shipped_models: Path,
+    tmp_path: Path,
+    keys: dict[str, Path],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Manager and devices share this process, but the trace context crosses the real broker (MQTT 5
+    # user properties beside the signed command), as it does between machines.
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from edgecloud.shared import tracing
+
+    exporter = InMemorySpanExporter()
+    monkeypatch.setattr(tracing, "_provider", None)  # restored (tracing off) after the test
+    tracing.configure_tracing("edgecloud-test", exporter=exporter)
+    fleet = make_fleet()
+    new = load_manifest(shipped_models / "edge-student").version + 1
+    fleet.register(signed_archive(shipped_models / "edge-student", tmp_path, new, keys["good"]))
+    rollout = wait_rollout(fleet, start_rollout(fleet, new), "COMPLETED", "ABORTED")
+    assert rollout["status"] == "COMPLETED", rollout
+
+    def finished(name: str) -> list[Any]:
+        return [s for s in exporter.get_finished_spans() if s.name == name]
+
+    wait_for(lambda: len(finished("agent.command")) == len(DEVICES), 10, "every device's agent.command span")
+    sent = {s.attributes["edgecloud.command_id"]: s for s in finished("fleet.command")}
+    assert {s.attributes["edgecloud.device"] for s in sent.values()} == set(DEVICES)
+    assert {s.attributes["edgecloud.rollout_id"] for s in sent.values()} == {rollout["id"]}
+    for handled in finished("agent.command"):
+        publish = sent[handled.attributes["edgecloud.command_id"]]
+        assert handled.parent.span_id == publish.context.span_id  # across the broker
+        assert handled.context.trace_id == publish.context.trace_id
+        inside = [s for s in exporter.get_finished_spans() if s.parent and s.parent.span_id == handled.context.span_id]
+        assert [s.name for s in sorted(inside, key=lambda s: s.start_time)] == [
+            "agent.download", "agent.verify", "agent.swap", "agent.watch"
+        ]  # fmt: skip

@@ -525,7 +525,7 @@ def test_a_deployment_is_traced_command_download_verify_watch(  # type: ignore[n
     spans = {s.name: s for s in exporter.get_finished_spans()}
     root = spans["agent.command"]
     assert root.attributes["edgecloud.command_id"] == deploy["id"] and root.attributes["edgecloud.status"] == "ACTIVE"
-    for name in ("agent.download", "agent.verify", "agent.watch"):
+    for name in ("agent.download", "agent.verify", "agent.swap", "agent.watch"):
         assert (
             spans[name].parent.span_id == root.context.span_id and spans[name].context.trace_id == root.context.trace_id
         )
