@@ -400,6 +400,7 @@ def _fleet_serve(args: argparse.Namespace) -> int:
             args.host,
             args.port,
         )
+    _tracing("edgecloud-fleet", args.otlp_endpoint)
     manager = FleetManager(config)
     manager.start()
     try:
@@ -443,6 +444,7 @@ def _add_fleet_commands(commands: argparse._SubParsersAction) -> None:
         "default: archives are served to anyone who reaches the port",
     )  # fmt: skip
     _add_mqtt_arguments(serve)
+    _add_tracing_argument(serve)
     serve.set_defaults(func=_fleet_serve)
     from edgecloud.fleet_commands import add_fleet_client_commands
 
