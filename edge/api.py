@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import replace
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -26,7 +27,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from edgecloud.edge.openai_api import is_openai_path, openai_error, openai_router
+from edgecloud.edge.openai_api import is_openai_path, openai_error, openai_error_body, openai_router
 from edgecloud.edge.query_api import query_router
 from edgecloud.edge.response_keeper import ResponseKeeper
 from edgecloud.edge.response_store import ResponseStore
@@ -59,11 +60,15 @@ def create_app(service: EdgeService, responses: ResponseStore) -> FastAPI:
     probes = Inbound(max_body_bytes=config.max_body_bytes)
     api_reads = Inbound(max_body_bytes=config.max_body_bytes, keys=config.api_keys)
     api_writes = Inbound(max_body_bytes=config.max_body_bytes, keys=config.api_keys, media_types=json_only)
+    openai_reads, openai_writes = (replace(rule, error_body=openai_error_body) for rule in (api_reads, api_writes))
 
     def inbound(method: str, path: str) -> Inbound:
         if not path.startswith("/v1/"):
             return probes  # /healthz, /readyz, /metrics: no key
-        return api_reads if method in ("GET", "HEAD") else api_writes
+        reads = method in ("GET", "HEAD")
+        if is_openai_path(path):  # refusals in OpenAI's shape, so its clients read them
+            return openai_reads if reads else openai_writes
+        return api_reads if reads else api_writes
 
     app.add_middleware(InboundGuard, policy=inbound)  # outermost: before FastAPI reads a byte
 

@@ -31,7 +31,7 @@ from edgecloud.edge.service import EdgeService, QueryRequest, QueryResult, Strea
 from edgecloud.edge.triage import Requested
 from edgecloud.shared.errors import EdgecloudError, InvalidInputError
 
-__all__ = ["MODEL_ROUTES", "ChatBody", "is_openai_path", "openai_error", "openai_router"]
+__all__ = ["MODEL_ROUTES", "ChatBody", "is_openai_path", "openai_error", "openai_error_body", "openai_router"]
 
 _OPENAI_PATHS = ("/v1/chat/", "/v1/models", "/v1/responses")
 # OpenAI's error types by HTTP status; its clients pick their exception by the status, show the message
@@ -48,6 +48,12 @@ def is_openai_path(path: str) -> bool:
     return path.startswith(_OPENAI_PATHS)
 
 
+def openai_error_body(status: int, code: str | None, message: str, param: str | None = None) -> dict[str, Any]:
+    """OpenAI's error body: ``{"error": {"message", "type", "param", "code"}}``."""
+    kind = _OPENAI_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
 def openai_error(
     status: int,
     message: str,
@@ -56,10 +62,8 @@ def openai_error(
     code: str | None = None,
     headers: dict[str, str] | None = None,
 ) -> JSONResponse:
-    """OpenAI's error body: ``{"error": {"message", "type", "param", "code"}}``."""
-    kind = _OPENAI_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
-    error = {"message": message, "type": kind, "param": param, "code": code}
-    return JSONResponse({"error": error}, status_code=status, headers=headers)
+    """A response with :func:`openai_error_body`."""
+    return JSONResponse(openai_error_body(status, code, message, param), status_code=status, headers=headers)
 
 
 class ChatMessage(BaseModel):

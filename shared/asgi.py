@@ -83,6 +83,9 @@ class Inbound:
     media_types: frozenset[str] | None = None
     """The ``Content-Type`` media types it may declare (415 otherwise, an absent one included);
     None: any. Requiring ``application/json`` stops a cross-site form or a no-CORS ``fetch``."""
+    error_body: Callable[[int, str, str], dict[str, Any]] | None = None
+    """The body of a refusal from ``(status, kind, message)``, for routes whose clients expect another
+    shape (OpenAI's); None: the APIs' own ``{"error": {"type", "message"}}``."""
 
 
 def presented_key(headers: Mapping[str, str]) -> str:
@@ -118,9 +121,10 @@ class InboundGuard:
         if refusal is not None:
             await refusal(scope, receive, send)
             return
-        await self._bounded(scope, receive, send, rule.max_body_bytes)
+        await self._bounded(scope, receive, send, rule)
 
-    async def _bounded(self, scope: Scope, receive: Receive, send: Send, limit: int) -> None:
+    async def _bounded(self, scope: Scope, receive: Receive, send: Send, rule: Inbound) -> None:
+        limit = rule.max_body_bytes
         read = 0
         started = refused = False
 
@@ -134,7 +138,7 @@ class InboundGuard:
                 if read > limit:
                     refused = True
                     if not started:
-                        await _too_large(limit)(scope, receive, send)
+                        await _too_large(rule)(scope, receive, send)
                     return {"type": "http.disconnect"}
             return message
 
@@ -152,14 +156,19 @@ class InboundGuard:
                 raise  # an app's reaction to a body cut at the bound is not an error of its own
 
 
-def _refused(status: int, kind: str, message: str, headers: dict[str, str] | None = None) -> Any:
+def _refused(rule: Inbound, status: int, kind: str, message: str, headers: dict[str, str] | None = None) -> Any:
     """A refusal that also closes the connection: the server then reads no more of a body it did not want
     (on a kept-alive connection it would read, and drop, all of it to find the next request)."""
-    return error_response(status, kind, message, {**(headers or {}), "Connection": "close"})
+    closing = {**(headers or {}), "Connection": "close"}
+    if rule.error_body is None:
+        return error_response(status, kind, message, closing)
+    from starlette.responses import JSONResponse
+
+    return JSONResponse(rule.error_body(status, kind, message), status_code=status, headers=closing)
 
 
-def _too_large(limit: int) -> Any:
-    return _refused(413, "request_too_large", f"request body over {limit} bytes")
+def _too_large(rule: Inbound) -> Any:
+    return _refused(rule, 413, "request_too_large", f"request body over {rule.max_body_bytes} bytes")
 
 
 def _known_key(presented: bytes, keys: tuple[str, ...]) -> bool:
@@ -170,18 +179,18 @@ def _known_key(presented: bytes, keys: tuple[str, ...]) -> bool:
 def _refusal(rule: Inbound, headers: dict[str, str]) -> Any | None:
     """The response refusing a request on its headers alone, or None when they pass."""
     if rule.keys and not _known_key(presented_key(headers).encode(), rule.keys):
-        return _refused(401, "unauthenticated", "missing or invalid API key", {"WWW-Authenticate": "Bearer"})
+        return _refused(rule, 401, "unauthenticated", "missing or invalid API key", {"WWW-Authenticate": "Bearer"})
     if rule.media_types is not None:
         media = headers.get("content-type", "").split(";")[0].strip().lower()
         if media not in rule.media_types:
             allowed = ", ".join(sorted(rule.media_types))
-            return _refused(415, "unsupported_media_type", f"Content-Type must be {allowed}, got {media!r}")
+            return _refused(rule, 415, "unsupported_media_type", f"Content-Type must be {allowed}, got {media!r}")
     length = headers.get("content-length")
     if length is not None:
         if not length.isdigit():
-            return _refused(400, "invalid_input", f"bad Content-Length {length[:40]!r}")
+            return _refused(rule, 400, "invalid_input", f"bad Content-Length {length[:40]!r}")
         if int(length) > rule.max_body_bytes:
-            return _too_large(rule.max_body_bytes)
+            return _too_large(rule)
     return None
 
 

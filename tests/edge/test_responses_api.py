@@ -99,8 +99,10 @@ def test_a_response_belongs_to_the_api_key_that_created_it(shipped_models: Path,
                 bob.responses.cancel(response_id)
         with pytest.raises(openai.NotFoundError):
             alice.responses.retrieve(unstored.id)
-        with pytest.raises(openai.AuthenticationError):
+        with pytest.raises(openai.AuthenticationError) as unauthenticated:
             client_of(daemon, "not-a-key-0123456789").responses.retrieve(background.id)
+        assert unauthenticated.value.body["type"] == "authentication_error"  # OpenAI's shape, from the guard
+        assert set(unauthenticated.value.body) == {"message", "type", "param", "code"}
         assert alice.responses.retrieve(background.id).status == "completed"  # bob changed nothing
     finally:
         daemon.stop()

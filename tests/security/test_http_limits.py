@@ -51,8 +51,8 @@ def chunk(data: bytes) -> bytes:
 
 
 class RawResponse:
-    def __init__(self, status: int, headers: dict[str, str], body: bytes, sent: int) -> None:
-        self.status, self.headers, self.body = status, headers, body
+    def __init__(self, status: int, headers: dict[str, str], body: bytes, sent: int, path: str = "") -> None:
+        self.status, self.headers, self.body, self.path = status, headers, body, path
         self.sent = sent
         """Body bytes the server took before it answered (or closed)."""
 
@@ -101,13 +101,15 @@ def raw_request(
                 body += data
         except TimeoutError:
             pytest.fail(f"no answer within {timeout} s: the server is waiting for the rest of the body")
-    return RawResponse(int(lines[0].split()[1]), response_headers, body, sent)
+    return RawResponse(int(lines[0].split()[1]), response_headers, body, sent, path)
 
 
 def assert_refused(response: RawResponse, status: int, kind: str) -> None:
     assert response.status == status, (response.status, response.body)
     error = response.json()["error"]
-    assert error["type"] == kind and error["message"]
+    openai_shape = set(error) == {"message", "type", "param", "code"}  # on OpenAI's routes: kind is the code
+    assert (error["code"] if openai_shape else error["type"]) == kind and error["message"]
+    assert openai_shape == response.path.startswith("/v1/chat/"), error
 
 
 # -- the edge daemon ---------------------------------------------------------------------------
