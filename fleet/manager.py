@@ -58,10 +58,10 @@ from edgecloud.fleet.rollout import (
 from edgecloud.fleet.rollout_spec import ID_SEGMENT
 from edgecloud.fleet.store import BundleRecord, DeviceRecord, FleetStorage, FleetStore
 from edgecloud.shared.broker import BrokerSettings, connect_async, create_client, publish_properties
-from edgecloud.shared.commands import DEFAULT_TTL_S, sign_command
+from edgecloud.shared.commands import DEFAULT_TTL_S, CommandSigner
 from edgecloud.shared.errors import ConfigError, InvalidInputError, NotFoundError
 from edgecloud.shared.fleet import AckStatus, Birth, BundleRef, Command, CommandAck, Telemetry, Topics, decode
-from edgecloud.shared.signing import key_id, load_private_key
+from edgecloud.shared.signing import load_private_key
 from edgecloud.shared.tracing import trace_headers, tracer, tracing_enabled
 
 __all__ = ["FleetManager", "FleetManagerConfig"]
@@ -148,8 +148,9 @@ class FleetManager:
     def __init__(self, config: FleetManagerConfig, store: FleetStorage | None = None) -> None:
         self.config = config
         assert config.command_key is not None  # the config refuses None
-        self._command_key = load_private_key(config.command_key)  # before anything opens: fail fast
-        log.info("signing commands with key %s", key_id(self._command_key.public_key()))
+        # before anything opens: fail fast
+        self._signer = CommandSigner(load_private_key(config.command_key), ttl_s=config.command_ttl_s)
+        log.info("signing commands with key %s", self._signer.key_id)
         self.store = store if store is not None else FleetStore(config.store_path)
         self._owns_store = store is None
         self.registry = BundleRegistry(
@@ -267,7 +268,7 @@ class FleetManager:
         """Sign each command for its device, now (so every re-publish has a fresh expiry), and send it."""
         for command in commands:
             try:
-                payload = sign_command(command, self._command_key, ttl_s=self.config.command_ttl_s)
+                payload = self._signer.sign(command)
                 topic = Topics(self.config.fleet, command.device).cmd
             except (ConfigError, InvalidInputError) as exc:  # a command without a device: a bug, not a send
                 log.error("not publishing %s: %s", command.id, exc)

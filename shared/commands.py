@@ -25,7 +25,6 @@ import binascii
 import json
 import re
 import time
-from dataclasses import replace
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -34,7 +33,14 @@ from edgecloud.shared.errors import ConfigError, InvalidInputError
 from edgecloud.shared.fleet import Command, decode, encode
 from edgecloud.shared.signing import ALGORITHM, TrustStore, UntrustedKeyError, key_id
 
-__all__ = ["DEFAULT_TTL_S", "MAX_CLOCK_SKEW_S", "CommandRejectedError", "open_command", "sign_command"]
+__all__ = [
+    "DEFAULT_TTL_S",
+    "MAX_CLOCK_SKEW_S",
+    "CommandRejectedError",
+    "CommandSigner",
+    "open_command",
+    "sign_command",
+]
 
 DEFAULT_TTL_S = 24 * 3600.0
 """How long a signed command stays valid; the manager signs again every time it re-publishes."""
@@ -56,26 +62,37 @@ class CommandRejectedError(InvalidInputError):
         """The id the payload claims, if it has a well-formed one; not verified."""
 
 
+class CommandSigner:
+    """Signs commands with one key, for ``ttl_s`` seconds from each signing. The key id and the
+    envelope's fixed parts are worked out once: a rollout signs one command per device."""
+
+    def __init__(self, key: Ed25519PrivateKey, *, ttl_s: float = DEFAULT_TTL_S) -> None:
+        if not 0 < ttl_s <= 30 * 24 * 3600:
+            raise ConfigError(f"command ttl must be in (0, 30 days], got {ttl_s!r}")
+        self._key, self.ttl_s = key, ttl_s
+        self.key_id = key_id(key.public_key())
+        # encode(envelope) would give these bytes too (sorted keys, no spaces); written out, the body
+        # string is JSON-escaped once and nothing else is encoded per command.
+        self._middle = f',"signature":{{"algorithm":"{ALGORITHM}","key_id":"{self.key_id}","signature":"'.encode()
+
+    def sign(self, command: Command, *, now: float | None = None) -> bytes:
+        """The wire payload for ``command``, issued ``now`` (default: the clock)."""
+        if not command.device:
+            raise ConfigError(f"command {command.id} names no device; a signed command is for one device")
+        issued = time.time() if now is None else now
+        data = command.to_dict()
+        data["issued_at"], data["expires_at"] = issued, issued + self.ttl_s
+        body = encode(data)
+        signature = base64.b64encode(self._key.sign(body)).decode("ascii")
+        return b'{"command":' + json.dumps(body.decode("utf-8")).encode() + self._middle + signature.encode() + b'"}}'
+
+
 def sign_command(
     command: Command, key: Ed25519PrivateKey, *, ttl_s: float = DEFAULT_TTL_S, now: float | None = None
 ) -> bytes:
-    """The wire payload for ``command``, issued now and valid for ``ttl_s`` seconds."""
-    if not command.device:
-        raise ConfigError(f"command {command.id} names no device; a signed command is for one device")
-    if not 0 < ttl_s <= 30 * 24 * 3600:
-        raise ConfigError(f"command ttl must be in (0, 30 days], got {ttl_s!r}")
-    issued = time.time() if now is None else now
-    body = encode(replace(command, issued_at=issued, expires_at=issued + ttl_s).to_dict()).decode("utf-8")
-    signature = key.sign(body.encode("utf-8"))
-    envelope = {
-        "command": body,
-        "signature": {
-            "algorithm": ALGORITHM,
-            "key_id": key_id(key.public_key()),
-            "signature": base64.b64encode(signature).decode("ascii"),
-        },
-    }
-    return encode(envelope)
+    """The wire payload for ``command``, issued now and valid for ``ttl_s`` seconds (one command;
+    :class:`CommandSigner` signs many with the same key)."""
+    return CommandSigner(key, ttl_s=ttl_s).sign(command, now=now)
 
 
 def _signature(document: object) -> tuple[str, bytes]:

@@ -181,6 +181,11 @@ class BundleRef:
             raise InvalidInputError(f"bundle.url must be http(s), got {ref.url[:60]!r}")
         return ref
 
+    def to_dict(self) -> dict[str, Any]:
+        # Written out, not dataclasses.asdict (which deep-copies every field): a rollout encodes one
+        # command per device, and signs each (tests/shared/test_fleet.py checks the two agree).
+        return {"name": self.name, "version": self.version, "url": self.url, "sha256": self.sha256, "size": self.size}
+
 
 @dataclass(frozen=True)
 class Command:
@@ -231,7 +236,16 @@ class Command:
         return command
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {
+            "id": self.id,
+            "type": self.type,
+            "revision": self.revision,
+            "bundle": self.bundle.to_dict(),
+            "rollout_id": self.rollout_id,
+            "issued_at": self.issued_at,
+            "device": self.device,
+            "expires_at": self.expires_at,
+        }
 
 
 @dataclass(frozen=True)
@@ -247,9 +261,16 @@ class CommandAck:
     at: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["status"] = self.status.value
-        return data
+        return {
+            "command_id": self.command_id,
+            "device": self.device,
+            "status": self.status.value,
+            "revision": self.revision,
+            "reason": self.reason,
+            "version": self.version,
+            "rollout_id": self.rollout_id,
+            "at": self.at,
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CommandAck:

@@ -15,6 +15,7 @@ from edgecloud.shared.commands import (
     DEFAULT_TTL_S,
     MAX_CLOCK_SKEW_S,
     CommandRejectedError,
+    CommandSigner,
     open_command,
     sign_command,
 )
@@ -67,6 +68,19 @@ def test_a_signed_command_opens_to_itself_with_issue_and_expiry() -> None:
     command = opened(payload)
     assert command == replace(COMMAND, issued_at=NOW, expires_at=NOW + 60)
     assert json.loads(document["command"])["device"] == "dev-7"  # the device is inside what is signed
+
+
+def test_the_signer_writes_the_canonical_envelope_and_reuses_its_key() -> None:
+    signer = CommandSigner(KEY, ttl_s=60)
+    assert signer.key_id == key_id(KEY.public_key())
+    payload = signer.sign(COMMAND, now=NOW)
+    document = json.loads(payload)
+    assert payload == encode(document)  # byte for byte what encode() makes of it: sorted keys, no spaces
+    assert document["command"] == encode({**COMMAND.to_dict(), "issued_at": NOW, "expires_at": NOW + 60}).decode()
+    assert opened(payload) == replace(COMMAND, issued_at=NOW, expires_at=NOW + 60)
+    quoted = replace(COMMAND, rollout_id='a "quoted" rollout \\ id')  # escaped once, inside the string
+    assert opened(signer.sign(quoted, now=NOW)).rollout_id == quoted.rollout_id
+    assert signer.sign(COMMAND, now=NOW + 5) != payload  # issued again: a fresh expiry, a new signature
 
 
 def test_signing_again_gives_a_fresh_expiry() -> None:

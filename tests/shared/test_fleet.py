@@ -5,6 +5,7 @@ malformed payload is an InvalidInputError that names the field."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 from typing import Any
 
@@ -167,7 +168,8 @@ def test_command_round_trips_through_the_wire() -> None:
     assert command == Command(
         "r1-dev-7-deploy", "deploy", 3, BundleRef.from_dict(BUNDLE), "r1", 1700000000.5, "dev-7", 1700086400.5
     )
-    assert command.to_dict() == COMMAND
+    assert command.to_dict() == COMMAND == dataclasses.asdict(command)  # written out: no field left behind
+    assert command.bundle.to_dict() == dataclasses.asdict(command.bundle)
     assert Command.from_dict(wire(command.to_dict())) == command
     rollback = Command.from_dict(with_(COMMAND, type="rollback"))
     assert Command.from_dict(wire(rollback.to_dict())) == rollback
@@ -243,6 +245,7 @@ def test_ack_round_trips_through_the_wire() -> None:
     assert data == {"command_id": "r1-dev-7-deploy", "device": "dev-7", "status": "ACTIVE", "revision": 3,
                     "reason": "", "version": 5, "rollout_id": "r1", "at": 1.5}  # fmt: skip
     assert type(data["status"]) is str
+    assert set(data) == {f.name for f in dataclasses.fields(CommandAck)}
     assert CommandAck.from_dict(wire(data)) == ack
     for status in AckStatus:
         other = CommandAck("c", "d", status, 1, reason="why")
