@@ -75,7 +75,7 @@ def create_app(service: EdgeService, responses: ResponseStore) -> FastAPI:
     @app.exception_handler(EdgecloudError)
     async def on_edgecloud_error(request: Request, exc: EdgecloudError) -> JSONResponse:
         if is_openai_path(request.url.path):
-            retry = {"Retry-After": "5"} if exc.http_status == 503 else None
+            retry = {"Retry-After": "5"} if exc.http_status in (429, 503) else None
             return openai_error(exc.http_status, str(exc), code=exc.code, headers=retry)
         return response_for(exc)
 

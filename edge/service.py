@@ -238,8 +238,11 @@ class EdgeService:
 
     @staticmethod
     def _unqueued(request: QueryRequest, cause: BaseException | None = None) -> None:
-        if not request.queue_when_cloud_down:
-            raise UnavailableError("the cloud is unreachable and this query must be answered there") from cause
+        if request.queue_when_cloud_down:
+            return
+        if isinstance(cause, ResourceExhaustedError):  # reachable, but full: a 429 to retry, not a 503
+            raise ResourceExhaustedError(f"the cloud is at capacity and this query must be answered there: {cause}") from cause
+        raise UnavailableError("the cloud is unreachable and this query must be answered there") from cause
 
     def _cloud_result(
         self,

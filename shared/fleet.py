@@ -342,15 +342,39 @@ class Telemetry:
     that recovered from a corrupt state says so until it restarts cleanly."""
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        # Written out (asdict deep-copies): every device sends one a second, and the manager of a
+        # thousand parses as many (tests/shared/test_fleet.py checks no field is left behind).
+        return {
+            "device": self.device,
+            "at": self.at,
+            "model_name": self.model_name,
+            "model_version": self.model_version,
+            "requests": dict(self.requests),
+            "latency_ms": {route: dict(values) for route, values in self.latency_ms.items()},
+            "escalation_rate": self.escalation_rate,
+            "degraded": self.degraded,
+            "errors": self.errors,
+            "outbox_depth": self.outbox_depth,
+            "cpu_percent": self.cpu_percent,
+            "memory_mb": self.memory_mb,
+            "state_problem": self.state_problem,
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Telemetry:
         values: dict[str, Any] = {}
         for name, kind in _TELEMETRY_FIELDS.items():
-            if name not in data:
+            value = data.get(name)
+            exact = type(value)  # the well-formed case inline; anything else takes the checks that explain
+            if kind is float and (exact is float or exact is int) and math.isfinite(value):  # type: ignore[arg-type]
+                values[name] = float(value)  # type: ignore[arg-type]
+            elif (kind is int and exact is int and 0 <= value <= MAX_REVISION) or (  # type: ignore[operator]
+                exact is kind and kind is not float and kind is not int
+            ):
+                values[name] = value
+            elif name not in data:
                 raise InvalidInputError(f"telemetry.{name}: missing")
-            if kind is float:
+            elif kind is float:
                 values[name] = _number(data, name, "telemetry")
             elif kind is int:
                 values[name] = _count(data, name, "telemetry")

@@ -18,7 +18,7 @@ from edgecloud.edge.outbox import Outbox
 from edgecloud.edge.runtime import EdgeBundle, ModelSlot
 from edgecloud.edge.service import EdgeService, QueryRequest
 from edgecloud.edge.triage import Requested
-from edgecloud.shared.errors import UnavailableError
+from edgecloud.shared.errors import ResourceExhaustedError, UnavailableError
 from edgecloud.shared.reasoning import Event, EventKind, ThinkParams
 
 
@@ -129,3 +129,45 @@ def test_an_escalation_says_the_query_is_at_least_as_hard_as_the_edge_is_unsure(
     for params in cloud.asked:
         assert params.hint is not None and params.hint.confidence == pytest.approx(0.09)
         assert params.hint.estimated_difficulty >= 1 - params.hint.confidence - 1e-9, params.hint
+
+
+class AtCapacity:
+    """A cloud that is up but refuses every session: its queue is full."""
+
+    async def healthy(self) -> bool:
+        return True
+
+    async def think(self, params: ThinkParams, **_: object) -> AsyncIterator[Event]:
+        raise ResourceExhaustedError("queue full (64 sessions queued)")
+        yield  # an async generator, as the real client's think is
+
+    async def close(self) -> None:
+        return None
+
+
+def test_a_cloud_at_capacity_is_a_429_to_retry_for_openai_clients(shipped_models: Path, tmp_path: Path) -> None:
+    import openai
+
+    from edgecloud.edge.api import create_app
+    from edgecloud.edge.response_store import ResponseStore
+    from edgecloud.shared.asgi import ThreadedServer
+
+    config = EdgeConfig(bundle=shipped_models / "edge-student", outbox=tmp_path / "outbox.sqlite3", cloud="127.0.0.1:9",
+                        port=0, health_interval_s=3600)  # fmt: skip
+    service = EdgeService(config, ModelSlot(EdgeBundle.load(config.bundle, threads=1)), client=AtCapacity(),
+                          outbox=Outbox(config.outbox), metrics=EdgeMetrics())  # fmt: skip
+    server = ThreadedServer(create_app(service, ResponseStore(config.outbox)), lifespan="on", name="edge-at-capacity")
+    server.start(timeout=60)
+    try:
+        client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
+        messages = [{"role": "user", "content": "12 * 3 - 7 + 40"}]
+        with pytest.raises(openai.RateLimitError) as limited:
+            client.chat.completions.create(model="edgecloud-cloud", messages=messages)
+        assert limited.value.status_code == 429 and limited.value.response.headers["retry-after"]
+        assert "at capacity" in limited.value.message and limited.value.body["type"] == "rate_limit_error"
+        auto = client.chat.completions.create(model="edgecloud", messages=messages)  # may fall back: answered
+        assert auto.model_extra["edgecloud"]["degraded"] and auto.choices[0].message.content is not None
+        queued = client.responses.create(model="edgecloud-cloud", input="12 * 3 - 7 + 40")  # may wait: outbox
+        assert queued.status == "queued"
+    finally:
+        server.stop(30)

@@ -364,7 +364,7 @@ TELEMETRY = Telemetry(
 
 def test_telemetry_round_trips_through_the_wire() -> None:
     data = TELEMETRY.to_dict()
-    assert set(data) == set(Telemetry.__dataclass_fields__)
+    assert set(data) == set(Telemetry.__dataclass_fields__) and data == dataclasses.asdict(TELEMETRY)
     assert Telemetry.from_dict(wire(data)) == TELEMETRY
     assert Telemetry.from_dict(with_(data, extra="ignored")) == TELEMETRY  # newer devices may say more
 
