@@ -120,12 +120,17 @@ def main() -> int:
     )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--devices", type=int, default=1000)
+    parser.add_argument(
+        "--only", choices=("swap_under_load", "fleet_scale"), default=None,
+        help="run one of the two benchmarks (more rounds of it in the same time)",
+    )  # fmt: skip
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "security_overhead")
     args = parser.parse_args()
     extra = {
         "swap_under_load": ["--bundle", str(REPO / "models" / "edge-student")],
         "fleet_scale": ["--devices", str(args.devices)],
     }
+    chosen = (args.only,) if args.only else ("swap_under_load", "fleet_scale")
     work = Path(tempfile.mkdtemp(prefix="edgecloud-overhead-"))
     load_before = os.getloadavg()[0]
     runs: dict[str, list[dict[str, Any]]] = {"before": [], "after": []}
@@ -136,7 +141,7 @@ def main() -> int:
             for side in ("before", "after") if round_ % 2 == 0 else ("after", "before"):
                 tree, root = trees[side]
                 row: dict[str, Any] = {"round": round_}
-                for benchmark in ("swap_under_load", "fleet_scale"):
+                for benchmark in chosen:
                     out = work / f"{side}-{round_}-{benchmark}"
                     report = run_one(tree, root, benchmark, extra[benchmark], out)
                     row[benchmark] = report
@@ -148,6 +153,8 @@ def main() -> int:
         shutil.rmtree(work, ignore_errors=True)
     metrics = {}
     for name, (benchmark, path, higher_better) in METRICS.items():
+        if benchmark not in chosen:
+            continue
         before = [pick(r[benchmark], path) for r in runs["before"]]
         after = [pick(r[benchmark], path) for r in runs["after"]]
         b, a = statistics.median(before), statistics.median(after)
@@ -169,6 +176,7 @@ def main() -> int:
         "after_commit": _rev("HEAD"),
         "rounds": args.rounds,
         "devices": args.devices,
+        "benchmarks": list(chosen),
         "load_avg_1m_before": load_before,
         "load_avg_1m_after": os.getloadavg()[0],
         "cpu_count": os.cpu_count(),
