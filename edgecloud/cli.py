@@ -295,11 +295,8 @@ def _add_edge_commands(commands: argparse._SubParsersAction) -> None:
     serve.add_argument("--cloud-tls", action="store_true", help="use TLS to the cloud")
     serve.add_argument("--cloud-ca", type=Path, help="CA bundle for the cloud's certificate")
     serve.add_argument("--cloud-timeout", type=float, default=60.0, help="seconds before an escalation falls back")
-    serve.add_argument(
-        "--api-key-file",
-        type=Path,
-        help="file holding the API keys clients may send, one a line (each a tenant); required off loopback",
-    )
+    serve.add_argument("--api-key-file", type=Path, help="file of the API keys clients may send, one a line (each "
+                       "a tenant); required off loopback")  # fmt: skip
     serve.add_argument(
         "--allow-unauthenticated",
         action="store_true",

@@ -1,18 +1,16 @@
 """The fleet manager: rollouts driven over MQTT, with every change persisted.
 
-It glues pure pieces together: the MQTT contract (:mod:`edgecloud.shared.fleet`),
-the rollout state machine (:mod:`edgecloud.fleet.rollout`), the SQLite store
-(:mod:`edgecloud.fleet.store`) and the bundle registry (:mod:`edgecloud.fleet.registry`). One paho client (MQTT 5, persistent session,
-auto-reconnect) subscribes at QoS 1 to every device's ``state``,
-``telemetry`` and ``cmd/ack``; a tick thread times devices out and sends the
-next wave.
+It glues pure pieces together: the MQTT contract (:mod:`edgecloud.shared.fleet`), the rollout state
+machine (:mod:`edgecloud.fleet.rollout`), the SQLite store (:mod:`edgecloud.fleet.store`) and the bundle
+registry (:mod:`edgecloud.fleet.registry`). One paho client (MQTT 5, persistent session, auto-reconnect)
+subscribes at QoS 1 to every device's ``state``, ``telemetry`` and ``cmd/ack``; a tick thread times
+devices out and sends the next wave.
 
 Delivery guarantees, in order of the steps that could lose something:
 
-* A rollout is saved *before* the commands its change produced are published,
-  so a crash in between leaves deliveries marked SENT whose command never
-  left. On start every in-flight delivery of a live rollout is published
-  again, with its original command id.
+* A rollout is saved *before* the commands its change produced are published, so a crash in between
+  leaves deliveries marked SENT whose command never left. On start every in-flight delivery of a live
+  rollout is published again, with its original command id.
 * Commands are QoS 1 on a device's persistent session, so the broker queues
   them while the device is away; the manager's own session is persistent too,
   so acks sent while it is down are delivered when it comes back.
@@ -273,19 +271,18 @@ class FleetManager:
             except (ConfigError, InvalidInputError) as exc:  # a command without a device: a bug, not a send
                 log.error("not publishing %s: %s", command.id, exc)
                 continue
-            if tracing_enabled():
+            if tracing_enabled():  # else no span: a rollout to thousands of devices makes none it would not record
                 self._publish_traced(command, topic, payload)
-            else:  # a rollout to thousands of devices makes no span it would not record
+            else:
                 self.client.publish(topic, payload, qos=1, retain=False)
             self.metrics.commands.labels(command.type).inc()
             log.info("published %s (%s v%d) to %s", command.id, command.type, command.bundle.version, command.device)
 
     def _publish_traced(self, command: Command, topic: str, payload: bytes) -> None:
-        """Publish within a ``fleet.command`` span whose trace context goes beside the signed payload
-        (MQTT 5 user properties): it only makes the device's ``agent.command`` span a child of this
-        one, and changes nothing the device acts on."""
+        """Publish in a ``fleet.command`` span, its trace context beside the signed payload (MQTT 5 user
+        properties): the device's ``agent.command`` becomes its child; nothing it acts on changes."""
         attributes = {"edgecloud.command_id": command.id, "edgecloud.device": command.device,
-                      "edgecloud.rollout_id": command.rollout_id or "", "edgecloud.command": command.type}  # fmt: skip
+                      "edgecloud.rollout_id": command.rollout_id, "edgecloud.command": command.type}  # fmt: skip
         with tracer().start_as_current_span("fleet.command", attributes=attributes) as span:
             properties = publish_properties(trace_headers(span), v5=self.config.broker.v5)
             self.client.publish(topic, payload, qos=1, retain=False, properties=properties)
