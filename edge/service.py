@@ -241,7 +241,9 @@ class EdgeService:
         if request.queue_when_cloud_down:
             return
         if isinstance(cause, ResourceExhaustedError):  # reachable, but full: a 429 to retry, not a 503
-            raise ResourceExhaustedError(f"the cloud is at capacity and this query must be answered there: {cause}") from cause
+            raise ResourceExhaustedError(
+                f"the cloud is at capacity and this query must be answered there: {cause}"
+            ) from cause
         raise UnavailableError("the cloud is unreachable and this query must be answered there") from cause
 
     def _cloud_result(
