@@ -123,7 +123,7 @@ class ResponseKeeper:
         record = self._record(request, owner, model, time.time(), background=True, stream=False)
         self.store.add(record)
         self._launch(record, request)
-        return response_object(request.id, model, record.created_at, "queued", None, background=True)
+        return _object(record, "queued")
 
     def start_stream(
         self, request: QueryRequest, first: StreamItem, stream: AsyncIterator[StreamItem], *, owner: str, model: str
@@ -146,12 +146,10 @@ class ResponseKeeper:
         if run is not None and run.final is not None:
             return run.final
         if run is not None or response_id in self._tasks:
-            return response_object(record.id, record.model, record.created_at, "in_progress", None,
-                                   background=record.background)  # fmt: skip
+            return _object(record, "in_progress")
         result = self.service.lookup(response_id)  # in the outbox, or just answered
         if result is None:
-            return response_object(record.id, record.model, record.created_at, "queued", None,
-                                   background=record.background)  # fmt: skip
+            return _object(record, "queued")
         return self._from_result(record, result)
 
     def follow(self, response_id: str, owner: str, after: int) -> AsyncIterator[bytes] | None:
@@ -183,9 +181,7 @@ class ResponseKeeper:
         outboxed = self.service.outbox.get(response_id)
         if outboxed is not None and outboxed.status == PENDING:
             self.service.outbox.mark_failed(response_id, CANCELLED)
-        cancelled = response_object(record.id, record.model, record.created_at, "cancelled", None,
-                                    background=record.background)  # fmt: skip
-        self.store.finish(response_id, "cancelled", cancelled, run.events if run is not None else None)
+        self.store.finish(response_id, "cancelled", _object(record, "cancelled"), run.events if run else None)
         return self.state(response_id, owner)
 
     # -- running -----------------------------------------------------------------------
@@ -211,11 +207,7 @@ class ResponseKeeper:
 
     async def _answer(self, record: StoredResponse, request: QueryRequest) -> None:
         try:
-            result = await self.service.query(request)
-            status = response_status(result)
-            if status in TERMINAL:  # else queued in the outbox, read from there until it is answered
-                response = response_object(record.id, record.model, record.created_at, status, result, background=True)
-                self.store.finish(record.id, status, response)
+            self._from_result(record, await self.service.query(request))
         # Cancelled (a BaseException) passes through: by cancel(), stored as cancelled already, or by
         # stop(), left unfinished to resume. Anything else ends the response failed, with its reason.
         except Exception as exc:  # noqa: BLE001
@@ -258,9 +250,10 @@ class ResponseKeeper:
         self.store.finish(record.id, "failed", failed, events)
 
     def _from_result(self, record: StoredResponse, result: QueryResult) -> dict[str, Any]:
+        """The response object of ``result``, stored once it is final (one still queued in the
+        outbox is read from there until the cloud answers it)."""
         status = response_status(result)
-        response = response_object(record.id, record.model, record.created_at, status, result,
-                                   background=record.background)  # fmt: skip
+        response = _object(record, status, result)
         if status in TERMINAL:
             self.store.finish(record.id, status, response)
         return response
@@ -298,6 +291,10 @@ class _Run:
             if self._done:
                 return
             await signal.wait()
+
+
+def _object(record: StoredResponse, status: str, result: QueryResult | None = None) -> dict[str, Any]:
+    return response_object(record.id, record.model, record.created_at, status, result, background=record.background)
 
 
 async def _replay(events: list[dict[str, Any]], after: int) -> AsyncIterator[bytes]:
