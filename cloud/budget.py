@@ -12,7 +12,9 @@ Two signals, in order:
    interpolates between ``minimum`` and ``maximum``; with no hint either, the
    budget is ``default``.
 
-An explicit ``max_reasoning_tokens`` always wins (clamped to ``maximum``).
+An explicit ``max_reasoning_tokens`` always wins (clamped to ``maximum``). A request whose caller
+chose the cloud (``requested_route: cloud``) is never given less than ``default`` by either signal:
+the edge's view of a query it was not asked to triage must not cut the thinking the caller wanted.
 """
 
 from __future__ import annotations
@@ -90,20 +92,23 @@ class BudgetPolicy:
         hint: EdgeHint | None = None,
         features: np.ndarray | None = None,
         producer: str = "",
+        at_least_default: bool = False,
     ) -> tuple[int, str]:
-        """The budget and which signal chose it: ``request``, ``features``, ``hint`` or ``default``."""
+        """The budget and which signal chose it: ``request``, ``features``, ``hint`` or ``default``.
+        ``at_least_default``: the signals may raise the budget above ``default``, never lower it."""
         c = self.config
         if requested is not None:
             return min(requested, c.maximum), "request"
+        floor = c.default if at_least_default else c.minimum
         if features is not None and (unit := self._unit(features)) is not None:
             with self._lock:
                 memory = self._memories.get(producer)
                 used = memory.nearest_used(unit, c.neighbours, c.neighbour_cosine) if memory else None
             if used is not None and len(used):
                 budget = int(used.max() * c.headroom) + c.margin
-                return max(c.minimum, min(c.maximum, budget)), "features"
+                return max(floor, min(c.maximum, budget)), "features"
         if hint is not None and hint.estimated_difficulty > 0:
-            return round(c.minimum + hint.estimated_difficulty * (c.maximum - c.minimum)), "hint"
+            return max(floor, round(c.minimum + hint.estimated_difficulty * (c.maximum - c.minimum))), "hint"
         return c.default, "default"
 
     def observe(self, features: np.ndarray, producer: str, reasoning_tokens: int, budget_reached: bool) -> None:

@@ -13,7 +13,10 @@ Backends:
 - A vLLM backend (an ``AsyncLLMEngine`` behind the same five calls) is the
   intended second one for GPU fleets; nothing in sessions changes for it.
 
-What every backend must do: enforce the thinking budget token by token
+What every backend must do: render the whole conversation with the model's chat template (earlier
+think blocks stripped from assistant turns), sample as the job's :class:`Sampling` says (filling
+what it leaves unset from ``default_sampling``; a seed makes it repeatable), enforce the thinking
+budget token by token
 (reasoning tokens are those strictly between ``<think>`` and ``</think>``;
 once a job has spent its budget, ``</think>`` is forced and the answer
 follows), report a job's events in order on any one thread, and after
@@ -24,11 +27,11 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 from edgecloud.shared.errors import ConfigError
-from edgecloud.shared.reasoning import Usage
+from edgecloud.shared.reasoning import Message, Sampling, Usage
 
 __all__ = [
     "THINK_END",
@@ -87,6 +90,14 @@ class Job:
     max_output_tokens: int
     stream_reasoning: bool
     on_event: Callable[[EngineEvent], None]
+    messages: tuple[Message, ...] = ()
+    """The whole conversation, ending with the user's ``query``; empty: the query alone."""
+    sampling: Sampling = field(default_factory=Sampling)
+    """As the request asked; the engine fills what is unset from the model's defaults."""
+
+    @property
+    def conversation(self) -> tuple[Message, ...]:
+        return self.messages or (Message("user", self.query),)
 
 
 class EngineEventKind(enum.Enum):
@@ -138,6 +149,9 @@ class ReasoningEngine(Protocol):
     """Decode steps run so far (a metric)."""
     tokens_generated: int
     """Tokens generated so far, reasoning and answer (a metric)."""
+    default_sampling: Sampling
+    """What a request that leaves sampling unset gets: the model's ``generation_config.json``
+    (temperature 0 when it does not sample)."""
 
     def start(self) -> None:
         """Start generating (idempotent); jobs submitted before wait for it."""
@@ -145,8 +159,8 @@ class ReasoningEngine(Protocol):
     def stop(self, timeout: float = 10.0) -> None:
         """Stop within ``timeout`` seconds; running and waiting jobs get no further events."""
 
-    def count_prompt_tokens(self, query: str, reasoning_budget: int) -> int:
-        """Tokens the prompt of ``query`` will take (after the chat template), for admission checks."""
+    def count_prompt_tokens(self, messages: tuple[Message, ...], reasoning_budget: int) -> int:
+        """Tokens the prompt of the conversation takes (after the chat template), for admission checks."""
 
     def submit(self, job: Job) -> int:
         """Queue ``job`` and return its position (running jobs included).

@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import secrets
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -53,7 +54,7 @@ from edgecloud.shared.reasoning import (
     ThinkParams,
     Timings,
     Usage,
-    normalize_text,
+    conversation_key,
 )
 
 __all__ = ["Session", "SessionConfig", "SessionManager"]
@@ -125,7 +126,7 @@ class Session:
         )
 
 
-_CacheKey = tuple[str, str, int, int, int]
+_CacheKey = tuple[str, str, int, int, int, tuple[float | None, float | None, int | None]]
 _RequestKey = tuple[str, str]
 """(device_id, request_id): request ids are per device."""
 
@@ -197,16 +198,23 @@ class SessionManager:
         """
         existing = self._find_request(params.device_id, params.request_id)
         if existing is not None:
-            if existing.params.query != params.query:
+            if existing.params.conversation != params.conversation:
                 raise InvalidInputError(f"request_id {params.request_id!r} was already used for a different query")
             return existing
+        params = self._fix_sampling(params)
         session = Session(uuid.uuid4().hex, params, 0, time.monotonic())
         self._decode_features(session)
         features = session.features
         session.budget, source = self.budget.choose(
-            params.max_reasoning_tokens, hint=params.hint, features=features, producer=session.producer
+            params.max_reasoning_tokens,
+            hint=params.hint,
+            features=features,
+            producer=session.producer,
+            at_least_default=params.requested_route == "cloud",
         )
         log.debug("session %s: budget %d from %s", session.id, session.budget, source)
+        self._check_prompt(params, session.budget)
+        # A server-chosen seed is part of the key, so a sampled answer is reused only for the same seed.
         cached = self._cache.get(self._cache_key(params, session.budget))
         accepted = Event(
             seq=1,
@@ -305,9 +313,38 @@ class SessionManager:
         )
         session.producer = f"{encoded.model_name}@{encoded.model_version}:{encoded.model_sha256}"
 
+    def _fix_sampling(self, params: ThinkParams) -> ThinkParams:
+        """``params`` with a seed when the session samples and the caller gave none. The seed is
+        stored with the request, so a re-run after a restart samples the same text again."""
+        sampling, default = params.sampling, self.engine.default_sampling
+        temperature = default.temperature if sampling.temperature is None else sampling.temperature
+        if not temperature or sampling.seed is not None:
+            return params
+        return replace(params, sampling=replace(sampling, seed=secrets.randbits(63)))
+
+    def _check_prompt(self, params: ThinkParams, budget: int) -> None:
+        """Refuse a conversation longer than the engine reads: an error now, never a silent cut."""
+        if not params.multi_turn and len(params.query) * 4 < self.engine.config.max_input_tokens:
+            return  # a short query alone fits whatever the tokenizer (a token has at least one character)
+        tokens = self.engine.count_prompt_tokens(params.conversation, budget)
+        limit = self.engine.config.max_input_tokens
+        if tokens > limit:
+            raise InvalidInputError(
+                f"the conversation takes {tokens} tokens after the chat template; this model reads at most {limit} "
+                "(nothing is cut: send fewer or shorter messages)"
+            )
+
     def _cache_key(self, params: ThinkParams, budget: int) -> _CacheKey:
         output = params.max_output_tokens or self.engine.config.default_max_output_tokens
-        return (normalize_text(params.query), self.engine.name, self.engine.version, budget, output)
+        sampling = params.sampling
+        return (
+            conversation_key(params.conversation),
+            self.engine.name,
+            self.engine.version,
+            budget,
+            output,
+            (sampling.temperature, sampling.top_p, sampling.seed),
+        )
 
     def _remember(self, params: ThinkParams, budget: int, completed: Event) -> None:
         if self.config.result_cache_size == 0 or completed.finish_reason != "stop":
@@ -326,8 +363,18 @@ class SessionManager:
         def on_event(event: EngineEvent) -> None:  # engine thread
             loop.call_soon_threadsafe(self._on_engine_event, session, event)
 
+        params = session.params
         self.engine.submit(
-            Job(session.id, session.params.query, session.budget, output, session.params.stream_reasoning, on_event)
+            Job(
+                session.id,
+                params.query,
+                session.budget,
+                output,
+                params.stream_reasoning,
+                on_event,
+                messages=params.messages,
+                sampling=params.sampling,
+            )
         )
         self._open.setdefault(session.params.device_id, set()).add(session.id)
 
@@ -436,6 +483,7 @@ class SessionManager:
                         budget=session.budget,
                         finish_reason=result.finish_reason,
                         edge=_edge_view(session.params.hint),
+                        messages=[m.to_dict() for m in session.params.messages],
                     )
                 )
 

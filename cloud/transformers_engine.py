@@ -43,7 +43,7 @@ from edgecloud.cloud.engine import (
     Job,
 )
 from edgecloud.shared.errors import ConfigError, InvalidInputError, ResourceExhaustedError
-from edgecloud.shared.reasoning import Usage
+from edgecloud.shared.reasoning import Message, Sampling, Usage
 
 __all__ = ["LoadedModel", "TransformersEngine"]
 
@@ -56,6 +56,17 @@ class LoadedModel:
     tokenizer: PreTrainedTokenizerBase
     name: str
     version: int
+
+    @property
+    def default_sampling(self) -> Sampling:
+        """The model's own ``generation_config.json``: Qwen3's asks for temperature 0.6 and top-p
+        0.95 in thinking mode (greedy repeats itself); a config that does not sample is greedy."""
+        config = getattr(self.model, "generation_config", None)
+        if config is None or not getattr(config, "do_sample", False):
+            return Sampling(temperature=0.0, top_p=1.0)
+        temperature = float(getattr(config, "temperature", None) or 1.0)
+        top_p = float(getattr(config, "top_p", None) or 1.0)
+        return Sampling(temperature=min(max(temperature, 0.0), 2.0), top_p=min(max(top_p, 1e-6), 1.0))
 
     @classmethod
     def from_dir(cls, directory: Path, *, device: str = "auto", name: str = "", version: int = 0) -> LoadedModel:
@@ -102,6 +113,48 @@ class _Detokenizer:
         return text.lstrip() if self.lstrip else text
 
 
+class _Sampler:
+    """Picks a row's tokens: greedy at temperature 0, else temperature and top-p sampling from the
+    row's own seeded generator, so a row's draws do not depend on the rest of the batch."""
+
+    def __init__(self, sampling: Sampling) -> None:
+        self.temperature = sampling.temperature or 0.0
+        self.top_p = sampling.top_p if sampling.top_p is not None else 1.0
+        self.generator: torch.Generator | None = None
+        if self.temperature > 0:
+            self.generator = torch.Generator()
+            if sampling.seed is not None:
+                self.generator.manual_seed(sampling.seed)
+            else:
+                self.generator.seed()
+
+    @property
+    def greedy(self) -> bool:
+        return self.generator is None
+
+    def pick(self, logits: torch.Tensor) -> int:
+        probs = torch.softmax(logits.float().cpu() / self.temperature, dim=-1)
+        if self.top_p < 1.0:
+            sorted_probs, order = probs.sort(descending=True)
+            # Keep the smallest prefix whose mass reaches top_p (the first token always).
+            keep = (sorted_probs.cumsum(-1) - sorted_probs) < self.top_p
+            choice = torch.multinomial(sorted_probs * keep, 1, generator=self.generator)
+            return int(order[choice])
+        return int(torch.multinomial(probs, 1, generator=self.generator))
+
+
+def chat_messages(messages: tuple[Message, ...]) -> list[dict[str, str]]:
+    """The conversation as a chat template takes it, with the think blocks of earlier assistant
+    turns stripped (as Qwen3's own template does): a model never reads its old hidden reasoning."""
+    rendered = []
+    for message in messages:
+        content = message.content
+        if message.role == "assistant" and THINK_END in content:
+            content = content.rsplit(THINK_END, 1)[1].lstrip("\n")
+        rendered.append({"role": message.role, "content": content})
+    return rendered
+
+
 @dataclass
 class _Row:
     job: Job
@@ -110,6 +163,7 @@ class _Row:
     started: float
     reasoning: _Detokenizer
     answer: _Detokenizer
+    sampler: _Sampler
     reasoning_tokens: int = 0
     output_tokens: int = 0
     answer_tokens: int = 0
@@ -177,6 +231,7 @@ class TransformersEngine:
         self.config = config or EngineConfig()
         self.model, self.tokenizer = loaded.model, loaded.tokenizer
         self.name, self.version = loaded.name, loaded.version
+        self.default_sampling = loaded.default_sampling
         self.device = next(self.model.parameters()).device
         ids = self.tokenizer.convert_tokens_to_ids
         self.think_start, self.think_end = ids(THINK_START), ids(THINK_END)
@@ -207,8 +262,8 @@ class TransformersEngine:
         if self._thread is not None:
             self._thread.join(timeout)
 
-    def count_prompt_tokens(self, query: str, reasoning_budget: int) -> int:
-        return len(self._encode(query, thinking=reasoning_budget > 0))
+    def count_prompt_tokens(self, messages: tuple[Message, ...], reasoning_budget: int) -> int:
+        return len(self._encode(messages, thinking=reasoning_budget > 0))
 
     def submit(self, job: Job) -> int:
         """Queue ``job``; returns its queue position. Raises ResourceExhaustedError when the queue is full."""
@@ -265,11 +320,19 @@ class TransformersEngine:
                     self._emit(row, EngineEventKind.FAILED, error=f"engine error: {exc}", error_code="ENGINE_ERROR")
                 self._batch = _Batch()
 
-    def _encode(self, query: str, *, thinking: bool) -> list[int]:
+    def _encode(self, messages: tuple[Message, ...], *, thinking: bool) -> list[int]:
         prompt = self.tokenizer.apply_chat_template(
-            [{"role": "user", "content": query}], tokenize=False, add_generation_prompt=True, enable_thinking=thinking
+            chat_messages(messages), tokenize=False, add_generation_prompt=True, enable_thinking=thinking
         )
         return self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+
+    def _resolve(self, sampling: Sampling) -> Sampling:
+        default = self.default_sampling
+        return Sampling(
+            temperature=default.temperature if sampling.temperature is None else sampling.temperature,
+            top_p=default.top_p if sampling.top_p is None else sampling.top_p,
+            seed=sampling.seed,
+        )
 
     def _emit(self, row: _Row, kind: EngineEventKind, **fields) -> None:
         try:
@@ -282,7 +345,7 @@ class TransformersEngine:
         now = time.monotonic()
         rows, encoded = [], []
         for job in jobs:
-            ids = self._encode(job.query, thinking=job.reasoning_budget > 0)
+            ids = self._encode(job.conversation, thinking=job.reasoning_budget > 0)
             limit = min(self.config.max_input_tokens, self.max_positions - 2)
             row = _Row(
                 job,
@@ -291,6 +354,7 @@ class TransformersEngine:
                 now,
                 _Detokenizer(self.tokenizer, lstrip=True),
                 _Detokenizer(self.tokenizer, lstrip=True),
+                _Sampler(self._resolve(job.sampling)),
             )
             if len(ids) > limit:
                 self._emit(
@@ -348,6 +412,8 @@ class TransformersEngine:
         batch = self._batch
         tokens = batch.next_logits.argmax(-1).tolist()
         for i, row in enumerate(batch.rows):
+            if not row.sampler.greedy:
+                tokens[i] = row.sampler.pick(batch.next_logits[i])
             tokens[i] = self._advance(row, tokens[i], int(batch.positions[i]))
         finished = [row for row in batch.rows if row.done]
         for row in finished:
@@ -383,7 +449,7 @@ class TransformersEngine:
         return mask
 
     def _advance(self, row: _Row, token: int, position: int) -> int:
-        """Apply the budget and limits to the greedy ``token``; update the row; emit deltas."""
+        """Apply the budget and limits to the picked ``token``; update the row; emit deltas."""
         job = row.job
         row.first_token = row.first_token or time.monotonic()
         out_of_room = position + 1 >= self.max_positions

@@ -9,11 +9,14 @@ trains the next edge student on them. This module is the contract between the tw
      "finish_reason": "stop", "status": "completed",
      "producer": {"name": "edgecloud-demo-student", "version": 5, "sha256": "..."},
      "edge": {"answer": "", "confidence": 0.0, "estimated_difficulty": 1.0},
-     "features": [0.12, -0.3, ...], "created_at": "2026-11-24T16:00:00Z"}
+     "features": [0.12, -0.3, ...], "created_at": "2026-11-24T16:00:00Z",
+     "messages": [{"role": "system", "content": ...}, ..., {"role": "user", "content": <query>}]}
 
 ``producer`` is the edge model that escalated and ``edge`` what it said (its answer, empty when
 it abstained, and its calibrated confidence), so the fleet can tell which student produced which
 escalations. ``reasoning`` is the cloud's hidden reasoning, which a student can learn to follow.
+``messages`` (schema 3) is the whole conversation the cloud answered when there was more to it than
+the query (a system message, earlier turns); empty when the query was the whole request.
 Schema 1 records (before ``reasoning``, ``edge``, ``budget``, ``finish_reason`` and ``status``)
 still read, with those fields empty.
 
@@ -32,11 +35,11 @@ from pathlib import Path
 from typing import Any
 
 from edgecloud.shared.errors import InvalidInputError
-from edgecloud.shared.reasoning import MAX_QUERY_CHARS
+from edgecloud.shared.reasoning import MAX_CONVERSATION_CHARS, MAX_MESSAGES, MAX_QUERY_CHARS, Message
 
 __all__ = ["SCHEMA", "EdgeView", "Escalation", "ReadReport", "iter_escalations", "read_escalations"]
 
-SCHEMA = 2
+SCHEMA = 3
 MAX_ANSWER_CHARS = 8192
 MAX_REASONING_CHARS = 65536
 MAX_FEATURES = 4096
@@ -110,6 +113,8 @@ class Escalation:
     """``stop``, or ``length`` when the answer was cut at its token limit."""
     status: str = "completed"
     edge: EdgeView | None = None
+    messages: list[dict[str, str]] = field(default_factory=list)
+    """The conversation (OpenAI chat messages, the last being the user's query); empty: the query alone."""
     schema: int = SCHEMA
 
     def to_dict(self) -> dict[str, Any]:
@@ -132,8 +137,8 @@ class Escalation:
         if not isinstance(data, dict):
             raise InvalidInputError("a record must be a JSON object")
         schema = data.get("schema", 1)
-        if schema not in (1, SCHEMA):
-            raise InvalidInputError(f"schema {schema!r} is not 1 or {SCHEMA}")
+        if schema not in range(1, SCHEMA + 1) or isinstance(schema, bool):
+            raise InvalidInputError(f"schema {schema!r} is not one of 1..{SCHEMA}")
         budget_reached = data.get("budget_reached", False)
         if not isinstance(budget_reached, bool):
             raise InvalidInputError(f"budget_reached must be true or false, got {budget_reached!r}")
@@ -166,8 +171,22 @@ class Escalation:
             finish_reason=_text(data, "finish_reason", 32),
             status=status,
             edge=EdgeView.from_dict(edge) if edge is not None else None,
+            messages=_messages(data.get("messages", [])),
             schema=SCHEMA,
         )
+
+
+def _messages(value: Any) -> list[dict[str, str]]:
+    if not isinstance(value, list) or len(value) > MAX_MESSAGES:
+        raise InvalidInputError(f"messages must be a list of at most {MAX_MESSAGES} chat messages")
+    messages = []
+    for index, item in enumerate(value):
+        if not isinstance(item, dict) or set(item) != {"role", "content"}:
+            raise InvalidInputError(f"messages[{index}] must be an object with role and content")
+        messages.append(Message(item["role"], item["content"]).to_dict())
+    if sum(len(m["content"]) for m in messages) > MAX_CONVERSATION_CHARS:
+        raise InvalidInputError(f"messages have more than {MAX_CONVERSATION_CHARS} characters")
+    return messages
 
 
 @dataclass

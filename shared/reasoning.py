@@ -18,24 +18,37 @@ if TYPE_CHECKING:
     from edgecloud.shared.features import EncodedFeatures
 
 __all__ = [
+    "MAX_CONVERSATION_CHARS",
     "MAX_HINT_ANSWER_CHARS",
+    "MAX_MESSAGES",
     "MAX_QUERY_CHARS",
     "MAX_REQUEST_ID_CHARS",
+    "ROLES",
+    "ROUTES",
     "EdgeHint",
     "Event",
     "EventKind",
     "Failure",
+    "Message",
+    "Sampling",
     "SessionInfo",
     "SessionStatus",
     "ThinkParams",
     "Timings",
     "Usage",
+    "conversation_key",
     "normalize_text",
 ]
 
 MAX_QUERY_CHARS = 8192
 MAX_REQUEST_ID_CHARS = 128
 MAX_HINT_ANSWER_CHARS = 1024
+MAX_MESSAGES = 256
+MAX_CONVERSATION_CHARS = 65_536
+"""All of a conversation's messages together; a longer one is refused, never cut."""
+ROLES = ("system", "developer", "user", "assistant")
+ROUTES = ("auto", "edge", "cloud")
+MAX_SEED = (1 << 63) - 1
 _ID_RE = re.compile(r"[A-Za-z0-9._:@/-]{1,128}")
 
 
@@ -86,6 +99,64 @@ def _check_id(value: str, name: str, *, required: bool) -> None:
 
 
 @dataclass(frozen=True, slots=True)
+class Message:
+    """One turn of a conversation, as OpenAI's chat messages have it (text content only)."""
+
+    role: str
+    """``system``, ``developer``, ``user`` or ``assistant``."""
+    content: str
+
+    def __post_init__(self) -> None:
+        if self.role not in ROLES:
+            raise InvalidInputError(f"message role must be one of {', '.join(ROLES)}, got {self.role!r}")
+        if not isinstance(self.content, str):
+            raise InvalidInputError(f"message content must be text, got {type(self.content).__name__}")
+        if "\x00" in self.content:
+            raise InvalidInputError("a message contains a NUL character")
+
+    def to_dict(self) -> dict[str, str]:
+        return {"role": self.role, "content": self.content}
+
+
+@dataclass(frozen=True, slots=True)
+class Sampling:
+    """How the next token is picked. A field left None takes the model's default (its
+    ``generation_config.json``); ``temperature == 0`` is greedy decoding."""
+
+    temperature: float | None = None
+    top_p: float | None = None
+    seed: int | None = None
+    """With a seed, the same request samples the same text (a re-run after a restart too)."""
+
+    def __post_init__(self) -> None:
+        if self.temperature is not None and not 0.0 <= self.temperature <= 2.0:  # also refuses NaN
+            raise InvalidInputError(f"temperature must be in [0, 2], got {self.temperature!r}")
+        if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
+            raise InvalidInputError(f"top_p must be in (0, 1], got {self.top_p!r}")
+        if self.seed is not None and not 0 <= self.seed <= MAX_SEED:
+            raise InvalidInputError(f"seed must be in [0, 2**63 - 1], got {self.seed!r}")
+
+    @property
+    def unset(self) -> bool:
+        return self.temperature is None and self.top_p is None and self.seed is None
+
+
+def _check_conversation(messages: tuple[Message, ...], query: str) -> None:
+    if len(messages) > MAX_MESSAGES:
+        raise InvalidInputError(f"the conversation has {len(messages)} messages; the limit is {MAX_MESSAGES}")
+    if not all(isinstance(m, Message) for m in messages):
+        raise InvalidInputError("messages must be Message objects")
+    if messages[-1].role != "user" or messages[-1].content != query:
+        raise InvalidInputError("the conversation must end with the user message that is the query")
+    total = sum(len(m.content) for m in messages)
+    if total > MAX_CONVERSATION_CHARS:
+        raise InvalidInputError(
+            f"the conversation has {total} characters; the limit is {MAX_CONVERSATION_CHARS} (nothing is cut: "
+            "send fewer or shorter messages)"
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class ThinkParams:
     """What a client asks for when it creates a session."""
 
@@ -99,6 +170,13 @@ class ThinkParams:
     max_output_tokens: int = 0
     """0 = the server's default."""
     stream_reasoning: bool = False
+    messages: tuple[Message, ...] = ()
+    """The whole conversation (system, earlier turns, and last the user message that is ``query``);
+    empty: ``query`` alone is the conversation."""
+    sampling: Sampling = field(default_factory=Sampling)
+    requested_route: str = "auto"
+    """The route the caller asked for. ``cloud``: the caller chose the cloud, so the edge's view of
+    the query never lowers the thinking budget below the server's default."""
 
     def __post_init__(self) -> None:
         _check_id(self.request_id, "request_id", required=True)
@@ -113,6 +191,20 @@ class ThinkParams:
             raise InvalidInputError(f"max_reasoning_tokens must be >= 0, got {self.max_reasoning_tokens}")
         if self.max_output_tokens < 0:
             raise InvalidInputError(f"max_output_tokens must be >= 0, got {self.max_output_tokens}")
+        if self.messages:
+            _check_conversation(self.messages, self.query)
+        if self.requested_route not in ROUTES:
+            raise InvalidInputError(f"requested_route must be one of {', '.join(ROUTES)}, got {self.requested_route!r}")
+
+    @property
+    def conversation(self) -> tuple[Message, ...]:
+        """The messages the model reads: the conversation, or the query as one user message."""
+        return self.messages or (Message("user", self.query),)
+
+    @property
+    def multi_turn(self) -> bool:
+        """Whether there is more to the request than the query alone (a system message or earlier turns)."""
+        return len(self.messages) > 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,3 +301,11 @@ def normalize_text(query: str) -> str:
     """
     text = _SPACES.sub(" ", unicodedata.normalize("NFKC", query).casefold()).strip()
     return _SPACE_NEAR_SYMBOL.sub(r"\1", text)
+
+
+def conversation_key(messages: tuple[Message, ...]) -> str:
+    """The cache key text of a conversation: each message's normalised text under its role. A
+    single user message keys as its text alone, as a plain query does."""
+    if len(messages) == 1 and messages[0].role == "user":
+        return normalize_text(messages[0].content)
+    return "\x1e".join(f"{m.role}\x1f{normalize_text(m.content)}" for m in messages)

@@ -11,10 +11,13 @@ from edgecloud.proto.edgecloud.v1 import reasoner_pb2 as pb
 from edgecloud.shared.errors import InvalidInputError
 from edgecloud.shared.features import EncodedFeatures
 from edgecloud.shared.reasoning import (
+    MAX_MESSAGES,
     EdgeHint,
     Event,
     EventKind,
     Failure,
+    Message,
+    Sampling,
     SessionInfo,
     SessionStatus,
     ThinkParams,
@@ -74,7 +77,18 @@ def think_request_to_pb(params: ThinkParams) -> pb.ThinkRequest:
         query=params.query,
         max_output_tokens=params.max_output_tokens,
         stream_reasoning=params.stream_reasoning,
+        messages=[pb.ChatMessage(role=m.role, content=m.content) for m in params.messages],
+        requested_route="" if params.requested_route == "auto" else params.requested_route,
     )
+    sampling = params.sampling
+    if not sampling.unset:
+        message.sampling.SetInParent()
+        if sampling.temperature is not None:
+            message.sampling.temperature = sampling.temperature
+        if sampling.top_p is not None:
+            message.sampling.top_p = sampling.top_p
+        if sampling.seed is not None:
+            message.sampling.seed = sampling.seed
     if params.features is not None:
         message.features.CopyFrom(features_to_pb(params.features))
     if params.hint is not None:
@@ -91,6 +105,8 @@ def think_request_to_pb(params: ThinkParams) -> pb.ThinkRequest:
 
 
 def think_request_from_pb(message: pb.ThinkRequest) -> ThinkParams:
+    if len(message.messages) > MAX_MESSAGES:
+        raise InvalidInputError(f"the conversation has {len(message.messages)} messages; the limit is {MAX_MESSAGES}")
     hint = None
     if message.HasField("hint"):
         hint = EdgeHint(
@@ -107,6 +123,17 @@ def think_request_from_pb(message: pb.ThinkRequest) -> ThinkParams:
         max_reasoning_tokens=message.max_reasoning_tokens if message.HasField("max_reasoning_tokens") else None,
         max_output_tokens=message.max_output_tokens,
         stream_reasoning=message.stream_reasoning,
+        messages=tuple(Message(m.role, m.content) for m in message.messages),
+        sampling=_sampling_from_pb(message.sampling) if message.HasField("sampling") else Sampling(),
+        requested_route=message.requested_route or "auto",
+    )
+
+
+def _sampling_from_pb(message: pb.Sampling) -> Sampling:
+    return Sampling(
+        temperature=message.temperature if message.HasField("temperature") else None,
+        top_p=message.top_p if message.HasField("top_p") else None,
+        seed=message.seed if message.HasField("seed") else None,
     )
 
 

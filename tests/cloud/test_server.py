@@ -16,6 +16,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from edgecloud.cloud.config import AuthConfig
 from edgecloud.cloud.dataset import read_escalations
+from edgecloud.shared.escalations import SCHEMA
 from edgecloud.cloud.engine import EngineConfig
 from edgecloud.cloud.store import SessionStore
 from edgecloud.cloud.transformers_engine import LoadedModel
@@ -332,7 +333,7 @@ def test_features_pick_the_budget_and_are_collected(teacher_dir: Path, teacher: 
         # What the next student learns from: the cloud's reasoning and answer, and what the edge said.
         last = records[1]
         assert last.answer == second[-1].completed.answer and last.finish_reason == second[-1].completed.finish_reason
-        assert last.budget == budget and last.status == "completed" and last.schema == 2
+        assert last.budget == budget and last.status == "completed" and last.schema == SCHEMA
         assert last.reasoning and last.reasoning_tokens == second[-1].completed.usage.reasoning_tokens
         nine_times_nine = Problem(query="9*9", expression="9*9", start=9, steps=(("*", 9),), answer=81)
         assert last.budget_reached or last.reasoning == think_text(nine_times_nine).strip()

@@ -26,7 +26,17 @@ from edgecloud.cloud.sessions import Session, SessionConfig, SessionManager
 from edgecloud.cloud.store import SessionStore
 from edgecloud.shared.errors import ConfigError, InvalidInputError, NotFoundError, ResourceExhaustedError
 from edgecloud.shared.features import decode_features, encode_features
-from edgecloud.shared.reasoning import EdgeHint, Event, EventKind, Failure, SessionStatus, ThinkParams, Usage
+from edgecloud.shared.reasoning import (
+    EdgeHint,
+    Event,
+    EventKind,
+    Failure,
+    Message,
+    Sampling,
+    SessionStatus,
+    ThinkParams,
+    Usage,
+)
 
 TIMEOUT = 5.0
 K = EngineEventKind
@@ -63,6 +73,7 @@ class ScriptedEngine:
         self.version = version
         self.steps = 0
         self.tokens_generated = 0
+        self.default_sampling = Sampling(temperature=0.0, top_p=1.0)
         self.auto = auto
         self.jobs: list[Job] = []
         self.cancelled: list[str] = []
@@ -86,8 +97,8 @@ class ScriptedEngine:
             self._thread.join(timeout)
             self._thread = None
 
-    def count_prompt_tokens(self, query: str, reasoning_budget: int) -> int:
-        return len(query) + 8
+    def count_prompt_tokens(self, messages: tuple[Message, ...], reasoning_budget: int) -> int:
+        return sum(len(m.content) + 4 for m in messages) + 4
 
     def submit(self, job: Job) -> int:
         if job.reasoning_budget < 0 or job.max_output_tokens < 1:
@@ -266,7 +277,7 @@ def test_the_scripted_engine_satisfies_the_engine_protocol() -> None:
 
         def start(self) -> None: ...
         def stop(self, timeout: float = 10.0) -> None: ...
-        def count_prompt_tokens(self, query: str, reasoning_budget: int) -> int: ...
+        def count_prompt_tokens(self, messages: tuple[Message, ...], reasoning_budget: int) -> int: ...
         def submit(self, job: Job) -> int: ...
 
     assert not isinstance(NoCancel(), ReasoningEngine)
