@@ -57,11 +57,6 @@ _ROW_KEYS = ("query", "messages", "answer", "reasoning", "group")
 _META_KEYS = ("name", "answer_match", "description")
 
 
-def _optional_str(value: object, name: str) -> None:
-    if value is not None and not isinstance(value, str):
-        raise InvalidInputError(f"{name} must be a string")
-
-
 @dataclass(frozen=True, slots=True)
 class Message:
     """One chat message."""
@@ -79,16 +74,12 @@ class Message:
     def from_dict(cls, obj: object, index: int) -> Message:
         if not isinstance(obj, dict):
             raise InvalidInputError(f"messages[{index}] must be an object")
-        unknown = sorted(set(obj) - {"role", "content"})
-        if unknown or "role" not in obj or "content" not in obj:
+        if set(obj) != {"role", "content"}:
             raise InvalidInputError(f"messages[{index}] must have exactly the keys role and content")
         try:
             return cls(role=obj["role"], content=obj["content"])
         except InvalidInputError as exc:
             raise InvalidInputError(f"messages[{index}]: {exc}") from None
-
-    def to_dict(self) -> dict[str, str]:
-        return {"role": self.role, "content": self.content}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -119,9 +110,10 @@ class Row:
                 raise InvalidInputError("the last message's content must not be empty")
         if not isinstance(self.answer, str):
             raise InvalidInputError("answer must be a string")
-        _optional_str(self.reasoning, "reasoning")
-        _optional_str(self.group, "group")
-        if self.group is not None and not self.group:
+        for name in ("reasoning", "group"):
+            if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
+                raise InvalidInputError(f"{name} must be a string")
+        if self.group == "":
             raise InvalidInputError("group must not be empty")
 
     @property
@@ -147,7 +139,7 @@ class Row:
         if self.query is not None:
             out["query"] = self.query
         if self.messages is not None:
-            out["messages"] = [m.to_dict() for m in self.messages]
+            out["messages"] = [{"role": m.role, "content": m.content} for m in self.messages]
         out["answer"] = self.answer
         if self.reasoning is not None:
             out["reasoning"] = self.reasoning
