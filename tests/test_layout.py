@@ -1,9 +1,10 @@
 """The dependency direction, checked on the source: every import of a project module, by layer.
 
 ``proto`` (generated contracts) and ``shared`` are at the bottom; ``edge``, ``cloud``, the fleet
-manager (``fleet``) and the model kit (``modelkit``) stand on them; the command line
-(``edgecloud/``) stands on everything and nothing imports it. The model kit may use the edge
-runtime (it checks the bundles it builds). Every import names the installed namespace,
+manager (``fleet``) and the model kit (``modelkit``) stand on them; the built-in tasks (``tasks``)
+stand on the model kit (they write its dataset folders); the command line (``edgecloud/``) stands
+on everything and nothing imports it. The model kit may use the edge runtime (it checks the bundles
+it builds), but nothing below the command line uses a built-in task: the rest learns from data. Every import names the installed namespace,
 ``edgecloud.<folder>``: the old top-level names would collide with other distributions.
 """
 
@@ -26,9 +27,10 @@ ALLOWED: dict[str, set[str]] = {
     "fleet": {"proto", "shared"},
     "modelkit": {"proto", "shared", "edge"},
     "demo": {"proto", "shared"},
-    "cli": {"proto", "shared", "edge", "cloud", "fleet", "modelkit"},
+    "tasks": {"proto", "shared", "modelkit"},
+    "cli": {"proto", "shared", "edge", "cloud", "fleet", "modelkit", "tasks"},
 }
-FOLDERS = {"proto", "shared", "edge", "cloud", "fleet", "modelkit", "demo", "edgecloud"}
+FOLDERS = {"proto", "shared", "edge", "cloud", "fleet", "modelkit", "demo", "tasks", "edgecloud"}
 #: Top-level names the project used to install; importing one now means a stale path.
 OLD_NAMES = {"proto", "shared", "edge", "cloud", "demo"}
 
@@ -78,6 +80,20 @@ def test_imports_point_down(path: Path) -> None:
         if name.split(".")[0] == "edgecloud" and layer(name) != own and layer(name) not in ALLOWED[own]
     ]
     assert not stale + wrong, "\n".join(stale + wrong)
+
+
+@pytest.mark.parametrize("folder", ["edge", "cloud", "fleet", "modelkit"])
+def test_no_service_or_the_model_kit_imports_a_built_in_task(folder: str) -> None:
+    """A task is data: the services and the model kit read dataset folders, never a task's generator."""
+    assert "tasks" not in ALLOWED[folder]
+    found = [
+        f"{path.relative_to(ROOT)}:{line} imports {name}"
+        for path in SOURCES
+        if own_layer(path) == folder
+        for line, name in imports(path)
+        if name == "edgecloud.tasks" or name.startswith("edgecloud.tasks.")
+    ]
+    assert not found, "\n".join(found)
 
 
 def test_the_checker_catches_an_upward_import(tmp_path: Path) -> None:
