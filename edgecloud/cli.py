@@ -515,6 +515,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_cloud_commands(commands)
     _add_edge_commands(commands)
     _add_fleet_commands(commands)
+    from edgecloud.data_commands import add_data_commands
+
+    add_data_commands(commands)
     return parser
 
 
