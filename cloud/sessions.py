@@ -461,31 +461,32 @@ class SessionManager:
             self.budget.observe(
                 session.features, session.producer, result.usage.reasoning_tokens, result.budget_reached
             )
-            if self.escalations is not None:
-                encoded = session.params.features
-                assert encoded is not None
-                self.escalations.append(
-                    Escalation(
-                        request_id=session.params.request_id,
-                        device_id=session.params.device_id,
-                        query=session.params.query,
-                        answer=result.answer,
-                        reasoning_tokens=result.usage.reasoning_tokens,
-                        budget_reached=result.budget_reached,
-                        producer={
-                            "name": encoded.model_name,
-                            "version": encoded.model_version,
-                            "sha256": encoded.model_sha256,
-                        },
-                        features=[float(x) for x in session.features.ravel()],
-                        created_at=EscalationLog.now(),
-                        reasoning=result.reasoning,
-                        budget=session.budget,
-                        finish_reason=result.finish_reason,
-                        edge=_edge_view(session.params.hint),
-                        messages=[m.to_dict() for m in session.params.messages],
-                    )
-                )
+        # What an edge escalated (its features), and every conversation a device sent (an edge leaves
+        # those to the cloud unread): the next student's training data, with its context whole.
+        if self.escalations is not None and (session.features is not None or session.params.multi_turn):
+            self.escalations.append(self._escalation(session, result))
+
+    def _escalation(self, session: Session, result: GenerationResult) -> Escalation:
+        params, encoded = session.params, session.params.features
+        producer = {} if encoded is None else {
+            "name": encoded.model_name, "version": encoded.model_version, "sha256": encoded.model_sha256
+        }  # fmt: skip
+        return Escalation(
+            request_id=params.request_id,
+            device_id=params.device_id,
+            query=params.query,
+            answer=result.answer,
+            reasoning_tokens=result.usage.reasoning_tokens,
+            budget_reached=result.budget_reached,
+            producer=producer,
+            features=[] if session.features is None else [float(x) for x in session.features.ravel()],
+            created_at=EscalationLog.now(),
+            reasoning=result.reasoning,
+            budget=session.budget,
+            finish_reason=result.finish_reason,
+            edge=_edge_view(params.hint),
+            messages=[m.to_dict() for m in params.messages],
+        )
 
     def _serve_cached(self, session: Session, cached: Event) -> None:
         now = time.monotonic()

@@ -38,6 +38,11 @@ class EdgeConfig:
     """onnxruntime intra-op threads."""
     outbox: Path | str = "edge-outbox.sqlite3"
     max_query_chars: int = 2000
+    max_conversation_chars: int = 32_768
+    """All of a conversation's messages together (a longer one is a 400, never cut)."""
+    cloud_wait_s: float = 10.0
+    """How long a chat completion only the cloud can answer waits for a cloud that is down before a
+    503 with Retry-After (queries that can be fetched later wait in the outbox instead)."""
     max_body_bytes: int = 64 * 1024
     max_reasoning_tokens: int = 4096
     reasoning_effort_tokens: tuple[int, int, int] = (64, 256, 1024)
@@ -54,6 +59,8 @@ class EdgeConfig:
             raise ConfigError("threads >= 1, max_query_chars >= 1 and max_body_bytes >= 1024 are required")
         if self.cloud_timeout_s <= 0 or self.health_interval_s <= 0:
             raise ConfigError("cloud_timeout_s and health_interval_s must be > 0")
+        if self.cloud_wait_s < 0 or self.max_conversation_chars < self.max_query_chars:
+            raise ConfigError("cloud_wait_s must be >= 0 and max_conversation_chars >= max_query_chars")
         efforts = tuple(self.reasoning_effort_tokens)
         if (
             len(efforts) != 3

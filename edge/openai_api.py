@@ -1,6 +1,10 @@
 """The edge daemon's OpenAI-compatible API: ``POST /v1/chat/completions`` (streaming or not),
 ``GET /v1/models`` and ``GET /v1/models/{id}``.
 
+The whole conversation (system and developer messages, earlier turns) goes to the cloud model; a
+student that reads single queries leaves a conversation to the cloud (``reason: conversation``).
+``temperature``, ``top_p`` and ``seed`` set the cloud's sampling.
+
 Routed like edgecloud's own ``/v1/query`` (the same :class:`EdgeService` call),
 with edgecloud's extras accepted as extra body fields (``route``,
 ``max_reasoning_tokens``, ``include_reasoning``) and reported under
@@ -30,8 +34,18 @@ from pydantic import BaseModel, ConfigDict, Field
 from edgecloud.edge.service import EdgeService, QueryRequest, QueryResult, StreamItem
 from edgecloud.edge.triage import Requested
 from edgecloud.shared.errors import EdgecloudError, InvalidInputError
+from edgecloud.shared.reasoning import Message, Sampling
 
-__all__ = ["MODEL_ROUTES", "ChatBody", "is_openai_path", "openai_error", "openai_error_body", "openai_router"]
+__all__ = [
+    "MODEL_ROUTES",
+    "ChatBody",
+    "conversation",
+    "is_openai_path",
+    "message_text",
+    "openai_error",
+    "openai_error_body",
+    "openai_router",
+]
 
 _OPENAI_PATHS = ("/v1/chat/", "/v1/models", "/v1/responses")
 # OpenAI's error types by HTTP status; its clients pick their exception by the status, show the message
@@ -95,16 +109,46 @@ class ChatBody(BaseModel):
     """Tool calling is not supported; a request that needs it is refused, not answered without it."""
     include_reasoning: bool = False
     """Return the reasoning text as ``reasoning_content`` (it is hidden otherwise)."""
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    """The cloud model's sampling temperature (0: greedy); unset: the model's own default."""
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    seed: int | None = Field(default=None, ge=0, le=(1 << 63) - 1)
+    """The same seed samples the same answer."""
 
 
-def _last_user_text(body: ChatBody) -> str:
-    for message in reversed(body.messages):
-        if message.role == "user":
-            if isinstance(message.content, str):
-                return message.content
-            if isinstance(message.content, list):
-                return "".join(part.get("text", "") for part in message.content if part.get("type") == "text")
-    raise InvalidInputError("messages contain no user message with text")
+def message_text(content: str | list[dict[str, Any]] | None, where: str, text_types: tuple[str, ...]) -> str:
+    """The text of one message's content; a part that is not text is refused, not dropped."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    texts = []
+    for index, part in enumerate(content):
+        kind = part.get("type")
+        if kind not in text_types or not isinstance(part.get("text"), str):
+            raise InvalidInputError(f"{where}.content[{index}] is of type {kind!r}; only text content is supported")
+        texts.append(part["text"])
+    return "".join(texts)
+
+
+def conversation(messages: list[tuple[str, str]], where: str) -> tuple[str, tuple[Message, ...]]:
+    """The query (the last message, a user's) and the whole conversation; a single user message
+    is a plain query (no conversation)."""
+    if not messages or messages[-1][0] != "user":
+        raise InvalidInputError(f"the last of the {where} must be a user message (the query)")
+    query = messages[-1][1]
+    if len(messages) == 1:
+        return query, ()
+    return query, tuple(Message(role, text) for role, text in messages)
+
+
+def _chat_conversation(body: ChatBody) -> tuple[str, tuple[Message, ...]]:
+    turns = []
+    for index, message in enumerate(body.messages):
+        if message.role == "tool":
+            raise InvalidInputError(f"messages[{index}] is a tool message; tool calling is not supported")
+        turns.append((message.role, message_text(message.content, f"messages[{index}]", ("text",))))
+    return conversation(turns, "messages")
 
 
 def _model(model_id: str, service: EdgeService, created: int) -> dict[str, Any]:
@@ -142,7 +186,7 @@ def openai_router(service: EdgeService) -> APIRouter:
 
     @router.post("/v1/chat/completions")
     async def chat(body: ChatBody) -> Response:
-        text = _last_user_text(body)
+        text, messages = _chat_conversation(body)
         route = Requested(body.route) if body.route else MODEL_ROUTES.get(body.model, Requested.AUTO)
         budget = body.max_reasoning_tokens
         if budget is None and body.reasoning_effort is not None:
@@ -156,7 +200,10 @@ def openai_router(service: EdgeService) -> APIRouter:
             # A chat completion cannot be fetched later: while the cloud is down a cloud-only one is a
             # 503 with Retry-After (POST /v1/responses queues it in the outbox instead).
             queue_when_cloud_down=False,
+            messages=messages,
+            sampling=Sampling(temperature=body.temperature, top_p=body.top_p, seed=body.seed),
         )
+        service.validate(request)
         completion_id = f"chatcmpl-{uuid.uuid4().hex}"
         created = int(time.time())
         if not body.stream:

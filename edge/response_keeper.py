@@ -36,6 +36,7 @@ from edgecloud.edge.response_store import TERMINAL, ResponseStore, StoredRespons
 from edgecloud.edge.service import EdgeService, QueryRequest, QueryResult, StreamItem
 from edgecloud.edge.triage import Requested
 from edgecloud.shared.errors import EdgecloudError
+from edgecloud.shared.reasoning import Message, Sampling
 
 __all__ = ["ResponseKeeper"]
 
@@ -48,7 +49,10 @@ def _request_json(request: QueryRequest) -> dict[str, Any]:
         "route": request.route.value,
         "max_reasoning_tokens": request.max_reasoning_tokens,
         "max_output_tokens": request.max_output_tokens,
-    }
+        "messages": [m.to_dict() for m in request.messages],
+        "sampling": {"temperature": request.sampling.temperature, "top_p": request.sampling.top_p,
+                     "seed": request.sampling.seed},
+    }  # fmt: skip
 
 
 def _query_request(record: StoredResponse) -> QueryRequest:
@@ -59,6 +63,9 @@ def _query_request(record: StoredResponse) -> QueryRequest:
         max_reasoning_tokens=asked["max_reasoning_tokens"],
         max_output_tokens=asked["max_output_tokens"],
         id=record.id,
+        # Responses stored before conversations and sampling reached the model have neither.
+        messages=tuple(Message(m["role"], m["content"]) for m in asked.get("messages", ())),
+        sampling=Sampling(**asked.get("sampling", {})),
     )
 
 

@@ -22,12 +22,13 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from edgecloud.edge.openai_api import EFFORTS, MODEL_ROUTES, openai_error
+from edgecloud.edge.openai_api import EFFORTS, MODEL_ROUTES, conversation, message_text, openai_error
 from edgecloud.edge.response_keeper import ResponseKeeper
 from edgecloud.edge.service import EdgeService, QueryRequest
 from edgecloud.edge.triage import Requested
 from edgecloud.shared.asgi import presented_key
 from edgecloud.shared.errors import InvalidInputError
+from edgecloud.shared.reasoning import Message, Sampling
 
 __all__ = ["ResponsesBody", "responses_router"]
 
@@ -59,19 +60,22 @@ class ResponsesBody(BaseModel):
     """The most tokens generated, reasoning included; a response it cuts is ``incomplete``."""
     tools: list[dict[str, Any]] | None = Field(default=None, max_length=0)
     """Tool calling is not supported; a request that needs it is refused, not answered without it."""
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
 
 
-def _query_text(body: ResponsesBody) -> str:
+def _conversation(body: ResponsesBody) -> tuple[str, tuple[Message, ...]]:
+    """``instructions`` (a system message first) and every input message, in order."""
+    turns = [("system", body.instructions)] if body.instructions else []
     if isinstance(body.input, str):
         if not body.input.strip():
             raise InvalidInputError("input is empty")
-        return body.input
-    for message in reversed(body.input):
-        if message.role == "user":
-            if isinstance(message.content, str):
-                return message.content
-            return "".join(p.get("text", "") for p in message.content if p.get("type") in ("input_text", "text"))
-    raise InvalidInputError("input contains no user message with text")
+        turns.append(("user", body.input))
+    else:
+        for index, message in enumerate(body.input):
+            text = message_text(message.content, f"input[{index}]", ("input_text", "output_text", "text"))
+            turns.append((message.role, text))
+    return conversation(turns, "input messages")
 
 
 def _request(body: ResponsesBody, service: EdgeService) -> QueryRequest:
@@ -79,7 +83,9 @@ def _request(body: ResponsesBody, service: EdgeService) -> QueryRequest:
     budget = body.max_reasoning_tokens
     if budget is None and body.reasoning is not None and body.reasoning.effort is not None:
         budget = service.config.reasoning_effort_tokens[EFFORTS.index(body.reasoning.effort)]
-    request = QueryRequest(query=_query_text(body), route=route, max_reasoning_tokens=budget,
+    query, messages = _conversation(body)
+    request = QueryRequest(query=query, route=route, max_reasoning_tokens=budget, messages=messages,
+                           sampling=Sampling(temperature=body.temperature, top_p=body.top_p),
                            max_output_tokens=body.max_output_tokens, id=f"resp_{uuid.uuid4().hex}")  # fmt: skip
     service.validate(request)  # a bad request is a 400 now, not a failed background response later
     return request

@@ -202,7 +202,7 @@ class EdgeModel:
     def answer(self, query: str) -> EdgeAnswer:
         """Greedy answer to ``query`` with its confidence and feature vector."""
         started = time.perf_counter()
-        prompt_ids = self.tokenizer.encode(self.prompt_template.format(query=query), add_special_tokens=False).ids
+        prompt_ids = self.tokenizer.encode(self.prompt_template.replace("{query}", query), add_special_tokens=False).ids
         ids = np.asarray([prompt_ids], dtype=np.int64)
         feeds: dict[str, np.ndarray] = {"input_ids": ids, "attention_mask": np.ones_like(ids), **self._empty_past()}
         generated: list[int] = []

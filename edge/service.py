@@ -21,6 +21,7 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
+import numpy as np
 from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
 
@@ -33,7 +34,16 @@ from edgecloud.edge.stats import RequestStats
 from edgecloud.edge.triage import Decision, Requested, Route, TriageInput, TriagePolicy, decide, estimate_difficulty
 from edgecloud.shared.errors import InvalidInputError, ResourceExhaustedError, UnavailableError
 from edgecloud.shared.features import encode_features
-from edgecloud.shared.reasoning import MAX_HINT_ANSWER_CHARS, EdgeHint, Event, EventKind, ThinkParams
+from edgecloud.shared.reasoning import (
+    MAX_HINT_ANSWER_CHARS,
+    MAX_MESSAGES,
+    EdgeHint,
+    Event,
+    EventKind,
+    Message,
+    Sampling,
+    ThinkParams,
+)
 from edgecloud.shared.tracing import trace_headers, tracer
 
 __all__ = ["EdgeService", "QueryRequest", "QueryResult", "StreamItem"]
@@ -58,8 +68,18 @@ class QueryRequest:
     and ``max_output_tokens``); None: the models' own limits. A cut answer has ``finish_reason``
     ``length``."""
     queue_when_cloud_down: bool = True
-    """A cloud-only query while the cloud is down goes to the outbox (answered later, by id); False:
-    it fails at once with UnavailableError instead (for callers that cannot fetch a result later)."""
+    """A query only the cloud can answer, while the cloud is down, goes to the outbox (answered later,
+    by id); False: it waits up to :attr:`EdgeConfig.cloud_wait_s` for the cloud to come back, then
+    fails with UnavailableError (for callers that cannot fetch a result later)."""
+    messages: tuple[Message, ...] = ()
+    """The whole conversation, ending with the user message that is ``query``; empty: the query alone."""
+    sampling: Sampling = field(default_factory=Sampling)
+    """The cloud's sampling (the edge student decodes greedily: its confidence is calibrated so)."""
+
+    @property
+    def multi_turn(self) -> bool:
+        """More than the query: a system message or earlier turns."""
+        return len(self.messages) > 1
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -209,6 +229,21 @@ class EdgeService:
             raise InvalidInputError(
                 f"query has {len(request.query)} characters; the limit is {self.config.max_query_chars}"
             )
+        if request.messages:
+            total = sum(len(m.content) for m in request.messages)
+            if total > self.config.max_conversation_chars or len(request.messages) > MAX_MESSAGES:
+                raise InvalidInputError(
+                    f"the conversation has {len(request.messages)} messages and {total} characters; the limits are "
+                    f"{MAX_MESSAGES} and {self.config.max_conversation_chars} (nothing is cut: send fewer or "
+                    "shorter messages)"
+                )
+            if request.messages[-1] != Message("user", request.query):
+                raise InvalidInputError("the conversation must end with the user message that is the query")
+        if request.multi_turn and request.route is Requested.EDGE and not self.reads_conversations():
+            raise InvalidInputError(
+                "the edge model reads single queries, not conversations (a system message or earlier turns); "
+                "send this one with route auto or cloud"
+            )
         if (
             request.max_reasoning_tokens is not None
             and not 0 <= request.max_reasoning_tokens <= self.config.max_reasoning_tokens
@@ -217,8 +252,19 @@ class EdgeService:
         if request.max_output_tokens is not None and not 1 <= request.max_output_tokens <= MAX_OUTPUT_TOKENS:
             raise InvalidInputError(f"max_output_tokens must be in [1, {MAX_OUTPUT_TOKENS}]")
 
+    def reads_conversations(self) -> bool:
+        """Whether the serving bundle's student reads whole conversations (``io.conversations``)."""
+        return self.slot.current.manifest.io.get("conversations") is True
+
     async def _local(self, request: QueryRequest, parent: trace.Span) -> tuple[EdgeBundle, EdgeAnswer, Decision]:
         self.validate(request)
+        if request.multi_turn and not self.reads_conversations():
+            # The student would answer the last message out of its context: leave the edge out.
+            bundle = self.slot.current
+            answer = EdgeAnswer("", (), float("nan"), _NO_FEATURES, 0, 0, 0.0)
+            inp = TriageInput(confidence=float("nan"), difficulty=float("nan"), requested=request.route,
+                              cloud_healthy=self.cloud_healthy, edge_reads_request=False)  # fmt: skip
+            return bundle, answer, decide(self.policy(bundle), inp)
         with tracer().start_as_current_span("edge.local_inference", context=trace.set_span_in_context(parent)) as span:
             with self.slot.acquire() as bundle:
                 answer = await asyncio.to_thread(bundle.model.answer, request.query)
@@ -232,9 +278,23 @@ class EdgeService:
                 difficulty=difficulty,
                 requested=request.route,
                 cloud_healthy=self.cloud_healthy,
+                abstained=answer.abstained,
             ),
         )
         return bundle, answer, decision
+
+    async def _wait_for_cloud(self, request: QueryRequest) -> bool:
+        """Whether the cloud came back within :attr:`EdgeConfig.cloud_wait_s` (only for a caller that
+        cannot fetch a result later: the others' queries go to the outbox at once)."""
+        if request.queue_when_cloud_down or self.client is None:
+            return False
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.cloud_wait_s
+        while (left := deadline - loop.time()) > 0:
+            await asyncio.sleep(min(0.25, left))
+            if await self.check_cloud():
+                return True
+        return False
 
     @staticmethod
     def _unqueued(request: QueryRequest, cause: BaseException | None = None) -> None:
@@ -310,6 +370,18 @@ class EdgeService:
         return self._record(result)
 
     def _think_params(self, request: QueryRequest, bundle: EdgeBundle, answer: EdgeAnswer) -> ThinkParams:
+        common = {
+            "request_id": request.id,
+            "device_id": self.config.device_id,
+            "query": request.query,
+            "stream_reasoning": request.include_reasoning,
+            "messages": request.messages,
+            "sampling": request.sampling,
+            "requested_route": request.route.value,
+        }
+        reasoning_budget, answer_tokens = _token_budgets(request)
+        if not answer.features.size:  # the edge did not read this request: it has no view of it
+            return ThinkParams(**common, max_reasoning_tokens=reasoning_budget, max_output_tokens=answer_tokens)
         features = encode_features(
             answer.features, model_name=bundle.name, model_version=bundle.version, model_sha256=bundle.sha256
         )
@@ -317,11 +389,8 @@ class EdgeService:
         difficulty = estimate_difficulty(
             answer.token_logprobs, answer.input_tokens, abstained=answer.abstained, confidence=confidence
         )
-        reasoning_budget, answer_tokens = _token_budgets(request)
         return ThinkParams(
-            request_id=request.id,
-            device_id=self.config.device_id,
-            query=request.query,
+            **common,
             features=features,
             hint=EdgeHint(
                 confidence=min(max(confidence, 0.0), 1.0),
@@ -330,7 +399,6 @@ class EdgeService:
             ),
             max_reasoning_tokens=reasoning_budget,
             max_output_tokens=answer_tokens,
-            stream_reasoning=request.include_reasoning,
         )
 
     def _accept(
@@ -396,7 +464,10 @@ class EdgeService:
         params = self._think_params(request, bundle, answer)
         if self.client is None:
             raise UnavailableError("this daemon has no cloud configured (--cloud HOST:PORT)")
-        if not self.cloud_healthy:  # only a request that insisted on the cloud gets here
+        # Only a query the edge cannot answer gets here with the cloud down (it insisted on the cloud,
+        # or the edge abstained or cannot read it): a caller that cannot fetch a result later waits
+        # for the cloud a while; the others' queries wait in the outbox.
+        if not self.cloud_healthy and not await self._wait_for_cloud(request):
             self._unqueued(request)
             result = self._accept(request, params, bundle, answer, started)
             yield StreamItem("done", result.to_json())
@@ -431,11 +502,9 @@ class EdgeService:
                     elif event.kind is EventKind.FAILED:
                         raise UnavailableError(f"the cloud session failed: {event.failure}")
         except (UnavailableError, ResourceExhaustedError, TimeoutError) as exc:
+            cloud_only = request.route is Requested.CLOUD or decision.route is Route.CLOUD and not answer.text
             log.warning(
-                "escalation %s failed (%s); %s",
-                request.id,
-                exc,
-                "outbox" if request.route is Requested.CLOUD else "answering locally",
+                "escalation %s failed (%s); %s", request.id, exc, "outbox" if cloud_only else "answering locally"
             )
             asyncio.get_running_loop().create_task(self.check_cloud())
             if request.route is Requested.CLOUD:
@@ -443,6 +512,9 @@ class EdgeService:
                 result = self._accept(request, params, bundle, answer, started)
             elif answered and not buffered:
                 raise UnavailableError(f"the cloud stream broke after the answer began: {exc}") from exc
+            elif cloud_only:  # the edge has no answer to fall back on
+                self._unqueued(request, exc)
+                result = self._accept(request, params, bundle, answer, started)
             else:
                 result = self._edge_result(
                     request, bundle, answer, decision, started, degraded=True, reason="cloud_unavailable"
@@ -513,6 +585,9 @@ def _token_budgets(request: QueryRequest) -> tuple[int | None, int]:
     room = max(limit - THINK_TAG_TOKENS - -(-limit // 4), 0)
     reasoning = room if request.max_reasoning_tokens is None else min(request.max_reasoning_tokens, room)
     return reasoning, max(limit - reasoning - THINK_TAG_TOKENS, 1)
+
+
+_NO_FEATURES = np.zeros(0, dtype=np.float32)
 
 
 def _num(value: float) -> float | None:

@@ -7,14 +7,21 @@ clock, no model: the daemon gathers the facts, :func:`decide` returns a
 :class:`Decision` whose ``reason`` is a short stable code (used in responses,
 logs and metrics labels)::
 
-    requested  cloud    confidence / difficulty           route  reason                       degraded
-    edge       any      any                               EDGE   requested_edge               no
-    cloud      up       any                               CLOUD  requested_cloud              no
-    cloud      down     any                               CLOUD  requested_cloud_unavailable  yes (outbox)
-    auto       any      conf >= threshold, diff <= max    EDGE   confident                    no
-    auto       up       conf < threshold (or NaN)         CLOUD  unsure                       no
-    auto       up       confident but diff > max          CLOUD  too_difficult                no
-    auto       down     not kept by the two rules above   EDGE   cloud_unavailable            yes
+    requested  cloud    edge answer / confidence / difficulty  route  reason                        degraded
+    edge       any      any                                    EDGE   requested_edge                no
+    cloud      up       any                                    CLOUD  requested_cloud               no
+    cloud      down     any                                    CLOUD  requested_cloud_unavailable   yes (outbox)
+    auto       up       edge cannot read the conversation      CLOUD  conversation                  no
+    auto       down     edge cannot read the conversation      CLOUD  conversation_unavailable      yes (outbox)
+    auto       any      conf >= threshold, diff <= max         EDGE   confident                     no
+    auto       up       conf < threshold (or NaN)              CLOUD  unsure                        no
+    auto       up       confident but diff > max               CLOUD  too_difficult                 no
+    auto       down     the edge abstained                     CLOUD  abstained_cloud_unavailable   yes (outbox)
+    auto       down     not kept by the rules above            EDGE   cloud_unavailable             yes
+
+Where the edge has no answer to give (a conversation its student does not read, or an abstention)
+the route is the cloud even while it is down: the caller waits for it, or the query waits in the
+outbox, and nobody is handed an empty answer.
 
 A NaN confidence is not confident and a NaN difficulty is too difficult: a
 signal that cannot be read never keeps a query on the edge.
@@ -67,6 +74,9 @@ class Reason:
     UNSURE = "unsure"
     TOO_DIFFICULT = "too_difficult"
     CLOUD_UNAVAILABLE = "cloud_unavailable"
+    CONVERSATION = "conversation"
+    CONVERSATION_UNAVAILABLE = "conversation_unavailable"
+    ABSTAINED_CLOUD_UNAVAILABLE = "abstained_cloud_unavailable"
 
 
 def _unit(name: str, value: float) -> None:
@@ -110,6 +120,11 @@ class TriageInput:
     """From :func:`estimate_difficulty`, 0 (trivial) .. 1 (hard); NaN counts as too difficult."""
     requested: Requested
     cloud_healthy: bool
+    abstained: bool = False
+    """The edge model stopped before saying anything: it has no answer."""
+    edge_reads_request: bool = True
+    """False: the request is a conversation (a system message, earlier turns) the edge student does
+    not read, so the edge has nothing to say about it."""
 
 
 @dataclass(frozen=True)
@@ -130,11 +145,17 @@ def decide(policy: TriagePolicy, inp: TriageInput) -> Decision:
         if inp.cloud_healthy:
             return Decision(Route.CLOUD, Reason.REQUESTED_CLOUD, degraded=False)
         return Decision(Route.CLOUD, Reason.REQUESTED_CLOUD_UNAVAILABLE, degraded=True)
+    if not inp.edge_reads_request:
+        if inp.cloud_healthy:
+            return Decision(Route.CLOUD, Reason.CONVERSATION, degraded=False)
+        return Decision(Route.CLOUD, Reason.CONVERSATION_UNAVAILABLE, degraded=True)
     confident = inp.confidence >= policy.threshold  # False for NaN
     easy = inp.difficulty <= policy.max_difficulty  # False for NaN
     if confident and easy:
         return Decision(Route.EDGE, Reason.CONFIDENT, degraded=False)
     if not inp.cloud_healthy:
+        if inp.abstained:
+            return Decision(Route.CLOUD, Reason.ABSTAINED_CLOUD_UNAVAILABLE, degraded=True)
         return Decision(Route.EDGE, Reason.CLOUD_UNAVAILABLE, degraded=True)
     return Decision(Route.CLOUD, Reason.UNSURE if not confident else Reason.TOO_DIFFICULT, degraded=False)
 

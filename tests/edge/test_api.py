@@ -205,7 +205,7 @@ def test_a_bad_openai_request_raises_bad_request_naming_the_parameter(daemon: Ru
             client.chat.completions.create(model="edgecloud", **kwargs)  # type: ignore[call-overload]
         assert refused.value.status_code == 400 and refused.value.param == param, (param, refused.value.body)
         assert refused.value.type == "invalid_request_error"
-    with pytest.raises(openai.BadRequestError, match="no user message"):
+    with pytest.raises(openai.BadRequestError, match="must be a user message"):
         client.chat.completions.create(model="edgecloud", messages=[{"role": "system", "content": "be brief"}])
     # edgecloud's own API keeps its error shape.
     own = daemon.http.post("/v1/query", json={"query": ""})
@@ -253,7 +253,7 @@ def test_openai_responses_plain_streaming_and_in_the_background(daemon: RunningD
         client.responses.retrieve("resp_nothing")
     with pytest.raises(openai.BadRequestError) as refused:
         client.responses.create(model="edgecloud", input=[{"role": "system", "content": "hi"}])
-    assert refused.value.status_code == 400 and "no user message" in str(refused.value)
+    assert refused.value.status_code == 400 and "must be a user message" in str(refused.value)
 
 
 def test_a_background_stream_cut_off_resumes_with_no_gap_and_no_duplicate(
@@ -324,12 +324,15 @@ def test_cloud_down_gives_degraded_answers_and_outbox(
     shipped_models: Path, tmp_path: Path, teacher_dir: Path, teacher: LoadedModel
 ) -> None:
     port = free_port()  # nothing listens here yet
-    config = edge_config(shipped_models, tmp_path, cloud=f"127.0.0.1:{port}", cloud_timeout_s=5)
+    config = edge_config(shipped_models, tmp_path, cloud=f"127.0.0.1:{port}", cloud_timeout_s=5, cloud_wait_s=1)
     first = RunningDaemon(config)
     query, expected = multi_step(teacher_dir)
     try:
-        degraded = first.http.post("/v1/query", json={"query": query}).json()
-        assert degraded["route_taken"] == "edge" and degraded["degraded"] and degraded["answer"] is not None
+        simple = first.http.post("/v1/query", json={"query": "12 + 30"}).json()
+        assert simple["route_taken"] == "edge" and simple["answer"] == "42"
+        # The edge abstains on a multi-step query: no empty "degraded" answer, it waits in the outbox.
+        abstained = first.http.post("/v1/query", json={"query": query})
+        assert abstained.status_code == 202 and abstained.json()["route_taken"] == "cloud"
         accepted = first.http.post("/v1/query", json={"query": query, "route": "cloud"})
         assert accepted.status_code == 202, accepted.text
         request_id = accepted.json()["id"]
@@ -347,7 +350,12 @@ def test_cloud_down_gives_degraded_answers_and_outbox(
             client.chat.completions.create(model="edgecloud-cloud", messages=[{"role": "user", "content": query}])
         assert unavailable.value.status_code == 503 and unavailable.value.response.headers["retry-after"]
         assert "cloud is unreachable" in unavailable.value.message
-        assert first.http.get("/readyz").json()["outbox_depth"] == 2
+        # The same for an auto query the edge abstains on, after waiting cloud_wait_s for the cloud.
+        began = time.monotonic()
+        with pytest.raises(openai.InternalServerError) as unavailable:
+            client.chat.completions.create(model="edgecloud", messages=[{"role": "user", "content": query}])
+        assert unavailable.value.status_code == 503 and time.monotonic() - began >= 1
+        assert first.http.get("/readyz").json()["outbox_depth"] == 3
     finally:
         first.stop()  # the daemon restarts with the requests still in its outbox
 
@@ -355,6 +363,9 @@ def test_cloud_down_gives_degraded_answers_and_outbox(
     second = RunningDaemon(config)
     try:
         wait_until(lambda: second.http.get(f"/v1/query/{request_id}").json()["status"] == "completed", timeout=60)
+        wait_until(lambda: second.http.get(f"/v1/query/{abstained.json()['id']}").json()["status"] == "completed")
+        late = second.http.get(f"/v1/query/{abstained.json()['id']}").json()
+        assert late["answer"] == expected
         delivered = second.http.get(f"/v1/query/{request_id}").json()
         assert delivered["answer"] == expected
         client = openai.OpenAI(base_url=f"{second.url}/v1", api_key="unused", max_retries=0, timeout=TIMEOUT)
@@ -391,10 +402,12 @@ def test_api_key_when_configured(shipped_models: Path, tmp_path: Path) -> None:
     try:
         assert running.http.post("/v1/query", json={"query": "1+1"}).status_code == 401
         assert running.http.post("/v1/query", json={"query": "1+1"}, headers={"x-api-key": "wrong"}).status_code == 401
-        # A multi-step query the edge is unsure of: with no cloud configured it is answered locally, degraded.
-        hard = {"query": "(37*11+58)*9-76"}
-        ok = running.http.post("/v1/query", json=hard, headers={"authorization": f"Bearer {API_KEY}"})
-        assert ok.status_code == 200 and ok.json()["degraded"]
+        key = {"authorization": f"Bearer {API_KEY}"}
+        ok = running.http.post("/v1/query", json={"query": "12 + 30"}, headers=key)
+        assert ok.status_code == 200 and ok.json()["answer"] == "42"
+        # A multi-step query the edge abstains on needs a cloud, and this daemon has none: a clear 503.
+        hard = running.http.post("/v1/query", json={"query": "(37*11+58)*9-76"}, headers=key)
+        assert hard.status_code == 503 and "no cloud configured" in hard.json()["error"]["message"]
         assert running.http.get("/healthz").status_code == 200  # probes need no key
     finally:
         running.stop()

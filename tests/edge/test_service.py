@@ -53,11 +53,36 @@ def service(shipped_models: Path, tmp_path: Path) -> EdgeService:
 
 
 def test_a_cloud_answer_cut_midway_falls_back_locally_when_nothing_was_shown(service: EdgeService) -> None:
+    unsure = EdgeBundle(Unsure(service.slot.current.model), service.slot.current.manifest, service.slot.current.directory)
+    service.slot.swap(unsure)  # type: ignore[arg-type]
     request = QueryRequest(query="12 * 3 - 7 + 40", route=Requested.AUTO)
     result = asyncio.run(service.query(request))
     assert result.status == "completed" and result.route_taken == "edge"
     assert result.degraded and result.reason == "cloud_unavailable"
-    assert result.answer == service.slot.current.model.answer(request.query).text
+    assert result.answer == "45"
+
+
+def test_a_cloud_answer_cut_midway_waits_in_the_outbox_when_the_edge_abstained(service: EdgeService) -> None:
+    # The shipped student abstains on multi-step queries: an empty "degraded" answer would be no
+    # answer at all, so the query waits in the outbox for the cloud instead.
+    request = QueryRequest(query="12 * 3 - 7 + 40", route=Requested.AUTO)
+    assert service.slot.current.model.answer(request.query).abstained
+    result = asyncio.run(service.query(request))
+    assert result.status == "accepted" and result.route_taken == "cloud" and result.answer is None
+    assert service.outbox.get(request.id) is not None
+
+
+class Unsure:
+    """The shipped student, but with an answer it doubts (confidence 0.1) on every query."""
+
+    def __init__(self, model: Any) -> None:
+        self.model, self.calibration = model, model.calibration
+
+    def answer(self, query: str) -> Any:
+        return dataclasses.replace(self.model.answer(query), text="45", confidence=0.1)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.model, name)
 
 
 def test_a_live_stream_cut_after_its_answer_began_fails(service: EdgeService) -> None:
@@ -165,8 +190,11 @@ def test_a_cloud_at_capacity_is_a_429_to_retry_for_openai_clients(shipped_models
             client.chat.completions.create(model="edgecloud-cloud", messages=messages)
         assert limited.value.status_code == 429 and limited.value.response.headers["retry-after"]
         assert "at capacity" in limited.value.message and limited.value.body["type"] == "rate_limit_error"
-        auto = client.chat.completions.create(model="edgecloud", messages=messages)  # may fall back: answered
-        assert auto.model_extra["edgecloud"]["degraded"] and auto.choices[0].message.content is not None
+        # The edge abstains on this one: with nothing to fall back on, auto is refused the same way.
+        with pytest.raises(openai.RateLimitError):
+            client.chat.completions.create(model="edgecloud", messages=messages)
+        simple = client.chat.completions.create(model="edgecloud", messages=[{"role": "user", "content": "12 + 30"}])
+        assert simple.model_extra["edgecloud"]["route_taken"] == "edge" and simple.choices[0].message.content == "42"
         queued = client.responses.create(model="edgecloud-cloud", input="12 * 3 - 7 + 40")  # may wait: outbox
         assert queued.status == "queued"
     finally:
