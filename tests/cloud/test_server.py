@@ -16,7 +16,6 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from edgecloud.cloud.config import AuthConfig
 from edgecloud.cloud.dataset import read_escalations
-from edgecloud.shared.escalations import SCHEMA
 from edgecloud.cloud.engine import EngineConfig
 from edgecloud.cloud.store import SessionStore
 from edgecloud.cloud.transformers_engine import LoadedModel
@@ -24,6 +23,7 @@ from edgecloud.modelkit.scratchpad import think_text
 from edgecloud.proto.edgecloud.v1 import reasoner_pb2 as pb
 from edgecloud.proto.edgecloud.v1 import reasoner_pb2_grpc as pb_grpc
 from edgecloud.shared.bundle import load_manifest
+from edgecloud.shared.escalations import SCHEMA
 from edgecloud.shared.features import encode_features
 from edgecloud.shared.task import Problem
 from edgecloud.shared.wire import features_to_pb

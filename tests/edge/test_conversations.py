@@ -32,7 +32,7 @@ HISTORY = [
 @pytest.fixture
 def stack(
     shipped_models: Path, teacher_dir: Path, teacher: LoadedModel, tmp_path: Path
-) -> Iterator[tuple[RunningDaemon, Path, openai.OpenAI]]:
+) -> Iterator[tuple[Path, openai.OpenAI]]:
     from edgecloud.cloud.sessions import SessionConfig
 
     log = tmp_path / "escalations.jsonl"
@@ -42,20 +42,18 @@ def stack(
     daemon = RunningDaemon(edge_config(shipped_models, tmp_path, cloud=f"127.0.0.1:{cloud.port}"))
     client = openai.OpenAI(base_url=f"{daemon.url}/v1", api_key="unused", max_retries=0, timeout=120)
     try:
-        yield daemon, log, client
+        yield log, client
     finally:
         daemon.stop()
         cloud.stop()
 
 
 def test_a_chat_with_a_system_message_and_earlier_turns_reaches_the_cloud_whole(
-    stack: tuple[RunningDaemon, Path, openai.OpenAI],
+    stack: tuple[Path, openai.OpenAI],
 ) -> None:
-    daemon, log, client = stack
+    log, client = stack
     alone = client.chat.completions.create(model="edgecloud-cloud", messages=[{"role": "user", "content": QUERY}])
-    whole = client.chat.completions.create(
-        model="edgecloud", messages=[*HISTORY, {"role": "user", "content": QUERY}]
-    )  # type: ignore[list-item]
+    whole = client.chat.completions.create(model="edgecloud", messages=[*HISTORY, {"role": "user", "content": QUERY}])  # type: ignore[list-item]
     # The demo teacher was trained on single questions, so it need not answer this one right: what
     # matters here is that it read the whole conversation.
     assert alone.choices[0].message.content == "84"
@@ -72,9 +70,9 @@ def test_a_chat_with_a_system_message_and_earlier_turns_reaches_the_cloud_whole(
 
 
 def test_responses_instructions_and_input_turns_reach_the_cloud(
-    stack: tuple[RunningDaemon, Path, openai.OpenAI],
+    stack: tuple[Path, openai.OpenAI],
 ) -> None:
-    daemon, log, client = stack
+    log, client = stack
     plain = client.responses.create(model="edgecloud-cloud", input=QUERY)
     instructed = client.responses.create(model="edgecloud", instructions="Answer with the number only.", input=QUERY)
     assert instructed.output_text == plain.output_text == "84"
@@ -87,9 +85,9 @@ def test_responses_instructions_and_input_turns_reach_the_cloud(
 
 
 def test_a_conversation_is_refused_where_it_cannot_be_answered_whole(
-    stack: tuple[RunningDaemon, Path, openai.OpenAI],
+    stack: tuple[Path, openai.OpenAI],
 ) -> None:
-    daemon, log, client = stack
+    log, client = stack
     conversation = [*HISTORY, {"role": "user", "content": QUERY}]
     with pytest.raises(openai.BadRequestError, match="reads single queries"):
         client.chat.completions.create(model="edgecloud-edge", messages=conversation)  # type: ignore[arg-type]
@@ -109,9 +107,9 @@ def test_a_conversation_is_refused_where_it_cannot_be_answered_whole(
 
 
 def test_sampling_parameters_reach_the_cloud_and_a_seed_repeats_the_answer(
-    stack: tuple[RunningDaemon, Path, openai.OpenAI],
+    stack: tuple[Path, openai.OpenAI],
 ) -> None:
-    daemon, log, client = stack
+    _, client = stack
     asked = {"model": "edgecloud-cloud", "messages": [{"role": "user", "content": QUERY}]}
     first = client.chat.completions.create(**asked, temperature=0.8, top_p=0.9, seed=11)  # type: ignore[call-overload]
     again = client.chat.completions.create(**asked, temperature=0.8, top_p=0.9, seed=11)  # type: ignore[call-overload]

@@ -53,7 +53,9 @@ def service(shipped_models: Path, tmp_path: Path) -> EdgeService:
 
 
 def test_a_cloud_answer_cut_midway_falls_back_locally_when_nothing_was_shown(service: EdgeService) -> None:
-    unsure = EdgeBundle(Unsure(service.slot.current.model), service.slot.current.manifest, service.slot.current.directory)
+    unsure = EdgeBundle(
+        Unsure(service.slot.current.model), service.slot.current.manifest, service.slot.current.directory
+    )
     service.slot.swap(unsure)  # type: ignore[arg-type]
     request = QueryRequest(query="12 * 3 - 7 + 40", route=Requested.AUTO)
     result = asyncio.run(service.query(request))
