@@ -28,6 +28,24 @@ def test_choice_without_history(requested, hint, expected) -> None:  # type: ign
     assert BudgetPolicy(CONFIG).choose(requested, hint=hint) == expected
 
 
+@pytest.mark.parametrize(
+    ("requested", "hint", "expected"),
+    [
+        (None, EdgeHint(estimated_difficulty=0.05), (200, "hint")),  # would be 80: raised to the default
+        (None, EdgeHint(estimated_difficulty=0.9), (903, "hint")),  # above the default: kept
+        (None, None, (200, "default")),
+        (40, EdgeHint(estimated_difficulty=0.05), (40, "request")),  # the caller's own budget wins
+    ],
+)
+def test_a_caller_who_chose_the_cloud_never_gets_less_than_the_default(requested, hint, expected) -> None:  # type: ignore[no-untyped-def]
+    policy = BudgetPolicy(CONFIG)
+    assert policy.choose(requested, hint=hint, at_least_default=True) == expected
+    vector = np.ones(8, dtype=np.float32)
+    policy.observe(vector, "edge@1", reasoning_tokens=10, budget_reached=False)  # neighbours used 10 tokens
+    assert policy.choose(None, features=vector, producer="edge@1") == (32, "features")
+    assert policy.choose(None, features=vector, producer="edge@1", at_least_default=True) == (200, "features")
+
+
 def test_features_of_similar_queries_set_the_budget() -> None:
     policy = BudgetPolicy(CONFIG)
     rng = np.random.default_rng(0)

@@ -14,6 +14,7 @@ from edgecloud.cloud.transformers_engine import LoadedModel, TransformersEngine
 from edgecloud.modelkit.decoding import generate_batch
 from edgecloud.modelkit.teacher import chat_prompt
 from edgecloud.shared.errors import ConfigError, ResourceExhaustedError
+from edgecloud.shared.reasoning import Message, Sampling
 from edgecloud.shared.task import Split, generate
 
 
@@ -74,6 +75,54 @@ def test_events_add_up_to_the_result(engine: TransformersEngine) -> None:
     progress = [e.reasoning_tokens for e in hidden if e.kind is EngineEventKind.REASONING_PROGRESS]
     assert progress[-1] == hidden[-1].result.usage.reasoning_tokens
     assert all(b - a <= 8 for a, b in zip([0, *progress], progress))
+
+
+def test_a_seeded_sampled_job_repeats_and_another_seed_differs(random_qwen3_dir) -> None:  # type: ignore[no-untyped-def]
+    # An untrained model's logits are near flat: sampling shows in the text at once.
+    loaded = LoadedModel.from_dir(random_qwen3_dir, device="cpu")
+    assert loaded.default_sampling == Sampling(temperature=0.0, top_p=1.0)  # its generation config is greedy
+    engine = TransformersEngine(loaded, EngineConfig(max_batch=4))
+    engine.start()
+    try:
+        texts = {}
+        for name, sampling in {
+            "a": Sampling(temperature=1.0, top_p=0.95, seed=7),
+            "again": Sampling(temperature=1.0, top_p=0.95, seed=7),
+            "other": Sampling(temperature=1.0, top_p=0.95, seed=8),
+            "greedy": Sampling(temperature=0.0),
+            "greedy-again": Sampling(),
+        }.items():
+            done, result = threading.Event(), []
+
+            def on_event(event: EngineEvent, result=result, done=done) -> None:  # type: ignore[no-untyped-def]
+                if event.kind in (EngineEventKind.FINISHED, EngineEventKind.FAILED):
+                    result.append(event)
+                    done.set()
+
+            engine.submit(Job(name, "1+1", 24, 8, False, on_event, sampling=sampling))
+            assert done.wait(60)
+            texts[name] = (result[0].result.reasoning, result[0].result.answer)
+        assert texts["a"] == texts["again"] and texts["a"] != texts["other"]
+        assert texts["greedy"] == texts["greedy-again"] != texts["a"]
+    finally:
+        engine.stop()
+
+
+def test_a_conversation_is_rendered_whole_with_old_think_blocks_stripped(teacher: LoadedModel) -> None:
+    from edgecloud.cloud.transformers_engine import chat_messages
+
+    turns = (
+        Message("system", "be brief"),
+        Message("user", "2+2"),
+        Message("assistant", "<think>\n2+2=4\n</think>\n\n4"),
+        Message("user", "3+3"),
+    )
+    assert chat_messages(turns)[2] == {"role": "assistant", "content": "4"}
+    engine = TransformersEngine(teacher, EngineConfig())
+    alone = engine.count_prompt_tokens((Message("user", "3+3"),), 64)
+    whole = engine.count_prompt_tokens(turns, 64)
+    prompt = teacher.tokenizer.apply_chat_template(chat_messages(turns), tokenize=False, add_generation_prompt=True)
+    assert "be brief" in prompt and "2+2=4" not in prompt and whole > alone + 6
 
 
 def test_queue_bound_and_config_validation(teacher: LoadedModel) -> None:

@@ -80,6 +80,30 @@ def test_decide(confidence: float, difficulty: float, requested: Requested, heal
     assert decide(POLICY, inp) == expected
 
 
+NO_ANSWER = Decision(Route.CLOUD, "abstained_cloud_unavailable", degraded=True)
+
+
+@pytest.mark.parametrize(
+    ("requested", "healthy", "abstained", "reads", "expected"),
+    [
+        # A conversation the student does not read: the cloud, whatever the (absent) signals.
+        (Requested.AUTO, True, False, False, Decision(Route.CLOUD, "conversation", degraded=False)),
+        (Requested.AUTO, False, False, False, Decision(Route.CLOUD, "conversation_unavailable", degraded=True)),
+        (Requested.CLOUD, False, False, False, Decision(Route.CLOUD, "requested_cloud_unavailable", degraded=True)),
+        # An abstention has nothing to fall back on: with the cloud down it waits for it, not empty.
+        (Requested.AUTO, False, True, True, NO_ANSWER),
+        (Requested.AUTO, True, True, True, UNSURE),
+        (Requested.EDGE, False, True, True, Decision(Route.EDGE, "requested_edge", degraded=False)),
+    ],
+)
+def test_an_edge_with_no_answer_never_answers(  # type: ignore[no-untyped-def]
+    requested, healthy, abstained, reads, expected
+) -> None:
+    inp = TriageInput(0.0 if abstained else NAN, 1.0 if abstained else NAN, requested, healthy,
+                      abstained=abstained, edge_reads_request=reads)  # fmt: skip
+    assert decide(POLICY, inp) == expected
+
+
 @pytest.mark.parametrize(
     ("threshold", "confidence", "route"),
     [(0.0, 0.0, Route.EDGE), (1.0, 1.0, Route.EDGE), (1.0, 0.999, Route.CLOUD)],

@@ -109,3 +109,39 @@ def test_an_empty_event_is_refused() -> None:
 )
 def test_cache_key_normalisation_never_merges_different_expressions(a: str, b: str, same: bool) -> None:
     assert (normalize_text(a) == normalize_text(b)) is same
+
+
+def test_a_conversation_sampling_and_route_round_trip() -> None:
+    from edgecloud.shared.reasoning import Message, Sampling
+
+    turns = (Message("system", "be brief"), Message("assistant", "<think>x</think>4"), Message("user", "3+3"))
+    params = ThinkParams(request_id="r-1", query="3+3", messages=turns, requested_route="cloud",
+                         sampling=Sampling(temperature=0.6, top_p=0.95, seed=(1 << 63) - 1))  # fmt: skip
+    back = think_request_from_pb(pb.ThinkRequest.FromString(think_request_to_pb(params).SerializeToString()))
+    assert back == params and back.multi_turn and back.conversation == turns
+    plain = ThinkParams(request_id="r-2", query="3+3")
+    back = think_request_from_pb(think_request_to_pb(plain))
+    assert back == plain and back.sampling.unset and back.requested_route == "auto"
+    assert back.conversation == (Message("user", "3+3"),)
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"messages": (), "extra": [pb.ChatMessage(role="robot", content="hi")]}, "message role must be one of"),
+        ({"extra": [pb.ChatMessage(role="user", content="other")]}, "must end with the user message"),
+        ({"extra": [pb.ChatMessage(role="user", content="x")] * 257}, "the limit is 256"),
+        ({"extra": [pb.ChatMessage(role="user", content="y" * 70_000), pb.ChatMessage(role="user", content="q")]},
+         "nothing is cut"),
+        ({"sampling": pb.Sampling(temperature=2.5)}, "temperature must be in"),
+        ({"sampling": pb.Sampling(top_p=0.0)}, "top_p must be in"),
+        ({"route": "moon"}, "requested_route must be one of"),
+    ],
+)  # fmt: skip
+def test_a_bad_conversation_or_sampling_is_refused(fields: dict, message: str) -> None:
+    request = pb.ThinkRequest(request_id="r-1", query="q", requested_route=fields.get("route", ""))
+    request.messages.extend(fields.get("extra", []))
+    if "sampling" in fields:
+        request.sampling.CopyFrom(fields["sampling"])
+    with pytest.raises(InvalidInputError, match=message):
+        think_request_from_pb(request)
