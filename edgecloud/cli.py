@@ -239,6 +239,7 @@ def _edge_serve(args: argparse.Namespace) -> int:
         cloud_tls=args.cloud_tls,
         cloud_ca=args.cloud_ca,
         cloud_timeout_s=args.cloud_timeout,
+        cloud_wait_s=args.cloud_wait,
         api_keys=_api_keys(args.api_key_file),
         allow_unauthenticated=args.allow_unauthenticated,
         threshold=args.threshold,
@@ -295,6 +296,8 @@ def _add_edge_commands(commands: argparse._SubParsersAction) -> None:
     serve.add_argument("--cloud-tls", action="store_true", help="use TLS to the cloud")
     serve.add_argument("--cloud-ca", type=Path, help="CA bundle for the cloud's certificate")
     serve.add_argument("--cloud-timeout", type=float, default=60.0, help="seconds before an escalation falls back")
+    serve.add_argument("--cloud-wait", type=float, default=10.0, help="seconds a chat completion only the cloud can "
+                       "answer waits for a cloud that is down before a 503 (default: 10)")  # fmt: skip
     serve.add_argument("--api-key-file", type=Path, help="file of the API keys clients may send, one a line (each "
                        "a tenant); required off loopback")  # fmt: skip
     serve.add_argument(
