@@ -33,8 +33,10 @@ def _models_improve(args: argparse.Namespace) -> int:
         expires_in_days=args.expires_in_days,
         seed=args.seed,
         threads=args.threads,
-        gate=GateConfig(n=args.gate_n),
+        gate=GateConfig(n=args.gate_n, min_cases=args.gate_min_cases),
         calibration_n=args.calibration_n,
+        holdout_share=args.holdout_share,
+        data=args.data,
         replay_n=args.replay_n,
         refused_dir=args.keep_refused,
     )
@@ -121,7 +123,21 @@ def add_improve_command(models: argparse._SubParsersAction) -> None:
         help="sampling weight of answers whose thinking the budget cut (default: 0, left out)",
     )
     _add_improve_training_args(improve)
-    improve.add_argument("--gate-n", type=int, default=2000, help="validation queries of the gate (default: 2000)")
+    improve.add_argument(
+        "--gate-n", type=int, default=2000, help="cases of the base's validation data the gate adds (default: 2000)"
+    )
+    improve.add_argument(
+        "--gate-min-cases", type=int, default=100,
+        help="fewer comparable cases than this is no evidence: the gate refuses (default: 100)",
+    )  # fmt: skip
+    improve.add_argument(
+        "--holdout-share", type=float, default=0.2,
+        help="share of the escalation records kept out of training for the gate (default: 0.2)",
+    )  # fmt: skip
+    improve.add_argument(
+        "--data", type=Path, default=None, metavar="DIR",
+        help="the base's dataset folder, where the one its manifest names is not here",
+    )  # fmt: skip
     improve.add_argument(
         "--calibration-n", type=int, default=4000, help="validation queries triage is calibrated on (default: 4000)"
     )

@@ -32,7 +32,6 @@ need not answer them at all. It replays nothing by default (it has nothing to fo
 
 from __future__ import annotations
 
-import copy
 import logging
 import random
 import shutil
@@ -53,12 +52,13 @@ from edgecloud.modelkit.build import (
     swap_into_place,
 )
 from edgecloud.modelkit.evaluate import REFERENCE_DIR, STUDENT_DIR
-from edgecloud.modelkit.gate import GateConfig, GateResult, evaluate_gate
+from edgecloud.modelkit.evidence import answer_rule, base_cases, hold_out
+from edgecloud.modelkit.gate import GateCase, GateConfig, GateResult, evaluate_gate
 from edgecloud.modelkit.pair import REASONER_DIR, package_pair
 from edgecloud.modelkit.student import StudentRecipe, fit_feature_transform, student_answers, student_prompt
 from edgecloud.modelkit.teacher import ModelSpec, build_model
 from edgecloud.modelkit.tokenizer import THINK_END, THINK_START
-from edgecloud.modelkit.training import TrainConfig, collate, train
+from edgecloud.modelkit.training import TrainConfig, collate, grow_layers, train
 from edgecloud.modelkit.training_set import TrainingExample, TrainingSet, collect_training_set
 from edgecloud.shared.bundle import Manifest, verify_bundle
 from edgecloud.shared.errors import ConfigError, EdgecloudError
@@ -166,6 +166,10 @@ class ImproveConfig:
     seed: int = 0
     threads: int = 2
     calibration_n: int = 4000
+    holdout_share: float = 0.2
+    """Escalation records kept out of training: the gate measures the new student on them."""
+    data: Path | None = None
+    """The base's dataset folder, where its manifest's is not here (its validation split is evidence)."""
     eval_every: int | None = None
     """Steps between progress checks (exact answers per k on validation queries; 250 fine-tuning, none
     fresh); 0: none."""
@@ -202,6 +206,9 @@ class ImproveConfig:
             raise ConfigError(f"expires_in_days needs a key and must be > 0, got {self.expires_in_days}")
         if self.max_new_tokens is not None and not 1 <= self.max_new_tokens <= 256:
             raise ConfigError(f"max_new_tokens must be in 1..256, got {self.max_new_tokens}")
+        if self.calibration_n < 100 or not 0 <= self.holdout_share < 1:  # refused before any training
+            raise ConfigError(f"calibration_n must be >= 100 and holdout_share in [0, 1), got "
+                              f"{self.calibration_n} and {self.holdout_share}")  # fmt: skip
 
     def mode(self, reasoning: bool) -> str:
         """How the student is built, once it is known whether the records' reasoning is learnt."""
@@ -358,42 +365,26 @@ def _load_base(config: ImproveConfig) -> tuple[EdgeModel, Manifest]:
     return EdgeModel.from_bundle(config.bundle, threads=config.threads), manifest
 
 
-def _training_set(config: ImproveConfig, base: EdgeModel, manifest: Manifest) -> TrainingSet:
+def _training_set(config: ImproveConfig, base: EdgeModel, manifest: Manifest) -> tuple[TrainingSet, list[GateCase]]:
     normalizer = Tokenizer.from_file(str(base.tokenizer_file)).normalizer
-    training = collect_training_set(
-        config.logs,
-        student_name=manifest.name,
-        normalize=normalizer.normalize_str if normalizer is not None else str,
-        budget_cut_weight=config.budget_cut_weight,
-        learn_reasoning=config.learn_reasoning,
+    normalize = normalizer.normalize_str if normalizer is not None else str
+    training, held = hold_out(
+        collect_training_set(
+            config.logs,
+            student_name=manifest.name,
+            normalize=normalize,
+            budget_cut_weight=config.budget_cut_weight,
+            learn_reasoning=config.learn_reasoning,
+        ),
+        config.holdout_share,
+        normalize,
     )
     for reason, where in training.read.examples.items():
         log.warning("skipped %d lines (%s), e.g. %s", training.read.skipped[reason], reason, where)
     log.info("training set: %s", training.summary())
     if not training.examples:
         raise ConfigError(f"nothing to learn from in {', '.join(map(str, config.logs))}: {training.summary()}")
-    return training
-
-
-def grow_layers(model, n: int):
-    """Append ``n`` decoder layers that leave the model's function unchanged: each new layer's
-    attention output and MLP down projections start at zero, so it adds nothing to the residual
-    stream until training moves them. More depth for what the base cannot follow (a scratchpad),
-    without forgetting what it knows on the first step."""
-    if n == 0:
-        return model
-    layers = model.model.layers
-    for _ in range(n):
-        layer = copy.deepcopy(layers[-1])
-        layer.self_attn.layer_idx = len(layers)
-        torch.nn.init.zeros_(layer.self_attn.o_proj.weight)
-        torch.nn.init.zeros_(layer.mlp.down_proj.weight)
-        layers.append(layer)
-    model.config.num_hidden_layers = len(layers)
-    if getattr(model.config, "layer_types", None) is not None:
-        model.config.layer_types = [*model.config.layer_types, *[model.config.layer_types[-1]] * n]
-    log.info("grew the student by %d layers to %d (%.2fM parameters)", n, len(layers), _params(model) / 1e6)
-    return model
+    return training, held
 
 
 def _params(model) -> int:
@@ -516,10 +507,13 @@ def _package(
     return packaged, packaged.model
 
 
-def _gate(config: ImproveConfig, mode: str, base: EdgeModel, manifest: Manifest, new: AnswerModel) -> GateResult:
-    """The gate's verdict on ``new`` against what the base bundle serves. A pair must also keep
-    more than the base alone: a reasoner that takes over nothing only adds latency."""
-    gate = evaluate_gate(_served(config, base, manifest), new, config.gate, seed=config.seed)
+def _gate(
+    config: ImproveConfig, mode: str, base: EdgeModel, manifest: Manifest, new: AnswerModel, cases: list[GateCase]
+) -> GateResult:
+    """The gate's verdict on ``new`` against what the base bundle serves, on ``cases`` (held-out
+    escalations and the base's validation data). A pair must also keep more than the base alone: a
+    reasoner that takes over nothing only adds latency."""
+    gate = evaluate_gate(_served(config, base, manifest), new, config.gate, cases, rule=answer_rule(manifest))
     if mode == "fresh" and gate.new.kept_share <= gate.base.kept_share + config.gate.kept_tolerance:
         gate.regressions.append(
             f"the pair keeps {gate.new.kept_share:.2%} of queries, the base alone {gate.base.kept_share:.2%}:"
@@ -537,7 +531,8 @@ def improve_student(config: ImproveConfig) -> dict[str, object]:
     torch.set_num_threads(config.threads)
     base, base_manifest = _load_base(config)
     version = config.version or base_manifest.version + 1
-    training = _training_set(config, base, base_manifest)
+    training, held = _training_set(config, base, base_manifest)
+    cases = held + base_cases(base_manifest, config.gate.n, config.seed, config.data)  # fails before training
     mode = config.mode(training.reasoning)
     plan = config.schedule(mode)
     recipe = replace(
@@ -568,7 +563,7 @@ def improve_student(config: ImproveConfig) -> dict[str, object]:
         packaged, new_model = _package(
             config, mode, (base, base_manifest), (student, tokenizer, recipe), build, staging, version, metadata, think
         )
-        gate = _gate(config, mode, base, base_manifest, new_model)
+        gate = _gate(config, mode, base, base_manifest, new_model, cases)
         log.info("gate: %s", gate.summary())
         if not gate.passed:
             if config.refused_dir is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import time
@@ -11,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-__all__ = ["Example", "TrainConfig", "collate", "train"]
+__all__ = ["Example", "TrainConfig", "collate", "grow_layers", "train"]
 
 log = logging.getLogger(__name__)
 
@@ -124,3 +125,29 @@ def train(
             history.append(record)
     model.eval()
     return history
+
+
+def grow_layers(model, n: int):
+    """Append ``n`` decoder layers that leave the model's function unchanged: each new layer's
+    attention output and MLP down projections start at zero, so it adds nothing to the residual
+    stream until training moves them. More depth for what the base cannot follow (a scratchpad),
+    without forgetting what it knows on the first step."""
+    if n == 0:
+        return model
+    layers = model.model.layers
+    for _ in range(n):
+        layer = copy.deepcopy(layers[-1])
+        layer.self_attn.layer_idx = len(layers)
+        torch.nn.init.zeros_(layer.self_attn.o_proj.weight)
+        torch.nn.init.zeros_(layer.mlp.down_proj.weight)
+        layers.append(layer)
+    model.config.num_hidden_layers = len(layers)
+    if getattr(model.config, "layer_types", None) is not None:
+        model.config.layer_types = [*model.config.layer_types, *[model.config.layer_types[-1]] * n]
+    log.info(
+        "grew the student by %d layers to %d (%.2fM parameters)",
+        n,
+        len(layers),
+        sum(p.numel() for p in model.parameters()) / 1e6,
+    )
+    return model

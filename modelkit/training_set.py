@@ -20,6 +20,8 @@ class TrainingExample:
     target: str
     """What the student learns to write after the prompt (the stop token is added)."""
     weight: float = 1.0
+    answer: str = ""
+    """The cloud's answer alone (what a held-out record is checked against)."""
 
 
 @dataclass
@@ -31,6 +33,8 @@ class TrainingSet:
     """Whether the targets carry the cloud's reasoning."""
     abstentions: int = 0
     """Records over the edge's token limit, learnt as abstentions (set when the batches are built)."""
+    held_out: int = 0
+    """Records kept out of training to measure the new student on (``models improve``'s gate)."""
 
     def summary(self) -> dict[str, object]:
         return {
@@ -39,6 +43,7 @@ class TrainingSet:
             "records_used": len(self.examples),
             "records_dropped": dict(self.dropped),
             "learnt_as_abstentions": self.abstentions,
+            "records_held_out": self.held_out,
             "learn_reasoning": self.reasoning,
         }
 
@@ -86,5 +91,5 @@ def collect_training_set(
         if learn_reasoning and not record.reasoning:
             dropped["no reasoning recorded"] += 1
             continue
-        examples.append(TrainingExample(record.query, _target(record, learn_reasoning), weight))
+        examples.append(TrainingExample(record.query, _target(record, learn_reasoning), weight, record.answer))
     return TrainingSet(examples=examples, read=report, dropped=dropped, reasoning=learn_reasoning)

@@ -168,8 +168,8 @@ def test_a_turn_on_corrupted_answers_is_refused_and_writes_nothing(shipped_model
         improve_student(config)
     result = failed.value.result
     assert not result.passed
-    assert any(r.startswith("k1 accuracy") for r in result.regressions), result.regressions
-    assert result.new.accuracy["k1"] < result.base.accuracy["k1"] - 0.01
+    assert any(r.startswith("k=1 accuracy") for r in result.regressions), result.regressions
+    assert result.new.accuracy["k=1"] < result.base.accuracy["k=1"] - 0.01
     assert "regressed" in str(failed.value) and "points" in str(failed.value)
     assert not (out / "edge-student").exists() and not (out / "student-reference").exists()
     assert [p.name for p in out.iterdir()] == []  # no staging left behind
@@ -196,13 +196,18 @@ def test_a_turn_on_right_answers_ships_a_signed_next_version(shipped_models: Pat
     base = load_manifest(shipped_models / "edge-student")
     assert summary["version"] == base.version + 1 and summary["gate"]["passed"] is True
     student_reads = Tokenizer.from_file(str(shipped_models / "edge-student" / "tokenizer.json")).normalizer
-    assert summary["records_used"] == len({student_reads.normalize_str(p.query) for p in problems})
-    assert summary["records_dropped"] == {"duplicate query": len(problems) - summary["records_used"]}
+    distinct = len({student_reads.normalize_str(p.query) for p in problems})
+    # A fifth of the records are held out of training: the gate measures the new student on them.
+    assert summary["records_used"] + summary["records_held_out"] == distinct
+    assert 0.1 * distinct < summary["records_held_out"] < 0.3 * distinct
+    assert summary["gate"]["new"]["cases"]["escalations"] == summary["records_held_out"]
+    assert summary["records_dropped"] == {"duplicate query": len(problems) - distinct}
     manifest = verify_signed_bundle(out / "edge-student", TrustStore.from_paths([tmp_path / "release.pub"]))
     assert manifest.version == base.version + 1 and manifest.expires_at == summary["expires_at"]
     assert manifest.expired(time.time() + 31 * 86400) and not manifest.expired(time.time() + 29 * 86400)
     assert manifest.metadata["improved_from"] == {"name": base.name, "version": base.version}
     assert manifest.metadata["training_set"]["records_used"] == summary["records_used"]
+    assert manifest.metadata["training_set"]["records_held_out"] == summary["records_held_out"]
     model = EdgeModel.from_bundle(out / "edge-student")
     right = [model.answer(p.query).text == str(p.answer) for p in generate(200, 9, Split.TEST, {1: 1.0})]
     assert sum(right) >= 190
@@ -237,7 +242,7 @@ def test_a_fresh_reasoner_is_packaged_as_a_pair_and_one_that_takes_over_nothing_
     assert "calibration queries to the reasoner" in caplog.text
     result = failed.value.result
     assert result.regressions and all("takes over nothing" in r for r in result.regressions), result.regressions
-    assert abs(result.new.accuracy["k1"] - result.base.accuracy["k1"]) <= 0.01  # the base still answers them
+    assert abs(result.new.accuracy["k=1"] - result.base.accuracy["k=1"]) <= 0.01  # the base still answers them
     assert [p.name for p in out.iterdir()] == []
     # The refused pair, kept for inspection: the base's files as they were, the reasoner beside them.
     pair = load_manifest(refused / "edge-student")
@@ -257,8 +262,8 @@ def test_grown_layers_start_as_identities_and_load_back(shipped_models: Path, tm
     from transformers import AutoModelForCausalLM
 
     from edgecloud.modelkit.build import load_reference_student
-    from edgecloud.modelkit.improve import grow_layers
     from edgecloud.modelkit.student import StudentRecipe
+    from edgecloud.modelkit.training import grow_layers
 
     student, tokenizer = load_reference_student(shipped_models / "student-reference", StudentRecipe(), 0)
     ids = tokenizer(["12+34=", "7*8="], add_special_tokens=False, return_tensors="pt", padding=True)["input_ids"]
@@ -274,3 +279,22 @@ def test_grown_layers_start_as_identities_and_load_back(shipped_models: Path, tm
     reloaded = AutoModelForCausalLM.from_pretrained(str(tmp_path / "grown")).eval()
     with torch.no_grad():
         assert torch.allclose(reloaded(input_ids=ids).logits, after, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [["--calibration-n", "50"], ["--holdout-share", "1.5"], ["--gate-min-cases", "0"], ["--data", "/nonexistent"]],
+    ids=["calibration-n", "holdout-share", "gate-min-cases", "missing-data"],
+)
+def test_every_bad_argument_is_refused_before_training_with_exit_2(
+    shipped_models: Path, tmp_path: Path, bad: list[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    from edgecloud.cli import main
+
+    problems = generate(20, 5, Split.TRAIN, {1: 1.0})
+    log = write_log(tmp_path / "e.jsonl", [escalation(p.query, str(p.answer)) for p in problems])
+    started = time.monotonic()
+    argv = ["models", "improve", str(log), "--bundle", str(shipped_models / "edge-student"), "--out", str(tmp_path)]
+    assert main([*argv, *bad]) == 2
+    assert time.monotonic() - started < 30  # refused up front, not after a training run
+    assert "training (" not in caplog.text

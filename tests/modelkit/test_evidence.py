@@ -1,0 +1,62 @@
+"""Where ``models improve`` takes its evidence from: held-out escalations, the base's own data."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from edgecloud.modelkit.datasets import Row, write_dataset
+from edgecloud.modelkit.evidence import ESCALATIONS_GROUP, answer_rule, base_cases, hold_out
+from edgecloud.modelkit.training_set import TrainingExample, TrainingSet
+from edgecloud.shared.bundle import Manifest
+from edgecloud.shared.errors import ConfigError
+from edgecloud.shared.escalations import ReadReport
+
+
+def manifest(io: dict | None = None, metadata: dict | None = None) -> Manifest:
+    return Manifest(
+        name="x-student", kind="edge", version=1, created_at="2026-01-01T00:00:00Z", files=(),
+        io={"inputs": [], "outputs": [], "feature_dim": 8, "tokenizer": "t.json", **(io or {})},
+        metadata=metadata or {},
+    )  # fmt: skip
+
+
+def training(n: int) -> TrainingSet:
+    examples = [TrainingExample(f"Query {i}", f"<think>r</think>{i}", 1.0, str(i)) for i in range(n)]
+    return TrainingSet(examples=examples, read=ReadReport(), dropped=Counter(), reasoning=True)
+
+
+def test_held_out_records_are_left_out_of_training_the_same_way_every_time() -> None:
+    kept, cases = hold_out(training(1000), 0.2, str.lower)
+    assert 150 < len(cases) < 250 and len(kept.examples) + len(cases) == 1000
+    assert kept.held_out == len(cases) and kept.summary()["records_held_out"] == len(cases)
+    assert {c.group for c in cases} == {ESCALATIONS_GROUP}
+    assert all(c.expected == c.query.split()[-1] for c in cases)  # the cloud's answer, not the scratchpad
+    assert not {c.query for c in cases} & {e.query for e in kept.examples}
+    again = hold_out(training(1000), 0.2, str.lower)[1]
+    assert again == cases
+    assert hold_out(training(50), 0.0, str.lower)[1] == []
+    with pytest.raises(ConfigError):
+        hold_out(training(5), 1.0, str.lower)
+
+
+def test_the_bases_dataset_gives_the_validation_cases_and_the_rule(tmp_path: Path) -> None:
+    rows = [Row(query=f"turn on lamp {i}", answer=f'{{"on": {i}}}', group="simple") for i in range(5)]
+    rows.append(Row(messages=({"role": "system", "content": "s"}, {"role": "user", "content": "u"}), answer="a"))
+    write_dataset(tmp_path / "data", name="lamps", answer_match="json", train=rows, validation=rows, test=rows)
+    base = manifest({"answer_match": "json"}, {"dataset": {"path": str(tmp_path / "data")}})
+    cases = base_cases(base, n=100, seed=0)
+    assert [c.query for c in cases] == [r.query for r in rows[:5]]  # conversations are not the student's
+    assert {c.group for c in cases} == {"simple"} and answer_rule(base) == "json"
+    moved = manifest({"answer_match": "json"}, {"dataset": {"path": str(tmp_path / "gone")}})
+    with pytest.raises(ConfigError, match="pass --data"):
+        base_cases(moved, n=100, seed=0)
+    assert len(base_cases(moved, n=3, seed=0, data=tmp_path / "data")) == 3
+
+
+def test_a_bundle_of_the_built_in_task_gets_its_validation_draw_and_number_matching() -> None:
+    cases = base_cases(manifest(), n=200, seed=0)
+    assert len(cases) == 200 and {c.group for c in cases} <= {"k=1", "k=2", "k=3", "k=4"}
+    assert answer_rule(manifest()) == "number" and answer_rule(manifest({"answer_match": "exact"})) == "exact"
