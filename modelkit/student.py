@@ -57,6 +57,7 @@ __all__ = [
     "LabelledQuery",
     "StudentOutput",
     "StudentRecipe",
+    "cached_teacher_labels",
     "distill_student",
     "fit_feature_transform",
     "label_with_teacher",
@@ -224,22 +225,30 @@ class LabelledQuery:
     """The teacher's lowest probability on one of its answer tokens."""
 
 
+def _length_key(item: Problem | str) -> tuple[int, int]:
+    return (item.k, len(item.expression)) if isinstance(item, Problem) else (0, len(item))
+
+
 def label_with_teacher(
     teacher: PreTrainedModel,
     tokenizer: PreTrainedTokenizerFast,
-    problems: Sequence[Problem],
+    problems: Sequence[Problem] | Sequence[str],
     *,
     batch_size: int = 512,
     desc: str = "teacher labels",
+    max_new_tokens: int = 200,
 ) -> list[Generation]:
-    """The teacher's generation for each problem, thinking first (greedy, no budget)."""
-    order = sorted(range(len(problems)), key=lambda i: (problems[i].k, len(problems[i].expression)))
+    """The teacher's generation for each problem (or query text), thinking first (greedy, no budget).
+    Batches hold queries of similar length (a problem's k, then its expression's length)."""
+    order = sorted(range(len(problems)), key=lambda i: _length_key(problems[i]))
     answers: list[Generation | None] = [None] * len(problems)
     with tqdm(total=len(problems), desc=desc, unit="q", dynamic_ncols=True, mininterval=2.0) as bar:
         for start in range(0, len(order), batch_size):
             chunk = order[start : start + batch_size]
-            prompts = [chat_prompt(tokenizer, problems[i].query, enable_thinking=True) for i in chunk]
-            for i, gen in zip(chunk, generate_batch(teacher, tokenizer, prompts, max_new_tokens=200), strict=True):
+            queries = [problems[i] if isinstance(problems[i], str) else problems[i].query for i in chunk]
+            prompts = [chat_prompt(tokenizer, query, enable_thinking=True) for query in queries]
+            gens = generate_batch(teacher, tokenizer, prompts, max_new_tokens=max_new_tokens)
+            for i, gen in zip(chunk, gens, strict=True):
                 answers[i] = gen
             bar.update(len(chunk))
     return answers  # type: ignore[return-value]  # every slot is filled
@@ -256,7 +265,23 @@ def _teacher_digest(teacher: torch.nn.Module) -> str:
 def _cached_labels(
     teacher, teacher_tokenizer, problems: Sequence[Problem], recipe: StudentRecipe, cache_dir: Path | None
 ) -> list[tuple[str, float]]:
-    """``(answer, confidence)`` per problem; the teacher labels only the queries ``cache_dir`` does not hold.
+    """``(answer, confidence)`` per problem, through :func:`cached_teacher_labels`."""
+    return cached_teacher_labels(
+        teacher, teacher_tokenizer, problems, cache_dir=cache_dir, batch_size=recipe.label_batch_size
+    )
+
+
+def cached_teacher_labels(
+    teacher,
+    teacher_tokenizer,
+    problems: Sequence[Problem] | Sequence[str],
+    *,
+    cache_dir: Path | None,
+    batch_size: int = 512,
+    max_new_tokens: int = 200,
+) -> list[tuple[str, float]]:
+    """``(answer, confidence)`` per problem (or query text); the teacher labels only the queries
+    ``cache_dir`` does not hold.
 
     Labelling is the slow half of a student build (minutes), and recipes are
     tried many times on the same teacher. The cache is one JSON file per
@@ -279,7 +304,8 @@ def _cached_labels(
             pass
         except (OSError, ValueError) as exc:
             log.warning("student: ignoring unreadable label cache %s (%s)", cache_file, exc)
-    missing = [p for p in dict.fromkeys(problems) if p.query not in cached]
+    queries = [p if isinstance(p, str) else p.query for p in problems]
+    missing = [p for p in dict.fromkeys(problems) if (p if isinstance(p, str) else p.query) not in cached]
     log.info(
         "student: %d of %d labels from the cache, %d to label",
         len(problems) - len(missing),
@@ -287,16 +313,18 @@ def _cached_labels(
         len(missing),
     )
     if missing:
-        gens = label_with_teacher(teacher, teacher_tokenizer, missing, batch_size=recipe.label_batch_size)
+        gens = label_with_teacher(
+            teacher, teacher_tokenizer, missing, batch_size=batch_size, max_new_tokens=max_new_tokens
+        )
         for problem, gen in zip(missing, gens, strict=True):
-            cached[problem.query] = [gen.answer_text, gen.answer_confidence]
+            cached[problem if isinstance(problem, str) else problem.query] = [gen.answer_text, gen.answer_confidence]
         if cache_file is not None:
             cache_file.parent.mkdir(parents=True, exist_ok=True)
             partial = cache_file.with_suffix(".partial")
             partial.write_text(json.dumps(cached))
             partial.replace(cache_file)
             log.info("student: teacher labels cached in %s", cache_file)
-    return [(cached[p.query][0], float(cached[p.query][1])) for p in problems]
+    return [(cached[q][0], float(cached[q][1])) for q in queries]
 
 
 def _label_pool(
@@ -415,20 +443,28 @@ def _progress_check(student, tokenizer, recipe: StudentRecipe, seed: int):
 
 @torch.no_grad()
 def fit_feature_transform(
-    student: Qwen3ForCausalLM, tokenizer: PreTrainedTokenizerFast, template: str, seed: int, n: int = 2000
+    student: Qwen3ForCausalLM,
+    tokenizer: PreTrainedTokenizerFast,
+    template: str,
+    seed: int,
+    n: int = 2000,
+    *,
+    queries: Sequence[str] | None = None,
 ) -> None:
     """Measure and store in ``student.config`` the mean pooled feature vector over ``n`` training
-    queries of the evaluation mix (``feature_centre``) and the principal axes of the centred
-    vectors, as the columns of an orthogonal matrix, largest variance first (``feature_rotation``)."""
+    queries of the evaluation mix, or over ``queries`` when given (``feature_centre``), and the
+    principal axes of the centred vectors, as the columns of an orthogonal matrix, largest
+    variance first (``feature_rotation``)."""
     with_features(student).eval()
     student.config.feature_centre = None
     student.config.feature_rotation = None
-    problems = generate(n, seed + 13, Split.TRAIN, EVAL_MIX)
+    if queries is None:
+        prompts = [student_prompt(template, p.query) for p in generate(n, seed + 13, Split.TRAIN, EVAL_MIX)]
+    else:  # replace, not format: a template rendered from a chat template may hold braces
+        prompts = [template.replace("{query}", query) for query in queries]
     rows = []
-    for problem in problems:
-        ids = tokenizer(student_prompt(template, problem.query), add_special_tokens=False, return_tensors="pt")[
-            "input_ids"
-        ]
+    for prompt in prompts:
+        ids = tokenizer(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"]
         rows.append(student(input_ids=ids).features[0].double().numpy())
     vectors = np.stack(rows)
     centre = vectors.mean(0)

@@ -11,10 +11,17 @@ character, the lead-in words and question marks, so ``" What is 23 + 70? "``
 reaches the student as ``23+70``. The normaliser is part of ``tokenizer.json``,
 so this pre-processing travels with the edge bundle and the edge runtime
 applies it without knowing anything about the task.
+
+:func:`build_data_tokenizers` makes the same pair for a dataset (``models build --data``): one
+token per character the data uses, the data's most frequent words as whole tokens, spaces kept
+(runs of them collapsed), case kept unless the caller folds it.
 """
 
 from __future__ import annotations
 
+import re
+from collections import Counter
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from tokenizers import Regex, Tokenizer, decoders, normalizers, pre_tokenizers
@@ -25,6 +32,7 @@ __all__ = [
     "CHAT_TEMPLATE",
     "SPECIAL_TOKENS",
     "STUDENT_LEAD_INS",
+    "build_data_tokenizers",
     "build_student_tokenizer",
     "build_tokenizer",
     "save_tokenizer",
@@ -88,13 +96,24 @@ def build_student_tokenizer() -> PreTrainedTokenizerFast:
     )
 
 
-def _build(normalizer: normalizers.Normalizer, chat_template: str | None = CHAT_TEMPLATE) -> PreTrainedTokenizerFast:
+def _build(
+    normalizer: normalizers.Normalizer,
+    chat_template: str | None = CHAT_TEMPLATE,
+    *,
+    characters: Iterable[str] = CHARACTERS,
+    whole_words: Sequence[str] = (),
+) -> PreTrainedTokenizerFast:
+    """A one-token-per-character tokenizer over ``characters``, with :data:`WORDS` and
+    ``whole_words`` as single tokens (``whole_words`` only where they stand as a whole word)."""
     vocab = {token: i for i, token in enumerate(SPECIAL_TOKENS)}
-    for piece in (*CHARACTERS, *WORDS):
+    for piece in (*characters, *WORDS, *whole_words):
         vocab.setdefault(piece, len(vocab))
     core = Tokenizer(WordLevel(vocab=vocab, unk_token=UNK))
     core.normalizer = normalizer
-    core.pre_tokenizer = pre_tokenizers.Split(Regex("|".join(WORDS) + r"|[\s\S]"), behavior="isolated")
+    # Longest first: an alternation takes the first alternative that matches.
+    words = sorted(whole_words, key=lambda w: (-len(w), w))
+    pattern = (r"\b(?:" + "|".join(words) + r")\b|" if words else "") + "|".join(WORDS) + r"|[\s\S]"
+    core.pre_tokenizer = pre_tokenizers.Split(Regex(pattern), behavior="isolated")
     core.decoder = decoders.Fuse()
     core.add_special_tokens(list(SPECIAL_TOKENS))
     tokenizer = PreTrainedTokenizerFast(
@@ -109,6 +128,46 @@ def _build(normalizer: normalizers.Normalizer, chat_template: str | None = CHAT_
     if chat_template is not None:
         tokenizer.chat_template = chat_template
     return tokenizer
+
+
+#: What counts as a word for :func:`build_data_tokenizers`: letters (and ``_``), no digits.
+_WORD_RE = re.compile(r"\b[^\W\d]{2,}\b")
+
+
+def build_data_tokenizers(
+    texts: Iterable[str],
+    *,
+    lowercase: bool = False,
+    word_texts: Iterable[str] = (),
+    max_words: int = 0,
+    min_word_count: int = 20,
+) -> tuple[PreTrainedTokenizerFast, PreTrainedTokenizerFast]:
+    """A teacher's and a student's tokenizer for a dataset, sharing one vocabulary.
+
+    The vocabulary has a token for every character of ``texts`` after normalisation (NFKC, and
+    lower case when ``lowercase``), and the ``max_words`` most frequent words of ``word_texts``
+    (letters only, at least ``min_word_count`` occurrences) as whole tokens: a sentence costs a
+    few tokens a word, not one a letter. The teacher's normaliser keeps newlines (the chat
+    template and reasoning use them) and collapses other runs of whitespace to one space; the
+    student's collapses every run of whitespace to one space and strips the ends. The teacher's
+    has :data:`CHAT_TEMPLATE`; the student's none.
+    """
+    if max_words < 0 or min_word_count < 1:
+        raise ValueError(f"max_words must be >= 0 and min_word_count >= 1, got {max_words}, {min_word_count}")
+    fold = [normalizers.Lowercase()] if lowercase else []
+    teacher_norm = normalizers.Sequence([normalizers.NFKC(), *fold, normalizers.Replace(Regex(r"[^\S\n]+"), " ")])
+    student_norm = normalizers.Sequence(
+        [normalizers.NFKC(), *fold, normalizers.Replace(Regex(r"\s+"), " "), normalizers.Strip()]
+    )
+    characters = {" ", "\n"}
+    for text in texts:
+        characters.update(teacher_norm.normalize_str(text))
+    counts: Counter[str] = Counter()
+    for text in word_texts:
+        counts.update(_WORD_RE.findall(teacher_norm.normalize_str(text)))
+    words = [w for w, n in counts.most_common() if n >= min_word_count and w not in WORDS][:max_words]
+    shared = {"characters": sorted(characters), "whole_words": words}
+    return _build(teacher_norm, **shared), _build(student_norm, chat_template=None, **shared)
 
 
 def save_tokenizer(tokenizer: PreTrainedTokenizerFast, directory: Path) -> None:
