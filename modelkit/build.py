@@ -20,6 +20,7 @@ import logging
 import platform
 import shutil
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -30,6 +31,7 @@ import transformers
 from transformers import AutoModelForCausalLM
 
 from edgecloud.edge.runtime import EdgeModel
+from edgecloud.modelkit.calibrate import fit_triage
 from edgecloud.modelkit.decoding import generate_batch
 from edgecloud.modelkit.evaluate import REFERENCE_DIR, STUDENT_DIR, TEACHER_DIR
 from edgecloud.modelkit.export import export_student, onnx_io, quantize_student
@@ -38,12 +40,13 @@ from edgecloud.modelkit.teacher import ModelSpec, RefineStage, TeacherRecipe, ch
 from edgecloud.modelkit.tokenizer import THINK_END, THINK_START, build_student_tokenizer, build_tokenizer
 from edgecloud.modelkit.training import TrainConfig
 from edgecloud.shared.bundle import GoldenCase, Manifest, load_manifest, write_bundle
-from edgecloud.shared.calibration import Calibration, choose_threshold, confidence_signals, fit_platt
+from edgecloud.shared.calibration import Calibration
 from edgecloud.shared.task import EVAL_MIX, Problem, Split, generate, parse_answer
 
 __all__ = [
     "BuildConfig",
     "PackagedStudent",
+    "StudentChecks",
     "build_models",
     "load_reference_student",
     "package_student",
@@ -182,42 +185,17 @@ def calibration_problems(config: BuildConfig) -> list[Problem]:
 
 def _calibrate(model: EdgeModel, config: BuildConfig, problems: list[Problem] | None = None) -> Calibration:
     problems = calibration_problems(config) if problems is None else problems
-    signals, correct, answered = [], [], []
-    for problem in problems:
-        answer = model.answer(problem.query)
-        signals.append(confidence_signals(answer.token_logprobs))
-        correct.append(parse_answer(answer.text) == problem.answer)
-        answered.append(not answer.abstained)
-    x = np.asarray(signals)
-    y = np.asarray(correct, dtype=float)
-    gave = np.asarray(answered)
-    # An abstention (empty answer) has confidence 0 at run time whatever its signals say
-    # (edgecloud.edge.runtime); fitted with them, its near-certain stop token would read as a sure wrong answer.
-    w_sum, w_min, bias = fit_platt(x[gave], y[gave]) if gave.any() else (0.0, 0.0, 0.0)
-    confidence = np.where(gave, 1 / (1 + np.exp(-(x @ np.array([w_sum, w_min]) + bias))), 0.0)
-    threshold, at = choose_threshold(
-        confidence, y, target_precision=config.target_precision, confidence_level=config.calibration_confidence
+    answers = [model.answer(problem.query) for problem in problems]
+    fit = fit_triage(
+        answers,
+        [parse_answer(a.text) == p.answer for a, p in zip(answers, problems, strict=True)],
+        target_precision=config.target_precision,
+        confidence_level=config.calibration_confidence,
     )
     simple = np.array([p.k == 1 for p in problems])
-    kept = confidence >= threshold
-    validation = {
-        "n": float(len(problems)),
-        "accuracy": float(y.mean()),
-        "abstained": float(1 - gave.mean()),
-        "precision_kept": at["precision"],
-        **({"precision_lower_bound": at["precision_lower_bound"]} if "precision_lower_bound" in at else {}),
-        "kept_share": at["coverage"],
-        "coverage_k1": float(kept[simple].mean()) if simple.any() else None,
-    }
-    log.info("calibration: threshold %.4f, %s", threshold, validation)
-    return Calibration(
-        w_sum=float(w_sum),
-        w_min=float(w_min),
-        bias=float(bias),
-        threshold=float(threshold),
-        target_precision=config.target_precision,
-        validation=validation,
-    )
+    validation = {**fit.validation(), "coverage_k1": float(fit.kept[simple].mean()) if simple.any() else None}
+    log.info("calibration: threshold %.4f, %s", fit.threshold, validation)
+    return fit.calibration(config.target_precision, validation)
 
 
 def _int8_check(fp32: EdgeModel, int8: EdgeModel, seed: int, n: int = 500) -> dict[str, float]:
@@ -269,6 +247,28 @@ def _load_teacher(source: Path, teacher_dir: Path):
 
 
 @dataclass(frozen=True)
+class StudentChecks:
+    """How :func:`package_student` checks, calibrates and self-tests a student (default: on the demo task)."""
+
+    int8_check: Callable[[EdgeModel, EdgeModel], dict[str, float]]
+    """``(fp32, int8) -> figures``; raises when the int8 graph is not good enough."""
+    calibrate: Callable[[EdgeModel], Calibration]
+    golden: Callable[[EdgeModel], list[GoldenCase]]
+
+
+def _demo_checks(config: BuildConfig, calibrate_on: list[Problem] | None) -> StudentChecks:
+    def calibrate(int8: EdgeModel) -> Calibration:
+        log.info("calibrating triage on %d validation queries", len(calibrate_on or ()) or config.calibration_n)
+        return _calibrate(int8, config, calibrate_on)
+
+    return StudentChecks(
+        int8_check=lambda fp32, int8: _checked_int8(fp32, int8, config),
+        calibrate=calibrate,
+        golden=lambda int8: _edge_golden(int8, config.seed),
+    )
+
+
+@dataclass(frozen=True)
 class PackagedStudent:
     """An edge bundle written by :func:`package_student`, with what its checks measured."""
 
@@ -277,6 +277,18 @@ class PackagedStudent:
     """The bundle's int8 graph, loaded and calibrated."""
     int8_check: dict[str, float]
     calibration: Calibration
+
+
+def _decoding(recipe: StudentRecipe, student_tokenizer, think: tuple[str, str] | None) -> dict[str, object]:
+    """The edge bundle's decoding contract (``io``): prompt, stop token, answer length, reasoning block."""
+    decoding = {
+        "prompt_template": recipe.prompt_template,
+        "eos_token": student_tokenizer.eos_token,
+        "max_new_tokens": recipe.max_new_tokens,
+    }
+    if think is not None:
+        decoding.update(think_start=think[0], think_end=think[1])
+    return decoding
 
 
 def package_student(
@@ -291,6 +303,9 @@ def package_student(
     metadata: dict[str, object],
     think: tuple[str, str] | None = None,
     calibrate_on: list[Problem] | None = None,
+    name: str = STUDENT_NAME,
+    checks: StudentChecks | None = None,
+    io_extra: Mapping[str, object] | None = None,
 ) -> PackagedStudent:
     """Export a trained student to ONNX, quantise it to int8, check int8 against fp32, calibrate
     triage and write the edge bundle (``bundle_dir``) and the fp32 reference (``reference_dir``).
@@ -300,6 +315,7 @@ def package_student(
     queries to calibrate on (default: :func:`calibration_problems`), e.g. only those a pair's
     first stage hands off. RuntimeError when the int8 graph is more
     than ``config.int8_max_accuracy_drop`` less accurate than the fp32 one.
+    ``checks`` replace the demo task's (a build from a dataset's); ``io_extra`` joins the ``io``.
     """
     reference_dir.mkdir(parents=True)
     student.save_pretrained(str(reference_dir))
@@ -309,25 +325,19 @@ def package_student(
     bundle_dir.mkdir(parents=True)
     int8_file = quantize_student(fp32_file, bundle_dir / INT8_FILE)
     student_tokenizer.backend_tokenizer.save(str(bundle_dir / "tokenizer.json"))
-    decoding = {
-        "prompt_template": recipe.prompt_template,
-        "eos_token": student_tokenizer.eos_token,
-        "max_new_tokens": recipe.max_new_tokens,
-    }
-    if think is not None:
-        decoding.update(think_start=think[0], think_end=think[1])
+    decoding = _decoding(recipe, student_tokenizer, think)
 
     def edge_model(graph: Path) -> EdgeModel:
         return EdgeModel(graph, bundle_dir / "tokenizer.json", **decoding, threads=config.threads)
 
+    checks = checks or _demo_checks(config, calibrate_on)
     int8 = edge_model(int8_file)
-    check = _checked_int8(edge_model(fp32_file), int8, config)
-    log.info("calibrating triage on %d validation queries", len(calibrate_on or ()) or config.calibration_n)
-    calibration = _calibrate(int8, config, calibrate_on)
+    check = checks.int8_check(edge_model(fp32_file), int8)
+    calibration = checks.calibrate(int8)
     int8.calibration = calibration
     manifest = write_bundle(
         bundle_dir,
-        name=STUDENT_NAME,
+        name=name,
         kind="edge",
         version=version,
         io={
@@ -342,9 +352,10 @@ def package_student(
             "preprocessing": "the tokenizer's normalizer (tokenizer.json)",
             "graphs": {"int8": INT8_FILE},
             **decoding,
+            **(io_extra or {}),
         },
         calibration=calibration.to_dict(),
-        golden=_edge_golden(int8, config.seed),
+        golden=checks.golden(int8),
         metadata={
             "seed": config.seed,
             "quick": config.quick,
@@ -420,10 +431,23 @@ def load_reference_student(folder: Path, recipe: StudentRecipe, seed: int):
     return student, student_tokenizer
 
 
-def _teacher_bundle(teacher, tokenizer, config: BuildConfig, *, folder: Path, version: int, feature_dim: int, metadata):
+def _teacher_bundle(
+    teacher,
+    tokenizer,
+    config: BuildConfig,
+    *,
+    folder: Path,
+    version: int,
+    feature_dim: int,
+    metadata,
+    name: str = TEACHER_NAME,
+    golden: list[GoldenCase] | None = None,
+    io_extra: Mapping[str, object] | None = None,
+):
+    """Write the cloud bundle; ``golden`` defaults to the demo task's cases."""
     return write_bundle(
         folder,
-        name=TEACHER_NAME,
+        name=name,
         kind="cloud",
         version=version,
         io={
@@ -435,9 +459,10 @@ def _teacher_bundle(teacher, tokenizer, config: BuildConfig, *, folder: Path, ve
             "architecture": "Qwen3ForCausalLM",
             "think_start": THINK_START,
             "think_end": THINK_END,
+            **(io_extra or {}),
         },
         calibration={},
-        golden=_teacher_golden(teacher, tokenizer, config.seed),
+        golden=_teacher_golden(teacher, tokenizer, config.seed) if golden is None else golden,
         metadata={
             "seed": config.seed,
             "quick": config.quick,
