@@ -21,6 +21,11 @@ log = logging.getLogger("edgecloud")
 
 
 def _models_build(args: argparse.Namespace) -> int:
+    from edgecloud.databuild_command import build_from_data_command, refuse_data_flags
+
+    if args.data is not None:
+        return build_from_data_command(args)
+    refuse_data_flags(args)
     from edgecloud.modelkit.build import BuildConfig, build_models
 
     config = BuildConfig(
@@ -488,6 +493,9 @@ def _add_models_commands(commands: argparse._SubParsersAction) -> None:
         metavar="DIR",
         help="export, quantise and calibrate this trained student (a student-reference folder) instead of distilling one",
     )
+    from edgecloud.databuild_command import add_data_build_arguments
+
+    add_data_build_arguments(build)
     build.set_defaults(func=_models_build)
 
     from edgecloud.improve_command import add_improve_command

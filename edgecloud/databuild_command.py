@@ -1,0 +1,89 @@
+"""``edgecloud models build --data DIR --name NAME``: the flags of a build from a dataset folder.
+
+Without ``--data``, ``models build`` is the demo build and these flags are refused; with it, the
+demo build's ``--reuse-*`` / ``--refine-teacher`` are. Every refusal is a ConfigError (exit 2),
+raised before anything is trained (:func:`edgecloud.modelkit.databuild.check_build` checks the
+rest: the folder, the name, ``--teacher`` and ``--student``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from edgecloud.shared.errors import ConfigError
+
+__all__ = ["add_data_build_arguments", "build_from_data_command", "refuse_data_flags"]
+
+#: Flags of a build from a dataset folder, and the demo build's that do not go with one.
+_DATA_ONLY = {"--name": "name", "--teacher": "teacher", "--student": "student", "--keep-case": "keep_case"}
+_DEMO_ONLY = {
+    "--reuse-teacher": "reuse_teacher",
+    "--refine-teacher": "refine_teacher",
+    "--reuse-student": "reuse_student",
+}
+
+
+def _given(args: argparse.Namespace, flags: dict[str, str]) -> list[str]:
+    return [flag for flag, dest in flags.items() if getattr(args, dest) not in (None, False)]
+
+
+def add_data_build_arguments(build: argparse.ArgumentParser) -> None:
+    data = build.add_argument_group(
+        "from a dataset folder", "build from your data instead of the demo task (docs/models.md#datasets)"
+    )
+    data.add_argument(
+        "--data", type=Path, default=None, metavar="DIR", help="dataset folder (edgecloud data check DIR)"
+    )
+    data.add_argument(
+        "--name", default=None, help="bundle name prefix, [a-z0-9][a-z0-9._-]*: NAME-teacher, NAME-student"
+    )
+    data.add_argument(
+        "--teacher",
+        type=Path,
+        default=None,
+        metavar="HF_DIR",
+        help="use this thinking model as the teacher (<think> tokens, a chat template) instead of training one",
+    )
+    data.add_argument(
+        "--student",
+        type=Path,
+        default=None,
+        metavar="HF_DIR",
+        help="fine-tune this Qwen3 model (fast tokenizer, end token) as the student instead of a fresh one",
+    )
+    data.add_argument("--keep-case", action="store_true", help="never fold case in the tokenizers built from the data")
+
+
+def refuse_data_flags(args: argparse.Namespace) -> None:
+    """ConfigError when a flag of a build from a dataset folder comes without ``--data``."""
+    given = _given(args, _DATA_ONLY)
+    if given:
+        raise ConfigError(f"{', '.join(given)}: only for a build from a dataset folder (--data DIR)")
+
+
+def build_from_data_command(args: argparse.Namespace) -> int:
+    given = _given(args, _DEMO_ONLY)
+    if given:
+        raise ConfigError(f"{', '.join(given)}: not for a build from a dataset folder (use --teacher, --student)")
+    if args.name is None:
+        raise ConfigError("--data needs --name NAME (the bundles are NAME-teacher and NAME-student)")
+    from edgecloud.modelkit.databuild import DataBuildConfig, build_from_data
+
+    config = DataBuildConfig(
+        data=args.data,
+        out=args.out,
+        name=args.name,
+        teacher_dir=args.teacher,
+        student_dir=args.student,
+        quick=args.quick,
+        seed=args.seed,
+        version=args.version,
+        threads=args.threads,
+        label_cache=args.label_cache,
+        lowercase=False if args.keep_case else None,
+    )
+    summary = build_from_data(config)
+    print(json.dumps(summary, indent=2, default=str))
+    return 0
