@@ -346,25 +346,12 @@ def _add_edge_commands(commands: argparse._SubParsersAction) -> None:
         "--agent-state", type=Path, default=Path("edge-agent"), help="downloaded bundles and agent state"
     )
     serve.add_argument("--telemetry-interval", type=float, default=5.0, help="seconds between telemetry messages")
-    serve.add_argument(
-        "--label",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="device label rollouts can target (repeatable)",
-    )
-    serve.add_argument(
-        "--watch-s",
-        type=float,
-        default=30.0,
-        help="seconds a newly deployed model is watched before it counts as ACTIVE (default: 30)",
-    )
-    serve.add_argument(
-        "--watch-min-requests",
-        type=int,
-        default=20,
-        help="requests the watch needs before it judges error rate and latency (default: 20)",
-    )
+    serve.add_argument("--label", action="append", default=[], metavar="KEY=VALUE",
+                       help="device label rollouts can target (repeatable)")  # fmt: skip
+    serve.add_argument("--watch-s", type=float, default=30.0,
+                       help="seconds a newly deployed model is watched before it counts as ACTIVE (default: 30)")  # fmt: skip
+    serve.add_argument("--watch-min-requests", type=int, default=20,
+                       help="requests the watch needs before it judges error rate and latency (default: 20)")  # fmt: skip
     _add_mqtt_arguments(serve)
     _add_tracing_argument(serve)
     serve.set_defaults(func=_edge_serve)
