@@ -503,6 +503,8 @@ def _package(
         version=version,
         think=think,
         metadata=metadata,
+        name=base[1].name,  # the next version of the same bundle
+        io_extra={key: base[1].io[key] for key in ("answer_match", "conversations") if key in base[1].io},
     )
     return packaged, packaged.model
 

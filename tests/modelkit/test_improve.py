@@ -206,6 +206,7 @@ def test_a_turn_on_right_answers_ships_a_signed_next_version(shipped_models: Pat
     assert manifest.version == base.version + 1 and manifest.expires_at == summary["expires_at"]
     assert manifest.expired(time.time() + 31 * 86400) and not manifest.expired(time.time() + 29 * 86400)
     assert manifest.metadata["improved_from"] == {"name": base.name, "version": base.version}
+    assert manifest.name == base.name  # the next version of the same bundle, whatever its name
     assert manifest.metadata["training_set"]["records_used"] == summary["records_used"]
     assert manifest.metadata["training_set"]["records_held_out"] == summary["records_held_out"]
     model = EdgeModel.from_bundle(out / "edge-student")
