@@ -18,6 +18,7 @@ COPY proto proto
 COPY fleet fleet
 COPY modelkit modelkit
 COPY demo demo
+COPY tasks tasks
 # The gRPC stubs are build output, not in git, and must exist before the wheel is built;
 # grpcio-tools is taken at the version pyproject.toml pins.
 RUN pip install "$(grep -o 'grpcio-tools==[0-9.]*' pyproject.toml)" \

@@ -15,6 +15,7 @@ COPY proto proto
 COPY fleet fleet
 COPY modelkit modelkit
 COPY demo demo
+COPY tasks tasks
 # The gRPC stubs are build output, not in git, and must exist before the wheel is built.
 RUN pip install "$(grep -o 'grpcio-tools==[0-9.]*' pyproject.toml)" \
     && python proto/build.py \

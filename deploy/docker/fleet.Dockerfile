@@ -17,6 +17,7 @@ COPY proto proto
 COPY fleet fleet
 COPY modelkit modelkit
 COPY demo demo
+COPY tasks tasks
 RUN pip install "$(grep -o 'grpcio-tools==[0-9.]*' pyproject.toml)" \
     && python proto/build.py \
     && pip install '.[edge]' \
