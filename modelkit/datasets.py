@@ -31,6 +31,7 @@ from typing import Any
 
 from edgecloud.shared.answers import DEFAULT_RULE, check_rule
 from edgecloud.shared.errors import InvalidInputError
+from edgecloud.shared.reasoning import ROLES, Message
 
 __all__ = [
     "MAX_LINE_BYTES",
@@ -48,7 +49,6 @@ __all__ = [
 
 SPLITS = ("train", "validation", "test")
 META_FILE = "dataset.json"
-ROLES = ("system", "user", "assistant", "developer")
 MAX_LINE_BYTES = 1 << 20
 """The longest row a file may hold, in bytes of UTF-8 (newline excluded)."""
 MAX_ROWS = 5_000_000
@@ -57,29 +57,16 @@ _ROW_KEYS = ("query", "messages", "answer", "reasoning", "group")
 _META_KEYS = ("name", "answer_match", "description")
 
 
-@dataclass(frozen=True, slots=True)
-class Message:
-    """One chat message."""
-
-    role: str
-    content: str
-
-    def __post_init__(self) -> None:
-        if self.role not in ROLES:
-            raise InvalidInputError(f"a message's role must be one of {', '.join(ROLES)}, got {self.role!r}")
-        if not isinstance(self.content, str):
-            raise InvalidInputError("a message's content must be a string")
-
-    @classmethod
-    def from_dict(cls, obj: object, index: int) -> Message:
-        if not isinstance(obj, dict):
-            raise InvalidInputError(f"messages[{index}] must be an object")
-        if set(obj) != {"role", "content"}:
-            raise InvalidInputError(f"messages[{index}] must have exactly the keys role and content")
-        try:
-            return cls(role=obj["role"], content=obj["content"])
-        except InvalidInputError as exc:
-            raise InvalidInputError(f"messages[{index}]: {exc}") from None
+def _message(obj: object, index: int) -> Message:
+    """A row's ``messages[index]``, validated as the wire's chat message is (one class for both)."""
+    if not isinstance(obj, dict):
+        raise InvalidInputError(f"messages[{index}] must be an object")
+    if set(obj) != {"role", "content"}:
+        raise InvalidInputError(f"messages[{index}] must have exactly the keys role and content")
+    try:
+        return Message(role=obj["role"], content=obj["content"])
+    except InvalidInputError as exc:
+        raise InvalidInputError(f"messages[{index}]: {exc}") from None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -100,9 +87,7 @@ class Row:
         if self.messages is not None:
             if not isinstance(self.messages, (list, tuple)) or not self.messages:
                 raise InvalidInputError("messages must be a non-empty list")
-            messages = tuple(
-                m if isinstance(m, Message) else Message.from_dict(m, i) for i, m in enumerate(self.messages)
-            )
+            messages = tuple(m if isinstance(m, Message) else _message(m, i) for i, m in enumerate(self.messages))
             object.__setattr__(self, "messages", messages)
             if self.messages[-1].role != "user":
                 raise InvalidInputError("the last message must be a user message")

@@ -84,10 +84,10 @@ BAD_ROWS = [
         '{"messages": [{"role": "user", "content": "a", "name": "x"}], "answer": "4"}',
         r"messages\[0\] must have exactly the keys",
     ),
-    ('{"messages": [{"role": "robot", "content": "a"}], "answer": "4"}', r"messages\[0\]: a message's role must be"),
+    ('{"messages": [{"role": "robot", "content": "a"}], "answer": "4"}', r"messages\[0\]: message role must be one of"),
     (
         '{"messages": [{"role": "user", "content": 1}], "answer": "4"}',
-        r"messages\[0\]: a message's content must be a string",
+        r"messages\[0\]: message content must be text",
     ),
     (
         '{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}], "answer": "4"}',
