@@ -63,14 +63,14 @@ class DataStudentRecipe:
     )
     """The shape of a fresh student; ``max_position_embeddings`` grows to fit the data."""
     train: TrainConfig = field(
-        default_factory=lambda: TrainConfig(steps=3000, batch_size=64, lr=2e-3, warmup=100, weight_decay=0.1)
+        default_factory=lambda: TrainConfig(steps=4000, batch_size=64, lr=2e-3, warmup=100, weight_decay=0.1)
     )
     prompt_template: str = STUDENT_PROMPT
     max_new_tokens: int = 0
     """Tokens the edge generates at most (end token included); 0: the longest training answer and a
     quarter more, at most the edge's limit."""
-    eval_every: int = 0
-    """Steps between progress checks (accuracy on validation rows); 0: none."""
+    eval_every: int = 500
+    """Steps between progress checks (accuracy on 200 validation rows); 0: none."""
 
     def __post_init__(self) -> None:
         if "{query}" not in self.prompt_template:

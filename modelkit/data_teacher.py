@@ -50,15 +50,15 @@ MODES = ("think", "direct", "truncated")
 class DataTeacherRecipe:
     model: ModelSpec = field(default_factory=ModelSpec)
     """The shape; ``max_position_embeddings`` grows to fit the data's longest example."""
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=1500, batch_size=32, lr=2e-3, warmup=100))
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=2500, batch_size=32, lr=2e-3, warmup=100))
     no_think_share: float = 0.15
     """Share of examples trained with thinking disabled."""
     truncated_share: float = 0.05
     """Share of examples (of rows with reasoning) whose reasoning is cut short, as budget forcing does."""
     max_tokens: int = 1024
     """Examples longer than this (context and target, in tokens) are left out."""
-    eval_every: int = 0
-    """Steps between progress checks (accuracy on validation rows, thinking); 0: none."""
+    eval_every: int = 500
+    """Steps between progress checks (accuracy on 100 validation rows, thinking); 0: none."""
 
     def __post_init__(self) -> None:
         if not (0 <= self.no_think_share <= 1 and 0 <= self.truncated_share <= 1):

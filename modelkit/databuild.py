@@ -105,6 +105,8 @@ class DataBuildConfig:
     """Fold case in the tokenizers built here; None: when no answer has an upper-case letter."""
     max_words: int = 256
     """Frequent words of the data that get a token of their own (0: characters only)."""
+    max_symbol_runs: int = 64
+    """Frequent runs of symbols (``":"`` in JSON) that get a token of their own."""
     teacher: DataTeacherRecipe = field(default_factory=DataTeacherRecipe)
     student: DataStudentRecipe = field(default_factory=DataStudentRecipe)
 
@@ -136,7 +138,9 @@ def quick_data_recipes(config: DataBuildConfig) -> DataBuildConfig:
         int8_max_accuracy_drop=1.0,
         int8_check_n=min(config.int8_check_n, 100),
         label_max_new_tokens=config.label_max_new_tokens or 64,
-        teacher=replace(config.teacher, model=tiny, train=TrainConfig(steps=40, batch_size=16, lr=3e-3, warmup=5)),
+        teacher=replace(
+            config.teacher, model=tiny, train=TrainConfig(steps=40, batch_size=16, lr=3e-3, warmup=5), eval_every=0
+        ),
         student=replace(
             config.student,
             model=tinier if config.student_dir is None else config.student.model,
@@ -228,7 +232,11 @@ def _tokenizers(dataset: Dataset, config: DataBuildConfig):
     if lowercase is None:
         lowercase = all(row.answer == row.answer.lower() for row in every)
     teacher_tok, student_tok = build_data_tokenizers(
-        _texts(every), lowercase=lowercase, word_texts=_texts(dataset.train), max_words=config.max_words
+        _texts(every),
+        lowercase=lowercase,
+        word_texts=_texts(dataset.train),
+        max_words=config.max_words,
+        max_symbol_runs=config.max_symbol_runs,
     )
     log.info("tokenizers: %d tokens, case %s", len(teacher_tok), "folded" if lowercase else "kept")
     return teacher_tok, student_tok, lowercase

@@ -102,17 +102,23 @@ def _build(
     *,
     characters: Iterable[str] = CHARACTERS,
     whole_words: Sequence[str] = (),
+    symbol_runs: Sequence[str] = (),
 ) -> PreTrainedTokenizerFast:
-    """A one-token-per-character tokenizer over ``characters``, with :data:`WORDS` and
-    ``whole_words`` as single tokens (``whole_words`` only where they stand as a whole word)."""
+    """A one-token-per-character tokenizer over ``characters``, with :data:`WORDS`, ``whole_words``
+    and ``symbol_runs`` as single tokens (``whole_words`` only where they stand as a whole word)."""
     vocab = {token: i for i, token in enumerate(SPECIAL_TOKENS)}
-    for piece in (*characters, *WORDS, *whole_words):
+    for piece in (*characters, *WORDS, *whole_words, *symbol_runs):
         vocab.setdefault(piece, len(vocab))
     core = Tokenizer(WordLevel(vocab=vocab, unk_token=UNK))
     core.normalizer = normalizer
-    # Longest first: an alternation takes the first alternative that matches.
-    words = sorted(whole_words, key=lambda w: (-len(w), w))
-    pattern = (r"\b(?:" + "|".join(words) + r")\b|" if words else "") + "|".join(WORDS) + r"|[\s\S]"
+
+    def longest_first(pieces: Sequence[str]) -> str:  # an alternation takes the first alternative that matches
+        return "|".join(re.escape(p) for p in sorted(pieces, key=lambda p: (-len(p), p)))
+
+    pattern = (r"\b(?:" + longest_first(whole_words) + r")\b|" if whole_words else "") + (
+        longest_first(symbol_runs) + "|" if symbol_runs else ""
+    )
+    pattern += "|".join(WORDS) + r"|[\s\S]"
     core.pre_tokenizer = pre_tokenizers.Split(Regex(pattern), behavior="isolated")
     core.decoder = decoders.Fuse()
     core.add_special_tokens(list(SPECIAL_TOKENS))
@@ -130,8 +136,10 @@ def _build(
     return tokenizer
 
 
-#: What counts as a word for :func:`build_data_tokenizers`: letters (and ``_``), no digits.
+#: What counts as a word for :func:`build_data_tokenizers` (letters and ``_``, no digits), and as a
+#: run of symbols (punctuation, no space: ``":"`` in JSON).
 _WORD_RE = re.compile(r"\b[^\W\d]{2,}\b")
+_SYMBOLS_RE = re.compile(r"[^\w\s]{2,}")
 
 
 def build_data_tokenizers(
@@ -141,19 +149,21 @@ def build_data_tokenizers(
     word_texts: Iterable[str] = (),
     max_words: int = 0,
     min_word_count: int = 20,
+    max_symbol_runs: int = 0,
 ) -> tuple[PreTrainedTokenizerFast, PreTrainedTokenizerFast]:
     """A teacher's and a student's tokenizer for a dataset, sharing one vocabulary.
 
     The vocabulary has a token for every character of ``texts`` after normalisation (NFKC, and
     lower case when ``lowercase``), and the ``max_words`` most frequent words of ``word_texts``
     (letters only, at least ``min_word_count`` occurrences) as whole tokens: a sentence costs a
-    few tokens a word, not one a letter. The teacher's normaliser keeps newlines (the chat
+    few tokens a word, not one a letter. The ``max_symbol_runs`` most frequent runs of symbols
+    (``":"``, ``"}]}``) get a token each too, as often. The teacher's normaliser keeps newlines (the chat
     template and reasoning use them) and collapses other runs of whitespace to one space; the
     student's collapses every run of whitespace to one space and strips the ends. The teacher's
     has :data:`CHAT_TEMPLATE`; the student's none.
     """
-    if max_words < 0 or min_word_count < 1:
-        raise ValueError(f"max_words must be >= 0 and min_word_count >= 1, got {max_words}, {min_word_count}")
+    if max_words < 0 or max_symbol_runs < 0 or min_word_count < 1:
+        raise ValueError("max_words and max_symbol_runs must be >= 0, min_word_count >= 1")
     fold = [normalizers.Lowercase()] if lowercase else []
     teacher_norm = normalizers.Sequence([normalizers.NFKC(), *fold, normalizers.Replace(Regex(r"[^\S\n]+"), " ")])
     student_norm = normalizers.Sequence(
@@ -163,10 +173,14 @@ def build_data_tokenizers(
     for text in texts:
         characters.update(teacher_norm.normalize_str(text))
     counts: Counter[str] = Counter()
+    runs: Counter[str] = Counter()
     for text in word_texts:
-        counts.update(_WORD_RE.findall(teacher_norm.normalize_str(text)))
+        normal = teacher_norm.normalize_str(text)
+        counts.update(_WORD_RE.findall(normal))
+        runs.update(_SYMBOLS_RE.findall(normal))
     words = [w for w, n in counts.most_common() if n >= min_word_count and w not in WORDS][:max_words]
-    shared = {"characters": sorted(characters), "whole_words": words}
+    symbols = [r for r, n in runs.most_common() if n >= min_word_count][:max_symbol_runs]
+    shared = {"characters": sorted(characters), "whole_words": words, "symbol_runs": symbols}
     return _build(teacher_norm, **shared), _build(student_norm, chat_template=None, **shared)
 
 

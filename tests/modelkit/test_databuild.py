@@ -176,6 +176,9 @@ def test_data_tokenizers_keep_spaces_and_cover_every_character() -> None:
     assert student.decode(ids["input_ids"]) == "turn on the lights<|im_start|>assistant"
     cased, _ = build_data_tokenizers(texts, lowercase=False)
     assert cased.decode(cased("Turn", add_special_tokens=False)["input_ids"]) == "Turn"
+    runs, _ = build_data_tokenizers(texts, word_texts=texts * 20, max_words=5, max_symbol_runs=2, lowercase=True)
+    ids = runs('{"room":"kitchen"}', add_special_tokens=False)["input_ids"]
+    assert runs.convert_ids_to_tokens(ids)[:2] == ['{"', "r"] and runs.decode(ids) == '{"room":"kitchen"}'
 
 
 def test_teacher_targets_hold_the_reasoning_then_the_answer() -> None:
