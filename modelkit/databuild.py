@@ -39,12 +39,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-from edgecloud.edge.runtime import EdgeAnswer, EdgeModel
 from edgecloud.modelkit.build import (
-    StudentChecks,
     _load_teacher,
     _next_version,
     _teacher_bundle,
@@ -52,7 +49,7 @@ from edgecloud.modelkit.build import (
     package_student,
     swap_into_place,
 )
-from edgecloud.modelkit.calibrate import fit_triage
+from edgecloud.modelkit.data_checks import CheckCase, CheckLimits, DataChecks
 from edgecloud.modelkit.data_student import DataStudentRecipe, prompt_template_for, student_targets, train_data_student
 from edgecloud.modelkit.data_teacher import DataTeacherRecipe, teacher_answers, train_data_teacher
 from edgecloud.modelkit.datasets import SPLITS, Dataset, Row, read_dataset
@@ -63,7 +60,6 @@ from edgecloud.modelkit.tokenizer import IM_END, THINK_END, THINK_START, build_d
 from edgecloud.modelkit.training import TrainConfig
 from edgecloud.shared.answers import answers_match
 from edgecloud.shared.bundle import GoldenCase
-from edgecloud.shared.calibration import Calibration
 from edgecloud.shared.errors import ConfigError, InvalidInputError
 
 __all__ = ["DataBuildConfig", "build_from_data", "check_build", "dataset_record", "quick_data_recipes"]
@@ -71,7 +67,6 @@ __all__ = ["DataBuildConfig", "build_from_data", "check_build", "dataset_record"
 log = logging.getLogger(__name__)
 
 _NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]*")
-_NO_GROUP = "(none)"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -316,74 +311,6 @@ def _obtain_student(config: DataBuildConfig, student_tok, queries, targets, chec
     return student, student_tok, recipe, history
 
 
-class DataChecks:
-    """The int8 check, the calibration and the golden cases of a student, on validation rows with
-    their expected answers (the row's, or the teacher's where the row has none)."""
-
-    def __init__(self, rows: Sequence[Row], expected: Sequence[str], rule: str, config: DataBuildConfig) -> None:
-        self.rows, self.expected, self.rule, self.config = list(rows), list(expected), rule, config
-        self._answers: list[EdgeAnswer] = []
-
-    def student_checks(self) -> StudentChecks:
-        return StudentChecks(int8_check=self.int8_check, calibrate=self.calibrate, golden=self.golden)
-
-    def _right(self, answers: Sequence[EdgeAnswer]) -> list[bool]:
-        return [answers_match(self.rule, a.text, want) for a, want in zip(answers, self.expected, strict=False)]
-
-    def _answer(self, model: EdgeModel, rows: Sequence[Row], desc: str) -> list[EdgeAnswer]:
-        bar = tqdm(rows, desc=desc, unit="q", dynamic_ncols=True, mininterval=2.0)
-        return [model.answer(row.prompt_text) for row in bar]
-
-    def int8_check(self, fp32: EdgeModel, int8: EdgeModel) -> dict[str, float]:
-        rows = self.rows[: self.config.int8_check_n]
-        a, b = self._answer(fp32, rows, "fp32 check"), self._answer(int8, rows, "int8 check")
-        check = {
-            "n": float(len(rows)),
-            "answer_agreement": float(np.mean([x.text == y.text for x, y in zip(a, b, strict=True)])),
-            "accuracy_fp32": float(np.mean(self._right(a))),
-            "accuracy_int8": float(np.mean(self._right(b))),
-        }
-        log.info("int8 vs fp32: %s", check)
-        drop = check["accuracy_fp32"] - check["accuracy_int8"]
-        if drop > self.config.int8_max_accuracy_drop:
-            raise RuntimeError(
-                f"int8 graph is {drop:.1%} less accurate than fp32 "
-                f"(allowed {self.config.int8_max_accuracy_drop:.0%}): {check}"
-            )
-        return check
-
-    def calibrate(self, int8: EdgeModel) -> Calibration:
-        log.info("calibrating triage on %d validation rows", len(self.rows))
-        self._answers = self._answer(int8, self.rows, "calibration")
-        fit = fit_triage(
-            self._answers,
-            self._right(self._answers),
-            target_precision=self.config.target_precision,
-            confidence_level=self.config.calibration_confidence,
-        )
-        groups = {}
-        names = np.array([row.group or _NO_GROUP for row in self.rows])
-        for group in sorted(set(names)):
-            mask = names == group
-            kept = fit.kept & mask
-            groups[str(group)] = {
-                "n": float(mask.sum()),
-                "accuracy": float(fit.correct[mask].mean()),
-                "coverage": float(kept.sum() / mask.sum()),
-                "precision": float(fit.correct[kept].mean()) if kept.any() else None,
-            }
-        validation = {**fit.validation(), "groups": groups}
-        log.info("calibration: threshold %.4f, %s", fit.threshold, validation)
-        return fit.calibration(self.config.target_precision, validation)
-
-    def golden(self, int8: EdgeModel, n: int = 5) -> list[GoldenCase]:
-        """Validation rows the int8 student answers right (any it answers, when none)."""
-        answers = self._answers or self._answer(int8, self.rows[:60], "golden")
-        pairs = list(zip(self.rows, answers, self._right(answers), strict=False))
-        chosen = [p for p in pairs if p[2]] or [p for p in pairs if p[1].text] or pairs
-        return [GoldenCase(query=row.prompt_text, expected=answer.text) for row, answer, _ in chosen[:n]]
-
-
 def _teacher_golden(teacher, tokenizer, rows: Sequence[Row], expected, rule: str, max_new: int) -> list[GoldenCase]:
     """Validation rows the teacher answers right, thinking (the first ones, when none)."""
     gens = teacher_answers(teacher, tokenizer, rows[:12], max_new_tokens=max_new)
@@ -418,7 +345,16 @@ def _build(config: DataBuildConfig, dataset: Dataset, staging: Path, version: in
     )
     data = dataset_record(dataset)
     shared_meta = {"dataset": data, "lowercase": lowercase}
-    checks = DataChecks(validation, expected, rule, config)
+    checks = DataChecks(
+        [CheckCase(row.prompt_text, want, row.group) for row, want in zip(validation, expected, strict=True)],
+        rule,
+        CheckLimits(
+            target_precision=config.target_precision,
+            calibration_confidence=config.calibration_confidence,
+            int8_max_accuracy_drop=config.int8_max_accuracy_drop,
+            int8_check_n=config.int8_check_n,
+        ),
+    )
     packaged = package_student(
         student,
         student_tok,

@@ -5,9 +5,13 @@ Two sources, both labelled by someone other than the student:
 - **Escalation records held out of training** (:func:`hold_out`): the cloud's answers are the
   labels. A record is held out by a digest of the query as the student reads it, so the same query
   is on the same side in every run and never on both.
-- **The base's own validation data** (:func:`base_cases`): the validation split of the dataset the
-  base was built from (its manifest's ``metadata.dataset``), or, for a bundle built by the
-  built-in task's ``models build`` (no dataset recorded), a draw of that task's validation queries.
+- **The base's own validation data** (:func:`base_cases`, :mod:`edgecloud.modelkit.base_task`):
+  the validation split of the dataset the base was built from (its manifest's ``metadata.dataset``),
+  or, for a bundle built by the built-in task's ``models build`` (no dataset recorded), a draw of
+  that task's validation queries.
+
+For a base built from a dataset, :func:`split_evidence` halves the evidence: triage is calibrated
+on one half, the gate measures the other.
 
 :func:`answer_rule` is how answers are compared: the bundle's declared ``io.answer_match``.
 """
@@ -15,19 +19,18 @@ Two sources, both labelled by someone other than the student:
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from edgecloud.modelkit.datasets import read_dataset
+from edgecloud.modelkit.base_task import base_task, dataset_path
 from edgecloud.modelkit.gate import GateCase
 from edgecloud.modelkit.training_set import TrainingSet
 from edgecloud.shared.answers import rule_of
 from edgecloud.shared.bundle import Manifest
 from edgecloud.shared.errors import ConfigError
-from edgecloud.shared.task import EVAL_MIX, Split, generate
 
-__all__ = ["ESCALATIONS_GROUP", "answer_rule", "base_cases", "hold_out"]
+__all__ = ["ESCALATIONS_GROUP", "answer_rule", "base_cases", "hold_out", "split_evidence"]
 
 ESCALATIONS_GROUP = "escalations"
 
@@ -52,29 +55,24 @@ def hold_out(
     return replace(training, examples=kept, held_out=len(cases)), cases
 
 
-def _dataset_path(manifest: Manifest) -> Path | None:
-    dataset = manifest.metadata.get("dataset")
-    if not isinstance(dataset, dict) or not isinstance(dataset.get("path"), str):
-        return None
-    return Path(dataset["path"])
-
-
 def base_cases(manifest: Manifest, n: int, seed: int, data: Path | None = None) -> list[GateCase]:
     """Up to ``n`` validation cases of the base's own task (see the module docstring). ``data``
     overrides the dataset folder the manifest records (a build on another machine)."""
-    path = data or _dataset_path(manifest)
-    if path is not None:
-        if not path.is_dir():
-            raise ConfigError(f"the base bundle was built from the dataset {path}, which is not here; pass --data DIR")
-        rows = [row for row in read_dataset(path).validation if row.query is not None]
-        return [GateCase(row.query, row.answer, row.group or "validation") for row in rows[:n]]
-    problems = generate(n, seed + 101, Split.VALIDATION, EVAL_MIX)
-    return [GateCase(p.query, str(p.answer), f"k={p.k}") for p in problems]
+    return base_task(manifest, data).validation_cases(n, seed)
+
+
+def split_evidence(cases: Sequence[GateCase], share: float = 0.5) -> tuple[list[GateCase], list[GateCase]]:
+    """``cases`` split by a digest of the query into what triage is calibrated on and what the gate
+    measures: a threshold chosen on the very cases the gate scores would flatter the new student."""
+    calibrate, gate = [], []
+    for case in cases:
+        (calibrate if _held(f"calibrate/{case.query}", share) else gate).append(case)
+    return calibrate, gate
 
 
 def answer_rule(manifest: Manifest) -> str:
     """The bundle's answer-matching rule; a bundle of the built-in arithmetic task from before
     bundles declared one (no dataset, no rule) compares numbers."""
-    if "answer_match" in manifest.io or _dataset_path(manifest) is not None:
+    if "answer_match" in manifest.io or dataset_path(manifest) is not None:
         return rule_of(manifest.io)
     return "number"

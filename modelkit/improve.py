@@ -36,23 +36,28 @@ import logging
 import random
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer
+from tqdm.auto import tqdm
 
 from edgecloud.edge.runtime import EdgeModel, load_edge_model
 from edgecloud.edge.seams import AnswerModel
+from edgecloud.modelkit.base_task import ArithmeticTask, BaseTask, base_task
 from edgecloud.modelkit.build import (
     BuildConfig,
     PackagedStudent,
+    StudentChecks,
     load_reference_student,
     package_student,
     swap_into_place,
 )
+from edgecloud.modelkit.data_student import DataStudentRecipe
 from edgecloud.modelkit.evaluate import REFERENCE_DIR, STUDENT_DIR
-from edgecloud.modelkit.evidence import answer_rule, base_cases, hold_out
+from edgecloud.modelkit.evidence import answer_rule, hold_out, split_evidence
 from edgecloud.modelkit.gate import GateCase, GateConfig, GateResult, evaluate_gate
 from edgecloud.modelkit.pair import REASONER_DIR, package_pair
 from edgecloud.modelkit.student import StudentRecipe, fit_feature_transform, student_answers, student_prompt
@@ -60,10 +65,10 @@ from edgecloud.modelkit.teacher import ModelSpec, build_model
 from edgecloud.modelkit.tokenizer import THINK_END, THINK_START
 from edgecloud.modelkit.training import TrainConfig, collate, grow_layers, train
 from edgecloud.modelkit.training_set import TrainingExample, TrainingSet, collect_training_set
+from edgecloud.shared.answers import answers_match
 from edgecloud.shared.bundle import Manifest, verify_bundle
 from edgecloud.shared.errors import ConfigError, EdgecloudError
 from edgecloud.shared.signing import expiry_in_days, load_private_key, sign_bundle
-from edgecloud.shared.task import EVAL_MIX, Split, generate, parse_answer
 
 __all__ = [
     "FRESH_REASONER",
@@ -233,40 +238,29 @@ class ImproveConfig:
         return self.reference if self.reference is not None else self.bundle.parent / REFERENCE_DIR
 
 
-def _base_mix(metadata: dict) -> dict[int, float]:
-    """The k mix the base was trained on (its manifest's recipe), or the evaluation mix."""
-    try:
-        mix = {int(k): float(v) for k, v in metadata["recipe"]["mix"].items()}
-    except (KeyError, TypeError, ValueError, AttributeError):
-        return dict(EVAL_MIX)
-    return mix if mix and all(v >= 0 for v in mix.values()) and sum(mix.values()) > 0 else dict(EVAL_MIX)
-
-
-def _replay(
-    base: EdgeModel, recipe: StudentRecipe, n: int, seed: int, *, abstentions: bool = True
-) -> list[TrainingExample]:
-    """What the base already does well, in its own words, on training queries of its own mix: its
+def _replay(base: EdgeModel, queries: Sequence[str], *, abstentions: bool = True) -> list[TrainingExample]:
+    """What the base already does well, in its own words, on training queries of its own task: its
     confident answers, and (``abstentions``) its abstentions, the empty answer. Without them a
     fine-tuning turn on the cloud's multi-step answers unlearns passing on what the student cannot
     do: it answers them wrongly and sure, and no triage threshold keeps 99.5% right any more
     (measured on the demo). A fresh student learns where to pass from the escalations themselves
     (those over its token limit), and the base's abstentions would contradict what they teach."""
-    if n == 0 or base.calibration is None:
+    if not queries or base.calibration is None:
         return []
     kept, passed = [], 0
-    for problem in generate(n, seed + 31, Split.TRAIN, recipe.mix):
-        answer = base.answer(problem.query)
+    for query in tqdm(queries, desc="replay", unit="q", dynamic_ncols=True, mininterval=2.0):
+        answer = base.answer(query)
         if answer.abstained:
             if abstentions:
-                kept.append(TrainingExample(problem.query, ""))
+                kept.append(TrainingExample(query, ""))
                 passed += 1
         elif answer.confidence >= base.calibration.threshold:
-            kept.append(TrainingExample(problem.query, answer.text))
+            kept.append(TrainingExample(query, answer.text))
     log.info(
         "replay: %d confident answers and %d abstentions of the base on %d training queries",
         len(kept) - passed,
         passed,
-        n,
+        len(queries),
     )
     return kept
 
@@ -336,21 +330,26 @@ def _parts_loss(model: torch.nn.Module, batch: dict) -> torch.Tensor:
     return total / max(tokens, 1)
 
 
-def _progress_check(student, tokenizer, template: str, max_new_tokens: int, seed: int):
-    """Exact answers of the PyTorch student on a few validation queries per k, during training."""
-    problems = generate(400, seed + 41, Split.VALIDATION, {1: 0.25, 2: 0.25, 3: 0.25, 4: 0.25})
+def _progress_check(student, tokenizer, template: str, max_new_tokens: int, task: BaseTask, seed: int):
+    """Right answers of the PyTorch student on the base's validation cases, per group, during training."""
+    cases = task.validation_cases(400, seed + 41)
+    if isinstance(task, ArithmeticTask):  # the same number of each k, as the demo has always reported
+        cases = [GateCase(p.query, str(p.answer), f"k{p.k}") for p in _arithmetic_progress_problems(seed)]
 
     def on_eval(_step: int) -> dict[str, float]:
-        answers = student_answers(
-            student, tokenizer, template, [p.query for p in problems], max_new_tokens=max_new_tokens
-        )
-        report = {}
-        for k in sorted({p.k for p in problems}):
-            right = [parse_answer(a) == p.answer for a, p in zip(answers, problems, strict=True) if p.k == k]
-            report[f"val_k{k}_exact"] = sum(right) / len(right)
-        return report
+        answers = student_answers(student, tokenizer, template, [c.query for c in cases], max_new_tokens=max_new_tokens)
+        report: dict[str, list[bool]] = {}
+        for answer, case in zip(answers, cases, strict=True):
+            report.setdefault(case.group, []).append(answers_match(task.rule, answer, case.expected))
+        return {f"val_{group}_right": sum(right) / len(right) for group, right in sorted(report.items())}
 
     return on_eval
+
+
+def _arithmetic_progress_problems(seed: int):
+    from edgecloud.shared.task import Split, generate
+
+    return generate(400, seed + 41, Split.VALIDATION, {1: 0.25, 2: 0.25, 3: 0.25, 4: 0.25})
 
 
 def _load_base(config: ImproveConfig) -> tuple[EdgeModel, Manifest]:
@@ -365,7 +364,9 @@ def _load_base(config: ImproveConfig) -> tuple[EdgeModel, Manifest]:
     return EdgeModel.from_bundle(config.bundle, threads=config.threads), manifest
 
 
-def _training_set(config: ImproveConfig, base: EdgeModel, manifest: Manifest) -> tuple[TrainingSet, list[GateCase]]:
+def _training_set(
+    config: ImproveConfig, base: EdgeModel, manifest: Manifest, learn_reasoning: bool | None
+) -> tuple[TrainingSet, list[GateCase]]:
     normalizer = Tokenizer.from_file(str(base.tokenizer_file)).normalizer
     normalize = normalizer.normalize_str if normalizer is not None else str
     training, held = hold_out(
@@ -374,7 +375,7 @@ def _training_set(config: ImproveConfig, base: EdgeModel, manifest: Manifest) ->
             student_name=manifest.name,
             normalize=normalize,
             budget_cut_weight=config.budget_cut_weight,
-            learn_reasoning=config.learn_reasoning,
+            learn_reasoning=learn_reasoning,
         ),
         config.holdout_share,
         normalize,
@@ -407,13 +408,19 @@ def _student(config: ImproveConfig, mode: str, recipe: StudentRecipe):
 
 
 def _fine_tune(
-    config: ImproveConfig, base: EdgeModel, training: TrainingSet, recipe: StudentRecipe, mode: str, plan: _Schedule
+    config: ImproveConfig,
+    base: EdgeModel,
+    task: BaseTask,
+    training: TrainingSet,
+    recipe: StudentRecipe,
+    mode: str,
+    plan: _Schedule,
 ):
     """The student (:func:`_student`) trained on the escalations with replay; with its tokenizer,
     training history and the number of replay examples."""
     student, tokenizer = _student(config, mode, recipe)
     replay_n = config.replay_n if plan.replay_share > 0 else 0
-    replay = _replay(base, recipe, replay_n, config.seed, abstentions=mode == "fine-tune")
+    replay = _replay(base, task.replay_queries(replay_n, config.seed), abstentions=mode == "fine-tune")
     batches = _Batches(
         tokenizer,
         base.prompt_template,
@@ -439,7 +446,7 @@ def _fine_tune(
     log.info(
         "training (%s, %d steps, %d escalations, %d replay)", mode, plan.steps, len(training.examples), len(replay)
     )
-    check = _progress_check(student, tokenizer, base.prompt_template, plan.max_new_tokens, config.seed)
+    check = _progress_check(student, tokenizer, base.prompt_template, plan.max_new_tokens, task, config.seed)
     history = train(
         student,
         batches,
@@ -451,7 +458,9 @@ def _fine_tune(
     )
     student.config.use_cache = True
     # Training moved the final hidden states: measure their centre and axes again, as a build does.
-    fit_feature_transform(student, tokenizer, base.prompt_template, config.seed)
+    fit_feature_transform(
+        student, tokenizer, base.prompt_template, config.seed, queries=task.feature_queries(2000, config.seed)
+    )
     return student, tokenizer, history, len(replay)
 
 
@@ -478,6 +487,7 @@ def _package(
     version: int,
     metadata: dict[str, object],
     think: tuple[str, str] | None,
+    checks: StudentChecks | None,
 ) -> tuple[PackagedStudent, AnswerModel]:
     """The trained student written to ``staging`` as the next bundle: on its own (fine-tuned), or
     as the reasoner of a pair with the base (fresh); with the model the gate scores."""
@@ -505,6 +515,7 @@ def _package(
         metadata=metadata,
         name=base[1].name,  # the next version of the same bundle
         io_extra={key: base[1].io[key] for key in ("answer_match", "conversations") if key in base[1].io},
+        checks=checks,
     )
     return packaged, packaged.model
 
@@ -524,6 +535,52 @@ def _gate(
     return gate
 
 
+def _learn_reasoning(config: ImproveConfig, task: BaseTask, base: EdgeModel) -> bool | None:
+    """Whether the student learns the cloud's reasoning: as asked; by default, for the built-in task,
+    when most records carry it (its students reason); for a dataset's student, which answers
+    directly, no. Refused when the student's tokenizer has no reasoning block to write it in."""
+    if config.learn_reasoning is None:
+        return None if task.pairs else False
+    if config.learn_reasoning:
+        vocab = Tokenizer.from_file(str(base.tokenizer_file))
+        if vocab.token_to_id(THINK_START) is None or vocab.token_to_id(THINK_END) is None:
+            raise ConfigError(
+                f"--learn-reasoning: the base's tokenizer has no {THINK_START} / {THINK_END} tokens to reason between"
+            )
+    return config.learn_reasoning
+
+
+def _mode(config: ImproveConfig, task: BaseTask, reasoning: bool) -> str:
+    if task.pairs:
+        return config.mode(reasoning)
+    if config.student == "fresh":
+        raise ConfigError(
+            "--student fresh (a reasoner paired with the base) is built for the built-in arithmetic task only; "
+            f"{task.describe()} takes --student fine-tune"
+        )
+    return "fine-tune"
+
+
+def _recipe(task: BaseTask, base: EdgeModel, manifest: Manifest, mode: str, plan: _Schedule, config: ImproveConfig):
+    """The recipe the bundle records: the base's prompt and the turn's answer length and schedule."""
+    if isinstance(task, ArithmeticTask):
+        recipe = replace(
+            StudentRecipe(),
+            mix=task.mix,
+            prompt_template=base.prompt_template,
+            max_new_tokens=plan.max_new_tokens,
+            abstain_k=(),
+        )
+        return replace(recipe, model=config.fresh_model) if mode == "fresh" else recipe
+    return replace(
+        DataStudentRecipe(),
+        prompt_template=base.prompt_template,
+        max_new_tokens=plan.max_new_tokens,
+        train=TrainConfig(steps=plan.steps, batch_size=plan.batch_size, lr=plan.lr),
+        eval_every=plan.eval_every,
+    )
+
+
 def improve_student(config: ImproveConfig) -> dict[str, object]:
     """Build, gate and (if it passes) write the next edge student; returns a summary.
 
@@ -533,25 +590,30 @@ def improve_student(config: ImproveConfig) -> dict[str, object]:
     torch.set_num_threads(config.threads)
     base, base_manifest = _load_base(config)
     version = config.version or base_manifest.version + 1
-    training, held = _training_set(config, base, base_manifest)
-    cases = held + base_cases(base_manifest, config.gate.n, config.seed, config.data)  # fails before training
-    mode = config.mode(training.reasoning)
+    # Everything below up to the training refuses bad input first (ConfigError, exit 2).
+    task = base_task(base_manifest, config.data)
+    log.info("the base's task: %s", task.describe())
+    learn_reasoning = _learn_reasoning(config, task, base)
+    training, held = _training_set(config, base, base_manifest, learn_reasoning)
+    cases = held + task.validation_cases(config.gate.n, config.seed)
+    calibrate_on, gate_on = split_evidence(cases) if task.calibrates_on_evidence else ([], cases)
+    if len(gate_on) < config.gate.min_cases:
+        raise ConfigError(
+            f"no evidence to gate on: {len(gate_on)} cases ({len(held)} held-out escalations and the base's "
+            f"validation data), the gate needs {config.gate.min_cases}"
+        )
+    mode = _mode(config, task, training.reasoning)
     plan = config.schedule(mode)
-    recipe = replace(
-        StudentRecipe(),
-        mix=_base_mix(base_manifest.metadata),
-        prompt_template=base.prompt_template,
-        max_new_tokens=plan.max_new_tokens,
-        abstain_k=(),
-    )
-    if mode == "fresh":
-        recipe = replace(recipe, model=config.fresh_model)
-    student, tokenizer, history, replayed = _fine_tune(config, base, training, recipe, mode, plan)
+    if task.calibrates_on_evidence and config.max_new_tokens is None:
+        plan = replace(plan, max_new_tokens=base.max_new_tokens)  # the base's own answer length
+    recipe = _recipe(task, base, base_manifest, mode, plan, config)
+    student, tokenizer, history, replayed = _fine_tune(config, base, task, training, recipe, mode, plan)
 
     config.out.mkdir(parents=True, exist_ok=True)
     staging = config.out / f".staging-improve-{int(time.time())}"
     shutil.rmtree(staging, ignore_errors=True)
     build = BuildConfig(out=config.out, seed=config.seed, threads=config.threads, calibration_n=config.calibration_n)
+    checks = task.student_checks(build, calibrate_on)
     metadata = {
         "improved_from": {"name": base_manifest.name, "version": base_manifest.version},
         "student": mode,
@@ -563,9 +625,18 @@ def improve_student(config: ImproveConfig) -> dict[str, object]:
     expires_at = None if config.expires_in_days is None else expiry_in_days(config.expires_in_days)
     try:
         packaged, new_model = _package(
-            config, mode, (base, base_manifest), (student, tokenizer, recipe), build, staging, version, metadata, think
+            config,
+            mode,
+            (base, base_manifest),
+            (student, tokenizer, recipe),
+            build,
+            staging,
+            version,
+            metadata,
+            think,
+            checks,
         )
-        gate = _gate(config, mode, base, base_manifest, new_model, cases)
+        gate = _gate(config, mode, base, base_manifest, new_model, gate_on)
         log.info("gate: %s", gate.summary())
         if not gate.passed:
             if config.refused_dir is not None:

@@ -212,7 +212,7 @@ class StudentRecipe:
 
 def student_prompt(recipe_or_template: StudentRecipe | str, query: str) -> str:
     template = recipe_or_template if isinstance(recipe_or_template, str) else recipe_or_template.prompt_template
-    return template.format(query=query)
+    return template.replace("{query}", query)  # not format: a template rendered from a chat template may hold braces
 
 
 @dataclass(frozen=True, slots=True)

@@ -54,6 +54,12 @@ def _target(record: Escalation, reasoning: bool) -> str:
     return record.answer
 
 
+def _is_conversation(record: Escalation) -> bool:
+    """More than the query alone: a system message or earlier turns, which a student that reads one
+    query would learn out of context."""
+    return len(record.messages) > 1
+
+
 def collect_training_set(
     logs: Sequence[Path],
     *,
@@ -72,6 +78,8 @@ def collect_training_set(
             dropped["not completed"] += 1
         elif record.producer_name != student_name:
             dropped["another model escalated it"] += 1
+        elif _is_conversation(record):
+            dropped["a conversation (the student reads one query)"] += 1
         elif not record.answer.strip():
             dropped["empty answer"] += 1
         elif record.finish_reason == "length":
