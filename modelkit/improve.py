@@ -595,6 +595,7 @@ def improve_student(config: ImproveConfig) -> dict[str, object]:
     log.info("the base's task: %s", task.describe())
     learn_reasoning = _learn_reasoning(config, task, base)
     training, held = _training_set(config, base, base_manifest, learn_reasoning)
+    mode = _mode(config, task, training.reasoning)
     cases = held + task.validation_cases(config.gate.n, config.seed)
     calibrate_on, gate_on = split_evidence(cases) if task.calibrates_on_evidence else ([], cases)
     if len(gate_on) < config.gate.min_cases:
@@ -602,7 +603,6 @@ def improve_student(config: ImproveConfig) -> dict[str, object]:
             f"no evidence to gate on: {len(gate_on)} cases ({len(held)} held-out escalations and the base's "
             f"validation data), the gate needs {config.gate.min_cases}"
         )
-    mode = _mode(config, task, training.reasoning)
     plan = config.schedule(mode)
     if task.calibrates_on_evidence and config.max_new_tokens is None:
         plan = replace(plan, max_new_tokens=base.max_new_tokens)  # the base's own answer length

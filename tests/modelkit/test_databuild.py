@@ -199,3 +199,23 @@ def test_the_student_abstains_where_the_teacher_is_wrong() -> None:
     rows = [Row(query="q1", answer='{"a": 1}'), Row(query="q2", answer='{"a": 2}'), Row(query="q3", answer="")]
     labels = ['{"a":1.0}', '{"a":3}', "anything"]
     assert student_targets(rows, labels, "json") == ['{"a":1.0}', "", "anything"]
+
+
+def test_improve_on_a_dataset_bundle_refuses_a_fresh_pair_or_no_evidence_before_training(
+    toy: tuple[Path, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    _, out = toy
+    record = {
+        "request_id": "r1", "query": "Reverse the word cedarx", "answer": "xradec", "reasoning_tokens": 3,
+        "budget_reached": False, "producer": {"name": "toy-student", "version": 1}, "features": [],
+        "created_at": "2026-12-07T00:00:00Z",
+    }  # fmt: skip
+    log = tmp_path / "escalations.jsonl"
+    log.write_text(json.dumps(record) + "\n")
+    args = ["models", "improve", str(log), "--bundle", str(out / STUDENT_DIR), "--out", str(tmp_path / "next")]
+    assert main([*args, "--student", "fresh"]) == 2
+    assert "--student fresh" in caplog.text and "reverse-words" in caplog.text
+    # Half the 100 validation rows are calibration's: fewer than the gate's 100 cases is no evidence.
+    assert main(args) == 2
+    assert "no evidence to gate on" in caplog.text
+    assert not (tmp_path / "next").exists()

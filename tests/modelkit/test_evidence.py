@@ -7,8 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from edgecloud.modelkit.base_task import ArithmeticTask, DatasetTask, base_task
 from edgecloud.modelkit.datasets import Row, write_dataset
-from edgecloud.modelkit.evidence import ESCALATIONS_GROUP, answer_rule, base_cases, hold_out
+from edgecloud.modelkit.evidence import ESCALATIONS_GROUP, answer_rule, base_cases, hold_out, split_evidence
+from edgecloud.modelkit.gate import GateCase
 from edgecloud.modelkit.training_set import TrainingExample, TrainingSet
 from edgecloud.shared.bundle import Manifest
 from edgecloud.shared.errors import ConfigError
@@ -60,3 +62,25 @@ def test_a_bundle_of_the_built_in_task_gets_its_validation_draw_and_number_match
     cases = base_cases(manifest(), n=200, seed=0)
     assert len(cases) == 200 and {c.group for c in cases} <= {"k=1", "k=2", "k=3", "k=4"}
     assert answer_rule(manifest()) == "number" and answer_rule(manifest({"answer_match": "exact"})) == "exact"
+
+
+def test_evidence_is_split_in_two_disjoint_halves_the_same_way_every_time() -> None:
+    cases = [GateCase(f"query {i}", str(i), "g") for i in range(1000)]
+    calibrate, gate = split_evidence(cases)
+    assert 420 < len(calibrate) < 580 and len(calibrate) + len(gate) == 1000
+    assert not {c.query for c in calibrate} & {c.query for c in gate}
+    assert split_evidence(list(reversed(cases)))[0] == list(reversed(calibrate))
+
+
+def test_the_base_task_is_its_dataset_or_the_built_in_one(tmp_path: Path) -> None:
+    train = [Row(query=f"dim lamp {i}", answer=str(i)) for i in range(50)]
+    write_dataset(tmp_path / "data", name="lamps", answer_match="exact", train=train, validation=train, test=train)
+    task = base_task(manifest({"answer_match": "exact"}, {"dataset": {"path": str(tmp_path / "data")}}))
+    assert isinstance(task, DatasetTask) and task.rule == "exact" and not task.pairs
+    replay = task.replay_queries(20, seed=0)
+    assert len(set(replay)) == 20 and set(replay) <= {r.query for r in train}
+    assert task.replay_queries(20, seed=0) == replay and len(task.replay_queries(500, seed=0)) == 50
+    assert isinstance(base_task(manifest()), ArithmeticTask)
+    # A bundle that says its answers are JSON but not where its data is cannot be the built-in task.
+    with pytest.raises(ConfigError, match="pass --data"):
+        base_task(manifest({"answer_match": "json"}))

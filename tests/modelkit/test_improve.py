@@ -71,6 +71,9 @@ def test_only_the_records_worth_learning_from_are_kept(tmp_path: Path) -> None:
             escalation("5 * 9", "4", finish_reason="length"),
             escalation("6 * 9", "54", budget_reached=True),
             escalation("1+2", "3"),  # the same query as the student reads it: the latest wins
+            escalation(
+                "2 * 2", "4", messages=[{"role": "system", "content": "be brief"}, {"role": "user", "content": "2 * 2"}]
+            ),
         ],
     )
     (tmp_path / "torn.jsonl").write_text('{"schema": 2, "quer')
@@ -85,8 +88,9 @@ def test_only_the_records_worth_learning_from_are_kept(tmp_path: Path) -> None:
         "answer cut at its token limit": 1,
         "thinking cut by the budget": 1,
         "duplicate query": 1,
+        "a conversation (the student reads one query)": 1,
     }
-    assert training.read.read == 7 and training.read.skipped == {"not JSON": 1}
+    assert training.read.read == 8 and training.read.skipped == {"not JSON": 1}
     assert training.reasoning is False
     summary = training.summary()
     assert summary["records_used"] == 1 and summary["lines_skipped"] == {"not JSON": 1}
