@@ -9,6 +9,11 @@ contrib ops: a model this small spends most of a decode step in per-node
 overhead, not arithmetic, so fewer nodes is faster. Quantisation is
 onnxruntime's dynamic int8 quantisation of the ``MatMul`` weights (not the
 output projection).
+
+A graph over :data:`EXTERNAL_DATA_BYTES` of weights (a 0.6B-parameter student is ~2.4 GB in fp32,
+over protobuf's 2 GB limit on one message) is written with its weights in one external data file
+beside it, ``<graph>.data``, at every step: export, pre-processing, quantisation. The bundle lists
+and signs that file like any other, and onnxruntime finds it next to the graph.
 """
 
 from __future__ import annotations
@@ -31,7 +36,15 @@ from transformers import Qwen3ForCausalLM
 
 from edgecloud.modelkit.student import with_features
 
-__all__ = ["FEATURES_OUTPUT", "export_student", "onnx_io", "quantize_student"]
+__all__ = [
+    "FEATURES_OUTPUT",
+    "export_student",
+    "external_data_file",
+    "onnx_io",
+    "quantize_student",
+    "save_graph",
+    "weight_bytes",
+]
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +54,9 @@ OPSET = 18
 #: 16 MiB for this student). Enough for the longest query the cloud accepts (8192 characters; a
 #: tokenizer rarely gives more tokens than characters) plus the edge's longest answer.
 ROTARY_POSITIONS = 8192 + 512
+EXTERNAL_DATA_BYTES = 1536 * 2**20
+"""Weights above this go to an external data file: protobuf refuses messages over 2 GiB, and the
+graph's own nodes and attributes need room besides the weights."""
 
 
 class EdgeStudentOnnxConfig(Qwen3OnnxConfig):
@@ -71,11 +87,44 @@ def export_student(model: Qwen3ForCausalLM, out_file: Path) -> Path:
         produced = Path(tmp) / "model.onnx"
         if not produced.exists():
             raise RuntimeError(f"optimum produced no model.onnx (got {sorted(p.name for p in Path(tmp).iterdir())})")
-        # Fold any external-data file back in: the student is small.
         graph = _fuse(onnx.load(str(produced), load_external_data=True), model.config)
         out_file.parent.mkdir(parents=True, exist_ok=True)
-        onnx.save_model(graph, str(out_file), save_as_external_data=False)
+        save_graph(graph, out_file)
     return out_file
+
+
+def weight_bytes(graph: onnx.ModelProto) -> int:
+    """Bytes of the graph's initializers, wherever they are held."""
+    total = 0
+    for tensor in graph.graph.initializer:
+        count = 1
+        for dim in tensor.dims:
+            count *= dim
+        total += count * onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+    return total
+
+
+def external_data_file(graph_file: Path) -> Path:
+    """Where a graph written by :func:`save_graph` keeps its weights when they are external."""
+    return graph_file.with_name(graph_file.name + ".data")
+
+
+def save_graph(graph: onnx.ModelProto, out_file: Path, *, external: bool | None = None) -> None:
+    """Write ``graph``: in one file, or (``external``; default: over :data:`EXTERNAL_DATA_BYTES`) with its
+    weights in :func:`external_data_file`."""
+    if external is None:
+        external = weight_bytes(graph) > EXTERNAL_DATA_BYTES
+    data = external_data_file(out_file)
+    data.unlink(missing_ok=True)
+    if external:
+        log.info("%s: %.2f GB of weights, written to %s", out_file.name, weight_bytes(graph) / 1e9, data.name)
+    onnx.save_model(
+        graph, str(out_file), save_as_external_data=external, all_tensors_to_one_file=True, location=data.name
+    )
+
+
+def has_external_data(graph_file: Path) -> bool:
+    return external_data_file(graph_file).exists()
 
 
 def _fuse(graph: onnx.ModelProto, config) -> onnx.ModelProto:
@@ -117,10 +166,18 @@ def quantize_student(fp32_file: Path, int8_file: Path) -> Path:
     optimisation) runs first: it halves the node count of the exported graph,
     which makes the quantised file smaller and faster to run.
     """
+    external = has_external_data(fp32_file)
     with tempfile.TemporaryDirectory() as tmp:
         prepared = Path(tmp) / "model.prepared.onnx"
-        quant_pre_process(str(fp32_file), str(prepared), skip_symbolic_shape=True)
-        staged = Path(tmp) / "model.int8.onnx"
+        quant_pre_process(
+            str(fp32_file),
+            str(prepared),
+            skip_symbolic_shape=True,
+            save_as_external_data=external,
+            all_tensors_to_one_file=True,
+            external_data_location=external_data_file(prepared).name,
+        )
+        staged = Path(tmp) / int8_file.name
         quantize_dynamic(
             str(prepared),
             str(staged),
@@ -133,8 +190,12 @@ def quantize_student(fp32_file: Path, int8_file: Path) -> Path:
             # Fused contrib ops (com.microsoft) are unknown to ONNX shape inference: their
             # outputs have no declared type. They are all float here.
             extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+            use_external_data_format=external,
         )
         shutil.copyfile(staged, int8_file)
+        external_data_file(int8_file).unlink(missing_ok=True)
+        if external_data_file(staged).exists():  # named after the graph's file: it still matches
+            shutil.copyfile(external_data_file(staged), external_data_file(int8_file))
     return int8_file
 
 

@@ -20,6 +20,7 @@ from edgecloud.edge.cascade import CascadeModel
 from edgecloud.edge.runtime import EdgeModel, load_edge_model
 from edgecloud.modelkit.build import BuildConfig, PackagedStudent, calibration_problems, package_student
 from edgecloud.modelkit.evaluate import REFERENCE_DIR, STUDENT_DIR
+from edgecloud.modelkit.export import external_data_file
 from edgecloud.shared.bundle import GoldenCase, Manifest, write_bundle
 from edgecloud.shared.errors import ConfigError
 from edgecloud.shared.task import Problem, Split, generate, parse_answer
@@ -85,6 +86,10 @@ def write_pair(
     stage["graphs"] = {}
     for precision, name in reasoner.manifest.io["graphs"].items():
         shutil.copyfile(reasoner_dir / name, bundle_dir / REASONER_DIR / name)
+        if external_data_file(reasoner_dir / name).exists():
+            shutil.copyfile(
+                external_data_file(reasoner_dir / name), external_data_file(bundle_dir / REASONER_DIR / name)
+            )
         stage["graphs"][precision] = f"{REASONER_DIR}/{name}"
     shutil.copyfile(reasoner_dir / reasoner.manifest.io["tokenizer"], bundle_dir / REASONER_DIR / "tokenizer.json")
     stage["tokenizer"] = f"{REASONER_DIR}/tokenizer.json"
