@@ -33,16 +33,13 @@ need not answer them at all. It replays nothing by default (it has nothing to fo
 from __future__ import annotations
 
 import logging
-import random
 import shutil
 import time
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer
-from tqdm.auto import tqdm
 
 from edgecloud.edge.runtime import EdgeModel, load_edge_model
 from edgecloud.edge.seams import AnswerModel
@@ -59,13 +56,13 @@ from edgecloud.modelkit.data_student import DataStudentRecipe
 from edgecloud.modelkit.evaluate import REFERENCE_DIR, STUDENT_DIR
 from edgecloud.modelkit.evidence import answer_rule, hold_out, split_evidence
 from edgecloud.modelkit.gate import GateCase, GateConfig, GateResult, evaluate_gate
+from edgecloud.modelkit.improve_training import EscalationBatches, parts_loss, progress_check, replay_examples
 from edgecloud.modelkit.pair import REASONER_DIR, package_pair
-from edgecloud.modelkit.student import StudentRecipe, fit_feature_transform, student_answers, student_prompt
+from edgecloud.modelkit.student import StudentRecipe, fit_feature_transform
 from edgecloud.modelkit.teacher import ModelSpec, build_model
 from edgecloud.modelkit.tokenizer import THINK_END, THINK_START
-from edgecloud.modelkit.training import TrainConfig, collate, grow_layers, train
-from edgecloud.modelkit.training_set import TrainingExample, TrainingSet, collect_training_set
-from edgecloud.shared.answers import answers_match
+from edgecloud.modelkit.training import TrainConfig, grow_layers, train
+from edgecloud.modelkit.training_set import TrainingSet, collect_training_set
 from edgecloud.shared.bundle import Manifest, verify_bundle
 from edgecloud.shared.errors import ConfigError, EdgecloudError
 from edgecloud.shared.signing import expiry_in_days, load_private_key, sign_bundle
@@ -238,120 +235,6 @@ class ImproveConfig:
         return self.reference if self.reference is not None else self.bundle.parent / REFERENCE_DIR
 
 
-def _replay(base: EdgeModel, queries: Sequence[str], *, abstentions: bool = True) -> list[TrainingExample]:
-    """What the base already does well, in its own words, on training queries of its own task: its
-    confident answers, and (``abstentions``) its abstentions, the empty answer. Without them a
-    fine-tuning turn on the cloud's multi-step answers unlearns passing on what the student cannot
-    do: it answers them wrongly and sure, and no triage threshold keeps 99.5% right any more
-    (measured on the demo). A fresh student learns where to pass from the escalations themselves
-    (those over its token limit), and the base's abstentions would contradict what they teach."""
-    if not queries or base.calibration is None:
-        return []
-    kept, passed = [], 0
-    for query in tqdm(queries, desc="replay", unit="q", dynamic_ncols=True, mininterval=2.0):
-        answer = base.answer(query)
-        if answer.abstained:
-            if abstentions:
-                kept.append(TrainingExample(query, ""))
-                passed += 1
-        elif answer.confidence >= base.calibration.threshold:
-            kept.append(TrainingExample(query, answer.text))
-    log.info(
-        "replay: %d confident answers and %d abstentions of the base on %d training queries",
-        len(kept) - passed,
-        passed,
-        len(queries),
-    )
-    return kept
-
-
-class _Batches:
-    """Seeded batches: ``replay_share`` of the rows from replay, the rest from the escalations
-    (each drawn by its weight). The two parts are padded apart: replay rows are a few tokens,
-    reasoning rows a hundred, and padding one to the other would triple the step's work."""
-
-    def __init__(
-        self,
-        tokenizer,
-        template: str,
-        escalations,
-        replay,
-        *,
-        batch_size: int,
-        replay_share: float,
-        seed: int,
-        max_target_tokens: int,
-    ):
-        self.rng = random.Random(f"edgecloud-improve/{seed}")
-        self.pad = tokenizer.pad_token_id
-        self.replay_rows = round(batch_size * replay_share) if replay else 0
-        self.escalation_rows = batch_size - self.replay_rows
-        eos = tokenizer.eos_token
-
-        def encode(examples: list[TrainingExample]) -> list[tuple[list[int], list[int]]]:
-            if not examples:
-                return []
-            prompts = tokenizer([student_prompt(template, e.query) for e in examples], add_special_tokens=False)
-            targets = tokenizer([f"{e.target}{eos}" for e in examples], add_special_tokens=False)
-            return list(zip(prompts["input_ids"], targets["input_ids"], strict=True))
-
-        self.escalations = encode(escalations)
-        self.escalation_weights = [e.weight for e in escalations]
-        self.replay = encode(replay)
-        # What the edge could not write within its token limit it learns to pass on (the stop token
-        # alone): the cloud's own records teach it where its budget ends.
-        eos_id = tokenizer.eos_token_id
-        self.too_long = 0
-        for i, (prompt, target) in enumerate(self.escalations):
-            if len(target) > max_target_tokens:
-                self.escalations[i] = (prompt, [eos_id])
-                self.too_long += 1
-
-    def __call__(self, _step: int) -> dict[str, list[dict[str, torch.Tensor]]]:
-        parts = []
-        chosen = self.rng.choices(self.escalations, weights=self.escalation_weights, k=self.escalation_rows)
-        parts.append(collate([(p + t, len(p)) for p, t in chosen], self.pad))
-        if self.replay_rows:
-            replayed = [self.rng.choice(self.replay) for _ in range(self.replay_rows)]
-            parts.append(collate([(p + t, len(p)) for p, t in replayed], self.pad))
-        return {"parts": parts}
-
-
-def _parts_loss(model: torch.nn.Module, batch: dict) -> torch.Tensor:
-    """Cross-entropy over every target token of every part (a token counts the same in either)."""
-    total, tokens = torch.zeros(()), 0
-    for part in batch["parts"]:
-        logits = model(input_ids=part["input_ids"], attention_mask=part["attention_mask"]).logits
-        labels = part["labels"][:, 1:].reshape(-1)
-        total = total + torch.nn.functional.cross_entropy(
-            logits[:, :-1].reshape(-1, logits.size(-1)), labels, ignore_index=-100, reduction="sum"
-        )
-        tokens += int((labels != -100).sum())
-    return total / max(tokens, 1)
-
-
-def _progress_check(student, tokenizer, template: str, max_new_tokens: int, task: BaseTask, seed: int):
-    """Right answers of the PyTorch student on the base's validation cases, per group, during training."""
-    cases = task.validation_cases(400, seed + 41)
-    if isinstance(task, ArithmeticTask):  # the same number of each k, as the demo has always reported
-        cases = [GateCase(p.query, str(p.answer), f"k{p.k}") for p in _arithmetic_progress_problems(seed)]
-
-    def on_eval(_step: int) -> dict[str, float]:
-        answers = student_answers(student, tokenizer, template, [c.query for c in cases], max_new_tokens=max_new_tokens)
-        report: dict[str, list[bool]] = {}
-        for answer, case in zip(answers, cases, strict=True):
-            report.setdefault(case.group, []).append(answers_match(task.rule, answer, case.expected))
-        return {f"val_{group}_right": sum(right) / len(right) for group, right in sorted(report.items())}
-
-    return on_eval
-
-
-def _arithmetic_progress_problems(seed: int):
-    from edgecloud.shared.task import Split, generate
-
-    return generate(400, seed + 41, Split.VALIDATION, {1: 0.25, 2: 0.25, 3: 0.25, 4: 0.25})
-
-
 def _load_base(config: ImproveConfig) -> tuple[EdgeModel, Manifest]:
     manifest = verify_bundle(config.bundle)
     if manifest.kind != "edge":
@@ -420,8 +303,8 @@ def _fine_tune(
     training history and the number of replay examples."""
     student, tokenizer = _student(config, mode, recipe)
     replay_n = config.replay_n if plan.replay_share > 0 else 0
-    replay = _replay(base, task.replay_queries(replay_n, config.seed), abstentions=mode == "fine-tune")
-    batches = _Batches(
+    replay = replay_examples(base, task.replay_queries(replay_n, config.seed), abstentions=mode == "fine-tune")
+    batches = EscalationBatches(
         tokenizer,
         base.prompt_template,
         training.examples,
@@ -446,12 +329,12 @@ def _fine_tune(
     log.info(
         "training (%s, %d steps, %d escalations, %d replay)", mode, plan.steps, len(training.examples), len(replay)
     )
-    check = _progress_check(student, tokenizer, base.prompt_template, plan.max_new_tokens, task, config.seed)
+    check = progress_check(student, tokenizer, base.prompt_template, plan.max_new_tokens, task, config.seed)
     history = train(
         student,
         batches,
         schedule,
-        loss_fn=_parts_loss,
+        loss_fn=parts_loss,
         desc=f"improve ({mode})",
         on_eval=check if plan.eval_every else None,
         eval_every=plan.eval_every,
@@ -581,6 +464,25 @@ def _recipe(task: BaseTask, base: EdgeModel, manifest: Manifest, mode: str, plan
     )
 
 
+def _prepare(
+    config: ImproveConfig, base: EdgeModel, manifest: Manifest
+) -> tuple[BaseTask, TrainingSet, str, tuple[list[GateCase], list[GateCase]]]:
+    """The base's task, the training set, how the student is built, and the evidence (what triage is
+    calibrated on, what the gate measures). Refuses bad input before any training (ConfigError, exit 2)."""
+    task = base_task(manifest, config.data)
+    log.info("the base's task: %s", task.describe())
+    training, held = _training_set(config, base, manifest, _learn_reasoning(config, task, base))
+    mode = _mode(config, task, training.reasoning)
+    cases = held + task.validation_cases(config.gate.n, config.seed)
+    calibrate_on, gate_on = split_evidence(cases) if task.calibrates_on_evidence else ([], cases)
+    if len(gate_on) < config.gate.min_cases:
+        raise ConfigError(
+            f"no evidence to gate on: {len(gate_on)} cases ({len(held)} held-out escalations and the base's "
+            f"validation data), the gate needs {config.gate.min_cases}"
+        )
+    return task, training, mode, (calibrate_on, gate_on)
+
+
 def improve_student(config: ImproveConfig) -> dict[str, object]:
     """Build, gate and (if it passes) write the next edge student; returns a summary.
 
@@ -590,19 +492,7 @@ def improve_student(config: ImproveConfig) -> dict[str, object]:
     torch.set_num_threads(config.threads)
     base, base_manifest = _load_base(config)
     version = config.version or base_manifest.version + 1
-    # Everything below up to the training refuses bad input first (ConfigError, exit 2).
-    task = base_task(base_manifest, config.data)
-    log.info("the base's task: %s", task.describe())
-    learn_reasoning = _learn_reasoning(config, task, base)
-    training, held = _training_set(config, base, base_manifest, learn_reasoning)
-    mode = _mode(config, task, training.reasoning)
-    cases = held + task.validation_cases(config.gate.n, config.seed)
-    calibrate_on, gate_on = split_evidence(cases) if task.calibrates_on_evidence else ([], cases)
-    if len(gate_on) < config.gate.min_cases:
-        raise ConfigError(
-            f"no evidence to gate on: {len(gate_on)} cases ({len(held)} held-out escalations and the base's "
-            f"validation data), the gate needs {config.gate.min_cases}"
-        )
+    task, training, mode, (calibrate_on, gate_on) = _prepare(config, base, base_manifest)
     plan = config.schedule(mode)
     if task.calibrates_on_evidence and config.max_new_tokens is None:
         plan = replace(plan, max_new_tokens=base.max_new_tokens)  # the base's own answer length
