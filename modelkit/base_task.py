@@ -31,7 +31,7 @@ from edgecloud.shared.bundle import Manifest
 from edgecloud.shared.errors import ConfigError
 from edgecloud.shared.task import EVAL_MIX, Split, generate
 
-__all__ = ["ArithmeticTask", "BaseTask", "DatasetTask", "base_task", "dataset_path", "recipe_mix"]
+__all__ = ["ArithmeticTask", "BaseTask", "DatasetTask", "answer_rule", "base_task", "dataset_path", "recipe_mix"]
 
 
 class BaseTask(Protocol):
@@ -51,6 +51,10 @@ class BaseTask(Protocol):
 
     def validation_cases(self, n: int, seed: int) -> list[GateCase]:
         """Up to ``n`` labelled validation cases of the base."""
+        ...
+
+    def progress_cases(self, seed: int) -> list[GateCase]:
+        """What the progress checks during training measure (right answers per group)."""
         ...
 
     def feature_queries(self, n: int, seed: int) -> list[str] | None:
@@ -87,6 +91,9 @@ class DatasetTask:
     def validation_cases(self, n: int, seed: int) -> list[GateCase]:
         rows = [row for row in self.dataset.validation if row.query is not None and row.answer.strip()]
         return [GateCase(row.query, row.answer, row.group or "validation") for row in rows[:n]]  # type: ignore[arg-type]
+
+    def progress_cases(self, seed: int) -> list[GateCase]:
+        return self.validation_cases(400, seed + 41)
 
     def feature_queries(self, n: int, seed: int) -> list[str] | None:
         return self.replay_queries(n, seed + 13)
@@ -131,11 +138,24 @@ class ArithmeticTask:
             GateCase(p.query, str(p.answer), f"k={p.k}") for p in generate(n, seed + 101, Split.VALIDATION, EVAL_MIX)
         ]
 
+    def progress_cases(self, seed: int) -> list[GateCase]:
+        """The same number of each k, as the demo has always reported."""
+        problems = generate(400, seed + 41, Split.VALIDATION, {1: 0.25, 2: 0.25, 3: 0.25, 4: 0.25})
+        return [GateCase(p.query, str(p.answer), f"k{p.k}") for p in problems]
+
     def feature_queries(self, n: int, seed: int) -> list[str] | None:
         return None
 
     def student_checks(self, build: BuildConfig, cases: Sequence[GateCase]) -> StudentChecks | None:
         return None
+
+
+def answer_rule(manifest: Manifest) -> str:
+    """The bundle's answer-matching rule; a bundle of the built-in arithmetic task from before
+    bundles declared one (no dataset, no rule) compares numbers."""
+    if "answer_match" in manifest.io or dataset_path(manifest) is not None:
+        return rule_of(manifest.io)
+    return "number"
 
 
 def base_task(manifest: Manifest, data: Path | None = None) -> BaseTask:
@@ -148,7 +168,7 @@ def base_task(manifest: Manifest, data: Path | None = None) -> BaseTask:
                 f"{manifest.name} declares answers matched by {rule_of(manifest.io)!r} but records no dataset: "
                 "pass --data DIR, the dataset folder it was built from"
             )
-        return ArithmeticTask(recipe_mix(manifest.metadata))
+        return ArithmeticTask(recipe_mix(manifest.metadata), rule=answer_rule(manifest))
     if not path.is_dir():
         raise ConfigError(f"the base bundle was built from the dataset {path}, which is not here; pass --data DIR")
-    return DatasetTask(read_dataset(path), rule_of(manifest.io))
+    return DatasetTask(read_dataset(path), answer_rule(manifest))

@@ -36,7 +36,15 @@ from edgecloud.modelkit.decoding import generate_batch
 from edgecloud.modelkit.evaluate import REFERENCE_DIR, STUDENT_DIR, TEACHER_DIR
 from edgecloud.modelkit.export import export_student, onnx_io, quantize_student
 from edgecloud.modelkit.student import StudentRecipe, distill_student, fit_feature_transform, with_features
-from edgecloud.modelkit.teacher import ModelSpec, RefineStage, TeacherRecipe, chat_prompt, refine_teacher, train_teacher
+from edgecloud.modelkit.teacher import (
+    QUICK_STUDENT,
+    QUICK_TEACHER,
+    RefineStage,
+    TeacherRecipe,
+    chat_prompt,
+    refine_teacher,
+    train_teacher,
+)
 from edgecloud.modelkit.tokenizer import THINK_END, THINK_START, build_student_tokenizer, build_tokenizer
 from edgecloud.modelkit.training import TrainConfig
 from edgecloud.shared.bundle import GoldenCase, Manifest, load_manifest, write_bundle
@@ -113,19 +121,13 @@ class BuildConfig:
 
 def quick_recipes(config: BuildConfig) -> BuildConfig:
     """The same pipeline on tiny models and few steps."""
-    tiny = ModelSpec(
-        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2
-    )
-    tinier = ModelSpec(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=1, num_key_value_heads=1
-    )
     return replace(
         config,
         calibration_n=300,
         int8_max_accuracy_drop=1.0,
         teacher=replace(
             config.teacher,
-            model=tiny,
+            model=QUICK_TEACHER,
             train=TrainConfig(steps=40, batch_size=32, lr=3e-3, warmup=5),
             refine=RefineStage(train=TrainConfig(steps=5, batch_size=8, lr=1e-3, warmup=1))
             if config.teacher.refine
@@ -133,7 +135,7 @@ def quick_recipes(config: BuildConfig) -> BuildConfig:
         ),
         student=replace(
             config.student,
-            model=tinier,
+            model=QUICK_STUDENT,
             train=TrainConfig(steps=40, batch_size=32, lr=3e-3, warmup=5),
             label_queries={1: 200, 2: 20, 3: 20, 4: 20},
             eval_every=0,

@@ -27,7 +27,7 @@ from transformers import PreTrainedTokenizerFast, Qwen3ForCausalLM
 
 from edgecloud.modelkit.datasets import Row
 from edgecloud.modelkit.decoding import Generation, generate_batch
-from edgecloud.modelkit.teacher import ModelSpec, build_model
+from edgecloud.modelkit.teacher import ModelSpec, build_model, save_teacher
 from edgecloud.modelkit.tokenizer import IM_END, THINK_END, THINK_START
 from edgecloud.modelkit.training import Example, TrainConfig, collate, train
 
@@ -195,11 +195,7 @@ def train_data_teacher(
     )
     check = on_eval(model) if on_eval is not None and recipe.eval_every else None
     history = train(model, data.batch, recipe.train, desc="teacher", on_eval=check, eval_every=recipe.eval_every)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.save_pretrained(str(out_dir))
-    tokenizer.save_pretrained(str(out_dir))
+    save_teacher(model, tokenizer, out_dir)
     return model, history
 
 

@@ -55,7 +55,7 @@ from edgecloud.modelkit.data_teacher import DataTeacherRecipe, teacher_answers, 
 from edgecloud.modelkit.datasets import SPLITS, Dataset, Row, read_dataset
 from edgecloud.modelkit.evaluate import REFERENCE_DIR, STUDENT_DIR, TEACHER_DIR
 from edgecloud.modelkit.student import cached_teacher_labels
-from edgecloud.modelkit.teacher import ModelSpec
+from edgecloud.modelkit.teacher import QUICK_STUDENT, QUICK_TEACHER
 from edgecloud.modelkit.tokenizer import IM_END, THINK_END, THINK_START, build_data_tokenizers
 from edgecloud.modelkit.training import TrainConfig
 from edgecloud.shared.answers import answers_match
@@ -122,23 +122,20 @@ class DataBuildConfig:
 
 def quick_data_recipes(config: DataBuildConfig) -> DataBuildConfig:
     """The same pipeline on tiny models and few steps."""
-    tiny = ModelSpec(
-        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2
-    )
-    tinier = ModelSpec(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=1, num_key_value_heads=1
-    )
     return replace(
         config,
         int8_max_accuracy_drop=1.0,
         int8_check_n=min(config.int8_check_n, 100),
         label_max_new_tokens=config.label_max_new_tokens or 64,
         teacher=replace(
-            config.teacher, model=tiny, train=TrainConfig(steps=40, batch_size=16, lr=3e-3, warmup=5), eval_every=0
+            config.teacher,
+            model=QUICK_TEACHER,
+            train=TrainConfig(steps=40, batch_size=16, lr=3e-3, warmup=5),
+            eval_every=0,
         ),
         student=replace(
             config.student,
-            model=tinier if config.student_dir is None else config.student.model,
+            model=QUICK_STUDENT if config.student_dir is None else config.student.model,
             train=TrainConfig(steps=40, batch_size=32, lr=3e-3, warmup=5),
             eval_every=0,
         ),

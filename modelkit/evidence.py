@@ -23,10 +23,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from edgecloud.modelkit.base_task import base_task, dataset_path
+from edgecloud.modelkit.base_task import answer_rule, base_task
 from edgecloud.modelkit.gate import GateCase
 from edgecloud.modelkit.training_set import TrainingSet
-from edgecloud.shared.answers import rule_of
 from edgecloud.shared.bundle import Manifest
 from edgecloud.shared.errors import ConfigError
 
@@ -68,11 +67,3 @@ def split_evidence(cases: Sequence[GateCase], share: float = 0.5) -> tuple[list[
     for case in cases:
         (calibrate if _held(f"calibrate/{case.query}", share) else gate).append(case)
     return calibrate, gate
-
-
-def answer_rule(manifest: Manifest) -> str:
-    """The bundle's answer-matching rule; a bundle of the built-in arithmetic task from before
-    bundles declared one (no dataset, no rule) compares numbers."""
-    if "answer_match" in manifest.io or dataset_path(manifest) is not None:
-        return rule_of(manifest.io)
-    return "number"

@@ -54,7 +54,7 @@ from edgecloud.modelkit.build import (
 )
 from edgecloud.modelkit.data_student import DataStudentRecipe
 from edgecloud.modelkit.evaluate import REFERENCE_DIR, STUDENT_DIR
-from edgecloud.modelkit.evidence import answer_rule, hold_out, split_evidence
+from edgecloud.modelkit.evidence import hold_out, split_evidence
 from edgecloud.modelkit.gate import GateCase, GateConfig, GateResult, evaluate_gate
 from edgecloud.modelkit.improve_training import EscalationBatches, parts_loss, progress_check, replay_examples
 from edgecloud.modelkit.pair import REASONER_DIR, package_pair
@@ -404,12 +404,18 @@ def _package(
 
 
 def _gate(
-    config: ImproveConfig, mode: str, base: EdgeModel, manifest: Manifest, new: AnswerModel, cases: list[GateCase]
+    config: ImproveConfig,
+    mode: str,
+    base: EdgeModel,
+    manifest: Manifest,
+    new: AnswerModel,
+    cases: list[GateCase],
+    rule: str,
 ) -> GateResult:
     """The gate's verdict on ``new`` against what the base bundle serves, on ``cases`` (held-out
     escalations and the base's validation data). A pair must also keep more than the base alone: a
     reasoner that takes over nothing only adds latency."""
-    gate = evaluate_gate(_served(config, base, manifest), new, config.gate, cases, rule=answer_rule(manifest))
+    gate = evaluate_gate(_served(config, base, manifest), new, config.gate, cases, rule=rule)
     if mode == "fresh" and gate.new.kept_share <= gate.base.kept_share + config.gate.kept_tolerance:
         gate.regressions.append(
             f"the pair keeps {gate.new.kept_share:.2%} of queries, the base alone {gate.base.kept_share:.2%}:"
@@ -526,7 +532,7 @@ def improve_student(config: ImproveConfig) -> dict[str, object]:
             think,
             checks,
         )
-        gate = _gate(config, mode, base, base_manifest, new_model, gate_on)
+        gate = _gate(config, mode, base, base_manifest, new_model, gate_on, task.rule)
         log.info("gate: %s", gate.summary())
         if not gate.passed:
             if config.refused_dir is not None:

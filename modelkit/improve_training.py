@@ -12,8 +12,7 @@ import torch
 from tqdm.auto import tqdm
 
 from edgecloud.edge.runtime import EdgeModel
-from edgecloud.modelkit.base_task import ArithmeticTask, BaseTask
-from edgecloud.modelkit.gate import GateCase
+from edgecloud.modelkit.base_task import BaseTask
 from edgecloud.modelkit.student import student_answers, student_prompt
 from edgecloud.modelkit.training import collate
 from edgecloud.modelkit.training_set import TrainingExample
@@ -118,9 +117,7 @@ def parts_loss(model: torch.nn.Module, batch: dict) -> torch.Tensor:
 
 def progress_check(student, tokenizer, template: str, max_new_tokens: int, task: BaseTask, seed: int):
     """Right answers of the PyTorch student on the base's validation cases, per group, during training."""
-    cases = task.validation_cases(400, seed + 41)
-    if isinstance(task, ArithmeticTask):  # the same number of each k, as the demo has always reported
-        cases = [GateCase(p.query, str(p.answer), f"k{p.k}") for p in _arithmetic_problems(seed)]
+    cases = task.progress_cases(seed)
 
     def on_eval(_step: int) -> dict[str, float]:
         answers = student_answers(student, tokenizer, template, [c.query for c in cases], max_new_tokens=max_new_tokens)
@@ -130,9 +127,3 @@ def progress_check(student, tokenizer, template: str, max_new_tokens: int, task:
         return {f"val_{group}_right": sum(right) / len(right) for group, right in sorted(report.items())}
 
     return on_eval
-
-
-def _arithmetic_problems(seed: int):
-    from edgecloud.shared.task import Split, generate
-
-    return generate(400, seed + 41, Split.VALIDATION, {1: 0.25, 2: 0.25, 3: 0.25, 4: 0.25})

@@ -107,6 +107,16 @@ class TeacherRecipe:
     """The second stage (``None``: first stage only)."""
 
 
+QUICK_TEACHER = ModelSpec(
+    hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2
+)
+"""The teacher of a ``--quick`` build: tiny, for trying the pipeline."""
+QUICK_STUDENT = ModelSpec(
+    hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=1, num_key_value_heads=1
+)
+"""The student of a ``--quick`` build."""
+
+
 def build_model(spec: ModelSpec, tokenizer: PreTrainedTokenizerFast, seed: int) -> Qwen3ForCausalLM:
     torch.manual_seed(seed)
     config = spec.to_config(tokenizer)
@@ -206,12 +216,17 @@ def train_teacher(
     history = train(model, data.batch, recipe.train, desc="teacher", on_eval=on_eval, eval_every=eval_every)
     if recipe.refine is not None:
         history += refine_teacher(model, tokenizer, recipe, seed=seed)
+    save_teacher(model, tokenizer, out_dir)
+    return model, history
+
+
+def save_teacher(model: Qwen3ForCausalLM, tokenizer: PreTrainedTokenizerFast, out_dir: Path) -> None:
+    """Write a trained teacher and its tokenizer to ``out_dir``, generation stopping at its end token."""
     out_dir.mkdir(parents=True, exist_ok=True)
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.save_pretrained(str(out_dir))
     tokenizer.save_pretrained(str(out_dir))
-    return model, history
 
 
 def refine_teacher(
