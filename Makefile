@@ -25,8 +25,10 @@ $(STUBS): proto/edgecloud/v1/reasoner.proto $(STAMP)
 
 ## The main job: broker, cloud, fleet manager and three edge daemons as processes; 1000 queries,
 ## a signed rollout midway, a cloud crash and restart; report + plots under $(OUT)/demo.
+## TASK=smarthome runs the smart-home commands on the bundles in models/smarthome instead.
+TASK ?= arithmetic
 demo: $(STAMP) $(STUBS)
-	$(PY) -m edgecloud.demo --out $(OUT)/demo
+	$(PY) -m edgecloud.demo --task $(TASK) --out $(OUT)/demo$(if $(filter-out arithmetic,$(TASK)),-$(TASK))
 
 ## Every benchmark, one after the other; writes benchmarks/RESULTS.md (about half an hour).
 bench: $(STAMP) $(STUBS)

@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 
 from edgecloud.demo.scenario import DemoConfig, run_demo
-from edgecloud.demo.stack import REPO, StackConfig
+from edgecloud.demo.stack import StackConfig
+from edgecloud.demo.workloads import TASKS, demo_task
 from edgecloud.shared.errors import EdgecloudError
 
 
@@ -21,7 +22,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=12, help="client threads sending queries (default: 12)")
     parser.add_argument("--edges", type=int, default=3, help="edge daemons (default: 3)")
     parser.add_argument(
-        "--models", type=Path, default=REPO / "models", help="folder with cloud-teacher and edge-student"
+        "--task",
+        choices=sorted(TASKS),
+        default="arithmetic",
+        help="the built-in task the traffic draws from (default: arithmetic; smarthome: commands to JSON actions)",
+    )
+    parser.add_argument(
+        "--models",
+        type=Path,
+        default=None,
+        help="folder with cloud-teacher and edge-student built for --task (default: models/, models/smarthome/)",
     )
     parser.add_argument(
         "--broker",
@@ -43,13 +53,15 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
+        task = demo_task(args.task, args.models)
         config = DemoConfig(
             out=args.out,
+            task=task,
             queries=args.queries,
             concurrency=args.concurrency,
             outage_s=args.outage_s,
             improve_steps=args.improve_steps,
-            stack=StackConfig(work=args.out / "run", models=args.models, edges=args.edges, broker=args.broker),
+            stack=StackConfig(work=args.out / "run", models=task.models, edges=args.edges, broker=args.broker),
         )
         return run_demo(config)
     except EdgecloudError as exc:

@@ -60,10 +60,10 @@ def by_version(records: list[QueryRecord]) -> dict[str, dict[str, Any]]:
             "escalation_rate": round(1 - len(kept) / len(rows), 4),
             "accuracy": _accuracy(rows),
             "edge_kept_accuracy": _accuracy(kept),
-            "escalation_rate_by_k": {
-                str(k): round(1 - sum(r in kept for r in of_k) / len(of_k), 4)
-                for k in sorted({r.k for r in rows})
-                if (of_k := [r for r in rows if r.k == k])
+            "escalation_rate_by_group": {
+                group: round(1 - sum(r in kept for r in of_group) / len(of_group), 4)
+                for group in sorted({r.group for r in rows})
+                if (of_group := [r for r in rows if r.group == group])
             },
         }
     return out
@@ -78,6 +78,7 @@ def build_report(
     exits: dict[str, list[int]],
     wall_s: float,
     broker: str,
+    task: str = "arithmetic",
     undelivered: int,
     samples: list[dict[str, Any]],
 ) -> dict[str, Any]:
@@ -96,13 +97,16 @@ def build_report(
     outage = [r for r in records if r.phase == "outage"]
     delivered = [r for r in records if route_of(r) == "outbox" and r.delivered_after_s is not None]
     return {
+        "task": task,
         "queries": len(records),
         "wall_s": round(wall_s, 1),
         "broker": broker,
         "failed_requests": sum(r.failed for r in records),
         "failures": [r.to_json() for r in records if r.failed][:20],
         "accuracy": _accuracy(answered),
-        "accuracy_by_k": {str(k): _accuracy([r for r in answered if r.k == k]) for k in sorted({r.k for r in records})},
+        "accuracy_by_group": {
+            group: _accuracy([r for r in answered if r.group == group]) for group in sorted({r.group for r in records})
+        },
         "escalation_rate": round(sum(r.route == "cloud" for r in answered) / max(len(answered), 1), 4),
         "routes": by_route,
         "reasoning_tokens": {
@@ -160,7 +164,10 @@ def check_invariants(report: dict[str, Any], *, edges: int, new_version: int) ->
 
 
 def format_report(report: dict[str, Any]) -> str:
-    lines = [f"edgecloud demo: {report['queries']} queries in {report['wall_s']} s (broker: {report['broker']})", ""]
+    lines = [
+        f"edgecloud demo ({report.get('task', 'arithmetic')}): {report['queries']} queries in {report['wall_s']} s (broker: {report['broker']})",
+        "",
+    ]
     lines.append(f"{'route':<17}{'requests':>9}{'accuracy':>10}{'p50 ms':>10}{'p99 ms':>10}")
     for route, row in report["routes"].items():
         latency = row["latency_ms"] or {}
@@ -172,8 +179,8 @@ def format_report(report: dict[str, Any]) -> str:
     lines += [
         "",
         f"overall accuracy {100 * acc:.1f}%" if acc is not None else "overall accuracy -",
-        "  by operators: "
-        + ", ".join(f"k={k} {100 * v:.1f}%" for k, v in report["accuracy_by_k"].items() if v is not None),
+        "  by group: "
+        + ", ".join(f"{g} {100 * v:.1f}%" for g, v in report["accuracy_by_group"].items() if v is not None),
         f"escalation rate {100 * report['escalation_rate']:.1f}%",
         (
             f"reasoning tokens per cloud answer: mean {report['reasoning_tokens']['mean']}, max "
@@ -215,7 +222,7 @@ def format_report(report: dict[str, Any]) -> str:
         kept = row["edge_kept_accuracy"]
         lines.append(
             f"  traffic on {version}: {row['requests']} queries, escalated {100 * row['escalation_rate']:.1f}%"
-            f" (by k: {', '.join(f'{k} {100 * v:.0f}%' for k, v in row['escalation_rate_by_k'].items())}),"
+            f" (by group: {', '.join(f'{g} {100 * v:.0f}%' for g, v in row['escalation_rate_by_group'].items())}),"
             f" accuracy {100 * row['accuracy']:.1f}%"
             + (f", edge answers {100 * kept:.1f}% right" if kept is not None else "")
         )
@@ -237,7 +244,7 @@ def _accuracy_curve(records: list[QueryRecord]) -> tuple[np.ndarray, np.ndarray,
     """Accuracy vs the share escalated, sweeping the confidence threshold over the queries routed
     normally (not during the outage). A query's edge answer is known for every one of them
     (``edge_answer``); its cloud answer only when it was escalated, so the few answered at the edge
-    are scored at the cloud's measured accuracy for their number of operators when a lower
+    are scored at the cloud's measured accuracy for their group when a lower
     threshold would have escalated them."""
     rows = [
         r
@@ -250,12 +257,13 @@ def _accuracy_curve(records: list[QueryRecord]) -> tuple[np.ndarray, np.ndarray,
     ]
     if len(rows) < 10:
         return None
-    cloud_by_k = {
-        k: np.mean([r.correct for r in rows if r.route == "cloud" and r.k == k] or [0.0]) for k in {r.k for r in rows}
+    cloud_by_group = {
+        group: np.mean([r.correct for r in rows if r.route == "cloud" and r.group == group] or [0.0])
+        for group in {r.group for r in rows}
     }
     confidence = np.array([r.confidence for r in rows])
     edge_ok = np.array([float(r.edge_correct) for r in rows])
-    cloud_ok = np.array([float(r.correct) if r.route == "cloud" else cloud_by_k[r.k] for r in rows])
+    cloud_ok = np.array([float(r.correct) if r.route == "cloud" else cloud_by_group[r.group] for r in rows])
     order = np.argsort(-confidence)  # keep the most confident at the edge first
     shares, accuracies = [], []
     for kept in range(len(rows) + 1):

@@ -14,7 +14,7 @@ import logging
 import shutil
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ from tqdm import tqdm
 from edgecloud.demo.report import build_report, check_invariants, format_report, plot, route_counts
 from edgecloud.demo.stack import Stack, StackConfig
 from edgecloud.demo.traffic import QueryRecord, Sampler, Traffic, metric_values
+from edgecloud.demo.workloads import TASKS, AnswerCheck, DemoTask
 from edgecloud.shared.artifacts import pack_bundle
 from edgecloud.shared.bundle import copy_bundle, load_manifest
 from edgecloud.shared.errors import ConfigError
@@ -47,6 +48,7 @@ class DemoConfig:
     improve_steps: int = 40
     """Fine-tuning steps of the ``models improve`` run that builds the version rolled out midway."""
     improve_timeout_s: float = 240.0
+    task: DemoTask = TASKS["arithmetic"]
     stack: StackConfig | None = None
 
     @property
@@ -140,18 +142,16 @@ class _Run:
         records = sum(1 for line in snapshot.read_text().splitlines() if line.strip())
         self.event(f"models improve: training v{self.to_version} on the {records} escalations so far")
         out = work / "improved"
+        data: list[str] = []
+        if c.task.write_data is not None:
+            c.task.write_data(work / "data")
+            data = ["--data", str(work / "data")]
         status, log_path = stack.run_command(
             "improve",
             [
                 *("models", "improve", str(snapshot), "--bundle", str(stack.config.models / "edge-student")),
                 *("--out", str(out), "--version", str(self.to_version), "--key", str(stack.key)),
-                *("--steps", str(c.improve_steps), "--gate-n", "600", "--calibration-n", "4000"),
-                # A few hundred escalations teach no new skill: a fresh reasoner needs ~12,000 and a direct
-                # turn on them starts answering multi-step queries wrongly, so the gate refuses it. With a
-                # 12-token budget every scratchpad the cloud wrote is over the limit and learnt as passing
-                # on, and replay keeps what the student knew: the turn the gate passes at this scale.
-                *("--replay-n", "4000", "--threads", "1", "--learn-reasoning", "yes", "--student", "fine-tune"),
-                *("--max-new-tokens", "12", "--lr", "1e-4"),
+                *("--steps", str(c.improve_steps), "--threads", "1", *data, *c.task.improve_args),
             ],
             timeout=c.improve_timeout_s,
         )
@@ -331,23 +331,32 @@ def _first_served(records: list[QueryRecord], stack: Stack, version: int) -> dic
     return first
 
 
+def _write_outputs(out: Path, report: dict[str, Any], records: list[QueryRecord]) -> list[Path]:
+    """``report.json``, ``queries.jsonl`` and the plots; the plots' paths."""
+    (out / "report.json").write_text(json.dumps(report, indent=1))
+    (out / "queries.jsonl").write_text("".join(json.dumps(r.to_json()) + "\n" for r in records))
+    return plot(records, report, out)
+
+
 def run_demo(config: DemoConfig) -> int:
-    stack_config = config.stack or StackConfig(work=config.out / "run")
+    stack_config = config.stack or StackConfig(work=config.out / "run", models=config.task.models)
     if stack_config.work.exists():
         shutil.rmtree(stack_config.work)
     config.out.mkdir(parents=True, exist_ok=True)
     stack = Stack(stack_config)
     started = time.monotonic()
     print(
-        f"edgecloud demo: {config.queries} queries over {stack_config.edges} edge daemons; logs in {stack.work / 'logs'}"
+        f"edgecloud demo ({config.task.name}): {config.queries} queries over {stack_config.edges} edge daemons; "
+        f"logs in {stack.work / 'logs'}"
     )
     try:
         stack.start()
         run = _Run(config, stack)
-        problems = Traffic.problems_for(config.queries)
+        queries = config.task.queries(config.queries)
         traffic = Traffic(
             [stack.edge_url(i) for i in range(stack_config.edges)],
-            problems,
+            queries,
+            correct=AnswerCheck(replace(config.task, models=stack_config.models)),
             concurrency=config.concurrency,
             phase=lambda: run.phase,
             insist_on_cloud=lambda: run.phase == "outage",
@@ -357,9 +366,9 @@ def run_demo(config: DemoConfig) -> int:
         run.t0 = traffic.started
         sampler = Sampler([stack.edge_url(i) for i in range(stack_config.edges)], clock=run.clock)
         sampler.start()
-        director = threading.Thread(target=run.director, args=(len(problems),), name="demo-director", daemon=True)
+        director = threading.Thread(target=run.director, args=(len(queries),), name="demo-director", daemon=True)
         director.start()
-        with tqdm(total=len(problems), unit="q", desc="queries", dynamic_ncols=True) as bar:
+        with tqdm(total=len(queries), unit="q", desc="queries", dynamic_ncols=True) as bar:
             run.bar = bar
             records = traffic.run()
         run.bar = None
@@ -388,6 +397,7 @@ def run_demo(config: DemoConfig) -> int:
         exits=exits,
         wall_s=time.monotonic() - started,
         broker=stack.broker_kind if stack.broker_kind == "embedded" else "mosquitto",
+        task=config.task.name,
         undelivered=len(waiting),
         samples=[s.__dict__ for s in sampler.samples],
     )
@@ -395,9 +405,7 @@ def run_demo(config: DemoConfig) -> int:
     broken = check_invariants(report, edges=stack_config.edges, new_version=run.to_version) + run.errors
     broken += [f"{d} died during the run" for d in dead if not d.startswith("cloud")]
     report["invariants_broken"] = broken
-    (config.out / "report.json").write_text(json.dumps(report, indent=1))
-    (config.out / "queries.jsonl").write_text("".join(json.dumps(r.to_json()) + "\n" for r in records))
-    plots = plot(records, report, config.out)
+    plots = _write_outputs(config.out, report, records)
     print()
     print(format_report(report))
     print(

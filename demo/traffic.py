@@ -1,9 +1,9 @@
 """The demo's load: mixed queries sent to the edge daemons' HTTP APIs by a pool of
 client threads, one record per query, plus a sampler of the daemons' own gauges.
 
-Queries come from the task's TEST split (seed :data:`DEMO_SEED`, used nowhere else),
-so every answer can be checked exactly. While the cloud is down, a share of the
-multi-step queries insists on the cloud (``route: cloud``): those are accepted into
+Queries come from the task's TEST split (:meth:`~edgecloud.demo.workloads.DemoTask.queries`),
+so every answer can be checked by the bundle's answer rule. While the cloud is down, a share of
+the queries outside the task's simple group insists on the cloud (``route: cloud``): those are accepted into
 the edge's outbox and fetched again once delivered.
 """
 
@@ -20,19 +20,19 @@ from typing import Any
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from edgecloud.shared.task import Problem, Split, generate, parse_answer
+from edgecloud.demo.workloads import DemoQuery
 
-__all__ = ["DEMO_SEED", "QueryRecord", "Sampler", "Traffic", "metric_values"]
+__all__ = ["QueryRecord", "Sampler", "Traffic", "metric_values"]
 
-DEMO_SEED = 20261124
+AnswerCheck = Callable[[str | None, str], bool | None]
 
 
 @dataclass
 class QueryRecord:
     index: int
-    k: int
+    group: str
     query: str
-    expected: int
+    expected: str
     edge: int
     """Index of the edge daemon it was sent to."""
     requested: str
@@ -66,10 +66,6 @@ class QueryRecord:
         return asdict(self)
 
 
-def _correct(text: str | None, expected: int) -> bool | None:
-    return None if text is None else parse_answer(text) == expected
-
-
 def metric_values(text: str, name: str) -> dict[tuple[tuple[str, str], ...], float]:
     """Samples of one metric in a Prometheus text page, by their sorted labels."""
     return {
@@ -81,13 +77,15 @@ def metric_values(text: str, name: str) -> dict[tuple[tuple[str, str], ...], flo
 
 
 class Traffic:
-    """Sends ``problems`` round-robin over ``edge_urls`` with ``concurrency`` client threads."""
+    """Sends ``queries`` round-robin over ``edge_urls`` with ``concurrency`` client threads, judging
+    each answer with ``correct``."""
 
     def __init__(
         self,
         edge_urls: list[str],
-        problems: list[Problem],
+        queries: list[DemoQuery],
         *,
+        correct: AnswerCheck,
         concurrency: int,
         phase: Callable[[], str],
         insist_on_cloud: Callable[[], bool],
@@ -96,35 +94,32 @@ class Traffic:
         timeout_s: float = 120.0,
     ) -> None:
         self.edge_urls = edge_urls
-        self.problems = problems
+        self.queries = queries
+        self.correct = correct
         self.concurrency = concurrency
         self.phase = phase
         self.insist_on_cloud = insist_on_cloud
         self.on_done = on_done
         self.gate = gate
-        self.records: list[QueryRecord | None] = [None] * len(problems)
+        self.records: list[QueryRecord | None] = [None] * len(queries)
         self.started = time.monotonic()
         self._clients = [httpx.Client(base_url=url, timeout=timeout_s) for url in edge_urls]
         self._insisted = 0
-
-    @staticmethod
-    def problems_for(n: int) -> list[Problem]:
-        return generate(n, DEMO_SEED, Split.TEST)
 
     def elapsed(self) -> float:
         return time.monotonic() - self.started
 
     def _send(self, index: int) -> QueryRecord:
         self.gate()  # may hold the clients back (the demo does while the cloud is down)
-        problem = self.problems[index]
+        query = self.queries[index]
         edge = index % len(self.edge_urls)
         phase = self.phase()
-        requested = "cloud" if problem.k >= 2 and self.insist_on_cloud() and index % 3 == 0 else "auto"
+        requested = "cloud" if not query.simple and self.insist_on_cloud() and index % 3 == 0 else "auto"
         record = QueryRecord(
             index=index,
-            k=problem.k,
-            query=problem.query,
-            expected=problem.answer,
+            group=query.group,
+            query=query.query,
+            expected=query.answer,
             edge=edge,
             requested=requested,
             phase=phase,
@@ -132,7 +127,7 @@ class Traffic:
         )
         started = time.perf_counter()
         try:
-            response = self._clients[edge].post("/v1/query", json={"query": problem.query, "route": requested})
+            response = self._clients[edge].post("/v1/query", json={"query": query.query, "route": requested})
             record.http_status = response.status_code
             body = response.json()
             if response.status_code not in (200, 202):  # 202: accepted into the outbox
@@ -146,17 +141,16 @@ class Traffic:
         self.on_done(record)
         return record
 
-    @staticmethod
-    def _fill(record: QueryRecord, body: dict[str, Any]) -> None:
+    def _fill(self, record: QueryRecord, body: dict[str, Any]) -> None:
         record.id = body["id"]
         record.status = body["status"]
         record.route = body["route_taken"]
         record.reason = body["reason"]
         record.answer = body["answer"]
-        record.correct = _correct(body["answer"], record.expected)
+        record.correct = self.correct(body["answer"], record.expected)
         record.confidence = body.get("confidence")
         record.edge_answer = body.get("edge_answer", body["answer"] if body["route_taken"] == "edge" else None)
-        record.edge_correct = _correct(record.edge_answer, record.expected)
+        record.edge_correct = self.correct(record.edge_answer, record.expected)
         record.latency_ms = float(body["latency_ms"])
         record.reasoning_tokens = int(body["usage"]["reasoning_tokens"])
         record.degraded = bool(body["degraded"])
@@ -164,7 +158,7 @@ class Traffic:
 
     def run(self) -> list[QueryRecord]:
         with ThreadPoolExecutor(self.concurrency, thread_name_prefix="demo-client") as pool:
-            list(pool.map(self._send, range(len(self.problems))))
+            list(pool.map(self._send, range(len(self.queries))))
         return [r for r in self.records if r is not None]
 
     def collect_outbox(self, timeout_s: float) -> list[QueryRecord]:
@@ -181,7 +175,7 @@ class Traffic:
                     body = response.json()
                     record.delivered_after_s = round(self.elapsed() - record.sent_at, 2)
                     record.answer = body["answer"]
-                    record.correct = _correct(body["answer"], record.expected)
+                    record.correct = self.correct(body["answer"], record.expected)
                     record.reasoning_tokens = int(body["usage"]["reasoning_tokens"])
                     waiting.remove(record)
             time.sleep(0.25)

@@ -26,7 +26,7 @@ ALLOWED: dict[str, set[str]] = {
     "cloud": {"proto", "shared"},
     "fleet": {"proto", "shared"},
     "modelkit": {"proto", "shared", "edge"},
-    "demo": {"proto", "shared"},
+    "demo": {"proto", "shared", "tasks"},
     "tasks": {"proto", "shared", "modelkit"},
     "cli": {"proto", "shared", "edge", "cloud", "fleet", "modelkit", "tasks"},
 }

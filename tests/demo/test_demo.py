@@ -95,9 +95,9 @@ def test_each_version_s_traffic_is_reported_apart_from_the_outage() -> None:
         base = {"requested": "auto", "phase": "steady", "http_status": 200, "correct": True}
         return QueryRecord(
             index=i,
-            k=k,
+            group=f"k={k}",
             query="q",
-            expected=0,
+            expected="0",
             edge=0,
             sent_at=float(i),
             route=route,
@@ -123,7 +123,46 @@ def test_each_version_s_traffic_is_reported_apart_from_the_outage() -> None:
         "escalation_rate": round(2 / 3, 4),
         "accuracy": round(2 / 3, 4),
         "edge_kept_accuracy": 1.0,
-        "escalation_rate_by_k": {"1": 0.0, "2": 1.0},
+        "escalation_rate_by_group": {"k=1": 0.0, "k=2": 1.0},
     }
     assert report["v6"]["requests"] == 3 and report["v6"]["escalation_rate"] == round(1 / 3, 4)
-    assert report["v6"]["escalation_rate_by_k"] == {"1": 0.0, "2": 0.5}
+    assert report["v6"]["escalation_rate_by_group"] == {"k=1": 0.0, "k=2": 0.5}
+
+
+def test_each_task_draws_its_test_split_and_judges_by_the_bundle_s_rule(tmp_path: Path) -> None:
+    from edgecloud.demo.workloads import TASKS, AnswerCheck, demo_task
+    from edgecloud.shared.errors import ConfigError
+    from edgecloud.shared.task import Split, generate
+
+    # The arithmetic traffic is the very problems the demo always sent (its figures stay comparable).
+    arithmetic = TASKS["arithmetic"].queries(200)
+    problems = generate(200, 20261124, Split.TEST)
+    assert [(q.query, q.answer, q.group) for q in arithmetic] == [
+        (p.query, str(p.answer), f"k={p.k}") for p in problems
+    ]
+    assert {q.simple for q in arithmetic if q.group == "k=1"} == {True}
+    assert not any(q.simple for q in arithmetic if q.group != "k=1")
+    homes = TASKS["smarthome"].queries(200)
+    assert {q.group for q in homes} == {"simple", "multi", "conditional", "relative_time"}
+    assert all(json.loads(q.answer)["actions"] for q in homes)
+    check = AnswerCheck(TASKS["arithmetic"])
+    assert check.rule == "number" and check(" 42 ", "42") is True and check("41", "42") is False
+    assert check(None, "42") is None
+    assert demo_task("smarthome", tmp_path).models == tmp_path
+    # The smart-home task on a bundle that declares another rule: the wrong models, said so.
+    (tmp_path / "edge-student").mkdir()
+    manifest = json.loads((REPO / "models" / "edge-student" / "manifest.json").read_text())
+    manifest["io"]["answer_match"] = "number"
+    (tmp_path / "edge-student" / "manifest.json").write_text(json.dumps(manifest))
+    try:
+        AnswerCheck(demo_task("smarthome", tmp_path))
+    except ConfigError as exc:
+        assert "are these the smarthome bundles?" in str(exc)
+    else:
+        raise AssertionError("a bundle with another answer rule was accepted")
+    try:
+        demo_task("chess")
+    except ConfigError as exc:
+        assert "arithmetic" in str(exc) and "smarthome" in str(exc)
+    else:
+        raise AssertionError("an unknown task was accepted")

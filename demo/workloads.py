@@ -1,0 +1,110 @@
+"""What the demo runs on: a built-in task, the bundles built from it, and how the mid-run
+``models improve`` turn is called for it.
+
+The demo's traffic is the task's TEST split drawn with :data:`DEMO_SEED` (used nowhere else),
+so every answer is checked by the bundle's own answer rule. Nothing else in the demo knows
+which task it runs: the arithmetic task is the default, ``--task smarthome`` swaps in the
+smart-home commands and their bundles under ``models/smarthome``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from edgecloud.shared.answers import answers_match
+from edgecloud.shared.bundle import load_manifest
+from edgecloud.shared.errors import ConfigError
+from edgecloud.tasks import arithmetic, smarthome
+from edgecloud.tasks.common import GenerateRows
+
+__all__ = ["DEMO_SEED", "TASKS", "DemoQuery", "DemoTask", "demo_task"]
+
+DEMO_SEED = 20261124
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class DemoQuery:
+    query: str
+    answer: str
+    group: str
+    simple: bool
+    """True for the task's simple group: the queries the edge should keep."""
+
+
+@dataclass(frozen=True)
+class DemoTask:
+    name: str
+    models: Path
+    """The folder holding ``cloud-teacher`` and ``edge-student`` built for this task."""
+    generate_rows: GenerateRows
+    answer_match: str
+    simple_group: str
+    write_data: Callable[[Path], object] | None
+    """Writes the task's dataset folder for ``models improve --data`` (None: the bundle needs none)."""
+    improve_args: tuple[str, ...]
+    """The task's own arguments of the mid-run ``models improve`` turn."""
+
+    def queries(self, n: int) -> list[DemoQuery]:
+        rows = self.generate_rows(n, DEMO_SEED, "test")
+        return [DemoQuery(r.query or "", r.answer, r.group or "", r.group == self.simple_group) for r in rows]
+
+    def with_models(self, models: Path | None) -> DemoTask:
+        return self if models is None else replace(self, models=models)
+
+
+class AnswerCheck:
+    """Judges an answer by the task's rule, after checking that the edge bundle declares the same
+    one (``io.answer_match``; an arithmetic bundle from before bundles declared one declares none)."""
+
+    def __init__(self, task: DemoTask) -> None:
+        manifest = load_manifest(task.models / "edge-student")
+        declared = manifest.io.get("answer_match")
+        if declared is not None and declared != task.answer_match:
+            raise ConfigError(
+                f"{task.models / 'edge-student'} matches answers by {declared!r}, but the {task.name} task's are "
+                f"matched by {task.answer_match!r}: are these the {task.name} bundles? (pass --models)"
+            )
+        self.rule = task.answer_match
+
+    def __call__(self, predicted: str | None, expected: str) -> bool | None:
+        return None if predicted is None else answers_match(self.rule, predicted, expected)
+
+
+TASKS: dict[str, DemoTask] = {
+    "arithmetic": DemoTask(
+        name="arithmetic",
+        models=REPO / "models",
+        generate_rows=arithmetic.generate_rows,
+        answer_match=arithmetic.ANSWER_MATCH,
+        simple_group="k=1",
+        write_data=None,
+        # A few hundred escalations teach no new skill: a fresh reasoner needs ~12,000 and a direct turn
+        # on them starts answering multi-step queries wrongly, so the gate refuses it. With a 12-token
+        # budget every scratchpad the cloud wrote is over the limit and learnt as passing on, and replay
+        # keeps what the student knew: the turn the gate passes at this scale.
+        improve_args=(
+            *("--gate-n", "600", "--calibration-n", "4000", "--replay-n", "4000"),
+            *("--learn-reasoning", "yes", "--student", "fine-tune", "--max-new-tokens", "12", "--lr", "1e-4"),
+        ),
+    ),
+    "smarthome": DemoTask(
+        name="smarthome",
+        models=REPO / "models" / "smarthome",
+        generate_rows=smarthome.generate_rows,
+        answer_match=smarthome.ANSWER_MATCH,
+        simple_group="simple",
+        write_data=lambda out: smarthome.write(out, train=4000, validation=1000, test=100),
+        improve_args=("--replay-n", "2000", "--lr", "1e-4"),
+    ),
+}
+
+
+def demo_task(name: str, models: Path | None = None) -> DemoTask:
+    """The built-in task ``name``, its bundles in ``models`` when given."""
+    if name not in TASKS:
+        raise ConfigError(f"unknown demo task {name!r} (choose from {', '.join(TASKS)})")
+    return TASKS[name].with_models(models)
