@@ -1,18 +1,21 @@
 """What the cloud benchmarks share: a real Reasoner server on a loopback port, run on
 its own event-loop thread (the same logic as ``tests/cloud/conftest.py``, copied so
-benchmarks do not import tests), unique test problems, and machine facts."""
+benchmarks do not import tests), a real edge service sending traffic to it, unique test
+problems, and machine facts."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import platform
 import sys
 import threading
+import time
 import uuid
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -24,12 +27,29 @@ from edgecloud.cloud.engine import EngineConfig
 from edgecloud.cloud.server import CloudService, create_server
 from edgecloud.cloud.sessions import SessionConfig
 from edgecloud.cloud.transformers_engine import LoadedModel
+from edgecloud.edge.config import EdgeConfig
+from edgecloud.edge.escalation import CloudClient, CloudClientConfig
+from edgecloud.edge.metrics import EdgeMetrics
+from edgecloud.edge.outbox import Outbox
+from edgecloud.edge.runtime import EdgeBundle, ModelSlot
+from edgecloud.edge.service import EdgeService, QueryRequest, QueryResult
+from edgecloud.edge.triage import Requested
 from edgecloud.proto.edgecloud.v1 import reasoner_pb2 as pb
 from edgecloud.proto.edgecloud.v1 import reasoner_pb2_grpc as pb_grpc
 from edgecloud.shared.reasoning import normalize_text
 from edgecloud.shared.task import Problem, Split, generate
 
-__all__ = ["RunningServer", "busy_cpu_s", "load_teacher", "machine_info", "think_request", "unique_problems"]
+__all__ = [
+    "RunningServer",
+    "busy_cpu_s",
+    "edge_traffic",
+    "load_teacher",
+    "machine_info",
+    "think_request",
+    "unique_problems",
+]
+
+log = logging.getLogger("benchmarks")
 
 T = TypeVar("T")
 REPO = Path(__file__).resolve().parents[1]
@@ -72,6 +92,58 @@ class RunningServer:
         self.call(self.service.stop(0))
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
+
+
+class HasQuery(Protocol):
+    @property
+    def query(self) -> str: ...
+
+
+def edge_traffic(
+    bundle: Path,
+    server: RunningServer,
+    queries: Sequence[HasQuery],
+    concurrency: int,
+    work: Path,
+    route: Requested = Requested.AUTO,
+    budget: int | None = None,
+) -> list[QueryResult]:
+    """Each query through a real :class:`EdgeService` on ``bundle`` (triage, escalation over gRPC
+    to ``server``), ``concurrency`` at a time; the results in the queries' order."""
+
+    async def send(service: EdgeService) -> list[QueryResult]:
+        semaphore = asyncio.Semaphore(concurrency)
+        done = 0
+
+        async def one(item: HasQuery) -> QueryResult:
+            nonlocal done
+            async with semaphore:
+                request = QueryRequest(query=item.query, route=route, max_reasoning_tokens=budget)
+                result = await service.query(request)
+            done += 1
+            if done % 500 == 0:
+                log.info("%d / %d queries", done, len(queries))
+            return result
+
+        return await asyncio.gather(*(one(q) for q in queries))
+
+    async def main() -> list[QueryResult]:
+        config = EdgeConfig(bundle=bundle, outbox=work / f"outbox-{time.monotonic_ns()}.sqlite3", cloud="bench")
+        client = CloudClient(CloudClientConfig(target=f"127.0.0.1:{server.port}", deadline_s=600))
+        service = EdgeService(
+            config,
+            ModelSlot(EdgeBundle.load(bundle, threads=1)),
+            client=client,
+            outbox=Outbox(config.outbox),
+            metrics=EdgeMetrics(),
+        )
+        await service.start()
+        try:
+            return await send(service)
+        finally:
+            await service.stop()
+
+    return asyncio.run(main())
 
 
 def load_teacher(model: Path = TEACHER) -> LoadedModel:

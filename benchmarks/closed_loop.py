@@ -16,7 +16,6 @@ before and after, per k (``closed_loop.png``). Cloud accuracy is the thinking mo
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import logging
 import os
@@ -29,16 +28,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _cloud import REPO, RunningServer, busy_cpu_s, load_teacher, machine_info, unique_problems
+from _cloud import REPO, RunningServer, busy_cpu_s, edge_traffic, load_teacher, machine_info, unique_problems
 
 from edgecloud.cloud.engine import EngineConfig
 from edgecloud.cloud.sessions import SessionConfig
-from edgecloud.edge.config import EdgeConfig
-from edgecloud.edge.escalation import CloudClient, CloudClientConfig
-from edgecloud.edge.metrics import EdgeMetrics
-from edgecloud.edge.outbox import Outbox
-from edgecloud.edge.runtime import EdgeBundle, ModelSlot
-from edgecloud.edge.service import EdgeService, QueryRequest
+from edgecloud.edge.runtime import EdgeBundle
 from edgecloud.edge.triage import Requested
 from edgecloud.modelkit.improve import GateFailedError, ImproveConfig, improve_student
 from edgecloud.shared.task import Problem, parse_answer
@@ -46,52 +40,6 @@ from edgecloud.shared.task import Problem, parse_answer
 log = logging.getLogger("closed_loop")
 
 CLOUD_ONLY_BUDGET = 1024
-
-
-async def _send(
-    service: EdgeService, problems: list[Problem], concurrency: int, route=Requested.AUTO, budget: int | None = None
-) -> list:
-    semaphore = asyncio.Semaphore(concurrency)
-    done = 0
-
-    async def one(problem: Problem):
-        nonlocal done
-        async with semaphore:
-            result = await service.query(QueryRequest(query=problem.query, route=route, max_reasoning_tokens=budget))
-        done += 1
-        if done % 500 == 0:
-            log.info("%d / %d queries", done, len(problems))
-        return result
-
-    return await asyncio.gather(*(one(p) for p in problems))
-
-
-def _run_traffic(
-    bundle: Path,
-    server: RunningServer,
-    problems: list[Problem],
-    concurrency: int,
-    work: Path,
-    route=Requested.AUTO,
-    budget: int | None = None,
-):
-    async def main():
-        config = EdgeConfig(bundle=bundle, outbox=work / f"outbox-{time.monotonic_ns()}.sqlite3", cloud="bench")
-        client = CloudClient(CloudClientConfig(target=f"127.0.0.1:{server.port}", deadline_s=600))
-        service = EdgeService(
-            config,
-            ModelSlot(EdgeBundle.load(bundle, threads=1)),
-            client=client,
-            outbox=Outbox(config.outbox),
-            metrics=EdgeMetrics(),
-        )
-        await service.start()
-        try:
-            return await _send(service, problems, concurrency, route, budget)
-        finally:
-            await service.stop()
-
-    return asyncio.run(main())
 
 
 def _phase(problems: list[Problem], results: list) -> dict[str, object]:
@@ -234,7 +182,7 @@ def main() -> int:
             timings = {}
             if args.log is None:
                 t = time.monotonic()
-                _run_traffic(base, server, collect, args.concurrency, work)
+                edge_traffic(base, server, collect, args.concurrency, work)
                 timings["collect_s"] = time.monotonic() - t
                 # The log goes on growing with the fresh queries' escalations: train on what the collection wrote.
                 training_log = work / "training.jsonl"
@@ -245,10 +193,10 @@ def main() -> int:
             else:
                 training_log = args.log
             t = time.monotonic()
-            before = _run_traffic(base, server, fresh, args.concurrency, work)
+            before = edge_traffic(base, server, fresh, args.concurrency, work)
             # The cloud on every query at its full budget: the strongest baseline. (On `cloud` routing the
             # edge's hint still sizes the budget, and a simple query's hint starves the teacher's scratchpad.)
-            cloud_only = _run_traffic(
+            cloud_only = edge_traffic(
                 base, server, fresh, args.concurrency, work, route=Requested.CLOUD, budget=CLOUD_ONLY_BUDGET
             )
             timings["before_s"] = time.monotonic() - t
@@ -285,7 +233,7 @@ def main() -> int:
                 timings["improve_s"] = time.monotonic() - t
             new_bundle = (args.improved or work / "improved") / "edge-student"
             t = time.monotonic()
-            after = _run_traffic(new_bundle, server, fresh, args.concurrency, work)
+            after = edge_traffic(new_bundle, server, fresh, args.concurrency, work)
             timings["after_s"] = time.monotonic() - t
             latency = {"before": _edge_latency_by_k(base, fresh), "after": _edge_latency_by_k(new_bundle, fresh)}
         finally:
