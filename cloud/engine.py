@@ -20,7 +20,10 @@ budget token by token
 (reasoning tokens are those strictly between ``<think>`` and ``</think>``;
 once a job has spent its budget, ``</think>`` is forced and the answer
 follows), report a job's events in order on any one thread, and after
-``cancel`` report nothing more for that job.
+``cancel`` report nothing more for that job. A job with a :class:`Resume` continues a session
+cut by a restart: the backend reads the prompt and the text the session had streamed, counts the
+tokens it had spent against the budget and the output limit, and reports only what comes next,
+or fails the job (``RESUME_FAILED``) when it cannot: it never generates that past again.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ __all__ = [
     "GenerationResult",
     "Job",
     "ReasoningEngine",
+    "Resume",
 ]
 
 THINK_START = "<think>"
@@ -81,6 +85,20 @@ class EngineConfig:
             raise ConfigError(f"engine.device must be auto, cpu or cuda[:N], got {self.device!r}")
 
 
+@dataclass(frozen=True)
+class Resume:
+    """What a session had generated and streamed before a restart: where its job continues."""
+
+    reasoning: str = ""
+    """The reasoning text so far (streamed as deltas, or hidden behind progress counts)."""
+    reasoning_tokens: int = 0
+    """Reasoning tokens spent so far: they count against the job's budget."""
+    answer: str = ""
+    """The answer text streamed so far; not empty means the think block had closed."""
+    answer_tokens: int = 0
+    """Answer tokens generated so far: they count against ``max_output_tokens``."""
+
+
 @dataclass
 class Job:
     session_id: str
@@ -94,6 +112,8 @@ class Job:
     """The whole conversation, ending with the user's ``query``; empty: the query alone."""
     sampling: Sampling = field(default_factory=Sampling)
     """As the request asked; the engine fills what is unset from the model's defaults."""
+    resume: Resume | None = None
+    """Set when the job continues a session a restart cut: the engine starts after this text."""
 
     @property
     def conversation(self) -> tuple[Message, ...]:
@@ -130,7 +150,12 @@ class EngineEvent:
     session_id: str
     kind: EngineEventKind
     text: str = ""
+    """A delta's text; on REASONING_PROGRESS, the hidden reasoning text since the last progress
+    (never shown to readers: what a restart continues the reasoning from)."""
     reasoning_tokens: int = 0
+    """Reasoning tokens generated so far (on progress and delta events)."""
+    answer_tokens: int = 0
+    """Answer tokens generated so far (on answer deltas)."""
     result: GenerationResult | None = None
     error: str = ""
     error_code: str = ""

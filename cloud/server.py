@@ -278,8 +278,8 @@ class CloudService:
         """Drain: NOT_SERVING first (so balancers move away), then let RPCs finish, then stop."""
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
-        await self.sessions.close()
         self.engine.stop()
+        await self.sessions.close()  # writes what the engine streamed until it stopped: a restart continues there
         self.store.close()
         self.metrics.close()
 
@@ -357,13 +357,13 @@ async def create_server(
     sessions = SessionManager(
         engine, store, config=config.sessions, budget=BudgetPolicy(config.budget), metrics=metrics
     )
-    rerun = await sessions.start()
+    resumed = await sessions.start()
     servicer._sessions = sessions
     metrics_port = metrics.serve(config.metrics_port, config.metrics_host) if config.metrics_port is not None else None
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     log.info(
-        "reasoner serving %s v%d on %s:%d (tls=%s, auth=%s, metrics=%s, re-ran %d sessions)",
+        "reasoner serving %s v%d on %s:%d (tls=%s, auth=%s, metrics=%s, continued %d sessions)",
         engine.name,
         engine.version,
         config.host,
@@ -371,7 +371,7 @@ async def create_server(
         config.tls is not None,
         config.auth_required,
         metrics_port,
-        rerun,
+        resumed,
     )
     return CloudService(server, port, sessions, engine, store, health_servicer, metrics, metrics_port), port
 

@@ -13,11 +13,16 @@ caller's token): request ids are scoped per device, a lookup that names a device
 ``max_open_per_device`` unfinished sessions, so one device's flood is refused
 (:class:`ResourceExhaustedError`) while the rest of the engine queue serves the others.
 
-Durability (:mod:`edgecloud.cloud.store`): a session is written when accepted and when
-it ends. After a restart, finished sessions are served from the store, and
-accepted-but-unfinished ones run again under the same ids; greedy decoding
-regenerates the same events, so readers who resume from a seq they saw before
-the restart see what they would have seen.
+Durability (:mod:`edgecloud.cloud.store`): a session is written when accepted, while it
+runs (its events, written behind in batches by :mod:`edgecloud.cloud.journal`) and when it ends.
+Readers see an event only once it is written, so nothing a reader saw can be lost. After a
+restart, finished sessions are served from the store, and unfinished ones continue under the
+same ids from the events they had streamed: the log is loaded as it was, the engine reads the
+prompt with the reasoning and answer so far (the reasoning tokens spent count against the budget)
+and generates what follows, numbered on from the last seq. Greedy or sampled, readers who resume
+from any seq they saw before the restart see no gap, no duplicate and no different past; a
+session that cannot continue (its text no longer fits the model) fails with RESUME_FAILED
+rather than generate its past again.
 
 Everything here runs on one asyncio loop; engine callbacks arrive on the
 engine thread and are handed to the loop.
@@ -38,14 +43,14 @@ from pathlib import Path
 import numpy as np
 
 from edgecloud.cloud.budget import BudgetPolicy
-from edgecloud.cloud.dataset import EdgeView, Escalation, EscalationLog
-from edgecloud.cloud.engine import EngineEvent, EngineEventKind, GenerationResult, Job, ReasoningEngine
+from edgecloud.cloud.dataset import EscalationLog, escalation_record
+from edgecloud.cloud.engine import EngineEvent, EngineEventKind, GenerationResult, Job, ReasoningEngine, Resume
+from edgecloud.cloud.journal import EventJournal, resume_from
 from edgecloud.cloud.metrics import CloudMetrics
-from edgecloud.cloud.store import SessionStorage
+from edgecloud.cloud.store import SessionStorage, StoredSession
 from edgecloud.shared.errors import ConfigError, InvalidInputError, NotFoundError, ResourceExhaustedError
 from edgecloud.shared.features import decode_features
 from edgecloud.shared.reasoning import (
-    EdgeHint,
     Event,
     EventKind,
     Failure,
@@ -77,10 +82,14 @@ class SessionConfig:
     max_open_per_device: int = 64
     """Unfinished (queued or running) sessions one device may hold; more are RESOURCE_EXHAUSTED.
     Keep it below the engine's ``max_queue`` so one device cannot fill the queue; 0 = no limit."""
+    write_every_s: float = 0.1
+    """Longest wait between two writes of running sessions' events (one transaction for all of
+    them). Readers see an event once it is written, so this is also the most a streamed event
+    waits; the first event after a quiet spell is written at once."""
 
     def __post_init__(self) -> None:
-        if self.ttl_s <= 0 or self.sweep_every_s <= 0:
-            raise ConfigError("sessions: ttl_s and sweep_every_s must be > 0")
+        if self.ttl_s <= 0 or self.sweep_every_s <= 0 or self.write_every_s <= 0:
+            raise ConfigError("sessions: ttl_s, sweep_every_s and write_every_s must be > 0")
         if self.max_open_per_device < 0:
             raise ConfigError(f"sessions: max_open_per_device must be >= 0, got {self.max_open_per_device}")
         if self.result_cache_size < 0 or self.max_feature_elements < 1:
@@ -98,6 +107,11 @@ class Session:
         self.finished_at: float | None = None
         self.status = SessionStatus.QUEUED
         self.events: list[Event] = []
+        self.written = 0
+        """How many of ``events`` the store holds: what readers may see."""
+        self.reasoning_tokens = 0
+        self.answer_tokens = 0
+        """Tokens generated so far, as of the last event (what a restart continues counting from)."""
         self.changed = asyncio.Condition()
         self.features: np.ndarray | None = None
         self.producer = ""
@@ -114,7 +128,7 @@ class Session:
             session_id=self.id,
             request_id=self.params.request_id,
             status=self.status,
-            last_seq=len(self.events),
+            last_seq=self.written,
             answer=result.text if result else "",
             usage=result.usage if result else Usage(),
             model_name=model_name,
@@ -153,14 +167,16 @@ class SessionManager:
         self._open: dict[str, set[str]] = {}
         """Device id -> its unfinished sessions in the engine (the per-device share of the queue)."""
         self._cache: collections.OrderedDict[_CacheKey, Event] = collections.OrderedDict()
+        self.journal = EventJournal(store, every_s=self.config.write_every_s, on_written=self._written)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._sweeper: asyncio.Task[None] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
 
     async def start(self) -> int:
-        """Warm the result cache and re-run unfinished sessions; returns how many re-ran."""
+        """Warm the result cache and continue unfinished sessions; returns how many continue."""
         self._loop = asyncio.get_running_loop()
+        self.journal.start()
         for stored in self.store.completed(self.config.result_cache_size):
             produced_by = (stored.accepted.model_name, stored.accepted.model_version)
             if produced_by != (self.engine.name, self.engine.version):
@@ -169,23 +185,36 @@ class SessionManager:
                 events = self.store.events(stored.session_id)
                 if events and events[-1].kind is EventKind.COMPLETED:
                     self._remember(stored.params, stored.budget, events[-1])
-        rerun = 0
+        resumed = 0
         for stored in self.store.unfinished():
-            session = Session(stored.session_id, stored.params, stored.budget, time.monotonic())
-            session.events.append(stored.accepted)
-            self._adopt(session)
-            self._decode_features(session)
-            self._submit(session)
-            rerun += 1
-        if rerun:
-            log.info("re-running %d sessions accepted before the restart", rerun)
+            self._resume(stored)
+            resumed += 1
+        if resumed:
+            log.info("continuing %d sessions cut by the restart", resumed)
         self._sweeper = asyncio.create_task(self._sweep_forever())
-        return rerun
+        return resumed
 
     async def close(self) -> None:
+        """Stop the sweeper and write the events still queued (stop the engine first to keep all)."""
         if self._sweeper is not None:
             self._sweeper.cancel()
             await asyncio.gather(self._sweeper, return_exceptions=True)
+        await self.journal.close()
+
+    def _resume(self, stored: StoredSession) -> None:
+        """An unfinished session from the store, its log as readers saw it, back in the engine
+        to continue from where that log ends."""
+        progress = self.store.progress(stored.session_id)
+        session = Session(stored.session_id, stored.params, stored.budget, time.monotonic())
+        session.events = progress.events
+        session.written = len(session.events)
+        session.reasoning_tokens, session.answer_tokens = progress.reasoning_tokens, progress.answer_tokens
+        resume = resume_from(progress)
+        if resume is not None and resume.answer:
+            session.first_answer = session.created  # its first answer token came before the restart
+        self._adopt(session)
+        self._decode_features(session)
+        self._submit(session, resume)
 
     # -- commands ----------------------------------------------------------------------
 
@@ -230,7 +259,8 @@ class SessionManager:
             self._submit(session)  # raises when full, before anything is recorded
         self.store.accept(session.id, params, session.budget, accepted)
         self._adopt(session)
-        self._append(session, accepted)
+        session.events.append(accepted)
+        session.written = 1
         if cached is not None:
             self.metrics.cache_hits.inc()
             self._serve_cached(session, cached)
@@ -254,13 +284,13 @@ class SessionManager:
             raise InvalidInputError(f"after_seq must be >= 0, got {after_seq}")
         index = after_seq
         while True:
-            while index < len(session.events):
+            while index < session.written:  # only what a restart cannot take back
                 index += 1
                 yield session.events[index - 1]
             if session.finished:
                 return
             async with session.changed:
-                await session.changed.wait_for(lambda seen=index: len(session.events) > seen or session.finished)
+                await session.changed.wait_for(lambda seen=index: session.written > seen or session.finished)
 
     # -- internals ---------------------------------------------------------------------
 
@@ -292,6 +322,7 @@ class SessionManager:
             return self._sessions.get(session_id)
         session = Session(stored.session_id, stored.params, stored.budget, time.monotonic())
         session.events = self.store.events(session_id) or [stored.accepted]
+        session.written = len(session.events)
         session.status = stored.info.status
         session.failure = stored.info.failure
         session.finished_at = time.monotonic()
@@ -314,8 +345,8 @@ class SessionManager:
         session.producer = f"{encoded.model_name}@{encoded.model_version}:{encoded.model_sha256}"
 
     def _fix_sampling(self, params: ThinkParams) -> ThinkParams:
-        """``params`` with a seed when the session samples and the caller gave none. The seed is
-        stored with the request, so a re-run after a restart samples the same text again."""
+        """``params`` with a seed when the session samples and the caller gave none: stored with the
+        request, it makes the answer repeatable and part of the result cache's key."""
         sampling, default = params.sampling, self.engine.default_sampling
         temperature = default.temperature if sampling.temperature is None else sampling.temperature
         if not temperature or sampling.seed is not None:
@@ -355,7 +386,7 @@ class SessionManager:
         while len(self._cache) > self.config.result_cache_size:
             self._cache.popitem(last=False)
 
-    def _submit(self, session: Session) -> None:
+    def _submit(self, session: Session, resume: Resume | None = None) -> None:
         config = self.engine.config
         output = min(session.params.max_output_tokens or config.default_max_output_tokens, config.max_output_tokens)
         loop = self._loop or asyncio.get_running_loop()
@@ -374,6 +405,7 @@ class SessionManager:
                 on_event,
                 messages=params.messages,
                 sampling=params.sampling,
+                resume=resume,
             )
         )
         self._open.setdefault(session.params.device_id, set()).add(session.id)
@@ -386,9 +418,22 @@ class SessionManager:
             if not open_:
                 del self._open[session.params.device_id]
 
-    def _append(self, session: Session, event: Event) -> None:
+    def _record(self, session: Session, event: Event, hidden_reasoning: str = "") -> None:
+        """Append a running session's event; readers see it once the journal has written it."""
         session.events.append(event)
-        self._notify(session)
+        self.journal.record(
+            session.id,
+            event,
+            reasoning_tokens=session.reasoning_tokens,
+            answer_tokens=session.answer_tokens,
+            hidden_reasoning=hidden_reasoning,
+        )
+
+    def _written(self, session_id: str, seq: int) -> None:
+        session = self._sessions.get(session_id)
+        if session is not None and seq > session.written:
+            session.written = seq
+            self._notify(session)
 
     def _notify(self, session: Session) -> None:
         async def wake() -> None:
@@ -407,19 +452,23 @@ class SessionManager:
         match event.kind:
             case EngineEventKind.STARTED:
                 session.started = now
-                session.status = SessionStatus.THINKING if session.budget > 0 else SessionStatus.ANSWERING
+                thinking = session.budget > 0 and session.first_answer is None
+                session.status = SessionStatus.THINKING if thinking else SessionStatus.ANSWERING
             case EngineEventKind.REASONING_PROGRESS:
-                self._append(
-                    session, self._next(session, EventKind.REASONING_PROGRESS, reasoning_tokens=event.reasoning_tokens)
-                )
+                session.reasoning_tokens = max(session.reasoning_tokens, event.reasoning_tokens)
+                progress = self._next(session, EventKind.REASONING_PROGRESS, reasoning_tokens=event.reasoning_tokens)
+                self._record(session, progress, hidden_reasoning=event.text)  # the text is never shown
             case EngineEventKind.REASONING_DELTA:
-                self._append(session, self._next(session, EventKind.REASONING_DELTA, text=event.text))
+                session.reasoning_tokens = max(session.reasoning_tokens, event.reasoning_tokens)
+                self._record(session, self._next(session, EventKind.REASONING_DELTA, text=event.text))
             case EngineEventKind.ANSWER_DELTA:
                 if session.first_answer is None:
                     session.first_answer = now
                     self.metrics.first_answer_token.observe(now - session.created)
                 session.status = SessionStatus.ANSWERING
-                self._append(session, self._next(session, EventKind.ANSWER_DELTA, text=event.text))
+                session.reasoning_tokens = max(session.reasoning_tokens, event.reasoning_tokens)
+                session.answer_tokens = max(session.answer_tokens, event.answer_tokens)
+                self._record(session, self._next(session, EventKind.ANSWER_DELTA, text=event.text))
             case EngineEventKind.FINISHED:
                 assert event.result is not None
                 self._complete(session, event.result, now)
@@ -448,7 +497,7 @@ class SessionManager:
         session.status = SessionStatus.COMPLETED
         session.finished_at = now
         self._close_slot(session)
-        self._append(session, completed)
+        session.events.append(completed)
         self._persist(session)
         self._remember(session.params, session.budget, completed)
         m = self.metrics
@@ -464,34 +513,12 @@ class SessionManager:
         # What an edge escalated (its features), and every conversation a device sent (an edge leaves
         # those to the cloud unread): the next student's training data, with its context whole.
         if self.escalations is not None and (session.features is not None or session.params.multi_turn):
-            self.escalations.append(self._escalation(session, result))
-
-    def _escalation(self, session: Session, result: GenerationResult) -> Escalation:
-        params, encoded = session.params, session.params.features
-        producer = {} if encoded is None else {
-            "name": encoded.model_name, "version": encoded.model_version, "sha256": encoded.model_sha256
-        }  # fmt: skip
-        return Escalation(
-            request_id=params.request_id,
-            device_id=params.device_id,
-            query=params.query,
-            answer=result.answer,
-            reasoning_tokens=result.usage.reasoning_tokens,
-            budget_reached=result.budget_reached,
-            producer=producer,
-            features=[] if session.features is None else [float(x) for x in session.features.ravel()],
-            created_at=EscalationLog.now(),
-            reasoning=result.reasoning,
-            budget=session.budget,
-            finish_reason=result.finish_reason,
-            edge=_edge_view(params.hint),
-            messages=[m.to_dict() for m in params.messages],
-        )
+            self.escalations.append(escalation_record(session.params, session.features, session.budget, result))
 
     def _serve_cached(self, session: Session, cached: Event) -> None:
         now = time.monotonic()
         if cached.text:
-            self._append(session, self._next(session, EventKind.ANSWER_DELTA, text=cached.text))
+            session.events.append(self._next(session, EventKind.ANSWER_DELTA, text=cached.text))
         usage = replace(cached.usage, cached_tokens=cached.usage.input_tokens)
         completed = self._next(
             session,
@@ -506,7 +533,7 @@ class SessionManager:
         session.result = completed
         session.status = SessionStatus.COMPLETED
         session.finished_at = now
-        self._append(session, completed)
+        session.events.append(completed)
         self._persist(session)
         self.metrics.sessions.labels("cached").inc()
 
@@ -515,15 +542,19 @@ class SessionManager:
         session.status = status
         session.finished_at = time.monotonic()
         self._close_slot(session)
-        self._append(session, self._next(session, EventKind.FAILED, failure=failure))
+        session.events.append(self._next(session, EventKind.FAILED, failure=failure))
         self._persist(session)
         self.metrics.sessions.labels(status.name.lower()).inc()
 
     def _persist(self, session: Session) -> None:
+        """Write the finished session's whole log, then show readers all of it."""
+        self.journal.forget(session.id)
+        session.written = len(session.events)  # its info (last_seq) is stored with the log
         try:
             self.store.finish(session.info(self.engine.name, self.engine.version), session.events)
-        except Exception:
+        except Exception:  # served from memory until it expires; a restart would continue it
             log.exception("could not persist session %s", session.id)
+        self._notify(session)
 
     async def _sweep_forever(self) -> None:
         last_tokens, last_time = self.engine.tokens_generated, time.monotonic()
@@ -547,10 +578,3 @@ class SessionManager:
             self._by_request.pop((session.params.device_id, session.params.request_id), None)
         self.store.expire(time.time() - self.config.ttl_s)
         return len(expired)
-
-
-def _edge_view(hint: EdgeHint | None) -> EdgeView | None:
-    """What the edge said before escalating, for the escalation log."""
-    if hint is None:
-        return None
-    return EdgeView(answer=hint.answer, confidence=hint.confidence, estimated_difficulty=hint.estimated_difficulty)

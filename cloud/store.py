@@ -1,11 +1,11 @@
 """Durable session records in SQLite: what lets a restart lose nothing accepted.
 
-A session is written when it is accepted (its request) and again when it
-ends (its final state and full event log, in one transaction). After a
-restart, finished sessions are served from here, and accepted-but-unfinished
-ones are handed back to be run again. Rows are protobuf bytes from
-:mod:`edgecloud.shared.wire`, so the format is the wire contract and needs no schema of
-its own.
+A session is written when it is accepted (its request), while it runs (its new events, in
+batches: :class:`Checkpoint`), and when it ends (its final state and full event log, in one
+transaction). After a restart, finished sessions are served from here, and accepted-but-unfinished
+ones are handed back with what they had streamed (:class:`Progress`), to continue from there.
+Rows are protobuf bytes from :mod:`edgecloud.shared.wire`, so the format is the wire contract and
+needs no schema of its own. A store from before checkpoints gains their table when opened.
 
 A request id is unique per device (``UNIQUE (device_id, request_id)``): two devices may
 use the same one. A store written before that (``request_id`` unique on its own, no
@@ -14,9 +14,10 @@ use the same one. A store written before that (``request_id`` unique on its own,
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -33,7 +34,7 @@ from edgecloud.shared.wire import (
     think_request_to_pb,
 )
 
-__all__ = ["SessionStorage", "SessionStore", "StoredSession"]
+__all__ = ["Checkpoint", "Progress", "SessionStorage", "SessionStore", "StoredSession"]
 
 _SESSIONS_TABLE = """
 CREATE TABLE IF NOT EXISTS {name} (
@@ -57,6 +58,12 @@ CREATE TABLE IF NOT EXISTS events (
     event      BLOB NOT NULL,
     PRIMARY KEY (session_id, seq)
 );
+CREATE TABLE IF NOT EXISTS progress (
+    session_id       TEXT PRIMARY KEY REFERENCES sessions(session_id) ON DELETE CASCADE,
+    reasoning_tokens INTEGER NOT NULL,
+    answer_tokens    INTEGER NOT NULL,
+    hidden_reasoning TEXT NOT NULL
+);
 CREATE INDEX IF NOT EXISTS sessions_finished ON sessions(finished_at);
 """
 )
@@ -73,6 +80,34 @@ class StoredSession:
     """None while unfinished."""
 
 
+@dataclass(frozen=True)
+class Checkpoint:
+    """What an unfinished session streamed since its previous checkpoint, and its counts so far."""
+
+    session_id: str
+    events: tuple[Event, ...]
+    """The new events, in ``seq`` order, following the stored ones without a gap."""
+    reasoning_tokens: int = 0
+    """Reasoning tokens generated in all, as of the last of ``events``."""
+    answer_tokens: int = 0
+    """Answer tokens generated in all, as of the last of ``events``."""
+    hidden_reasoning: str = ""
+    """Reasoning text that no event carries (the session hides its reasoning), generated since the
+    previous checkpoint."""
+
+
+@dataclass(frozen=True)
+class Progress:
+    """How far an unfinished session got by its last checkpoint: what a restart continues from."""
+
+    events: list[Event]
+    """Its log so far, from the ACCEPTED event on (empty for an unknown session)."""
+    reasoning_tokens: int = 0
+    answer_tokens: int = 0
+    hidden_reasoning: str = ""
+    """All the hidden reasoning text so far."""
+
+
 @runtime_checkable
 class SessionStorage(Protocol):
     """What :class:`~edgecloud.cloud.sessions.SessionManager` needs from durable storage.
@@ -85,7 +120,11 @@ class SessionStorage(Protocol):
     """
 
     def accept(self, session_id: str, params: ThinkParams, budget: int, accepted: Event) -> None:
-        """Record an accepted session before the caller is told it exists."""
+        """Record an accepted session, its log started with ``accepted``, before the caller is told it exists."""
+
+    def append(self, checkpoints: Sequence[Checkpoint]) -> None:
+        """Add each checkpoint to its unfinished session, all in one transaction (a finished or
+        forgotten session's checkpoint is ignored: its final log is already written)."""
 
     def finish(self, info: SessionInfo, events: list[Event]) -> None:
         """Record a session's final state and its whole event log, atomically."""
@@ -100,10 +139,13 @@ class SessionStorage(Protocol):
         """The session accepted for that device's request id, or None: what makes a retry idempotent."""
 
     def events(self, session_id: str) -> list[Event]:
-        """A finished session's events in ``seq`` order (empty for an unfinished one)."""
+        """A session's stored events in ``seq`` order: all of a finished one's, an unfinished one's so far."""
+
+    def progress(self, session_id: str) -> Progress:
+        """An unfinished session's events and counts as of its last checkpoint."""
 
     def unfinished(self) -> Iterator[StoredSession]:
-        """Sessions accepted and not finished: what a restart runs again."""
+        """Sessions accepted and not finished: what a restart continues."""
 
     def completed(self, limit: int) -> Iterator[StoredSession]:
         """The most recently finished sessions, newest first, at most ``limit``."""
@@ -114,7 +156,7 @@ class SessionStorage(Protocol):
 
 class SessionStore:
     """The SQLite :class:`SessionStorage`. Thread-safe; one connection guarded by a lock (writes are
-    small and rare)."""
+    small: a request, a batch of checkpoints, a finished log)."""
 
     def __init__(self, path: str | Path = ":memory:") -> None:
         self.path = str(path)
@@ -156,36 +198,63 @@ class SessionStore:
 
     def accept(self, session_id: str, params: ThinkParams, budget: int, accepted: Event) -> None:
         request = think_request_to_pb(params).SerializeToString()
-        with self._lock:
+        first = event_to_pb(accepted).SerializeToString()
+        with self._lock, self._transaction():
             self._db.execute(
                 "INSERT INTO sessions (session_id, device_id, request_id, request, budget, accepted, created_at)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (
-                    session_id,
-                    params.device_id,
-                    params.request_id,
-                    request,
-                    budget,
-                    event_to_pb(accepted).SerializeToString(),
-                    time.time(),
-                ),
+                (session_id, params.device_id, params.request_id, request, budget, first, time.time()),
             )
+            self._db.execute(
+                "INSERT INTO events (session_id, seq, event) VALUES (?, ?, ?)", (session_id, accepted.seq, first)
+            )
+
+    def append(self, checkpoints: Sequence[Checkpoint]) -> None:
+        rows = [
+            (c, [(c.session_id, e.seq, event_to_pb(e).SerializeToString()) for e in c.events]) for c in checkpoints
+        ]  # serialized before taking the lock
+        with self._lock, self._transaction():
+            for checkpoint, events in rows:
+                open_ = self._db.execute(
+                    "SELECT 1 FROM sessions WHERE session_id = ? AND finished_at IS NULL", (checkpoint.session_id,)
+                ).fetchone()
+                if open_ is None:
+                    continue
+                self._db.executemany("INSERT INTO events (session_id, seq, event) VALUES (?, ?, ?)", events)
+                self._db.execute(
+                    "INSERT INTO progress (session_id, reasoning_tokens, answer_tokens, hidden_reasoning)"
+                    " VALUES (?, ?, ?, ?) ON CONFLICT (session_id) DO UPDATE SET"
+                    " reasoning_tokens = excluded.reasoning_tokens, answer_tokens = excluded.answer_tokens,"
+                    " hidden_reasoning = progress.hidden_reasoning || excluded.hidden_reasoning",
+                    (
+                        checkpoint.session_id,
+                        checkpoint.reasoning_tokens,
+                        checkpoint.answer_tokens,
+                        checkpoint.hidden_reasoning,
+                    ),
+                )
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """One transaction (the connection is in autocommit mode); the caller holds the lock."""
+        self._db.execute("BEGIN")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
 
     def finish(self, info: SessionInfo, events: list[Event]) -> None:
         rows = [(info.session_id, e.seq, event_to_pb(e).SerializeToString()) for e in events]
-        with self._lock:
-            self._db.execute("BEGIN")
-            try:
-                self._db.execute(
-                    "UPDATE sessions SET finished_at = ?, info = ? WHERE session_id = ?",
-                    (time.time(), session_info_to_pb(info).SerializeToString(), info.session_id),
-                )
-                self._db.execute("DELETE FROM events WHERE session_id = ?", (info.session_id,))
-                self._db.executemany("INSERT INTO events (session_id, seq, event) VALUES (?, ?, ?)", rows)
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        with self._lock, self._transaction():
+            self._db.execute(
+                "UPDATE sessions SET finished_at = ?, info = ? WHERE session_id = ?",
+                (time.time(), session_info_to_pb(info).SerializeToString(), info.session_id),
+            )
+            self._db.execute("DELETE FROM events WHERE session_id = ?", (info.session_id,))
+            self._db.execute("DELETE FROM progress WHERE session_id = ?", (info.session_id,))  # nothing to resume
+            self._db.executemany("INSERT INTO events (session_id, seq, event) VALUES (?, ?, ?)", rows)
 
     def forget(self, session_id: str) -> None:
         with self._lock:
@@ -231,6 +300,21 @@ class SessionStore:
                 "SELECT event FROM events WHERE session_id = ? ORDER BY seq", (session_id,)
             ).fetchall()
         return [event_from_pb(pb.ThinkEvent.FromString(r[0])) for r in rows]
+
+    def progress(self, session_id: str) -> Progress:
+        with self._lock:  # the events and the counts of one checkpoint
+            accepted = self._db.execute("SELECT accepted FROM sessions WHERE session_id = ?", (session_id,)).fetchone()
+            events = self._db.execute(
+                "SELECT event FROM events WHERE session_id = ? ORDER BY seq", (session_id,)
+            ).fetchall()
+            row = self._db.execute(
+                "SELECT reasoning_tokens, answer_tokens, hidden_reasoning FROM progress WHERE session_id = ?",
+                (session_id,),
+            ).fetchone()
+        log = [event_from_pb(pb.ThinkEvent.FromString(r[0])) for r in events]
+        if accepted is not None and (not log or log[0].seq != 1):  # accepted by a store that kept no log until the end
+            log.insert(0, event_from_pb(pb.ThinkEvent.FromString(accepted[0])))
+        return Progress(log, *row) if row else Progress(log)
 
     def unfinished(self) -> Iterator[StoredSession]:
         with self._lock:

@@ -5,14 +5,18 @@ Continuous (iteration-level) batching: one thread owns the model and runs a
 loop of decode steps over the *running batch*. Between two steps, waiting
 jobs are prefilled and join the batch, and finished or cancelled ones leave
 it, so a short answer never waits for a long reasoning chain. Each row keeps
-its own keys and values inside one left-padded batch cache; joining pads the
-shorter side on the left, leaving selects rows and trims columns nobody uses.
+its own keys and values inside one left-padded batch cache (:mod:`edgecloud.cloud.batch_cache`);
+joining pads the shorter side on the left, leaving selects rows and trims columns nobody uses.
 
 The thinking budget is enforced here, token by token: once a row has spent
 its budget of reasoning tokens (the tokens strictly between ``<think>`` and
 ``</think>``), ``</think>`` is forced as its next token and it goes on to the
 answer. An end token inside the think block is replaced by ``</think>`` too,
 so an answer always comes.
+
+A job that continues a session cut by a restart (``Job.resume``) is prefilled with its prompt,
+``<think>`` and the reasoning so far and, once the answer had begun, ``</think>`` and the answer so
+far; its counts start where the session's stopped, and it reports only the text that follows.
 
 The engine knows nothing of gRPC or sessions: it takes :class:`Job` objects
 and reports :class:`EngineEvent` objects through each job's callback, on the
@@ -26,13 +30,13 @@ import enum
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
-from transformers.cache_utils import Cache, DynamicLayer
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from edgecloud.cloud.batch_cache import Batch, GrowingCache, merge_batches
 from edgecloud.cloud.engine import (
     THINK_END,
     THINK_START,
@@ -99,9 +103,25 @@ class _Detokenizer:
         self.tokenizer, self.lstrip = tokenizer, lstrip
         self.ids: list[int] = []
         self.emitted = 0
+        self.prefix = ""
+        """Text emitted before a restart; ``ids`` are the tokens generated after it."""
+        self._context: list[int] = []
+        self._context_chars = 0
+
+    def resume(self, text: str, ids: list[int]) -> None:
+        """Continue after ``text`` (tokenized as ``ids``), which counts as emitted. Its last tokens
+        are decoded along with the new ones, so a word boundary decodes as it would have in one
+        piece (a SentencePiece tokenizer drops the space of a word that starts a sequence)."""
+        self.prefix, self._context = text, ids[-4:]
+        self._context_chars = len(self.tokenizer.decode(self._context, skip_special_tokens=True))
+        self.emitted = len(self.text())
 
     def push(self, token: int) -> str:
         self.ids.append(token)
+        return self.take()
+
+    def take(self) -> str:
+        """The text since the last call that can no longer change."""
         text = self.text()
         if text.endswith("\ufffd"):  # an incomplete multi-byte character
             return ""
@@ -109,7 +129,8 @@ class _Detokenizer:
         return delta
 
     def text(self) -> str:
-        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        text = self.tokenizer.decode(self._context + self.ids, skip_special_tokens=True)
+        text = self.prefix + text[self._context_chars :]
         return text.lstrip() if self.lstrip else text
 
 
@@ -176,54 +197,6 @@ class _Row:
     done: bool = False
 
 
-class _GrowingLayer(DynamicLayer):
-    """A cache layer with spare room: a decode step writes its token in place.
-
-    ``DynamicLayer`` concatenates, copying the whole cache every step; on a
-    batch of 16 that copy was 40% of the step (measured by
-    ``benchmarks/cloud_throughput.py``'s profile). Capacity doubles when full.
-    """
-
-    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, cache_kwargs=None):  # type: ignore[no-untyped-def]
-        if not self.is_initialized:
-            self.lazy_initialization(key_states)
-            self._length = 0
-            self._key_buffer = self._value_buffer = None
-        new = key_states.shape[-2]
-        needed = self._length + new
-        if self._key_buffer is None or needed > self._key_buffer.shape[-2]:
-            capacity = max(64, 2 * needed)
-            shape = (*key_states.shape[:-2], capacity, key_states.shape[-1])
-            # Uninitialised is fine: only [:length] is ever exposed, and it is always written.
-            keys, values = key_states.new_empty(shape), value_states.new_empty(shape)
-            if self._length:
-                keys[..., : self._length, :] = self._key_buffer[..., : self._length, :]
-                values[..., : self._length, :] = self._value_buffer[..., : self._length, :]
-            self._key_buffer, self._value_buffer = keys, values
-        self._key_buffer[..., self._length : needed, :] = key_states
-        self._value_buffer[..., self._length : needed, :] = value_states
-        self._length = needed
-        self.keys = self._key_buffer[..., :needed, :]
-        self.values = self._value_buffer[..., :needed, :]
-        return self.keys, self.values
-
-
-class _GrowingCache(DynamicCache):
-    def __init__(self, layers: list[tuple[torch.Tensor, torch.Tensor]] | None = None) -> None:
-        Cache.__init__(self, layer_class_to_replicate=_GrowingLayer)
-        for index, (keys, values) in enumerate(layers or ()):
-            self.update(keys, values, index)
-
-
-@dataclass
-class _Batch:
-    rows: list[_Row] = field(default_factory=list)
-    cache: DynamicCache | None = None
-    mask: torch.Tensor | None = None
-    positions: torch.Tensor | None = None
-    next_logits: torch.Tensor | None = None
-
-
 class TransformersEngine:
     """Owns the model and one decode thread. Thread-safe ``submit`` and ``cancel``."""
 
@@ -242,7 +215,7 @@ class TransformersEngine:
         self._waiting: collections.deque[Job] = collections.deque()
         self._cancelled: set[str] = set()
         self._cv = threading.Condition()
-        self._batch = _Batch()
+        self._batch = Batch()
         self._stopping = False
         self._thread: threading.Thread | None = None
         self.steps = 0
@@ -318,7 +291,7 @@ class TransformersEngine:
                 log.exception("engine step failed; failing %d running sessions", len(self._batch.rows))
                 for row in self._batch.rows:
                     self._emit(row, EngineEventKind.FAILED, error=f"engine error: {exc}", error_code="ENGINE_ERROR")
-                self._batch = _Batch()
+                self._batch = Batch()
 
     def _encode(self, messages: tuple[Message, ...], *, thinking: bool) -> list[int]:
         prompt = self.tokenizer.apply_chat_template(
@@ -345,24 +318,20 @@ class TransformersEngine:
         now = time.monotonic()
         rows, encoded = [], []
         for job in jobs:
-            ids = self._encode(job.conversation, thinking=job.reasoning_budget > 0)
-            limit = min(self.config.max_input_tokens, self.max_positions - 2)
+            prompt = self._encode(job.conversation, thinking=job.reasoning_budget > 0)
             row = _Row(
                 job,
-                len(ids),
+                len(prompt),
                 _Phase.OPENING if job.reasoning_budget > 0 else _Phase.ANSWERING,
                 now,
                 _Detokenizer(self.tokenizer, lstrip=True),
                 _Detokenizer(self.tokenizer, lstrip=True),
                 _Sampler(self._resolve(job.sampling)),
             )
-            if len(ids) > limit:
-                self._emit(
-                    row,
-                    EngineEventKind.FAILED,
-                    error=f"prompt has {len(ids)} tokens; the limit is {limit}",
-                    error_code="INVALID_ARGUMENT",
-                )
+            ids = prompt + self._resume(row) if job.resume is not None else prompt
+            refusal = self._refusal(row, len(ids))
+            if refusal:
+                self._emit(row, EngineEventKind.FAILED, error=refusal[1], error_code=refusal[0])
                 continue
             self._emit(row, EngineEventKind.STARTED)
             rows.append(row)
@@ -376,7 +345,7 @@ class TransformersEngine:
             input_ids[i, width - len(ids) :] = torch.tensor(ids)
             mask[i, width - len(ids) :] = 1
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        cache = _GrowingCache()
+        cache = GrowingCache()
         logits = self.model(
             input_ids=input_ids.to(self.device),
             attention_mask=mask.to(self.device),
@@ -384,25 +353,69 @@ class TransformersEngine:
             past_key_values=cache,
             use_cache=True,
         ).logits[:, -1]
-        new = _Batch(
+        new = Batch(
             rows, cache, mask.to(self.device), torch.tensor([len(e) for e in encoded], device=self.device), logits
         )
-        self._batch = new if not self._batch.rows else _merge(self._batch, new)
+        self._batch = new if not self._batch.rows else merge_batches(self._batch, new)
+
+    def _refusal(self, row: _Row, length: int) -> tuple[str, str] | None:
+        """(code, message) when the row cannot start: a prompt over the input limit, or a resumed
+        session with no room left to continue (its past is never generated again instead)."""
+        limit = min(self.config.max_input_tokens, self.max_positions - 2)
+        if row.prompt_tokens > limit:
+            return "INVALID_ARGUMENT", f"prompt has {row.prompt_tokens} tokens; the limit is {limit}"
+        if length >= self.max_positions - 1:
+            return "RESUME_FAILED", (
+                f"cannot continue after the restart: the prompt and the text streamed before it take {length} "
+                f"tokens; the model reads at most {self.max_positions - 1} (nothing is generated again)"
+            )
+        return None
+
+    def _resume(self, row: _Row) -> list[int]:
+        """The tokens after the prompt that put ``row`` where its session stood before the restart
+        (the think block as far as it went, then the answer so far), with its counts and streams
+        set to continue from there."""
+        resume, encode = row.job.resume, self._encode_text
+        assert resume is not None
+        answering = bool(resume.answer) or row.job.reasoning_budget == 0
+        ids: list[int] = []
+        if row.job.reasoning_budget > 0 and (answering or resume.reasoning or resume.reasoning_tokens):
+            # The streams drop the whitespace around the reasoning and the answer; put back Qwen3's.
+            reasoning = encode(resume.reasoning)
+            ids += [self.think_start, *encode("\n"), *reasoning]
+            row.reasoning.resume(resume.reasoning, reasoning)
+            row.reasoning_tokens = row.reported_progress = resume.reasoning_tokens
+            row.phase, row.output_tokens = _Phase.THINKING, 1
+            if answering:
+                ids += [*encode("\n"), self.think_end, *encode("\n\n")]
+                row.phase, row.output_tokens = _Phase.ANSWERING, 2
+                row.forced = resume.reasoning_tokens >= row.job.reasoning_budget
+        if resume.answer:
+            answer = encode(resume.answer)
+            ids += answer
+            row.answer.resume(resume.answer, answer)
+            row.answer_tokens = resume.answer_tokens
+            row.output_tokens += resume.answer_tokens
+            row.first_answer = row.started
+        return ids
+
+    def _encode_text(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
 
     def _keep(self, indices: list[int]) -> None:
         batch = self._batch
         if len(indices) == len(batch.rows):
             return
         if not indices:
-            self._batch = _Batch()
+            self._batch = Batch()
             return
         index = torch.tensor(indices, device=self.device)
         mask = batch.mask[index]
         start = int(mask.any(0).int().argmax())  # the first column some row still uses
         layers = [(l.keys[index, :, start:], l.values[index, :, start:]) for l in batch.cache.layers]
-        self._batch = _Batch(
+        self._batch = Batch(
             [batch.rows[i] for i in indices],
-            _GrowingCache(layers),
+            GrowingCache(layers),
             mask[:, start:],
             batch.positions[index],
             batch.next_logits[index],
@@ -470,8 +483,7 @@ class TransformersEngine:
                 row.output_tokens += 1
                 row.thinking_ended = time.monotonic()
                 if not job.stream_reasoning and row.reported_progress != row.reasoning_tokens:
-                    row.reported_progress = row.reasoning_tokens
-                    self._emit(row, EngineEventKind.REASONING_PROGRESS, reasoning_tokens=row.reasoning_tokens)
+                    self._report_progress(row)
                 return token
             row.reasoning_tokens += 1
             if job.stream_reasoning:
@@ -479,10 +491,9 @@ class TransformersEngine:
                 if delta:
                     self._emit(row, EngineEventKind.REASONING_DELTA, text=delta, reasoning_tokens=row.reasoning_tokens)
                 return token
-            row.reasoning.ids.append(token)  # decoded once, at the end, for the escalation log
+            row.reasoning.ids.append(token)  # decoded at each progress event, not each token
             if row.reasoning_tokens % self.config.progress_every == 0:
-                row.reported_progress = row.reasoning_tokens
-                self._emit(row, EngineEventKind.REASONING_PROGRESS, reasoning_tokens=row.reasoning_tokens)
+                self._report_progress(row)
             return token
         row.output_tokens += 1
         if token == self.eos:
@@ -493,10 +504,23 @@ class TransformersEngine:
         if delta:
             if row.first_answer is None:
                 row.first_answer = time.monotonic()
-            self._emit(row, EngineEventKind.ANSWER_DELTA, text=delta)
+            self._emit(
+                row,
+                EngineEventKind.ANSWER_DELTA,
+                text=delta,
+                reasoning_tokens=row.reasoning_tokens,
+                answer_tokens=row.answer_tokens,
+            )
         if row.answer_tokens >= job.max_output_tokens or out_of_room:
             row.done, row.finish_reason = True, "length"
         return token
+
+    def _report_progress(self, row: _Row) -> None:
+        """A progress count for a session that hides its reasoning, with the hidden text since the
+        last one: the session keeps it, so a restart can continue this reasoning."""
+        row.reported_progress = row.reasoning_tokens
+        text = row.reasoning.take()
+        self._emit(row, EngineEventKind.REASONING_PROGRESS, text=text, reasoning_tokens=row.reasoning_tokens)
 
     def _finish(self, row: _Row) -> None:
         now = time.monotonic()
@@ -515,30 +539,3 @@ class TransformersEngine:
             reasoning=row.reasoning.text().strip(),
         )
         self._emit(row, EngineEventKind.FINISHED, result=result)
-
-
-def _left_pad(tensor: torch.Tensor, width: int) -> torch.Tensor:
-    missing = width - tensor.shape[-2]
-    if missing == 0:
-        return tensor
-    pad = tensor.new_zeros((*tensor.shape[:-2], missing, tensor.shape[-1]))
-    return torch.cat([pad, tensor], dim=-2)
-
-
-def _merge(old: _Batch, new: _Batch) -> _Batch:
-    width = max(old.mask.shape[1], new.mask.shape[1])
-    layers = [
-        (
-            torch.cat([_left_pad(a.keys, width), _left_pad(b.keys, width)]),
-            torch.cat([_left_pad(a.values, width), _left_pad(b.values, width)]),
-        )
-        for a, b in zip(old.cache.layers, new.cache.layers, strict=True)
-    ]
-    masks = [torch.cat([m.new_zeros((m.shape[0], width - m.shape[1])), m], dim=1) for m in (old.mask, new.mask)]
-    return _Batch(
-        old.rows + new.rows,
-        _GrowingCache(layers),
-        torch.cat(masks),
-        torch.cat([old.positions, new.positions]),
-        torch.cat([old.next_logits, new.next_logits]),
-    )

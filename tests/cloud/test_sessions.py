@@ -20,7 +20,15 @@ import pytest
 
 from edgecloud.cloud.budget import BudgetConfig, BudgetPolicy
 from edgecloud.cloud.dataset import read_escalations
-from edgecloud.cloud.engine import EngineConfig, EngineEvent, EngineEventKind, GenerationResult, Job, ReasoningEngine
+from edgecloud.cloud.engine import (
+    EngineConfig,
+    EngineEvent,
+    EngineEventKind,
+    GenerationResult,
+    Job,
+    ReasoningEngine,
+    Resume,
+)
 from edgecloud.cloud.metrics import CloudMetrics
 from edgecloud.cloud.sessions import Session, SessionConfig, SessionManager
 from edgecloud.cloud.store import SessionStore
@@ -181,17 +189,24 @@ def result(
 
 
 def script(job: Job, *, finish_reason: str = "stop", budget_reached: bool = False) -> list[EngineEvent]:
-    """What a backend reports for ``job``: STARTED, reasoning (progress or text), answer deltas, FINISHED."""
-    sid = job.session_id
+    """What a backend reports for ``job``: STARTED, reasoning (progress or text), answer deltas, FINISHED,
+    each with the counts so far. A resumed job reports only what follows what it had streamed."""
+    sid, resume = job.session_id, job.resume or Resume()
     used = min(job.reasoning_budget, 8)
     events = [EngineEvent(sid, K.STARTED)]
-    if used:
+    if used and not resume.answer:
         if job.stream_reasoning:
-            events += [EngineEvent(sid, K.REASONING_DELTA, text=t) for t in ("step one\n", "step two\n")]
+            steps = [(4, "step one\n"), (8, "step two\n")]
+            events += [EngineEvent(sid, K.REASONING_DELTA, text=t, reasoning_tokens=n) for n, t in steps]
         else:
             events += [EngineEvent(sid, K.REASONING_PROGRESS, reasoning_tokens=n) for n in sorted({used // 2, used})]
+        events = [e for e in events if e.kind is K.STARTED or e.reasoning_tokens > resume.reasoning_tokens]
     answer = answer_for(job.query)
-    events += [EngineEvent(sid, K.ANSWER_DELTA, text=ch) for ch in answer]
+    events += [
+        EngineEvent(sid, K.ANSWER_DELTA, text=ch, reasoning_tokens=used, answer_tokens=i + 1)
+        for i, ch in enumerate(answer)
+        if i >= len(resume.answer)
+    ]
     done = result(answer, reasoning_tokens=used, finish_reason=finish_reason, budget_reached=budget_reached)
     return events + [EngineEvent(sid, K.FINISHED, result=done)]
 
@@ -752,7 +767,7 @@ def test_the_cache_keeps_the_newest_results(tmp_path: Path) -> None:
 # -- restart recovery -----------------------------------------------------------------------------------
 
 
-def test_a_restart_reruns_unfinished_sessions_and_serves_finished_ones(tmp_path: Path) -> None:
+def test_a_restart_continues_unfinished_sessions_and_serves_finished_ones(tmp_path: Path) -> None:
     path = store_path(tmp_path)
     done_params = params("what is 17+25?", max_reasoning_tokens=32)
     pending_params = params("what is 9*9?", max_reasoning_tokens=32, max_output_tokens=24)
@@ -774,10 +789,13 @@ def test_a_restart_reruns_unfinished_sessions_and_serves_finished_ones(tmp_path:
         async with service(path) as s:
             m, engine = s.manager, s.engine
             assert s.rerun == 1
-            (job,) = engine.jobs  # only the unfinished session runs again, under its own id
+            (job,) = engine.jobs  # only the unfinished session runs again, under its own id ...
             assert (job.session_id, job.query, job.reasoning_budget, job.max_output_tokens) == (
                 before["pending"], pending_params.query, 32, 24,
             )  # fmt: skip
+            # ... from where it stood: 8 reasoning tokens spent, the answer's first character streamed.
+            answer = answer_for(pending_params.query)
+            assert job.resume == Resume(reasoning_tokens=8, answer=answer[0], answer_tokens=1)
 
             # The finished one comes from the store, log and all, and does not run again.
             info = m.info(before["done"])
@@ -793,7 +811,9 @@ def test_a_restart_reruns_unfinished_sessions_and_serves_finished_ones(tmp_path:
             log = await finished(m, before["pending"])
             assert log[: len(seen)] == seen and log[len(seen) :] == rest
             assert [e.seq for e in log] == list(range(1, len(log) + 1))
-            assert rest[-1].kind is EventKind.COMPLETED and rest[-1].text == answer_for(pending_params.query)
+            assert rest[-1].kind is EventKind.COMPLETED and rest[-1].text == answer
+            assert "".join(e.text for e in log if e.kind is EventKind.ANSWER_DELTA) == answer  # nothing twice
+            assert [e.reasoning_tokens for e in log if e.kind is EventKind.REASONING_PROGRESS] == [4, 8]
             assert m.create(pending_params).id == before["pending"]  # the retried request attaches to it
             assert len(engine.jobs) == 1
             stored = s.store.get(before["pending"])

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from edgecloud.cloud.store import SessionStorage, SessionStore
+from edgecloud.cloud.store import Checkpoint, Progress, SessionStorage, SessionStore
 from edgecloud.shared.errors import ConfigError
 from edgecloud.shared.reasoning import Event, EventKind, SessionInfo, SessionStatus, ThinkParams, Usage
 from edgecloud.shared.wire import event_to_pb, think_request_to_pb
@@ -88,6 +88,67 @@ def test_a_store_from_before_per_device_request_ids_is_migrated(tmp_path: Path) 
     assert found is not None and found.params == params and reopened.events("s1") == events
     assert reopened.find_request("r1", "e").session_id == "s2"  # type: ignore[union-attr]
     assert reopened.expire(time.time() + 1) == 1 and reopened.events("s1") == []  # the cascade still holds
+    reopened.close()
+
+
+def test_checkpoints_add_to_an_unfinished_session_until_it_finishes(tmp_path: Path) -> None:
+    path = tmp_path / "s.sqlite3"
+    store = SessionStore(path)
+    store.accept("s1", ThinkParams(request_id="r1", query="2+3"), 64, accepted("s1"))
+    assert store.progress("s1") == Progress([accepted("s1")])  # the log starts when it is accepted
+    first = (Event(2, "s1", EventKind.REASONING_PROGRESS, reasoning_tokens=16),)
+    second = (
+        Event(3, "s1", EventKind.REASONING_PROGRESS, reasoning_tokens=20),
+        Event(4, "s1", EventKind.ANSWER_DELTA, text="5"),
+    )
+    store.append([Checkpoint("s1", first, reasoning_tokens=16, hidden_reasoning="2+3 is ")])
+    store.append([Checkpoint("s1", second, reasoning_tokens=20, answer_tokens=1, hidden_reasoning="5.")])
+    store.append([Checkpoint("gone", first, reasoning_tokens=16)])  # a session forgotten meanwhile: ignored
+    store.close()
+
+    reopened = SessionStore(path)
+    assert reopened.progress("s1") == Progress([accepted("s1"), *first, *second], 20, 1, "2+3 is 5.")
+    assert reopened.events("s1") == [accepted("s1"), *first, *second]
+    final = [accepted("s1"), *first, *second, Event(5, "s1", EventKind.COMPLETED, text="5", finish_reason="stop")]
+    reopened.finish(SessionInfo("s1", "r1", SessionStatus.COMPLETED, 5, answer="5"), final)
+    late = (Event(5, "s1", EventKind.ANSWER_DELTA, text="!"),)
+    reopened.append([Checkpoint("s1", late, answer_tokens=2)])  # written behind after it finished: ignored
+    assert reopened.progress("s1") == Progress(final) and list(reopened.unfinished()) == []
+    reopened.close()
+
+
+def test_a_store_from_before_checkpoints_gains_them_when_opened(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite3"
+    db = sqlite3.connect(path)
+    db.executescript(
+        """
+        CREATE TABLE sessions (session_id TEXT PRIMARY KEY, device_id TEXT NOT NULL, request_id TEXT NOT NULL,
+            request BLOB NOT NULL, budget INTEGER NOT NULL, accepted BLOB NOT NULL, created_at REAL NOT NULL,
+            finished_at REAL, info BLOB, UNIQUE (device_id, request_id));
+        CREATE TABLE events (session_id TEXT NOT NULL REFERENCES sessions(session_id) ON DELETE CASCADE,
+            seq INTEGER NOT NULL, event BLOB NOT NULL, PRIMARY KEY (session_id, seq));
+        """
+    )
+    params = ThinkParams(request_id="r1", query="2+3", device_id="d")
+    db.execute(
+        "INSERT INTO sessions (session_id, device_id, request_id, request, budget, accepted, created_at)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+        ("s1", "d", "r1", think_request_to_pb(params).SerializeToString(), 8,
+         event_to_pb(accepted("s1")).SerializeToString(), 1.0),
+    )  # fmt: skip
+    db.commit()
+    db.close()
+    store = SessionStore(path)
+    assert [s.session_id for s in store.unfinished()] == ["s1"]
+    assert store.progress("s1") == Progress([accepted("s1")])  # its log starts with the stored request's
+    delta = Event(2, "s1", EventKind.ANSWER_DELTA, text="5")
+    store.append([Checkpoint("s1", (delta,), answer_tokens=1)])
+    store.close()
+    reopened = SessionStore(path)
+    assert reopened.progress("s1") == Progress([accepted("s1"), delta], answer_tokens=1)
+    reopened.forget("s1")
+    reopened.accept("s1", params, 8, accepted("s1"))
+    assert reopened.progress("s1") == Progress([accepted("s1")])  # its checkpoints went with it
     reopened.close()
 
 
