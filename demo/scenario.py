@@ -338,6 +338,14 @@ def _write_outputs(out: Path, report: dict[str, Any], records: list[QueryRecord]
     return plot(records, report, out)
 
 
+def _broken(report: dict[str, Any], config: DemoConfig, run: _Run, dead: list[str], *, edges: int) -> list[str]:
+    """Every invariant the run broke, each said in a line."""
+    broken = check_invariants(
+        report, edges=edges, new_version=run.to_version, min_cloud_accuracy=config.task.min_cloud_accuracy
+    )
+    return broken + run.errors + [f"{d} died during the run" for d in dead if not d.startswith("cloud")]
+
+
 def run_demo(config: DemoConfig) -> int:
     stack_config = config.stack or StackConfig(work=config.out / "run", models=config.task.models)
     if stack_config.work.exists():
@@ -402,8 +410,7 @@ def run_demo(config: DemoConfig) -> int:
         samples=[s.__dict__ for s in sampler.samples],
     )
     report["route_counts"] = dict(route_counts(records))
-    broken = check_invariants(report, edges=stack_config.edges, new_version=run.to_version) + run.errors
-    broken += [f"{d} died during the run" for d in dead if not d.startswith("cloud")]
+    broken = _broken(report, config, run, dead, edges=stack_config.edges)
     report["invariants_broken"] = broken
     plots = _write_outputs(config.out, report, records)
     print()
