@@ -101,11 +101,14 @@ TASKS: dict[str, DemoTask] = {
         generate_rows=smarthome.generate_rows,
         answer_match=smarthome.ANSWER_MATCH,
         simple_group="simple",
-        write_data=lambda out: smarthome.write(out, train=4000, validation=1000, test=100),
-        improve_args=("--replay-n", "2000", "--lr", "1e-4"),
-        # The teacher is right on 87.5% of the test split, 61.6% of several commands in one (the
-        # edge passes on half of those): benchmarks/data_accuracy.py on models/smarthome.
-        min_cloud_accuracy=0.6,
+        # The calibration half of the evidence needs ~2,000 labelled queries before a 99.5% lower
+        # bound on the kept answers' precision is reachable at all (with 500 it keeps nothing).
+        write_data=lambda out: smarthome.write(out, train=2000, validation=4000, test=10),
+        improve_args=("--replay-n", "1000", "--lr", "1e-4"),
+        # The teacher is right on 87.5% of the test split but on about 38% of what the edge passes on
+        # (the hard commands it is unsure of too): benchmarks/data_accuracy.py on models/smarthome,
+        # auto 88.4% = 81.3% kept at 99.9% + 18.7% from the cloud.
+        min_cloud_accuracy=0.25,
     ),
 }
 

@@ -21,9 +21,9 @@ from edgecloud.modelkit.build import StudentChecks
 from edgecloud.modelkit.calibrate import fit_triage
 from edgecloud.shared.answers import answers_match
 from edgecloud.shared.bundle import GoldenCase
-from edgecloud.shared.calibration import Calibration
+from edgecloud.shared.calibration import Calibration, wilson_lower_bound
 
-__all__ = ["CheckCase", "CheckLimits", "DataChecks"]
+__all__ = ["CheckCase", "CheckLimits", "DataChecks", "fewest_to_show"]
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,23 @@ class CheckLimits:
     calibration_confidence: float | None = 0.95
     int8_max_accuracy_drop: float = 0.05
     int8_check_n: int = 500
+
+
+def fewest_to_show(target_precision: float, confidence_level: float | None) -> int:
+    """The fewest kept answers, all right, whose precision's lower bound reaches ``target_precision``."""
+    if confidence_level is None:
+        return 1
+    n = 1
+    while wilson_lower_bound(np.array([n]), np.array([n]), confidence_level)[0] < target_precision:
+        n *= 2
+    low, high = n // 2, n
+    while low + 1 < high:
+        mid = (low + high) // 2
+        if wilson_lower_bound(np.array([mid]), np.array([mid]), confidence_level)[0] >= target_precision:
+            high = mid
+        else:
+            low = mid
+    return high
 
 
 class DataChecks:
@@ -107,7 +124,25 @@ class DataChecks:
             }
         validation = {**fit.validation(), "groups": groups}
         log.info("calibration: threshold %.4f, %s", fit.threshold, validation)
+        if not fit.kept.any():
+            self._warn_keeps_nothing()
         return fit.calibration(self.limits.target_precision, validation)
+
+    def _warn_keeps_nothing(self) -> None:
+        """Say why triage keeps nothing: too few labelled queries can never show the target precision."""
+        target, level = self.limits.target_precision, self.limits.calibration_confidence
+        needed = fewest_to_show(target, level)
+        if level is not None and len(self.cases) < needed:
+            log.warning(
+                "calibration keeps nothing: %d labelled queries, but even %d right answers in a row are needed to "
+                "show precision >= %.3f at confidence %.2f; give it more labelled queries (validation rows, escalations)",
+                len(self.cases),
+                needed,
+                target,
+                level,
+            )
+        else:
+            log.warning("calibration keeps nothing: no confidence threshold reaches precision >= %.3f", target)
 
     def golden(self, int8: EdgeModel, n: int = 5) -> list[GoldenCase]:
         """Cases the int8 student answers right (any it answers, when none)."""

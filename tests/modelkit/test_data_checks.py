@@ -39,3 +39,14 @@ def test_calibration_reports_each_group_and_golden_cases_are_right_answers() -> 
     golden = checks.golden(_Fake(replies))
     assert [case.query for case in golden] == ["q1", "q2", "q4", "q5", "q6"]
     assert all(case.expected == case.query[1:] for case in golden)
+
+
+def test_the_fewest_right_answers_that_can_show_a_precision() -> None:
+    from edgecloud.modelkit.data_checks import fewest_to_show
+    from edgecloud.shared.calibration import wilson_lower_bound
+
+    needed = fewest_to_show(0.995, 0.95)
+    assert wilson_lower_bound(np.array([needed]), np.array([needed]), 0.95)[0] >= 0.995
+    assert wilson_lower_bound(np.array([needed - 1]), np.array([needed - 1]), 0.95)[0] < 0.995
+    assert 500 < needed < 1000  # why a few hundred labelled queries can never calibrate to 99.5%
+    assert fewest_to_show(0.995, None) == 1
