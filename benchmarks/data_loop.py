@@ -97,7 +97,7 @@ def plot(report: dict, path: Path) -> None:
         ax.set_title(title)
         ax.set_ylim(0, 105)
         ax.legend(loc="lower right")
-    fig.suptitle(f"one loop turn on {report['task']}: {report['collect']} queries collected, {report['fresh']} fresh")
+    fig.suptitle(f"one loop turn on {report['task']}: learnt from {report['collect']}, {report['fresh']} fresh")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -107,8 +107,9 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", type=Path, required=True, help="the build's folder (cloud-teacher, edge-student)")
     parser.add_argument("--data", type=Path, required=True, help="the dataset the bundles were built from")
-    parser.add_argument("--traffic", type=Path, required=True, help="a dataset folder of new queries (train split)")
+    parser.add_argument("--traffic", type=Path, default=None, help="a dataset folder of new queries (train split)")
     parser.add_argument("--collect", type=int, default=10000, help="traffic queries whose escalations are learnt")
+    parser.add_argument("--log", type=Path, default=None, help="learn from this escalation log instead of collecting")
     parser.add_argument("--fresh", type=int, default=2000, help="test rows measured before and after")
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--steps", type=int, default=None, help="models improve training steps (default: its own)")
@@ -116,7 +117,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--keep", type=Path, default=None, help="work folder to keep (logs, bundles)")
     parser.add_argument("--out", type=Path, required=True, help="where data_loop.json and data_loop.png go")
-    return parser.parse_args()
+    args = parser.parse_args()
+    if (args.traffic is None) == (args.log is None):
+        parser.error("pass --traffic DIR (collect a log) or --log FILE (reuse one), not both")
+    return args
 
 
 def main() -> int:
@@ -128,7 +132,7 @@ def main() -> int:
     base = args.models / "edge-student"
     rule = rule_of(load_manifest(base).io)
     dataset = read_dataset(args.data)
-    collect = query_rows(read_dataset(args.traffic).train, args.collect, f"{args.traffic} (train)")
+    collect = [] if args.log else query_rows(read_dataset(args.traffic).train, args.collect, f"{args.traffic} (train)")
     fresh = query_rows(dataset.test, args.fresh, f"{args.data} (test)")
     started, busy_before, load_before = time.monotonic(), busy_cpu_s(), os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="data-loop-") as tmp:
@@ -144,12 +148,13 @@ def main() -> int:
         )
         timings: dict[str, float] = {}
         try:
-            t = time.monotonic()
-            edge_traffic(base, server, collect, args.concurrency, work)
-            training_log = work / "training.jsonl"
-            shutil.copyfile(escalation_log, training_log)  # the fresh passes' escalations are not learnt
-            timings["collect_s"] = time.monotonic() - t
-            log.info("collected %s in %.0f s", training_log, timings["collect_s"])
+            training_log = args.log or work / "training.jsonl"
+            if args.log is None:
+                t = time.monotonic()
+                edge_traffic(base, server, collect, args.concurrency, work)
+                shutil.copyfile(escalation_log, training_log)  # the fresh passes' escalations are not learnt
+                timings["collect_s"] = time.monotonic() - t
+                log.info("collected %s in %.0f s", training_log, timings["collect_s"])
             t = time.monotonic()
             before = figures(fresh, edge_traffic(base, server, fresh, args.concurrency, work), rule)
             cloud = figures(fresh, edge_traffic(base, server, fresh, args.concurrency, work, Requested.CLOUD), rule)
@@ -187,7 +192,7 @@ def main() -> int:
     report = {
         "task": dataset.name,
         "answer_match": rule,
-        "collect": args.collect,
+        "collect": args.collect if args.log is None else str(args.log),
         "fresh": args.fresh,
         "base_version": load_manifest(base).version,
         "new_version": summary["version"],
