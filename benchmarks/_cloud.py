@@ -45,6 +45,7 @@ __all__ = [
     "edge_traffic",
     "load_teacher",
     "machine_info",
+    "plot_before_after",
     "think_request",
     "unique_problems",
 ]
@@ -191,3 +192,33 @@ def machine_info(threads: int) -> dict[str, Any]:
         "grpc": grpc.__version__,
         "torch_threads": threads,
     }
+
+
+def plot_before_after(
+    groups: dict[str, tuple[dict, dict]], overall: tuple[dict, dict], labels: tuple[str, str], title: str, path: Path
+) -> None:
+    """Bars of escalation rate and accuracy before and after a loop turn, per group and overall.
+    ``groups``: name -> (before, after) figures, each with ``escalation_rate`` and ``accuracy``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [*groups.values(), overall]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    width, x = 0.38, range(len(rows))
+    for ax, key, heading in (
+        (axes[0], "escalation_rate", "escalated to the cloud"),
+        (axes[1], "accuracy", "answers right"),
+    ):
+        for side, (offset, label) in enumerate(((-width / 2, labels[0]), (width / 2, labels[1]))):
+            ax.bar([i + offset for i in x], [100 * row[side][key] for row in rows], width, label=label)
+        ax.set_xticks(list(x), [*groups, "all"])
+        ax.set_ylabel("%")
+        ax.set_title(heading)
+        ax.set_ylim(0, 105)
+        ax.legend(loc="lower right")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

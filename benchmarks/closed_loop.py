@@ -28,7 +28,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _cloud import REPO, RunningServer, busy_cpu_s, edge_traffic, load_teacher, machine_info, unique_problems
+from _cloud import (
+    REPO,
+    RunningServer,
+    busy_cpu_s,
+    edge_traffic,
+    load_teacher,
+    machine_info,
+    plot_before_after,
+    unique_problems,
+)
 
 from edgecloud.cloud.engine import EngineConfig
 from edgecloud.cloud.sessions import SessionConfig
@@ -103,34 +112,14 @@ def _reused_summary(base: Path, improved: Path) -> dict:
 
 
 def plot(report: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     before, after = report["before"], report["after"]
-    ks = list(before["per_k"])
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    width = 0.38
-    x = range(len(ks) + 1)
-    labels = [*ks, "all"]
-    for ax, key, title in (
-        (axes[0], "escalation_rate", "escalated to the cloud"),
-        (axes[1], "accuracy", "answers right"),
-    ):
-        b = [before["per_k"][k][key] for k in ks] + [before[key]]
-        a = [after["per_k"][k][key] for k in ks] + [after[key]]
-        ax.bar([i - width / 2 for i in x], [100 * v for v in b], width, label=f"before (v{report['base_version']})")
-        ax.bar([i + width / 2 for i in x], [100 * v for v in a], width, label=f"after (v{report['new_version']})")
-        ax.set_xticks(list(x), labels)
-        ax.set_ylabel("%")
-        ax.set_title(title)
-        ax.set_ylim(0, 105)
-        ax.legend(loc="lower right")
-    fig.suptitle(f"one turn of the learning loop: {report['collect']} queries collected, {report['fresh']} fresh")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    plot_before_after(
+        {k: (before["per_k"][k], after["per_k"][k]) for k in before["per_k"]},
+        (before, after),
+        (f"before (v{report['base_version']})", f"after (v{report['new_version']})"),
+        f"one turn of the learning loop: {report['collect']} queries collected, {report['fresh']} fresh",
+        path,
+    )
 
 
 def main() -> int:

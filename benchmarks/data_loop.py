@@ -33,7 +33,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _cloud import RunningServer, busy_cpu_s, edge_traffic, load_teacher, machine_info
+from _cloud import RunningServer, busy_cpu_s, edge_traffic, load_teacher, machine_info, plot_before_after
 
 from edgecloud.cloud.engine import EngineConfig
 from edgecloud.cloud.sessions import SessionConfig
@@ -75,32 +75,14 @@ def figures(rows: list[Row], results: list[QueryResult], rule: str) -> dict[str,
 
 
 def plot(report: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     before, after = report["before"], report["after"]
-    groups = list(before["groups"])
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    width, x = 0.38, range(len(groups) + 1)
-    for ax, key, title in (
-        (axes[0], "escalation_rate", "escalated to the cloud"),
-        (axes[1], "accuracy", "answers right"),
-    ):
-        b = [before["groups"][g][key] for g in groups] + [before[key]]
-        a = [after["groups"][g][key] for g in groups] + [after[key]]
-        ax.bar([i - width / 2 for i in x], [100 * v for v in b], width, label=f"before (v{report['base_version']})")
-        ax.bar([i + width / 2 for i in x], [100 * v for v in a], width, label=f"after (v{report['new_version']})")
-        ax.set_xticks(list(x), [*groups, "all"])
-        ax.set_ylabel("%")
-        ax.set_title(title)
-        ax.set_ylim(0, 105)
-        ax.legend(loc="lower right")
-    fig.suptitle(f"one loop turn on {report['task']}: learnt from {report['collect']}, {report['fresh']} fresh")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    plot_before_after(
+        {g: (before["groups"][g], after["groups"][g]) for g in before["groups"]},
+        (before, after),
+        (f"before (v{report['base_version']})", f"after (v{report['new_version']})"),
+        f"one loop turn on {report['task']}: learnt from {report['collect']}, {report['fresh']} fresh",
+        path,
+    )
 
 
 def parse_args() -> argparse.Namespace:
