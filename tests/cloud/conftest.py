@@ -46,6 +46,25 @@ class RunningServer:
         self.thread.join(10)
 
 
+def tiny_qwen3_config(tokenizer, **overrides):
+    """A two-layer, 32-wide Qwen3 over ``tokenizer``: random weights, seconds to run."""
+    from transformers import Qwen3Config
+
+    fields = {
+        "vocab_size": len(tokenizer),
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 2,
+        "head_dim": 16,
+        "pad_token_id": tokenizer.pad_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "bos_token_id": None,
+    }
+    return Qwen3Config(**{**fields, **overrides})
+
+
 @pytest.fixture(scope="session")
 def teacher_dir(shipped_models: Path) -> Path:
     return shipped_models / "cloud-teacher"
@@ -64,27 +83,14 @@ def random_qwen3_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An untrained Qwen3 saved like any Hugging Face model: it never closes its
     think block on its own, which makes it a long-running session on demand."""
     torch = pytest.importorskip("torch", reason="the cloud's model backend needs torch")
-    from transformers import Qwen3Config, Qwen3ForCausalLM
+    from transformers import Qwen3ForCausalLM
 
     from edgecloud.modelkit.tokenizer import build_tokenizer
 
     directory = tmp_path_factory.mktemp("random-qwen3")
     tokenizer = build_tokenizer()
     torch.manual_seed(0)
-    config = Qwen3Config(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        head_dim=16,
-        max_position_embeddings=8192,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        bos_token_id=None,
-    )
-    model = Qwen3ForCausalLM(config)
+    model = Qwen3ForCausalLM(tiny_qwen3_config(tokenizer, max_position_embeddings=8192))
     with torch.no_grad():  # logits of 0 for the end tokens, while greedy picks a positive one
         for token in (tokenizer.eos_token, "</think>"):
             model.lm_head.weight[tokenizer.convert_tokens_to_ids(token)] = 0.0

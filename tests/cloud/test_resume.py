@@ -24,6 +24,7 @@ from edgecloud.cloud.sessions import SessionConfig, SessionManager
 from edgecloud.cloud.store import Checkpoint, SessionStore
 from edgecloud.shared.reasoning import Event, EventKind, Message, Sampling, SessionStatus, ThinkParams
 from edgecloud.shared.wire import event_to_pb
+from tests.cloud.conftest import tiny_qwen3_config
 
 torch = pytest.importorskip("torch", reason="the cloud's model backend needs torch")
 from edgecloud.cloud.transformers_engine import LoadedModel, TransformersEngine
@@ -36,28 +37,14 @@ GREEDY = Sampling(temperature=0.0)
 
 @pytest.fixture(scope="module")
 def endless_thinker(tmp_path_factory: pytest.TempPathFactory) -> LoadedModel:
-    from transformers import Qwen3Config, Qwen3ForCausalLM
+    from transformers import Qwen3ForCausalLM
 
     from edgecloud.modelkit.tokenizer import SPECIAL_TOKENS, THINK_START, build_tokenizer
 
     directory = tmp_path_factory.mktemp("endless-thinker")
     tokenizer = build_tokenizer()
     torch.manual_seed(0)
-    config = Qwen3Config(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        head_dim=16,
-        max_position_embeddings=1024,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        bos_token_id=None,
-        tie_word_embeddings=False,
-    )
-    model = Qwen3ForCausalLM(config)
+    model = Qwen3ForCausalLM(tiny_qwen3_config(tokenizer, max_position_embeddings=1024, tie_word_embeddings=False))
     ids = tokenizer.convert_tokens_to_ids
     with torch.no_grad():
         # Dimension 0 of every embedding is 1 and dimension 1 is 1 for a newline only. The layers
