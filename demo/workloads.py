@@ -85,13 +85,12 @@ TASKS: dict[str, DemoTask] = {
         answer_match=arithmetic.ANSWER_MATCH,
         simple_group="k=1",
         write_data=None,
-        # A few hundred escalations teach no new skill: a fresh reasoner needs ~12,000 and a direct turn
-        # on them starts answering multi-step queries wrongly, so the gate refuses it. With a 12-token
-        # budget every scratchpad the cloud wrote is over the limit and learnt as passing on, and replay
-        # keeps what the student knew: the turn the gate passes at this scale.
+        # The shipped student is the pair a 20,000-query loop turn made (~6% escalated): a demo run gives
+        # the next turn a few dozen escalations, where a new reasoner needs ~12,000, so `models improve`
+        # refuses it (too little evidence, or its gate) and the demo rolls out a re-export, saying so.
         improve_args=(
             *("--gate-n", "600", "--calibration-n", "4000", "--replay-n", "4000"),
-            *("--learn-reasoning", "yes", "--student", "fine-tune", "--max-new-tokens", "12", "--lr", "1e-4"),
+            *("--student", "fresh", "--max-new-tokens", "130"),
         ),
         min_cloud_accuracy=0.9,  # the teacher: 99.0% on the evaluation mix
     ),

@@ -36,6 +36,7 @@ def _models_improve(args: argparse.Namespace) -> int:
         gate=GateConfig(n=args.gate_n, min_cases=args.gate_min_cases),
         calibration_n=args.calibration_n,
         holdout_share=args.holdout_share,
+        min_fresh_records=args.min_fresh_records,
         data=args.data,
         replay_n=args.replay_n,
         refused_dir=args.keep_refused,
@@ -133,6 +134,10 @@ def add_improve_command(models: argparse._SubParsersAction) -> None:
     improve.add_argument(
         "--holdout-share", type=float, default=0.2,
         help="share of the escalation records kept out of training for the gate (default: 0.2)",
+    )  # fmt: skip
+    improve.add_argument(
+        "--min-fresh-records", type=int, default=2000,
+        help="a fresh reasoner is refused on fewer training records than this (default: 2000)",
     )  # fmt: skip
     improve.add_argument(
         "--data", type=Path, default=None, metavar="DIR",

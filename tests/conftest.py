@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,42 @@ def shipped_models() -> Path:
     if not (SHIPPED_MODELS / "edge-student" / "manifest.json").exists():
         pytest.fail(f"no shipped bundles under {SHIPPED_MODELS}; run `make models`")
     return SHIPPED_MODELS
+
+
+@pytest.fixture(scope="session")
+def shipped_base_models(shipped_models: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``models/`` as it was before the learning loop's turn: the shipped pair's base as a student of its
+    own (version, calibration and files as in the pair, no reasoner), its fp32 reference and the teacher.
+    For tests of the single-model path, and of a student that escalates every multi-step query."""
+    from edgecloud.edge.runtime import EdgeModel
+    from edgecloud.shared.bundle import load_manifest, write_bundle
+
+    out = tmp_path_factory.mktemp("base-models")
+    pair_dir = shipped_models / "edge-student"
+    pair = load_manifest(pair_dir)
+    student = out / "edge-student"
+    for entry in pair.files:
+        if Path(entry.path).parts[0] != "reasoner":
+            (student / entry.path).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(pair_dir / entry.path, student / entry.path)
+    base = pair.metadata["pair"]["base"]
+    metadata = {key: value for key, value in pair.metadata.items() if key not in ("pair", "training_set")}
+
+    def write(golden: list) -> None:
+        io = {key: value for key, value in pair.io.items() if key != "reasoner"}
+        write_bundle(
+            student, name=base["name"], kind="edge", version=base["version"], io=io,
+            calibration=pair.calibration, golden=golden, metadata=metadata,
+        )  # fmt: skip
+
+    write([])
+    model = EdgeModel.from_bundle(student)
+    write([case for case in pair.golden if model.answer(case.query).text == case.expected])
+    shutil.copytree(
+        shipped_models / "student-reference", out / "student-reference", ignore=shutil.ignore_patterns("reasoner")
+    )
+    (out / "cloud-teacher").symlink_to(shipped_models / "cloud-teacher", target_is_directory=True)
+    return out
 
 
 @pytest.fixture(scope="session")

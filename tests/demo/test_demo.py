@@ -33,12 +33,18 @@ def test_the_demo_runs_every_part_and_reports(tmp_path: Path) -> None:
     assert report["queries"] == 150 and report["failed_requests"] == 0 and report["invariants_broken"] == []
     assert report["broker"] == "embedded"
     assert report["swap"]["status"] == "COMPLETED" and len(report["swap"]["first_served_by_new_version"]) == 3
-    # The version rolled out midway came from `models improve` on the run's own escalations, passed its
-    # gate, and the report says what each version served.
+    # `models improve` ran on the run's own escalations midway. The shipped pair escalates ~6% of the
+    # traffic, so a 150-query run gives it a handful: it is refused before training (too little evidence)
+    # or by its gate, and the demo rolls out a re-export and says so; what passed a gate is rolled out.
     improve = report["swap"]["improve"]
-    assert improve["records"] > 0 and improve["exit"] == 0 and improve["gate"] is True, improve
-    assert 0 < improve["used"] <= improve["records"]
-    assert report["swap"]["built_by"] == "models improve"
+    log_text = Path(improve["log"]).read_text()
+    if improve["exit"] == 0:
+        assert improve["gate"] is True and 0 < improve["used"] <= improve["records"], improve
+        assert report["swap"]["built_by"] == "models improve"
+    else:
+        assert improve["exit"] in (2, 3) and ("ConfigError: " in log_text or "error: " in log_text), log_text[-2000:]
+        assert report["swap"]["built_by"] == "re-export of the shipped student"
+        assert "rolling out a re-export instead" in run.stdout
     versions = report["by_model_version"]
     assert set(versions) == {f"v{report['swap']['from_version']}", f"v{report['swap']['to_version']}"}
     assert all(0 <= row["escalation_rate"] <= 1 and row["requests"] > 0 for row in versions.values())

@@ -69,17 +69,21 @@ def test_escalations_become_a_signed_student_the_fleet_serves(
     teacher_dir: Path,
     teacher: LoadedModel,
     shipped_models: Path,
+    shipped_base_models: Path,
     keys: dict[str, Path],
     tmp_path: Path,
 ) -> None:
-    base = load_manifest(shipped_models / "edge-student")
+    # A single-model base that escalates every multi-step query; the fleet's devices serve the shipped
+    # pair, so the next student is released as the version after the pair's.
+    base = load_manifest(shipped_base_models / "edge-student")
+    new_version = load_manifest(shipped_models / "edge-student").version + 1
     log = tmp_path / "escalations.jsonl"
     cloud = RunningServer(
         make_config(teacher_dir, tmp_path, sessions=SessionConfig(escalation_log=log)), loaded=teacher
     )
     try:
         problems = generate(120, 21, Split.TEST, EVAL_MIX)
-        results = escalate(shipped_models / "edge-student", cloud.port, [p.query for p in problems], tmp_path)
+        results = escalate(shipped_base_models / "edge-student", cloud.port, [p.query for p in problems], tmp_path)
     finally:
         cloud.stop()
 
@@ -98,7 +102,7 @@ def test_escalations_become_a_signed_student_the_fleet_serves(
     summary = improve_student(
         ImproveConfig(
             logs=(log,),
-            bundle=shipped_models / "edge-student",
+            bundle=shipped_base_models / "edge-student",
             out=tmp_path / "improved",
             steps=20,
             batch_size=32,
@@ -109,11 +113,12 @@ def test_escalations_become_a_signed_student_the_fleet_serves(
             # Direct answers: a short scratchpad turn leaves a student that tries multi-step queries and gets
             # them wrong, whose calibration then keeps nothing and the gate refuses it (docs/models.md).
             learn_reasoning=False,
+            version=new_version,
             key=keys["good"],
             gate=GateConfig(n=400, kept_tolerance=0.05, accuracy_tolerance=0.05, precision_tolerance=0.01),
         )
     )
-    assert summary["version"] == base.version + 1 and summary["signed"] and summary["gate"]["passed"]
+    assert summary["version"] == new_version and summary["signed"] and summary["gate"]["passed"]
     assert summary["records_read"] == len(records) and summary["learn_reasoning"] is False
     improved = tmp_path / "improved" / "edge-student"
     assert load_manifest(improved).metadata["improved_from"]["version"] == base.version
@@ -122,9 +127,9 @@ def test_escalations_become_a_signed_student_the_fleet_serves(
     fleet = make_fleet()
     archive = tmp_path / "improved.tar.gz"
     pack_bundle(improved, archive)
-    assert fleet.register(archive)["version"] == base.version + 1
-    rollout = wait_rollout(fleet, start_rollout(fleet, base.version + 1), "COMPLETED", "ABORTED", timeout=60)
+    assert fleet.register(archive)["version"] == new_version
+    rollout = wait_rollout(fleet, start_rollout(fleet, new_version), "COMPLETED", "ABORTED", timeout=60)
     assert rollout["status"] == "COMPLETED" and rollout["succeeded"] == len(DEVICES), rollout
     for device, service in fleet.services.items():
-        assert service.slot.current.version == base.version + 1, device
+        assert service.slot.current.version == new_version, device
         assert service.slot.current.model.answer("2+2").text == "4"

@@ -338,10 +338,14 @@ def test_signed_newer_bundle_is_deployed_and_commands_are_idempotent(
     assert resume_bundle(agent.config, fallback=shipped) == shipped
 
 
-def test_a_pair_bundle_is_deployed_and_serves_both_stages(device, shipped_models, tmp_path, keys, artifacts) -> None:  # type: ignore[no-untyped-def]
-    # What `models improve` ships after a fresh turn: the base and a reasoner in one signed bundle.
+def test_a_pair_bundle_is_deployed_and_serves_both_stages(
+    device, shipped_models, shipped_base_models, tmp_path, keys, artifacts
+) -> None:  # type: ignore[no-untyped-def]
+    # What `models improve` ships after a fresh turn: the base and a reasoner in one signed bundle,
+    # here the version after the pair the device serves.
     _agent, service, observer = device
-    pair = make_pair_bundle(shipped_models / "edge-student", tmp_path / "pair")
+    after = load_manifest(shipped_models / "edge-student").version + 1
+    pair = make_pair_bundle(shipped_base_models / "edge-student", tmp_path / "pair", version=after)
     sign_bundle(pair, load_private_key(keys["trusted_private"]))
     deploy = command(publish_bundle(pair, artifacts, "pair.tar.gz"), revision=5)
     observer.send(deploy)

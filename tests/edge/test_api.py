@@ -58,9 +58,9 @@ def cloud(teacher_dir: Path, teacher: LoadedModel, tmp_path: Path) -> Iterator[R
     running.stop()
 
 
-def edge_config(shipped_models: Path, tmp_path: Path, **overrides: object) -> EdgeConfig:
+def edge_config(shipped_base_models: Path, tmp_path: Path, **overrides: object) -> EdgeConfig:
     config = EdgeConfig(
-        bundle=shipped_models / "edge-student",
+        bundle=shipped_base_models / "edge-student",
         device_id="dev-1",
         port=0,
         outbox=tmp_path / "outbox.sqlite3",
@@ -71,8 +71,8 @@ def edge_config(shipped_models: Path, tmp_path: Path, **overrides: object) -> Ed
 
 
 @pytest.fixture
-def daemon(shipped_models: Path, cloud: RunningServer, tmp_path: Path) -> Iterator[RunningDaemon]:
-    running = RunningDaemon(edge_config(shipped_models, tmp_path, cloud=f"127.0.0.1:{cloud.port}"))
+def daemon(shipped_base_models: Path, cloud: RunningServer, tmp_path: Path) -> Iterator[RunningDaemon]:
+    running = RunningDaemon(edge_config(shipped_base_models, tmp_path, cloud=f"127.0.0.1:{cloud.port}"))
     yield running
     running.stop()
 
@@ -321,10 +321,10 @@ def test_one_trace_covers_the_edge_and_the_cloud_spans_of_an_escalated_query(
 
 
 def test_cloud_down_gives_degraded_answers_and_outbox(
-    shipped_models: Path, tmp_path: Path, teacher_dir: Path, teacher: LoadedModel
+    shipped_base_models: Path, tmp_path: Path, teacher_dir: Path, teacher: LoadedModel
 ) -> None:
     port = free_port()  # nothing listens here yet
-    config = edge_config(shipped_models, tmp_path, cloud=f"127.0.0.1:{port}", cloud_timeout_s=5, cloud_wait_s=1)
+    config = edge_config(shipped_base_models, tmp_path, cloud=f"127.0.0.1:{port}", cloud_timeout_s=5, cloud_wait_s=1)
     first = RunningDaemon(config)
     query, expected = multi_step(teacher_dir)
     try:
@@ -397,8 +397,8 @@ def test_bad_input_gets_a_clear_4xx(daemon: RunningDaemon) -> None:
     assert daemon.http.get("/v1/query/unknown-id").status_code == 404
 
 
-def test_api_key_when_configured(shipped_models: Path, tmp_path: Path) -> None:
-    running = RunningDaemon(edge_config(shipped_models, tmp_path, api_keys=(API_KEY,)))
+def test_api_key_when_configured(shipped_base_models: Path, tmp_path: Path) -> None:
+    running = RunningDaemon(edge_config(shipped_base_models, tmp_path, api_keys=(API_KEY,)))
     try:
         assert running.http.post("/v1/query", json={"query": "1+1"}).status_code == 401
         assert running.http.post("/v1/query", json={"query": "1+1"}, headers={"x-api-key": "wrong"}).status_code == 401
@@ -424,10 +424,10 @@ def test_health_ready_and_metrics(daemon: RunningDaemon) -> None:
     assert "edgecloud_edge_cloud_up 1.0" in text
 
 
-def test_swapping_the_model_under_load_fails_no_request(shipped_models: Path, tmp_path: Path) -> None:
-    running = RunningDaemon(edge_config(shipped_models, tmp_path))
+def test_swapping_the_model_under_load_fails_no_request(shipped_base_models: Path, tmp_path: Path) -> None:
+    running = RunningDaemon(edge_config(shipped_base_models, tmp_path))
     service: EdgeService = running.service
-    bundles = [service.slot.current, EdgeBundle.load(shipped_models / "edge-student")]
+    bundles = [service.slot.current, EdgeBundle.load(shipped_base_models / "edge-student")]
     stop = threading.Event()
     statuses: list[int] = []
 

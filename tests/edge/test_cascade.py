@@ -28,7 +28,9 @@ FIRST_THRESHOLD = 0.9993
 """About the median confidence of the shipped student's kept answers."""
 
 
-def make_pair_bundle(shipped: Path, dest: Path, *, first_threshold: float = FIRST_THRESHOLD) -> Path:
+def make_pair_bundle(
+    shipped: Path, dest: Path, *, first_threshold: float = FIRST_THRESHOLD, version: int | None = None
+) -> Path:
     """The shipped student's files, its graph and tokenizer again under ``reasoner/``, declared as a
     pair whose first stage hands off what it is less sure of than ``first_threshold``."""
     base = load_manifest(shipped)
@@ -53,7 +55,7 @@ def make_pair_bundle(shipped: Path, dest: Path, *, first_threshold: float = FIRS
         dest,
         name=base.name,
         kind="edge",
-        version=base.version + 1,
+        version=base.version + 1 if version is None else version,
         io=io,
         calibration={**base.calibration, "threshold": first_threshold},
         golden=base.golden,
@@ -63,8 +65,8 @@ def make_pair_bundle(shipped: Path, dest: Path, *, first_threshold: float = FIRS
 
 
 @pytest.fixture(scope="module")
-def pair_dir(shipped_models: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_pair_bundle(shipped_models / "edge-student", tmp_path_factory.mktemp("pair") / "edge-student")
+def pair_dir(shipped_base_models: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_pair_bundle(shipped_base_models / "edge-student", tmp_path_factory.mktemp("pair") / "edge-student")
 
 
 @pytest.fixture(scope="module")
@@ -110,8 +112,8 @@ def test_a_pair_bundle_loads_as_the_pair_and_serves_as_an_answer_model(pair: Cas
     assert pair.reasoner_calibration.threshold == load_manifest(pair_dir).io["reasoner"]["calibration"]["threshold"]
 
 
-def test_the_reasoner_answers_only_what_the_base_is_unsure_of(pair: CascadeModel, shipped_models: Path) -> None:
-    alone = EdgeModel.from_bundle(shipped_models / "edge-student", threads=1)
+def test_the_reasoner_answers_only_what_the_base_is_unsure_of(pair: CascadeModel, shipped_base_models: Path) -> None:
+    alone = EdgeModel.from_bundle(shipped_base_models / "edge-student", threads=1)
     shipped_threshold = alone.calibration.threshold
     handed, kept_by_reasoner = 0, 0
     for problem in generate(300, 17, Split.TEST):

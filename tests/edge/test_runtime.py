@@ -14,19 +14,19 @@ from edgecloud.shared.task import Split, generate, parse_answer
 
 
 @pytest.fixture(scope="module")
-def edge_model(shipped_models: Path) -> EdgeModel:
-    return EdgeModel.from_bundle(shipped_models / "edge-student", threads=1)
+def edge_model(shipped_base_models: Path) -> EdgeModel:
+    return EdgeModel.from_bundle(shipped_base_models / "edge-student", threads=1)
 
 
-def test_golden_self_test_passes(edge_model: EdgeModel, shipped_models: Path) -> None:
-    golden = load_manifest(shipped_models / "edge-student").golden
+def test_golden_self_test_passes(edge_model: EdgeModel, shipped_base_models: Path) -> None:
+    golden = load_manifest(shipped_base_models / "edge-student").golden
     assert golden
     for case in golden:
         assert edge_model.answer(case.query).text == case.expected
 
 
-def test_answer_carries_confidence_and_features(edge_model: EdgeModel, shipped_models: Path) -> None:
-    feature_dim = load_manifest(shipped_models / "edge-student").io["feature_dim"]
+def test_answer_carries_confidence_and_features(edge_model: EdgeModel, shipped_base_models: Path) -> None:
+    feature_dim = load_manifest(shipped_base_models / "edge-student").io["feature_dim"]
     answer = edge_model.answer("What is 12 + 30?")
     assert answer.features.shape == (feature_dim,)
     assert answer.features.dtype == np.float32
@@ -53,7 +53,7 @@ def test_simple_queries_are_answered_right(edge_model: EdgeModel) -> None:
     assert sum(right) >= 95
 
 
-def test_calibration_holds_on_fresh_queries(edge_model: EdgeModel, shipped_models: Path) -> None:
+def test_calibration_holds_on_fresh_queries(edge_model: EdgeModel, shipped_base_models: Path) -> None:
     """What the build measured on the validation split reproduces on test seeds it never saw."""
     calibration = edge_model.calibration
     assert calibration is not None
@@ -80,7 +80,7 @@ def test_multi_step_queries_get_lower_confidence(edge_model: EdgeModel) -> None:
     assert mean(hard) < mean(simple)
 
 
-def test_an_empty_answer_is_an_abstention(edge_model: EdgeModel, shipped_models: Path) -> None:
+def test_an_empty_answer_is_an_abstention(edge_model: EdgeModel, shipped_base_models: Path) -> None:
     # The shipped student abstains (stops at once) on multi-step queries; whatever its stop
     # token's probability, an answer with no text never reads as confident.
     hard = [p for p in generate(200, 14, Split.TEST) if p.k >= 2][:40]
@@ -89,8 +89,8 @@ def test_an_empty_answer_is_an_abstention(edge_model: EdgeModel, shipped_models:
     assert len(abstained) >= 30
     assert all(a.confidence == 0.0 and a.output_tokens == 1 for a in abstained)
     # The same rule for any model: stopping on the token it would say first leaves nothing to keep.
-    io = load_manifest(shipped_models / "edge-student").io
-    bundle = shipped_models / "edge-student"
+    io = load_manifest(shipped_base_models / "edge-student").io
+    bundle = shipped_base_models / "edge-student"
     first = edge_model.answer("23+70").text[0]
     silent = EdgeModel(
         bundle / io["graphs"]["int8"],
@@ -102,12 +102,12 @@ def test_an_empty_answer_is_an_abstention(edge_model: EdgeModel, shipped_models:
     assert silent.text == "" and silent.confidence == 0.0 and silent.token_logprobs[0] > -0.1
 
 
-def test_bad_construction_is_refused(shipped_models: Path) -> None:
-    bundle = shipped_models / "edge-student"
+def test_bad_construction_is_refused(shipped_base_models: Path) -> None:
+    bundle = shipped_base_models / "edge-student"
     with pytest.raises(ValueError, match="fp32"):
         EdgeModel.from_bundle(bundle, precision="fp32")
     with pytest.raises(ValueError, match="not an edge bundle"):
-        EdgeModel.from_bundle(shipped_models / "cloud-teacher")
+        EdgeModel.from_bundle(shipped_base_models / "cloud-teacher")
     manifest = load_manifest(bundle)
     graph, tokenizer = bundle / manifest.io["graphs"]["int8"], bundle / "tokenizer.json"
     good = {"prompt_template": "{query}=", "eos_token": manifest.io["eos_token"], "max_new_tokens": 8}
@@ -122,10 +122,10 @@ def test_bad_construction_is_refused(shipped_models: Path) -> None:
             EdgeModel(graph, tokenizer, **{**good, **bad})
 
 
-def test_manifest_decoding_contract_is_honoured(edge_model: EdgeModel, shipped_models: Path) -> None:
-    io = load_manifest(shipped_models / "edge-student").io
+def test_manifest_decoding_contract_is_honoured(edge_model: EdgeModel, shipped_base_models: Path) -> None:
+    io = load_manifest(shipped_base_models / "edge-student").io
     assert edge_model.decoding == {k: io[k] for k in ("prompt_template", "eos_token", "max_new_tokens")}
-    bundle = shipped_models / "edge-student"
+    bundle = shipped_base_models / "edge-student"
     graph, tokenizer = bundle / io["graphs"]["int8"], bundle / io["tokenizer"]
     # A limit of one token: the answer is cut after its first digit, never longer.
     short = EdgeModel(graph, tokenizer, **{**edge_model.decoding, "max_new_tokens": 1}, warmup=False)
@@ -138,14 +138,14 @@ def test_manifest_decoding_contract_is_honoured(edge_model: EdgeModel, shipped_m
     assert on_three.text == "9" and on_three.output_tokens == 2
 
 
-def test_a_bundle_without_its_decoding_contract_is_refused(shipped_models: Path, tmp_path: Path) -> None:
+def test_a_bundle_without_its_decoding_contract_is_refused(shipped_base_models: Path, tmp_path: Path) -> None:
     import json
     import shutil
 
     from edgecloud.shared.bundle import MANIFEST_FILE
 
     bundle = tmp_path / "edge"
-    shutil.copytree(shipped_models / "edge-student", bundle)
+    shutil.copytree(shipped_base_models / "edge-student", bundle)
     manifest = json.loads((bundle / MANIFEST_FILE).read_text())
     del manifest["io"]["eos_token"]
     (bundle / MANIFEST_FILE).write_text(json.dumps(manifest))
@@ -153,14 +153,14 @@ def test_a_bundle_without_its_decoding_contract_is_refused(shipped_models: Path,
         EdgeModel.from_bundle(bundle)
 
 
-def test_a_graph_or_tokenizer_the_manifest_does_not_list_is_refused(shipped_models: Path, tmp_path: Path) -> None:
+def test_a_graph_or_tokenizer_the_manifest_does_not_list_is_refused(shipped_base_models: Path, tmp_path: Path) -> None:
     import json
     import shutil
 
     from edgecloud.shared.bundle import MANIFEST_FILE, SIGNATURE_FILE
 
     bundle = tmp_path / "edge"
-    shutil.copytree(shipped_models / "edge-student", bundle)
+    shutil.copytree(shipped_base_models / "edge-student", bundle)
     (bundle / SIGNATURE_FILE).unlink(missing_ok=True)
     manifest = json.loads((bundle / MANIFEST_FILE).read_text())
     manifest["io"]["graphs"]["int8"] = "elsewhere/model.onnx"  # inside the folder, but never hashed
@@ -174,13 +174,13 @@ def test_the_onnx_runtime_is_an_answer_model(edge_model: EdgeModel) -> None:
 
 
 def test_a_declared_reasoning_block_is_read_past_and_an_unclosed_one_is_an_abstention(
-    edge_model: EdgeModel, shipped_models: Path
+    edge_model: EdgeModel, shipped_base_models: Path
 ) -> None:
     # A bundle that declares a reasoning block: the shipped student writes "495" for 99*5, so with
     # "4" opening the block and "9" closing it, the block is empty and "5" is the answer.
     assert edge_model.answer("99*5").text == "495"
-    io = load_manifest(shipped_models / "edge-student").io
-    bundle = shipped_models / "edge-student"
+    io = load_manifest(shipped_base_models / "edge-student").io
+    bundle = shipped_base_models / "edge-student"
     graph, tokenizer = bundle / io["graphs"]["int8"], bundle / io["tokenizer"]
 
     def reasoning(start: str, end: str) -> EdgeModel:

@@ -38,8 +38,10 @@ class BreaksMidAnswer:
 
 
 @pytest.fixture
-def service(shipped_models: Path, tmp_path: Path) -> EdgeService:
-    config = EdgeConfig(bundle=shipped_models / "edge-student", outbox=tmp_path / "outbox.sqlite3", cloud="127.0.0.1:9")
+def service(shipped_base_models: Path, tmp_path: Path) -> EdgeService:
+    config = EdgeConfig(
+        bundle=shipped_base_models / "edge-student", outbox=tmp_path / "outbox.sqlite3", cloud="127.0.0.1:9"
+    )
     bundle = EdgeBundle.load(config.bundle, threads=1)
     service = EdgeService(
         config,
@@ -133,13 +135,15 @@ class FluentButUnsure:
 
 
 def test_an_escalation_says_the_query_is_at_least_as_hard_as_the_edge_is_unsure(
-    shipped_models: Path, tmp_path: Path
+    shipped_base_models: Path, tmp_path: Path
 ) -> None:
     # The cloud sizes its thinking budget by the hint's difficulty: a fluent scratchpad ending in an
     # answer the edge doubts must not read as an easy query (the cloud gave k=4 ~40 tokens, and failed).
     from edgecloud.shared.task import Split, generate
 
-    config = EdgeConfig(bundle=shipped_models / "edge-student", outbox=tmp_path / "outbox.sqlite3", cloud="127.0.0.1:9")
+    config = EdgeConfig(
+        bundle=shipped_base_models / "edge-student", outbox=tmp_path / "outbox.sqlite3", cloud="127.0.0.1:9"
+    )
     real = EdgeBundle.load(config.bundle, threads=1)
     cloud = RecordsWhatItIsAsked()
     service = EdgeService(
@@ -172,14 +176,14 @@ class AtCapacity:
         return None
 
 
-def test_a_cloud_at_capacity_is_a_429_to_retry_for_openai_clients(shipped_models: Path, tmp_path: Path) -> None:
+def test_a_cloud_at_capacity_is_a_429_to_retry_for_openai_clients(shipped_base_models: Path, tmp_path: Path) -> None:
     import openai
 
     from edgecloud.edge.api import create_app
     from edgecloud.edge.response_store import ResponseStore
     from edgecloud.shared.asgi import ThreadedServer
 
-    config = EdgeConfig(bundle=shipped_models / "edge-student", outbox=tmp_path / "outbox.sqlite3", cloud="127.0.0.1:9",
+    config = EdgeConfig(bundle=shipped_base_models / "edge-student", outbox=tmp_path / "outbox.sqlite3", cloud="127.0.0.1:9",
                         port=0, health_interval_s=3600)  # fmt: skip
     service = EdgeService(config, ModelSlot(EdgeBundle.load(config.bundle, threads=1)), client=AtCapacity(),
                           outbox=Outbox(config.outbox), metrics=EdgeMetrics())  # fmt: skip

@@ -142,10 +142,10 @@ def test_auto_trains_a_fresh_student_when_it_learns_the_reasoning(tmp_path: Path
         ImproveConfig(logs=config.logs, bundle=tmp_path, out=tmp_path, student="fresh", add_layers=1)
 
 
-def quick_turn(shipped_models: Path, log: Path, out: Path, **overrides: object) -> ImproveConfig:
+def quick_turn(shipped_base_models: Path, log: Path, out: Path, **overrides: object) -> ImproveConfig:
     settings: dict[str, object] = {
         "logs": (log,),
-        "bundle": shipped_models / "edge-student",
+        "bundle": shipped_base_models / "edge-student",
         "out": out,
         "steps": 30,
         "batch_size": 64,
@@ -161,13 +161,13 @@ def quick_turn(shipped_models: Path, log: Path, out: Path, **overrides: object) 
 
 
 @pytest.mark.slow
-def test_a_turn_on_corrupted_answers_is_refused_and_writes_nothing(shipped_models: Path, tmp_path: Path) -> None:
+def test_a_turn_on_corrupted_answers_is_refused_and_writes_nothing(shipped_base_models: Path, tmp_path: Path) -> None:
     # The cloud's answers, each off by one: a student trained on them answers simple queries wrongly.
     problems = generate(600, 5, Split.TRAIN, {1: 1.0})
     log = write_log(tmp_path / "e.jsonl", [escalation(p.query, str(p.answer + 1)) for p in problems])
     out = tmp_path / "improved"
     refused = tmp_path / "refused"
-    config = quick_turn(shipped_models, log, out, replay_n=0, lr=3e-3, steps=60, refused_dir=refused)
+    config = quick_turn(shipped_base_models, log, out, replay_n=0, lr=3e-3, steps=60, refused_dir=refused)
     with pytest.raises(GateFailedError) as failed:
         improve_student(config)
     result = failed.value.result
@@ -182,11 +182,11 @@ def test_a_turn_on_corrupted_answers_is_refused_and_writes_nothing(shipped_model
     assert not (refused / "edge-student" / SIGNATURE_FILE).exists()
     assert EdgeModel.from_bundle(refused / "edge-student").answer("2+2").text != ""
     with pytest.raises(ConfigError, match="refused_dir must not be out"):
-        quick_turn(shipped_models, log, out, refused_dir=out)
+        quick_turn(shipped_base_models, log, out, refused_dir=out)
 
 
 @pytest.mark.slow
-def test_a_turn_on_right_answers_ships_a_signed_next_version(shipped_models: Path, tmp_path: Path) -> None:
+def test_a_turn_on_right_answers_ships_a_signed_next_version(shipped_base_models: Path, tmp_path: Path) -> None:
     problems = generate(600, 6, Split.TRAIN, {1: 1.0})
     log = write_log(tmp_path / "e.jsonl", [escalation(p.query, str(p.answer)) for p in problems])
     generate_keypair(tmp_path / "release.key", tmp_path / "release.pub")
@@ -195,11 +195,11 @@ def test_a_turn_on_right_answers_ships_a_signed_next_version(shipped_models: Pat
     # (seen from -1.00 on CI to +0.25 here, by seed and machine): this test is about the path a passing
     # turn takes; the refused turns below are about the gate's limits.
     gate = GateConfig(n=800, kept_tolerance=0.02)
-    config = quick_turn(shipped_models, log, out, key=tmp_path / "release.key", gate=gate, expires_in_days=30)
+    config = quick_turn(shipped_base_models, log, out, key=tmp_path / "release.key", gate=gate, expires_in_days=30)
     summary = improve_student(config)
-    base = load_manifest(shipped_models / "edge-student")
+    base = load_manifest(shipped_base_models / "edge-student")
     assert summary["version"] == base.version + 1 and summary["gate"]["passed"] is True
-    student_reads = Tokenizer.from_file(str(shipped_models / "edge-student" / "tokenizer.json")).normalizer
+    student_reads = Tokenizer.from_file(str(shipped_base_models / "edge-student" / "tokenizer.json")).normalizer
     distinct = len({student_reads.normalize_str(p.query) for p in problems})
     # A fifth of the records are held out of training: the gate measures the new student on them.
     assert summary["records_used"] + summary["records_held_out"] == distinct
@@ -220,7 +220,7 @@ def test_a_turn_on_right_answers_ships_a_signed_next_version(shipped_models: Pat
 
 @pytest.mark.slow
 def test_a_fresh_reasoner_is_packaged_as_a_pair_and_one_that_takes_over_nothing_is_refused(
-    shipped_models: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    shipped_base_models: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     # Scratchpad records make `auto` train a fresh reasoner from scratch; 30 steps are far too few.
     # It is exported, quantised, calibrated on what the base hands off and paired with the base;
@@ -239,8 +239,9 @@ def test_a_fresh_reasoner_is_packaged_as_a_pair_and_one_that_takes_over_nothing_
         max_position_embeddings=128,
     )
     config = quick_turn(
-        shipped_models, log, out, fresh_model=tiny, replay_n=500, lr=None, max_new_tokens=8, refused_dir=refused
-    )
+        shipped_base_models, log, out, fresh_model=tiny, replay_n=500, lr=None, max_new_tokens=8, refused_dir=refused,
+        min_fresh_records=100,
+    )  # fmt: skip
     with caplog.at_level(logging.INFO, logger="edgecloud.modelkit"), pytest.raises(GateFailedError) as failed:
         improve_student(config)
     assert "a fresh student: 0.0" in caplog.text and "training (fresh, 30 steps" in caplog.text
@@ -251,7 +252,7 @@ def test_a_fresh_reasoner_is_packaged_as_a_pair_and_one_that_takes_over_nothing_
     assert [p.name for p in out.iterdir()] == []
     # The refused pair, kept for inspection: the base's files as they were, the reasoner beside them.
     pair = load_manifest(refused / "edge-student")
-    base = load_manifest(shipped_models / "edge-student")
+    base = load_manifest(shipped_base_models / "edge-student")
     assert pair.calibration == base.calibration and pair.io["graphs"] == base.io["graphs"]
     assert pair.io["reasoner"]["graphs"] == {"int8": "reasoner/model.int8.onnx"}
     assert pair.io["reasoner"]["think_start"] == THINK_START and pair.metadata["pair"]["base"]["version"] == 5
@@ -262,7 +263,23 @@ def test_a_fresh_reasoner_is_packaged_as_a_pair_and_one_that_takes_over_nothing_
     assert isinstance(served, CascadeModel) and served.reasoner.max_new_tokens == 8
 
 
-def test_grown_layers_start_as_identities_and_load_back(shipped_models: Path, tmp_path: Path) -> None:
+def test_a_pair_base_is_not_fine_tuned_and_a_fresh_reasoner_needs_enough_records(
+    shipped_models: Path, tmp_path: Path
+) -> None:
+    # The shipped student is a pair: fine-tuning its base alone would drop the reasoner, and a new
+    # reasoner on a demo's handful of escalations learns nothing. Both are refused before training.
+    problems = generate(60, 7, Split.TRAIN, {2: 0.5, 3: 0.5})
+    log = write_log(
+        tmp_path / "e.jsonl", [escalation(p.query, str(p.answer), reasoning=think_text(p)) for p in problems]
+    )
+    with pytest.raises(ConfigError, match="is a pair .* would drop the reasoner"):
+        improve_student(quick_turn(shipped_models, log, tmp_path / "a", student="fine-tune"))
+    with pytest.raises(ConfigError, match=r"\d+ escalation records to train on: .* needs at least 2000"):
+        improve_student(quick_turn(shipped_models, log, tmp_path / "b", student="fresh"))
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_grown_layers_start_as_identities_and_load_back(shipped_base_models: Path, tmp_path: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -270,7 +287,7 @@ def test_grown_layers_start_as_identities_and_load_back(shipped_models: Path, tm
     from edgecloud.modelkit.student import StudentRecipe
     from edgecloud.modelkit.training import grow_layers
 
-    student, tokenizer = load_reference_student(shipped_models / "student-reference", StudentRecipe(), 0)
+    student, tokenizer = load_reference_student(shipped_base_models / "student-reference", StudentRecipe(), 0)
     ids = tokenizer(["12+34=", "7*8="], add_special_tokens=False, return_tensors="pt", padding=True)["input_ids"]
     with torch.no_grad():
         before = student(input_ids=ids).logits
@@ -292,14 +309,22 @@ def test_grown_layers_start_as_identities_and_load_back(shipped_models: Path, tm
     ids=["calibration-n", "holdout-share", "gate-min-cases", "missing-data"],
 )
 def test_every_bad_argument_is_refused_before_training_with_exit_2(
-    shipped_models: Path, tmp_path: Path, bad: list[str], caplog: pytest.LogCaptureFixture
+    shipped_base_models: Path, tmp_path: Path, bad: list[str], caplog: pytest.LogCaptureFixture
 ) -> None:
     from edgecloud.cli import main
 
     problems = generate(20, 5, Split.TRAIN, {1: 1.0})
     log = write_log(tmp_path / "e.jsonl", [escalation(p.query, str(p.answer)) for p in problems])
     started = time.monotonic()
-    argv = ["models", "improve", str(log), "--bundle", str(shipped_models / "edge-student"), "--out", str(tmp_path)]
+    argv = [
+        "models",
+        "improve",
+        str(log),
+        "--bundle",
+        str(shipped_base_models / "edge-student"),
+        "--out",
+        str(tmp_path),
+    ]
     assert main([*argv, *bad]) == 2
     assert time.monotonic() - started < 30  # refused up front, not after a training run
     assert "training (" not in caplog.text

@@ -34,9 +34,9 @@ MiB = 1 << 20
 
 
 @pytest.fixture
-def bundle(shipped_models: Path, tmp_path: Path) -> Path:
+def bundle(shipped_base_models: Path, tmp_path: Path) -> Path:
     out = tmp_path / "src" / "edge-student"
-    shutil.copytree(shipped_models / "edge-student", out)
+    shutil.copytree(shipped_base_models / "edge-student", out)
     (out / SIGNATURE_FILE).unlink(missing_ok=True)
     return out
 
