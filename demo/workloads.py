@@ -92,7 +92,10 @@ TASKS: dict[str, DemoTask] = {
             *("--gate-n", "600", "--calibration-n", "4000", "--replay-n", "4000"),
             *("--student", "fresh", "--max-new-tokens", "130"),
         ),
-        min_cloud_accuracy=0.9,  # the teacher: 99.0% on the evaluation mix
+        # The teacher is right on 99.0% of the evaluation mix but on about 88% of what the shipped pair
+        # passes on (closed_loop.py: 118 of 2,000 escalated, ~14 of them wrong), and a short run sends the
+        # cloud a dozen queries: a floor a sound teacher cannot miss by chance, that a broken one does.
+        min_cloud_accuracy=0.6,
     ),
     "smarthome": DemoTask(
         name="smarthome",
