@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import replace
 from pathlib import Path
 
 from edgecloud.shared.errors import ConfigError
@@ -17,7 +18,13 @@ from edgecloud.shared.errors import ConfigError
 __all__ = ["add_data_build_arguments", "build_from_data_command", "refuse_data_flags"]
 
 #: Flags of a build from a dataset folder, and the demo build's that do not go with one.
-_DATA_ONLY = {"--name": "name", "--teacher": "teacher", "--student": "student", "--keep-case": "keep_case"}
+_DATA_ONLY = {
+    "--name": "name",
+    "--teacher": "teacher",
+    "--teacher-steps": "teacher_steps",
+    "--student": "student",
+    "--keep-case": "keep_case",
+}
 _DEMO_ONLY = {
     "--reuse-teacher": "reuse_teacher",
     "--refine-teacher": "refine_teacher",
@@ -47,6 +54,14 @@ def add_data_build_arguments(build: argparse.ArgumentParser) -> None:
         help="use this thinking model as the teacher (<think> tokens, a chat template) instead of training one",
     )
     data.add_argument(
+        "--teacher-steps",
+        type=int,
+        default=None,
+        metavar="N",
+        help="training steps of the teacher trained on the data (default: 2500); a teacher that binds several "
+        "commands needs more rows and steps (docs/models.md)",
+    )
+    data.add_argument(
         "--student",
         type=Path,
         default=None,
@@ -63,6 +78,23 @@ def refuse_data_flags(args: argparse.Namespace) -> None:
         raise ConfigError(f"{', '.join(given)}: only for a build from a dataset folder (--data DIR)")
 
 
+def _teacher_recipe(args: argparse.Namespace):
+    """The recipe of the teacher trained on the data, with ``--teacher-steps`` where given."""
+    from edgecloud.modelkit.data_teacher import DataTeacherRecipe
+
+    recipe = DataTeacherRecipe()
+    if args.teacher_steps is None:
+        return recipe
+    if args.teacher_steps < 1:
+        raise ConfigError(f"--teacher-steps must be >= 1, got {args.teacher_steps}")
+    if args.teacher is not None or args.quick:
+        raise ConfigError(
+            "--teacher-steps sizes the teacher trained on the data: not with --teacher (none is trained) "
+            "or --quick (its own tiny recipe)"
+        )
+    return replace(recipe, train=replace(recipe.train, steps=args.teacher_steps))
+
+
 def build_from_data_command(args: argparse.Namespace) -> int:
     given = _given(args, _DEMO_ONLY)
     if given:
@@ -72,6 +104,7 @@ def build_from_data_command(args: argparse.Namespace) -> int:
     from edgecloud.modelkit.databuild import DataBuildConfig, build_from_data
 
     config = DataBuildConfig(
+        teacher=_teacher_recipe(args),
         data=args.data,
         out=args.out,
         name=args.name,

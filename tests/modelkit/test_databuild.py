@@ -123,6 +123,8 @@ def _not_a_thinking_model(path: Path) -> Path:
         (["--name", "ok", "--data", "{missing}"], "not a dataset folder"),
         (["--name", "ok", "--teacher", "{plain}"], "no <think> token"),
         (["--name", "ok", "--reuse-teacher", "{plain}"], "--reuse-teacher"),
+        (["--name", "ok", "--teacher-steps", "0"], "--teacher-steps must be >= 1"),
+        (["--name", "ok", "--teacher-steps", "100"], "not with --teacher (none is trained) or --quick"),
     ],
 )
 def test_bad_arguments_are_refused_before_training(
@@ -135,6 +137,18 @@ def test_bad_arguments_are_refused_before_training(
     assert main(argv) == 2
     assert message in caplog.text
     assert not out.exists(), "nothing is written before the arguments are checked"
+
+
+def test_teacher_steps_reach_the_teacher_s_recipe(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from edgecloud.modelkit import databuild
+
+    seen: list[DataBuildConfig] = []
+    monkeypatch.setattr(databuild, "build_from_data", lambda config: seen.append(config) or {})
+    data = _write_toy(tmp_path / "data")
+    argv = ["models", "build", "--out", str(tmp_path / "out"), "--data", str(data), "--name", "ok"]
+    assert main([*argv, "--teacher-steps", "5000"]) == 0
+    assert main(argv) == 0
+    assert [c.teacher.train.steps for c in seen] == [5000, 2500]
 
 
 def test_data_flags_need_data(caplog: pytest.LogCaptureFixture, tmp_path: Path) -> None:
