@@ -194,11 +194,14 @@ def machine_info(threads: int) -> dict[str, Any]:
     }
 
 
-def plot_before_after(
-    groups: dict[str, tuple[dict, dict]], overall: tuple[dict, dict], labels: tuple[str, str], title: str, path: Path
-) -> None:
+def plot_before_after(report: dict[str, Any], breakdown: str, title: str, path: Path) -> None:
     """Bars of escalation rate and accuracy before and after a loop turn, per group and overall.
-    ``groups``: name -> (before, after) figures, each with ``escalation_rate`` and ``accuracy``."""
+    ``report``: a loop benchmark's, with ``before`` and ``after`` figures (``escalation_rate``,
+    ``accuracy``, and the same per group under ``breakdown``), ``base_version`` and ``new_version``."""
+    before, after = report["before"], report["after"]
+    groups = {g: (before[breakdown][g], after[breakdown][g]) for g in before[breakdown]}
+    overall = (before, after)
+    labels = (f"before (v{report['base_version']})", f"after (v{report['new_version']})")
     import matplotlib
 
     matplotlib.use("Agg")

@@ -112,14 +112,8 @@ def _reused_summary(base: Path, improved: Path) -> dict:
 
 
 def plot(report: dict, path: Path) -> None:
-    before, after = report["before"], report["after"]
-    plot_before_after(
-        {k: (before["per_k"][k], after["per_k"][k]) for k in before["per_k"]},
-        (before, after),
-        (f"before (v{report['base_version']})", f"after (v{report['new_version']})"),
-        f"one turn of the learning loop: {report['collect']} queries collected, {report['fresh']} fresh",
-        path,
-    )
+    title = f"one turn of the learning loop: {report['collect']} queries collected, {report['fresh']} fresh"
+    plot_before_after(report, "per_k", title, path)
 
 
 def main() -> int:

@@ -75,14 +75,8 @@ def figures(rows: list[Row], results: list[QueryResult], rule: str) -> dict[str,
 
 
 def plot(report: dict, path: Path) -> None:
-    before, after = report["before"], report["after"]
-    plot_before_after(
-        {g: (before["groups"][g], after["groups"][g]) for g in before["groups"]},
-        (before, after),
-        (f"before (v{report['base_version']})", f"after (v{report['new_version']})"),
-        f"one loop turn on {report['task']}: learnt from {report['collect']}, {report['fresh']} fresh",
-        path,
-    )
+    title = f"one loop turn on {report['task']}: learnt from {report['collect']}, {report['fresh']} fresh"
+    plot_before_after(report, "groups", title, path)
 
 
 def parse_args() -> argparse.Namespace:
