@@ -34,10 +34,10 @@ from edgecloud.edge.outbox import Outbox
 from edgecloud.edge.runtime import EdgeBundle, ModelSlot
 from edgecloud.edge.service import EdgeService, QueryRequest, QueryResult
 from edgecloud.edge.triage import Requested
+from edgecloud.modelkit.arithmetic.task import Problem, Split, generate
 from edgecloud.proto.edgecloud.v1 import reasoner_pb2 as pb
 from edgecloud.proto.edgecloud.v1 import reasoner_pb2_grpc as pb_grpc
-from edgecloud.shared.reasoning import normalize_text
-from edgecloud.shared.task import Problem, Split, generate
+from edgecloud.shared.reasoner.session import normalize_text
 
 __all__ = [
     "RunningServer",

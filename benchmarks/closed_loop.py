@@ -43,8 +43,8 @@ from edgecloud.cloud.engine import EngineConfig
 from edgecloud.cloud.sessions import SessionConfig
 from edgecloud.edge.runtime import EdgeBundle
 from edgecloud.edge.triage import Requested
-from edgecloud.modelkit.improve import GateFailedError, ImproveConfig, improve_student
-from edgecloud.shared.task import Problem, parse_answer
+from edgecloud.modelkit.arithmetic.task import Problem, parse_answer
+from edgecloud.modelkit.loop.improve import GateFailedError, ImproveConfig, improve_student
 
 log = logging.getLogger("closed_loop")
 
@@ -104,7 +104,7 @@ def _edge_latency_by_k(bundle: Path, problems: list[Problem], n_per_k: int = 200
 
 
 def _reused_summary(base: Path, improved: Path) -> dict:
-    from edgecloud.shared.bundle import load_manifest
+    from edgecloud.shared.bundles.manifest import load_manifest
 
     manifest = load_manifest(improved)
     reused = {"reused": str(improved), "training_set": manifest.metadata.get("training_set")}

@@ -36,9 +36,9 @@ import grpc
 
 from benchmarks._cloud import RunningServer, load_teacher, machine_info, think_request, unique_problems
 from edgecloud.cloud.engine import EngineConfig
+from edgecloud.modelkit.arithmetic.task import Problem, parse_answer
 from edgecloud.proto.edgecloud.v1 import reasoner_pb2 as pb
 from edgecloud.proto.edgecloud.v1 import reasoner_pb2_grpc as pb_grpc
-from edgecloud.shared.task import Problem, parse_answer
 
 MAX_DISCONNECTS = 3
 TIMEOUT_S = 300

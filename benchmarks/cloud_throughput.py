@@ -47,8 +47,8 @@ from benchmarks._cloud import (
     unique_problems,
 )
 from edgecloud.cloud.engine import EngineConfig
+from edgecloud.modelkit.arithmetic.task import Problem, parse_answer
 from edgecloud.proto.edgecloud.v1 import reasoner_pb2_grpc as pb_grpc
-from edgecloud.shared.task import Problem, parse_answer
 
 MODES = {"sequential": 1, "batched": 32}
 RATIOS = ("sessions_per_s", "tokens_per_s")

@@ -26,10 +26,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _cloud import REPO, machine_info
 
-from edgecloud.shared.bundle import verify_bundle
-from edgecloud.shared.commands import open_command, sign_command
-from edgecloud.shared.fleet import BundleRef, Command, decode, encode
-from edgecloud.shared.signing import TrustStore, generate_keypair, load_private_key
+from edgecloud.shared.bundles.manifest import verify_bundle
+from edgecloud.shared.bundles.signing import TrustStore, generate_keypair, load_private_key
+from edgecloud.shared.fleetlink.commands import open_command, sign_command
+from edgecloud.shared.fleetlink.messages import BundleRef, Command, decode, encode
 
 
 def _commands(n: int) -> list[Command]:

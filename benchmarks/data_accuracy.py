@@ -27,10 +27,10 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from edgecloud.edge.runtime import EdgeBundle
-from edgecloud.modelkit.data_teacher import teacher_answers
-from edgecloud.modelkit.datasets import read_dataset
-from edgecloud.modelkit.evaluate import STUDENT_DIR, TEACHER_DIR
-from edgecloud.shared.answers import answers_match, rule_of
+from edgecloud.modelkit.arithmetic.evaluate import STUDENT_DIR, TEACHER_DIR
+from edgecloud.modelkit.data.datasets import read_dataset
+from edgecloud.modelkit.data.teacher import teacher_answers
+from edgecloud.shared.bundles.answers import answers_match, rule_of
 
 
 def _figures(teacher: np.ndarray, student: np.ndarray, abstained: np.ndarray, kept: np.ndarray) -> dict[str, object]:

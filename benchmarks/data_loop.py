@@ -39,11 +39,11 @@ from edgecloud.cloud.engine import EngineConfig
 from edgecloud.cloud.sessions import SessionConfig
 from edgecloud.edge.service import QueryResult
 from edgecloud.edge.triage import Requested
-from edgecloud.modelkit.datasets import Row, read_dataset
-from edgecloud.modelkit.improve import GateFailedError, ImproveConfig, improve_student
-from edgecloud.shared.answers import answers_match, rule_of
-from edgecloud.shared.bundle import load_manifest
-from edgecloud.shared.errors import EdgecloudError
+from edgecloud.modelkit.data.datasets import Row, read_dataset
+from edgecloud.modelkit.loop.improve import GateFailedError, ImproveConfig, improve_student
+from edgecloud.shared.base.errors import EdgecloudError
+from edgecloud.shared.bundles.answers import answers_match, rule_of
+from edgecloud.shared.bundles.manifest import load_manifest
 
 log = logging.getLogger("data_loop")
 

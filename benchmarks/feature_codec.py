@@ -25,9 +25,15 @@ import numpy as np
 import zstandard as zstd
 
 from edgecloud.edge.runtime import EdgeModel
-from edgecloud.shared.bundle import load_manifest
-from edgecloud.shared.features import SCHEMA_VERSION, FeatureCodecConfig, decode_features, encode_features, quantize
-from edgecloud.shared.task import Split, generate
+from edgecloud.modelkit.arithmetic.task import Split, generate
+from edgecloud.shared.bundles.manifest import load_manifest
+from edgecloud.shared.reasoner.features import (
+    SCHEMA_VERSION,
+    FeatureCodecConfig,
+    decode_features,
+    encode_features,
+    quantize,
+)
 
 TARGET_COSINE = 0.999
 TARGET_RATIO = 6.0

@@ -34,7 +34,7 @@ from transformers import Qwen3Config, Qwen3ForCausalLM
 
 from edgecloud.edge.runtime import EdgeModel
 from edgecloud.modelkit.export import export_student, external_data_file, onnx_io, quantize_student
-from edgecloud.shared.bundle import write_bundle
+from edgecloud.shared.bundles.manifest import write_bundle
 
 VOCAB = 151936
 EOS = "<|im_end|>"

@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _cloud import REPO, machine_info, unique_problems
 
 from edgecloud.edge.runtime import EdgeModel
-from edgecloud.shared.task import parse_answer
+from edgecloud.modelkit.arithmetic.task import parse_answer
 
 
 def _confident(model: EdgeModel, answer) -> bool:  # type: ignore[no-untyped-def]

@@ -31,9 +31,9 @@ from benchmarks._cloud import REPO, RunningServer, load_teacher, machine_info, u
 from edgecloud.cloud.engine import EngineConfig
 from edgecloud.edge.config import EdgeConfig
 from edgecloud.edge.daemon import create_daemon
-from edgecloud.modelkit.evaluate import per_k_accuracy, run_batched
-from edgecloud.shared.asgi import ThreadedServer
-from edgecloud.shared.task import Problem, parse_answer
+from edgecloud.modelkit.arithmetic.evaluate import per_k_accuracy, run_batched
+from edgecloud.modelkit.arithmetic.task import Problem, parse_answer
+from edgecloud.shared.base.asgi import ThreadedServer
 
 
 def _ask(http: httpx.Client, problem: Problem, route: str) -> dict[str, object]:

@@ -46,8 +46,8 @@ import torch
 from edgecloud.cloud.transformers_engine import LoadedModel
 from edgecloud.edge.runtime import EdgeModel
 from edgecloud.edge.triage import Requested, Route, TriageInput, TriagePolicy, decide, estimate_difficulty
-from edgecloud.modelkit.evaluate import ModelPaths, edge_answers, per_k_accuracy, run_batched
-from edgecloud.shared.task import EVAL_MIX, Problem, Split, generate, parse_answer
+from edgecloud.modelkit.arithmetic.evaluate import ModelPaths, edge_answers, per_k_accuracy, run_batched
+from edgecloud.modelkit.arithmetic.task import EVAL_MIX, Problem, Split, generate, parse_answer
 
 CLOUD_SHARE = 0.95
 """CPT: the escalation share needed to reach this share of cloud-only accuracy."""

@@ -30,8 +30,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from edgecloud.edge.runtime import EdgeModel
-from edgecloud.modelkit.evaluate import ModelPaths, latency_summary, torch_single_latency
-from edgecloud.shared.task import Split, generate
+from edgecloud.modelkit.arithmetic.evaluate import ModelPaths, latency_summary, torch_single_latency
+from edgecloud.modelkit.arithmetic.task import Split, generate
 
 
 def main() -> int:

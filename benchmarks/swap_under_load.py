@@ -40,13 +40,13 @@ from paho.mqtt.enums import CallbackAPIVersion
 from edgecloud.edge.agent import AgentConfig, DeviceAgent
 from edgecloud.edge.config import EdgeConfig
 from edgecloud.edge.daemon import create_daemon
-from edgecloud.shared.artifacts import pack_bundle
-from edgecloud.shared.asgi import ThreadedServer
-from edgecloud.shared.broker import BrokerSettings
-from edgecloud.shared.bundle import copy_bundle, load_manifest
-from edgecloud.shared.commands import sign_command
-from edgecloud.shared.fleet import Command, Topics
-from edgecloud.shared.signing import generate_keypair, load_private_key, sign_bundle
+from edgecloud.shared.base.asgi import ThreadedServer
+from edgecloud.shared.bundles.artifacts import pack_bundle
+from edgecloud.shared.bundles.manifest import copy_bundle, load_manifest
+from edgecloud.shared.bundles.signing import generate_keypair, load_private_key, sign_bundle
+from edgecloud.shared.fleetlink.broker import BrokerSettings
+from edgecloud.shared.fleetlink.commands import sign_command
+from edgecloud.shared.fleetlink.messages import Command, Topics
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -24,8 +24,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edgecloud.shared.errors import ConfigError
-from edgecloud.shared.reasoning import EdgeHint
+from edgecloud.shared.base.errors import ConfigError
+from edgecloud.shared.reasoner.session import EdgeHint
 
 __all__ = ["BudgetConfig", "BudgetPolicy"]
 

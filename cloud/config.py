@@ -13,8 +13,8 @@ from pathlib import Path
 from edgecloud.cloud.budget import BudgetConfig
 from edgecloud.cloud.engine import EngineConfig
 from edgecloud.cloud.sessions import SessionConfig
-from edgecloud.shared.asgi import is_loopback
-from edgecloud.shared.errors import ConfigError
+from edgecloud.shared.base.errors import ConfigError
+from edgecloud.shared.base.net import is_loopback
 
 __all__ = ["AuthConfig", "CloudConfig", "TlsConfig", "load_tokens"]
 

@@ -1,6 +1,6 @@
 """The cloud's escalation log: every finished session with edge features, appended as JSONL.
 
-The record format and its reader are :mod:`edgecloud.shared.escalations` (the contract with
+The record format and its reader are :mod:`edgecloud.shared.escalations.records` (the contract with
 ``edgecloud models improve``, which trains the next edge student on them). Lines are appended
 under a lock, one ``write`` each, so a crash tears at most the last line, which the reader skips.
 """
@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from edgecloud.cloud.engine import GenerationResult
-from edgecloud.shared.escalations import EdgeView, Escalation, read_escalations
-from edgecloud.shared.reasoning import EdgeHint, ThinkParams
+from edgecloud.shared.escalations.records import EdgeView, Escalation, read_escalations
+from edgecloud.shared.reasoner.session import EdgeHint, ThinkParams
 
 __all__ = ["EdgeView", "Escalation", "EscalationLog", "escalation_record", "read_escalations"]
 

@@ -33,8 +33,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
-from edgecloud.shared.errors import ConfigError
-from edgecloud.shared.reasoning import Message, Sampling, Usage
+from edgecloud.shared.base.errors import ConfigError
+from edgecloud.shared.reasoner.session import Message, Sampling, Usage
 
 __all__ = [
     "THINK_END",
@@ -190,8 +190,8 @@ class ReasoningEngine(Protocol):
     def submit(self, job: Job) -> int:
         """Queue ``job`` and return its position (running jobs included).
 
-        Raises :class:`~edgecloud.shared.errors.InvalidInputError` for a negative budget or no output
-        tokens, :class:`~edgecloud.shared.errors.ResourceExhaustedError` when the queue is full. Its
+        Raises :class:`~edgecloud.shared.base.errors.InvalidInputError` for a negative budget or no output
+        tokens, :class:`~edgecloud.shared.base.errors.ResourceExhaustedError` when the queue is full. Its
         events (STARTED, progress or deltas, then FINISHED or FAILED) arrive via ``job.on_event``.
         """
 

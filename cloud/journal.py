@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 from edgecloud.cloud.engine import Resume
 from edgecloud.cloud.store import Checkpoint, Progress, SessionStorage
-from edgecloud.shared.reasoning import Event, EventKind
+from edgecloud.shared.reasoner.session import Event, EventKind
 
 __all__ = ["EventJournal", "resume_from"]
 

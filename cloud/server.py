@@ -1,6 +1,6 @@
 """The gRPC face of the cloud service: a thin servicer over :class:`SessionManager`.
 
-Handlers convert protobuf to domain objects (:mod:`edgecloud.shared.wire`), call the
+Handlers convert protobuf to domain objects (:mod:`edgecloud.shared.reasoner.wire`), call the
 session manager and convert back; they raise edgecloud errors and one
 interceptor maps those to status codes. Another checks per-device bearer
 tokens; the device a token names is the caller's identity, and the handlers
@@ -36,17 +36,17 @@ from edgecloud.cloud.spans import SessionSpans
 from edgecloud.cloud.store import SessionStorage, SessionStore
 from edgecloud.proto.edgecloud.v1 import reasoner_pb2 as pb
 from edgecloud.proto.edgecloud.v1 import reasoner_pb2_grpc as pb_grpc
-from edgecloud.shared.bundle import MANIFEST_FILE, verify_bundle
-from edgecloud.shared.errors import (
+from edgecloud.shared.base.errors import (
     AuthenticationError,
     ConfigError,
     EdgecloudError,
     InvalidInputError,
     UnavailableError,
 )
-from edgecloud.shared.reasoning import ThinkParams
-from edgecloud.shared.tracing import context_from_metadata, tracing_enabled
-from edgecloud.shared.wire import event_to_pb, session_info_to_pb, think_request_from_pb
+from edgecloud.shared.base.tracing import context_from_metadata, tracing_enabled
+from edgecloud.shared.bundles.manifest import MANIFEST_FILE, verify_bundle
+from edgecloud.shared.reasoner.session import ThinkParams
+from edgecloud.shared.reasoner.wire import event_to_pb, session_info_to_pb, think_request_from_pb
 
 if TYPE_CHECKING:
     from edgecloud.cloud.transformers_engine import LoadedModel
@@ -61,7 +61,7 @@ _caller: contextvars.ContextVar[str | None] = contextvars.ContextVar("edgecloud_
 
 
 def status_for(error: EdgecloudError) -> grpc.StatusCode:
-    """The gRPC status of a deliberate error (the table in :mod:`edgecloud.shared.errors`)."""
+    """The gRPC status of a deliberate error (the table in :mod:`edgecloud.shared.base.errors`)."""
     return getattr(grpc.StatusCode, error.grpc_code, grpc.StatusCode.INTERNAL)
 
 

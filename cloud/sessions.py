@@ -48,9 +48,9 @@ from edgecloud.cloud.engine import EngineEvent, EngineEventKind, GenerationResul
 from edgecloud.cloud.journal import EventJournal, resume_from
 from edgecloud.cloud.metrics import CloudMetrics
 from edgecloud.cloud.store import SessionStorage, StoredSession
-from edgecloud.shared.errors import ConfigError, InvalidInputError, NotFoundError, ResourceExhaustedError
-from edgecloud.shared.features import decode_features
-from edgecloud.shared.reasoning import (
+from edgecloud.shared.base.errors import ConfigError, InvalidInputError, NotFoundError, ResourceExhaustedError
+from edgecloud.shared.reasoner.features import decode_features
+from edgecloud.shared.reasoner.session import (
     Event,
     EventKind,
     Failure,

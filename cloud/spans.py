@@ -7,7 +7,7 @@ the edge's ``edge.escalation`` span, with ``cloud.queue_wait`` (accepted until t
 hidden reasoning) and ``cloud.answer`` beneath it, and the token counts as attributes. The queue's
 and the prompt's durations are the session's own (its ``Timings``); the rest are the times the
 events were seen: spans are made after the fact, so the engine's threads carry no tracing code.
-With tracing off (:func:`edgecloud.shared.tracing.tracing_enabled`) nothing
+With tracing off (:func:`edgecloud.shared.base.tracing.tracing_enabled`) nothing
 is recorded.
 """
 
@@ -19,8 +19,8 @@ from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.trace import Status, StatusCode
 
-from edgecloud.shared.reasoning import Event, EventKind
-from edgecloud.shared.tracing import tracer
+from edgecloud.shared.base.tracing import tracer
+from edgecloud.shared.reasoner.session import Event, EventKind
 
 __all__ = ["SessionSpans"]
 

@@ -4,7 +4,7 @@ A session is written when it is accepted (its request), while it runs (its new e
 batches: :class:`Checkpoint`), and when it ends (its final state and full event log, in one
 transaction). After a restart, finished sessions are served from here, and accepted-but-unfinished
 ones are handed back with what they had streamed (:class:`Progress`), to continue from there.
-Rows are protobuf bytes from :mod:`edgecloud.shared.wire`, so the format is the wire contract and
+Rows are protobuf bytes from :mod:`edgecloud.shared.reasoner.wire`, so the format is the wire contract and
 needs no schema of its own. A store from before checkpoints gains their table when opened.
 
 A request id is unique per device (``UNIQUE (device_id, request_id)``): two devices may
@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from edgecloud.proto.edgecloud.v1 import reasoner_pb2 as pb
-from edgecloud.shared.reasoning import Event, SessionInfo, ThinkParams
-from edgecloud.shared.sqlite import open_store
-from edgecloud.shared.wire import (
+from edgecloud.shared.base.sqlite import open_store
+from edgecloud.shared.reasoner.session import Event, SessionInfo, ThinkParams
+from edgecloud.shared.reasoner.wire import (
     event_from_pb,
     event_to_pb,
     session_info_from_pb,

@@ -46,8 +46,8 @@ from edgecloud.cloud.engine import (
     GenerationResult,
     Job,
 )
-from edgecloud.shared.errors import ConfigError, InvalidInputError, ResourceExhaustedError
-from edgecloud.shared.reasoning import Message, Sampling, Usage
+from edgecloud.shared.base.errors import ConfigError, InvalidInputError, ResourceExhaustedError
+from edgecloud.shared.reasoner.session import Message, Sampling, Usage
 
 __all__ = ["LoadedModel", "TransformersEngine"]
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from edgecloud.demo.scenario import DemoConfig, run_demo
 from edgecloud.demo.stack import StackConfig
 from edgecloud.demo.workloads import TASKS, demo_task
-from edgecloud.shared.errors import EdgecloudError
+from edgecloud.shared.base.errors import EdgecloudError
 
 
 def main(argv: list[str] | None = None) -> int:

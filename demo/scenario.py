@@ -25,10 +25,10 @@ from edgecloud.demo.report import build_report, check_invariants, format_report,
 from edgecloud.demo.stack import Stack, StackConfig
 from edgecloud.demo.traffic import QueryRecord, Sampler, Traffic, metric_values
 from edgecloud.demo.workloads import TASKS, AnswerCheck, DemoTask
-from edgecloud.shared.artifacts import pack_bundle
-from edgecloud.shared.bundle import copy_bundle, load_manifest
-from edgecloud.shared.errors import ConfigError
-from edgecloud.shared.signing import load_private_key, sign_bundle
+from edgecloud.shared.base.errors import ConfigError
+from edgecloud.shared.bundles.artifacts import pack_bundle
+from edgecloud.shared.bundles.manifest import copy_bundle, load_manifest
+from edgecloud.shared.bundles.signing import load_private_key, sign_bundle
 
 __all__ = ["DemoConfig", "run_demo"]
 

@@ -24,7 +24,7 @@ import grpc
 import httpx
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from edgecloud.shared.errors import ConfigError, UnavailableError
+from edgecloud.shared.base.errors import ConfigError, UnavailableError
 
 __all__ = ["Process", "Stack", "StackConfig", "free_port"]
 
@@ -131,7 +131,7 @@ class Stack:
         self.command_public_key = self.work / "keys" / "demo-commands.pub"
 
     def _ensure_keys(self) -> None:
-        from edgecloud.shared.signing import generate_keypair
+        from edgecloud.shared.bundles.signing import generate_keypair
 
         for private, public in ((self.key, self.public_key), (self.command_key, self.command_public_key)):
             if not private.exists():

@@ -13,9 +13,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from edgecloud.shared.answers import answers_match
-from edgecloud.shared.bundle import load_manifest
-from edgecloud.shared.errors import ConfigError
+from edgecloud.shared.base.errors import ConfigError
+from edgecloud.shared.bundles.answers import answers_match
+from edgecloud.shared.bundles.manifest import load_manifest
 from edgecloud.tasks import arithmetic, smarthome
 from edgecloud.tasks.common import GenerateRows
 

@@ -22,7 +22,7 @@ Commands are idempotent by id (a repeat gets its last status again) and a
 command with a deployment revision older than the newest acted on is ignored.
 This bookkeeping is persisted, so it holds across restarts.
 
-Only signed commands are acted on (:mod:`edgecloud.shared.commands`): signed by a key in
+Only signed commands are acted on (:mod:`edgecloud.shared.fleetlink.commands`): signed by a key in
 ``command_keys``, for this device, not expired. Anything else the broker delivers (unsigned,
 forged, another device's, expired, malformed, any payload at all) changes no state: it is logged
 with its reason and answered with a FAILED ack that names no rollout and revision 0, so a forger
@@ -55,11 +55,20 @@ from opentelemetry.context import Context
 from edgecloud.edge.agent_state import StateStore, read_state
 from edgecloud.edge.runtime import EdgeBundle
 from edgecloud.edge.service import EdgeService
-from edgecloud.shared.broker import BrokerSettings, connect_async, create_client, user_properties
-from edgecloud.shared.commands import CommandRejectedError, open_command
-from edgecloud.shared.errors import ConfigError, EdgecloudError
-from edgecloud.shared.fleet import AckStatus, Birth, BundleRef, Command, CommandAck, Telemetry, Topics, encode
-from edgecloud.shared.tracing import context_from_metadata, tracer
+from edgecloud.shared.base.errors import ConfigError, EdgecloudError
+from edgecloud.shared.base.tracing import context_from_metadata, tracer
+from edgecloud.shared.fleetlink.broker import BrokerSettings, connect_async, create_client, user_properties
+from edgecloud.shared.fleetlink.commands import CommandRejectedError, open_command
+from edgecloud.shared.fleetlink.messages import (
+    AckStatus,
+    Birth,
+    BundleRef,
+    Command,
+    CommandAck,
+    Telemetry,
+    Topics,
+    encode,
+)
 
 __all__ = ["AgentConfig", "DeviceAgent", "resume_bundle"]
 
@@ -73,7 +82,7 @@ class AgentConfig:
     """Holds downloaded archives, installed bundles and the agent's bookkeeping."""
     trusted_keys: tuple[Path, ...]
     """Ed25519 public keys (PEM), each trusted for any bundle, or trust policies (JSON: key roles,
-    rotations, revocations; :mod:`edgecloud.shared.trust`); only bundles they accept are installed.
+    rotations, revocations; :mod:`edgecloud.shared.bundles.trust`); only bundles they accept are installed.
     Read at start: a changed policy takes effect at the next restart."""
     command_keys: tuple[Path, ...] = ()
     """Ed25519 public keys (PEM) of the fleet manager's command key, or trust policies (their
@@ -149,8 +158,8 @@ def resume_bundle(config: AgentConfig, fallback: Path) -> Path:
     Without this a reboot would silently undo a rollout. A deployed bundle that no longer
     verifies (tampered, or its key no longer trusted) is not served: the daemon starts on
     ``fallback`` and says why."""
-    from edgecloud.shared.signing import verify_signed_bundle
-    from edgecloud.shared.trust import load_trust
+    from edgecloud.shared.bundles.signing import verify_signed_bundle
+    from edgecloud.shared.bundles.trust import load_trust
 
     state, problem = read_state(Path(config.state_dir))
     if problem:
@@ -197,7 +206,7 @@ class _Failed(Exception):
 
 class DeviceAgent:
     def __init__(self, config: AgentConfig, service: EdgeService) -> None:
-        from edgecloud.shared.trust import load_trust
+        from edgecloud.shared.bundles.trust import load_trust
 
         self.config = config
         self.service = service
@@ -508,7 +517,7 @@ class DeviceAgent:
             return self._verify(command, ref, archive)
 
     def _download(self, ref: BundleRef, archive: Path, headers: dict[str, str] | None) -> None:
-        from edgecloud.shared.download import download
+        from edgecloud.shared.bundles.download import download
 
         download(
             ref.url,
@@ -522,8 +531,8 @@ class DeviceAgent:
         )
 
     def _verify(self, command: Command, ref: BundleRef, archive: Path) -> EdgeBundle:
-        from edgecloud.shared.artifacts import unpack_bundle
-        from edgecloud.shared.signing import verify_signed_bundle
+        from edgecloud.shared.bundles.artifacts import unpack_bundle
+        from edgecloud.shared.bundles.signing import verify_signed_bundle
 
         self._ack(command, AckStatus.VERIFYING)
         staging = self.state_dir / "bundles" / f".incoming-{command.id}"

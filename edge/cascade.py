@@ -21,7 +21,7 @@ import dataclasses
 import math
 from typing import TYPE_CHECKING
 
-from edgecloud.shared.calibration import Calibration
+from edgecloud.edge.calibration import Calibration
 
 if TYPE_CHECKING:
     from edgecloud.edge.runtime import EdgeAnswer, EdgeModel

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgecloud.shared.asgi import is_loopback
-from edgecloud.shared.errors import ConfigError
+from edgecloud.shared.base.errors import ConfigError
+from edgecloud.shared.base.net import is_loopback
 
 __all__ = ["EdgeConfig"]
 

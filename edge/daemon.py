@@ -8,15 +8,15 @@ from dataclasses import replace
 from fastapi import FastAPI
 
 from edgecloud.edge.agent import AgentConfig, DeviceAgent, resume_bundle
-from edgecloud.edge.api import create_app
+from edgecloud.edge.api.app import create_app
+from edgecloud.edge.api.response_store import ResponseStore
 from edgecloud.edge.config import EdgeConfig
 from edgecloud.edge.escalation import CloudClient, CloudClientConfig
 from edgecloud.edge.metrics import EdgeMetrics
 from edgecloud.edge.outbox import Outbox
-from edgecloud.edge.response_store import ResponseStore
 from edgecloud.edge.runtime import EdgeBundle, ModelSlot
 from edgecloud.edge.service import EdgeService
-from edgecloud.shared.asgi import serve_until_signal
+from edgecloud.shared.base.asgi import serve_until_signal
 
 __all__ = ["create_daemon", "serve"]
 

@@ -8,7 +8,7 @@ first event, it repeats ``Think`` with the same ``request_id``, which the
 server answers with the session it already created. The caller sees every
 ``seq`` exactly once, in order, ending with a COMPLETED or FAILED event.
 
-A failed call becomes the error the table in :mod:`edgecloud.shared.errors` names for
+A failed call becomes the error the table in :mod:`edgecloud.shared.base.errors` names for
 its status code (:func:`map_rpc_error`), after the retries the code allows::
 
     INVALID_ARGUMENT                     -> InvalidInputError
@@ -36,7 +36,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from edgecloud.proto.edgecloud.v1 import reasoner_pb2 as pb
 from edgecloud.proto.edgecloud.v1 import reasoner_pb2_grpc as pb_grpc
-from edgecloud.shared.errors import (
+from edgecloud.shared.base.errors import (
     ConfigError,
     EdgecloudError,
     InvalidInputError,
@@ -44,8 +44,8 @@ from edgecloud.shared.errors import (
     UnavailableError,
     error_for_grpc_code,
 )
-from edgecloud.shared.reasoning import Event, SessionInfo, ThinkParams
-from edgecloud.shared.wire import event_from_pb, session_info_from_pb, think_request_to_pb
+from edgecloud.shared.reasoner.session import Event, SessionInfo, ThinkParams
+from edgecloud.shared.reasoner.wire import event_from_pb, session_info_from_pb, think_request_to_pb
 
 __all__ = ["SERVICE_NAME", "CloudClient", "CloudClientConfig", "map_rpc_error"]
 
@@ -68,7 +68,7 @@ _RETRYABLE = frozenset(
 
 
 def map_rpc_error(error: grpc.RpcError, what: str = "cloud call") -> EdgecloudError:
-    """The edgecloud error for a failed RPC (:func:`edgecloud.shared.errors.error_for_grpc_code`)."""
+    """The edgecloud error for a failed RPC (:func:`edgecloud.shared.base.errors.error_for_grpc_code`)."""
     has_status = isinstance(error, grpc.Call | grpc.aio.AioRpcError)
     code = error.code() if has_status else grpc.StatusCode.UNKNOWN
     details = error.details() if has_status else str(error)

@@ -1,7 +1,7 @@
 """The durable outbox: requests that insisted on the cloud while it was unreachable.
 
 :meth:`Outbox.add` commits the request (its ``ThinkRequest`` bytes, via
-:mod:`edgecloud.shared.wire`) to SQLite before it returns, so nothing accepted is lost
+:mod:`edgecloud.shared.reasoner.wire`) to SQLite before it returns, so nothing accepted is lost
 when the daemon restarts. :class:`OutboxDeliverer` sends pending records to the
 cloud in the background, oldest first; the cloud's idempotency by
 ``request_id`` makes a delivery that is repeated after a crash harmless.
@@ -25,10 +25,10 @@ from typing import Protocol, Self, runtime_checkable
 
 from edgecloud.edge.seams import CloudReasoner
 from edgecloud.proto.edgecloud.v1 import reasoner_pb2 as pb
-from edgecloud.shared.errors import ConfigError, EdgecloudError, InvalidInputError, NotFoundError
-from edgecloud.shared.reasoning import Event, EventKind, ThinkParams, Usage
-from edgecloud.shared.sqlite import open_store
-from edgecloud.shared.wire import think_request_from_pb, think_request_to_pb
+from edgecloud.shared.base.errors import ConfigError, EdgecloudError, InvalidInputError, NotFoundError
+from edgecloud.shared.base.sqlite import open_store
+from edgecloud.shared.reasoner.session import Event, EventKind, ThinkParams, Usage
+from edgecloud.shared.reasoner.wire import think_request_from_pb, think_request_to_pb
 
 __all__ = ["DELIVERED", "FAILED", "PENDING", "Outbox", "OutboxDeliverer", "OutboxRecord", "OutboxStorage"]
 

@@ -35,10 +35,10 @@ import numpy as np
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
+from edgecloud.edge.calibration import Calibration
 from edgecloud.edge.cascade import CascadeModel
 from edgecloud.edge.seams import AnswerModel
-from edgecloud.shared.bundle import Manifest, canonical_bytes, load_manifest, verify_bundle
-from edgecloud.shared.calibration import Calibration
+from edgecloud.shared.bundles.manifest import Manifest, canonical_bytes, load_manifest, verify_bundle
 
 __all__ = ["CascadeModel", "EdgeAnswer", "EdgeBundle", "EdgeModel", "ModelSlot", "load_edge_model"]
 

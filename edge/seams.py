@@ -15,9 +15,9 @@ from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
+    from edgecloud.edge.calibration import Calibration
     from edgecloud.edge.runtime import EdgeAnswer
-    from edgecloud.shared.calibration import Calibration
-    from edgecloud.shared.reasoning import Event, ThinkParams
+    from edgecloud.shared.reasoner.session import Event, ThinkParams
 
 __all__ = ["AnswerModel", "CloudReasoner"]
 
@@ -42,7 +42,7 @@ class CloudReasoner(Protocol):
     def think(self, params: ThinkParams, *, trace_headers: Mapping[str, str] | None = None) -> AsyncIterator[Event]:
         """One session's events, each ``seq`` once and in order, ending with COMPLETED or FAILED.
         ``trace_headers``: the caller's W3C trace context, for the cloud's spans to join.
-        Idempotent by ``params.request_id``. Raises an :mod:`edgecloud.shared.errors` error:
+        Idempotent by ``params.request_id``. Raises an :mod:`edgecloud.shared.base.errors` error:
         UnavailableError when the cloud cannot be reached within the deadline,
         InvalidInputError or AuthenticationError when it refuses the request."""
 

@@ -32,9 +32,10 @@ from edgecloud.edge.runtime import EdgeAnswer, EdgeBundle, ModelSlot
 from edgecloud.edge.seams import CloudReasoner
 from edgecloud.edge.stats import RequestStats
 from edgecloud.edge.triage import Decision, Requested, Route, TriageInput, TriagePolicy, decide, estimate_difficulty
-from edgecloud.shared.errors import InvalidInputError, ResourceExhaustedError, UnavailableError
-from edgecloud.shared.features import encode_features
-from edgecloud.shared.reasoning import (
+from edgecloud.shared.base.errors import InvalidInputError, ResourceExhaustedError, UnavailableError
+from edgecloud.shared.base.tracing import trace_headers, tracer
+from edgecloud.shared.reasoner.features import encode_features
+from edgecloud.shared.reasoner.session import (
     MAX_HINT_ANSWER_CHARS,
     MAX_MESSAGES,
     EdgeHint,
@@ -44,7 +45,6 @@ from edgecloud.shared.reasoning import (
     Sampling,
     ThinkParams,
 )
-from edgecloud.shared.tracing import trace_headers, tracer
 
 __all__ = ["EdgeService", "QueryRequest", "QueryResult", "StreamItem"]
 

@@ -34,8 +34,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from edgecloud.shared.calibration import Calibration
-from edgecloud.shared.errors import ConfigError, InvalidInputError
+from edgecloud.edge.calibration import Calibration
+from edgecloud.shared.base.errors import ConfigError, InvalidInputError
 
 __all__ = [
     "Decision",

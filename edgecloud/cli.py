@@ -26,7 +26,7 @@ def _models_build(args: argparse.Namespace) -> int:
     if args.data is not None:
         return build_from_data_command(args)
     refuse_data_flags(args)
-    from edgecloud.modelkit.build import BuildConfig, build_models
+    from edgecloud.modelkit.arithmetic.build import BuildConfig, build_models
 
     config = BuildConfig(
         out=args.out,
@@ -71,7 +71,7 @@ def _print_report(report: dict[str, object]) -> None:
 
 
 def _models_eval(args: argparse.Namespace) -> int:
-    from edgecloud.modelkit.evaluate import evaluate_all
+    from edgecloud.modelkit.arithmetic.evaluate import evaluate_all
 
     report = evaluate_all(args.models, args.out, n=args.n, seed=args.seed, threads=args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -126,7 +126,7 @@ def _cloud_serve(args: argparse.Namespace) -> int:
 
 
 def _tracing(service_name: str, endpoint: str | None) -> None:
-    from edgecloud.shared.tracing import configure_tracing
+    from edgecloud.shared.base.tracing import configure_tracing
 
     configure_tracing(service_name, endpoint=endpoint)
     if endpoint:
@@ -199,8 +199,8 @@ def _add_mqtt_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _broker_settings(args: argparse.Namespace, **defaults: object):  # -> BrokerSettings
     """The broker settings of AgentConfig / FleetManagerConfig from the flags above."""
-    from edgecloud.shared.broker import BrokerSettings
-    from edgecloud.shared.errors import ConfigError
+    from edgecloud.shared.base.errors import ConfigError
+    from edgecloud.shared.fleetlink.broker import BrokerSettings
 
     password = args.mqtt_password_file.read_text().strip() if args.mqtt_password_file else None
     try:
@@ -281,7 +281,7 @@ def _api_keys(path: Path | None) -> tuple[str, ...]:
     lines = (line.strip() for line in path.read_text().splitlines())
     keys = tuple(line for line in lines if line and not line.startswith("#"))
     if not keys:
-        from edgecloud.shared.errors import ConfigError
+        from edgecloud.shared.base.errors import ConfigError
 
         raise ConfigError(f"--api-key-file {path} holds no key")
     return keys
@@ -360,7 +360,8 @@ def _add_edge_commands(commands: argparse._SubParsersAction) -> None:
 def _fleet_serve(args: argparse.Namespace) -> int:
     from edgecloud.fleet.api import create_app, require_authentication
     from edgecloud.fleet.manager import SESSION_EXPIRY_S, FleetManager, FleetManagerConfig
-    from edgecloud.shared.asgi import is_loopback, serve_until_signal
+    from edgecloud.shared.base.asgi import serve_until_signal
+    from edgecloud.shared.base.net import is_loopback
 
     if args.command_key is None:
         raise SystemExit(
@@ -526,7 +527,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    from edgecloud.shared.errors import EdgecloudError
+    from edgecloud.shared.base.errors import EdgecloudError
 
     try:
         return int(args.func(args))

@@ -1,6 +1,6 @@
 """``edgecloud data arithmetic | smarthome | check``: the built-in tasks' dataset folders, and checking any folder.
 
-A dataset folder is the model kit's contract (:mod:`edgecloud.modelkit.datasets`); the built-in tasks
+A dataset folder is the model kit's contract (:mod:`edgecloud.modelkit.data.datasets`); the built-in tasks
 (:mod:`edgecloud.tasks`) write one, ``check`` validates one and prints its rows per split and group
 as JSON. A bad folder exits 2 with the ``file:line`` of the first problem on stderr.
 """
@@ -14,8 +14,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from edgecloud.modelkit.datasets import SPLITS, Dataset, read_dataset
-from edgecloud.shared.errors import InvalidInputError
+from edgecloud.modelkit.data.datasets import SPLITS, Dataset, read_dataset
+from edgecloud.shared.base.errors import InvalidInputError
 
 __all__ = ["add_data_commands", "summary"]
 

@@ -2,7 +2,7 @@
 
 Without ``--data``, ``models build`` is the demo build and these flags are refused; with it, the
 demo build's ``--reuse-*`` / ``--refine-teacher`` are. Every refusal is a ConfigError (exit 2),
-raised before anything is trained (:func:`edgecloud.modelkit.databuild.check_build` checks the
+raised before anything is trained (:func:`edgecloud.modelkit.data.build.check_build` checks the
 rest: the folder, the name, ``--teacher`` and ``--student``).
 """
 
@@ -13,7 +13,7 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-from edgecloud.shared.errors import ConfigError
+from edgecloud.shared.base.errors import ConfigError
 
 __all__ = ["add_data_build_arguments", "build_from_data_command", "refuse_data_flags"]
 
@@ -80,7 +80,7 @@ def refuse_data_flags(args: argparse.Namespace) -> None:
 
 def _teacher_recipe(args: argparse.Namespace):
     """The recipe of the teacher trained on the data, with ``--teacher-steps`` where given."""
-    from edgecloud.modelkit.data_teacher import DataTeacherRecipe
+    from edgecloud.modelkit.data.teacher import DataTeacherRecipe
 
     recipe = DataTeacherRecipe()
     if args.teacher_steps is None:
@@ -101,7 +101,7 @@ def build_from_data_command(args: argparse.Namespace) -> int:
         raise ConfigError(f"{', '.join(given)}: not for a build from a dataset folder (use --teacher, --student)")
     if args.name is None:
         raise ConfigError("--data needs --name NAME (the bundles are NAME-teacher and NAME-student)")
-    from edgecloud.modelkit.databuild import DataBuildConfig, build_from_data
+    from edgecloud.modelkit.data.build import DataBuildConfig, build_from_data
 
     config = DataBuildConfig(
         teacher=_teacher_recipe(args),

@@ -119,7 +119,7 @@ def _push(args: argparse.Namespace) -> int:
     source = Path(args.bundle)
     with tempfile.TemporaryDirectory(prefix="edgecloud-push-") as tmp:
         if source.is_dir():
-            from edgecloud.shared.artifacts import pack_bundle
+            from edgecloud.shared.bundles.artifacts import pack_bundle
 
             archive = Path(tmp) / "bundle.tar.gz"
             pack_bundle(source, archive)

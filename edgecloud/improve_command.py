@@ -11,8 +11,8 @@ __all__ = ["add_improve_command"]
 
 
 def _models_improve(args: argparse.Namespace) -> int:
-    from edgecloud.modelkit.gate import GateConfig
-    from edgecloud.modelkit.improve import GateFailedError, ImproveConfig, improve_student
+    from edgecloud.modelkit.loop.gate import GateConfig
+    from edgecloud.modelkit.loop.improve import GateFailedError, ImproveConfig, improve_student
 
     config = ImproveConfig(
         logs=tuple(args.logs),

@@ -7,9 +7,9 @@ import json
 import sys
 from pathlib import Path
 
-from edgecloud.shared.bundle import load_manifest
-from edgecloud.shared.errors import EdgecloudError
-from edgecloud.shared.signing import (
+from edgecloud.shared.base.errors import EdgecloudError
+from edgecloud.shared.bundles.manifest import load_manifest
+from edgecloud.shared.bundles.signing import (
     expiry_in_days,
     generate_keypair,
     load_private_key,
@@ -18,7 +18,7 @@ from edgecloud.shared.signing import (
     sign_bundle,
     verify_signed_bundle,
 )
-from edgecloud.shared.trust import load_trust, rotation_statement, write_rotation
+from edgecloud.shared.bundles.trust import load_trust, rotation_statement, write_rotation
 
 __all__ = ["add_signing_commands"]
 
@@ -72,7 +72,7 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _pack(args: argparse.Namespace) -> int:
-    from edgecloud.shared.artifacts import pack_bundle
+    from edgecloud.shared.bundles.artifacts import pack_bundle
 
     out = args.out or args.bundle.with_name(f"{args.bundle.name}.tar.gz")
     try:

@@ -19,7 +19,7 @@ Routes (JSON unless said otherwise; errors are ``{"error": {"type", "message"}}`
     POST /v1/rollouts/{id}/pause|resume|abort|rollback   abort takes {"reason"}, rollback {"to_version"}
     GET  /artifacts/{sha256}.tar.gz     the archive; supports Range (206) for resumable downloads
 
-Every request passes :class:`~edgecloud.shared.asgi.InboundGuard` before any route reads its body.
+Every request passes :class:`~edgecloud.shared.base.asgi.InboundGuard` before any route reads its body.
 With ``api_key`` set, ``/v1`` routes need ``Authorization: Bearer <api_key>``; ``/artifacts`` is open
 (content-addressed and signed) unless ``artifact_token`` is set. Every other POST needs
 ``Content-Type: application/json``, even without a body (415 otherwise: a cross-site form cannot
@@ -44,14 +44,15 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from edgecloud.fleet.dashboard import DASHBOARD_HTML
 from edgecloud.fleet.manager import FleetManager
 from edgecloud.fleet.rollout import AbortCriteria, strategy_from_dict
-from edgecloud.shared.asgi import Inbound, InboundGuard, ThreadedServer, error_response, is_loopback, response_for
-from edgecloud.shared.errors import (
+from edgecloud.shared.base.asgi import Inbound, InboundGuard, ThreadedServer, error_response, response_for
+from edgecloud.shared.base.errors import (
     ConfigError,
     EdgecloudError,
     InvalidInputError,
     NotFoundError,
     ResourceExhaustedError,
 )
+from edgecloud.shared.base.net import is_loopback
 
 __all__ = ["MAX_JSON_BYTES", "UPLOAD_TYPES", "create_app", "create_server", "require_authentication"]
 

@@ -1,10 +1,9 @@
 """The fleet manager: rollouts driven over MQTT, with every change persisted.
 
-It glues pure pieces together: the MQTT contract (:mod:`edgecloud.shared.fleet`), the rollout state
-machine (:mod:`edgecloud.fleet.rollout`), the SQLite store (:mod:`edgecloud.fleet.store`) and the bundle
-registry (:mod:`edgecloud.fleet.registry`). One paho client (MQTT 5, persistent session, auto-reconnect)
-subscribes at QoS 1 to every device's ``state``, ``telemetry`` and ``cmd/ack``; a tick thread times
-devices out and sends the next wave.
+It glues pure pieces together: the MQTT contract (:mod:`edgecloud.shared.fleetlink.messages`), the rollout state
+machine (:mod:`edgecloud.fleet.rollout`), the SQLite store (:mod:`edgecloud.fleet.store`) and the bundle registry
+(:mod:`edgecloud.fleet.registry`). One paho client (MQTT 5, persistent session, auto-reconnect) subscribes at QoS 1
+to every device's ``state``, ``telemetry`` and ``cmd/ack``; a tick thread times devices out and sends the next wave.
 
 Delivery guarantees, in order of the steps that could lose something:
 
@@ -19,7 +18,7 @@ Delivery guarantees, in order of the steps that could lose something:
   is published again. Devices dedupe by command id and answer a repeat with
   the final status they reached, so nothing is applied twice.
 
-Every command is signed (:mod:`edgecloud.shared.commands`) with the configured command key for
+Every command is signed (:mod:`edgecloud.shared.fleetlink.commands`) with the configured command key for
 the one device it addresses, at the moment it is published: a re-publish carries a fresh expiry,
 so a device that was away longer than the expiry still gets a command it accepts.
 
@@ -55,12 +54,13 @@ from edgecloud.fleet.rollout import (
 )
 from edgecloud.fleet.rollout_spec import ID_SEGMENT
 from edgecloud.fleet.store import BundleRecord, DeviceRecord, FleetStorage, FleetStore
-from edgecloud.shared.broker import BrokerSettings, connect_async, create_client, publish_properties
-from edgecloud.shared.commands import DEFAULT_TTL_S, CommandSigner
-from edgecloud.shared.errors import ConfigError, InvalidInputError, NotFoundError
-from edgecloud.shared.fleet import AckStatus, Birth, BundleRef, Command, CommandAck, Telemetry, Topics, decode
-from edgecloud.shared.signing import load_private_key
-from edgecloud.shared.tracing import trace_headers, tracer, tracing_enabled
+from edgecloud.shared.base.errors import ConfigError, InvalidInputError, NotFoundError
+from edgecloud.shared.base.tracing import trace_headers, tracer, tracing_enabled
+from edgecloud.shared.bundles.signing import load_private_key
+from edgecloud.shared.fleetlink.broker import BrokerSettings, connect_async, create_client, publish_properties
+from edgecloud.shared.fleetlink.commands import DEFAULT_TTL_S, CommandSigner
+from edgecloud.shared.fleetlink.messages import AckStatus, Birth, BundleRef, Command, CommandAck, Telemetry, Topics
+from edgecloud.shared.fleetlink.messages import decode as decode_payload
 
 __all__ = ["FleetManager", "FleetManagerConfig"]
 
@@ -243,7 +243,7 @@ class FleetManager:
             fleet, device, leaf = Topics.parse(message.topic)
             if fleet != self.config.fleet:
                 return
-            data = decode(message.payload)
+            data = decode_payload(message.payload)
             if leaf == "state":
                 self._on_birth(device, Birth.from_dict(data))
             elif leaf == "telemetry":

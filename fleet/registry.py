@@ -24,12 +24,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from edgecloud.fleet.store import BundleRecord, FleetStorage
-from edgecloud.shared.bundle import MANIFEST_FILE, SIGNATURE_FILE, Manifest, file_digest
-from edgecloud.shared.errors import InvalidInputError, ManifestError, NotFoundError
-from edgecloud.shared.fleet import BundleRef
+from edgecloud.shared.base.errors import InvalidInputError, ManifestError, NotFoundError
+from edgecloud.shared.bundles.manifest import MANIFEST_FILE, SIGNATURE_FILE, Manifest, file_digest
+from edgecloud.shared.fleetlink.messages import BundleRef
 
 if TYPE_CHECKING:
-    from edgecloud.shared.signing import TrustStore
+    from edgecloud.shared.bundles.signing import TrustStore
 
 __all__ = ["BundleRegistry", "read_archive_manifest"]
 
@@ -38,12 +38,12 @@ log = logging.getLogger(__name__)
 
 def read_archive_manifest(archive: Path) -> Manifest:
     """The validated ``manifest.json`` from the head of a bundle archive (its first member, as
-    :func:`~edgecloud.shared.artifacts.pack_bundle` writes it); nothing past the head is read."""
+    :func:`~edgecloud.shared.bundles.artifacts.pack_bundle` writes it); nothing past the head is read."""
     return _read_head(archive)[0]
 
 
 def _read_head(archive: Path) -> tuple[Manifest, bytes | None]:
-    from edgecloud.shared.artifacts import read_archive_head
+    from edgecloud.shared.bundles.artifacts import read_archive_head
 
     raw, signature = read_archive_head(archive)
     try:
@@ -53,14 +53,14 @@ def _read_head(archive: Path) -> tuple[Manifest, bytes | None]:
 
 
 def _load_trust(paths: Sequence[Path]) -> TrustStore:
-    from edgecloud.shared.trust import load_trust
+    from edgecloud.shared.bundles.trust import load_trust
 
     return load_trust(paths)
 
 
 def _check_head_signature(archive: Path, manifest: Manifest, signature: bytes | None, trust: TrustStore) -> None:
     """The manifest's signature, checked before anything else in the archive is decompressed."""
-    from edgecloud.shared.signing import UnsignedBundleError, parse_signature, verify_manifest_signature
+    from edgecloud.shared.bundles.signing import UnsignedBundleError, parse_signature, verify_manifest_signature
 
     if signature is None:
         raise UnsignedBundleError(f"{archive.name}: unsigned bundle (no {SIGNATURE_FILE} after {MANIFEST_FILE})")
@@ -70,8 +70,8 @@ def _check_head_signature(archive: Path, manifest: Manifest, signature: bytes | 
 
 def _verify_signature(archive: Path, trust: TrustStore, max_unpacked_bytes: int) -> str:
     """Unpack to a temporary folder and verify signature and files; the signing key's id."""
-    from edgecloud.shared.artifacts import unpack_bundle
-    from edgecloud.shared.signing import read_signature, verify_signed_bundle
+    from edgecloud.shared.bundles.artifacts import unpack_bundle
+    from edgecloud.shared.bundles.signing import read_signature, verify_signed_bundle
 
     with tempfile.TemporaryDirectory(prefix="fleet-verify-") as tmp:
         directory = unpack_bundle(archive, Path(tmp), max_total_bytes=max_unpacked_bytes)

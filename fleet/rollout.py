@@ -3,7 +3,7 @@ r"""A rollout's state machine: which device gets a bundle when, and when to stop
 Pure logic in the spirit of AWS IoT Jobs and Eclipse hawkBit: no MQTT, no
 I/O, no clock. The caller passes ``now`` in, feeds every device ack to
 :meth:`Rollout.on_ack`, calls :meth:`Rollout.tick` every few seconds, and
-publishes the :class:`~edgecloud.shared.fleet.Command` list each method returns.
+publishes the :class:`~edgecloud.shared.fleetlink.messages.Command` list each method returns.
 
 The rollout::
 
@@ -57,8 +57,8 @@ from edgecloud.fleet.rollout_spec import (
     Strategy,
     strategy_from_dict,
 )
-from edgecloud.shared.errors import InvalidInputError
-from edgecloud.shared.fleet import AckStatus, BundleRef, Command, CommandAck
+from edgecloud.shared.base.errors import InvalidInputError
+from edgecloud.shared.fleetlink.messages import AckStatus, BundleRef, Command, CommandAck
 
 __all__ = [
     "AbortCriteria",

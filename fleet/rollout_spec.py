@@ -15,8 +15,8 @@ import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from edgecloud.shared.errors import InvalidInputError
-from edgecloud.shared.fleet import BundleRef, Command
+from edgecloud.shared.base.errors import InvalidInputError
+from edgecloud.shared.fleetlink.messages import BundleRef, Command
 
 __all__ = [
     "AbortCriteria",

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any, Protocol, Self, runtime_checkable
 
 from edgecloud.fleet.rollout import Rollout, RolloutSpec, RolloutStatus
-from edgecloud.shared.errors import InvalidInputError, NotFoundError
-from edgecloud.shared.sqlite import open_store
+from edgecloud.shared.base.errors import InvalidInputError, NotFoundError
+from edgecloud.shared.base.sqlite import open_store
 
 __all__ = ["BundleRecord", "DeviceRecord", "FleetStorage", "FleetStore"]
 

@@ -3,7 +3,7 @@
 The rules every build uses (``models build``, from the demo task or from a dataset): abstentions
 (empty answers, confidence 0 at run time) are left out of the Platt fit, and the threshold is the
 lowest whose kept answers reach the target precision, as a one-sided Wilson lower bound at the
-configured confidence (:func:`edgecloud.shared.calibration.choose_threshold`).
+configured confidence (:func:`edgecloud.edge.calibration.choose_threshold`).
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from edgecloud.edge.calibration import Calibration, choose_threshold, confidence_signals, fit_platt
 from edgecloud.edge.runtime import EdgeAnswer
-from edgecloud.shared.calibration import Calibration, choose_threshold, confidence_signals, fit_platt
 
 __all__ = ["TriageFit", "fit_triage"]
 

@@ -34,7 +34,7 @@ from optimum.exporters.onnx import onnx_export_from_model
 from optimum.exporters.onnx.model_configs import Qwen3OnnxConfig
 from transformers import Qwen3ForCausalLM
 
-from edgecloud.modelkit.student import with_features
+from edgecloud.modelkit.arithmetic.student import with_features
 
 __all__ = [
     "FEATURES_OUTPUT",

@@ -1,9 +1,9 @@
 """The arithmetic task as a dataset: integer expressions with exact answers.
 
-The problems are :mod:`edgecloud.shared.task`'s (k operators, k in 1..4, varied wording); a row
+The problems are :mod:`edgecloud.modelkit.arithmetic.task`'s (k operators, k in 1..4, varied wording); a row
 carries the query, the answer as an integer's text, the scratchpad the demo teacher learns
-(:func:`edgecloud.modelkit.scratchpad.think_text`) as ``reasoning``, and ``k=<k>`` as its group.
-Answers match as numbers. Each split draws from its own seed space (:class:`~edgecloud.shared.task.Split`),
+(:func:`edgecloud.modelkit.arithmetic.scratchpad.think_text`) as ``reasoning``, and ``k=<k>`` as its group.
+Answers match as numbers. Each split draws from its own seed space (:class:`~edgecloud.modelkit.arithmetic.task.Split`),
 so no split reuses another's random stream.
 """
 
@@ -12,9 +12,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-from edgecloud.modelkit.datasets import Dataset, Row
-from edgecloud.modelkit.scratchpad import think_text
-from edgecloud.shared.task import EVAL_MIX, MAX_K, Problem, Split, generate
+from edgecloud.modelkit.arithmetic.scratchpad import think_text
+from edgecloud.modelkit.arithmetic.task import EVAL_MIX, MAX_K, Problem, Split, generate
+from edgecloud.modelkit.data.datasets import Dataset, Row
 from edgecloud.tasks.common import check_mix, check_split, write_task
 
 __all__ = ["ANSWER_MATCH", "DEFAULT_MIX", "GROUPS", "NAME", "generate_rows", "row_of", "write"]

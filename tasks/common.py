@@ -6,7 +6,7 @@ import logging
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from edgecloud.modelkit.datasets import SPLITS, Dataset, Row, read_dataset, write_dataset
+from edgecloud.modelkit.data.datasets import SPLITS, Dataset, Row, read_dataset, write_dataset
 
 __all__ = ["GenerateRows", "check_mix", "check_split", "write_task"]
 

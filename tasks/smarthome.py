@@ -30,7 +30,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgecloud.modelkit.datasets import Dataset, Row
+from edgecloud.modelkit.data.datasets import Dataset, Row
 from edgecloud.tasks.common import check_mix, check_split, write_task
 
 __all__ = [

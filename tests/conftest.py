@@ -25,7 +25,7 @@ def shipped_base_models(shipped_models: Path, tmp_path_factory: pytest.TempPathF
     own (version, calibration and files as in the pair, no reasoner), its fp32 reference and the teacher.
     For tests of the single-model path, and of a student that escalates every multi-step query."""
     from edgecloud.edge.runtime import EdgeModel
-    from edgecloud.shared.bundle import load_manifest, write_bundle
+    from edgecloud.shared.bundles.manifest import load_manifest, write_bundle
 
     out = tmp_path_factory.mktemp("base-models")
     pair_dir = shipped_models / "edge-student"
@@ -54,7 +54,7 @@ def shipped_base_models(shipped_models: Path, tmp_path_factory: pytest.TempPathF
 @pytest.fixture(scope="session")
 def quick_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A full pipeline run on tiny models (`edgecloud models build --quick`), once per session."""
-    from edgecloud.modelkit.build import BuildConfig, build_models
+    from edgecloud.modelkit.arithmetic.build import BuildConfig, build_models
 
     out = tmp_path_factory.mktemp("quick-models")
     build_models(BuildConfig(out=out, quick=True, threads=2))

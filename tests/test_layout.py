@@ -6,6 +6,11 @@ stand on the model kit (they write its dataset folders); the command line (``edg
 on everything and nothing imports it. The model kit may use the edge runtime (it checks the bundles
 it builds), but nothing below the command line uses a built-in task: the rest learns from data. Every import names the installed namespace,
 ``edgecloud.<folder>``: the old top-level names would collide with other distributions.
+
+Inside ``shared``, each contract is a package with its own rule (:data:`SHARED_ALLOWED`): the base
+imports nothing of the project, the reasoner contract stands on the base and the generated protobuf,
+and so on; no module sits directly in ``shared/``. No folder holds more than :data:`MAX_FOLDER_MODULES`
+modules directly.
 """
 
 from __future__ import annotations
@@ -98,8 +103,10 @@ def test_no_service_or_the_model_kit_imports_a_built_in_task(folder: str) -> Non
 
 def test_the_checker_catches_an_upward_import(tmp_path: Path) -> None:
     module = tmp_path / "bad.py"
-    module.write_text("from edgecloud.cloud.sessions import SessionManager\nimport edgecloud.cli\nimport shared.task\n")
-    assert [name for _, name in imports(module)] == ["edgecloud.cloud.sessions", "edgecloud.cli", "shared.task"]
+    module.write_text(
+        "from edgecloud.cloud.sessions import SessionManager\nimport edgecloud.cli\nimport shared.base.errors\n"
+    )
+    assert [name for _, name in imports(module)] == ["edgecloud.cloud.sessions", "edgecloud.cli", "shared.base.errors"]
     assert {layer(name) for _, name in imports(module)[:2]} - ALLOWED["shared"] == {"cloud", "cli"}
 
 
@@ -134,3 +141,78 @@ def test_the_size_check_catches_a_long_function_and_module(tmp_path: Path) -> No
         f"long.py: {MAX_MODULE_LINES + 2} lines",
         f"long.py:1 f: {MAX_MODULE_LINES + 2} lines",
     ]
+
+
+#: What each contract package under ``shared/`` may import besides itself: another package of
+#: ``shared`` by its name, or a layer (only ``proto`` is below ``shared``).
+SHARED_ALLOWED: dict[str, set[str]] = {
+    "base": set(),  # errors, sqlite, tracing, asgi, net: the project's floor
+    "reasoner": {"base", "proto"},  # the edge<->cloud contract: session objects, the protobuf wire, features
+    "bundles": {"base"},  # manifest, signing, trust, artifacts, downloads, answer matching
+    "fleetlink": {"base", "bundles"},  # device<->fleet MQTT: commands are signed with the bundles' keys
+    "escalations": {"base", "reasoner"},  # a record holds the reasoner's messages, within its limits
+}
+SHARED = ROOT / "shared"
+
+
+def shared_part(module: str) -> str:
+    """``edgecloud.shared.<package>.…`` -> the package; any other project module -> its layer."""
+    parts = module.split(".")
+    return parts[2] if parts[:2] == ["edgecloud", "shared"] and len(parts) > 2 else layer(module)
+
+
+def test_shared_holds_only_its_contract_packages() -> None:
+    modules = sorted(p.name for p in SHARED.glob("*.py") if p.name != "__init__.py")
+    packages = {p.name for p in SHARED.iterdir() if p.is_dir() and (p / "__init__.py").exists()}
+    assert not modules, f"modules directly in shared/: {modules}; put each in its contract package"
+    assert packages == set(SHARED_ALLOWED), "every package under shared/ needs its rule in SHARED_ALLOWED"
+
+
+@pytest.mark.parametrize("path", sorted(SHARED.rglob("*.py")), ids=lambda p: p.relative_to(ROOT).as_posix())
+def test_each_shared_package_imports_only_what_its_rule_allows(path: Path) -> None:
+    own = path.relative_to(SHARED).parts[0]
+    if own not in SHARED_ALLOWED:  # shared/__init__.py
+        return
+    wrong = [
+        f"{path.relative_to(ROOT)}:{line} imports {name} ({shared_part(name)} is not allowed for shared/{own})"
+        for line, name in imports(path)
+        if name.split(".")[0] == "edgecloud"
+        and shared_part(name) != own
+        and shared_part(name) not in SHARED_ALLOWED[own]
+    ]
+    assert not wrong, "\n".join(wrong)
+
+
+def test_the_shared_rule_catches_a_sideways_import(tmp_path: Path) -> None:
+    module = tmp_path / "bad.py"
+    module.write_text("from edgecloud.shared.bundles.manifest import Manifest\nimport edgecloud.proto.build\n")
+    assert {shared_part(name) for _, name in imports(module)} - SHARED_ALLOWED["base"] == {"bundles", "proto"}
+    assert {shared_part(name) for _, name in imports(module)} - SHARED_ALLOWED["fleetlink"] == {"proto"}
+
+
+#: A folder a newcomer can take in at a glance (benchmarks/ is not held to it yet).
+MAX_FOLDER_MODULES = 15
+
+
+def folder_sizes(root: Path = ROOT) -> dict[str, int]:
+    """Every source folder (top-level and below) -> how many modules it holds directly, ``__init__.py`` aside."""
+    folders = {d for top in FOLDERS for d in [root / top, *(root / top).rglob("*")] if d.is_dir()}
+    return {
+        d.relative_to(root).as_posix(): sum(1 for p in d.glob("*.py") if p.name != "__init__.py")
+        for d in sorted(folders)
+        if d.name != "__pycache__"
+    }
+
+
+def test_no_folder_holds_too_many_modules() -> None:
+    sizes = folder_sizes()
+    assert {"shared/base", "edge/api", "modelkit/loop"} <= set(sizes)
+    crowded = {folder: n for folder, n in sizes.items() if n > MAX_FOLDER_MODULES}
+    assert not crowded, f"more than {MAX_FOLDER_MODULES} modules in one folder: {crowded}"
+
+
+def test_the_folder_count_skips_packages_init_and_caches(tmp_path: Path) -> None:
+    for name in ["__init__.py", "a.py", "b.py", "sub/__init__.py", "sub/c.py", "sub/__pycache__/c.py"]:
+        (tmp_path / "edge" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "edge" / name).write_text("")
+    assert {k: v for k, v in folder_sizes(tmp_path).items() if k.startswith("edge")} == {"edge": 2, "edge/sub": 1}

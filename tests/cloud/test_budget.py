@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from edgecloud.cloud.budget import BudgetConfig, BudgetPolicy
-from edgecloud.shared.errors import ConfigError
-from edgecloud.shared.reasoning import EdgeHint
+from edgecloud.shared.base.errors import ConfigError
+from edgecloud.shared.reasoner.session import EdgeHint
 
 CONFIG = BudgetConfig(default=200, minimum=32, maximum=1000, headroom=1.5, margin=10)
 

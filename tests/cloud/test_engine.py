@@ -11,11 +11,11 @@ import pytest
 
 from edgecloud.cloud.engine import EngineConfig, EngineEvent, EngineEventKind, Job, ReasoningEngine
 from edgecloud.cloud.transformers_engine import LoadedModel, TransformersEngine
+from edgecloud.modelkit.arithmetic.task import Split, generate
+from edgecloud.modelkit.arithmetic.teacher import chat_prompt
 from edgecloud.modelkit.decoding import generate_batch
-from edgecloud.modelkit.teacher import chat_prompt
-from edgecloud.shared.errors import ConfigError, ResourceExhaustedError
-from edgecloud.shared.reasoning import Message, Sampling
-from edgecloud.shared.task import Split, generate
+from edgecloud.shared.base.errors import ConfigError, ResourceExhaustedError
+from edgecloud.shared.reasoner.session import Message, Sampling
 
 
 def run_jobs(engine: TransformersEngine, specs: list[tuple[str, int, bool]]) -> dict[str, list[EngineEvent]]:

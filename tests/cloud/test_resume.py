@@ -22,8 +22,8 @@ from edgecloud.cloud.dataset import read_escalations
 from edgecloud.cloud.engine import EngineConfig, EngineEvent, EngineEventKind, Job, Resume
 from edgecloud.cloud.sessions import SessionConfig, SessionManager
 from edgecloud.cloud.store import Checkpoint, SessionStore
-from edgecloud.shared.reasoning import Event, EventKind, Message, Sampling, SessionStatus, ThinkParams
-from edgecloud.shared.wire import event_to_pb
+from edgecloud.shared.reasoner.session import Event, EventKind, Message, Sampling, SessionStatus, ThinkParams
+from edgecloud.shared.reasoner.wire import event_to_pb
 from tests.cloud.conftest import tiny_qwen3_config
 
 torch = pytest.importorskip("torch", reason="the cloud's model backend needs torch")

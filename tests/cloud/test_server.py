@@ -19,14 +19,14 @@ from edgecloud.cloud.dataset import read_escalations
 from edgecloud.cloud.engine import EngineConfig
 from edgecloud.cloud.store import SessionStore
 from edgecloud.cloud.transformers_engine import LoadedModel
-from edgecloud.modelkit.scratchpad import think_text
+from edgecloud.modelkit.arithmetic.scratchpad import think_text
+from edgecloud.modelkit.arithmetic.task import Problem
 from edgecloud.proto.edgecloud.v1 import reasoner_pb2 as pb
 from edgecloud.proto.edgecloud.v1 import reasoner_pb2_grpc as pb_grpc
-from edgecloud.shared.bundle import load_manifest
-from edgecloud.shared.escalations import SCHEMA
-from edgecloud.shared.features import encode_features
-from edgecloud.shared.task import Problem
-from edgecloud.shared.wire import features_to_pb
+from edgecloud.shared.bundles.manifest import load_manifest
+from edgecloud.shared.escalations.records import SCHEMA
+from edgecloud.shared.reasoner.features import encode_features
+from edgecloud.shared.reasoner.wire import features_to_pb
 from tests.cloud.conftest import RunningServer, make_config
 
 TIMEOUT = 120

@@ -32,9 +32,9 @@ from edgecloud.cloud.engine import (
 from edgecloud.cloud.metrics import CloudMetrics
 from edgecloud.cloud.sessions import Session, SessionConfig, SessionManager
 from edgecloud.cloud.store import SessionStore
-from edgecloud.shared.errors import ConfigError, InvalidInputError, NotFoundError, ResourceExhaustedError
-from edgecloud.shared.features import decode_features, encode_features
-from edgecloud.shared.reasoning import (
+from edgecloud.shared.base.errors import ConfigError, InvalidInputError, NotFoundError, ResourceExhaustedError
+from edgecloud.shared.reasoner.features import decode_features, encode_features
+from edgecloud.shared.reasoner.session import (
     EdgeHint,
     Event,
     EventKind,

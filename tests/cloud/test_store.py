@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from edgecloud.cloud.store import Checkpoint, Progress, SessionStorage, SessionStore
-from edgecloud.shared.errors import ConfigError
-from edgecloud.shared.reasoning import Event, EventKind, SessionInfo, SessionStatus, ThinkParams, Usage
-from edgecloud.shared.wire import event_to_pb, think_request_to_pb
+from edgecloud.shared.base.errors import ConfigError
+from edgecloud.shared.reasoner.session import Event, EventKind, SessionInfo, SessionStatus, ThinkParams, Usage
+from edgecloud.shared.reasoner.wire import event_to_pb, think_request_to_pb
 
 
 def accepted(session_id: str) -> Event:

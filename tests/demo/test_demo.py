@@ -139,8 +139,8 @@ def test_each_version_s_traffic_is_reported_apart_from_the_outage() -> None:
 
 def test_each_task_draws_its_test_split_and_judges_by_the_bundle_s_rule(tmp_path: Path) -> None:
     from edgecloud.demo.workloads import TASKS, AnswerCheck, demo_task
-    from edgecloud.shared.errors import ConfigError
-    from edgecloud.shared.task import Split, generate
+    from edgecloud.modelkit.arithmetic.task import Split, generate
+    from edgecloud.shared.base.errors import ConfigError
 
     # The arithmetic traffic is the very problems the demo always sent (its figures stay comparable).
     arithmetic = TASKS["arithmetic"].queries(200)

@@ -3,7 +3,7 @@
 The config and ACL are the real files; only what cannot work in a test is rewritten (the
 listener's port and address, file locations). Certificates come from make_certs.py, passwords
 from mosquitto_passwd, and clients apply credentials and TLS the way the product does
-(edgecloud.shared.broker).
+(edgecloud.shared.fleetlink.broker).
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from edgecloud.fleet.manager import FleetManager, FleetManagerConfig
-from edgecloud.shared.broker import BrokerSettings, create_client
-from edgecloud.shared.fleet import Birth, Topics, encode
+from edgecloud.shared.fleetlink.broker import BrokerSettings, create_client
+from edgecloud.shared.fleetlink.messages import Birth, Topics, encode
 from tests.fleet.sim import command_key, wait_for
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "mosquitto"

@@ -14,8 +14,8 @@ from edgecloud.edge.config import EdgeConfig
 from edgecloud.edge.daemon import create_daemon
 from edgecloud.fleet.api import create_server
 from edgecloud.fleet.manager import FleetManager, FleetManagerConfig
-from edgecloud.shared.broker import BrokerSettings
-from edgecloud.shared.signing import generate_keypair
+from edgecloud.shared.bundles.signing import generate_keypair
+from edgecloud.shared.fleetlink.broker import BrokerSettings
 from tests.e2e.fleet import DEVICES, FLEET, LABELS, Fleet, free_port, wait_for
 
 

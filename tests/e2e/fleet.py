@@ -16,10 +16,10 @@ import httpx
 from edgecloud.edge.agent import DeviceAgent
 from edgecloud.edge.service import EdgeService
 from edgecloud.fleet.manager import FleetManager
-from edgecloud.shared.artifacts import pack_bundle
-from edgecloud.shared.asgi import ThreadedServer
-from edgecloud.shared.bundle import copy_bundle
-from edgecloud.shared.signing import load_private_key, sign_bundle
+from edgecloud.shared.base.asgi import ThreadedServer
+from edgecloud.shared.bundles.artifacts import pack_bundle
+from edgecloud.shared.bundles.manifest import copy_bundle
+from edgecloud.shared.bundles.signing import load_private_key, sign_bundle
 
 FLEET = "e2e"
 DEVICES = ("dev-a1", "dev-a2", "dev-a3")

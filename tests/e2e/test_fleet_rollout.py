@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from edgecloud.shared.bundle import load_manifest
+from edgecloud.shared.bundles.manifest import load_manifest
 from tests.e2e.fleet import DEVICES, LABELS, Fleet, signed_archive, start_rollout, wait_for, wait_rollout
 
 
@@ -106,7 +106,7 @@ def test_a_rollout_is_traced_from_the_manager_to_every_device(
     # user properties beside the signed command), as it does between machines.
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-    from edgecloud.shared import tracing
+    from edgecloud.shared.base import tracing
 
     exporter = InMemorySpanExporter()
     monkeypatch.setattr(tracing, "_provider", None)  # restored (tracing off) after the test

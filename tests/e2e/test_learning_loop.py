@@ -23,12 +23,12 @@ from edgecloud.edge.metrics import EdgeMetrics
 from edgecloud.edge.outbox import Outbox
 from edgecloud.edge.runtime import EdgeBundle, ModelSlot
 from edgecloud.edge.service import EdgeService, QueryRequest
-from edgecloud.modelkit.gate import GateConfig
-from edgecloud.modelkit.improve import ImproveConfig, improve_student
-from edgecloud.shared.artifacts import pack_bundle
-from edgecloud.shared.bundle import load_manifest
-from edgecloud.shared.escalations import read_escalations
-from edgecloud.shared.task import EVAL_MIX, Split, generate
+from edgecloud.modelkit.arithmetic.task import EVAL_MIX, Split, generate
+from edgecloud.modelkit.loop.gate import GateConfig
+from edgecloud.modelkit.loop.improve import ImproveConfig, improve_student
+from edgecloud.shared.bundles.artifacts import pack_bundle
+from edgecloud.shared.bundles.manifest import load_manifest
+from edgecloud.shared.escalations.records import read_escalations
 from tests.cloud.conftest import RunningServer, make_config, teacher, teacher_dir
 from tests.e2e.fleet import DEVICES, Fleet, start_rollout, wait_rollout
 

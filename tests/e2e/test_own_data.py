@@ -20,9 +20,9 @@ import httpx
 import pytest
 
 from edgecloud.cli import main
-from edgecloud.modelkit.datasets import Row, write_dataset
-from edgecloud.shared.bundle import load_manifest
-from edgecloud.shared.escalations import read_escalations
+from edgecloud.modelkit.data.datasets import Row, write_dataset
+from edgecloud.shared.bundles.manifest import load_manifest
+from edgecloud.shared.escalations.records import read_escalations
 from tests.e2e.fleet import free_port, wait_for
 
 pytestmark = pytest.mark.slow
@@ -142,6 +142,6 @@ def _printed_report(err: str) -> dict:
 
 
 def _split(data: Path, split: str) -> list[Row]:
-    from edgecloud.modelkit.datasets import read_dataset
+    from edgecloud.modelkit.data.datasets import read_dataset
 
     return list(read_dataset(data).split(split))

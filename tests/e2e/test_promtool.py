@@ -16,10 +16,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from edgecloud.shared.bundle import load_manifest
+from edgecloud.shared.bundles.manifest import load_manifest
 from tests.cloud.conftest import RunningServer, make_config, teacher, teacher_dir
 from tests.e2e.fleet import Fleet, signed_archive, start_rollout, wait_rollout
-from tests.edge.test_api import RunningDaemon, edge_config, multi_step, wait_until
+from tests.edge.api.test_app import RunningDaemon, edge_config, multi_step, wait_until
 
 __all__ = ["teacher", "teacher_dir"]  # the fixtures
 

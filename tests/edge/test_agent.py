@@ -23,13 +23,13 @@ from edgecloud.edge.agent import AgentConfig, DeviceAgent, origin_of, resume_bun
 from edgecloud.edge.cascade import CascadeModel
 from edgecloud.edge.config import EdgeConfig
 from edgecloud.edge.daemon import create_daemon
-from edgecloud.shared.artifacts import pack_bundle
-from edgecloud.shared.broker import BrokerSettings
-from edgecloud.shared.bundle import copy_bundle, load_manifest
-from edgecloud.shared.commands import sign_command
-from edgecloud.shared.errors import ConfigError
-from edgecloud.shared.fleet import Command, Topics, encode
-from edgecloud.shared.signing import generate_keypair, load_private_key, sign_bundle
+from edgecloud.shared.base.errors import ConfigError
+from edgecloud.shared.bundles.artifacts import pack_bundle
+from edgecloud.shared.bundles.manifest import copy_bundle, load_manifest
+from edgecloud.shared.bundles.signing import generate_keypair, load_private_key, sign_bundle
+from edgecloud.shared.fleetlink.broker import BrokerSettings
+from edgecloud.shared.fleetlink.commands import sign_command
+from edgecloud.shared.fleetlink.messages import Command, Topics, encode
 from tests.edge.test_cascade import make_pair_bundle
 
 FLEET = "test"
@@ -514,7 +514,7 @@ def test_a_deployment_is_traced_command_download_verify_watch(  # type: ignore[n
 ) -> None:
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-    from edgecloud.shared import tracing
+    from edgecloud.shared.base import tracing
 
     exporter = InMemorySpanExporter()
     monkeypatch.setattr(tracing, "_provider", None)  # restored (tracing off) after the test

@@ -3,7 +3,7 @@
 The pair here is built from the shipped student alone: its graph as both stages, the first with a
 stricter threshold than the shipped one, so that it hands off some answers the second (with the
 shipped calibration) keeps. It needs no training and no torch: what it checks is the bundle format,
-the handoff and the one-threshold contract, not a reasoner's quality (tests/modelkit/test_improve.py).
+the handoff and the one-threshold contract, not a reasoner's quality (tests/modelkit/loop/test_improve.py).
 """
 
 from __future__ import annotations
@@ -17,12 +17,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edgecloud.edge.calibration import Calibration
 from edgecloud.edge.cascade import CascadeModel, on_scale_of
 from edgecloud.edge.runtime import EdgeBundle, EdgeModel, load_edge_model
 from edgecloud.edge.seams import AnswerModel
-from edgecloud.shared.bundle import BundleError, ManifestError, load_manifest, write_bundle
-from edgecloud.shared.calibration import Calibration
-from edgecloud.shared.task import Split, generate
+from edgecloud.modelkit.arithmetic.task import Split, generate
+from edgecloud.shared.bundles.manifest import BundleError, ManifestError, load_manifest, write_bundle
 
 FIRST_THRESHOLD = 0.9993
 """About the median confidence of the shipped student's kept answers."""
@@ -136,7 +136,7 @@ def test_a_reasoner_path_outside_the_bundle_is_refused(pair_dir: Path) -> None:
     for bad in ("../model.int8.onnx", "/etc/passwd"):
         data["io"]["reasoner"]["graphs"]["int8"] = bad
         with pytest.raises(ManifestError, match="io.reasoner"):
-            from edgecloud.shared.bundle import Manifest
+            from edgecloud.shared.bundles.manifest import Manifest
 
             Manifest.from_dict(data)
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from edgecloud.edge.config import EdgeConfig
-from edgecloud.shared.errors import ConfigError
+from edgecloud.shared.base.errors import ConfigError
 
 
 def test_reasoning_effort_budgets_default_and_are_checked(shipped_models: Path) -> None:

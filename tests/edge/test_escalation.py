@@ -25,8 +25,7 @@ from edgecloud.cloud.store import SessionStore
 from edgecloud.edge.escalation import CloudClient, CloudClientConfig, map_rpc_error
 from edgecloud.edge.seams import CloudReasoner
 from edgecloud.proto.edgecloud.v1 import reasoner_pb2 as pb
-from edgecloud.shared.bundle import load_manifest
-from edgecloud.shared.errors import (
+from edgecloud.shared.base.errors import (
     AuthenticationError,
     ConfigError,
     EdgecloudError,
@@ -35,9 +34,10 @@ from edgecloud.shared.errors import (
     ResourceExhaustedError,
     UnavailableError,
 )
-from edgecloud.shared.features import EncodedFeatures
-from edgecloud.shared.reasoning import Event, EventKind, SessionInfo, SessionStatus, ThinkParams
-from edgecloud.shared.wire import event_from_pb
+from edgecloud.shared.bundles.manifest import load_manifest
+from edgecloud.shared.reasoner.features import EncodedFeatures
+from edgecloud.shared.reasoner.session import Event, EventKind, SessionInfo, SessionStatus, ThinkParams
+from edgecloud.shared.reasoner.wire import event_from_pb
 from tests.cloud.conftest import RunningServer, make_config
 from tests.edge.conftest import free_port
 

@@ -16,10 +16,10 @@ import pytest
 
 from edgecloud.edge.escalation import CloudClient, CloudClientConfig
 from edgecloud.edge.outbox import DELIVERED, FAILED, PENDING, Outbox, OutboxDeliverer, OutboxRecord
-from edgecloud.shared.bundle import load_manifest
-from edgecloud.shared.errors import InvalidInputError, NotFoundError
-from edgecloud.shared.features import EncodedFeatures, encode_features
-from edgecloud.shared.reasoning import EdgeHint, Event, EventKind, ThinkParams, Usage
+from edgecloud.shared.base.errors import InvalidInputError, NotFoundError
+from edgecloud.shared.bundles.manifest import load_manifest
+from edgecloud.shared.reasoner.features import EncodedFeatures, encode_features
+from edgecloud.shared.reasoner.session import EdgeHint, Event, EventKind, ThinkParams, Usage
 from tests.cloud.conftest import RunningServer, make_config
 from tests.edge.conftest import free_port
 

@@ -9,8 +9,8 @@ import pytest
 
 from edgecloud.edge.runtime import EdgeModel
 from edgecloud.edge.seams import AnswerModel
-from edgecloud.shared.bundle import load_manifest
-from edgecloud.shared.task import Split, generate, parse_answer
+from edgecloud.modelkit.arithmetic.task import Split, generate, parse_answer
+from edgecloud.shared.bundles.manifest import load_manifest
 
 
 @pytest.fixture(scope="module")
@@ -142,7 +142,7 @@ def test_a_bundle_without_its_decoding_contract_is_refused(shipped_base_models: 
     import json
     import shutil
 
-    from edgecloud.shared.bundle import MANIFEST_FILE
+    from edgecloud.shared.bundles.manifest import MANIFEST_FILE
 
     bundle = tmp_path / "edge"
     shutil.copytree(shipped_base_models / "edge-student", bundle)
@@ -157,7 +157,7 @@ def test_a_graph_or_tokenizer_the_manifest_does_not_list_is_refused(shipped_base
     import json
     import shutil
 
-    from edgecloud.shared.bundle import MANIFEST_FILE, SIGNATURE_FILE
+    from edgecloud.shared.bundles.manifest import MANIFEST_FILE, SIGNATURE_FILE
 
     bundle = tmp_path / "edge"
     shutil.copytree(shipped_base_models / "edge-student", bundle)

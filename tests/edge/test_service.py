@@ -1,5 +1,5 @@
 """EdgeService logic that needs a cloud misbehaving on cue: a stand-in cloud client
-(the real Reasoner over gRPC is exercised in test_api.py and test_escalation.py)."""
+(the real Reasoner over gRPC is exercised in api/test_app.py and test_escalation.py)."""
 
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ from edgecloud.edge.outbox import Outbox
 from edgecloud.edge.runtime import EdgeBundle, ModelSlot
 from edgecloud.edge.service import EdgeService, QueryRequest
 from edgecloud.edge.triage import Requested
-from edgecloud.shared.errors import ResourceExhaustedError, UnavailableError
-from edgecloud.shared.reasoning import Event, EventKind, ThinkParams
+from edgecloud.shared.base.errors import ResourceExhaustedError, UnavailableError
+from edgecloud.shared.reasoner.session import Event, EventKind, ThinkParams
 
 
 class BreaksMidAnswer:
@@ -139,7 +139,7 @@ def test_an_escalation_says_the_query_is_at_least_as_hard_as_the_edge_is_unsure(
 ) -> None:
     # The cloud sizes its thinking budget by the hint's difficulty: a fluent scratchpad ending in an
     # answer the edge doubts must not read as an easy query (the cloud gave k=4 ~40 tokens, and failed).
-    from edgecloud.shared.task import Split, generate
+    from edgecloud.modelkit.arithmetic.task import Split, generate
 
     config = EdgeConfig(
         bundle=shipped_base_models / "edge-student", outbox=tmp_path / "outbox.sqlite3", cloud="127.0.0.1:9"
@@ -179,9 +179,9 @@ class AtCapacity:
 def test_a_cloud_at_capacity_is_a_429_to_retry_for_openai_clients(shipped_base_models: Path, tmp_path: Path) -> None:
     import openai
 
-    from edgecloud.edge.api import create_app
-    from edgecloud.edge.response_store import ResponseStore
-    from edgecloud.shared.asgi import ThreadedServer
+    from edgecloud.edge.api.app import create_app
+    from edgecloud.edge.api.response_store import ResponseStore
+    from edgecloud.shared.base.asgi import ThreadedServer
 
     config = EdgeConfig(bundle=shipped_base_models / "edge-student", outbox=tmp_path / "outbox.sqlite3", cloud="127.0.0.1:9",
                         port=0, health_interval_s=3600)  # fmt: skip

@@ -6,6 +6,7 @@ import math
 
 import pytest
 
+from edgecloud.edge.calibration import Calibration
 from edgecloud.edge.triage import (
     Decision,
     Requested,
@@ -15,8 +16,7 @@ from edgecloud.edge.triage import (
     decide,
     estimate_difficulty,
 )
-from edgecloud.shared.calibration import Calibration
-from edgecloud.shared.errors import ConfigError, InvalidInputError
+from edgecloud.shared.base.errors import ConfigError, InvalidInputError
 
 NAN = float("nan")
 POLICY = TriagePolicy(threshold=0.8, max_difficulty=0.6)

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from edgecloud import cli
-from edgecloud.shared.errors import ConfigError
-from edgecloud.shared.signing import generate_keypair
+from edgecloud.shared.base.errors import ConfigError
+from edgecloud.shared.bundles.signing import generate_keypair
 
 
 def test_fleet_serve_refuses_to_start_without_a_command_key(tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from edgecloud import cli
-from edgecloud.modelkit.datasets import read_dataset
+from edgecloud.modelkit.data.datasets import read_dataset
 from edgecloud.tasks import arithmetic, smarthome
 
 SIZES = ["--train", "30", "--validation", "8", "--test", "9"]

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from edgecloud.shared.bundle import SIGNATURE_FILE, load_manifest
-from edgecloud.shared.signing import generate_keypair
+from edgecloud.shared.bundles.manifest import SIGNATURE_FILE, load_manifest
+from edgecloud.shared.bundles.signing import generate_keypair
 from edgecloud.signing_commands import add_signing_commands
 
 
@@ -101,7 +101,7 @@ def test_cli_rotate_key_then_verify_against_the_policy(
 def test_cli_pack_writes_the_archive_the_fleet_registers(
     bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from edgecloud.shared.artifacts import read_archive_head
+    from edgecloud.shared.bundles.artifacts import read_archive_head
 
     assert _cli(["pack", str(bundle), "--out", str(tmp_path / "b.tar.gz")]) == 0
     said = json.loads(capsys.readouterr().out)

@@ -27,12 +27,12 @@ from paho.mqtt.properties import Properties
 
 from edgecloud.fleet.manager import FleetManager, FleetManagerConfig
 from edgecloud.fleet.rollout import RolloutStatus
-from edgecloud.shared.artifacts import pack_bundle
-from edgecloud.shared.broker import BrokerSettings
-from edgecloud.shared.bundle import write_bundle
-from edgecloud.shared.commands import CommandRejectedError, open_command
-from edgecloud.shared.fleet import AckStatus, Birth, Command, CommandAck, Telemetry, Topics, encode
-from edgecloud.shared.signing import TrustStore
+from edgecloud.shared.bundles.artifacts import pack_bundle
+from edgecloud.shared.bundles.manifest import write_bundle
+from edgecloud.shared.bundles.signing import TrustStore
+from edgecloud.shared.fleetlink.broker import BrokerSettings
+from edgecloud.shared.fleetlink.commands import CommandRejectedError, open_command
+from edgecloud.shared.fleetlink.messages import AckStatus, Birth, Command, CommandAck, Telemetry, Topics, encode
 
 FLEET = "testfleet"
 SIM_KEY = Ed25519PrivateKey.generate()

@@ -17,8 +17,8 @@ from edgecloud.fleet.api import create_app, create_server
 from edgecloud.fleet.manager import FleetManager, FleetManagerConfig
 from edgecloud.fleet.registry import read_archive_manifest
 from edgecloud.fleet.rollout import AbortCriteria, FixedBatches, RolloutStatus
-from edgecloud.shared.broker import BrokerSettings
-from edgecloud.shared.errors import BundleError, ConfigError, InvalidInputError, ManifestError, NotFoundError
+from edgecloud.shared.base.errors import BundleError, ConfigError, InvalidInputError, ManifestError, NotFoundError
+from edgecloud.shared.fleetlink.broker import BrokerSettings
 from tests.fleet.sim import (
     assert_applied_exactly_once,
     command_key,
@@ -83,8 +83,8 @@ def test_register_bundle_content_addressed_and_checked(tmp_path: Path) -> None:
 
 
 def test_register_bundle_verifies_the_signature_when_keys_are_trusted(tmp_path: Path) -> None:
-    from edgecloud.shared.artifacts import pack_bundle
-    from edgecloud.shared.signing import (
+    from edgecloud.shared.bundles.artifacts import pack_bundle
+    from edgecloud.shared.bundles.signing import (
         ExpiredBundleError,
         SignatureError,
         UntrustedKeyError,
@@ -133,7 +133,7 @@ def test_the_manager_refuses_to_start_without_a_usable_command_key(tmp_path: Pat
     with pytest.raises(ConfigError, match="cannot read key"):
         FleetManager(FleetManagerConfig(artifact_dir=tmp_path, command_key=tmp_path / "missing.key"))
     public = tmp_path / "k.pub"
-    from edgecloud.shared.signing import generate_keypair
+    from edgecloud.shared.bundles.signing import generate_keypair
 
     generate_keypair(tmp_path / "k.key", public)
     with pytest.raises(ConfigError, match="not an unencrypted PEM private key"):

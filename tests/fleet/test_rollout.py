@@ -18,8 +18,8 @@ from edgecloud.fleet.rollout import (
     RolloutStatus,
     transition,
 )
-from edgecloud.shared.errors import InvalidInputError
-from edgecloud.shared.fleet import AckStatus, BundleRef, Command, CommandAck
+from edgecloud.shared.base.errors import InvalidInputError
+from edgecloud.shared.fleetlink.messages import AckStatus, BundleRef, Command, CommandAck
 
 BUNDLE = BundleRef(name="edge-student", version=2, url="https://fleet.example/b/2.tar.gz", sha256="a" * 64, size=1000)
 PREVIOUS = BundleRef(name="edge-student", version=1, url="https://fleet.example/b/1.tar.gz", sha256="b" * 64, size=900)

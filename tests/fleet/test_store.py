@@ -8,8 +8,8 @@ import pytest
 
 from edgecloud.fleet.rollout import AbortCriteria, Exponential, FixedBatches, Rollout, RolloutSpec, RolloutStatus
 from edgecloud.fleet.store import BundleRecord, DeviceRecord, FleetStore
-from edgecloud.shared.errors import ConfigError, InvalidInputError, NotFoundError
-from edgecloud.shared.fleet import AckStatus, BundleRef, CommandAck
+from edgecloud.shared.base.errors import ConfigError, InvalidInputError, NotFoundError
+from edgecloud.shared.fleetlink.messages import AckStatus, BundleRef, CommandAck
 
 BUNDLE = BundleRef(name="edge-student", version=2, url="https://fleet.example/b/2.tar.gz", sha256="a" * 64, size=1000)
 PREVIOUS = BundleRef(name="edge-student", version=1, url="https://fleet.example/b/1.tar.gz", sha256="b" * 64, size=900)

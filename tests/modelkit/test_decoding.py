@@ -19,8 +19,8 @@ import pytest
 import torch
 from transformers import PreTrainedTokenizerFast, Qwen3ForCausalLM
 
+from edgecloud.modelkit.arithmetic.teacher import ModelSpec, build_model, chat_prompt
 from edgecloud.modelkit.decoding import Generation, generate_batch
-from edgecloud.modelkit.teacher import ModelSpec, build_model, chat_prompt
 from edgecloud.modelkit.tokenizer import IM_END, THINK_END, THINK_START, build_tokenizer
 
 MAX_NEW = 40

@@ -10,10 +10,10 @@ import pytest
 
 from edgecloud.edge.runtime import EdgeModel
 from edgecloud.modelkit import export
-from edgecloud.modelkit.build import load_reference_student
+from edgecloud.modelkit.arithmetic.build import load_reference_student
+from edgecloud.modelkit.arithmetic.student import StudentRecipe
 from edgecloud.modelkit.export import export_student, external_data_file, onnx_io, quantize_student
-from edgecloud.modelkit.student import StudentRecipe
-from edgecloud.shared.bundle import load_manifest, verify_bundle, write_bundle
+from edgecloud.shared.bundles.manifest import load_manifest, verify_bundle, write_bundle
 
 pytestmark = pytest.mark.slow
 

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from edgecloud.modelkit.arithmetic.teacher import chat_prompt
 from edgecloud.modelkit.decoding import generate_batch
-from edgecloud.modelkit.teacher import chat_prompt
-from edgecloud.shared.bundle import verify_bundle
+from edgecloud.shared.bundles.manifest import verify_bundle
 
 MAX_SHIPPED_BYTES = 40 * 1024 * 1024
 """Per task: the arithmetic bundles in models/, each other task's in models/<task>/. The arithmetic

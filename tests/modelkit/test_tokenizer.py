@@ -5,9 +5,9 @@ from pathlib import Path
 import pytest
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from edgecloud.modelkit.scratchpad import think_text
+from edgecloud.modelkit.arithmetic.scratchpad import think_text
+from edgecloud.modelkit.arithmetic.task import Split, generate
 from edgecloud.modelkit.tokenizer import SPECIAL_TOKENS, build_student_tokenizer, build_tokenizer
-from edgecloud.shared.task import Split, generate
 
 
 @pytest.fixture(scope="module")

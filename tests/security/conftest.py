@@ -14,7 +14,7 @@ import pytest
 from edgecloud.edge.agent import DeviceAgent
 from edgecloud.edge.config import EdgeConfig
 from edgecloud.edge.daemon import create_daemon
-from edgecloud.shared.signing import generate_keypair
+from edgecloud.shared.bundles.signing import generate_keypair
 from tests.edge.test_agent import ArtifactServer, Observer, agent_config
 from tests.fleet.conftest import managers, sims
 

@@ -14,8 +14,8 @@ import pytest
 
 from edgecloud.fleet.api import create_server
 from edgecloud.fleet.manager import FleetManager, FleetManagerConfig
-from edgecloud.shared.artifacts import pack_bundle
-from edgecloud.shared.signing import generate_keypair, load_private_key, sign_bundle
+from edgecloud.shared.bundles.artifacts import pack_bundle
+from edgecloud.shared.bundles.signing import generate_keypair, load_private_key, sign_bundle
 from tests.fleet.sim import command_key, make_bundle
 
 

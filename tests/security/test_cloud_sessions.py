@@ -23,7 +23,7 @@ from edgecloud.cloud.config import AuthConfig, CloudConfig, TlsConfig
 from edgecloud.cloud.engine import EngineConfig
 from edgecloud.cloud.sessions import SessionConfig
 from edgecloud.proto.edgecloud.v1 import reasoner_pb2 as pb
-from edgecloud.shared.errors import ConfigError
+from edgecloud.shared.base.errors import ConfigError
 from tests.cloud.conftest import RunningServer, make_config, random_qwen3_dir
 
 __all__ = ["random_qwen3_dir"]  # the cloud tests' fixture, re-declared here

@@ -14,9 +14,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from edgecloud.shared.commands import sign_command
-from edgecloud.shared.fleet import Command, Topics, encode
-from edgecloud.shared.signing import ALGORITHM, key_id, load_private_key, sign_bundle
+from edgecloud.shared.bundles.signing import ALGORITHM, key_id, load_private_key, sign_bundle
+from edgecloud.shared.fleetlink.commands import sign_command
+from edgecloud.shared.fleetlink.messages import Command, Topics, encode
 from tests.edge.test_agent import FLEET, acks_for, command, make_bundle, publish_bundle, sign
 
 CMD = Topics(FLEET, "dev-1").cmd
@@ -339,8 +339,8 @@ def test_a_rotated_command_key_signs_nothing_and_its_successor_is_obeyed(
 ) -> None:  # type: ignore[no-untyped-def]
     # The fleet manager's command key is replaced (a leak, a schedule): devices given the policy with
     # the rotation refuse the old key and act on the new one, with no new key file on the device.
-    from edgecloud.shared.signing import generate_keypair, load_public_key
-    from edgecloud.shared.trust import rotation_statement, write_rotation
+    from edgecloud.shared.bundles.signing import generate_keypair, load_public_key
+    from edgecloud.shared.bundles.trust import rotation_statement, write_rotation
     from tests.edge.test_agent import Observer
 
     generate_keypair(tmp_path / "keys" / "command-2.key", tmp_path / "keys" / "command-2.pub")

@@ -13,9 +13,9 @@ import httpx
 from edgecloud.fleet.api import create_server
 from edgecloud.fleet.manager import FleetManager, FleetManagerConfig
 from edgecloud.fleet.rollout import DeviceStatus, RolloutStatus
-from edgecloud.shared.artifacts import pack_bundle
-from edgecloud.shared.broker import BrokerSettings
-from edgecloud.shared.fleet import Topics, encode
+from edgecloud.shared.bundles.artifacts import pack_bundle
+from edgecloud.shared.fleetlink.broker import BrokerSettings
+from edgecloud.shared.fleetlink.messages import Topics, encode
 from tests.edge.test_agent import FLEET, command, make_bundle, sign
 from tests.fleet.sim import wait_for
 

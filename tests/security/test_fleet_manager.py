@@ -15,8 +15,8 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edgecloud.fleet.rollout import DeviceStatus, FixedBatches, RolloutStatus
-from edgecloud.shared.commands import CommandRejectedError, open_command
-from edgecloud.shared.fleet import Birth, Command, Telemetry, Topics, encode
+from edgecloud.shared.fleetlink.commands import CommandRejectedError, open_command
+from edgecloud.shared.fleetlink.messages import Birth, Command, Telemetry, Topics, encode
 from tests.fleet.sim import (
     FLEET,
     SIM_TRUST,

@@ -22,8 +22,8 @@ from edgecloud.edge.config import EdgeConfig
 from edgecloud.fleet.api import MAX_JSON_BYTES, create_server, require_authentication
 from edgecloud.fleet.manager import FleetManager, FleetManagerConfig
 from edgecloud.fleet.rollout import FixedBatches, RolloutStatus
-from edgecloud.shared.errors import ConfigError
-from tests.edge.test_api import API_KEY, RunningDaemon, edge_config
+from edgecloud.shared.base.errors import ConfigError
+from tests.edge.api.test_app import API_KEY, RunningDaemon, edge_config
 from tests.fleet.sim import (
     command_key,
     make_archive,

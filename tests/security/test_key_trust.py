@@ -13,10 +13,10 @@ import pytest
 from edgecloud.edge.agent import resume_bundle
 from edgecloud.fleet.registry import BundleRegistry
 from edgecloud.fleet.store import FleetStore
-from edgecloud.shared.artifacts import pack_bundle
-from edgecloud.shared.errors import InvalidInputError
-from edgecloud.shared.signing import KeyRoleError, generate_keypair, key_id, load_private_key, load_public_key
-from edgecloud.shared.trust import rotation_statement, write_rotation
+from edgecloud.shared.base.errors import InvalidInputError
+from edgecloud.shared.bundles.artifacts import pack_bundle
+from edgecloud.shared.bundles.signing import KeyRoleError, generate_keypair, key_id, load_private_key, load_public_key
+from edgecloud.shared.bundles.trust import rotation_statement, write_rotation
 from tests.edge.test_agent import acks_for, command, make_bundle, publish_bundle
 from tests.security.conftest import RecordingServer
 

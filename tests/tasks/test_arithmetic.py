@@ -1,4 +1,5 @@
-"""The arithmetic task as a dataset folder: the rows shared/task.py draws, with the teacher's scratchpad."""
+"""The arithmetic task as a dataset folder: the rows modelkit/arithmetic/task.py draws, with the teacher's
+scratchpad."""
 
 from __future__ import annotations
 
@@ -6,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from edgecloud.modelkit.datasets import read_dataset
-from edgecloud.modelkit.scratchpad import think_text
-from edgecloud.shared.answers import answers_match
-from edgecloud.shared.task import Problem, Split, evaluate_expression, generate, normalize_query
+from edgecloud.modelkit.arithmetic.scratchpad import think_text
+from edgecloud.modelkit.arithmetic.task import Problem, Split, evaluate_expression, generate, normalize_query
+from edgecloud.modelkit.data.datasets import read_dataset
+from edgecloud.shared.bundles.answers import answers_match
 from edgecloud.tasks import arithmetic
 
 
@@ -18,7 +19,7 @@ def test_a_hand_written_problem_becomes_its_row() -> None:
                       answer=223)  # fmt: skip
     row = arithmetic.row_of(problem)
     assert (row.query, row.answer, row.group) == ("(12+34)*5-7", "223", "k=3")
-    # The layout modelkit/scratchpad.py's docstring draws for this very expression.
+    # The layout modelkit/arithmetic/scratchpad.py's docstring draws for this very expression.
     assert (
         row.reasoning
         == "+21+43*50-70\n+21=20100000000000\n+43=60400000000000\n*50=03322000000000\n-70=31202000000000\n"

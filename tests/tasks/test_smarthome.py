@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from edgecloud.modelkit.datasets import read_dataset
-from edgecloud.shared.answers import answers_match
+from edgecloud.modelkit.data.datasets import read_dataset
+from edgecloud.shared.bundles.answers import answers_match
 from edgecloud.tasks import smarthome
 from edgecloud.tasks.smarthome import Action, Condition, Plan, parse
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from edgecloud.edge.runtime import EdgeBundle
-from edgecloud.shared.answers import answers_match
-from edgecloud.shared.bundle import load_manifest
+from edgecloud.shared.bundles.answers import answers_match
+from edgecloud.shared.bundles.manifest import load_manifest
 from edgecloud.tasks import smarthome
 
 MODELS = Path(__file__).resolve().parents[2] / "models" / "smarthome"

@@ -1,0 +1,1 @@
+"""The model kit for your own data (`models build --data`): dataset folders, checks, teacher, student."""

@@ -1,0 +1,1 @@
+"""The learning loop (`models improve`): training sets from escalations, the pair, the gate and its evidence."""

@@ -1,0 +1,1 @@
+"""Model bundles and their trust: the manifest, signing, the trust policy, archives, downloads, answer matching."""

@@ -1,0 +1,1 @@
+"""The device<->fleet MQTT link: topics and messages, signed commands, the broker connection."""
