@@ -5,30 +5,73 @@ Every error raised on purpose by edgecloud code derives from
 same operation may succeed if retried later (``True``) or will fail again
 until something is fixed (``False``, fatal), and how a transport reports it:
 its HTTP status, its gRPC status code and the short ``code`` an error body
-names. This table is the one place those mappings live; the HTTP APIs, the
-gRPC server and the gRPC client all read it::
+names. These class attributes are the one place those mappings live; the HTTP
+APIs (:func:`edgecloud.shared.base.asgi.response_for`), the gRPC server
+(:func:`edgecloud.cloud.server.status_for`) and the gRPC client
+(:func:`error_for_grpc_code`) all read them. The classes that set them::
 
-    class                         retry        HTTP  gRPC                code                 meaning
-    EdgecloudError                fatal        500   INTERNAL            internal             (base)
-    ├── ConfigError               fatal        500   INTERNAL            config               bad or missing configuration
-    │   └── AuthenticationError   fatal (*)    401   UNAUTHENTICATED     unauthenticated      missing or wrong credentials
-    ├── BundleError               fatal        422   INTERNAL            bad_bundle           bad or corrupt model bundle
-    │   ├── ManifestError         fatal        422   INTERNAL            bad_bundle           manifest.json unreadable or invalid
-    │   └── IntegrityError        fatal        422   INTERNAL            bad_bundle           a file's size/sha256 mismatches, a
-    │                                                                                         file is missing or unlisted
-    ├── InvalidInputError         fatal (*)    400   INVALID_ARGUMENT    invalid_input        malformed request input
-    ├── NotFoundError             fatal (*)    404   NOT_FOUND           not_found            the named session, bundle or device
-    │                                                                                         does not exist
-    ├── ResourceExhaustedError    recoverable  429   RESOURCE_EXHAUSTED  resource_exhausted   out of memory, queue full, quota spent
-    └── UnavailableError          recoverable  503   UNAVAILABLE         unavailable          a dependency (cloud, broker, model)
-                                                                                              is unreachable or not ready
+    class                     retry        HTTP  gRPC                code
+    EdgecloudError            fatal        500   INTERNAL            internal
+    ConfigError               fatal        500   INTERNAL            config
+    AuthenticationError       fatal (*)    401   UNAUTHENTICATED     unauthenticated
+    BundleError               fatal        422   INTERNAL            bad_bundle
+    InvalidInputError         fatal (*)    400   INVALID_ARGUMENT    invalid_input
+    NotFoundError             fatal (*)    404   NOT_FOUND           not_found
+    ResourceExhaustedError    recoverable  429   RESOURCE_EXHAUSTED  resource_exhausted
+    UnavailableError          recoverable  503   UNAVAILABLE         unavailable
+    GateFailedError           fatal        500   INTERNAL            gate_failed
 
 (*) fatal for that request only: the same input will always be rejected, but the
 process is healthy and other requests are unaffected.
 
+Every other class has its parent's row. The whole tree, each class with the module it
+lives in (under ``edgecloud.``)::
+
+    class                                    module                     meaning
+    EdgecloudError                           shared.base.errors         (base)
+    ├── ConfigError                          shared.base.errors         bad or missing configuration
+    │   └── AuthenticationError              shared.base.errors         missing or wrong credentials
+    ├── BundleError                          shared.base.errors         bad or corrupt model bundle
+    │   ├── ManifestError                    shared.base.errors         manifest.json unreadable or invalid
+    │   ├── IntegrityError                   shared.base.errors         a file's size/sha256 mismatches, a
+    │   │   │                                                           file is missing or unlisted
+    │   │   └── SignatureError               shared.bundles.signing     manifest.sig missing, unreadable,
+    │   │       │                                                       untrusted or wrong
+    │   │       ├── UnsignedBundleError      shared.bundles.signing     no manifest.sig
+    │   │       ├── MalformedSignatureError  shared.bundles.signing     not a valid signature file
+    │   │       ├── UntrustedKeyError        shared.bundles.signing     signed by a key the store does not hold
+    │   │       │   ├── RevokedKeyError      shared.bundles.signing     signed by a revoked key
+    │   │       │   ├── RetiredKeyError      shared.bundles.signing     signed by a key a rotation replaced
+    │   │       │   └── KeyRoleError         shared.bundles.signing     the key may not sign this name or kind
+    │   │       └── BadSignatureError        shared.bundles.signing     the manifest changed after signing
+    │   ├── DowngradeError                   shared.bundles.signing     version not newer than the installed one
+    │   ├── ExpiredBundleError               shared.bundles.signing     past the manifest's signed expires_at
+    │   ├── ArchiveError                     shared.bundles.artifacts   not a readable tar.gz
+    │   │   └── UnsafeArchiveError           shared.bundles.artifacts   a member refused: absolute, "..", a
+    │   │                                                               link, a duplicate, one too many
+    │   ├── ArtifactTooLargeError            shared.bundles.artifacts   a download or archive over its cap
+    │   └── BundleExistsError                shared.bundles.artifacts   the unpack target holds other content
+    ├── InvalidInputError                    shared.base.errors         malformed request input
+    │   └── CommandRejectedError             shared.fleetlink.commands  a fleet command a device must not act
+    │                                                                   on (``reason`` says why)
+    ├── NotFoundError                        shared.base.errors         the named session, bundle or device
+    │                                                                   does not exist
+    ├── ResourceExhaustedError               shared.base.errors         out of memory, queue full, quota spent
+    ├── UnavailableError                     shared.base.errors         a dependency (cloud, broker, model)
+    │   │                                                               is unreachable or not ready
+    │   └── DownloadDeadlineError            shared.bundles.download    a download ran past its deadline
+    └── GateFailedError                      modelkit.loop.improve      the new student is worse than its base
+
+``tests/shared/base/test_errors.py`` holds both drawings to the code: every error class of the
+project is in the tree, under its parent and in its module; every class that sets a mapping is in
+the table with its values; each HTTP status is a real 4xx or 5xx and each gRPC code a real
+``grpc.StatusCode``, as the mapping functions above send them.
+
 Errors of libraries underneath (gRPC, onnxruntime, OS errors) are mapped to
 these classes at the boundary where they are caught; nothing above that
-boundary should see a foreign exception type.
+boundary should see a foreign exception type. A few private exceptions steer
+control flow inside one module (the downloader's ``_Retry``, the agent's
+``_Failed``, the command line's ``_Refused``) and never leave it.
 """
 
 from __future__ import annotations

@@ -43,9 +43,10 @@ import json
 import os
 import re
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Literal
 
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
@@ -63,8 +64,11 @@ from edgecloud.shared.bundles.manifest import (
 
 __all__ = [
     "ALGORITHM",
+    "KEY_ID_PATTERN",
+    "SIGNATURE_FIELDS",
     "BadSignatureError",
     "DowngradeError",
+    "EnvelopeFault",
     "ExpiredBundleError",
     "KeyRole",
     "KeyRoleError",
@@ -77,10 +81,12 @@ __all__ = [
     "UntrustedKeyError",
     "expiry_in_days",
     "generate_keypair",
+    "is_key_id",
     "key_id",
     "load_private_key",
     "load_public_key",
     "parse_signature",
+    "read_envelope",
     "read_signature",
     "sign_bundle",
     "verify_manifest_signature",
@@ -88,8 +94,11 @@ __all__ = [
 ]
 
 ALGORITHM = "ed25519"
-_SIG_FIELDS = ("algorithm", "key_id", "signature")
-_KEY_ID_RE = re.compile(r"[0-9a-f]{16}")
+KEY_ID_PATTERN = re.compile(r"[0-9a-f]{16}")
+"""A key id as written (:func:`key_id`): 16 lower-case hex digits. :func:`is_key_id` checks a value."""
+SIGNATURE_FIELDS = ("algorithm", "key_id", "signature")
+"""The fields of a signature envelope, exactly these: a bundle's ``manifest.sig`` and a signed fleet
+command's ``signature`` object (:func:`read_envelope` reads one)."""
 _MAX_SIG_BYTES = 4096
 _MAX_KEY_BYTES = 16384
 
@@ -140,6 +149,49 @@ def key_id(public_key: Ed25519PublicKey) -> str:
     """First 16 hex digits of the sha256 of the raw 32-byte public key."""
     raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     return hashlib.sha256(raw).hexdigest()[:16]
+
+
+def is_key_id(value: object) -> bool:
+    """Whether ``value`` is a key id as :func:`key_id` writes it (:data:`KEY_ID_PATTERN`)."""
+    return isinstance(value, str) and KEY_ID_PATTERN.fullmatch(value) is not None
+
+
+EnvelopeFault = Literal["fields", "algorithm", "key_id", "signature", "base64", "length"]
+"""Which check of a signature envelope failed (:func:`read_envelope`)."""
+
+
+def read_envelope(
+    document: object, refuse: Callable[[EnvelopeFault, object], Exception], *, max_encoded: int | None = None
+) -> tuple[str, bytes]:
+    """``(key_id, signature bytes)`` from a signature envelope, the parsed JSON object
+    ``{"algorithm": "ed25519", "key_id": "<16 hex>", "signature": "<base64>"}``.
+
+    The checks run in this order; the first that fails raises ``refuse(fault, value)``, which its
+    caller words (a bundle and a fleet command word them differently):
+
+    ``fields``     not an object with exactly :data:`SIGNATURE_FIELDS` (value: the document)
+    ``algorithm``  not :data:`ALGORITHM` (value: the algorithm)
+    ``key_id``     not a key id (:func:`is_key_id`; value: the key id)
+    ``signature``  not a string, or longer than ``max_encoded`` characters (value: the signature)
+    ``base64``     not base64 (value: the decoding error, also the raised error's cause)
+    ``length``     not the 64 bytes of an ed25519 signature (value: the decoded length)
+    """
+    if not isinstance(document, dict) or sorted(document) != sorted(SIGNATURE_FIELDS):
+        raise refuse("fields", document)
+    if document["algorithm"] != ALGORITHM:
+        raise refuse("algorithm", document["algorithm"])
+    kid, encoded = document["key_id"], document["signature"]
+    if not is_key_id(kid):
+        raise refuse("key_id", kid)
+    if not isinstance(encoded, str) or (max_encoded is not None and len(encoded) > max_encoded):
+        raise refuse("signature", encoded)
+    try:
+        signature = base64.b64decode(encoded.encode("ascii"), validate=True)
+    except (binascii.Error, UnicodeEncodeError) as exc:
+        raise refuse("base64", exc) from exc
+    if len(signature) != 64:
+        raise refuse("length", len(signature))
+    return kid, signature
 
 
 def generate_keypair(private_path: str | os.PathLike[str], public_path: str | os.PathLike[str]) -> str:
@@ -385,23 +437,24 @@ def parse_signature(raw: bytes, where: str) -> tuple[str, bytes]:
         document = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise MalformedSignatureError(f"{where}: not UTF-8 JSON: {exc}") from exc
-    if not isinstance(document, dict) or sorted(document) != sorted(_SIG_FIELDS):
-        raise MalformedSignatureError(f"{where}: expected an object with exactly {', '.join(_SIG_FIELDS)}")
-    if document["algorithm"] != ALGORITHM:
-        raise MalformedSignatureError(f"{where}: algorithm {document['algorithm']!r} is not {ALGORITHM!r}")
-    kid = document["key_id"]
-    if not isinstance(kid, str) or not _KEY_ID_RE.fullmatch(kid):
-        raise MalformedSignatureError(f"{where}: key_id must be 16 lower-case hex digits, got {kid!r}")
-    encoded = document["signature"]
-    if not isinstance(encoded, str):
-        raise MalformedSignatureError(f"{where}: signature must be a base64 string, got {type(encoded).__name__}")
-    try:
-        signature = base64.b64decode(encoded.encode("ascii"), validate=True)
-    except (binascii.Error, UnicodeEncodeError) as exc:
-        raise MalformedSignatureError(f"{where}: signature is not base64: {exc}") from exc
-    if len(signature) != 64:
-        raise MalformedSignatureError(f"{where}: an ed25519 signature is 64 bytes, got {len(signature)}")
-    return kid, signature
+    return read_envelope(document, lambda fault, value: MalformedSignatureError(f"{where}: {_malformed(fault, value)}"))
+
+
+def _malformed(fault: EnvelopeFault, value: object) -> str:
+    """What is wrong with a ``manifest.sig`` (:func:`read_envelope`'s ``fault``)."""
+    match fault:
+        case "fields":
+            return f"expected an object with exactly {', '.join(SIGNATURE_FIELDS)}"
+        case "algorithm":
+            return f"algorithm {value!r} is not {ALGORITHM!r}"
+        case "key_id":
+            return f"key_id must be 16 lower-case hex digits, got {value!r}"
+        case "signature":
+            return f"signature must be a base64 string, got {type(value).__name__}"
+        case "base64":
+            return f"signature is not base64: {value}"
+        case "length":
+            return f"an ed25519 signature is 64 bytes, got {value}"
 
 
 def _require_keys(trust: TrustStore) -> None:

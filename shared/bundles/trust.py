@@ -35,7 +35,6 @@ import base64
 import binascii
 import json
 import os
-import re
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -45,7 +44,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from edgecloud.shared.base.errors import ConfigError
-from edgecloud.shared.bundles.signing import KeyRole, TrustStore, key_id, load_public_key
+from edgecloud.shared.bundles.signing import KeyRole, TrustStore, is_key_id, key_id, load_public_key
 
 __all__ = ["POLICY_FORMAT", "ROTATION_FORMAT", "load_trust", "read_rotation", "rotation_statement", "write_rotation"]
 
@@ -53,7 +52,6 @@ POLICY_FORMAT = "edgecloud-trust/1"
 ROTATION_FORMAT = "edgecloud-key-rotation/1"
 _MAX_POLICY_BYTES = 1 << 20
 _MAX_STATEMENT_BYTES = 16384
-_KEY_ID_RE = re.compile(r"[0-9a-f]{16}")
 _ROTATION_FIELDS = ("format", "old_key_id", "new_key_id", "new_public_key", "issued_at", "signature")
 
 
@@ -116,7 +114,7 @@ def read_rotation(path: str | os.PathLike[str]) -> tuple[dict, Ed25519PublicKey]
     if statement["format"] != ROTATION_FORMAT:
         raise ConfigError(f"{path}: format {statement['format']!r} is not {ROTATION_FORMAT!r}")
     for field in ("old_key_id", "new_key_id"):
-        if not isinstance(statement[field], str) or not _KEY_ID_RE.fullmatch(statement[field]):
+        if not is_key_id(statement[field]):
             raise ConfigError(f"{path}: {field} must be 16 lower-case hex digits")
     try:
         new_key = Ed25519PublicKey.from_public_bytes(base64.b64decode(statement["new_public_key"], validate=True))
@@ -170,7 +168,7 @@ class _Loading:
                 raise ConfigError(f"{where}: expected an object with a public_key path")
             self.add_key(load_public_key(path.parent / entry["public_key"]), _role(entry, where))
         for n, kid in enumerate(revoked):
-            if not isinstance(kid, str) or not _KEY_ID_RE.fullmatch(kid):
+            if not is_key_id(kid):
                 raise ConfigError(f"{path}: revoked[{n}] must be a key id (16 lower-case hex digits), got {kid!r}")
             self.revoked.add(kid)
         for n, rotation in enumerate(rotations):

@@ -21,7 +21,6 @@ claims, when one can be read (unverified: good for a log line or a refusal ack, 
 from __future__ import annotations
 
 import base64
-import binascii
 import json
 import re
 import time
@@ -30,7 +29,15 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edgecloud.shared.base.errors import ConfigError, InvalidInputError
-from edgecloud.shared.bundles.signing import ALGORITHM, TrustStore, UntrustedKeyError, key_id
+from edgecloud.shared.bundles.signing import (
+    ALGORITHM,
+    SIGNATURE_FIELDS,
+    EnvelopeFault,
+    TrustStore,
+    UntrustedKeyError,
+    key_id,
+    read_envelope,
+)
 from edgecloud.shared.fleetlink.messages import Command, decode, encode
 
 __all__ = [
@@ -47,9 +54,7 @@ DEFAULT_TTL_S = 24 * 3600.0
 MAX_CLOCK_SKEW_S = 300.0
 """How far in the future ``issued_at`` may be before a device calls its clock or the command wrong."""
 _ENVELOPE_FIELDS = ("command", "signature")
-_KEY_ID = re.compile(r"[0-9a-f]{16}")
 _ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
-_SIGNATURE_FIELDS = ("algorithm", "key_id", "signature")
 
 
 class CommandRejectedError(InvalidInputError):
@@ -96,24 +101,23 @@ def sign_command(
 
 
 def _signature(document: object) -> tuple[str, bytes]:
-    if not isinstance(document, dict) or sorted(document) != sorted(_SIGNATURE_FIELDS):
-        raise CommandRejectedError(
-            "malformed", f"signature must be an object with exactly {', '.join(_SIGNATURE_FIELDS)}"
-        )
-    if document["algorithm"] != ALGORITHM:
-        raise CommandRejectedError(
-            "malformed", f"signature algorithm {str(document['algorithm'])[:40]!r} is not {ALGORITHM!r}"
-        )
-    kid, encoded = document["key_id"], document["signature"]
-    if not isinstance(kid, str) or not _KEY_ID.fullmatch(kid) or not isinstance(encoded, str) or len(encoded) > 200:
-        raise CommandRejectedError("malformed", "signature key_id must be 16 hex digits and signature base64")
-    try:
-        signature = base64.b64decode(encoded.encode("ascii"), validate=True)
-    except (binascii.Error, UnicodeEncodeError):
-        raise CommandRejectedError("malformed", "signature is not base64") from None
-    if len(signature) != 64:
-        raise CommandRejectedError("malformed", f"an ed25519 signature is 64 bytes, got {len(signature)}")
-    return kid, signature
+    return read_envelope(document, _malformed, max_encoded=200)
+
+
+def _malformed(fault: EnvelopeFault, value: object) -> CommandRejectedError:
+    """The refusal of a command whose signature envelope fails a check (:func:`read_envelope`)."""
+    match fault:
+        case "fields":
+            message = f"signature must be an object with exactly {', '.join(SIGNATURE_FIELDS)}"
+        case "algorithm":
+            message = f"signature algorithm {str(value)[:40]!r} is not {ALGORITHM!r}"
+        case "key_id" | "signature":
+            message = "signature key_id must be 16 hex digits and signature base64"
+        case "base64":
+            message = "signature is not base64"
+        case "length":
+            message = f"an ed25519 signature is 64 bytes, got {value}"
+    return CommandRejectedError("malformed", message)
 
 
 def _claimed_id(envelope: dict) -> str:
