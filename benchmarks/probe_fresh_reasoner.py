@@ -12,8 +12,9 @@ from edgecloud.modelkit.arithmetic.scratchpad import think_text
 from edgecloud.modelkit.arithmetic.student import student_answers, student_prompt
 from edgecloud.modelkit.arithmetic.task import Split, generate, parse_answer
 from edgecloud.modelkit.arithmetic.teacher import ModelSpec, build_model
-from edgecloud.modelkit.tokenizer import THINK_END, THINK_START, build_student_tokenizer
+from edgecloud.modelkit.tokenizer import build_student_tokenizer
 from edgecloud.modelkit.training import TrainConfig, collate, train
+from edgecloud.shared.reasoner.thinking import THINK_END, THINK_START
 
 
 def main() -> None:

@@ -16,14 +16,14 @@ Backends:
 What every backend must do: render the whole conversation with the model's chat template (earlier
 think blocks stripped from assistant turns), sample as the job's :class:`Sampling` says (filling
 what it leaves unset from ``default_sampling``; a seed makes it repeatable), enforce the thinking
-budget token by token
-(reasoning tokens are those strictly between ``<think>`` and ``</think>``;
-once a job has spent its budget, ``</think>`` is forced and the answer
-follows), report a job's events in order on any one thread, and after
-``cancel`` report nothing more for that job. A job with a :class:`Resume` continues a session
-cut by a restart: the backend reads the prompt and the text the session had streamed, counts the
-tokens it had spent against the budget and the output limit, and reports only what comes next,
-or fails the job (``RESUME_FAILED``) when it cannot: it never generates that past again.
+budget token by token (reasoning tokens are those strictly between ``<think>`` and ``</think>``;
+once a job has spent its budget, ``</think>`` is forced and the answer follows:
+:class:`edgecloud.shared.reasoner.thinking.ThinkTracker` does both), report a job's events in order
+on any one thread, and after ``cancel`` report nothing more for that job. A job with a
+:class:`Resume` continues a session cut by a restart: the backend reads the prompt and the text the
+session had streamed, counts the tokens it had spent against the budget and the output limit, and
+reports only what comes next, or fails the job (``RESUME_FAILED``) when it cannot: it never
+generates that past again.
 """
 
 from __future__ import annotations
@@ -37,8 +37,6 @@ from edgecloud.shared.base.errors import ConfigError
 from edgecloud.shared.reasoner.session import Message, Sampling, Usage
 
 __all__ = [
-    "THINK_END",
-    "THINK_START",
     "EngineConfig",
     "EngineEvent",
     "EngineEventKind",
@@ -47,9 +45,6 @@ __all__ = [
     "ReasoningEngine",
     "Resume",
 ]
-
-THINK_START = "<think>"
-THINK_END = "</think>"
 
 
 @dataclass(frozen=True, kw_only=True)

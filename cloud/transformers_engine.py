@@ -12,7 +12,8 @@ The thinking budget is enforced here, token by token: once a row has spent
 its budget of reasoning tokens (the tokens strictly between ``<think>`` and
 ``</think>``), ``</think>`` is forced as its next token and it goes on to the
 answer. An end token inside the think block is replaced by ``</think>`` too,
-so an answer always comes.
+so an answer always comes. Each row's :class:`~edgecloud.shared.reasoner.thinking.ThinkTracker`
+decides both and counts the reasoning; the engine streams what it says each token was.
 
 A job that continues a session cut by a restart (``Job.resume``) is prefilled with its prompt,
 ``<think>`` and the reasoning so far and, once the answer had begun, ``</think>`` and the answer so
@@ -26,7 +27,6 @@ engine thread.
 from __future__ import annotations
 
 import collections
-import enum
 import logging
 import threading
 import time
@@ -37,17 +37,10 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from edgecloud.cloud.batch_cache import Batch, GrowingCache, merge_batches
-from edgecloud.cloud.engine import (
-    THINK_END,
-    THINK_START,
-    EngineConfig,
-    EngineEvent,
-    EngineEventKind,
-    GenerationResult,
-    Job,
-)
+from edgecloud.cloud.engine import EngineConfig, EngineEvent, EngineEventKind, GenerationResult, Job
 from edgecloud.shared.base.errors import ConfigError, InvalidInputError, ResourceExhaustedError
 from edgecloud.shared.reasoner.session import Message, Sampling, Usage
+from edgecloud.shared.reasoner.thinking import THINK_END, THINK_START, Phase, Piece, ThinkTracker, strip_reasoning
 
 __all__ = ["LoadedModel", "TransformersEngine"]
 
@@ -88,12 +81,6 @@ class LoadedModel:
         dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
         model = AutoModelForCausalLM.from_pretrained(str(directory), dtype=dtype).to(device).eval()
         return cls(model, tokenizer, name or directory.name, version)
-
-
-class _Phase(enum.Enum):
-    OPENING = 0  # thinking enabled, waiting for <think>
-    THINKING = 1
-    ANSWERING = 2
 
 
 class _Detokenizer:
@@ -167,28 +154,24 @@ class _Sampler:
 def chat_messages(messages: tuple[Message, ...]) -> list[dict[str, str]]:
     """The conversation as a chat template takes it, with the think blocks of earlier assistant
     turns stripped (as Qwen3's own template does): a model never reads its old hidden reasoning."""
-    rendered = []
-    for message in messages:
-        content = message.content
-        if message.role == "assistant" and THINK_END in content:
-            content = content.rsplit(THINK_END, 1)[1].lstrip("\n")
-        rendered.append({"role": message.role, "content": content})
-    return rendered
+    return [
+        {"role": m.role, "content": strip_reasoning(m.content) if m.role == "assistant" else m.content}
+        for m in messages
+    ]
 
 
 @dataclass
 class _Row:
     job: Job
     prompt_tokens: int
-    phase: _Phase
+    think: ThinkTracker
+    """The think block: its phase, the reasoning tokens spent and whether the budget forced its close."""
     started: float
     reasoning: _Detokenizer
     answer: _Detokenizer
     sampler: _Sampler
-    reasoning_tokens: int = 0
     output_tokens: int = 0
     answer_tokens: int = 0
-    forced: bool = False
     reported_progress: int = 0
     thinking_ended: float | None = None
     first_answer: float | None = None
@@ -322,7 +305,13 @@ class TransformersEngine:
             row = _Row(
                 job,
                 len(prompt),
-                _Phase.OPENING if job.reasoning_budget > 0 else _Phase.ANSWERING,
+                ThinkTracker(
+                    self.think_start,
+                    self.think_end,
+                    eos=self.eos,
+                    budget=job.reasoning_budget,
+                    phase=Phase.BEFORE if job.reasoning_budget > 0 else Phase.AFTER,
+                ),
                 now,
                 _Detokenizer(self.tokenizer, lstrip=True),
                 _Detokenizer(self.tokenizer, lstrip=True),
@@ -384,12 +373,12 @@ class TransformersEngine:
             reasoning = encode(resume.reasoning)
             ids += [self.think_start, *encode("\n"), *reasoning]
             row.reasoning.resume(resume.reasoning, reasoning)
-            row.reasoning_tokens = row.reported_progress = resume.reasoning_tokens
-            row.phase, row.output_tokens = _Phase.THINKING, 1
+            row.think.reasoning_tokens = row.reported_progress = resume.reasoning_tokens
+            row.think.phase, row.output_tokens = Phase.INSIDE, 1
             if answering:
                 ids += [*encode("\n"), self.think_end, *encode("\n\n")]
-                row.phase, row.output_tokens = _Phase.ANSWERING, 2
-                row.forced = resume.reasoning_tokens >= row.job.reasoning_budget
+                row.think.phase, row.output_tokens = Phase.AFTER, 2
+                row.think.forced = row.think.spent
         if resume.answer:
             answer = encode(resume.answer)
             ids += answer
@@ -466,33 +455,27 @@ class TransformersEngine:
         job = row.job
         row.first_token = row.first_token or time.monotonic()
         out_of_room = position + 1 >= self.max_positions
-        if row.phase is _Phase.OPENING:
-            if token == self.think_start:
-                row.phase = _Phase.THINKING
-                row.output_tokens += 1
-                return token
-            row.phase = _Phase.ANSWERING  # a model that answers without a think block
-        if row.phase is _Phase.THINKING:
-            if token != self.think_end and (
-                row.reasoning_tokens >= job.reasoning_budget or token == self.eos or out_of_room
-            ):
-                row.forced = row.forced or row.reasoning_tokens >= job.reasoning_budget
-                token = self.think_end
-            if token == self.think_end:
-                row.phase = _Phase.ANSWERING
-                row.output_tokens += 1
-                row.thinking_ended = time.monotonic()
-                if not job.stream_reasoning and row.reported_progress != row.reasoning_tokens:
-                    self._report_progress(row)
-                return token
-            row.reasoning_tokens += 1
+        token = row.think.choose(token, close=out_of_room)
+        piece = row.think.push(token)
+        if piece is Piece.OPEN:
+            row.output_tokens += 1
+            return token
+        if piece is Piece.CLOSE:
+            row.output_tokens += 1
+            row.thinking_ended = time.monotonic()
+            if not job.stream_reasoning and row.reported_progress != row.think.reasoning_tokens:
+                self._report_progress(row)
+            return token
+        if piece is Piece.REASONING:
             if job.stream_reasoning:
                 delta = row.reasoning.push(token)
                 if delta:
-                    self._emit(row, EngineEventKind.REASONING_DELTA, text=delta, reasoning_tokens=row.reasoning_tokens)
+                    self._emit(
+                        row, EngineEventKind.REASONING_DELTA, text=delta, reasoning_tokens=row.think.reasoning_tokens
+                    )
                 return token
             row.reasoning.ids.append(token)  # decoded at each progress event, not each token
-            if row.reasoning_tokens % self.config.progress_every == 0:
+            if row.think.reasoning_tokens % self.config.progress_every == 0:
                 self._report_progress(row)
             return token
         row.output_tokens += 1
@@ -508,7 +491,7 @@ class TransformersEngine:
                 row,
                 EngineEventKind.ANSWER_DELTA,
                 text=delta,
-                reasoning_tokens=row.reasoning_tokens,
+                reasoning_tokens=row.think.reasoning_tokens,
                 answer_tokens=row.answer_tokens,
             )
         if row.answer_tokens >= job.max_output_tokens or out_of_room:
@@ -518,9 +501,9 @@ class TransformersEngine:
     def _report_progress(self, row: _Row) -> None:
         """A progress count for a session that hides its reasoning, with the hidden text since the
         last one: the session keeps it, so a restart can continue this reasoning."""
-        row.reported_progress = row.reasoning_tokens
+        row.reported_progress = row.think.reasoning_tokens
         text = row.reasoning.take()
-        self._emit(row, EngineEventKind.REASONING_PROGRESS, text=text, reasoning_tokens=row.reasoning_tokens)
+        self._emit(row, EngineEventKind.REASONING_PROGRESS, text=text, reasoning_tokens=row.think.reasoning_tokens)
 
     def _finish(self, row: _Row) -> None:
         now = time.monotonic()
@@ -528,9 +511,11 @@ class TransformersEngine:
         result = GenerationResult(
             answer=row.answer.text().strip(),
             usage=Usage(
-                input_tokens=row.prompt_tokens, reasoning_tokens=row.reasoning_tokens, output_tokens=row.output_tokens
+                input_tokens=row.prompt_tokens,
+                reasoning_tokens=row.think.reasoning_tokens,
+                output_tokens=row.output_tokens,
             ),
-            budget_reached=row.forced,
+            budget_reached=row.think.forced,
             finish_reason=row.finish_reason,
             reasoning_ms=(ended - row.started) * 1e3,
             answer_ms=(now - ended) * 1e3,

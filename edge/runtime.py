@@ -15,8 +15,9 @@ confidence is 0, whatever the calibration says, so triage never keeps it.
 
 A bundle may declare a reasoning block (``io.think_start`` and ``io.think_end``): a
 student that learnt the cloud's reasoning writes ``<think>`` reasoning ``</think>``
-answer on the queries it reasons on. Only the answer is returned; a block the token
-limit cuts before it closes is an abstention. The confidence reads every generated
+answer on the queries it reasons on (a block that opens its output, read by
+:class:`~edgecloud.shared.reasoner.thinking.ThinkTracker` as the cloud reads its own). Only the
+answer is returned; a block the token limit cuts before it closes is an abstention. The confidence reads every generated
 token, reasoning included: a shaky step is as telling as a shaky answer.
 """
 
@@ -39,6 +40,7 @@ from edgecloud.edge.calibration import Calibration
 from edgecloud.edge.cascade import CascadeModel
 from edgecloud.edge.seams import AnswerModel
 from edgecloud.shared.bundles.manifest import Manifest, canonical_bytes, load_manifest, verify_bundle
+from edgecloud.shared.reasoner.thinking import ThinkTracker
 
 __all__ = ["CascadeModel", "EdgeAnswer", "EdgeBundle", "EdgeModel", "ModelSlot", "load_edge_model"]
 
@@ -249,12 +251,12 @@ class EdgeModel:
         """The answer's tokens (stop token removed) and the reasoning block's length. A block that
         never closed leaves no answer: the model ran out of room while reasoning."""
         tokens = [t for t in generated if t != self.eos_id]
-        if self._think_ids is None or not tokens or tokens[0] != self._think_ids[0]:
+        if self._think_ids is None:
             return tokens, 0
-        if self._think_ids[1] not in tokens:
-            return [], len(tokens) - 1
-        end = tokens.index(self._think_ids[1])
-        return tokens[end + 1 :], end - 1
+        think = ThinkTracker(*self._think_ids)
+        for token in tokens:
+            think.push(token)
+        return think.answer(tokens), think.reasoning_tokens
 
 
 def load_edge_model(

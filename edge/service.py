@@ -45,13 +45,12 @@ from edgecloud.shared.reasoner.session import (
     Sampling,
     ThinkParams,
 )
+from edgecloud.shared.reasoner.thinking import THINK_TAG_TOKENS
 
 __all__ = ["EdgeService", "QueryRequest", "QueryResult", "StreamItem"]
 
 log = logging.getLogger(__name__)
 
-THINK_TAG_TOKENS = 2
-"""The cloud counts its think block's opening and closing tags as output tokens."""
 MAX_OUTPUT_TOKENS = 65_536
 """The largest ``max_output_tokens`` a request may ask for (the cloud caps the answer at its own limit)."""
 

@@ -15,6 +15,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from edgecloud.shared.reasoner.thinking import THINK_START
+
 __all__ = ["main"]
 
 log = logging.getLogger("edgecloud")
@@ -147,7 +149,10 @@ def _add_cloud_commands(commands: argparse._SubParsersAction) -> None:
     )
     serve = cloud.add_parser("serve", help="serve the Reasoner gRPC service")
     serve.add_argument(
-        "--model", type=Path, default=Path("models/cloud-teacher"), help="HF model folder with a <think> template"
+        "--model",
+        type=Path,
+        default=Path("models/cloud-teacher"),
+        help=f"HF model folder with a {THINK_START} template",
     )
     serve.add_argument("--host", default="127.0.0.1", help="bind address (default: 127.0.0.1)")
     serve.add_argument("--port", type=int, default=50051, help="gRPC port (default: 50051)")

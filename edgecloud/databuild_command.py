@@ -14,6 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from edgecloud.shared.base.errors import ConfigError
+from edgecloud.shared.reasoner.thinking import THINK_START
 
 __all__ = ["add_data_build_arguments", "build_from_data_command", "refuse_data_flags"]
 
@@ -51,7 +52,7 @@ def add_data_build_arguments(build: argparse.ArgumentParser) -> None:
         type=Path,
         default=None,
         metavar="HF_DIR",
-        help="use this thinking model as the teacher (<think> tokens, a chat template) instead of training one",
+        help=f"use this thinking model as the teacher ({THINK_START} tokens, a chat template) instead of training one",
     )
     data.add_argument(
         "--teacher-steps",

@@ -2,7 +2,9 @@
 
 When a sequence's reasoning reaches its budget, ``</think>`` is forced as its
 next token and decoding goes on to the answer, as the cloud engine does.
-Reasoning tokens are the tokens strictly between ``<think>`` and ``</think>``.
+Reasoning tokens are the tokens strictly between ``<think>`` and ``</think>``; each sequence's
+:class:`~edgecloud.shared.reasoner.thinking.ThinkTracker` counts them and reads the tags wherever
+they appear (a model is measured as it is).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerFast
 
-from edgecloud.modelkit.tokenizer import THINK_END, THINK_START
+from edgecloud.shared.reasoner.thinking import THINK_END, THINK_START, Phase, ThinkTracker
 
 __all__ = ["Generation", "generate_batch"]
 
@@ -47,20 +49,28 @@ def generate_batch(
         return []
     think_start = tokenizer.convert_tokens_to_ids(THINK_START)
     think_end = tokenizer.convert_tokens_to_ids(THINK_END)
-    eos = tokenizer.eos_token_id
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
     width = max(map(len, encoded))
     n = len(prompts)
-    input_ids = torch.full((n, width), tokenizer.pad_token_id, dtype=torch.long)
+    input_ids = torch.full((n, width), pad, dtype=torch.long)
     mask = torch.zeros((n, width), dtype=torch.long)
     for row, ids in enumerate(encoded):
         input_ids[row, width - len(ids) :] = torch.tensor(ids)
         mask[row, width - len(ids) :] = 1
     # A prompt that pre-fills the think block (thinking disabled) starts outside it.
-    in_think = torch.tensor([ids.count(think_start) > ids.count(think_end) for ids in encoded])
-    reasoning = torch.zeros(n, dtype=torch.long)
-    forced = torch.zeros(n, dtype=torch.bool)
-    done = torch.zeros(n, dtype=torch.bool)
+    trackers = [
+        ThinkTracker(
+            think_start,
+            think_end,
+            eos=eos,
+            budget=reasoning_budget,
+            phase=Phase.INSIDE if ids.count(think_start) > ids.count(think_end) else Phase.BEFORE,
+            tags_anywhere=True,
+        )
+        for ids in encoded
+    ]
+    done = [False] * n
     out: list[list[int]] = [[] for _ in range(n)]
     out_logprobs: list[list[float]] = [[] for _ in range(n)]
     cache = DynamicCache()
@@ -68,24 +78,18 @@ def generate_batch(
     logits = model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids, past_key_values=cache).logits
     next_logits = logits[:, -1]
     for _ in range(max_new_tokens):
-        token = next_logits.argmax(-1)
-        active = ~done
-        if reasoning_budget is not None:
-            over = active & in_think & (reasoning >= reasoning_budget) & (token != think_end) & (token != eos)
-            token = torch.where(over, torch.full_like(token, think_end), token)
-            forced |= over
-        token = torch.where(done, torch.full_like(token, tokenizer.pad_token_id), token)
-        chosen = torch.log_softmax(next_logits.float(), dim=-1).gather(1, token[:, None]).squeeze(1)
         # One conversion per step, not one tensor index per row: this loop runs for every token.
-        for row, (is_active, token_id, logprob) in enumerate(zip(active.tolist(), token.tolist(), chosen.tolist())):
-            if is_active:
+        picked = next_logits.argmax(-1).tolist()
+        tokens = [pad if done[row] else trackers[row].choose(t) for row, t in enumerate(picked)]
+        token = torch.tensor(tokens, dtype=torch.long, device=next_logits.device)
+        chosen = torch.log_softmax(next_logits.float(), dim=-1).gather(1, token[:, None]).squeeze(1)
+        for row, (token_id, logprob) in enumerate(zip(tokens, chosen.tolist())):
+            if not done[row]:
                 out[row].append(token_id)
                 out_logprobs[row].append(logprob)
-        special = (token == think_end) | (token == think_start) | (token == eos)
-        reasoning += (active & in_think & ~special).long()
-        in_think = (in_think | (token == think_start)) & (token != think_end)
-        done |= token == eos
-        if bool(done.all()):
+                trackers[row].push(token_id)
+                done[row] = token_id == eos
+        if all(done):
             break
         # Finished rows keep attending to something harmless; their outputs are ignored.
         mask = torch.cat([mask, torch.ones((n, 1), dtype=mask.dtype)], dim=1)
@@ -94,18 +98,13 @@ def generate_batch(
             input_ids=token[:, None], attention_mask=mask, position_ids=position_ids, past_key_values=cache
         ).logits[:, -1]
     results = []
-    for row in range(n):
+    for row, tracker in enumerate(trackers):
         ids = out[row]
         text = tokenizer.decode(ids, skip_special_tokens=False)
-        if think_end in ids:
-            answer_ids = ids[len(ids) - ids[::-1].index(think_end) :]
-        elif int(reasoning[row]) == 0:
-            answer_ids = ids
-        else:
-            answer_ids = []
+        answer_ids = tracker.answer(ids)
         answer = tokenizer.decode(answer_ids, skip_special_tokens=True).strip()
         output_tokens = len([t for t in answer_ids if t != eos])
         answer_logprobs = out_logprobs[row][len(ids) - len(answer_ids) :] if answer_ids else []
         confidence = math.exp(min(answer_logprobs)) if answer_logprobs else float("nan")
-        results.append(Generation(text, answer, int(reasoning[row]), output_tokens, bool(forced[row]), confidence))
+        results.append(Generation(text, answer, tracker.reasoning_tokens, output_tokens, tracker.forced, confidence))
     return results

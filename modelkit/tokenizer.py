@@ -28,6 +28,8 @@ from tokenizers import Regex, Tokenizer, decoders, normalizers, pre_tokenizers
 from tokenizers.models import WordLevel
 from transformers import PreTrainedTokenizerFast
 
+from edgecloud.shared.reasoner.thinking import THINK_END, THINK_START
+
 __all__ = [
     "CHAT_TEMPLATE",
     "SPECIAL_TOKENS",
@@ -41,8 +43,6 @@ __all__ = [
 PAD = "<|endoftext|>"
 IM_START = "<|im_start|>"
 IM_END = "<|im_end|>"
-THINK_START = "<think>"
-THINK_END = "</think>"
 UNK = "<|unk|>"
 SPECIAL_TOKENS = (PAD, IM_START, IM_END, THINK_START, THINK_END, UNK)
 CHARACTERS = "0123456789abcdefghijklmnopqrstuvwxyz+-*()?=~.,:;!'\"/_\n"
@@ -50,20 +50,20 @@ CHARACTERS = "0123456789abcdefghijklmnopqrstuvwxyz+-*()?=~.,:;!'\"/_\n"
 WORDS = ("user", "assistant", "system")
 
 # Qwen3's template, trimmed to what a chat without tools needs: earlier
-# assistant turns lose their reasoning, and enable_thinking=false pre-fills an
-# empty think block so the model answers directly.
+# assistant turns lose their reasoning (as strip_reasoning does), and
+# enable_thinking=false pre-fills an empty think block so the model answers directly.
 CHAT_TEMPLATE = (
     "{%- for message in messages %}"
     "{%- set content = message['content'] %}"
-    "{%- if message['role'] == 'assistant' and '</think>' in content %}"
-    "{%- set content = content.split('</think>')[-1].lstrip('\\n') %}"
+    "{%- if message['role'] == 'assistant' and '" + THINK_END + "' in content %}"
+    "{%- set content = content.split('" + THINK_END + "')[-1].lstrip('\\n') %}"
     "{%- endif %}"
     "{{- '<|im_start|>' + message['role'] + '\\n' + content + '<|im_end|>\\n' }}"
     "{%- endfor %}"
     "{%- if add_generation_prompt %}"
     "{{- '<|im_start|>assistant\\n' }}"
     "{%- if enable_thinking is defined and enable_thinking is false %}"
-    "{{- '<think>\\n\\n</think>\\n\\n' }}"
+    "{{- '" + THINK_START + "\\n\\n" + THINK_END + "\\n\\n' }}"
     "{%- endif %}"
     "{%- endif %}"
 )

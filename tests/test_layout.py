@@ -10,7 +10,7 @@ it builds), but nothing below the command line uses a built-in task: the rest le
 Inside ``shared``, each contract is a package with its own rule (:data:`SHARED_ALLOWED`): the base
 imports nothing of the project, the reasoner contract stands on the base and the generated protobuf,
 and so on; no module sits directly in ``shared/``. No folder holds more than :data:`MAX_FOLDER_MODULES`
-modules directly.
+modules directly. The think tags are spelled in one module (:data:`THINK_TAGS_HOME`).
 """
 
 from __future__ import annotations
@@ -216,3 +216,56 @@ def test_the_folder_count_skips_packages_init_and_caches(tmp_path: Path) -> None
         (tmp_path / "edge" / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / "edge" / name).write_text("")
     assert {k: v for k, v in folder_sizes(tmp_path).items() if k.startswith("edge")} == {"edge": 2, "edge/sub": 1}
+
+
+#: The one module that spells the think tags; everyone else imports them from it.
+THINK_TAGS_HOME = "shared/reasoner/thinking.py"
+
+
+def string_literals(path: Path) -> list[tuple[int, str]]:
+    """Every string constant of the code (f-string parts included), not its documentation: a string
+    that stands alone as a statement (a docstring, an attribute's docstring) is left out, as are
+    comments, which the parser never sees."""
+    tree = ast.parse(path.read_text(), str(path))
+    documentation = {
+        id(node.value) for node in ast.walk(tree) if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant)
+    }
+    return sorted(
+        (node.lineno, node.value)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in documentation
+    )
+
+
+def modules_spelling_the_think_tags(paths: list[Path], root: Path = ROOT) -> dict[str, list[int]]:
+    """Module -> the lines of its string literals that contain ``<think>`` or ``</think>``."""
+    from edgecloud.shared.reasoner.thinking import THINK_END, THINK_START
+
+    found: dict[str, list[int]] = {}
+    for path in paths:
+        for line, text in string_literals(path):
+            if THINK_START in text or THINK_END in text:
+                found.setdefault(path.relative_to(root).as_posix(), []).append(line)
+    return found
+
+
+def test_the_think_tags_are_spelled_in_one_module() -> None:
+    """A second spelling is a second definition that can drift: build strings from the constants."""
+    benchmarks = sorted((ROOT / "benchmarks").rglob("*.py"))
+    found = modules_spelling_the_think_tags([*SOURCES, *benchmarks])
+    assert set(found) == {THINK_TAGS_HOME}, f"the think tags spelled outside {THINK_TAGS_HOME}: {found}"
+
+
+def test_the_think_tag_check_reads_code_not_documentation(tmp_path: Path) -> None:
+    module = tmp_path / "tags.py"
+    module.write_text(
+        '"""Writes <think> reasoning </think> answer."""\n'
+        "# a comment: <think>\n"
+        "def f(x):\n"
+        '    """</think> in a docstring."""\n'
+        '    return f"{x}</think>" + "<think>\\n"\n'
+        "TAG = 1\n"
+        '"""<think>: an attribute docstring."""\n'
+        "TEMPLATE = \"{%- if x == '</think>' %}\"\n"
+    )
+    assert modules_spelling_the_think_tags([module], tmp_path) == {"tags.py": [5, 5, 8]}

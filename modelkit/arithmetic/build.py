@@ -47,9 +47,10 @@ from edgecloud.modelkit.arithmetic.teacher import (
 from edgecloud.modelkit.calibrate import fit_triage
 from edgecloud.modelkit.decoding import generate_batch
 from edgecloud.modelkit.export import export_student, onnx_io, quantize_student
-from edgecloud.modelkit.tokenizer import THINK_END, THINK_START, build_student_tokenizer, build_tokenizer
+from edgecloud.modelkit.tokenizer import build_student_tokenizer, build_tokenizer
 from edgecloud.modelkit.training import TrainConfig
 from edgecloud.shared.bundles.manifest import GoldenCase, Manifest, load_manifest, write_bundle
+from edgecloud.shared.reasoner.thinking import THINK_END, THINK_START
 
 __all__ = [
     "BuildConfig",

@@ -19,8 +19,9 @@ from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
 
 from edgecloud.modelkit.arithmetic.scratchpad import think_text
 from edgecloud.modelkit.arithmetic.task import Problem, Split, make_problem, sample_k
-from edgecloud.modelkit.tokenizer import IM_END, THINK_END, THINK_START
+from edgecloud.modelkit.tokenizer import IM_END
 from edgecloud.modelkit.training import Example, TrainConfig, collate, train
+from edgecloud.shared.reasoner.thinking import THINK_END, THINK_START
 
 __all__ = [
     "ModelSpec",

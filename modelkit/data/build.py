@@ -56,11 +56,12 @@ from edgecloud.modelkit.data.checks import CheckCase, CheckLimits, DataChecks
 from edgecloud.modelkit.data.datasets import SPLITS, Dataset, Row, read_dataset
 from edgecloud.modelkit.data.student import DataStudentRecipe, prompt_template_for, student_targets, train_data_student
 from edgecloud.modelkit.data.teacher import DataTeacherRecipe, teacher_answers, train_data_teacher
-from edgecloud.modelkit.tokenizer import IM_END, THINK_END, THINK_START, build_data_tokenizers
+from edgecloud.modelkit.tokenizer import IM_END, build_data_tokenizers
 from edgecloud.modelkit.training import TrainConfig
 from edgecloud.shared.base.errors import ConfigError, InvalidInputError
 from edgecloud.shared.bundles.answers import answers_match
 from edgecloud.shared.bundles.manifest import GoldenCase
+from edgecloud.shared.reasoner.thinking import THINK_END, THINK_START
 
 __all__ = ["DataBuildConfig", "build_from_data", "check_build", "dataset_record", "quick_data_recipes"]
 

@@ -30,9 +30,10 @@ from edgecloud.modelkit.arithmetic.student import fit_feature_transform, with_fe
 from edgecloud.modelkit.arithmetic.teacher import ModelSpec, build_model, chat_prompt
 from edgecloud.modelkit.data.datasets import Row
 from edgecloud.modelkit.decoding import generate_batch
-from edgecloud.modelkit.tokenizer import IM_START, THINK_END, THINK_START
+from edgecloud.modelkit.tokenizer import IM_START
 from edgecloud.modelkit.training import Example, TrainConfig, collate, train
 from edgecloud.shared.bundles.answers import answers_match
+from edgecloud.shared.reasoner.thinking import THINK_END, THINK_START
 
 __all__ = [
     "STUDENT_PROMPT",

@@ -28,8 +28,9 @@ from transformers import PreTrainedTokenizerFast, Qwen3ForCausalLM
 from edgecloud.modelkit.arithmetic.teacher import ModelSpec, build_model, save_teacher
 from edgecloud.modelkit.data.datasets import Row
 from edgecloud.modelkit.decoding import Generation, generate_batch
-from edgecloud.modelkit.tokenizer import IM_END, THINK_END, THINK_START
+from edgecloud.modelkit.tokenizer import IM_END
 from edgecloud.modelkit.training import Example, TrainConfig, collate, train
+from edgecloud.shared.reasoner.thinking import THINK_END, THINK_START
 
 __all__ = [
     "MODES",

@@ -61,11 +61,11 @@ from edgecloud.modelkit.loop.gate import GateCase, GateConfig, GateResult, evalu
 from edgecloud.modelkit.loop.improve_training import EscalationBatches, parts_loss, progress_check, replay_examples
 from edgecloud.modelkit.loop.pair import REASONER_DIR, package_pair
 from edgecloud.modelkit.loop.training_set import TrainingSet, collect_training_set
-from edgecloud.modelkit.tokenizer import THINK_END, THINK_START
 from edgecloud.modelkit.training import TrainConfig, grow_layers, train
 from edgecloud.shared.base.errors import ConfigError, EdgecloudError
 from edgecloud.shared.bundles.manifest import Manifest, verify_bundle
 from edgecloud.shared.bundles.signing import expiry_in_days, load_private_key, sign_bundle
+from edgecloud.shared.reasoner.thinking import THINK_END, THINK_START
 
 __all__ = [
     "FRESH_REASONER",

@@ -8,8 +8,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgecloud.modelkit.tokenizer import THINK_END, THINK_START
 from edgecloud.shared.escalations.records import Escalation, ReadReport, iter_escalations
+from edgecloud.shared.reasoner.thinking import THINK_END, THINK_START
 
 __all__ = ["TrainingExample", "TrainingSet", "collect_training_set"]
 

@@ -39,7 +39,8 @@ GREEDY = Sampling(temperature=0.0)
 def endless_thinker(tmp_path_factory: pytest.TempPathFactory) -> LoadedModel:
     from transformers import Qwen3ForCausalLM
 
-    from edgecloud.modelkit.tokenizer import SPECIAL_TOKENS, THINK_START, build_tokenizer
+    from edgecloud.modelkit.tokenizer import SPECIAL_TOKENS, build_tokenizer
+    from edgecloud.shared.reasoner.thinking import THINK_START
 
     directory = tmp_path_factory.mktemp("endless-thinker")
     tokenizer = build_tokenizer()

@@ -21,7 +21,8 @@ from transformers import PreTrainedTokenizerFast, Qwen3ForCausalLM
 
 from edgecloud.modelkit.arithmetic.teacher import ModelSpec, build_model, chat_prompt
 from edgecloud.modelkit.decoding import Generation, generate_batch
-from edgecloud.modelkit.tokenizer import IM_END, THINK_END, THINK_START, build_tokenizer
+from edgecloud.modelkit.tokenizer import IM_END, build_tokenizer
+from edgecloud.shared.reasoner.thinking import THINK_END, THINK_START
 
 MAX_NEW = 40
 QUERIES = ["3+4", "what is (12+34)*5-7?", "Compute 99 * 12", "1-2"]

@@ -20,11 +20,11 @@ from edgecloud.modelkit.arithmetic.task import Split, generate
 from edgecloud.modelkit.arithmetic.teacher import ModelSpec
 from edgecloud.modelkit.loop.gate import GateConfig
 from edgecloud.modelkit.loop.improve import GateFailedError, ImproveConfig, collect_training_set, improve_student
-from edgecloud.modelkit.tokenizer import THINK_END, THINK_START
 from edgecloud.shared.base.errors import ConfigError
 from edgecloud.shared.bundles.manifest import SIGNATURE_FILE, load_manifest
 from edgecloud.shared.bundles.signing import TrustStore, generate_keypair, verify_signed_bundle
 from edgecloud.shared.escalations.records import SCHEMA
+from edgecloud.shared.reasoner.thinking import THINK_END, THINK_START
 
 STUDENT = "edgecloud-demo-student"
 
