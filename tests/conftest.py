@@ -1,11 +1,20 @@
-"""Fixtures shared across the suite: the shipped demo bundles and a quick build."""
+"""Fixtures shared across the suite: the shipped demo bundles and a quick build, the cloud's teacher
+and a random Qwen3, a mosquitto broker, and the fleet tests' simulated devices and managers (stopped
+after each test). What they start is in tests/helpers/."""
 
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:  # the cloud's model backend needs torch; edge-only installs run without it
+    from edgecloud.cloud.transformers_engine import LoadedModel
+    from edgecloud.fleet.manager import FleetManager
+    from tests.helpers.sim_fleet import SimDevice
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED_MODELS = REPO / "models"
@@ -59,6 +68,41 @@ def quick_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("quick-models")
     build_models(BuildConfig(out=out, quick=True, threads=2))
     return out
+
+
+@pytest.fixture(scope="session")
+def teacher_dir(shipped_models: Path) -> Path:
+    return shipped_models / "cloud-teacher"
+
+
+@pytest.fixture(scope="session")
+def teacher(teacher_dir: Path) -> LoadedModel:
+    pytest.importorskip("torch", reason="the cloud's model backend needs torch (an edge-only install has none)")
+    from edgecloud.cloud.transformers_engine import LoadedModel
+
+    return LoadedModel.from_dir(teacher_dir, device="cpu", name="cloud-teacher", version=1)
+
+
+@pytest.fixture(scope="session")
+def random_qwen3_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An untrained Qwen3 saved like any Hugging Face model: it never closes its
+    think block on its own, which makes it a long-running session on demand."""
+    torch = pytest.importorskip("torch", reason="the cloud's model backend needs torch")
+    from transformers import Qwen3ForCausalLM
+
+    from edgecloud.modelkit.tokenizer import build_tokenizer
+    from tests.helpers.cloud import tiny_qwen3_config
+
+    directory = tmp_path_factory.mktemp("random-qwen3")
+    tokenizer = build_tokenizer()
+    torch.manual_seed(0)
+    model = Qwen3ForCausalLM(tiny_qwen3_config(tokenizer, max_position_embeddings=8192))
+    with torch.no_grad():  # logits of 0 for the end tokens, while greedy picks a positive one
+        for token in (tokenizer.eos_token, "</think>"):
+            model.lm_head.weight[tokenizer.convert_tokens_to_ids(token)] = 0.0
+    model.save_pretrained(str(directory))
+    tokenizer.save_pretrained(str(directory))
+    return directory
 
 
 class MosquittoBroker:
@@ -120,3 +164,20 @@ def mqtt_broker(tmp_path: Path):
     broker = MosquittoBroker(tmp_path)
     yield broker
     broker.stop()
+
+
+@pytest.fixture
+def sims() -> Iterator[list[SimDevice]]:
+    started: list[SimDevice] = []
+    yield started
+    for device in started:
+        device.stop()
+
+
+@pytest.fixture
+def managers() -> Iterator[list[FleetManager]]:
+    started: list[FleetManager] = []
+    yield started
+    for manager in started:
+        if not manager._stop.is_set():
+            manager.close()

@@ -24,7 +24,7 @@ from edgecloud.cloud.sessions import SessionConfig, SessionManager
 from edgecloud.cloud.store import Checkpoint, SessionStore
 from edgecloud.shared.reasoner.session import Event, EventKind, Message, Sampling, SessionStatus, ThinkParams
 from edgecloud.shared.reasoner.wire import event_to_pb
-from tests.cloud.conftest import tiny_qwen3_config
+from tests.helpers.cloud import tiny_qwen3_config
 
 torch = pytest.importorskip("torch", reason="the cloud's model backend needs torch")
 from edgecloud.cloud.transformers_engine import LoadedModel, TransformersEngine

@@ -27,7 +27,7 @@ from edgecloud.shared.bundles.manifest import load_manifest
 from edgecloud.shared.escalations.records import SCHEMA
 from edgecloud.shared.reasoner.features import encode_features
 from edgecloud.shared.reasoner.wire import features_to_pb
-from tests.cloud.conftest import RunningServer, make_config
+from tests.helpers.cloud import RunningServer, make_config
 
 TIMEOUT = 120
 

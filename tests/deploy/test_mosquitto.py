@@ -26,7 +26,8 @@ import pytest
 from edgecloud.fleet.manager import FleetManager, FleetManagerConfig
 from edgecloud.shared.fleetlink.broker import BrokerSettings, create_client
 from edgecloud.shared.fleetlink.messages import Birth, Topics, encode
-from tests.fleet.sim import command_key, wait_for
+from tests.helpers.sim_fleet import command_key
+from tests.helpers.waiting import wait_for
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "mosquitto"
 FLEET = "plant1"

@@ -16,7 +16,8 @@ from edgecloud.fleet.api import create_server
 from edgecloud.fleet.manager import FleetManager, FleetManagerConfig
 from edgecloud.shared.bundles.signing import generate_keypair
 from edgecloud.shared.fleetlink.broker import BrokerSettings
-from tests.e2e.fleet import DEVICES, FLEET, LABELS, Fleet, free_port, wait_for
+from tests.helpers.real_fleet import DEVICES, FLEET, LABELS, Fleet
+from tests.helpers.waiting import free_port, wait_for
 
 
 @pytest.fixture

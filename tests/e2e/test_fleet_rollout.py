@@ -18,7 +18,8 @@ from typing import Any
 import pytest
 
 from edgecloud.shared.bundles.manifest import load_manifest
-from tests.e2e.fleet import DEVICES, LABELS, Fleet, signed_archive, start_rollout, wait_for, wait_rollout
+from tests.helpers.real_fleet import DEVICES, LABELS, Fleet, signed_archive, start_rollout, wait_rollout
+from tests.helpers.waiting import wait_for
 
 
 def test_signed_bundle_rolls_out_to_every_device_one_at_a_time(

@@ -29,13 +29,11 @@ from edgecloud.modelkit.loop.improve import ImproveConfig, improve_student
 from edgecloud.shared.bundles.artifacts import pack_bundle
 from edgecloud.shared.bundles.manifest import load_manifest
 from edgecloud.shared.escalations.records import read_escalations
-from tests.cloud.conftest import RunningServer, make_config, teacher, teacher_dir
-from tests.e2e.fleet import DEVICES, Fleet, start_rollout, wait_rollout
+from tests.helpers.cloud import RunningServer, make_config
+from tests.helpers.real_fleet import DEVICES, Fleet, start_rollout, wait_rollout
 
 if TYPE_CHECKING:
     from edgecloud.cloud.transformers_engine import LoadedModel
-
-__all__ = ["teacher", "teacher_dir"]
 
 
 def escalate(bundle: Path, port: int, queries: list[str], work: Path) -> list:

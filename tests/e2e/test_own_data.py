@@ -23,7 +23,7 @@ from edgecloud.cli import main
 from edgecloud.modelkit.data.datasets import Row, write_dataset
 from edgecloud.shared.bundles.manifest import load_manifest
 from edgecloud.shared.escalations.records import read_escalations
-from tests.e2e.fleet import free_port, wait_for
+from tests.helpers.waiting import free_port, wait_for
 
 pytestmark = pytest.mark.slow
 

@@ -17,11 +17,10 @@ import httpx
 import pytest
 
 from edgecloud.shared.bundles.manifest import load_manifest
-from tests.cloud.conftest import RunningServer, make_config, teacher, teacher_dir
-from tests.e2e.fleet import Fleet, signed_archive, start_rollout, wait_rollout
-from tests.edge.api.test_app import RunningDaemon, edge_config, multi_step, wait_until
-
-__all__ = ["teacher", "teacher_dir"]  # the fixtures
+from tests.helpers.cloud import RunningServer, make_config
+from tests.helpers.edge import RunningDaemon, edge_config, multi_step
+from tests.helpers.real_fleet import Fleet, signed_archive, start_rollout, wait_rollout
+from tests.helpers.waiting import wait_until
 
 
 def promtool() -> str:

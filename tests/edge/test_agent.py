@@ -4,108 +4,31 @@ commands themselves are in tests/security.)"""
 
 from __future__ import annotations
 
-import functools
-import http.server
 import json
 import socket
 import threading
-import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 
 from edgecloud.edge.agent import AgentConfig, DeviceAgent, origin_of, resume_bundle
 from edgecloud.edge.cascade import CascadeModel
 from edgecloud.edge.config import EdgeConfig
 from edgecloud.edge.daemon import create_daemon
 from edgecloud.shared.base.errors import ConfigError
-from edgecloud.shared.bundles.artifacts import pack_bundle
-from edgecloud.shared.bundles.manifest import copy_bundle, load_manifest
+from edgecloud.shared.bundles.manifest import load_manifest
 from edgecloud.shared.bundles.signing import generate_keypair, load_private_key, sign_bundle
-from edgecloud.shared.fleetlink.broker import BrokerSettings
-from edgecloud.shared.fleetlink.commands import sign_command
-from edgecloud.shared.fleetlink.messages import Command, Topics, encode
-from tests.edge.test_cascade import make_pair_bundle
-
-FLEET = "test"
-
-
-def sign(command: dict, key: Path, device: str = "dev-1", **kwargs: float) -> bytes:
-    """``command`` (a dict as :func:`command` makes) signed for ``device``, as the fleet manager sends it."""
-    return sign_command(Command.from_dict({**command, "device": device}), load_private_key(key), **kwargs)
-
-
-class Observer:
-    """Subscribes to the whole fleet tree and keeps every message; ``send`` signs a command with
-    ``command_key`` and publishes it to dev-1, as the fleet manager would."""
-
-    def __init__(self, broker, command_key: Path | None = None) -> None:  # type: ignore[no-untyped-def]
-        self.command_key = command_key
-        self.messages: list[tuple[str, dict, bool]] = []
-        self.lock = threading.Lock()
-        self.client = mqtt.Client(
-            callback_api_version=CallbackAPIVersion.VERSION2, client_id=f"obs-{uuid.uuid4().hex[:8]}"
-        )
-        self.client.on_message = self._on_message
-        self.client.connect(broker.host, broker.port)
-        self.client.subscribe(f"edgecloud/v1/{FLEET}/#", qos=1)
-        self.client.loop_start()
-
-    def _on_message(self, _c, _u, message) -> None:  # type: ignore[no-untyped-def]
-        try:
-            data = json.loads(message.payload)
-        except (ValueError, RecursionError):  # an attack test's poison pill on a command topic
-            return
-        with self.lock:
-            self.messages.append((message.topic, data, message.retain))
-
-    def of(self, leaf: str) -> list[dict]:
-        with self.lock:
-            return [m for t, m, _ in self.messages if t.endswith("/" + leaf) and isinstance(m, dict)]
-
-    def wait_for(self, predicate, timeout: float = 30) -> None:  # type: ignore[no-untyped-def]
-        deadline = time.monotonic() + timeout
-        while not predicate():
-            assert time.monotonic() < deadline, f"timed out; messages: {self.messages[-10:]}"
-            time.sleep(0.05)
-
-    def publish(self, topic: str, payload: dict | bytes) -> None:
-        data = payload if isinstance(payload, bytes) else encode(payload)
-        self.client.publish(topic, data, qos=1).wait_for_publish(5)
-
-    def send(self, command: dict, device: str = "dev-1") -> None:
-        assert self.command_key is not None
-        self.publish(Topics(FLEET, device).cmd, sign(command, self.command_key, device))
-
-    def close(self) -> None:
-        self.client.loop_stop()
-        self.client.disconnect()
-
-
-class ArtifactServer:
-    """Serves ``root`` over HTTP on a loopback port; ``handler`` may serve it another way."""
-
-    def __init__(self, root: Path, handler: Any = None) -> None:
-        self.root = root
-        handler = functools.partial(handler or _QuietHandler, directory=str(root))
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args: object) -> None:
-        pass
+from tests.helpers.bundles import make_pair_bundle
+from tests.helpers.device import (
+    ArtifactServer,
+    Observer,
+    acks_for,
+    agent_config,
+    command,
+    make_bundle,
+    publish_bundle,
+)
 
 
 @pytest.fixture
@@ -125,48 +48,6 @@ def artifacts(tmp_path: Path) -> Iterator[tuple[Path, ArtifactServer]]:
     server = ArtifactServer(root)
     yield root, server
     server.close()
-
-
-def make_bundle(source: Path, out: Path, version: int, key: Path | None) -> Path:
-    """A copy of ``source`` re-versioned and (optionally) signed."""
-    copy_bundle(source, out, version=version)
-    if key is not None:
-        sign_bundle(out, load_private_key(key))
-    return out
-
-
-def publish_bundle(directory: Path, artifacts: tuple[Path, ArtifactServer], name: str) -> dict:
-    root, server = artifacts
-    sha, size = pack_bundle(directory, root / name)
-    manifest = load_manifest(directory)
-    return {
-        "name": manifest.name,
-        "version": manifest.version,
-        "url": f"{server.url}/{name}",
-        "sha256": sha,
-        "size": size,
-    }
-
-
-def command(bundle: dict, revision: int, kind: str = "deploy") -> dict:
-    return {"id": f"c-{uuid.uuid4().hex[:12]}", "type": kind, "revision": revision, "bundle": bundle}
-
-
-def agent_config(tmp_path: Path, broker, keys: dict[str, Path], **overrides: object) -> AgentConfig:  # type: ignore[no-untyped-def]
-    values: dict[str, object] = {
-        "device_id": "dev-1",
-        "fleet": FLEET,
-        "state_dir": tmp_path / "agent",
-        "trusted_keys": (keys["trusted_public"],),
-        "command_keys": (keys["command_public"],),
-        "broker": BrokerSettings(port=broker.port),
-        "telemetry_interval_s": 0.2,
-        "watch_s": 0.5,
-        "watch_min_requests": 5,
-        "p99_allowance_ms": 1000.0,  # a busy CI machine's jitter must not roll back a healthy model
-    }
-    values.update(overrides)
-    return AgentConfig(**values)  # type: ignore[arg-type]
 
 
 @pytest.fixture
@@ -271,10 +152,6 @@ def test_agent_config_needs_command_keys_and_an_origin_for_its_token(tmp_path: P
             AgentConfig(**with_keys, fleet_origin=bad)  # type: ignore[arg-type]
     config = AgentConfig(**with_keys, fleet_origin="https://Fleet.example/api", artifact_token="t")  # type: ignore[arg-type]
     assert config.command_keys == (keys["command_public"],)
-
-
-def acks_for(observer: Observer, command_id: str) -> list[str]:
-    return [a["status"] for a in observer.of("cmd/ack") if a["command_id"] == command_id]
 
 
 def test_birth_telemetry_and_will(device, mqtt_broker) -> None:  # type: ignore[no-untyped-def]

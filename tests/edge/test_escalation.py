@@ -38,8 +38,8 @@ from edgecloud.shared.bundles.manifest import load_manifest
 from edgecloud.shared.reasoner.features import EncodedFeatures
 from edgecloud.shared.reasoner.session import Event, EventKind, SessionInfo, SessionStatus, ThinkParams
 from edgecloud.shared.reasoner.wire import event_from_pb
-from tests.cloud.conftest import RunningServer, make_config
-from tests.edge.conftest import free_port
+from tests.helpers.cloud import RunningServer, make_config
+from tests.helpers.waiting import free_port
 
 if TYPE_CHECKING:  # the cloud's model backend needs torch; edge-only installs run without it
     from edgecloud.cloud.transformers_engine import LoadedModel

@@ -20,8 +20,8 @@ from edgecloud.shared.base.errors import InvalidInputError, NotFoundError
 from edgecloud.shared.bundles.manifest import load_manifest
 from edgecloud.shared.reasoner.features import EncodedFeatures, encode_features
 from edgecloud.shared.reasoner.session import EdgeHint, Event, EventKind, ThinkParams, Usage
-from tests.cloud.conftest import RunningServer, make_config
-from tests.edge.conftest import free_port
+from tests.helpers.cloud import RunningServer, make_config
+from tests.helpers.waiting import free_port
 
 if TYPE_CHECKING:  # the cloud's model backend needs torch; edge-only installs run without it
     from edgecloud.cloud.transformers_engine import LoadedModel

@@ -1,5 +1,6 @@
-"""EdgeService logic that needs a cloud misbehaving on cue: a stand-in cloud client
-(the real Reasoner over gRPC is exercised in api/test_app.py and test_escalation.py)."""
+"""EdgeService logic that needs a cloud misbehaving on cue: the stand-in cloud client of
+tests/helpers/fake_cloud.py (the real Reasoner over gRPC is exercised in api/test_app.py and
+test_escalation.py)."""
 
 from __future__ import annotations
 
@@ -20,21 +21,16 @@ from edgecloud.edge.service import EdgeService, QueryRequest
 from edgecloud.edge.triage import Requested
 from edgecloud.shared.base.errors import ResourceExhaustedError, UnavailableError
 from edgecloud.shared.reasoner.session import Event, EventKind, ThinkParams
+from tests.helpers.fake_cloud import FakeCloud
 
 
-class BreaksMidAnswer:
+class BreaksMidAnswer(FakeCloud):
     """A cloud that starts answering, then drops for good."""
 
-    async def healthy(self) -> bool:
-        return True
-
-    async def think(self, params: ThinkParams, **_: object) -> AsyncIterator[Event]:
+    async def respond(self, params: ThinkParams) -> AsyncIterator[Event]:
         yield Event(seq=1, session_id="s-1", kind=EventKind.ACCEPTED)
         yield Event(seq=2, session_id="s-1", kind=EventKind.ANSWER_DELTA, text="4")
         raise UnavailableError("connection refused, 6 attempts")
-
-    async def close(self) -> None:
-        return None
 
 
 @pytest.fixture
@@ -100,24 +96,6 @@ def test_a_live_stream_cut_after_its_answer_began_fails(service: EdgeService) ->
         asyncio.run(consume())
 
 
-class RecordsWhatItIsAsked:
-    """A cloud that answers at once and keeps the parameters of every escalation."""
-
-    def __init__(self) -> None:
-        self.asked: list[ThinkParams] = []
-
-    async def healthy(self) -> bool:
-        return True
-
-    async def think(self, params: ThinkParams, **_: object) -> AsyncIterator[Event]:
-        self.asked.append(params)
-        yield Event(seq=1, session_id=f"s-{len(self.asked)}", kind=EventKind.ACCEPTED)
-        yield Event(seq=2, session_id=f"s-{len(self.asked)}", kind=EventKind.COMPLETED, text="0")
-
-    async def close(self) -> None:
-        return None
-
-
 class FluentButUnsure:
     """The shipped student's features, with what a pair's reasoner gives on a hard query: an answer
     after ninety near-certain scratchpad tokens, which its calibration doubts (confidence 0.09)."""
@@ -145,11 +123,11 @@ def test_an_escalation_says_the_query_is_at_least_as_hard_as_the_edge_is_unsure(
         bundle=shipped_base_models / "edge-student", outbox=tmp_path / "outbox.sqlite3", cloud="127.0.0.1:9"
     )
     real = EdgeBundle.load(config.bundle, threads=1)
-    cloud = RecordsWhatItIsAsked()
+    cloud = FakeCloud()  # answers at once and keeps the parameters of every escalation
     service = EdgeService(
         config,
         ModelSlot(EdgeBundle(FluentButUnsure(real.model), real.manifest, real.directory)),  # type: ignore[arg-type]
-        client=cloud,  # type: ignore[arg-type]
+        client=cloud,
         outbox=Outbox(config.outbox),
         metrics=EdgeMetrics(),
     )
@@ -162,18 +140,12 @@ def test_an_escalation_says_the_query_is_at_least_as_hard_as_the_edge_is_unsure(
         assert params.hint.estimated_difficulty >= 1 - params.hint.confidence - 1e-9, params.hint
 
 
-class AtCapacity:
+class AtCapacity(FakeCloud):
     """A cloud that is up but refuses every session: its queue is full."""
 
-    async def healthy(self) -> bool:
-        return True
-
-    async def think(self, params: ThinkParams, **_: object) -> AsyncIterator[Event]:
+    async def respond(self, params: ThinkParams) -> AsyncIterator[Event]:
         raise ResourceExhaustedError("queue full (64 sessions queued)")
-        yield  # an async generator, as the real client's think is
-
-    async def close(self) -> None:
-        return None
+        yield  # an async generator, as FakeCloud.respond is
 
 
 def test_a_cloud_at_capacity_is_a_429_to_retry_for_openai_clients(shipped_base_models: Path, tmp_path: Path) -> None:

@@ -10,10 +10,14 @@ import pytest
 
 from edgecloud import cli
 from edgecloud.fleet.api import create_server
-from tests.fleet.conftest import managers, sims
-from tests.fleet.sim import make_archive, make_bundle, manager_config, start_devices, start_manager, wait_devices_online
-
-__all__ = ["managers", "sims"]  # the fleet's fixtures, used here
+from tests.helpers.sim_fleet import (
+    make_archive,
+    make_bundle,
+    manager_config,
+    start_devices,
+    start_manager,
+    wait_devices_online,
+)
 
 KEY = "fleet-cli-key-0123456789"
 

@@ -17,15 +17,15 @@ import pytest
 
 from edgecloud.fleet.api import create_server
 from edgecloud.fleet.rollout import FixedBatches, RolloutStatus
-from tests.fleet.sim import (
+from tests.helpers.sim_fleet import (
     make_archive,
     manager_config,
     start_devices,
     start_manager,
     wait_devices_online,
-    wait_for,
     wait_status,
 )
+from tests.helpers.waiting import wait_for
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")

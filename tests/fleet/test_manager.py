@@ -19,7 +19,7 @@ from edgecloud.fleet.registry import read_archive_manifest
 from edgecloud.fleet.rollout import AbortCriteria, FixedBatches, RolloutStatus
 from edgecloud.shared.base.errors import BundleError, ConfigError, InvalidInputError, ManifestError, NotFoundError
 from edgecloud.shared.fleetlink.broker import BrokerSettings
-from tests.fleet.sim import (
+from tests.helpers.sim_fleet import (
     assert_applied_exactly_once,
     command_key,
     make_archive,
@@ -28,9 +28,9 @@ from tests.fleet.sim import (
     start_devices,
     start_manager,
     wait_devices_online,
-    wait_for,
     wait_status,
 )
+from tests.helpers.waiting import wait_for
 
 # -- config and bundles ----------------------------------------------------------------
 

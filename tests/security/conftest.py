@@ -3,8 +3,6 @@ served over HTTP (recording what each request carried), and keys for the fleet a
 
 from __future__ import annotations
 
-import functools
-import http.server
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -15,10 +13,7 @@ from edgecloud.edge.agent import DeviceAgent
 from edgecloud.edge.config import EdgeConfig
 from edgecloud.edge.daemon import create_daemon
 from edgecloud.shared.bundles.signing import generate_keypair
-from tests.edge.test_agent import ArtifactServer, Observer, agent_config
-from tests.fleet.conftest import managers, sims
-
-__all__ = ["keys", "make_device", "managers", "servers", "sims"]  # the fleet's fixtures, re-declared here
+from tests.helpers.device import Observer, RecordingServer, agent_config
 
 
 @pytest.fixture
@@ -32,27 +27,6 @@ def keys(tmp_path: Path) -> dict[str, Path]:
         paths[f"{name}_private"].parent.mkdir(exist_ok=True)
         generate_keypair(paths[f"{name}_private"], paths[f"{name}_public"])
     return paths
-
-
-class RecordingServer(ArtifactServer):
-    """Serves ``root`` over HTTP on loopback and records the Authorization header of every GET."""
-
-    def __init__(self, root: Path) -> None:
-        self.authorizations: list[str | None] = []
-        super().__init__(root, functools.partial(_RecordingHandler, self))
-
-
-class _RecordingHandler(http.server.SimpleHTTPRequestHandler):
-    def __init__(self, server_state: RecordingServer, *args: Any, **kwargs: Any) -> None:
-        self.state = server_state
-        super().__init__(*args, **kwargs)
-
-    def do_GET(self) -> None:
-        self.state.authorizations.append(self.headers.get("Authorization"))
-        super().do_GET()
-
-    def log_message(self, *args: object) -> None:
-        pass
 
 
 @pytest.fixture

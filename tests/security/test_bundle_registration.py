@@ -16,7 +16,7 @@ from edgecloud.fleet.api import create_server
 from edgecloud.fleet.manager import FleetManager, FleetManagerConfig
 from edgecloud.shared.bundles.artifacts import pack_bundle
 from edgecloud.shared.bundles.signing import generate_keypair, load_private_key, sign_bundle
-from tests.fleet.sim import command_key, make_bundle
+from tests.helpers.sim_fleet import command_key, make_bundle
 
 
 @pytest.fixture

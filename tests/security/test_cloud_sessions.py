@@ -24,9 +24,7 @@ from edgecloud.cloud.engine import EngineConfig
 from edgecloud.cloud.sessions import SessionConfig
 from edgecloud.proto.edgecloud.v1 import reasoner_pb2 as pb
 from edgecloud.shared.base.errors import ConfigError
-from tests.cloud.conftest import RunningServer, make_config, random_qwen3_dir
-
-__all__ = ["random_qwen3_dir"]  # the cloud tests' fixture, re-declared here
+from tests.helpers.cloud import RunningServer, make_config
 
 TOKENS = {"token-of-device-a-0123456789": "dev-a", "token-of-device-b-0123456789": "dev-b"}
 A = (("authorization", "Bearer token-of-device-a-0123456789"),)

@@ -17,7 +17,18 @@ from typing import Any
 from edgecloud.shared.bundles.signing import ALGORITHM, key_id, load_private_key, sign_bundle
 from edgecloud.shared.fleetlink.commands import sign_command
 from edgecloud.shared.fleetlink.messages import Command, Topics, encode
-from tests.edge.test_agent import FLEET, acks_for, command, make_bundle, publish_bundle, sign
+from tests.helpers.device import (
+    FLEET,
+    Observer,
+    acks_for,
+    acted,
+    artifacts_of,
+    command,
+    make_bundle,
+    publish_bundle,
+    sign,
+    wait_final,
+)
 
 CMD = Topics(FLEET, "dev-1").cmd
 
@@ -49,22 +60,6 @@ def next_bundle(service: Any, shipped: Path, tmp_path: Path, keys: dict, artifac
     version = service.slot.current.version + step
     directory = make_bundle(shipped / "edge-student", tmp_path / f"v{version}", version, keys["trusted_private"])
     return publish_bundle(directory, artifacts, f"v{version}.tar.gz")
-
-
-def artifacts_of(server: Any) -> tuple[Path, Any]:
-    return server.root, server
-
-
-def acted(observer: Any, command_id: str) -> list[str]:
-    """The statuses of ``command_id`` from acting on it: refusal acks (revision 0) left out, since a
-    forgery may borrow a real command's id."""
-    return [a["status"] for a in observer.of("cmd/ack") if a["command_id"] == command_id and a["revision"]]
-
-
-def wait_final(observer: Any, command_id: str, timeout: float = 30) -> str:
-    final = {"ACTIVE", "FAILED", "ROLLED_BACK", "IGNORED"}
-    observer.wait_for(lambda: final & set(acted(observer, command_id)), timeout)
-    return next(s for s in reversed(acted(observer, command_id)) if s in final)
 
 
 def test_poison_pills_and_forgeries_change_nothing_and_a_signed_command_still_succeeds(
@@ -341,7 +336,6 @@ def test_a_rotated_command_key_signs_nothing_and_its_successor_is_obeyed(
     # the rotation refuse the old key and act on the new one, with no new key file on the device.
     from edgecloud.shared.bundles.signing import generate_keypair, load_public_key
     from edgecloud.shared.bundles.trust import rotation_statement, write_rotation
-    from tests.edge.test_agent import Observer
 
     generate_keypair(tmp_path / "keys" / "command-2.key", tmp_path / "keys" / "command-2.pub")
     statement = rotation_statement(

@@ -8,8 +8,14 @@ import http.server
 import time
 from typing import Any
 
-from tests.edge.test_agent import ArtifactServer, command, make_bundle, publish_bundle
-from tests.security.test_device_commands import artifacts_of, wait_final
+from tests.helpers.device import (
+    ArtifactServer,
+    artifacts_of,
+    command,
+    make_bundle,
+    publish_bundle,
+    wait_final,
+)
 
 
 class _DrippingHandler(http.server.SimpleHTTPRequestHandler):

@@ -5,7 +5,6 @@ token) still reaches ACTIVE on the real device agent, over a real mosquitto."""
 from __future__ import annotations
 
 import hashlib
-import socket
 import time
 
 import httpx
@@ -16,14 +15,8 @@ from edgecloud.fleet.rollout import DeviceStatus, RolloutStatus
 from edgecloud.shared.bundles.artifacts import pack_bundle
 from edgecloud.shared.fleetlink.broker import BrokerSettings
 from edgecloud.shared.fleetlink.messages import Topics, encode
-from tests.edge.test_agent import FLEET, command, make_bundle, sign
-from tests.fleet.sim import wait_for
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests.helpers.device import FLEET, command, make_bundle, sign
+from tests.helpers.waiting import free_port, wait_for
 
 
 def test_after_forgeries_and_poison_a_signed_rollout_reaches_active(

@@ -17,7 +17,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from edgecloud.fleet.rollout import DeviceStatus, FixedBatches, RolloutStatus
 from edgecloud.shared.fleetlink.commands import CommandRejectedError, open_command
 from edgecloud.shared.fleetlink.messages import Birth, Command, Telemetry, Topics, encode
-from tests.fleet.sim import (
+from tests.helpers.sim_fleet import (
     FLEET,
     SIM_TRUST,
     assert_applied_exactly_once,
@@ -26,9 +26,9 @@ from tests.fleet.sim import (
     start_devices,
     start_manager,
     wait_devices_online,
-    wait_for,
     wait_status,
 )
+from tests.helpers.waiting import wait_for
 
 
 class Attacker:

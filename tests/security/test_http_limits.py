@@ -23,8 +23,8 @@ from edgecloud.fleet.api import MAX_JSON_BYTES, create_server, require_authentic
 from edgecloud.fleet.manager import FleetManager, FleetManagerConfig
 from edgecloud.fleet.rollout import FixedBatches, RolloutStatus
 from edgecloud.shared.base.errors import ConfigError
-from tests.edge.api.test_app import API_KEY, RunningDaemon, edge_config
-from tests.fleet.sim import (
+from tests.helpers.edge import API_KEY, RunningDaemon, edge_config
+from tests.helpers.sim_fleet import (
     command_key,
     make_archive,
     manager_config,

@@ -17,8 +17,7 @@ from edgecloud.shared.base.errors import InvalidInputError
 from edgecloud.shared.bundles.artifacts import pack_bundle
 from edgecloud.shared.bundles.signing import KeyRoleError, generate_keypair, key_id, load_private_key, load_public_key
 from edgecloud.shared.bundles.trust import rotation_statement, write_rotation
-from tests.edge.test_agent import acks_for, command, make_bundle, publish_bundle
-from tests.security.conftest import RecordingServer
+from tests.helpers.device import RecordingServer, acks_for, command, make_bundle, publish_bundle
 
 
 def policy(path: Path, keys: list[dict], rotations: list[str] = (), revoked: list[str] = ()) -> Path:  # type: ignore[assignment]

@@ -4,7 +4,6 @@ int8 student in onnxruntime and the real cloud Reasoner behind it."""
 from __future__ import annotations
 
 import json
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -17,57 +16,15 @@ import httpx
 import openai
 import pytest
 
-from edgecloud.edge.config import EdgeConfig
-from edgecloud.edge.daemon import create_daemon
 from edgecloud.edge.runtime import EdgeBundle
 from edgecloud.edge.service import EdgeService
-from edgecloud.shared.base.asgi import ThreadedServer
 from edgecloud.shared.bundles.manifest import load_manifest
-from tests.cloud.conftest import RunningServer, make_config
+from tests.helpers.cloud import RunningServer, make_config
+from tests.helpers.edge import API_KEY, TIMEOUT, RunningDaemon, edge_config, multi_step
+from tests.helpers.waiting import free_port, wait_until
 
 if TYPE_CHECKING:  # the cloud's model backend needs torch; edge-only installs run without it
     from edgecloud.cloud.transformers_engine import LoadedModel
-
-TIMEOUT = 120
-API_KEY = "test-api-key-0123456789"
-
-
-class RunningDaemon:
-    def __init__(self, config: EdgeConfig) -> None:
-        self.app, self.service = create_daemon(config)
-        self.server = ThreadedServer(self.app, lifespan="on", name="edge-daemon")
-        self.server.start(timeout=60)
-        self.url = self.server.url
-        self.http = httpx.Client(base_url=self.url, timeout=TIMEOUT)
-
-    def stop(self) -> None:
-        self.http.close()
-        self.server.stop(30)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture
-def cloud(teacher_dir: Path, teacher: LoadedModel, tmp_path: Path) -> Iterator[RunningServer]:
-    running = RunningServer(make_config(teacher_dir, tmp_path), loaded=teacher)
-    yield running
-    running.stop()
-
-
-def edge_config(shipped_base_models: Path, tmp_path: Path, **overrides: object) -> EdgeConfig:
-    config = EdgeConfig(
-        bundle=shipped_base_models / "edge-student",
-        device_id="dev-1",
-        port=0,
-        outbox=tmp_path / "outbox.sqlite3",
-        health_interval_s=0.2,
-        cloud_timeout_s=30,
-    )
-    return replace(config, **overrides)  # type: ignore[arg-type]
 
 
 @pytest.fixture
@@ -75,18 +32,6 @@ def daemon(shipped_base_models: Path, cloud: RunningServer, tmp_path: Path) -> I
     running = RunningDaemon(edge_config(shipped_base_models, tmp_path, cloud=f"127.0.0.1:{cloud.port}"))
     yield running
     running.stop()
-
-
-def wait_until(predicate, timeout: float = 30) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.05)
-
-
-def multi_step(teacher_dir: Path) -> tuple[str, str]:
-    case = load_manifest(teacher_dir).golden[0]  # "CALCULATE 74 + 59-58  - 13": four operators
-    return case.query, case.expected
 
 
 def test_edge_route_answers_locally(daemon: RunningDaemon) -> None:

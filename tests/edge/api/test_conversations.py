@@ -13,8 +13,8 @@ import openai
 import pytest
 
 from edgecloud.shared.escalations.records import read_escalations
-from tests.cloud.conftest import RunningServer, make_config
-from tests.edge.api.test_app import RunningDaemon, edge_config
+from tests.helpers.cloud import RunningServer, make_config
+from tests.helpers.edge import RunningDaemon, edge_config
 
 if TYPE_CHECKING:
     from edgecloud.cloud.transformers_engine import LoadedModel

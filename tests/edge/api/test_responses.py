@@ -12,10 +12,9 @@ import openai
 import pytest
 
 from edgecloud.edge.api.response_store import ResponseStore
-from tests.cloud.conftest import RunningServer
-from tests.edge.api.test_app import TIMEOUT, RunningDaemon, cloud, edge_config, multi_step, wait_until
-
-__all__ = ["cloud"]  # the fixture, shared with test_api
+from tests.helpers.cloud import RunningServer
+from tests.helpers.edge import TIMEOUT, RunningDaemon, edge_config, multi_step
+from tests.helpers.waiting import wait_until
 
 KEY_A = "tenant-a-key-0123456789"
 KEY_B = "tenant-b-key-0123456789"

@@ -1,4 +1,4 @@
-"""Simulated devices and fleet-manager helpers shared by the fleet tests.
+"""Simulated devices and fleet-manager helpers shared by the fleet, deploy, security and CLI tests.
 
 A simulated device is a small paho client: it publishes a retained birth on
 every connect (session counter + 1), opens each command as a real device does
@@ -14,7 +14,6 @@ import os
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +32,7 @@ from edgecloud.shared.bundles.signing import TrustStore
 from edgecloud.shared.fleetlink.broker import BrokerSettings
 from edgecloud.shared.fleetlink.commands import CommandRejectedError, open_command
 from edgecloud.shared.fleetlink.messages import AckStatus, Birth, Command, CommandAck, Telemetry, Topics, encode
+from tests.helpers.waiting import wait_for
 
 FLEET = "testfleet"
 SIM_KEY = Ed25519PrivateKey.generate()
@@ -51,16 +51,6 @@ def command_key(directory: Path) -> Path:
             )
         )
     return path
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 class SimDevice:

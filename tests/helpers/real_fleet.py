@@ -1,12 +1,9 @@
 """The fleet the end-to-end tests drive: a real mosquitto, the real fleet manager with its REST API
 and artifact server, and three real device agents, each with its own edge daemon on the shipped
-student bundle (fixtures in ``conftest.py``)."""
+student bundle (the fixture that starts it, ``make_fleet``, is in tests/e2e/conftest.py)."""
 
 from __future__ import annotations
 
-import socket
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,26 +17,11 @@ from edgecloud.shared.base.asgi import ThreadedServer
 from edgecloud.shared.bundles.artifacts import pack_bundle
 from edgecloud.shared.bundles.manifest import copy_bundle
 from edgecloud.shared.bundles.signing import load_private_key, sign_bundle
+from tests.helpers.waiting import wait_for
 
 FLEET = "e2e"
 DEVICES = ("dev-a1", "dev-a2", "dev-a3")
 LABELS = {"site": "a"}
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def signed_archive(source: Path, work: Path, version: int, key: Path) -> Path:
