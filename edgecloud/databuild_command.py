@@ -23,6 +23,7 @@ _DATA_ONLY = {
     "--name": "name",
     "--teacher": "teacher",
     "--teacher-steps": "teacher_steps",
+    "--label-max-new-tokens": "label_max_new_tokens",
     "--student": "student",
     "--keep-case": "keep_case",
 }
@@ -63,6 +64,14 @@ def add_data_build_arguments(build: argparse.ArgumentParser) -> None:
         "commands needs more rows and steps (docs/models.md)",
     )
     data.add_argument(
+        "--label-max-new-tokens",
+        type=int,
+        default=None,
+        metavar="N",
+        help="tokens the teacher may write per label (default: 1.5x the longest training target for a teacher "
+        "trained on the data, 1024 for --teacher); a batch runs until its longest label ends",
+    )
+    data.add_argument(
         "--student",
         type=Path,
         default=None,
@@ -96,6 +105,12 @@ def _teacher_recipe(args: argparse.Namespace):
     return replace(recipe, train=replace(recipe.train, steps=args.teacher_steps))
 
 
+def _label_max_new_tokens(args: argparse.Namespace) -> int | None:
+    if args.label_max_new_tokens is not None and args.label_max_new_tokens < 1:
+        raise ConfigError(f"--label-max-new-tokens must be >= 1, got {args.label_max_new_tokens}")
+    return args.label_max_new_tokens
+
+
 def build_from_data_command(args: argparse.Namespace) -> int:
     given = _given(args, _DEMO_ONLY)
     if given:
@@ -116,6 +131,7 @@ def build_from_data_command(args: argparse.Namespace) -> int:
         version=args.version,
         threads=args.threads,
         label_cache=args.label_cache,
+        label_max_new_tokens=_label_max_new_tokens(args),
         lowercase=False if args.keep_case else None,
     )
     summary = build_from_data(config)

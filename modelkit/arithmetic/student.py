@@ -36,8 +36,9 @@ import hashlib
 import json
 import logging
 import random
+import time
 import types
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -237,9 +238,11 @@ def label_with_teacher(
     batch_size: int = 512,
     desc: str = "teacher labels",
     max_new_tokens: int = 200,
+    on_batch: Callable[[list[int], list[Generation]], None] | None = None,
 ) -> list[Generation]:
     """The teacher's generation for each problem (or query text), thinking first (greedy, no budget).
-    Batches hold queries of similar length (a problem's k, then its expression's length)."""
+    Batches hold queries of similar length (a problem's k, then its expression's length); ``on_batch``
+    sees each batch's indices and generations as they come (to save progress)."""
     order = sorted(range(len(problems)), key=lambda i: _length_key(problems[i]))
     answers: list[Generation | None] = [None] * len(problems)
     with tqdm(total=len(problems), desc=desc, unit="q", dynamic_ncols=True, mininterval=2.0) as bar:
@@ -250,6 +253,8 @@ def label_with_teacher(
             gens = generate_batch(teacher, tokenizer, prompts, max_new_tokens=max_new_tokens)
             for i, gen in zip(chunk, gens, strict=True):
                 answers[i] = gen
+            if on_batch is not None:
+                on_batch(chunk, gens)
             bar.update(len(chunk))
     return answers  # type: ignore[return-value]  # every slot is filled
 
@@ -313,18 +318,48 @@ def cached_teacher_labels(
         len(missing),
     )
     if missing:
-        gens = label_with_teacher(
-            teacher, teacher_tokenizer, missing, batch_size=batch_size, max_new_tokens=max_new_tokens
+        saver = _LabelCacheSaver(cache_file, cached, missing)
+        label_with_teacher(
+            teacher,
+            teacher_tokenizer,
+            missing,
+            batch_size=batch_size,
+            max_new_tokens=max_new_tokens,
+            on_batch=saver.add,
         )
-        for problem, gen in zip(missing, gens, strict=True):
-            cached[problem if isinstance(problem, str) else problem.query] = [gen.answer_text, gen.answer_confidence]
-        if cache_file is not None:
-            cache_file.parent.mkdir(parents=True, exist_ok=True)
-            partial = cache_file.with_suffix(".partial")
-            partial.write_text(json.dumps(cached))
-            partial.replace(cache_file)
-            log.info("student: teacher labels cached in %s", cache_file)
+        saver.save()
     return [(cached[q][0], float(cached[q][1])) for q in queries]
+
+
+class _LabelCacheSaver:
+    """Adds each labelled batch to the cache and writes it every ``every_s`` seconds and at the end, so
+    a build stopped while labelling (an hour on a large dataset) loses at most that much work."""
+
+    every_s = 60.0
+
+    def __init__(self, cache_file: Path | None, cached: dict[str, list], pending: Sequence) -> None:
+        self.cache_file, self.cached, self.pending = cache_file, cached, pending
+        self.saved_at = time.monotonic()
+
+    def add(self, indices: list[int], gens: list[Generation]) -> None:
+        for i, gen in zip(indices, gens, strict=True):
+            problem = self.pending[i]
+            self.cached[problem if isinstance(problem, str) else problem.query] = [
+                gen.answer_text,
+                gen.answer_confidence,
+            ]
+        if time.monotonic() - self.saved_at >= self.every_s:
+            self.save()
+
+    def save(self) -> None:
+        if self.cache_file is None:
+            return
+        self.cache_file.parent.mkdir(parents=True, exist_ok=True)
+        partial = self.cache_file.with_suffix(".partial")
+        partial.write_text(json.dumps(self.cached))
+        partial.replace(self.cache_file)
+        self.saved_at = time.monotonic()
+        log.info("student: %d teacher labels cached in %s", len(self.cached), self.cache_file)
 
 
 def _label_pool(

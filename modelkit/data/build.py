@@ -119,6 +119,8 @@ class DataBuildConfig:
             raise ConfigError(f"calibration_confidence must be in [0.5, 1) or None, got {self.calibration_confidence}")
         if self.threads < 1 or self.int8_check_n < 1 or self.label_batch_size < 1:
             raise ConfigError("threads, int8_check_n and label_batch_size must be >= 1")
+        if self.label_max_new_tokens is not None and self.label_max_new_tokens < 1:
+            raise ConfigError(f"label_max_new_tokens must be >= 1, got {self.label_max_new_tokens}")
 
 
 def quick_data_recipes(config: DataBuildConfig) -> DataBuildConfig:

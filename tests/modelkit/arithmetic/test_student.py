@@ -8,11 +8,13 @@ from collections import Counter
 
 import pytest
 
+from edgecloud.modelkit.arithmetic import student as student_module
 from edgecloud.modelkit.arithmetic.student import (
     LabelledQuery,
     StudentData,
     StudentRecipe,
     _cached_labels,
+    cached_teacher_labels,
     select_labels,
     student_prompt,
 )
@@ -154,3 +156,28 @@ def test_labels_are_cached_per_teacher_and_query(tiny_teacher, tmp_path, caplog)
     with caplog.at_level("WARNING"):
         again = _cached_labels(teacher, tokenizer, problems[:4], recipe, tmp_path)
     assert [a for a, _ in again] == [a for a, _ in first] and "unreadable label cache" in caplog.text
+
+
+def test_a_build_stopped_while_labelling_keeps_the_batches_it_finished(tiny_teacher, tmp_path, monkeypatch) -> None:
+    """The cache is written as batches finish (every ``every_s``), so a stop loses at most that much."""
+    teacher, tokenizer = tiny_teacher
+    rng = random.Random(3)
+    problems = [make_problem(1, rng) for _ in range(6)]
+    real_generate = student_module.generate_batch
+    calls = {"n": 0}
+
+    def stops_on_the_third_batch(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real_generate(*args, **kwargs)
+
+    monkeypatch.setattr(student_module, "generate_batch", stops_on_the_third_batch)
+    monkeypatch.setattr(student_module._LabelCacheSaver, "every_s", 0.0)
+    with pytest.raises(KeyboardInterrupt):
+        cached_teacher_labels(teacher, tokenizer, problems, cache_dir=tmp_path, batch_size=2, max_new_tokens=8)
+    (cache_file,) = tmp_path.glob("teacher-labels-*.json")
+    assert len(json.loads(cache_file.read_text())) == 4, "two finished batches of two"
+    monkeypatch.setattr(student_module, "generate_batch", real_generate)
+    labels = cached_teacher_labels(teacher, tokenizer, problems, cache_dir=tmp_path, batch_size=2, max_new_tokens=8)
+    assert len(labels) == 6 and len(json.loads(cache_file.read_text())) == 6

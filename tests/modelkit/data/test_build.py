@@ -125,6 +125,7 @@ def _not_a_thinking_model(path: Path) -> Path:
         (["--name", "ok", "--reuse-teacher", "{plain}"], "--reuse-teacher"),
         (["--name", "ok", "--teacher-steps", "0"], "--teacher-steps must be >= 1"),
         (["--name", "ok", "--teacher-steps", "100"], "not with --teacher (none is trained) or --quick"),
+        (["--name", "ok", "--label-max-new-tokens", "0"], "--label-max-new-tokens must be >= 1"),
     ],
 )
 def test_bad_arguments_are_refused_before_training(
@@ -146,9 +147,10 @@ def test_teacher_steps_reach_the_teacher_s_recipe(tmp_path: Path, monkeypatch: p
     monkeypatch.setattr(databuild, "build_from_data", lambda config: seen.append(config) or {})
     data = _write_toy(tmp_path / "data")
     argv = ["models", "build", "--out", str(tmp_path / "out"), "--data", str(data), "--name", "ok"]
-    assert main([*argv, "--teacher-steps", "5000"]) == 0
+    assert main([*argv, "--teacher-steps", "5000", "--label-max-new-tokens", "300"]) == 0
     assert main(argv) == 0
     assert [c.teacher.train.steps for c in seen] == [5000, 2500]
+    assert [c.label_max_new_tokens for c in seen] == [300, None]
 
 
 def test_data_flags_need_data(caplog: pytest.LogCaptureFixture, tmp_path: Path) -> None:
