@@ -43,8 +43,8 @@ from pathlib import Path
 import numpy as np
 
 from edgecloud.cloud.budget import BudgetPolicy
-from edgecloud.cloud.dataset import EscalationLog, escalation_record
 from edgecloud.cloud.engine import EngineEvent, EngineEventKind, GenerationResult, Job, ReasoningEngine, Resume
+from edgecloud.cloud.escalation_log import EscalationLog, escalation_record
 from edgecloud.cloud.journal import EventJournal, resume_from
 from edgecloud.cloud.metrics import CloudMetrics
 from edgecloud.cloud.store import SessionStorage, StoredSession

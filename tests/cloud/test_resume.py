@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 
 from edgecloud.cloud.budget import BudgetPolicy
-from edgecloud.cloud.dataset import read_escalations
 from edgecloud.cloud.engine import EngineConfig, EngineEvent, EngineEventKind, Job, Resume
+from edgecloud.cloud.escalation_log import read_escalations
 from edgecloud.cloud.sessions import SessionConfig, SessionManager
 from edgecloud.cloud.store import Checkpoint, SessionStore
 from edgecloud.shared.reasoner.session import Event, EventKind, Message, Sampling, SessionStatus, ThinkParams

@@ -15,8 +15,8 @@ import zstandard
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from edgecloud.cloud.config import AuthConfig
-from edgecloud.cloud.dataset import read_escalations
 from edgecloud.cloud.engine import EngineConfig
+from edgecloud.cloud.escalation_log import read_escalations
 from edgecloud.cloud.store import SessionStore
 from edgecloud.cloud.transformers_engine import LoadedModel
 from edgecloud.modelkit.arithmetic.scratchpad import think_text

@@ -19,7 +19,6 @@ import numpy as np
 import pytest
 
 from edgecloud.cloud.budget import BudgetConfig, BudgetPolicy
-from edgecloud.cloud.dataset import read_escalations
 from edgecloud.cloud.engine import (
     EngineConfig,
     EngineEvent,
@@ -29,6 +28,7 @@ from edgecloud.cloud.engine import (
     ReasoningEngine,
     Resume,
 )
+from edgecloud.cloud.escalation_log import read_escalations
 from edgecloud.cloud.metrics import CloudMetrics
 from edgecloud.cloud.sessions import Session, SessionConfig, SessionManager
 from edgecloud.cloud.store import SessionStore
