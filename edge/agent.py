@@ -1,4 +1,4 @@
-"""The device's MQTT agent: birth and will, telemetry, and model deployments.
+"""The device's MQTT session: birth and will, telemetry, command intake and acks.
 
 On every connect the agent publishes a retained birth on ``.../state``
 (online, model, session counter) and registers a will that marks it offline;
@@ -6,17 +6,11 @@ it publishes telemetry on ``.../telemetry`` every few seconds and executes
 commands from ``.../cmd``, reporting each status transition on
 ``.../cmd/ack`` (QoS 1).
 
-A deployment: download the archive (resumable, size-capped) -> unpack safely
--> verify the Ed25519 signature against the configured keys, every file's
-hash, and that the version is newer than the serving one (or an explicit
-rollback to a version this device had) -> load it and run its golden
-self-test -> swap the model slot (in-flight requests finish on the old
-model) -> VERIFYING ("serving; watching") -> watch: if the error rate or the p99
-latency of local answers breaks the configured limits relative to the previous
-model, swap back and report ROLLED_BACK; else ACTIVE. ACTIVE comes only after
-the watch, so a staged rollout counts a device a success (and sends the next
-wave) only once its new model has proven itself. Any failure leaves the old
-model serving and reports FAILED with the reason.
+Each verified command goes to the deployer (:mod:`edgecloud.edge.deployer`: download, verify,
+self-test, swap, watch, roll back), one at a time on a worker thread; the session publishes every
+status it reports. The state both keep across restarts is typed in
+:class:`~edgecloud.edge.agent_state.AgentState`, saved by one
+:class:`~edgecloud.edge.agent_state.StateStore`.
 
 Commands are idempotent by id (a repeat gets its last status again) and a
 command with a deployment revision older than the newest acted on is ignored.
@@ -28,12 +22,6 @@ forged, another device's, expired, malformed, any payload at all) changes no sta
 with its reason and answered with a FAILED ack that names no rollout and revision 0, so a forger
 cannot fail a real delivery through the device; the fleet manager logs it. No payload can stop
 the MQTT loop.
-
-The revision floor moves only once a verified command is acted on (its model is swapped in): a
-command that fails leaves the device exactly as it was. A rollback goes only to a *proven*
-version: the one the daemon started serving, or one that passed its watch window here. With
-``fleet_origin`` set, bundles are downloaded only from that origin, the only place the artifact
-token is ever sent.
 """
 
 from __future__ import annotations
@@ -42,35 +30,24 @@ import logging
 import os
 import queue
 import resource
-import shutil
 import threading
 import time
-import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
 from opentelemetry.context import Context
 
-from edgecloud.edge.agent_state import StateStore, read_state
-from edgecloud.edge.runtime import EdgeBundle
+from edgecloud.edge.agent_state import AgentState, StateStore
+from edgecloud.edge.deployer import Deployer, origin_of, resume_bundle
 from edgecloud.edge.service import EdgeService
-from edgecloud.shared.base.errors import ConfigError, EdgecloudError
+from edgecloud.shared.base.errors import ConfigError
 from edgecloud.shared.base.tracing import context_from_metadata, tracer
 from edgecloud.shared.fleetlink.broker import BrokerSettings, connect_async, create_client, user_properties
 from edgecloud.shared.fleetlink.commands import CommandRejectedError, open_command
-from edgecloud.shared.fleetlink.messages import (
-    AckStatus,
-    Birth,
-    BundleRef,
-    Command,
-    CommandAck,
-    Telemetry,
-    Topics,
-    encode,
-)
+from edgecloud.shared.fleetlink.messages import AckStatus, Birth, Command, CommandAck, Telemetry, Topics, encode
 
-__all__ = ["AgentConfig", "DeviceAgent", "resume_bundle"]
+__all__ = ["AgentConfig", "DeviceAgent", "resume_bundle"]  # resume_bundle: the deployer's, for the daemon
 
 log = logging.getLogger(__name__)
 
@@ -136,50 +113,6 @@ class AgentConfig:
             raise ConfigError("download_timeout_s > 0, download_deadline_s > 0, download_min_rate_bps >= 0 required")
 
 
-def origin_of(url: str) -> tuple[str, str, int] | None:
-    """``(scheme, host, port)`` of an http(s) URL, the port made explicit; None when it has none.
-
-    Compared as a whole, like a browser's same-origin check: ``http://fleet@evil`` is evil's."""
-    try:
-        parts = urllib.parse.urlsplit(url)
-        port = parts.port
-    except ValueError:  # an unparsable or out-of-range port
-        return None
-    scheme = parts.scheme.lower()
-    if scheme not in ("http", "https") or not parts.hostname:
-        return None
-    return scheme, parts.hostname.lower(), port or (443 if scheme == "https" else 80)
-
-
-def resume_bundle(config: AgentConfig, fallback: Path) -> Path:
-    """The bundle a (re)starting daemon should serve: the last one the fleet deployed and
-    watched on this device, re-verified against the trusted keys, else ``fallback``.
-
-    Without this a reboot would silently undo a rollout. A deployed bundle that no longer
-    verifies (tampered, or its key no longer trusted) is not served: the daemon starts on
-    ``fallback`` and says why."""
-    from edgecloud.shared.bundles.signing import verify_signed_bundle
-    from edgecloud.shared.bundles.trust import load_trust
-
-    state, problem = read_state(Path(config.state_dir))
-    if problem:
-        log.error("agent state in %s: %s", config.state_dir, problem)
-    active = (state or {}).get("active")
-    if not active or Path(active).resolve() == Path(fallback).resolve():
-        return fallback
-    try:
-        # Its expiry and key were checked when it was installed: a device that reboots after the
-        # bundle expired or its key was rotated keeps serving what it had, rather than its factory
-        # model. A revoked key is another matter: nothing it signed is served.
-        trust = load_trust(config.trusted_keys)
-        manifest = verify_signed_bundle(active, trust, check_expiry=False, accept_retired=True)
-    except (EdgecloudError, OSError) as exc:
-        log.error("the fleet-deployed bundle %s does not verify (%s); serving %s instead", active, exc, fallback)
-        return fallback
-    log.info("resuming the fleet-deployed bundle %s v%d from %s", manifest.name, manifest.version, active)
-    return Path(active)
-
-
 class _RefusalBudget:
     """A token bucket for refusals: whoever can publish on a device's command topic must not turn
     it into an amplifier (an ack and a log line per forged message). ``burst`` refusals at once,
@@ -200,51 +133,33 @@ class _RefusalBudget:
         return False
 
 
-class _Failed(Exception):
-    """A deployment step failed; the message is the reason reported in the ack."""
-
-
 class DeviceAgent:
+    """The device's side of the fleet link: one MQTT session, its telemetry, and the commands it
+    takes in, verifies, hands to its :class:`~edgecloud.edge.deployer.Deployer` and acknowledges."""
+
     def __init__(self, config: AgentConfig, service: EdgeService) -> None:
         from edgecloud.shared.bundles.trust import load_trust
 
         self.config = config
         self.service = service
         self.topics = Topics(config.fleet, config.device_id)
-        self.trust = load_trust(config.trusted_keys)
         self.command_trust = load_trust(config.command_keys)
         if not len(self.command_trust):
             raise ConfigError("every trusted command key is revoked or retired: this device could act on no command")
-        self._fleet_origin = origin_of(config.fleet_origin) if config.fleet_origin else None
-        self.state_dir = Path(config.state_dir)
-        (self.state_dir / "bundles").mkdir(parents=True, exist_ok=True)
-        (self.state_dir / "downloads").mkdir(parents=True, exist_ok=True)
-        self._store = StateStore(self.state_dir)
-        self._state_file = self._store.file
-        self._state = self._store.state
-        current = service.slot.current
-        self._state.setdefault("installed", {})[str(current.version)] = str(current.directory)
-        # what a rollback may go to: the model this daemon starts on (its --bundle, or the last
-        # one that passed its watch here, see resume_bundle) and every one that passed a watch
-        self._proven = set(self._state.setdefault("proven", [])) | {current.version}
-        self._state["proven"] = sorted(self._proven)
-        # the version floor, per bundle name: the newest of that name that passed a watch here (or
-        # that this daemon starts on). A deploy of that name must be newer; a rollback may go to a
-        # proven version below it. Another name starts from its own floor.
-        self._floors: dict[str, int] = self._state.setdefault("floors", {})
-        self._raise_floor(current.manifest.name, current.version)
+        self.store = StateStore(Path(config.state_dir))
+        self._stop = threading.Event()
+        self.deployer = Deployer(config, service, self.store, report=self._ack, stopping=self._stop)
         self._commands: queue.Queue[tuple[Command, Context | None] | None] = queue.Queue()
         self._refusals = _RefusalBudget()
-        self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._connected = threading.Event()
         self._cpu_mark = (time.monotonic(), sum(os.times()[:2]))
         self.client = self._make_client()
 
-    # -- persistence -------------------------------------------------------------------
-
-    def _save_state(self) -> None:
-        self._store.save()
+    @property
+    def state(self) -> AgentState:
+        """The agent's durable state (the session's part and the deployer's), saved by ``store``."""
+        return self.store.state
 
     # -- MQTT --------------------------------------------------------------------------
 
@@ -256,7 +171,7 @@ class DeviceAgent:
                 device=self.config.device_id,
                 model_name=bundle.name,
                 model_version=bundle.version,
-                session=self._state["session"],
+                session=self.state.session,
                 capabilities=["deploy", "rollback", "telemetry"],
                 labels=dict(self.config.labels),
                 at=time.time(),
@@ -275,8 +190,8 @@ class DeviceAgent:
     def _on_pre_connect(self, client: mqtt.Client, _userdata: object) -> None:
         """Before every connect attempt: a new session number, and a will (the death
         certificate) that carries it and the model now served, like the birth will."""
-        self._state["session"] += 1
-        self._save_state()
+        self.state.session += 1
+        self.store.save()
         client.will_set(self.topics.state, self._birth(False), qos=1, retain=True)
 
     def _on_connect(self, client, _userdata, _flags, reason_code, _properties) -> None:  # type: ignore[no-untyped-def]
@@ -290,7 +205,7 @@ class DeviceAgent:
             "connected to %s as %s (session %d)",
             self.config.broker.address,
             self.config.device_id,
-            self._state["session"],
+            self.state.session,
         )
 
     def _on_disconnect(self, _client, _userdata, _flags, reason_code, _properties) -> None:  # type: ignore[no-untyped-def]
@@ -385,7 +300,7 @@ class DeviceAgent:
             outbox_depth=self.service.outbox.depth(),
             cpu_percent=100.0 * (cpu - cpu_then) / max(now - then, 1e-6),
             memory_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            state_problem=self._store.problem,
+            state_problem=self.store.problem,
         )
 
     def _telemetry_loop(self) -> None:
@@ -406,23 +321,11 @@ class DeviceAgent:
             rollout_id=command.rollout_id,
             at=time.time(),
         )
-        if status.final:
-            self._state["commands"][command.id] = ack.to_dict()
-            self._state.setdefault("command_expiry", {})[command.id] = command.expires_at
-            self._forget_expired_commands(time.time())
-            self._save_state()
+        if status.final:  # what a redelivery is answered with, until the command expires
+            self.state.record(command.id, ack.to_dict(), command.expires_at, time.time())
+            self.store.save()
         self.client.publish(self.topics.ack, encode(ack.to_dict()), qos=1)
         log.info("command %s (%s v%d): %s %s", command.id, command.type, command.bundle.version, status.value, reason)
-
-    def _forget_expired_commands(self, now: float) -> None:
-        """Drop the record of every command past its expiry: the broker may redeliver it, but an
-        expired command is refused (open_command, by this same clock) before its record is looked
-        up, so the record would answer nothing and the state would only grow."""
-        expiry, records = self._state["command_expiry"], self._state["commands"]
-        for command_id, expires_at in list(expiry.items()):
-            if expires_at and expires_at <= now:
-                del expiry[command_id]
-                records.pop(command_id, None)
 
     def _work(self) -> None:
         while True:
@@ -449,139 +352,8 @@ class DeviceAgent:
             return status
 
     def _handle(self, command: Command) -> AckStatus:
-        done = self._state["commands"].get(command.id)
+        done = self.state.commands.get(command.id)
         if done is not None:  # a redelivery: say again how it ended, do nothing twice
             self.client.publish(self.topics.ack, encode(done), qos=1)
             return AckStatus(done["status"])
-        if command.revision < self._state["newest_revision"]:
-            self._ack(
-                command,
-                AckStatus.IGNORED,
-                f"revision {command.revision} is older than {self._state['newest_revision']}",
-            )
-            return AckStatus.IGNORED
-        try:
-            bundle = self._install(command)
-        except (_Failed, EdgecloudError, OSError) as exc:  # the device is as it was, revision floor included
-            self._ack(command, AckStatus.FAILED, str(exc))
-            return AckStatus.FAILED
-        baseline = self.service.stats.summary(route="edge")  # the model's own latency, not the cloud's
-        with tracer().start_as_current_span("agent.swap", attributes={"edgecloud.bundle.version": bundle.version}):
-            swapped_at = time.monotonic()
-            old = self.service.swap(bundle)
-            # acted on: from now on an older revision is stale, whatever the watch decides
-            self._state["newest_revision"] = max(self._state["newest_revision"], command.revision)
-            self._state["installed"][str(bundle.version)] = str(bundle.directory)
-            self._save_state()
-        if self.config.watch_s > 0:  # serving, still on probation: a rollout must not count it a success yet
-            self._ack(
-                command, AckStatus.VERIFYING, f"serving v{bundle.version}; watching it for {self.config.watch_s:g} s"
-            )
-        with tracer().start_as_current_span("agent.watch"):
-            reason = self._watch(swapped_at, baseline.p99_ms)
-        if reason:
-            self.service.swap(old)
-            self._ack(command, AckStatus.ROLLED_BACK, reason)
-            return AckStatus.ROLLED_BACK
-        self.service.slot.wait_idle(old, timeout=30)  # then the old model is released
-        self._state["active"] = str(bundle.directory)  # what a restarted daemon serves: see resume_bundle
-        self._proven.add(bundle.version)  # passed its watch: a version a rollback may go back to
-        self._state["proven"] = sorted(self._proven)
-        self._raise_floor(bundle.manifest.name, bundle.version)
-        self._save_state()
-        self._ack(command, AckStatus.ACTIVE, "watch window passed" if self.config.watch_s > 0 else "")
-        return AckStatus.ACTIVE
-
-    def _raise_floor(self, name: str, version: int) -> None:
-        self._floors[name] = max(int(self._floors.get(name, 0)), version)
-
-    def _install(self, command: Command) -> EdgeBundle:
-        ref = command.bundle
-        if command.type == "rollback" and ref.version not in self._proven:
-            if ref.version in {int(v) for v in self._state["installed"]}:
-                raise _Failed(f"rollback to v{ref.version}, which never passed its watch window on this device")
-            raise _Failed(f"rollback to v{ref.version}, which this device never had")
-        if self._fleet_origin is not None and origin_of(ref.url) != self._fleet_origin:
-            raise _Failed(
-                f"bundle url {ref.url[:120]!r} is not on the fleet origin {self.config.fleet_origin}; "
-                "refusing to download from it"
-            )
-        self._ack(command, AckStatus.DOWNLOADING)
-        if ref.size > self.config.max_bundle_bytes:
-            raise _Failed(f"bundle of {ref.size} bytes exceeds the limit of {self.config.max_bundle_bytes}")
-        archive = self.state_dir / "downloads" / f"{ref.sha256}.tar.gz"
-        headers = {"Authorization": f"Bearer {self.config.artifact_token}"} if self.config.artifact_token else None
-        with tracer().start_as_current_span("agent.download", attributes={"edgecloud.bytes": ref.size}):
-            self._download(ref, archive, headers)
-        with tracer().start_as_current_span("agent.verify"):
-            return self._verify(command, ref, archive)
-
-    def _download(self, ref: BundleRef, archive: Path, headers: dict[str, str] | None) -> None:
-        from edgecloud.shared.bundles.download import download
-
-        download(
-            ref.url,
-            archive,
-            expected_sha256=ref.sha256,
-            max_bytes=self.config.max_bundle_bytes,
-            timeout_s=self.config.download_timeout_s,
-            headers=headers,
-            deadline_s=self.config.download_deadline_s,
-            min_rate_bps=self.config.download_min_rate_bps,
-        )
-
-    def _verify(self, command: Command, ref: BundleRef, archive: Path) -> EdgeBundle:
-        from edgecloud.shared.bundles.artifacts import unpack_bundle
-        from edgecloud.shared.bundles.signing import verify_signed_bundle
-
-        self._ack(command, AckStatus.VERIFYING)
-        staging = self.state_dir / "bundles" / f".incoming-{command.id}"
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir(parents=True)
-        try:
-            directory = unpack_bundle(archive, staging, max_total_bytes=4 * self.config.max_bundle_bytes)
-            manifest = verify_signed_bundle(
-                directory,
-                self.trust,
-                installed_version=int(self._floors.get(ref.name, 0)),
-                allow_rollback_to=frozenset(self._proven) if command.type == "rollback" else frozenset(),
-            )
-            if (manifest.kind, manifest.name, manifest.version) != ("edge", ref.name, ref.version):
-                raise _Failed(
-                    f"the archive holds {manifest.kind} bundle {manifest.name} v{manifest.version}, "
-                    f"not edge {ref.name} v{ref.version}"
-                )
-            final = self.state_dir / "bundles" / f"{manifest.name}-v{manifest.version}-{ref.sha256[:12]}"
-            if not final.exists():
-                os.replace(directory, final)
-            bundle = EdgeBundle.load(final, threads=self.service.config.threads)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-            archive.unlink(missing_ok=True)
-        for case in bundle.manifest.golden:
-            got = bundle.model.answer(case.query).text
-            if got != case.expected:
-                raise _Failed(f"self-test failed: {case.query!r} gave {got!r}, expected {case.expected!r}")
-        return bundle
-
-    def _watch(self, since: float, previous_p99_ms: float) -> str:
-        """A reason to roll back, or '' when the new model behaved through the watch window."""
-        c = self.config
-        deadline = since + c.watch_s
-        while not self._stop.wait(min(0.5, max(0.0, deadline - time.monotonic()))):
-            window = self.service.stats.summary(since=since)
-            if window.requests >= c.watch_min_requests and window.error_rate > c.max_error_rate:
-                return (
-                    f"error rate {window.error_rate:.1%} over {window.requests} requests exceeds {c.max_error_rate:.1%}"
-                )
-            # latency of the answers the model gave itself: escalations wait on the cloud, not on it
-            local = self.service.stats.summary(since=since, route="edge")
-            limit = c.max_p99_ratio * previous_p99_ms + c.p99_allowance_ms
-            if local.requests >= c.watch_min_requests and previous_p99_ms and local.p99_ms > limit:
-                return (
-                    f"p99 latency of local answers {local.p99_ms:.1f} ms exceeds {limit:.1f} ms "
-                    f"(previous model {previous_p99_ms:.1f} ms)"
-                )
-            if time.monotonic() >= deadline:
-                return ""
-        return ""
+        return self.deployer.deploy(command)

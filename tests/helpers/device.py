@@ -1,26 +1,31 @@
 """A device agent under test, and what drives it as the fleet would: signed commands, an observer of
 the fleet's MQTT topics (that signs and sends commands too), signed bundles served over HTTP by an
-artifact server (one that records each request's Authorization header for the attack tests), and
-the agent's config on a test broker."""
+artifact server (one that records each request's Authorization header for the attack tests), the
+agent's config on a test broker, its keys, and a started agent on the shipped bundle."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import http.server
 import json
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from edgecloud.edge.agent import AgentConfig
+from edgecloud.edge.agent import AgentConfig, DeviceAgent
+from edgecloud.edge.config import EdgeConfig
+from edgecloud.edge.daemon import create_daemon
+from edgecloud.edge.service import EdgeService
 from edgecloud.shared.bundles.artifacts import pack_bundle
 from edgecloud.shared.bundles.manifest import copy_bundle, load_manifest
-from edgecloud.shared.bundles.signing import load_private_key, sign_bundle
+from edgecloud.shared.bundles.signing import generate_keypair, load_private_key, sign_bundle
 from edgecloud.shared.fleetlink.broker import BrokerSettings
 from edgecloud.shared.fleetlink.commands import sign_command
 from edgecloud.shared.fleetlink.messages import Command, Topics, encode
@@ -182,3 +187,47 @@ def wait_final(observer: Any, command_id: str, timeout: float = 30) -> str:
     final = {"ACTIVE", "FAILED", "ROLLED_BACK", "IGNORED"}
     observer.wait_for(lambda: final & set(acted(observer, command_id)), timeout)
     return next(s for s in reversed(acted(observer, command_id)) if s in final)
+
+
+def make_keys(folder: Path, names: tuple[str, ...] = ("trusted", "rogue", "command")) -> dict[str, Path]:
+    """A key pair per name in ``folder``: ``{name}_private`` and ``{name}_public``."""
+    paths = {}
+    for name in names:
+        paths[f"{name}_private"] = folder / f"{name}.key"
+        paths[f"{name}_public"] = folder / f"{name}.pub"
+        generate_keypair(paths[f"{name}_private"], paths[f"{name}_public"])
+    return paths
+
+
+@contextlib.contextmanager
+def serving_artifacts(tmp_path: Path) -> Iterator[tuple[Path, ArtifactServer]]:
+    """An artifact server over ``tmp_path/artifacts``, and that folder."""
+    root = tmp_path / "artifacts"
+    root.mkdir()
+    server = ArtifactServer(root)
+    try:
+        yield root, server
+    finally:
+        server.close()
+
+
+@contextlib.contextmanager
+def running_device(
+    shipped_models: Path, tmp_path: Path, broker: Any, keys: dict[str, Path]
+) -> Iterator[tuple[DeviceAgent, EdgeService, Observer]]:
+    """A started, connected agent ("dev-1") over an edge daemon on the shipped bundle, and an
+    observer of the fleet's topics that signs with the fleet's command key."""
+    _app, service = create_daemon(
+        EdgeConfig(bundle=shipped_models / "edge-student", outbox=tmp_path / "outbox.sqlite3")
+    )
+    agent = DeviceAgent(agent_config(tmp_path, broker, keys), service)
+    agent.start()
+    try:
+        assert agent.wait_connected(10)
+        observer = Observer(broker, keys["command_private"])
+        try:
+            yield agent, service, observer
+        finally:
+            observer.close()
+    finally:
+        agent.stop()

@@ -52,8 +52,8 @@ def refusals(observer: Any) -> list[dict]:
     return [a for a in observer.of("cmd/ack") if a["status"] == "FAILED" and a["revision"] == 0 and not a["rollout_id"]]
 
 
-def snapshot(agent: Any) -> tuple[bytes, dict]:
-    return agent._state_file.read_bytes(), copy.deepcopy(agent._state)
+def snapshot(agent: Any) -> tuple[bytes, Any]:
+    return agent.store.file.read_bytes(), copy.deepcopy(agent.state)
 
 
 def next_bundle(service: Any, shipped: Path, tmp_path: Path, keys: dict, artifacts: Any, step: int = 1) -> dict:
@@ -127,7 +127,7 @@ def test_poison_pills_and_forgeries_change_nothing_and_a_signed_command_still_su
     assert wait_final(observer, good["id"]) == "ACTIVE"
     assert acted(observer, good["id"])[:2] == ["DOWNLOADING", "VERIFYING"]
     assert service.slot.current.version == bundle["version"]
-    assert agent._state["newest_revision"] == 10
+    assert agent.state.newest_revision == 10
 
 
 def test_a_failed_command_at_a_huge_revision_does_not_freeze_the_device(
@@ -148,12 +148,12 @@ def test_a_failed_command_at_a_huge_revision_does_not_freeze_the_device(
     assert wait_final(observer, highest["id"]) == "FAILED"
     reason = [a for a in observer.of("cmd/ack") if a["command_id"] == highest["id"]][-1]["reason"]
     assert "never had" in reason
-    assert agent._state["newest_revision"] == 0
+    assert agent.state.newest_revision == 0
 
     real = command(bundle, revision=10)
     observer.send(real)
     assert wait_final(observer, real["id"]) == "ACTIVE"
-    assert service.slot.current.version == bundle["version"] and agent._state["newest_revision"] == 10
+    assert service.slot.current.version == bundle["version"] and agent.state.newest_revision == 10
 
 
 def test_a_captured_command_replayed_is_not_applied_twice_and_is_refused_once_expired(
@@ -183,12 +183,12 @@ def test_a_captured_command_replayed_is_not_applied_twice_and_is_refused_once_ex
 
     # The next command that ends forgets the expired one's record: it can answer nothing now, and
     # the state does not grow with every command a device ever had.
-    assert deploy["id"] in agent._state["commands"]
+    assert deploy["id"] in agent.state.commands
     unknown = command({**bundle, "version": 99}, revision=6, kind="rollback")
     observer.send(unknown)
     assert wait_final(observer, unknown["id"]) == "FAILED"
-    assert deploy["id"] not in agent._state["commands"] and unknown["id"] in agent._state["commands"]
-    assert set(agent._state["command_expiry"]) == {unknown["id"]}
+    assert deploy["id"] not in agent.state.commands and unknown["id"] in agent.state.commands
+    assert set(agent.state.command_expiry) == {unknown["id"]}
 
 
 def test_a_rollback_goes_only_to_a_version_that_passed_its_watch(
@@ -215,7 +215,7 @@ def test_a_rollback_goes_only_to_a_version_that_passed_its_watch(
     assert wait_final(observer, to_bad["id"]) == "FAILED"
     reason = [a for a in observer.of("cmd/ack") if a["command_id"] == to_bad["id"]][-1]["reason"]
     assert "never passed its watch window" in reason
-    assert service.slot.current.version == good["version"] and agent._state["newest_revision"] == 4
+    assert service.slot.current.version == good["version"] and agent.state.newest_revision == 4
 
     # the version the daemon started on is proven: rolling back to it works
     original = publish_bundle(
@@ -227,7 +227,7 @@ def test_a_rollback_goes_only_to_a_version_that_passed_its_watch(
     observer.send(to_start)
     assert wait_final(observer, to_start["id"]) == "ACTIVE"
     assert service.slot.current.version == start
-    assert sorted(agent._state["proven"]) == [start, good["version"]]
+    assert agent.state.proven == {start, good["version"]}
 
 
 def test_the_artifact_token_goes_only_to_the_fleet_origin(make_device, shipped_models, tmp_path, keys, servers) -> None:  # type: ignore[no-untyped-def]
@@ -242,7 +242,7 @@ def test_the_artifact_token_goes_only_to_the_fleet_origin(make_device, shipped_m
     reason = [a for a in observer.of("cmd/ack") if a["command_id"] == off_origin["id"]][-1]["reason"]
     assert "is not on the fleet origin" in reason
     assert elsewhere.authorizations == []  # not even a request, so no token
-    assert service.slot.current is before and agent._state["newest_revision"] == 0
+    assert service.slot.current is before and agent.state.newest_revision == 0
 
     assert elsewhere.url.split(":")[1] == fleet.url.split(":")[1]  # same host, another port: another origin
 
@@ -268,14 +268,14 @@ def test_the_version_floor_is_per_bundle_name_and_an_old_release_of_either_is_re
     agent, service, observer = make_device()
     artifacts = artifacts_of(servers("artifacts"))
     start, name = service.slot.current.version, service.slot.current.manifest.name
-    assert agent._state["floors"] == {name: start}
+    assert agent.state.floors == {name: start}
 
     # Another name starts from its own floor: v1 of it installs on a device serving v{start} of this one.
     other = renamed_bundle(shipped_models, tmp_path / "other-v1", "other-student", 1, keys["trusted_private"])
     to_other = command(publish_bundle(other, artifacts, "other-v1.tar.gz"), revision=3)
     observer.send(to_other)
     assert wait_final(observer, to_other["id"]) == "ACTIVE"
-    assert agent._state["floors"] == {name: start, "other-student": 1}
+    assert agent.state.floors == {name: start, "other-student": 1}
 
     # Back to the first name: an old signed release of it (a deploy, not a rollback) is below its floor.
     old = make_bundle(shipped_models / "edge-student", tmp_path / "old", start - 1, keys["trusted_private"])
@@ -299,7 +299,7 @@ def test_the_version_floor_is_per_bundle_name_and_an_old_release_of_either_is_re
     deploy = command(newer, revision=6)
     observer.send(deploy)
     assert wait_final(observer, deploy["id"]) == "ACTIVE"
-    assert agent._state["floors"] == {name: start + 1, "other-student": 1}
+    assert agent.state.floors == {name: start + 1, "other-student": 1}
 
 
 def test_a_flood_of_forged_commands_gets_a_bounded_number_of_acks_and_a_real_command_still_succeeds(
@@ -360,7 +360,7 @@ def test_a_rotated_command_key_signs_nothing_and_its_successor_is_obeyed(
     observer.wait_for(lambda: any(stale["id"] == a["command_id"] for a in refusals(observer)))
     reason = next(a["reason"] for a in refusals(observer) if a["command_id"] == stale["id"])
     assert f"retired by a rotation to key {statement['new_key_id']}" in reason, reason
-    assert agent._state["newest_revision"] == 0
+    assert agent.state.newest_revision == 0
 
     rotated = Observer(mqtt_broker, tmp_path / "keys" / "command-2.key")
     try:

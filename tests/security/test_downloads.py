@@ -53,7 +53,7 @@ def test_a_dripping_artifact_server_cannot_hold_the_agent_past_its_download_dead
         assert time.monotonic() - started < 10
         reason = [a for a in observer.of("cmd/ack") if a["command_id"] == held["id"]][-1]["reason"]
         assert "deadline of 3 s" in reason, reason
-        assert service.slot.current is before and agent._state["newest_revision"] == 0
+        assert service.slot.current is before and agent.state.newest_revision == 0
 
         # The same bundle from a server that answers at speed: the next command goes through.
         fast = servers("fast")

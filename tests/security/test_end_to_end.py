@@ -64,7 +64,7 @@ def test_after_forgeries_and_poison_a_signed_rollout_reaches_active(
         wait_for(lambda: manager.get_rollout(rollout.id).status is RolloutStatus.COMPLETED, 45, "the rollout")
         assert manager.get_rollout(rollout.id).devices["dev-1"].deploy.status is DeviceStatus.ACTIVE
         assert service.slot.current.version == version
-        assert agent._state["newest_revision"] == rollout.spec.revision  # the forged 2**53 moved nothing
+        assert agent.state.newest_revision == rollout.spec.revision  # the forged 2**53 moved nothing
         assert agent.client._thread is not None and agent.client._thread.is_alive()
         # The archive the device fetched with the token, refused to anyone without it.
         assert httpx.get(bundle["url"]).status_code == 401
