@@ -24,6 +24,7 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -116,7 +117,7 @@ def plot(report: dict, path: Path) -> None:
     plot_before_after(report, "per_k", title, path)
 
 
-def main() -> int:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--collect", type=int, default=20000, help="queries whose escalations train the new student")
     parser.add_argument("--fresh", type=int, default=2000, help="fresh queries before and after")
@@ -141,7 +142,158 @@ def main() -> int:
         help="measure the edge-student that an earlier run's `models improve` wrote in DIR (with --log, "
         "the log it was trained on) instead of training again",
     )  # fmt: skip
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+@dataclass
+class Turn:
+    """What one turn measured: the fresh queries' results before, cloud-only and after, and the rest."""
+
+    training_log: Path
+    before: list
+    cloud_only: list
+    summary: dict
+    after: list
+    latency: dict
+    timings: dict[str, float]
+
+
+def collect_log(
+    args: argparse.Namespace,
+    server: RunningServer,
+    base: Path,
+    collect: list[Problem],
+    work: Path,
+    escalation_log: Path,
+    timings: dict[str, float],
+) -> Path:
+    """The escalation log ``collect`` left, copied aside as the training log."""
+    t = time.monotonic()
+    edge_traffic(base, server, collect, args.concurrency, work)
+    timings["collect_s"] = time.monotonic() - t
+    # The log goes on growing with the fresh queries' escalations: train on what the collection wrote.
+    training_log = work / "training.jsonl"
+    shutil.copyfile(escalation_log, training_log)
+    log.info("collected %s in %.0f s", training_log, timings["collect_s"])
+    return training_log
+
+
+def improve(args: argparse.Namespace, base: Path, training_log: Path, work: Path, refused: dict) -> dict | None:
+    """``models improve`` on the log (or the summary of an earlier run's bundle, given ``--improved``);
+    None if the gate refused the new student, with its verdict and ``refused`` written and printed."""
+    if args.improved is not None:
+        return _reused_summary(base, args.improved / "edge-student")
+    t = time.monotonic()
+    try:
+        return improve_student(
+            ImproveConfig(
+                logs=(training_log,),
+                bundle=base,
+                out=work / "improved",
+                steps=args.steps,
+                student=args.student,
+                threads=args.threads,
+                learn_reasoning={"auto": None, "yes": True, "no": False}[args.learn_reasoning],
+            )
+        )
+    except GateFailedError as exc:  # nothing to roll out: record the gate's verdict and the before
+        timings = {**refused.pop("timings_s"), "improve_s": time.monotonic() - t}
+        refused = {"refused_by_gate": str(exc), "gate": exc.result.summary(), **refused, "timings_s": timings}
+        refused |= {"learn_reasoning": args.learn_reasoning, "student": args.student, "steps": args.steps}
+        (args.out / "closed_loop.json").write_text(json.dumps(refused, indent=2, default=str))
+        print(json.dumps(refused, indent=2, default=str))
+        return None
+
+
+def turn(
+    args: argparse.Namespace,
+    server: RunningServer,
+    base: Path,
+    problems: tuple[list[Problem], list[Problem]],
+    work: Path,
+    escalation_log: Path,
+) -> Turn | int:
+    """Collect (unless ``--log``), measure before, improve, measure after; an exit code where it stops early."""
+    collect, fresh = problems
+    timings: dict[str, float] = {}
+    if args.log is None:
+        training_log = collect_log(args, server, base, collect, work, escalation_log, timings)
+        if args.collect_only:
+            return 0
+    else:
+        training_log = args.log
+    t = time.monotonic()
+    before = edge_traffic(base, server, fresh, args.concurrency, work)
+    # The cloud on every query at its full budget: the strongest baseline. (On `cloud` routing the
+    # edge's hint still sizes the budget, and a simple query's hint starves the teacher's scratchpad.)
+    cloud_only = edge_traffic(
+        base, server, fresh, args.concurrency, work, route=Requested.CLOUD, budget=CLOUD_ONLY_BUDGET
+    )
+    timings["before_s"] = time.monotonic() - t
+    t = time.monotonic()
+    refused = {
+        "before": _phase(fresh, before),
+        "cloud_only_accuracy": _phase(fresh, cloud_only)["accuracy"],
+        "timings_s": timings,
+    }
+    summary = improve(args, base, training_log, work, refused)
+    if summary is None:
+        return 1
+    if args.improved is None:
+        timings["improve_s"] = time.monotonic() - t
+    new_bundle = (args.improved or work / "improved") / "edge-student"
+    t = time.monotonic()
+    after = edge_traffic(new_bundle, server, fresh, args.concurrency, work)
+    timings["after_s"] = time.monotonic() - t
+    latency = {"before": _edge_latency_by_k(base, fresh), "after": _edge_latency_by_k(new_bundle, fresh)}
+    return Turn(training_log, before, cloud_only, summary, after, latency, timings)
+
+
+IMPROVE_FIELDS = (
+    "records_read",
+    "records_used",
+    "records_dropped",
+    "lines_skipped",
+    "learn_reasoning",
+    "replay_examples",
+    "student",
+    "schedule",
+    "parameters",
+    "gate",
+    "seconds",
+)
+"""What the report keeps of ``models improve``'s summary."""
+
+
+def report_of(args: argparse.Namespace, done: Turn, fresh: list[Problem], measured: dict) -> dict:
+    """The JSON of a whole turn; ``measured``: wall time, load and busy CPU around it."""
+    cloud_acc = _phase(fresh, done.cloud_only)["accuracy"]
+    summary = done.summary
+    report = {
+        "collect": args.collect,
+        "fresh": args.fresh,
+        "training_log": str(done.training_log),
+        "learn_reasoning": args.learn_reasoning,
+        "steps": args.steps,
+        "base_version": summary["base"]["version"],
+        "new_version": summary["version"],
+        "before": _phase(fresh, done.before),
+        "after": _phase(fresh, done.after),
+        "cloud_only_accuracy": cloud_acc,
+        "edge_latency_by_k": done.latency,
+        "improve": summary.get("reused") or {k: summary[k] for k in IMPROVE_FIELDS},
+        "timings_s": done.timings,
+        **measured,
+        "machine": machine_info(args.threads),
+    }
+    for phase in ("before", "after"):
+        report[phase]["share_of_cloud_accuracy"] = report[phase]["accuracy"] / cloud_acc if cloud_acc else None
+    report["escalation_drop_points"] = 100 * (report["before"]["escalation_rate"] - report["after"]["escalation_rate"])
+    return report
+
+
+def main() -> int:
+    args = parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     for name in ("closed_loop", "edgecloud.modelkit"):
         logging.getLogger(name).setLevel(logging.INFO)
@@ -162,105 +314,18 @@ def main() -> int:
             sessions=SessionConfig(escalation_log=None if args.log else escalation_log, result_cache_size=0),
         )
         try:
-            timings = {}
-            if args.log is None:
-                t = time.monotonic()
-                edge_traffic(base, server, collect, args.concurrency, work)
-                timings["collect_s"] = time.monotonic() - t
-                # The log goes on growing with the fresh queries' escalations: train on what the collection wrote.
-                training_log = work / "training.jsonl"
-                shutil.copyfile(escalation_log, training_log)
-                log.info("collected %s in %.0f s", training_log, timings["collect_s"])
-                if args.collect_only:
-                    return 0
-            else:
-                training_log = args.log
-            t = time.monotonic()
-            before = edge_traffic(base, server, fresh, args.concurrency, work)
-            # The cloud on every query at its full budget: the strongest baseline. (On `cloud` routing the
-            # edge's hint still sizes the budget, and a simple query's hint starves the teacher's scratchpad.)
-            cloud_only = edge_traffic(
-                base, server, fresh, args.concurrency, work, route=Requested.CLOUD, budget=CLOUD_ONLY_BUDGET
-            )
-            timings["before_s"] = time.monotonic() - t
-            t = time.monotonic()
-            if args.improved is not None:
-                summary = _reused_summary(base, args.improved / "edge-student")
-            else:
-                try:
-                    summary = improve_student(
-                        ImproveConfig(
-                            logs=(training_log,),
-                            bundle=base,
-                            out=work / "improved",
-                            steps=args.steps,
-                            student=args.student,
-                            threads=args.threads,
-                            learn_reasoning={"auto": None, "yes": True, "no": False}[args.learn_reasoning],
-                        )
-                    )
-                except GateFailedError as exc:  # nothing to roll out: record the gate's verdict and the before
-                    refused = {
-                        "refused_by_gate": str(exc),
-                        "gate": exc.result.summary(),
-                        "before": _phase(fresh, before),
-                        "cloud_only_accuracy": _phase(fresh, cloud_only)["accuracy"],
-                        "timings_s": {**timings, "improve_s": time.monotonic() - t},
-                        "learn_reasoning": args.learn_reasoning,
-                        "student": args.student,
-                        "steps": args.steps,
-                    }
-                    (args.out / "closed_loop.json").write_text(json.dumps(refused, indent=2, default=str))
-                    print(json.dumps(refused, indent=2, default=str))
-                    return 1
-                timings["improve_s"] = time.monotonic() - t
-            new_bundle = (args.improved or work / "improved") / "edge-student"
-            t = time.monotonic()
-            after = edge_traffic(new_bundle, server, fresh, args.concurrency, work)
-            timings["after_s"] = time.monotonic() - t
-            latency = {"before": _edge_latency_by_k(base, fresh), "after": _edge_latency_by_k(new_bundle, fresh)}
+            done = turn(args, server, base, (collect, fresh), work, escalation_log)
         finally:
             server.stop()
-    cloud_acc = _phase(fresh, cloud_only)["accuracy"]
-    report = {
-        "collect": args.collect,
-        "fresh": args.fresh,
-        "training_log": str(training_log),
-        "learn_reasoning": args.learn_reasoning,
-        "steps": args.steps,
-        "base_version": summary["base"]["version"],
-        "new_version": summary["version"],
-        "before": _phase(fresh, before),
-        "after": _phase(fresh, after),
-        "cloud_only_accuracy": cloud_acc,
-        "edge_latency_by_k": latency,
-        "improve": summary.get("reused")
-        or {
-            k: summary[k]
-            for k in (
-                "records_read",
-                "records_used",
-                "records_dropped",
-                "lines_skipped",
-                "learn_reasoning",
-                "replay_examples",
-                "student",
-                "schedule",
-                "parameters",
-                "gate",
-                "seconds",
-            )
-        },
-        "timings_s": timings,
+    if isinstance(done, int):
+        return done
+    measured = {
         "wall_s": time.monotonic() - started,
         "load_before": load_before,
         "load_after": os.getloadavg()[0],
         "busy_cpu_s": busy_cpu_s() - busy_before,
-        "machine": machine_info(args.threads),
     }
-    for phase in ("before", "after"):
-        report[phase]["share_of_cloud_accuracy"] = report[phase]["accuracy"] / cloud_acc if cloud_acc else None
-    report["escalation_drop_points"] = 100 * (report["before"]["escalation_rate"] - report["after"]["escalation_rate"])
+    report = report_of(args, done, fresh, measured)
     (args.out / "closed_loop.json").write_text(json.dumps(report, indent=2, default=str))
     plot(report, args.out / "closed_loop.png")
     print(json.dumps(report, indent=2, default=str))

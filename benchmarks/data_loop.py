@@ -99,6 +99,52 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
+def improve(args: argparse.Namespace, base: Path, training_log: Path, work: Path, refused: dict) -> dict | int:
+    """``models improve`` on the log, on the base's data; an exit code if it failed: 1 when the gate
+    refused the new student (its verdict and ``refused`` written and printed), 2 for any other error."""
+    config = ImproveConfig(
+        logs=(training_log,),
+        bundle=base,
+        out=work / "improved",
+        steps=args.steps,
+        lr=args.lr,
+        threads=args.threads,
+        data=args.data,
+    )
+    try:
+        return improve_student(config)
+    except EdgecloudError as exc:
+        if not isinstance(exc, GateFailedError):
+            print(f"error: models improve: {exc}", file=sys.stderr)
+            return 2
+        refused = {"refused_by_gate": str(exc), "gate": exc.result.summary(), **refused}
+        (args.out / "data_loop.json").write_text(json.dumps(refused, indent=2, default=str))
+        print(json.dumps(refused, indent=2, default=str))
+        return 1
+
+
+def report_of(args: argparse.Namespace, task: str, rule: str, base: Path, phases: dict, summary: dict) -> dict:
+    """The JSON of a whole turn; ``phases``: before, after, cloud (figures of each pass)."""
+    before, after, cloud = phases["before"], phases["after"], phases["cloud"]
+    cloud_accuracy = float(cloud["accuracy"])
+    for phase in (before, after):
+        phase["share_of_cloud_accuracy"] = float(phase["accuracy"]) / cloud_accuracy if cloud_accuracy else None
+    return {
+        "task": task,
+        "answer_match": rule,
+        "collect": args.collect if args.log is None else str(args.log),
+        "fresh": args.fresh,
+        "base_version": load_manifest(base).version,
+        "new_version": summary["version"],
+        "before": before,
+        "after": after,
+        "cloud_only": cloud,
+        "escalation_drop_points": 100 * (float(before["escalation_rate"]) - float(after["escalation_rate"])),
+        "accuracy_change_points": 100 * (float(after["accuracy"]) - float(before["accuracy"])),
+        "improve": {k: summary.get(k) for k in ("records_read", "records_used", "records_dropped", "gate", "seconds")},
+    }
+
+
 def main() -> int:
     args = parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -136,25 +182,9 @@ def main() -> int:
             cloud = figures(fresh, edge_traffic(base, server, fresh, args.concurrency, work, Requested.CLOUD), rule)
             timings["before_s"] = time.monotonic() - t
             t = time.monotonic()
-            config = ImproveConfig(
-                logs=(training_log,),
-                bundle=base,
-                out=work / "improved",
-                steps=args.steps,
-                lr=args.lr,
-                threads=args.threads,
-                data=args.data,
-            )
-            try:
-                summary = improve_student(config)
-            except EdgecloudError as exc:
-                if not isinstance(exc, GateFailedError):
-                    print(f"error: models improve: {exc}", file=sys.stderr)
-                    return 2
-                refused = {"refused_by_gate": str(exc), "gate": exc.result.summary(), "before": before, "cloud": cloud}
-                (args.out / "data_loop.json").write_text(json.dumps(refused, indent=2, default=str))
-                print(json.dumps(refused, indent=2, default=str))
-                return 1
+            summary = improve(args, base, training_log, work, {"before": before, "cloud": cloud})
+            if isinstance(summary, int):
+                return summary
             timings["improve_s"] = time.monotonic() - t
             t = time.monotonic()
             new_bundle = work / "improved" / "edge-student"
@@ -162,22 +192,8 @@ def main() -> int:
             timings["after_s"] = time.monotonic() - t
         finally:
             server.stop()
-    cloud_accuracy = float(cloud["accuracy"])  # type: ignore[arg-type]
-    for phase in (before, after):
-        phase["share_of_cloud_accuracy"] = float(phase["accuracy"]) / cloud_accuracy if cloud_accuracy else None  # type: ignore[arg-type]
-    report = {
-        "task": dataset.name,
-        "answer_match": rule,
-        "collect": args.collect if args.log is None else str(args.log),
-        "fresh": args.fresh,
-        "base_version": load_manifest(base).version,
-        "new_version": summary["version"],
-        "before": before,
-        "after": after,
-        "cloud_only": cloud,
-        "escalation_drop_points": 100 * (float(before["escalation_rate"]) - float(after["escalation_rate"])),  # type: ignore[arg-type]
-        "accuracy_change_points": 100 * (float(after["accuracy"]) - float(before["accuracy"])),  # type: ignore[arg-type]
-        "improve": {k: summary.get(k) for k in ("records_read", "records_used", "records_dropped", "gate", "seconds")},
+    report = report_of(args, dataset.name, rule, base, {"before": before, "after": after, "cloud": cloud}, summary)
+    report |= {
         "timings_s": timings,
         "wall_s": time.monotonic() - started,
         "load_before": load_before,

@@ -191,7 +191,107 @@ def _correct(problems: Sequence[Problem], texts: Sequence[str]) -> np.ndarray:
     return np.asarray([parse_answer(t) == p.answer for p, t in zip(problems, texts, strict=True)])
 
 
-def main() -> int:
+@dataclass(frozen=True)
+class Answered:
+    """Both models' answers to every query, and how long each model took."""
+
+    edge: EdgeModel
+    answers: list
+    edge_s: float
+    gens: list
+    cloud_s: float
+
+
+def answer_all(problems: list[Problem], models: Path, budget: int, batch_size: int, threads: int) -> Answered:
+    """The int8 student on one thread, then the teacher thinking, batched, on ``threads``."""
+    paths = ModelPaths(models)
+    started = time.perf_counter()
+    edge = EdgeModel.from_bundle(paths.student_bundle, threads=1)
+    answers = edge_answers(edge, problems, "edge int8")
+    edge_s = time.perf_counter() - started
+
+    started = time.perf_counter()
+    torch.set_num_threads(threads)
+    teacher = LoadedModel.from_dir(paths.teacher, device="cpu")
+    gens = run_batched(
+        teacher.model,
+        teacher.tokenizer,
+        problems,
+        thinking=True,
+        budget=budget,
+        batch_size=batch_size,
+        desc="cloud teacher",
+    )
+    return Answered(edge, answers, edge_s, gens, time.perf_counter() - started)
+
+
+def calibrated(
+    run: Answered, difficulty: np.ndarray, edge_ok: np.ndarray, cloud_ok: np.ndarray, ks: np.ndarray
+) -> dict[str, object]:
+    """The calibrated operating point, routed by the daemon's own decision."""
+    edge_acc, cloud_acc = float(edge_ok.mean()), float(cloud_ok.mean())
+    policy = TriagePolicy.from_calibration(run.edge.calibration)
+    decisions = [
+        decide(policy, TriageInput(a.confidence, d, Requested.AUTO, cloud_healthy=True))
+        for a, d in zip(run.answers, difficulty, strict=True)
+    ]
+    escalated = np.asarray([d.route is Route.CLOUD for d in decisions])
+    system_ok = np.where(escalated, cloud_ok, edge_ok)
+    cal_acc, cal_share = float(system_ok.mean()), float(escalated.mean())
+    kept = ~escalated
+    gap = cloud_acc - edge_acc
+    return {
+        "threshold": policy.threshold,
+        "system_accuracy": cal_acc,
+        "of_cloud": cal_acc / cloud_acc,
+        "escalation_share": cal_share,
+        "pgr": (cal_acc - edge_acc) / gap if gap > 0 else None,
+        "kept": int(kept.sum()),
+        "kept_precision": float(edge_ok[kept].mean()) if kept.any() else None,
+        "kept_by_k": {str(k): int((kept & (ks == k)).sum()) for k in sorted(set(ks.tolist()))},
+        "reasons": dict(Counter(d.reason for d in decisions)),
+    }
+
+
+def models_used(run: Answered, problems: list[Problem], budget: int, batch_size: int, threads: int) -> dict:
+    """How each model ran and its accuracy per k (the report's ``edge`` and ``cloud``)."""
+    gens = run.gens
+    return {
+        "edge": {
+            "model": "int8 onnx",
+            "threads": 1,
+            "elapsed_s": run.edge_s,
+            "accuracy": per_k_accuracy(problems, [a.text for a in run.answers]),
+        },
+        "cloud": {
+            "thinking_budget": budget,
+            "batch_size": batch_size,
+            "threads": threads,
+            "elapsed_s": run.cloud_s,
+            "accuracy": per_k_accuracy(problems, [g.answer_text for g in gens]),
+            "mean_reasoning_tokens": float(np.mean([g.reasoning_tokens for g in gens])),
+            "max_reasoning_tokens": int(max(g.reasoning_tokens for g in gens)),
+            "budget_forced": int(sum(g.forced for g in gens)),
+            "no_answer": int(sum(parse_answer(g.answer_text) is None for g in gens)),
+        },
+    }
+
+
+def target(cal: dict, curves: dict[str, Curve], cloud_acc: float, max_escalation: float) -> dict[str, object]:
+    """The target check, at the calibrated threshold and at the best points of the sweeps."""
+    needed = TARGET_ACCURACY_RATIO * cloud_acc
+    return {
+        "rule": f"system accuracy >= {TARGET_ACCURACY_RATIO:.0%} of cloud-only, escalation <= multi-step share + "
+        f"{100 * TARGET_ESCALATION_SLACK:.0f} pts",
+        "accuracy_needed": needed,
+        "max_escalation_share": max_escalation,
+        "calibrated_met": cal["system_accuracy"] >= needed and cal["escalation_share"] <= max_escalation,
+        "confidence_sweep": target_check(curves["confidence"], cloud_acc, max_escalation),
+        "oracle_sweep": target_check(curves["oracle"], cloud_acc, max_escalation),
+    }
+
+
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", type=Path, default=Path("models"))
     parser.add_argument("--n", type=int, default=None, help="mixed test queries (default 2000; 200 with --quick)")
@@ -201,61 +301,32 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2, help="torch threads for the teacher")
     parser.add_argument("--out", type=Path, default=None, help="also write routing_quality.json and .png here")
-    args = parser.parse_args()
-    n = args.n if args.n is not None else (200 if args.quick else 2000)
+    return parser.parse_args()
 
-    paths = ModelPaths(args.models)
+
+def main() -> int:
+    args = parse_args()
+    n = args.n if args.n is not None else (200 if args.quick else 2000)
     problems = generate(n, args.seed, Split.TEST)
     ks = np.asarray([p.k for p in problems])
+    run = answer_all(problems, args.models, args.budget, args.batch_size, args.threads)
 
-    started = time.perf_counter()
-    edge = EdgeModel.from_bundle(paths.student_bundle, threads=1)
-    answers = edge_answers(edge, problems, "edge int8")
-    edge_s = time.perf_counter() - started
-
-    started = time.perf_counter()
-    torch.set_num_threads(args.threads)
-    teacher = LoadedModel.from_dir(paths.teacher, device="cpu")
-    gens = run_batched(
-        teacher.model,
-        teacher.tokenizer,
-        problems,
-        thinking=True,
-        budget=args.budget,
-        batch_size=args.batch_size,
-        desc="cloud teacher",
-    )
-    cloud_s = time.perf_counter() - started
-
-    edge_ok = _correct(problems, [a.text for a in answers])
-    cloud_ok = _correct(problems, [g.answer_text for g in gens])
-    confidence = np.asarray([a.confidence for a in answers])
+    edge_ok = _correct(problems, [a.text for a in run.answers])
+    cloud_ok = _correct(problems, [g.answer_text for g in run.gens])
+    confidence = np.asarray([a.confidence for a in run.answers])
     difficulty = np.asarray(
-        [estimate_difficulty(a.token_logprobs, a.input_tokens, abstained=a.abstained) for a in answers]
+        [estimate_difficulty(a.token_logprobs, a.input_tokens, abstained=a.abstained) for a in run.answers]
     )
     edge_acc, cloud_acc = float(edge_ok.mean()), float(cloud_ok.mean())
     multi_share = float((ks >= 2).mean())
     max_escalation = multi_share + TARGET_ESCALATION_SLACK
-
-    # The calibrated operating point, routed by the daemon's own decision.
-    policy = TriagePolicy.from_calibration(edge.calibration)
-    decisions = [
-        decide(policy, TriageInput(a.confidence, d, Requested.AUTO, cloud_healthy=True))
-        for a, d in zip(answers, difficulty, strict=True)
-    ]
-    escalated = np.asarray([d.route is Route.CLOUD for d in decisions])
-    system_ok = np.where(escalated, cloud_ok, edge_ok)
-    cal_acc, cal_share = float(system_ok.mean()), float(escalated.mean())
-    kept = ~escalated
-
+    cal = calibrated(run, difficulty, edge_ok, cloud_ok, ks)
     curves = {
         "confidence": router_curve(confidence, edge_ok, cloud_ok),
         "random": Curve(np.array([0.0, 1.0]), np.array([edge_acc, cloud_acc]), [None, None]),
         "oracle": oracle_curve(edge_ok, cloud_ok),
     }
     extra = {"difficulty": router_curve(-difficulty, edge_ok, cloud_ok)}
-    gap = cloud_acc - edge_acc
-    oracle_share = 1.0 - edge_acc
     oracle_acc = float((edge_ok | cloud_ok).mean())
 
     report: dict[str, object] = {
@@ -266,39 +337,13 @@ def main() -> int:
         "mix": {str(k): v for k, v in EVAL_MIX.items()},
         "drawn_k": {str(k): int(v) for k, v in sorted(Counter(ks.tolist()).items())},
         "multi_step_share": multi_share,
-        "edge": {
-            "model": "int8 onnx",
-            "threads": 1,
-            "elapsed_s": edge_s,
-            "accuracy": per_k_accuracy(problems, [a.text for a in answers]),
-        },
-        "cloud": {
-            "thinking_budget": args.budget,
-            "batch_size": args.batch_size,
-            "threads": args.threads,
-            "elapsed_s": cloud_s,
-            "accuracy": per_k_accuracy(problems, [g.answer_text for g in gens]),
-            "mean_reasoning_tokens": float(np.mean([g.reasoning_tokens for g in gens])),
-            "max_reasoning_tokens": int(max(g.reasoning_tokens for g in gens)),
-            "budget_forced": int(sum(g.forced for g in gens)),
-            "no_answer": int(sum(parse_answer(g.answer_text) is None for g in gens)),
-        },
+        **models_used(run, problems, args.budget, args.batch_size, args.threads),
         "edge_only_accuracy": edge_acc,
         "cloud_only_accuracy": cloud_acc,
-        "calibrated": {
-            "threshold": policy.threshold,
-            "system_accuracy": cal_acc,
-            "of_cloud": cal_acc / cloud_acc,
-            "escalation_share": cal_share,
-            "pgr": (cal_acc - edge_acc) / gap if gap > 0 else None,
-            "kept": int(kept.sum()),
-            "kept_precision": float(edge_ok[kept].mean()) if kept.any() else None,
-            "kept_by_k": {str(k): int((kept & (ks == k)).sum()) for k in sorted(set(ks.tolist()))},
-            "reasons": dict(Counter(d.reason for d in decisions)),
-        },
+        "calibrated": cal,
         "routers": {name: router_summary(curve, edge_acc, cloud_acc) for name, curve in {**curves, **extra}.items()},
         "oracle_point": {
-            "escalation_share": oracle_share,
+            "escalation_share": 1.0 - edge_acc,
             "system_accuracy": oracle_acc,
             "of_cloud": oracle_acc / cloud_acc,
         },
@@ -307,30 +352,26 @@ def main() -> int:
             "difficulty_auroc_multi_step": _auroc(difficulty, ks >= 2),
             "mean_difficulty_by_k": {str(k): float(difficulty[ks == k].mean()) for k in sorted(set(ks.tolist()))},
         },
-        "target": {
-            "rule": f"system accuracy >= {TARGET_ACCURACY_RATIO:.0%} of cloud-only, escalation <= multi-step share + "
-            f"{100 * TARGET_ESCALATION_SLACK:.0f} pts",
-            "accuracy_needed": TARGET_ACCURACY_RATIO * cloud_acc,
-            "max_escalation_share": max_escalation,
-            "calibrated_met": cal_acc >= TARGET_ACCURACY_RATIO * cloud_acc and cal_share <= max_escalation,
-            "confidence_sweep": target_check(curves["confidence"], cloud_acc, max_escalation),
-            "oracle_sweep": target_check(curves["oracle"], cloud_acc, max_escalation),
-        },
-        "machine": {
-            "cpu_count": os.cpu_count(),
-            "processor": platform.processor() or platform.machine(),
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-        },
+        "target": target(cal, curves, cloud_acc, max_escalation),
+        "machine": _machine(),
     }
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
         png = args.out / "routing_quality.png"
-        plot(png, curves, edge_acc, cloud_acc, (cal_share, cal_acc), max_escalation)
+        plot(png, curves, edge_acc, cloud_acc, (cal["escalation_share"], cal["system_accuracy"]), max_escalation)
         report["png"] = str(png)
         (args.out / "routing_quality.json").write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))
     return 0
+
+
+def _machine() -> dict[str, object]:
+    return {
+        "cpu_count": os.cpu_count(),
+        "processor": platform.processor() or platform.machine(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+    }
 
 
 def _auroc(score: np.ndarray, positive: np.ndarray) -> float | None:

@@ -1,27 +1,37 @@
-"""Run every benchmark and write ``benchmarks/RESULTS.md``: tables and plots, each
-comparison a ratio measured within one run, with the machine it ran on.
+"""Run the benchmarks and write ``benchmarks/RESULTS.md``: tables and plots, each comparison a ratio
+measured within one run, with the machine it ran on.
 
-Each benchmark runs as its own subprocess (this interpreter, cwd = the repository
-root), its output folder at ``<results>/<name>/``, with a per-benchmark timeout and a
-live progress line on stderr. Its JSON (from stdout, or the file it wrote) is kept as
-``<results>/<name>/<name>.json``; a failure (exit code, timeout, no JSON) is recorded
-and reported, the others still run, and the exit status is 1 if any failed. The run
-itself (machine, command, status of each benchmark) goes to ``<results>/run.json``.
+Each benchmark runs as its own subprocess (this interpreter, cwd = the repository root), its output
+folder at ``<results>/<name>/``, with a per-benchmark timeout and a live progress line on stderr. Its
+JSON (from stdout, or the file it wrote) is kept as ``<results>/<name>/<name>.json``; a failure (exit
+code, timeout, no JSON) is recorded and reported, the others still run, and the exit status is 1 if
+any failed. The run itself (machine, command, status of each benchmark) goes to ``<results>/run.json``.
 
-A benchmark is one entry of :data:`BENCHMARKS`: its script arguments (full and
-``--quick``), a timeout, and a function that turns its JSON into Markdown (and, where
-the script draws no plot, one that draws it). Usage::
+Which benchmarks: every script in ``benchmarks/`` is named here once, in one of three places.
 
-    python benchmarks/run_all.py [--quick] [--only NAME ...] [--out-md PATH] [--results DIR]
+* :data:`BENCHMARKS` without a ``skip`` reason: the default run (what ``make bench`` runs, about
+  half an hour): cloud_throughput, cloud_resume, student_latency, routing_quality, feature_codec,
+  swap_under_load, fleet_scale.
+* :data:`BENCHMARKS` with a ``skip`` reason: the runner can run them, but only when named with
+  ``--only`` (command_signing, large_student, route_accuracy, security_overhead); the reason says
+  why the default run leaves each out.
+* :data:`BY_HAND`: scripts the runner cannot run, each with why (closed_loop, data_loop,
+  data_accuracy, probe_cascade, probe_fresh_reasoner): they need a build or arguments only a person
+  can choose, or print no JSON.
+
+``--list`` prints the three. What a benchmark's JSON looks like in the report is its renderer's
+business: ``benchmarks/reports/<name>.py`` (``render``, and ``plot`` where the script draws none);
+a benchmark without one is shown field by field. The machine description is
+:mod:`benchmarks.machine`. Usage::
+
+    python benchmarks/run_all.py [--quick] [--only NAME ...] [--out-md PATH] [--results DIR] [--list]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
-import platform
 import shlex
 import shutil
 import signal
@@ -33,573 +43,25 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(REPO))
 
-Report = dict[str, Any]
-Lines = list[str]
-
-
-# -- formatting ---------------------------------------------------------------------
-
-
-def num(value: Any, digits: int = 2) -> str:
-    """A figure for a table: ``-`` for missing, ints as they are, floats to ``digits`` places."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "-"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        return f"{value:.{digits}f}"
-    return str(value)
-
-
-def pct(value: float | None, digits: int = 1) -> str:
-    return "-" if value is None else f"{100 * value:.{digits}f}%"
-
-
-def ratio(value: float | None) -> str:
-    return "-" if value is None or math.isnan(value) else f"{value:.2f}x"
-
-
-def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> Lines:
-    out = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
-    out += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
-    return out + [""]
-
-
-def verdict(met: bool | None, note: str = "") -> str:
-    """``met`` / ``**missed**`` / ``not measured``; ``note`` says why, if anything."""
-    text = "not measured" if met is None else ("met" if met else "**missed**")
-    return f"{text} ({note})" if note else text
-
-
-def targets(rows: Sequence[tuple[str, str, bool | None]]) -> Lines:
-    """A target table: (target, measured, met?) per row."""
-    return ["Targets:", ""] + table(["target", "measured", "verdict"], [(t, m, verdict(v)) for t, m, v in rows])
-
-
-# -- one section per benchmark ---------------------------------------------------------
-
-# The targets of the issues that a script's JSON does not carry itself.
-CLOUD_RATIO_AT_16 = 4.0
-STUDENT_P50_MS = 2.0
-APGR_TARGET = 0.9
-STUDENT_SPEEDUP = 3.0
-SWAP_TARGET = 10
-BUSY_SHARE = 0.2
-"""Above this share of the CPU taken by other processes, a timing section says the machine was busy."""
-
-
-def cloud_throughput(r: Report) -> Lines:
-    rows, cores = [], r["machine"]["cpu_count"] or 1
-    for p in r["points"]:
-        s, b = p["sequential"], p["batched"]
-        rows.append(
-            (
-                p["concurrency"],
-                s["sessions"],
-                num(s["sessions_per_s"]),
-                num(b["sessions_per_s"]),
-                ratio(p["ratio"]["sessions_per_s"]),
-                num(s["tokens_per_s"], 0),
-                num(b["tokens_per_s"], 0),
-                ratio(p["ratio"]["tokens_per_s"]),
-                num(s["ttft_ms"]["p50"], 0),
-                num(b["ttft_ms"]["p50"], 0),
-                num(b["token_latency_ms_client"]["p50"]),
-                num(b["engine"]["mean_batch"], 1),
-                pct(p["same_answer_both_modes"], 0),
-                pct(b["accuracy"], 0),
-                f"{_foreign(s, cores)} / {_foreign(b, cores)}",
-            )
-        )
-    lines = [
-        (
-            "Sequential = `max_batch=1`, batched = `max_batch=32`; same queries through both servers at each "
-            "concurrency, ratio = batched / sequential."
-        ),
-        "",
-    ]
-    lines += table(
-        [
-            "concurrent",
-            "sessions",
-            "seq sessions/s",
-            "batched sessions/s",
-            "ratio",
-            "seq tokens/s",
-            "batched tokens/s",
-            "ratio",
-            "seq TTFT p50 ms",
-            "batched TTFT p50 ms",
-            "batched ms/token p50",
-            "mean batch",
-            "same answers",
-            "batched accuracy",
-            "CPU taken by other processes (seq / batched)",
-        ],
-        rows,
-    )
-    target = r.get("target")
-    if target is None:
-        lines += targets(
-            [
-                (
-                    f"batched >= {CLOUD_RATIO_AT_16:g}x sessions/s at 16 concurrent",
-                    "no 16-concurrency point in this run",
-                    None,
-                )
-            ]
-        )
-    else:
-        measured = r["ratio_sessions_per_s"][str(target["concurrency"])]
-        lines += targets(
-            [
-                (
-                    f"batched >= {target['ratio']:g}x sessions/s at {target['concurrency']} concurrent",
-                    ratio(measured),
-                    target["met"],
-                )
-            ]
-        )
-    share = r.get("other_processes_cpu_share")
-    lines += [
-        (
-            f"Other processes took {pct(share)} of the machine's CPU during the measurements; benchmark wall "
-            f"time {num(r.get('wall_s'), 1)} s."
-        ),
-        "",
-    ]
-    if share is not None and share > BUSY_SHARE:
-        lines += [
-            (
-                f"**The machine was busy (over {pct(BUSY_SHARE, 0)} of its CPU taken by other processes): these "
-                "figures are less reliable than on an idle machine.**"
-            ),
-            "",
-        ]
-    return lines
-
-
-def _foreign(point: Report, cores: int) -> str:
-    """The share of the machine's CPU other processes took while one mode ran."""
-    return pct(point["other_processes_cpu_s"] / point["wall_s"] / cores, 0)
-
-
-def cloud_resume(r: Report) -> Lines:
-    lines = table(
-        [
-            "sessions",
-            "concurrency",
-            "completed",
-            "disconnects",
-            "re-attached while running",
-            "events",
-            "lost",
-            "duplicated",
-            "replay mismatches",
-            "RPC errors",
-            "accuracy",
-            "wall s",
-        ],
-        [
-            (
-                r["sessions"],
-                r["concurrency"],
-                r["completed"],
-                r["disconnects"],
-                r["reattaches_while_running"],
-                r["events"],
-                r["lost_events"],
-                r["duplicated_events"],
-                r["replay_mismatches"],
-                len(r["rpc_errors"]),
-                pct(r["accuracy"], 0),
-                num(r["wall_s"], 1),
-            )
-        ],
-    )
-    clean = (
-        r["completed"] == r["sessions"]
-        and r["lost_events"] == 0
-        and r["duplicated_events"] == 0
-        and r["replay_mismatches"] == 0
-        and not r["rpc_errors"]
-    )
-    return lines + targets(
-        [
-            (
-                "every session completes after random disconnects, 0 lost, 0 duplicated events",
-                f"{r['completed']}/{r['sessions']} completed, {r['lost_events']} lost, {r['duplicated_events']} duplicated",
-                clean,
-            )
-        ]
-    )
-
-
-def student_latency(r: Report) -> Lines:
-    latency, sizes = r["latency"], r["size_bytes"]
-    int8_p50 = latency["onnx_int8"]["p50_ms"]
-    size_key = {"onnx_int8": "onnx_int8", "onnx_fp32": "onnx_fp32", "torch_fp32": "torch_fp32_safetensors"}
-    rows = [
-        (
-            name,
-            num(s["p50_ms"]),
-            num(s["p99_ms"]),
-            num(s["mean_ms"]),
-            ratio(s["p50_ms"] / int8_p50),
-            num(sizes[size_key[name]] / 2**20, 1),
-        )
-        for name, s in latency.items()
-    ]
-    block = r.get("block")
-    order = f"in turns of {block} consecutive queries per model" if block else "the three interleaved"
-    lines = [f"{r['queries']} simple (k=1) queries, {r['threads']} thread, {order}.", ""]
-    lines += table(["model", "p50 ms", "p99 ms", "mean ms", "p50 / int8 p50", "size MiB"], rows)
-    if "cold_int8" in r:
-        cold = r["cold_int8"]
-        lines += [
-            "",
-            (
-                f"Cold: int8 with a PyTorch call between every two queries (caches evicted): p50 "
-                f"{num(cold['p50_ms'])} ms, p99 {num(cold['p99_ms'])} ms ({ratio(cold['p50_ms'] / int8_p50)} the steady p50)."
-            ),
-        ]
-    speedup = r["speedup_p50"]["int8_vs_torch_fp32"]
-    return lines + targets(
-        [
-            (f"int8 ONNX p50 <= {STUDENT_P50_MS:g} ms", f"{num(int8_p50)} ms", int8_p50 <= STUDENT_P50_MS),
-            (
-                f"int8 ONNX >= {STUDENT_SPEEDUP:g}x faster than PyTorch fp32 (p50)",
-                ratio(speedup),
-                speedup >= STUDENT_SPEEDUP,
-            ),
-        ]
-    )
-
-
-def routing_quality(r: Report) -> Lines:
-    routers = r["routers"]
-    edge, cloud, cal = r["edge_only_accuracy"], r["cloud_only_accuracy"], r["calibrated"]
-    lines = [
-        (
-            f"{r['n']} mixed test queries (multi-step share {pct(r['multi_step_share'])}); each answered by the "
-            "edge student and the cloud teacher, routers choose which answer counts."
-        ),
-        "",
-    ]
-    lines += table(
-        ["", "system accuracy", "of cloud-only", "escalated"],
-        [
-            ("edge only", pct(edge), pct(edge / cloud if cloud else None), pct(0.0)),
-            ("cloud only", pct(cloud), pct(1.0), pct(1.0)),
-            (
-                f"calibrated threshold ({num(cal['threshold'], 3)})",
-                pct(cal["system_accuracy"]),
-                pct(cal["of_cloud"]),
-                pct(cal["escalation_share"]),
-            ),
-            (
-                "oracle (escalate exactly the edge's misses)",
-                pct(r["oracle_point"]["system_accuracy"]),
-                pct(r["oracle_point"]["of_cloud"]),
-                pct(r["oracle_point"]["escalation_share"]),
-            ),
-        ],
-    )
-    random_apgr, oracle_apgr = routers["random"]["apgr"], routers["oracle"]["apgr"]
-    rows = [
-        (
-            name,
-            num(s["apgr"], 3),
-            ratio(s["apgr"] / random_apgr if random_apgr else None),
-            ratio(s["apgr"] / oracle_apgr if oracle_apgr else None),
-            pct(s["cpt_95_cloud_accuracy"]),
-            pct(s["cpt_95_pgr"]),
-        )
-        for name, s in routers.items()
-    ]
-    lines += table(
-        [
-            "router",
-            "APGR",
-            "APGR / random",
-            "APGR / oracle",
-            "escalated for 95% of cloud accuracy",
-            "escalated for PGR 0.95",
-        ],
-        rows,
-    )
-    target = r["target"]
-    best = target["confidence_sweep"]["best_within_cap"]
-    return lines + targets(
-        [
-            (
-                f"{target['rule']} (at the calibrated threshold)",
-                (
-                    f"{pct(cal['of_cloud'])} of cloud at {pct(cal['escalation_share'])} escalated "
-                    f"(cap {pct(target['max_escalation_share'])})"
-                ),
-                target["calibrated_met"],
-            ),
-            (
-                "the same, best confidence threshold within the cap",
-                f"{pct(best['of_cloud'])} of cloud at {pct(best['escalation_share'])} escalated",
-                best["met"],
-            ),
-            (
-                f"APGR of the confidence router >= {APGR_TARGET:g}",
-                num(routers["confidence"]["apgr"], 3),
-                routers["confidence"]["apgr"] >= APGR_TARGET,
-            ),
-        ]
-    )
-
-
-def feature_codec(r: Report) -> Lines:
-    encoded, cosine, t = r["encoded_bytes"], r["cosine"], r["time_us_per_vector"]
-    lines = [
-        (
-            f"{r['queries']} mixed test queries through the shipped student, {r['feature_dim']}-d features, "
-            f"int8 levels {num(r['config']['levels'], 0)}, zstd level {r['config']['zstd_level']}."
-        ),
-        "",
-    ]
-    lines += table(
-        [
-            "raw float32 bytes",
-            "wire bytes mean",
-            "payload bytes mean",
-            "raw / wire",
-            "raw / payload",
-            "cosine mean",
-            "cosine min",
-            "encode us p50",
-            "decode us p50",
-        ],
-        [
-            (
-                r["raw_float32_bytes"],
-                num(encoded["mean"], 1),
-                num(r["payload_bytes"]["mean"], 1),
-                ratio(r["ratio"]),
-                ratio(r["ratio_payload_only"]),
-                num(cosine["mean"], 5),
-                num(cosine["min"], 5),
-                num(t["encode"]["p50"], 1),
-                num(t["decode"]["p50"], 1),
-            )
-        ],
-    )
-    goal = r["targets"]
-    return lines + targets(
-        [
-            (f"wire bytes >= {goal['ratio']:g}x smaller than raw float32", ratio(r["ratio"]), goal["ratio_met"]),
-            (
-                f"round-trip cosine >= {goal['cosine_min']} (every vector)",
-                f"min {num(cosine['min'], 5)}",
-                goal["cosine_met"],
-            ),
-        ]
-    )
-
-
-def swap_under_load(r: Report) -> Lines:
-    latency = r["swap_latency_ms"] or {}
-    lines = table(
-        [
-            "swaps",
-            "completed",
-            "client threads",
-            "requests",
-            "requests/s",
-            "failed requests",
-            "swap p50 ms",
-            "swap p99 ms",
-            "swap max ms",
-            "final version",
-        ],
-        [
-            (
-                r["swaps"],
-                r["swaps_completed"],
-                r["clients"],
-                r["requests"],
-                num(r["requests_per_s"], 1),
-                r["failed_requests"],
-                num(latency.get("p50"), 0),
-                num(latency.get("p99"), 0),
-                num(latency.get("max"), 0),
-                r["final_version"],
-            )
-        ],
-    )
-    ok = r["failed_requests"] == 0 and r["swaps_completed"] == r["swaps"]
-    measured = f"{r['failed_requests']} failed of {r['requests']}, {r['swaps_completed']}/{r['swaps']} swaps"
-    met = ok if r["swaps"] >= SWAP_TARGET else (False if not ok else None)
-    return lines + targets([(f"0 failed requests during {SWAP_TARGET} swaps", measured, met)])
-
-
-def fleet_scale(r: Report) -> Lines:
-    connect, steady, totals = r["connect"], r["telemetry"], r["telemetry_totals"]
-    lines = [
-        (
-            f"{r['devices']} simulated devices (MQTT 5 clients in their own process), telemetry every "
-            f"{num(r['telemetry_interval_s'], 1)} s, real mosquitto and fleet manager."
-        ),
-        "",
-    ]
-    lines += table(
-        ["phase", "figure", "value"],
-        [
-            ("connect", "all devices connected", f"{num(connect['all_connected_s'])} s"),
-            ("connect", "all births absorbed by the manager", f"{num(connect['all_births_absorbed_s'])} s"),
-            (
-                "telemetry",
-                "offered / published / absorbed per s",
-                (
-                    f"{num(steady['offered_per_s'], 1)} / {num(steady['published_per_s'], 1)} / "
-                    f"{num(steady['absorbed_per_s'], 1)}"
-                ),
-            ),
-            ("telemetry", "absorbed / published", ratio(steady["absorbed_ratio"])),
-            ("telemetry", "ingest lag p50 / p99 ms", _p50_p99(steady["ingest_lag_ms"])),
-            (
-                "telemetry",
-                "device rows updated in window",
-                f"{steady['device_rows_updated_in_window']} of {r['devices']}",
-            ),
-            (
-                "whole run",
-                "telemetry published / absorbed / lost",
-                f"{totals['published']} / {totals['absorbed']} / {totals['lost']}",
-            ),
-        ],
-    )
-    rollout = r.get("rollout")
-    if rollout is not None:
-        during = rollout["telemetry_during_rollout"]
-        absorbed = during["absorbed_per_s"] / during["published_per_s"] if during["published_per_s"] else None
-        lines += table(
-            ["rollout", "value"],
-            [
-                ("status", f"{rollout['status']} ({rollout['succeeded']} succeeded, {rollout['failed']} failed)"),
-                ("create_rollout -> COMPLETED", f"{num(rollout['to_completed_s'])} s"),
-                ("waves (size: ms)", ", ".join(f"{w['size']}: {num(w['duration_ms'], 0)}" for w in rollout["waves"])),
-                ("command publish -> ACTIVE p50 / p99 ms", _p50_p99(rollout["device_publish_to_active_ms"])),
-                ("telemetry during rollout absorbed / published", ratio(absorbed)),
-                ("telemetry ingest lag during rollout p50 / p99 ms", _p50_p99(during["ingest_lag_ms"])),
-            ],
-        )
-    phases = [(name, r[name]["cpu_percent"]) for name in ("connect", "telemetry", "rollout") if name in r]
-    lines += ["CPU % of one core per process and phase:", ""]
-    lines += table(
-        ["phase", "manager", "devices", "mosquitto"],
-        [(name, num(c["manager"], 1), num(c["devices"], 1), num(c["mosquitto"], 1)) for name, c in phases],
-    )
-    return lines + targets(
-        [
-            (
-                "the rollout reaches every device",
-                "-" if rollout is None else f"{rollout['succeeded']}/{r['devices']}",
-                None if rollout is None else rollout["status"] == "COMPLETED" and rollout["succeeded"] == r["devices"],
-            ),
-            ("no telemetry lost", f"{totals['lost']} lost of {totals['published']}", totals["lost"] == 0),
-        ]
-    )
-
-
-def _p50_p99(stats: dict[str, float] | None) -> str:
-    return "-" if not stats else f"{num(stats['p50'], 1)} / {num(stats['p99'], 1)}"
-
-
-def generic(r: Report) -> Lines:
-    """For a benchmark without a section of its own: its top-level figures."""
-    rows = [
-        (key, num(value, 4))
-        for key, value in r.items()
-        if isinstance(value, int | float | str | bool) and key != "benchmark"
-    ]
-    return table(["field", "value"], rows)
-
-
-# -- plots for the scripts that draw none ------------------------------------------------
-
-
-def _figure(width: float = 6.0, height: float = 3.4, ncols: int = 1) -> tuple[Any, Any]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt.subplots(1, ncols, figsize=(width, height), dpi=100)
-
-
-def _save(fig: Any, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-
-
-def plot_feature_codec(r: Report, out: Path) -> None:
-    fig, ax = _figure()
-    labels = ["raw float32", "wire (mean)", "payload (mean)"]
-    values = [r["raw_float32_bytes"], r["encoded_bytes"]["mean"], r["payload_bytes"]["mean"]]
-    bars = ax.bar(labels, values, color=["grey", "C0", "C2"])
-    ax.bar_label(bars, [f"{v:.0f} B" for v in values])
-    ax.margins(y=0.12)
-    ax.set_ylabel("bytes per escalation")
-    ax.set_title(f"Feature codec: {r['ratio']:.2f}x smaller, cosine min {r['cosine']['min']:.4f}")
-    _save(fig, out / "feature_codec.png")
-
-
-def plot_swap_under_load(r: Report, out: Path) -> None:
-    latency = r["swap_latency_ms"]
-    if not latency:
-        return
-    fig, ax = _figure()
-    bars = ax.bar(["p50", "p99", "max"], [latency["p50"], latency["p99"], latency["max"]], color="C0")
-    ax.bar_label(bars, [f"{v:.0f} ms" for v in (latency["p50"], latency["p99"], latency["max"])])
-    ax.margins(y=0.12)
-    ax.set_ylabel("command publish -> new version serving (ms)")
-    ax.set_title(
-        f"{r['swaps_completed']} hot swaps under {r['requests_per_s']:.0f} req/s, "
-        f"{r['failed_requests']} failed requests"
-    )
-    _save(fig, out / "swap_under_load.png")
-
-
-def plot_fleet_scale(r: Report, out: Path) -> None:
-    rollout = r.get("rollout")
-    fig, (left, right) = _figure(9.0, 3.4, ncols=2)
-    steady = r["telemetry"]
-    phases = {"steady": steady}
-    if rollout is not None:
-        phases["during rollout"] = rollout["telemetry_during_rollout"]
-    xs = range(len(phases))
-    left.bar([x - 0.2 for x in xs], [p["published_per_s"] for p in phases.values()], 0.4, label="published")
-    left.bar([x + 0.2 for x in xs], [p["absorbed_per_s"] for p in phases.values()], 0.4, label="absorbed")
-    left.set_xticks(list(xs), list(phases))
-    left.set_ylabel("telemetry messages/s")
-    left.legend(fontsize=8, loc="lower center")
-    left.set_title(f"{r['devices']} devices")
-    if rollout is not None and rollout["waves"]:
-        waves = rollout["waves"]
-        right.bar([str(w["size"]) for w in waves], [w["duration_ms"] for w in waves], color="C2")
-        right.set_xlabel("wave size (devices)")
-        right.set_ylabel("wave duration (ms)")
-        right.set_title(f"rollout {rollout['to_completed_s']:.2f} s to {rollout['status']}")
-    _save(fig, out / "fleet_scale.png")
-
+from benchmarks.machine import machine
+from benchmarks.reports import (
+    cloud_resume,
+    cloud_throughput,
+    feature_codec,
+    fleet_scale,
+    routing_quality,
+    student_latency,
+    swap_under_load,
+)
+from benchmarks.reports.page import render_page
+from benchmarks.reports.tables import Report, generic
 
 # -- the benchmarks ------------------------------------------------------------------------
 
@@ -607,7 +69,8 @@ def plot_fleet_scale(r: Report, out: Path) -> None:
 @dataclass(frozen=True)
 class Benchmark:
     name: str
-    section: Callable[[Report], Lines] = generic
+    render: Callable[[Report], str] = generic
+    """Its JSON as a Markdown section (``benchmarks/reports/<name>.py``)."""
     args: tuple[str, ...] = ()
     quick: tuple[str, ...] = ()
     """Arguments added by ``--quick`` (a smoke run)."""
@@ -618,29 +81,83 @@ class Benchmark:
     """Draws ``<name>.png`` for a script that draws no plot itself."""
     script: Path | None = None
     """Defaults to ``benchmarks/<name>.py``."""
+    skip: str = ""
+    """Why the default run leaves it out (it then runs only when ``--only`` names it); empty: it runs."""
 
     def command(self, out: Path, quick: bool) -> list[str]:
-        command = [sys.executable, _shown(self.script or HERE / f"{self.name}.py"), *self.args]  # cwd: REPO
+        command = [sys.executable, shown(self.script or HERE / f"{self.name}.py"), *self.args]  # cwd: REPO
         if quick:
             command += self.quick
         if self.output == "out":
-            command += ["--out", _shown(out)]
+            command += ["--out", shown(out)]
         elif self.output == "png":
-            command += ["--png", _shown(out / f"{self.name}.png")]
+            command += ["--png", shown(out / f"{self.name}.png")]
         return command
 
 
 BENCHMARKS = (
-    Benchmark("cloud_throughput", cloud_throughput, quick=("--quick",), timeout_s=3600),
-    Benchmark("cloud_resume", cloud_resume, quick=("--quick",), timeout_s=1800, output="none"),
-    Benchmark("student_latency", student_latency, quick=("--n", "50"), timeout_s=900, output="png"),
-    Benchmark("routing_quality", routing_quality, quick=("--quick",), timeout_s=3600),
-    Benchmark("feature_codec", feature_codec, quick=("--n", "200"), timeout_s=900, plot=plot_feature_codec),
-    Benchmark("swap_under_load", swap_under_load, quick=("--swaps", "3"), timeout_s=900, plot=plot_swap_under_load),
+    Benchmark("cloud_throughput", cloud_throughput.render, quick=("--quick",), timeout_s=3600),
+    Benchmark("cloud_resume", cloud_resume.render, quick=("--quick",), timeout_s=1800, output="none"),
+    Benchmark("student_latency", student_latency.render, quick=("--n", "50"), timeout_s=900, output="png"),
+    Benchmark("routing_quality", routing_quality.render, quick=("--quick",), timeout_s=3600),
+    Benchmark("feature_codec", feature_codec.render, quick=("--n", "200"), timeout_s=900, plot=feature_codec.plot),
     Benchmark(
-        "fleet_scale", fleet_scale, quick=("--devices", "100", "--window", "3"), timeout_s=1200, plot=plot_fleet_scale
+        "swap_under_load", swap_under_load.render, quick=("--swaps", "3"), timeout_s=900, plot=swap_under_load.plot
+    ),
+    Benchmark(
+        "fleet_scale",
+        fleet_scale.render,
+        quick=("--devices", "100", "--window", "3"),
+        timeout_s=1200,
+        plot=fleet_scale.plot,
+    ),
+    Benchmark(
+        "command_signing",
+        quick=("--n", "500"),
+        timeout_s=600,
+        skip="one code path timed per command (signing a fleet command, quoted in docs/security.md), "
+        "not a figure of the running system",
+    ),
+    Benchmark(
+        "large_student",
+        quick=("--new-tokens", "4", "--n", "1"),
+        timeout_s=3600,
+        skip="builds a Qwen3-0.6B-shaped student: about 12 GB of memory and 15 minutes on 2 cores, and it must "
+        "run alone",
+    ),
+    Benchmark(
+        "route_accuracy",
+        quick=("--n", "100"),
+        timeout_s=5400,
+        skip="every query answered by the teacher three times (route cloud, route auto, offline): a second long "
+        "cloud run beside routing_quality, for when the request path changes (issue 25)",
+    ),
+    Benchmark(
+        "security_overhead",
+        quick=("--rounds", "1", "--devices", "100"),
+        timeout_s=2400,
+        skip="runs swap_under_load and fleet_scale again from two trees (a git worktree of the commit before "
+        "issue 14) and must run alone: a run beside it measures the contention",
     ),
 )
+"""Every benchmark the runner can run; those with a ``skip`` reason run only when ``--only`` names them."""
+
+BY_HAND: dict[str, str] = {
+    "closed_loop": "one learning-loop turn, about an hour, that `make models` runs with its own folders; "
+    "its results folder keeps earlier turns that docs/models.md cites, which a run here would clear",
+    "data_loop": "needs a pair built by `models build --data` and dataset folders (--models, --data, --traffic)",
+    "data_accuracy": "needs a pair built by `models build --data` and its dataset (--models, --data)",
+    "probe_cascade": "needs a reasoner bundle, as `models improve --keep-refused DIR` keeps one (its argument)",
+    "probe_fresh_reasoner": "a probe: trains a model of the shape its arguments give and prints CHECK lines, no JSON",
+}
+"""The scripts the runner does not run, and why: each one's docstring says how to run it."""
+
+
+def listing() -> str:
+    """Every benchmark and whether the default run, ``--only`` or a person runs it."""
+    lines = [f"{b.name:<22} {'only with --only: ' + b.skip if b.skip else 'default'}" for b in BENCHMARKS]
+    lines += [f"{name:<22} by hand: {why}" for name, why in BY_HAND.items()]
+    return "\n".join(lines)
 
 
 # -- running them ------------------------------------------------------------------------
@@ -668,7 +185,7 @@ class Outcome:
     @property
     def shown(self) -> str:
         """The command as a reader would type it in the repository root."""
-        return " ".join(shlex.quote(part) for part in [_shown(Path(self.command[0])), *self.command[1:]])
+        return " ".join(shlex.quote(part) for part in [shown(Path(self.command[0])), *self.command[1:]])
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -708,7 +225,7 @@ def _files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file()) if folder.is_dir() else []
 
 
-def _shown(path: Path) -> str:
+def shown(path: Path) -> str:
     """An absolute ``path`` relative to the repository root when it lies inside it (as the scripts
     record it); a relative one as it is."""
     if not path.is_absolute():
@@ -751,34 +268,14 @@ def run_one(bench: Benchmark, results: Path, quick: bool, timeout_s: float | Non
     started, done = time.monotonic(), threading.Event()
     ticker = threading.Thread(target=_progress, args=(bench.name, index, total, started, done), daemon=True)
     ticker.start()
-    with tempfile.TemporaryFile() as stdout, tempfile.TemporaryFile() as stderr:
-        process = subprocess.Popen(outcome.command, cwd=REPO, stdout=stdout, stderr=stderr, start_new_session=True)
-        try:
-            outcome.returncode = process.wait(limit)
-        except subprocess.TimeoutExpired:
-            outcome.timed_out = True
-            _kill_group(process)
-            outcome.returncode = process.wait()
-        finally:
-            done.set()
-            ticker.join()
-        outcome.elapsed_s = time.monotonic() - started
-        outcome.loadavg_after = os.getloadavg()
-        stdout.seek(0)
-        stderr.seek(0)
-        printed = stdout.read().decode(errors="replace")
-        outcome.stderr_tail = _tail(stderr.read().decode(errors="replace"))
-    written = out / f"{bench.name}.json"
-    outcome.report = _parse_json(printed)
-    if outcome.report is None and written.exists():
-        outcome.report = _parse_json(written.read_text())
-    if outcome.report is not None:
-        written.write_text(json.dumps(outcome.report, indent=2) + "\n")
-        if bench.plot is not None:
-            try:
-                bench.plot(outcome.report, out)
-            except Exception as exc:  # noqa: BLE001 - a plot never hides the figures
-                outcome.problem = f"plot failed: {type(exc).__name__}: {exc}"
+    try:
+        printed = _run(outcome, limit)
+    finally:
+        done.set()
+        ticker.join()
+    outcome.elapsed_s = time.monotonic() - started
+    outcome.loadavg_after = os.getloadavg()
+    _collect(bench, outcome, printed, out)
     if outcome.timed_out:
         outcome.problem = f"timed out after {limit:.0f} s"
     elif outcome.returncode != 0:
@@ -790,6 +287,38 @@ def run_one(bench: Benchmark, results: Path, quick: bool, timeout_s: float | Non
     end = "\r" if sys.stderr.isatty() else ""
     print(f"{end}[{index}/{total}] {bench.name:<18} {outcome.elapsed_s:6.0f} s  {status}", file=sys.stderr, flush=True)
     return outcome
+
+
+def _run(outcome: Outcome, limit: float) -> str:
+    """Run the command to its end or ``limit``; its stdout (the tail of its stderr goes into ``outcome``)."""
+    with tempfile.TemporaryFile() as stdout, tempfile.TemporaryFile() as stderr:
+        process = subprocess.Popen(outcome.command, cwd=REPO, stdout=stdout, stderr=stderr, start_new_session=True)
+        try:
+            outcome.returncode = process.wait(limit)
+        except subprocess.TimeoutExpired:
+            outcome.timed_out = True
+            _kill_group(process)
+            outcome.returncode = process.wait()
+        stdout.seek(0)
+        stderr.seek(0)
+        outcome.stderr_tail = _tail(stderr.read().decode(errors="replace"))
+        return stdout.read().decode(errors="replace")
+
+
+def _collect(bench: Benchmark, outcome: Outcome, printed: str, out: Path) -> None:
+    """Keep the JSON it printed (or wrote) as ``<name>.json`` and draw the runner's plot of it."""
+    written = out / f"{bench.name}.json"
+    outcome.report = _parse_json(printed)
+    if outcome.report is None and written.exists():
+        outcome.report = _parse_json(written.read_text())
+    if outcome.report is None:
+        return
+    written.write_text(json.dumps(outcome.report, indent=2) + "\n")
+    if bench.plot is not None:
+        try:
+            bench.plot(outcome.report, out)
+        except Exception as exc:  # noqa: BLE001 - a plot never hides the figures
+            outcome.problem = f"plot failed: {type(exc).__name__}: {exc}"
 
 
 def _kill_group(process: subprocess.Popen[bytes]) -> None:
@@ -811,175 +340,6 @@ def _tail(text: str, lines: int = 20, chars: int = 3000) -> str:
     return "\n".join(kept)[-chars:]
 
 
-# -- the machine -------------------------------------------------------------------------------
-
-
-def _proc_field(path: str, key: str) -> str:
-    try:
-        for line in Path(path).read_text().splitlines():
-            if line.startswith(key):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return ""
-
-
-def _version(package: str) -> str:
-    try:
-        return metadata.version(package)
-    except metadata.PackageNotFoundError:
-        return "not installed"
-
-
-def _git(*args: str) -> str:
-    try:
-        return subprocess.run(
-            ["git", *args], cwd=REPO, capture_output=True, text=True, timeout=30, check=False
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return ""
-
-
-def _os_name() -> str:
-    pretty = ""
-    try:
-        pretty = next(
-            (
-                line.split("=", 1)[1].strip('"')
-                for line in Path("/etc/os-release").read_text().splitlines()
-                if line.startswith("PRETTY_NAME=")
-            ),
-            "",
-        )
-    except OSError:
-        pass
-    return f"{pretty}, {platform.platform()}" if pretty else platform.platform()
-
-
-def machine(outputs: Sequence[Path] = ()) -> dict[str, Any]:
-    """The machine, its packages, and the commit; a file under ``outputs`` (what this run
-    writes) does not make the tree dirty."""
-    memory = _proc_field("/proc/meminfo", "MemTotal")
-    mosquitto = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-    try:
-        broker = subprocess.run(
-            [mosquitto, "-h"], capture_output=True, text=True, timeout=10, check=False
-        ).stdout.split("\n")[0]
-    except OSError:
-        broker = "not found"
-    written = [_shown(path.absolute()) for path in outputs]
-    changed = [
-        line
-        for line in _git("status", "--porcelain", "--untracked-files=no").splitlines()
-        if line and not any(line[3:] == w or line[3:].startswith(w.rstrip("/") + "/") for w in written)
-    ]
-    return {
-        "cpu_model": _proc_field("/proc/cpuinfo", "model name") or platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "memory_gib": round(int(memory.split()[0]) / 2**20, 1) if memory else None,
-        "os": _os_name(),
-        "python": platform.python_version(),
-        "packages": {
-            name: _version(name)
-            for name in ("torch", "transformers", "onnxruntime", "grpcio", "paho-mqtt", "numpy", "zstandard")
-        },
-        "mosquitto": broker.strip(),
-        "git_commit": _git("rev-parse", "HEAD"),
-        "git_dirty": bool(changed),
-        "git_changed_files": len(changed),
-    }
-
-
-# -- the Markdown report --------------------------------------------------------------------------
-
-
-def render(
-    run: dict[str, Any], outcomes: Sequence[Outcome], md_path: Path, sections: dict[str, Callable[[Report], Lines]]
-) -> str:
-    m = run["machine"]
-    packages = ", ".join(f"{name} {version}" for name, version in m["packages"].items())
-    dirty = f"dirty: {m['git_changed_files']} tracked files changed" if m["git_dirty"] else "clean"
-    dirty += ", not counting this report and its results"
-    lines = [
-        "# Benchmark results",
-        "",
-        (
-            "Generated by `benchmarks/run_all.py`; every comparison below is a ratio of two figures measured in the "
-            "same run of the same benchmark, on this machine."
-        ),
-        "",
-        "```",
-        run["command"],
-        "```",
-        "",
-        "| machine | |",
-        "|---|---|",
-        f"| CPU | {m['cpu_model']}, {m['cpu_count']} cores |",
-        f"| RAM | {num(m['memory_gib'], 1)} GiB |",
-        f"| OS | {m['os']} |",
-        f"| Python | {m['python']} |",
-        f"| packages | {packages} |",
-        f"| broker | {m['mosquitto']} |",
-        f"| git commit | `{m['git_commit']}` ({dirty}) |",
-        f"| date (UTC) | {run['started']} to {run['finished']} |",
-        f"| load average (1, 5, 15 min) | before {_load(run['loadavg_before'])}, after {_load(run['loadavg_after'])} |",
-        (
-            f"| mode | {'quick (a smoke run, small sizes)' if run['quick'] else 'full'}, "
-            f"wall time {num(run['wall_s'], 0)} s |"
-        ),
-        "",
-        (
-            "The machine may have been shared with other work while this ran: the load average before and after each "
-            "benchmark is in the summary."
-        ),
-        "",
-        "## Summary",
-        "",
-    ]
-    lines += table(
-        ["benchmark", "status", "wall s", "load before -> after"],
-        [
-            (
-                f"[{o.name}](#{o.name})",
-                "ok" if o.ok else f"**FAILED**: {o.problem}",
-                num(o.elapsed_s, 0),
-                f"{_load(o.loadavg_before[:1])} -> {_load(o.loadavg_after[:1])}",
-            )
-            for o in outcomes
-        ],
-    )
-    for o in outcomes:
-        lines += [f"## {o.name}", "", "```", o.shown, "```", ""]
-        if not o.ok:
-            lines += [
-                f"**FAILED**: {o.problem} (ran {num(o.elapsed_s, 0)} s). The last lines of its stderr:",
-                "",
-                "```",
-                o.stderr_tail or "(nothing)",
-                "```",
-                "",
-            ]
-        if o.report is not None:
-            try:
-                lines += sections.get(o.name, generic)(o.report)
-            except (KeyError, TypeError, ValueError, ZeroDivisionError) as exc:
-                lines += [f"(its JSON lacks a figure this report expects: {type(exc).__name__}: {exc})", ""]
-                lines += generic(o.report)
-        for path in o.files:
-            relative = Path(os.path.relpath(path.resolve(), md_path.resolve().parent)).as_posix()
-            if path.suffix == ".png":
-                lines += [f"![{o.name}]({relative})", ""]
-        json_files = [p for p in o.files if p.suffix == ".json"]
-        if json_files:
-            relative = Path(os.path.relpath(json_files[0].resolve(), md_path.resolve().parent)).as_posix()
-            lines += [f"Full figures: [{json_files[0].name}]({relative})", ""]
-    return "\n".join(lines).rstrip() + "\n"
-
-
-def _load(values: Sequence[float]) -> str:
-    return ", ".join(f"{v:.2f}" for v in values)
-
-
 # -- main ------------------------------------------------------------------------------------------
 
 
@@ -990,7 +350,7 @@ def _extra(spec: str) -> Benchmark:
     return Benchmark(name, script=Path(script).absolute(), timeout_s=600)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     names = [bench.name for bench in BENCHMARKS]
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="+", metavar="NAME", help=f"run only these, of: {', '.join(names)}")
@@ -1011,31 +371,46 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="run nothing: draw run_all's plots and write the report again from <results>/run.json and the JSON there",
     )
-    args = parser.parse_args(argv)
-    benchmarks = [*BENCHMARKS, *args.extra]
-    sections = {bench.name: bench.section for bench in benchmarks}
-    if args.render_only:
-        summary = json.loads((args.results / "run.json").read_text())
-        plots = {bench.name: bench.plot for bench in benchmarks if bench.plot is not None}
-        for entry in summary["benchmarks"]:
-            written = args.results / entry["name"] / f"{entry['name']}.json"
-            if entry["name"] in plots and written.exists():
-                plots[entry["name"]](json.loads(written.read_text()), written.parent)
-        outcomes = [Outcome.load(entry, args.results) for entry in summary.pop("benchmarks")]
-        args.out_md.write_text(render(summary, outcomes, args.out_md, sections))
-        return 0 if all(o.ok for o in outcomes) else 1
-    if args.only:
-        known = {bench.name for bench in benchmarks}
-        unknown = [name for name in args.only if name not in known]
-        if unknown:
-            parser.error(f"unknown benchmark(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        benchmarks = [bench for bench in benchmarks if bench.name in args.only]
+    parser.add_argument("--list", action="store_true", help="say which benchmarks run by default, which not and why")
+    return parser
 
-    shown_argv = [_shown(Path(sys.executable)), _shown(Path(__file__)), *(sys.argv[1:] if argv is None else argv)]
+
+def chosen(only: Sequence[str] | None, extra: Sequence[Benchmark]) -> list[Benchmark]:
+    """The default run and ``extra``; or, given ``only``, those of every runnable benchmark it names.
+    A name the runner does not know, or one it does not run (:data:`BY_HAND`), is a ``ValueError``."""
+    known = [*BENCHMARKS, *extra]
+    if not only:
+        return [bench for bench in known if not bench.skip]
+    by_hand = [f"{name} is run by hand: {BY_HAND[name]}" for name in only if name in BY_HAND]
+    if by_hand:
+        raise ValueError("; ".join(by_hand))
+    unknown = [name for name in only if name not in {bench.name for bench in known}]
+    if unknown:
+        names = ", ".join(sorted(bench.name for bench in known))
+        raise ValueError(f"unknown benchmark(s) {', '.join(unknown)}; known: {names}")
+    return [bench for bench in known if bench.name in only]
+
+
+def render_only(results: Path, out_md: Path, benchmarks: Sequence[Benchmark]) -> int:
+    """Draw the runner's plots and write the report again from ``results`` (a run's ``run.json``)."""
+    summary = json.loads((results / "run.json").read_text())
+    plots = {bench.name: bench.plot for bench in benchmarks if bench.plot is not None}
+    for entry in summary["benchmarks"]:
+        written = results / entry["name"] / f"{entry['name']}.json"
+        if entry["name"] in plots and written.exists():
+            plots[entry["name"]](json.loads(written.read_text()), written.parent)
+    outcomes = [Outcome.load(entry, results) for entry in summary.pop("benchmarks")]
+    out_md.write_text(render_page(summary, outcomes, out_md, {bench.name: bench.render for bench in benchmarks}))
+    return 0 if all(o.ok for o in outcomes) else 1
+
+
+def run_all(args: argparse.Namespace, benchmarks: Sequence[Benchmark], argv: Sequence[str]) -> int:
+    """Run ``benchmarks`` one after the other; write ``run.json`` and the report."""
+    shown_argv = [shown(Path(sys.executable)), shown(Path(__file__)), *argv]
     run: dict[str, Any] = {
         "command": " ".join(shlex.quote(part) for part in shown_argv),
         "quick": args.quick,
-        "machine": machine([args.results, args.out_md]),
+        "machine": machine([shown(path.absolute()) for path in (args.results, args.out_md)]),
         "started": datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S"),
         "loadavg_before": os.getloadavg(),
     }
@@ -1053,7 +428,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     summary = {**run, "benchmarks": [o.to_dict() for o in outcomes]}
     (args.results / "run.json").write_text(json.dumps(summary, indent=2) + "\n")
     args.out_md.parent.mkdir(parents=True, exist_ok=True)
-    args.out_md.write_text(render(run, outcomes, args.out_md, sections))
+    renderers = {bench.name: bench.render for bench in benchmarks}
+    args.out_md.write_text(render_page(run, outcomes, args.out_md, renderers))
     failed = [o.name for o in outcomes if not o.ok]
     print(
         f"wrote {args.out_md} ({len(outcomes) - len(failed)} ok, {len(failed)} failed"
@@ -1061,6 +437,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         file=sys.stderr,
     )
     return 1 if failed else 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.list:
+        print(listing())
+        return 0
+    if args.render_only:
+        return render_only(args.results, args.out_md, [*BENCHMARKS, *args.extra])
+    try:
+        benchmarks = chosen(args.only, args.extra)
+    except ValueError as exc:
+        parser.error(str(exc))
+    return run_all(args, benchmarks, sys.argv[1:] if argv is None else argv)
 
 
 if __name__ == "__main__":

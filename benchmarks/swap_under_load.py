@@ -29,6 +29,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -75,32 +76,57 @@ class _Quiet(http.server.SimpleHTTPRequestHandler):
         pass
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--bundle", type=Path, default=REPO / "models" / "edge-student")
-    parser.add_argument("--swaps", type=int, default=10)
-    parser.add_argument("--clients", type=int, default=6, help="concurrent HTTP client threads")
-    parser.add_argument("--out", type=Path, default=None)
-    args = parser.parse_args()
+class Load:
+    """Client threads sending edge-route queries over HTTP as fast as they can, until :meth:`stop`;
+    every reply as (time, status, model_version): status 0 for a transport error, version -1 if none."""
 
-    work = Path(tempfile.mkdtemp(prefix="edgecloud-swap-"))
-    broker, broker_port = start_broker(work)
-    artifacts = work / "artifacts"
-    artifacts.mkdir()
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Quiet, directory=str(artifacts)))
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    artifact_url = f"http://127.0.0.1:{httpd.server_address[1]}"
+    def __init__(self, url: str, clients: int) -> None:
+        self.url = url
+        self.stopping = threading.Event()
+        self.lock = threading.Lock()
+        self.results: list[tuple[float, int, int]] = []
+        self.threads = [threading.Thread(target=self._client, daemon=True) for _ in range(clients)]
+
+    def _client(self) -> None:
+        with httpx.Client(base_url=self.url, timeout=30) as http:
+            while not self.stopping.is_set():
+                try:
+                    response = http.post("/v1/query", json={"query": "12+7", "route": "edge"})
+                    version = response.json().get("model_version", -1) if response.status_code == 200 else -1
+                    status = response.status_code
+                except httpx.HTTPError:
+                    status, version = 0, -1
+                with self.lock:
+                    self.results.append((time.monotonic(), status, version))
+
+    def start(self) -> None:
+        for thread in self.threads:
+            thread.start()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        for thread in self.threads:
+            thread.join(30)
+
+    def served(self, version: int) -> bool:
+        with self.lock:
+            return next((t for t, s, v in reversed(self.results) if v == version), None) is not None
+
+    def first_served(self, version: int) -> float:
+        return min(t for t, s, v in self.results if v == version)
+
+
+def signed_bundles(source_dir: Path, swaps: int, work: Path, artifacts: Path, artifact_url: str) -> list[dict]:
+    """``swaps`` re-versioned copies of the bundle, signed with ``work/key`` and packed into ``artifacts``:
+    each one as a deploy command names it."""
     generate_keypair(work / "key", work / "key.pub")
     key = load_private_key(work / "key")
-    generate_keypair(work / "command.key", work / "command.pub")
-    command_key = load_private_key(work / "command.key")
-
-    source = load_manifest(args.bundle)
+    source = load_manifest(source_dir)
     bundles = []
-    for i in range(args.swaps):
+    for i in range(swaps):
         version = source.version + 1 + i
         directory = work / f"bundle-v{version}"
-        copy_bundle(args.bundle, directory, version=version)
+        copy_bundle(source_dir, directory, version=version)
         sign_bundle(directory, key)
         sha, size = pack_bundle(directory, artifacts / f"v{version}.tar.gz")
         bundles.append(
@@ -112,11 +138,14 @@ def main() -> int:
                 "size": size,
             }
         )
+    return bundles
 
-    app, service = create_daemon(EdgeConfig(bundle=args.bundle, port=0, outbox=work / "outbox.sqlite3"))
+
+def start_agent(bundle: Path, work: Path, broker_port: int) -> tuple[ThreadedServer, DeviceAgent, Any]:
+    """The edge daemon on a free port and its device agent, connected to the broker; and the service."""
+    app, service = create_daemon(EdgeConfig(bundle=bundle, port=0, outbox=work / "outbox.sqlite3"))
     server = ThreadedServer(app, lifespan="on", name="edge-daemon")
     server.start(timeout=60)
-    url = server.url
     agent = DeviceAgent(
         AgentConfig(
             device_id="bench-1",
@@ -131,32 +160,11 @@ def main() -> int:
     )
     agent.start()
     agent.wait_connected(10)
+    return server, agent, service
 
-    publisher = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=f"bench-{uuid.uuid4().hex[:6]}")
-    publisher.connect("127.0.0.1", broker_port)
-    publisher.loop_start()
 
-    stop = threading.Event()
-    lock = threading.Lock()
-    results: list[tuple[float, int, int]] = []  # (time, status, model_version)
-
-    def client() -> None:
-        with httpx.Client(base_url=url, timeout=30) as http:
-            while not stop.is_set():
-                try:
-                    response = http.post("/v1/query", json={"query": "12+7", "route": "edge"})
-                    version = response.json().get("model_version", -1) if response.status_code == 200 else -1
-                    status = response.status_code
-                except httpx.HTTPError:
-                    status, version = 0, -1
-                with lock:
-                    results.append((time.monotonic(), status, version))
-
-    threads = [threading.Thread(target=client, daemon=True) for _ in range(args.clients)]
-    started = time.monotonic()
-    for thread in threads:
-        thread.start()
-    time.sleep(1.0)
+def swap_all(publisher: mqtt.Client, bundles: list[dict], command_key: Any, load: Load) -> list[float]:
+    """Deploy each bundle in turn; each swap's ms from command publish to the new version serving."""
     swap_ms = []
     topic = Topics("bench", "bench-1").cmd
     for revision, bundle in enumerate(bundles, 1):
@@ -166,28 +174,27 @@ def main() -> int:
         publisher.publish(topic, payload, qos=1).wait_for_publish(5)
         deadline = published + 60
         while time.monotonic() < deadline:
-            with lock:
-                served = next((t for t, s, v in reversed(results) if v == bundle["version"]), None)
-            if served is not None:
-                swap_ms.append((min(t for t, s, v in results if v == bundle["version"]) - published) * 1e3)
+            if load.served(bundle["version"]):
+                swap_ms.append((load.first_served(bundle["version"]) - published) * 1e3)
                 break
             time.sleep(0.005)
         else:
             print(f"swap to v{bundle['version']} did not happen", file=sys.stderr)
         time.sleep(0.3)
-    stop.set()
-    for thread in threads:
-        thread.join(30)
-    wall = time.monotonic() - started
-    failed = sum(1 for _, s, _ in results if s != 200)
-    report = {
+    return swap_ms
+
+
+def report_of(
+    swaps: int, clients: int, swap_ms: list[float], results: list[tuple[float, int, int]], wall: float, final: int
+) -> dict[str, Any]:
+    return {
         "benchmark": "swap_under_load",
         "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
-        "swaps": args.swaps,
+        "swaps": swaps,
         "swaps_completed": len(swap_ms),
-        "clients": args.clients,
+        "clients": clients,
         "requests": len(results),
-        "failed_requests": failed,
+        "failed_requests": sum(1 for _, s, _ in results if s != 200),
         "requests_per_s": len(results) / wall,
         "swap_latency_ms": {
             "p50": float(np.percentile(swap_ms, 50)),
@@ -196,9 +203,43 @@ def main() -> int:
         }
         if swap_ms
         else None,
-        "final_version": service.slot.current.version,
+        "final_version": final,
         "wall_s": wall,
     }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--bundle", type=Path, default=REPO / "models" / "edge-student")
+    parser.add_argument("--swaps", type=int, default=10)
+    parser.add_argument("--clients", type=int, default=6, help="concurrent HTTP client threads")
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="edgecloud-swap-"))
+    broker, broker_port = start_broker(work)
+    artifacts = work / "artifacts"
+    artifacts.mkdir()
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Quiet, directory=str(artifacts)))
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    bundles = signed_bundles(args.bundle, args.swaps, work, artifacts, f"http://127.0.0.1:{httpd.server_address[1]}")
+    generate_keypair(work / "command.key", work / "command.pub")
+    command_key = load_private_key(work / "command.key")
+    server, agent, service = start_agent(args.bundle, work, broker_port)
+
+    publisher = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=f"bench-{uuid.uuid4().hex[:6]}")
+    publisher.connect("127.0.0.1", broker_port)
+    publisher.loop_start()
+
+    load = Load(server.url, args.clients)
+    started = time.monotonic()
+    load.start()
+    time.sleep(1.0)
+    swap_ms = swap_all(publisher, bundles, command_key, load)
+    load.stop()
+    wall = time.monotonic() - started
+    report = report_of(args.swaps, args.clients, swap_ms, load.results, wall, service.slot.current.version)
+    failed = report["failed_requests"]
     print(json.dumps(report, indent=2))
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)

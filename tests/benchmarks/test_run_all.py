@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-import itertools
+import ast
 import json
 import subprocess
 import sys
@@ -115,174 +115,80 @@ def test_an_unknown_name_is_refused() -> None:
     assert "unknown benchmark(s) no_such_benchmark" in result.stderr
 
 
+# -- which benchmarks ------------------------------------------------------------------------------
+
+MAKE_BENCH = [
+    "cloud_throughput",
+    "cloud_resume",
+    "student_latency",
+    "routing_quality",
+    "feature_codec",
+    "swap_under_load",
+    "fleet_scale",
+]
+
+
+def scripts() -> set[str]:
+    """Every script in benchmarks/ (a module that runs as ``__main__``), the runner aside."""
+    found = {p.stem for p in (REPO / "benchmarks").glob("*.py") if 'if __name__ == "__main__"' in p.read_text()}
+    return found - {"run_all"}
+
+
+def test_every_benchmark_script_is_run_or_named_as_left_out_with_a_reason() -> None:
+    runnable = [bench.name for bench in run_all.BENCHMARKS]
+    assert len(runnable) == len(set(runnable)) and not set(runnable) & set(run_all.BY_HAND)
+    assert set(runnable) | set(run_all.BY_HAND) == scripts()
+    for bench in run_all.BENCHMARKS:
+        assert bench.name in MAKE_BENCH or len(bench.skip) > 20, f"{bench.name}: say why it is not in the default run"
+    assert all(len(why) > 20 for why in run_all.BY_HAND.values())
+
+
+def test_the_default_run_is_what_make_bench_ran_before() -> None:
+    assert [bench.name for bench in run_all.chosen(None, [])] == MAKE_BENCH
+    extra = run_all.Benchmark("mine", script=Path("/tmp/mine.py"))
+    assert [bench.name for bench in run_all.chosen(None, [extra])] == [*MAKE_BENCH, "mine"]
+
+
+def test_only_runs_a_left_out_benchmark_but_never_one_run_by_hand() -> None:
+    assert [bench.name for bench in run_all.chosen(["route_accuracy", "feature_codec"], [])] == [
+        "feature_codec",
+        "route_accuracy",
+    ]
+    with pytest.raises(ValueError, match="closed_loop is run by hand: one learning-loop turn"):
+        run_all.chosen(["feature_codec", "closed_loop"], [])
+    with pytest.raises(ValueError, match="unknown benchmark"):
+        run_all.chosen(["nope"], [])
+
+
+def test_a_by_hand_name_is_refused_with_its_reason() -> None:
+    result = run("--only", "data_loop")
+    assert result.returncode == 2
+    assert "data_loop is run by hand: needs a pair built by `models build --data`" in result.stderr
+
+
+def test_list_names_every_benchmark_and_why() -> None:
+    result = run("--list")
+    assert result.returncode == 0, result.stderr
+    listed = {line.split()[0]: line.split(None, 1)[1] for line in result.stdout.splitlines()}
+    assert set(listed) == scripts()
+    assert all(listed[name] == "default" for name in MAKE_BENCH)
+    assert listed["security_overhead"].startswith("only with --only: runs swap_under_load and fleet_scale")
+    assert listed["probe_fresh_reasoner"].startswith("by hand: a probe")
+
+
+def argument_flags(script: Path) -> set[str]:
+    """The ``--flags`` a script's argparse parser declares, read from its source."""
+    flags = set()
+    for node in ast.walk(ast.parse(script.read_text())):
+        if isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "add_argument":
+            flags |= {a.value for a in node.args if isinstance(a, ast.Constant) and str(a.value).startswith("--")}
+    return flags
+
+
 @pytest.mark.parametrize("bench", run_all.BENCHMARKS, ids=lambda b: b.name)
-def test_every_section_renders_the_committed_results(bench: run_all.Benchmark) -> None:
-    """The figures each section reads exist in the JSON its script wrote in the committed run."""
-    path = REPO / "benchmarks" / "results" / bench.name / f"{bench.name}.json"
-    if not path.exists():
-        pytest.skip(f"no committed {path.relative_to(REPO)}")
-    report = json.loads(path.read_text())
-    lines = bench.section(report)
-    tables = _tables(lines)
-    assert tables, f"{bench.name}: no table"
-    for header, rows in tables:
-        assert rows, f"{bench.name}: table {header} has no rows"
-        assert all(len(row) == len(header) for row in rows), f"{bench.name}: ragged table {header}"
-    text = "\n".join(lines)
-    for expected in _figures(bench.name, report):
-        assert expected in text, f"{bench.name}: {expected!r} not in its section"
-
-
-def _tables(lines: list[str]) -> list[tuple[list[str], list[list[str]]]]:
-    """Each Markdown table of ``lines``: its header cells and the cells of each row."""
-
-    def cells(line: str) -> list[str]:
-        return [cell.strip() for cell in line.strip().strip("|").split("|")]
-
-    tables = []
-    for i, line in enumerate(lines[:-1]):
-        if line.startswith("| ") and lines[i + 1].startswith("|---"):
-            rows = [cells(row) for row in itertools.takewhile(lambda row: row.startswith("| "), lines[i + 2 :])]
-            tables.append((cells(line), rows))
-    return tables
-
-
-def _f(value: float, digits: int) -> str:
-    """A figure as a report shows it: an int as it is, a float to ``digits`` places."""
-    return str(value) if isinstance(value, int) else f"{value:.{digits}f}"
-
-
-def _pct(value: float, digits: int = 1) -> str:
-    return f"{100 * value:.{digits}f}%"
-
-
-def _verdict(met: bool | None) -> str:
-    return "not measured" if met is None else "met" if met else "**missed**"
-
-
-def _figures(name: str, r: dict) -> list[str]:  # type: ignore[type-arg]
-    """Rows (or runs of cells) each section must show, computed here from its JSON, figure by figure."""
-    if name == "cloud_throughput":
-        out = []
-        for p in r["points"]:
-            s, b = p["sequential"], p["batched"]
-            out.append(
-                f"| {p['concurrency']} | {s['sessions']} | {_f(s['sessions_per_s'], 2)} | "
-                f"{_f(b['sessions_per_s'], 2)} | {p['ratio']['sessions_per_s']:.2f}x | "
-                f"{_f(s['tokens_per_s'], 0)} | {_f(b['tokens_per_s'], 0)} | {p['ratio']['tokens_per_s']:.2f}x | "
-                f"{_f(s['ttft_ms']['p50'], 0)} | {_f(b['ttft_ms']['p50'], 0)} |"
-            )
-        target = r.get("target")
-        if target is not None:
-            measured = r["ratio_sessions_per_s"][str(target["concurrency"])]
-            out.append(
-                f"| batched >= {target['ratio']:g}x sessions/s at {target['concurrency']} concurrent | "
-                f"{measured:.2f}x | {_verdict(target['met'])} |"
-            )
-        return out
-    if name == "cloud_resume":
-        clean = (
-            r["completed"] == r["sessions"]
-            and not r["lost_events"]
-            and not r["duplicated_events"]
-            and not r["replay_mismatches"]
-            and not r["rpc_errors"]
-        )
-        return [
-            (
-                f"| {r['sessions']} | {r['concurrency']} | {r['completed']} | {r['disconnects']} | "
-                f"{r['reattaches_while_running']} | {r['events']} | {r['lost_events']} | {r['duplicated_events']} | "
-                f"{r['replay_mismatches']} | {len(r['rpc_errors'])} | {_pct(r['accuracy'], 0)} | {_f(r['wall_s'], 1)} |"
-            ),
-            (
-                f"| {r['completed']}/{r['sessions']} completed, {r['lost_events']} lost, {r['duplicated_events']} "
-                f"duplicated | {_verdict(clean)} |"
-            ),
-        ]
-    if name == "student_latency":
-        latency, sizes = r["latency"], r["size_bytes"]
-        int8 = latency["onnx_int8"]["p50_ms"]
-        size_key = {"onnx_int8": "onnx_int8", "onnx_fp32": "onnx_fp32", "torch_fp32": "torch_fp32_safetensors"}
-        out = [f"{r['queries']} simple (k=1) queries, {r['threads']} thread"]
-        out += [
-            f"| {model} | {_f(s['p50_ms'], 2)} | {_f(s['p99_ms'], 2)} | {_f(s['mean_ms'], 2)} | "
-            f"{s['p50_ms'] / int8:.2f}x | {sizes[size_key[model]] / 2**20:.1f} |"
-            for model, s in latency.items()
-        ]
-        speedup = r["speedup_p50"]["int8_vs_torch_fp32"]
-        out.append(f"| int8 ONNX p50 <= 2 ms | {_f(int8, 2)} ms | {_verdict(int8 <= 2)} |")
-        out.append(f"| int8 ONNX >= 3x faster than PyTorch fp32 (p50) | {speedup:.2f}x | {_verdict(speedup >= 3)} |")
-        return out
-    if name == "routing_quality":
-        edge, cloud, cal, routers = r["edge_only_accuracy"], r["cloud_only_accuracy"], r["calibrated"], r["routers"]
-        out = [
-            f"| edge only | {_pct(edge)} | {_pct(edge / cloud)} | 0.0% |",
-            f"| cloud only | {_pct(cloud)} | 100.0% | 100.0% |",
-            (
-                f"| calibrated threshold ({cal['threshold']:.3f}) | {_pct(cal['system_accuracy'])} | "
-                f"{_pct(cal['of_cloud'])} | {_pct(cal['escalation_share'])} |"
-            ),
-        ]
-        random_apgr, oracle_apgr = routers["random"]["apgr"], routers["oracle"]["apgr"]
-        out += [
-            f"| {router} | {s['apgr']:.3f} | {s['apgr'] / random_apgr:.2f}x | {s['apgr'] / oracle_apgr:.2f}x | "
-            f"{_pct(s['cpt_95_cloud_accuracy'])} | {_pct(s['cpt_95_pgr'])} |"
-            for router, s in routers.items()
-        ]
-        confidence = routers["confidence"]["apgr"]
-        out.append(f"| APGR of the confidence router >= 0.9 | {confidence:.3f} | {_verdict(confidence >= 0.9)} |")
-        out.append(f"| {_verdict(r['target']['calibrated_met'])} |")
-        return out
-    if name == "feature_codec":
-        cosine, t, goal = r["cosine"], r["time_us_per_vector"], r["targets"]
-        return [
-            (
-                f"| {r['raw_float32_bytes']} | {_f(r['encoded_bytes']['mean'], 1)} | "
-                f"{_f(r['payload_bytes']['mean'], 1)} | {r['ratio']:.2f}x | {r['ratio_payload_only']:.2f}x | "
-                f"{_f(cosine['mean'], 5)} | {_f(cosine['min'], 5)} | {_f(t['encode']['p50'], 1)} | "
-                f"{_f(t['decode']['p50'], 1)} |"
-            ),
-            f"| {r['ratio']:.2f}x | {_verdict(goal['ratio_met'])} |",
-            f"| min {_f(cosine['min'], 5)} | {_verdict(goal['cosine_met'])} |",
-        ]
-    if name == "swap_under_load":
-        latency = r["swap_latency_ms"] or {}
-        ok = r["failed_requests"] == 0 and r["swaps_completed"] == r["swaps"]
-        met = ok if r["swaps"] >= 10 else (False if not ok else None)
-        cells = [_f(latency[k], 0) if k in latency else "-" for k in ("p50", "p99", "max")]
-        return [
-            (
-                f"| {r['swaps']} | {r['swaps_completed']} | {r['clients']} | {r['requests']} | "
-                f"{_f(r['requests_per_s'], 1)} | {r['failed_requests']} | {' | '.join(cells)} | {r['final_version']} |"
-            ),
-            (
-                f"| 0 failed requests during 10 swaps | {r['failed_requests']} failed of {r['requests']}, "
-                f"{r['swaps_completed']}/{r['swaps']} swaps | {_verdict(met)} |"
-            ),
-        ]
-    if name == "fleet_scale":
-        connect, steady, totals = r["connect"], r["telemetry"], r["telemetry_totals"]
-        out = [
-            f"{r['devices']} simulated devices",
-            f"| connect | all devices connected | {_f(connect['all_connected_s'], 2)} s |",
-            (
-                f"| telemetry | offered / published / absorbed per s | {_f(steady['offered_per_s'], 1)} / "
-                f"{_f(steady['published_per_s'], 1)} / {_f(steady['absorbed_per_s'], 1)} |"
-            ),
-            (
-                f"| telemetry | device rows updated in window | {steady['device_rows_updated_in_window']} of "
-                f"{r['devices']} |"
-            ),
-            (
-                f"| whole run | telemetry published / absorbed / lost | {totals['published']} / {totals['absorbed']} / "
-                f"{totals['lost']} |"
-            ),
-            f"| no telemetry lost | {totals['lost']} lost of {totals['published']} | {_verdict(totals['lost'] == 0)} |",
-        ]
-        rollout = r.get("rollout")
-        if rollout is not None:
-            status = f"{rollout['status']} ({rollout['succeeded']} succeeded, {rollout['failed']} failed)"
-            out.append(f"| status | {status} |")
-            out.append(f"| create_rollout -> COMPLETED | {_f(rollout['to_completed_s'], 2)} s |")
-        return out
-    raise AssertionError(f"no expected figures for benchmark {name!r}: add them to _figures")
+def test_each_benchmark_takes_the_arguments_the_runner_gives(bench: run_all.Benchmark, tmp_path: Path) -> None:
+    declared = argument_flags(REPO / "benchmarks" / f"{bench.name}.py")
+    command = bench.command(tmp_path / bench.name, quick=True)
+    assert command[1] == f"benchmarks/{bench.name}.py"
+    given = {part for part in command[2:] if part.startswith("--")}
+    assert given <= declared, f"{bench.name} does not take {given - declared}"
