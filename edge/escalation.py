@@ -96,7 +96,8 @@ class CloudClientConfig:
     """Client certificate, with ``key_file``, for mTLS."""
     key_file: Path | None = None
     deadline_s: float = 120.0
-    """The most one call may take, re-attaches and backoffs included."""
+    """The most one call may take, re-attaches and backoffs included: an escalation's one deadline
+    (the daemon sets it from :attr:`EdgeConfig.cloud_timeout_s`; the service runs no timer of its own)."""
     connect_timeout_s: float = 3.0
     """How long one connection attempt may take."""
     max_attempts: int = 6
@@ -170,6 +171,44 @@ async def _let_status_arrive(call: grpc.aio.UnaryStreamCall) -> None:
         pass
 
 
+class _Retries:
+    """One call's retries, the one backoff loop of this client: its deadline (``deadline_s`` from
+    the first attempt, re-attaches and backoffs included), its consecutive failed attempts, the
+    jittered backoff between them and the error it gives up with."""
+
+    def __init__(self, config: CloudClientConfig, what: str) -> None:
+        self.config, self.what = config, what
+        self._loop = asyncio.get_running_loop()
+        self.deadline = self._loop.time() + config.deadline_s
+        self.failures = 0
+
+    def remaining(self) -> float:
+        """Seconds left before the deadline: the timeout of the next attempt."""
+        return self.deadline - self._loop.time()
+
+    async def pause(self, error: grpc.aio.AioRpcError | None, *, progressed: bool = False, where: str = "") -> None:
+        """Wait out the backoff before the next attempt, or raise the error to give up with: after
+        ``max_attempts`` failures in a row, or when the pause would pass the deadline.
+        ``progressed``: the failed attempt got somewhere (events), so the count starts again."""
+        c = self.config
+        self.failures = 1 if progressed else self.failures + 1
+        if self.failures >= c.max_attempts:
+            raise _give_up(self.what, error, f"gave up after {self.failures} failed attempts{where}")
+        pause = random.uniform(0.0, min(c.backoff_max_s, c.backoff_base_s * 2 ** (self.failures - 1)))
+        if self._loop.time() + pause >= self.deadline:
+            raise _give_up(self.what, error, f"no success within {c.deadline_s:g}s{where}")
+        cause = error.code().name if error is not None else "ended early"
+        log.info("%s: attempt failed%s (%s); retrying in %.2fs", self.what, where, cause, pause)
+        await asyncio.sleep(pause)
+
+
+def _give_up(what: str, error: grpc.aio.AioRpcError | None, reason: str) -> EdgecloudError:
+    if error is not None and error.code() is grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return ResourceExhaustedError(f"{what}: {reason}: {error.details()}")
+    detail = f"{error.code().name}: {error.details()}" if error is not None else "no terminal event"
+    return UnavailableError(f"{what}: {reason} ({detail})")
+
+
 class CloudClient:
     """A grpc.aio client of the Reasoner. The channel is opened lazily on the
     event loop that first uses the client (and reopened if another loop does)."""
@@ -226,35 +265,16 @@ class CloudClient:
 
     # -- retries -----------------------------------------------------------------------
 
-    def _backoff_s(self, failures: int) -> float:
-        c = self.config
-        return random.uniform(0.0, min(c.backoff_max_s, c.backoff_base_s * 2 ** (failures - 1)))
-
-    def _give_up(self, what: str, error: grpc.aio.AioRpcError | None, reason: str) -> EdgecloudError:
-        if error is not None and error.code() is grpc.StatusCode.RESOURCE_EXHAUSTED:
-            return ResourceExhaustedError(f"{what}: {reason}: {error.details()}")
-        detail = f"{error.code().name}: {error.details()}" if error is not None else "no terminal event"
-        return UnavailableError(f"{what}: {reason} ({detail})")
-
     async def _unary(self, what: str, call: Callable[[float], Awaitable[_T]]) -> _T:
         """One unary RPC, retried (it is idempotent) on the recoverable codes."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.config.deadline_s
-        failures = 0
+        retries = _Retries(self.config, what)
         while True:
             try:
-                return await call(deadline - loop.time())
+                return await call(retries.remaining())
             except grpc.aio.AioRpcError as exc:
                 if not _retryable(exc):
                     raise map_rpc_error(exc, what) from None
-                failures += 1
-                if failures >= self.config.max_attempts:
-                    raise self._give_up(what, exc, f"gave up after {failures} attempts") from None
-                pause = self._backoff_s(failures)
-                if loop.time() + pause >= deadline:
-                    raise self._give_up(what, exc, f"no success within {self.config.deadline_s:g}s") from None
-                log.debug("%s failed (%s); retrying in %.2fs", what, exc.code().name, pause)
-                await asyncio.sleep(pause)
+                await retries.pause(exc)
 
     # -- the Reasoner ------------------------------------------------------------------
 
@@ -263,17 +283,15 @@ class CloudClient:
     ) -> AsyncIterator[Event]:
         """The session's events from seq 1 to its COMPLETED or FAILED event, resumed across breaks.
         ``trace_headers`` (W3C trace context) go with the call, so the cloud's spans join the trace."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.config.deadline_s
         request = think_request_to_pb(params)
         what = f"think {params.request_id}"
+        retries = _Retries(self.config, what)
         metadata = (*self._metadata, *(trace_headers or {}).items())
         session_id: str | None = None
         last_seq = 0
-        failures = 0
         while True:
             stub, _ = self._stubs()
-            remaining = deadline - loop.time()
+            remaining = retries.remaining()
             if session_id is None:
                 call = stub.Think(request, timeout=remaining, metadata=metadata)
             else:
@@ -316,20 +334,7 @@ class CloudClient:
                 if ended:
                     await _let_status_arrive(call)
                 call.cancel()  # no-op once finished; frees the RPC when the caller stops early
-            failures = 1 if progressed else failures + 1
-            if failures >= self.config.max_attempts:
-                raise self._give_up(what, error, f"gave up after {failures} failed attempts at seq {last_seq}")
-            pause = self._backoff_s(failures)
-            if loop.time() + pause >= deadline:
-                raise self._give_up(what, error, f"no end within {self.config.deadline_s:g}s, at seq {last_seq}")
-            log.info(
-                "%s: stream broke at seq %d (%s); resuming in %.2fs",
-                what,
-                last_seq,
-                error.code().name if error else "ended early",
-                pause,
-            )
-            await asyncio.sleep(pause)
+            await retries.pause(error, progressed=progressed, where=f" at seq {last_seq}")
             self.reconnects += 1
 
     async def submit(self, params: ThinkParams) -> SessionInfo:

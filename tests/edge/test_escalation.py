@@ -631,3 +631,32 @@ def test_the_grpc_client_is_a_cloud_reasoner() -> None:
     client = CloudClient(CloudClientConfig(target="127.0.0.1:1"))
     assert isinstance(client, CloudReasoner)
     asyncio.run(client.close())
+
+
+def test_one_retry_loop_gives_up_after_max_attempts_in_a_row_or_at_the_deadline() -> None:
+    from edgecloud.edge.escalation import _Retries
+
+    quick = CloudClientConfig(target="127.0.0.1:1", max_attempts=3, backoff_base_s=0.001, backoff_max_s=0.001)
+    full = grpc.aio.AioRpcError(
+        grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.aio.Metadata(), grpc.aio.Metadata(), "queue full"
+    )
+
+    async def scenario() -> None:
+        retries = _Retries(quick, "think r-1")
+        await retries.pause(None)
+        await retries.pause(None, progressed=True)  # an attempt that got events starts the count again
+        await retries.pause(None)
+        with pytest.raises(UnavailableError, match="think r-1: gave up after 3 failed attempts at seq 4"):
+            await retries.pause(None, where=" at seq 4")
+        busy = _Retries(quick, "submit r-2")
+        await busy.pause(full)
+        await busy.pause(full)
+        with pytest.raises(ResourceExhaustedError, match="submit r-2: gave up after 3 failed attempts: queue full"):
+            await busy.pause(full)  # the cloud was reachable, only full: retry later, not "down"
+        late = _Retries(CloudClientConfig(target="127.0.0.1:1", deadline_s=0.01, max_attempts=100), "get s-1")
+        await asyncio.sleep(0.02)
+        assert late.remaining() < 0
+        with pytest.raises(UnavailableError, match=r"get s-1: no success within 0.01s \(no terminal event\)"):
+            await late.pause(None)
+
+    asyncio.run(scenario())
