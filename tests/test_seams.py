@@ -23,6 +23,7 @@ SEAMS = [
     ("edgecloud.cloud.engine:ReasoningEngine", "edgecloud.cloud.transformers_engine:TransformersEngine"),
     ("edgecloud.cloud.store:SessionStorage", "edgecloud.cloud.store:SessionStore"),
     ("edgecloud.fleet.store:FleetStorage", "edgecloud.fleet.store:FleetStore"),
+    ("edgecloud.fleet.link:DeviceMessages", "edgecloud.fleet.service:FleetService"),
 ]
 
 

@@ -101,7 +101,7 @@ def test_poison_on_every_topic_the_manager_reads_changes_nothing_and_a_rollout_s
         # every one but the unknown leaf, which is not the manager's to read
         wait_for(lambda: refused() - malformed >= len(poison) - 1, 15, "every refusal")
 
-        assert manager.client._thread is not None and manager.client._thread.is_alive()
+        assert manager.link.client._thread is not None and manager.link.client._thread.is_alive()
         after = {d["id"]: d for d in manager.devices()}
         for device in ("dev00", "dev01", "dev02"):
             for field in ("online", "model_version", "session", "labels", "model_name"):
