@@ -13,8 +13,7 @@ from edgecloud.edge.runtime import EdgeBundle
 from edgecloud.modelkit.arithmetic.evaluate import REFERENCE_DIR, STUDENT_DIR, TEACHER_DIR
 from edgecloud.modelkit.data.build import DataBuildConfig
 from edgecloud.modelkit.data.datasets import Row, read_dataset, write_dataset
-from edgecloud.modelkit.data.student import STUDENT_PROMPT, student_targets
-from edgecloud.modelkit.data.teacher import row_example
+from edgecloud.modelkit.data.student import STUDENT_PROMPT
 from edgecloud.modelkit.tokenizer import build_data_tokenizers
 from edgecloud.shared.base.errors import ConfigError
 from edgecloud.shared.bundles.manifest import load_manifest, verify_bundle
@@ -194,27 +193,6 @@ def test_data_tokenizers_keep_spaces_and_cover_every_character() -> None:
     runs, _ = build_data_tokenizers(texts, word_texts=texts * 20, max_words=5, max_symbol_runs=2, lowercase=True)
     ids = runs('{"room":"kitchen"}', add_special_tokens=False)["input_ids"]
     assert runs.convert_ids_to_tokens(ids)[:2] == ['{"', "r"] and runs.decode(ids) == '{"room":"kitchen"}'
-
-
-def test_teacher_targets_hold_the_reasoning_then_the_answer() -> None:
-    tokenizer, _ = build_data_tokenizers(["abc xyz", "reverse"], lowercase=True)
-    rng = random.Random(0)
-    row = Row(query="reverse abc", answer="cba", reasoning="a b c\n")
-    context, target = row_example(row, tokenizer, mode="think", rng=rng)
-    assert context.endswith("<|im_start|>assistant\n") and "reverse abc" in context
-    assert target == "<think>\na b c\n</think>\n\ncba<|im_end|>"
-    bare = Row(query="reverse abc", answer="cba")
-    assert row_example(bare, tokenizer, mode="think", rng=rng)[1] == "<think>\n\n</think>\n\ncba<|im_end|>"
-    context, target = row_example(row, tokenizer, mode="direct", rng=rng)
-    assert context.endswith("<think>\n\n</think>\n\n") and target == "cba<|im_end|>"
-    chat = Row(messages=[{"role": "system", "content": "be brief"}, {"role": "user", "content": "abc"}], answer="cba")
-    assert "<|im_start|>system\nbe brief<|im_end|>" in row_example(chat, tokenizer, mode="think", rng=rng)[0]
-
-
-def test_the_student_abstains_where_the_teacher_is_wrong() -> None:
-    rows = [Row(query="q1", answer='{"a": 1}'), Row(query="q2", answer='{"a": 2}'), Row(query="q3", answer="")]
-    labels = ['{"a":1.0}', '{"a":3}', "anything"]
-    assert student_targets(rows, labels, "json") == ['{"a":1.0}', "", "anything"]
 
 
 def test_improve_on_a_dataset_bundle_refuses_a_fresh_pair_or_no_evidence_before_training(
