@@ -24,7 +24,8 @@ class EdgeConfig:
     cloud_tls: bool = False
     cloud_ca: Path | None = None
     cloud_timeout_s: float = 60.0
-    """Longest a synchronous escalation may take before the answer falls back to the edge."""
+    """Longest a synchronous escalation may take before the answer falls back to the edge: the cloud
+    client's deadline, retries included (the escalation's one timer)."""
     api_keys: tuple[str, ...] = ()
     """When set, every /v1 call needs one of them as ``Authorization: Bearer <key>`` (or
     ``X-API-Key``); required off loopback unless ``allow_unauthenticated``. Each key is a tenant:

@@ -43,7 +43,8 @@ class CloudReasoner(Protocol):
         """One session's events, each ``seq`` once and in order, ending with COMPLETED or FAILED.
         ``trace_headers``: the caller's W3C trace context, for the cloud's spans to join.
         Idempotent by ``params.request_id``. Raises an :mod:`edgecloud.shared.base.errors` error:
-        UnavailableError when the cloud cannot be reached within the deadline,
+        UnavailableError when the cloud cannot be reached within its deadline (the one timer on an
+        escalation: the service sets none of its own),
         InvalidInputError or AuthenticationError when it refuses the request."""
 
     async def healthy(self, timeout: float = 1.0) -> bool:

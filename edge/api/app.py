@@ -9,32 +9,32 @@ mapping and the operational routes; the two query APIs are routers of their own:
   /v1/models``, routed the same way, and its Responses API (:mod:`edgecloud.edge.api.responses`).
 - ``/healthz`` (alive), ``/readyz`` (model loaded), ``/metrics`` (Prometheus), no key needed.
 
-Errors are JSON ``{"error": {"type", "message"}}`` with a 4xx/5xx status. Every request passes
-:class:`~edgecloud.shared.base.asgi.InboundGuard` first: ``/v1`` needs the API key (when one is set) and
-a POST ``Content-Type: application/json``, both checked before the body is read, and no body is read
-past ``max_body_bytes``, chunked or not.
+Errors are JSON ``{"error": {"type", "message"}}`` with a 4xx/5xx status, OpenAI's shape on its
+routes, and the same body in a stream's error event (:mod:`edgecloud.edge.api.errors`). Every
+request passes :class:`~edgecloud.shared.base.asgi.InboundGuard` first: ``/v1`` needs the API key
+(when one is set) and a POST ``Content-Type: application/json``, both checked before the body is
+read, and no body is read past ``max_body_bytes``, chunked or not.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import replace
 
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
+from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from edgecloud.edge.api.chat import is_openai_path, openai_error, openai_error_body, openai_router
+from edgecloud.edge.api.chat import openai_router
+from edgecloud.edge.api.errors import add_error_handlers, is_openai_path, openai_error_body
 from edgecloud.edge.api.query import query_router
 from edgecloud.edge.api.response_keeper import ResponseKeeper
 from edgecloud.edge.api.response_store import ResponseStore
 from edgecloud.edge.api.responses import responses_router
+from edgecloud.edge.config import EdgeConfig
 from edgecloud.edge.service import EdgeService
-from edgecloud.shared.base.asgi import Inbound, InboundGuard, error_response, response_for
-from edgecloud.shared.base.errors import EdgecloudError
+from edgecloud.shared.base.asgi import Inbound, InboundGuard
 
 __all__ = ["create_app"]
 
@@ -56,41 +56,8 @@ def create_app(service: EdgeService, responses: ResponseStore) -> FastAPI:
 
     app = FastAPI(title="edgecloud edge daemon", version="1", lifespan=lifespan)
 
-    json_only = frozenset({"application/json"})
-    probes = Inbound(max_body_bytes=config.max_body_bytes)
-    api_reads = Inbound(max_body_bytes=config.max_body_bytes, keys=config.api_keys)
-    api_writes = Inbound(max_body_bytes=config.max_body_bytes, keys=config.api_keys, media_types=json_only)
-    openai_reads, openai_writes = (replace(rule, error_body=openai_error_body) for rule in (api_reads, api_writes))
-
-    def inbound(method: str, path: str) -> Inbound:
-        if not path.startswith("/v1/"):
-            return probes  # /healthz, /readyz, /metrics: no key
-        reads = method in ("GET", "HEAD")
-        if is_openai_path(path):  # refusals in OpenAI's shape, so its clients read them
-            return openai_reads if reads else openai_writes
-        return api_reads if reads else api_writes
-
-    app.add_middleware(InboundGuard, policy=inbound)  # outermost: before FastAPI reads a byte
-
-    @app.exception_handler(EdgecloudError)
-    async def on_edgecloud_error(request: Request, exc: EdgecloudError) -> JSONResponse:
-        if is_openai_path(request.url.path):
-            retry = {"Retry-After": "5"} if exc.http_status in (429, 503) else None
-            return openai_error(exc.http_status, str(exc), code=exc.code, headers=retry)
-        return response_for(exc)
-
-    @app.exception_handler(RequestValidationError)
-    async def on_validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
-        if is_openai_path(request.url.path):  # OpenAI clients expect 400, naming the parameter
-            first = exc.errors()[0]["loc"] if exc.errors() else ()
-            param = ".".join(str(p) for p in first[1:]) if first[:1] == ("body",) else None
-            return openai_error(400, problems or "invalid request", param=param or None, code="invalid_value")
-        return error_response(422, "invalid_request", problems or "invalid request")
-
-    @app.exception_handler(StarletteHTTPException)
-    async def on_http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return error_response(exc.status_code, "http_error", str(exc.detail))
+    app.add_middleware(InboundGuard, policy=_inbound(config))  # outermost: before FastAPI reads a byte
+    add_error_handlers(app)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
@@ -116,3 +83,22 @@ def create_app(service: EdgeService, responses: ResponseStore) -> FastAPI:
     app.include_router(responses_router(service, keeper))
 
     return app
+
+
+def _inbound(config: EdgeConfig) -> Callable[[str, str], Inbound]:
+    """What each request must bring (:class:`~edgecloud.shared.base.asgi.InboundGuard`), by path."""
+    json_only = frozenset({"application/json"})
+    probes = Inbound(max_body_bytes=config.max_body_bytes)
+    api_reads = Inbound(max_body_bytes=config.max_body_bytes, keys=config.api_keys)
+    api_writes = Inbound(max_body_bytes=config.max_body_bytes, keys=config.api_keys, media_types=json_only)
+    openai_reads, openai_writes = (replace(rule, error_body=openai_error_body) for rule in (api_reads, api_writes))
+
+    def inbound(method: str, path: str) -> Inbound:
+        if not path.startswith("/v1/"):
+            return probes  # /healthz, /readyz, /metrics: no key
+        reads = method in ("GET", "HEAD")
+        if is_openai_path(path):  # refusals in OpenAI's shape, so its clients read them
+            return openai_reads if reads else openai_writes
+        return api_reads if reads else api_writes
+
+    return inbound

@@ -2,20 +2,20 @@
 
 A query is answered as JSON, or as Server-Sent Events (``stream: true``) with
 one event per step (``route``, ``reasoning``, ``answer``, ``done``; ``error``
-if it fails after the first event). A query the cloud must answer while it is
-down is accepted into the outbox (HTTP 202) and its result fetched later by id.
+if it fails after the first event, with the body a JSON error carries). A query the cloud must
+answer while it is down is accepted into the outbox (HTTP 202) and its result fetched later by id.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import AsyncIterator
 from typing import Literal
 
 from fastapi import APIRouter
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
+from edgecloud.edge.api import sse
+from edgecloud.edge.api.errors import error_body
 from edgecloud.edge.service import EdgeService, QueryRequest, StreamItem
 from edgecloud.edge.triage import Requested
 from edgecloud.shared.base.errors import EdgecloudError, NotFoundError
@@ -32,8 +32,12 @@ class QueryBody(BaseModel):
     include_reasoning: bool = False
 
 
-def _sse(item: StreamItem) -> bytes:
-    return f"event: {item.event}\ndata: {json.dumps(item.data, separators=(',', ':'))}\n\n".encode()
+def _event(item: StreamItem) -> list[bytes]:
+    return [sse.frame(item.to_json(), item.event)]
+
+
+def _error(exc: EdgecloudError) -> bytes:
+    return sse.frame(error_body(exc, openai=False), "error")
 
 
 def query_router(service: EdgeService) -> APIRouter:
@@ -48,18 +52,8 @@ def query_router(service: EdgeService) -> APIRouter:
             include_reasoning=body.include_reasoning,
         )
         if body.stream:
-            stream = service.stream(request)
-            first = await anext(stream)  # errors before the first event still get a proper status
-
-            async def events() -> AsyncIterator[bytes]:
-                yield _sse(first)
-                try:
-                    async for item in stream:
-                        yield _sse(item)
-                except EdgecloudError as exc:
-                    yield _sse(StreamItem("error", {"type": type(exc).__name__, "message": str(exc)}))
-
-            return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+            items = await sse.begin(service.stream(request))
+            return sse.response(sse.encode(items, _event, _error))
         result = await service.query(request)
         return JSONResponse(result.to_json(), status_code=202 if result.status == "accepted" else 200)
 

@@ -22,6 +22,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+from edgecloud.edge.api import sse
 from edgecloud.edge.api.response_objects import (
     CANCELLED,
     FINAL_EVENTS,
@@ -29,10 +30,10 @@ from edgecloud.edge.api.response_objects import (
     response_events,
     response_object,
     response_status,
-    sse,
 )
 from edgecloud.edge.api.response_store import TERMINAL, ResponseStore, StoredResponse
 from edgecloud.edge.outbox import PENDING
+from edgecloud.edge.pipeline.result import final_result
 from edgecloud.edge.service import EdgeService, QueryRequest, QueryResult, StreamItem
 from edgecloud.edge.triage import Requested
 from edgecloud.shared.base.errors import EdgecloudError
@@ -94,10 +95,13 @@ class ResponseKeeper:
 
     # -- creating ----------------------------------------------------------------------
 
-    async def answer(self, request: QueryRequest, *, owner: str, model: str, store: bool) -> dict[str, Any]:
-        """Answer now (not in the background); stored when ``store``, for ``retrieve`` later."""
+    async def answer(
+        self, request: QueryRequest, items: AsyncIterator[StreamItem], *, owner: str, model: str, store: bool
+    ) -> dict[str, Any]:
+        """Answer now (not in the background) from ``items``, the query's buffered stream; stored
+        when ``store``, for ``retrieve`` later."""
         created = time.time()
-        result = await self.service.query(request)
+        result = await final_result(items)
         status = response_status(result)
         body = response_object(request.id, model, created, status, result, background=False)
         if store:
@@ -106,39 +110,36 @@ class ResponseKeeper:
         return body
 
     async def stream_once(
-        self,
-        request: QueryRequest,
-        first: StreamItem,
-        stream: AsyncIterator[StreamItem],
-        *,
-        owner: str,
-        model: str,
-        store: bool,
+        self, request: QueryRequest, items: AsyncIterator[StreamItem], *, owner: str, model: str, store: bool
     ) -> AsyncIterator[bytes]:
         """A live stream (not in the background); its final response stored when ``store``."""
         created, last = time.time(), None
-        async for payload in response_events(self.service, first, stream, request, model, created):
+        async for payload in response_events(items, request, model, created):
             last = payload
-            yield sse(payload)
+            yield _frame(payload)
         if store and last is not None and last["type"] in FINAL_EVENTS:
             response = last["response"]
             self.store.add(self._record(request, owner, model, created, background=False, stream=False,
                                         status=response["status"], response=response))  # fmt: skip
 
-    def start(self, request: QueryRequest, *, owner: str, model: str) -> dict[str, Any]:
-        """Stored, then run in the background; the ``queued`` response object at once."""
+    def start(
+        self, request: QueryRequest, items: AsyncIterator[StreamItem], *, owner: str, model: str
+    ) -> dict[str, Any]:
+        """Stored, then ``items`` (the query's buffered stream) run in the background; the ``queued``
+        response object at once."""
         record = self._record(request, owner, model, time.time(), background=True, stream=False)
         self.store.add(record)
-        self._launch(record, request)
+        self._launch(record, request, items)
         return _object(record, "queued")
 
     def start_stream(
-        self, request: QueryRequest, first: StreamItem, stream: AsyncIterator[StreamItem], *, owner: str, model: str
+        self, request: QueryRequest, items: AsyncIterator[StreamItem], *, owner: str, model: str
     ) -> AsyncIterator[bytes]:
-        """Stored, then run in the background; its events as they happen (:meth:`follow`)."""
+        """Stored, then ``items`` (the query's live stream) run in the background; its events as they
+        happen (:meth:`follow`)."""
         record = self._record(request, owner, model, time.time(), background=True, stream=True)
         self.store.add(record)
-        return self._launch(record, request, (first, stream)).follow(-1)
+        return self._launch(record, request, items).follow(-1)
 
     # -- reading -----------------------------------------------------------------------
 
@@ -199,22 +200,24 @@ class ResponseKeeper:
                               request=_request_json(request), **fields)  # fmt: skip
 
     def _launch(
-        self,
-        record: StoredResponse,
-        request: QueryRequest,
-        begun: tuple[StreamItem, AsyncIterator[StreamItem]] | None = None,
+        self, record: StoredResponse, request: QueryRequest, items: AsyncIterator[StreamItem] | None = None
     ) -> _Run:
+        """Run ``items`` in a task of its own; None: the query from the start (again, after a restart)."""
         run = _Run()
         if record.stream:
             self._runs[record.id] = run
-            run.task = asyncio.create_task(self._produce(record, request, run, begun))
+            run.task = asyncio.create_task(self._produce(record, request, run, items))
         else:
-            self._tasks[record.id] = asyncio.create_task(self._answer(record, request))
+            self._tasks[record.id] = asyncio.create_task(self._answer(record, request, items))
         return run
 
-    async def _answer(self, record: StoredResponse, request: QueryRequest) -> None:
+    async def _answer(
+        self, record: StoredResponse, request: QueryRequest, items: AsyncIterator[StreamItem] | None
+    ) -> None:
         try:
-            self._from_result(record, await self.service.query(request))
+            if items is None:  # run again after a restart
+                items = self.service.stream(request, buffered=True)
+            self._from_result(record, await final_result(items))
         # Cancelled (a BaseException) passes through: by cancel(), stored as cancelled already, or by
         # stop(), left unfinished to resume. Anything else ends the response failed, with its reason.
         except Exception as exc:  # noqa: BLE001
@@ -223,20 +226,12 @@ class ResponseKeeper:
             self._tasks.pop(record.id, None)
 
     async def _produce(
-        self,
-        record: StoredResponse,
-        request: QueryRequest,
-        run: _Run,
-        begun: tuple[StreamItem, AsyncIterator[StreamItem]] | None,
+        self, record: StoredResponse, request: QueryRequest, run: _Run, items: AsyncIterator[StreamItem] | None
     ) -> None:
         try:
-            if begun is None:  # run again after a restart
-                stream = self.service.stream(request)
-                begun = (await anext(stream), stream)
-            first, stream = begun
-            async for payload in response_events(
-                self.service, first, stream, request, record.model, record.created_at, background=True
-            ):
+            if items is None:  # run again after a restart
+                items = self.service.stream(request)
+            async for payload in response_events(items, request, record.model, record.created_at, background=True):
                 run.add(payload)
             if run.final is not None and run.final["status"] in TERMINAL:
                 self.store.finish(record.id, run.final["status"], run.final, run.events)
@@ -293,7 +288,7 @@ class _Run:
         while True:
             signal = self._signal  # taken before looking, so an event added meanwhile is not missed
             while index < len(self.events):
-                yield sse(self.events[index])
+                yield _frame(self.events[index])
                 index += 1
             if self._done:
                 return
@@ -306,4 +301,9 @@ def _object(record: StoredResponse, status: str, result: QueryResult | None = No
 
 async def _replay(events: list[dict[str, Any]], after: int) -> AsyncIterator[bytes]:
     for payload in events[max(after + 1, 0) :]:
-        yield sse(payload)
+        yield _frame(payload)
+
+
+def _frame(payload: dict[str, Any]) -> bytes:
+    """One event of OpenAI's Responses stream, named by its ``type``."""
+    return sse.frame(payload, payload["type"])

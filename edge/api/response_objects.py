@@ -10,12 +10,11 @@ error). The hidden reasoning is counted in ``usage.output_tokens_details.reasoni
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from edgecloud.edge.service import EdgeService, QueryRequest, QueryResult, StreamItem
+from edgecloud.edge.service import QueryRequest, QueryResult, StreamItem
 from edgecloud.shared.base.errors import EdgecloudError
 
 __all__ = [
@@ -25,7 +24,6 @@ __all__ = [
     "response_events",
     "response_object",
     "response_status",
-    "sse",
 ]
 
 CANCELLED = "cancelled by the client"
@@ -99,15 +97,8 @@ def failed_response(
     return failed
 
 
-def sse(payload: dict[str, Any]) -> bytes:
-    """One event as Server-Sent Events bytes."""
-    return f"event: {payload['type']}\ndata: {json.dumps(payload, separators=(',', ':'))}\n\n".encode()
-
-
 async def response_events(
-    service: EdgeService,
-    first: StreamItem,
-    stream: AsyncIterator[StreamItem],
+    items: AsyncIterator[StreamItem],
     request: QueryRequest,
     model: str,
     created: float,
@@ -133,21 +124,19 @@ async def response_events(
     yield event("response.output_item.added", output_index=0, item={**message, "content": []})
     yield event("response.content_part.added", part=part, **where)
     try:
-        item: StreamItem | None = first
-        while item is not None:
+        async for item in items:
             if item.event == "answer":
-                text += item.data["text"]
-                yield event("response.output_text.delta", delta=item.data["text"], logprobs=[], **where)
-            elif item.event == "done":
-                result = service.lookup(request.id)  # recorded by the service before its ``done``
-                status = response_status(result) if result is not None else "completed"
+                text += item.text or ""
+                yield event("response.output_text.delta", delta=item.text or "", logprobs=[], **where)
+            elif item.result is not None:
+                result = item.result
+                status = response_status(result)
                 yield event("response.output_text.done", text=text, logprobs=[], **where)
                 yield event("response.content_part.done", part={**part, "text": text}, **where)
                 item_status = "incomplete" if status == "incomplete" else "completed"
                 yield event("response.output_item.done", output_index=0, item=_message(rid, text, item_status))
                 final = response_object(rid, model, created, status, result, background=background)
                 yield event("response.incomplete" if status == "incomplete" else "response.completed", response=final)
-            item = await anext(stream, None)
     except EdgecloudError as exc:
         yield event("response.failed", response=failed_response(rid, model, created, exc.code, str(exc),
                                                                  background=background))  # fmt: skip

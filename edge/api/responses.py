@@ -15,20 +15,20 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any, Literal
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from edgecloud.edge.api.chat import EFFORTS, MODEL_ROUTES, conversation, message_text, openai_error
+from edgecloud.edge.api import sse
+from edgecloud.edge.api.errors import openai_error
+from edgecloud.edge.api.resolve import message_text, openai_request
 from edgecloud.edge.api.response_keeper import ResponseKeeper
+from edgecloud.edge.config import EdgeConfig
 from edgecloud.edge.service import EdgeService, QueryRequest
-from edgecloud.edge.triage import Requested
 from edgecloud.shared.base.asgi import presented_key
-from edgecloud.shared.base.errors import InvalidInputError
-from edgecloud.shared.reasoner.session import Message, Sampling
+from edgecloud.shared.reasoner.session import Sampling
 
 __all__ = ["ResponsesBody", "responses_router"]
 
@@ -64,31 +64,28 @@ class ResponsesBody(BaseModel):
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
 
 
-def _conversation(body: ResponsesBody) -> tuple[str, tuple[Message, ...]]:
-    """``instructions`` (a system message first) and every input message, in order."""
+def _request(body: ResponsesBody, config: EdgeConfig) -> QueryRequest:
+    """``instructions`` (a system message first) and every input message, in order, routed and
+    budgeted as chat completions are."""
     turns = [("system", body.instructions)] if body.instructions else []
     if isinstance(body.input, str):
-        if not body.input.strip():
-            raise InvalidInputError("input is empty")
         turns.append(("user", body.input))
     else:
         for index, message in enumerate(body.input):
             text = message_text(message.content, f"input[{index}]", ("input_text", "output_text", "text"))
             turns.append((message.role, text))
-    return conversation(turns, "input messages")
-
-
-def _request(body: ResponsesBody, service: EdgeService) -> QueryRequest:
-    route = Requested(body.route) if body.route else MODEL_ROUTES.get(body.model, Requested.AUTO)
-    budget = body.max_reasoning_tokens
-    if budget is None and body.reasoning is not None and body.reasoning.effort is not None:
-        budget = service.config.reasoning_effort_tokens[EFFORTS.index(body.reasoning.effort)]
-    query, messages = _conversation(body)
-    request = QueryRequest(query=query, route=route, max_reasoning_tokens=budget, messages=messages,
-                           sampling=Sampling(temperature=body.temperature, top_p=body.top_p),
-                           max_output_tokens=body.max_output_tokens, id=f"resp_{uuid.uuid4().hex}")  # fmt: skip
-    service.validate(request)  # a bad request is a 400 now, not a failed background response later
-    return request
+    return openai_request(
+        config,
+        model=body.model,
+        route=body.route,
+        max_reasoning_tokens=body.max_reasoning_tokens,
+        effort=body.reasoning.effort if body.reasoning is not None else None,
+        turns=turns,
+        where="input messages",
+        sampling=Sampling(temperature=body.temperature, top_p=body.top_p),
+        max_output_tokens=body.max_output_tokens,
+        id=f"resp_{uuid.uuid4().hex}",
+    )
 
 
 def responses_router(service: EdgeService, keeper: ResponseKeeper) -> APIRouter:
@@ -102,16 +99,17 @@ def responses_router(service: EdgeService, keeper: ResponseKeeper) -> APIRouter:
 
     @router.post("/v1/responses")
     async def create(body: ResponsesBody, http: Request) -> Response:
-        request, who = _request(body, service), owner(http)
+        request, who = _request(body, service.config), owner(http)
+        # Checked here, once: a bad request is a 400 now, not a failed background response later.
+        items = service.stream(request, buffered=not body.stream)
         if not body.stream:
             if body.background:
-                return JSONResponse(keeper.start(request, owner=who, model=body.model))
-            return JSONResponse(await keeper.answer(request, owner=who, model=body.model, store=body.store))
-        stream = service.stream(request)
-        first = await anext(stream)  # an error before the first event is still an HTTP error
+                return JSONResponse(keeper.start(request, items, owner=who, model=body.model))
+            return JSONResponse(await keeper.answer(request, items, owner=who, model=body.model, store=body.store))
+        items = await sse.begin(items)
         if body.background:  # runs on whether or not this client stays to read it
-            return _event_stream(keeper.start_stream(request, first, stream, owner=who, model=body.model))
-        return _event_stream(keeper.stream_once(request, first, stream, owner=who, model=body.model, store=body.store))
+            return sse.response(keeper.start_stream(request, items, owner=who, model=body.model))
+        return sse.response(keeper.stream_once(request, items, owner=who, model=body.model, store=body.store))
 
     @router.get("/v1/responses/{response_id}")
     async def retrieve(response_id: str, http: Request, stream: bool = False, starting_after: int = -1) -> Response:
@@ -120,7 +118,7 @@ def responses_router(service: EdgeService, keeper: ResponseKeeper) -> APIRouter:
             if events is None:
                 message = f"no background response {response_id!r} created with stream: true to stream again"
                 return openai_error(404, message, param="response_id", code="not_found")
-            return _event_stream(events)
+            return sse.response(events)
         return _found(response_id, keeper.state(response_id, owner(http)))
 
     @router.post("/v1/responses/{response_id}/cancel")
@@ -128,10 +126,6 @@ def responses_router(service: EdgeService, keeper: ResponseKeeper) -> APIRouter:
         return _found(response_id, keeper.cancel(response_id, owner(http)))
 
     return router
-
-
-def _event_stream(chunks: AsyncIterator[bytes]) -> StreamingResponse:
-    return StreamingResponse(chunks, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
 
 def _found(response_id: str, state: dict[str, Any] | None) -> Response:

@@ -32,6 +32,7 @@ __all__ = [
     "Inbound",
     "InboundGuard",
     "ThreadedServer",
+    "error_body",
     "error_response",
     "presented_key",
     "response_for",
@@ -45,13 +46,19 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
+def error_body(kind: str, message: str) -> dict[str, Any]:
+    """The HTTP APIs' error body, ``{"error": {"type": kind, "message": message}}``: of a JSON
+    response, and of an error event in a stream."""
+    return {"error": {"type": kind, "message": message}}
+
+
 def error_response(
     status: int, kind: str, message: str, headers: dict[str, str] | None = None
 ) -> Any:  # starlette's JSONResponse
-    """The HTTP APIs' error body, ``{"error": {"type": kind, "message": message}}``."""
+    """A response with :func:`error_body`."""
     from starlette.responses import JSONResponse
 
-    return JSONResponse({"error": {"type": kind, "message": message}}, status_code=status, headers=headers)
+    return JSONResponse(error_body(kind, message), status_code=status, headers=headers)
 
 
 def response_for(error: EdgecloudError) -> Any:
