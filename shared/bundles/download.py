@@ -94,6 +94,84 @@ def _parse_content_range(value: str | None) -> tuple[int, int | None] | None:
     return int(match[1]), None if match[3] == "*" else int(match[3])
 
 
+def _open(
+    opener: urllib.request.OpenerDirector, url: str, state: _Download, headers: Mapping[str, str], timeout_s: float
+) -> http.client.HTTPResponse | None:
+    """The response to a GET from ``state.have`` on; None when the leftover ``.part`` was complete already."""
+    request_headers = {"Accept-Encoding": "identity", **headers}
+    if state.have:
+        request_headers["Range"] = f"bytes={state.have}-"
+    request = urllib.request.Request(url, headers=request_headers)
+    try:
+        return opener.open(request, timeout=timeout_s)
+    except urllib.error.HTTPError as exc:
+        with exc:
+            if exc.code == 416 and state.have:  # our range starts at or past the end
+                match = _UNSATISFIED_RANGE_RE.fullmatch((exc.headers.get("Content-Range") or "").strip())
+                if match and int(match[1]) == state.have:
+                    return None  # the leftover .part was complete already
+                have = state.have
+                state.restart()
+                raise _Retry(f"HTTP 416 for bytes={have}-; restarting from 0") from exc
+            if exc.code in (408, 425, 429) or exc.code >= 500:
+                raise _Retry(f"HTTP {exc.code} {exc.reason}") from exc
+            if exc.code in (404, 410):
+                raise NotFoundError(f"{url}: HTTP {exc.code} {exc.reason}") from exc
+            hint = "; check the artifact credentials" if exc.code in (401, 403) else ""
+            raise ConfigError(f"{url}: HTTP {exc.code} {exc.reason}{hint}") from exc  # redirects refused, other 4xx
+
+
+def _total(response: http.client.HTTPResponse, url: str, state: _Download) -> int | None:
+    """The whole body's size the response announces (None if unknown); restarts ``state`` on a 200."""
+    length_header = response.headers.get("Content-Length")
+    length = int(length_header) if length_header and length_header.isdigit() else None
+    if response.status == 206 and state.have:
+        content_range = _parse_content_range(response.headers.get("Content-Range"))
+        if content_range is None or content_range[0] != state.have:
+            state.restart()
+            raise _Retry(f"unexpected Content-Range {response.headers.get('Content-Range')!r}; restarting")
+        total = content_range[1] if content_range[1] is not None else (
+            state.have + length if length is not None else None
+        )  # fmt: skip
+    elif response.status == 200:
+        if state.have:
+            log.info("%s: the server ignored Range; downloading from the start", url)
+            state.restart()
+        total = length
+    else:
+        raise UnavailableError(f"{url}: unexpected HTTP {response.status} {response.reason}")
+    if total is not None and total > state.max_bytes:
+        raise ArtifactTooLargeError(f"{url}: {total} bytes exceeds the limit of {state.max_bytes}")
+    return total
+
+
+def _receive(
+    response: http.client.HTTPResponse,
+    url: str,
+    state: _Download,
+    total: int | None,
+    progress: Callable[[int, int | None], None] | None,
+    pace: _Pace,
+) -> None:
+    """Append the body to the ``.part``, within the cap and the pace."""
+    with state.part.open("ab") as out:
+        try:
+            # read1: at most one read from the socket, so a server that drips bytes cannot keep one
+            # call (and the deadline check after it) waiting for a whole chunk.
+            while chunk := response.read1(_READ):
+                pace.check(url, state.have, len(chunk))
+                if state.have + len(chunk) > state.max_bytes:
+                    raise ArtifactTooLargeError(f"{url}: more than the limit of {state.max_bytes} bytes")
+                out.write(chunk)
+                state.sha.update(chunk)
+                state.have += len(chunk)
+                if progress is not None:
+                    progress(state.have, total)
+        finally:
+            out.flush()
+            os.fsync(out.fileno())
+
+
 def _attempt(
     opener: urllib.request.OpenerDirector,
     url: str,
@@ -105,66 +183,15 @@ def _attempt(
     pace: _Pace,
 ) -> None:
     """One GET from ``state.have`` on; returns when the body is complete."""
-    request_headers = {"Accept-Encoding": "identity", **headers}
-    if state.have:
-        request_headers["Range"] = f"bytes={state.have}-"
-    request = urllib.request.Request(url, headers=request_headers)
-    try:
-        response = opener.open(request, timeout=timeout_s)
-    except urllib.error.HTTPError as exc:
-        with exc:
-            if exc.code == 416 and state.have:  # our range starts at or past the end
-                match = _UNSATISFIED_RANGE_RE.fullmatch((exc.headers.get("Content-Range") or "").strip())
-                if match and int(match[1]) == state.have:
-                    return  # the leftover .part was complete already
-                have = state.have
-                state.restart()
-                raise _Retry(f"HTTP 416 for bytes={have}-; restarting from 0") from exc
-            if exc.code in (408, 425, 429) or exc.code >= 500:
-                raise _Retry(f"HTTP {exc.code} {exc.reason}") from exc
-            if exc.code in (404, 410):
-                raise NotFoundError(f"{url}: HTTP {exc.code} {exc.reason}") from exc
-            hint = "; check the artifact credentials" if exc.code in (401, 403) else ""
-            raise ConfigError(f"{url}: HTTP {exc.code} {exc.reason}{hint}") from exc  # redirects refused, other 4xx
+    response = _open(opener, url, state, headers, timeout_s)
+    if response is None:
+        return
     with response:
-        length_header = response.headers.get("Content-Length")
-        length = int(length_header) if length_header and length_header.isdigit() else None
-        if response.status == 206 and state.have:
-            content_range = _parse_content_range(response.headers.get("Content-Range"))
-            if content_range is None or content_range[0] != state.have:
-                state.restart()
-                raise _Retry(f"unexpected Content-Range {response.headers.get('Content-Range')!r}; restarting")
-            total = content_range[1] if content_range[1] is not None else (
-                state.have + length if length is not None else None
-            )  # fmt: skip
-        elif response.status == 200:
-            if state.have:
-                log.info("%s: the server ignored Range; downloading from the start", url)
-                state.restart()
-            total = length
-        else:
-            raise UnavailableError(f"{url}: unexpected HTTP {response.status} {response.reason}")
-        if total is not None and total > state.max_bytes:
-            raise ArtifactTooLargeError(f"{url}: {total} bytes exceeds the limit of {state.max_bytes}")
+        total = _total(response, url, state)
         if progress is not None:
             progress(state.have, total)
         pace.start_attempt()
-        with state.part.open("ab") as out:
-            try:
-                # read1: at most one read from the socket, so a server that drips bytes cannot keep one
-                # call (and the deadline check after it) waiting for a whole chunk.
-                while chunk := response.read1(_READ):
-                    pace.check(url, state.have, len(chunk))
-                    if state.have + len(chunk) > state.max_bytes:
-                        raise ArtifactTooLargeError(f"{url}: more than the limit of {state.max_bytes} bytes")
-                    out.write(chunk)
-                    state.sha.update(chunk)
-                    state.have += len(chunk)
-                    if progress is not None:
-                        progress(state.have, total)
-            finally:
-                out.flush()
-                os.fsync(out.fileno())
+        _receive(response, url, state, total, progress, pace)
         if total is not None and state.have < total:
             raise _Retry(f"connection closed after {state.have} of {total} bytes")
         if total is not None and state.have > total:
@@ -231,6 +258,47 @@ def _check_arguments(
     return expected_sha256
 
 
+def _complete(
+    opener: urllib.request.OpenerDirector,
+    url: str,
+    state: _Download,
+    expected_sha256: str | None,
+    resumed_leftover: bool,
+    attempts: int,
+    backoff_s: float,
+    *,
+    pace: _Pace,
+    headers: Mapping[str, str],
+    timeout_s: float,
+    progress: Callable[[int, int | None], None] | None,
+) -> None:
+    """Attempt until the ``.part`` holds the whole body with the expected sha256 (see :func:`download`)."""
+    failures = 0
+    while True:
+        before = state.have
+        pace.check_deadline(url, state.have)
+        try:
+            _attempt(opener, url, state, headers=headers, timeout_s=timeout_s, progress=progress, pace=pace)
+        except (_Retry, *_NETWORK_ERRORS) as exc:
+            failures = 1 if state.have > before else failures + 1
+            reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+            if failures >= attempts:
+                raise UnavailableError(
+                    f"{url}: giving up after {failures} attempts without progress: {reason}"
+                ) from exc
+            log.info("%s: attempt failed (%s); retrying from byte %d", url, reason, state.have)
+            time.sleep(min(backoff_s * 2 ** (failures - 1), 30.0))
+            continue
+        if expected_sha256 is not None and state.sha.hexdigest() != expected_sha256:
+            if resumed_leftover:
+                log.info("%s: a leftover .part did not lead to the expected sha256; starting over", url)
+                resumed_leftover = False
+                state.restart()
+                continue
+            raise IntegrityError(f"{url}: sha256 is {state.sha.hexdigest()}, expected {expected_sha256}")
+        return
+
+
 def download(
     url: str,
     dest_file: str | os.PathLike[str],
@@ -278,31 +346,11 @@ def download(
         state.restart()  # nothing could tell a stale leftover from a good one
     resumed_leftover = expected_sha256 is not None and state.adopt_leftover()
     opener = urllib.request.build_opener(_SafeRedirects)
-    failures = 0
     try:
-        while True:
-            before = state.have
-            pace.check_deadline(url, state.have)
-            try:
-                _attempt(opener, url, state, headers=headers or {}, timeout_s=timeout_s, progress=progress, pace=pace)
-            except (_Retry, *_NETWORK_ERRORS) as exc:
-                failures = 1 if state.have > before else failures + 1
-                reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
-                if failures >= attempts:
-                    raise UnavailableError(
-                        f"{url}: giving up after {failures} attempts without progress: {reason}"
-                    ) from exc
-                log.info("%s: attempt failed (%s); retrying from byte %d", url, reason, state.have)
-                time.sleep(min(backoff_s * 2 ** (failures - 1), 30.0))
-                continue
-            if expected_sha256 is not None and state.sha.hexdigest() != expected_sha256:
-                if resumed_leftover:
-                    log.info("%s: a leftover .part did not lead to the expected sha256; starting over", url)
-                    resumed_leftover = False
-                    state.restart()
-                    continue
-                raise IntegrityError(f"{url}: sha256 is {state.sha.hexdigest()}, expected {expected_sha256}")
-            break
+        _complete(
+            opener, url, state, expected_sha256, resumed_leftover, attempts, backoff_s,
+            pace=pace, headers=headers or {}, timeout_s=timeout_s, progress=progress,
+        )  # fmt: skip
         state.part.touch()  # an empty body leaves no .part yet
         os.replace(state.part, dest)
     except BaseException as exc:
