@@ -36,6 +36,41 @@ class Generation:
 
 
 @torch.no_grad()
+def _left_padded(encoded: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The batch's input ids, left padded with ``pad``, and their attention mask."""
+    width = max(map(len, encoded))
+    input_ids = torch.full((len(encoded), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(encoded), width), dtype=torch.long)
+    for row, ids in enumerate(encoded):
+        input_ids[row, width - len(ids) :] = torch.tensor(ids)
+        mask[row, width - len(ids) :] = 1
+    return input_ids, mask
+
+
+def _tracker(ids: list[int], think_start: int, think_end: int, eos: int, budget: int | None) -> ThinkTracker:
+    """The think-block tracker of one prompt's generation."""
+    # A prompt that pre-fills the think block (thinking disabled) starts outside it.
+    return ThinkTracker(
+        think_start,
+        think_end,
+        eos=eos,
+        budget=budget,
+        phase=Phase.INSIDE if ids.count(think_start) > ids.count(think_end) else Phase.BEFORE,
+        tags_anywhere=True,
+    )
+
+
+def _generation(tokenizer, tracker: ThinkTracker, ids: list[int], logprobs: list[float], eos: int) -> Generation:
+    """One row's generated ids as a :class:`Generation`: its text, answer and confidence."""
+    text = tokenizer.decode(ids, skip_special_tokens=False)
+    answer_ids = tracker.answer(ids)
+    answer = tokenizer.decode(answer_ids, skip_special_tokens=True).strip()
+    output_tokens = len([t for t in answer_ids if t != eos])
+    answer_logprobs = logprobs[len(ids) - len(answer_ids) :] if answer_ids else []
+    confidence = math.exp(min(answer_logprobs)) if answer_logprobs else float("nan")
+    return Generation(text, answer, tracker.reasoning_tokens, output_tokens, tracker.forced, confidence)
+
+
 def generate_batch(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerFast,
@@ -51,25 +86,9 @@ def generate_batch(
     think_end = tokenizer.convert_tokens_to_ids(THINK_END)
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
-    width = max(map(len, encoded))
     n = len(prompts)
-    input_ids = torch.full((n, width), pad, dtype=torch.long)
-    mask = torch.zeros((n, width), dtype=torch.long)
-    for row, ids in enumerate(encoded):
-        input_ids[row, width - len(ids) :] = torch.tensor(ids)
-        mask[row, width - len(ids) :] = 1
-    # A prompt that pre-fills the think block (thinking disabled) starts outside it.
-    trackers = [
-        ThinkTracker(
-            think_start,
-            think_end,
-            eos=eos,
-            budget=reasoning_budget,
-            phase=Phase.INSIDE if ids.count(think_start) > ids.count(think_end) else Phase.BEFORE,
-            tags_anywhere=True,
-        )
-        for ids in encoded
-    ]
+    input_ids, mask = _left_padded(encoded, pad)
+    trackers = [_tracker(ids, think_start, think_end, eos, reasoning_budget) for ids in encoded]
     done = [False] * n
     out: list[list[int]] = [[] for _ in range(n)]
     out_logprobs: list[list[float]] = [[] for _ in range(n)]
@@ -97,14 +116,4 @@ def generate_batch(
         next_logits = model(
             input_ids=token[:, None], attention_mask=mask, position_ids=position_ids, past_key_values=cache
         ).logits[:, -1]
-    results = []
-    for row, tracker in enumerate(trackers):
-        ids = out[row]
-        text = tokenizer.decode(ids, skip_special_tokens=False)
-        answer_ids = tracker.answer(ids)
-        answer = tokenizer.decode(answer_ids, skip_special_tokens=True).strip()
-        output_tokens = len([t for t in answer_ids if t != eos])
-        answer_logprobs = out_logprobs[row][len(ids) - len(answer_ids) :] if answer_ids else []
-        confidence = math.exp(min(answer_logprobs)) if answer_logprobs else float("nan")
-        results.append(Generation(text, answer, tracker.reasoning_tokens, output_tokens, tracker.forced, confidence))
-    return results
+    return [_generation(tokenizer, tracker, out[row], out_logprobs[row], eos) for row, tracker in enumerate(trackers)]
