@@ -24,6 +24,11 @@ from any seq they saw before the restart see no gap, no duplicate and no differe
 session that cannot continue (its text no longer fits the model) fails with RESUME_FAILED
 rather than generate its past again.
 
+This module keeps the sessions: it creates them (or finds them again), serves their state and
+their logs to readers, reuses finished results (:class:`ResultCache`) and forgets sessions after
+``ttl_s``. Running one on the engine, from its job to its written end, is
+:class:`~edgecloud.cloud.session_runner.SessionRunner`'s.
+
 Everything here runs on one asyncio loop; engine callbacks arrive on the
 engine thread and are handed to the loop.
 """
@@ -43,12 +48,13 @@ from pathlib import Path
 import numpy as np
 
 from edgecloud.cloud.budget import BudgetPolicy
-from edgecloud.cloud.engine import EngineEvent, EngineEventKind, GenerationResult, Job, ReasoningEngine, Resume
-from edgecloud.cloud.escalation_log import EscalationLog, escalation_record
+from edgecloud.cloud.engine import ReasoningEngine
+from edgecloud.cloud.escalation_log import EscalationLog
 from edgecloud.cloud.journal import EventJournal, resume_from
 from edgecloud.cloud.metrics import CloudMetrics
+from edgecloud.cloud.session_runner import SessionRunner
 from edgecloud.cloud.store import SessionStorage, StoredSession
-from edgecloud.shared.base.errors import ConfigError, InvalidInputError, NotFoundError, ResourceExhaustedError
+from edgecloud.shared.base.errors import ConfigError, InvalidInputError, NotFoundError
 from edgecloud.shared.reasoner.features import decode_features
 from edgecloud.shared.reasoner.session import (
     Event,
@@ -57,12 +63,11 @@ from edgecloud.shared.reasoner.session import (
     SessionInfo,
     SessionStatus,
     ThinkParams,
-    Timings,
     Usage,
     conversation_key,
 )
 
-__all__ = ["Session", "SessionConfig", "SessionManager"]
+__all__ = ["ResultCache", "Session", "SessionConfig", "SessionManager"]
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +127,19 @@ class Session:
     def finished(self) -> bool:
         return self.status.finished
 
+    def next(self, kind: EventKind, **fields: object) -> Event:
+        """The event that follows the log so far."""
+        return Event(seq=len(self.events) + 1, session_id=self.id, kind=kind, **fields)  # type: ignore[arg-type]
+
+    def notify(self) -> None:
+        """Wake this session's readers (from the asyncio loop)."""
+
+        async def wake() -> None:
+            async with self.changed:
+                self.changed.notify_all()
+
+        asyncio.get_running_loop().create_task(wake())
+
     def info(self, model_name: str, model_version: int) -> SessionInfo:
         result = self.result
         return SessionInfo(
@@ -141,11 +159,63 @@ class Session:
 
 
 _CacheKey = tuple[str, str, int, int, int, tuple[float | None, float | None, int | None]]
+
+
+class ResultCache:
+    """Finished results reused for repeated queries, the newest ``size`` of them; only answers
+    that stopped on their own, and only for the same conversation, model, budget, output limit and
+    sampling (a server-chosen seed included)."""
+
+    def __init__(self, engine: ReasoningEngine, size: int) -> None:
+        self.engine, self.size = engine, size
+        self._results: collections.OrderedDict[_CacheKey, Event] = collections.OrderedDict()
+
+    def warm(self, store: SessionStorage) -> None:
+        """Fill the cache from the newest completed sessions of the store that this model answered."""
+        for stored in store.completed(self.size):
+            produced_by = (stored.accepted.model_name, stored.accepted.model_version)
+            if produced_by != (self.engine.name, self.engine.version):
+                continue  # another model's answer (before an upgrade) is not this model's
+            if stored.info is not None and stored.info.status is SessionStatus.COMPLETED:
+                events = store.events(stored.session_id)
+                if events and events[-1].kind is EventKind.COMPLETED:
+                    self.remember(stored.params, stored.budget, events[-1])
+
+    def get(self, params: ThinkParams, budget: int) -> Event | None:
+        """The COMPLETED event of an earlier session with the same key, if the cache holds one."""
+        return self._results.get(self._key(params, budget))
+
+    def remember(self, params: ThinkParams, budget: int, completed: Event) -> None:
+        if self.size == 0 or completed.finish_reason != "stop":
+            return
+        key = self._key(params, budget)
+        self._results[key] = completed
+        self._results.move_to_end(key)
+        while len(self._results) > self.size:
+            self._results.popitem(last=False)
+
+    def _key(self, params: ThinkParams, budget: int) -> _CacheKey:
+        output = params.max_output_tokens or self.engine.config.default_max_output_tokens
+        sampling = params.sampling
+        return (
+            conversation_key(params.conversation),
+            self.engine.name,
+            self.engine.version,
+            budget,
+            output,
+            (sampling.temperature, sampling.top_p, sampling.seed),
+        )
+
+
 _RequestKey = tuple[str, str]
 """(device_id, request_id): request ids are per device."""
 
 
 class SessionManager:
+    """The sessions of one server: creates them (or finds them again by request id), hands them to
+    the :class:`~edgecloud.cloud.session_runner.SessionRunner`, serves their state and their logs to
+    any number of readers, and forgets them ``ttl_s`` after they end."""
+
     def __init__(
         self,
         engine: ReasoningEngine,
@@ -164,27 +234,28 @@ class SessionManager:
         self.escalations = EscalationLog(self.config.escalation_log) if self.config.escalation_log else None
         self._sessions: dict[str, Session] = {}
         self._by_request: dict[_RequestKey, str] = {}
-        self._open: dict[str, set[str]] = {}
-        """Device id -> its unfinished sessions in the engine (the per-device share of the queue)."""
-        self._cache: collections.OrderedDict[_CacheKey, Event] = collections.OrderedDict()
+        self.cache = ResultCache(engine, self.config.result_cache_size)
         self.journal = EventJournal(store, every_s=self.config.write_every_s, on_written=self._written)
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self.runner = SessionRunner(
+            engine,
+            store,
+            self.journal,
+            current=self._sessions.get,
+            remember=self.cache.remember,
+            max_open_per_device=self.config.max_open_per_device,
+            budget=self.budget,
+            metrics=self.metrics,
+            escalations=self.escalations,
+        )
         self._sweeper: asyncio.Task[None] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
 
     async def start(self) -> int:
         """Warm the result cache and continue unfinished sessions; returns how many continue."""
-        self._loop = asyncio.get_running_loop()
+        self.runner.loop = asyncio.get_running_loop()
         self.journal.start()
-        for stored in self.store.completed(self.config.result_cache_size):
-            produced_by = (stored.accepted.model_name, stored.accepted.model_version)
-            if produced_by != (self.engine.name, self.engine.version):
-                continue  # another model's answer (before an upgrade) is not this model's
-            if stored.info is not None and stored.info.status is SessionStatus.COMPLETED:
-                events = self.store.events(stored.session_id)
-                if events and events[-1].kind is EventKind.COMPLETED:
-                    self._remember(stored.params, stored.budget, events[-1])
+        self.cache.warm(self.store)
         resumed = 0
         for stored in self.store.unfinished():
             self._resume(stored)
@@ -214,7 +285,7 @@ class SessionManager:
             session.first_answer = session.created  # its first answer token came before the restart
         self._adopt(session)
         self._decode_features(session)
-        self._submit(session, resume)
+        self.runner.submit(session, resume)
 
     # -- commands ----------------------------------------------------------------------
 
@@ -230,21 +301,9 @@ class SessionManager:
             if existing.params.conversation != params.conversation:
                 raise InvalidInputError(f"request_id {params.request_id!r} was already used for a different query")
             return existing
-        params = self._fix_sampling(params)
-        session = Session(uuid.uuid4().hex, params, 0, time.monotonic())
-        self._decode_features(session)
-        features = session.features
-        session.budget, source = self.budget.choose(
-            params.max_reasoning_tokens,
-            hint=params.hint,
-            features=features,
-            producer=session.producer,
-            at_least_default=params.requested_route == "cloud",
-        )
-        log.debug("session %s: budget %d from %s", session.id, session.budget, source)
-        self._check_prompt(params, session.budget)
+        session = self._new_session(self._fix_sampling(params))
         # A server-chosen seed is part of the key, so a sampled answer is reused only for the same seed.
-        cached = self._cache.get(self._cache_key(params, session.budget))
+        cached = self.cache.get(session.params, session.budget)
         accepted = Event(
             seq=1,
             session_id=session.id,
@@ -255,15 +314,15 @@ class SessionManager:
             queue_position=0 if cached else self.engine.queue_depth + 1,
         )
         if cached is None:
-            self._check_share(params.device_id)
-            self._submit(session)  # raises when full, before anything is recorded
-        self.store.accept(session.id, params, session.budget, accepted)
+            self.runner.check_share(params.device_id)
+            self.runner.submit(session)  # raises when full, before anything is recorded
+        self.store.accept(session.id, session.params, session.budget, accepted)
         self._adopt(session)
         session.events.append(accepted)
         session.written = 1
         if cached is not None:
             self.metrics.cache_hits.inc()
-            self._serve_cached(session, cached)
+            self.runner.serve_cached(session, cached)
         return session
 
     def info(self, session_id: str, *, device: str | None = None) -> SessionInfo:
@@ -274,7 +333,7 @@ class SessionManager:
         session = self._get(session_id, device)
         if not session.finished:
             self.engine.cancel(session.id)
-            self._fail(session, Failure("CANCELLED", "cancelled by the client"), SessionStatus.CANCELLED)
+            self.runner.fail(session, Failure("CANCELLED", "cancelled by the client"), SessionStatus.CANCELLED)
         return session.info(self.engine.name, self.engine.version)
 
     async def follow(self, session_id: str, after_seq: int = 0, *, device: str | None = None) -> AsyncIterator[Event]:
@@ -292,48 +351,22 @@ class SessionManager:
             async with session.changed:
                 await session.changed.wait_for(lambda seen=index: session.written > seen or session.finished)
 
-    # -- internals ---------------------------------------------------------------------
+    # -- a new session -----------------------------------------------------------------
 
-    def _find_request(self, device_id: str, request_id: str) -> Session | None:
-        session_id = self._by_request.get((device_id, request_id))
-        if session_id is not None and session_id in self._sessions:
-            return self._sessions[session_id]
-        stored = self.store.find_request(request_id, device_id)
-        return self._load(stored.session_id) if stored else None
-
-    def _get(self, session_id: str, device: str | None = None) -> Session:
-        """The session; with ``device``, only that device's: another's is as missing as an unknown id."""
-        session = self._sessions.get(session_id) or self._load(session_id)
-        if session is None or (device is not None and session.params.device_id != device):
-            raise NotFoundError(f"no session {session_id!r} (unknown, or expired after {self.config.ttl_s:g}s)")
+    def _new_session(self, params: ThinkParams) -> Session:
+        """A session for ``params`` with its features decoded and its budget chosen and checked."""
+        session = Session(uuid.uuid4().hex, params, 0, time.monotonic())
+        self._decode_features(session)
+        session.budget, source = self.budget.choose(
+            params.max_reasoning_tokens,
+            hint=params.hint,
+            features=session.features,
+            producer=session.producer,
+            at_least_default=params.requested_route == "cloud",
+        )
+        log.debug("session %s: budget %d from %s", session.id, session.budget, source)
+        self._check_prompt(params, session.budget)
         return session
-
-    def _check_share(self, device_id: str) -> None:
-        limit = self.config.max_open_per_device
-        if limit and len(self._open.get(device_id, ())) >= limit:
-            raise ResourceExhaustedError(
-                f"this device has {limit} unfinished sessions, its share of the queue; retry when one finishes"
-            )
-
-    def _load(self, session_id: str) -> Session | None:
-        """A finished session from the store (after a restart or eviction from memory)."""
-        stored = self.store.get(session_id)
-        if stored is None or stored.info is None:
-            return self._sessions.get(session_id)
-        session = Session(stored.session_id, stored.params, stored.budget, time.monotonic())
-        session.events = self.store.events(session_id) or [stored.accepted]
-        session.written = len(session.events)
-        session.status = stored.info.status
-        session.failure = stored.info.failure
-        session.finished_at = time.monotonic()
-        last = session.events[-1]
-        session.result = last if last.kind is EventKind.COMPLETED else None
-        self._adopt(session)
-        return session
-
-    def _adopt(self, session: Session) -> None:
-        self._sessions[session.id] = session
-        self._by_request[(session.params.device_id, session.params.request_id)] = session.id
 
     def _decode_features(self, session: Session) -> None:
         encoded = session.params.features
@@ -365,196 +398,49 @@ class SessionManager:
                 "(nothing is cut: send fewer or shorter messages)"
             )
 
-    def _cache_key(self, params: ThinkParams, budget: int) -> _CacheKey:
-        output = params.max_output_tokens or self.engine.config.default_max_output_tokens
-        sampling = params.sampling
-        return (
-            conversation_key(params.conversation),
-            self.engine.name,
-            self.engine.version,
-            budget,
-            output,
-            (sampling.temperature, sampling.top_p, sampling.seed),
-        )
+    # -- the registry ------------------------------------------------------------------
 
-    def _remember(self, params: ThinkParams, budget: int, completed: Event) -> None:
-        if self.config.result_cache_size == 0 or completed.finish_reason != "stop":
-            return
-        key = self._cache_key(params, budget)
-        self._cache[key] = completed
-        self._cache.move_to_end(key)
-        while len(self._cache) > self.config.result_cache_size:
-            self._cache.popitem(last=False)
+    def _find_request(self, device_id: str, request_id: str) -> Session | None:
+        session_id = self._by_request.get((device_id, request_id))
+        if session_id is not None and session_id in self._sessions:
+            return self._sessions[session_id]
+        stored = self.store.find_request(request_id, device_id)
+        return self._load(stored.session_id) if stored else None
 
-    def _submit(self, session: Session, resume: Resume | None = None) -> None:
-        config = self.engine.config
-        output = min(session.params.max_output_tokens or config.default_max_output_tokens, config.max_output_tokens)
-        loop = self._loop or asyncio.get_running_loop()
+    def _get(self, session_id: str, device: str | None = None) -> Session:
+        """The session; with ``device``, only that device's: another's is as missing as an unknown id."""
+        session = self._sessions.get(session_id) or self._load(session_id)
+        if session is None or (device is not None and session.params.device_id != device):
+            raise NotFoundError(f"no session {session_id!r} (unknown, or expired after {self.config.ttl_s:g}s)")
+        return session
 
-        def on_event(event: EngineEvent) -> None:  # engine thread
-            loop.call_soon_threadsafe(self._on_engine_event, session, event)
+    def _load(self, session_id: str) -> Session | None:
+        """A finished session from the store (after a restart or eviction from memory)."""
+        stored = self.store.get(session_id)
+        if stored is None or stored.info is None:
+            return self._sessions.get(session_id)
+        session = Session(stored.session_id, stored.params, stored.budget, time.monotonic())
+        session.events = self.store.events(session_id) or [stored.accepted]
+        session.written = len(session.events)
+        session.status = stored.info.status
+        session.failure = stored.info.failure
+        session.finished_at = time.monotonic()
+        last = session.events[-1]
+        session.result = last if last.kind is EventKind.COMPLETED else None
+        self._adopt(session)
+        return session
 
-        params = session.params
-        self.engine.submit(
-            Job(
-                session.id,
-                params.query,
-                session.budget,
-                output,
-                params.stream_reasoning,
-                on_event,
-                messages=params.messages,
-                sampling=params.sampling,
-                resume=resume,
-            )
-        )
-        self._open.setdefault(session.params.device_id, set()).add(session.id)
-
-    def _close_slot(self, session: Session) -> None:
-        """The session ended: it no longer counts against its device's share."""
-        open_ = self._open.get(session.params.device_id)
-        if open_ is not None:
-            open_.discard(session.id)
-            if not open_:
-                del self._open[session.params.device_id]
-
-    def _record(self, session: Session, event: Event, hidden_reasoning: str = "") -> None:
-        """Append a running session's event; readers see it once the journal has written it."""
-        session.events.append(event)
-        self.journal.record(
-            session.id,
-            event,
-            reasoning_tokens=session.reasoning_tokens,
-            answer_tokens=session.answer_tokens,
-            hidden_reasoning=hidden_reasoning,
-        )
+    def _adopt(self, session: Session) -> None:
+        self._sessions[session.id] = session
+        self._by_request[(session.params.device_id, session.params.request_id)] = session.id
 
     def _written(self, session_id: str, seq: int) -> None:
         session = self._sessions.get(session_id)
         if session is not None and seq > session.written:
             session.written = seq
-            self._notify(session)
+            session.notify()
 
-    def _notify(self, session: Session) -> None:
-        async def wake() -> None:
-            async with session.changed:
-                session.changed.notify_all()
-
-        asyncio.get_running_loop().create_task(wake())
-
-    def _next(self, session: Session, kind: EventKind, **fields: object) -> Event:
-        return Event(seq=len(session.events) + 1, session_id=session.id, kind=kind, **fields)  # type: ignore[arg-type]
-
-    def _on_engine_event(self, session: Session, event: EngineEvent) -> None:
-        if session.finished or self._sessions.get(session.id) is not session:
-            return  # cancelled meanwhile: the engine drops it at its next step
-        now = time.monotonic()
-        match event.kind:
-            case EngineEventKind.STARTED:
-                session.started = now
-                thinking = session.budget > 0 and session.first_answer is None
-                session.status = SessionStatus.THINKING if thinking else SessionStatus.ANSWERING
-            case EngineEventKind.REASONING_PROGRESS:
-                session.reasoning_tokens = max(session.reasoning_tokens, event.reasoning_tokens)
-                progress = self._next(session, EventKind.REASONING_PROGRESS, reasoning_tokens=event.reasoning_tokens)
-                self._record(session, progress, hidden_reasoning=event.text)  # the text is never shown
-            case EngineEventKind.REASONING_DELTA:
-                session.reasoning_tokens = max(session.reasoning_tokens, event.reasoning_tokens)
-                self._record(session, self._next(session, EventKind.REASONING_DELTA, text=event.text))
-            case EngineEventKind.ANSWER_DELTA:
-                if session.first_answer is None:
-                    session.first_answer = now
-                    self.metrics.first_answer_token.observe(now - session.created)
-                session.status = SessionStatus.ANSWERING
-                session.reasoning_tokens = max(session.reasoning_tokens, event.reasoning_tokens)
-                session.answer_tokens = max(session.answer_tokens, event.answer_tokens)
-                self._record(session, self._next(session, EventKind.ANSWER_DELTA, text=event.text))
-            case EngineEventKind.FINISHED:
-                assert event.result is not None
-                self._complete(session, event.result, now)
-            case EngineEventKind.FAILED:
-                self._fail(session, Failure(event.error_code or "ENGINE_ERROR", event.error), SessionStatus.FAILED)
-
-    def _complete(self, session: Session, result: GenerationResult, now: float) -> None:
-        queue_ms = ((session.started or now) - session.created) * 1e3
-        completed = self._next(
-            session,
-            EventKind.COMPLETED,
-            text=result.answer,
-            usage=result.usage,
-            timings=Timings(
-                queue_ms=queue_ms,
-                reasoning_ms=result.reasoning_ms,
-                answer_ms=result.answer_ms,
-                total_ms=(now - session.created) * 1e3,
-                first_answer_token_ms=queue_ms + result.first_answer_token_ms,
-                prefill_ms=result.prefill_ms,
-            ),
-            budget_reached=result.budget_reached,
-            finish_reason=result.finish_reason,
-        )
-        session.result = completed
-        session.status = SessionStatus.COMPLETED
-        session.finished_at = now
-        self._close_slot(session)
-        session.events.append(completed)
-        self._persist(session)
-        self._remember(session.params, session.budget, completed)
-        m = self.metrics
-        m.sessions.labels("completed").inc()
-        m.tokens.labels("reasoning").inc(result.usage.reasoning_tokens)
-        m.tokens.labels("output").inc(result.usage.output_tokens)
-        m.reasoning_tokens.observe(result.usage.reasoning_tokens)
-        m.latency.observe(now - session.created)
-        if session.features is not None:
-            self.budget.observe(
-                session.features, session.producer, result.usage.reasoning_tokens, result.budget_reached
-            )
-        # What an edge escalated (its features), and every conversation a device sent (an edge leaves
-        # those to the cloud unread): the next student's training data, with its context whole.
-        if self.escalations is not None and (session.features is not None or session.params.multi_turn):
-            self.escalations.append(escalation_record(session.params, session.features, session.budget, result))
-
-    def _serve_cached(self, session: Session, cached: Event) -> None:
-        now = time.monotonic()
-        if cached.text:
-            session.events.append(self._next(session, EventKind.ANSWER_DELTA, text=cached.text))
-        usage = replace(cached.usage, cached_tokens=cached.usage.input_tokens)
-        completed = self._next(
-            session,
-            EventKind.COMPLETED,
-            text=cached.text,
-            usage=usage,
-            timings=Timings(total_ms=(now - session.created) * 1e3),
-            cached=True,
-            budget_reached=cached.budget_reached,
-            finish_reason=cached.finish_reason,
-        )
-        session.result = completed
-        session.status = SessionStatus.COMPLETED
-        session.finished_at = now
-        session.events.append(completed)
-        self._persist(session)
-        self.metrics.sessions.labels("cached").inc()
-
-    def _fail(self, session: Session, failure: Failure, status: SessionStatus) -> None:
-        session.failure = failure
-        session.status = status
-        session.finished_at = time.monotonic()
-        self._close_slot(session)
-        session.events.append(self._next(session, EventKind.FAILED, failure=failure))
-        self._persist(session)
-        self.metrics.sessions.labels(status.name.lower()).inc()
-
-    def _persist(self, session: Session) -> None:
-        """Write the finished session's whole log, then show readers all of it."""
-        self.journal.forget(session.id)
-        session.written = len(session.events)  # its info (last_seq) is stored with the log
-        try:
-            self.store.finish(session.info(self.engine.name, self.engine.version), session.events)
-        except Exception:  # served from memory until it expires; a restart would continue it
-            log.exception("could not persist session %s", session.id)
-        self._notify(session)
+    # -- expiry ------------------------------------------------------------------------
 
     async def _sweep_forever(self) -> None:
         last_tokens, last_time = self.engine.tokens_generated, time.monotonic()
