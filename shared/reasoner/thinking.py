@@ -9,7 +9,7 @@ block, as Qwen3's own chat template does.
 
 Three parts of the project read think blocks, and they must agree token for token on what counts
 as reasoning, when the budget forces the close and where the answer begins: the cloud engine
-(:mod:`edgecloud.cloud.transformers_engine`) enforces a session's budget while it streams, the model
+(:mod:`edgecloud.cloud.decoding`) enforces a session's budget while it streams, the model
 kit's batch decoder (:mod:`edgecloud.modelkit.decoding`) does the same when it measures and trains
 the models the cloud serves, and the edge runtime (:mod:`edgecloud.edge.runtime`) keeps only the
 answer of a student that reasons. The tags are defined here and nowhere else; the chat template of
