@@ -292,9 +292,8 @@ def _api_keys(path: Path | None) -> tuple[str, ...]:
     return keys
 
 
-def _add_edge_commands(commands: argparse._SubParsersAction) -> None:
-    edge = commands.add_parser("edge", help="the edge daemon").add_subparsers(dest="action", required=True)
-    serve = edge.add_parser("serve", help="serve the edge HTTP API (local answers, triage, escalation)")
+def _add_edge_service_args(serve: argparse.ArgumentParser) -> None:
+    """The edge service: its bundle, its HTTP API, the cloud it escalates to, triage and the outbox."""
     serve.add_argument("--bundle", type=Path, default=Path("models/edge-student"), help="edge bundle folder")
     serve.add_argument("--cloud", default=None, metavar="HOST:PORT", help="the Reasoner service; omit for edge-only")
     serve.add_argument("--port", type=int, default=8080, help="HTTP port (default: 8080)")
@@ -318,6 +317,10 @@ def _add_edge_commands(commands: argparse._SubParsersAction) -> None:
     serve.add_argument("--threshold", type=float, default=None, help="triage threshold (default: the bundle's)")
     serve.add_argument("--threads", type=int, default=1, help="onnxruntime threads (default: 1)")
     serve.add_argument("--outbox", default="edge-outbox.sqlite3", help="SQLite outbox file")
+
+
+def _add_edge_agent_args(serve: argparse.ArgumentParser) -> None:
+    """The fleet agent: the MQTT fleet, whom it trusts, where it downloads from, and how it watches a deploy."""
     serve.add_argument("--broker", metavar="HOST:PORT", help="MQTT broker of the fleet; omit to run without the agent")
     serve.add_argument("--fleet", default="default", help="fleet name in the MQTT topic tree")
     serve.add_argument(
@@ -357,6 +360,13 @@ def _add_edge_commands(commands: argparse._SubParsersAction) -> None:
                        help="seconds a newly deployed model is watched before it counts as ACTIVE (default: 30)")  # fmt: skip
     serve.add_argument("--watch-min-requests", type=int, default=20,
                        help="requests the watch needs before it judges error rate and latency (default: 20)")  # fmt: skip
+
+
+def _add_edge_commands(commands: argparse._SubParsersAction) -> None:
+    edge = commands.add_parser("edge", help="the edge daemon").add_subparsers(dest="action", required=True)
+    serve = edge.add_parser("serve", help="serve the edge HTTP API (local answers, triage, escalation)")
+    _add_edge_service_args(serve)
+    _add_edge_agent_args(serve)
     _add_mqtt_arguments(serve)
     _add_tracing_argument(serve)
     serve.set_defaults(func=_edge_serve)

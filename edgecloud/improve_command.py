@@ -90,10 +90,8 @@ def _add_improve_training_args(improve: argparse.ArgumentParser) -> None:
     )
 
 
-def add_improve_command(models: argparse._SubParsersAction) -> None:
-    improve = models.add_parser(
-        "improve", help="train the next edge student on the cloud's answers to escalations, gate it, bundle it"
-    )
+def _add_improve_io_args(improve: argparse.ArgumentParser) -> None:
+    """The escalation logs, the base bundle and where the improved one goes."""
     improve.add_argument("logs", type=Path, nargs="+", metavar="LOG", help="escalation logs (JSONL) of the cloud")
     improve.add_argument(
         "--bundle",
@@ -111,19 +109,10 @@ def add_improve_command(models: argparse._SubParsersAction) -> None:
         "--out", type=Path, default=Path("models/improved"), help="output folder (default: models/improved)"
     )
     improve.add_argument("--version", type=int, default=None, help="bundle version (default: the base's + 1)")
-    improve.add_argument(
-        "--learn-reasoning",
-        choices=("auto", "yes", "no"),
-        default="auto",
-        help="learn the cloud's reasoning as a scratchpad (auto: when the records carry it)",
-    )
-    improve.add_argument(
-        "--budget-cut-weight",
-        type=float,
-        default=0.0,
-        help="sampling weight of answers whose thinking the budget cut (default: 0, left out)",
-    )
-    _add_improve_training_args(improve)
+
+
+def _add_improve_gate_args(improve: argparse.ArgumentParser) -> None:
+    """What the gate compares the new student with the base on, and when it refuses."""
     improve.add_argument(
         "--gate-n", type=int, default=2000, help="cases of the base's validation data the gate adds (default: 2000)"
     )
@@ -139,16 +128,10 @@ def add_improve_command(models: argparse._SubParsersAction) -> None:
         "--min-fresh-records", type=int, default=2000,
         help="a fresh reasoner is refused on fewer training records than this (default: 2000)",
     )  # fmt: skip
-    improve.add_argument(
-        "--data", type=Path, default=None, metavar="DIR",
-        help="the base's dataset folder, where the one its manifest names is not here",
-    )  # fmt: skip
-    improve.add_argument(
-        "--calibration-n", type=int, default=4000, help="validation queries triage is calibrated on (default: 4000)"
-    )
-    improve.add_argument(
-        "--replay-n", type=int, default=20000, help="queries the base answers for replay (default: 20000)"
-    )
+
+
+def _add_improve_signing_args(improve: argparse.ArgumentParser) -> None:
+    """Signing the improved bundle, and keeping one the gate refuses."""
     improve.add_argument("--key", type=Path, default=None, help="sign the bundle with this Ed25519 private key (PEM)")
     improve.add_argument(
         "--expires-in-days", type=float, default=None, metavar="DAYS",
@@ -162,6 +145,38 @@ def add_improve_command(models: argparse._SubParsersAction) -> None:
         metavar="DIR",
         help="keep a student the gate refuses here, unsigned, for inspection (default: thrown away)",
     )
+
+
+def add_improve_command(models: argparse._SubParsersAction) -> None:
+    improve = models.add_parser(
+        "improve", help="train the next edge student on the cloud's answers to escalations, gate it, bundle it"
+    )
+    _add_improve_io_args(improve)
+    improve.add_argument(
+        "--learn-reasoning",
+        choices=("auto", "yes", "no"),
+        default="auto",
+        help="learn the cloud's reasoning as a scratchpad (auto: when the records carry it)",
+    )
+    improve.add_argument(
+        "--budget-cut-weight",
+        type=float,
+        default=0.0,
+        help="sampling weight of answers whose thinking the budget cut (default: 0, left out)",
+    )
+    _add_improve_training_args(improve)
+    _add_improve_gate_args(improve)
+    improve.add_argument(
+        "--data", type=Path, default=None, metavar="DIR",
+        help="the base's dataset folder, where the one its manifest names is not here",
+    )  # fmt: skip
+    improve.add_argument(
+        "--calibration-n", type=int, default=4000, help="validation queries triage is calibrated on (default: 4000)"
+    )
+    improve.add_argument(
+        "--replay-n", type=int, default=20000, help="queries the base answers for replay (default: 20000)"
+    )
+    _add_improve_signing_args(improve)
     improve.add_argument("--seed", type=int, default=0, help="training seed (default: 0)")
     improve.add_argument("--threads", type=int, default=2, help="torch threads (default: 2)")
     improve.set_defaults(func=_models_improve)
