@@ -183,6 +183,37 @@ class DeviceState:
 # -- the rollout -----------------------------------------------------------------------
 
 
+def _outcome(status: DeviceStatus, success_statuses: Iterable[DeviceStatus]) -> int:
+    """Where a device in ``status`` counts: _FAILED, _SUCCEEDED (at or past a success status) or _OPEN."""
+    if status.failed:
+        return _FAILED
+    if any(_RANK[status] >= _RANK[s] for s in success_statuses):
+        return _SUCCEEDED
+    return _OPEN
+
+
+def _status_counts(deliveries: Iterable[Delivery]) -> dict[str, int]:
+    """How many deliveries are in each status, every status listed."""
+    counts = {s.value: 0 for s in DeviceStatus}
+    for delivery in deliveries:
+        counts[delivery.status.value] += 1
+    return counts
+
+
+def _rollback_view(bundle: BundleRef | None, revision: int, devices: Iterable[DeviceState]) -> dict[str, Any] | None:
+    """The rollback part of :meth:`Rollout.summary` (None without a rollback): what was sent, and how it went."""
+    if bundle is None:
+        return None
+    sent = [state.rollback for state in devices if state.rollback is not None]
+    return {
+        "revision": revision,
+        "bundle": bundle.name,
+        "version": bundle.version,
+        "total": len(sent),
+        "counts": _status_counts(sent),
+    }
+
+
 class Rollout:
     """Mutable state of one rollout; every method returns the commands to publish now."""
 
@@ -311,12 +342,7 @@ class Rollout:
     # devices by outcome, and the current wave's devices still open.
 
     def _outcome(self, state: DeviceState) -> int:
-        status = state.deploy.status
-        if status.failed:
-            return _FAILED
-        if any(_RANK[status] >= _RANK[s] for s in self.spec.success_statuses):
-            return _SUCCEEDED
-        return _OPEN
+        return _outcome(state.deploy.status, self.spec.success_statuses)
 
     def _recount(self) -> None:
         self._tally = [0, 0, 0]
@@ -407,24 +433,8 @@ class Rollout:
 
     def summary(self) -> dict[str, Any]:
         """Counts and progress for the API and the dashboard."""
-        counts = {s.value: 0 for s in DeviceStatus}
-        for state in self.devices.values():
-            counts[state.deploy.status.value] += 1
         failed, finished = self._counts()
         total = len(self.devices)
-        rollback = None
-        if self.rollback_bundle is not None:
-            sent = [s.rollback for s in self.devices.values() if s.rollback is not None]
-            rollback_counts = {s.value: 0 for s in DeviceStatus}
-            for delivery in sent:
-                rollback_counts[delivery.status.value] += 1
-            rollback = {
-                "revision": self.rollback_revision,
-                "bundle": self.rollback_bundle.name,
-                "version": self.rollback_bundle.version,
-                "total": len(sent),
-                "counts": rollback_counts,
-            }
         return {
             "id": self.id,
             "kind": self.spec.kind,
@@ -433,7 +443,7 @@ class Rollout:
             "version": self.spec.bundle.version,
             "revision": self.spec.revision,
             "total": total,
-            "counts": counts,
+            "counts": _status_counts(state.deploy for state in self.devices.values()),
             "succeeded": finished - failed,
             "failed": failed,
             "finished": finished,
@@ -446,7 +456,7 @@ class Rollout:
             "started_at": self.started_at,
             "finished_at": self.finished_at,
             "updated_at": self.updated_at,
-            "rollback": rollback,
+            "rollback": _rollback_view(self.rollback_bundle, self.rollback_revision, self.devices.values()),
         }
 
     def to_dict(self) -> dict[str, Any]:
