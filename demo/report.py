@@ -69,6 +69,37 @@ def by_version(records: list[QueryRecord]) -> dict[str, dict[str, Any]]:
     return out
 
 
+def _by_route(records: list[QueryRecord]) -> dict[str, dict[str, Any]]:
+    """Requests, accuracy and latency of each route that served any."""
+    by_route: dict[str, dict[str, Any]] = {}
+    for route in ("edge", "cloud", "edge (degraded)", "outbox", "failed"):
+        rows = [r for r in records if route_of(r) == route]
+        if rows:
+            by_route[route] = {
+                "requests": len(rows),
+                "accuracy": _accuracy(rows),
+                "latency_ms": _pct([r.latency_ms for r in rows if not r.failed]),
+            }
+    return by_route
+
+
+def _outage(records: list[QueryRecord], undelivered: int, samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """What happened while the cloud was down, and to the outbox after."""
+    outage = [r for r in records if r.phase == "outage"]
+    delivered = [r for r in records if route_of(r) == "outbox" and r.delivered_after_s is not None]
+    return {
+        "queries_during": len(outage),
+        "degraded_answers": sum(r.degraded and r.route == "edge" for r in outage),
+        "empty_answers": sum(r.status == "completed" and not (r.answer or "").strip() for r in records),
+        "accepted_into_outbox": sum(r.status == "accepted" for r in records),
+        "delivered_from_outbox": len(delivered),
+        "undelivered": undelivered,
+        "delivered_accuracy": _accuracy(delivered),
+        "delivery_after_s": _pct([r.delivered_after_s for r in delivered if r.delivered_after_s is not None]),
+        "max_outbox_depth": max((sum(s["outbox_depth"]) for s in samples), default=0),
+    }
+
+
 def build_report(
     records: list[QueryRecord],
     *,
@@ -82,20 +113,9 @@ def build_report(
     undelivered: int,
     samples: list[dict[str, Any]],
 ) -> dict[str, Any]:
-    by_route: dict[str, dict[str, Any]] = {}
-    for route in ("edge", "cloud", "edge (degraded)", "outbox", "failed"):
-        rows = [r for r in records if route_of(r) == route]
-        if rows:
-            by_route[route] = {
-                "requests": len(rows),
-                "accuracy": _accuracy(rows),
-                "latency_ms": _pct([r.latency_ms for r in rows if not r.failed]),
-            }
     answered = [r for r in records if not r.failed]
     cloud = [r for r in records if route_of(r) == "cloud"]
     reasoning = [r.reasoning_tokens for r in cloud]
-    outage = [r for r in records if r.phase == "outage"]
-    delivered = [r for r in records if route_of(r) == "outbox" and r.delivered_after_s is not None]
     return {
         "task": task,
         "queries": len(records),
@@ -108,7 +128,7 @@ def build_report(
             group: _accuracy([r for r in answered if r.group == group]) for group in sorted({r.group for r in records})
         },
         "escalation_rate": round(sum(r.route == "cloud" for r in answered) / max(len(answered), 1), 4),
-        "routes": by_route,
+        "routes": _by_route(records),
         "reasoning_tokens": {
             "total": int(sum(reasoning)),
             "mean": round(float(np.mean(reasoning)), 1) if reasoning else None,
@@ -117,17 +137,7 @@ def build_report(
         "bytes_per_escalation": bytes_per_escalation,
         "swap": swap,
         "by_model_version": by_version(records),
-        "outage": {
-            "queries_during": len(outage),
-            "degraded_answers": sum(r.degraded and r.route == "edge" for r in outage),
-            "empty_answers": sum(r.status == "completed" and not (r.answer or "").strip() for r in records),
-            "accepted_into_outbox": sum(r.status == "accepted" for r in records),
-            "delivered_from_outbox": len(delivered),
-            "undelivered": undelivered,
-            "delivered_accuracy": _accuracy(delivered),
-            "delivery_after_s": _pct([r.delivered_after_s for r in delivered if r.delivered_after_s is not None]),
-            "max_outbox_depth": max((sum(s["outbox_depth"]) for s in samples), default=0),
-        },
+        "outage": _outage(records, undelivered, samples),
         "events": events,
         "process_exits": exits,
     }
@@ -167,7 +177,8 @@ def check_invariants(
     return broken
 
 
-def format_report(report: dict[str, Any]) -> str:
+def _summary_lines(report: dict[str, Any]) -> list[str]:
+    """The header, the table of routes, accuracy, escalation, reasoning tokens and feature bytes."""
     lines = [
         f"edgecloud demo ({report.get('task', 'arithmetic')}): {report['queries']} queries in {report['wall_s']} s (broker: {report['broker']})",
         "",
@@ -197,6 +208,12 @@ def format_report(report: dict[str, Any]) -> str:
             f"features per escalation: {b['wire_bytes']:.1f} B on the wire vs {b['raw_bytes']} B raw float32 "
             f"({b['ratio']:.2f}x smaller), over {b['escalations']} escalations"
         )
+    return lines
+
+
+def _swap_lines(report: dict[str, Any]) -> list[str]:
+    """The rollout: each device's steps, how the new version was built, and the traffic on each version."""
+    lines: list[str] = []
     swap = report["swap"]
     lines += [
         "",
@@ -230,6 +247,12 @@ def format_report(report: dict[str, Any]) -> str:
             f" accuracy {100 * row['accuracy']:.1f}%"
             + (f", edge answers {100 * kept:.1f}% right" if kept is not None else "")
         )
+    return lines
+
+
+def _outage_lines(report: dict[str, Any]) -> list[str]:
+    """The cloud outage: what was answered locally, what waited in the outbox and when it was delivered."""
+    lines: list[str] = []
     o = report["outage"]
     lines += [
         "",
@@ -239,6 +262,11 @@ def format_report(report: dict[str, Any]) -> str:
         f"(max depth {o['max_outbox_depth']:.0f}); {o['delivered_from_outbox']} delivered after the restart"
         + (f" (p50 {o['delivery_after_s']['p50']} s after acceptance)" if o["delivery_after_s"] else ""),
     ]
+    return lines
+
+
+def format_report(report: dict[str, Any]) -> str:
+    lines = _summary_lines(report) + _swap_lines(report) + _outage_lines(report)
     lines += ["", "timeline:"] + [f"  {e['t']:7.1f} s  {e['event']}" for e in report["events"]]
     lines += ["", f"failed requests: {report['failed_requests']}"]
     return "\n".join(lines)
