@@ -26,9 +26,10 @@ import zstandard as zstd
 
 from edgecloud.edge.runtime import EdgeModel
 from edgecloud.modelkit.arithmetic.task import Split, generate
-from edgecloud.shared.bundles.manifest import load_manifest
+from edgecloud.shared.bundles.manifest import Manifest, load_manifest
 from edgecloud.shared.reasoner.features import (
     SCHEMA_VERSION,
+    EncodedFeatures,
     FeatureCodecConfig,
     decode_features,
     encode_features,
@@ -57,7 +58,7 @@ def stats(values: np.ndarray) -> dict[str, float]:
     return {"mean": float(values.mean()), "p50": float(np.percentile(values, 50)), "max": float(values.max())}
 
 
-def main() -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bundle", type=Path, default=Path("models/edge-student"))
     parser.add_argument("--n", type=int, default=2000, help="number of mixed test queries")
@@ -67,18 +68,13 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=None, help="also write feature_codec.json here")
     parser.add_argument("--train-dictionary", action="store_true", help="print the dictionary (base64) and exit")
     parser.add_argument("--schema", type=int, default=SCHEMA_VERSION, help="which schema's dictionary to train")
-    args = parser.parse_args()
-    if args.train_dictionary:
-        print(base64.b64encode(train_dictionary(args.levels, args.schema)).decode())
-        return 0
+    return parser
 
-    config = FeatureCodecConfig(levels=args.levels, zstd_level=args.zstd_level)
-    manifest = load_manifest(args.bundle)
-    graph = manifest.io["graphs"]["int8"]
-    sha256 = next(f.sha256 for f in manifest.files if f.path == graph)
-    model = EdgeModel.from_bundle(args.bundle)
-    features = np.stack([model.answer(p.query).features for p in generate(args.n, args.seed, Split.TEST)])
 
+def _round_trip(
+    features: np.ndarray, config: FeatureCodecConfig, manifest: Manifest, sha256: str
+) -> tuple[list[EncodedFeatures], np.ndarray, list[float], list[float]]:
+    """Encode and decode each vector: the encoded items, the decoded vectors, and each one's times in µs."""
     encoded, decoded, encode_us, decode_us = [], [], [], []
     for vector in features:
         started = time.perf_counter_ns()
@@ -90,7 +86,23 @@ def main() -> int:
         encode_us.append((middle - started) / 1000)
         decode_us.append((time.perf_counter_ns() - middle) / 1000)
         encoded.append(item)
-    back = np.stack(decoded).astype(np.float64)
+    return encoded, np.stack(decoded).astype(np.float64), encode_us, decode_us
+
+
+def main() -> int:
+    args = _parser().parse_args()
+    if args.train_dictionary:
+        print(base64.b64encode(train_dictionary(args.levels, args.schema)).decode())
+        return 0
+
+    config = FeatureCodecConfig(levels=args.levels, zstd_level=args.zstd_level)
+    manifest = load_manifest(args.bundle)
+    graph = manifest.io["graphs"]["int8"]
+    sha256 = next(f.sha256 for f in manifest.files if f.path == graph)
+    model = EdgeModel.from_bundle(args.bundle)
+    features = np.stack([model.answer(p.query).features for p in generate(args.n, args.seed, Split.TEST)])
+
+    encoded, back, encode_us, decode_us = _round_trip(features, config, manifest, sha256)
     x = features.astype(np.float64)
     cosine = (x * back).sum(axis=1) / (np.linalg.norm(x, axis=1) * np.linalg.norm(back, axis=1))
     nbytes = np.array([e.nbytes() for e in encoded], dtype=np.float64)
