@@ -22,6 +22,7 @@ import json
 import platform
 import statistics
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -32,6 +33,36 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from edgecloud.edge.runtime import EdgeModel
 from edgecloud.modelkit.arithmetic.evaluate import ModelPaths, latency_summary, torch_single_latency
 from edgecloud.modelkit.arithmetic.task import Split, generate
+
+
+def _interleaved(runners: dict[str, Callable[[str], float]], queries: list[str], size: int) -> dict[str, list[float]]:
+    """Each runner's latencies over ``queries``, taking turns ``size`` queries at a time."""
+    samples: dict[str, list[float]] = {name: [] for name in runners}
+    names = list(runners)
+    for turn, start in enumerate(range(0, len(queries), size)):
+        block = queries[start : start + size]
+        for name in names[turn % 3 :] + names[: turn % 3]:
+            samples[name].extend(runners[name](q) for q in block)
+    return samples
+
+
+def _plot(samples: dict[str, list[float]], png: Path) -> None:
+    """A box plot of each runner's latencies, written to ``png``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=120)
+    names = list(samples)
+    ax.boxplot([samples[n] for n in names], showfliers=False)
+    ax.set_xticks(range(1, len(names) + 1), names)
+    ax.set_ylabel("latency per simple query (ms)")
+    ax.set_title("Edge student, one thread")
+    ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png)
 
 
 def main() -> int:
@@ -63,12 +94,7 @@ def main() -> int:
         "onnx_fp32": lambda q: fp32.answer(q).latency_ms,
         "torch_fp32": lambda q: torch_single_latency(model, tokenizer, [q], **decoding)[0],
     }
-    samples: dict[str, list[float]] = {name: [] for name in runners}
-    names = list(runners)
-    for turn, start in enumerate(range(0, len(queries), args.block)):
-        block = queries[start : start + args.block]
-        for name in names[turn % 3 :] + names[: turn % 3]:
-            samples[name].extend(runners[name](q) for q in block)
+    samples = _interleaved(runners, queries, args.block)
     cold = []
     for query in queries:
         torch_single_latency(model, tokenizer, [query], **decoding)
@@ -94,21 +120,7 @@ def main() -> int:
         },
     }
     if args.png is not None:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(6, 3.6), dpi=120)
-        names = list(samples)
-        ax.boxplot([samples[n] for n in names], showfliers=False)
-        ax.set_xticks(range(1, len(names) + 1), names)
-        ax.set_ylabel("latency per simple query (ms)")
-        ax.set_title("Edge student, one thread")
-        ax.grid(alpha=0.3, axis="y")
-        fig.tight_layout()
-        args.png.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(args.png)
+        _plot(samples, args.png)
         report["png"] = str(args.png)
     print(json.dumps(report, indent=2))
     return 0
