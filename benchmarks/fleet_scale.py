@@ -58,7 +58,7 @@ import paho.mqtt
 
 from benchmarks._fleet_devices import BUNDLE, FLEET, LABELS, raise_nofile, run_devices
 from edgecloud.fleet.manager import FleetManager, FleetManagerConfig
-from edgecloud.fleet.rollout import Exponential, RolloutStatus
+from edgecloud.fleet.rollout import Exponential, Rollout, RolloutStatus
 from edgecloud.shared.bundles.artifacts import pack_bundle
 from edgecloud.shared.bundles.manifest import write_bundle
 from edgecloud.shared.bundles.signing import generate_keypair
@@ -210,6 +210,34 @@ def wait_until(predicate: Any, timeout: float, poll: float = 0.1) -> bool:
     return False
 
 
+def _save_ms(manager: FleetManager, live: Rollout) -> list[float]:
+    """Milliseconds to save a finished rollout with one device changed: what an ack costs the manager."""
+    saves = []
+    for device in list(live.devices)[:20]:  # what the manager pays on an ack that changes one device
+        live.mark_changed([device])
+        t = time.perf_counter()
+        manager.store.save_rollout(live)
+        saves.append((time.perf_counter() - t) * 1e3)
+    return saves
+
+
+def _wave_durations(view: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each sent wave's size and its time from the first command to the last ACK, in ms."""
+    waves = []
+    for index, size in enumerate(view["wave_sizes"]):
+        members = [d["deploy"] for d in view["devices"] if d["wave"] == index and d["deploy"]["sent_at"]]
+        if members:
+            waves.append(
+                {
+                    "size": size,
+                    "duration_ms": round(
+                        (max(m["updated_at"] for m in members) - min(m["sent_at"] for m in members)) * 1e3, 1
+                    ),
+                }
+            )
+    return waves
+
+
 class Bench:
     """The running pieces: mosquitto, the manager (with its counter), the device process."""
 
@@ -329,29 +357,12 @@ class Bench:
         wait_until(lambda: sum(self.commands) >= args.devices, 2.0)  # the device process updates it twice a second
         view = manager.rollout(rollout.id)
         live = manager.get_rollout(rollout.id)  # finished: nothing mutates it any more
-        saves = []
-        for device in list(live.devices)[:20]:  # what the manager pays on an ack that changes one device
-            live.mark_changed([device])
-            t = time.perf_counter()
-            manager.store.save_rollout(live)
-            saves.append((time.perf_counter() - t) * 1e3)
+        saves = _save_ms(manager, live)
         per_device = [
             (d["deploy"]["updated_at"] - d["deploy"]["sent_at"]) * 1e3
             for d in view["devices"]
             if d["deploy"]["status"] == "ACTIVE" and d["deploy"]["sent_at"] is not None
         ]
-        waves = []
-        for index, size in enumerate(view["wave_sizes"]):
-            members = [d["deploy"] for d in view["devices"] if d["wave"] == index and d["deploy"]["sent_at"]]
-            if members:
-                waves.append(
-                    {
-                        "size": size,
-                        "duration_ms": round(
-                            (max(m["updated_at"] for m in members) - min(m["sent_at"] for m in members)) * 1e3, 1
-                        ),
-                    }
-                )
         return {
             "strategy": {"type": "exponential", "base_rate": args.base_rate, "increment_factor": args.factor},
             "status": view["status"],
@@ -360,7 +371,7 @@ class Bench:
             "failed": view["failed"],
             "create_rollout_ms": round(create_s * 1e3, 1),
             "to_completed_s": round(rollout_s, 2),
-            "waves": waves,
+            "waves": _wave_durations(view),
             "device_publish_to_active_ms": percentiles(per_device),
             "commands_received_by_devices": int(sum(self.commands)),
             "telemetry_during_rollout": {
