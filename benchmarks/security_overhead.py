@@ -113,6 +113,29 @@ def plot(summary: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def _compare(runs: dict[str, list[dict[str, Any]]], chosen: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+    """Each metric of the chosen benchmarks: every round's value before and after, their medians and ratio."""
+    metrics = {}
+    for name, (benchmark, path, higher_better) in METRICS.items():
+        if benchmark not in chosen:
+            continue
+        before = [pick(r[benchmark], path) for r in runs["before"]]
+        after = [pick(r[benchmark], path) for r in runs["after"]]
+        b, a = statistics.median(before), statistics.median(after)
+        ratio = a / b if b else None
+        slower = None if ratio is None else (1 / ratio if higher_better else ratio)
+        metrics[name] = {
+            "before": before,
+            "after": after,
+            "median_before": b,
+            "median_after": a,
+            "ratio": ratio,
+            "higher_is_better": higher_better,
+            "within_5pct": None if slower is None else slower <= 1.05,
+        }
+    return metrics
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -151,24 +174,7 @@ def main() -> int:
         remove = ["git", "-C", str(REPO), "worktree", "remove", "--force", str(work / "tree")]
         subprocess.run(remove, check=False, capture_output=True)
         shutil.rmtree(work, ignore_errors=True)
-    metrics = {}
-    for name, (benchmark, path, higher_better) in METRICS.items():
-        if benchmark not in chosen:
-            continue
-        before = [pick(r[benchmark], path) for r in runs["before"]]
-        after = [pick(r[benchmark], path) for r in runs["after"]]
-        b, a = statistics.median(before), statistics.median(after)
-        ratio = a / b if b else None
-        slower = None if ratio is None else (1 / ratio if higher_better else ratio)
-        metrics[name] = {
-            "before": before,
-            "after": after,
-            "median_before": b,
-            "median_after": a,
-            "ratio": ratio,
-            "higher_is_better": higher_better,
-            "within_5pct": None if slower is None else slower <= 1.05,
-        }
+    metrics = _compare(runs, chosen)
     summary = {
         "benchmark": "security_overhead",
         "before_ref": args.before,
