@@ -25,6 +25,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -82,6 +83,27 @@ def _latency(model: EdgeModel, queries: list[str]) -> list[float]:
     return out
 
 
+def _time_graph(graph: Path | None, bundle: Path, decoding: dict[str, Any], queries: list[str]) -> dict[str, float]:
+    """Load one graph (None: the bundle's, by the edge's loading path) and time its prefill and its tokens."""
+    started = time.monotonic()
+    if graph is None:
+        full = EdgeModel.from_bundle(bundle, threads=1)  # the edge's loading path
+    else:
+        full = EdgeModel(graph, bundle / "tokenizer.json", **decoding, threads=1)
+    load_s = time.monotonic() - started
+    one = EdgeModel(full.model_file, bundle / "tokenizer.json", **{**decoding, "max_new_tokens": 1}, threads=1)
+    generated = full.answer(queries[0]).output_tokens
+    prefill = statistics.median(_latency(one, queries))
+    whole = statistics.median(_latency(full, queries))
+    return {
+        "load_s": load_s,
+        "tokens_generated": generated,
+        "prefill_ms_p50": prefill,
+        "query_ms_p50": whole,
+        "per_token_ms": (whole - prefill) / max(generated - 1, 1),
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
@@ -125,24 +147,7 @@ def main() -> int:
     queries = [" ".join(f"w{(i * 7919 + j * 104729) % (VOCAB - 3)}" for j in range(12)) for i in range(args.n)]
     figures = {}
     for name, graph in (("int8", None), ("fp32", fp32)):
-        started = time.monotonic()
-        if graph is None:
-            full = EdgeModel.from_bundle(bundle, threads=1)  # the edge's loading path
-        else:
-            full = EdgeModel(graph, bundle / "tokenizer.json", **decoding, threads=1)
-        load_s = time.monotonic() - started
-        one = EdgeModel(full.model_file, bundle / "tokenizer.json", **{**decoding, "max_new_tokens": 1}, threads=1)
-        generated = full.answer(queries[0]).output_tokens
-        prefill = statistics.median(_latency(one, queries))
-        whole = statistics.median(_latency(full, queries))
-        figures[name] = {
-            "load_s": load_s,
-            "tokens_generated": generated,
-            "prefill_ms_p50": prefill,
-            "query_ms_p50": whole,
-            "per_token_ms": (whole - prefill) / max(generated - 1, 1),
-        }
-        del full, one
+        figures[name] = _time_graph(graph, bundle, decoding, queries)
     figures["int8_speedup_per_token"] = figures["fp32"]["per_token_ms"] / figures["int8"]["per_token_ms"]
     result["latency_one_thread"] = figures
     result["load_average_at_end"] = os.getloadavg()
