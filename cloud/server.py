@@ -302,6 +302,36 @@ def _model_identity(config: CloudConfig) -> tuple[str, int]:
     return config.model.name, 0
 
 
+def _grpc_server(config: CloudConfig) -> grpc.aio.Server:
+    """The gRPC server, its interceptors and message limits set, no service added yet."""
+    # The first interceptor wraps the others, so errors raised by auth and decoding are mapped too.
+    interceptors: list[grpc.aio.ServerInterceptor] = [ErrorInterceptor()]
+    if config.auth_required:
+        interceptors.append(AuthInterceptor(config.auth.tokens))
+    interceptors.append(DecodeInterceptor())
+    return grpc.aio.server(
+        interceptors=interceptors,
+        options=[
+            ("grpc.max_receive_message_length", config.max_message_bytes),
+            ("grpc.max_send_message_length", config.max_message_bytes),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        ],
+    )
+
+
+async def _transformers_engine(config: CloudConfig, loaded: LoadedModel | None) -> ReasoningEngine:
+    """The transformers backend over ``loaded`` or, without it, over the model in ``config.model``."""
+    from edgecloud.cloud.transformers_engine import LoadedModel, TransformersEngine  # torch only for this backend
+
+    if loaded is None:
+        name, version = _model_identity(config)
+        loaded = await asyncio.to_thread(
+            LoadedModel.from_dir, config.model, device=config.engine.device, name=name, version=version
+        )
+    return TransformersEngine(loaded, config.engine)
+
+
 async def create_server(
     config: CloudConfig, *, loaded: LoadedModel | None = None, engine: ReasoningEngine | None = None
 ) -> tuple[CloudService, int]:
@@ -314,20 +344,7 @@ async def create_server(
         raise ConfigError(
             f"listening on {config.host} (not loopback) requires device tokens; pass --tokens FILE or --no-auth"
         )
-    # The first interceptor wraps the others, so errors raised by auth and decoding are mapped too.
-    interceptors: list[grpc.aio.ServerInterceptor] = [ErrorInterceptor()]
-    if config.auth_required:
-        interceptors.append(AuthInterceptor(config.auth.tokens))
-    interceptors.append(DecodeInterceptor())
-    server = grpc.aio.server(
-        interceptors=interceptors,
-        options=[
-            ("grpc.max_receive_message_length", config.max_message_bytes),
-            ("grpc.max_send_message_length", config.max_message_bytes),
-            ("grpc.keepalive_permit_without_calls", 1),
-            ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
-        ],
-    )
+    server = _grpc_server(config)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in ("", SERVICE_NAME):
@@ -343,14 +360,7 @@ async def create_server(
     await server.start()  # health answers NOT_SERVING while the model loads
 
     if engine is None:
-        from edgecloud.cloud.transformers_engine import LoadedModel, TransformersEngine  # torch only for this backend
-
-        if loaded is None:
-            name, version = _model_identity(config)
-            loaded = await asyncio.to_thread(
-                LoadedModel.from_dir, config.model, device=config.engine.device, name=name, version=version
-            )
-        engine = TransformersEngine(loaded, config.engine)
+        engine = await _transformers_engine(config, loaded)
     engine.start()
     metrics = CloudMetrics()
     store = SessionStore(config.store)
