@@ -294,6 +294,41 @@ def _decoding(recipe: StudentRecipe, student_tokenizer, think: tuple[str, str] |
     return decoding
 
 
+def _bundle_io(
+    int8_file: Path, student, decoding: Mapping[str, object], io_extra: Mapping[str, object] | None
+) -> dict[str, object]:
+    """The bundle manifest's ``io``: the graph's inputs and outputs, the features, the tokenizer, decoding."""
+    return {
+        **onnx_io(int8_file),
+        "feature_dim": int(student.config.hidden_size),
+        "features": {
+            "output": "features",
+            "dtype": "float32",
+            "pooling": "mean of final hidden states over the prompt, minus their mean over training queries",
+        },
+        "tokenizer": "tokenizer.json",
+        "preprocessing": "the tokenizer's normalizer (tokenizer.json)",
+        "graphs": {"int8": INT8_FILE},
+        **decoding,
+        **(io_extra or {}),
+    }
+
+
+def _bundle_metadata(
+    config: BuildConfig, recipe: StudentRecipe, student, check: dict[str, float], metadata: dict[str, object]
+) -> dict[str, object]:
+    """The bundle manifest's ``metadata``: how the student was built, and its int8 check."""
+    return {
+        "seed": config.seed,
+        "quick": config.quick,
+        "environment": _environment(),
+        "recipe": json.loads(json.dumps(asdict(recipe))),
+        "params": sum(p.numel() for p in student.parameters()),
+        "int8_check": check,
+        **metadata,
+    }
+
+
 def package_student(
     student,
     student_tokenizer,
@@ -343,31 +378,10 @@ def package_student(
         name=name,
         kind="edge",
         version=version,
-        io={
-            **onnx_io(int8_file),
-            "feature_dim": int(student.config.hidden_size),
-            "features": {
-                "output": "features",
-                "dtype": "float32",
-                "pooling": "mean of final hidden states over the prompt, minus their mean over training queries",
-            },
-            "tokenizer": "tokenizer.json",
-            "preprocessing": "the tokenizer's normalizer (tokenizer.json)",
-            "graphs": {"int8": INT8_FILE},
-            **decoding,
-            **(io_extra or {}),
-        },
+        io=_bundle_io(int8_file, student, decoding, io_extra),
         calibration=calibration.to_dict(),
         golden=checks.golden(int8),
-        metadata={
-            "seed": config.seed,
-            "quick": config.quick,
-            "environment": _environment(),
-            "recipe": json.loads(json.dumps(asdict(recipe))),
-            "params": sum(p.numel() for p in student.parameters()),
-            "int8_check": check,
-            **metadata,
-        },
+        metadata=_bundle_metadata(config, recipe, student, check, metadata),
     )
     return PackagedStudent(manifest=manifest, model=int8, int8_check=check, calibration=calibration)
 

@@ -42,6 +42,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from edgecloud.modelkit.arithmetic.build import (
+    PackagedStudent,
     _load_teacher,
     _next_version,
     _teacher_bundle,
@@ -60,7 +61,7 @@ from edgecloud.modelkit.tokenizer import IM_END, build_data_tokenizers
 from edgecloud.modelkit.training import TrainConfig
 from edgecloud.shared.base.errors import ConfigError, InvalidInputError
 from edgecloud.shared.bundles.answers import answers_match
-from edgecloud.shared.bundles.manifest import GoldenCase
+from edgecloud.shared.bundles.manifest import GoldenCase, Manifest
 from edgecloud.shared.reasoner.thinking import THINK_END, THINK_START
 
 __all__ = ["DataBuildConfig", "build_from_data", "check_build", "dataset_record", "quick_data_recipes"]
@@ -328,6 +329,32 @@ def _expected(config, teacher, tokenizer, rows: Sequence[Row], max_new: int) -> 
     return [row.answer if row.answer.strip() else labels[row.prompt_text] for row in rows]
 
 
+def _checks(config: DataBuildConfig, validation: list[Row], expected: list[str], rule: str) -> DataChecks:
+    """The student's checks: the validation queries with the teacher's answers, within the config's limits."""
+    return DataChecks(
+        [CheckCase(row.prompt_text, want, row.group) for row, want in zip(validation, expected, strict=True)],
+        rule,
+        CheckLimits(
+            target_precision=config.target_precision,
+            calibration_confidence=config.calibration_confidence,
+            int8_max_accuracy_drop=config.int8_max_accuracy_drop,
+            int8_check_n=config.int8_check_n,
+        ),
+    )
+
+
+def _summary(cloud: Manifest, packaged: PackagedStudent, data: dict[str, object]) -> dict[str, object]:
+    """What a build reports: both bundles, the labels, the int8 check and the calibration."""
+    return {
+        "teacher": {"name": cloud.name, "params": cloud.metadata["params"]},
+        "student": {"name": packaged.manifest.name, "params": packaged.manifest.metadata["params"]},
+        "labels": packaged.manifest.metadata["labels"],
+        "int8_check": packaged.int8_check,
+        "calibration": packaged.calibration.to_dict(),
+        "dataset": data,
+    }
+
+
 def _build(config: DataBuildConfig, dataset: Dataset, staging: Path, version: int) -> dict[str, object]:
     rule = dataset.answer_match
     teacher_tok, student_tok, lowercase = _tokenizers(dataset, config)
@@ -345,16 +372,7 @@ def _build(config: DataBuildConfig, dataset: Dataset, staging: Path, version: in
     )
     data = dataset_record(dataset)
     shared_meta = {"dataset": data, "lowercase": lowercase}
-    checks = DataChecks(
-        [CheckCase(row.prompt_text, want, row.group) for row, want in zip(validation, expected, strict=True)],
-        rule,
-        CheckLimits(
-            target_precision=config.target_precision,
-            calibration_confidence=config.calibration_confidence,
-            int8_max_accuracy_drop=config.int8_max_accuracy_drop,
-            int8_check_n=config.int8_check_n,
-        ),
-    )
+    checks = _checks(config, validation, expected, rule)
     packaged = package_student(
         student,
         student_tok,
@@ -386,14 +404,7 @@ def _build(config: DataBuildConfig, dataset: Dataset, staging: Path, version: in
         golden=_teacher_golden(teacher, teacher_tok, validation, expected, rule, max_new),
         io_extra={"answer_match": rule, "architecture": type(teacher).__name__},
     )
-    return {
-        "teacher": {"name": cloud.name, "params": cloud.metadata["params"]},
-        "student": {"name": packaged.manifest.name, "params": packaged.manifest.metadata["params"]},
-        "labels": packaged.manifest.metadata["labels"],
-        "int8_check": packaged.int8_check,
-        "calibration": packaged.calibration.to_dict(),
-        "dataset": data,
-    }
+    return _summary(cloud, packaged, data)
 
 
 def build_from_data(config: DataBuildConfig) -> dict[str, object]:
