@@ -24,7 +24,7 @@ from tqdm import tqdm
 from edgecloud.demo.report import build_report, check_invariants, format_report, plot, route_counts
 from edgecloud.demo.stack import Stack, StackConfig
 from edgecloud.demo.traffic import QueryRecord, Sampler, Traffic, metric_values
-from edgecloud.demo.workloads import TASKS, AnswerCheck, DemoTask
+from edgecloud.demo.workloads import TASKS, AnswerCheck, DemoQuery, DemoTask
 from edgecloud.shared.base.errors import ConfigError
 from edgecloud.shared.bundles.artifacts import pack_bundle
 from edgecloud.shared.bundles.manifest import copy_bundle, load_manifest
@@ -212,21 +212,7 @@ class _Run:
             self.swap.update(
                 rollout_id=rollout_id, from_version=self.from_version, to_version=self.to_version, devices={}
             )
-            seen: dict[str, str] = {}
-            while True:
-                view = api.get(f"/v1/rollouts/{rollout_id}").json()
-                for device in view["devices"]:
-                    status = device["deploy"]["status"]
-                    if seen.get(device["device"]) != status:
-                        seen[device["device"]] = status
-                        self.swap["devices"].setdefault(device["device"], []).append((status, round(self.clock(), 2)))
-                        if status in ("ACTIVE", "FAILED", "ROLLED_BACK"):
-                            self.event(f"{device['device']} {status} on v{self.to_version}")
-                if view["status"] not in ("RUNNING", "PAUSED"):
-                    break
-                if self.clock() - started > 180:
-                    raise TimeoutError(f"rollout {rollout_id} still {view['status']} after 180 s")
-                time.sleep(0.2)
+            view = self._follow(api, rollout_id, started)
             self.swap.update(
                 status=view["status"],
                 duration_s=round(self.clock() - started, 2),
@@ -234,6 +220,24 @@ class _Run:
                 failed=view["failed"],
             )
             self.event(f"rollout {view['status']}: {view['succeeded']} ACTIVE, {view['failed']} failed")
+
+    def _follow(self, api: httpx.Client, rollout_id: str, started: float) -> dict[str, Any]:
+        """Poll the rollout until it ends, recording each device's status changes; its last view."""
+        seen: dict[str, str] = {}
+        while True:
+            view = api.get(f"/v1/rollouts/{rollout_id}").json()
+            for device in view["devices"]:
+                status = device["deploy"]["status"]
+                if seen.get(device["device"]) != status:
+                    seen[device["device"]] = status
+                    self.swap["devices"].setdefault(device["device"], []).append((status, round(self.clock(), 2)))
+                    if status in ("ACTIVE", "FAILED", "ROLLED_BACK"):
+                        self.event(f"{device['device']} {status} on v{self.to_version}")
+            if view["status"] not in ("RUNNING", "PAUSED"):
+                return view
+            if self.clock() - started > 180:
+                raise TimeoutError(f"rollout {rollout_id} still {view['status']} after 180 s")
+            time.sleep(0.2)
 
     # -- the outage --------------------------------------------------------------------
 
@@ -346,6 +350,37 @@ def _broken(report: dict[str, Any], config: DemoConfig, run: _Run, dead: list[st
     return broken + run.errors + [f"{d} died during the run" for d in dead if not d.startswith("cloud")]
 
 
+def _traffic(config: DemoConfig, stack: Stack, run: _Run, queries: list[DemoQuery]) -> Traffic:
+    """The demo's client traffic over every edge daemon, steered by the run's phase."""
+    return Traffic(
+        [stack.edge_url(i) for i in range(stack.config.edges)],
+        queries,
+        correct=AnswerCheck(replace(config.task, models=stack.config.models)),
+        concurrency=config.concurrency,
+        phase=lambda: run.phase,
+        insist_on_cloud=lambda: run.phase == "outage",
+        on_done=run.on_done,
+        gate=run.gate,
+    )
+
+
+def _print_outcome(
+    config: DemoConfig, report: dict[str, Any], plots: list[Path], broken: list[str], started: float
+) -> int:
+    """Print the report and where its files are; the exit status (1 when an invariant broke)."""
+    print()
+    print(format_report(report))
+    print(
+        f"\nreport: {config.out / 'report.json'}; per-query records: {config.out / 'queries.jsonl'}; plots: "
+        + ", ".join(str(p) for p in plots)
+    )
+    if broken:
+        print("\nDEMO FAILED:\n  " + "\n  ".join(broken))
+        return 1
+    print(f"\nall invariants hold; finished in {time.monotonic() - started:.0f} s")
+    return 0
+
+
 def run_demo(config: DemoConfig) -> int:
     stack_config = config.stack or StackConfig(work=config.out / "run", models=config.task.models)
     if stack_config.work.exists():
@@ -361,16 +396,7 @@ def run_demo(config: DemoConfig) -> int:
         stack.start()
         run = _Run(config, stack)
         queries = config.task.queries(config.queries)
-        traffic = Traffic(
-            [stack.edge_url(i) for i in range(stack_config.edges)],
-            queries,
-            correct=AnswerCheck(replace(config.task, models=stack_config.models)),
-            concurrency=config.concurrency,
-            phase=lambda: run.phase,
-            insist_on_cloud=lambda: run.phase == "outage",
-            on_done=run.on_done,
-            gate=run.gate,
-        )
+        traffic = _traffic(config, stack, run, queries)
         run.t0 = traffic.started
         sampler = Sampler([stack.edge_url(i) for i in range(stack_config.edges)], clock=run.clock)
         sampler.start()
@@ -413,14 +439,4 @@ def run_demo(config: DemoConfig) -> int:
     broken = _broken(report, config, run, dead, edges=stack_config.edges)
     report["invariants_broken"] = broken
     plots = _write_outputs(config.out, report, records)
-    print()
-    print(format_report(report))
-    print(
-        f"\nreport: {config.out / 'report.json'}; per-query records: {config.out / 'queries.jsonl'}; plots: "
-        + ", ".join(str(p) for p in plots)
-    )
-    if broken:
-        print("\nDEMO FAILED:\n  " + "\n  ".join(broken))
-        return 1
-    print(f"\nall invariants hold; finished in {time.monotonic() - started:.0f} s")
-    return 0
+    return _print_outcome(config, report, plots, broken, started)
