@@ -57,6 +57,36 @@ def _pair_golden(pair: CascadeModel, seed: int) -> list[GoldenCase]:
     return cases
 
 
+def _copy_base(base_dir: Path, base_manifest: Manifest, bundle_dir: Path) -> None:
+    """Copy the base bundle's files into ``bundle_dir``, less a reasoner of its own."""
+    for entry in base_manifest.files:
+        if entry.path.split("/", 1)[0] == REASONER_DIR:
+            continue
+        target = bundle_dir / entry.path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(base_dir / entry.path, target)
+
+
+def _reasoner_stage(reasoner: PackagedStudent, reasoner_dir: Path, bundle_dir: Path) -> dict[str, object]:
+    """Copy the reasoner's graphs and tokenizer into the pair's ``REASONER_DIR``; return its ``io`` entry."""
+    (bundle_dir / REASONER_DIR).mkdir()
+    stage = dict(reasoner.manifest.io)
+    for key in ("preprocessing", "features", "feature_dim"):
+        stage.pop(key, None)
+    stage["graphs"] = {}
+    for precision, name in reasoner.manifest.io["graphs"].items():
+        shutil.copyfile(reasoner_dir / name, bundle_dir / REASONER_DIR / name)
+        if external_data_file(reasoner_dir / name).exists():
+            shutil.copyfile(
+                external_data_file(reasoner_dir / name), external_data_file(bundle_dir / REASONER_DIR / name)
+            )
+        stage["graphs"][precision] = f"{REASONER_DIR}/{name}"
+    shutil.copyfile(reasoner_dir / reasoner.manifest.io["tokenizer"], bundle_dir / REASONER_DIR / "tokenizer.json")
+    stage["tokenizer"] = f"{REASONER_DIR}/tokenizer.json"
+    stage["calibration"] = reasoner.calibration.to_dict()
+    return stage
+
+
 def write_pair(
     base_dir: Path,
     base_manifest: Manifest,
@@ -73,27 +103,8 @@ def write_pair(
     reasoner's bundle (``reasoner_dir``, written by ``package_student``); return its manifest and
     the pair, loaded from it. A base that is itself a pair gives only its first stage."""
     bundle_dir.mkdir(parents=True)
-    for entry in base_manifest.files:
-        if entry.path.split("/", 1)[0] == REASONER_DIR:
-            continue
-        target = bundle_dir / entry.path
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(base_dir / entry.path, target)
-    (bundle_dir / REASONER_DIR).mkdir()
-    stage = dict(reasoner.manifest.io)
-    for key in ("preprocessing", "features", "feature_dim"):
-        stage.pop(key, None)
-    stage["graphs"] = {}
-    for precision, name in reasoner.manifest.io["graphs"].items():
-        shutil.copyfile(reasoner_dir / name, bundle_dir / REASONER_DIR / name)
-        if external_data_file(reasoner_dir / name).exists():
-            shutil.copyfile(
-                external_data_file(reasoner_dir / name), external_data_file(bundle_dir / REASONER_DIR / name)
-            )
-        stage["graphs"][precision] = f"{REASONER_DIR}/{name}"
-    shutil.copyfile(reasoner_dir / reasoner.manifest.io["tokenizer"], bundle_dir / REASONER_DIR / "tokenizer.json")
-    stage["tokenizer"] = f"{REASONER_DIR}/tokenizer.json"
-    stage["calibration"] = reasoner.calibration.to_dict()
+    _copy_base(base_dir, base_manifest, bundle_dir)
+    stage = _reasoner_stage(reasoner, reasoner_dir, bundle_dir)
     io = {key: value for key, value in base_manifest.io.items() if key != REASONER_DIR}
     io[REASONER_DIR] = stage
 
