@@ -80,7 +80,7 @@ async def _json(request: Request) -> dict[str, Any]:
 
 
 def _rollout_arguments(data: dict[str, Any]) -> dict[str, Any]:
-    """The keyword arguments of :meth:`FleetManager.create_rollout` from a POST /v1/rollouts body."""
+    """The keyword arguments of :meth:`FleetService.create_rollout` from a POST /v1/rollouts body."""
     bundle, version = data.get("bundle"), data.get("version")
     if not isinstance(bundle, str) or not isinstance(version, int) or isinstance(version, bool):
         raise InvalidInputError("bundle (string) and version (integer) are required")

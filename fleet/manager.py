@@ -39,9 +39,8 @@ payload is counted (``malformed``), logged with its reason and dropped.
 from __future__ import annotations
 
 import logging
-import os
 import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
@@ -49,11 +48,11 @@ from typing import Any, Self
 from edgecloud.fleet.link import FleetLink
 from edgecloud.fleet.metrics import FleetMetrics
 from edgecloud.fleet.registry import BundleRegistry
-from edgecloud.fleet.rollout import AbortCriteria, DeviceStatus, Rollout, Strategy
+from edgecloud.fleet.rollout import Rollout
 from edgecloud.fleet.rollout_spec import ID_SEGMENT
 from edgecloud.fleet.service import FleetService
 from edgecloud.fleet.state import FleetState
-from edgecloud.fleet.store import BundleRecord, FleetStorage, FleetStore
+from edgecloud.fleet.store import FleetStorage, FleetStore
 from edgecloud.fleet.views import FleetViews
 from edgecloud.shared.base.errors import ConfigError
 from edgecloud.shared.bundles.signing import load_private_key
@@ -173,6 +172,17 @@ class FleetManager:
         )
         self.service = FleetService(self.state, self.store, self.registry, publish=self.link.publish)
         self.views = FleetViews(self.state)
+        # The facade's use cases and views are the parts' own methods, not copies of their signatures.
+        service, views = self.service, self.views
+        self.register_bundle, self.bundles, self.artifact_path = (
+            service.register_bundle, service.bundles, service.artifact_path
+        )  # fmt: skip
+        self.resolve_targets, self.create_rollout = service.resolve_targets, service.create_rollout
+        self.start_rollout, self.pause_rollout, self.resume_rollout = (
+            service.start_rollout, service.pause_rollout, service.resume_rollout
+        )  # fmt: skip
+        self.abort_rollout, self.rollback_rollout = service.abort_rollout, service.rollback_rollout
+        self.rollouts, self.rollout, self.devices = views.rollouts, views.rollout, views.devices
         self._stop = threading.Event()
         self._tick_thread: threading.Thread | None = None
 
@@ -227,79 +237,6 @@ class FleetManager:
     @_on_telemetry.setter
     def _on_telemetry(self, handler: Callable[[str, Telemetry, dict[str, Any]], None]) -> None:
         self.service.on_telemetry = handler  # type: ignore[method-assign]
-
-    # -- the use cases (FleetService) ---------------------------------------------------
-
-    def register_bundle(self, archive_path: str | os.PathLike[str]) -> BundleRecord:
-        """Register an edge bundle archive (:meth:`BundleRegistry.register`)."""
-        return self.service.register_bundle(archive_path)
-
-    def bundles(self) -> list[BundleRecord]:
-        return self.service.bundles()
-
-    def artifact_path(self, sha256: str) -> Path:
-        """The stored archive with that digest; NotFoundError for anything else."""
-        return self.service.artifact_path(sha256)
-
-    def resolve_targets(self, devices: Sequence[str] = (), labels: Mapping[str, str] | None = None) -> list[str]:
-        return self.service.resolve_targets(devices, labels)
-
-    def create_rollout(
-        self,
-        bundle: str,
-        version: int,
-        *,
-        devices: Sequence[str] = (),
-        labels: Mapping[str, str] | None = None,
-        strategy: Strategy | None = None,
-        abort: AbortCriteria | None = None,
-        device_timeout_s: float = 900.0,
-        success_statuses: Iterable[DeviceStatus | str] | None = None,
-        rollout_id: str | None = None,
-        start: bool = True,
-    ) -> Rollout:
-        """Plan a rollout and (by default) send its first wave (:meth:`FleetService.create_rollout`)."""
-        return self.service.create_rollout(
-            bundle,
-            version,
-            devices=devices,
-            labels=labels,
-            strategy=strategy,
-            abort=abort,
-            device_timeout_s=device_timeout_s,
-            success_statuses=success_statuses,
-            rollout_id=rollout_id,
-            start=start,
-        )
-
-    def start_rollout(self, rollout_id: str) -> dict[str, Any]:
-        return self.service.start_rollout(rollout_id)
-
-    def pause_rollout(self, rollout_id: str) -> dict[str, Any]:
-        return self.service.pause_rollout(rollout_id)
-
-    def resume_rollout(self, rollout_id: str) -> dict[str, Any]:
-        return self.service.resume_rollout(rollout_id)
-
-    def abort_rollout(self, rollout_id: str, reason: str = "aborted by an operator") -> dict[str, Any]:
-        return self.service.abort_rollout(rollout_id, reason)
-
-    def rollback_rollout(self, rollout_id: str, to_version: int | None = None) -> dict[str, Any]:
-        """Send devices that went ACTIVE back (:meth:`FleetService.rollback_rollout`)."""
-        return self.service.rollback_rollout(rollout_id, to_version)
-
-    # -- the views (FleetViews) --------------------------------------------------------
-
-    def rollouts(self) -> list[dict[str, Any]]:
-        """Summaries, newest revision first."""
-        return self.views.rollouts()
-
-    def rollout(self, rollout_id: str) -> dict[str, Any]:
-        """Summary plus the spec and every device's deliveries."""
-        return self.views.rollout(rollout_id)
-
-    def devices(self) -> list[dict[str, Any]]:
-        return self.views.devices()
 
     def get_rollout(self, rollout_id: str) -> Rollout:
         """The live object (tests and tools; mutate only through the manager's methods)."""

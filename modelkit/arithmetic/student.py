@@ -55,6 +55,7 @@ from edgecloud.modelkit.decoding import Generation, generate_batch
 from edgecloud.modelkit.training import TrainConfig, collate, train
 
 __all__ = [
+    "STUDENT_SHAPE",
     "LabelledQuery",
     "StudentOutput",
     "StudentRecipe",
@@ -137,18 +138,20 @@ def with_features(model: Qwen3ForCausalLM) -> Qwen3ForCausalLM:
     return model
 
 
+STUDENT_SHAPE = ModelSpec(
+    hidden_size=128,
+    intermediate_size=384,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    num_key_value_heads=4,
+    max_position_embeddings=128,
+)
+"""A fresh student's shape: the arithmetic and the data kits both start here."""
+
+
 @dataclass(frozen=True, kw_only=True)
 class StudentRecipe:
-    model: ModelSpec = field(
-        default_factory=lambda: ModelSpec(
-            hidden_size=128,
-            intermediate_size=384,
-            num_hidden_layers=3,
-            num_attention_heads=4,
-            num_key_value_heads=4,
-            max_position_embeddings=128,
-        )
-    )
+    model: ModelSpec = STUDENT_SHAPE
     train: TrainConfig = field(
         default_factory=lambda: TrainConfig(steps=6500, batch_size=256, lr=2e-3, warmup=100, weight_decay=0.1)
     )

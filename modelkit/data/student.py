@@ -26,7 +26,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerFast, Qwen3ForCausalLM
 
 from edgecloud.edge.runtime import MAX_NEW_TOKENS
-from edgecloud.modelkit.arithmetic.student import fit_feature_transform, with_features
+from edgecloud.modelkit.arithmetic.student import STUDENT_SHAPE, fit_feature_transform, with_features
 from edgecloud.modelkit.arithmetic.teacher import ModelSpec, build_model, chat_prompt
 from edgecloud.modelkit.data.datasets import Row
 from edgecloud.modelkit.decoding import generate_batch
@@ -52,16 +52,7 @@ STUDENT_PROMPT = "{query}" + IM_START + "assistant"
 
 @dataclass(frozen=True, kw_only=True)
 class DataStudentRecipe:
-    model: ModelSpec = field(
-        default_factory=lambda: ModelSpec(
-            hidden_size=128,
-            intermediate_size=384,
-            num_hidden_layers=3,
-            num_attention_heads=4,
-            num_key_value_heads=4,
-            max_position_embeddings=128,
-        )
-    )
+    model: ModelSpec = STUDENT_SHAPE
     """The shape of a fresh student; ``max_position_embeddings`` grows to fit the data."""
     train: TrainConfig = field(
         default_factory=lambda: TrainConfig(steps=4000, batch_size=64, lr=2e-3, warmup=100, weight_decay=0.1)

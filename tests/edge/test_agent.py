@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import socket
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,34 +15,13 @@ from edgecloud.edge.config import EdgeConfig
 from edgecloud.edge.daemon import create_daemon
 from edgecloud.shared.base.errors import ConfigError
 from tests.helpers.device import (
-    ArtifactServer,
     Observer,
     acks_for,
     agent_config,
     command,
     make_bundle,
-    make_keys,
     publish_bundle,
-    running_device,
-    serving_artifacts,
 )
-
-
-@pytest.fixture
-def keys(tmp_path: Path) -> dict[str, Path]:
-    return make_keys(tmp_path)
-
-
-@pytest.fixture
-def artifacts(tmp_path: Path) -> Iterator[tuple[Path, ArtifactServer]]:
-    with serving_artifacts(tmp_path) as served:
-        yield served
-
-
-@pytest.fixture
-def device(shipped_models: Path, tmp_path: Path, mqtt_broker, keys: dict[str, Path]):  # type: ignore[no-untyped-def]
-    with running_device(shipped_models, tmp_path, mqtt_broker, keys) as running:
-        yield running
 
 
 def test_state_is_written_through_to_the_disk_before_and_after_its_rename(  # type: ignore[no-untyped-def]

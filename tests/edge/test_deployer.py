@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -18,32 +16,11 @@ from edgecloud.shared.bundles.manifest import load_manifest
 from edgecloud.shared.bundles.signing import load_private_key, sign_bundle
 from tests.helpers.bundles import make_pair_bundle
 from tests.helpers.device import (
-    ArtifactServer,
     acks_for,
     command,
     make_bundle,
-    make_keys,
     publish_bundle,
-    running_device,
-    serving_artifacts,
 )
-
-
-@pytest.fixture
-def keys(tmp_path: Path) -> dict[str, Path]:
-    return make_keys(tmp_path)
-
-
-@pytest.fixture
-def artifacts(tmp_path: Path) -> Iterator[tuple[Path, ArtifactServer]]:
-    with serving_artifacts(tmp_path) as served:
-        yield served
-
-
-@pytest.fixture
-def device(shipped_models: Path, tmp_path: Path, mqtt_broker, keys: dict[str, Path]):  # type: ignore[no-untyped-def]
-    with running_device(shipped_models, tmp_path, mqtt_broker, keys) as running:
-        yield running
 
 
 @pytest.mark.parametrize(
