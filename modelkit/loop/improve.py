@@ -504,6 +504,32 @@ def _prepare(
     return task, training, mode, (calibrate_on, gate_on)
 
 
+def _metadata(
+    base_manifest: Manifest, mode: str, plan: _Schedule, training: TrainingSet, history: list[dict[str, float]]
+) -> dict[str, object]:
+    """The new bundle's manifest metadata: what it improved on, and how."""
+    return {
+        "improved_from": {"name": base_manifest.name, "version": base_manifest.version},
+        "student": mode,
+        "schedule": asdict(plan),
+        "training_set": training.summary(),
+        "train_final": history[-1] if history else {},
+    }
+
+
+def _publish(config: ImproveConfig, staging: Path, gate: GateResult, expires_at: str | None) -> None:
+    """A student the gate passed: signed (with a key) and swapped into ``config.out``; GateFailedError
+    otherwise (kept in ``config.refused_dir``, if one is set)."""
+    log.info("gate: %s", gate.summary())
+    if not gate.passed:
+        if config.refused_dir is not None:
+            _keep_refused(staging, config.refused_dir)
+        raise GateFailedError(gate)
+    if config.key is not None:
+        sign_bundle(staging / STUDENT_DIR, load_private_key(config.key), expires_at=expires_at)
+    swap_into_place(staging, config.out, (STUDENT_DIR, REFERENCE_DIR))
+
+
 def improve_student(config: ImproveConfig) -> dict[str, object]:
     """Build, gate and (if it passes) write the next edge student; returns a summary.
 
@@ -525,13 +551,7 @@ def improve_student(config: ImproveConfig) -> dict[str, object]:
     shutil.rmtree(staging, ignore_errors=True)
     build = BuildConfig(out=config.out, seed=config.seed, threads=config.threads, calibration_n=config.calibration_n)
     checks = task.student_checks(build, calibrate_on)
-    metadata = {
-        "improved_from": {"name": base_manifest.name, "version": base_manifest.version},
-        "student": mode,
-        "schedule": asdict(plan),
-        "training_set": training.summary(),
-        "train_final": history[-1] if history else {},
-    }
+    metadata = _metadata(base_manifest, mode, plan, training, history)
     think = (THINK_START, THINK_END) if training.reasoning else None
     expires_at = None if config.expires_in_days is None else expiry_in_days(config.expires_in_days)
     try:
@@ -548,14 +568,7 @@ def improve_student(config: ImproveConfig) -> dict[str, object]:
             checks,
         )
         gate = _gate(config, mode, base, base_manifest, new_model, gate_on, task.rule)
-        log.info("gate: %s", gate.summary())
-        if not gate.passed:
-            if config.refused_dir is not None:
-                _keep_refused(staging, config.refused_dir)
-            raise GateFailedError(gate)
-        if config.key is not None:
-            sign_bundle(staging / STUDENT_DIR, load_private_key(config.key), expires_at=expires_at)
-        swap_into_place(staging, config.out, (STUDENT_DIR, REFERENCE_DIR))
+        _publish(config, staging, gate, expires_at)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     summary = {
