@@ -12,7 +12,7 @@ imports nothing of the project, the reasoner contract stands on the base and the
 and so on; no module sits directly in ``shared/``. No folder holds more than :data:`MAX_FOLDER_MODULES`
 modules directly. The think tags are spelled in one module (:data:`THINK_TAGS_HOME`).
 
-The size limits (:data:`MAX_MODULE_LINES`, :data:`MAX_FUNCTION_LINES`) hold for ``benchmarks/`` too,
+The size limits (:data:`MAX_MODULE_LINES`, :data:`MAX_FUNCTION_LINES`, :data:`MAX_CLASS_LINES`) hold for ``benchmarks/`` too,
 and so does the folder limit for its sub-packages; ``benchmarks/`` itself holds one script per
 benchmark (:data:`FOLDER_EXEMPT`). The benchmarks stand outside the layers: a script may import any.
 """
@@ -116,7 +116,8 @@ def test_the_checker_catches_an_upward_import(tmp_path: Path) -> None:
 
 #: Rooms stay small enough to read in one sitting (STYLE.md: one module, one responsibility).
 MAX_MODULE_LINES = 600
-MAX_FUNCTION_LINES = 80
+MAX_FUNCTION_LINES = 60
+MAX_CLASS_LINES = 300
 
 
 def oversized(path: Path, root: Path = ROOT) -> list[str]:
@@ -130,6 +131,10 @@ def oversized(path: Path, root: Path = ROOT) -> list[str]:
             length = node.end_lineno - node.lineno + 1
             if length > MAX_FUNCTION_LINES:
                 found.append(f"{name}:{node.lineno} {node.name}: {length} lines")
+        elif isinstance(node, ast.ClassDef):
+            length = node.end_lineno - node.lineno + 1
+            if length > MAX_CLASS_LINES:
+                found.append(f"{name}:{node.lineno} class {node.name}: {length} lines")
     return found
 
 
@@ -149,6 +154,20 @@ def test_the_size_check_catches_a_long_function_and_module(tmp_path: Path) -> No
     assert oversized(source, tmp_path) == [
         f"long.py: {MAX_MODULE_LINES + 2} lines",
         f"long.py:1 f: {MAX_MODULE_LINES + 2} lines",
+    ]
+
+
+def test_the_size_check_catches_a_long_class_and_a_function_just_over(tmp_path: Path) -> None:
+    method = "    def m(self):\n" + "        x = 1\n" * (MAX_FUNCTION_LINES - 1)
+    fits = tmp_path / "fits.py"
+    fits.write_text("def f():\n" + "    x = 1\n" * (MAX_FUNCTION_LINES - 1))
+    assert oversized(fits, tmp_path) == []
+    source = tmp_path / "big.py"
+    methods = MAX_CLASS_LINES // MAX_FUNCTION_LINES + 1
+    source.write_text("class Big:\n" + method * methods + "\n\ndef g():\n" + "    x = 1\n" * MAX_FUNCTION_LINES)
+    assert oversized(source, tmp_path) == [
+        f"big.py:1 class Big: {1 + methods * MAX_FUNCTION_LINES} lines",
+        f"big.py:{4 + methods * MAX_FUNCTION_LINES} g: {MAX_FUNCTION_LINES + 1} lines",
     ]
 
 
