@@ -27,9 +27,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from _cloud import (
+from benchmarks.support.cloud import (
     REPO,
     RunningServer,
     busy_cpu_s,
@@ -39,7 +39,6 @@ from _cloud import (
     plot_before_after,
     unique_problems,
 )
-
 from edgecloud.cloud.engine import EngineConfig
 from edgecloud.cloud.sessions import SessionConfig
 from edgecloud.edge.runtime import EdgeBundle

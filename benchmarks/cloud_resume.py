@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import grpc
 
-from benchmarks._cloud import RunningServer, load_teacher, machine_info, think_request, unique_problems
+from benchmarks.support.cloud import RunningServer, load_teacher, machine_info, think_request, unique_problems
 from edgecloud.cloud.engine import EngineConfig
 from edgecloud.modelkit.arithmetic.task import Problem, parse_answer
 from edgecloud.proto.edgecloud.v1 import reasoner_pb2 as pb

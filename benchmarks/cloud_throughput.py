@@ -38,7 +38,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._cloud import (
+from benchmarks.support.cloud import (
     RunningServer,
     busy_cpu_s,
     load_teacher,

@@ -22,10 +22,9 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from _cloud import REPO, machine_info
-
+from benchmarks.support.cloud import REPO, machine_info
 from edgecloud.shared.bundles.manifest import verify_bundle
 from edgecloud.shared.bundles.signing import TrustStore, generate_keypair, load_private_key
 from edgecloud.shared.fleetlink.commands import open_command, sign_command

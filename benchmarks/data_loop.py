@@ -31,10 +31,16 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from _cloud import RunningServer, busy_cpu_s, edge_traffic, load_teacher, machine_info, plot_before_after
-
+from benchmarks.support.cloud import (
+    RunningServer,
+    busy_cpu_s,
+    edge_traffic,
+    load_teacher,
+    machine_info,
+    plot_before_after,
+)
 from edgecloud.cloud.engine import EngineConfig
 from edgecloud.cloud.sessions import SessionConfig
 from edgecloud.edge.service import QueryResult

@@ -3,7 +3,7 @@
 Starts mosquitto on a free loopback port (``max_connections -1``, no persistence) and
 the real :class:`~edgecloud.fleet.manager.FleetManager` (SQLite store in a temporary
 folder, its own paho client) in this process. The devices run in a second process
-(``_fleet_devices.py``) so they do not share the manager's GIL: each one is its own MQTT 5
+(``support/fleet_devices.py``) so they do not share the manager's GIL: each one is its own MQTT 5
 client with its own client id, will (retained offline state), persistent session, retained
 birth on connect and QoS 0 telemetry every ``--interval`` seconds (staggered). The clients
 are driven by ``--threads`` selector loops through paho's external-loop API (one socket
@@ -56,7 +56,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np
 import paho.mqtt
 
-from benchmarks._fleet_devices import BUNDLE, FLEET, LABELS, raise_nofile, run_devices
+from benchmarks.support.fleet_devices import BUNDLE, FLEET, LABELS, raise_nofile, run_devices
 from edgecloud.fleet.manager import FleetManager, FleetManagerConfig
 from edgecloud.fleet.rollout import Exponential, Rollout, RolloutStatus
 from edgecloud.shared.bundles.artifacts import pack_bundle

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import httpx
 import torch
 
-from benchmarks._cloud import REPO, RunningServer, load_teacher, machine_info, unique_problems
+from benchmarks.support.cloud import REPO, RunningServer, load_teacher, machine_info, unique_problems
 from edgecloud.cloud.engine import EngineConfig
 from edgecloud.edge.config import EdgeConfig
 from edgecloud.edge.daemon import create_daemon

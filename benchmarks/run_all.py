@@ -7,7 +7,8 @@ JSON (from stdout, or the file it wrote) is kept as ``<results>/<name>/<name>.js
 code, timeout, no JSON) is recorded and reported, the others still run, and the exit status is 1 if
 any failed. The run itself (machine, command, status of each benchmark) goes to ``<results>/run.json``.
 
-Which benchmarks: every script in ``benchmarks/`` is named here once, in one of three places.
+Which benchmarks: every script in ``benchmarks/`` and ``benchmarks/probes/`` is named here once, in
+one of three places (what the scripts share is ``benchmarks/support/``).
 
 * :data:`BENCHMARKS` without a ``skip`` reason: the default run (what ``make bench`` runs, about
   half an hour): cloud_throughput, cloud_resume, student_latency, routing_quality, feature_codec,
@@ -16,13 +17,13 @@ Which benchmarks: every script in ``benchmarks/`` is named here once, in one of 
   ``--only`` (command_signing, large_student, route_accuracy, security_overhead); the reason says
   why the default run leaves each out.
 * :data:`BY_HAND`: scripts the runner cannot run, each with why (closed_loop, data_loop,
-  data_accuracy, probe_cascade, probe_fresh_reasoner): they need a build or arguments only a person
-  can choose, or print no JSON.
+  data_accuracy, and the probes in ``benchmarks/probes/``: probe_cascade, probe_fresh_reasoner):
+  they need a build or arguments only a person can choose, or print no JSON.
 
 ``--list`` prints the three. What a benchmark's JSON looks like in the report is its renderer's
 business: ``benchmarks/reports/<name>.py`` (``render``, and ``plot`` where the script draws none);
 a benchmark without one is shown field by field. The machine description is
-:mod:`benchmarks.machine`. Usage::
+:mod:`benchmarks.support.machine`. Usage::
 
     python benchmarks/run_all.py [--quick] [--only NAME ...] [--out-md PATH] [--results DIR] [--list]
 """
@@ -50,7 +51,6 @@ REPO = Path(__file__).resolve().parents[1]
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(REPO))
 
-from benchmarks.machine import machine
 from benchmarks.reports import (
     cloud_resume,
     cloud_throughput,
@@ -62,6 +62,7 @@ from benchmarks.reports import (
 )
 from benchmarks.reports.page import render_page
 from benchmarks.reports.tables import Report, generic
+from benchmarks.support.machine import machine
 
 # -- the benchmarks ------------------------------------------------------------------------
 

@@ -1,11 +1,11 @@
-"""``benchmarks/machine.py``: the machine a run measured, as ``run.json`` records it."""
+"""``benchmarks/support/machine.py``: the machine a run measured, as ``run.json`` records it."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from benchmarks.machine import PACKAGES, REPO, machine
+from benchmarks.support.machine import PACKAGES, REPO, machine
 
 
 def test_the_machine_has_every_field_the_report_shows() -> None:
@@ -25,7 +25,7 @@ def test_what_the_run_writes_does_not_make_the_tree_dirty() -> None:
 
 def test_a_changed_file_outside_what_the_run_writes_counts(monkeypatch) -> None:  # type: ignore[no-untyped-def]
     """The first line of ``git status --porcelain`` keeps its leading space: `` M path``."""
-    from benchmarks import machine as module
+    from benchmarks.support import machine as module
 
     status = " M benchmarks/results/run.json\n M edge/service.py\nM  fleet/manager.py\n"
     monkeypatch.setattr(module.subprocess, "run", _fake_run(status))

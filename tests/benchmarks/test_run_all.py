@@ -129,8 +129,9 @@ MAKE_BENCH = [
 
 
 def scripts() -> set[str]:
-    """Every script in benchmarks/ (a module that runs as ``__main__``), the runner aside."""
-    found = {p.stem for p in (REPO / "benchmarks").glob("*.py") if 'if __name__ == "__main__"' in p.read_text()}
+    """Every script in benchmarks/ and benchmarks/probes/ (a module that runs as ``__main__``), the runner aside."""
+    paths = [*(REPO / "benchmarks").glob("*.py"), *(REPO / "benchmarks" / "probes").glob("*.py")]
+    found = {p.stem for p in paths if 'if __name__ == "__main__"' in p.read_text()}
     return found - {"run_all"}
 
 

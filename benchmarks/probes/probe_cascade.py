@@ -6,7 +6,7 @@ escalated. Both are int8 bundles on one thread each, on the same fresh test quer
 evaluation mix as the base alone. Prints JSON per k: share kept on the edge, kept answers right,
 edge latency (both models' time on the queries the reasoner saw). Usage::
 
-    python benchmarks/probe_cascade.py REASONER_BUNDLE [--base models/edge-student] [--n 2000]
+    python benchmarks/probes/probe_cascade.py REASONER_BUNDLE [--base models/edge-student] [--n 2000]
 
 ``REASONER_BUNDLE``: e.g. the student ``models improve --keep-refused DIR`` kept in ``DIR/edge-student``.
 """
@@ -20,10 +20,9 @@ import statistics
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from _cloud import REPO, machine_info, unique_problems
-
+from benchmarks.support.cloud import REPO, machine_info, unique_problems
 from edgecloud.edge.runtime import EdgeModel
 from edgecloud.modelkit.arithmetic.task import parse_answer
 

@@ -1,6 +1,6 @@
 """Probe: a fresh reasoner trained from scratch on scratchpad records shaped like the cloud's escalations.
 
-Usage: .venv/bin/python benchmarks/probe_fresh_reasoner.py HIDDEN LAYERS STEPS MAX_TARGET_TOKENS BATCH
+Usage: .venv/bin/python benchmarks/probes/probe_fresh_reasoner.py HIDDEN LAYERS STEPS MAX_TARGET_TOKENS BATCH
 (measured: 160 4 1500 130 64; figures in docs/models.md). Prints CHECK lines with exact answers per k."""
 
 import argparse

@@ -13,7 +13,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PACKAGES = ("torch", "transformers", "onnxruntime", "grpcio", "paho-mqtt", "numpy", "zstandard")
 """The distributions whose versions change the figures."""
 

@@ -1,4 +1,4 @@
-"""The simulated devices of ``fleet_scale.py``, run in a process of their own (so that they do not
+"""The simulated devices of ``benchmarks/fleet_scale.py``, run in a process of their own (so that they do not
 share the fleet manager's GIL): each one its own MQTT 5 client with its own client id, will (retained
 offline state), persistent session, retained birth on connect and QoS 0 telemetry; ``--threads``
 selector loops drive them through paho's external-loop API (one socket each, no thread per device).
