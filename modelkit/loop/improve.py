@@ -87,7 +87,7 @@ FRESH_REASONER = ModelSpec(
     max_position_embeddings=256,
 )
 """The fresh student's shape: 1.34M parameters, which learnt the cloud's scratchpad to 100% on
-k=1..3 in 1500 steps (``benchmarks/probe_fresh_reasoner.py``, docs/models.md)."""
+k=1..3 in 1500 steps (``benchmarks/probes/probe_fresh_reasoner.py``, docs/models.md)."""
 
 STUDENT_MODES = ("auto", "fine-tune", "fresh")
 
