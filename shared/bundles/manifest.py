@@ -8,9 +8,11 @@ is valid when every listed file matches and no unlisted regular file exists
 Symlinks are refused anywhere in a bundle.
 
 :func:`canonical_bytes` is what the Ed25519 signature in ``manifest.sig``
-covers; signing lives elsewhere. A bad manifest raises ``ManifestError``
-naming the field; files that do not match raise ``IntegrityError`` naming
-the file.
+covers; signing lives elsewhere. The manifest's shape is a pydantic model
+(``_ManifestDocument``), which both ``manifest.json`` and a :class:`Manifest` built in code
+pass through (:func:`~edgecloud.shared.base.documents.parse_document`). A bad manifest
+raises ``ManifestError`` naming the field; files that do not match raise
+``IntegrityError`` naming the file.
 """
 
 from __future__ import annotations
@@ -21,12 +23,15 @@ import math
 import os
 import re
 import shutil
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
+from pydantic import AfterValidator, BeforeValidator, Field, ValidationInfo, field_validator
+
+from edgecloud.shared.base.documents import Document, parse_document
 from edgecloud.shared.base.errors import BundleError, IntegrityError, ManifestError
 
 __all__ = [
@@ -54,8 +59,8 @@ KINDS = ("edge", "cloud")
 IO_KEYS = ("inputs", "outputs", "feature_dim", "tokenizer")
 _RESERVED = frozenset((MANIFEST_FILE, SIGNATURE_FILE))
 _CHUNK = 1 << 20
-_NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]*")
-_SHA256_RE = re.compile(r"[0-9a-f]{64}")
+_NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]*$"
+_SHA256_PATTERN = r"^[0-9a-f]{64}$"
 _RFC3339_UTC_RE = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?Z")
 _FREE_FORM = ("io", "calibration", "metadata")
 
@@ -64,89 +69,144 @@ def _bad(where: str, message: str) -> ManifestError:
     return ManifestError(f"{where}: {message}")
 
 
-def _require_int(value: object, where: str, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise _bad(where, f"expected an integer, got {value!r}")
-    if value < minimum:
-        raise _bad(where, f"must be >= {minimum}, got {value}")
-
-
-def _json_copy(value: object, where: str) -> Any:
-    """A deep copy of ``value`` in JSON types only (tuples become lists);
-    raises ManifestError on anything JSON cannot represent exactly."""
+def _json_copy(value: object, where: str = "") -> Any:
+    """A deep copy of ``value`` in JSON types only (tuples become lists); ValueError, naming the
+    place under ``where``, on anything JSON cannot represent exactly."""
     if value is None or isinstance(value, (bool, int, str)):
         return value
+    at = f"{where}: " if where else ""
     if isinstance(value, float):
         if not math.isfinite(value):
-            raise _bad(where, f"non-finite number {value!r}")
+            raise ValueError(f"{at}non-finite number {value!r}")
         return value
     if isinstance(value, (list, tuple)):
         return [_json_copy(item, f"{where}[{i}]") for i, item in enumerate(value)]
     if isinstance(value, Mapping):
         if not all(isinstance(key, str) for key in value):
-            raise _bad(where, "object keys must be strings")
-        return {key: _json_copy(item, f"{where}.{key}") for key, item in value.items()}
-    raise _bad(where, f"not JSON-serialisable: {type(value).__name__}")
+            raise ValueError(f"{at}object keys must be strings")
+        return {key: _json_copy(item, f"{where}.{key}" if where else key) for key, item in value.items()}
+    raise ValueError(f"{at}not JSON-serialisable: {type(value).__name__}")
 
 
-def _check_path(path: object) -> None:
+def _check_path(path: object) -> str:
+    """``path`` if it is a relative POSIX path inside a bundle; ValueError saying why not."""
     if not isinstance(path, str) or not path:
-        raise _bad("path", f"expected a non-empty string, got {path!r}")
+        raise ValueError(f"expected a non-empty string, got {path!r}")
     if "\\" in path or "\0" in path:
-        raise _bad("path", f"must be POSIX without backslash or NUL, got {path!r}")
+        raise ValueError(f"must be POSIX without backslash or NUL, got {path!r}")
     if path.startswith("/"):
-        raise _bad("path", f"must be relative, got {path!r}")
+        raise ValueError(f"must be relative, got {path!r}")
     if any(part in ("", ".", "..") for part in path.split("/")):
-        raise _bad("path", f"must not contain '..', '.' or empty segments, got {path!r}")
+        raise ValueError(f"must not contain '..', '.' or empty segments, got {path!r}")
     if path in _RESERVED:
-        raise _bad("path", f"{path!r} is reserved and never listed")
+        raise ValueError(f"{path!r} is reserved and never listed")
+    return path
 
 
-def _check_io_paths(io: Mapping[str, Any]) -> None:
-    """The files ``io`` names for loading (``tokenizer``, every ``graphs`` entry, and the same of a
-    pair's ``reasoner``) stay inside the bundle: a signed manifest must not point a loader at
-    ``../../`` or an absolute path."""
-    sections: list[tuple[str, Mapping[str, Any]]] = [("io", io)]
+def _path_problem(path: object) -> str:
+    """Why ``path`` is not a path inside a bundle ("" when it is)."""
+    try:
+        _check_path(path)
+    except ValueError as exc:
+        return str(exc)
+    return ""
+
+
+def _check_io(io: dict[str, Any]) -> dict[str, Any]:
+    """``io`` has the keys :data:`IO_KEYS`, and the files it names for loading (``tokenizer``,
+    every ``graphs`` entry, and the same of a pair's ``reasoner``) stay inside the bundle: a signed
+    manifest must not point a loader at ``../../`` or an absolute path."""
+    missing = [key for key in IO_KEYS if key not in io]
+    if missing:
+        raise ValueError(f"missing key(s) {', '.join(missing)}")
+    sections: list[tuple[str, Mapping[str, Any]]] = [("", io)]
     if "reasoner" in io:
         if not isinstance(io["reasoner"], Mapping):
-            raise _bad("io.reasoner", f"expected an object, got {type(io['reasoner']).__name__}")
-        sections.append(("io.reasoner", io["reasoner"]))
+            raise ValueError(f"reasoner: expected an object, got {type(io['reasoner']).__name__}")
+        sections.append(("reasoner: ", io["reasoner"]))
     for where, section in sections:
-        try:
-            _check_path(section["tokenizer"])
-            graphs = section.get("graphs", {})
-            if not isinstance(graphs, Mapping):
-                raise _bad(f"{where}.graphs", f"expected an object, got {type(graphs).__name__}")
-            for graph in graphs.values():
-                _check_path(graph)
-        except KeyError:
-            raise _bad(where, "names no tokenizer") from None
-        except ManifestError as exc:
-            raise _bad(where, f"a file it names must stay inside the bundle: {exc}") from None
+        if "tokenizer" not in section:
+            raise ValueError(f"{where}names no tokenizer")
+        graphs = section.get("graphs", {})
+        if isinstance(graphs, Mapping):
+            reason = next(filter(None, map(_path_problem, (section["tokenizer"], *graphs.values()))), "")
+        else:
+            reason = f"graphs: expected an object, got {type(graphs).__name__}"
+        if reason:
+            raise ValueError(f"{where}a file it names must stay inside the bundle: {reason}")
+    return io
 
 
-def _fields(data: Mapping[str, Any], names: Sequence[str], optional: Sequence[str] = ()) -> dict[str, Any]:
-    """A copy of ``data``, which must have exactly the keys ``names`` (and may have ``optional``)."""
-    known = (*names, *optional)
-    missing, unknown = [n for n in names if n not in data], [str(k) for k in data if k not in known]
-    if missing or unknown:
-        raise _bad((missing or unknown)[0], "missing" if missing else "unknown field")
-    return dict(data)
+def _check_timestamp(value: str) -> str:
+    if not _RFC3339_UTC_RE.fullmatch(value):
+        raise ValueError(f"expected RFC 3339 UTC like 2025-01-31T12:00:00Z, got {value!r}")
+    try:
+        datetime.strptime(value[:19], "%Y-%m-%dT%H:%M:%S")
+    except ValueError:
+        raise ValueError(f"not a valid date and time: {value!r}") from None
+    return value
 
 
-def _items(data: Mapping[str, Any], name: str, parse: Callable[[Mapping[str, Any]], Any]) -> tuple[Any, ...]:
-    """Parse the list ``data[name]`` item by item; errors name the index."""
-    if not isinstance(data[name], list):
-        raise _bad(name, f"expected a list, got {type(data[name]).__name__}")
-    parsed = []
-    for i, item in enumerate(data[name]):
-        if not isinstance(item, Mapping):
-            raise _bad(f"{name}[{i}]", f"expected an object, got {type(item).__name__}")
-        try:
-            parsed.append(parse(item))
-        except ManifestError as exc:
-            raise ManifestError(f"{name}[{i}].{exc}") from exc
-    return tuple(parsed)
+def _check_files(files: list[_FileDocument]) -> list[_FileDocument]:
+    paths = [f.path for f in files]
+    if paths != sorted(set(paths)):
+        raise ValueError("must be sorted by path with no duplicates")
+    return files
+
+
+def _epoch(value: str) -> float:
+    """Unix time of a checked RFC 3339 UTC timestamp (fractions of a second ignored)."""
+    return datetime.strptime(value[:19], "%Y-%m-%dT%H:%M:%S").replace(tzinfo=UTC).timestamp()
+
+
+_Timestamp = Annotated[str, AfterValidator(_check_timestamp)]
+"""RFC 3339 UTC, e.g. ``2025-01-31T12:00:00Z``."""
+_FreeForm = Annotated[dict[str, Any], BeforeValidator(_json_copy)]
+"""Any JSON object, deep-copied to plain JSON types (exactly representable: finite numbers)."""
+
+
+class _FileDocument(Document):
+    """The shape of a :class:`FileEntry`."""
+
+    path: Annotated[str, AfterValidator(_check_path)]
+    sha256: Annotated[str, Field(pattern=_SHA256_PATTERN)]
+    size: Annotated[int, Field(ge=0)]
+
+
+class _GoldenDocument(Document):
+    """The shape of a :class:`GoldenCase`."""
+
+    query: str
+    expected: str
+
+
+class _ManifestDocument(Document):
+    """The shape of ``manifest.json`` (and of a :class:`Manifest`)."""
+
+    format_version: Annotated[int, Field(ge=FORMAT_VERSION, le=FORMAT_VERSION)]
+    name: Annotated[str, Field(pattern=_NAME_PATTERN)]
+    kind: Literal["edge", "cloud"]
+    version: Annotated[int, Field(ge=1)]
+    created_at: _Timestamp
+    files: Annotated[list[_FileDocument], AfterValidator(_check_files)]
+    io: Annotated[_FreeForm, AfterValidator(_check_io)]
+    calibration: _FreeForm
+    golden: list[_GoldenDocument]
+    metadata: _FreeForm
+    expires_at: _Timestamp | None = None
+
+    @field_validator("expires_at")
+    @classmethod
+    def _after_creation(cls, value: str | None, info: ValidationInfo) -> str | None:
+        created = info.data.get("created_at")
+        if value is not None and created is not None and _epoch(value) <= _epoch(created):
+            raise ValueError(f"must be after created_at {created}, got {value}")
+        return value
+
+
+def _plain(data: object) -> object:
+    """A mapping as the plain dict a strict document model takes; anything else as it is."""
+    return dict(data) if isinstance(data, Mapping) and not isinstance(data, dict) else data
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -161,17 +221,14 @@ class FileEntry:
     """Size in bytes."""
 
     def __post_init__(self) -> None:
-        _check_path(self.path)
-        if not isinstance(self.sha256, str) or not _SHA256_RE.fullmatch(self.sha256):
-            raise _bad("sha256", f"expected 64 lower-case hex digits, got {self.sha256!r}")
-        _require_int(self.size, "size", 0)
+        parse_document(_FileDocument, self.to_dict(), ManifestError)
 
     def to_dict(self) -> dict[str, Any]:
         return {"path": self.path, "sha256": self.sha256, "size": self.size}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> FileEntry:
-        return cls(**_fields(data, ("path", "sha256", "size")))
+        return cls(**vars(parse_document(_FileDocument, _plain(data), ManifestError)))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -182,16 +239,14 @@ class GoldenCase:
     expected: str
 
     def __post_init__(self) -> None:
-        for name, value in (("query", self.query), ("expected", self.expected)):
-            if not isinstance(value, str):
-                raise _bad(name, f"expected a string, got {value!r}")
+        parse_document(_GoldenDocument, self.to_dict(), ManifestError)
 
     def to_dict(self) -> dict[str, Any]:
         return {"query": self.query, "expected": self.expected}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> GoldenCase:
-        return cls(**_fields(data, ("query", "expected")))
+        return cls(**vars(parse_document(_GoldenDocument, _plain(data), ManifestError)))
 
 
 _MANIFEST_FIELDS = (
@@ -202,8 +257,8 @@ _MANIFEST_FIELDS = (
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Manifest:
-    """The validated content of ``manifest.json``. Free-form fields are
-    deep-copied to plain JSON types on construction."""
+    """The validated content of ``manifest.json`` (its shape: ``_ManifestDocument``). Free-form
+    fields are deep-copied to plain JSON types on construction."""
 
     name: str
     """Bundle name: ``[a-z0-9][a-z0-9._-]*``."""
@@ -226,35 +281,16 @@ class Manifest:
     no expiry. Optional in ``manifest.json``, so bundles signed before it verify unchanged."""
 
     def __post_init__(self) -> None:
-        _require_int(self.format_version, "format_version", FORMAT_VERSION)
-        if self.format_version != FORMAT_VERSION:
-            raise _bad("format_version", f"expected {FORMAT_VERSION}, got {self.format_version}")
-        if not isinstance(self.name, str) or not _NAME_RE.fullmatch(self.name):
-            raise _bad("name", f"must match [a-z0-9][a-z0-9._-]*, got {self.name!r}")
-        if self.kind not in KINDS:
-            raise _bad("kind", f"expected one of {', '.join(KINDS)}, got {self.kind!r}")
-        _require_int(self.version, "version", 1)
-        _check_created_at(self.created_at)
-        if self.expires_at is not None:
-            _check_created_at(self.expires_at, "expires_at")
-            if _epoch(self.expires_at) <= _epoch(self.created_at):
-                raise _bad("expires_at", f"must be after created_at {self.created_at}, got {self.expires_at}")
-        if not isinstance(self.files, tuple) or not all(isinstance(f, FileEntry) for f in self.files):
-            raise _bad("files", "expected a tuple of FileEntry")
-        paths = [f.path for f in self.files]
-        if paths != sorted(set(paths)):
-            raise _bad("files", "must be sorted by path with no duplicates")
-        if not isinstance(self.golden, tuple) or not all(isinstance(g, GoldenCase) for g in self.golden):
-            raise _bad("golden", "expected a tuple of GoldenCase")
+        for name, kind in (("files", FileEntry), ("golden", GoldenCase)):
+            items = getattr(self, name)
+            if not isinstance(items, tuple) or not all(isinstance(item, kind) for item in items):
+                raise _bad(name, f"expected a tuple of {kind.__name__}")
+        document = {name: getattr(self, name) for name in (*_MANIFEST_FIELDS, "expires_at")}
+        document["files"] = [f.to_dict() for f in self.files]
+        document["golden"] = [g.to_dict() for g in self.golden]
+        checked = parse_document(_ManifestDocument, document, ManifestError)
         for name in _FREE_FORM:
-            value = getattr(self, name)
-            if not isinstance(value, Mapping):
-                raise _bad(name, f"expected an object, got {type(value).__name__}")
-            object.__setattr__(self, name, _json_copy(value, name))
-        missing = [key for key in IO_KEYS if key not in self.io]
-        if missing:
-            raise _bad("io", f"missing key(s) {', '.join(missing)}")
-        _check_io_paths(self.io)
+            object.__setattr__(self, name, getattr(checked, name))
 
     def expired(self, now: float) -> bool:
         """Whether the bundle's signed expiry (if any) has passed at ``now`` (a Unix time)."""
@@ -267,32 +303,17 @@ class Manifest:
             data["expires_at"] = self.expires_at
         data["files"] = [f.to_dict() for f in self.files]
         data["golden"] = [g.to_dict() for g in self.golden]
-        data.update((name, _json_copy(data[name], name)) for name in _FREE_FORM)
+        data.update((name, _json_copy(data[name])) for name in _FREE_FORM)
         return data
 
     @classmethod
     def from_dict(cls, data: object) -> Manifest:
         """Validate ``data`` (parsed JSON); raises ManifestError naming the bad field."""
-        if not isinstance(data, Mapping):
-            raise ManifestError(f"expected a JSON object, got {type(data).__name__}")
-        fields = _fields(data, _MANIFEST_FIELDS, optional=("expires_at",))
-        fields["files"] = _items(fields, "files", FileEntry.from_dict)
-        fields["golden"] = _items(fields, "golden", GoldenCase.from_dict)
+        document = parse_document(_ManifestDocument, _plain(data), ManifestError)
+        fields = {name: getattr(document, name) for name in (*_MANIFEST_FIELDS, "expires_at")}
+        fields["files"] = tuple(FileEntry(**vars(f)) for f in document.files)
+        fields["golden"] = tuple(GoldenCase(**vars(g)) for g in document.golden)
         return cls(**fields)
-
-
-def _check_created_at(value: object, name: str = "created_at") -> None:
-    if not isinstance(value, str) or not _RFC3339_UTC_RE.fullmatch(value):
-        raise _bad(name, f"expected RFC 3339 UTC like 2025-01-31T12:00:00Z, got {value!r}")
-    try:
-        datetime.strptime(value[:19], "%Y-%m-%dT%H:%M:%S")
-    except ValueError as exc:
-        raise _bad(name, f"not a valid date and time: {value!r}") from exc
-
-
-def _epoch(value: str) -> float:
-    """Unix time of a checked RFC 3339 UTC timestamp (fractions of a second ignored)."""
-    return datetime.strptime(value[:19], "%Y-%m-%dT%H:%M:%S").replace(tzinfo=UTC).timestamp()
 
 
 def canonical_bytes(manifest: Manifest) -> bytes:
