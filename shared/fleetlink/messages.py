@@ -7,20 +7,24 @@ Topic tree (``{fleet}`` and ``{device}`` are ``[A-Za-z0-9._-]{1,64}``)::
     edgecloud/v1/{fleet}/{device}/cmd        QoS 1, fleet manager -> device
     edgecloud/v1/{fleet}/{device}/cmd/ack    QoS 1, device -> fleet manager: status transitions
 
-Every payload is a JSON object. Parsing validates and raises
-:class:`~edgecloud.shared.base.errors.InvalidInputError` naming the field: a device must
-never act on a malformed command.
+Every payload is a JSON object. Each message's shape is a pydantic model (``_CommandMessage``
+and its kin: strict types, bounded counts, finite numbers; unknown fields ignored, so a newer peer
+may say more); parsing validates through it (:func:`~edgecloud.shared.base.documents.parse_document`)
+and raises :class:`~edgecloud.shared.base.errors.InvalidInputError` naming the field: a device
+must never act on a malformed command.
 """
 
 from __future__ import annotations
 
 import enum
 import json
-import math
 import re
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Annotated, Any, Literal
 
+from pydantic import AfterValidator, ConfigDict, Field
+
+from edgecloud.shared.base.documents import Document, parse_document
 from edgecloud.shared.base.errors import InvalidInputError
 
 __all__ = [
@@ -104,50 +108,81 @@ class AckStatus(str, enum.Enum):
         return self in (AckStatus.ACTIVE, AckStatus.FAILED, AckStatus.ROLLED_BACK, AckStatus.IGNORED)
 
 
-def _get(data: dict[str, Any], name: str, kind: type | tuple[type, ...], where: str) -> Any:
-    if name not in data:
-        raise InvalidInputError(f"{where}.{name}: missing")
-    value = data[name]
-    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
-        raise InvalidInputError(f"{where}.{name}: expected {getattr(kind, '__name__', kind)}, got {value!r}")
-    return value
+_Count = Annotated[int, Field(ge=0, le=MAX_REVISION)]
+"""A non-negative integer of at most MAX_REVISION: larger ones would overflow SQLite's 64-bit
+integers in the fleet store, and lose precision in JavaScript readers."""
+_Revision = Annotated[int, Field(ge=1, le=MAX_REVISION)]
+_Segment = Annotated[str, Field(pattern=rf"^{_SEGMENT.pattern}$")]
+_Text = Annotated[str, Field(max_length=4096)]
 
 
-def _number(data: dict[str, Any], name: str, where: str, default: float = 0.0) -> float:
-    """A finite number field (an int or a float, never a bool or a string)."""
-    value = data.get(name, default)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise InvalidInputError(f"{where}.{name}: expected a finite number, got {value!r}"[:200])
-    return float(value)
+def _http(url: str) -> str:
+    if not url.startswith(("http://", "https://")):
+        raise ValueError(f"must be http(s), got {url[:60]!r}")
+    return url
 
 
-def _count(data: dict[str, Any], name: str, where: str, default: int | None = None) -> int:
-    """A non-negative integer field of at most MAX_REVISION: larger ones would overflow SQLite's
-    64-bit integers in the fleet store, and lose precision in JavaScript readers."""
-    if default is None:
-        value = _get(data, name, int, where)
-    else:
-        value = data.get(name, default)
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise InvalidInputError(f"{where}.{name}: expected int, got {value!r}"[:200])
-    if not 0 <= value <= MAX_REVISION:
-        raise InvalidInputError(f"{where}.{name}: must be in 0..{MAX_REVISION}, got {value}"[:200])
-    return value
+class _Message(Document):
+    """A message's shape: strict and finite, and unknown fields ignored (newer peers may say more)."""
+
+    model_config = ConfigDict(extra="ignore")
 
 
-def _optional(data: dict[str, Any], name: str, kind: type, default: Any, where: str, limit: int = 4096) -> Any:
-    """An optional field of type ``kind`` (bools are not ints, ints are bounded counts, floats
-    finite); strings at most ``limit`` long."""
-    if kind is float:
-        return _number(data, name, where, default)
-    if kind is int:
-        return _count(data, name, where, default)
-    value = data.get(name, default)
-    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
-        raise InvalidInputError(f"{where}.{name}: expected {kind.__name__}, got {value!r}"[:200])
-    if isinstance(value, str) and len(value) > limit:
-        raise InvalidInputError(f"{where}.{name}: longer than {limit} characters")
-    return value
+class _BundleMessage(_Message):
+    name: Annotated[str, Field(pattern=rf"^{_BUNDLE_NAME.pattern}$")]
+    version: _Revision
+    url: Annotated[str, Field(max_length=2048), AfterValidator(_http)]
+    sha256: Annotated[str, Field(pattern=rf"^{_SHA256.pattern}$")]
+    size: _Revision
+
+
+class _CommandMessage(_Message):
+    id: _Segment
+    type: Literal["deploy", "rollback"]
+    revision: _Revision
+    bundle: _BundleMessage
+    rollout_id: Annotated[str, Field(max_length=200)] = ""
+    issued_at: float = 0.0
+    device: Annotated[str, Field(pattern=rf"^({_SEGMENT.pattern})?$")] = ""
+    expires_at: float = 0.0
+
+
+class _AckMessage(_Message):
+    command_id: str
+    device: str
+    status: AckStatus = Field(strict=False)  # its wire value, a string
+    revision: _Count
+    reason: _Text = ""
+    version: _Count = 0
+    rollout_id: Annotated[str, Field(max_length=200)] = ""
+    at: float = 0.0
+
+
+class _BirthMessage(_Message):
+    online: bool
+    device: str
+    model_name: Annotated[str, Field(max_length=128)] = ""
+    model_version: _Count = 0
+    session: _Count = 0
+    capabilities: list[Any] = Field(default_factory=list)
+    labels: dict[str, Any] = Field(default_factory=dict)
+    at: float = 0.0
+
+
+class _TelemetryMessage(_Message):
+    device: str
+    at: float
+    model_name: str
+    model_version: _Count
+    requests: dict[str, Any]
+    latency_ms: dict[str, Any]
+    escalation_rate: float
+    degraded: _Count
+    errors: _Count
+    outbox_depth: _Count
+    cpu_percent: float
+    memory_mb: float
+    state_problem: Annotated[str, Field(max_length=1024)] = ""
 
 
 @dataclass(frozen=True)
@@ -160,26 +195,7 @@ class BundleRef:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> BundleRef:
-        ref = cls(
-            name=_get(data, "name", str, "bundle"),
-            version=_get(data, "version", int, "bundle"),
-            url=_get(data, "url", str, "bundle"),
-            sha256=_get(data, "sha256", str, "bundle"),
-            size=_get(data, "size", int, "bundle"),
-        )
-        if (
-            not 1 <= ref.version <= MAX_REVISION
-            or not 1 <= ref.size <= MAX_REVISION
-            or not _SHA256.fullmatch(ref.sha256)
-        ):
-            raise InvalidInputError(
-                f"bundle: version and size must be >= 1 (and <= {MAX_REVISION}) and sha256 64 hex digits"
-            )
-        if not _BUNDLE_NAME.fullmatch(ref.name) or len(ref.url) > 2048:
-            raise InvalidInputError("bundle: name must match [A-Za-z0-9._-]{1,128} and url be at most 2048 characters")
-        if not ref.url.startswith(("http://", "https://")):
-            raise InvalidInputError(f"bundle.url must be http(s), got {ref.url[:60]!r}")
-        return ref
+        return cls(**vars(parse_document(_BundleMessage, data, InvalidInputError, where="bundle")))
 
     def to_dict(self) -> dict[str, Any]:
         # Written out, not dataclasses.asdict (which deep-copies every field): a rollout encodes one
@@ -211,29 +227,8 @@ class Command:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Command:
-        rollout_id = data.get("rollout_id", "")
-        device = data.get("device", "")
-        if not isinstance(rollout_id, str) or len(rollout_id) > 200:
-            raise InvalidInputError("cmd.rollout_id: expected a string of at most 200 characters")
-        if not isinstance(device, str) or device and not _SEGMENT.fullmatch(device):
-            raise InvalidInputError(f"cmd.device must match [A-Za-z0-9._-]{{1,64}}, got {device!r}"[:200])
-        command = cls(
-            id=_get(data, "id", str, "cmd"),
-            type=_get(data, "type", str, "cmd"),
-            revision=_get(data, "revision", int, "cmd"),
-            bundle=BundleRef.from_dict(_get(data, "bundle", dict, "cmd")),
-            rollout_id=rollout_id,
-            issued_at=_number(data, "issued_at", "cmd"),
-            device=device,
-            expires_at=_number(data, "expires_at", "cmd"),
-        )
-        if command.type not in cls.TYPES:
-            raise InvalidInputError(f"cmd.type must be one of {cls.TYPES}, got {command.type!r}"[:200])
-        if not _SEGMENT.fullmatch(command.id) or not 1 <= command.revision <= MAX_REVISION:
-            raise InvalidInputError(
-                f"cmd.id must match [A-Za-z0-9._-]{{1,64}} and cmd.revision be in 1..{MAX_REVISION}"
-            )
-        return command
+        fields = vars(parse_document(_CommandMessage, data, InvalidInputError, where="cmd"))
+        return cls(**{**fields, "bundle": BundleRef(**vars(fields["bundle"]))})
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -274,20 +269,7 @@ class CommandAck:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CommandAck:
-        try:
-            status = AckStatus(_get(data, "status", str, "ack"))
-        except ValueError:
-            raise InvalidInputError(f"ack.status: unknown {data.get('status')!r}") from None
-        return cls(
-            command_id=_get(data, "command_id", str, "ack"),
-            device=_get(data, "device", str, "ack"),
-            status=status,
-            revision=_count(data, "revision", "ack"),
-            reason=_optional(data, "reason", str, "", "ack"),
-            version=_optional(data, "version", int, 0, "ack"),
-            rollout_id=_optional(data, "rollout_id", str, "", "ack", limit=200),
-            at=_optional(data, "at", float, 0.0, "ack"),
-        )
+        return cls(**vars(parse_document(_AckMessage, data, InvalidInputError, where="ack")))
 
 
 @dataclass(frozen=True)
@@ -309,16 +291,10 @@ class Birth:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Birth:
-        return cls(
-            online=_get(data, "online", bool, "state"),
-            device=_get(data, "device", str, "state"),
-            model_name=_optional(data, "model_name", str, "", "state", limit=128),
-            model_version=_optional(data, "model_version", int, 0, "state"),
-            session=_optional(data, "session", int, 0, "state"),
-            capabilities=[str(c) for c in _optional(data, "capabilities", list, [], "state")],
-            labels={str(k): str(v) for k, v in _optional(data, "labels", dict, {}, "state").items()},
-            at=_optional(data, "at", float, 0.0, "state"),
-        )
+        fields = dict(vars(parse_document(_BirthMessage, data, InvalidInputError, where="state")))
+        fields["capabilities"] = [str(c) for c in fields["capabilities"]]
+        fields["labels"] = {str(k): str(v) for k, v in fields["labels"].items()}
+        return cls(**fields)
 
 
 @dataclass(frozen=True)
@@ -362,42 +338,7 @@ class Telemetry:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Telemetry:
-        values: dict[str, Any] = {}
-        for name, kind in _TELEMETRY_FIELDS.items():
-            value = data.get(name)
-            exact = type(value)  # the well-formed case inline; anything else takes the checks that explain
-            if kind is float and (exact is float or exact is int) and math.isfinite(value):  # type: ignore[arg-type]
-                values[name] = float(value)  # type: ignore[arg-type]
-            elif (kind is int and exact is int and 0 <= value <= MAX_REVISION) or (  # type: ignore[operator]
-                exact is kind and kind is not float and kind is not int
-            ):
-                values[name] = value
-            elif name not in data:
-                raise InvalidInputError(f"telemetry.{name}: missing")
-            elif kind is float:
-                values[name] = _number(data, name, "telemetry")
-            elif kind is int:
-                values[name] = _count(data, name, "telemetry")
-            else:
-                values[name] = _get(data, name, kind, "telemetry")
-        values["state_problem"] = _optional(data, "state_problem", str, "", "telemetry", limit=1024)
-        return cls(**values)
-
-
-_TELEMETRY_FIELDS: dict[str, type] = {
-    "device": str,
-    "at": float,
-    "model_name": str,
-    "model_version": int,
-    "requests": dict,
-    "latency_ms": dict,
-    "escalation_rate": float,
-    "degraded": int,
-    "errors": int,
-    "outbox_depth": int,
-    "cpu_percent": float,
-    "memory_mb": float,
-}
+        return cls(**vars(parse_document(_TelemetryMessage, data, InvalidInputError, where="telemetry")))
 
 
 def decode(payload: bytes) -> dict[str, Any]:
