@@ -27,13 +27,15 @@ not JSON and a record that fails validation are each counted by reason and skipp
 from __future__ import annotations
 
 import json
-import math
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, get_args
 
+from pydantic import AfterValidator, ConfigDict, Field
+
+from edgecloud.shared.base.documents import Document, parse_document
 from edgecloud.shared.base.errors import InvalidInputError
 from edgecloud.shared.reasoner.session import MAX_CONVERSATION_CHARS, MAX_MESSAGES, MAX_QUERY_CHARS, Message
 
@@ -45,31 +47,70 @@ MAX_REASONING_CHARS = 65536
 MAX_FEATURES = 4096
 MAX_LINE_BYTES = 1 << 20
 """A longer line is refused unread: no field of a valid record comes close."""
-STATUSES = ("completed", "failed", "cancelled")
+_Status = Literal["completed", "failed", "cancelled"]
+STATUSES = get_args(_Status)
+_Unit = Annotated[float, Field(ge=0.0, le=1.0)]
+_Count = Annotated[int, Field(ge=0)]
+_Id = Annotated[str, Field(min_length=1, max_length=256)]
+_Query = Annotated[str, Field(min_length=1, max_length=MAX_QUERY_CHARS)]
+_Answer = Annotated[str, Field(max_length=MAX_ANSWER_CHARS)]
 
 
-def _text(data: dict[str, Any], name: str, limit: int, *, required: bool = False) -> str:
-    value = data.get(name, "")
-    if not isinstance(value, str):
-        raise InvalidInputError(f"{name} must be a string, got {type(value).__name__}")
-    if required and not value:
-        raise InvalidInputError(f"{name} is required")
-    if len(value) > limit:
-        raise InvalidInputError(f"{name} has {len(value)} characters; the limit is {limit}")
-    return value
+class _Lenient(Document):
+    """A record's part: strict and finite; unknown fields ignored (a newer cloud may write more)."""
+
+    model_config = ConfigDict(extra="ignore")
 
 
-def _integer(data: dict[str, Any], name: str, default: int = 0) -> int:
-    value = data.get(name, default)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise InvalidInputError(f"{name} must be an integer >= 0, got {value!r}")
-    return value
+class _EdgeRecord(_Lenient):
+    answer: _Answer = ""
+    confidence: _Unit = 0.0
+    estimated_difficulty: _Unit = 0.0
 
 
-def _unit(value: Any, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
-        raise InvalidInputError(f"{name} must be a number in [0, 1], got {value!r}")
-    return float(value)
+class _ChatMessage(Document):
+    """One turn of the conversation: exactly ``role`` and ``content``."""
+
+    role: str
+    content: str
+
+
+def _chat(item: _ChatMessage) -> dict[str, str]:
+    try:
+        return Message(item.role, item.content).to_dict()
+    except InvalidInputError as exc:
+        raise ValueError(str(exc)) from None
+
+
+def _conversation(messages: list[dict[str, str]]) -> list[dict[str, str]]:
+    if sum(len(m["content"]) for m in messages) > MAX_CONVERSATION_CHARS:
+        raise ValueError(f"more than {MAX_CONVERSATION_CHARS} characters in all")
+    return messages
+
+
+class _Record(_Lenient):
+    """The shape of a record's JSON object."""
+
+    schema_version: int = Field(1, alias="schema", ge=1, le=SCHEMA)
+    request_id: _Id
+    device_id: Annotated[str, Field(max_length=256)] = ""
+    query: _Query
+    answer: _Answer = ""
+    reasoning_tokens: _Count = 0
+    budget_reached: bool = False
+    producer: dict[str, Any] = Field(default_factory=dict)
+    features: list[float] = Field(default_factory=list, max_length=MAX_FEATURES)
+    created_at: Annotated[str, Field(max_length=64)] = ""
+    reasoning: Annotated[str, Field(max_length=MAX_REASONING_CHARS)] = ""
+    budget: _Count = 0
+    finish_reason: Annotated[str, Field(max_length=32)] = ""
+    status: _Status = "completed"
+    edge: _EdgeRecord | None = None
+    messages: Annotated[
+        list[Annotated[_ChatMessage, AfterValidator(_chat)]],
+        Field(max_length=MAX_MESSAGES),
+        AfterValidator(_conversation),
+    ] = Field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -84,13 +125,7 @@ class EdgeView:
 
     @classmethod
     def from_dict(cls, data: Any) -> EdgeView:
-        if not isinstance(data, dict):
-            raise InvalidInputError("edge must be an object")
-        return cls(
-            answer=_text(data, "answer", MAX_ANSWER_CHARS),
-            confidence=_unit(data.get("confidence", 0.0), "edge.confidence"),
-            estimated_difficulty=_unit(data.get("estimated_difficulty", 0.0), "edge.estimated_difficulty"),
-        )
+        return cls(**vars(parse_document(_EdgeRecord, data, InvalidInputError, where="edge")))
 
 
 @dataclass(frozen=True)
@@ -133,60 +168,12 @@ class Escalation:
 
     @classmethod
     def from_dict(cls, data: Any) -> Escalation:
-        """A validated record; InvalidInputError naming the first bad field."""
-        if not isinstance(data, dict):
-            raise InvalidInputError("a record must be a JSON object")
-        schema = data.get("schema", 1)
-        if schema not in range(1, SCHEMA + 1) or isinstance(schema, bool):
-            raise InvalidInputError(f"schema {schema!r} is not one of 1..{SCHEMA}")
-        budget_reached = data.get("budget_reached", False)
-        if not isinstance(budget_reached, bool):
-            raise InvalidInputError(f"budget_reached must be true or false, got {budget_reached!r}")
-        producer = data.get("producer", {})
-        if not isinstance(producer, dict) or not all(isinstance(k, str) for k in producer):
-            raise InvalidInputError("producer must be an object")
-        features = data.get("features", [])
-        if (
-            not isinstance(features, list)
-            or len(features) > MAX_FEATURES
-            or not all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in features)
-        ):
-            raise InvalidInputError(f"features must be a list of at most {MAX_FEATURES} finite numbers")
-        status = data.get("status", "completed")
-        if status not in STATUSES:
-            raise InvalidInputError(f"status must be one of {STATUSES}, got {status!r}")
-        edge = data.get("edge")
-        return cls(
-            request_id=_text(data, "request_id", 256, required=True),
-            device_id=_text(data, "device_id", 256),
-            query=_text(data, "query", MAX_QUERY_CHARS, required=True),
-            answer=_text(data, "answer", MAX_ANSWER_CHARS),
-            reasoning_tokens=_integer(data, "reasoning_tokens"),
-            budget_reached=budget_reached,
-            producer=dict(producer),
-            features=[float(x) for x in features],
-            created_at=_text(data, "created_at", 64),
-            reasoning=_text(data, "reasoning", MAX_REASONING_CHARS),
-            budget=_integer(data, "budget"),
-            finish_reason=_text(data, "finish_reason", 32),
-            status=status,
-            edge=EdgeView.from_dict(edge) if edge is not None else None,
-            messages=_messages(data.get("messages", [])),
-            schema=SCHEMA,
-        )
-
-
-def _messages(value: Any) -> list[dict[str, str]]:
-    if not isinstance(value, list) or len(value) > MAX_MESSAGES:
-        raise InvalidInputError(f"messages must be a list of at most {MAX_MESSAGES} chat messages")
-    messages = []
-    for index, item in enumerate(value):
-        if not isinstance(item, dict) or set(item) != {"role", "content"}:
-            raise InvalidInputError(f"messages[{index}] must be an object with role and content")
-        messages.append(Message(item["role"], item["content"]).to_dict())
-    if sum(len(m["content"]) for m in messages) > MAX_CONVERSATION_CHARS:
-        raise InvalidInputError(f"messages have more than {MAX_CONVERSATION_CHARS} characters")
-    return messages
+        """A validated record (its shape: ``_Record``); InvalidInputError naming the first bad field."""
+        record = parse_document(_Record, data, InvalidInputError)
+        fields = {name: value for name, value in vars(record).items() if name != "schema_version"}
+        fields["producer"] = dict(record.producer)
+        fields["edge"] = EdgeView(**vars(record.edge)) if record.edge is not None else None
+        return cls(**fields, schema=SCHEMA)
 
 
 @dataclass

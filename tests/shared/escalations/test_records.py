@@ -64,27 +64,44 @@ def test_a_schema_1_record_reads_with_the_new_fields_empty() -> None:
 @pytest.mark.parametrize(
     ("field", "value", "message"),
     [
-        ("query", "", "query is required"),
-        ("query", 7, "query must be a string"),
-        ("answer", "9" * 9000, "answer has 9000 characters"),
-        ("reasoning_tokens", -1, "reasoning_tokens must be an integer"),
-        ("reasoning_tokens", True, "reasoning_tokens must be an integer"),
-        ("budget_reached", "no", "budget_reached must be true or false"),
-        ("features", [1.0, float("nan")], "features must be a list"),
-        ("features", "0.5", "features must be a list"),
-        ("status", "done", "status must be one of"),
-        ("schema", 4, "schema 4"),
-        ("messages", [{"role": "robot", "content": "hi"}], "message role must be one of"),
-        ("messages", [{"role": "user"}], r"messages\[0\] must be an object with role and content"),
-        ("messages", "hi", "messages must be a list"),
-        ("producer", ["x"], "producer must be an object"),
-        ("edge", {"confidence": 1.5}, "edge.confidence must be a number in"),
-        ("edge", "sure", "edge must be an object"),
+        ("query", "", r"^query: must have at least 1 character, got ''$"),
+        ("query", 7, r"^query: expected a string, got 7$"),
+        ("answer", "9" * 9000, r"^answer: must have at most 8192 characters, got '999"),
+        ("reasoning_tokens", -1, r"^reasoning_tokens: must be >= 0, got -1$"),
+        ("reasoning_tokens", True, r"^reasoning_tokens: expected an integer, got True$"),
+        ("budget_reached", "no", r"^budget_reached: expected true or false, got 'no'$"),
+        ("features", [1.0, float("nan")], r"^features\[1\]: expected a finite number, got nan$"),
+        ("features", [1.0, True], r"^features\[1\]: expected a number, got True$"),
+        ("features", [0.0] * 4097, r"^features: must have at most 4096 items"),
+        ("features", "0.5", r"^features: expected a list, got str$"),
+        ("status", "done", r"^status: must be 'completed', 'failed' or 'cancelled', got 'done'$"),
+        ("schema", 4, r"^schema: must be <= 3, got 4$"),
+        ("schema", True, r"^schema: expected an integer, got True$"),
+        ("messages", [{"role": "robot", "content": "hi"}], r"^messages\[0\]: message role must be one of"),
+        ("messages", [{"role": "user"}], r"^messages\[0\]\.content: missing$"),
+        ("messages", [{"role": "user", "content": "hi", "name": "x"}], r"^messages\[0\]\.name: unknown field$"),
+        ("messages", [{"role": "user", "content": "x" * 40_000}] * 2, r"^messages: more than 65536 characters"),
+        ("messages", "hi", r"^messages: expected a list, got str$"),
+        ("producer", ["x"], r"^producer: expected an object, got list$"),
+        ("edge", {"confidence": 1.5}, r"^edge\.confidence: must be <= 1\.0, got 1\.5$"),
+        ("edge", {"confidence": float("nan")}, r"^edge\.confidence: expected a finite number, got nan$"),
+        ("edge", "sure", r"^edge: expected an object, got str$"),
     ],
 )
 def test_a_bad_field_is_named(field: str, value: object, message: str) -> None:
     with pytest.raises(InvalidInputError, match=message):
         Escalation.from_dict(record(**{field: value}))
+
+
+def test_a_record_needs_an_id_and_a_query_and_may_hold_fields_a_newer_cloud_writes() -> None:
+    for name in ("request_id", "query"):
+        data = record()
+        del data[name]
+        with pytest.raises(InvalidInputError, match=rf"^{name}: missing$"):
+            Escalation.from_dict(data)
+    assert Escalation.from_dict(record(later="ignored")) == Escalation.from_dict(record())
+    with pytest.raises(InvalidInputError, match=r"^expected an object, got list$"):
+        Escalation.from_dict([record()])
 
 
 def test_the_reader_counts_what_it_skips_and_keeps_the_rest(tmp_path: Path) -> None:
