@@ -35,16 +35,19 @@ import base64
 import binascii
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Annotated, Any, Literal
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from pydantic import Field
 
+from edgecloud.shared.base.documents import Document, parse_document
 from edgecloud.shared.base.errors import ConfigError
-from edgecloud.shared.bundles.signing import KeyRole, TrustStore, is_key_id, key_id, load_public_key
+from edgecloud.shared.bundles.signing import KEY_ID_PATTERN, KeyRole, TrustStore, key_id, load_public_key
 
 __all__ = ["POLICY_FORMAT", "ROTATION_FORMAT", "load_trust", "read_rotation", "rotation_statement", "write_rotation"]
 
@@ -52,7 +55,39 @@ POLICY_FORMAT = "edgecloud-trust/1"
 ROTATION_FORMAT = "edgecloud-key-rotation/1"
 _MAX_POLICY_BYTES = 1 << 20
 _MAX_STATEMENT_BYTES = 16384
-_ROTATION_FIELDS = ("format", "old_key_id", "new_key_id", "new_public_key", "issued_at", "signature")
+_KeyId = Annotated[str, Field(pattern=rf"^{KEY_ID_PATTERN.pattern}$")]
+"""16 lower-case hex digits, as :func:`~edgecloud.shared.bundles.signing.key_id` writes them."""
+
+
+class _RotationStatement(Document):
+    """The shape of a rotation statement: exactly these fields."""
+
+    format: Literal[ROTATION_FORMAT]
+    old_key_id: _KeyId
+    new_key_id: _KeyId
+    new_public_key: str
+    issued_at: Any
+    signature: str
+
+
+class _KeyEntry(Document):
+    public_key: str
+    """Path of a PEM public key, relative to the policy file."""
+    names: list[str] = Field(default_factory=lambda: ["*"])
+    kinds: list[str] = Field(default_factory=lambda: ["*"])
+
+
+class _Policy(Document):
+    """The shape of a trust policy (see the module docstring)."""
+
+    format: Literal[POLICY_FORMAT]
+    keys: list[_KeyEntry] = Field(default_factory=list)
+    rotations: list[str] = Field(default_factory=list)
+    revoked: list[_KeyId] = Field(default_factory=list)
+
+
+def _refusal(path: Path) -> Callable[[str], ConfigError]:
+    return lambda message: ConfigError(f"{path}: {message}")
 
 
 def _signed_bytes(statement: dict) -> bytes:
@@ -105,36 +140,28 @@ def _read_json(path: Path, limit: int, what: str) -> object:
 
 
 def read_rotation(path: str | os.PathLike[str]) -> tuple[dict, Ed25519PublicKey]:
-    """A well-formed rotation statement and the new key it names; ConfigError otherwise. The
-    signature is checked when it is applied, against the old key the store trusts."""
+    """A well-formed rotation statement (its shape: ``_RotationStatement``) and the new key it
+    names; ConfigError otherwise. The signature is checked when it is applied, against the old key
+    the store trusts."""
     path = Path(path)
     statement = _read_json(path, _MAX_STATEMENT_BYTES, "rotation statement")
-    if not isinstance(statement, dict) or sorted(statement) != sorted(_ROTATION_FIELDS):
-        raise ConfigError(f"{path}: a rotation statement has exactly the fields {', '.join(_ROTATION_FIELDS)}")
-    if statement["format"] != ROTATION_FORMAT:
-        raise ConfigError(f"{path}: format {statement['format']!r} is not {ROTATION_FORMAT!r}")
-    for field in ("old_key_id", "new_key_id"):
-        if not is_key_id(statement[field]):
-            raise ConfigError(f"{path}: {field} must be 16 lower-case hex digits")
+    checked = parse_document(_RotationStatement, statement, _refusal(path))
     try:
-        new_key = Ed25519PublicKey.from_public_bytes(base64.b64decode(statement["new_public_key"], validate=True))
-        signature = base64.b64decode(statement["signature"], validate=True)
-    except (binascii.Error, ValueError, TypeError) as exc:
+        new_key = Ed25519PublicKey.from_public_bytes(base64.b64decode(checked.new_public_key, validate=True))
+        signature = base64.b64decode(checked.signature, validate=True)
+    except (binascii.Error, ValueError) as exc:
         raise ConfigError(
             f"{path}: new_public_key and signature must be base64 of an ed25519 key and signature"
         ) from exc
-    if key_id(new_key) != statement["new_key_id"] or len(signature) != 64:
+    if key_id(new_key) != checked.new_key_id or len(signature) != 64:
         raise ConfigError(f"{path}: new_key_id does not match new_public_key, or the signature is not 64 bytes")
-    return statement, new_key
+    return statement, new_key  # the checked dict as read: its bytes are what the signature covers
 
 
-def _role(entry: dict, where: str) -> KeyRole:
-    unknown = set(entry) - {"public_key", "names", "kinds"}
-    if unknown:
-        raise ConfigError(f"{where}: unknown fields {sorted(unknown)}")
+def _role(entry: _KeyEntry, where: str) -> KeyRole:
     try:
-        return KeyRole(names=tuple(entry.get("names", ("*",))), kinds=tuple(entry.get("kinds", ("*",))))
-    except (ConfigError, TypeError) as exc:
+        return KeyRole(names=tuple(entry.names), kinds=tuple(entry.kinds))
+    except ConfigError as exc:
         raise ConfigError(f"{where}: {exc}") from exc
 
 
@@ -153,28 +180,12 @@ class _Loading:
         self.roles[kid] = role
 
     def add_policy(self, path: Path) -> None:
-        policy = _read_json(path, _MAX_POLICY_BYTES, "trust policy")
-        if not isinstance(policy, dict) or policy.get("format") != POLICY_FORMAT:
-            raise ConfigError(f'{path}: a trust policy is a JSON object with "format": "{POLICY_FORMAT}"')
-        unknown = set(policy) - {"format", "keys", "rotations", "revoked"}
-        if unknown:
-            raise ConfigError(f"{path}: unknown fields {sorted(unknown)}")
-        keys, rotations, revoked = policy.get("keys", []), policy.get("rotations", []), policy.get("revoked", [])
-        if not all(isinstance(v, list) for v in (keys, rotations, revoked)):
-            raise ConfigError(f"{path}: keys, rotations and revoked must be lists")
-        for n, entry in enumerate(keys):
-            where = f"{path}: keys[{n}]"
-            if not isinstance(entry, dict) or not isinstance(entry.get("public_key"), str):
-                raise ConfigError(f"{where}: expected an object with a public_key path")
-            self.add_key(load_public_key(path.parent / entry["public_key"]), _role(entry, where))
-        for n, kid in enumerate(revoked):
-            if not is_key_id(kid):
-                raise ConfigError(f"{path}: revoked[{n}] must be a key id (16 lower-case hex digits), got {kid!r}")
-            self.revoked.add(kid)
-        for n, rotation in enumerate(rotations):
-            if not isinstance(rotation, str):
-                raise ConfigError(f"{path}: rotations[{n}] must be a path")
-            self.rotations.append(path.parent / rotation)
+        policy = parse_document(_Policy, _read_json(path, _MAX_POLICY_BYTES, "trust policy"), _refusal(path))
+        roles = [_role(entry, f"{path}: keys[{n}]") for n, entry in enumerate(policy.keys)]
+        for entry, role in zip(policy.keys, roles, strict=True):
+            self.add_key(load_public_key(path.parent / entry.public_key), role)
+        self.revoked.update(policy.revoked)
+        self.rotations.extend(path.parent / rotation for rotation in policy.rotations)
 
     def rotate(self) -> dict[str, tuple[Ed25519PublicKey, str]]:
         """Apply every rotation, in whatever order they chain; the retired keys and successors."""

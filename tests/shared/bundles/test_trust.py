@@ -150,13 +150,23 @@ def test_a_forged_or_orphan_rotation_is_refused_at_load(tmp_path: Path, keys: di
 @pytest.mark.parametrize(
     ("document", "message"),
     [
-        ({"format": "edgecloud-trust/2"}, "a trust policy is a JSON object"),
-        ({"format": "edgecloud-trust/1", "keyz": []}, "unknown fields"),
-        ({"format": "edgecloud-trust/1", "keys": {}}, "must be lists"),
-        ({"format": "edgecloud-trust/1", "keys": [{"names": ["x"]}]}, "public_key path"),
+        ({"format": "edgecloud-trust/2"}, r"t\.json: format: must be 'edgecloud-trust/1', got 'edgecloud-trust/2'$"),
+        ({"format": "edgecloud-trust/1", "keyz": []}, r"t\.json: keyz: unknown field$"),
+        ({"keys": []}, r"t\.json: format: missing$"),
+        (["edgecloud-trust/1"], r"t\.json: expected an object, got list$"),
+        (
+            {"format": "edgecloud-trust/1", "keys": [{"public_key": "a.pub", "names": "edge-*"}]},
+            r"keys\[0\]\.names: expected a list",
+        ),
+        (
+            {"format": "edgecloud-trust/1", "keys": [{"public_key": "a.pub", "names": []}]},
+            r"keys\[0\]: .*non-empty list",
+        ),
+        ({"format": "edgecloud-trust/1", "keys": {}}, r"t\.json: keys: expected a list, got dict$"),
+        ({"format": "edgecloud-trust/1", "keys": [{"names": ["x"]}]}, r"t\.json: keys\[0\]\.public_key: missing$"),
         ({"format": "edgecloud-trust/1", "keys": [{"public_key": "missing.pub"}]}, "cannot read key"),
-        ({"format": "edgecloud-trust/1", "revoked": ["ABC"]}, "must be a key id"),
-        ({"format": "edgecloud-trust/1", "rotations": [1]}, "must be a path"),
+        ({"format": "edgecloud-trust/1", "revoked": ["ABC"]}, r"revoked\[0\]: must match \[0-9a-f\]\{16\}, got 'ABC'$"),
+        ({"format": "edgecloud-trust/1", "rotations": [1]}, r"rotations\[0\]: expected a string, got 1$"),
         ({"format": "edgecloud-trust/1", "rotations": ["missing.json"]}, "cannot read rotation statement"),
     ],
 )
@@ -169,11 +179,12 @@ def test_a_malformed_policy_is_refused_with_its_reason(tmp_path: Path, document:
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"format": "edgecloud-key-rotation/0"}, "format"),
-        ({"extra": 1}, "exactly the fields"),
+        ({"format": "edgecloud-key-rotation/0"}, r"r\.json: format: must be 'edgecloud-key-rotation/1'"),
+        ({"extra": 1}, r"r\.json: extra: unknown field$"),
+        ({"new_public_key": 5}, r"r\.json: new_public_key: expected a string, got 5$"),
         ({"new_key_id": "0" * 16}, "does not match"),
         ({"signature": "not base64!"}, "base64"),
-        ({"old_key_id": "xyz"}, "16 lower-case hex"),
+        ({"old_key_id": "xyz"}, r"r\.json: old_key_id: must match \[0-9a-f\]\{16\}, got 'xyz'$"),
     ],
 )
 def test_a_malformed_rotation_statement_is_refused(
