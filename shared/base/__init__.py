@@ -1,1 +1,1 @@
-"""The project's base: errors, SQLite, tracing, the ASGI guard, loopback checks; imports nothing else of the project."""
+"""The project's base: errors, JSON documents, SQLite, tracing, the ASGI guard, loopback checks; imports nothing else of the project."""
