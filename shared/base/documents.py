@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 
-__all__ = ["Document", "describe", "parse_document"]
+__all__ = ["Document", "PartRefused", "describe", "parse_document"]
 
 M = TypeVar("M")
 
@@ -44,6 +44,15 @@ _EXPECTED = {
     "string_type": "expected a string",
     "bool_type": "expected true or false",
 }
+
+
+class PartRefused(ValueError):
+    """A check's refusal of one part of its field: the message names the field's path and then
+    ``part`` (``io.reasoner: ...``), as pydantic's own refusals do."""
+
+    def __init__(self, part: str, reason: str) -> None:
+        super().__init__(reason)
+        self.part = part
 
 
 class Document(BaseModel):
@@ -71,6 +80,9 @@ def describe(exc: ValidationError, where: str = "") -> str:
     """The first problem of ``exc`` in one line: ``path: reason`` (just the reason at the top)."""
     first = exc.errors(include_url=False)[0]
     path = _path(where, first["loc"])
+    refused = first.get("ctx", {}).get("error")
+    if isinstance(refused, PartRefused):
+        path = f"{path}.{refused.part}" if path else refused.part
     reason = _reason(first)
     return f"{path}: {reason}" if path else reason
 

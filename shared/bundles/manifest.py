@@ -31,7 +31,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BeforeValidator, Field, ValidationInfo, field_validator
 
-from edgecloud.shared.base.documents import Document, parse_document
+from edgecloud.shared.base.documents import Document, PartRefused, parse_document
 from edgecloud.shared.base.errors import BundleError, IntegrityError, ManifestError
 
 __all__ = [
@@ -122,19 +122,23 @@ def _check_io(io: dict[str, Any]) -> dict[str, Any]:
     sections: list[tuple[str, Mapping[str, Any]]] = [("", io)]
     if "reasoner" in io:
         if not isinstance(io["reasoner"], Mapping):
-            raise ValueError(f"reasoner: expected an object, got {type(io['reasoner']).__name__}")
-        sections.append(("reasoner: ", io["reasoner"]))
-    for where, section in sections:
+            raise PartRefused("reasoner", f"expected an object, got {type(io['reasoner']).__name__}")
+        sections.append(("reasoner", io["reasoner"]))
+    for part, section in sections:
         if "tokenizer" not in section:
-            raise ValueError(f"{where}names no tokenizer")
+            raise _refused(part, "names no tokenizer")
         graphs = section.get("graphs", {})
         if isinstance(graphs, Mapping):
             reason = next(filter(None, map(_path_problem, (section["tokenizer"], *graphs.values()))), "")
         else:
             reason = f"graphs: expected an object, got {type(graphs).__name__}"
         if reason:
-            raise ValueError(f"{where}a file it names must stay inside the bundle: {reason}")
+            raise _refused(part, f"a file it names must stay inside the bundle: {reason}")
     return io
+
+
+def _refused(part: str, reason: str) -> ValueError:
+    return PartRefused(part, reason) if part else ValueError(reason)
 
 
 def _check_timestamp(value: str) -> str:

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import pytest
 from pydantic import AfterValidator, Field, TypeAdapter
 
-from edgecloud.shared.base.documents import Document, parse_document
+from edgecloud.shared.base.documents import Document, PartRefused, parse_document
 from edgecloud.shared.base.errors import InvalidInputError, ManifestError
 
 
@@ -81,6 +81,24 @@ def test_the_path_goes_under_where_and_the_error_class_is_the_callers() -> None:
         parse_document(Doc, {}, InvalidInputError, where="cmd.bundle")
     with pytest.raises(InvalidInputError, match=r"^cmd: expected an object, got str$"):
         parse_document(Doc, "x", InvalidInputError, where="cmd")
+
+
+def _no_secrets(io: dict[str, str]) -> dict[str, str]:
+    if "secret" in io:
+        raise PartRefused("secret", "must not be listed")
+    return io
+
+
+class Holder(Document):
+    io: Annotated[dict[str, str], AfterValidator(_no_secrets)]
+
+
+def test_a_check_that_refuses_a_part_of_its_field_names_the_part() -> None:
+    with pytest.raises(ManifestError, match=r"^io\.secret: must not be listed$"):
+        parse_document(Holder, {"io": {"secret": "x"}}, ManifestError)
+    with pytest.raises(InvalidInputError, match=r"^cmd\.io\.secret: must not be listed$"):
+        parse_document(Holder, {"io": {"secret": "x"}}, InvalidInputError, where="cmd")
+    assert parse_document(Holder, {"io": {"a": "b"}}, ManifestError).io == {"a": "b"}
 
 
 def test_a_type_adapter_validates_too() -> None:
