@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from edgecloud.cloud.engine import Resume
-from edgecloud.cloud.store import Checkpoint, Progress, SessionStorage
+from edgecloud.cloud.stores import Checkpoint, Progress, SessionStorage
 from edgecloud.shared.reasoner.session import Event, EventKind
 
 __all__ = ["EventJournal", "resume_from"]

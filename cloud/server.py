@@ -33,7 +33,7 @@ from edgecloud.cloud.engine import ReasoningEngine
 from edgecloud.cloud.metrics import CloudMetrics
 from edgecloud.cloud.sessions import SessionManager
 from edgecloud.cloud.spans import SessionSpans
-from edgecloud.cloud.store import SessionStorage, SessionStore
+from edgecloud.cloud.stores import SessionStorage, SessionStore
 from edgecloud.proto.edgecloud.v1 import reasoner_pb2 as pb
 from edgecloud.proto.edgecloud.v1 import reasoner_pb2_grpc as pb_grpc
 from edgecloud.shared.base.errors import (

@@ -25,7 +25,7 @@ from edgecloud.cloud.engine import EngineEvent, EngineEventKind, GenerationResul
 from edgecloud.cloud.escalation_log import EscalationLog, escalation_record
 from edgecloud.cloud.journal import EventJournal
 from edgecloud.cloud.metrics import CloudMetrics
-from edgecloud.cloud.store import SessionStorage
+from edgecloud.cloud.stores import SessionStorage
 from edgecloud.shared.base.errors import ResourceExhaustedError
 from edgecloud.shared.reasoner.session import Event, EventKind, Failure, SessionStatus, ThinkParams, Timings
 

@@ -13,7 +13,7 @@ caller's token): request ids are scoped per device, a lookup that names a device
 ``max_open_per_device`` unfinished sessions, so one device's flood is refused
 (:class:`ResourceExhaustedError`) while the rest of the engine queue serves the others.
 
-Durability (:mod:`edgecloud.cloud.store`): a session is written when accepted, while it
+Durability (:mod:`edgecloud.cloud.stores`): a session is written when accepted, while it
 runs (its events, written behind in batches by :mod:`edgecloud.cloud.journal`) and when it ends.
 Readers see an event only once it is written, so nothing a reader saw can be lost. After a
 restart, finished sessions are served from the store, and unfinished ones continue under the
@@ -53,7 +53,7 @@ from edgecloud.cloud.escalation_log import EscalationLog
 from edgecloud.cloud.journal import EventJournal, resume_from
 from edgecloud.cloud.metrics import CloudMetrics
 from edgecloud.cloud.session_runner import SessionRunner
-from edgecloud.cloud.store import SessionStorage, StoredSession
+from edgecloud.cloud.stores import SessionStorage, StoredSession
 from edgecloud.shared.base.errors import ConfigError, InvalidInputError, NotFoundError
 from edgecloud.shared.reasoner.features import decode_features
 from edgecloud.shared.reasoner.session import (

@@ -1,5 +1,5 @@
 """Fixtures shared across the suite: the shipped demo bundles and a quick build, the cloud's teacher
-and a random Qwen3, a mosquitto broker, and the fleet tests' simulated devices and managers (stopped
+and a random Qwen3, a mosquitto broker, a Redis server, and the fleet tests' simulated devices and managers (stopped
 after each test). What they start is in tests/helpers/."""
 
 from __future__ import annotations
@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+
+from tests.helpers.redis_server import RedisServer
 
 if TYPE_CHECKING:  # the cloud's model backend needs torch; edge-only installs run without it
     from edgecloud.cloud.transformers_engine import LoadedModel
@@ -164,6 +166,14 @@ def mqtt_broker(tmp_path: Path):
     broker = MosquittoBroker(tmp_path)
     yield broker
     broker.stop()
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A real redis-server on a free loopback port, this test's alone."""
+    server = RedisServer(tmp_path)
+    yield server
+    server.stop()
 
 
 @pytest.fixture

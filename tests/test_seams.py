@@ -21,7 +21,8 @@ SEAMS = [
     ("edgecloud.edge.seams:CloudReasoner", "edgecloud.edge.escalation:CloudClient"),
     ("edgecloud.edge.outbox:OutboxStorage", "edgecloud.edge.outbox:Outbox"),
     ("edgecloud.cloud.engine:ReasoningEngine", "edgecloud.cloud.transformers_engine:TransformersEngine"),
-    ("edgecloud.cloud.store:SessionStorage", "edgecloud.cloud.store:SessionStore"),
+    ("edgecloud.cloud.stores.storage:SessionStorage", "edgecloud.cloud.stores.sqlite_store:SessionStore"),
+    ("edgecloud.cloud.stores.storage:SharedSessionStorage", "edgecloud.cloud.stores.redis_store:RedisSessionStore"),
     ("edgecloud.fleet.store:FleetStorage", "edgecloud.fleet.store:FleetStore"),
     ("edgecloud.fleet.link:DeviceMessages", "edgecloud.fleet.service:FleetService"),
 ]

@@ -150,7 +150,7 @@ def test_sessions_the_server_and_the_edge_import_no_torch() -> None:
         "edgecloud.cloud.engine",
         "edgecloud.cloud.sessions",
         "edgecloud.cloud.server",
-        "edgecloud.cloud.store",
+        "edgecloud.cloud.stores",
         "edgecloud.cloud.config",
     ]
     modules += [

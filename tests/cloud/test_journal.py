@@ -12,7 +12,7 @@ import pytest
 
 from edgecloud.cloud.engine import Resume
 from edgecloud.cloud.journal import EventJournal, resume_from
-from edgecloud.cloud.store import Checkpoint, Progress, SessionStore
+from edgecloud.cloud.stores import Checkpoint, Progress, SessionStore
 from edgecloud.shared.reasoner.session import Event, EventKind, ThinkParams
 
 WAIT_S = 10.0

@@ -21,7 +21,7 @@ from edgecloud.cloud.budget import BudgetPolicy
 from edgecloud.cloud.engine import EngineConfig, EngineEvent, EngineEventKind, Job, Resume
 from edgecloud.cloud.escalation_log import read_escalations
 from edgecloud.cloud.sessions import SessionConfig, SessionManager
-from edgecloud.cloud.store import Checkpoint, SessionStore
+from edgecloud.cloud.stores import Checkpoint, SessionStore
 from edgecloud.shared.reasoner.session import Event, EventKind, Message, Sampling, SessionStatus, ThinkParams
 from edgecloud.shared.reasoner.wire import event_to_pb
 from tests.helpers.cloud import tiny_qwen3_config

@@ -17,7 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from edgecloud.cloud.config import AuthConfig
 from edgecloud.cloud.engine import EngineConfig
 from edgecloud.cloud.escalation_log import read_escalations
-from edgecloud.cloud.store import SessionStore
+from edgecloud.cloud.stores import SessionStore
 from edgecloud.cloud.transformers_engine import LoadedModel
 from edgecloud.modelkit.arithmetic.scratchpad import think_text
 from edgecloud.modelkit.arithmetic.task import Problem

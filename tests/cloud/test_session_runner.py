@@ -16,7 +16,7 @@ from edgecloud.cloud.journal import EventJournal
 from edgecloud.cloud.metrics import CloudMetrics
 from edgecloud.cloud.session_runner import SessionRunner
 from edgecloud.cloud.sessions import Session
-from edgecloud.cloud.store import SessionStore
+from edgecloud.cloud.stores import SessionStore
 from edgecloud.shared.base.errors import ResourceExhaustedError
 from edgecloud.shared.reasoner.session import Event, EventKind, Failure, SessionStatus, ThinkParams, Usage
 

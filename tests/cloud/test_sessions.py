@@ -31,7 +31,7 @@ from edgecloud.cloud.engine import (
 from edgecloud.cloud.escalation_log import read_escalations
 from edgecloud.cloud.metrics import CloudMetrics
 from edgecloud.cloud.sessions import Session, SessionConfig, SessionManager
-from edgecloud.cloud.store import SessionStore
+from edgecloud.cloud.stores import SessionStore
 from edgecloud.shared.base.errors import ConfigError, InvalidInputError, NotFoundError, ResourceExhaustedError
 from edgecloud.shared.reasoner.features import decode_features, encode_features
 from edgecloud.shared.reasoner.session import (

@@ -21,7 +21,7 @@ import pytest
 
 from edgecloud.cloud.config import AuthConfig, CloudConfig, TlsConfig
 from edgecloud.cloud.engine import EngineConfig
-from edgecloud.cloud.store import SessionStore
+from edgecloud.cloud.stores import SessionStore
 from edgecloud.edge.escalation import CloudClient, CloudClientConfig, map_rpc_error
 from edgecloud.edge.seams import CloudReasoner
 from edgecloud.proto.edgecloud.v1 import reasoner_pb2 as pb

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from edgecloud.cloud.store import Checkpoint, Progress, SessionStorage, SessionStore
+from edgecloud.cloud.stores import Checkpoint, Progress, RequestTaken, SessionStorage, SessionStore
 from edgecloud.shared.base.errors import ConfigError
 from edgecloud.shared.reasoner.session import Event, EventKind, SessionInfo, SessionStatus, ThinkParams, Usage
 from edgecloud.shared.reasoner.wire import event_to_pb, think_request_to_pb
@@ -40,8 +40,9 @@ def test_accept_finish_and_reopen(tmp_path: Path) -> None:
     assert reopened.events("s1") == events
     assert [s.session_id for s in reopened.unfinished()] == ["s2"]
     assert [s.session_id for s in reopened.completed(10)] == ["s1"]
-    with pytest.raises(sqlite3.IntegrityError, match="UNIQUE"):  # a request id is accepted once per device
+    with pytest.raises(RequestTaken, match="s1") as taken:  # a request id is accepted once per device
         reopened.accept("s3", params, 64, accepted("s3"))
+    assert taken.value.session_id == "s1"
     other = ThinkParams(request_id="r1", query="9-1", device_id="e")
     reopened.accept("s4", other, 8, accepted("s4"))  # another device may use the same request id
     assert reopened.find_request("r1", "e").session_id == "s4"  # type: ignore[union-attr]

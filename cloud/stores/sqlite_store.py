@@ -1,9 +1,9 @@
-"""Durable session records in SQLite: what lets a restart lose nothing accepted.
+"""Durable session records in SQLite, one file per replica: what lets a restart lose nothing accepted.
 
 A session is written when it is accepted (its request), while it runs (its new events, in
-batches: :class:`Checkpoint`), and when it ends (its final state and full event log, in one
-transaction). After a restart, finished sessions are served from here, and accepted-but-unfinished
-ones are handed back with what they had streamed (:class:`Progress`), to continue from there.
+batches: :class:`~.storage.Checkpoint`), and when it ends (its final state and full event log, in
+one transaction). After a restart, finished sessions are served from here, and accepted-but-unfinished
+ones are handed back with what they had streamed (:class:`~.storage.Progress`), to continue from there.
 Rows are protobuf bytes from :mod:`edgecloud.shared.reasoner.wire`, so the format is the wire contract and
 needs no schema of its own. A store from before checkpoints gains their table when opened.
 
@@ -15,13 +15,13 @@ use the same one. A store written before that (``request_id`` unique on its own,
 from __future__ import annotations
 
 import contextlib
+import sqlite3
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, runtime_checkable
 
+from edgecloud.cloud.stores.storage import Checkpoint, Progress, RequestTaken, StoredSession
 from edgecloud.proto.edgecloud.v1 import reasoner_pb2 as pb
 from edgecloud.shared.base.sqlite import open_store
 from edgecloud.shared.reasoner.session import Event, SessionInfo, ThinkParams
@@ -34,7 +34,7 @@ from edgecloud.shared.reasoner.wire import (
     think_request_to_pb,
 )
 
-__all__ = ["Checkpoint", "Progress", "SessionStorage", "SessionStore", "StoredSession"]
+__all__ = ["SessionStore"]
 
 _SESSIONS_TABLE = """
 CREATE TABLE IF NOT EXISTS {name} (
@@ -67,91 +67,6 @@ CREATE TABLE IF NOT EXISTS progress (
 CREATE INDEX IF NOT EXISTS sessions_finished ON sessions(finished_at);
 """
 )
-
-
-@dataclass(frozen=True)
-class StoredSession:
-    session_id: str
-    params: ThinkParams
-    budget: int
-    accepted: Event
-    created_at: float
-    info: SessionInfo | None
-    """None while unfinished."""
-
-
-@dataclass(frozen=True)
-class Checkpoint:
-    """What an unfinished session streamed since its previous checkpoint, and its counts so far."""
-
-    session_id: str
-    events: tuple[Event, ...]
-    """The new events, in ``seq`` order, following the stored ones without a gap."""
-    reasoning_tokens: int = 0
-    """Reasoning tokens generated in all, as of the last of ``events``."""
-    answer_tokens: int = 0
-    """Answer tokens generated in all, as of the last of ``events``."""
-    hidden_reasoning: str = ""
-    """Reasoning text that no event carries (the session hides its reasoning), generated since the
-    previous checkpoint."""
-
-
-@dataclass(frozen=True)
-class Progress:
-    """How far an unfinished session got by its last checkpoint: what a restart continues from."""
-
-    events: list[Event]
-    """Its log so far, from the ACCEPTED event on (empty for an unknown session)."""
-    reasoning_tokens: int = 0
-    answer_tokens: int = 0
-    hidden_reasoning: str = ""
-    """All the hidden reasoning text so far."""
-
-
-@runtime_checkable
-class SessionStorage(Protocol):
-    """What :class:`~edgecloud.cloud.sessions.SessionManager` needs from durable storage.
-
-    :class:`SessionStore` (SQLite, one file per replica) is the shipped one; a shared database
-    (PostgreSQL) for replicas that take over each other's sessions is the expected second. Every
-    method may be called from any thread. ``accept`` raises when ``params.request_id`` was
-    accepted before for ``params.device_id`` (the manager checks ``find_request`` first; the store
-    is the last guard). Request ids are scoped per device.
-    """
-
-    def accept(self, session_id: str, params: ThinkParams, budget: int, accepted: Event) -> None:
-        """Record an accepted session, its log started with ``accepted``, before the caller is told it exists."""
-
-    def append(self, checkpoints: Sequence[Checkpoint]) -> None:
-        """Add each checkpoint to its unfinished session, all in one transaction (a finished or
-        forgotten session's checkpoint is ignored: its final log is already written)."""
-
-    def finish(self, info: SessionInfo, events: list[Event]) -> None:
-        """Record a session's final state and its whole event log, atomically."""
-
-    def expire(self, finished_before: float) -> int:
-        """Forget sessions that finished before this time (unfinished ones never); how many."""
-
-    def get(self, session_id: str) -> StoredSession | None:
-        """The session, finished or not; None for an id never accepted (or expired)."""
-
-    def find_request(self, request_id: str, device_id: str = "") -> StoredSession | None:
-        """The session accepted for that device's request id, or None: what makes a retry idempotent."""
-
-    def events(self, session_id: str) -> list[Event]:
-        """A session's stored events in ``seq`` order: all of a finished one's, an unfinished one's so far."""
-
-    def progress(self, session_id: str) -> Progress:
-        """An unfinished session's events and counts as of its last checkpoint."""
-
-    def unfinished(self) -> Iterator[StoredSession]:
-        """Sessions accepted and not finished: what a restart continues."""
-
-    def completed(self, limit: int) -> Iterator[StoredSession]:
-        """The most recently finished sessions, newest first, at most ``limit``."""
-
-    def close(self) -> None:
-        """Release the storage; no method may be called afterwards."""
 
 
 class SessionStore:
@@ -199,15 +114,21 @@ class SessionStore:
     def accept(self, session_id: str, params: ThinkParams, budget: int, accepted: Event) -> None:
         request = think_request_to_pb(params).SerializeToString()
         first = event_to_pb(accepted).SerializeToString()
-        with self._lock, self._transaction():
-            self._db.execute(
-                "INSERT INTO sessions (session_id, device_id, request_id, request, budget, accepted, created_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (session_id, params.device_id, params.request_id, request, budget, first, time.time()),
-            )
-            self._db.execute(
-                "INSERT INTO events (session_id, seq, event) VALUES (?, ?, ?)", (session_id, accepted.seq, first)
-            )
+        try:
+            with self._lock, self._transaction():
+                self._db.execute(
+                    "INSERT INTO sessions (session_id, device_id, request_id, request, budget, accepted, created_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (session_id, params.device_id, params.request_id, request, budget, first, time.time()),
+                )
+                self._db.execute(
+                    "INSERT INTO events (session_id, seq, event) VALUES (?, ?, ?)", (session_id, accepted.seq, first)
+                )
+        except sqlite3.IntegrityError:
+            taken = self.find_request(params.request_id, params.device_id)
+            if taken is None or taken.session_id == session_id:
+                raise
+            raise RequestTaken(taken.session_id) from None
 
     def append(self, checkpoints: Sequence[Checkpoint]) -> None:
         rows = [
