@@ -9,10 +9,12 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from edgecloud.cloud.budget import BudgetConfig
 from edgecloud.cloud.engine import EngineConfig
 from edgecloud.cloud.sessions import SessionConfig
+from edgecloud.cloud.stores import is_shared_store
 from edgecloud.shared.base.errors import ConfigError
 from edgecloud.shared.base.net import is_loopback
 
@@ -69,7 +71,14 @@ class CloudConfig:
     """None disables the Prometheus endpoint; 0 picks a free port."""
     metrics_host: str = "127.0.0.1"
     store: Path | str = "cloud-sessions.sqlite3"
-    """SQLite file of sessions; ':memory:' keeps nothing across restarts."""
+    """SQLite file of sessions (':memory:' keeps nothing across restarts), one per replica; or a
+    ``redis://host:port/db`` (``rediss://`` for TLS) URL that replicas share."""
+    store_lease_s: float = 5.0
+    """Shared store only: how long a replica's sessions wait, after it stops renewing their leases,
+    before another replica continues them."""
+    store_password_file: Path | None = None
+    """Shared store only: a file holding the Redis password (never on the command line); required
+    for a Redis that is not on loopback."""
     max_message_bytes: int = 1 << 20
     grace_s: float = 10.0
     """How long a shutdown lets running RPCs finish."""
@@ -92,12 +101,29 @@ class CloudConfig:
             raise ConfigError("max_message_bytes must be >= 1024")
         if self.budget.maximum > self.engine.max_reasoning_tokens:
             raise ConfigError("budget.maximum exceeds engine.max_reasoning_tokens")
+        self._check_store()
         plaintext = self.tls is None and not is_loopback(self.host)
         if self.auth_required and self.auth.tokens and plaintext and not self.allow_plaintext_tokens:
             raise ConfigError(
                 f"bearer tokens over plaintext gRPC on {self.host} (not loopback) can be read off the network:"
                 " serve TLS (--tls-cert, --tls-key), or pass --allow-plaintext-tokens where TLS ends in front"
                 " of the server"
+            )
+
+    def _check_store(self) -> None:
+        if not is_shared_store(self.store):
+            return
+        url = urlsplit(str(self.store))
+        if url.password:
+            raise ConfigError("store: put the Redis password in a file (--store-password-file), not in the URL")
+        if self.store_lease_s <= 0:
+            raise ConfigError(f"store_lease_s must be > 0, got {self.store_lease_s}")
+        if self.store_password_file is not None and not Path(self.store_password_file).is_file():
+            raise ConfigError(f"store_password_file: {self.store_password_file} is not a readable file")
+        if url.scheme != "unix" and not is_loopback(url.hostname or "") and self.store_password_file is None:
+            raise ConfigError(
+                f"store: Redis on {url.hostname} (not loopback) needs a password (--store-password-file);"
+                " use rediss:// where the network is not trusted"
             )
 
     @property

@@ -33,7 +33,7 @@ from edgecloud.cloud.engine import ReasoningEngine
 from edgecloud.cloud.metrics import CloudMetrics
 from edgecloud.cloud.sessions import SessionManager
 from edgecloud.cloud.spans import SessionSpans
-from edgecloud.cloud.stores import SessionStorage, SessionStore
+from edgecloud.cloud.stores import SessionStorage, open_session_store
 from edgecloud.proto.edgecloud.v1 import reasoner_pb2 as pb
 from edgecloud.proto.edgecloud.v1 import reasoner_pb2_grpc as pb_grpc
 from edgecloud.shared.base.errors import (
@@ -363,7 +363,8 @@ async def create_server(
         engine = await _transformers_engine(config, loaded)
     engine.start()
     metrics = CloudMetrics()
-    store = SessionStore(config.store)
+    password = config.store_password_file.read_text().strip() if config.store_password_file else None
+    store = open_session_store(config.store, lease_s=config.store_lease_s, password=password)
     sessions = SessionManager(
         engine, store, config=config.sessions, budget=BudgetPolicy(config.budget), metrics=metrics
     )

@@ -66,10 +66,11 @@ class SessionRunner:
 
     # -- into the engine ---------------------------------------------------------------
 
-    def check_share(self, device_id: str) -> None:
-        """Raise ResourceExhaustedError when ``device_id`` already holds its share of the queue."""
+    def check_share(self, device_id: str, elsewhere: int = 0) -> None:
+        """Raise ResourceExhaustedError when ``device_id`` already holds its share of the queue: here,
+        or ``elsewhere`` (its unfinished sessions on every replica of a shared store, these included)."""
         limit = self.max_open_per_device
-        if limit and len(self._open.get(device_id, ())) >= limit:
+        if limit and max(len(self._open.get(device_id, ())), elsewhere) >= limit:
             raise ResourceExhaustedError(
                 f"this device has {limit} unfinished sessions, its share of the queue; retry when one finishes"
             )
@@ -99,8 +100,8 @@ class SessionRunner:
         )
         self._open.setdefault(session.params.device_id, set()).add(session.id)
 
-    def _close_slot(self, session: Session) -> None:
-        """The session ended: it no longer counts against its device's share."""
+    def release(self, session: Session) -> None:
+        """The session ended (or runs elsewhere now): it no longer counts against its device's share."""
         open_ = self._open.get(session.params.device_id)
         if open_ is not None:
             open_.discard(session.id)
@@ -172,7 +173,7 @@ class SessionRunner:
         session.result = completed
         session.status = SessionStatus.COMPLETED
         session.finished_at = now
-        self._close_slot(session)
+        self.release(session)
         session.events.append(completed)
         self._persist(session)
         self.remember(session.params, session.budget, completed)
@@ -222,7 +223,7 @@ class SessionRunner:
         session.failure = failure
         session.status = status
         session.finished_at = time.monotonic()
-        self._close_slot(session)
+        self.release(session)
         session.events.append(session.next(EventKind.FAILED, failure=failure))
         self._persist(session)
         self.metrics.sessions.labels(status.name.lower()).inc()

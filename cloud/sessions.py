@@ -24,6 +24,13 @@ from any seq they saw before the restart see no gap, no duplicate and no differe
 session that cannot continue (its text no longer fits the model) fails with RESUME_FAILED
 rather than generate its past again.
 
+Replicas may share one store (:class:`~edgecloud.cloud.stores.SharedSessionStorage`, Redis):
+then any replica answers for any session. A session another replica runs is *remote* here: its
+state and its log are read from the store, and its readers follow the stored log as it is written;
+a request id another replica accepted is that session; a device's quota counts its sessions on
+every replica; a cancel is passed to the replica running the session. Leases, and continuing a
+dead replica's sessions, are :class:`~edgecloud.cloud.replicas.ReplicaDuties`'.
+
 This module keeps the sessions: it creates them (or finds them again), serves their state and
 their logs to readers, reuses finished results (:class:`ResultCache`) and forgets sessions after
 ``ttl_s``. Running one on the engine, from its job to its written end, is
@@ -52,8 +59,9 @@ from edgecloud.cloud.engine import ReasoningEngine
 from edgecloud.cloud.escalation_log import EscalationLog
 from edgecloud.cloud.journal import EventJournal, resume_from
 from edgecloud.cloud.metrics import CloudMetrics
+from edgecloud.cloud.replicas import ReplicaDuties, follow_stored_log
 from edgecloud.cloud.session_runner import SessionRunner
-from edgecloud.cloud.stores import SessionStorage, StoredSession
+from edgecloud.cloud.stores import RequestTaken, SessionStorage, SharedSessionStorage, StoredSession
 from edgecloud.shared.base.errors import ConfigError, InvalidInputError, NotFoundError
 from edgecloud.shared.reasoner.features import decode_features
 from edgecloud.shared.reasoner.session import (
@@ -122,6 +130,8 @@ class Session:
         self.producer = ""
         self.result: Event | None = None
         self.failure: Failure | None = None
+        self.remote = False
+        """Run by another replica: its log is followed in the shared store, not in ``events``."""
 
     @property
     def finished(self) -> bool:
@@ -207,6 +217,26 @@ class ResultCache:
         )
 
 
+def _remote_session(stored: StoredSession, events: list[Event]) -> Session:
+    """A session another replica runs, as its stored log shows it now."""
+    session = Session(stored.session_id, stored.params, stored.budget, time.monotonic())
+    session.remote = True
+    session.events = events or [stored.accepted]
+    session.written = len(session.events)
+    last = session.events[-1].kind
+    if last is EventKind.ANSWER_DELTA:
+        session.status = SessionStatus.ANSWERING
+    elif last in (EventKind.REASONING_DELTA, EventKind.REASONING_PROGRESS):
+        session.status = SessionStatus.THINKING
+    return session
+
+
+def _same_request(params: ThinkParams, existing: Session) -> Session:
+    if existing.params.conversation != params.conversation:
+        raise InvalidInputError(f"request_id {params.request_id!r} was already used for a different query")
+    return existing
+
+
 _RequestKey = tuple[str, str]
 """(device_id, request_id): request ids are per device."""
 
@@ -248,6 +278,8 @@ class SessionManager:
             escalations=self.escalations,
         )
         self._sweeper: asyncio.Task[None] | None = None
+        self.shared = store if isinstance(store, SharedSessionStorage) else None
+        self.replicas = ReplicaDuties(self, self.shared) if self.shared is not None else None
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -257,22 +289,48 @@ class SessionManager:
         self.journal.start()
         self.cache.warm(self.store)
         resumed = 0
-        for stored in self.store.unfinished():
-            self._resume(stored)
-            resumed += 1
+        if self.replicas is not None:  # another replica's unfinished sessions are its own, while it lives
+            await self.replicas.claim()
+            resumed = self.replicas.claimed
+            self.replicas.start()
+        else:
+            for stored in self.store.unfinished():
+                self.resume(stored)
+                resumed += 1
         if resumed:
-            log.info("continuing %d sessions cut by the restart", resumed)
+            log.info("continuing %d sessions cut by a restart", resumed)
         self._sweeper = asyncio.create_task(self._sweep_forever())
         return resumed
 
     async def close(self) -> None:
-        """Stop the sweeper and write the events still queued (stop the engine first to keep all)."""
+        """Stop the sweeper and write the events still queued (stop the engine first to keep all);
+        on a shared store, hand what is unfinished here to the other replicas."""
         if self._sweeper is not None:
             self._sweeper.cancel()
             await asyncio.gather(self._sweeper, return_exceptions=True)
+        if self.replicas is not None:
+            await self.replicas.stop()
         await self.journal.close()
+        if self.replicas is not None:
+            self.replicas.drain()
+            await self.shared.aclose()  # type: ignore[union-attr]  # set with the duties
 
-    def _resume(self, stored: StoredSession) -> None:
+    def running_ids(self) -> list[str]:
+        """The unfinished sessions this replica runs."""
+        return [s.id for s in self._sessions.values() if not s.finished and not s.remote]
+
+    def lose(self, session_id: str) -> None:
+        """Another replica holds ``session_id`` now: stop running it here; its readers follow the store."""
+        session = self._sessions.pop(session_id, None)
+        if session is None or session.finished:
+            return
+        self.engine.cancel(session_id)
+        self.journal.forget(session_id)
+        self.runner.release(session)
+        session.remote = True
+        session.notify()
+
+    def resume(self, stored: StoredSession) -> None:
         """An unfinished session from the store, its log as readers saw it, back in the engine
         to continue from where that log ends."""
         progress = self.store.progress(stored.session_id)
@@ -298,9 +356,7 @@ class SessionManager:
         """
         existing = self._find_request(params.device_id, params.request_id)
         if existing is not None:
-            if existing.params.conversation != params.conversation:
-                raise InvalidInputError(f"request_id {params.request_id!r} was already used for a different query")
-            return existing
+            return _same_request(params, existing)
         session = self._new_session(self._fix_sampling(params))
         # A server-chosen seed is part of the key, so a sampled answer is reused only for the same seed.
         cached = self.cache.get(session.params, session.budget)
@@ -314,9 +370,16 @@ class SessionManager:
             queue_position=0 if cached else self.engine.queue_depth + 1,
         )
         if cached is None:
-            self.runner.check_share(params.device_id)
+            elsewhere = self.shared.open_sessions(params.device_id) if self.shared is not None else 0
+            self.runner.check_share(params.device_id, elsewhere)
             self.runner.submit(session)  # raises when full, before anything is recorded
-        self.store.accept(session.id, session.params, session.budget, accepted)
+        try:
+            self.store.accept(session.id, session.params, session.budget, accepted)
+        except RequestTaken as taken:  # another replica accepted the same request meanwhile: that one it is
+            if cached is None:
+                self.engine.cancel(session.id)
+                self.runner.release(session)
+            return _same_request(params, self._get(taken.session_id))
         self._adopt(session)
         session.events.append(accepted)
         session.written = 1
@@ -330,8 +393,11 @@ class SessionManager:
         return self._get(session_id, device).info(self.engine.name, self.engine.version)
 
     def cancel(self, session_id: str, *, device: str | None = None) -> SessionInfo:
+        """Cancel the session; one that another replica runs is cancelled there, at its next renewal."""
         session = self._get(session_id, device)
-        if not session.finished:
+        if session.remote:
+            self.shared.request_cancel(session.id)  # type: ignore[union-attr]  # remote only on a shared store
+        elif not session.finished:
             self.engine.cancel(session.id)
             self.runner.fail(session, Failure("CANCELLED", "cancelled by the client"), SessionStatus.CANCELLED)
         return session.info(self.engine.name, self.engine.version)
@@ -342,14 +408,19 @@ class SessionManager:
         if after_seq < 0:
             raise InvalidInputError(f"after_seq must be >= 0, got {after_seq}")
         index = after_seq
-        while True:
+        while not session.remote:
             while index < session.written:  # only what a restart cannot take back
                 index += 1
                 yield session.events[index - 1]
             if session.finished:
                 return
             async with session.changed:
-                await session.changed.wait_for(lambda seen=index: session.written > seen or session.finished)
+                await session.changed.wait_for(
+                    lambda seen=index: session.written > seen or session.finished or session.remote
+                )
+        assert self.shared is not None  # only a shared store's sessions are remote
+        async for event in follow_stored_log(self.shared, session.id, index, wait_s=self.config.sweep_every_s):
+            yield event
 
     # -- a new session -----------------------------------------------------------------
 
@@ -415,8 +486,11 @@ class SessionManager:
         return session
 
     def _load(self, session_id: str) -> Session | None:
-        """A finished session from the store (after a restart or eviction from memory)."""
+        """A finished session from the store (after a restart or eviction from memory); on a shared
+        store, an unfinished one another replica runs (remote, not kept here)."""
         stored = self.store.get(session_id)
+        if stored is not None and stored.info is None and self.shared is not None:
+            return self._sessions.get(session_id) or _remote_session(stored, self.store.events(stored.session_id))
         if stored is None or stored.info is None:
             return self._sessions.get(session_id)
         session = Session(stored.session_id, stored.params, stored.budget, time.monotonic())

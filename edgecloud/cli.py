@@ -108,6 +108,8 @@ def _cloud_serve(args: argparse.Namespace) -> int:
         metrics_port=None if args.metrics_port < 0 else args.metrics_port,
         metrics_host=args.metrics_host,
         store=args.store,
+        store_lease_s=args.store_lease,
+        store_password_file=args.store_password_file,
         grace_s=args.grace,
         tls=tls,
         auth=AuthConfig(tokens=tokens, required=False if args.no_auth else (True if tokens else None)),
@@ -158,7 +160,21 @@ def _add_cloud_commands(commands: argparse._SubParsersAction) -> None:
     serve.add_argument("--port", type=int, default=50051, help="gRPC port (default: 50051)")
     serve.add_argument("--metrics-port", type=int, default=9100, help="Prometheus port; -1 disables (default: 9100)")
     serve.add_argument("--metrics-host", default="127.0.0.1", help="Prometheus bind address (default: 127.0.0.1)")
-    serve.add_argument("--store", default="cloud-sessions.sqlite3", help="SQLite file of sessions, or :memory:")
+    serve.add_argument(
+        "--store",
+        default="cloud-sessions.sqlite3",
+        help="SQLite file of sessions (:memory: keeps none), or redis://HOST:PORT/DB shared by replicas",
+    )
+    serve.add_argument(
+        "--store-lease",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="Redis store: how long a dead replica's sessions wait before another continues them (default: 5)",
+    )
+    serve.add_argument(
+        "--store-password-file", type=Path, help="Redis store: file holding its password (required off loopback)"
+    )
     serve.add_argument("--tokens", type=Path, help='JSON {"device-id": "token"}; required when not on loopback')
     serve.add_argument("--no-auth", action="store_true", help="accept requests without a token even off loopback")
     serve.add_argument("--tls-cert", type=Path, help="PEM server certificate; with --tls-key, serves TLS")

@@ -39,10 +39,12 @@ def is_shared_store(spec: str | Path) -> bool:
     return isinstance(spec, str) and spec.startswith(_SHARED_SCHEMES)
 
 
-def open_session_store(spec: str | Path, *, lease_s: float = 5.0, replica: str | None = None) -> SessionStorage:
+def open_session_store(
+    spec: str | Path, *, lease_s: float = 5.0, replica: str | None = None, password: str | None = None
+) -> SessionStorage:
     """The store ``spec`` names: a Redis URL (shared by replicas) or a SQLite path."""
     if is_shared_store(spec):
         from edgecloud.cloud.stores.redis_store import RedisSessionStore  # redis-py only where it is used
 
-        return RedisSessionStore(str(spec), lease_s=lease_s, replica=replica)
+        return RedisSessionStore(str(spec), lease_s=lease_s, replica=replica, password=password)
     return SessionStore(spec)

@@ -11,7 +11,7 @@ below touch several keys at once):
 ``{p}:pg:{id}``, ``{p}:hr:{id}``  an unfinished session's token counts and hidden reasoning text
 ``{p}:rq:{len}:{device}:{rid}`` the device's request id -> its session (idempotency across replicas)
 ``{p}:own:{id}``                the lease: the replica running the session, expiring after ``lease_s``
-``{p}:cx:{id}``                 a client's request to cancel, for the replica holding the lease
+``{p}:cancel``                  set: sessions a client asked to cancel, for the replicas running them
 ``{p}:open:{device}``           set: the device's unfinished sessions (its quota, across replicas)
 ``{p}:unfinished``              sorted set by acceptance time: what a dead replica may have left
 ``{p}:finished``                sorted set by end time: what expiry and the result cache read
@@ -105,8 +105,8 @@ return 1
 """
 )
 
-# KEYS: session, events, progress, hidden, owner, unfinished, finished, open. ARGV: replica,
-# finished_at, info, session id, then seq, event pairs. Returns as _APPEND.
+# KEYS: session, events, progress, hidden, owner, unfinished, finished, open, cancel. ARGV:
+# replica, finished_at, info, session id, then seq, event pairs. Returns as _APPEND.
 _FINISH = (
     _ADD_EVENTS
     + """
@@ -118,21 +118,18 @@ redis.call('DEL', KEYS[3], KEYS[4], KEYS[5])
 redis.call('ZREM', KEYS[6], ARGV[4])
 redis.call('ZADD', KEYS[7], ARGV[2], ARGV[4])
 redis.call('SREM', KEYS[8], ARGV[4])
+redis.call('SREM', KEYS[9], ARGV[4])
 return 1
 """
 )
 
-# KEYS: owner, cancel. ARGV: replica, lease ms. Returns 1 held (renewed or taken back while free),
-# 0 held by another; plus whether a cancel was asked for.
+# KEYS: owner. ARGV: replica, lease ms. Returns 1 held (renewed, or taken back while free), 0 held
+# by another.
 _RENEW = """
 local holder = redis.call('GET', KEYS[1])
-local held = 0
-if holder == ARGV[1] then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2]); held = 1
-elseif not holder then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]); held = 1
-end
-return {held, redis.call('EXISTS', KEYS[2])}
+if holder == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]); return 1 end
+if not holder then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]); return 1 end
+return 0
 """
 
 # KEYS: owner, session. ARGV: replica, lease ms. Takes a free lease of an unfinished session.
@@ -157,15 +154,23 @@ class RedisSessionStore:
     """
 
     def __init__(
-        self, url: str, *, lease_s: float = 5.0, replica: str | None = None, prefix: str = "edgecloud"
+        self,
+        url: str,
+        *,
+        lease_s: float = 5.0,
+        replica: str | None = None,
+        prefix: str = "edgecloud",
+        password: str | None = None,
     ) -> None:
         if lease_s <= 0:
             raise ConfigError(f"store lease must be > 0 seconds, got {lease_s}")
-        self.url, self.lease_s, self.prefix = url, lease_s, prefix
+        self.url, self.lease_s, self.prefix, self._password = url, lease_s, prefix, password
         self.replica = replica or uuid.uuid4().hex[:12]
         self._lease_ms = max(1, int(lease_s * 1000))
         try:
-            self._redis = redis.Redis.from_url(url, socket_connect_timeout=5, health_check_interval=30)
+            self._redis = redis.Redis.from_url(
+                url, password=password, socket_connect_timeout=5, health_check_interval=30
+            )
             self._redis.ping()
         except (redis.RedisError, ValueError) as exc:
             raise ConfigError(f"cannot reach the session store at {url}: {exc}") from exc
@@ -239,6 +244,7 @@ class RedisSessionStore:
             f"{self.prefix}:unfinished",
             f"{self.prefix}:finished",
             self._open_key(device.decode() if device is not None else info.device_id),
+            f"{self.prefix}:cancel",
         ]
         args: list[Any] = [
             self.replica,
@@ -257,7 +263,8 @@ class RedisSessionStore:
             return 0
         pipe = self._redis.pipeline(transaction=True)
         for session_id, (device, request_id) in zip(ids, self._requests(ids), strict=True):
-            pipe.delete(*self._session_keys(session_id), self._key("cx", session_id))
+            pipe.delete(*self._session_keys(session_id))
+            pipe.srem(f"{self.prefix}:cancel", session_id)
             if device is not None:
                 pipe.delete(self._request_key(device, request_id))
             pipe.zrem(f"{self.prefix}:finished", session_id)
@@ -343,24 +350,14 @@ class RedisSessionStore:
 
     # -- what replicas share -----------------------------------------------------------
 
-    def renew(self, session_ids: Collection[str]) -> tuple[set[str], set[str]]:
+    def renew(self, session_ids: Collection[str]) -> set[str]:
         ids = list(session_ids)
         if not ids:
-            return set(), set()
+            return set()
         pipe = self._redis.pipeline(transaction=False)
         for session_id in ids:
-            self._renew(
-                keys=[self._key("own", session_id), self._key("cx", session_id)],
-                args=[self.replica, self._lease_ms],
-                client=pipe,
-            )
-        lost, cancel = set(), set()
-        for session_id, (held, cancelled) in zip(ids, pipe.execute(), strict=True):
-            if not held:
-                lost.add(session_id)
-            if cancelled:
-                cancel.add(session_id)
-        return lost, cancel
+            self._renew(keys=[self._key("own", session_id)], args=[self.replica, self._lease_ms], client=pipe)
+        return {session_id for session_id, held in zip(ids, pipe.execute(), strict=True) if not held}
 
     def claim_orphans(self, limit: int) -> list[StoredSession]:
         ids = [i.decode() for i in self._redis.zrange(f"{self.prefix}:unfinished", 0, -1)]
@@ -401,11 +398,16 @@ class RedisSessionStore:
         loop = asyncio.get_running_loop()
         client = self._async.get(loop)
         if client is None:
-            client = self._async[loop] = redis.asyncio.Redis.from_url(self.url, socket_connect_timeout=5)
+            client = self._async[loop] = redis.asyncio.Redis.from_url(
+                self.url, password=self._password, socket_connect_timeout=5
+            )
         return client
 
     def request_cancel(self, session_id: str) -> None:
-        self._redis.set(self._key("cx", session_id), self.replica, ex=max(60, int(self.lease_s * 10)))
+        self._redis.sadd(f"{self.prefix}:cancel", session_id)
+
+    def cancel_requests(self) -> set[str]:
+        return {i.decode() for i in self._redis.smembers(f"{self.prefix}:cancel")}
 
     def open_sessions(self, device_id: str) -> int:
         return int(self._redis.scard(self._open_key(device_id)))

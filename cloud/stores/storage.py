@@ -132,9 +132,9 @@ class SharedSessionStorage(SessionStorage, Protocol):
     lease_s: float
     """How long a lease lasts without renewal: how long a dead replica's sessions wait."""
 
-    def renew(self, session_ids: Collection[str]) -> tuple[set[str], set[str]]:
-        """Extend this replica's leases on ``session_ids``; returns (the ones another replica holds now:
-        stop running them, the ones a client asked to cancel)."""
+    def renew(self, session_ids: Collection[str]) -> set[str]:
+        """Extend this replica's leases on ``session_ids``; returns the ones another replica holds now
+        (stop running them)."""
 
     def claim_orphans(self, limit: int) -> list[StoredSession]:
         """Unfinished sessions whose lease ran out, now leased to this replica (at most ``limit``)."""
@@ -145,8 +145,14 @@ class SharedSessionStorage(SessionStorage, Protocol):
     async def read_events(self, session_id: str, after_seq: int, *, wait_s: float) -> list[Event]:
         """The stored events with seq > ``after_seq``, waiting up to ``wait_s`` when there is none yet."""
 
+    async def aclose(self) -> None:
+        """Close what :meth:`read_events` opened on the running loop (before the loop ends)."""
+
     def request_cancel(self, session_id: str) -> None:
-        """Ask the replica running ``session_id`` to cancel it (it sees the request at its next renewal)."""
+        """Ask the replica running ``session_id`` to cancel it (until the session ends)."""
+
+    def cancel_requests(self) -> set[str]:
+        """The unfinished sessions clients asked to cancel, on any replica."""
 
     def open_sessions(self, device_id: str) -> int:
         """Unfinished sessions of ``device_id`` across all replicas."""

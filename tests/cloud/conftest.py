@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from tests.helpers.cloud import RunningServer, make_config
+from tests.helpers.cloud import RunningServer, endless_thinker_model, make_config
 
 if TYPE_CHECKING:
     from edgecloud.cloud.transformers_engine import LoadedModel
@@ -20,3 +20,10 @@ def server(teacher_dir: Path, teacher: LoadedModel, tmp_path: Path) -> Iterator[
     running = RunningServer(make_config(teacher_dir, tmp_path, metrics_port=0), loaded=teacher)
     yield running
     running.stop()
+
+
+@pytest.fixture(scope="module")
+def endless_thinker(tmp_path_factory: pytest.TempPathFactory) -> LoadedModel:
+    """A tiny Qwen3 that thinks and answers exactly as long as its limits let it (tests/helpers/cloud.py)."""
+    pytest.importorskip("torch", reason="the cloud's model backend needs torch")
+    return endless_thinker_model(tmp_path_factory.mktemp("endless-thinker"))

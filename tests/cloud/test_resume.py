@@ -1,9 +1,9 @@
 """A session cut by a restart continues from what it had streamed: a real engine and model, a real
 SQLite store file, two lives of the session manager on that file.
 
-The model is a tiny random Qwen3 with two weights set so that it opens its think block at once
-and never closes it or ends on its own: its reasoning budget and answer limit set every length,
-so a session runs as long as a test needs, and its token counts are known exactly."""
+The model is the endless thinker (tests/helpers/cloud.py): it opens its think block at once and
+never closes it or ends on its own, so its reasoning budget and answer limit set every length, a
+session runs as long as a test needs, and its token counts are known exactly."""
 
 from __future__ import annotations
 
@@ -24,7 +24,6 @@ from edgecloud.cloud.sessions import SessionConfig, SessionManager
 from edgecloud.cloud.stores import Checkpoint, SessionStore
 from edgecloud.shared.reasoner.session import Event, EventKind, Message, Sampling, SessionStatus, ThinkParams
 from edgecloud.shared.reasoner.wire import event_to_pb
-from tests.helpers.cloud import tiny_qwen3_config
 
 torch = pytest.importorskip("torch", reason="the cloud's model backend needs torch")
 from edgecloud.cloud.transformers_engine import LoadedModel, TransformersEngine
@@ -33,34 +32,6 @@ TIMEOUT = 60.0
 BUDGET, ANSWER = 40, 40
 SAMPLED = Sampling(temperature=1.0, top_p=0.95, seed=1234)
 GREEDY = Sampling(temperature=0.0)
-
-
-@pytest.fixture(scope="module")
-def endless_thinker(tmp_path_factory: pytest.TempPathFactory) -> LoadedModel:
-    from transformers import Qwen3ForCausalLM
-
-    from edgecloud.modelkit.tokenizer import SPECIAL_TOKENS, build_tokenizer
-    from edgecloud.shared.reasoner.thinking import THINK_START
-
-    directory = tmp_path_factory.mktemp("endless-thinker")
-    tokenizer = build_tokenizer()
-    torch.manual_seed(0)
-    model = Qwen3ForCausalLM(tiny_qwen3_config(tokenizer, max_position_embeddings=1024, tie_word_embeddings=False))
-    ids = tokenizer.convert_tokens_to_ids
-    with torch.no_grad():
-        # Dimension 0 of every embedding is 1 and dimension 1 is 1 for a newline only. The layers
-        # add little to that, so the last hidden state carries both: lm_head's column 0 acts as a
-        # bias on every token, and its column 1 as a bias on the token after a newline.
-        embed, head = model.model.embed_tokens.weight, model.lm_head.weight
-        embed[:, :2] = 0.0
-        embed[:, 0] = 1.0
-        embed[ids("\n"), 1] = 1.0
-        head[:, 1] = 0.0
-        head[[ids(t) for t in (*SPECIAL_TOKENS, "\n")], 0] = -4.0  # never an end, a tag or a newline ...
-        head[ids(THINK_START), 1] = 10.0  # ... but <think> after the prompt's closing newline
-    model.save_pretrained(str(directory))
-    tokenizer.save_pretrained(str(directory))
-    return LoadedModel.from_dir(directory, device="cpu", name="endless-thinker", version=1)
 
 
 # -- the engine ---------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from edgecloud.cloud.server import CloudService
     from edgecloud.cloud.transformers_engine import LoadedModel
 
-__all__ = ["RunningServer", "make_config", "tiny_qwen3_config"]
+__all__ = ["RunningServer", "endless_thinker_model", "make_config", "tiny_qwen3_config"]
 
 
 class RunningServer:
@@ -70,3 +70,34 @@ def tiny_qwen3_config(tokenizer, **overrides):
 def make_config(model: Path, tmp_path: Path, **overrides: object) -> CloudConfig:
     config = CloudConfig(model=model, port=0, metrics_port=None, store=tmp_path / "sessions.sqlite3", grace_s=1.0)
     return replace(config, **overrides)  # type: ignore[arg-type]
+
+
+def endless_thinker_model(directory: Path) -> LoadedModel:
+    """A tiny random Qwen3 with two weights set so that it opens its think block at once and never
+    closes it or ends on its own: its reasoning budget and answer limit set every length, so a
+    session runs as long as a test needs, and its token counts are known exactly."""
+    import torch
+    from transformers import Qwen3ForCausalLM
+
+    from edgecloud.cloud.transformers_engine import LoadedModel
+    from edgecloud.modelkit.tokenizer import SPECIAL_TOKENS, build_tokenizer
+    from edgecloud.shared.reasoner.thinking import THINK_START
+
+    tokenizer = build_tokenizer()
+    torch.manual_seed(0)
+    model = Qwen3ForCausalLM(tiny_qwen3_config(tokenizer, max_position_embeddings=1024, tie_word_embeddings=False))
+    ids = tokenizer.convert_tokens_to_ids
+    with torch.no_grad():
+        # Dimension 0 of every embedding is 1 and dimension 1 is 1 for a newline only. The layers
+        # add little to that, so the last hidden state carries both: lm_head's column 0 acts as a
+        # bias on every token, and its column 1 as a bias on the token after a newline.
+        embed, head = model.model.embed_tokens.weight, model.lm_head.weight
+        embed[:, :2] = 0.0
+        embed[:, 0] = 1.0
+        embed[ids("\n"), 1] = 1.0
+        head[:, 1] = 0.0
+        head[[ids(t) for t in (*SPECIAL_TOKENS, "\n")], 0] = -4.0  # never an end, a tag or a newline ...
+        head[ids(THINK_START), 1] = 10.0  # ... but <think> after the prompt's closing newline
+    model.save_pretrained(str(directory))
+    tokenizer.save_pretrained(str(directory))
+    return LoadedModel.from_dir(directory, device="cpu", name="endless-thinker", version=1)

@@ -45,13 +45,23 @@ class RedisServer:
         self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", self.port)) == 0:
-                    return
+            if self._answers_ping():  # listening and done loading its append-only file
+                return
             if self.process.poll() is not None:
                 raise RuntimeError(f"redis-server exited: {self.process.stderr.read().decode()}")  # type: ignore[union-attr]
             time.sleep(0.02)
         raise RuntimeError("redis-server did not start listening")
+
+    def _answers_ping(self) -> bool:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", self.port)) != 0:
+                return False
+            s.settimeout(2)
+            try:
+                s.sendall(b"PING\r\n")
+                return s.recv(64).startswith(b"+PONG")
+            except OSError:
+                return False
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:

@@ -111,14 +111,14 @@ def test_a_dead_replicas_session_is_claimed_once_and_the_old_owner_is_fenced_off
     one.accept("s1", ThinkParams(request_id="r1", query="2+3"), 64, accepted("s1"))
     assert two.claim_orphans(10) == []  # leased to its replica from the moment it is accepted
     time.sleep(0.2)
-    assert one.renew(["s1"]) == (set(), set())
+    assert one.renew(["s1"]) == set()
     time.sleep(0.2)
     assert two.claim_orphans(10) == []  # renewed: still one's
     time.sleep(0.4)  # one stops renewing (it died)
     claimed = two.claim_orphans(10)
     assert [s.session_id for s in claimed] == ["s1"] and claimed[0].info is None
     assert three.claim_orphans(10) == []  # claimed once
-    assert one.renew(["s1"]) == ({"s1"}, set())  # one wakes up: the session is not its own any more
+    assert one.renew(["s1"]) == {"s1"}  # one wakes up: the session is not its own any more
     stale = (Event(2, "s1", EventKind.ANSWER_DELTA, text="7"),)
     one.append([Checkpoint("s1", stale, answer_tokens=1)])
     one.finish(info("s1", "r1", 2), [accepted("s1"), completed("s1", 2, "7")])
@@ -142,9 +142,10 @@ def test_a_released_session_is_claimed_at_once_and_cancel_requests_reach_its_own
     one.release(["s1"])  # a graceful drain
     assert [s.session_id for s in two.claim_orphans(10)] == ["s1"]
     one.request_cancel("s1")
-    assert two.renew(["s1"]) == (set(), {"s1"}) and one.renew(["s2"]) == (set(), set())
+    assert two.cancel_requests() == one.cancel_requests() == {"s1"} and two.renew(["s1"]) == set()
     two.finish(info("s1", "r1", 2, "d"), [accepted("s1"), completed("s1", 2)])
     assert one.open_sessions("d") == 1  # the quota counts unfinished sessions only
+    assert one.cancel_requests() == set()  # an ended session's request is done
     one.close()
     two.close()
 
