@@ -91,7 +91,8 @@ class ReplicaDuties:
 
     async def claim(self) -> None:
         engine = self.manager.engine
-        room = min(MAX_CLAIM, max(0, engine.config.max_queue - engine.queue_depth))
+        # A batch at a time, so that the survivors of a dead replica share its sessions.
+        room = min(MAX_CLAIM, engine.config.max_batch, max(0, engine.config.max_queue - engine.queue_depth))
         if room == 0:
             return
         for stored in await asyncio.to_thread(self.store.claim_orphans, room):

@@ -115,3 +115,25 @@ def test_bad_token_files_are_refused(tmp_path: Path, content: str | None, messag
         path.write_text(content)
     with pytest.raises(ConfigError, match=message):
         load_tokens(path)
+
+
+@pytest.mark.parametrize(
+    ("store", "extra", "message"),
+    [
+        ("redis://:secret@127.0.0.1:6379/0", {}, "password in a file"),
+        ("redis://10.0.0.5:6379/0", {}, "10.0.0.5 .not loopback. needs a password"),
+        ("redis://127.0.0.1:6379/0", {"store_lease_s": 0}, "store_lease_s must be > 0"),
+        ("redis://127.0.0.1:6379/0", {"store_password_file": Path("/nonexistent/pw")}, "not a readable file"),
+    ],
+)
+def test_a_shared_store_is_checked_at_construction(tmp_path: Path, store: str, extra: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        CloudConfig(model=tmp_path, store=store, **extra)
+
+
+def test_a_shared_store_off_loopback_is_accepted_with_a_password_file(tmp_path: Path) -> None:
+    password = tmp_path / "redis-password"
+    password.write_text("s3cret\n")
+    config = CloudConfig(model=tmp_path, store="rediss://redis.internal:6380/2", store_password_file=password)
+    assert config.store_lease_s == 5.0
+    assert CloudConfig(model=tmp_path, store="cloud.sqlite3", store_lease_s=0).store == "cloud.sqlite3"  # not used
