@@ -16,9 +16,15 @@ between consecutive ``answer_delta`` events, one token each) next to the server'
 occupancy and ms per step, and a timer around the model's forward gives the share of
 wall time spent in the model (the rest is Python bookkeeping, gRPC and clients). Also
 checked: both modes give the same answers. ``other_processes_cpu_s`` (from /proc/stat)
-shows whether something else on the machine took CPU during a measurement. Usage::
+shows whether something else on the machine took CPU during a measurement.
+
+With ``--stores``, the two servers are both batched and differ only in their session store: the
+embedded SQLite file and a Redis (a real redis-server on loopback, started here), at 16 concurrent
+sessions, rounds alternating which goes first; the ratio is Redis' sessions/s over SQLite's (the
+target: Redis costs at most 10%). Usage::
 
     python benchmarks/cloud_throughput.py [--quick] [--threads 2] [--per-client 2] [--out DIR]
+    python benchmarks/cloud_throughput.py --stores [--rounds 3] [--out DIR]
 """
 
 from __future__ import annotations
@@ -229,6 +235,66 @@ def measure(levels: list[int], sizes: list[int], threads: int, seed: int) -> lis
     return points
 
 
+STORE_CONCURRENCY = 16
+TARGET_REDIS_RATIO = 0.90
+
+
+def measure_stores(rounds: int, per_round: int, threads: int, seed: int) -> dict[str, Any]:
+    """SQLite vs Redis behind the same batched engine: the same fresh problems through each, per round."""
+    from tests.helpers.redis_server import RedisServer  # the tests' launcher of a real redis-server
+
+    problems = unique_problems(2 + rounds * per_round, seed)
+    loaded = load_teacher()
+    timer = ForwardTimer()
+    timer.install(loaded.model)
+    results: dict[str, list[dict[str, Any]]] = {"sqlite": [], "redis": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        redis = RedisServer(Path(tmp))
+        stores: dict[str, Path | str] = {"sqlite": Path(tmp) / "sessions.sqlite3", "redis": redis.url}
+        engine = EngineConfig(max_batch=MODES["batched"], threads=threads)
+        servers = {name: RunningServer(store, engine, loaded) for name, store in stores.items()}  # type: ignore[arg-type]
+        try:
+            for server in servers.values():
+                for problem in problems[:2]:
+                    run_session(server.stub, problem)
+            for r in range(rounds):
+                chunk = problems[2 + r * per_round : 2 + (r + 1) * per_round]
+                for name in list(stores) if r % 2 == 0 else list(reversed(stores)):
+                    summary, _ = run_point(servers[name], timer, chunk, STORE_CONCURRENCY)
+                    results[name].append(summary)
+                    print(f"round {r} {name:>6}: {summary['sessions_per_s']:.2f} sessions/s", file=sys.stderr)
+        finally:
+            for server in servers.values():
+                server.stop()
+            redis.stop()
+    rate = {name: statistics.fmean(p["sessions_per_s"] for p in points) for name, points in results.items()}
+    ratio = rate["redis"] / rate["sqlite"]
+    return {
+        "concurrency": STORE_CONCURRENCY,
+        "rounds": results,
+        "sessions_per_s": rate,
+        "ratio_redis_over_sqlite": ratio,
+        "target": {"ratio_at_least": TARGET_REDIS_RATIO, "met": ratio >= TARGET_REDIS_RATIO},
+    }
+
+
+def stores_main(args: argparse.Namespace) -> int:
+    load0, start = os.getloadavg(), time.perf_counter()
+    report: dict[str, Any] = {
+        "benchmark": "cloud_throughput_stores",
+        "machine": machine_info(args.threads) | {"loadavg_before": load0},
+        "settings": {"seed": args.seed, "rounds": args.rounds, "sessions_per_round": args.per_round},
+    }
+    report |= measure_stores(args.rounds, args.per_round, args.threads, args.seed)
+    report["machine"]["loadavg_after"] = os.getloadavg()
+    report["wall_s"] = round(time.perf_counter() - start, 1)
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "cloud_stores.json").write_text(json.dumps(report, indent=2))
+    print(json.dumps(report, indent=2))
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a tiny run: concurrency 1 and 4, 4 sessions each")
@@ -237,7 +303,12 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads of the engine")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--out", type=Path, default=None, help="also write cloud_throughput.json and .png here")
+    parser.add_argument("--stores", action="store_true", help="SQLite vs Redis store at 16 concurrent sessions")
+    parser.add_argument("--rounds", type=int, default=3, help="--stores: rounds, alternating which store goes first")
+    parser.add_argument("--per-round", type=int, default=64, help="--stores: sessions per store and round")
     args = parser.parse_args()
+    if args.stores:
+        return stores_main(args)
 
     levels = [1, 4] if args.quick else args.concurrency
     sizes = [4 if args.quick else max(args.per_client * c, 16) for c in levels]
