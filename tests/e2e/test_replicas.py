@@ -157,7 +157,9 @@ def test_any_replica_resumes_a_session_and_a_killed_replicas_sessions_complete_e
         "killed_completed_right": f"{sum(ok for ok, _ in resumed)}/20",
         "seconds_from_kill_to_last_completion": round(max(t for _, t in resumed), 2),
         "lease_s": LEASE_S,
-        "continued_by": {r.name: r.log_path.read_text().count("left unfinished by another replica") for r in (two, three)},
+        "continued_by": {
+            r.name: r.log_path.read_text().count("left unfinished by another replica") for r in (two, three)
+        },
     }
     print("\nreplicas:", json.dumps(figures), file=sys.stderr if os.environ.get("QUIET") else sys.stdout)
     assert unfinished >= 1, "replica 1 had finished everything before it was killed: nothing was tested"
