@@ -9,15 +9,16 @@ import re
 import shlex
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
 
 from edgecloud.cli import build_parser
+from edgecloud.cloud.stores import is_shared_store
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 DOCKERFILES = sorted((DEPLOY / "docker").glob("*.Dockerfile"))
-MANIFESTS = sorted((DEPLOY / "k8s").glob("*.yaml"))
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -142,12 +143,28 @@ def test_only_the_cloud_image_installs_torch_and_it_is_the_cpu_build() -> None:
 
 
 # -- Kubernetes --------------------------------------------------------------------------
+# deploy/k8s/ is the Redis mode (a Deployment of Reasoners sharing one Redis), deploy/k8s/sqlite/
+# the embedded mode (a StatefulSet, one SQLite file per replica). Each folder is applied on its
+# own (kubectl apply -f FOLDER is not recursive), so the cross-references are checked per folder.
+
+K8S = DEPLOY / "k8s"
+K8S_FOLDERS = sorted({path.parent for path in K8S.rglob("*.yaml")})
+REASONER = "edgecloud-cloud"
+REDIS = "edgecloud-redis"
 
 
-def _documents() -> list[dict[str, Any]]:
-    docs = [doc for path in MANIFESTS for doc in yaml.safe_load_all(path.read_text()) if doc]
-    assert docs
+def _documents(folder: Path) -> list[dict[str, Any]]:
+    docs = [doc for path in sorted(folder.glob("*.yaml")) for doc in yaml.safe_load_all(path.read_text()) if doc]
+    assert docs, folder
     return docs
+
+
+def _workloads(docs: list[dict[str, Any]], name: str | None = None) -> list[dict[str, Any]]:
+    return [
+        d
+        for d in docs
+        if d["kind"] in ("Deployment", "StatefulSet") and (name is None or d["metadata"]["name"] == name)
+    ]
 
 
 def _container_args(container: dict[str, Any]) -> argparse.Namespace:
@@ -155,8 +172,31 @@ def _container_args(container: dict[str, Any]) -> argparse.Namespace:
     return parse(container["args"])
 
 
-def test_k8s_workload_args_probes_and_grace_agree() -> None:
-    workloads = [d for d in _documents() if d["kind"] in ("Deployment", "StatefulSet")]
+def _secret_mounts(pod: dict[str, Any], container: dict[str, Any]) -> dict[str, str]:
+    """mount path -> the Secret mounted there."""
+    secrets = {v["name"]: v["secret"]["secretName"] for v in pod.get("volumes", []) if "secret" in v}
+    return {m["mountPath"]: secrets[m["name"]] for m in container["volumeMounts"] if m["name"] in secrets}
+
+
+def _secret_of(path: str | Path, mounts: dict[str, str]) -> str:
+    """The Secret a file path is in, via the container's mounts; fails if it is in none."""
+    found = [secret for mount, secret in mounts.items() if Path(path).parent == Path(mount)]
+    assert found, f"{path} is not in a mounted Secret"
+    return found[0]
+
+
+def test_k8s_folders_are_the_two_modes() -> None:
+    assert K8S_FOLDERS == [K8S, K8S / "sqlite"]
+    for folder in K8S_FOLDERS:
+        docs = _documents(folder)
+        names = {d["metadata"]["name"] for d in _workloads(docs)}
+        assert REASONER in names, folder
+        assert names <= {REASONER, REDIS}, f"a workload no test checks: {names - {REASONER, REDIS}}"
+
+
+@pytest.mark.parametrize("folder", K8S_FOLDERS, ids=lambda p: p.relative_to(DEPLOY).as_posix())
+def test_k8s_workload_args_probes_and_grace_agree(folder: Path) -> None:
+    workloads = _workloads(_documents(folder), REASONER)
     assert workloads
     for workload in workloads:
         pod = workload["spec"]["template"]["spec"]
@@ -177,22 +217,126 @@ def test_k8s_workload_args_probes_and_grace_agree() -> None:
             assert pod["terminationGracePeriodSeconds"] > args.grace + pause
             assert container["securityContext"]["readOnlyRootFilesystem"] is True
             mounts = {m["mountPath"] for m in container["volumeMounts"]}
-            assert str(Path(args.store).parent) in mounts, "the session store must be on a volume"
             assert any(str(args.tokens).startswith(m) for m in mounts)
+            if not is_shared_store(args.store):
+                assert str(Path(args.store).parent) in mounts, "the session store must be on a volume"
 
 
-def test_k8s_services_and_budget_select_the_workload() -> None:
-    docs = _documents()
-    (workload,) = [d for d in docs if d["kind"] in ("Deployment", "StatefulSet")]
-    labels = workload["spec"]["template"]["metadata"]["labels"]
-    pod_names = {f"{workload['metadata']['name']}-{i}" for i in range(workload["spec"]["replicas"])}
-    port_names = {p["name"] for c in workload["spec"]["template"]["spec"]["containers"] for p in c["ports"]}
+def test_k8s_sqlite_mode_gives_each_replica_its_own_store_volume() -> None:
+    (workload,) = _workloads(_documents(K8S / "sqlite"), REASONER)
+    assert workload["kind"] == "StatefulSet", "one SQLite file per replica needs a volume per replica"
+    (container,) = workload["spec"]["template"]["spec"]["containers"]
+    args = _container_args(container)
+    assert not is_shared_store(args.store)
+    claims = {t["metadata"]["name"] for t in workload["spec"]["volumeClaimTemplates"]}
+    (store_mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == str(Path(args.store).parent)]
+    assert store_mount["name"] in claims, "the SQLite store must be on the replica's own claim"
+
+
+def test_k8s_redis_mode_reasoners_share_the_redis_of_the_manifests() -> None:
+    docs = _documents(K8S)
+    (workload,) = _workloads(docs, REASONER)
+    assert workload["kind"] == "Deployment" and "volumeClaimTemplates" not in workload["spec"]
+    assert workload["spec"]["replicas"] >= 2
+    pod = workload["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    args = _container_args(container)
+    assert is_shared_store(args.store)
+    url = urlsplit(args.store)
+    assert url.scheme in ("redis", "rediss") and url.password is None, "the password belongs in a file"
+    assert not any("persistentVolumeClaim" in v for v in pod.get("volumes", [])), "replicas keep nothing on disk"
+    assert args.store_lease > 0
+    # The Redis is off loopback, so the server requires its password, from a mounted Secret...
+    assert args.store_password_file, "a Redis off loopback needs --store-password-file"
+    secret = _secret_of(args.store_password_file, _secret_mounts(pod, container))
+    assert secret != _secret_of(args.tokens, _secret_mounts(pod, container))
+
+    # ...the Secret the Redis of these manifests takes its requirepass from, behind the Service
+    # the URL names.
+    (redis_workload,) = _workloads(docs, REDIS)
+    redis_pod = redis_workload["spec"]["template"]["spec"]
+    (redis,) = redis_pod["containers"]
+    redis_mounts = _secret_mounts(redis_pod, redis)
+    start = " ".join(redis["args"])
+    password_files = re.findall(r"\$\(cat (\S+)\)", start)
+    assert password_files and {_secret_of(path, redis_mounts) for path in password_files} == {secret}
+    (service,) = [d for d in docs if d["kind"] == "Service" and d["metadata"]["name"] == url.hostname]
+    redis_labels = redis_workload["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= redis_labels.items()
+    (port,) = [p for p in service["spec"]["ports"] if p["port"] == (url.port or 6379)]
+    container_ports = {p["name"]: p["containerPort"] for p in redis["ports"]}
+    assert container_ports[port["targetPort"]] == 6379
+
+
+def test_k8s_redis_persists_requires_a_password_and_is_one_instance() -> None:
+    docs = _documents(K8S)
+    (workload,) = _workloads(docs, REDIS)
+    assert workload["kind"] == "StatefulSet" and workload["spec"]["replicas"] == 1, "one Redis, not a cluster"
+    pod = workload["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    (container,) = pod["containers"]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    start = " ".join(container["args"])
+    (config_path,) = re.findall(r"exec redis-server (\S+)", start)
+
+    configmaps = {v["name"]: v["configMap"]["name"] for v in pod["volumes"] if "configMap" in v}
+    (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == str(Path(config_path).parent)]
+    (configmap,) = [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == configmaps[mount["name"]]]
+    text = configmap["data"][Path(config_path).name]
+    config: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            key, _, value = line.strip().partition(" ")
+            config.setdefault(key.lower(), []).append(value)
+    assert config["appendonly"] == ["yes"], "without the append-only file a Redis restart loses every session"
+    assert config.get("maxmemory-policy") == ["noeviction"], "evicting a lease or a stream breaks sessions"
+    assert "cluster-enabled" not in config and "requirepass" not in config, "no cluster; no password in a ConfigMap"
+
+    # requirepass is written at start, from the mounted Secret, into the file the config includes.
+    (included,) = config["include"]
+    assert re.search(rf"requirepass .*\$\(cat /\S+\).*> {re.escape(included)}\b", start), start
+    claims = {t["metadata"]["name"] for t in workload["spec"]["volumeClaimTemplates"]}
+    (data,) = [m for m in container["volumeMounts"] if m["mountPath"] == config["dir"][0]]
+    assert data["name"] in claims, "the append-only file must be on the claim, not in the pod"
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert probe in container, probe
+
+    # Only the Reasoners may reach it.
+    (policy,) = [d for d in docs if d["kind"] == "NetworkPolicy"]
+    assert (
+        policy["spec"]["podSelector"]["matchLabels"].items()
+        <= workload["spec"]["template"]["metadata"]["labels"].items()
+    )
+    reasoner_labels = _workloads(docs, REASONER)[0]["spec"]["template"]["metadata"]["labels"]
+    (rule,) = policy["spec"]["ingress"]
+    assert [peer["podSelector"]["matchLabels"].items() <= reasoner_labels.items() for peer in rule["from"]] == [True]
+
+
+@pytest.mark.parametrize("folder", K8S_FOLDERS, ids=lambda p: p.relative_to(DEPLOY).as_posix())
+def test_k8s_services_and_budget_select_the_workload(folder: Path) -> None:
+    docs = _documents(folder)
+    workloads = _workloads(docs)
+    pod_names = {
+        f"{w['metadata']['name']}-{i}"
+        for w in workloads
+        if w["kind"] == "StatefulSet"
+        for i in range(w["spec"]["replicas"])
+    }
     for doc in docs:
         if doc["kind"] == "Service":
             selector = doc["spec"]["selector"]
             per_pod = selector.get("statefulset.kubernetes.io/pod-name")
-            assert per_pod in pod_names if per_pod else selector.items() <= labels.items(), doc["metadata"]["name"]
-            assert {p["targetPort"] for p in doc["spec"]["ports"]} <= port_names
+            if per_pod:
+                assert per_pod in pod_names, doc["metadata"]["name"]
+                continue
+            selected = [w for w in workloads if selector.items() <= w["spec"]["template"]["metadata"]["labels"].items()]
+            assert len(selected) == 1, doc["metadata"]["name"]
+            port_names = {p["name"] for c in selected[0]["spec"]["template"]["spec"]["containers"] for p in c["ports"]}
+            assert {p["targetPort"] for p in doc["spec"]["ports"]} <= port_names, doc["metadata"]["name"]
         if doc["kind"] == "PodDisruptionBudget":
-            assert doc["spec"]["selector"]["matchLabels"].items() <= labels.items()
+            (reasoner,) = _workloads(docs, REASONER)
+            assert (
+                doc["spec"]["selector"]["matchLabels"].items()
+                <= reasoner["spec"]["template"]["metadata"]["labels"].items()
+            )
     assert any(d["kind"] == "PodDisruptionBudget" for d in docs)
