@@ -14,7 +14,6 @@ use the same one. A store written before that (``request_id`` unique on its own,
 
 from __future__ import annotations
 
-import contextlib
 import sqlite3
 import threading
 import time
@@ -23,7 +22,7 @@ from pathlib import Path
 
 from edgecloud.cloud.stores.storage import Checkpoint, Progress, RequestTaken, StoredSession
 from edgecloud.proto.edgecloud.v1 import reasoner_pb2 as pb
-from edgecloud.shared.base.sqlite import open_store
+from edgecloud.shared.base.sqlite import open_store, transaction
 from edgecloud.shared.reasoner.session import Event, SessionInfo, ThinkParams
 from edgecloud.shared.reasoner.wire import (
     event_from_pb,
@@ -90,20 +89,16 @@ class SessionStore:
         ).fetchall()
         self._db.execute("PRAGMA foreign_keys=OFF")  # events keep pointing at "sessions" through the swap
         try:
-            self._db.execute("BEGIN")
-            self._db.execute(_SESSIONS_TABLE.format(name="sessions_v2"))
-            self._db.executemany(
-                "INSERT INTO sessions_v2 (session_id, device_id, request_id, request, budget, accepted, created_at,"
-                " finished_at, info) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [(r[0], pb.ThinkRequest.FromString(r[2]).device_id, *r[1:]) for r in rows],
-            )
-            self._db.execute("DROP TABLE sessions")
-            self._db.execute("ALTER TABLE sessions_v2 RENAME TO sessions")
-            self._db.execute("CREATE INDEX IF NOT EXISTS sessions_finished ON sessions(finished_at)")
-            self._db.execute("COMMIT")
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
+            with transaction(self._db):
+                self._db.execute(_SESSIONS_TABLE.format(name="sessions_v2"))
+                self._db.executemany(
+                    "INSERT INTO sessions_v2 (session_id, device_id, request_id, request, budget, accepted, created_at,"
+                    " finished_at, info) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [(r[0], pb.ThinkRequest.FromString(r[2]).device_id, *r[1:]) for r in rows],
+                )
+                self._db.execute("DROP TABLE sessions")
+                self._db.execute("ALTER TABLE sessions_v2 RENAME TO sessions")
+                self._db.execute("CREATE INDEX IF NOT EXISTS sessions_finished ON sessions(finished_at)")
         finally:
             self._db.execute("PRAGMA foreign_keys=ON")
 
@@ -115,7 +110,7 @@ class SessionStore:
         request = think_request_to_pb(params).SerializeToString()
         first = event_to_pb(accepted).SerializeToString()
         try:
-            with self._lock, self._transaction():
+            with self._lock, transaction(self._db):
                 self._db.execute(
                     "INSERT INTO sessions (session_id, device_id, request_id, request, budget, accepted, created_at)"
                     " VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -134,7 +129,7 @@ class SessionStore:
         rows = [
             (c, [(c.session_id, e.seq, event_to_pb(e).SerializeToString()) for e in c.events]) for c in checkpoints
         ]  # serialized before taking the lock
-        with self._lock, self._transaction():
+        with self._lock, transaction(self._db):
             for checkpoint, events in rows:
                 open_ = self._db.execute(
                     "SELECT 1 FROM sessions WHERE session_id = ? AND finished_at IS NULL", (checkpoint.session_id,)
@@ -155,20 +150,9 @@ class SessionStore:
                     ),
                 )
 
-    @contextlib.contextmanager
-    def _transaction(self) -> Iterator[None]:
-        """One transaction (the connection is in autocommit mode); the caller holds the lock."""
-        self._db.execute("BEGIN")
-        try:
-            yield
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
-
     def finish(self, info: SessionInfo, events: list[Event]) -> None:
         rows = [(info.session_id, e.seq, event_to_pb(e).SerializeToString()) for e in events]
-        with self._lock, self._transaction():
+        with self._lock, transaction(self._db):
             self._db.execute(
                 "UPDATE sessions SET finished_at = ?, info = ? WHERE session_id = ?",
                 (time.time(), session_info_to_pb(info).SerializeToString(), info.session_id),

@@ -11,17 +11,15 @@ cloud is down. Finished records beyond :data:`MAX_STORED` are forgotten, oldest 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import sqlite3
 import threading
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from edgecloud.shared.base.errors import InvalidInputError
-from edgecloud.shared.base.sqlite import open_store
+from edgecloud.shared.base.sqlite import open_store, transaction
 
 __all__ = ["MAX_STORED", "TERMINAL", "ResponseStore", "StoredResponse"]
 
@@ -87,7 +85,7 @@ class ResponseStore:
         )  # fmt: skip
         with self._lock:
             try:
-                with self._transaction():
+                with transaction(self._db, "BEGIN IMMEDIATE"):
                     self._db.execute(f"INSERT INTO responses ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)", row)
                     if record.finished:
                         self._finished(record.id)
@@ -101,7 +99,7 @@ class ResponseStore:
         so a late writer (a cancelled task unwinding) cannot overwrite a cancellation."""
         if status not in TERMINAL:
             raise ValueError(f"{status!r} is not a terminal status")
-        with self._lock, self._transaction():
+        with self._lock, transaction(self._db, "BEGIN IMMEDIATE"):
             changed = self._db.execute(
                 "UPDATE responses SET status = ?, response = ?, events = ? WHERE id = ? AND status NOT IN (?,?,?,?)",
                 (status, json.dumps(response), _json(events), response_id, *TERMINAL),
@@ -127,17 +125,6 @@ class ResponseStore:
     def close(self) -> None:
         with self._lock:
             self._db.close()
-
-    @contextlib.contextmanager
-    def _transaction(self) -> Iterator[None]:
-        """One commit (one sync to disk) for the statements inside; rolled back on an error."""
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            yield
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
 
     def _finished(self, response_id: str) -> None:
         # Numbered in the order they finished, so the oldest finished ones are the ones forgotten.

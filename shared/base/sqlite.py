@@ -9,13 +9,15 @@ how durable a commit must be, so that is the one choice :func:`open_store` takes
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
 from edgecloud.shared.base.errors import ConfigError
 
-__all__ = ["open_store"]
+__all__ = ["open_store", "transaction"]
 
 
 def open_store(
@@ -47,3 +49,17 @@ def open_store(
     except sqlite3.Error as exc:
         raise ConfigError(f"{what} {name} is unusable: {exc}") from exc
     return db
+
+
+@contextlib.contextmanager
+def transaction(db: sqlite3.Connection, begin: str = "BEGIN") -> Iterator[None]:
+    """The statements inside as one transaction of an autocommit connection (one commit, one sync),
+    rolled back on any error; ``begin="BEGIN IMMEDIATE"`` takes the write lock at once. The caller
+    holds the connection's lock."""
+    db.execute(begin)
+    try:
+        yield
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")

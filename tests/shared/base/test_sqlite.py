@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from edgecloud.shared.base.errors import ConfigError
-from edgecloud.shared.base.sqlite import open_store
+from edgecloud.shared.base.sqlite import open_store, transaction
 
 SCHEMA = "CREATE TABLE IF NOT EXISTS t (id INTEGER PRIMARY KEY, parent INTEGER REFERENCES t(id));"
 
@@ -34,3 +34,16 @@ def test_a_missing_folder_or_a_foreign_file_is_a_config_error(tmp_path: Path) ->
     with pytest.raises(ConfigError, match="fleet store .*garbage.sqlite3 is unusable"):
         open_store(garbage, SCHEMA, what="fleet store")
     assert open_store(":memory:", SCHEMA, what="store").execute("SELECT count(*) FROM t").fetchone()[0] == 0
+
+
+def test_a_transaction_commits_all_or_nothing(tmp_path: Path) -> None:
+    db = open_store(tmp_path / "t.sqlite3", "CREATE TABLE t (x INTEGER PRIMARY KEY);", what="test store")
+    with transaction(db):
+        db.execute("INSERT INTO t VALUES (1)")
+        db.execute("INSERT INTO t VALUES (2)")
+    with pytest.raises(Exception, match="UNIQUE"), transaction(db, "BEGIN IMMEDIATE"):
+        db.execute("INSERT INTO t VALUES (3)")
+        db.execute("INSERT INTO t VALUES (1)")  # refused: the 3 goes with it
+    assert [row[0] for row in db.execute("SELECT x FROM t ORDER BY x")] == [1, 2]
+    assert not db.in_transaction
+    db.close()
