@@ -370,7 +370,8 @@ class SessionManager:
             queue_position=0 if cached else self.engine.queue_depth + 1,
         )
         if cached is None:
-            elsewhere = self.shared.open_sessions(params.device_id) if self.shared is not None else 0
+            counted = self.shared is not None and self.runner.max_open_per_device  # a round trip only for a limit
+            elsewhere = self.shared.open_sessions(params.device_id) if counted else 0  # type: ignore[union-attr]
             self.runner.check_share(params.device_id, elsewhere)
             self.runner.submit(session)  # raises when full, before anything is recorded
         try:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from tests.helpers.redis_server import RedisServer
+from tests.helpers.waiting import free_port, stop_process
 
 if TYPE_CHECKING:  # the cloud's model backend needs torch; edge-only installs run without it
     from edgecloud.cloud.transformers_engine import LoadedModel
@@ -111,11 +112,7 @@ class MosquittoBroker:
     """A real mosquitto on a free loopback port, restartable on the same port."""
 
     def __init__(self, directory: Path) -> None:
-        import socket
-
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
+        self.port = free_port()
         self.host = "127.0.0.1"
         self.config = directory / "mosquitto.conf"
         self.config.write_text(
@@ -146,11 +143,7 @@ class MosquittoBroker:
         raise RuntimeError("mosquitto did not start listening")
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(10)
-        if self.process is not None and self.process.stderr:
-            self.process.stderr.close()
+        stop_process(self.process)
 
     def restart(self) -> None:
         self.stop()

@@ -238,12 +238,11 @@ class RedisSessionStore:
             pipe.execute()
 
     def finish(self, info: SessionInfo, events: list[Event]) -> None:
-        device = self._redis.hget(self._key("s", info.session_id), "device")
         keys = [
             *self._session_keys(info.session_id),
             f"{self.prefix}:unfinished",
             f"{self.prefix}:finished",
-            self._open_key(device.decode() if device is not None else info.device_id),
+            self._open_key(info.device_id),  # the session's own device: SessionInfo carries it
             f"{self.prefix}:cancel",
         ]
         args: list[Any] = [

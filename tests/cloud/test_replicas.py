@@ -59,6 +59,13 @@ async def replica(
         store.close()
 
 
+@asynccontextmanager
+async def two_replicas(url: str, loaded: LoadedModel, **options: Any) -> AsyncIterator[tuple[Replica, Replica]]:
+    """Replicas "one" and "two" on the store at ``url``, both with ``options``."""
+    async with replica(url, loaded, "one", **options) as one, replica(url, loaded, "two", **options) as two:
+        yield one, two
+
+
 async def crash(r: Replica) -> None:
     """The replica dies: its engine stops and nothing more is written or renewed (nothing handed back)."""
     r.engine.stop()
@@ -109,10 +116,7 @@ def test_a_session_begun_on_one_replica_is_followed_to_its_end_on_another(
     redis_server: RedisServer, endless_thinker: LoadedModel
 ) -> None:
     async def scenario() -> None:
-        async with (
-            replica(redis_server.url, endless_thinker, "one") as one,
-            replica(redis_server.url, endless_thinker, "two") as two,
-        ):
+        async with two_replicas(redis_server.url, endless_thinker) as (one, two):
             session = one.manager.create(params("r1"))
             seen = await read_until(one.manager, session.id, 5)  # then the client drops
             assert two.manager.create(params("r1")).id == session.id  # a retry on another replica: the same
@@ -134,10 +138,7 @@ def test_a_dead_replicas_session_is_continued_by_another_with_no_gap_or_duplicat
     redis_server: RedisServer, endless_thinker: LoadedModel, sampling: Sampling
 ) -> None:
     async def scenario() -> None:
-        async with (
-            replica(redis_server.url, endless_thinker, "one") as one,
-            replica(redis_server.url, endless_thinker, "two") as two,
-        ):
+        async with two_replicas(redis_server.url, endless_thinker) as (one, two):
             session = one.manager.create(params("r1", sampling))
             seen = await read_until(one.manager, session.id, 12)
             await crash(one)
@@ -178,10 +179,7 @@ def test_a_replica_that_missed_its_lease_drops_the_session_and_its_readers_follo
     redis_server: RedisServer, endless_thinker: LoadedModel
 ) -> None:
     async def scenario() -> None:
-        async with (
-            replica(redis_server.url, endless_thinker, "one") as one,
-            replica(redis_server.url, endless_thinker, "two") as two,
-        ):
+        async with two_replicas(redis_server.url, endless_thinker) as (one, two):
             assert one.manager.replicas is not None
             session = one.manager.create(params("r1", budget=LONG))  # runs for seconds
             reader = asyncio.create_task(_collect(one.manager, session.id, 0))
@@ -205,10 +203,7 @@ def test_a_devices_quota_counts_its_sessions_on_every_replica(
     redis_server: RedisServer, endless_thinker: LoadedModel
 ) -> None:
     async def scenario() -> None:
-        async with (
-            replica(redis_server.url, endless_thinker, "one", max_open=2) as one,
-            replica(redis_server.url, endless_thinker, "two", max_open=2) as two,
-        ):
+        async with two_replicas(redis_server.url, endless_thinker, max_open=2) as (one, two):
             one.manager.create(params("r1"))
             two.manager.create(params("r2"))
             with pytest.raises(ResourceExhaustedError, match="2 unfinished sessions"):

@@ -10,11 +10,7 @@ from pathlib import Path
 
 import pytest
 
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+from tests.helpers.waiting import free_port, stop_process
 
 
 class RedisServer:
@@ -64,8 +60,4 @@ class RedisServer:
                 return False
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(10)
-        if self.process is not None and self.process.stderr:
-            self.process.stderr.close()
+        stop_process(self.process)

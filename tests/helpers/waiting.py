@@ -1,14 +1,15 @@
-"""Waiting for a condition that another thread (a server, a device, a broker) brings about, and a
-free loopback port to start one on."""
+"""Waiting for a condition that another thread (a server, a device, a broker) brings about, a free
+loopback port to start one on, and stopping the process that ran one."""
 
 from __future__ import annotations
 
 import socket
+import subprocess
 import time
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["free_port", "wait_for", "wait_until"]
+__all__ = ["free_port", "stop_process", "wait_for", "wait_until"]
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
@@ -34,3 +35,14 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def stop_process(process: subprocess.Popen | None) -> None:
+    """Terminate ``process`` if it still runs, wait for it, and close its stderr pipe."""
+    if process is None:
+        return
+    if process.poll() is None:
+        process.terminate()
+        process.wait(10)
+    if process.stderr:
+        process.stderr.close()

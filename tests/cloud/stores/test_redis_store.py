@@ -20,7 +20,8 @@ from edgecloud.cloud.stores import (
 from edgecloud.cloud.stores.redis_store import RedisSessionStore
 from edgecloud.shared.base.errors import ConfigError
 from edgecloud.shared.reasoner.session import Event, EventKind, SessionInfo, SessionStatus, ThinkParams, Usage
-from tests.helpers.redis_server import RedisServer, free_port
+from tests.helpers.redis_server import RedisServer
+from tests.helpers.waiting import free_port
 
 
 def accepted(session_id: str) -> Event:
