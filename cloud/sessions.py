@@ -394,7 +394,7 @@ class SessionManager:
         return self._get(session_id, device).info(self.engine.name, self.engine.version)
 
     def cancel(self, session_id: str, *, device: str | None = None) -> SessionInfo:
-        """Cancel the session; one that another replica runs is cancelled there, at its next renewal."""
+        """Cancel the session; one that another replica runs is cancelled there (it looks every 0.25 s)."""
         session = self._get(session_id, device)
         if session.remote:
             self.shared.request_cancel(session.id)  # type: ignore[union-attr]  # remote only on a shared store
