@@ -363,7 +363,8 @@ def test_a_session_lost_in_a_restart_is_unavailable_not_not_found(random_qwen3_d
     engine = EngineConfig(max_batch=1, max_output_tokens=400)
     config = make_config(random_qwen3_dir, tmp_path, port=free_port(), engine=engine, store=":memory:")
     with pytest.raises(UnavailableError, match="lost session"):
-        restart_mid_session(config, params("4+4", max_reasoning_tokens=0, max_output_tokens=60))
+        # 390 tokens: still running when the server stops, even on a loaded machine (60 finished first once)
+        restart_mid_session(config, params("4+4", max_reasoning_tokens=0, max_output_tokens=390))
 
 
 # -- errors at the boundary ----------------------------------------------------------------
