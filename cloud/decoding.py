@@ -133,8 +133,11 @@ class Row:
 
 def emit(row: Row, kind: EngineEventKind, **fields) -> None:
     """Report an event of ``row``'s job to its listener; a listener that fails is logged, not raised."""
+    listener = row.job.on_event
+    if listener is None:  # submit refuses such a job
+        return
     try:
-        row.job.on_event(EngineEvent(row.job.session_id, kind, **fields))
+        listener(EngineEvent(row.job.session_id, kind, **fields))
     except Exception:
         log.exception("event listener of session %s failed", row.job.session_id)
 

@@ -1,17 +1,20 @@
 """The seam between sessions and whatever generates tokens: the reasoning engine contract.
 
 Sessions (:mod:`edgecloud.cloud.sessions`) and the gRPC server drive an engine through
-:class:`ReasoningEngine` and nothing else: they hand it :class:`Job` objects
-and receive :class:`EngineEvent` objects through each job's callback. This
-module imports no torch, so sessions, the server and every edge module load
+:class:`ReasoningEngine` and nothing else: shaped like vLLM's ``EngineClient``, ``generate(job)``
+returns the job's :class:`EngineEvent` objects as an async iterator, and closing that iterator
+early cancels the job. Unlike vLLM's, admission happens in the call itself (a full queue or a bad
+job raises there, before the session records anything), so a caller never holds a stream for a job
+that was refused. This module imports no torch, so sessions, the server and every edge module load
 without it; the backend is chosen where the service is built.
 
 Backends:
 
 - :class:`edgecloud.cloud.transformers_engine.TransformersEngine`: a Hugging Face causal
-  LM with continuous batching on CPU or one GPU (the shipped one).
-- A vLLM backend (an ``AsyncLLMEngine`` behind the same five calls) is the
-  intended second one for GPU fleets; nothing in sessions changes for it.
+  LM with continuous batching on CPU or one GPU (the shipped one). Its decode thread reports
+  through callbacks; :class:`EventStream` turns them into the iterator.
+- :class:`edgecloud.cloud.openai_engine.OpenAIEngine`: an OpenAI-compatible serving engine over
+  HTTP (vLLM, SGLang, llama.cpp's server), natively an async generator.
 
 What every backend must do: render the whole conversation with the model's chat template (earlier
 think blocks stripped from assistant turns), sample as the job's :class:`Sampling` says (filling
@@ -28,8 +31,11 @@ generates that past again.
 
 from __future__ import annotations
 
+import asyncio
 import enum
-from collections.abc import Callable
+import logging
+import threading
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -40,11 +46,14 @@ __all__ = [
     "EngineConfig",
     "EngineEvent",
     "EngineEventKind",
+    "EventStream",
     "GenerationResult",
     "Job",
     "ReasoningEngine",
     "Resume",
 ]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -102,7 +111,9 @@ class Job:
     """0: answer without thinking (the template pre-fills an empty think block)."""
     max_output_tokens: int
     stream_reasoning: bool
-    on_event: Callable[[EngineEvent], None]
+    on_event: Callable[[EngineEvent], None] | None = None
+    """Where a callback-driven backend reports the job's events (its own thread-level API);
+    sessions leave it unset and read the stream ``generate`` returns."""
     messages: tuple[Message, ...] = ()
     """The whole conversation, ending with the user's ``query``; empty: the query alone."""
     sampling: Sampling = field(default_factory=Sampling)
@@ -182,12 +193,13 @@ class ReasoningEngine(Protocol):
     def count_prompt_tokens(self, messages: tuple[Message, ...], reasoning_budget: int) -> int:
         """Tokens the prompt of the conversation takes (after the chat template), for admission checks."""
 
-    def submit(self, job: Job) -> int:
-        """Queue ``job`` and return its position (running jobs included).
+    def generate(self, job: Job) -> AsyncIterator[EngineEvent]:
+        """Admit ``job`` and return its events: STARTED, progress or deltas, then FINISHED or FAILED,
+        after which the iterator ends. Called on the event loop the iterator is read on.
 
         Raises :class:`~edgecloud.shared.base.errors.InvalidInputError` for a negative budget or no output
-        tokens, :class:`~edgecloud.shared.base.errors.ResourceExhaustedError` when the queue is full. Its
-        events (STARTED, progress or deltas, then FINISHED or FAILED) arrive via ``job.on_event``.
+        tokens, :class:`~edgecloud.shared.base.errors.ResourceExhaustedError` when the queue is full,
+        in the call (nothing is queued then). Closing the iterator before it ends cancels the job.
         """
 
     def cancel(self, session_id: str) -> None:
@@ -200,3 +212,43 @@ class ReasoningEngine(Protocol):
     @property
     def active(self) -> int:
         """Jobs generating now."""
+
+
+_LAST = (EngineEventKind.FINISHED, EngineEventKind.FAILED)
+
+
+class EventStream:
+    """One job's events as an async iterator, fed by a backend that reports through callbacks on
+    its own thread. Made on the loop that reads it; ``push`` is called from any thread; closing the
+    stream before its last event calls ``cancel`` (once)."""
+
+    def __init__(self, cancel: Callable[[], None]) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
+        self._queue: asyncio.Queue[EngineEvent] = asyncio.Queue()
+        self._cancel = cancel
+        self._ended = False
+
+    def push(self, event: EngineEvent) -> None:
+        if threading.get_ident() == self._loop_thread:
+            self._queue.put_nowait(event)
+            return
+        try:
+            self._loop.call_soon_threadsafe(self._queue.put_nowait, event)
+        except RuntimeError:  # the loop closed: nobody reads this job any more
+            log.debug("dropped an event of session %s: its loop is closed", event.session_id)
+
+    def __aiter__(self) -> EventStream:
+        return self
+
+    async def __anext__(self) -> EngineEvent:
+        if self._ended:
+            raise StopAsyncIteration
+        event = await self._queue.get()
+        self._ended = event.kind in _LAST
+        return event
+
+    async def aclose(self) -> None:
+        if not self._ended:
+            self._ended = True
+            self._cancel()

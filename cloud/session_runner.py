@@ -7,8 +7,9 @@ the queue; a session gives its slot back when it ends. A running session's event
 behind by the :class:`~edgecloud.cloud.journal.EventJournal`; a finished one's log is written at
 once, and its readers woken.
 
-Engine events arrive on the engine thread and are handed to the asyncio loop the runner was given;
-everything else runs on that loop.
+Each session in the engine is a task on the runner's loop reading the engine's stream of its
+events (``ReasoningEngine.generate``); stopping a session cancels that task, which closes the stream
+and so cancels the engine's job.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
@@ -59,8 +60,8 @@ class SessionRunner:
         self.current, self.remember = current, remember
         self.max_open_per_device = max_open_per_device
         self.budget, self.metrics, self.escalations = budget, metrics, escalations
-        self.loop: asyncio.AbstractEventLoop | None = None
-        """The loop engine events are handed to; the running one when unset."""
+        self._reading: dict[str, asyncio.Task[None]] = {}
+        """Session id -> the task reading its engine events."""
         self._open: dict[str, set[str]] = {}
         """Device id -> its unfinished sessions in the engine (the per-device share of the queue)."""
 
@@ -76,29 +77,57 @@ class SessionRunner:
             )
 
     def submit(self, session: Session, resume: Resume | None = None) -> None:
-        """Queue ``session`` in the engine (raises when the engine queue is full, keeping nothing)."""
+        """Queue ``session`` in the engine (raises when the engine queue is full, keeping nothing).
+        Called on the event loop."""
         config = self.engine.config
         output = min(session.params.max_output_tokens or config.default_max_output_tokens, config.max_output_tokens)
-        loop = self.loop or asyncio.get_running_loop()
-
-        def on_event(event: EngineEvent) -> None:  # engine thread
-            loop.call_soon_threadsafe(self._on_engine_event, session, event)
-
         params = session.params
-        self.engine.submit(
+        events = self.engine.generate(
             Job(
                 session.id,
                 params.query,
                 session.budget,
                 output,
                 params.stream_reasoning,
-                on_event,
                 messages=params.messages,
                 sampling=params.sampling,
                 resume=resume,
             )
         )
         self._open.setdefault(session.params.device_id, set()).add(session.id)
+        self._reading[session.id] = asyncio.get_running_loop().create_task(
+            self._read(session, events), name=f"engine-events-{session.id}"
+        )
+
+    def stop(self, session_id: str) -> None:
+        """Stop generating ``session_id`` here: its engine job is dropped and no more of its events
+        are taken (the session's own state is the caller's)."""
+        task = self._reading.pop(session_id, None)
+        if task is not None:
+            task.cancel()
+        self.engine.cancel(session_id)  # now, not when the task ends: its slot frees at once
+
+    async def aclose(self) -> None:
+        """Stop reading every engine stream (the engine stopped, or the service is going away)."""
+        tasks, self._reading = list(self._reading.values()), {}
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _read(self, session: Session, events: AsyncIterator[EngineEvent]) -> None:
+        try:
+            async for event in events:
+                self._on_engine_event(session, event)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a backend that broke mid-stream fails its session, not the loop
+            log.exception("the engine's stream of session %s failed", session.id)
+            if not session.finished and self.current(session.id) is session:
+                self.fail(session, Failure("ENGINE_ERROR", f"the engine failed: {exc}"), SessionStatus.FAILED)
+        finally:
+            if self._reading.get(session.id) is asyncio.current_task():  # not stopped: it ended
+                del self._reading[session.id]
+                await _close(events)
 
     def release(self, session: Session) -> None:
         """The session ended (or runs elsewhere now): it no longer counts against its device's share."""
@@ -122,6 +151,7 @@ class SessionRunner:
         )
 
     def _on_engine_event(self, session: Session, event: EngineEvent) -> None:
+        """Called on the loop for each event of ``session``'s engine stream."""
         if session.finished or self.current(session.id) is not session:
             return  # cancelled meanwhile: the engine drops it at its next step
         now = time.monotonic()
@@ -237,3 +267,14 @@ class SessionRunner:
         except Exception:  # served from memory until it expires; a restart would continue it
             log.exception("could not persist session %s", session.id)
         session.notify()
+
+
+async def _close(events: AsyncIterator[EngineEvent]) -> None:
+    """Close an engine stream (cancelling its job when it had not ended); a stream without
+    ``aclose`` has nothing to close."""
+    close = getattr(events, "aclose", None)
+    if close is not None:
+        try:
+            await close()
+        except Exception:
+            log.exception("closing an engine stream failed")

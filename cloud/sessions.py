@@ -36,8 +36,7 @@ their logs to readers, reuses finished results (:class:`ResultCache`) and forget
 ``ttl_s``. Running one on the engine, from its job to its written end, is
 :class:`~edgecloud.cloud.session_runner.SessionRunner`'s.
 
-Everything here runs on one asyncio loop; engine callbacks arrive on the
-engine thread and are handed to the loop.
+Everything here runs on one asyncio loop, the engine's event streams included.
 """
 
 from __future__ import annotations
@@ -285,7 +284,6 @@ class SessionManager:
 
     async def start(self) -> int:
         """Warm the result cache and continue unfinished sessions; returns how many continue."""
-        self.runner.loop = asyncio.get_running_loop()
         self.journal.start()
         self.cache.warm(self.store)
         resumed = 0
@@ -310,6 +308,7 @@ class SessionManager:
             await asyncio.gather(self._sweeper, return_exceptions=True)
         if self.replicas is not None:
             await self.replicas.stop()
+        await self.runner.aclose()
         await self.journal.close()
         if self.replicas is not None:
             self.replicas.drain()
@@ -324,7 +323,7 @@ class SessionManager:
         session = self._sessions.pop(session_id, None)
         if session is None or session.finished:
             return
-        self.engine.cancel(session_id)
+        self.runner.stop(session_id)
         self.journal.forget(session_id)
         self.runner.release(session)
         session.remote = True
@@ -378,7 +377,7 @@ class SessionManager:
             self.store.accept(session.id, session.params, session.budget, accepted)
         except RequestTaken as taken:  # another replica accepted the same request meanwhile: that one it is
             if cached is None:
-                self.engine.cancel(session.id)
+                self.runner.stop(session.id)
                 self.runner.release(session)
             return _same_request(params, self._get(taken.session_id))
         self._adopt(session)
@@ -399,7 +398,7 @@ class SessionManager:
         if session.remote:
             self.shared.request_cancel(session.id)  # type: ignore[union-attr]  # remote only on a shared store
         elif not session.finished:
-            self.engine.cancel(session.id)
+            self.runner.stop(session.id)
             self.runner.fail(session, Failure("CANCELLED", "cancelled by the client"), SessionStatus.CANCELLED)
         return session.info(self.engine.name, self.engine.version)
 

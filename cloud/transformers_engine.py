@@ -11,9 +11,9 @@ joining pads the shorter side on the left, leaving selects rows and trims column
 What each row does with its tokens (the thinking budget, a resumed session's past, the deltas it
 streams) is :mod:`edgecloud.cloud.decoding`'s; this module owns the model, the queue and the batch.
 
-The engine knows nothing of gRPC or sessions: it takes :class:`Job` objects
-and reports :class:`EngineEvent` objects through each job's callback, on the
-engine thread.
+The engine knows nothing of gRPC or sessions: it takes :class:`Job` objects and reports
+:class:`EngineEvent` objects through each job's callback, on the engine thread; ``generate`` (the
+seam sessions use) turns those callbacks into the job's async iterator.
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ import collections
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -30,7 +31,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 
 from edgecloud.cloud.batch_cache import Batch, GrowingCache, merge_batches
 from edgecloud.cloud.decoding import RowDecoder, emit
-from edgecloud.cloud.engine import EngineConfig, EngineEventKind, Job
+from edgecloud.cloud.engine import EngineConfig, EngineEvent, EngineEventKind, EventStream, Job
 from edgecloud.shared.base.errors import ConfigError, InvalidInputError, ResourceExhaustedError
 from edgecloud.shared.reasoner.session import Message, Sampling
 from edgecloud.shared.reasoner.thinking import THINK_END, THINK_START
@@ -117,8 +118,17 @@ class TransformersEngine:
     def count_prompt_tokens(self, messages: tuple[Message, ...], reasoning_budget: int) -> int:
         return len(self.rows.encode(messages, thinking=reasoning_budget > 0))
 
+    def generate(self, job: Job) -> AsyncIterator[EngineEvent]:
+        """Queue ``job`` (raising as :meth:`submit` does) and return its events as they are decoded."""
+        stream = EventStream(cancel=lambda: self.cancel(job.session_id))
+        self.submit(replace(job, on_event=stream.push))
+        return stream
+
     def submit(self, job: Job) -> int:
-        """Queue ``job``; returns its queue position. Raises ResourceExhaustedError when the queue is full."""
+        """Queue ``job``, whose events go to ``job.on_event`` on the decode thread; returns its queue
+        position. Raises ResourceExhaustedError when the queue is full."""
+        if job.on_event is None:
+            raise InvalidInputError("a job submitted without a stream needs on_event")
         if job.reasoning_budget < 0 or job.max_output_tokens < 1:
             raise InvalidInputError("reasoning_budget must be >= 0 and max_output_tokens >= 1")
         with self._cv:

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import pytest
 
 from edgecloud.cloud.budget import BudgetPolicy
-from edgecloud.cloud.engine import EngineConfig, EngineEvent, EngineEventKind, GenerationResult, Job
+from edgecloud.cloud.engine import EngineConfig, EngineEvent, EngineEventKind, EventStream, GenerationResult, Job
 from edgecloud.cloud.journal import EventJournal
 from edgecloud.cloud.metrics import CloudMetrics
 from edgecloud.cloud.session_runner import SessionRunner
@@ -31,6 +32,15 @@ class RecordingEngine:
 
     def __init__(self) -> None:
         self.jobs: list[Job] = []
+        self.cancelled: list[str] = []
+
+    def cancel(self, session_id: str) -> None:
+        self.cancelled.append(session_id)
+
+    def generate(self, job: Job) -> EventStream:
+        stream = EventStream(cancel=lambda: self.cancel(job.session_id))
+        self.submit(replace(job, on_event=stream.push))
+        return stream
 
     def submit(self, job: Job) -> int:
         self.jobs.append(job)
@@ -71,7 +81,7 @@ class Harness:
 def run(test: Callable[[], Any]) -> None:
     async def main() -> None:
         test()
-        for _ in range(3):  # the engine events handed to the loop, then the readers' wake-ups
+        for _ in range(5):  # the engine events handed to the loop and read from its stream, then the readers' wake-ups
             await asyncio.sleep(0)
 
     asyncio.run(main())

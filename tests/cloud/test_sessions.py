@@ -11,7 +11,7 @@ import queue
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from edgecloud.cloud.engine import (
     EngineConfig,
     EngineEvent,
     EngineEventKind,
+    EventStream,
     GenerationResult,
     Job,
     ReasoningEngine,
@@ -107,6 +108,11 @@ class ScriptedEngine:
 
     def count_prompt_tokens(self, messages: tuple[Message, ...], reasoning_budget: int) -> int:
         return sum(len(m.content) + 4 for m in messages) + 4
+
+    def generate(self, job: Job) -> EventStream:
+        stream = EventStream(cancel=lambda: self.cancel(job.session_id))
+        self.submit(replace(job, on_event=stream.push))
+        return stream
 
     def submit(self, job: Job) -> int:
         if job.reasoning_budget < 0 or job.max_output_tokens < 1:
