@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 STUBS := proto/edgecloud/v1/reasoner_pb2.py
 OUT ?= out
 
-.PHONY: demo test lint test-edge bench venv models models-smarthome models-quick clean
+.PHONY: demo test lint test-edge bench venv llama-server models models-smarthome models-quick clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found (edgecloud needs Python 3.11)"; exit 1; }
@@ -18,6 +18,22 @@ $(STAMP): pyproject.toml
 	@touch $@
 
 venv: $(STAMP) $(STUBS)
+
+## llama.cpp's OpenAI-compatible server (llama-cpp-python, built from source with cmake: about
+## 5 minutes on 2 cores the first time, pip's wheel cache after), in a venv of its own so its
+## dependencies never meet ours: the serving engine the OpenAI backend's tests run against.
+LLAMA_VENV ?= .venv-llama
+LLAMA_STAMP := $(LLAMA_VENV)/.installed
+LLAMA_CPP_PYTHON := llama-cpp-python[server]==0.3.36
+$(LLAMA_STAMP):
+	@command -v cmake >/dev/null || { echo "error: cmake is needed to build llama-cpp-python (apt-get install cmake)"; exit 1; }
+	$(PYTHON) -m venv $(LLAMA_VENV)
+	$(LLAMA_VENV)/bin/python -m pip install --quiet --upgrade pip
+	@echo "building $(LLAMA_CPP_PYTHON) (minutes on the first build)"
+	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(LLAMA_VENV)/bin/python -m pip install --quiet '$(LLAMA_CPP_PYTHON)'
+	@touch $@
+
+llama-server: $(LLAMA_STAMP)
 
 ## The gRPC stubs, generated again whenever the .proto changes.
 $(STUBS): proto/edgecloud/v1/reasoner.proto $(STAMP)
@@ -38,8 +54,8 @@ bench: $(STAMP) $(STUBS)
 ## model-training tests take minutes: an idle worker steals queued tests from a busy one (worksteal; 728 s
 ## against 818-829 s with xdist's default load scheduling, 2049 tests, 2 cores, alone, 2026-12-07).
 TEST_WORKERS ?= 2
-test: $(STAMP) $(STUBS)
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal
+test: $(STAMP) $(STUBS) $(LLAMA_STAMP)
+	EDGECLOUD_REQUIRE_LLAMA=1 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal
 
 ## ruff: lint and formatting (CI runs it before the tests).
 lint: $(STAMP)

@@ -18,7 +18,7 @@ from edgecloud.cloud.stores import is_shared_store
 from edgecloud.shared.base.errors import ConfigError
 from edgecloud.shared.base.net import is_loopback
 
-__all__ = ["AuthConfig", "CloudConfig", "TlsConfig", "load_tokens"]
+__all__ = ["AuthConfig", "CloudConfig", "RemoteEngineConfig", "TlsConfig", "load_tokens"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -62,6 +62,37 @@ def load_tokens(path: Path) -> dict[str, str]:
 
 
 @dataclass(frozen=True, kw_only=True)
+class RemoteEngineConfig:
+    """An OpenAI-compatible serving engine (``cloud serve --engine openai``,
+    :class:`~edgecloud.cloud.openai_engine.OpenAIEngine`)."""
+
+    url: str
+    """The server's OpenAI API root, e.g. ``http://127.0.0.1:8080/v1``."""
+    served_model: str = ""
+    """The ``model`` field of each request; empty: the first model the server lists."""
+    api_key_file: Path | None = None
+    """A file holding the server's API key (never on the command line)."""
+    allow_plaintext: bool = False
+    """Send prompts over plain HTTP to a server that is not on loopback (a trusted cluster network)."""
+    timeout_s: float = 600.0
+    """Longest wait for one call, its stream included."""
+
+    def __post_init__(self) -> None:
+        url = urlsplit(self.url)
+        if url.scheme not in ("http", "https") or not url.hostname:
+            raise ConfigError(f"engine_url must be an http(s) URL of the server's /v1 root, got {self.url!r}")
+        if url.scheme == "http" and not is_loopback(url.hostname) and not self.allow_plaintext:
+            raise ConfigError(
+                f"engine_url: plain HTTP to {url.hostname} (not loopback) carries every prompt unencrypted;"
+                " use https://, or --engine-allow-plaintext on a trusted network"
+            )
+        if self.api_key_file is not None and not Path(self.api_key_file).is_file():
+            raise ConfigError(f"engine_api_key_file: {self.api_key_file} is not a readable file")
+        if self.timeout_s <= 0:
+            raise ConfigError(f"engine timeout must be > 0, got {self.timeout_s}")
+
+
+@dataclass(frozen=True, kw_only=True)
 class CloudConfig:
     model: Path
     """A Hugging Face model directory with a <think> chat template (a cloud bundle or any Qwen3-style model)."""
@@ -89,6 +120,8 @@ class CloudConfig:
     allow_plaintext_tokens: bool = False
     """Accept bearer tokens over plaintext gRPC off loopback (only where TLS ends in front of the server)."""
     engine: EngineConfig = field(default_factory=EngineConfig)
+    remote_engine: RemoteEngineConfig | None = None
+    """Set: an OpenAI-compatible server decodes, and ``model`` gives only the tokenizer and chat template."""
     sessions: SessionConfig = field(default_factory=SessionConfig)
     budget: BudgetConfig = field(default_factory=BudgetConfig)
 

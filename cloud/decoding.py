@@ -25,11 +25,11 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from edgecloud.cloud.engine import EngineConfig, EngineEvent, EngineEventKind, GenerationResult, Job
+from edgecloud.cloud.engine import EngineConfig, EngineEvent, EngineEventKind, GenerationResult, Job, chat_messages
 from edgecloud.shared.reasoner.session import Message, Sampling, Usage
-from edgecloud.shared.reasoner.thinking import THINK_END, THINK_START, Phase, Piece, ThinkTracker, strip_reasoning
+from edgecloud.shared.reasoner.thinking import THINK_END, THINK_START, Phase, Piece, ThinkTracker
 
-__all__ = ["Detokenizer", "Row", "RowDecoder", "Sampler", "chat_messages", "emit"]
+__all__ = ["Detokenizer", "Row", "RowDecoder", "Sampler", "emit"]
 
 log = logging.getLogger(__name__)
 
@@ -100,15 +100,6 @@ class Sampler:
             choice = torch.multinomial(sorted_probs * keep, 1, generator=self.generator)
             return int(order[choice])
         return int(torch.multinomial(probs, 1, generator=self.generator))
-
-
-def chat_messages(messages: tuple[Message, ...]) -> list[dict[str, str]]:
-    """The conversation as a chat template takes it, with the think blocks of earlier assistant
-    turns stripped (as Qwen3's own template does): a model never reads its old hidden reasoning."""
-    return [
-        {"role": m.role, "content": strip_reasoning(m.content) if m.role == "assistant" else m.content}
-        for m in messages
-    ]
 
 
 @dataclass

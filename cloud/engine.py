@@ -41,6 +41,7 @@ from typing import Protocol, runtime_checkable
 
 from edgecloud.shared.base.errors import ConfigError
 from edgecloud.shared.reasoner.session import Message, Sampling, Usage
+from edgecloud.shared.reasoner.thinking import strip_reasoning
 
 __all__ = [
     "EngineConfig",
@@ -51,6 +52,8 @@ __all__ = [
     "Job",
     "ReasoningEngine",
     "Resume",
+    "chat_messages",
+    "sampling_of",
 ]
 
 log = logging.getLogger(__name__)
@@ -252,3 +255,22 @@ class EventStream:
         if not self._ended:
             self._ended = True
             self._cancel()
+
+
+def chat_messages(messages: tuple[Message, ...]) -> list[dict[str, str]]:
+    """The conversation as a chat template takes it, with the think blocks of earlier assistant
+    turns stripped (as Qwen3's own template does): a model never reads its old hidden reasoning."""
+    return [
+        {"role": m.role, "content": strip_reasoning(m.content) if m.role == "assistant" else m.content}
+        for m in messages
+    ]
+
+
+def sampling_of(generation_config: object | None) -> Sampling:
+    """A model's default sampling from its ``generation_config.json``: Qwen3's asks for temperature
+    0.6 and top-p 0.95 in thinking mode (greedy repeats itself); a config that does not sample is greedy."""
+    if generation_config is None or not getattr(generation_config, "do_sample", False):
+        return Sampling(temperature=0.0, top_p=1.0)
+    temperature = float(getattr(generation_config, "temperature", None) or 1.0)
+    top_p = float(getattr(generation_config, "top_p", None) or 1.0)
+    return Sampling(temperature=min(max(temperature, 0.0), 2.0), top_p=min(max(top_p, 1e-6), 1.0))

@@ -280,6 +280,9 @@ class CloudService:
         await self.server.stop(grace)
         self.engine.stop()
         await self.sessions.close()  # writes what the engine streamed until it stopped: a restart continues there
+        close = getattr(self.engine, "aclose", None)  # a backend with connections of its own (the OpenAI one)
+        if close is not None:
+            await close()
         self.store.close()
         self.metrics.close()
 
@@ -332,6 +335,23 @@ async def _transformers_engine(config: CloudConfig, loaded: LoadedModel | None) 
     return TransformersEngine(loaded, config.engine)
 
 
+async def _remote_engine(config: CloudConfig) -> ReasoningEngine:
+    """The OpenAI-compatible backend: ``config.model``'s tokenizer, a server that answers."""
+    import openai
+
+    from edgecloud.cloud.openai_engine import OpenAIEngine  # the openai client only for this backend
+
+    assert config.remote_engine is not None
+    name, version = _model_identity(config)
+    engine = OpenAIEngine.from_dir(config.model, config.remote_engine, config.engine, name=name, version=version)
+    try:
+        served = await engine.served_model()
+    except openai.APIError as exc:
+        raise ConfigError(f"the serving engine at {config.remote_engine.url} does not answer: {exc}") from exc
+    log.info("decoding on %s (model %s) over its OpenAI API", config.remote_engine.url, served)
+    return engine
+
+
 async def create_server(
     config: CloudConfig, *, loaded: LoadedModel | None = None, engine: ReasoningEngine | None = None
 ) -> tuple[CloudService, int]:
@@ -360,7 +380,7 @@ async def create_server(
     await server.start()  # health answers NOT_SERVING while the model loads
 
     if engine is None:
-        engine = await _transformers_engine(config, loaded)
+        engine = await (_remote_engine(config) if config.remote_engine else _transformers_engine(config, loaded))
     engine.start()
     metrics = CloudMetrics()
     password = config.store_password_file.read_text().strip() if config.store_password_file else None

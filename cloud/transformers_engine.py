@@ -31,7 +31,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 
 from edgecloud.cloud.batch_cache import Batch, GrowingCache, merge_batches
 from edgecloud.cloud.decoding import RowDecoder, emit
-from edgecloud.cloud.engine import EngineConfig, EngineEvent, EngineEventKind, EventStream, Job
+from edgecloud.cloud.engine import EngineConfig, EngineEvent, EngineEventKind, EventStream, Job, sampling_of
 from edgecloud.shared.base.errors import ConfigError, InvalidInputError, ResourceExhaustedError
 from edgecloud.shared.reasoner.session import Message, Sampling
 from edgecloud.shared.reasoner.thinking import THINK_END, THINK_START
@@ -50,14 +50,8 @@ class LoadedModel:
 
     @property
     def default_sampling(self) -> Sampling:
-        """The model's own ``generation_config.json``: Qwen3's asks for temperature 0.6 and top-p
-        0.95 in thinking mode (greedy repeats itself); a config that does not sample is greedy."""
-        config = getattr(self.model, "generation_config", None)
-        if config is None or not getattr(config, "do_sample", False):
-            return Sampling(temperature=0.0, top_p=1.0)
-        temperature = float(getattr(config, "temperature", None) or 1.0)
-        top_p = float(getattr(config, "top_p", None) or 1.0)
-        return Sampling(temperature=min(max(temperature, 0.0), 2.0), top_p=min(max(top_p, 1e-6), 1.0))
+        """The model's own ``generation_config.json`` (:func:`~edgecloud.cloud.engine.sampling_of`)."""
+        return sampling_of(getattr(self.model, "generation_config", None))
 
     @classmethod
     def from_dir(cls, directory: Path, *, device: str = "auto", name: str = "", version: int = 0) -> LoadedModel:

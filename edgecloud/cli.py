@@ -15,6 +15,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from edgecloud.engine_options import add_engine_arguments, remote_engine_config
 from edgecloud.shared.reasoner.thinking import THINK_START
 
 __all__ = ["main"]
@@ -103,6 +104,7 @@ def _cloud_serve(args: argparse.Namespace) -> int:
     tokens = load_tokens(args.tokens) if args.tokens else {}
     config = CloudConfig(
         model=args.model,
+        remote_engine=remote_engine_config(args),
         host=args.host,
         port=args.port,
         metrics_port=None if args.metrics_port < 0 else args.metrics_port,
@@ -195,6 +197,7 @@ def _add_cloud_commands(commands: argparse._SubParsersAction) -> None:
     )
     serve.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     serve.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    add_engine_arguments(serve)
     serve.add_argument("--session-ttl", type=float, default=3600.0, help="seconds finished sessions stay retrievable")
     serve.add_argument("--default-budget", type=int, default=256, help="thinking budget when nothing else decides")
     serve.add_argument("--escalation-log", type=Path, help="JSONL file collecting escalations with features")

@@ -109,7 +109,7 @@ def test_a_seeded_sampled_job_repeats_and_another_seed_differs(random_qwen3_dir)
 
 
 def test_a_conversation_is_rendered_whole_with_old_think_blocks_stripped(teacher: LoadedModel) -> None:
-    from edgecloud.cloud.decoding import chat_messages
+    from edgecloud.cloud.engine import chat_messages
 
     turns = (
         Message("system", "be brief"),

@@ -1,0 +1,50 @@
+"""``cloud serve``'s serving-engine options: decode here (transformers) or on an OpenAI-compatible
+server (llama.cpp, vLLM, SGLang) the Reasoner drives over HTTP."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from edgecloud.cloud.config import RemoteEngineConfig
+
+__all__ = ["add_engine_arguments", "remote_engine_config"]
+
+
+def add_engine_arguments(serve: argparse.ArgumentParser) -> None:
+    engine = serve.add_argument_group("serving engine (see docs/engines.md)")
+    engine.add_argument(
+        "--engine",
+        choices=("transformers", "openai"),
+        default="transformers",
+        help="transformers: decode --model here (default); openai: an OpenAI-compatible server at --engine-url "
+        "(llama.cpp, vLLM, SGLang) decodes, --model gives the tokenizer and chat template",
+    )
+    engine.add_argument("--engine-url", help="the server's OpenAI API root, e.g. http://127.0.0.1:8080/v1")
+    engine.add_argument("--engine-model", default="", help="the model name the server serves (default: its first)")
+    engine.add_argument("--engine-api-key-file", type=Path, help="file holding the server's API key")
+    engine.add_argument(
+        "--engine-allow-plaintext",
+        action="store_true",
+        help="allow plain http:// to a server that is not on loopback (a trusted cluster network)",
+    )
+
+
+def remote_engine_config(args: argparse.Namespace) -> RemoteEngineConfig | None:
+    """The OpenAI-compatible server to decode on, or None to decode here."""
+    from edgecloud.cloud.config import RemoteEngineConfig
+
+    if args.engine != "openai":
+        if args.engine_url:
+            raise SystemExit("error: --engine-url is for --engine openai")
+        return None
+    if not args.engine_url:
+        raise SystemExit("error: --engine openai needs --engine-url")
+    return RemoteEngineConfig(
+        url=args.engine_url,
+        served_model=args.engine_model,
+        api_key_file=args.engine_api_key_file,
+        allow_plaintext=args.engine_allow_plaintext,
+    )
