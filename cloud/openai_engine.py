@@ -380,6 +380,8 @@ class OpenAIEngine:
             raise EngineStreamError(
                 f"the serving engine ended session {job.session_id}'s stream without a finish reason"
             )
+        if call.finish_reason == "length" and call.tokens_reported is None:
+            call.tokens_reported = max_tokens  # exact, where a token with no text (a control token) sent no chunk
 
     def _resolve(self, sampling: Sampling) -> Sampling:
         default = self.default_sampling

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from tests.helpers.cloud import RunningServer, endless_thinker_model, make_config
+from tests.helpers.llama_server import LlamaServer, require_llama_python
 
 if TYPE_CHECKING:
     from edgecloud.cloud.transformers_engine import LoadedModel
@@ -23,7 +24,31 @@ def server(teacher_dir: Path, teacher: LoadedModel, tmp_path: Path) -> Iterator[
 
 
 @pytest.fixture(scope="module")
-def endless_thinker(tmp_path_factory: pytest.TempPathFactory) -> LoadedModel:
-    """A tiny Qwen3 that thinks and answers exactly as long as its limits let it (tests/helpers/cloud.py)."""
+def endless_thinker_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The folder of a tiny Qwen3 that thinks and answers exactly as long as its limits let it
+    (tests/helpers/cloud.py)."""
     pytest.importorskip("torch", reason="the cloud's model backend needs torch")
-    return endless_thinker_model(tmp_path_factory.mktemp("endless-thinker"))
+    directory = tmp_path_factory.mktemp("endless-thinker")
+    endless_thinker_model(directory)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def endless_thinker(endless_thinker_dir: Path) -> LoadedModel:
+    from edgecloud.cloud.transformers_engine import LoadedModel
+
+    return LoadedModel.from_dir(endless_thinker_dir, device="cpu", name="endless-thinker", version=1)
+
+
+@pytest.fixture(scope="module")
+def endless_thinker_llama(endless_thinker_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LlamaServer]:
+    """llama.cpp's OpenAI-compatible server serving the endless thinker as GGUF."""
+    from edgecloud.modelkit.gguf_export import export_gguf
+
+    python = require_llama_python()
+    folder = tmp_path_factory.mktemp("endless-llama")
+    server = LlamaServer(
+        python, export_gguf(endless_thinker_dir, folder / "model.gguf"), folder / "server.log", n_ctx=1024
+    )
+    yield server
+    server.stop()

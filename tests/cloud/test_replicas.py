@@ -1,20 +1,24 @@
 """Reasoner replicas sharing one Redis: any replica follows, cancels and finishes any session, a
 request is one session whichever replicas it reaches, and a dead or drained replica's sessions are
 continued by another with no gap and no duplicate. Real engines (the endless thinker: every length
-set by the session's limits), a real redis-server, one session manager per replica."""
+set by the session's limits), on both backends: the transformers engine in each replica, and
+llama.cpp's OpenAI-compatible server that every replica's OpenAI backend shares; a real
+redis-server, one session manager per replica."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from edgecloud.cloud.budget import BudgetPolicy
-from edgecloud.cloud.engine import EngineConfig
+from edgecloud.cloud.config import RemoteEngineConfig
+from edgecloud.cloud.engine import EngineConfig, ReasoningEngine
 from edgecloud.cloud.sessions import SessionConfig, SessionManager
 from edgecloud.cloud.stores.redis_store import RedisSessionStore
 from edgecloud.shared.base.errors import NotFoundError, ResourceExhaustedError
@@ -23,6 +27,7 @@ from edgecloud.shared.reasoner.wire import event_to_pb
 from tests.helpers.redis_server import RedisServer
 
 pytest.importorskip("torch", reason="the cloud's model backend needs torch")
+from edgecloud.cloud.openai_engine import OpenAIEngine
 from edgecloud.cloud.transformers_engine import LoadedModel, TransformersEngine
 
 TIMEOUT = 60.0
@@ -31,20 +36,35 @@ LONG = 600
 """A budget that keeps a session thinking past a lease or two."""
 
 
+Backend = Callable[[], ReasoningEngine]
+"""Makes one replica's engine."""
+
+
+@pytest.fixture(params=["transformers", "openai"])
+def backend(request: pytest.FixtureRequest) -> Backend:
+    config = EngineConfig(max_batch=2, progress_every=8)
+    if request.param == "transformers":
+        loaded: LoadedModel = request.getfixturevalue("endless_thinker")
+        return lambda: TransformersEngine(loaded, config)
+    directory: Path = request.getfixturevalue("endless_thinker_dir")
+    remote = RemoteEngineConfig(url=request.getfixturevalue("endless_thinker_llama").url)
+    return lambda: OpenAIEngine.from_dir(directory, remote, config, name="endless-thinker", version=1)
+
+
 @dataclass
 class Replica:
     manager: SessionManager
-    engine: TransformersEngine
+    engine: ReasoningEngine
     store: RedisSessionStore
 
 
 @asynccontextmanager
 async def replica(
-    url: str, loaded: LoadedModel, name: str, *, lease_s: float = 0.6, max_open: int = 64
+    url: str, backend: Backend, name: str, *, lease_s: float = 0.6, max_open: int = 64
 ) -> AsyncIterator[Replica]:
     """One replica on the store at ``url``. Leaving it stops it gracefully (its unfinished sessions
     handed back) unless the test crashed it first (:func:`crash`)."""
-    engine = TransformersEngine(loaded, EngineConfig(max_batch=2, progress_every=8))
+    engine = backend()
     store = RedisSessionStore(url, lease_s=lease_s, replica=name)
     config = SessionConfig(write_every_s=0.05, max_open_per_device=max_open)
     engine.start()
@@ -56,13 +76,16 @@ async def replica(
         if manager.replicas is not None and manager.replicas._tasks:  # not crashed
             engine.stop()
             await manager.close()
+        close = getattr(engine, "aclose", None)
+        if close is not None:
+            await close()
         store.close()
 
 
 @asynccontextmanager
-async def two_replicas(url: str, loaded: LoadedModel, **options: Any) -> AsyncIterator[tuple[Replica, Replica]]:
+async def two_replicas(url: str, backend: Backend, **options: Any) -> AsyncIterator[tuple[Replica, Replica]]:
     """Replicas "one" and "two" on the store at ``url``, both with ``options``."""
-    async with replica(url, loaded, "one", **options) as one, replica(url, loaded, "two", **options) as two:
+    async with replica(url, backend, "one", **options) as one, replica(url, backend, "two", **options) as two:
         yield one, two
 
 
@@ -71,6 +94,7 @@ async def crash(r: Replica) -> None:
     r.engine.stop()
     assert r.manager.replicas is not None
     await r.manager.replicas.stop()
+    await r.manager.runner.aclose()  # its connections to a serving engine close, as a dead process's do
     r.manager.journal._closing = True  # what is queued is never written
 
 
@@ -113,10 +137,10 @@ def assert_one_log(seen: list[Event], rest: list[Event], whole: list[Event], bud
 
 
 def test_a_session_begun_on_one_replica_is_followed_to_its_end_on_another(
-    redis_server: RedisServer, endless_thinker: LoadedModel
+    redis_server: RedisServer, backend: Backend
 ) -> None:
     async def scenario() -> None:
-        async with two_replicas(redis_server.url, endless_thinker) as (one, two):
+        async with two_replicas(redis_server.url, backend) as (one, two):
             session = one.manager.create(params("r1"))
             seen = await read_until(one.manager, session.id, 5)  # then the client drops
             assert two.manager.create(params("r1")).id == session.id  # a retry on another replica: the same
@@ -135,10 +159,10 @@ def test_a_session_begun_on_one_replica_is_followed_to_its_end_on_another(
 
 @pytest.mark.parametrize("sampling", [Sampling(temperature=0.0), Sampling(temperature=1.0, top_p=0.95, seed=7)])
 def test_a_dead_replicas_session_is_continued_by_another_with_no_gap_or_duplicate(
-    redis_server: RedisServer, endless_thinker: LoadedModel, sampling: Sampling
+    redis_server: RedisServer, backend: Backend, sampling: Sampling
 ) -> None:
     async def scenario() -> None:
-        async with two_replicas(redis_server.url, endless_thinker) as (one, two):
+        async with two_replicas(redis_server.url, backend) as (one, two):
             session = one.manager.create(params("r1", sampling))
             seen = await read_until(one.manager, session.id, 12)
             await crash(one)
@@ -151,11 +175,11 @@ def test_a_dead_replicas_session_is_continued_by_another_with_no_gap_or_duplicat
 
 
 def test_a_drained_replica_hands_its_sessions_over_at_once_and_a_cancel_reaches_any_replica(
-    redis_server: RedisServer, endless_thinker: LoadedModel
+    redis_server: RedisServer, backend: Backend
 ) -> None:
     async def scenario() -> None:
-        async with replica(redis_server.url, endless_thinker, "two", lease_s=600) as two:
-            async with replica(redis_server.url, endless_thinker, "one", lease_s=600) as one:
+        async with replica(redis_server.url, backend, "two", lease_s=600) as two:
+            async with replica(redis_server.url, backend, "one", lease_s=600) as one:
                 kept = one.manager.create(params("r1", budget=LONG))
                 cancelled = one.manager.create(params("r2", budget=LONG))
                 seen = await read_until(one.manager, kept.id, 3)
@@ -176,10 +200,10 @@ async def _collect(manager: SessionManager, session_id: str, after: int) -> list
 
 
 def test_a_replica_that_missed_its_lease_drops_the_session_and_its_readers_follow_the_new_owner(
-    redis_server: RedisServer, endless_thinker: LoadedModel
+    redis_server: RedisServer, backend: Backend
 ) -> None:
     async def scenario() -> None:
-        async with two_replicas(redis_server.url, endless_thinker) as (one, two):
+        async with two_replicas(redis_server.url, backend) as (one, two):
             assert one.manager.replicas is not None
             session = one.manager.create(params("r1", budget=LONG))  # runs for seconds
             reader = asyncio.create_task(_collect(one.manager, session.id, 0))
@@ -199,11 +223,9 @@ async def _claimed(r: Replica) -> None:
         await asyncio.sleep(0.05)
 
 
-def test_a_devices_quota_counts_its_sessions_on_every_replica(
-    redis_server: RedisServer, endless_thinker: LoadedModel
-) -> None:
+def test_a_devices_quota_counts_its_sessions_on_every_replica(redis_server: RedisServer, backend: Backend) -> None:
     async def scenario() -> None:
-        async with two_replicas(redis_server.url, endless_thinker, max_open=2) as (one, two):
+        async with two_replicas(redis_server.url, backend, max_open=2) as (one, two):
             one.manager.create(params("r1"))
             two.manager.create(params("r2"))
             with pytest.raises(ResourceExhaustedError, match="2 unfinished sessions"):

@@ -1,7 +1,9 @@
 """Three `edgecloud cloud serve` processes on one redis-server, serving the shipped teacher: a client
 that Thinks on one replica, drops and Attaches on another gets every remaining event once; a request
 sent to two replicas is one session; after `kill -9` of the replica running 20 sessions, all 20
-complete on the others and their clients resume with no gap and no duplicate.
+complete on the others and their clients resume with no gap and no duplicate. On both backends: each
+replica decoding with transformers, and every replica driving one llama.cpp server
+(`--engine openai`) serving the teacher as GGUF.
 
 Run with ``-s`` to see the figures (sessions, right answers, seconds to recover)."""
 
@@ -24,6 +26,7 @@ import pytest
 from edgecloud.proto.edgecloud.v1 import reasoner_pb2 as pb
 from edgecloud.proto.edgecloud.v1 import reasoner_pb2_grpc as pb_grpc
 from edgecloud.tasks.arithmetic import generate_rows
+from tests.helpers.llama_server import LlamaServer, require_llama_python
 from tests.helpers.redis_server import RedisServer
 
 REPO = Path(__file__).resolve().parents[2]
@@ -33,12 +36,12 @@ LEASE_S = 2.0
 class ReplicaProcess:
     """`edgecloud cloud serve` on a free port, its log in a file."""
 
-    def __init__(self, name: str, model: Path, store: str, log_dir: Path) -> None:
+    def __init__(self, name: str, model: Path, store: str, log_dir: Path, engine: list[str]) -> None:
         self.name, self.log_path = name, log_dir / f"{name}.log"
         command = [
             sys.executable, "-m", "edgecloud", "cloud", "serve",
             "--model", str(model), "--port", "0", "--metrics-port", "-1",
-            "--store", store, "--store-lease", str(LEASE_S), "--grace", "2",
+            "--store", store, "--store-lease", str(LEASE_S), "--grace", "2", *engine,
         ]  # fmt: skip
         self.log = self.log_path.open("w")
         self.process = subprocess.Popen(command, cwd=REPO, stderr=self.log, stdout=self.log, text=True)
@@ -72,9 +75,25 @@ class ReplicaProcess:
         self.log.close()
 
 
-@pytest.fixture
-def replicas(teacher_dir: Path, redis_server: RedisServer, tmp_path: Path) -> Iterator[list[ReplicaProcess]]:
-    started = [ReplicaProcess(f"replica-{i}", teacher_dir, redis_server.url, tmp_path) for i in (1, 2, 3)]
+@pytest.fixture(scope="module")
+def teacher_llama(teacher_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LlamaServer]:
+    from edgecloud.modelkit.gguf_export import export_gguf
+
+    python = require_llama_python()
+    folder = tmp_path_factory.mktemp("teacher-llama")
+    server = LlamaServer(python, export_gguf(teacher_dir, folder / "teacher.gguf"), folder / "server.log")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["transformers", "openai"])
+def replicas(
+    request: pytest.FixtureRequest, teacher_dir: Path, redis_server: RedisServer, tmp_path: Path
+) -> Iterator[list[ReplicaProcess]]:
+    engine = []
+    if request.param == "openai":
+        engine = ["--engine", "openai", "--engine-url", request.getfixturevalue("teacher_llama").url]
+    started = [ReplicaProcess(f"replica-{i}", teacher_dir, redis_server.url, tmp_path, engine) for i in (1, 2, 3)]
     try:
         deadline = time.monotonic() + 240
         for replica in started:
@@ -153,6 +172,7 @@ def test_any_replica_resumes_a_session_and_a_killed_replicas_sessions_complete_e
     with ThreadPoolExecutor(20) as pool:
         resumed = list(pool.map(resume, range(20)))
     figures |= {
+        "engine": "llama.cpp server" if "--engine" in one.process.args else "transformers",  # type: ignore[operator]
         "killed_with_unfinished": unfinished,
         "killed_completed_right": f"{sum(ok for ok, _ in resumed)}/20",
         "seconds_from_kill_to_last_completion": round(max(t for _, t in resumed), 2),
