@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from edgecloud.engine_options import add_engine_arguments, remote_engine_config
+from edgecloud.engine_options import add_engine_arguments, add_gguf_command, remote_engine_config
 from edgecloud.shared.reasoner.thinking import THINK_START
 
 __all__ = ["main"]
@@ -538,6 +538,7 @@ def _add_models_commands(commands: argparse._SubParsersAction) -> None:
     from edgecloud.signing_commands import add_signing_commands
 
     add_signing_commands(models)
+    add_gguf_command(models)
 
 
 def build_parser() -> argparse.ArgumentParser:

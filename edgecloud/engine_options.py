@@ -1,5 +1,6 @@
 """``cloud serve``'s serving-engine options: decode here (transformers) or on an OpenAI-compatible
-server (llama.cpp, vLLM, SGLang) the Reasoner drives over HTTP."""
+server (llama.cpp, vLLM, SGLang) the Reasoner drives over HTTP; and ``models gguf``, which writes a
+model kit teacher for llama.cpp."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from edgecloud.cloud.config import RemoteEngineConfig
 
-__all__ = ["add_engine_arguments", "remote_engine_config"]
+__all__ = ["add_engine_arguments", "add_gguf_command", "remote_engine_config"]
 
 
 def add_engine_arguments(serve: argparse.ArgumentParser) -> None:
@@ -48,3 +49,27 @@ def remote_engine_config(args: argparse.Namespace) -> RemoteEngineConfig | None:
         api_key_file=args.engine_api_key_file,
         allow_plaintext=args.engine_allow_plaintext,
     )
+
+
+def add_gguf_command(models: argparse._SubParsersAction) -> None:
+    gguf = models.add_parser(
+        "gguf",
+        help="write a model kit teacher as one GGUF file for llama.cpp's server (real Qwen3 models: use "
+        "llama.cpp's convert_hf_to_gguf.py)",
+    )
+    gguf.add_argument("--model", type=Path, default=Path("models/cloud-teacher"), help="the teacher's folder")
+    gguf.add_argument("--out", type=Path, default=None, help="the GGUF file (default: MODEL/model.gguf)")
+    gguf.add_argument("--half", action="store_true", help="store the matrices as float16 (default: float32)")
+    gguf.set_defaults(func=_models_gguf)
+
+
+def _models_gguf(args: argparse.Namespace) -> int:
+    from edgecloud.modelkit.gguf_export import export_gguf
+    from edgecloud.shared.base.errors import ConfigError
+
+    try:
+        out = export_gguf(args.model, args.out, half=args.half)
+    except ConfigError as exc:
+        raise SystemExit(f"error: {exc}") from None
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
+    return 0

@@ -25,6 +25,7 @@ that tokenises as the transformers engine's did.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 from pathlib import Path
@@ -125,7 +126,6 @@ def _write_vocabulary(writer: gguf.GGUFWriter, tokenizer, vocab_size: int) -> No
         raise ConfigError(f"the tokenizer has {len(by_id)} tokens, the model {vocab_size}")
     tokens: list[str] = []
     types: list[int] = []
-    merges: dict[tuple[str, str], None] = {}
     for i in range(vocab_size):
         text = by_id.get(i)
         if text is None:
@@ -141,17 +141,14 @@ def _write_vocabulary(writer: gguf.GGUFWriter, tokenizer, vocab_size: int) -> No
             tokens.append(text)
             types.append(gguf.TokenType.CONTROL)
         else:
-            spelled = byte_level(text)
-            tokens.append(spelled)
+            tokens.append(byte_level(text))
             types.append(gguf.TokenType.NORMAL)
-            for end in range(1, len(spelled)):  # the chain that forms this piece again, shortest first
-                merges.setdefault((spelled[:end], spelled[end]), None)
     writer.add_tokenizer_model("gpt2")
     writer.add_tokenizer_pre("qwen2")
     writer.add_token_list(tokens)
     writer.add_token_types(types)
-    ordered = sorted(merges, key=lambda pair: len(pair[0]))
-    writer.add_token_merges([f"{left} {right}" for left, right in ordered])
+    merges = merge_chains([t for t, kind in zip(tokens, types, strict=True) if kind == gguf.TokenType.NORMAL])
+    writer.add_token_merges([f"{left} {right}" for left, right in merges])
     ids = tokenizer.convert_tokens_to_ids
     writer.add_eos_token_id(ids(tokenizer.eos_token))
     writer.add_eot_token_id(ids(tokenizer.eos_token))
@@ -160,6 +157,47 @@ def _write_vocabulary(writer: gguf.GGUFWriter, tokenizer, vocab_size: int) -> No
     writer.add_add_bos_token(False)
     if tokenizer.chat_template:
         writer.add_chat_template(tokenizer.chat_template)
+
+
+def merge_chains(pieces: list[str]) -> list[tuple[str, str]]:
+    """Merges that form each multi-character piece again, left to right. A piece's chain can be
+    broken by another's pair inside it that ranks first, so the order is repaired: the longest
+    pieces' chains first, then, while some piece does not form, its chain moves to the front (a
+    few rounds; the order that forms the most pieces is kept). Pieces that still do not form are
+    logged: llama.cpp spells them in smaller pieces than the model was trained on."""
+    order = sorted((p for p in pieces if len(p) > 1), key=lambda p: (-len(p), p))
+    best: tuple[list[tuple[str, str]], list[str]] | None = None
+    for _ in range(8):
+        merges = list(dict.fromkeys((piece[:end], piece[end]) for piece in order for end in range(1, len(piece))))
+        rank = {pair: i for i, pair in enumerate(merges)}
+        unformed = [p for p in order if _bpe(p, rank) != [p]]
+        if best is None or len(unformed) < len(best[1]):
+            best = merges, unformed
+        if not unformed:
+            break
+        order = unformed + [p for p in order if p not in unformed]
+    assert best is not None
+    merges, unformed = best
+    if unformed:
+        log.warning(
+            "%d of %d multi-character pieces do not form again under BPE merges and reach llama.cpp's model "
+            "in smaller pieces: %s",
+            len(unformed), len(order), ", ".join(unformed[:20]),
+        )  # fmt: skip
+    return merges
+
+
+def _bpe(word: str, rank: dict[tuple[str, str], int]) -> list[str]:
+    """Byte-pair encoding of ``word`` as llama.cpp runs it: the lowest-ranked adjacent pair first."""
+    symbols = list(word)
+    while len(symbols) > 1:
+        pairs = [(rank.get((a, b)), i) for i, (a, b) in enumerate(itertools.pairwise(symbols))]
+        known = [(r, i) for r, i in pairs if r is not None]
+        if not known:
+            break
+        _, i = min(known)
+        symbols[i : i + 2] = [symbols[i] + symbols[i + 1]]
+    return symbols
 
 
 def _write_tensors(writer: gguf.GGUFWriter, weights: dict, names, config: dict, half: bool) -> None:
