@@ -21,10 +21,17 @@ shows whether something else on the machine took CPU during a measurement.
 With ``--stores``, the two servers are both batched and differ only in their session store: the
 embedded SQLite file and a Redis (a real redis-server on loopback, started here), at 16 concurrent
 sessions, rounds alternating which goes first; the ratio is Redis' sessions/s over SQLite's (the
-target: Redis costs at most 10%). Usage::
+target: Redis costs at most 10%).
+
+With ``--engines``, the two servers differ in their backend: the transformers engine (continuous
+batching, ``--threads`` torch threads) and the OpenAI backend driving llama.cpp's server
+(llama-cpp-python from ``make llama-server``, ``--threads`` threads, one request at a time) serving
+the same teacher as GGUF, on the same held-out queries: ``--engine-queries`` at 16 concurrent
+sessions, and a quarter as many one at a time (tokens/s, time to first answer token, accuracy). Usage::
 
     python benchmarks/cloud_throughput.py [--quick] [--threads 2] [--per-client 2] [--out DIR]
     python benchmarks/cloud_throughput.py --stores [--rounds 3] [--out DIR]
+    python benchmarks/cloud_throughput.py --engines [--engine-queries 200] [--out DIR]
 """
 
 from __future__ import annotations
@@ -45,6 +52,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.support.cloud import (
+    TEACHER,
     RunningServer,
     busy_cpu_s,
     load_teacher,
@@ -59,6 +67,7 @@ from edgecloud.proto.edgecloud.v1 import reasoner_pb2_grpc as pb_grpc
 MODES = {"sequential": 1, "batched": 32}
 RATIOS = ("sessions_per_s", "tokens_per_s")
 TARGET_RATIO_AT_16 = 4.0
+ENGINE_CONCURRENCY = 16
 
 
 @dataclass
@@ -295,6 +304,111 @@ def stores_main(args: argparse.Namespace) -> int:
     return 0
 
 
+def measure_engines(queries: int, threads: int, seed: int) -> dict[str, Any]:
+    """The transformers engine vs the OpenAI backend on llama.cpp's server: the same problems
+    through each, alternating which goes first."""
+    from edgecloud.cloud.config import RemoteEngineConfig
+    from edgecloud.modelkit.gguf_export import export_gguf
+    from tests.helpers.llama_server import LlamaServer, llama_python
+
+    python = llama_python()
+    if python is None:
+        raise SystemExit("error: llama-cpp-python[server] is not built; run `make llama-server`")
+    problems = unique_problems(2 + queries + queries // 4, seed)
+    points = {
+        "concurrent": (ENGINE_CONCURRENCY, problems[2 : 2 + queries]),
+        "one_at_a_time": (1, problems[2 + queries :]),
+    }
+    loaded = load_teacher()
+    idle = ForwardTimer()  # the OpenAI backend's model runs in another process: nothing to time here
+    timer = ForwardTimer()
+    timer.install(loaded.model)
+    results: dict[str, dict[str, Any]] = {"transformers": {}, "llama.cpp": {}}
+    answers: dict[str, list[str]] = {"transformers": [], "llama.cpp": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        llama = LlamaServer(
+            python, export_gguf(TEACHER, Path(tmp) / "teacher.gguf"), Path(tmp) / "llama.log", threads=threads
+        )
+        engine = EngineConfig(max_batch=MODES["batched"], threads=threads)
+        servers = {
+            "transformers": RunningServer(Path(tmp) / "t.sqlite3", engine, loaded),
+            "llama.cpp": RunningServer(
+                Path(tmp) / "l.sqlite3", engine, loaded, remote=RemoteEngineConfig(url=llama.url)
+            ),
+        }
+        try:
+            for server in servers.values():
+                for problem in problems[:2]:
+                    run_session(server.stub, problem)
+            for i, (point, (concurrency, chunk)) in enumerate(points.items()):
+                for name in list(servers) if i % 2 == 0 else list(reversed(servers)):
+                    summary, said = run_point(
+                        servers[name], timer if name == "transformers" else idle, chunk, concurrency
+                    )
+                    results[name][point] = summary
+                    answers[name] += said
+                    print(f"{point} {name:>12}: {summary['tokens_per_s']:.0f} tokens/s", file=sys.stderr)
+        finally:
+            for server in servers.values():
+                server.stop()
+            llama.stop()
+    same = sum(a == b for a, b in zip(answers["transformers"], answers["llama.cpp"], strict=True))
+    return {
+        "queries": {point: len(chunk) for point, (_, chunk) in points.items()},
+        "concurrency": {point: c for point, (c, _) in points.items()},
+        "engines": results,
+        "ratio_llama_over_transformers": {
+            point: {
+                key: results["llama.cpp"][point][key] / results["transformers"][point][key]
+                for key in ("sessions_per_s", "tokens_per_s")
+            }
+            for point in points
+        },
+        "same_answer_share": same / len(answers["transformers"]),
+    }
+
+
+def engines_main(args: argparse.Namespace) -> int:
+    load0, start = os.getloadavg(), time.perf_counter()
+    report: dict[str, Any] = {
+        "benchmark": "cloud_throughput_engines",
+        "machine": machine_info(args.threads) | {"loadavg_before": load0},
+        "settings": {"seed": args.seed, "llama_cpp_python": "0.3.36", "threads_each": args.threads},
+    }
+    report |= measure_engines(args.engine_queries, args.threads, args.seed)
+    report["machine"]["loadavg_after"] = os.getloadavg()
+    report["wall_s"] = round(time.perf_counter() - start, 1)
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        plot_engines(report, args.out / "cloud_engines.png")
+        (args.out / "cloud_engines.json").write_text(json.dumps(report, indent=2))
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+def plot_engines(report: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figures = (("tokens_per_s", "tokens/s"), ("ttft_ms", "first answer token p50 (ms)"), ("accuracy", "accuracy"))
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
+    points = list(report["queries"])
+    for ax, (key, label) in zip(axes, figures, strict=True):
+        for k, name in enumerate(report["engines"]):
+            values = [report["engines"][name][p][key] for p in points]
+            values = [v["p50"] if isinstance(v, dict) else v for v in values]
+            ax.bar([x + 0.4 * k for x in range(len(points))], values, width=0.4, label=name)
+        ax.set_xticks([x + 0.2 for x in range(len(points))], points)
+        ax.set_title(label)
+    axes[0].legend()
+    fig.suptitle("transformers engine vs llama.cpp server (OpenAI backend), same teacher, same queries")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a tiny run: concurrency 1 and 4, 4 sessions each")
@@ -306,9 +420,13 @@ def main() -> int:
     parser.add_argument("--stores", action="store_true", help="SQLite vs Redis store at 16 concurrent sessions")
     parser.add_argument("--rounds", type=int, default=3, help="--stores: rounds, alternating which store goes first")
     parser.add_argument("--per-round", type=int, default=64, help="--stores: sessions per store and round")
+    parser.add_argument("--engines", action="store_true", help="transformers engine vs llama.cpp's server")
+    parser.add_argument("--engine-queries", type=int, default=200, help="--engines: held-out queries at 16 concurrent")
     args = parser.parse_args()
     if args.stores:
         return stores_main(args)
+    if args.engines:
+        return engines_main(args)
 
     levels = [1, 4] if args.quick else args.concurrency
     sizes = [4 if args.quick else max(args.per_client * c, 16) for c in levels]

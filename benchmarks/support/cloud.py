@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import grpc
 import torch
 
-from edgecloud.cloud.config import CloudConfig
+from edgecloud.cloud.config import CloudConfig, RemoteEngineConfig
 from edgecloud.cloud.engine import EngineConfig
 from edgecloud.cloud.server import CloudService, create_server
 from edgecloud.cloud.sessions import SessionConfig
@@ -67,7 +67,9 @@ class RunningServer:
         loaded: LoadedModel,
         model: Path = TEACHER,
         sessions: SessionConfig | None = None,
+        remote: RemoteEngineConfig | None = None,
     ) -> None:
+        """``remote`` set: the OpenAI backend drives that server (``loaded`` is not used)."""
         config = CloudConfig(
             model=model,
             port=0,
@@ -75,13 +77,14 @@ class RunningServer:
             store=store,
             grace_s=1.0,
             engine=engine,
+            remote_engine=remote,
             **({"sessions": sessions} if sessions is not None else {}),
         )
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="bench-server-loop", daemon=True)
         self.thread.start()
         self.service: CloudService
-        self.service, self.port = self.call(create_server(config, loaded=loaded), timeout=300)
+        self.service, self.port = self.call(create_server(config, loaded=None if remote else loaded), timeout=300)
         self.channel = grpc.insecure_channel(f"127.0.0.1:{self.port}")
         self.stub = pb_grpc.ReasonerStub(self.channel)
 

@@ -51,7 +51,9 @@ class LlamaServer:
     time and none cut short for the next (``--interrupt_requests False``: its default ends a
     stream as soon as another request waits)."""
 
-    def __init__(self, python: Path, model: Path, log: Path, *, alias: str = "teacher", n_ctx: int = 384) -> None:
+    def __init__(
+        self, python: Path, model: Path, log: Path, *, alias: str = "teacher", n_ctx: int = 384, threads: int = 1
+    ) -> None:
         self.port = free_port()
         self.alias = alias
         self.log = log
@@ -62,7 +64,7 @@ class LlamaServer:
             "--host", "127.0.0.1",
             "--port", str(self.port),
             "--n_ctx", str(n_ctx),
-            "--n_threads", "1",
+            "--n_threads", str(threads),
             "--interrupt_requests", "False",
         ]  # fmt: skip
         with log.open("wb") as out:
