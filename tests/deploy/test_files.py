@@ -151,6 +151,7 @@ K8S = DEPLOY / "k8s"
 K8S_FOLDERS = sorted({path.parent for path in K8S.rglob("*.yaml")})
 REASONER = "edgecloud-cloud"
 REDIS = "edgecloud-redis"
+VLLM = "edgecloud-vllm"
 
 
 def _documents(folder: Path) -> list[dict[str, Any]]:
@@ -191,7 +192,8 @@ def test_k8s_folders_are_the_two_modes() -> None:
         docs = _documents(folder)
         names = {d["metadata"]["name"] for d in _workloads(docs)}
         assert REASONER in names, folder
-        assert names <= {REASONER, REDIS}, f"a workload no test checks: {names - {REASONER, REDIS}}"
+        checked = {REASONER, REDIS, VLLM} if folder == K8S else {REASONER}
+        assert names <= checked, f"a workload no test checks: {names - checked}"
 
 
 @pytest.mark.parametrize("folder", K8S_FOLDERS, ids=lambda p: p.relative_to(DEPLOY).as_posix())
@@ -302,7 +304,7 @@ def test_k8s_redis_persists_requires_a_password_and_is_one_instance() -> None:
         assert probe in container, probe
 
     # Only the Reasoners may reach it.
-    (policy,) = [d for d in docs if d["kind"] == "NetworkPolicy"]
+    (policy,) = [d for d in docs if d["kind"] == "NetworkPolicy" and d["metadata"]["name"] == REDIS]
     assert (
         policy["spec"]["podSelector"]["matchLabels"].items()
         <= workload["spec"]["template"]["metadata"]["labels"].items()
@@ -310,6 +312,80 @@ def test_k8s_redis_persists_requires_a_password_and_is_one_instance() -> None:
     reasoner_labels = _workloads(docs, REASONER)[0]["spec"]["template"]["metadata"]["labels"]
     (rule,) = policy["spec"]["ingress"]
     assert [peer["podSelector"]["matchLabels"].items() <= reasoner_labels.items() for peer in rule["from"]] == [True]
+
+
+def _commented_openai_backend(text: str) -> tuple[list[str], dict[str, Any], dict[str, Any]]:
+    """cloud.yaml's commented OpenAI backend: the arguments to append, the API key's mount and volume."""
+    argv = [word for line in re.findall(r"^\s*#   (--\S.*)$", text, re.MULTILINE) for word in shlex.split(line)]
+    lines = [yaml.safe_load(line)[0] for line in re.findall(r"^\s*# (- \{name: vllm-api-key, .*)$", text, re.MULTILINE)]
+    (mount,) = [line for line in lines if "mountPath" in line]
+    (volume,) = [line for line in lines if "secret" in line]
+    return argv, mount, volume
+
+
+def _option(args: list[str], name: str) -> str:
+    return args[args.index(name) + 1]
+
+
+def test_k8s_vllm_serves_what_the_openai_backend_of_the_reasoners_asks_for() -> None:
+    from edgecloud.cloud.config import RemoteEngineConfig
+    from edgecloud.cloud.engine import EngineConfig
+
+    docs = _documents(K8S)
+    (workload,) = _workloads(docs, VLLM)
+    assert workload["kind"] == "Deployment" and workload["spec"]["replicas"] == 1
+    assert workload["spec"]["strategy"]["type"] == "Recreate", "one GPU and a ReadWriteOnce volume"
+    pod = workload["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True and pod["automountServiceAccountToken"] is False
+    (vllm,) = pod["containers"]
+    assert vllm["command"] == ["vllm", "serve"]
+    served, port = _option(vllm["args"], "--served-model-name"), int(_option(vllm["args"], "--port"))
+    assert "--enable-prefix-caching" in vllm["args"], "the answer call reads the reasoning call's prefix"
+    assert "--api-key" not in vllm["args"], "the key belongs in the environment, not on the command line"
+    # The longest session the Reasoner allows fits the model's context: prompt, budget, the two
+    # think tags, the answer and its end-of-turn token.
+    ceilings = EngineConfig()
+    longest = ceilings.max_input_tokens + ceilings.max_reasoning_tokens + ceilings.max_output_tokens + 3
+    assert int(_option(vllm["args"], "--max-model-len")) >= longest
+    assert vllm["resources"]["limits"]["nvidia.com/gpu"] == 1
+    ports = {p["name"]: p["containerPort"] for p in vllm["ports"]}
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        check = vllm[probe]["httpGet"]
+        assert check["path"] == "/health" and ports[check["port"]] == port, probe
+    (key_env,) = [e for e in vllm["env"] if e["name"] == "VLLM_API_KEY"]
+    key_ref = key_env["valueFrom"]["secretKeyRef"]
+    claims = {v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"] if "persistentVolumeClaim" in v}
+    assert claims and claims <= {d["metadata"]["name"] for d in docs if d["kind"] == "PersistentVolumeClaim"}
+
+    # The Reasoner's commented OpenAI backend parses, and names this Service, port, model and Secret.
+    cloud_text = (K8S / "cloud.yaml").read_text()
+    extra, mount, volume = _commented_openai_backend(cloud_text)
+    (reasoner,) = _workloads(docs, REASONER)
+    (container,) = reasoner["spec"]["template"]["spec"]["containers"]
+    args = _container_args({**container, "args": container["args"] + extra})
+    assert args.engine == "openai" and args.engine_model == served
+    assert args.model != _container_args(container).model, "the backend's --model is the served model's tokenizer"
+    RemoteEngineConfig(url=args.engine_url, allow_plaintext=args.engine_allow_plaintext)  # refuses what it cannot do
+    url = urlsplit(args.engine_url)
+    assert url.path == "/v1"
+    (service,) = [d for d in docs if d["kind"] == "Service" and d["metadata"]["name"] == url.hostname]
+    assert service["spec"]["selector"].items() <= workload["spec"]["template"]["metadata"]["labels"].items()
+    (service_port,) = [p for p in service["spec"]["ports"] if p["port"] == url.port]
+    assert ports[service_port["targetPort"]] == port
+    assert Path(args.engine_api_key_file).parent == Path(mount["mountPath"]) and mount["name"] == volume["name"]
+    assert volume["secret"]["secretName"] == key_ref["name"]
+    assert Path(args.engine_api_key_file).name == key_ref["key"]
+
+    # Only the Reasoner pods reach it.
+    (policy,) = [d for d in docs if d["kind"] == "NetworkPolicy" and d["metadata"]["name"] == VLLM]
+    assert (
+        policy["spec"]["podSelector"]["matchLabels"].items()
+        <= workload["spec"]["template"]["metadata"]["labels"].items()
+    )
+    (rule,) = policy["spec"]["ingress"]
+    reasoner_labels = reasoner["spec"]["template"]["metadata"]["labels"]
+    assert [peer["podSelector"]["matchLabels"].items() <= reasoner_labels.items() for peer in rule["from"]] == [True]
+    assert [p["port"] for p in rule["ports"]] == [port]
 
 
 @pytest.mark.parametrize("folder", K8S_FOLDERS, ids=lambda p: p.relative_to(DEPLOY).as_posix())
