@@ -329,13 +329,7 @@ def measure_engines(queries: int, threads: int, seed: int) -> dict[str, Any]:
         llama = LlamaServer(
             python, export_gguf(TEACHER, Path(tmp) / "teacher.gguf"), Path(tmp) / "llama.log", threads=threads
         )
-        engine = EngineConfig(max_batch=MODES["batched"], threads=threads)
-        servers = {
-            "transformers": RunningServer(Path(tmp) / "t.sqlite3", engine, loaded),
-            "llama.cpp": RunningServer(
-                Path(tmp) / "l.sqlite3", engine, loaded, remote=RemoteEngineConfig(url=llama.url)
-            ),
-        }
+        servers = _engine_servers(Path(tmp), loaded, threads, RemoteEngineConfig(url=llama.url))
         try:
             for server in servers.values():
                 for problem in problems[:2]:
@@ -365,6 +359,14 @@ def measure_engines(queries: int, threads: int, seed: int) -> dict[str, Any]:
             for point in points
         },
         "same_answer_share": same / len(answers["transformers"]),
+    }
+
+
+def _engine_servers(tmp: Path, loaded: Any, threads: int, remote: Any) -> dict[str, RunningServer]:
+    engine = EngineConfig(max_batch=MODES["batched"], threads=threads)
+    return {
+        "transformers": RunningServer(tmp / "t.sqlite3", engine, loaded),
+        "llama.cpp": RunningServer(tmp / "l.sqlite3", engine, loaded, remote=remote),
     }
 
 

@@ -25,7 +25,15 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from edgecloud.cloud.engine import EngineConfig, EngineEvent, EngineEventKind, GenerationResult, Job, chat_messages
+from edgecloud.cloud.engine import (
+    EngineConfig,
+    EngineEvent,
+    EngineEventKind,
+    GenerationResult,
+    Job,
+    chat_messages,
+    resolve_sampling,
+)
 from edgecloud.shared.reasoner.session import Message, Sampling, Usage
 from edgecloud.shared.reasoner.thinking import THINK_END, THINK_START, Phase, Piece, ThinkTracker
 
@@ -155,14 +163,6 @@ class RowDecoder:
     def _encode_text(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
 
-    def _resolve(self, sampling: Sampling) -> Sampling:
-        default = self.default_sampling
-        return Sampling(
-            temperature=default.temperature if sampling.temperature is None else sampling.temperature,
-            top_p=default.top_p if sampling.top_p is None else sampling.top_p,
-            seed=sampling.seed,
-        )
-
     def new_row(self, job: Job, now: float) -> tuple[Row, list[int]]:
         """``job``'s row and the tokens to prefill it with (its prompt, and a resumed job's past)."""
         prompt = self.encode(job.conversation, thinking=job.reasoning_budget > 0)
@@ -179,7 +179,7 @@ class RowDecoder:
             now,
             Detokenizer(self.tokenizer, lstrip=True),
             Detokenizer(self.tokenizer, lstrip=True),
-            Sampler(self._resolve(job.sampling)),
+            Sampler(resolve_sampling(job.sampling, self.default_sampling)),
         )
         return row, (prompt + self._resume(row) if job.resume is not None else prompt)
 

@@ -53,6 +53,7 @@ __all__ = [
     "ReasoningEngine",
     "Resume",
     "chat_messages",
+    "resolve_sampling",
     "sampling_of",
 ]
 
@@ -274,3 +275,12 @@ def sampling_of(generation_config: object | None) -> Sampling:
     temperature = float(getattr(generation_config, "temperature", None) or 1.0)
     top_p = float(getattr(generation_config, "top_p", None) or 1.0)
     return Sampling(temperature=min(max(temperature, 0.0), 2.0), top_p=min(max(top_p, 1e-6), 1.0))
+
+
+def resolve_sampling(sampling: Sampling, default: Sampling) -> Sampling:
+    """What a job samples with: the request's fields, and the model's default where it left one unset."""
+    return Sampling(
+        temperature=default.temperature if sampling.temperature is None else sampling.temperature,
+        top_p=default.top_p if sampling.top_p is None else sampling.top_p,
+        seed=sampling.seed,
+    )

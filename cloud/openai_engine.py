@@ -41,6 +41,7 @@ from edgecloud.cloud.engine import (
     GenerationResult,
     Job,
     chat_messages,
+    resolve_sampling,
     sampling_of,
 )
 from edgecloud.shared.base.errors import ConfigError, InvalidInputError, ResourceExhaustedError
@@ -222,7 +223,7 @@ class OpenAIEngine:
             return
         progress.prompt_tokens = len(prompt_ids)
         prompt = self.tokenizer.decode(prompt_ids, skip_special_tokens=False)
-        sampling = self._resolve(job.sampling)
+        sampling = resolve_sampling(job.sampling, self.default_sampling)
         if job.resume is not None:
             resume = job.resume
             progress.reasoning, progress.reasoning_tokens = resume.reasoning, resume.reasoning_tokens
@@ -382,14 +383,6 @@ class OpenAIEngine:
             )
         if call.finish_reason == "length" and call.tokens_reported is None:
             call.tokens_reported = max_tokens  # exact, where a token with no text (a control token) sent no chunk
-
-    def _resolve(self, sampling: Sampling) -> Sampling:
-        default = self.default_sampling
-        return Sampling(
-            temperature=default.temperature if sampling.temperature is None else sampling.temperature,
-            top_p=default.top_p if sampling.top_p is None else sampling.top_p,
-            seed=sampling.seed,
-        )
 
     @staticmethod
     def _failed(job: Job, code: str, message: str) -> EngineEvent:

@@ -525,9 +525,7 @@ def _add_models_commands(commands: argparse._SubParsersAction) -> None:
     add_improve_command(models)
 
     evaluate = models.add_parser("eval", help="evaluate built models on fresh queries")
-    evaluate.add_argument(
-        "--models", type=Path, default=Path("models"), help="folder of built models (default: models)"
-    )
+    evaluate.add_argument("--models", type=Path, default=Path("models"), help="built models (default: models)")
     evaluate.add_argument("--out", type=Path, default=Path("out/eval"), help="where to write eval.json and plots")
     evaluate.add_argument("--n", type=int, default=2000, help="number of test queries (default: 2000)")
     evaluate.add_argument("--seed", type=int, default=0, help="test seed (default: 0)")
