@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from tests.helpers.cloud import RunningServer, endless_thinker_model, make_config
-from tests.helpers.llama_server import LlamaServer, require_llama_python
+from tests.helpers.llama_server import LlamaServer, serve_model
 
 if TYPE_CHECKING:
     from edgecloud.cloud.transformers_engine import LoadedModel
@@ -43,12 +43,6 @@ def endless_thinker(endless_thinker_dir: Path) -> LoadedModel:
 @pytest.fixture(scope="module")
 def endless_thinker_llama(endless_thinker_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LlamaServer]:
     """llama.cpp's OpenAI-compatible server serving the endless thinker as GGUF."""
-    from edgecloud.modelkit.gguf_export import export_gguf
-
-    python = require_llama_python()
-    folder = tmp_path_factory.mktemp("endless-llama")
-    server = LlamaServer(
-        python, export_gguf(endless_thinker_dir, folder / "model.gguf"), folder / "server.log", n_ctx=1024
-    )
+    server = serve_model(endless_thinker_dir, tmp_path_factory.mktemp("endless-llama"), n_ctx=1024)
     yield server
     server.stop()

@@ -16,10 +16,9 @@ from edgecloud.cloud.engine import EngineConfig, EngineEvent, EngineEventKind, J
 from edgecloud.cloud.openai_engine import OpenAIEngine
 from edgecloud.cloud.transformers_engine import LoadedModel, TransformersEngine
 from edgecloud.modelkit.arithmetic.task import Split, generate
-from edgecloud.modelkit.gguf_export import export_gguf
 from edgecloud.shared.base.errors import ConfigError, ResourceExhaustedError
 from edgecloud.shared.reasoner.session import Sampling
-from tests.helpers.llama_server import LlamaServer, require_llama_python
+from tests.helpers.llama_server import LlamaServer, serve_model
 from tests.helpers.waiting import free_port
 
 K = EngineEventKind
@@ -27,9 +26,7 @@ K = EngineEventKind
 
 @pytest.fixture(scope="module")
 def llama(teacher_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LlamaServer]:
-    python = require_llama_python()
-    folder = tmp_path_factory.mktemp("llama")
-    server = LlamaServer(python, export_gguf(teacher_dir, folder / "teacher.gguf"), folder / "server.log")
+    server = serve_model(teacher_dir, tmp_path_factory.mktemp("llama"))
     yield server
     server.stop()
 

@@ -26,7 +26,7 @@ import pytest
 from edgecloud.proto.edgecloud.v1 import reasoner_pb2 as pb
 from edgecloud.proto.edgecloud.v1 import reasoner_pb2_grpc as pb_grpc
 from edgecloud.tasks.arithmetic import generate_rows
-from tests.helpers.llama_server import LlamaServer, require_llama_python
+from tests.helpers.llama_server import LlamaServer, serve_model
 from tests.helpers.redis_server import RedisServer
 
 REPO = Path(__file__).resolve().parents[2]
@@ -77,11 +77,7 @@ class ReplicaProcess:
 
 @pytest.fixture(scope="module")
 def teacher_llama(teacher_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LlamaServer]:
-    from edgecloud.modelkit.gguf_export import export_gguf
-
-    python = require_llama_python()
-    folder = tmp_path_factory.mktemp("teacher-llama")
-    server = LlamaServer(python, export_gguf(teacher_dir, folder / "teacher.gguf"), folder / "server.log")
+    server = serve_model(teacher_dir, tmp_path_factory.mktemp("teacher-llama"))
     yield server
     server.stop()
 

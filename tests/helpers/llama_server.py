@@ -94,3 +94,12 @@ class LlamaServer:
 
     def stop(self) -> None:
         stop_process(self.process)
+
+
+def serve_model(model_dir: Path, folder: Path, **options: object) -> LlamaServer:
+    """The model kit model in ``model_dir`` written as GGUF into ``folder`` and served (options as
+    :class:`LlamaServer`'s); skips or fails as :func:`require_llama_python` says when there is no server."""
+    from edgecloud.modelkit.gguf_export import export_gguf
+
+    python = require_llama_python()
+    return LlamaServer(python, export_gguf(model_dir, folder / "model.gguf"), folder / "server.log", **options)  # type: ignore[arg-type]
