@@ -163,12 +163,12 @@ def test_a_dead_replicas_session_is_continued_by_another_with_no_gap_or_duplicat
 ) -> None:
     async def scenario() -> None:
         async with two_replicas(redis_server.url, backend) as (one, two):
-            session = one.manager.create(params("r1", sampling))
+            session = one.manager.create(params("r1", sampling, budget=LONG))  # still thinking at the crash
             seen = await read_until(one.manager, session.id, 12)
             await crash(one)
             rest = [e async for e in two.manager.follow(session.id, after_seq=len(seen))]
             whole = [e async for e in two.manager.follow(session.id)]
-            assert_one_log(seen, rest, whole)
+            assert_one_log(seen, rest, whole, budget=LONG)
             assert two.manager.replicas is not None and two.manager.replicas.claimed == 1
 
     run(scenario())
