@@ -31,7 +31,7 @@ from edgecloud.cloud.engine import (
     EngineEventKind,
     GenerationResult,
     Job,
-    chat_messages,
+    encode_prompt,
     resolve_sampling,
 )
 from edgecloud.shared.reasoner.session import Message, Sampling, Usage
@@ -155,10 +155,7 @@ class RowDecoder:
         self.eos = tokenizer.eos_token_id
 
     def encode(self, messages: tuple[Message, ...], *, thinking: bool) -> list[int]:
-        prompt = self.tokenizer.apply_chat_template(
-            chat_messages(messages), tokenize=False, add_generation_prompt=True, enable_thinking=thinking
-        )
-        return self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        return encode_prompt(self.tokenizer, messages, thinking=thinking)
 
     def _encode_text(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []

@@ -37,7 +37,7 @@ import logging
 import threading
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from edgecloud.shared.base.errors import ConfigError
 from edgecloud.shared.reasoner.session import Message, Sampling, Usage
@@ -53,6 +53,7 @@ __all__ = [
     "ReasoningEngine",
     "Resume",
     "chat_messages",
+    "encode_prompt",
     "resolve_sampling",
     "sampling_of",
 ]
@@ -265,6 +266,15 @@ def chat_messages(messages: tuple[Message, ...]) -> list[dict[str, str]]:
         {"role": m.role, "content": strip_reasoning(m.content) if m.role == "assistant" else m.content}
         for m in messages
     ]
+
+
+def encode_prompt(tokenizer: Any, messages: tuple[Message, ...], *, thinking: bool) -> list[int]:
+    """The conversation's prompt ids: the model's chat template (a Hugging Face tokenizer's), then its
+    tokenizer; every backend that renders prompts itself reads the same ids."""
+    prompt = tokenizer.apply_chat_template(
+        chat_messages(messages), tokenize=False, add_generation_prompt=True, enable_thinking=thinking
+    )
+    return tokenizer(prompt, add_special_tokens=False)["input_ids"]
 
 
 def sampling_of(generation_config: object | None) -> Sampling:

@@ -40,7 +40,7 @@ from edgecloud.cloud.engine import (
     EngineEventKind,
     GenerationResult,
     Job,
-    chat_messages,
+    encode_prompt,
     resolve_sampling,
     sampling_of,
 )
@@ -160,7 +160,7 @@ class OpenAIEngine:
         return self._model
 
     def count_prompt_tokens(self, messages: tuple[Message, ...], reasoning_budget: int) -> int:
-        return len(self._encode(messages, thinking=reasoning_budget > 0))
+        return len(encode_prompt(self.tokenizer, messages, thinking=reasoning_budget > 0))
 
     def generate(self, job: Job) -> AsyncIterator[EngineEvent]:
         if self._stopped:
@@ -186,12 +186,6 @@ class OpenAIEngine:
 
     # -- one job -------------------------------------------------------------------------
 
-    def _encode(self, messages: tuple[Message, ...], *, thinking: bool) -> list[int]:
-        prompt = self.tokenizer.apply_chat_template(
-            chat_messages(messages), tokenize=False, add_generation_prompt=True, enable_thinking=thinking
-        )
-        return self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
-
     async def _generate(self, job: Job) -> AsyncIterator[EngineEvent]:
         if self._slots is None:
             self._slots = asyncio.Semaphore(self.config.max_batch)
@@ -216,7 +210,7 @@ class OpenAIEngine:
 
     async def _run(self, job: Job) -> AsyncIterator[EngineEvent]:
         progress = _Progress(started=time.monotonic())
-        prompt_ids = self._encode(job.conversation, thinking=job.reasoning_budget > 0)
+        prompt_ids = encode_prompt(self.tokenizer, job.conversation, thinking=job.reasoning_budget > 0)
         if len(prompt_ids) > self.config.max_input_tokens:
             yield self._failed(job, "INVALID_ARGUMENT", f"prompt has {len(prompt_ids)} tokens; the limit is "
                                f"{self.config.max_input_tokens}")  # fmt: skip
