@@ -27,16 +27,23 @@ With ``--engines``, the two servers differ in their backend: the transformers en
 batching, ``--threads`` torch threads) and the OpenAI backend driving llama.cpp's server
 (llama-cpp-python from ``make llama-server``, ``--threads`` threads, one request at a time) serving
 the same teacher as GGUF, on the same held-out queries: ``--engine-queries`` at 16 concurrent
-sessions, and a quarter as many one at a time (tokens/s, time to first answer token, accuracy). Usage::
+sessions, and a quarter as many one at a time (tokens/s, time to first answer token, accuracy).
+
+With ``--soak N``, one batched server (SQLite store, ``--soak-ttl`` seconds of session TTL) serves N unique
+sessions at 16 concurrent, in windows of ``--window``; per window: sessions/s, tokens/s, accuracy, the
+process's RSS (server and clients: one process), sessions held in memory, sessions and bytes in the store.
+The target: the last window's sessions/s at least 95% of the first's. Usage::
 
     python benchmarks/cloud_throughput.py [--quick] [--threads 2] [--per-client 2] [--out DIR]
     python benchmarks/cloud_throughput.py --stores [--rounds 3] [--out DIR]
     python benchmarks/cloud_throughput.py --engines [--engine-queries 200] [--out DIR]
+    python benchmarks/cloud_throughput.py --soak 50000 [--window 1000] [--soak-ttl 900] [--out DIR]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -61,6 +68,7 @@ from benchmarks.support.cloud import (
     unique_problems,
 )
 from edgecloud.cloud.engine import EngineConfig
+from edgecloud.cloud.sessions import SessionConfig
 from edgecloud.modelkit.arithmetic.task import Problem, parse_answer
 from edgecloud.proto.edgecloud.v1 import reasoner_pb2_grpc as pb_grpc
 
@@ -411,6 +419,120 @@ def plot_engines(report: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+SOAK_CONCURRENCY = 16
+TARGET_SOAK_RATIO = 0.95
+
+
+def _rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _store_state(store: Path) -> dict[str, float]:
+    """The store's files (database, WAL) in MB and the sessions it holds, read on a connection of its own."""
+    import sqlite3
+
+    files = sum(f.stat().st_size for f in store.parent.glob(store.name + "*"))
+    with contextlib.closing(sqlite3.connect(store)) as db:
+        (count,) = db.execute("SELECT count(*) FROM sessions").fetchone()
+    return {"store_mb": round(files / 1e6, 2), "store_sessions": count}
+
+
+def measure_soak(sessions: int, window: int, threads: int, seed: int, ttl_s: float) -> list[dict[str, Any]]:
+    """``sessions`` unique problems through one server, ``window`` at a time; one row per window."""
+    problems = unique_problems(2 + sessions, seed)
+    loaded = load_teacher()
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory() as tmp, ThreadPoolExecutor(max_workers=SOAK_CONCURRENCY) as pool:
+        store = Path(tmp) / "sessions.sqlite3"
+        engine = EngineConfig(max_batch=MODES["batched"], threads=threads)
+        server = RunningServer(store, engine, loaded, sessions=SessionConfig(ttl_s=ttl_s))
+        try:
+            for problem in problems[:2]:
+                run_session(server.stub, problem)
+            for start in range(2, 2 + sessions, window):
+                busy0, cpu0, began = busy_cpu_s(), time.process_time(), time.perf_counter()
+                done = list(pool.map(lambda p: run_session(server.stub, p), problems[start : start + window]))
+                wall = time.perf_counter() - began
+                foreign = max(busy_cpu_s() - busy0 - (time.process_time() - cpu0), 0.0)
+                row = {
+                    "after_sessions": start - 2 + len(done),
+                    "sessions_per_s": round(len(done) / wall, 3),
+                    "tokens_per_s": round(sum(s.tokens for s in done) / wall, 1),
+                    "accuracy": sum(s.correct for s in done) / len(done),
+                    "rss_mb": round(_rss_mb(), 1),
+                    "sessions_in_memory": len(server.service.sessions._sessions),
+                    **_store_state(store),
+                    "other_processes_cpu_s": round(foreign, 1),
+                    "loadavg_1m": os.getloadavg()[0],
+                }
+                rows.append(row)
+                print(json.dumps(row), file=sys.stderr, flush=True)
+        finally:
+            server.stop()
+    return rows
+
+
+def soak_main(args: argparse.Namespace) -> int:
+    load0, start = os.getloadavg(), time.perf_counter()
+    rows = measure_soak(args.soak, args.window, args.threads, args.seed, args.soak_ttl)
+    ratio = rows[-1]["sessions_per_s"] / rows[0]["sessions_per_s"]
+    report: dict[str, Any] = {
+        "benchmark": "cloud_throughput_soak",
+        "machine": machine_info(args.threads) | {"loadavg_before": load0, "loadavg_after": os.getloadavg()},
+        "settings": {
+            "sessions": args.soak,
+            "window": args.window,
+            "concurrency": SOAK_CONCURRENCY,
+            "session_ttl_s": args.soak_ttl,
+            "finished_in_memory": SessionConfig().finished_in_memory,
+        },
+        "windows": rows,
+        "ratio_last_over_first": ratio,
+        "peak": {
+            key: max(r[key] for r in rows) for key in ("rss_mb", "sessions_in_memory", "store_mb", "store_sessions")
+        },
+        "target": {"ratio_at_least": TARGET_SOAK_RATIO, "met": ratio >= TARGET_SOAK_RATIO},
+        "wall_s": round(time.perf_counter() - start, 1),
+    }
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        plot_soak(report, args.out / "cloud_soak.png")
+        (args.out / "cloud_soak.json").write_text(json.dumps(report, indent=2))
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+def plot_soak(report: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = report["windows"]
+    xs = [r["after_sessions"] for r in rows]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    axes[0].plot(xs, [r["sessions_per_s"] for r in rows], marker=".")
+    axes[0].set_ylim(bottom=0)
+    axes[0].set_ylabel("sessions/s (window)")
+    for key, label in (("rss_mb", "RSS (MB)"), ("store_mb", "store (MB)")):
+        axes[1].plot(xs, [r[key] for r in rows], label=label)
+    axes[1].set_ylim(bottom=0)
+    axes[1].legend()
+    for ax in axes:
+        ax.set_xlabel("sessions served")
+        ax.grid(alpha=0.3)
+    fig.suptitle(
+        f"One Reasoner, {len(xs) and xs[-1]} sessions at 16 concurrent: last/first = "
+        f"{report['ratio_last_over_first']:.3f}"
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a tiny run: concurrency 1 and 4, 4 sessions each")
@@ -424,7 +546,12 @@ def main() -> int:
     parser.add_argument("--per-round", type=int, default=64, help="--stores: sessions per store and round")
     parser.add_argument("--engines", action="store_true", help="transformers engine vs llama.cpp's server")
     parser.add_argument("--engine-queries", type=int, default=200, help="--engines: held-out queries at 16 concurrent")
+    parser.add_argument("--soak", type=int, default=0, help="sessions through one server, measured per window")
+    parser.add_argument("--window", type=int, default=1000, help="--soak: sessions per window")
+    parser.add_argument("--soak-ttl", type=float, default=900.0, help="--soak: the server's session ttl (s)")
     args = parser.parse_args()
+    if args.soak:
+        return soak_main(args)
     if args.stores:
         return stores_main(args)
     if args.engines:

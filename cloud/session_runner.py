@@ -264,6 +264,7 @@ class SessionRunner:
         session.written = len(session.events)  # its info (last_seq) is stored with the log
         try:
             self.store.finish(session.info(self.engine.name, self.engine.version), session.events)
+            session.stored = True
         except Exception:  # served from memory until it expires; a restart would continue it
             log.exception("could not persist session %s", session.id)
         session.notify()

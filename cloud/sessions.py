@@ -4,7 +4,8 @@ A session belongs to the server, not to the RPC that created it: generation
 runs in the engine whatever happens to the client, every event is appended to
 the session's log with ``seq`` 1, 2, 3, ..., and any number of readers follow
 the log from any point (:meth:`SessionManager.follow`) with no gap and no
-duplicate. Finished sessions stay for ``ttl_s``.
+duplicate. Finished sessions stay for ``ttl_s`` (in memory, the newest
+``SessionConfig.finished_in_memory`` of them; the rest are read back from the store).
 
 Sessions belong to a device (``ThinkParams.device_id``, which the server sets from the
 caller's token): request ids are scoped per device, a lookup that names a device
@@ -83,6 +84,9 @@ log = logging.getLogger(__name__)
 class SessionConfig:
     ttl_s: float = 3600.0
     """How long finished sessions stay retrievable."""
+    finished_in_memory: int = 1000
+    """Finished sessions kept in memory, the newest; older ones stay in the store (until ``ttl_s``)
+    and are read back when asked for, so memory does not grow with the number of sessions served."""
     sweep_every_s: float = 30.0
     result_cache_size: int = 10_000
     """Finished results reused for repeated queries; 0 disables the cache."""
@@ -104,6 +108,8 @@ class SessionConfig:
             raise ConfigError("sessions: ttl_s, sweep_every_s and write_every_s must be > 0")
         if self.max_open_per_device < 0:
             raise ConfigError(f"sessions: max_open_per_device must be >= 0, got {self.max_open_per_device}")
+        if self.finished_in_memory < 0:
+            raise ConfigError(f"sessions: finished_in_memory must be >= 0, got {self.finished_in_memory}")
         if self.result_cache_size < 0 or self.max_feature_elements < 1:
             raise ConfigError("sessions: result_cache_size >= 0 and max_feature_elements >= 1")
 
@@ -131,6 +137,8 @@ class Session:
         self.failure: Failure | None = None
         self.remote = False
         """Run by another replica: its log is followed in the shared store, not in ``events``."""
+        self.stored = False
+        """Finished and its whole log in the store: memory may let it go (it is read back from there)."""
 
     @property
     def finished(self) -> bool:
@@ -499,6 +507,7 @@ class SessionManager:
         session.status = stored.info.status
         session.failure = stored.info.failure
         session.finished_at = time.monotonic()
+        session.stored = True
         last = session.events[-1]
         session.result = last if last.kind is EventKind.COMPLETED else None
         self._adopt(session)
@@ -528,13 +537,20 @@ class SessionManager:
             self.sweep(now)
 
     def sweep(self, now: float | None = None) -> int:
-        """Forget sessions that finished more than ``ttl_s`` ago; returns how many."""
+        """Forget sessions that finished more than ``ttl_s`` ago, in memory and in the store, and
+        drop from memory all but the newest ``finished_in_memory`` finished ones (the store keeps
+        those until their ttl); returns how many left memory."""
         now = time.monotonic() if now is None else now
-        expired = [
-            s for s in self._sessions.values() if s.finished_at is not None and now - s.finished_at > self.config.ttl_s
-        ]
-        for session in expired:
+        ttl = self.config.ttl_s
+        finished = [s for s in self._sessions.values() if s.finished_at is not None]
+        dropped = [s for s in finished if now - (s.finished_at or 0.0) > ttl]
+        # A session whose end could not be written stays in memory (the only copy) until its ttl.
+        stored = sorted(
+            (s for s in finished if s.stored and now - (s.finished_at or 0.0) <= ttl), key=lambda s: s.finished_at or 0.0
+        )
+        dropped += stored[: max(0, len(finished) - len(dropped) - self.config.finished_in_memory)]
+        for session in dropped:
             del self._sessions[session.id]
             self._by_request.pop((session.params.device_id, session.params.request_id), None)
         self.store.expire(time.time() - self.config.ttl_s)
-        return len(expired)
+        return len(dropped)

@@ -121,6 +121,7 @@ def _cloud_serve(args: argparse.Namespace) -> int:
         ),
         sessions=SessionConfig(
             ttl_s=args.session_ttl,
+            finished_in_memory=args.finished_in_memory,
             escalation_log=args.escalation_log,
             max_open_per_device=args.max_sessions_per_device,
         ),
@@ -199,6 +200,12 @@ def _add_cloud_commands(commands: argparse._SubParsersAction) -> None:
     serve.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     add_engine_arguments(serve)
     serve.add_argument("--session-ttl", type=float, default=3600.0, help="seconds finished sessions stay retrievable")
+    serve.add_argument(
+        "--finished-in-memory",
+        type=int,
+        default=1000,
+        help="finished sessions kept in memory (the newest); older ones are read back from the store",
+    )
     serve.add_argument("--default-budget", type=int, default=256, help="thinking budget when nothing else decides")
     serve.add_argument("--escalation-log", type=Path, help="JSONL file collecting escalations with features")
     serve.add_argument("--grace", type=float, default=10.0, help="seconds to drain on SIGTERM")

@@ -909,6 +909,35 @@ def test_a_session_dropped_from_memory_is_reloaded_from_the_store(tmp_path: Path
     run(main())
 
 
+def test_memory_keeps_only_the_newest_finished_sessions_and_the_store_the_rest(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with service(store_path(tmp_path), ttl_s=3600, finished_in_memory=2) as s:
+            m = s.manager
+            done = []
+            for i in range(5):
+                session = m.create(params(f"{i}+{i}?"))
+                done.append((session.id, await finished(m, session.id)))
+            real_finish = s.store.finish
+
+            def refuse(info: Any, events: Any) -> None:
+                raise OSError("disk full")
+
+            s.store.finish = refuse  # type: ignore[method-assign]
+            unsaved = m.create(params("7*7?"))
+            await finished(m, unsaved.id)
+            s.store.finish = real_finish  # type: ignore[method-assign]
+            # Six finished, one of them only in memory (its end was not written): memory keeps two,
+            # the newest stored one and the one it alone holds.
+            assert m.sweep() == 4
+            assert set(m._sessions) == {done[4][0], unsaved.id}
+            for session_id, log in done:  # every one is still served whole, from memory or the store
+                assert m.info(session_id).status is SessionStatus.COMPLETED
+                assert await finished(m, session_id) == log
+            assert m.info(unsaved.id).status is SessionStatus.COMPLETED
+
+    run(main())
+
+
 def test_the_sweeper_expires_sessions_and_publishes_engine_metrics(tmp_path: Path) -> None:
     async def main() -> None:
         async with service(store_path(tmp_path), ttl_s=0.02, sweep_every_s=0.01) as s:
