@@ -76,6 +76,11 @@ class RemoteEngineConfig:
     """Send prompts over plain HTTP to a server that is not on loopback (a trusted cluster network)."""
     timeout_s: float = 600.0
     """Longest wait for one call, its stream included."""
+    retries: int = 3
+    """Calls tried again after the server dropped or refused one (a connection lost, a 5xx, a stream
+    cut short); each goes on from the text the session had streamed, so readers see no gap."""
+    retry_backoff_s: float = 0.5
+    """The wait before the first retry, doubled for each next one."""
 
     def __post_init__(self) -> None:
         url = urlsplit(self.url)
@@ -90,6 +95,10 @@ class RemoteEngineConfig:
             raise ConfigError(f"engine_api_key_file: {self.api_key_file} is not a readable file")
         if self.timeout_s <= 0:
             raise ConfigError(f"engine timeout must be > 0, got {self.timeout_s}")
+        if self.retries < 0 or self.retry_backoff_s < 0:
+            raise ConfigError(
+                f"engine retries and retry_backoff_s must be >= 0, got {self.retries}, {self.retry_backoff_s}"
+            )
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -18,7 +18,13 @@ The thinking budget is enforced by **budget forcing in two calls**, which every 
 A job without a budget is one call: the chat template pre-fills an empty think block.
 Reasoning and answer tokens are counted apart, a streamed chunk a token, or from the server's
 ``usage`` where it reports one (vLLM with ``stream_options``). A stream that ends without a
-finish reason (a server that cut it) fails the session; nothing is passed off as complete.
+finish reason (a server that cut it) is never passed off as complete.
+
+A call the server drops (a lost connection, a 5xx, a stream cut short) is tried again, up to
+``RemoteEngineConfig.retries`` times with a doubling wait, from where the session's stream stands:
+the prompt, the reasoning and the answer streamed so far, exactly as a session resumed after a restart
+(so readers see no gap and no duplicate; a sampled session samples on from there). A request the
+server refuses (4xx) fails the session at once, with ``ENGINE_ERROR``, as do exhausted retries.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx
 import openai
 from transformers import AutoTokenizer, GenerationConfig, PreTrainedTokenizerBase
 
@@ -59,6 +66,11 @@ class EngineStreamError(RuntimeError):
     """The serving engine's answer was not a whole generation."""
 
 
+_DROPPED = (openai.APIConnectionError, openai.InternalServerError, httpx.TransportError, EngineStreamError)
+"""A call the server dropped (worth trying again), not one it refused (a 4xx). ``httpx``'s errors
+reach us unwrapped when the connection breaks while the stream is read."""
+
+
 @dataclass
 class _Call:
     """What one completion call streamed."""
@@ -70,7 +82,6 @@ class _Call:
     """The server's own count (``usage``), where it sends one."""
     finish_reason: str | None = None
     first_token: float | None = None
-    first_answer: float | None = None
 
 
 @dataclass
@@ -81,6 +92,7 @@ class _Progress:
     prompt_tokens: int = 0
     reasoning: str = ""
     raw_reasoning: str = ""
+    raw_answer: str = ""
     """The think block's text as the model reads it (the stream drops its opening whitespace)."""
     budget_reached: bool = False
     first_token: float | None = None
@@ -91,6 +103,9 @@ class _Progress:
     output_tokens: int = 0
     unreported: list[str] = field(default_factory=list)
     reported_tokens: int = 0
+    think_block_done: bool = False
+    """The reasoning call ended (a retry goes on with the answer; ``<think>``/``</think>`` counted once)."""
+    first_answer: float | None = None
 
 
 class OpenAIEngine:
@@ -198,7 +213,7 @@ class OpenAIEngine:
                         if job.session_id in self._cancelled or self._stopped:
                             return
                         yield event
-                except (openai.APIError, EngineStreamError) as exc:
+                except (openai.APIError, httpx.TransportError, EngineStreamError) as exc:
                     log.warning("session %s: the serving engine failed: %s", job.session_id, exc)
                     yield self._failed(job, "ENGINE_ERROR", f"the serving engine failed: {exc}")
                 finally:
@@ -222,15 +237,36 @@ class OpenAIEngine:
             resume = job.resume
             progress.reasoning, progress.reasoning_tokens = resume.reasoning, resume.reasoning_tokens
             progress.answer, progress.answer_tokens = resume.answer, resume.answer_tokens
+        # The texts the model reads back, whitespace included (the stream drops what opens each): a
+        # resumed session's as the chat template lays it out, then each chunk as it comes.
+        progress.raw_reasoning = ("\n" + progress.reasoning) if progress.reasoning else ""
+        opening = "\n\n" if job.reasoning_budget > 0 else ""  # after </think>; the empty block has its own
+        progress.raw_answer = (opening + progress.answer) if progress.answer else ""
         yield EngineEvent(job.session_id, K.STARTED)
-        text = prompt
+        for attempt in range(self.remote.retries + 1):
+            try:
+                async for event in self._attempt(job, prompt, sampling, progress):
+                    yield event
+                return
+            except _DROPPED as exc:
+                if attempt == self.remote.retries or self._stopped:
+                    raise
+                wait = self.remote.retry_backoff_s * 2**attempt
+                log.warning(
+                    "session %s: the serving engine dropped a call (%s); going on from %d reasoning and %d answer "
+                    "tokens in %.1fs (retry %d of %d)", job.session_id, exc, progress.reasoning_tokens,
+                    progress.answer_tokens, wait, attempt + 1, self.remote.retries,
+                )  # fmt: skip
+                await asyncio.sleep(wait)
+
+    async def _attempt(self, job: Job, prompt: str, sampling: Sampling, progress: _Progress):
+        """Generate from where ``progress`` stands (nothing yet, a restart's resume, or a dropped call)."""
         if job.reasoning_budget > 0:
             async for event in self._think_block(job, prompt, sampling, progress):
                 yield event
-            text = prompt + THINK_START + progress.raw_reasoning + THINK_END
-            text += "\n\n" + progress.answer if progress.answer else ""
+            text = prompt + THINK_START + progress.raw_reasoning + THINK_END + progress.raw_answer
         else:
-            text = prompt + progress.answer
+            text = prompt + progress.raw_answer
         call = _Call()
         left = job.max_output_tokens - progress.answer_tokens
         if left > 0:
@@ -243,11 +279,13 @@ class OpenAIEngine:
         self, job: Job, prompt: str, sampling: Sampling, progress: _Progress
     ) -> AsyncIterator[EngineEvent]:
         """The reasoning up to ``</think>`` or the budget (first call), unless a resumed session's
-        answer had begun; leaves ``progress.raw_reasoning`` as the text the think block holds."""
-        progress.raw_reasoning = ("\n" + progress.reasoning) if progress.reasoning else ""
-        progress.output_tokens += 2  # <think> and </think>
+        answer had begun or it ended before a retry; ``progress.raw_reasoning`` is the block's text."""
+        if progress.think_block_done:  # a retry of the answer call
+            return
         if progress.answer:  # resumed after the think block closed: Qwen3's whitespace around it
             progress.raw_reasoning = progress.raw_reasoning.rstrip("\n") + "\n"
+            progress.think_block_done = True
+            progress.output_tokens += 2  # <think> and </think>
             return
         left = job.reasoning_budget - progress.reasoning_tokens
         call = _Call()
@@ -255,12 +293,13 @@ class OpenAIEngine:
             text = prompt + THINK_START + progress.raw_reasoning
             async for event in self._reason(job, text, left, sampling, call, progress):
                 yield event
-            progress.first_token = call.first_token
-        progress.raw_reasoning += call.text
+            progress.first_token = progress.first_token or call.first_token
         progress.budget_reached = left <= 0 or call.finish_reason == "length"
         if not job.stream_reasoning and progress.unreported:
             yield self._progress(job, progress)
         progress.thinking_ended = time.monotonic()
+        progress.think_block_done = True
+        progress.output_tokens += 2  # <think> and </think>
 
     @staticmethod
     def _finished(job: Job, progress: _Progress, call: _Call) -> EngineEvent:
@@ -282,7 +321,7 @@ class OpenAIEngine:
                 finish_reason=finish,
                 reasoning_ms=(ended - started) * 1e3,
                 answer_ms=(now - ended) * 1e3,
-                first_answer_token_ms=((call.first_answer or now) - started) * 1e3,
+                first_answer_token_ms=((progress.first_answer or now) - started) * 1e3,
                 prefill_ms=((progress.first_token or now) - started) * 1e3,
                 reasoning=progress.reasoning.strip(),
             ),
@@ -292,6 +331,7 @@ class OpenAIEngine:
         """The think block up to ``</think>`` or the budget: deltas, or progress every so often."""
         fresh = not progress.reasoning
         async for piece in self._complete(job, text, left, sampling, call, stop=[THINK_END]):
+            progress.raw_reasoning += piece
             if fresh:  # the stream drops the whitespace that opens the reasoning, as the transformers engine's
                 piece = piece.lstrip()
                 fresh = not piece
@@ -312,13 +352,14 @@ class OpenAIEngine:
     async def _answer(self, job: Job, text: str, left: int, sampling: Sampling, call: _Call, progress: _Progress):
         fresh = not progress.answer
         async for piece in self._complete(job, text, left, sampling, call, stop=None):
+            progress.raw_answer += piece
             if fresh:
                 piece = piece.lstrip()
                 fresh = not piece
             progress.answer_tokens += 1
             if piece:
                 if not progress.answer:
-                    call.first_answer = time.monotonic()
+                    progress.first_answer = time.monotonic()
                 progress.answer += piece
                 yield EngineEvent(
                     job.session_id,

@@ -31,6 +31,13 @@ def add_engine_arguments(serve: argparse.ArgumentParser) -> None:
         action="store_true",
         help="allow plain http:// to a server that is not on loopback (a trusted cluster network)",
     )
+    engine.add_argument(
+        "--engine-retries",
+        type=int,
+        default=3,
+        help="calls tried again when the server drops or refuses one (5xx, lost connection); each goes on "
+        "from what the session streamed",
+    )
 
 
 def remote_engine_config(args: argparse.Namespace) -> RemoteEngineConfig | None:
@@ -48,6 +55,7 @@ def remote_engine_config(args: argparse.Namespace) -> RemoteEngineConfig | None:
         served_model=args.engine_model,
         api_key_file=args.engine_api_key_file,
         allow_plaintext=args.engine_allow_plaintext,
+        retries=args.engine_retries,
     )
 
 

@@ -1,7 +1,8 @@
 """The OpenAI-compatible backend against a real serving engine: llama.cpp's server
 (llama-cpp-python) serving the shipped teacher converted to GGUF, next to the transformers
 engine on the same weights. Same answers, the budget forced in two calls, a restart's
-continuation with no gap and no duplicate, cancellation, and a server that goes away."""
+continuation with no gap and no duplicate, a call the server drops tried again from where it broke,
+cancellation, and a server that goes away."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from edgecloud.modelkit.arithmetic.task import Split, generate
 from edgecloud.shared.base.errors import ConfigError, ResourceExhaustedError
 from edgecloud.shared.reasoner.session import Sampling
 from tests.helpers.llama_server import LlamaServer, serve_model
+from tests.helpers.sse_proxy import SSECuttingProxy
 from tests.helpers.waiting import free_port
 
 K = EngineEventKind
@@ -160,19 +162,49 @@ def test_a_seeded_sampled_job_repeats_and_a_closed_stream_frees_its_slot(llama: 
     asyncio.run(main())
 
 
+@pytest.mark.parametrize(("cut", "cut_at"), [("reasoning", (1, 4)), ("answer", (2, 2))])
+def test_a_call_the_server_drops_goes_on_from_what_was_streamed(
+    llama: LlamaServer, teacher_dir: Path, cut: str, cut_at: tuple[int, int]
+) -> None:
+    """The connection breaks before the 4th streamed chunk of the reasoning call, or before the 2nd
+    of the answer call: the job tries again from its text so far and streams the same as unbroken."""
+    problem = generate(1, seed=13, split=Split.TEST)[0]
+
+    async def main() -> None:
+        proxy = SSECuttingProxy(llama.port, cut_at=cut_at)
+        await proxy.start()
+        try:
+            config = RemoteEngineConfig(url=proxy.url, retry_backoff_s=0.01)
+            broken = OpenAIEngine.from_dir(teacher_dir, config, EngineConfig(progress_every=8), name="cloud-teacher")
+            whole = await collect(remote_engine(teacher_dir, llama.url), Job("w", problem.query, 256, 32, True))
+            again = await collect(broken, Job("b", problem.query, 256, 32, True))
+        finally:
+            await proxy.close()
+        assert proxy.cuts == 1 and proxy.posts == 3  # the broken call, its retry and the other call
+        assert [e.kind for e in again if e.kind in (K.STARTED, K.FAILED, K.FINISHED)] == [K.STARTED, K.FINISHED]
+        streamed = [(e.kind, e.text) for e in again if e.kind in (K.REASONING_DELTA, K.ANSWER_DELTA)]
+        assert streamed == [(e.kind, e.text) for e in whole if e.kind in (K.REASONING_DELTA, K.ANSWER_DELTA)]
+        assert again[-1].result.answer == whole[-1].result.answer == str(problem.answer)
+        assert again[-1].result.usage == whole[-1].result.usage
+
+    asyncio.run(main())
+
+
 def test_a_server_that_is_gone_fails_the_job_with_a_clear_error(teacher_dir: Path) -> None:
-    engine = OpenAIEngine.from_dir(
-        teacher_dir, RemoteEngineConfig(url=f"http://127.0.0.1:{free_port()}/v1", served_model="teacher"),
-        name="cloud-teacher",
-    )  # fmt: skip
+    remote = RemoteEngineConfig(
+        url=f"http://127.0.0.1:{free_port()}/v1", served_model="teacher", retries=2, retry_backoff_s=0.01
+    )
+    engine = OpenAIEngine.from_dir(teacher_dir, remote, name="cloud-teacher")
     events = asyncio.run(collect(engine, Job("g", "1+1", 8, 4, True)))
-    assert [e.kind for e in events] == [K.STARTED, K.FAILED]
+    assert [e.kind for e in events] == [K.STARTED, K.FAILED]  # after the retries
     assert events[-1].error_code == "ENGINE_ERROR" and "serving engine failed" in events[-1].error
 
 
 def test_the_remote_config_refuses_what_it_cannot_do_safely(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="not loopback"):
         RemoteEngineConfig(url="http://10.1.2.3:8000/v1")
+    with pytest.raises(ConfigError, match="retries"):
+        RemoteEngineConfig(url="http://127.0.0.1:8000/v1", retries=-1)
     assert RemoteEngineConfig(url="http://vllm:8000/v1", allow_plaintext=True).allow_plaintext
     assert RemoteEngineConfig(url="https://vllm.example:8000/v1").url
     with pytest.raises(ConfigError, match="http"):
