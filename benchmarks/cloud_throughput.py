@@ -113,11 +113,11 @@ class ForwardTimer:
         model.forward = timed
 
 
-def run_session(stub: pb_grpc.ReasonerStub, problem: Problem) -> Session:
+def run_session(stub: pb_grpc.ReasonerStub, problem: Problem, **fields: Any) -> Session:
     out = Session()
     sent = time.perf_counter()
     last: tuple[str, float, int] | None = None  # kind, time, reasoning tokens
-    for event in stub.Think(think_request(problem.query), timeout=600):
+    for event in stub.Think(think_request(problem.query, **fields), timeout=600):
         now, kind = time.perf_counter(), event.WhichOneof("event")
         if kind == "reasoning_progress":
             count = event.reasoning_progress.reasoning_tokens
@@ -423,25 +423,25 @@ SOAK_CONCURRENCY = 16
 TARGET_SOAK_RATIO = 0.95
 
 
-def _rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def _store_state(store: Path) -> dict[str, float]:
-    """The store's files (database, WAL) in MB and the sessions it holds, read on a connection of its own."""
+def _footprint(store: Path) -> dict[str, float]:
+    """This process's RSS, and the store's files (database, WAL) and sessions, read on a connection of its own."""
     import sqlite3
 
+    status = Path("/proc/self/status").read_text()
+    rss = next((int(line.split()[1]) / 1024 for line in status.splitlines() if line.startswith("VmRSS:")), 0.0)
     files = sum(f.stat().st_size for f in store.parent.glob(store.name + "*"))
     with contextlib.closing(sqlite3.connect(store)) as db:
         (count,) = db.execute("SELECT count(*) FROM sessions").fetchone()
-    return {"store_mb": round(files / 1e6, 2), "store_sessions": count}
+    return {"rss_mb": round(rss, 1), "store_mb": round(files / 1e6, 2), "store_sessions": count}
 
 
-def measure_soak(sessions: int, window: int, threads: int, seed: int, ttl_s: float) -> list[dict[str, Any]]:
-    """``sessions`` unique problems through one server, ``window`` at a time; one row per window."""
+def measure_soak(
+    sessions: int, window: int, threads: int, seed: int, ttl_s: float, budget: int | None
+) -> list[dict[str, Any]]:
+    """``sessions`` unique problems through one server, ``window`` at a time; one row per window.
+    ``budget`` set: every request asks for that many reasoning tokens (short sessions weigh the
+    per-session bookkeeping more)."""
+    fields = {} if budget is None else {"max_reasoning_tokens": budget}
     problems = unique_problems(2 + sessions, seed)
     loaded = load_teacher()
     rows: list[dict[str, Any]] = []
@@ -454,7 +454,7 @@ def measure_soak(sessions: int, window: int, threads: int, seed: int, ttl_s: flo
                 run_session(server.stub, problem)
             for start in range(2, 2 + sessions, window):
                 busy0, cpu0, began = busy_cpu_s(), time.process_time(), time.perf_counter()
-                done = list(pool.map(lambda p: run_session(server.stub, p), problems[start : start + window]))
+                done = list(pool.map(lambda p: run_session(server.stub, p, **fields), problems[start : start + window]))
                 wall = time.perf_counter() - began
                 foreign = max(busy_cpu_s() - busy0 - (time.process_time() - cpu0), 0.0)
                 row = {
@@ -462,9 +462,8 @@ def measure_soak(sessions: int, window: int, threads: int, seed: int, ttl_s: flo
                     "sessions_per_s": round(len(done) / wall, 3),
                     "tokens_per_s": round(sum(s.tokens for s in done) / wall, 1),
                     "accuracy": sum(s.correct for s in done) / len(done),
-                    "rss_mb": round(_rss_mb(), 1),
                     "sessions_in_memory": len(server.service.sessions._sessions),
-                    **_store_state(store),
+                    **_footprint(store),
                     "other_processes_cpu_s": round(foreign, 1),
                     "loadavg_1m": os.getloadavg()[0],
                 }
@@ -477,7 +476,7 @@ def measure_soak(sessions: int, window: int, threads: int, seed: int, ttl_s: flo
 
 def soak_main(args: argparse.Namespace) -> int:
     load0, start = os.getloadavg(), time.perf_counter()
-    rows = measure_soak(args.soak, args.window, args.threads, args.seed, args.soak_ttl)
+    rows = measure_soak(args.soak, args.window, args.threads, args.seed, args.soak_ttl, args.soak_budget)
     ratio = rows[-1]["sessions_per_s"] / rows[0]["sessions_per_s"]
     report: dict[str, Any] = {
         "benchmark": "cloud_throughput_soak",
@@ -487,6 +486,7 @@ def soak_main(args: argparse.Namespace) -> int:
             "window": args.window,
             "concurrency": SOAK_CONCURRENCY,
             "session_ttl_s": args.soak_ttl,
+            "reasoning_budget": args.soak_budget or "the server's choice",
             "finished_in_memory": SessionConfig().finished_in_memory,
         },
         "windows": rows,
@@ -549,6 +549,7 @@ def main() -> int:
     parser.add_argument("--soak", type=int, default=0, help="sessions through one server, measured per window")
     parser.add_argument("--window", type=int, default=1000, help="--soak: sessions per window")
     parser.add_argument("--soak-ttl", type=float, default=900.0, help="--soak: the server's session ttl (s)")
+    parser.add_argument("--soak-budget", type=int, default=None, help="--soak: reasoning tokens each request asks for")
     args = parser.parse_args()
     if args.soak:
         return soak_main(args)

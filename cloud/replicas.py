@@ -11,6 +11,9 @@ Every replica on a shared store (:class:`~edgecloud.cloud.stores.SharedSessionSt
 - **claim**, every half lease or :data:`CLAIM_EVERY_S`, whichever is sooner: unfinished sessions whose lease ran out (their replica died, or was
   drained) are leased to this replica and continue from their stored text, as after a restart:
   readers resuming from any seq they saw see no gap and no duplicate.
+- **watch**, every :data:`WATCH_EVERY_S`: whether the store answers. When it stops answering, and again
+  when it answers, ``on_reachable`` is told (the server turns its readiness off and on with it: a
+  replica cut off from the store can serve nothing new).
 - **drain**, on a graceful stop: the leases of what this replica had not finished are given back at
   once, so another replica continues them without waiting out the lease.
 """
@@ -20,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from edgecloud.cloud.stores import SharedSessionStorage
@@ -40,6 +43,9 @@ CLAIM_EVERY_S = 1.0
 CANCEL_EVERY_S = 0.25
 """How often a replica looks for cancel requests (one small set read)."""
 
+WATCH_EVERY_S = 1.0
+"""How often a replica checks that the store answers (a PING)."""
+
 MAX_CLAIM = 64
 """Most sessions one look claims: a replica takes no more than it can queue."""
 
@@ -51,6 +57,10 @@ class ReplicaDuties:
         self.manager, self.store = manager, store
         self.claimed = 0
         """Sessions this replica took over from others (a metric for tests and benchmarks)."""
+        self.reachable = True
+        """Whether the store answered the last look."""
+        self.on_reachable: Callable[[bool], Awaitable[None]] | None = None
+        """Called when the store stops answering (False) and when it answers again (True)."""
         self._tasks: list[asyncio.Task[None]] = []
 
     def start(self) -> None:
@@ -59,6 +69,7 @@ class ReplicaDuties:
             asyncio.create_task(self._every(lease / 3, self.renew), name="renew leases"),
             asyncio.create_task(self._every(min(lease / 2, CLAIM_EVERY_S), self.claim), name="claim orphans"),
             asyncio.create_task(self._every(CANCEL_EVERY_S, self.cancel), name="cancel"),
+            asyncio.create_task(self._every(WATCH_EVERY_S, self.watch), name="watch the store"),
         ]
 
     async def stop(self) -> None:
@@ -74,6 +85,22 @@ class ReplicaDuties:
             except Exception:  # the store is down: try again next time, keep serving what runs here
                 log.exception("replica duty %s failed; retrying in %.1fs", duty.__name__, seconds)
             await asyncio.sleep(seconds)
+
+    async def watch(self) -> None:
+        try:
+            await asyncio.to_thread(self.store.ping)
+            reachable, reason = True, ""
+        except Exception as exc:  # noqa: BLE001  # whatever the client raises, the store is out of reach
+            reachable, reason = False, f"{type(exc).__name__}: {exc}"
+        if reachable == self.reachable:
+            return
+        self.reachable = reachable
+        if reachable:
+            log.warning("the session store answers again: this replica is ready")
+        else:
+            log.error("the session store does not answer (%s): this replica is not ready until it does", reason)
+        if self.on_reachable is not None:
+            await self.on_reachable(reachable)
 
     async def renew(self) -> None:
         running = self.manager.running_ids()

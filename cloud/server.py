@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import dataclasses
+import functools
 import hmac
 import logging
 import signal
@@ -287,6 +288,13 @@ class CloudService:
         self.metrics.close()
 
 
+async def _store_reachable(health_servicer: health.aio.HealthServicer, reachable: bool) -> None:
+    """Readiness (the Reasoner service's health) follows the shared store; liveness (the server's,
+    ``""``) does not: a store outage takes the replicas out of the load balancer, never restarts them."""
+    status = health_pb2.HealthCheckResponse.SERVING if reachable else health_pb2.HealthCheckResponse.NOT_SERVING
+    await health_servicer.set(SERVICE_NAME, status)
+
+
 def _credentials(config: CloudConfig) -> grpc.ServerCredentials | None:
     tls = config.tls
     if tls is None:
@@ -393,6 +401,8 @@ async def create_server(
     metrics_port = metrics.serve(config.metrics_port, config.metrics_host) if config.metrics_port is not None else None
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    if sessions.replicas is not None:
+        sessions.replicas.on_reachable = functools.partial(_store_reachable, health_servicer)
     log.info(
         "reasoner serving %s v%d on %s:%d (tls=%s, auth=%s, metrics=%s, continued %d sessions)",
         engine.name,

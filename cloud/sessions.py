@@ -546,7 +546,8 @@ class SessionManager:
         dropped = [s for s in finished if now - (s.finished_at or 0.0) > ttl]
         # A session whose end could not be written stays in memory (the only copy) until its ttl.
         stored = sorted(
-            (s for s in finished if s.stored and now - (s.finished_at or 0.0) <= ttl), key=lambda s: s.finished_at or 0.0
+            (s for s in finished if s.stored and now - (s.finished_at or 0.0) <= ttl),
+            key=lambda s: s.finished_at or 0.0,
         )
         dropped += stored[: max(0, len(finished) - len(dropped) - self.config.finished_in_memory)]
         for session in dropped:

@@ -169,7 +169,7 @@ class RedisSessionStore:
         self._lease_ms = max(1, int(lease_s * 1000))
         try:
             self._redis = redis.Redis.from_url(
-                url, password=password, socket_connect_timeout=5, health_check_interval=30
+                url, password=password, socket_connect_timeout=5, socket_timeout=10, health_check_interval=30
             )
             self._redis.ping()
         except (redis.RedisError, ValueError) as exc:
@@ -407,6 +407,9 @@ class RedisSessionStore:
 
     def cancel_requests(self) -> set[str]:
         return {i.decode() for i in self._redis.smembers(f"{self.prefix}:cancel")}
+
+    def ping(self) -> None:
+        self._redis.ping()
 
     def open_sessions(self, device_id: str) -> int:
         return int(self._redis.scard(self._open_key(device_id)))

@@ -156,3 +156,6 @@ class SharedSessionStorage(SessionStorage, Protocol):
 
     def open_sessions(self, device_id: str) -> int:
         """Unfinished sessions of ``device_id`` across all replicas."""
+
+    def ping(self) -> None:
+        """Return when the store answers; raise when it cannot be reached."""

@@ -28,6 +28,7 @@ from edgecloud.shared.escalations.records import SCHEMA
 from edgecloud.shared.reasoner.features import encode_features
 from edgecloud.shared.reasoner.wire import features_to_pb
 from tests.helpers.cloud import RunningServer, make_config
+from tests.helpers.redis_server import RedisServer
 
 TIMEOUT = 120
 
@@ -368,5 +369,32 @@ def test_finished_sessions_expire_after_their_ttl(teacher_dir: Path, teacher: Lo
         with pytest.raises(grpc.RpcError) as error:
             running.stub.GetSession(pb.SessionRef(session_id=events[0].session_id))
         assert error.value.code() == grpc.StatusCode.NOT_FOUND
+    finally:
+        running.stop()
+
+
+def test_readiness_follows_the_shared_store_and_liveness_does_not(
+    teacher_dir: Path, teacher: LoadedModel, tmp_path: Path, redis_server: RedisServer
+) -> None:
+    running = RunningServer(make_config(teacher_dir, tmp_path, store=redis_server.url), loaded=teacher)
+    health = health_pb2_grpc.HealthStub(running.channel)
+
+    def status(service: str) -> int:
+        return health.Check(health_pb2.HealthCheckRequest(service=service), timeout=10).status
+
+    def wait_for(service: str, wanted: int) -> None:
+        deadline = time.monotonic() + TIMEOUT
+        while status(service) != wanted:
+            assert time.monotonic() < deadline, f"{service or 'the server'} never became {wanted}"
+            time.sleep(0.1)
+
+    try:
+        assert status("edgecloud.v1.Reasoner") == health_pb2.HealthCheckResponse.SERVING
+        redis_server.stop()
+        wait_for("edgecloud.v1.Reasoner", health_pb2.HealthCheckResponse.NOT_SERVING)  # out of the balancer
+        assert status("") == health_pb2.HealthCheckResponse.SERVING  # alive: nothing restarts it
+        redis_server.start()  # same port, same append-only file
+        wait_for("edgecloud.v1.Reasoner", health_pb2.HealthCheckResponse.SERVING)
+        assert [e.WhichOneof("event") for e in running.stub.Think(request("2+5"), timeout=TIMEOUT)][-1] == "completed"
     finally:
         running.stop()
