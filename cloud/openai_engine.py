@@ -215,7 +215,7 @@ class OpenAIEngine:
                         yield event
                 except (openai.APIError, httpx.TransportError, EngineStreamError) as exc:
                     log.warning("session %s: the serving engine failed: %s", job.session_id, exc)
-                    yield self._failed(job, "ENGINE_ERROR", f"the serving engine failed: {exc}")
+                    yield _failed(job, "ENGINE_ERROR", f"the serving engine failed: {exc}")
                 finally:
                     self._running -= 1
         finally:
@@ -227,7 +227,7 @@ class OpenAIEngine:
         progress = _Progress(started=time.monotonic())
         prompt_ids = encode_prompt(self.tokenizer, job.conversation, thinking=job.reasoning_budget > 0)
         if len(prompt_ids) > self.config.max_input_tokens:
-            yield self._failed(job, "INVALID_ARGUMENT", f"prompt has {len(prompt_ids)} tokens; the limit is "
+            yield _failed(job, "INVALID_ARGUMENT", f"prompt has {len(prompt_ids)} tokens; the limit is "
                                f"{self.config.max_input_tokens}")  # fmt: skip
             return
         progress.prompt_tokens = len(prompt_ids)
@@ -273,7 +273,7 @@ class OpenAIEngine:
             async for event in self._answer(job, text, left, sampling, call, progress):
                 yield event
         progress.first_token = progress.first_token or call.first_token
-        yield self._finished(job, progress, call)
+        yield _finished(job, progress, call)
 
     async def _think_block(
         self, job: Job, prompt: str, sampling: Sampling, progress: _Progress
@@ -300,32 +300,6 @@ class OpenAIEngine:
         progress.thinking_ended = time.monotonic()
         progress.think_block_done = True
         progress.output_tokens += 2  # <think> and </think>
-
-    @staticmethod
-    def _finished(job: Job, progress: _Progress, call: _Call) -> EngineEvent:
-        finish = call.finish_reason or "length"
-        progress.output_tokens += progress.answer_tokens + (1 if finish == "stop" else 0)
-        now = time.monotonic()
-        started, ended = progress.started, progress.thinking_ended or progress.started
-        return EngineEvent(
-            job.session_id,
-            K.FINISHED,
-            result=GenerationResult(
-                answer=progress.answer.strip(),
-                usage=Usage(
-                    input_tokens=progress.prompt_tokens,
-                    reasoning_tokens=progress.reasoning_tokens,
-                    output_tokens=progress.output_tokens,
-                ),
-                budget_reached=progress.budget_reached,
-                finish_reason=finish,
-                reasoning_ms=(ended - started) * 1e3,
-                answer_ms=(now - ended) * 1e3,
-                first_answer_token_ms=((progress.first_answer or now) - started) * 1e3,
-                prefill_ms=((progress.first_token or now) - started) * 1e3,
-                reasoning=progress.reasoning.strip(),
-            ),
-        )
 
     async def _reason(self, job: Job, text: str, left: int, sampling: Sampling, call: _Call, progress: _Progress):
         """The think block up to ``</think>`` or the budget: deltas, or progress every so often."""
@@ -419,6 +393,32 @@ class OpenAIEngine:
         if call.finish_reason == "length" and call.tokens_reported is None:
             call.tokens_reported = max_tokens  # exact, where a token with no text (a control token) sent no chunk
 
-    @staticmethod
-    def _failed(job: Job, code: str, message: str) -> EngineEvent:
-        return EngineEvent(job.session_id, K.FAILED, error=message, error_code=code)
+
+def _finished(job: Job, progress: _Progress, call: _Call) -> EngineEvent:
+    finish = call.finish_reason or "length"
+    progress.output_tokens += progress.answer_tokens + (1 if finish == "stop" else 0)
+    now = time.monotonic()
+    started, ended = progress.started, progress.thinking_ended or progress.started
+    return EngineEvent(
+        job.session_id,
+        K.FINISHED,
+        result=GenerationResult(
+            answer=progress.answer.strip(),
+            usage=Usage(
+                input_tokens=progress.prompt_tokens,
+                reasoning_tokens=progress.reasoning_tokens,
+                output_tokens=progress.output_tokens,
+            ),
+            budget_reached=progress.budget_reached,
+            finish_reason=finish,
+            reasoning_ms=(ended - started) * 1e3,
+            answer_ms=(now - ended) * 1e3,
+            first_answer_token_ms=((progress.first_answer or now) - started) * 1e3,
+            prefill_ms=((progress.first_token or now) - started) * 1e3,
+            reasoning=progress.reasoning.strip(),
+        ),
+    )
+
+
+def _failed(job: Job, code: str, message: str) -> EngineEvent:
+    return EngineEvent(job.session_id, K.FAILED, error=message, error_code=code)

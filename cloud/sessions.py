@@ -48,7 +48,7 @@ import logging
 import secrets
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -236,6 +236,17 @@ def _remote_session(stored: StoredSession, events: list[Event]) -> Session:
     elif last in (EventKind.REASONING_DELTA, EventKind.REASONING_PROGRESS):
         session.status = SessionStatus.THINKING
     return session
+
+
+def _leaving_memory(sessions: Iterable[Session], now: float, ttl_s: float, keep: int) -> list[Session]:
+    """The finished sessions past their ttl, then the oldest stored ones beyond the newest ``keep``.
+    A session whose end could not be written stays in memory (the only copy) until its ttl."""
+    finished = [s for s in sessions if s.finished_at is not None]
+    expired = [s for s in finished if now - (s.finished_at or 0.0) > ttl_s]
+    stored = sorted(
+        (s for s in finished if s.stored and now - (s.finished_at or 0.0) <= ttl_s), key=lambda s: s.finished_at or 0.0
+    )
+    return expired + stored[: max(0, len(finished) - len(expired) - keep)]
 
 
 def _same_request(params: ThinkParams, existing: Session) -> Session:
@@ -541,15 +552,7 @@ class SessionManager:
         drop from memory all but the newest ``finished_in_memory`` finished ones (the store keeps
         those until their ttl); returns how many left memory."""
         now = time.monotonic() if now is None else now
-        ttl = self.config.ttl_s
-        finished = [s for s in self._sessions.values() if s.finished_at is not None]
-        dropped = [s for s in finished if now - (s.finished_at or 0.0) > ttl]
-        # A session whose end could not be written stays in memory (the only copy) until its ttl.
-        stored = sorted(
-            (s for s in finished if s.stored and now - (s.finished_at or 0.0) <= ttl),
-            key=lambda s: s.finished_at or 0.0,
-        )
-        dropped += stored[: max(0, len(finished) - len(dropped) - self.config.finished_in_memory)]
+        dropped = _leaving_memory(self._sessions.values(), now, self.config.ttl_s, self.config.finished_in_memory)
         for session in dropped:
             del self._sessions[session.id]
             self._by_request.pop((session.params.device_id, session.params.request_id), None)

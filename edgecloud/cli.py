@@ -148,21 +148,7 @@ def _add_tracing_argument(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
 
 
-def _add_cloud_commands(commands: argparse._SubParsersAction) -> None:
-    cloud = commands.add_parser("cloud", help="the cloud reasoning service").add_subparsers(
-        dest="action", required=True
-    )
-    serve = cloud.add_parser("serve", help="serve the Reasoner gRPC service")
-    serve.add_argument(
-        "--model",
-        type=Path,
-        default=Path("models/cloud-teacher"),
-        help=f"HF model folder with a {THINK_START} template",
-    )
-    serve.add_argument("--host", default="127.0.0.1", help="bind address (default: 127.0.0.1)")
-    serve.add_argument("--port", type=int, default=50051, help="gRPC port (default: 50051)")
-    serve.add_argument("--metrics-port", type=int, default=9100, help="Prometheus port; -1 disables (default: 9100)")
-    serve.add_argument("--metrics-host", default="127.0.0.1", help="Prometheus bind address (default: 127.0.0.1)")
+def _add_session_store_arguments(serve: argparse.ArgumentParser) -> None:
     serve.add_argument(
         "--store",
         default="cloud-sessions.sqlite3",
@@ -178,6 +164,31 @@ def _add_cloud_commands(commands: argparse._SubParsersAction) -> None:
     serve.add_argument(
         "--store-password-file", type=Path, help="Redis store: file holding its password (required off loopback)"
     )
+    serve.add_argument("--session-ttl", type=float, default=3600.0, help="seconds finished sessions stay retrievable")
+    serve.add_argument(
+        "--finished-in-memory",
+        type=int,
+        default=1000,
+        help="finished sessions kept in memory (the newest); older ones are read back from the store",
+    )
+
+
+def _add_cloud_commands(commands: argparse._SubParsersAction) -> None:
+    cloud = commands.add_parser("cloud", help="the cloud reasoning service").add_subparsers(
+        dest="action", required=True
+    )
+    serve = cloud.add_parser("serve", help="serve the Reasoner gRPC service")
+    serve.add_argument(
+        "--model",
+        type=Path,
+        default=Path("models/cloud-teacher"),
+        help=f"HF model folder with a {THINK_START} template",
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="bind address (default: 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=50051, help="gRPC port (default: 50051)")
+    serve.add_argument("--metrics-port", type=int, default=9100, help="Prometheus port; -1 disables (default: 9100)")
+    serve.add_argument("--metrics-host", default="127.0.0.1", help="Prometheus bind address (default: 127.0.0.1)")
+    _add_session_store_arguments(serve)
     serve.add_argument("--tokens", type=Path, help='JSON {"device-id": "token"}; required when not on loopback')
     serve.add_argument("--no-auth", action="store_true", help="accept requests without a token even off loopback")
     serve.add_argument("--tls-cert", type=Path, help="PEM server certificate; with --tls-key, serves TLS")
@@ -199,13 +210,6 @@ def _add_cloud_commands(commands: argparse._SubParsersAction) -> None:
     serve.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     serve.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     add_engine_arguments(serve)
-    serve.add_argument("--session-ttl", type=float, default=3600.0, help="seconds finished sessions stay retrievable")
-    serve.add_argument(
-        "--finished-in-memory",
-        type=int,
-        default=1000,
-        help="finished sessions kept in memory (the newest); older ones are read back from the store",
-    )
     serve.add_argument("--default-budget", type=int, default=256, help="thinking budget when nothing else decides")
     serve.add_argument("--escalation-log", type=Path, help="JSONL file collecting escalations with features")
     serve.add_argument("--grace", type=float, default=10.0, help="seconds to drain on SIGTERM")
