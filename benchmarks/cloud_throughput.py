@@ -191,6 +191,19 @@ def run_point(
     return summary, [s.answer for s in sessions]
 
 
+def write_report(
+    report: dict[str, Any], out: Path | None, name: str, plot: Callable[[dict[str, Any], Path], None] | None = None
+) -> int:
+    """Print ``report``; with ``out``, also write it as ``name``.json (and its picture as ``name``.png)."""
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        if plot is not None:
+            plot(report, out / f"{name}.png")
+        (out / f"{name}.json").write_text(json.dumps(report, indent=2))
+    print(json.dumps(report, indent=2))
+    return 0
+
+
 def plot(report: dict[str, Any], path: Path) -> None:
     import matplotlib
 
@@ -305,11 +318,7 @@ def stores_main(args: argparse.Namespace) -> int:
     report |= measure_stores(args.rounds, args.per_round, args.threads, args.seed)
     report["machine"]["loadavg_after"] = os.getloadavg()
     report["wall_s"] = round(time.perf_counter() - start, 1)
-    if args.out is not None:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "cloud_stores.json").write_text(json.dumps(report, indent=2))
-    print(json.dumps(report, indent=2))
-    return 0
+    return write_report(report, args.out, "cloud_stores")
 
 
 def measure_engines(queries: int, threads: int, seed: int) -> dict[str, Any]:
@@ -388,12 +397,7 @@ def engines_main(args: argparse.Namespace) -> int:
     report |= measure_engines(args.engine_queries, args.threads, args.seed)
     report["machine"]["loadavg_after"] = os.getloadavg()
     report["wall_s"] = round(time.perf_counter() - start, 1)
-    if args.out is not None:
-        args.out.mkdir(parents=True, exist_ok=True)
-        plot_engines(report, args.out / "cloud_engines.png")
-        (args.out / "cloud_engines.json").write_text(json.dumps(report, indent=2))
-    print(json.dumps(report, indent=2))
-    return 0
+    return write_report(report, args.out, "cloud_engines", plot_engines)
 
 
 def plot_engines(report: dict[str, Any], path: Path) -> None:
@@ -497,12 +501,7 @@ def soak_main(args: argparse.Namespace) -> int:
         "target": {"ratio_at_least": TARGET_SOAK_RATIO, "met": ratio >= TARGET_SOAK_RATIO},
         "wall_s": round(time.perf_counter() - start, 1),
     }
-    if args.out is not None:
-        args.out.mkdir(parents=True, exist_ok=True)
-        plot_soak(report, args.out / "cloud_soak.png")
-        (args.out / "cloud_soak.json").write_text(json.dumps(report, indent=2))
-    print(json.dumps(report, indent=2))
-    return 0
+    return write_report(report, args.out, "cloud_soak", plot_soak)
 
 
 def plot_soak(report: dict[str, Any], path: Path) -> None:
@@ -584,12 +583,8 @@ def main() -> int:
         "wall_s": round(wall, 1),
     }
     if args.out is not None:
-        args.out.mkdir(parents=True, exist_ok=True)
-        plot(report, args.out / "cloud_throughput.png")
-        (args.out / "cloud_throughput.json").write_text(json.dumps(report, indent=2))
         report["files"] = [str(args.out / "cloud_throughput.json"), str(args.out / "cloud_throughput.png")]
-    print(json.dumps(report, indent=2))
-    return 0
+    return write_report(report, args.out, "cloud_throughput", plot)
 
 
 if __name__ == "__main__":
