@@ -249,7 +249,9 @@ class OpenAIEngine:
                     yield event
                 return
             except _DROPPED as exc:
-                if attempt == self.remote.retries or self._stopped:
+                if self._stopped:  # no last event: the session stays unfinished, as stop() says
+                    return
+                if attempt == self.remote.retries:
                     raise
                 wait = self.remote.retry_backoff_s * 2**attempt
                 log.warning(
@@ -284,20 +286,18 @@ class OpenAIEngine:
             return
         if progress.answer:  # resumed after the think block closed: Qwen3's whitespace around it
             progress.raw_reasoning = progress.raw_reasoning.rstrip("\n") + "\n"
-            progress.think_block_done = True
-            progress.output_tokens += 2  # <think> and </think>
-            return
-        left = job.reasoning_budget - progress.reasoning_tokens
-        call = _Call()
-        if left > 0:
-            text = prompt + THINK_START + progress.raw_reasoning
-            async for event in self._reason(job, text, left, sampling, call, progress):
-                yield event
-            progress.first_token = progress.first_token or call.first_token
-        progress.budget_reached = left <= 0 or call.finish_reason == "length"
-        if not job.stream_reasoning and progress.unreported:
-            yield self._progress(job, progress)
-        progress.thinking_ended = time.monotonic()
+        else:
+            left = job.reasoning_budget - progress.reasoning_tokens
+            call = _Call()
+            if left > 0:
+                text = prompt + THINK_START + progress.raw_reasoning
+                async for event in self._reason(job, text, left, sampling, call, progress):
+                    yield event
+                progress.first_token = progress.first_token or call.first_token
+            progress.budget_reached = left <= 0 or call.finish_reason == "length"
+            if not job.stream_reasoning and progress.unreported:
+                yield self._progress(job, progress)
+            progress.thinking_ended = time.monotonic()
         progress.think_block_done = True
         progress.output_tokens += 2  # <think> and </think>
 
