@@ -125,6 +125,8 @@ class Job:
     """As the request asked; the engine fills what is unset from the model's defaults."""
     resume: Resume | None = None
     """Set when the job continues a session a restart cut: the engine starts after this text."""
+    verification: bool = False
+    """A shadow check of an edge answer: a backend that schedules starts interactive jobs first."""
 
     @property
     def conversation(self) -> tuple[Message, ...]:

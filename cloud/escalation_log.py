@@ -61,6 +61,7 @@ def escalation_record(
         finish_reason=result.finish_reason,
         edge=_edge_view(params.hint),
         messages=[m.to_dict() for m in params.messages],
+        kind="shadow_check" if params.priority == "verification" else "escalation",
     )
 
 

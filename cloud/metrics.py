@@ -21,6 +21,9 @@ class CloudMetrics:
         self.sessions = Counter("edgecloud_cloud_sessions", "Sessions by outcome", ["outcome"], registry=r)
         self.tokens = Counter("edgecloud_cloud_tokens", "Generated tokens by kind", ["kind"], registry=r)
         self.cache_hits = Counter("edgecloud_cloud_cache_hits", "Results served from the result cache", registry=r)
+        self.verification_shed = Counter(
+            "edgecloud_cloud_verification_shed", "Verification sessions (shadow checks) refused under load", registry=r
+        )
         self.reasoning_tokens = Histogram(
             "edgecloud_cloud_reasoning_tokens_per_session",
             "Reasoning tokens per session",

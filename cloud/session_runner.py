@@ -92,6 +92,7 @@ class SessionRunner:
                 messages=params.messages,
                 sampling=params.sampling,
                 resume=resume,
+                verification=params.priority == "verification",
             )
         )
         self._open.setdefault(session.params.device_id, set()).add(session.id)

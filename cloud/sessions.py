@@ -12,7 +12,9 @@ caller's token): request ids are scoped per device, a lookup that names a device
 (``device=``) finds only that device's sessions, and another device's session id is
 :class:`NotFoundError` exactly like a missing one. A device may hold at most
 ``max_open_per_device`` unfinished sessions, so one device's flood is refused
-(:class:`ResourceExhaustedError`) while the rest of the engine queue serves the others.
+(:class:`ResourceExhaustedError`) while the rest of the engine queue serves the others. A
+verification session (a device's shadow check, ``priority: verification``) is refused while more
+than ``verification_max_waiting`` sessions wait in the engine queue: checks are shed first.
 
 Durability (:mod:`edgecloud.cloud.stores`): a session is written when accepted, while it
 runs (its events, written behind in batches by :mod:`edgecloud.cloud.journal`) and when it ends.
@@ -62,7 +64,7 @@ from edgecloud.cloud.metrics import CloudMetrics
 from edgecloud.cloud.replicas import ReplicaDuties, follow_stored_log
 from edgecloud.cloud.session_runner import SessionRunner
 from edgecloud.cloud.stores import RequestTaken, SessionStorage, SharedSessionStorage, StoredSession
-from edgecloud.shared.base.errors import ConfigError, InvalidInputError, NotFoundError
+from edgecloud.shared.base.errors import ConfigError, InvalidInputError, NotFoundError, ResourceExhaustedError
 from edgecloud.shared.reasoner.features import decode_features
 from edgecloud.shared.reasoner.session import (
     Event,
@@ -98,6 +100,10 @@ class SessionConfig:
     max_open_per_device: int = 64
     """Unfinished (queued or running) sessions one device may hold; more are RESOURCE_EXHAUSTED.
     Keep it below the engine's ``max_queue`` so one device cannot fill the queue; 0 = no limit."""
+    verification_max_waiting: int = 0
+    """A verification session (a device's shadow check) is refused, RESOURCE_EXHAUSTED, while more
+    than this many sessions wait in the engine queue: under load the checks are shed first and no
+    user waits behind them."""
     write_every_s: float = 0.1
     """Longest wait between two writes of running sessions' events (one transaction for all of
     them). Readers see an event once it is written, so this is also the most a streamed event
@@ -106,8 +112,8 @@ class SessionConfig:
     def __post_init__(self) -> None:
         if self.ttl_s <= 0 or self.sweep_every_s <= 0 or self.write_every_s <= 0:
             raise ConfigError("sessions: ttl_s, sweep_every_s and write_every_s must be > 0")
-        if self.max_open_per_device < 0:
-            raise ConfigError(f"sessions: max_open_per_device must be >= 0, got {self.max_open_per_device}")
+        if self.max_open_per_device < 0 or self.verification_max_waiting < 0:
+            raise ConfigError("sessions: max_open_per_device and verification_max_waiting must be >= 0")
         if self.finished_in_memory < 0:
             raise ConfigError(f"sessions: finished_in_memory must be >= 0, got {self.finished_in_memory}")
         if self.result_cache_size < 0 or self.max_feature_elements < 1:
@@ -388,6 +394,7 @@ class SessionManager:
             queue_position=0 if cached else self.engine.queue_depth + 1,
         )
         if cached is None:
+            self._check_verification(session.params)
             counted = self.shared is not None and self.runner.max_open_per_device  # a round trip only for a limit
             elsewhere = self.shared.open_sessions(params.device_id) if counted else 0  # type: ignore[union-attr]
             self.runner.check_share(params.device_id, elsewhere)
@@ -406,6 +413,16 @@ class SessionManager:
             self.metrics.cache_hits.inc()
             self.runner.serve_cached(session, cached)
         return session
+
+    def _check_verification(self, params: ThinkParams) -> None:
+        """Shed a verification session while interactive work waits (nothing is kept)."""
+        waiting = self.engine.queue_depth
+        if params.priority == "verification" and waiting > self.config.verification_max_waiting:
+            self.metrics.verification_shed.inc()
+            raise ResourceExhaustedError(
+                f"verification shed: {waiting} sessions wait in the engine queue (the limit for "
+                f"verification is {self.config.verification_max_waiting}); interactive work goes first"
+            )
 
     def info(self, session_id: str, *, device: str | None = None) -> SessionInfo:
         """The session's state; with ``device``, only if it is that device's (else NotFoundError)."""

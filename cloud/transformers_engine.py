@@ -161,7 +161,7 @@ class TransformersEngine:
                 if cancelled:
                     self._waiting = collections.deque(j for j in self._waiting if j.session_id not in cancelled)
                 free = self.config.max_batch - sum(r.job.session_id not in cancelled for r in self._batch.rows)
-                admitted = [self._waiting.popleft() for _ in range(min(max(free, 0), len(self._waiting)))]
+                admitted = self._next_jobs(max(free, 0))
             try:
                 with torch.inference_mode():
                     if cancelled:
@@ -175,6 +175,17 @@ class TransformersEngine:
                 for row in self._batch.rows:
                     emit(row, EngineEventKind.FAILED, error=f"engine error: {exc}", error_code="ENGINE_ERROR")
                 self._batch = Batch()
+
+    def _next_jobs(self, free: int) -> list[Job]:
+        """Up to ``free`` waiting jobs, interactive ones first (verification waits behind them),
+        each kind in arrival order. Called holding the lock."""
+        if not free or not self._waiting:
+            return []
+        if not any(job.verification for job in self._waiting):
+            return [self._waiting.popleft() for _ in range(min(free, len(self._waiting)))]
+        ordered = sorted(self._waiting, key=lambda job: job.verification)  # stable: arrival order kept
+        self._waiting = collections.deque(ordered[free:])
+        return ordered[:free]
 
     def _admit(self, jobs: list[Job]) -> None:
         """Prefill ``jobs`` together (left padded) and merge them into the running batch."""

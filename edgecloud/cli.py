@@ -124,6 +124,7 @@ def _cloud_serve(args: argparse.Namespace) -> int:
             finished_in_memory=args.finished_in_memory,
             escalation_log=args.escalation_log,
             max_open_per_device=args.max_sessions_per_device,
+            verification_max_waiting=args.verification_max_waiting,
         ),
         budget=BudgetConfig(default=args.default_budget),
     )
@@ -206,6 +207,13 @@ def _add_cloud_commands(commands: argparse._SubParsersAction) -> None:
         type=int,
         default=64,
         help="unfinished sessions one device may hold before RESOURCE_EXHAUSTED; 0 = no limit (default: 64)",
+    )
+    serve.add_argument(
+        "--verification-max-waiting",
+        type=int,
+        default=0,
+        metavar="N",
+        help="devices' shadow checks are refused while more than N sessions wait in the engine queue (default: 0)",
     )
     serve.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     serve.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")

@@ -6,7 +6,7 @@ trains the next edge student on them. This module is the contract between the tw
 
     {"schema": 2, "request_id": ..., "device_id": ..., "query": ..., "answer": ...,
      "reasoning": "...", "reasoning_tokens": 57, "budget": 256, "budget_reached": false,
-     "finish_reason": "stop", "status": "completed",
+     "finish_reason": "stop", "status": "completed", "kind": "escalation",
      "producer": {"name": "edgecloud-demo-student", "version": 5, "sha256": "..."},
      "edge": {"answer": "", "confidence": 0.0, "estimated_difficulty": 1.0},
      "features": [0.12, -0.3, ...], "created_at": "2026-11-24T16:00:00Z",
@@ -17,6 +17,8 @@ it abstained, and its calibrated confidence), so the fleet can tell which studen
 escalations. ``reasoning`` is the cloud's hidden reasoning, which a student can learn to follow.
 ``messages`` (schema 3) is the whole conversation the cloud answered when there was more to it than
 the query (a system message, earlier turns); empty when the query was the whole request.
+``kind`` (schema 4) is ``escalation`` or ``shadow_check``: a device's check of an answer it kept
+(its answer is ``edge.answer``; the cloud's is ``answer``), sent at low priority.
 Schema 1 records (before ``reasoning``, ``edge``, ``budget``, ``finish_reason`` and ``status``)
 still read, with those fields empty.
 
@@ -41,13 +43,14 @@ from edgecloud.shared.reasoner.session import MAX_CONVERSATION_CHARS, MAX_MESSAG
 
 __all__ = ["SCHEMA", "EdgeView", "Escalation", "ReadReport", "iter_escalations", "read_escalations"]
 
-SCHEMA = 3
+SCHEMA = 4
 MAX_ANSWER_CHARS = 8192
 MAX_REASONING_CHARS = 65536
 MAX_FEATURES = 4096
 MAX_LINE_BYTES = 1 << 20
 """A longer line is refused unread: no field of a valid record comes close."""
 _Status = Literal["completed", "failed", "cancelled"]
+_Kind = Literal["escalation", "shadow_check"]
 STATUSES = get_args(_Status)
 _Unit = Annotated[float, Field(ge=0.0, le=1.0)]
 _Count = Annotated[int, Field(ge=0)]
@@ -105,6 +108,7 @@ class _Record(_Lenient):
     budget: _Count = 0
     finish_reason: Annotated[str, Field(max_length=32)] = ""
     status: _Status = "completed"
+    kind: _Kind = "escalation"
     edge: _EdgeRecord | None = None
     messages: Annotated[
         list[Annotated[_ChatMessage, AfterValidator(_chat)]],
@@ -147,6 +151,9 @@ class Escalation:
     finish_reason: str = ""
     """``stop``, or ``length`` when the answer was cut at its token limit."""
     status: str = "completed"
+    kind: str = "escalation"
+    """``escalation``: the edge sent the query on; ``shadow_check``: the edge kept its answer
+    (``edge.answer``) and asked the cloud to verify it (a verification session)."""
     edge: EdgeView | None = None
     messages: list[dict[str, str]] = field(default_factory=list)
     """The conversation (OpenAI chat messages, the last being the user's query); empty: the query alone."""

@@ -23,6 +23,7 @@ __all__ = [
     "MAX_MESSAGES",
     "MAX_QUERY_CHARS",
     "MAX_REQUEST_ID_CHARS",
+    "PRIORITIES",
     "ROLES",
     "ROUTES",
     "EdgeHint",
@@ -48,6 +49,7 @@ MAX_CONVERSATION_CHARS = 65_536
 """All of a conversation's messages together; a longer one is refused, never cut."""
 ROLES = ("system", "developer", "user", "assistant")
 ROUTES = ("auto", "edge", "cloud")
+PRIORITIES = ("interactive", "verification")
 MAX_SEED = (1 << 63) - 1
 _ID_RE = re.compile(r"[A-Za-z0-9._:@/-]{1,128}")
 
@@ -177,6 +179,9 @@ class ThinkParams:
     requested_route: str = "auto"
     """The route the caller asked for. ``cloud``: the caller chose the cloud, so the edge's view of
     the query never lowers the thinking budget below the server's default."""
+    priority: str = "interactive"
+    """``interactive`` (a user waits) or ``verification`` (a shadow check of an answer the edge kept,
+    its answer in ``hint``): the cloud runs verification behind interactive work and refuses it first."""
 
     def __post_init__(self) -> None:
         _check_id(self.request_id, "request_id", required=True)
@@ -195,6 +200,8 @@ class ThinkParams:
             _check_conversation(self.messages, self.query)
         if self.requested_route not in ROUTES:
             raise InvalidInputError(f"requested_route must be one of {', '.join(ROUTES)}, got {self.requested_route!r}")
+        if self.priority not in PRIORITIES:
+            raise InvalidInputError(f"priority must be one of {', '.join(PRIORITIES)}, got {self.priority!r}")
 
     @property
     def conversation(self) -> tuple[Message, ...]:

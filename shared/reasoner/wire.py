@@ -79,6 +79,7 @@ def think_request_to_pb(params: ThinkParams) -> pb.ThinkRequest:
         stream_reasoning=params.stream_reasoning,
         messages=[pb.ChatMessage(role=m.role, content=m.content) for m in params.messages],
         requested_route="" if params.requested_route == "auto" else params.requested_route,
+        priority=pb.PRIORITY_VERIFICATION if params.priority == "verification" else pb.PRIORITY_INTERACTIVE,
     )
     sampling = params.sampling
     if not sampling.unset:
@@ -126,7 +127,16 @@ def think_request_from_pb(message: pb.ThinkRequest) -> ThinkParams:
         messages=tuple(Message(m.role, m.content) for m in message.messages),
         sampling=_sampling_from_pb(message.sampling) if message.HasField("sampling") else Sampling(),
         requested_route=message.requested_route or "auto",
+        priority=_priority_from_pb(message.priority),
     )
+
+
+def _priority_from_pb(value: int) -> str:
+    if value == pb.PRIORITY_INTERACTIVE:
+        return "interactive"
+    if value == pb.PRIORITY_VERIFICATION:
+        return "verification"
+    raise InvalidInputError(f"priority {value} is not one this server knows (INTERACTIVE, VERIFICATION)")
 
 
 def _sampling_from_pb(message: pb.Sampling) -> Sampling:

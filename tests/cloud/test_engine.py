@@ -138,6 +138,33 @@ def test_queue_bound_and_config_validation(teacher: LoadedModel) -> None:
         EngineConfig(default_max_output_tokens=10, max_output_tokens=5)
 
 
+def test_waiting_interactive_jobs_start_before_waiting_verification_jobs(teacher: LoadedModel) -> None:
+    one = TransformersEngine(teacher, EngineConfig(max_batch=1, progress_every=8))
+    started: list[str] = []
+    running, done = threading.Event(), threading.Semaphore(0)
+
+    def on_event(event: EngineEvent) -> None:
+        if event.kind is EngineEventKind.STARTED:
+            started.append(event.session_id)
+            running.set()
+        elif event.kind in (EngineEventKind.FINISHED, EngineEventKind.FAILED):
+            done.release()
+
+    one.start()
+    try:
+        one.submit(Job("first", "calculate 17*3+4-9", 256, 16, False, on_event))
+        assert running.wait(60)  # the one slot is taken: what follows waits
+        one.submit(Job("check-1", "2+2", 0, 4, False, on_event, verification=True))
+        one.submit(Job("check-2", "3+3", 0, 4, False, on_event, verification=True))
+        one.submit(Job("user-1", "4+4", 0, 4, False, on_event))
+        one.submit(Job("user-2", "5+5", 0, 4, False, on_event))
+        for _ in range(5):
+            assert done.acquire(timeout=120)
+    finally:
+        one.stop()
+    assert started == ["first", "user-1", "user-2", "check-1", "check-2"]
+
+
 def test_the_transformers_backend_is_a_reasoning_engine(engine: TransformersEngine) -> None:
     assert isinstance(engine, ReasoningEngine)
     assert engine.name and engine.queue_depth == 0 and engine.active == 0

@@ -57,6 +57,17 @@ def test_a_record_without_features_or_hint_is_still_a_record(tmp_path: Path) -> 
     assert record.features == [] and record.edge is None and record.producer == {}
 
 
+def test_a_shadow_check_is_logged_as_one_with_the_answer_the_edge_kept(tmp_path: Path) -> None:
+    log = EscalationLog(tmp_path / "escalations.jsonl")
+    check = ThinkParams(request_id="shadow-r3", query="what is 6*7?", priority="verification",
+                        hint=EdgeHint(confidence=0.97, estimated_difficulty=0.1, answer="41"))  # fmt: skip
+    log.append(escalation_record(check, None, 0, _result()))
+    log.append(escalation_record(ThinkParams(request_id="r4", query="what is 6*7?"), None, 0, _result()))
+    shadow, escalation = read_escalations(log.path)
+    assert (shadow.kind, shadow.edge.answer, shadow.answer) == ("shadow_check", "41", "42")
+    assert escalation.kind == "escalation"
+
+
 def test_concurrent_appends_interleave_whole_lines_and_a_torn_tail_is_skipped(tmp_path: Path) -> None:
     log = EscalationLog(tmp_path / "escalations.jsonl")
 

@@ -597,6 +597,25 @@ def test_a_full_queue_refuses_and_keeps_nothing(tmp_path: Path) -> None:
     run(main())
 
 
+@pytest.mark.parametrize("allowed", [0, 1])
+def test_verification_is_shed_while_sessions_wait_and_interactive_work_is_not(tmp_path: Path, allowed: int) -> None:
+    async def main() -> None:
+        async with service(store_path(tmp_path), ScriptedEngine(), verification_max_waiting=allowed) as s:
+            m, engine = s.manager, s.engine
+            check = params("4+4", priority="verification")
+            assert m.create(check).params.priority == "verification"  # nothing waited: admitted
+            assert engine.jobs[-1].verification
+            waiting = [m.create(params(f"{i}+1")) for i in range(allowed + 1)]  # interactive: never shed
+            assert engine.queue_depth > allowed and all(not w.finished for w in waiting)
+            refused = params("5+5", priority="verification")
+            with pytest.raises(ResourceExhaustedError, match=rf"verification shed: {allowed + 2} sessions wait"):
+                m.create(refused)
+            assert s.store.find_request(refused.request_id) is None  # nothing kept: the device may retry
+            assert s.sample("edgecloud_cloud_verification_shed_total") == 1.0
+
+    run(main())
+
+
 @pytest.mark.parametrize(
     ("requested", "expected"), [(0, DEFAULT_OUTPUT), (20, 20), (MAX_OUTPUT, MAX_OUTPUT), (1000, MAX_OUTPUT)]
 )

@@ -125,6 +125,17 @@ def test_a_conversation_sampling_and_route_round_trip() -> None:
     assert back.conversation == (Message("user", "3+3"),)
 
 
+def test_a_verification_priority_round_trips_and_an_unknown_one_is_refused() -> None:
+    params = ThinkParams(request_id="shadow-1", query="3+3", priority="verification")
+    assert think_request_to_pb(params).priority == pb.PRIORITY_VERIFICATION
+    assert think_request_from_pb(think_request_to_pb(params)) == params
+    assert think_request_from_pb(pb.ThinkRequest(request_id="r", query="q")).priority == "interactive"
+    with pytest.raises(InvalidInputError, match="priority 7 is not one this server knows"):
+        think_request_from_pb(pb.ThinkRequest(request_id="r", query="q", priority=7))
+    with pytest.raises(InvalidInputError, match="priority must be one of interactive, verification"):
+        ThinkParams(request_id="r", query="q", priority="urgent")
+
+
 @pytest.mark.parametrize(
     ("fields", "message"),
     [
