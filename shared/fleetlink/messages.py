@@ -26,6 +26,7 @@ from pydantic import AfterValidator, ConfigDict, Field
 
 from edgecloud.shared.base.documents import Document, parse_document
 from edgecloud.shared.base.errors import InvalidInputError
+from edgecloud.shared.fleetlink.quality import MAX_VERSIONS, FieldQuality
 
 __all__ = [
     "AckStatus",
@@ -183,6 +184,7 @@ class _TelemetryMessage(_Message):
     cpu_percent: float
     memory_mb: float
     state_problem: Annotated[str, Field(max_length=1024)] = ""
+    quality: Annotated[list[dict[str, Any]], Field(max_length=MAX_VERSIONS)] = []
 
 
 @dataclass(frozen=True)
@@ -316,6 +318,9 @@ class Telemetry:
     state_problem: str = ""
     """What was wrong with the agent's state files when it started ("" when nothing): a device
     that recovered from a corrupt state says so until it restarts cleanly."""
+    quality: list[FieldQuality] = field(default_factory=list)
+    """Field quality per bundle version served since start (:mod:`edgecloud.shared.fleetlink.quality`),
+    the newest :data:`~edgecloud.shared.fleetlink.quality.MAX_VERSIONS`."""
 
     def to_dict(self) -> dict[str, Any]:
         # Written out (asdict deep-copies): every device sends one a second, and the manager of a
@@ -334,11 +339,13 @@ class Telemetry:
             "cpu_percent": self.cpu_percent,
             "memory_mb": self.memory_mb,
             "state_problem": self.state_problem,
+            "quality": [entry.to_dict() for entry in self.quality],
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Telemetry:
-        return cls(**vars(parse_document(_TelemetryMessage, data, InvalidInputError, where="telemetry")))
+        fields = vars(parse_document(_TelemetryMessage, data, InvalidInputError, where="telemetry"))
+        return cls(**{**fields, "quality": [FieldQuality.from_dict(entry) for entry in fields["quality"]]})
 
 
 def decode(payload: bytes) -> dict[str, Any]:

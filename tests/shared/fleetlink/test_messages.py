@@ -26,6 +26,7 @@ from edgecloud.shared.fleetlink.messages import (
     decode,
     encode,
 )
+from edgecloud.shared.fleetlink.quality import FieldQuality
 
 SHA = "0123456789abcdef" * 4
 BUNDLE = {"name": "edge-student", "version": 5, "url": "https://models.example/edge-student-5.tar", "sha256": SHA,
@@ -368,6 +369,7 @@ TELEMETRY = Telemetry(
     device="dev-7", at=1700000000.25, model_name="edge-student", model_version=5,
     requests={"edge": 90, "cloud": 10}, latency_ms={"edge": {"p50": 1.25, "p99": 3.5}}, escalation_rate=0.1,
     degraded=1, errors=2, outbox_depth=3, cpu_percent=12.5, memory_mb=256.0,
+    quality=[FieldQuality("edge-student", 5, read=100, kept=90, escalated=10, abstained=2, checks=4, agreed=3, shed=1)],
 )  # fmt: skip
 
 
@@ -378,7 +380,7 @@ def test_telemetry_round_trips_through_the_wire() -> None:
     assert Telemetry.from_dict(with_(data, extra="ignored")) == TELEMETRY  # newer devices may say more
 
 
-@pytest.mark.parametrize("field", sorted(set(Telemetry.__dataclass_fields__) - {"state_problem"}))
+@pytest.mark.parametrize("field", sorted(set(Telemetry.__dataclass_fields__) - {"state_problem", "quality"}))
 def test_telemetry_missing_a_field_is_refused_naming_it(field: str) -> None:
     with pytest.raises(InvalidInputError, match=rf"^telemetry\.{field}: missing$"):
         Telemetry.from_dict(without(TELEMETRY.to_dict(), field))
@@ -386,6 +388,7 @@ def test_telemetry_missing_a_field_is_refused_naming_it(field: str) -> None:
 
 def test_telemetry_from_an_older_device_has_no_state_problem_and_a_bad_one_is_refused() -> None:
     assert Telemetry.from_dict(without(TELEMETRY.to_dict(), "state_problem")).state_problem == ""
+    assert Telemetry.from_dict(without(TELEMETRY.to_dict(), "quality")).quality == []
     for bad in (3, "x" * 1025):
         with pytest.raises(InvalidInputError, match=r"^telemetry\.state_problem"):
             Telemetry.from_dict(with_(TELEMETRY.to_dict(), state_problem=bad))
