@@ -14,7 +14,7 @@ caller's token): request ids are scoped per device, a lookup that names a device
 ``max_open_per_device`` unfinished sessions, so one device's flood is refused
 (:class:`ResourceExhaustedError`) while the rest of the engine queue serves the others. A
 verification session (a device's shadow check, ``priority: verification``) is refused while more
-than ``verification_max_waiting`` sessions wait in the engine queue: checks are shed first.
+than ``verification_max_waiting`` sessions wait for an engine slot: checks are shed first.
 
 Durability (:mod:`edgecloud.cloud.stores`): a session is written when accepted, while it
 runs (its events, written behind in batches by :mod:`edgecloud.cloud.journal`) and when it ends.
@@ -102,8 +102,8 @@ class SessionConfig:
     Keep it below the engine's ``max_queue`` so one device cannot fill the queue; 0 = no limit."""
     verification_max_waiting: int = 0
     """A verification session (a device's shadow check) is refused, RESOURCE_EXHAUSTED, while more
-    than this many sessions wait in the engine queue: under load the checks are shed first and no
-    user waits behind them."""
+    than this many sessions wait for an engine slot (running and queued beyond ``max_batch``): under
+    load the checks are shed first and no user waits behind them."""
     write_every_s: float = 0.1
     """Longest wait between two writes of running sessions' events (one transaction for all of
     them). Readers see an event once it is written, so this is also the most a streamed event
@@ -416,11 +416,12 @@ class SessionManager:
 
     def _check_verification(self, params: ThinkParams) -> None:
         """Shed a verification session while interactive work waits (nothing is kept)."""
-        waiting = self.engine.queue_depth
+        engine = self.engine
+        waiting = engine.active + engine.queue_depth - engine.config.max_batch  # for a slot: just queued is not load
         if params.priority == "verification" and waiting > self.config.verification_max_waiting:
             self.metrics.verification_shed.inc()
             raise ResourceExhaustedError(
-                f"verification shed: {waiting} sessions wait in the engine queue (the limit for "
+                f"verification shed: {waiting} sessions wait for an engine slot (the limit for "
                 f"verification is {self.config.verification_max_waiting}); interactive work goes first"
             )
 
@@ -469,7 +470,9 @@ class SessionManager:
             hint=params.hint,
             features=session.features,
             producer=session.producer,
-            at_least_default=params.requested_route == "cloud",
+            # A caller who chose the cloud, and a check of the edge's answer, get the cloud at its best:
+            # the edge's confidence must not shrink the budget of the session that judges it.
+            at_least_default=params.requested_route == "cloud" or params.priority == "verification",
         )
         log.debug("session %s: budget %d from %s", session.id, session.budget, source)
         self._check_prompt(params, session.budget)

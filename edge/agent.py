@@ -301,6 +301,7 @@ class DeviceAgent:
             cpu_percent=100.0 * (cpu - cpu_then) / max(now - then, 1e-6),
             memory_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             state_problem=self.store.problem,
+            quality=self.service.quality.snapshot(),
         )
 
     def _telemetry_loop(self) -> None:

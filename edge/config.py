@@ -50,6 +50,11 @@ class EdgeConfig:
     """The cloud's thinking budget for OpenAI's ``reasoning_effort`` low, medium and high."""
     health_interval_s: float = 5.0
     """How often the cloud's health is checked in the background."""
+    shadow_share: float = 0.02
+    """The share of kept answers the cloud verifies (shadow checks, :mod:`edgecloud.edge.field.shadow`);
+    0 turns them off. They are verification sessions: the cloud sheds them first under load."""
+    shadow_per_minute: float = 30.0
+    """At most this many shadow checks a minute, whatever the traffic."""
 
     def __post_init__(self) -> None:
         if not Path(self.bundle).is_dir():
@@ -73,6 +78,11 @@ class EdgeConfig:
                 f"1..max_reasoning_tokens ({self.max_reasoning_tokens}), got {self.reasoning_effort_tokens!r}"
             )
         object.__setattr__(self, "reasoning_effort_tokens", efforts)
+        if not 0.0 <= self.shadow_share <= 1.0 or not self.shadow_per_minute > 0:
+            raise ConfigError(
+                f"shadow_share must be in [0, 1] and shadow_per_minute > 0, got {self.shadow_share} "
+                f"and {self.shadow_per_minute}"
+            )
         if self.threshold is not None and not 0 <= self.threshold <= 1:
             raise ConfigError(f"threshold must be in [0, 1], got {self.threshold}")
         object.__setattr__(self, "api_keys", tuple(self.api_keys))

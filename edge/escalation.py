@@ -209,6 +209,13 @@ def _give_up(what: str, error: grpc.aio.AioRpcError | None, reason: str) -> Edge
     return UnavailableError(f"{what}: {reason} ({detail})")
 
 
+def _shed(error: grpc.aio.AioRpcError, params: ThinkParams, session_id: str | None) -> bool:
+    """A verification the cloud refused under load is dropped, not retried: checks are the first
+    work to shed, and retrying them would add to the load that shed them."""
+    refused = error.code() is grpc.StatusCode.RESOURCE_EXHAUSTED and session_id is None
+    return refused and params.priority == "verification"
+
+
 class CloudClient:
     """A grpc.aio client of the Reasoner. The channel is opened lazily on the
     event loop that first uses the client (and reopened if another loop does)."""
@@ -327,7 +334,7 @@ class CloudClient:
                     # The caller named no session; the cloud forgot the one it made (restarted
                     # without its store, or expired it). Asking again later starts afresh.
                     raise UnavailableError(f"{what}: the cloud lost session {session_id} at seq {last_seq}") from None
-                if not _retryable(exc):
+                if not _retryable(exc) or _shed(exc, params, session_id):
                     raise map_rpc_error(exc, what) from None
                 error = exc
             finally:

@@ -31,4 +31,16 @@ class EdgeMetrics:
         self.model_version = Gauge(
             "edgecloud_edge_model_version", "Version of the serving edge model", ["name"], registry=r
         )
+        self.field_queries = Counter(
+            "edgecloud_edge_field_queries",
+            "auto queries the model read, by bundle version and what triage did (kept, escalated, abstained)",
+            ["version", "outcome"],
+            registry=r,
+        )
+        self.shadow_checks = Counter(
+            "edgecloud_edge_shadow_checks",
+            "Shadow checks of kept answers by bundle version and outcome (agreed, disagreed, shed)",
+            ["version", "outcome"],
+            registry=r,
+        )
         self.cloud_up = Gauge("edgecloud_edge_cloud_up", "1 when the cloud answered its last health check", registry=r)

@@ -12,6 +12,9 @@ The steps and the values they pass on are :mod:`edgecloud.edge.pipeline`: a requ
 once (:meth:`EdgeService.stream`), judged once (one :class:`~edgecloud.edge.pipeline.verdict.LocalVerdict`
 for triage and the cloud's hint), and its typed result travels on the stream's ``done`` item. An
 escalation has one deadline, the cloud client's (:attr:`EdgeConfig.cloud_timeout_s` in the daemon).
+
+What the model does in the field is counted per bundle version (:mod:`edgecloud.edge.field`), and a
+share of the answers it keeps is checked by the cloud after they have been returned (shadow checks).
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
 
 from edgecloud.edge.config import EdgeConfig
+from edgecloud.edge.field.quality import FieldCounter
+from edgecloud.edge.field.shadow import ShadowChecker, ShadowPolicy
 from edgecloud.edge.metrics import EdgeMetrics
 from edgecloud.edge.outbox import OutboxDeliverer, OutboxRecord, OutboxStorage
 from edgecloud.edge.pipeline.request import QueryRequest, check
@@ -73,6 +78,13 @@ class EdgeService:
         self._cloud_checked = False
         self.stats = RequestStats()
         self.deliverer = OutboxDeliverer(outbox, client, on_delivered=self._delivered) if client else None
+        self.quality = FieldCounter(self.metrics)
+        policy = ShadowPolicy(share=config.shadow_share, per_minute=config.shadow_per_minute)
+        self.shadow = (
+            ShadowChecker(client, self.quality, policy, device_id=config.device_id)
+            if client is not None and policy.share > 0
+            else None
+        )
         self._tasks: list[asyncio.Task[None]] = []
         self._recent: collections.OrderedDict[str, QueryResult] = collections.OrderedDict()
         self._policy_cache: tuple[int, TriagePolicy] | None = None
@@ -89,6 +101,8 @@ class EdgeService:
         self.metrics.outbox_depth.set(self.outbox.depth())
 
     async def stop(self) -> None:
+        if self.shadow is not None:
+            await self.shadow.stop()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -187,12 +201,15 @@ class EdgeService:
         self, request: QueryRequest, started: float, buffered: bool, span: trace.Span
     ) -> AsyncIterator[StreamItem]:
         verdict = await self._judge(request, span)
+        self.quality.observe(verdict, request.route)
         decision = verdict.decision
         span.set_attributes({"edgecloud.route": decision.route.value, "edgecloud.reason": decision.reason,
                              "edgecloud.confidence": _rounded(verdict.confidence)})  # fmt: skip
         yield StreamItem.routed(verdict)
         if decision.route is Route.EDGE:
             result = self._edge(request, verdict, started, degraded=decision.degraded)
+            if self.shadow is not None and self.cloud_healthy:
+                self.shadow.offer(request, verdict)  # a task that runs after this answer: nobody waits for it
             yield StreamItem(event="answer", text=result.answer or "")
             yield StreamItem.done(result)
             return

@@ -15,6 +15,13 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from edgecloud.common_options import (
+    add_mqtt_arguments,
+    add_tracing_argument,
+    broker_settings,
+    start_tracing,
+)
+from edgecloud.edge_commands import add_edge_commands
 from edgecloud.engine_options import add_engine_arguments, add_gguf_command, remote_engine_config
 from edgecloud.shared.reasoner.thinking import THINK_START
 
@@ -128,25 +135,9 @@ def _cloud_serve(args: argparse.Namespace) -> int:
         ),
         budget=BudgetConfig(default=args.default_budget),
     )
-    _tracing("edgecloud-cloud", args.otlp_endpoint)
+    start_tracing("edgecloud-cloud", args.otlp_endpoint)
     asyncio.run(serve(config))
     return 0
-
-
-def _tracing(service_name: str, endpoint: str | None) -> None:
-    from edgecloud.shared.base.tracing import configure_tracing
-
-    configure_tracing(service_name, endpoint=endpoint)
-    if endpoint:
-        log.info("tracing: spans go to %s as %s", endpoint, service_name)
-
-
-def _add_tracing_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--otlp-endpoint", default=None, metavar="URL",
-        help="export OpenTelemetry spans over OTLP/HTTP to this collector URL (e.g. http://collector:4318/v1/traces); "
-        "default: no tracing",
-    )  # fmt: skip
 
 
 def _add_session_store_arguments(serve: argparse.ArgumentParser) -> None:
@@ -213,7 +204,7 @@ def _add_cloud_commands(commands: argparse._SubParsersAction) -> None:
         type=int,
         default=0,
         metavar="N",
-        help="devices' shadow checks are refused while more than N sessions wait in the engine queue (default: 0)",
+        help="devices' shadow checks are refused while more than N sessions wait for an engine slot (default: 0)",
     )
     serve.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     serve.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
@@ -221,193 +212,8 @@ def _add_cloud_commands(commands: argparse._SubParsersAction) -> None:
     serve.add_argument("--default-budget", type=int, default=256, help="thinking budget when nothing else decides")
     serve.add_argument("--escalation-log", type=Path, help="JSONL file collecting escalations with features")
     serve.add_argument("--grace", type=float, default=10.0, help="seconds to drain on SIGTERM")
-    _add_tracing_argument(serve)
+    add_tracing_argument(serve)
     serve.set_defaults(func=_cloud_serve)
-
-
-def _add_mqtt_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("MQTT broker security (see deploy/mosquitto/)")
-    group.add_argument("--mqtt-username", help="broker user name")
-    group.add_argument("--mqtt-password-file", type=Path, help="file holding the broker password")
-    group.add_argument("--mqtt-ca", type=Path, help="CA bundle of the broker's certificate; turns TLS on")
-    group.add_argument("--mqtt-cert", type=Path, help="client certificate (with --mqtt-key)")
-    group.add_argument("--mqtt-key", type=Path, help="client certificate's private key")
-    group.add_argument(
-        "--mqtt-version",
-        choices=("5", "3.1.1"),
-        default="5",
-        help="MQTT 5 (persistent sessions with expiry; default) or 3.1.1 for older brokers",
-    )
-
-
-def _broker_settings(args: argparse.Namespace, **defaults: object):  # -> BrokerSettings
-    """The broker settings of AgentConfig / FleetManagerConfig from the flags above."""
-    from edgecloud.shared.base.errors import ConfigError
-    from edgecloud.shared.fleetlink.broker import BrokerSettings
-
-    password = args.mqtt_password_file.read_text().strip() if args.mqtt_password_file else None
-    try:
-        return BrokerSettings.from_address(
-            args.broker,
-            username=args.mqtt_username,
-            password=password,
-            tls_ca=args.mqtt_ca,
-            tls_cert=args.mqtt_cert,
-            tls_key=args.mqtt_key,
-            version=args.mqtt_version,
-            **defaults,
-        )
-    except ConfigError as exc:
-        raise SystemExit(f"error: {exc}") from None
-
-
-def _labels(pairs: list[str]) -> dict[str, str]:
-    from edgecloud.fleet_commands import parse_labels
-
-    try:
-        return parse_labels(pairs)
-    except ValueError as exc:
-        raise SystemExit(f"error: {exc}") from None
-
-
-def _edge_serve(args: argparse.Namespace) -> int:
-    from edgecloud.edge.config import EdgeConfig
-    from edgecloud.edge.daemon import serve
-
-    def secret(path: Path | None) -> str | None:
-        return path.read_text().strip() if path else None
-
-    config = EdgeConfig(
-        bundle=args.bundle,
-        device_id=args.device_id,
-        host=args.host,
-        port=args.port,
-        cloud=args.cloud,
-        cloud_token=secret(args.cloud_token_file),
-        cloud_tls=args.cloud_tls,
-        cloud_ca=args.cloud_ca,
-        cloud_timeout_s=args.cloud_timeout,
-        cloud_wait_s=args.cloud_wait,
-        api_keys=_api_keys(args.api_key_file),
-        allow_unauthenticated=args.allow_unauthenticated,
-        threshold=args.threshold,
-        threads=args.threads,
-        outbox=args.outbox,
-    )
-    agent = None
-    if args.broker:
-        from edgecloud.edge.agent import AgentConfig
-
-        agent = AgentConfig(
-            device_id=args.device_id,
-            fleet=args.fleet,
-            broker=_broker_settings(args),
-            state_dir=args.agent_state,
-            trusted_keys=tuple(args.trust),
-            command_keys=tuple(args.trust_commands),
-            fleet_origin=args.fleet_origin,
-            artifact_token=secret(args.artifact_token_file),
-            telemetry_interval_s=args.telemetry_interval,
-            labels=_labels(args.label),
-            watch_s=args.watch_s,
-            watch_min_requests=args.watch_min_requests,
-        )
-    _tracing("edgecloud-edge", args.otlp_endpoint)
-    serve(config, agent)
-    return 0
-
-
-def _api_keys(path: Path | None) -> tuple[str, ...]:
-    """The keys in ``path``, one a line (blank lines and ``#`` comments skipped): one per tenant."""
-    if path is None:
-        return ()
-    lines = (line.strip() for line in path.read_text().splitlines())
-    keys = tuple(line for line in lines if line and not line.startswith("#"))
-    if not keys:
-        from edgecloud.shared.base.errors import ConfigError
-
-        raise ConfigError(f"--api-key-file {path} holds no key")
-    return keys
-
-
-def _add_edge_service_args(serve: argparse.ArgumentParser) -> None:
-    """The edge service: its bundle, its HTTP API, the cloud it escalates to, triage and the outbox."""
-    serve.add_argument("--bundle", type=Path, default=Path("models/edge-student"), help="edge bundle folder")
-    serve.add_argument("--cloud", default=None, metavar="HOST:PORT", help="the Reasoner service; omit for edge-only")
-    serve.add_argument("--port", type=int, default=8080, help="HTTP port (default: 8080)")
-    serve.add_argument("--host", default="127.0.0.1", help="bind address (default: 127.0.0.1)")
-    serve.add_argument(
-        "--device-id", default="edge-0", help="this device's id: its cloud token and MQTT topics (default: edge-0)"
-    )
-    serve.add_argument("--cloud-token-file", type=Path, help="file holding this device's bearer token for the cloud")
-    serve.add_argument("--cloud-tls", action="store_true", help="use TLS to the cloud")
-    serve.add_argument("--cloud-ca", type=Path, help="CA bundle for the cloud's certificate")
-    serve.add_argument("--cloud-timeout", type=float, default=60.0, help="seconds before an escalation falls back")
-    serve.add_argument("--cloud-wait", type=float, default=10.0, help="seconds a chat completion only the cloud can "
-                       "answer waits for a cloud that is down before a 503 (default: 10)")  # fmt: skip
-    serve.add_argument("--api-key-file", type=Path, help="file of the API keys clients may send, one a line (each "
-                       "a tenant); required off loopback")  # fmt: skip
-    serve.add_argument(
-        "--allow-unauthenticated",
-        action="store_true",
-        help="serve /v1 without --api-key-file on a host other than loopback",
-    )
-    serve.add_argument("--threshold", type=float, default=None, help="triage threshold (default: the bundle's)")
-    serve.add_argument("--threads", type=int, default=1, help="onnxruntime threads (default: 1)")
-    serve.add_argument("--outbox", default="edge-outbox.sqlite3", help="SQLite outbox file")
-
-
-def _add_edge_agent_args(serve: argparse.ArgumentParser) -> None:
-    """The fleet agent: the MQTT fleet, whom it trusts, where it downloads from, and how it watches a deploy."""
-    serve.add_argument("--broker", metavar="HOST:PORT", help="MQTT broker of the fleet; omit to run without the agent")
-    serve.add_argument("--fleet", default="default", help="fleet name in the MQTT topic tree")
-    serve.add_argument(
-        "--trust",
-        type=Path,
-        action="append",
-        default=[],
-        help="trusted bundle signing key (PEM) or trust policy (.json: key roles, rotations, revocations; repeatable)",
-    )
-    serve.add_argument(
-        "--trust-commands",
-        type=Path,
-        action="append",
-        default=[],
-        metavar="KEY.pub",
-        help="public half of the fleet manager's --command-key, or a trust policy (.json: rotations, revocations); "
-        "the agent acts only on commands it signed (required with --broker; repeatable)",
-    )
-    serve.add_argument(
-        "--fleet-origin",
-        default=None,
-        metavar="URL",
-        help="the fleet manager's public URL; bundles are downloaded only from its scheme, host and port",
-    )
-    serve.add_argument(
-        "--artifact-token-file", type=Path, default=None,
-        help="file holding the fleet manager's --artifact-token-file secret, sent only to --fleet-origin "
-        "(required with it)",
-    )  # fmt: skip
-    serve.add_argument(
-        "--agent-state", type=Path, default=Path("edge-agent"), help="downloaded bundles and agent state"
-    )
-    serve.add_argument("--telemetry-interval", type=float, default=5.0, help="seconds between telemetry messages")
-    serve.add_argument("--label", action="append", default=[], metavar="KEY=VALUE",
-                       help="device label rollouts can target (repeatable)")  # fmt: skip
-    serve.add_argument("--watch-s", type=float, default=30.0,
-                       help="seconds a newly deployed model is watched before it counts as ACTIVE (default: 30)")  # fmt: skip
-    serve.add_argument("--watch-min-requests", type=int, default=20,
-                       help="requests the watch needs before it judges error rate and latency (default: 20)")  # fmt: skip
-
-
-def _add_edge_commands(commands: argparse._SubParsersAction) -> None:
-    edge = commands.add_parser("edge", help="the edge daemon").add_subparsers(dest="action", required=True)
-    serve = edge.add_parser("serve", help="serve the edge HTTP API (local answers, triage, escalation)")
-    _add_edge_service_args(serve)
-    _add_edge_agent_args(serve)
-    _add_mqtt_arguments(serve)
-    _add_tracing_argument(serve)
-    serve.set_defaults(func=_edge_serve)
 
 
 def _fleet_serve(args: argparse.Namespace) -> int:
@@ -429,7 +235,7 @@ def _fleet_serve(args: argparse.Namespace) -> int:
         )
     config = FleetManagerConfig(
         fleet=args.fleet,
-        broker=_broker_settings(args, session_expiry_s=SESSION_EXPIRY_S),
+        broker=broker_settings(args, session_expiry_s=SESSION_EXPIRY_S),
         store_path=args.store,
         artifact_dir=args.artifacts,
         public_base_url=args.public_url or f"http://{args.host}:{args.port}",
@@ -446,7 +252,7 @@ def _fleet_serve(args: argparse.Namespace) -> int:
             args.host,
             args.port,
         )
-    _tracing("edgecloud-fleet", args.otlp_endpoint)
+    start_tracing("edgecloud-fleet", args.otlp_endpoint)
     manager = FleetManager(config)
     manager.start()
     try:
@@ -489,8 +295,8 @@ def _add_fleet_commands(commands: argparse._SubParsersAction) -> None:
         help="file holding the bearer token GET /artifacts requires (devices: edge serve --artifact-token-file); "
         "default: archives are served to anyone who reaches the port",
     )  # fmt: skip
-    _add_mqtt_arguments(serve)
-    _add_tracing_argument(serve)
+    add_mqtt_arguments(serve)
+    add_tracing_argument(serve)
     serve.set_defaults(func=_fleet_serve)
     from edgecloud.fleet_commands import add_fleet_client_commands
 
@@ -564,7 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     _add_models_commands(commands)
     _add_cloud_commands(commands)
-    _add_edge_commands(commands)
+    add_edge_commands(commands)
     _add_fleet_commands(commands)
     from edgecloud.data_commands import add_data_commands
 

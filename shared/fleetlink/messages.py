@@ -184,7 +184,7 @@ class _TelemetryMessage(_Message):
     cpu_percent: float
     memory_mb: float
     state_problem: Annotated[str, Field(max_length=1024)] = ""
-    quality: Annotated[list[dict[str, Any]], Field(max_length=MAX_VERSIONS)] = []
+    quality: Annotated[list[dict[str, Any]], Field(max_length=MAX_VERSIONS, default_factory=list)]
 
 
 @dataclass(frozen=True)

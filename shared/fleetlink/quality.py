@@ -30,7 +30,7 @@ from pydantic import ConfigDict, Field
 from edgecloud.shared.base.documents import Document, parse_document
 from edgecloud.shared.base.errors import InvalidInputError
 
-__all__ = ["MAX_VERSIONS", "COUNTS", "FieldQuality", "Rate", "wilson_interval"]
+__all__ = ["COUNTS", "MAX_VERSIONS", "FieldQuality", "Rate", "wilson_interval"]
 
 MAX_VERSIONS = 8
 """Versions a device reports at most (the newest it served)."""
@@ -137,7 +137,11 @@ class FieldQuality:
         """A validated entry; InvalidInputError naming the first bad field, or a count that exceeds
         the one it is part of (agreed > checks, kept + escalated > read, abstained > escalated)."""
         entry = cls(**vars(parse_document(_QualityMessage, data, InvalidInputError, where="quality")))
-        if entry.agreed > entry.checks or entry.kept + entry.escalated > entry.read or entry.abstained > entry.escalated:
+        if (
+            entry.agreed > entry.checks
+            or entry.kept + entry.escalated > entry.read
+            or entry.abstained > entry.escalated
+        ):
             raise InvalidInputError(
                 f"quality of {entry.model_name}@{entry.model_version}: counts do not add up "
                 "(agreed <= checks, kept + escalated <= read, abstained <= escalated)"

@@ -4,6 +4,7 @@ test_deployer.py; attacks on the commands themselves are in tests/security."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 from pathlib import Path
@@ -13,6 +14,7 @@ import pytest
 from edgecloud.edge.agent import AgentConfig, DeviceAgent, resume_bundle
 from edgecloud.edge.config import EdgeConfig
 from edgecloud.edge.daemon import create_daemon
+from edgecloud.edge.service import QueryRequest
 from edgecloud.shared.base.errors import ConfigError
 from tests.helpers.device import (
     Observer,
@@ -98,11 +100,20 @@ def test_agent_config_needs_command_keys_and_an_origin_for_its_token(tmp_path: P
 
 def test_birth_telemetry_and_will(device, mqtt_broker) -> None:  # type: ignore[no-untyped-def]
     agent, service, observer = device
-    observer.wait_for(lambda: observer.of("state") and observer.of("telemetry"))
+    results = [asyncio.run(service.query(QueryRequest(query=q))) for q in ("3 + 4", "12 * 3 - 7 + 40", "9 * 9")]
+    observer.wait_for(lambda: observer.of("state") and any(t["quality"] for t in observer.of("telemetry")))
     birth = observer.of("state")[-1]
     assert birth["online"] and birth["model_version"] == service.slot.current.version and birth["session"] >= 1
     telemetry = observer.of("telemetry")[-1]
     assert {"requests", "latency_ms", "escalation_rate", "outbox_depth", "cpu_percent", "memory_mb"} <= telemetry.keys()
+    (quality,) = telemetry["quality"]  # field quality per version, as counts the fleet adds up
+    kept = sum(r.reason == "confident" for r in results)
+    assert (quality["model_version"], quality["read"], quality["kept"], quality["escalated"]) == (
+        service.slot.current.version,
+        3,
+        kept,
+        3 - kept,
+    )
     agent.stop()
     observer.wait_for(lambda: observer.of("state")[-1]["online"] is False)
 

@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 from edgecloud import cli
-from edgecloud.shared.base.errors import ConfigError
 from edgecloud.shared.bundles.signing import generate_keypair
 
 
@@ -51,13 +50,3 @@ def test_edge_serve_sends_its_artifact_token_only_with_a_fleet_origin(
     assert "artifact_token needs fleet_origin" in caplog.text
     fleet = cli.build_parser().parse_args(["fleet", "serve", "--artifact-token-file", str(tmp_path / "token")])
     assert fleet.artifact_token_file == tmp_path / "token"
-
-
-def test_an_api_key_file_holds_one_key_a_line_each_a_tenant(tmp_path: Path) -> None:
-    keys = tmp_path / "keys"
-    keys.write_text("# tenants\ntenant-a-key-0123456789\n\n  tenant-b-key-0123456789  \n")
-    assert cli._api_keys(keys) == ("tenant-a-key-0123456789", "tenant-b-key-0123456789")
-    assert cli._api_keys(None) == ()
-    keys.write_text("# nothing but a comment\n")
-    with pytest.raises(ConfigError, match="holds no key"):
-        cli._api_keys(keys)
