@@ -394,7 +394,7 @@ class SessionManager:
             queue_position=0 if cached else self.engine.queue_depth + 1,
         )
         if cached is None:
-            self._check_verification(session.params)
+            _shed_verification(self.engine, session.params, self.config.verification_max_waiting, self.metrics)
             counted = self.shared is not None and self.runner.max_open_per_device  # a round trip only for a limit
             elsewhere = self.shared.open_sessions(params.device_id) if counted else 0  # type: ignore[union-attr]
             self.runner.check_share(params.device_id, elsewhere)
@@ -413,17 +413,6 @@ class SessionManager:
             self.metrics.cache_hits.inc()
             self.runner.serve_cached(session, cached)
         return session
-
-    def _check_verification(self, params: ThinkParams) -> None:
-        """Shed a verification session while interactive work waits (nothing is kept)."""
-        engine = self.engine
-        waiting = engine.active + engine.queue_depth - engine.config.max_batch  # for a slot: just queued is not load
-        if params.priority == "verification" and waiting > self.config.verification_max_waiting:
-            self.metrics.verification_shed.inc()
-            raise ResourceExhaustedError(
-                f"verification shed: {waiting} sessions wait for an engine slot (the limit for "
-                f"verification is {self.config.verification_max_waiting}); interactive work goes first"
-            )
 
     def info(self, session_id: str, *, device: str | None = None) -> SessionInfo:
         """The session's state; with ``device``, only if it is that device's (else NotFoundError)."""
@@ -470,8 +459,6 @@ class SessionManager:
             hint=params.hint,
             features=session.features,
             producer=session.producer,
-            # A caller who chose the cloud, and a check of the edge's answer, get the cloud at its best:
-            # the edge's confidence must not shrink the budget of the session that judges it.
             at_least_default=params.requested_route == "cloud" or params.priority == "verification",
         )
         log.debug("session %s: budget %d from %s", session.id, session.budget, source)
@@ -578,3 +565,15 @@ class SessionManager:
             self._by_request.pop((session.params.device_id, session.params.request_id), None)
         self.store.expire(time.time() - self.config.ttl_s)
         return len(dropped)
+
+
+def _shed_verification(engine: ReasoningEngine, params: ThinkParams, limit: int, metrics: CloudMetrics) -> None:
+    """Refuse a verification session (nothing is kept) while more than ``limit`` sessions wait for an
+    engine slot; just queued is not load: a continuous batcher admits at its next step."""
+    waiting = engine.active + engine.queue_depth - engine.config.max_batch
+    if params.priority == "verification" and waiting > limit:
+        metrics.verification_shed.inc()
+        raise ResourceExhaustedError(
+            f"verification shed: {waiting} sessions wait for an engine slot (the limit for "
+            f"verification is {limit}); interactive work goes first"
+        )

@@ -181,7 +181,9 @@ class ThinkParams:
     the query never lowers the thinking budget below the server's default."""
     priority: str = "interactive"
     """``interactive`` (a user waits) or ``verification`` (a shadow check of an answer the edge kept,
-    its answer in ``hint``): the cloud runs verification behind interactive work and refuses it first."""
+    its answer in ``hint``): the cloud runs verification behind interactive work and refuses it first,
+    and never gives it less than its default thinking budget (the edge's confidence in the answer
+    being checked must not shrink the session that judges it)."""
 
     def __post_init__(self) -> None:
         _check_id(self.request_id, "request_id", required=True)

@@ -14,6 +14,7 @@ from edgecloud.cloud.metrics import CloudMetrics
 
 #: Every family a scrape of the cloud shows, with its type (the names dashboards and alerts use).
 FAMILIES = {
+    "edgecloud_cloud_verification_shed": "counter",
     "edgecloud_cloud_queue_depth": "gauge",
     "edgecloud_cloud_active_sessions": "gauge",
     "edgecloud_cloud_sessions": "counter",
