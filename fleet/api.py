@@ -43,6 +43,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from edgecloud.fleet.dashboard import DASHBOARD_HTML
 from edgecloud.fleet.manager import FleetManager
+from edgecloud.fleet.quality import QualityGate
 from edgecloud.fleet.rollout import AbortCriteria, strategy_from_dict
 from edgecloud.shared.base.asgi import Inbound, InboundGuard, ThreadedServer, error_response, response_for
 from edgecloud.shared.base.errors import (
@@ -97,6 +98,7 @@ def _rollout_arguments(data: dict[str, Any]) -> dict[str, Any]:
             abort = AbortCriteria(**_body(data["abort"]))
         except TypeError as exc:
             raise InvalidInputError(f"abort: {exc}") from None
+    quality = QualityGate.from_dict(data["quality"]) if data.get("quality") is not None else None
     if data.get("id") is not None and not isinstance(data["id"], str):
         raise InvalidInputError("id must be a string")
     timeout = data.get("device_timeout_s", 900.0)
@@ -109,6 +111,7 @@ def _rollout_arguments(data: dict[str, Any]) -> dict[str, Any]:
         "labels": labels,
         "strategy": strategy,
         "abort": abort,
+        "quality": quality,
         "device_timeout_s": float(timeout),
         "success_statuses": data.get("success_statuses"),
         "rollout_id": data.get("id"),

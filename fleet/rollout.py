@@ -33,6 +33,9 @@ Rules:
   (:func:`transition`), so duplicate and out-of-order acks change nothing.
   ROLLED_BACK after ACTIVE turns a success into a failure. A timeout is the
   manager's guess: a later final ack from the device replaces it.
+* With a quality gate in the spec (:mod:`edgecloud.fleet.quality`), a finished wave also waits
+  for the gate's decision on it (:meth:`Rollout.on_quality`, fed by the caller from the devices'
+  telemetry): ``passed`` sends the next wave (or completes), ``failed`` aborts.
 * The abort check runs after every change, also while PAUSED, and wins over
   completion: a rollout whose last ack crosses the threshold is ABORTED.
 * :meth:`Rollout.rollback` sends a ``rollback`` command to every device whose
@@ -46,6 +49,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from edgecloud.fleet.quality import GateDecision
 from edgecloud.fleet.rollout_spec import (
     ID_SEGMENT,
     AbortCriteria,
@@ -230,6 +234,8 @@ class Rollout:
         self.updated_at: float | None = None
         self.rollback_bundle: BundleRef | None = None
         self.rollback_revision = 0
+        self.quality_gates: list[dict[str, Any] | None] = [None] * len(self.waves)
+        """Each wave's latest quality-gate decision (:meth:`on_quality`); None before one."""
         self._changed: set[str] = set(self.devices)
         self._recount()
 
@@ -293,6 +299,35 @@ class Rollout:
         if changed:
             self.updated_at = now
         return self._step(now)
+
+    @property
+    def awaiting_quality(self) -> bool:
+        """Whether the current wave has finished and waits for its quality gate to pass."""
+        return (
+            self.spec.quality is not None
+            and self.status is RolloutStatus.RUNNING
+            and self.wave >= 0
+            and not self._open_in_wave
+            and not self._gate_passed()
+        )
+
+    def on_quality(self, decision: GateDecision, now: float) -> list[Command]:
+        """The quality gate's decision on the current wave: ``passed`` lets the rollout go on,
+        ``failed`` aborts it (the caller rolls it back), ``waiting`` is recorded and changes nothing."""
+        if not self.awaiting_quality:
+            return []
+        seen = self.quality_gates[self.wave]
+        self.quality_gates[self.wave] = {"wave": self.wave + 1, "at": now, **decision.to_dict()}
+        if seen is None or seen["verdict"] != decision.verdict or seen["reason"] != decision.reason:
+            self.updated_at = now
+        if decision.verdict == "failed":
+            self._abort(f"wave {self.wave + 1} failed its quality gate: {decision.reason}", now)
+            return []
+        return self._step(now) if decision.verdict == "passed" else []
+
+    def _gate_passed(self) -> bool:
+        gate = self.quality_gates[self.wave] if self.wave >= 0 else None
+        return gate is not None and gate["verdict"] == "passed"
 
     def pause(self, now: float | None = None) -> list[Command]:
         if self.status is RolloutStatus.PAUSED:
@@ -408,8 +443,8 @@ class Rollout:
             return []
         if self.status is RolloutStatus.PAUSED:
             return []
-        if self._open_in_wave:
-            return []
+        if self._open_in_wave or (self.spec.quality is not None and not self._gate_passed()):
+            return []  # a wave counts once every device finished and, with a gate, once it passed
         if self.wave + 1 < len(self.waves):
             return self._send_wave(self.wave + 1, now)
         self.status, self.finished_at, self.updated_at = RolloutStatus.COMPLETED, now, now
@@ -433,31 +468,7 @@ class Rollout:
 
     def summary(self) -> dict[str, Any]:
         """Counts and progress for the API and the dashboard."""
-        failed, finished = self._counts()
-        total = len(self.devices)
-        return {
-            "id": self.id,
-            "kind": self.spec.kind,
-            "status": self.status.value,
-            "bundle": self.spec.bundle.name,
-            "version": self.spec.bundle.version,
-            "revision": self.spec.revision,
-            "total": total,
-            "counts": _status_counts(state.deploy for state in self.devices.values()),
-            "succeeded": finished - failed,
-            "failed": failed,
-            "finished": finished,
-            "progress_percent": round(100 * finished / total, 1),
-            "failure_percent": round(100 * failed / finished, 1) if finished else 0.0,
-            "wave": self.wave + 1,
-            "waves": len(self.waves),
-            "wave_sizes": [len(w) for w in self.waves],
-            "abort_reason": self.abort_reason,
-            "started_at": self.started_at,
-            "finished_at": self.finished_at,
-            "updated_at": self.updated_at,
-            "rollback": _rollback_view(self.rollback_bundle, self.rollback_revision, self.devices.values()),
-        }
+        return _summary(self)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready ``{"spec": ..., "state": ...}``; :meth:`from_dict` restores it exactly."""
@@ -467,16 +478,7 @@ class Rollout:
 
     def header_dict(self) -> dict[str, Any]:
         """The rollout-level part of ``to_dict()["state"]``: everything but the devices."""
-        return {
-            "status": self.status.value,
-            "wave": self.wave,
-            "abort_reason": self.abort_reason,
-            "started_at": self.started_at,
-            "finished_at": self.finished_at,
-            "updated_at": self.updated_at,
-            "rollback_bundle": asdict(self.rollback_bundle) if self.rollback_bundle else None,
-            "rollback_revision": self.rollback_revision,
-        }
+        return _header(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Rollout:
@@ -495,6 +497,12 @@ class Rollout:
             bundle = state.get("rollback_bundle")
             rollout.rollback_bundle = BundleRef.from_dict(bundle) if bundle else None
             rollout.rollback_revision = int(state.get("rollback_revision", 0))
+            gates = state.get("quality_gates") or [None] * len(rollout.waves)
+            if len(gates) != len(rollout.waves):
+                raise InvalidInputError(
+                    f"rollout {rollout.id}: {len(gates)} quality gates for {len(rollout.waves)} waves"
+                )
+            rollout.quality_gates = [dict(g) if g is not None else None for g in gates]
             rollout._recount()
             rollout._changed = set(rollout.devices)
         except (KeyError, TypeError, ValueError) as exc:
@@ -508,3 +516,47 @@ class Rollout:
 
     def __repr__(self) -> str:
         return f"Rollout({self.id!r}, {self.status.value}, wave {self.wave + 1}/{len(self.waves)})"
+
+
+def _summary(rollout: Rollout) -> dict[str, Any]:
+    """Counts and progress for the API and the dashboard."""
+    failed, finished = rollout._counts()
+    total = len(rollout.devices)
+    return {
+        "id": rollout.id,
+        "kind": rollout.spec.kind,
+        "status": rollout.status.value,
+        "bundle": rollout.spec.bundle.name,
+        "version": rollout.spec.bundle.version,
+        "revision": rollout.spec.revision,
+        "total": total,
+        "counts": _status_counts(state.deploy for state in rollout.devices.values()),
+        "succeeded": finished - failed,
+        "failed": failed,
+        "finished": finished,
+        "progress_percent": round(100 * finished / total, 1),
+        "failure_percent": round(100 * failed / finished, 1) if finished else 0.0,
+        "wave": rollout.wave + 1,
+        "waves": len(rollout.waves),
+        "wave_sizes": [len(w) for w in rollout.waves],
+        "abort_reason": rollout.abort_reason,
+        "started_at": rollout.started_at,
+        "finished_at": rollout.finished_at,
+        "updated_at": rollout.updated_at,
+        "rollback": _rollback_view(rollout.rollback_bundle, rollout.rollback_revision, rollout.devices.values()),
+        "quality_gates": list(rollout.quality_gates) if rollout.spec.quality is not None else None,
+    }
+
+
+def _header(rollout: Rollout) -> dict[str, Any]:
+    return {
+        "status": rollout.status.value,
+        "wave": rollout.wave,
+        "abort_reason": rollout.abort_reason,
+        "started_at": rollout.started_at,
+        "finished_at": rollout.finished_at,
+        "updated_at": rollout.updated_at,
+        "rollback_bundle": asdict(rollout.rollback_bundle) if rollout.rollback_bundle else None,
+        "rollback_revision": rollout.rollback_revision,
+        "quality_gates": list(rollout.quality_gates),
+    }

@@ -15,6 +15,7 @@ import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from edgecloud.fleet.quality import QualityGate
 from edgecloud.shared.base.errors import InvalidInputError
 from edgecloud.shared.fleetlink.messages import BundleRef, Command
 
@@ -165,6 +166,9 @@ class RolloutSpec:
     """A sent device with no final ack this long after its command counts as FAILED "timeout"."""
     kind: str = "deploy"
     """The command type: ``deploy``, or ``rollback`` to a bundle the devices had."""
+    quality: QualityGate | None = None
+    """A wave counts only once its devices' field quality of the new version passes this gate
+    (:mod:`edgecloud.fleet.quality`); one that fails it aborts the rollout and rolls it back."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "targets", tuple(self.targets))
@@ -181,6 +185,8 @@ class RolloutSpec:
             raise InvalidInputError(f"revision must be an integer >= 1, got {self.revision!r}")
         if not isinstance(self.strategy, (FixedBatches, Exponential)):
             raise InvalidInputError(f"strategy must be FixedBatches or Exponential, got {self.strategy!r}")
+        if self.quality is not None and not isinstance(self.quality, QualityGate):
+            raise InvalidInputError(f"quality must be a QualityGate or None, got {self.quality!r}")
         if self.abort is not None and not isinstance(self.abort, AbortCriteria):
             raise InvalidInputError(f"abort must be AbortCriteria or None, got {self.abort!r}")
         if not self.success_statuses or not self.success_statuses <= _SUCCESS_CHOICES:
@@ -221,6 +227,7 @@ class RolloutSpec:
             "success_statuses": sorted(s.value for s in self.success_statuses),
             "device_timeout_s": self.device_timeout_s,
             "kind": self.kind,
+            "quality": self.quality.to_dict() if self.quality else None,
         }
 
     @classmethod
@@ -237,6 +244,7 @@ class RolloutSpec:
                 success_statuses=frozenset(data.get("success_statuses", ["ACTIVE"])),
                 device_timeout_s=data.get("device_timeout_s", 900.0),
                 kind=data.get("kind", "deploy"),
+                quality=QualityGate.from_dict(data["quality"]) if data.get("quality") is not None else None,
             )
         except KeyError as exc:
             raise InvalidInputError(f"rollout spec.{exc.args[0]}: missing") from None

@@ -23,6 +23,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from edgecloud.fleet.quality import QualityGate, fleet_quality, quality_of
 from edgecloud.fleet.registry import BundleRegistry
 from edgecloud.fleet.rollout import (
     AbortCriteria,
@@ -177,10 +178,34 @@ class FleetService:
                     continue
                 before = (rollout.status, rollout.updated_at)
                 out = rollout.tick(now)
+                if rollout.awaiting_quality:
+                    out += self._judge_quality(rollout, now)
                 if out or (rollout.status, rollout.updated_at) != before:
                     self.store.save_rollout(rollout)
                 commands.extend(out)
         self._publish(commands)
+
+    def _judge_quality(self, rollout: Rollout, now: float) -> list[Command]:
+        """Feed the rollout its gate's decision on the current wave: the new version's field quality
+        over the wave's devices against the previous registered version's over the fleet (each
+        device's latest telemetry). A failed wave aborts the rollout and rolls it back. Under the lock."""
+        spec, gate = rollout.spec, rollout.spec.quality
+        assert gate is not None
+        name, devices = spec.bundle.name, self.state.devices
+        wave = [devices[d].telemetry for d in rollout.waves[rollout.wave] if d in devices]
+        new = quality_of(fleet_quality(wave), name, spec.bundle.version)
+        try:
+            previous: BundleRecord | None = self._rollback_target(rollout, None)
+        except NotFoundError:
+            previous = None  # nothing to compare against: the gate waits, saying the baseline has no evidence
+        fleet = fleet_quality(d.telemetry for d in devices.values())
+        baseline = quality_of(fleet, name, previous.version if previous else 0)
+        decision = gate.judge(new, baseline)
+        commands = rollout.on_quality(decision, now)
+        if decision.verdict == "failed" and previous is not None:
+            log.warning("rollout %s: %s; rolling back to v%d", rollout.id, rollout.abort_reason, previous.version)
+            commands += rollout.rollback(self.registry.ref(previous), self.next_revision(), now)
+        return commands
 
     def republish_in_flight(self) -> None:
         """Publish again every command still waiting for a final ack (at start: a crash between save and
@@ -236,6 +261,7 @@ class FleetService:
         labels: Mapping[str, str] | None = None,
         strategy: Strategy | None = None,
         abort: AbortCriteria | None = None,
+        quality: QualityGate | None = None,
         device_timeout_s: float = 900.0,
         success_statuses: Iterable[DeviceStatus | str] | None = None,
         rollout_id: str | None = None,
@@ -265,6 +291,7 @@ class FleetService:
                 revision=revision,
                 strategy=strategy or FixedBatches(size=len(targets)),
                 abort=abort,
+                quality=quality,
                 device_timeout_s=device_timeout_s,
                 success_statuses=frozenset(success_statuses or {DeviceStatus.ACTIVE}),
             )
