@@ -14,10 +14,12 @@ from pathlib import Path
 import pytest
 
 from edgecloud.fleet.manager import FleetManager, FleetManagerConfig
+from edgecloud.fleet.quality import QualityGate
 from edgecloud.fleet.registry import read_archive_manifest
 from edgecloud.fleet.rollout import AbortCriteria, FixedBatches, RolloutStatus
 from edgecloud.shared.base.errors import BundleError, ConfigError, InvalidInputError, ManifestError, NotFoundError
 from edgecloud.shared.fleetlink.broker import BrokerSettings
+from edgecloud.shared.fleetlink.quality import FieldQuality
 from tests.helpers.sim_fleet import (
     assert_applied_exactly_once,
     command_key,
@@ -171,6 +173,43 @@ def test_rollout_aborts_at_threshold_and_never_sends_later_waves(mqtt_broker, tm
         else:
             assert not device.received, f"{device.device} got a command of a later wave"
     assert manager.store.load_rollout(rollout.id).status is RolloutStatus.ABORTED
+
+
+def field(version: int, *, checks: int, agreed: int, escalated: int = 40) -> FieldQuality:
+    return FieldQuality("edge-student", version, read=400, kept=400 - escalated, escalated=escalated, abstained=5,
+                        checks=checks, agreed=agreed)  # fmt: skip
+
+
+@pytest.mark.parametrize("defective", [True, False])
+def test_a_wave_is_judged_by_its_field_quality(mqtt_broker, tmp_path, sims, managers, defective: bool) -> None:
+    # v1 agrees with the cloud on 99 of 100 checks per device. v2, once served, on 54 of 60 (a
+    # student wrong on 10% of what it keeps, unseen by its self-test and by the watch window), or on 60 of 60.
+    devices = start_devices(mqtt_broker, sims, 6)
+    for device in devices:
+        device.field = {1: field(1, checks=100, agreed=99), 2: field(2, checks=60, agreed=54 if defective else 60)}
+    manager = start_manager(manager_config(mqtt_broker, tmp_path, tick_interval_s=0.2), managers)
+    wait_devices_online(manager, 6)
+    for device in devices:
+        device.send_telemetry()  # telemetry is not retained: sent once the manager listens
+    old, new = (manager.register_bundle(make_archive(tmp_path / f"v{v}", v)) for v in (1, 2))
+    wait_for(lambda: all(d["telemetry"] and d["telemetry"]["quality"] for d in manager.devices()), 20)
+
+    gate = QualityGate(min_shadow_checks=100, max_agreement_drop=2.0, max_escalation_rise=5.0)
+    rollout = manager.create_rollout(new.name, new.version, labels={"site": "lab"},
+                                     strategy=FixedBatches(size=2), quality=gate)  # fmt: skip
+    wait_status(manager, rollout.id, RolloutStatus.ROLLED_BACK if defective else RolloutStatus.COMPLETED)
+    summary = manager.rollout(rollout.id)
+    first, *later = summary["quality_gates"]
+    assert first["new"]["checks"] == 120 and first["baseline"]["checks"] == 600  # the wave's, the fleet's
+    if defective:
+        assert first["verdict"] == "failed" and "agreement worse by 9.0 points" in summary["abort_reason"]
+        assert later == [None, None] and summary["rollback"]["version"] == old.version
+        wave_one = {"dev00", "dev01"}
+        for device in devices:  # wave 1 went back to v1; nobody else ever heard of v2
+            assert device.version == 1 and bool(device.received) == (device.device in wave_one)
+    else:
+        assert [g["verdict"] for g in summary["quality_gates"]] == ["passed"] * 3
+        assert all(device.version == 2 for device in devices)
 
 
 def test_broker_restart_mid_rollout_loses_and_repeats_nothing(mqtt_broker, tmp_path, sims, managers) -> None:

@@ -32,6 +32,7 @@ from edgecloud.shared.bundles.signing import TrustStore
 from edgecloud.shared.fleetlink.broker import BrokerSettings
 from edgecloud.shared.fleetlink.commands import CommandRejectedError, open_command
 from edgecloud.shared.fleetlink.messages import AckStatus, Birth, Command, CommandAck, Telemetry, Topics, encode
+from edgecloud.shared.fleetlink.quality import FieldQuality
 from tests.helpers.waiting import wait_for
 
 FLEET = "testfleet"
@@ -67,6 +68,8 @@ class SimDevice:
         self.device, self.fail, self.delay_s = device, fail, delay_s
         self.labels = labels or {"site": "lab"}
         self.escalation_rate = escalation_rate
+        self.field: dict[int, FieldQuality] = {}
+        """What the device reports of each bundle version's field quality (the test sets it)."""
         self.topics = Topics(FLEET, device)
         self.version = 1
         self.session = 0
@@ -123,6 +126,7 @@ class SimDevice:
             cpu_percent=1.0,
             memory_mb=10.0,
             state_problem=state_problem,
+            quality=[self.field[v] for v in sorted(self.field)],
         )
         self.client.publish(self.topics.telemetry, encode(telemetry.to_dict()), qos=0)
 
@@ -169,6 +173,7 @@ class SimDevice:
         else:
             self.version = command.bundle.version
             final = self._ack(command, AckStatus.ACTIVE)
+            self.send_telemetry()  # what it reports of the version it serves now
         with self._lock:
             self.done[command.id] = final
             self._working.discard(command.id)
