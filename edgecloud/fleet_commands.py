@@ -178,6 +178,10 @@ def _start(args: argparse.Namespace) -> int:
         spec["abort"] = {"failure_percent": args.abort_percent}
     if args.device_timeout is not None:
         spec["device_timeout_s"] = args.device_timeout
+    gate = {"min_shadow_checks": args.min_shadow_checks, "max_agreement_drop": args.max_agreement_drop,
+            "max_escalation_rise": args.max_escalation_rise}  # fmt: skip
+    if any(value is not None for value in gate.values()):  # the server fills what is left out
+        spec["quality"] = {key: value for key, value in gate.items() if value is not None}
     rollout = _call(args, "POST", "/v1/rollouts", json=spec)
     if args.watch:
         args.id = rollout["id"]
@@ -265,6 +269,13 @@ def add_fleet_client_commands(fleet: argparse._SubParsersAction) -> None:
                        help="waves of BASE devices, growing by FACTOR")  # fmt: skip
     start.add_argument("--abort-percent", type=float, default=None, help="abort past this share of failures")
     start.add_argument("--device-timeout", type=float, default=None, help="seconds a device may take")
+    quality = start.add_argument_group("field-quality gate (each wave waits for its devices' shadow checks)")
+    quality.add_argument("--min-shadow-checks", type=int, default=None, metavar="N",
+                         help="shadow checks of the new version a wave needs before it counts (default: 50)")  # fmt: skip
+    quality.add_argument("--max-agreement-drop", type=float, default=None, metavar="POINTS",
+                         help="most the agreement with the cloud may fall (default: 2)")  # fmt: skip
+    quality.add_argument("--max-escalation-rise", type=float, default=None, metavar="POINTS",
+                         help="most the escalation rate may rise (default: 5)")  # fmt: skip
     start.add_argument("--watch", action="store_true", help="then follow it until it ends (as `fleet watch`)")
     watch = add("watch", "follow a rollout until it ends (exit 0 on COMPLETED)", _watch)
     watch.add_argument("id")

@@ -101,6 +101,7 @@ class QualityGate:
                 continue
             if evidence < need:
                 return GateDecision("waiting", f"the baseline has {evidence} of {need} for its {what}", figures)
+            worse_by = round(worse_by, 9)  # 100 * (0.99 - 0.97) is 2.0000000000000018: at the limit is within it
             figures[f"{what.replace(' ', '_')}_worse_by_points"] = round(worse_by, 3)
             if not math.isnan(worse_by) and worse_by > limit:
                 return GateDecision("failed", f"{what} worse by {worse_by:.1f} points (limit {limit:g})", figures)

@@ -18,6 +18,7 @@ from tests.helpers.sim_fleet import (
     start_manager,
     wait_devices_online,
 )
+from tests.helpers.waiting import wait_for
 
 KEY = "fleet-cli-key-0123456789"
 
@@ -75,3 +76,29 @@ def test_errors_say_what_the_manager_said(fleet, tmp_path: Path, capsys) -> None
     assert code == 1 and "404" in err  # not registered
     code, _, err = run(capsys, "fleet", "bundles", "--url", "http://127.0.0.1:9", "--timeout", "2")
     assert code == 2 and "out of reach" in err
+
+
+def test_a_quality_gate_from_the_command_line_holds_a_wave_without_evidence(fleet, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    run(capsys, "fleet", "push", str(make_archive(tmp_path / "v2", 2)), *fleet)
+    gate = ["--min-shadow-checks", "40", "--max-agreement-drop", "1.5"]
+    code, out, _ = run(capsys, "fleet", "start", "edge-student", "2", "--wave-size", "1", "--device", "dev00",
+                       "--device", "dev01", *gate, "--json", *fleet)  # fmt: skip
+    rollout = json.loads(out)
+    assert code == 0
+    code, out, _ = run(capsys, "fleet", "rollout", rollout["id"], "--json", *fleet)
+    shown = json.loads(out)
+    assert shown["spec"]["quality"] == {"min_shadow_checks": 40, "max_agreement_drop": 1.5, "max_escalation_rise": 5.0}
+    # The simulated devices report no shadow checks: the first wave finishes and waits, and no second wave goes out.
+    wait_for(lambda: (gates := cli_rollout(capsys, fleet, rollout["id"])["quality_gates"]) and gates[0] is not None)
+    seen = cli_rollout(capsys, fleet, rollout["id"])
+    assert seen["status"] == "RUNNING" and seen["wave"] == 1 and seen["quality_gates"][0]["verdict"] == "waiting"
+    assert "0 of 40 shadow checks" in seen["quality_gates"][0]["reason"]
+    code, _, err = run(capsys, "fleet", "start", "edge-student", "2", "--device", "dev02", "--min-shadow-checks",
+                       "0", *fleet)  # fmt: skip
+    assert code == 1 and "never passes on no evidence" in err
+
+
+def cli_rollout(capsys, fleet, rollout_id: str) -> dict:  # type: ignore[no-untyped-def]
+    code, out, _ = run(capsys, "fleet", "rollout", rollout_id, "--json", *fleet)
+    assert code == 0
+    return json.loads(out)
