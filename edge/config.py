@@ -8,7 +8,27 @@ from pathlib import Path
 from edgecloud.shared.base.errors import ConfigError
 from edgecloud.shared.base.net import is_loopback
 
-__all__ = ["EdgeConfig"]
+__all__ = ["EdgeConfig", "ShadowPolicy"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ShadowPolicy:
+    """How many of the answers it keeps a daemon has the cloud check (:mod:`edgecloud.edge.field.shadow`)."""
+
+    share: float = 0.02
+    """The share of kept answers checked (0 turns checks off)."""
+    per_minute: float = 30.0
+    """At most this many checks a minute (a token bucket holding ten seconds' worth)."""
+    max_in_flight: int = 4
+    """Checks waiting for the cloud at once; an offer beyond it is skipped."""
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.share <= 1.0:
+            raise ConfigError(f"shadow_share must be in [0, 1], got {self.share}")
+        if not self.per_minute > 0 or self.max_in_flight < 1:  # NaN is refused too
+            raise ConfigError(
+                f"shadow_per_minute must be > 0 and max_in_flight >= 1, got {self.per_minute}, {self.max_in_flight}"
+            )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -56,6 +76,11 @@ class EdgeConfig:
     shadow_per_minute: float = 30.0
     """At most this many shadow checks a minute, whatever the traffic."""
 
+    @property
+    def shadow(self) -> ShadowPolicy:
+        """The shadow-check policy these settings make (raises ConfigError for a bad one)."""
+        return ShadowPolicy(share=self.shadow_share, per_minute=self.shadow_per_minute)
+
     def __post_init__(self) -> None:
         if not Path(self.bundle).is_dir():
             raise ConfigError(f"bundle: {self.bundle} is not a directory")
@@ -78,11 +103,7 @@ class EdgeConfig:
                 f"1..max_reasoning_tokens ({self.max_reasoning_tokens}), got {self.reasoning_effort_tokens!r}"
             )
         object.__setattr__(self, "reasoning_effort_tokens", efforts)
-        if not 0.0 <= self.shadow_share <= 1.0 or not self.shadow_per_minute > 0:
-            raise ConfigError(
-                f"shadow_share must be in [0, 1] and shadow_per_minute > 0, got {self.shadow_share} "
-                f"and {self.shadow_per_minute}"
-            )
+        self.shadow  # noqa: B018 - validated here, at construction
         if self.threshold is not None and not 0 <= self.threshold <= 1:
             raise ConfigError(f"threshold must be in [0, 1], got {self.threshold}")
         object.__setattr__(self, "api_keys", tuple(self.api_keys))

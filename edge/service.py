@@ -32,7 +32,7 @@ from opentelemetry.trace import Status, StatusCode
 
 from edgecloud.edge.config import EdgeConfig
 from edgecloud.edge.field.quality import FieldCounter
-from edgecloud.edge.field.shadow import ShadowChecker, ShadowPolicy
+from edgecloud.edge.field.shadow import ShadowChecker
 from edgecloud.edge.metrics import EdgeMetrics
 from edgecloud.edge.outbox import OutboxDeliverer, OutboxRecord, OutboxStorage
 from edgecloud.edge.pipeline.request import QueryRequest, check
@@ -79,10 +79,9 @@ class EdgeService:
         self.stats = RequestStats()
         self.deliverer = OutboxDeliverer(outbox, client, on_delivered=self._delivered) if client else None
         self.quality = FieldCounter(self.metrics)
-        policy = ShadowPolicy(share=config.shadow_share, per_minute=config.shadow_per_minute)
         self.shadow = (
-            ShadowChecker(client, self.quality, policy, device_id=config.device_id)
-            if client is not None and policy.share > 0
+            ShadowChecker(client, self.quality, config.shadow, device_id=config.device_id)
+            if client is not None and config.shadow_share > 0
             else None
         )
         self._tasks: list[asyncio.Task[None]] = []

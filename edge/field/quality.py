@@ -10,6 +10,7 @@ Counts live in memory since the daemon started: the fleet manager keeps what eac
 from __future__ import annotations
 
 import collections
+import dataclasses
 import threading
 
 from edgecloud.edge.metrics import EdgeMetrics
@@ -62,13 +63,13 @@ class FieldCounter:
     def snapshot(self) -> list[FieldQuality]:
         """Copies of the counts, oldest version first."""
         with self._lock:
-            return [FieldQuality(**entry.to_dict()) for entry in self._entries.values()]
+            return [dataclasses.replace(entry) for entry in self._entries.values()]
 
     def of(self, name: str, version: int) -> FieldQuality:
         """A copy of one version's counts (zeros when it has none)."""
         with self._lock:
             entry = self._entries.get((name, version))
-            return FieldQuality(**entry.to_dict()) if entry is not None else FieldQuality(name, version)
+            return dataclasses.replace(entry) if entry is not None else FieldQuality(name, version)
 
     def _entry(self, bundle: EdgeBundle) -> FieldQuality:
         key = (bundle.name, bundle.version)

@@ -20,36 +20,21 @@ import asyncio
 import logging
 import random
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
+from edgecloud.edge.config import ShadowPolicy
 from edgecloud.edge.field.quality import FieldCounter
 from edgecloud.edge.pipeline.request import QueryRequest
 from edgecloud.edge.pipeline.verdict import LocalVerdict, think_params
 from edgecloud.edge.seams import CloudReasoner
 from edgecloud.edge.triage import Reason, Requested
-from edgecloud.shared.base.errors import ConfigError, EdgecloudError, UnavailableError
+from edgecloud.shared.base.errors import EdgecloudError, UnavailableError
 from edgecloud.shared.bundles.answers import answers_match, rule_of
 from edgecloud.shared.reasoner.session import EventKind, ThinkParams
 
 __all__ = ["ShadowChecker", "ShadowPolicy"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, kw_only=True)
-class ShadowPolicy:
-    share: float = 0.02
-    """The share of kept answers checked (0 turns checks off)."""
-    per_minute: float = 30.0
-    """At most this many checks a minute (a token bucket holding ten seconds' worth)."""
-    max_in_flight: int = 4
-    """Checks waiting for the cloud at once; an offer beyond it is skipped."""
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.share <= 1.0:
-            raise ConfigError(f"shadow share must be in [0, 1], got {self.share}")
-        if self.per_minute <= 0 or self.max_in_flight < 1:
-            raise ConfigError("shadow per_minute must be > 0 and max_in_flight >= 1")
 
 
 class _Bucket:
@@ -100,10 +85,6 @@ class ShadowChecker:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return True
-
-    @property
-    def in_flight(self) -> int:
-        return len(self._tasks)
 
     async def drain(self) -> None:
         """Wait for the checks under way (tests and a graceful stop)."""
