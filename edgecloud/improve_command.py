@@ -22,6 +22,7 @@ def _models_improve(args: argparse.Namespace) -> int:
         version=args.version,
         learn_reasoning={"auto": None, "yes": True, "no": False}[args.learn_reasoning],
         budget_cut_weight=args.budget_cut_weight,
+        field_weight=args.field_weight,
         student=args.student,
         replay_share=args.replay_share,
         steps=args.steps,
@@ -163,6 +164,13 @@ def add_improve_command(models: argparse._SubParsersAction) -> None:
         type=float,
         default=0.0,
         help="sampling weight of answers whose thinking the budget cut (default: 0, left out)",
+    )
+    improve.add_argument(
+        "--field-weight",
+        type=float,
+        default=2.0,
+        help="sampling weight of shadow checks the cloud contradicted: answers the edge kept and got wrong "
+        "(default: 2; checks it confirmed are left out)",
     )
     _add_improve_training_args(improve)
     _add_improve_gate_args(improve)

@@ -11,7 +11,8 @@ the base on a fixed validation set; a student worse than its base is never writt
 Records kept: completed sessions from the same student (by bundle name), with an answer, not cut
 at the answer's token limit, de-duplicated by the query as the student reads it (its tokenizer's
 normaliser), the latest record winning. An answer whose thinking was cut by the budget is left
-out, or down-weighted with ``budget_cut_weight``.
+out, or down-weighted with ``budget_cut_weight``. A shadow check the cloud contradicted is drawn
+``field_weight`` times as often; one it confirmed is left out (:mod:`.training_set`).
 
 With ``learn_reasoning`` (the default when the records carry reasoning), the student learns the
 cloud's reasoning as a scratchpad: it writes ``<think>`` reasoning ``</think>`` answer, and the
@@ -36,6 +37,7 @@ import logging
 import shutil
 import time
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -55,7 +57,7 @@ from edgecloud.modelkit.arithmetic.evaluate import REFERENCE_DIR, STUDENT_DIR
 from edgecloud.modelkit.arithmetic.student import StudentRecipe, fit_feature_transform
 from edgecloud.modelkit.arithmetic.teacher import ModelSpec, build_model
 from edgecloud.modelkit.data.student import DataStudentRecipe
-from edgecloud.modelkit.loop.base_task import ArithmeticTask, BaseTask, base_task
+from edgecloud.modelkit.loop.base_task import ArithmeticTask, BaseTask, answer_rule, base_task
 from edgecloud.modelkit.loop.evidence import hold_out, split_evidence
 from edgecloud.modelkit.loop.gate import GateCase, GateConfig, GateResult, evaluate_gate
 from edgecloud.modelkit.loop.improve_training import EscalationBatches, parts_loss, progress_check, replay_examples
@@ -63,6 +65,7 @@ from edgecloud.modelkit.loop.pair import REASONER_DIR, package_pair
 from edgecloud.modelkit.loop.training_set import TrainingSet, collect_training_set
 from edgecloud.modelkit.training import TrainConfig, grow_layers, train
 from edgecloud.shared.base.errors import ConfigError, EdgecloudError
+from edgecloud.shared.bundles.answers import answers_match
 from edgecloud.shared.bundles.manifest import Manifest, verify_bundle
 from edgecloud.shared.bundles.signing import expiry_in_days, load_private_key, sign_bundle
 from edgecloud.shared.reasoner.thinking import THINK_END, THINK_START
@@ -141,6 +144,8 @@ class ImproveConfig:
     """Learn the cloud's reasoning as a scratchpad; None: when most kept records carry it."""
     budget_cut_weight: float = 0.0
     """Sampling weight of answers whose thinking the budget cut (0: left out)."""
+    field_weight: float = 2.0
+    """Sampling weight of shadow checks the cloud contradicted (kept edge answers that were wrong)."""
     student: str = "auto"
     """``fine-tune`` the base, train a ``fresh`` :data:`FRESH_REASONER`, or ``auto``: fresh when
     learning the reasoning."""
@@ -187,8 +192,9 @@ class ImproveConfig:
     def __post_init__(self) -> None:
         if not self.logs:
             raise ConfigError("at least one escalation log is needed")
-        if not 0 <= self.budget_cut_weight <= 1:
-            raise ConfigError(f"budget_cut_weight must be in [0, 1], got {self.budget_cut_weight}")
+        if not 0 <= self.budget_cut_weight <= 1 or not 0 < self.field_weight <= 100:
+            raise ConfigError(f"budget_cut_weight must be in [0, 1] and field_weight in (0, 100], got "
+                              f"{self.budget_cut_weight} and {self.field_weight}")  # fmt: skip
         if self.student not in STUDENT_MODES:
             raise ConfigError(f"student must be one of {', '.join(STUDENT_MODES)}, got {self.student!r}")
         if self.replay_share is not None and not 0 <= self.replay_share < 1:
@@ -262,7 +268,9 @@ def _training_set(
             config.logs,
             student_name=manifest.name,
             normalize=normalize,
+            matches=partial(answers_match, answer_rule(manifest)),
             budget_cut_weight=config.budget_cut_weight,
+            field_weight=config.field_weight,
             learn_reasoning=learn_reasoning,
         ),
         config.holdout_share,

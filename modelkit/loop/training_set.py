@@ -1,10 +1,15 @@
 """Which of the cloud's escalation records the next edge student learns from, and why the others
-are left out (:func:`collect_training_set`, used by ``models improve``)."""
+are left out (:func:`collect_training_set`, used by ``models improve``).
+
+Shadow checks (``kind: shadow_check``, a device's kept answer checked by the cloud) teach only where
+they disagree: the student was wrong with confidence there, the costliest mistake it makes, so such a
+record is drawn ``field_weight`` times as often as an escalation. A check that agreed is left out:
+the student already answers it, and replay keeps what it answers."""
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +40,8 @@ class TrainingSet:
     """Records over the edge's token limit, learnt as abstentions (set when the batches are built)."""
     held_out: int = 0
     """Records kept out of training to measure the new student on (``models improve``'s gate)."""
+    field_corrections: int = 0
+    """Shadow checks whose kept edge answer the cloud contradicted, learnt at ``field_weight``."""
 
     def summary(self) -> dict[str, object]:
         return {
@@ -44,6 +51,7 @@ class TrainingSet:
             "records_dropped": dict(self.dropped),
             "learnt_as_abstentions": self.abstentions,
             "records_held_out": self.held_out,
+            "field_corrections": self.field_corrections,
             "learn_reasoning": self.reasoning,
         }
 
@@ -60,16 +68,24 @@ def _is_conversation(record: Escalation) -> bool:
     return len(record.messages) > 1
 
 
+def _agreed(record: Escalation, matches: Callable[[str, str], bool]) -> bool:
+    """A shadow check whose kept edge answer the cloud's answer confirms (by the bundle's rule)."""
+    return record.edge is not None and bool(record.edge.answer) and matches(record.edge.answer, record.answer)
+
+
 def collect_training_set(
     logs: Sequence[Path],
     *,
     student_name: str,
     normalize,
+    matches: Callable[[str, str], bool],
     budget_cut_weight: float = 0.0,
+    field_weight: float = 2.0,
     learn_reasoning: bool | None = None,
 ) -> TrainingSet:
     """The records worth learning from, one per normalised query (the latest), and why the others
-    were dropped. ``normalize`` maps a query to what the student reads."""
+    were dropped. ``normalize`` maps a query to what the student reads; ``matches(edge, cloud)``
+    compares two answers by the bundle's rule."""
     report = ReadReport()
     dropped: Counter[str] = Counter()
     chosen: dict[str, tuple[Escalation, float]] = {}
@@ -86,18 +102,25 @@ def collect_training_set(
             dropped["answer cut at its token limit"] += 1
         elif record.budget_reached and budget_cut_weight == 0:
             dropped["thinking cut by the budget"] += 1
+        elif record.kind == "shadow_check" and _agreed(record, matches):
+            dropped["a shadow check the edge answered right"] += 1
         else:
             key = normalize(record.query)
             if key in chosen:
                 dropped["duplicate query"] += 1
-            chosen[key] = (record, budget_cut_weight if record.budget_reached else 1.0)
+            weight = budget_cut_weight if record.budget_reached else 1.0
+            chosen[key] = (record, weight * field_weight if record.kind == "shadow_check" else weight)
     records = list(chosen.values())
     if learn_reasoning is None:
         learn_reasoning = bool(records) and sum(bool(r.reasoning) for r, _ in records) * 2 > len(records)
     examples = []
+    corrections = 0
     for record, weight in records:
         if learn_reasoning and not record.reasoning:
             dropped["no reasoning recorded"] += 1
             continue
         examples.append(TrainingExample(record.query, _target(record, learn_reasoning), weight, record.answer))
-    return TrainingSet(examples=examples, read=report, dropped=dropped, reasoning=learn_reasoning)
+        corrections += record.kind == "shadow_check"
+    return TrainingSet(
+        examples=examples, read=report, dropped=dropped, reasoning=learn_reasoning, field_corrections=corrections
+    )

@@ -120,7 +120,7 @@ def test_escalations_become_a_signed_student_the_fleet_serves(
         )
     )
     assert summary["version"] == new_version and summary["signed"] and summary["gate"]["passed"]
-    assert summary["records_read"] == len(records) and summary["learn_reasoning"] is False
+    assert summary["records_read"] == len(logged) and summary["learn_reasoning"] is False
     improved = tmp_path / "improved" / "edge-student"
     assert load_manifest(improved).metadata["improved_from"]["version"] == base.version
 

@@ -21,12 +21,17 @@ from edgecloud.modelkit.arithmetic.teacher import ModelSpec
 from edgecloud.modelkit.loop.gate import GateConfig
 from edgecloud.modelkit.loop.improve import GateFailedError, ImproveConfig, collect_training_set, improve_student
 from edgecloud.shared.base.errors import ConfigError
+from edgecloud.shared.bundles.answers import answers_match
 from edgecloud.shared.bundles.manifest import SIGNATURE_FILE, load_manifest
 from edgecloud.shared.bundles.signing import TrustStore, generate_keypair, verify_signed_bundle
 from edgecloud.shared.escalations.records import SCHEMA
 from edgecloud.shared.reasoner.thinking import THINK_END, THINK_START
 
 STUDENT = "edgecloud-demo-student"
+
+
+def same(edge: str, cloud: str) -> bool:
+    return answers_match("number", edge, cloud)
 
 
 def escalation(query: str, answer: str, **overrides: object) -> dict[str, object]:
@@ -78,7 +83,7 @@ def test_only_the_records_worth_learning_from_are_kept(tmp_path: Path) -> None:
     )
     (tmp_path / "torn.jsonl").write_text('{"schema": 2, "quer')
     training = collect_training_set(
-        [log, tmp_path / "torn.jsonl"], student_name=STUDENT, normalize=squash, learn_reasoning=None
+        [log, tmp_path / "torn.jsonl"], student_name=STUDENT, normalize=squash, matches=same, learn_reasoning=None
     )
     assert [(e.query, e.target, e.weight) for e in training.examples] == [("1+2", "3", 1.0)]
     assert training.dropped == {
@@ -98,7 +103,7 @@ def test_only_the_records_worth_learning_from_are_kept(tmp_path: Path) -> None:
 
 def test_budget_cut_answers_can_be_down_weighted(tmp_path: Path) -> None:
     log = write_log(tmp_path / "e.jsonl", [escalation("6 * 9", "54", budget_reached=True), escalation("2 + 2", "4")])
-    training = collect_training_set([log], student_name=STUDENT, normalize=squash, budget_cut_weight=0.25)
+    training = collect_training_set([log], student_name=STUDENT, normalize=squash, matches=same, budget_cut_weight=0.25)
     assert sorted((e.query, e.weight) for e in training.examples) == [("2 + 2", 1.0), ("6 * 9", 0.25)]
 
 
@@ -106,7 +111,9 @@ def test_with_reasoning_the_target_is_the_scratchpad_then_the_answer(tmp_path: P
     problems = generate(3, 0, Split.TRAIN, {2: 1.0})
     records = [escalation(p.query, str(p.answer), reasoning=think_text(p)) for p in problems]
     records.append(escalation("7 + 1", "8"))  # no reasoning recorded
-    training = collect_training_set([write_log(tmp_path / "e.jsonl", records)], student_name=STUDENT, normalize=squash)
+    training = collect_training_set(
+        [write_log(tmp_path / "e.jsonl", records)], student_name=STUDENT, normalize=squash, matches=same
+    )
     assert training.reasoning is True
     assert training.dropped == {"no reasoning recorded": 1}
     assert [e.target for e in training.examples] == [
@@ -119,6 +126,8 @@ def test_a_config_without_logs_or_with_bad_weights_is_refused(tmp_path: Path) ->
         ImproveConfig(logs=(), bundle=tmp_path, out=tmp_path)
     with pytest.raises(ConfigError, match="budget_cut_weight"):
         ImproveConfig(logs=(tmp_path / "e.jsonl",), bundle=tmp_path, out=tmp_path, budget_cut_weight=2)
+    with pytest.raises(ConfigError, match="field_weight in"):
+        ImproveConfig(logs=(tmp_path / "e.jsonl",), bundle=tmp_path, out=tmp_path, field_weight=0)
     with pytest.raises(ConfigError, match="expires_in_days needs a key"):
         ImproveConfig(logs=(tmp_path / "e.jsonl",), bundle=tmp_path, out=tmp_path, expires_in_days=30)
     with pytest.raises(ConfigError, match="must be > 0"):
