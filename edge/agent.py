@@ -86,6 +86,10 @@ class AgentConfig:
     watch_s: float = 30.0
     """How long after a swap the new model is watched."""
     watch_min_requests: int = 20
+    watch_min_checks: int = 20
+    """Shadow checks each version needs before the watch compares their agreement with the cloud."""
+    watch_max_agreement_drop: float = 2.0
+    """Points of agreement the new version may clearly lose (:func:`edgecloud.edge.field.quality.field_regression`)."""
     max_error_rate: float = 0.05
     max_p99_ratio: float = 3.0
     p99_allowance_ms: float = 20.0
@@ -109,6 +113,8 @@ class AgentConfig:
             raise ConfigError(f"broker must be BrokerSettings, got {type(self.broker).__name__}")
         if self.telemetry_interval_s <= 0 or self.watch_s < 0 or self.max_bundle_bytes < 1:
             raise ConfigError("telemetry_interval_s > 0, watch_s >= 0, max_bundle_bytes >= 1 required")
+        if self.watch_min_checks < 1 or not 0 <= self.watch_max_agreement_drop <= 100:
+            raise ConfigError("watch_min_checks >= 1 and watch_max_agreement_drop in [0, 100] required")
         if self.download_timeout_s <= 0 or self.download_deadline_s <= 0 or self.download_min_rate_bps < 0:
             raise ConfigError("download_timeout_s > 0, download_deadline_s > 0, download_min_rate_bps >= 0 required")
 

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from edgecloud.edge.agent_state import AgentState, StateStore, read_state
+from edgecloud.edge.field.quality import field_regression
 from edgecloud.edge.runtime import EdgeBundle
 from edgecloud.edge.service import EdgeService
 from edgecloud.shared.base.errors import EdgecloudError
@@ -166,7 +167,7 @@ class Deployer:
             watching = f"serving v{bundle.version}; watching it for {self.config.watch_s:g} s"
             self._report(command, AckStatus.VERIFYING, watching)
         with tracer().start_as_current_span("agent.watch"):
-            reason = self._watch(swapped_at, baseline.p99_ms)
+            reason = self._watch(swapped_at, baseline.p99_ms, bundle, old)
         if reason:
             self.service.swap(old)
             self._report(command, AckStatus.ROLLED_BACK, reason)
@@ -262,11 +263,19 @@ class Deployer:
             if got != case.expected:
                 raise _Failed(f"self-test failed: {case.query!r} gave {got!r}, expected {case.expected!r}")
 
-    def _watch(self, since: float, previous_p99_ms: float) -> str:
-        """A reason to roll back, or '' when the new model behaved through the watch window."""
+    def _watch(self, since: float, previous_p99_ms: float, new: EdgeBundle, old: EdgeBundle) -> str:
+        """A reason to roll back, or '' when the new model behaved through the watch window: errors,
+        local latency, and the cloud's shadow checks of its kept answers against the old model's."""
         c = self.config
         deadline = since + c.watch_s
+        before = self.service.quality.of(old.name, old.version)
         while not self._stopping.wait(min(0.5, max(0.0, deadline - time.monotonic()))):
+            now = self.service.quality.of(new.name, new.version)
+            field = field_regression(
+                now, before, min_checks=c.watch_min_checks, max_agreement_drop=c.watch_max_agreement_drop
+            )
+            if field:
+                return field
             window = self.service.stats.summary(since=since)
             if window.requests >= c.watch_min_requests and window.error_rate > c.max_error_rate:
                 return (

@@ -67,6 +67,8 @@ def _edge_serve(args: argparse.Namespace) -> int:
             labels=device_labels(args.label),
             watch_s=args.watch_s,
             watch_min_requests=args.watch_min_requests,
+            watch_min_checks=args.watch_min_checks,
+            watch_max_agreement_drop=args.watch_max_agreement_drop,
         )
     start_tracing("edgecloud-edge", args.otlp_endpoint)
     serve(config, agent)
@@ -160,6 +162,11 @@ def _add_edge_agent_args(serve: argparse.ArgumentParser) -> None:
                        help="seconds a newly deployed model is watched before it counts as ACTIVE (default: 30)")  # fmt: skip
     serve.add_argument("--watch-min-requests", type=int, default=20,
                        help="requests the watch needs before it judges error rate and latency (default: 20)")  # fmt: skip
+    serve.add_argument("--watch-min-checks", type=int, default=20,
+                       help="shadow checks each version needs before the watch compares their agreement (default: 20)")  # fmt: skip
+    serve.add_argument("--watch-max-agreement-drop", type=float, default=2.0, metavar="POINTS",
+                       help="roll back when the new model's agreement with the cloud is clearly more than this many "
+                            "points below the old one's (default: 2)")  # fmt: skip
 
 
 def add_edge_commands(commands: argparse._SubParsersAction) -> None:

@@ -19,7 +19,7 @@ from edgecloud.edge.runtime import EdgeBundle
 from edgecloud.edge.triage import Reason, Requested
 from edgecloud.shared.fleetlink.quality import MAX_VERSIONS, FieldQuality
 
-__all__ = ["FieldCounter"]
+__all__ = ["FieldCounter", "field_regression"]
 
 
 class FieldCounter:
@@ -79,3 +79,23 @@ class FieldCounter:
             while len(self._entries) > MAX_VERSIONS:
                 self._entries.popitem(last=False)
         return entry
+
+
+def field_regression(new: FieldQuality, before: FieldQuality, *, min_checks: int, max_agreement_drop: float) -> str:
+    """A reason to roll back from ``new`` to the version it replaced, or '' (the watch window's field signal).
+
+    One device sees few checks in a watch window, so only clear evidence counts: both versions have
+    at least ``min_checks`` checks and even the upper end of the new version's agreement interval is
+    more than ``max_agreement_drop`` points below the old version's agreement. The fleet's quality
+    gate (:mod:`edgecloud.fleet.quality`) judges the sum over a wave's devices with the same limit.
+    """
+    if min(new.checks, before.checks) < min_checks:
+        return ""
+    limit = before.agreement.value - max_agreement_drop / 100
+    if new.agreement.interval[1] < limit:
+        return (
+            f"the cloud agreed with {new.agreed} of {new.checks} checked answers of v{new.model_version} "
+            f"({new.agreement.value:.1%}, at most {new.agreement.interval[1]:.1%}); v{before.model_version} "
+            f"had {before.agreement.value:.1%} over {before.checks} (limit: {max_agreement_drop:g} points lower)"
+        )
+    return ""

@@ -197,6 +197,30 @@ def test_a_slower_new_model_is_rolled_back(device, shipped_models, tmp_path, key
     assert reason.startswith("p99 latency of local answers")
 
 
+def test_a_new_model_the_clouds_checks_contradict_is_rolled_back(
+    device, shipped_models, tmp_path, keys, artifacts
+) -> None:  # type: ignore[no-untyped-def]
+    _agent, service, observer = device
+    before = service.slot.current
+    for _ in range(40):  # the old model's kept answers, each confirmed by the cloud
+        service.quality.checked(before, agreed=True)
+    bundle = publish_bundle(
+        make_bundle(shipped_models / "edge-student", tmp_path / "v-wrong", before.version + 1, keys["trusted_private"]),
+        artifacts,
+        "wrong.tar.gz",
+    )
+    deploy = command(bundle, revision=9)
+    observer.send(deploy)
+    observer.wait_for(lambda: acks_for(observer, deploy["id"]).count("VERIFYING") == 2)  # swapped, watching
+    new = service.slot.current
+    for i in range(20):  # the new model's: the cloud contradicts one in four
+        service.quality.checked(new, agreed=i % 4 != 0)
+    observer.wait_for(lambda: "ROLLED_BACK" in acks_for(observer, deploy["id"]))
+    assert service.slot.current is before
+    reason = [a for a in observer.of("cmd/ack") if a["status"] == "ROLLED_BACK"][-1]["reason"]
+    assert reason.startswith(f"the cloud agreed with 15 of 20 checked answers of v{before.version + 1}"), reason
+
+
 def test_ten_swaps_over_mqtt_under_load_fail_no_request(device, shipped_models, tmp_path, keys, artifacts) -> None:  # type: ignore[no-untyped-def]
     from concurrent.futures import ThreadPoolExecutor
 

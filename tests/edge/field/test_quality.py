@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from edgecloud.edge.field.quality import FieldCounter
+from edgecloud.edge.field.quality import FieldCounter, field_regression
 from edgecloud.edge.metrics import EdgeMetrics
 from edgecloud.edge.pipeline.verdict import LocalVerdict, judge, unread
 from edgecloud.edge.runtime import EdgeBundle
 from edgecloud.edge.triage import Requested, TriagePolicy
-from edgecloud.shared.fleetlink.quality import MAX_VERSIONS
+from edgecloud.shared.fleetlink.quality import MAX_VERSIONS, FieldQuality
 
 
 @pytest.fixture(scope="module")
@@ -57,3 +57,28 @@ def test_each_version_counts_apart_and_only_the_newest_are_kept(bundle: EdgeBund
     versions = [q.model_version for q in counter.snapshot()]
     assert versions == list(range(3, MAX_VERSIONS + 3))
     assert counter.of(bundle.name, 1).read == 0 and counter.of(bundle.name, 3).read == 1
+
+
+@pytest.mark.parametrize(
+    ("new", "before", "rolled_back"),
+    [
+        ((15, 20), (40, 40), True),  # 75% at most ~89%, against 100%
+        ((19, 20), (40, 40), False),  # 95%: its interval reaches 99%
+        ((5, 10), (40, 40), False),  # too few checks of the new model to judge it
+        ((15, 20), (10, 10), False),  # too few of the old one
+        ((0, 20), (10, 20), True),  # the old one was poor; the new one is clearly worse
+        ((18, 20), (18, 20), False),
+    ],
+)
+def test_the_watch_rolls_back_only_on_clearly_worse_agreement(
+    new: tuple[int, int], before: tuple[int, int], rolled_back: bool
+) -> None:
+    reason = field_regression(
+        FieldQuality("m", 2, agreed=new[0], checks=new[1]),
+        FieldQuality("m", 1, agreed=before[0], checks=before[1]),
+        min_checks=20,
+        max_agreement_drop=2.0,
+    )
+    assert bool(reason) is rolled_back, reason
+    if rolled_back:
+        assert reason.startswith(f"the cloud agreed with {new[0]} of {new[1]} checked answers of v2")
