@@ -91,20 +91,33 @@ class QualityGate:
         figures = {"new": new.summary(), "baseline": baseline.summary(), "min_shadow_checks": need}
         if new.checks < need:
             return GateDecision("waiting", f"{new.checks} of {need} shadow checks of the new version", figures)
+        # each: the limit, the baseline's evidence, worse by (point estimates), clearly worse by (the
+        # new version's 95% interval bound nearest the baseline): one wave's checks are few
         judged = [
-            ("agreement", self.max_agreement_drop, baseline.checks, 100 * (baseline.agreement.value - new.agreement.value)),
+            ("agreement", self.max_agreement_drop, baseline.checks,
+             100 * (baseline.agreement.value - new.agreement.value),
+             100 * (baseline.agreement.value - new.agreement.interval[1])),
             ("escalation rate", self.max_escalation_rise, baseline.read,
-             100 * (new.escalation.value - baseline.escalation.value)),
+             100 * (new.escalation.value - baseline.escalation.value),
+             100 * (new.escalation.interval[0] - baseline.escalation.value)),
         ]  # fmt: skip
-        for what, limit, evidence, worse_by in judged:
+        for what, limit, evidence, worse_by, clearly in judged:
             if limit is None:
                 continue
             if evidence < need:
                 return GateDecision("waiting", f"the baseline has {evidence} of {need} for its {what}", figures)
             worse_by = round(worse_by, 9)  # 100 * (0.99 - 0.97) is 2.0000000000000018: at the limit is within it
             figures[f"{what.replace(' ', '_')}_worse_by_points"] = round(worse_by, 3)
-            if not math.isnan(worse_by) and worse_by > limit:
+            if math.isnan(worse_by) or worse_by <= limit:
+                continue
+            if clearly > limit:
                 return GateDecision("failed", f"{what} worse by {worse_by:.1f} points (limit {limit:g})", figures)
+            return GateDecision(
+                "waiting",
+                f"{what} worse by {worse_by:.1f} points, not yet clearly beyond the limit of {limit:g} "
+                f"(by its 95% interval at least {clearly:.1f}): more checks needed",
+                figures,
+            )
         return GateDecision("passed", "within every limit", figures)
 
     def to_dict(self) -> dict[str, Any]:
