@@ -9,6 +9,8 @@ Routes (JSON unless said otherwise; errors are ``{"error": {"type", "message"}}`
                                         (Content-Type application/gzip or application/octet-stream)
     GET  /v1/bundles                    registered bundles
     GET  /v1/devices                    devices: online, version, labels, escalation rate, last telemetry
+    GET  /v1/quality                    field quality per bundle version over the fleet: counts, agreement
+                                        with the cloud, escalation and abstention rates (95% intervals)
     POST /v1/rollouts                   {"bundle", "version", "devices": [..], "labels": {..},
                                          "strategy": {"type": "fixed", "size": n} |
                                                      {"type": "exponential", "base_rate", "increment_factor"},
@@ -147,6 +149,10 @@ def _bundle_router(manager: FleetManager) -> APIRouter:
     @router.get("/v1/devices")
     async def list_devices() -> dict[str, Any]:
         return {"devices": await run_in_threadpool(manager.devices)}
+
+    @router.get("/v1/quality")
+    async def field_quality() -> dict[str, Any]:
+        return {"versions": await run_in_threadpool(manager.quality)}
 
     @router.get("/artifacts/{name}")
     async def artifact(name: str) -> FileResponse:

@@ -20,6 +20,9 @@ DASHBOARD_HTML = """<!doctype html>
  .bar > span.bad { background: #c33; }
  button { margin-right: 4px; }
  #err { color: #a00; }
+ .ci { width: 160px; height: 10px; background: #eee; display: inline-block; position: relative; }
+ .ci > span { position: absolute; height: 100%; background: #9cd; }
+ .ci > i { position: absolute; width: 2px; height: 100%; background: #036; }
 </style>
 </head>
 <body>
@@ -31,6 +34,12 @@ DASHBOARD_HTML = """<!doctype html>
 <h2>Devices</h2>
 <table><thead><tr><th>device</th><th>state</th><th>model</th><th>labels</th><th>escalation rate</th>
 <th>last seen</th><th>rollout</th></tr></thead><tbody id="devices"></tbody></table>
+<h2>Field quality</h2>
+<p>Per bundle version, over each device's latest counts: the cloud's shadow checks of answers the devices
+kept, and what triage did with the queries (bars: 95% intervals on 0&ndash;100%).</p>
+<table><thead><tr><th>model</th><th>devices</th><th>queries</th><th>agreement with the cloud</th>
+<th>checks (shed)</th><th>escalation rate</th><th>abstention rate</th></tr></thead>
+<tbody id="quality"></tbody></table>
 <script>
 const esc = s => String(s ?? "").replace(/[&<>"']/g, c => ({"&":"&amp;","<":"&lt;",">":"&gt;",'"':"&quot;","'":"&#39;"}[c]));
 const keyInput = document.getElementById("key");
@@ -46,6 +55,16 @@ async function api(path, method = "GET") {
   if (!r.ok) throw new Error(body.error ? body.error.message : r.statusText);
   return body;
 }
+function rate(r) {
+  if (r.value == null) return "no evidence";
+  return `<span class="ci" title="${(100 * r.low).toFixed(1)}%&ndash;${(100 * r.high).toFixed(1)}%">` +
+    `<span style="left:${100 * r.low}%;width:${100 * (r.high - r.low)}%"></span><i style="left:${100 * r.value}%"></i>` +
+    `</span> ${(100 * r.value).toFixed(1)}% (${(100 * r.low).toFixed(1)}&ndash;${(100 * r.high).toFixed(1)})`;
+}
+function gate(r) {
+  const g = (r.quality_gates || []).filter(Boolean).pop();
+  return g ? `<br><small>wave ${g.wave} quality: ${esc(g.verdict)} &mdash; ${esc(g.reason)}</small>` : "";
+}
 function ago(t) { return t ? Math.round(Date.now() / 1000 - t) + " s ago" : ""; }
 async function act(id, op) {
   try { await api(`/v1/rollouts/${encodeURIComponent(id)}/${op}`, "POST"); refresh(); }
@@ -53,10 +72,11 @@ async function act(id, op) {
 }
 async function refresh() {
   try {
-    const [{rollouts}, {devices}] = await Promise.all([api("/v1/rollouts"), api("/v1/devices")]);
+    const [{rollouts}, {devices}, {versions}] = await Promise.all(
+      [api("/v1/rollouts"), api("/v1/devices"), api("/v1/quality")]);
     document.getElementById("rollouts").innerHTML = rollouts.map(r => `<tr>
       <td>${esc(r.id)}</td><td>${esc(r.bundle)} v${esc(r.version)}</td><td>${esc(r.revision)}</td>
-      <td>${esc(r.status)}${r.abort_reason ? " &mdash; " + esc(r.abort_reason) : ""}</td>
+      <td>${esc(r.status)}${r.abort_reason ? " &mdash; " + esc(r.abort_reason) : ""}${gate(r)}</td>
       <td><span class="bar"><span class="${r.failed ? "bad" : ""}" style="width:${r.progress_percent}%"></span></span>
           ${r.progress_percent}%</td>
       <td>${r.wave}/${r.waves}</td><td>${r.succeeded} / ${r.failed} / ${r.total}</td>
@@ -69,6 +89,10 @@ async function refresh() {
       <td>${d.escalation_rate == null ? "" : (100 * d.escalation_rate).toFixed(1) + "%"}</td>
       <td>${ago(d.last_seen)}</td>
       <td>${d.rollout ? esc(d.rollout.id + ": " + d.rollout.status) : ""}</td></tr>`).join("");
+    document.getElementById("quality").innerHTML = versions.map(v => `<tr>
+      <td>${esc(v.model_name)} v${esc(v.model_version)}</td><td>${v.devices}</td><td>${v.read}</td>
+      <td>${rate(v.agreement)}</td><td>${v.checks} (${v.shed})</td>
+      <td>${rate(v.escalation_rate)}</td><td>${rate(v.abstention_rate)}</td></tr>`).join("");
     document.getElementById("err").textContent = "";
   } catch (e) { document.getElementById("err").textContent = e.message; }
 }

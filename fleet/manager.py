@@ -183,6 +183,7 @@ class FleetManager:
         )  # fmt: skip
         self.abort_rollout, self.rollback_rollout = service.abort_rollout, service.rollback_rollout
         self.rollouts, self.rollout, self.devices = views.rollouts, views.rollout, views.devices
+        self.quality = views.quality
         self._stop = threading.Event()
         self._tick_thread: threading.Thread | None = None
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from edgecloud.fleet.quality import fleet_quality
 from edgecloud.fleet.rollout import Rollout
 from edgecloud.fleet.state import FleetState
 from edgecloud.fleet.store import DeviceRecord
@@ -63,3 +64,18 @@ class FleetViews:
         with self.state.lock:
             live = self.state.live_rollouts_by_device()
             return [device_view(d, live.get(d.id)) for d in sorted(self.state.devices.values(), key=lambda d: d.id)]
+
+    def quality(self) -> list[dict[str, Any]]:
+        """Field quality per bundle version over the fleet (each device's latest counts, added), with
+        how many devices reported each version; newest version first."""
+        with self.state.lock:
+            telemetry = [d.telemetry for d in self.state.devices.values()]
+        reported: dict[tuple[str, int], int] = {}
+        for document in telemetry:
+            for key in {(q.get("model_name"), q.get("model_version")) for q in (document or {}).get("quality", ())}:
+                reported[key] = reported.get(key, 0) + 1  # type: ignore[index]
+        totals = fleet_quality(telemetry)
+        return [
+            {**totals[key].summary(), "devices": reported.get(key, 0)}
+            for key in sorted(totals, key=lambda k: (k[0], -k[1]))
+        ]

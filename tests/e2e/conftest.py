@@ -36,7 +36,8 @@ def make_fleet(
     """Start the manager (trusting ``manager_keys``), its API, and the three devices (trusting the good key)."""
     started: list[Fleet] = []
 
-    def make(manager_keys: tuple[str, ...] = ("good.pub",)) -> Fleet:
+    def make(manager_keys: tuple[str, ...] = ("good.pub",), **edge: Any) -> Fleet:
+        """``edge``: more EdgeConfig settings for every daemon (a cloud to escalate to, shadow checks)."""
         port = free_port()
         manager = FleetManager(
             FleetManagerConfig(
@@ -58,7 +59,7 @@ def make_fleet(
         for device in DEVICES:
             (tmp_path / device).mkdir(exist_ok=True)
             _app, service = create_daemon(
-                EdgeConfig(bundle=shipped_models / "edge-student", outbox=tmp_path / device / "outbox.sqlite3")
+                EdgeConfig(bundle=shipped_models / "edge-student", outbox=tmp_path / device / "outbox.sqlite3", **edge)
             )
             agent = DeviceAgent(
                 AgentConfig(

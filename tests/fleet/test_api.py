@@ -12,6 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from edgecloud.fleet.api import create_app, create_server
 from edgecloud.fleet.manager import FleetManager, FleetManagerConfig
+from edgecloud.shared.fleetlink.quality import FieldQuality
 from tests.helpers.sim_fleet import (
     command_key,
     make_archive,
@@ -54,7 +55,12 @@ def test_rest_api(mqtt_broker, tmp_path, sims, managers) -> None:
             assert [(b["name"], b["version"]) for b in listed] == [("edge-student", 1), ("edge-student", 2)]
             assert listed[1]["url"].endswith(f"/artifacts/{bundle['sha256']}.tar.gz")
 
-            for device in devices:  # periodic on a real device; the manager was not there for the first
+            for i, device in enumerate(devices):  # periodic on a real device; the manager was not there for the first
+                device.field[1] = FieldQuality("edge-student", 1, read=100, kept=90, escalated=10, checks=10, agreed=9)
+                if i < 2:
+                    device.field[2] = FieldQuality(
+                        "edge-student", 2, read=50, kept=40, escalated=10, checks=5, agreed=5
+                    )
                 device.send_telemetry()
             wait_for(
                 lambda: all(d["escalation_rate"] == 0.1 for d in api.get("/v1/devices").json()["devices"]),
@@ -64,6 +70,11 @@ def test_rest_api(mqtt_broker, tmp_path, sims, managers) -> None:
             listed_devices = api.get("/v1/devices").json()["devices"]
             assert [d["id"] for d in listed_devices] == ["dev00", "dev01", "dev02", "dev03"]
             assert listed_devices[0]["telemetry"]["requests"] == {"edge": 9, "cloud": 1}
+            quality = api.get("/v1/quality").json()["versions"]  # summed per version, newest first
+            assert [(v["model_version"], v["devices"], v["checks"], v["agreed"], v["read"]) for v in quality] == [
+                (2, 2, 10, 10, 100), (1, 4, 40, 36, 400)
+            ]  # fmt: skip
+            assert quality[1]["agreement"]["value"] == 0.9 and quality[1]["agreement"]["low"] < 0.9
 
             bad = api.post(
                 "/v1/rollouts",

@@ -17,6 +17,7 @@ import pytest
 
 from edgecloud.fleet.api import create_server
 from edgecloud.fleet.rollout import FixedBatches, RolloutStatus
+from edgecloud.shared.fleetlink.quality import FieldQuality
 from tests.helpers.sim_fleet import (
     make_archive,
     manager_config,
@@ -110,6 +111,9 @@ def test_dashboard_shows_the_fleet_and_drives_rollouts(browser, mqtt_broker, tmp
     labels = {0: {"site": "<b>lab</b>"}, 1: {"site": "lab"}, 2: {"site": "lab"}}
     devices = start_devices(mqtt_broker, sims, 3, delay_s=1.5, fail={"dev02"}, labels=labels.__getitem__)
     devices[1].escalation_rate = 0.25
+    devices[0].field[1] = FieldQuality(
+        "edge-student", 1, read=200, kept=180, escalated=20, checks=40, agreed=36, shed=2
+    )
     manager = start_manager(manager_config(mqtt_broker, tmp_path), managers)
     wait_devices_online(manager, 3)
     for device in devices:
@@ -142,6 +146,13 @@ def test_dashboard_shows_the_fleet_and_drives_rollouts(browser, mqtt_broker, tmp
         assert dev00[3] == "site=<b>lab</b>"  # shown as text, not markup
         assert browser.find_elements(By.CSS_SELECTOR, "#devices b") == []
         assert dev01[2] == "edge-student v2" and dev02[2] == "edge-student v1"  # dev02 failed the update
+
+        see(browser, lambda: "edge-student v1" in rows(browser, "quality"), "the field quality of v1")
+        quality = cells(rows(browser, "quality")["edge-student v1"])
+        assert quality[1:3] == ["1", "200"] and quality[4] == "40 (2)"
+        assert quality[3].startswith("90.0% (") and quality[5].startswith("10.0% (")  # with their intervals
+        interval = rows(browser, "quality")["edge-student v1"].find_element(By.CSS_SELECTOR, ".ci > span")
+        assert 0 < float(interval.value_of_css_property("width").removesuffix("px")) < 160  # drawn, not full
 
         row = cells(rows(browser, "rollouts")["first"])
         assert row[1] == "edge-student v2" and row[3] == "COMPLETED" and row[4] == "100%"

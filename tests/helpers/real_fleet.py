@@ -4,6 +4,7 @@ student bundle (the fixture that starts it, ``make_fleet``, is in tests/e2e/conf
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,7 +61,9 @@ class Fleet:
         return response.json()
 
 
-def start_rollout(fleet: Fleet, version: int, abort: dict[str, Any] | None = None) -> str:
+def start_rollout(
+    fleet: Fleet, version: int, abort: dict[str, Any] | None = None, quality: dict[str, Any] | None = None
+) -> str:
     name = next(iter(fleet.services.values())).slot.current.name
     body: dict[str, Any] = {
         "bundle": name,
@@ -71,6 +74,8 @@ def start_rollout(fleet: Fleet, version: int, abort: dict[str, Any] | None = Non
     }
     if abort is not None:
         body["abort"] = abort
+    if quality is not None:
+        body["quality"] = quality
     response = fleet.api.post("/v1/rollouts", json=body)
     assert response.status_code == 201, response.text
     created = response.json()
@@ -79,8 +84,13 @@ def start_rollout(fleet: Fleet, version: int, abort: dict[str, Any] | None = Non
 
 
 def wait_rollout(fleet: Fleet, rollout_id: str, *statuses: str, timeout: float = 30) -> dict[str, Any]:
-    return wait_for(
-        lambda: (r := fleet.rollout(rollout_id))["status"] in statuses and r,
-        timeout,
-        f"rollout {rollout_id} in {statuses}",
-    )
+    last: dict[str, Any] = {}
+
+    def reached() -> dict[str, Any] | None:
+        last.update(fleet.rollout(rollout_id))
+        return dict(last) if last["status"] in statuses else None
+
+    try:
+        return wait_for(reached, timeout, f"rollout {rollout_id} in {statuses}")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; it is {json.dumps(last)[:4000]}") from None
