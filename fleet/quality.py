@@ -95,11 +95,9 @@ class QualityGate:
         # new version's 95% interval bound nearest the baseline): one wave's checks are few
         judged = [
             ("agreement", self.max_agreement_drop, baseline.checks,
-             100 * (baseline.agreement.value - new.agreement.value),
-             100 * (baseline.agreement.value - new.agreement.interval[1])),
+             *new.agreement.points_below(baseline.agreement.value)),
             ("escalation rate", self.max_escalation_rise, baseline.read,
-             100 * (new.escalation.value - baseline.escalation.value),
-             100 * (new.escalation.interval[0] - baseline.escalation.value)),
+             *new.escalation.points_above(baseline.escalation.value)),
         ]  # fmt: skip
         for what, limit, evidence, worse_by, clearly in judged:
             if limit is None:

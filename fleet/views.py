@@ -7,12 +7,14 @@ without touching what the fleet does, and so that reading the fleet can never ch
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 from edgecloud.fleet.quality import fleet_quality
 from edgecloud.fleet.rollout import Rollout
 from edgecloud.fleet.state import FleetState
 from edgecloud.fleet.store import DeviceRecord
+from edgecloud.shared.fleetlink.quality import FieldQuality
 
 __all__ = ["FleetViews", "device_view"]
 
@@ -70,11 +72,12 @@ class FleetViews:
         how many devices reported each version; newest version first."""
         with self.state.lock:
             telemetry = [d.telemetry for d in self.state.devices.values()]
-        reported: dict[tuple[str, int], int] = {}
-        for document in telemetry:
-            for key in {(q.get("model_name"), q.get("model_version")) for q in (document or {}).get("quality", ())}:
-                reported[key] = reported.get(key, 0) + 1  # type: ignore[index]
-        totals = fleet_quality(telemetry)
+        reported: Counter[tuple[str, int]] = Counter()
+        totals: dict[tuple[str, int], FieldQuality] = {}
+        for document in telemetry:  # one device's versions: an entry that is not valid is no report
+            for key, entry in fleet_quality([document]).items():
+                reported[key] += 1
+                totals.setdefault(key, FieldQuality(*key)).add(entry)
         return [
             {**totals[key].summary(), "devices": reported.get(key, 0)}
             for key in sorted(totals, key=lambda k: (k[0], -k[1]))

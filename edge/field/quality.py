@@ -91,8 +91,8 @@ def field_regression(new: FieldQuality, before: FieldQuality, *, min_checks: int
     """
     if min(new.checks, before.checks) < min_checks:
         return ""
-    limit = before.agreement.value - max_agreement_drop / 100
-    if new.agreement.interval[1] < limit:
+    _worse, clearly = new.agreement.points_below(before.agreement.value)
+    if clearly > max_agreement_drop:
         return (
             f"the cloud agreed with {new.agreed} of {new.checks} checked answers of v{new.model_version} "
             f"({new.agreement.value:.1%}, at most {new.agreement.interval[1]:.1%}); v{before.model_version} "

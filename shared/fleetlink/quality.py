@@ -69,6 +69,16 @@ class Rate:
     def interval(self) -> tuple[float, float]:
         return wilson_interval(self.successes, self.trials)
 
+    def points_below(self, baseline: float) -> tuple[float, float]:
+        """Percentage points this rate falls short of ``baseline``: by its value, and clearly (by the
+        top of its 95% interval: what the evidence shows at least)."""
+        return 100 * (baseline - self.value), 100 * (baseline - self.interval[1])
+
+    def points_above(self, baseline: float) -> tuple[float, float]:
+        """Percentage points this rate exceeds ``baseline``: by its value, and clearly (by the bottom
+        of its 95% interval)."""
+        return 100 * (self.value - baseline), 100 * (self.interval[0] - baseline)
+
     def to_dict(self) -> dict[str, Any]:
         low, high = self.interval
         value = None if not self.trials else round(self.value, 6)
