@@ -101,10 +101,16 @@ def test_agent_config_needs_command_keys_and_an_origin_for_its_token(tmp_path: P
 def test_birth_telemetry_and_will(device, mqtt_broker) -> None:  # type: ignore[no-untyped-def]
     agent, service, observer = device
     results = [asyncio.run(service.query(QueryRequest(query=q))) for q in ("3 + 4", "12 * 3 - 7 + 40", "9 * 9")]
-    observer.wait_for(lambda: observer.of("state") and any(t["quality"] for t in observer.of("telemetry")))
+    # telemetry is periodic: one sent between the queries counts only the first ones
+    observer.wait_for(
+        lambda: (
+            observer.of("state")
+            and any(t["quality"] and t["quality"][0]["read"] == 3 for t in observer.of("telemetry"))
+        )
+    )
     birth = observer.of("state")[-1]
     assert birth["online"] and birth["model_version"] == service.slot.current.version and birth["session"] >= 1
-    telemetry = observer.of("telemetry")[-1]
+    telemetry = next(t for t in reversed(observer.of("telemetry")) if t["quality"])
     assert {"requests", "latency_ms", "escalation_rate", "outbox_depth", "cpu_percent", "memory_mb"} <= telemetry.keys()
     (quality,) = telemetry["quality"]  # field quality per version, as counts the fleet adds up
     kept = sum(r.reason == "confident" for r in results)

@@ -205,6 +205,8 @@ def test_a_wave_is_judged_by_its_field_quality(mqtt_broker, tmp_path, sims, mana
         assert first["verdict"] == "failed" and "agreement worse by 9.0 points" in summary["abort_reason"]
         assert later == [None, None] and summary["rollback"]["version"] == old.version
         wave_one = {"dev00", "dev01"}
+        # ROLLED_BACK means the rollback commands are out; wave 1's devices apply them a moment later
+        wait_for(lambda: all(device.version == 1 for device in devices), 20, "wave 1 back on v1")
         for device in devices:  # wave 1 went back to v1; nobody else ever heard of v2
             assert device.version == 1 and bool(device.received) == (device.device in wave_one)
     else:
