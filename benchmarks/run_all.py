@@ -112,6 +112,15 @@ BENCHMARKS = (
         timeout_s=1200,
         plot=fleet_scale.plot,
     ),
+    Benchmark("shadow_cost", quick=("--quick",), timeout_s=1800, script=HERE / "field" / "shadow_cost.py"),
+    Benchmark(
+        "interval_coverage",
+        quick=("--quick",),
+        timeout_s=3600,
+        script=HERE / "field" / "interval_coverage.py",
+        skip="20 runs of fresh traffic per version, 35% of the kept answers checked by the cloud: about "
+        "10 minutes, for when the field-quality figures or the shadow checks change (issue 28)",
+    ),
     Benchmark(
         "command_signing",
         quick=("--n", "500"),

@@ -125,12 +125,15 @@ MAKE_BENCH = [
     "feature_codec",
     "swap_under_load",
     "fleet_scale",
+    "shadow_cost",
 ]
 
 
 def scripts() -> set[str]:
-    """Every script in benchmarks/ and benchmarks/probes/ (a module that runs as ``__main__``), the runner aside."""
+    """Every script in benchmarks/, benchmarks/probes/ and benchmarks/field/ (a module that runs as ``__main__``),
+    the runner aside."""
     paths = [*(REPO / "benchmarks").glob("*.py"), *(REPO / "benchmarks" / "probes").glob("*.py")]
+    paths += (REPO / "benchmarks" / "field").glob("*.py")
     found = {p.stem for p in paths if 'if __name__ == "__main__"' in p.read_text()}
     return found - {"run_all"}
 
@@ -188,8 +191,9 @@ def argument_flags(script: Path) -> set[str]:
 
 @pytest.mark.parametrize("bench", run_all.BENCHMARKS, ids=lambda b: b.name)
 def test_each_benchmark_takes_the_arguments_the_runner_gives(bench: run_all.Benchmark, tmp_path: Path) -> None:
-    declared = argument_flags(REPO / "benchmarks" / f"{bench.name}.py")
+    script = bench.script or REPO / "benchmarks" / f"{bench.name}.py"
+    declared = argument_flags(script)
     command = bench.command(tmp_path / bench.name, quick=True)
-    assert command[1] == f"benchmarks/{bench.name}.py"
+    assert command[1] == str(script.relative_to(REPO))
     given = {part for part in command[2:] if part.startswith("--")}
     assert given <= declared, f"{bench.name} does not take {given - declared}"
