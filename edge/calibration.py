@@ -70,21 +70,38 @@ class Calibration:
             raise ValueError(f"bad calibration record: {exc}") from None
 
 
-def fit_platt(signals: np.ndarray, correct: np.ndarray, *, l2: float = 1e-3, iterations: int = 50) -> np.ndarray:
+def _weights(weights: np.ndarray | None, n: int) -> np.ndarray:
+    if weights is None:
+        return np.ones(n)
+    out = np.asarray(weights, dtype=np.float64)
+    if out.shape != (n,) or not np.all(np.isfinite(out)) or np.any(out <= 0):
+        raise ValueError(f"weights must be {n} finite numbers > 0")
+    return out
+
+
+def fit_platt(
+    signals: np.ndarray,
+    correct: np.ndarray,
+    *,
+    l2: float = 1e-3,
+    iterations: int = 50,
+    weights: np.ndarray | None = None,
+) -> np.ndarray:
     """Logistic regression by Newton's method; returns ``[w_sum, w_min, bias]``.
 
     ``signals`` is ``(n, 2)`` (see :func:`confidence_signals`), ``correct`` is
-    ``(n,)`` of 0/1.
+    ``(n,)`` of 0/1; ``weights`` (``(n,)``, > 0) counts an answer as that many.
     """
     x = np.hstack([np.asarray(signals, dtype=np.float64), np.ones((len(signals), 1))])
     y = np.asarray(correct, dtype=np.float64)
     if x.shape[0] != y.shape[0] or x.shape[0] == 0:
         raise ValueError("signals and correct must be non-empty and of equal length")
+    v = _weights(weights, len(y))
     w = np.zeros(x.shape[1])
     for _ in range(iterations):
         p = 1.0 / (1.0 + np.exp(-np.clip(x @ w, -500, 500)))
-        gradient = x.T @ (p - y) + l2 * w
-        hessian = (x * (p * (1 - p))[:, None]).T @ x + l2 * np.eye(x.shape[1])
+        gradient = x.T @ (v * (p - y)) + l2 * w
+        hessian = (x * (v * p * (1 - p))[:, None]).T @ x + l2 * np.eye(x.shape[1])
         step = np.linalg.solve(hessian, gradient)
         w -= step
         if np.max(np.abs(step)) < 1e-9:
@@ -113,6 +130,7 @@ def choose_threshold(
     target_precision: float,
     min_kept: int = 20,
     confidence_level: float | None = None,
+    weights: np.ndarray | None = None,
 ) -> tuple[float, dict[str, float | None]]:
     """Lowest threshold whose kept set (confidence >= t) reaches ``target_precision``.
 
@@ -121,29 +139,38 @@ def choose_threshold(
     Returns the threshold and the precision and coverage it gives on this
     data (and the bound, when asked for); 1.0 with coverage 0 (keep nothing)
     if no threshold qualifies.
+
+    ``weights`` count each answer as that many of the traffic it stands for (a sampled answer
+    stands for 1/share): precision and coverage are weighted, and the bound's evidence is the
+    kept set's effective sample size (Kish: (sum w)^2 / sum w^2), never the weights' sum.
     """
     conf = np.asarray(confidence, dtype=np.float64)
     ok = np.asarray(correct, dtype=bool)
+    v = _weights(weights, len(conf))
     order = np.argsort(-conf, kind="stable")
-    conf, ok = conf[order], ok[order]
-    kept = np.arange(1, len(conf) + 1)
-    precision = np.cumsum(ok) / kept
-    bound = precision if confidence_level is None else wilson_lower_bound(np.cumsum(ok), kept, confidence_level)
+    conf, ok, v = conf[order], ok[order], v[order]
+    count = np.arange(1, len(conf) + 1)
+    kept = np.cumsum(v)
+    precision = np.cumsum(v * ok) / kept
+    evidence = kept**2 / np.cumsum(v * v)  # == count without weights
+    bound = (
+        precision if confidence_level is None else wilson_lower_bound(precision * evidence, evidence, confidence_level)
+    )
     # Only cut between distinct confidences.
     boundary = np.append(conf[1:] < conf[:-1], True)
     best = -1
     for i in range(len(conf)):
         if not boundary[i]:
             continue
-        if bound[i] >= target_precision and kept[i] >= min_kept:
+        if bound[i] >= target_precision and count[i] >= min_kept:
             best = i
     extra = {} if confidence_level is None else {"confidence_level": confidence_level}
     if best < 0:
         return 1.0, {"precision": None, "coverage": 0.0, "kept": 0.0, **extra}
     figures: dict[str, float | None] = {
         "precision": float(precision[best]),
-        "coverage": float(kept[best] / len(conf)),
-        "kept": float(kept[best]),
+        "coverage": float(kept[best] / kept[-1]),
+        "kept": float(count[best]),
     }
     if confidence_level is not None:
         figures |= {"precision_lower_bound": float(bound[best]), **extra}

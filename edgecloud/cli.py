@@ -303,6 +303,15 @@ def _add_fleet_commands(commands: argparse._SubParsersAction) -> None:
     add_fleet_client_commands(fleet)
 
 
+def _add_loop_commands(models: argparse._SubParsersAction) -> None:
+    """The learning loop's commands: ``models improve`` and ``models recalibrate``."""
+    from edgecloud.improve_command import add_improve_command
+    from edgecloud.recalibrate_command import add_recalibrate_command
+
+    add_improve_command(models)
+    add_recalibrate_command(models)
+
+
 def _add_models_commands(commands: argparse._SubParsersAction) -> None:
     models = commands.add_parser("models", help="build and evaluate the demo models").add_subparsers(
         dest="action", required=True
@@ -345,9 +354,7 @@ def _add_models_commands(commands: argparse._SubParsersAction) -> None:
     add_data_build_arguments(build)
     build.set_defaults(func=_models_build)
 
-    from edgecloud.improve_command import add_improve_command
-
-    add_improve_command(models)
+    _add_loop_commands(models)
 
     evaluate = models.add_parser("eval", help="evaluate built models on fresh queries")
     evaluate.add_argument("--models", type=Path, default=Path("models"), help="built models (default: models)")

@@ -67,18 +67,22 @@ def fit_triage(
     *,
     target_precision: float,
     confidence_level: float | None,
+    weights: Sequence[float] | np.ndarray | None = None,
 ) -> TriageFit:
     """Fit Platt scaling on the answers the model gave (abstentions left out) and choose the
     lowest threshold whose kept answers reach ``target_precision`` (as a Wilson lower bound at
-    ``confidence_level``; None: on the answers themselves)."""
+    ``confidence_level``; None: on the answers themselves). ``weights``: how many answers of the
+    traffic each one stands for (:func:`~edgecloud.edge.calibration.choose_threshold`)."""
     x = np.asarray([confidence_signals(a.token_logprobs) for a in answers])
     y = np.asarray(correct, dtype=float)
     gave = np.asarray([not a.abstained for a in answers])
+    v = None if weights is None else np.asarray(weights, dtype=np.float64)
     # An abstention (empty answer) has confidence 0 at run time whatever its signals say
     # (edgecloud.edge.runtime); fitted with them, its near-certain stop token would read as a sure wrong answer.
-    w_sum, w_min, bias = fit_platt(x[gave], y[gave]) if gave.any() else (0.0, 0.0, 0.0)
+    fitted = fit_platt(x[gave], y[gave], weights=None if v is None else v[gave]) if gave.any() else (0.0, 0.0, 0.0)
+    w_sum, w_min, bias = fitted
     confidence = np.where(gave, 1 / (1 + np.exp(-(x @ np.array([w_sum, w_min]) + bias))), 0.0)
     threshold, at = choose_threshold(
-        confidence, y, target_precision=target_precision, confidence_level=confidence_level
+        confidence, y, target_precision=target_precision, confidence_level=confidence_level, weights=v
     )
     return TriageFit(float(w_sum), float(w_min), float(bias), float(threshold), at, confidence, y, gave)

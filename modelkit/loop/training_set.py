@@ -62,7 +62,7 @@ def _target(record: Escalation, reasoning: bool) -> str:
     return record.answer
 
 
-def _is_conversation(record: Escalation) -> bool:
+def is_conversation(record: Escalation) -> bool:
     """More than the query alone: a system message or earlier turns, which a student that reads one
     query would learn out of context."""
     return len(record.messages) > 1
@@ -94,7 +94,7 @@ def collect_training_set(
             dropped["not completed"] += 1
         elif record.producer_name != student_name:
             dropped["another model escalated it"] += 1
-        elif _is_conversation(record):
+        elif is_conversation(record):
             dropped["a conversation (the student reads one query)"] += 1
         elif not record.answer.strip():
             dropped["empty answer"] += 1

@@ -140,6 +140,35 @@ def test_the_lower_bound_rule_asks_for_more_evidence() -> None:
     assert choose_threshold(conf[:50], correct[:50], target_precision=0.995, confidence_level=0.95)[0] == 1.0
 
 
+def test_a_weight_counts_an_answer_that_many_times_but_not_as_that_much_evidence() -> None:
+    # 300 escalated answers (weight 1, low confidence) and 40 sampled kept ones standing for 20 each.
+    rng = np.random.default_rng(7)
+    conf = np.concatenate([rng.uniform(0.0, 0.5, 300), rng.uniform(0.5, 1.0, 40)])
+    correct = np.concatenate([rng.random(300) < 0.6, np.ones(40, dtype=bool)])
+    correct[-1] = False  # one wrong among the sampled kept ones, the least confident of them
+    conf[-1] = 0.5
+    weights = np.concatenate([np.ones(300), np.full(40, 20.0)])
+    repeated = np.repeat(np.arange(340), weights.astype(int))
+    _, at_weighted = choose_threshold(conf, correct, target_precision=0.9, weights=weights)
+    _, at_repeated = choose_threshold(conf[repeated], correct[repeated], target_precision=0.9)
+    assert at_weighted["precision"] == pytest.approx(at_repeated["precision"])
+    assert at_weighted["coverage"] == pytest.approx(at_repeated["coverage"])
+    # as evidence, 39 sampled right answers are 39, not 780: they cannot show 96% at 95% (the copies would)
+    strict = {"target_precision": 0.96, "confidence_level": 0.95}
+    assert choose_threshold(conf[repeated], correct[repeated], **strict)[0] < 1.0
+    assert choose_threshold(conf, correct, **strict, weights=weights)[0] == 1.0
+    threshold, at = choose_threshold(conf, correct, target_precision=0.9, confidence_level=0.95, weights=weights)
+    assert threshold > 0.5 and at["kept"] == 39 and at["precision_lower_bound"] >= 0.9
+    np.testing.assert_allclose(
+        fit_platt(conf[:, None].repeat(2, axis=1), correct, weights=weights),
+        fit_platt(conf[repeated][:, None].repeat(2, axis=1), correct[repeated]),
+        rtol=1e-6,
+    )
+    for bad in (np.zeros(340), np.full(340, np.nan), np.ones(3)):
+        with pytest.raises(ValueError, match="weights must be 340 finite numbers > 0"):
+            choose_threshold(conf, correct, target_precision=0.9, weights=bad)
+
+
 def test_wilson_lower_bound_matches_known_values() -> None:
     from edgecloud.edge.calibration import wilson_lower_bound
 
