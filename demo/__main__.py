@@ -46,6 +46,12 @@ def main(argv: list[str] | None = None) -> int:
         default=40,
         help="fine-tuning steps of the models improve run that builds the version rolled out midway (default: 40)",
     )
+    parser.add_argument(
+        "--gate-checks",
+        type=int,
+        default=10,
+        help="shadow checks of the new version a rollout wave needs before its quality gate judges it (default: 10)",
+    )
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -61,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
             concurrency=args.concurrency,
             outage_s=args.outage_s,
             improve_steps=args.improve_steps,
+            quality={**DemoConfig.QUALITY, "min_shadow_checks": args.gate_checks},
             stack=StackConfig(work=args.out / "run", models=task.models, edges=args.edges, broker=args.broker),
         )
         return run_demo(config)

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from edgecloud.demo.field_quality import field_quality_lines, mark_timeline, shadow_checks_over_time
 from edgecloud.demo.traffic import QueryRecord
 
 __all__ = ["build_report", "check_invariants", "format_report", "plot"]
@@ -100,6 +101,11 @@ def _outage(records: list[QueryRecord], undelivered: int, samples: list[dict[str
     }
 
 
+def _shadow_checks(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    over_time = shadow_checks_over_time(samples)
+    return {"total": over_time[-1][1] if over_time else 0, "over_time": over_time}
+
+
 def build_report(
     records: list[QueryRecord],
     *,
@@ -138,6 +144,7 @@ def build_report(
         "swap": swap,
         "by_model_version": by_version(records),
         "outage": _outage(records, undelivered, samples),
+        "shadow_checks": _shadow_checks(samples),
         "events": events,
         "process_exits": exits,
     }
@@ -153,6 +160,9 @@ def check_invariants(
     swap = report["swap"]
     if swap.get("status") != "COMPLETED":
         broken.append(f"the rollout ended {swap.get('status')!r}, not COMPLETED")
+    gates = swap.get("quality_gates", [])
+    if not gates or not all(gate and gate["verdict"] == "passed" for gate in gates):
+        broken.append(f"not every wave passed the quality gate: {[g and g['verdict'] for g in gates]}")
     served = swap.get("first_served_by_new_version", {})
     if len(served) != edges:
         broken.append(f"only {len(served)} of {edges} edge daemons served v{new_version} after the rollout")
@@ -266,7 +276,7 @@ def _outage_lines(report: dict[str, Any]) -> list[str]:
 
 
 def format_report(report: dict[str, Any]) -> str:
-    lines = _summary_lines(report) + _swap_lines(report) + _outage_lines(report)
+    lines = _summary_lines(report) + _swap_lines(report) + field_quality_lines(report) + _outage_lines(report)
     lines += ["", "timeline:"] + [f"  {e['t']:7.1f} s  {e['event']}" for e in report["events"]]
     lines += ["", f"failed requests: {report['failed_requests']}"]
     return "\n".join(lines)
@@ -356,7 +366,8 @@ def plot(records: list[QueryRecord], report: dict[str, Any], out: Path) -> list[
             ax.plot(bins[:-1], counts, label=route, drawstyle="steps-post")
     for event in report["events"]:
         ax.axvline(event["t"], color="grey", alpha=0.4, linewidth=1)
-    ax.set_xlabel("seconds since traffic began (grey lines: the timeline's events)")
+    mark_timeline(ax, report)
+    ax.set_xlabel("seconds since traffic began (grey: the timeline's events; green/red: quality-gate decisions)")
     ax.set_ylabel("queries sent per second")
     ax.set_title("Traffic by route over the run")
     ax.grid(alpha=0.3)

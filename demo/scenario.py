@@ -14,13 +14,14 @@ import logging
 import shutil
 import threading
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import httpx
 from tqdm import tqdm
 
+from edgecloud.demo.field_quality import gate_line
 from edgecloud.demo.report import build_report, check_invariants, format_report, plot, route_counts
 from edgecloud.demo.stack import Stack, StackConfig
 from edgecloud.demo.traffic import QueryRecord, Sampler, Traffic, metric_values
@@ -48,6 +49,17 @@ class DemoConfig:
     improve_steps: int = 40
     """Fine-tuning steps of the ``models improve`` run that builds the version rolled out midway."""
     improve_timeout_s: float = 240.0
+    hold_rate: float = 4.0
+    """Queries a second the clients send while they wait for the rollout past ``outage_at``: the
+    rollout, its quality gate above all, needs traffic, and the outage must not start before it ends."""
+    QUALITY: ClassVar[dict[str, float]] = {
+        "min_shadow_checks": 10,
+        "max_agreement_drop": 5.0,
+        "max_escalation_rise": 10.0,
+    }
+    quality: dict[str, float] = field(default_factory=lambda: dict(DemoConfig.QUALITY))
+    """The rollout's quality gate (``POST /v1/rollouts`` ``quality``): a wave counts once its devices
+    made this many shadow checks of the new version, within these limits against the old one."""
     task: DemoTask = TASKS["arithmetic"]
     stack: StackConfig | None = None
 
@@ -55,13 +67,19 @@ class DemoConfig:
     def outage_queries(self) -> int:
         return max(30, round(self.outage_share * self.queries))
 
+    @property
+    def hold_until(self) -> int:
+        """Queries done past which the clients only trickle while the rollout runs: what is left is the
+        outage's quota and a tenth of the run for the recovery."""
+        return max(0, self.queries - self.outage_queries - self.queries // 10)
+
     def __post_init__(self) -> None:
         if self.queries < 50:
             raise ConfigError("the demo needs at least 50 queries to show its phases")
         if not 0 < self.rollout_at < self.outage_at < 1:
             raise ConfigError("need 0 < rollout_at < outage_at < 1")
-        if self.concurrency < 1 or self.outage_s <= 0:
-            raise ConfigError("concurrency >= 1 and outage_s > 0 required")
+        if self.concurrency < 1 or self.outage_s <= 0 or not self.hold_rate > 0:
+            raise ConfigError("concurrency >= 1, outage_s > 0 and hold_rate > 0 required")
 
 
 def release_bundle(source: Path, work: Path, version: int, key: Path) -> Path:
@@ -90,6 +108,8 @@ class _Run:
         self.cloud_back = threading.Event()
         self.errors: list[str] = []
         self.outage_sent = 0
+        self.next_send = 0.0
+        """When the next client may send while the clients are held back for the rollout (monotonic time)."""
         source = load_manifest(stack.config.models / "edge-student")
         self.bundle_name, self.from_version, self.to_version = source.name, source.version, source.version + 1
 
@@ -185,6 +205,7 @@ class _Run:
         self.swap["built_by"] = built_by
         self.event(f"signed {self.bundle_name} v{self.to_version} ({archive.stat().st_size / 1e6:.2f} MB archive)")
         with httpx.Client(base_url=stack.fleet_url, timeout=30) as api:
+            self._register_running(api)
             registered = api.post(
                 "/v1/bundles", content=archive.read_bytes(), headers={"Content-Type": "application/gzip"}
             )
@@ -201,6 +222,7 @@ class _Run:
                     "labels": {"site": "demo"},
                     "strategy": {"type": "exponential", "base_rate": 1, "increment_factor": 2.0},
                     "abort": {"failure_percent": 50, "min_devices": 1},
+                    "quality": self.config.quality,
                     "device_timeout_s": 120,
                 },
             )
@@ -208,7 +230,13 @@ class _Run:
                 raise RuntimeError(f"creating the rollout gave HTTP {created.status_code}: {created.text}")
             rollout_id = created.json()["id"]
             started = self.clock()
-            self.event(f"rollout {rollout_id} started: waves {created.json()['wave_sizes']}, abort at 50% failures")
+            gate = self.config.quality
+            self.event(
+                f"rollout {rollout_id} started: waves {created.json()['wave_sizes']}, abort at 50% failures; a wave "
+                f"counts after {gate['min_shadow_checks']:g} shadow checks of v{self.to_version}, agreement at most "
+                f"{gate['max_agreement_drop']:g} points and escalations at most {gate['max_escalation_rise']:g} points "
+                f"worse than v{self.from_version}"
+            )
             self.swap.update(
                 rollout_id=rollout_id, from_version=self.from_version, to_version=self.to_version, devices={}
             )
@@ -218,14 +246,34 @@ class _Run:
                 duration_s=round(self.clock() - started, 2),
                 succeeded=view["succeeded"],
                 failed=view["failed"],
+                quality_gates=view.get("quality_gates", []),
+                field_quality=api.get("/v1/quality").json()["versions"],
             )
             self.event(f"rollout {view['status']}: {view['succeeded']} ACTIVE, {view['failed']} failed")
+
+    def _register_running(self, api: httpx.Client) -> None:
+        """Register the version the devices run now: the quality gate's baseline and the rollback target."""
+        stack = self.stack
+        running = release_bundle(
+            stack.config.models / "edge-student", stack.work / "running", self.from_version, stack.key
+        )
+        response = api.post("/v1/bundles", content=running.read_bytes(), headers={"Content-Type": "application/gzip"})
+        if response.status_code != 201:
+            raise RuntimeError(f"registering v{self.from_version} gave HTTP {response.status_code}: {response.text}")
+        self.event(f"registered v{self.from_version}, the version the devices run: the gate's baseline, the rollback")
 
     def _follow(self, api: httpx.Client, rollout_id: str, started: float) -> dict[str, Any]:
         """Poll the rollout until it ends, recording each device's status changes; its last view."""
         seen: dict[str, str] = {}
+        verdicts: dict[int, str] = {}
         while True:
             view = api.get(f"/v1/rollouts/{rollout_id}").json()
+            for gate in filter(None, view.get("quality_gates") or []):
+                if verdicts.get(gate["wave"]) != gate["verdict"]:
+                    verdicts[gate["wave"]] = gate["verdict"]
+                    self.event(gate_line(gate, self.from_version, self.to_version))
+                    if gate["verdict"] != "waiting":
+                        self.swap.setdefault("gate_decisions", []).append({"t": round(self.clock(), 2), **gate})
             for device in view["devices"]:
                 status = device["deploy"]["status"]
                 if seen.get(device["device"]) != status:
@@ -243,12 +291,21 @@ class _Run:
 
     def gate(self) -> None:
         """Hold the clients where the story needs it. Past ``outage_at`` with the rollout still
-        watching its models, wait for it (a short run would end first). While the cloud is
+        watching its models, slow down for it (a short run would end first). While the cloud is
         down, let a quota of queries through, then wait until it is back: degraded answers
         take milliseconds, and the rest of the traffic would rush through the outage with
         nothing left for the recovery."""
-        if self.phase == "rollout" and self.done >= self.config.outage_at * self.config.queries:
-            self.rollout_finished.wait(300)  # a short run would otherwise end before the outage
+        c = self.config
+        if self.phase == "rollout" and self.done >= c.outage_at * c.queries and not self.rollout_finished.is_set():
+            # a short run would otherwise end before the outage: the clients slow down to hold_rate, so that
+            # the rollout runs under traffic, and stop only where the rest is needed for the outage
+            # past hold_until, a trickle (a quarter of the rate): the gate still gets checks, the outage its queries.
+            # One schedule for every client, so that the queries come evenly, not in bursts of ``concurrency``.
+            rate = c.hold_rate if self.done < c.hold_until else c.hold_rate / 4
+            with self.lock:
+                slot = max(time.monotonic(), self.next_send)
+                self.next_send = slot + 1 / rate
+            self.rollout_finished.wait(max(0.0, slot - time.monotonic()))
         with self.lock:
             if self.phase != "outage":
                 return

@@ -68,12 +68,17 @@ class StackConfig:
     telemetry_interval_s: float = 1.0
     watch_s: float = 5.0
     """How long each daemon watches a newly deployed model before acking ACTIVE."""
+    shadow_share: float = 0.4
+    """The share of kept answers each daemon has the cloud check (the daemon's default is 0.02; its cap of
+    30 a minute holds): enough checks in a minute-long demo for the rollout's quality gate to judge each wave."""
     broker: str = "auto"
     """``mosquitto``, ``embedded`` (amqtt, MQTT 3.1.1) or ``auto`` (mosquitto when installed)."""
 
     def __post_init__(self) -> None:
         if self.edges < 1:
             raise ConfigError("the demo needs at least one edge daemon")
+        if not 0 <= self.shadow_share <= 1:
+            raise ConfigError(f"shadow_share must be in [0, 1], got {self.shadow_share}")
         if self.broker not in ("auto", "mosquitto", "embedded"):
             raise ConfigError(f"broker must be auto, mosquitto or embedded, got {self.broker!r}")
         for bundle in ("cloud-teacher", "edge-student"):
@@ -341,6 +346,8 @@ class Stack:
                         self.mqtt_version,
                         "--watch-s",
                         str(self.config.watch_s),
+                        "--shadow-share",
+                        str(self.config.shadow_share),
                     ),
                 )
             )

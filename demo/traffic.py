@@ -192,11 +192,13 @@ class Sample:
     outbox_depth: list[float]
     cloud_up: list[float]
     model_version: list[float]
+    shadow_checks: list[float] = field(default_factory=list)
+    """Each daemon's shadow checks so far that the cloud answered (agreed or not)."""
 
 
 @dataclass
 class Sampler:
-    """Reads each daemon's outbox depth, cloud health and model version twice a second."""
+    """Reads each daemon's outbox depth, cloud health, model version and shadow checks twice a second."""
 
     edge_urls: list[str]
     clock: Callable[[], float]
@@ -217,7 +219,7 @@ class Sampler:
     def _loop(self) -> None:
         with httpx.Client(timeout=2) as client:
             while not self._stop.wait(0.5):
-                depth, up, version = [], [], []
+                depth, up, version, checks = [], [], [], []
                 for url in self.edge_urls:
                     try:
                         text = client.get(f"{url}/metrics").text
@@ -227,4 +229,6 @@ class Sampler:
                     depth.append(sum(metric_values(text, "edgecloud_edge_outbox_depth").values()))
                     up.append(sum(metric_values(text, "edgecloud_edge_cloud_up").values()))
                     version.append(max(metric_values(text, "edgecloud_edge_model_version").values(), default=0))
-                self.samples.append(Sample(round(self.clock(), 2), depth, up, version))
+                    outcomes = metric_values(text, "edgecloud_edge_shadow_checks_total")
+                    checks.append(sum(v for labels, v in outcomes.items() if ("outcome", "shed") not in labels))
+                self.samples.append(Sample(round(self.clock(), 2), depth, up, version, checks))

@@ -273,6 +273,11 @@ class FleetService:
         a live rollout cannot be targeted again until that one ends.
         """
         ref = self.registry.ref(self.registry.load(bundle, version))
+        if quality is not None and not any(b.version < version for b in self.store.list_bundles(bundle)):
+            raise InvalidInputError(
+                f"a quality gate compares v{version} with the version before it, and rolls back to it: register an "
+                f"older {bundle} version first (POST /v1/bundles), or start the rollout without a quality gate"
+            )
         targets = self.resolve_targets(devices, labels)
         now = time.time()
         with self.state.lock:

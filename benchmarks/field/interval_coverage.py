@@ -141,8 +141,8 @@ def plot(report: dict[str, Any], path: Path) -> None:
     for ax, (name, result) in zip(axes[0], versions.items(), strict=True):
         runs = result["runs"]
         x = [r["run"] for r in runs]
-        low = [100 * (r["agreement"] - r["interval"][0]) for r in runs]
-        high = [100 * (r["interval"][1] - r["agreement"]) for r in runs]
+        low = [max(0.0, 100 * (r["agreement"] - r["interval"][0])) for r in runs]
+        high = [max(0.0, 100 * (r["interval"][1] - r["agreement"])) for r in runs]
         ax.errorbar(x, [100 * r["agreement"] for r in runs], yerr=[low, high], fmt="o", capsize=3,
                     label="field agreement, 95% interval")  # fmt: skip
         colours = ["tab:green" if r["contains"] else "tab:red" for r in runs]

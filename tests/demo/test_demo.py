@@ -19,8 +19,8 @@ def test_the_demo_runs_every_part_and_reports(tmp_path: Path) -> None:
     out = tmp_path / "demo"
     run = subprocess.run(
         [
-            *(sys.executable, "-m", "edgecloud.demo", "--queries", "150", "--broker", "embedded"),
-            *("--out", str(out), "--improve-steps", "20"),
+            *(sys.executable, "-m", "edgecloud.demo", "--queries", "250", "--broker", "embedded"),
+            *("--out", str(out), "--improve-steps", "20", "--gate-checks", "2"),
         ],
         cwd=REPO,
         capture_output=True,
@@ -31,7 +31,7 @@ def test_the_demo_runs_every_part_and_reports(tmp_path: Path) -> None:
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
     assert "all invariants hold" in run.stdout
     report = json.loads((out / "report.json").read_text())
-    assert report["queries"] == 150 and report["failed_requests"] == 0 and report["invariants_broken"] == []
+    assert report["queries"] == 250 and report["failed_requests"] == 0 and report["invariants_broken"] == []
     assert report["broker"] == "embedded"
     assert report["swap"]["status"] == "COMPLETED" and len(report["swap"]["first_served_by_new_version"]) == 3
     # `models improve` ran on the run's own escalations midway. The shipped pair escalates ~6% of the
@@ -46,6 +46,13 @@ def test_the_demo_runs_every_part_and_reports(tmp_path: Path) -> None:
         assert improve["exit"] in (2, 3) and ("ConfigError: " in log_text or "error: " in log_text), log_text[-2000:]
         assert report["swap"]["built_by"] == "re-export of the shipped student"
         assert "rolling out a re-export instead" in run.stdout
+    # the rollout ran under traffic, each wave judged by the cloud's checks of the new version's kept answers
+    gates = report["swap"]["quality_gates"]
+    assert gates and all(g["verdict"] == "passed" and g["new"]["checks"] >= 2 for g in gates), gates
+    assert report["shadow_checks"]["total"] >= 2 * len(gates) and "quality gate passed" in run.stdout
+    field = {row["model_version"]: row for row in report["swap"]["field_quality"]}
+    assert {report["swap"]["from_version"], report["swap"]["to_version"]} <= set(field)
+    assert all(row["checks"] > 0 and row["agreement"]["n"] == row["checks"] for row in field.values())
     versions = report["by_model_version"]
     assert set(versions) == {f"v{report['swap']['from_version']}", f"v{report['swap']['to_version']}"}
     assert all(0 <= row["escalation_rate"] <= 1 and row["requests"] > 0 for row in versions.values())
@@ -58,7 +65,7 @@ def test_the_demo_runs_every_part_and_reports(tmp_path: Path) -> None:
     assert 3 < report["bytes_per_escalation"]["ratio"] < 10
     records = [json.loads(line) for line in (out / "queries.jsonl").read_text().splitlines()]
     assert (
-        len(records) == 150
+        len(records) == 250
         and sum(r["route"] == "cloud" for r in records)
         == report["routes"]["cloud"]["requests"] + outage["accepted_into_outbox"]
     )
@@ -73,7 +80,11 @@ def test_the_demo_runs_every_part_and_reports(tmp_path: Path) -> None:
 def good_report() -> dict:
     return {
         "failed_requests": 0,
-        "swap": {"status": "COMPLETED", "first_served_by_new_version": {"edge-1": 1.0, "edge-2": 1.0}},
+        "swap": {
+            "status": "COMPLETED",
+            "first_served_by_new_version": {"edge-1": 1.0, "edge-2": 1.0},
+            "quality_gates": [{"verdict": "passed"}, {"verdict": "passed"}],
+        },
         "outage": {"degraded_answers": 5, "accepted_into_outbox": 2, "undelivered": 0},
         "routes": {"cloud": {"accuracy": 0.98}},
         "process_exits": {"cloud": [-9, 0], "edge-1": [0]},
@@ -85,6 +96,9 @@ def test_invariants_hold_for_a_good_run_and_name_each_broken_one() -> None:
     cases = {
         "request(s) failed": {"failed_requests": 1},
         "not COMPLETED": {"swap": {"status": "ABORTED", "first_served_by_new_version": {}}},
+        "not every wave passed the quality gate": {
+            "swap": {**good_report()["swap"], "quality_gates": [{"verdict": "passed"}, None]}
+        },
         "answered with nothing": {"outage": {"empty_answers": 3, "accepted_into_outbox": 2, "undelivered": 0}},
         "never delivered": {"outage": {"degraded_answers": 5, "accepted_into_outbox": 2, "undelivered": 1}},
         "accurate": {"routes": {"cloud": {"accuracy": 0.5}}},

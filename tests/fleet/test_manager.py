@@ -214,6 +214,15 @@ def test_a_wave_is_judged_by_its_field_quality(mqtt_broker, tmp_path, sims, mana
         assert all(device.version == 2 for device in devices)
 
 
+def test_a_quality_gate_without_an_older_version_to_compare_with_is_refused(mqtt_broker, tmp_path, managers) -> None:
+    manager = start_manager(manager_config(mqtt_broker, tmp_path), managers)
+    only = manager.register_bundle(make_archive(tmp_path, 2))
+    gate = QualityGate(min_shadow_checks=10)
+    with pytest.raises(InvalidInputError, match="register an older .* version first"):
+        manager.create_rollout(only.name, only.version, labels={"site": "lab"}, quality=gate)
+    assert manager.store.list_rollouts() == []  # nothing half-made: it would have waited for a baseline forever
+
+
 def test_broker_restart_mid_rollout_loses_and_repeats_nothing(mqtt_broker, tmp_path, sims, managers) -> None:
     devices = start_devices(mqtt_broker, sims, 20, delay_s=0.3)
     manager = start_manager(manager_config(mqtt_broker, tmp_path), managers)

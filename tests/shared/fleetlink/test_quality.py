@@ -22,6 +22,11 @@ def test_the_wilson_interval_is_where_the_score_test_stops_rejecting(successes: 
     assert low <= p_hat <= high and (low == 0.0) == (successes == 0) and (high == 1.0) == (successes == trials)
 
 
+def test_all_or_none_is_bounded_exactly_by_1_or_0_whatever_the_rounding() -> None:
+    # by the formula 70 of 70 gave 0.9999999999999998: a version right on every check did not "contain" 100%
+    assert all(wilson_interval(n, n)[1] == 1.0 and wilson_interval(0, n)[0] == 0.0 for n in range(1, 500))
+
+
 def test_the_interval_narrows_with_evidence_and_says_nothing_without_any() -> None:
     assert wilson_interval(0, 0) == (0.0, 1.0)
     assert wilson_interval(0, 10)[1] == pytest.approx(1.96**2 / (10 + 1.96**2))  # no successes: z^2 / (n + z^2)
