@@ -13,7 +13,7 @@ from edgecloud.demo.workloads import TASKS, demo_task
 from edgecloud.shared.base.errors import EdgecloudError
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m demo", description=__doc__)
     parser.add_argument(
         "--out", type=Path, default=Path("out/demo"), help="report, plots and run folder (default: out/demo)"
@@ -53,7 +53,11 @@ def main(argv: list[str] | None = None) -> int:
         help="shadow checks of the new version a rollout wave needs before its quality gate judges it (default: 10)",
     )
     parser.add_argument("-v", "--verbose", action="store_true")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

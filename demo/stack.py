@@ -302,6 +302,47 @@ class Stack:
             process,
         )
 
+    def _edge_argv(self, index: int, device: str, state: Path) -> list[str]:
+        """``edgecloud edge serve`` for daemon ``index``: its bundle, cloud, broker, keys and state folder."""
+        return self._cli(
+            "edge",
+            "serve",
+            "--bundle",
+            str(self.config.models / "edge-student"),
+            "--cloud",
+            f"127.0.0.1:{self.cloud_port}",
+            "--port",
+            str(self.edge_ports[index]),
+            "--device-id",
+            device,
+            "--outbox",
+            str(state / "outbox.sqlite3"),
+            "--threads",
+            "1",
+            "--broker",
+            f"127.0.0.1:{self.broker_port}",
+            "--fleet",
+            FLEET,
+            "--trust",
+            str(self.public_key),
+            "--trust-commands",
+            str(self.command_public_key),
+            "--fleet-origin",
+            self.fleet_url,
+            "--agent-state",
+            str(state / "agent"),
+            "--telemetry-interval",
+            str(self.config.telemetry_interval_s),
+            "--label",
+            "site=demo",
+            "--mqtt-version",
+            self.mqtt_version,
+            "--watch-s",
+            str(self.config.watch_s),
+            "--shadow-share",
+            str(self.config.shadow_share),
+        )
+
     def start_edges(self) -> None:
         self._ensure_keys()
         started = []
@@ -311,44 +352,7 @@ class Stack:
             started.append(
                 self._spawn(
                     device,
-                    self._cli(
-                        "edge",
-                        "serve",
-                        "--bundle",
-                        str(self.config.models / "edge-student"),
-                        "--cloud",
-                        f"127.0.0.1:{self.cloud_port}",
-                        "--port",
-                        str(self.edge_ports[index]),
-                        "--device-id",
-                        device,
-                        "--outbox",
-                        str(state / "outbox.sqlite3"),
-                        "--threads",
-                        "1",
-                        "--broker",
-                        f"127.0.0.1:{self.broker_port}",
-                        "--fleet",
-                        FLEET,
-                        "--trust",
-                        str(self.public_key),
-                        "--trust-commands",
-                        str(self.command_public_key),
-                        "--fleet-origin",
-                        self.fleet_url,
-                        "--agent-state",
-                        str(state / "agent"),
-                        "--telemetry-interval",
-                        str(self.config.telemetry_interval_s),
-                        "--label",
-                        "site=demo",
-                        "--mqtt-version",
-                        self.mqtt_version,
-                        "--watch-s",
-                        str(self.config.watch_s),
-                        "--shadow-share",
-                        str(self.config.shadow_share),
-                    ),
+                    self._edge_argv(index, device, state),
                 )
             )
         for index, process in enumerate(started):

@@ -79,7 +79,8 @@ def test_errors_say_what_the_manager_said(fleet, tmp_path: Path, capsys) -> None
 
 
 def test_a_quality_gate_from_the_command_line_holds_a_wave_without_evidence(fleet, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
-    run(capsys, "fleet", "push", str(make_archive(tmp_path / "v2", 2)), *fleet)
+    for version in (1, 2):  # v1: what a gate compares v2 with (and rolls back to)
+        run(capsys, "fleet", "push", str(make_archive(tmp_path / f"v{version}", version)), *fleet)
     gate = ["--min-shadow-checks", "40", "--max-agreement-drop", "1.5"]
     code, out, _ = run(capsys, "fleet", "start", "edge-student", "2", "--wave-size", "1", "--device", "dev00",
                        "--device", "dev01", *gate, "--json", *fleet)  # fmt: skip
