@@ -141,14 +141,19 @@ def test_dashboard_shows_the_fleet_and_drives_rollouts(browser, mqtt_broker, tmp
         assert browser.find_element(By.ID, "err").text == ""
 
         see(browser, lambda: "25.0%" in cells(rows(browser, "devices")["dev01"]), "dev01's escalation rate")
-        dev00, dev01, dev02 = (cells(rows(browser, "devices")[d]) for d in ("dev00", "dev01", "dev02"))
+        # read inside see(): the page re-renders every 3 s, and a row read across a refresh is stale
+        dev00, dev01, dev02 = see(
+            browser,
+            lambda: [cells(rows(browser, "devices")[d]) for d in ("dev00", "dev01", "dev02")],
+            "the devices' rows",
+        )
         assert dev00[1] == "online" and dev00[2] == "edge-student v2" and dev00[4] == "10.0%"
         assert dev00[3] == "site=<b>lab</b>"  # shown as text, not markup
         assert browser.find_elements(By.CSS_SELECTOR, "#devices b") == []
         assert dev01[2] == "edge-student v2" and dev02[2] == "edge-student v1"  # dev02 failed the update
 
         see(browser, lambda: "edge-student v1" in rows(browser, "quality"), "the field quality of v1")
-        quality = cells(rows(browser, "quality")["edge-student v1"])
+        quality = see(browser, lambda: cells(rows(browser, "quality")["edge-student v1"]), "v1's quality row")
         assert quality[1:3] == ["1", "200"] and quality[4] == "40 (2)"
         assert quality[3].startswith("90.0% (") and quality[5].startswith("10.0% (")  # with their intervals
         interval = rows(browser, "quality")["edge-student v1"].find_element(By.CSS_SELECTOR, ".ci > span")
