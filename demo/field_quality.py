@@ -48,8 +48,7 @@ def field_quality_lines(report: dict[str, Any]) -> list[str]:
 
 
 def shadow_checks_over_time(samples: list[dict[str, Any]]) -> list[tuple[float, float]]:
-    """(t, shadow checks answered so far over every daemon) per sample; a daemon not scraped in a sample
-    counts as it did last."""
+    """(t, shadow checks answered so far over the daemons scraped) per sample that scraped any."""
     out: list[tuple[float, float]] = []
     for sample in samples:
         checks = sample.get("shadow_checks") or []

@@ -273,7 +273,7 @@ class FleetService:
         a live rollout cannot be targeted again until that one ends.
         """
         ref = self.registry.ref(self.registry.load(bundle, version))
-        if quality is not None and not any(b.version < version for b in self.store.list_bundles(bundle)):
+        if quality is not None and self._previous_version(bundle, version) is None:
             raise InvalidInputError(
                 f"a quality gate compares v{version} with the version before it, and rolls back to it: register an "
                 f"older {bundle} version first (POST /v1/bundles), or start the rollout without a quality gate"
@@ -338,10 +338,15 @@ class FleetService:
         name, version = rollout.spec.bundle.name, rollout.spec.bundle.version
         if to_version is not None:
             return self.registry.load(name, to_version)
-        older = [b for b in self.store.list_bundles(name) if b.version < version]
-        if not older:
+        previous = self._previous_version(name, version)
+        if previous is None:
             raise NotFoundError(f"no registered {name} version older than v{version} to roll back to")
-        return older[-1]
+        return previous
+
+    def _previous_version(self, name: str, version: int) -> BundleRecord | None:
+        """The newest registered ``name`` older than ``version``: the quality gate's baseline, the rollback target."""
+        older = [b for b in self.store.list_bundles(name) if b.version < version]
+        return older[-1] if older else None
 
     def _change(self, rollout_id: str, step: Callable[[Rollout, float], list[Command]]) -> dict[str, Any]:
         """Apply ``step`` to the rollout under the lock and save it, then publish what it produced."""

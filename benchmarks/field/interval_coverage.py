@@ -34,16 +34,13 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from benchmarks.support.cloud import RunningServer, load_teacher, machine_info, unique_problems
+from benchmarks.support.cloud import RunningServer, edge_service, load_teacher, machine_info, unique_problems
 from edgecloud.cloud.engine import EngineConfig
 from edgecloud.cloud.sessions import SessionConfig
 from edgecloud.edge.config import EdgeConfig, ShadowPolicy
-from edgecloud.edge.escalation import CloudClient, CloudClientConfig
 from edgecloud.edge.field.shadow import ShadowChecker
-from edgecloud.edge.metrics import EdgeMetrics
-from edgecloud.edge.outbox import Outbox
-from edgecloud.edge.runtime import EdgeBundle, ModelSlot
-from edgecloud.edge.service import EdgeService, QueryRequest, QueryResult
+from edgecloud.edge.runtime import EdgeBundle
+from edgecloud.edge.service import QueryRequest, QueryResult
 from edgecloud.modelkit.arithmetic.task import Problem, normalize_query, parse_answer
 from edgecloud.shared.bundles.manifest import load_manifest, write_bundle
 from edgecloud.shared.escalations.records import read_escalations
@@ -74,12 +71,11 @@ async def _one_run(
     bundle: EdgeBundle, server: RunningServer, problems: list[Problem], args: Any, work: Path
 ) -> tuple[list[QueryResult], Rate, dict[str, int]]:
     config = EdgeConfig(bundle=bundle.directory, outbox=work / "outbox.sqlite3", cloud="bench", shadow_share=0.0)
-    client = CloudClient(CloudClientConfig(target=f"127.0.0.1:{server.port}", deadline_s=600))
-    service = EdgeService(config, ModelSlot(bundle), client=client, outbox=Outbox(config.outbox), metrics=EdgeMetrics())
+    service = edge_service(config, bundle, server)
     # no per-minute cap (a run's sample is its share); at most 16 in flight, below the cloud's batch, so the
     # cloud sheds none (a skip is decided by timing alone, not by whether the answer is right)
     policy = ShadowPolicy(share=args.share, per_minute=1e6, max_in_flight=16)
-    service.shadow = ShadowChecker(client, service.quality, policy, device_id="coverage")
+    service.shadow = ShadowChecker(service.client, service.quality, policy, device_id="coverage")
     await service.start()
     try:
         semaphore = asyncio.Semaphore(args.concurrency)

@@ -39,14 +39,18 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from benchmarks.support.cloud import RunningServer, busy_cpu_s, load_teacher, machine_info, unique_problems
+from benchmarks.support.cloud import (
+    RunningServer,
+    busy_cpu_s,
+    edge_service,
+    load_teacher,
+    machine_info,
+    unique_problems,
+)
 from edgecloud.cloud.engine import EngineConfig
 from edgecloud.cloud.sessions import SessionConfig
 from edgecloud.edge.config import EdgeConfig
-from edgecloud.edge.escalation import CloudClient, CloudClientConfig
-from edgecloud.edge.metrics import EdgeMetrics
-from edgecloud.edge.outbox import Outbox
-from edgecloud.edge.runtime import EdgeBundle, ModelSlot
+from edgecloud.edge.runtime import EdgeBundle
 from edgecloud.edge.service import EdgeService, QueryRequest, QueryResult
 from edgecloud.edge.triage import Requested
 from edgecloud.modelkit.arithmetic.task import Problem, parse_answer
@@ -96,8 +100,7 @@ async def _serve(
     config = EdgeConfig(
         bundle=STUDENT, outbox=work / "outbox.sqlite3", cloud="bench", shadow_share=share, shadow_per_minute=60_000.0
     )
-    client = CloudClient(CloudClientConfig(target=f"127.0.0.1:{server.port}", deadline_s=600))
-    service = EdgeService(config, ModelSlot(bundle), client=client, outbox=Outbox(config.outbox), metrics=EdgeMetrics())
+    service = edge_service(config, bundle, server)
     await service.start()
     try:
         started = time.perf_counter()

@@ -42,6 +42,7 @@ from edgecloud.shared.reasoner.session import normalize_text
 __all__ = [
     "RunningServer",
     "busy_cpu_s",
+    "edge_service",
     "edge_traffic",
     "load_teacher",
     "machine_info",
@@ -103,6 +104,12 @@ class HasQuery(Protocol):
     def query(self) -> str: ...
 
 
+def edge_service(config: EdgeConfig, bundle: EdgeBundle, server: RunningServer) -> EdgeService:
+    """A real edge service (not started) serving ``bundle`` by ``config``, escalating over gRPC to ``server``."""
+    client = CloudClient(CloudClientConfig(target=f"127.0.0.1:{server.port}", deadline_s=600))
+    return EdgeService(config, ModelSlot(bundle), client=client, outbox=Outbox(config.outbox), metrics=EdgeMetrics())
+
+
 def edge_traffic(
     bundle: Path,
     server: RunningServer,
@@ -133,14 +140,7 @@ def edge_traffic(
 
     async def main() -> list[QueryResult]:
         config = EdgeConfig(bundle=bundle, outbox=work / f"outbox-{time.monotonic_ns()}.sqlite3", cloud="bench")
-        client = CloudClient(CloudClientConfig(target=f"127.0.0.1:{server.port}", deadline_s=600))
-        service = EdgeService(
-            config,
-            ModelSlot(EdgeBundle.load(bundle, threads=1)),
-            client=client,
-            outbox=Outbox(config.outbox),
-            metrics=EdgeMetrics(),
-        )
+        service = edge_service(config, EdgeBundle.load(bundle, threads=1), server)
         await service.start()
         try:
             return await send(service)

@@ -46,7 +46,7 @@ from edgecloud.modelkit.loop.base_task import answer_rule
 from edgecloud.modelkit.loop.training_set import is_conversation
 from edgecloud.shared.base.errors import ConfigError
 from edgecloud.shared.bundles.answers import answers_match
-from edgecloud.shared.bundles.manifest import Manifest, verify_bundle, write_bundle
+from edgecloud.shared.bundles.manifest import Manifest, copy_bundle, verify_bundle
 from edgecloud.shared.bundles.signing import expiry_in_days, load_private_key, sign_bundle
 from edgecloud.shared.escalations.records import Escalation, ReadReport, iter_escalations
 
@@ -228,9 +228,6 @@ def _write(
     config: RecalibrateConfig, manifest: Manifest, stages: dict[str, _Stage], target: float, version: int
 ) -> tuple[Path, str | None]:
     """The bundle again, its calibration(s) replaced, as ``version``; signed with a key."""
-    config.out.mkdir(parents=True, exist_ok=True)
-    staging = config.out / f".staging-recalibrate-{time.time_ns()}"
-    shutil.copytree(config.bundle, staging / BUNDLE_DIR, ignore=shutil.ignore_patterns("manifest.json", "manifest.sig"))
     io = dict(manifest.io)
     first = stages.get("model") or stages["base"]
     calibration = first.fit.calibration(target, first.validation(config.shadow_share))
@@ -239,14 +236,15 @@ def _write(
         fitted = reasoner.fit.calibration(target, reasoner.validation(config.shadow_share))
         io["reasoner"] = {**io["reasoner"], "calibration": fitted.to_dict()}
     metadata = {
-        **manifest.metadata,
         "recalibrated_from": {"name": manifest.name, "version": manifest.version},
         "recalibration": {name: stage.summary() for name, stage in stages.items()},
     }
-    write_bundle(staging / BUNDLE_DIR, name=manifest.name, kind="edge", version=version, io=io,
-                 calibration=calibration.to_dict(), golden=manifest.golden, metadata=metadata)  # fmt: skip
     expires_at = None if config.expires_in_days is None else expiry_in_days(config.expires_in_days)
+    config.out.mkdir(parents=True, exist_ok=True)
+    staging = config.out / f".staging-recalibrate-{time.time_ns()}"
     try:
+        copy_bundle(config.bundle, staging / BUNDLE_DIR, version=version, metadata=metadata, io=io,
+                    calibration=calibration.to_dict())  # fmt: skip
         if config.key is not None:
             sign_bundle(staging / BUNDLE_DIR, load_private_key(config.key), expires_at=expires_at)
         verify_bundle(staging / BUNDLE_DIR)

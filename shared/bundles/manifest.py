@@ -442,11 +442,14 @@ def copy_bundle(
     *,
     version: int,
     metadata: Mapping[str, Any] | None = None,
+    io: Mapping[str, Any] | None = None,
+    calibration: Mapping[str, Any] | None = None,
 ) -> Manifest:
     """Copy the bundle at ``source`` to ``destination`` (replaced if it exists) as ``version``.
 
-    The copy gets a new manifest (same name, kind, contract, calibration and golden cases;
-    ``metadata`` merged over the old) and no signature: a new release, to sign and roll out.
+    The copy gets a new manifest (same name, kind and golden cases; the contract ``io`` and the
+    ``calibration`` as given or the old; ``metadata`` merged over the old) and no signature: a new
+    release, to sign and roll out.
     """
     old = load_manifest(source)
     target = Path(destination)
@@ -457,8 +460,8 @@ def copy_bundle(
         name=old.name,
         kind=old.kind,  # type: ignore[arg-type]
         version=version,
-        io=old.io,
-        calibration=old.calibration,
+        io=old.io if io is None else io,
+        calibration=old.calibration if calibration is None else calibration,
         golden=old.golden,
         metadata={**old.metadata, **(metadata or {})},
     )
